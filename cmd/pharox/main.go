@@ -1,0 +1,31 @@
+// Command pharox manages, leases and monitors pools of network proxies.
+//
+// Each subcommand lives in its own file and registers itself with
+// rootCmd in an init function.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+var rootCmd = &cobra.Command{
+	Use:           "pharox",
+	Short:         "Manage, lease and monitor pools of network proxies",
+	SilenceUsage:  true,
+	SilenceErrors: true,
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := rootCmd.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "pharox:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,364 @@
+package pharox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// DefaultConsumerName is the consumer that leases are taken for when
+// AcquireOptions.Consumer is empty. The Manager creates it on first use.
+const DefaultConsumerName = "default"
+
+// Defaults and limits applied by the Manager.
+const (
+	// DefaultLeaseDuration is used when AcquireOptions.Duration is zero.
+	DefaultLeaseDuration = 5 * time.Minute
+	// MaxLeaseDuration is the longest lease the Manager grants; longer
+	// requests fail with ErrInvalidArgument rather than being cut short.
+	MaxLeaseDuration = 7 * 24 * time.Hour
+	// DefaultSessionTTL is how long a sticky session binding lives when
+	// AcquireOptions.SessionTTL is zero.
+	DefaultSessionTTL = 10 * time.Minute
+	// MaxSessionKeyLength bounds sticky session keys.
+	MaxSessionKeyLength = 256
+)
+
+// AcquireOptions tunes one acquisition. The zero value leases from the
+// default consumer for DefaultLeaseDuration with FirstAvailable.
+type AcquireOptions struct {
+	// Consumer names the consumer; empty means DefaultConsumerName. It is
+	// created on first use.
+	Consumer string
+	// Duration is the lease length: zero means DefaultLeaseDuration;
+	// negative or above MaxLeaseDuration is an error.
+	Duration time.Duration
+	// Filters narrows candidates; nil does not filter.
+	Filters *Filters
+	// Strategy orders candidates; empty means FirstAvailable.
+	Strategy Strategy
+	// SessionKey makes the lease sticky: while the session lives the same
+	// key gets the same proxy if it can take another lease.
+	SessionKey string
+	// SessionTTL is how long the session binding lives after each use:
+	// zero means DefaultSessionTTL; negative is an error.
+	SessionTTL time.Duration
+}
+
+// AcquireEvent describes one acquisition attempt, successful or not.
+type AcquireEvent struct {
+	// Lease is the new lease, or nil on a miss or error.
+	Lease    *Lease
+	Pool     string
+	Consumer string
+	Filters  *Filters
+	Strategy Strategy
+	Started  time.Time
+	Finished time.Time
+	Duration time.Duration
+	// Err is nil on success, wraps ErrNoProxyAvailable on a miss.
+	Err error
+	// Stats is the pool's snapshot after the attempt; nil if it could not
+	// be read.
+	Stats *PoolStats
+}
+
+// ReleaseEvent describes one release.
+type ReleaseEvent struct {
+	Lease      *Lease
+	Pool       string
+	ReleasedAt time.Time
+	// LeaseDuration is how long the lease was held.
+	LeaseDuration time.Duration
+	Stats         *PoolStats
+}
+
+// ManagerOption configures a Manager.
+type ManagerOption func(*Manager)
+
+// WithAcquireCallback registers fn to run after every acquisition attempt.
+// Callbacks run synchronously on the caller's goroutine: keep them fast.
+func WithAcquireCallback(fn func(context.Context, AcquireEvent)) ManagerOption {
+	return func(m *Manager) { m.onAcquire = append(m.onAcquire, fn) }
+}
+
+// WithReleaseCallback registers fn to run after every release.
+func WithReleaseCallback(fn func(context.Context, ReleaseEvent)) ManagerOption {
+	return func(m *Manager) { m.onRelease = append(m.onRelease, fn) }
+}
+
+// WithLogger sets the logger for errors the Manager cannot return (for
+// example a failed release after a panic). The default is slog.Default().
+func WithLogger(l *slog.Logger) ManagerOption {
+	return func(m *Manager) { m.logger = l }
+}
+
+// WithOutcomePolicy sets how ReportOutcome turns consumers' outcomes into
+// health results. The default is DefaultOutcomePolicy().
+func WithOutcomePolicy(p OutcomePolicy) ManagerOption {
+	return func(m *Manager) { m.outcomes = p }
+}
+
+// Manager holds the business rules of leasing: validation, defaults,
+// consumers, waiting, events. It keeps no state of its own beyond caches,
+// so any number of Managers in any number of processes may share a store.
+type Manager struct {
+	store     Storage
+	onAcquire []func(context.Context, AcquireEvent)
+	onRelease []func(context.Context, ReleaseEvent)
+	logger    *slog.Logger
+	outcomes  OutcomePolicy
+	guard     banGuard
+
+	// consumers caches consumer ids by name: consumers are never deleted,
+	// so an id once seen stays valid.
+	consumers sync.Map
+}
+
+// NewManager returns a Manager over store.
+func NewManager(store Storage, opts ...ManagerOption) *Manager {
+	m := &Manager{store: store, logger: slog.Default(), outcomes: DefaultOutcomePolicy()}
+	for _, o := range opts {
+		o(m)
+	}
+	return m
+}
+
+// Storage returns the store the Manager uses.
+func (m *Manager) Storage() Storage { return m.store }
+
+// ensureConsumer returns the id of the named consumer, creating it once.
+func (m *Manager) ensureConsumer(ctx context.Context, name string) (uuid.UUID, error) {
+	if id, ok := m.consumers.Load(name); ok {
+		return id.(uuid.UUID), nil
+	}
+	c, err := m.store.EnsureConsumer(ctx, name)
+	if err != nil {
+		return uuid.Nil, fmt.Errorf("ensure consumer %q: %w", name, err)
+	}
+	m.consumers.Store(name, c.ID)
+	return c.ID, nil
+}
+
+// EnsureConsumer returns the named consumer, creating it if needed.
+func (m *Manager) EnsureConsumer(ctx context.Context, name string) (*Consumer, error) {
+	if err := validateName("consumer name", name); err != nil {
+		return nil, err
+	}
+	return m.store.EnsureConsumer(ctx, name)
+}
+
+// buildRequest validates opts and applies the documented defaults.
+func (m *Manager) buildRequest(ctx context.Context, pool string, opts *AcquireOptions) (AcquireRequest, error) {
+	var o AcquireOptions
+	if opts != nil {
+		o = *opts
+	}
+	req := AcquireRequest{
+		PoolName:     pool,
+		ConsumerName: o.Consumer,
+		Duration:     o.Duration,
+		Strategy:     o.Strategy.OrDefault(),
+		SessionKey:   o.SessionKey,
+		SessionTTL:   o.SessionTTL,
+	}
+	if err := validateName("pool name", pool); err != nil {
+		return req, err
+	}
+	if req.ConsumerName == "" {
+		req.ConsumerName = DefaultConsumerName
+	}
+	if err := validateName("consumer name", req.ConsumerName); err != nil {
+		return req, err
+	}
+	switch {
+	case req.Duration == 0:
+		req.Duration = DefaultLeaseDuration
+	case req.Duration < 0:
+		return req, fmt.Errorf("%w: lease duration must be positive, got %v", ErrInvalidArgument, req.Duration)
+	case req.Duration > MaxLeaseDuration:
+		return req, fmt.Errorf("%w: lease duration %v exceeds the maximum %v", ErrInvalidArgument, req.Duration, MaxLeaseDuration)
+	}
+	if !req.Strategy.Valid() {
+		return req, fmt.Errorf("%w: unknown strategy %q (want first_available, least_used, round_robin or random)", ErrInvalidArgument, o.Strategy)
+	}
+	if len(req.SessionKey) > MaxSessionKeyLength {
+		return req, fmt.Errorf("%w: session key longer than %d bytes", ErrInvalidArgument, MaxSessionKeyLength)
+	}
+	switch {
+	case req.SessionTTL < 0:
+		return req, fmt.Errorf("%w: session ttl must be positive, got %v", ErrInvalidArgument, req.SessionTTL)
+	case req.SessionTTL == 0 && req.SessionKey != "":
+		req.SessionTTL = DefaultSessionTTL
+	case req.SessionTTL > MaxLeaseDuration:
+		return req, fmt.Errorf("%w: session ttl %v exceeds the maximum %v", ErrInvalidArgument, req.SessionTTL, MaxLeaseDuration)
+	}
+	if !o.Filters.IsZero() {
+		// Normalize a copy: the caller's filters stay as given.
+		f := *o.Filters
+		f.Normalize()
+		if err := f.Validate(); err != nil {
+			return req, err
+		}
+		req.Filters = &f
+	}
+	id, err := m.ensureConsumer(ctx, req.ConsumerName)
+	if err != nil {
+		return req, err
+	}
+	req.ConsumerID = id
+	return req, nil
+}
+
+// Acquire leases a proxy from the named pool. On a miss it returns an error
+// wrapping ErrNoProxyAvailable; it never returns a nil lease with a nil
+// error.
+func (m *Manager) Acquire(ctx context.Context, pool string, opts *AcquireOptions) (*Lease, error) {
+	started := time.Now()
+	req, err := m.buildRequest(ctx, pool, opts)
+	if err != nil {
+		return nil, err
+	}
+	lease, err := m.store.AcquireLease(ctx, req)
+	m.emitAcquire(ctx, &req, lease, err, started)
+	if err != nil {
+		return nil, fmt.Errorf("acquire from pool %q: %w", pool, err)
+	}
+	return lease, nil
+}
+
+// AcquireWait is Acquire that, while no proxy is available, waits and tries
+// again until one is or ctx ends. Waiting polls storage with jittered
+// exponential backoff (5 ms to 250 ms), so it works across processes. When
+// ctx ends first the error wraps both ErrNoProxyAvailable and ctx.Err().
+func (m *Manager) AcquireWait(ctx context.Context, pool string, opts *AcquireOptions) (*Lease, error) {
+	started := time.Now()
+	req, err := m.buildRequest(ctx, pool, opts)
+	if err != nil {
+		return nil, err
+	}
+	backoff := 5 * time.Millisecond
+	var timer *time.Timer
+	for {
+		lease, err := m.store.AcquireLease(ctx, req)
+		if err == nil || !errors.Is(err, ErrNoProxyAvailable) {
+			m.emitAcquire(ctx, &req, lease, err, started)
+			if err != nil {
+				return nil, fmt.Errorf("acquire from pool %q: %w", pool, err)
+			}
+			return lease, nil
+		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		if timer == nil {
+			timer = time.NewTimer(wait)
+			defer timer.Stop()
+		} else {
+			timer.Reset(wait)
+		}
+		select {
+		case <-ctx.Done():
+			err := fmt.Errorf("acquire from pool %q: waited %v: %w: %w", pool, time.Since(started).Round(time.Millisecond), ErrNoProxyAvailable, ctx.Err())
+			m.emitAcquire(context.WithoutCancel(ctx), &req, nil, err, started)
+			return nil, err
+		case <-timer.C:
+		}
+		backoff = min(backoff*2, 250*time.Millisecond)
+	}
+}
+
+func (m *Manager) emitAcquire(ctx context.Context, req *AcquireRequest, lease *Lease, err error, started time.Time) {
+	if len(m.onAcquire) == 0 {
+		return
+	}
+	finished := time.Now()
+	ev := AcquireEvent{
+		Lease: lease, Pool: req.PoolName, Consumer: req.ConsumerName, Filters: req.Filters,
+		Strategy: req.Strategy, Started: started, Finished: finished,
+		Duration: finished.Sub(started), Err: err,
+	}
+	ev.Stats = m.stats(ctx, req.PoolName)
+	for _, fn := range m.onAcquire {
+		fn(ctx, ev)
+	}
+}
+
+func (m *Manager) stats(ctx context.Context, pool string) *PoolStats {
+	s, err := m.store.GetPoolStats(ctx, pool)
+	if err != nil {
+		return nil
+	}
+	return s
+}
+
+// Release ends the lease and frees its slot. Releasing a lease that already
+// ended gives an error wrapping ErrLeaseNotActive.
+func (m *Manager) Release(ctx context.Context, leaseID uuid.UUID) (*Lease, error) {
+	lease, err := m.store.ReleaseLease(ctx, leaseID)
+	if err != nil {
+		return nil, fmt.Errorf("release lease %s: %w", leaseID, err)
+	}
+	if len(m.onRelease) > 0 {
+		ev := ReleaseEvent{Lease: lease, Pool: lease.PoolName, ReleasedAt: time.Now()}
+		if lease.ReleasedAt != nil {
+			ev.ReleasedAt = *lease.ReleasedAt
+		}
+		ev.LeaseDuration = ev.ReleasedAt.Sub(lease.AcquiredAt)
+		ev.Stats = m.stats(ctx, lease.PoolName)
+		for _, fn := range m.onRelease {
+			fn(ctx, ev)
+		}
+	}
+	return lease, nil
+}
+
+// Renew extends an active lease to expire d from now.
+func (m *Manager) Renew(ctx context.Context, leaseID uuid.UUID, d time.Duration) (*Lease, error) {
+	if d <= 0 || d > MaxLeaseDuration {
+		return nil, fmt.Errorf("%w: renew duration must be in (0, %v], got %v", ErrInvalidArgument, MaxLeaseDuration, d)
+	}
+	lease, err := m.store.RenewLease(ctx, leaseID, d)
+	if err != nil {
+		return nil, fmt.Errorf("renew lease %s: %w", leaseID, err)
+	}
+	return lease, nil
+}
+
+// WithLease acquires a lease, runs fn with it and always releases it: on
+// success, on error and on panic (the panic then continues). The release
+// runs even if ctx was cancelled. A failed release is joined to fn's error.
+func (m *Manager) WithLease(ctx context.Context, pool string, opts *AcquireOptions, fn func(context.Context, *Lease) error) (err error) {
+	lease, err := m.Acquire(ctx, pool, opts)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		_, relErr := m.Release(context.WithoutCancel(ctx), lease.ID)
+		if p := recover(); p != nil {
+			if relErr != nil {
+				m.logger.Error("pharox: release after panic failed", "lease", lease.ID, "err", relErr)
+			}
+			panic(p)
+		}
+		if relErr != nil {
+			err = errors.Join(err, relErr)
+		}
+	}()
+	return fn(ctx, lease)
+}
+
+// CleanupExpiredLeases ends every lease past its expiry and returns how
+// many it ended.
+func (m *Manager) CleanupExpiredLeases(ctx context.Context) (int, error) {
+	return m.store.CleanupExpiredLeases(ctx)
+}
+
+// PoolStats returns the named pool's occupancy.
+func (m *Manager) PoolStats(ctx context.Context, pool string) (*PoolStats, error) {
+	return m.store.GetPoolStats(ctx, pool)
+}
