@@ -73,6 +73,7 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 	}
 	p := m.outcomes
 	kind := o.Kind
+	reserved := false
 	if kind == OutcomeSuccess && slices.Contains(p.BanStatusCodes, o.StatusCode) {
 		kind = OutcomeBanned
 	}
@@ -80,9 +81,11 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 		ProxyID:    lease.ProxyID,
 		Latency:    o.Latency,
 		StatusCode: o.StatusCode,
-		CheckedAt:  time.Now().UTC(),
-		Error:      o.Reason,
-		Attempts:   1,
+		// Millisecond precision survives every store, so the stamp can be
+		// compared with the StatusChangedAt the store returns.
+		CheckedAt: time.Now().UTC().Truncate(time.Millisecond),
+		Error:     o.Reason,
+		Attempts:  1,
 	}
 	switch kind {
 	case OutcomeSuccess:
@@ -98,7 +101,8 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 		if r.Error == "" {
 			r.Error = fmt.Sprintf("target answered %d", o.StatusCode)
 		}
-		if !m.guard.allow(ctx, m, lease.PoolName, p) {
+		reserved = m.guard.reserve(ctx, m, lease.PoolName, p)
+		if !reserved {
 			// Count the failure but leave the status to a health probe.
 			r.FailureThreshold = math.MaxInt32
 			r.Error += " (ban not applied: too many bans in this pool recently)"
@@ -110,6 +114,9 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 		return nil, fmt.Errorf("%w: report outcome: negative latency", ErrInvalidArgument)
 	}
 	proxy, err := m.store.ApplyHealthCheckResult(ctx, r)
+	if reserved && !bannedBy(proxy, r) {
+		m.guard.refund(lease.PoolName)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("report outcome for proxy %s: %w", lease.ProxyID, err)
 	}
@@ -119,15 +126,22 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 	return proxy, nil
 }
 
+// bannedBy reports whether applying r is what turned p banned.
+func bannedBy(p *Proxy, r HealthCheckResult) bool {
+	return p != nil && p.Status == StatusBanned && p.StatusChangedAt != nil &&
+		p.StatusChangedAt.Sub(r.CheckedAt).Abs() < time.Millisecond
+}
+
 // banGuard remembers recent passive bans per pool in this process.
 type banGuard struct {
 	mu   sync.Mutex
 	bans map[string][]time.Time
 }
 
-// allow reports whether one more passive ban fits the pool's budget, and
-// records it if so.
-func (g *banGuard) allow(ctx context.Context, m *Manager, pool string, p OutcomePolicy) bool {
+// reserve reports whether one more passive ban fits the pool's budget and,
+// if so, holds a place for it; refund gives the place back when the report
+// did not end in a ban (the streak was still below the threshold).
+func (g *banGuard) reserve(ctx context.Context, m *Manager, pool string, p OutcomePolicy) bool {
 	if p.MaxBannedShare <= 0 || p.MaxBannedShare >= 1 || p.BanWindow <= 0 {
 		return true
 	}
@@ -149,4 +163,12 @@ func (g *banGuard) allow(ctx context.Context, m *Manager, pool string, p Outcome
 	}
 	g.bans[pool] = append(recent, now)
 	return true
+}
+
+func (g *banGuard) refund(pool string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if bans := g.bans[pool]; len(bans) > 0 {
+		g.bans[pool] = bans[:len(bans)-1]
+	}
 }

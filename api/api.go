@@ -1,0 +1,345 @@
+// Package api holds the JSON wire types of the pharox HTTP service, shared
+// by the server and the Go client so both sides agree by construction.
+//
+// The shapes follow the Python pharox service's contract: ids are UUID
+// strings, timestamps ISO 8601 with a numeric offset, errors
+// {"detail": "..."}. Proxy passwords appear only where a caller is entitled
+// to them (see [FromProxy]).
+package api
+
+import (
+	"bytes"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/pharox/pharox"
+)
+
+// TimeLayout is how timestamps go on the wire: ISO 8601 with a numeric
+// offset (+00:00 rather than Z), microsecond precision.
+const TimeLayout = "2006-01-02T15:04:05.999999-07:00"
+
+// Time is a time.Time that marshals with [TimeLayout] in UTC and accepts
+// any RFC 3339 timestamp.
+type Time struct{ time.Time }
+
+// NewTime wraps t for the wire.
+func NewTime(t time.Time) Time { return Time{t} }
+
+// TimePtr wraps *t for the wire; nil stays nil.
+func TimePtr(t *time.Time) *Time {
+	if t == nil {
+		return nil
+	}
+	return &Time{*t}
+}
+
+// MarshalJSON implements json.Marshaler.
+func (t Time) MarshalJSON() ([]byte, error) {
+	if t.IsZero() {
+		return []byte("null"), nil
+	}
+	return []byte(`"` + t.UTC().Format(TimeLayout) + `"`), nil
+}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (t *Time) UnmarshalJSON(b []byte) error {
+	if bytes.Equal(b, []byte("null")) {
+		t.Time = time.Time{}
+		return nil
+	}
+	if len(b) < 2 || b[0] != '"' || b[len(b)-1] != '"' {
+		return fmt.Errorf("timestamp must be an ISO 8601 string, got %s", b)
+	}
+	parsed, err := time.Parse(time.RFC3339Nano, string(b[1:len(b)-1]))
+	if err != nil {
+		return fmt.Errorf("timestamp %s is not ISO 8601 with offset", b)
+	}
+	t.Time = parsed
+	return nil
+}
+
+// Error is the body of every error response.
+type Error struct {
+	Detail string `json:"detail"`
+}
+
+// Pool is a pool on the wire.
+type Pool struct {
+	ID          uuid.UUID `json:"id"`
+	Name        string    `json:"name"`
+	Description string    `json:"description"`
+	CreatedAt   *Time     `json:"created_at,omitempty"`
+}
+
+// FromPool converts a stored pool.
+func FromPool(p *pharox.Pool) Pool {
+	out := Pool{ID: p.ID, Name: p.Name, Description: p.Description}
+	if !p.CreatedAt.IsZero() {
+		out.CreatedAt = &Time{p.CreatedAt}
+	}
+	return out
+}
+
+// CreatePoolRequest is the body of POST /v1/pools/.
+type CreatePoolRequest struct {
+	Name        string `json:"name"`
+	Description string `json:"description"`
+}
+
+// Consumer is a consumer on the wire.
+type Consumer struct {
+	ID   uuid.UUID `json:"id"`
+	Name string    `json:"name"`
+}
+
+// CreateConsumerRequest is the body of POST /v1/consumers/ (idempotent by
+// name).
+type CreateConsumerRequest struct {
+	Name string `json:"name"`
+}
+
+// Proxy is a proxy on the wire. Password and URL (which embeds the
+// password) are filled only when the caller may see secrets: in a lease
+// handed to its consumer, or for an admin who asks explicitly.
+type Proxy struct {
+	ID       uuid.UUID `json:"id"`
+	PoolID   uuid.UUID `json:"pool_id"`
+	Host     string    `json:"host"`
+	Port     int       `json:"port"`
+	Protocol string    `json:"protocol"`
+	Username string    `json:"username,omitempty"`
+	Password string    `json:"password,omitempty"`
+	URL      string    `json:"url,omitempty"`
+
+	Source    string   `json:"source,omitempty"`
+	Country   string   `json:"country,omitempty"`
+	City      string   `json:"city,omitempty"`
+	ISP       string   `json:"isp,omitempty"`
+	ASN       *int     `json:"asn,omitempty"`
+	Latitude  *float64 `json:"latitude,omitempty"`
+	Longitude *float64 `json:"longitude,omitempty"`
+	Tags      []string `json:"tags,omitempty"`
+
+	Status         string `json:"status"`
+	MaxConcurrency *int   `json:"max_concurrency"`
+	CurrentLeases  int    `json:"current_leases"`
+
+	CheckedAt       *Time  `json:"checked_at,omitempty"`
+	LatencyMS       int64  `json:"latency_ms,omitempty"`
+	LastError       string `json:"last_error,omitempty"`
+	LastStatusCode  int    `json:"last_status_code,omitempty"`
+	FailureStreak   int    `json:"failure_streak"`
+	StatusChangedAt *Time  `json:"status_changed_at,omitempty"`
+	CreatedAt       *Time  `json:"created_at,omitempty"`
+}
+
+// FromProxy converts a stored proxy; withSecrets includes the password and
+// the credential-bearing URL.
+func FromProxy(p *pharox.Proxy, withSecrets bool) Proxy {
+	out := Proxy{
+		ID: p.ID, PoolID: p.PoolID, Host: p.Host, Port: p.Port, Protocol: string(p.Protocol),
+		Source: p.Source, Country: p.Country, City: p.City, ISP: p.ISP, ASN: p.ASN,
+		Latitude: p.Latitude, Longitude: p.Longitude, Tags: p.Tags,
+		Status: string(p.Status), MaxConcurrency: p.MaxConcurrency, CurrentLeases: p.CurrentLeases,
+		CheckedAt: TimePtr(p.CheckedAt), LatencyMS: p.LatencyMS, LastError: p.LastError,
+		LastStatusCode: p.LastStatusCode, FailureStreak: p.FailureStreak,
+		StatusChangedAt: TimePtr(p.StatusChangedAt),
+	}
+	if !p.CreatedAt.IsZero() {
+		out.CreatedAt = &Time{p.CreatedAt}
+	}
+	if p.Credentials != nil {
+		out.Username = p.Credentials.User
+	}
+	if withSecrets {
+		if p.Credentials != nil {
+			out.Password = p.Credentials.Password
+		}
+		out.URL = p.URL()
+	}
+	return out
+}
+
+// CreateProxyRequest is the body of POST /v1/pools/{pool_id}/proxies/ and
+// one element of an import.
+type CreateProxyRequest struct {
+	Host           string   `json:"host"`
+	Port           int      `json:"port"`
+	Protocol       string   `json:"protocol"`
+	Username       string   `json:"username,omitempty"`
+	Password       string   `json:"password,omitempty"`
+	Source         string   `json:"source,omitempty"`
+	Country        string   `json:"country,omitempty"`
+	City           string   `json:"city,omitempty"`
+	ISP            string   `json:"isp,omitempty"`
+	ASN            *int     `json:"asn,omitempty"`
+	Latitude       *float64 `json:"latitude,omitempty"`
+	Longitude      *float64 `json:"longitude,omitempty"`
+	Tags           []string `json:"tags,omitempty"`
+	Status         string   `json:"status,omitempty"`
+	MaxConcurrency *int     `json:"max_concurrency,omitempty"`
+}
+
+// ToProxy converts the request into a proxy of poolID, normalized and
+// validated (errors wrap pharox.ErrInvalidArgument). Protocol defaults to
+// http when empty.
+func (r *CreateProxyRequest) ToProxy(poolID uuid.UUID) (pharox.Proxy, error) {
+	p := pharox.Proxy{
+		PoolID: poolID, Host: r.Host, Port: r.Port, Protocol: pharox.Protocol(r.Protocol),
+		Source: r.Source, Country: r.Country, City: r.City, ISP: r.ISP, ASN: r.ASN,
+		Latitude: r.Latitude, Longitude: r.Longitude, Tags: r.Tags,
+		Status: pharox.ProxyStatus(r.Status), MaxConcurrency: r.MaxConcurrency,
+	}
+	if p.Protocol == "" {
+		p.Protocol = pharox.ProtocolHTTP
+	}
+	if r.Username != "" || r.Password != "" {
+		p.Credentials = &pharox.Credentials{User: r.Username, Password: r.Password}
+	}
+	p.Normalize()
+	return p, p.Validate()
+}
+
+// FromProxyModel is the inverse of ToProxy, for clients that hold a
+// pharox.Proxy and want to create it remotely.
+func FromProxyModel(p *pharox.Proxy) CreateProxyRequest {
+	r := CreateProxyRequest{
+		Host: p.Host, Port: p.Port, Protocol: string(p.Protocol), Source: p.Source,
+		Country: p.Country, City: p.City, ISP: p.ISP, ASN: p.ASN, Latitude: p.Latitude,
+		Longitude: p.Longitude, Tags: p.Tags, Status: string(p.Status), MaxConcurrency: p.MaxConcurrency,
+	}
+	if p.Credentials != nil {
+		r.Username, r.Password = p.Credentials.User, p.Credentials.Password
+	}
+	return r
+}
+
+// ImportProxiesRequest is the body of POST /v1/pools/{pool_id}/proxies/import:
+// all proxies are stored or none.
+type ImportProxiesRequest struct {
+	Proxies []CreateProxyRequest `json:"proxies"`
+}
+
+// ImportProxiesResponse answers an import.
+type ImportProxiesResponse struct {
+	Created int     `json:"created"`
+	Proxies []Proxy `json:"proxies"`
+}
+
+// UpdateProxyRequest is the body of PATCH /v1/pools/{pool_id}/proxies/{proxy_id}.
+type UpdateProxyRequest struct {
+	Status string `json:"status"`
+}
+
+// Lease is a lease on the wire. Proxy is set (with its credentials) when the
+// lease is handed out by an acquisition.
+type Lease struct {
+	ID           uuid.UUID `json:"id"`
+	ProxyID      uuid.UUID `json:"proxy_id"`
+	ConsumerID   uuid.UUID `json:"consumer_id"`
+	ConsumerName string    `json:"consumer_name,omitempty"`
+	PoolID       uuid.UUID `json:"pool_id"`
+	PoolName     string    `json:"pool_name,omitempty"`
+	Status       string    `json:"status"`
+	AcquiredAt   Time      `json:"acquired_at"`
+	ExpiresAt    Time      `json:"expires_at"`
+	ReleasedAt   *Time     `json:"released_at,omitempty"`
+	SessionKey   string    `json:"session_key,omitempty"`
+	Proxy        *Proxy    `json:"proxy,omitempty"`
+}
+
+// FromLease converts a stored lease; withSecrets includes the proxy's
+// password and URL when the lease carries a proxy.
+func FromLease(l *pharox.Lease, withSecrets bool) Lease {
+	out := Lease{
+		ID: l.ID, ProxyID: l.ProxyID, ConsumerID: l.ConsumerID, ConsumerName: l.ConsumerName,
+		PoolID: l.PoolID, PoolName: l.PoolName, Status: string(l.Status),
+		AcquiredAt: Time{l.AcquiredAt}, ExpiresAt: Time{l.ExpiresAt},
+		ReleasedAt: TimePtr(l.ReleasedAt), SessionKey: l.SessionKey,
+	}
+	if l.Proxy != nil {
+		p := FromProxy(l.Proxy, withSecrets)
+		out.Proxy = &p
+	}
+	return out
+}
+
+// AcquireRequest is the body of POST /v1/leases/. The pool is named by
+// pool_id (the Python contract) or pool_name; the consumer by consumer_id
+// (an existing consumer) or consumer_name (created on first use), or
+// neither for the default consumer.
+type AcquireRequest struct {
+	PoolID       string `json:"pool_id,omitempty"`
+	PoolName     string `json:"pool_name,omitempty"`
+	ConsumerID   string `json:"consumer_id,omitempty"`
+	ConsumerName string `json:"consumer_name,omitempty"`
+	// TTLSeconds is the lease length; omitted means 300.
+	TTLSeconds *float64 `json:"ttl_seconds,omitempty"`
+	// Strategy names a selector; omitted means first_available.
+	Strategy string          `json:"strategy,omitempty"`
+	Filters  *pharox.Filters `json:"filters,omitempty"`
+	// SessionKey makes the lease sticky; SessionTTLSeconds is how long the
+	// binding lives (omitted means 600).
+	SessionKey        string   `json:"session_key,omitempty"`
+	SessionTTLSeconds *float64 `json:"session_ttl_seconds,omitempty"`
+	// WaitSeconds, when positive, waits up to that long for a free slot
+	// before answering 409 (bounded by the server's maximum).
+	WaitSeconds float64 `json:"wait_seconds,omitempty"`
+}
+
+// RenewRequest is the body of POST /v1/leases/{lease_id}/renew.
+type RenewRequest struct {
+	TTLSeconds float64 `json:"ttl_seconds"`
+}
+
+// OutcomeRequest is the body of POST /v1/leases/{lease_id}/outcome.
+type OutcomeRequest struct {
+	Kind       string  `json:"kind"`
+	LatencyMS  float64 `json:"latency_ms,omitempty"`
+	StatusCode int     `json:"status_code,omitempty"`
+	Reason     string  `json:"reason,omitempty"`
+}
+
+// PoolStats is a pool's occupancy on the wire.
+type PoolStats struct {
+	PoolName         string         `json:"pool_name"`
+	TotalProxies     int            `json:"total_proxies"`
+	ActiveProxies    int            `json:"active_proxies"`
+	AvailableProxies int            `json:"available_proxies"`
+	LeasedProxies    int            `json:"leased_proxies"`
+	TotalLeases      int            `json:"total_leases"`
+	ByStatus         map[string]int `json:"by_status"`
+	CollectedAt      Time           `json:"collected_at"`
+}
+
+// FromPoolStats converts a stats snapshot.
+func FromPoolStats(s *pharox.PoolStats) PoolStats {
+	out := PoolStats{
+		PoolName: s.PoolName, TotalProxies: s.TotalProxies, ActiveProxies: s.ActiveProxies,
+		AvailableProxies: s.AvailableProxies, LeasedProxies: s.LeasedProxies,
+		TotalLeases: s.TotalLeases, ByStatus: make(map[string]int, len(pharox.AllProxyStatuses)),
+		CollectedAt: Time{s.CollectedAt},
+	}
+	for _, st := range pharox.AllProxyStatuses {
+		out.ByStatus[string(st)] = s.ByStatus[st]
+	}
+	return out
+}
+
+// SweepRequest is the body of POST /v1/pools/{pool_id}/health-check.
+type SweepRequest struct {
+	// TargetURL overrides the server's configured probe target.
+	TargetURL string `json:"target_url,omitempty"`
+}
+
+// SweepResult answers a sweep: counts of checked proxies by resulting
+// status.
+type SweepResult struct {
+	Pool       string         `json:"pool"`
+	Checked    int            `json:"checked"`
+	Skipped    int            `json:"skipped"`
+	ByStatus   map[string]int `json:"by_status"`
+	DurationMS int64          `json:"duration_ms"`
+}

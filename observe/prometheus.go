@@ -1,0 +1,198 @@
+package observe
+
+import (
+	"context"
+	"errors"
+
+	"github.com/pharox/pharox"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Acquisition results, the status label of the acquire metrics.
+const (
+	StatusHit   = "hit"
+	StatusMiss  = "miss"
+	StatusError = "error"
+)
+
+// unknownPool labels attempts on pools that do not exist, so that clients
+// naming random pools cannot grow the label set without bound.
+const unknownPool = "_unknown"
+
+// PrometheusOptions tunes the recorder.
+type PrometheusOptions struct {
+	// Namespace prefixes every metric; empty means "pharox".
+	Namespace string
+	// OmitConsumer leaves the consumer label empty. Use it when consumers
+	// are many or named by untrusted clients, to bound cardinality.
+	OmitConsumer bool
+	// AcquireBuckets and LeaseBuckets override the histogram buckets (in
+	// seconds) of acquire_duration_seconds and lease_duration_seconds.
+	AcquireBuckets []float64
+	LeaseBuckets   []float64
+}
+
+// Prometheus records the Manager's events as Prometheus metrics:
+//
+//	pharox_acquire_total{pool,consumer,selector,status}        counter
+//	pharox_acquire_duration_seconds{pool,consumer,selector,status} histogram
+//	pharox_release_total{pool,consumer}                        counter
+//	pharox_lease_duration_seconds{pool}                        histogram
+//	pharox_pool_proxies_available{pool}                        gauge
+//	pharox_pool_proxies_active{pool}                           gauge
+//	pharox_pool_proxies_leased{pool}                           gauge
+//	pharox_pool_leases_active{pool}                            gauge
+//	pharox_pool_proxies{pool,status}                           gauge
+//	pharox_health_checks_total{pool,status}                    counter
+//
+// status of acquire is hit, miss or error. The pool gauges follow the
+// PoolStats snapshot carried by each event.
+type Prometheus struct {
+	opts            PrometheusOptions
+	acquireTotal    *prometheus.CounterVec
+	acquireDuration *prometheus.HistogramVec
+	releaseTotal    *prometheus.CounterVec
+	leaseDuration   *prometheus.HistogramVec
+	available       *prometheus.GaugeVec
+	active          *prometheus.GaugeVec
+	leased          *prometheus.GaugeVec
+	leases          *prometheus.GaugeVec
+	byStatus        *prometheus.GaugeVec
+	healthChecks    *prometheus.CounterVec
+}
+
+// NewPrometheus creates the recorder and registers its metrics with reg
+// (prometheus.DefaultRegisterer when nil).
+func NewPrometheus(reg prometheus.Registerer, opts PrometheusOptions) (*Prometheus, error) {
+	if reg == nil {
+		reg = prometheus.DefaultRegisterer
+	}
+	ns := opts.Namespace
+	if ns == "" {
+		ns = "pharox"
+	}
+	acqBuckets := opts.AcquireBuckets
+	if acqBuckets == nil {
+		acqBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+	}
+	leaseBuckets := opts.LeaseBuckets
+	if leaseBuckets == nil {
+		leaseBuckets = []float64{.1, .5, 1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600}
+	}
+	poolGauge := func(name, help string) *prometheus.GaugeVec {
+		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: "pool", Name: name, Help: help}, []string{"pool"})
+	}
+	p := &Prometheus{
+		opts: opts,
+		acquireTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "acquire_total",
+			Help: "Lease acquisitions by pool, consumer, selector strategy and result (hit, miss, error).",
+		}, []string{"pool", "consumer", "selector", "status"}),
+		acquireDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: ns, Name: "acquire_duration_seconds",
+			Help:    "Time to acquire a lease, including any wait, by pool, consumer, selector and result.",
+			Buckets: acqBuckets,
+		}, []string{"pool", "consumer", "selector", "status"}),
+		releaseTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "release_total", Help: "Leases released by their holder, by pool and consumer.",
+		}, []string{"pool", "consumer"}),
+		leaseDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: ns, Name: "lease_duration_seconds",
+			Help:    "How long released leases were held, by pool.",
+			Buckets: leaseBuckets,
+		}, []string{"pool"}),
+		available: poolGauge("proxies_available", "Leasable proxies with a free slot, per pool."),
+		active:    poolGauge("proxies_active", "Proxies in a leasable status (active or slow), per pool."),
+		leased:    poolGauge("proxies_leased", "Proxies holding at least one active lease, per pool."),
+		leases:    poolGauge("leases_active", "Active leases, per pool."),
+		byStatus: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: "pool", Name: "proxies", Help: "Proxies per pool and health status.",
+		}, []string{"pool", "status"}),
+		healthChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "health_checks_total",
+			Help: "Proxies checked by health sweeps, by pool and resulting status.",
+		}, []string{"pool", "status"}),
+	}
+	for _, c := range []prometheus.Collector{p.acquireTotal, p.acquireDuration, p.releaseTotal, p.leaseDuration,
+		p.available, p.active, p.leased, p.leases, p.byStatus, p.healthChecks} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// ManagerOptions returns the callbacks that feed the recorder.
+func (p *Prometheus) ManagerOptions() []pharox.ManagerOption {
+	return []pharox.ManagerOption{
+		pharox.WithAcquireCallback(p.ObserveAcquire),
+		pharox.WithReleaseCallback(p.ObserveRelease),
+	}
+}
+
+func (p *Prometheus) consumer(name string) string {
+	if p.opts.OmitConsumer {
+		return ""
+	}
+	return name
+}
+
+// ObserveAcquire records one acquisition attempt.
+func (p *Prometheus) ObserveAcquire(_ context.Context, ev pharox.AcquireEvent) {
+	status := StatusHit
+	switch {
+	case ev.Err == nil:
+	case errors.Is(ev.Err, pharox.ErrNoProxyAvailable):
+		status = StatusMiss
+	default:
+		status = StatusError
+	}
+	pool := ev.Pool
+	if errors.Is(ev.Err, pharox.ErrPoolNotFound) {
+		pool = unknownPool
+	}
+	labels := []string{pool, p.consumer(ev.Consumer), string(ev.Strategy.OrDefault()), status}
+	p.acquireTotal.WithLabelValues(labels...).Inc()
+	p.acquireDuration.WithLabelValues(labels...).Observe(ev.Duration.Seconds())
+	p.observeStats(ev.Stats)
+}
+
+// ObserveRelease records one release.
+func (p *Prometheus) ObserveRelease(_ context.Context, ev pharox.ReleaseEvent) {
+	consumer := ""
+	if ev.Lease != nil {
+		consumer = ev.Lease.ConsumerName
+	}
+	p.releaseTotal.WithLabelValues(ev.Pool, p.consumer(consumer)).Inc()
+	if ev.LeaseDuration >= 0 {
+		p.leaseDuration.WithLabelValues(ev.Pool).Observe(ev.LeaseDuration.Seconds())
+	}
+	p.observeStats(ev.Stats)
+}
+
+// ObserveStats sets the pool gauges from a snapshot. Events call it; call
+// it yourself to refresh pools that see no traffic.
+func (p *Prometheus) ObserveStats(s *pharox.PoolStats) { p.observeStats(s) }
+
+func (p *Prometheus) observeStats(s *pharox.PoolStats) {
+	if s == nil || s.PoolName == "" {
+		return
+	}
+	p.available.WithLabelValues(s.PoolName).Set(float64(s.AvailableProxies))
+	p.active.WithLabelValues(s.PoolName).Set(float64(s.ActiveProxies))
+	p.leased.WithLabelValues(s.PoolName).Set(float64(s.LeasedProxies))
+	p.leases.WithLabelValues(s.PoolName).Set(float64(s.TotalLeases))
+	for _, st := range pharox.AllProxyStatuses {
+		p.byStatus.WithLabelValues(s.PoolName, string(st)).Set(float64(s.ByStatus[st]))
+	}
+}
+
+// ObserveSweep counts the proxies a health sweep of pool checked, by the
+// status each ended in.
+func (p *Prometheus) ObserveSweep(pool string, byStatus map[string]int) {
+	for status, n := range byStatus {
+		if n > 0 {
+			p.healthChecks.WithLabelValues(pool, status).Add(float64(n))
+		}
+	}
+}
