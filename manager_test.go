@@ -256,7 +256,7 @@ func TestReportOutcome(t *testing.T) {
 		}
 	}
 	p, err := m.ReportOutcome(ctx, lease, pharox.Outcome{Kind: pharox.OutcomeSuccess, Latency: 10 * time.Second})
-	if err != nil || p.Status != pharox.StatusSlow || p.FailureStreak != 0 || p.LastError != "" {
+	if err != nil || p.Status != pharox.StatusSlow || p.FailureStreak != 0 || !strings.HasPrefix(p.LastError, "slow:") {
 		t.Fatalf("slow success: %+v %v", p, err)
 	}
 	if _, err := m.ReportOutcome(ctx, lease, pharox.Outcome{Kind: "meh"}); !errors.Is(err, pharox.ErrInvalidArgument) {

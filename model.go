@@ -223,7 +223,11 @@ func (p *Proxy) Address() string { return net.JoinHostPort(p.Host, strconv.Itoa(
 
 func (p *Proxy) url() *url.URL {
 	u := &url.URL{Scheme: string(p.Protocol), Host: p.Address()}
-	if p.Credentials != nil && (p.Credentials.User != "" || p.Credentials.Password != "") {
+	switch {
+	case p.Credentials == nil || p.Credentials.User == "" && p.Credentials.Password == "":
+	case p.Credentials.Password == "":
+		u.User = url.User(p.Credentials.User)
+	default:
 		u.User = url.UserPassword(p.Credentials.User, p.Credentials.Password)
 	}
 	return u

@@ -159,3 +159,13 @@ func TestParsers(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestURLWithUserOnly(t *testing.T) {
+	p := &Proxy{Host: "h", Port: 1080, Protocol: ProtocolSOCKS4, Credentials: &Credentials{User: "userid"}}
+	if got, want := p.URL(), "socks4://userid@h:1080"; got != want {
+		t.Fatalf("URL() = %q, want %q", got, want)
+	}
+	if got, want := p.String(), "socks4://userid@h:1080"; got != want {
+		t.Fatalf("String() = %q, want %q", got, want)
+	}
+}

@@ -43,12 +43,11 @@ type OutcomePolicy struct {
 	// BanStatusCodes are target answers that count as a ban. 403 is not in
 	// the default: many sites answer it for reasons unrelated to the proxy.
 	BanStatusCodes []int
-	// MaxBannedShare caps the share of a pool that passive reports may ban
-	// within BanWindow; further bans only count as failures until a health
-	// probe confirms them. It guards a pool against one bad ban rule.
+	// MaxBannedShare caps the share of a pool's proxies that may be banned
+	// when a passive report would ban one more; past it, ban reports only
+	// count as failures until a health probe confirms them. It guards a
+	// pool against one bad ban rule. 0 (or 1) disables the guard.
 	MaxBannedShare float64
-	// BanWindow is the window for MaxBannedShare.
-	BanWindow time.Duration
 }
 
 // DefaultOutcomePolicy returns the policy used when none is configured.
@@ -59,7 +58,6 @@ func DefaultOutcomePolicy() OutcomePolicy {
 		SlowLatency:      5 * time.Second,
 		BanStatusCodes:   []int{429},
 		MaxBannedShare:   0.5,
-		BanWindow:        10 * time.Minute,
 	}
 }
 
@@ -71,6 +69,9 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 	if lease == nil {
 		return nil, fmt.Errorf("%w: report outcome: lease is nil", ErrInvalidArgument)
 	}
+	if o.Latency < 0 {
+		return nil, fmt.Errorf("%w: report outcome: negative latency", ErrInvalidArgument)
+	}
 	p := m.outcomes
 	kind := o.Kind
 	reserved := false
@@ -81,19 +82,18 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 		ProxyID:    lease.ProxyID,
 		Latency:    o.Latency,
 		StatusCode: o.StatusCode,
-		// Millisecond precision survives every store, so the stamp can be
-		// compared with the StatusChangedAt the store returns.
-		CheckedAt: time.Now().UTC().Truncate(time.Millisecond),
-		Error:     o.Reason,
-		Attempts:  1,
+		CheckedAt:  time.Now().UTC(),
+		Error:      o.Reason,
+		Attempts:   1,
 	}
 	switch kind {
 	case OutcomeSuccess:
 		r.Status = StatusActive
+		r.Error = ""
 		if p.SlowLatency > 0 && o.Latency > p.SlowLatency {
 			r.Status = StatusSlow
+			r.Error = fmt.Sprintf("slow: a request took %v (threshold %v)", o.Latency.Round(time.Millisecond), p.SlowLatency)
 		}
-		r.Error = ""
 	case OutcomeFailure:
 		r.Status, r.ErrorKind, r.FailureThreshold = StatusInactive, "passive_failure", p.FailureThreshold
 	case OutcomeBanned:
@@ -110,12 +110,9 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 	default:
 		return nil, fmt.Errorf("%w: unknown outcome kind %q (want success, failure or banned)", ErrInvalidArgument, o.Kind)
 	}
-	if o.Latency < 0 {
-		return nil, fmt.Errorf("%w: report outcome: negative latency", ErrInvalidArgument)
-	}
 	proxy, err := m.store.ApplyHealthCheckResult(ctx, r)
-	if reserved && !bannedBy(proxy, r) {
-		m.guard.refund(lease.PoolName)
+	if reserved {
+		m.guard.done(lease.PoolName)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("report outcome for proxy %s: %w", lease.ProxyID, err)
@@ -126,49 +123,43 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 	return proxy, nil
 }
 
-// bannedBy reports whether applying r is what turned p banned.
-func bannedBy(p *Proxy, r HealthCheckResult) bool {
-	return p != nil && p.Status == StatusBanned && p.StatusChangedAt != nil &&
-		p.StatusChangedAt.Sub(r.CheckedAt).Abs() < time.Millisecond
-}
-
-// banGuard remembers recent passive bans per pool in this process.
+// banGuard caps passive bans per pool: a report may ban a proxy only while
+// fewer than MaxBannedShare of the pool's proxies are banned, counting the
+// bans stored (by any process, probes included) plus the ones this process
+// is applying right now.
 type banGuard struct {
-	mu   sync.Mutex
-	bans map[string][]time.Time
+	mu       sync.Mutex
+	inFlight map[string]int
 }
 
-// reserve reports whether one more passive ban fits the pool's budget and,
-// if so, holds a place for it; refund gives the place back when the report
-// did not end in a ban (the streak was still below the threshold).
+// reserve reports whether one more ban fits the pool's budget and, if so,
+// holds a place for it until done is called.
 func (g *banGuard) reserve(ctx context.Context, m *Manager, pool string, p OutcomePolicy) bool {
-	if p.MaxBannedShare <= 0 || p.MaxBannedShare >= 1 || p.BanWindow <= 0 {
+	if p.MaxBannedShare <= 0 || p.MaxBannedShare >= 1 {
 		return true
 	}
 	stats, err := m.store.GetPoolStats(ctx, pool)
 	if err != nil || stats.TotalProxies == 0 {
+		// Without stats the guard cannot judge; a probe can still undo a ban.
 		return true
 	}
 	budget := max(1, int(p.MaxBannedShare*float64(stats.TotalProxies)))
-	now := time.Now()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.bans == nil {
-		g.bans = make(map[string][]time.Time)
+	if g.inFlight == nil {
+		g.inFlight = make(map[string]int)
 	}
-	recent := slices.DeleteFunc(g.bans[pool], func(t time.Time) bool { return now.Sub(t) > p.BanWindow })
-	if len(recent) >= budget {
-		g.bans[pool] = recent
+	if stats.ByStatus[StatusBanned]+g.inFlight[pool] >= budget {
 		return false
 	}
-	g.bans[pool] = append(recent, now)
+	g.inFlight[pool]++
 	return true
 }
 
-func (g *banGuard) refund(pool string) {
+func (g *banGuard) done(pool string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if bans := g.bans[pool]; len(bans) > 0 {
-		g.bans[pool] = bans[:len(bans)-1]
+	if g.inFlight[pool]--; g.inFlight[pool] <= 0 {
+		delete(g.inFlight, pool)
 	}
 }

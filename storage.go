@@ -30,7 +30,10 @@ import (
 // A lease whose ExpiresAt has passed stops counting against its proxy at the
 // latest when the next operation touches that proxy; CleanupExpiredLeases
 // reclaims the rest in bulk. Every lease ends exactly once, as released or
-// expired, and ending it frees exactly one slot.
+// expired, and ending it frees exactly one slot. Reads (GetProxy, GetLease,
+// GetPoolStats, lists) may still show such a lease as active, and count it
+// in CurrentLeases, until a write touches its proxy or a cleanup runs;
+// drivers that reclaim on reads too are free to.
 //
 // # Copies
 //
@@ -73,8 +76,9 @@ type LeaseStore interface {
 	AcquireLease(ctx context.Context, req AcquireRequest) (*Lease, error)
 
 	// FindAvailableProxy returns the proxy AcquireLease would choose now,
-	// without leasing it (ErrNoProxyAvailable when none). It does not move
-	// the round-robin position or session bindings.
+	// without leasing it (ErrNoProxyAvailable when none, ErrPoolNotFound for
+	// an unknown pool). It does not move the round-robin position or session
+	// bindings.
 	FindAvailableProxy(ctx context.Context, pool string, filters *Filters, strategy Strategy) (*Proxy, error)
 
 	// ReleaseLease ends an active lease as released and frees its slot,
@@ -124,7 +128,7 @@ type AdminStore interface {
 	// port and user: ErrAlreadyExists) or names an unknown pool
 	// (ErrPoolNotFound), nothing is stored. Zero IDs get fresh ones;
 	// CurrentLeases and health fields of the input are ignored except
-	// Status (empty means active).
+	// Status (empty means active). Tags keep their order.
 	AddProxies(ctx context.Context, proxies []Proxy) ([]*Proxy, error)
 	// GetProxy returns the proxy by id (ErrProxyNotFound).
 	GetProxy(ctx context.Context, id uuid.UUID) (*Proxy, error)

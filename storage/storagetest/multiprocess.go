@@ -1,0 +1,483 @@
+package storagetest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/pharox/pharox"
+)
+
+// MultiProcessConfig configures [RunMultiProcess]. Zero counts and
+// durations take the defaults noted on each field.
+type MultiProcessConfig struct {
+	// Open opens the shared store for namespace (a schema name, key prefix
+	// or file name derived from it). It runs in the parent and in every
+	// worker process, which must all see the same data. Destructive
+	// cleanup (DROP SCHEMA, deleting keys, removing files) belongs in the
+	// parent only: register it when ![IsWorkerProcess].
+	Open func(t testing.TB, namespace string) pharox.Storage
+	// Processes is how many worker processes run at once (default 4).
+	Processes int
+	// Goroutines is how many goroutines acquire in each worker (default 16).
+	Goroutines int
+	// Proxies is how many proxies the pool has (default 10).
+	Proxies int
+	// MaxConcurrency is every proxy's limit (default 2).
+	MaxConcurrency int
+	// Duration is how long workers keep acquiring (default 3s).
+	Duration time.Duration
+}
+
+func (c *MultiProcessConfig) defaults() {
+	if c.Processes <= 0 {
+		c.Processes = 4
+	}
+	if c.Goroutines <= 0 {
+		c.Goroutines = 16
+	}
+	if c.Proxies <= 0 {
+		c.Proxies = 10
+	}
+	if c.MaxConcurrency <= 0 {
+		c.MaxConcurrency = 2
+	}
+	if c.Duration <= 0 {
+		c.Duration = 3 * time.Second
+	}
+}
+
+// Environment of a worker process.
+const (
+	envWorker    = "PHAROX_STORAGETEST_WORKER" // worker index; its presence marks a worker
+	envTest      = "PHAROX_STORAGETEST_TEST"   // the test the worker serves
+	envNamespace = "PHAROX_STORAGETEST_NAMESPACE"
+	envPool      = "PHAROX_STORAGETEST_POOL"
+	envDuration  = "PHAROX_STORAGETEST_DURATION"
+)
+
+// tallyPrefix starts the line on which a worker reports its tally.
+const tallyPrefix = "PHAROX-STORAGETEST-TALLY "
+
+// Lease durations in workers: leases meant to be released are long enough
+// that a stalled worker still releases them in time; abandoned ones are
+// short so the run ends soon after the workers.
+const (
+	mpLease          = 2 * time.Second
+	mpAbandonedLease = 300 * time.Millisecond
+	mpAbandonEvery   = 40 // about one acquisition in this many is abandoned
+)
+
+// workerTally is what one worker process reports.
+type workerTally struct {
+	Worker int `json:"worker"`
+	// Acquired counts successful AcquireLease calls.
+	Acquired int64 `json:"acquired"`
+	// Released counts successful ReleaseLease calls.
+	Released int64 `json:"released"`
+	// Late counts ReleaseLease calls that found the lease already expired.
+	Late int64 `json:"late"`
+	// Abandoned counts leases deliberately left to expire.
+	Abandoned int64 `json:"abandoned"`
+	// Misses counts ErrNoProxyAvailable.
+	Misses int64 `json:"misses"`
+	// Cleaned sums what the worker's CleanupExpiredLeases calls returned.
+	Cleaned int64 `json:"cleaned"`
+	// Errors counts any other error; FirstErrors holds a few of them.
+	Errors      int64    `json:"errors"`
+	FirstErrors []string `json:"first_errors,omitempty"`
+	// SharedConsumer is the id EnsureConsumer gave for the name every
+	// worker asks for.
+	SharedConsumer uuid.UUID `json:"shared_consumer"`
+}
+
+// IsWorkerProcess reports whether this process is a worker started by
+// [RunMultiProcess]. Open functions use it to leave shared data alone.
+func IsWorkerProcess() bool { return os.Getenv(envWorker) != "" }
+
+// RunMultiProcess checks that a shared store keeps max_concurrency across
+// processes. The parent opens the store in a fresh namespace, creates a pool
+// of cfg.Proxies proxies with cfg.MaxConcurrency slots, and re-executes the
+// test binary, running only the current test, as cfg.Processes workers.
+// Each worker (the same test function, recognised by its environment) runs
+// cfg.Goroutines goroutines that acquire and release, or abandon, leases for
+// cfg.Duration while a cleaner calls CleanupExpiredLeases, then prints its
+// tally. The parent then lets abandoned leases expire, cleans up and audits
+// every lease record: intervals never exceed a proxy's limit at any instant,
+// the records are exactly the acquisitions the workers made, every lease
+// ended as released or expired matching what the workers did, and no proxy
+// still counts a lease.
+//
+// Call it from its own top-level test (or subtest); code before the call
+// runs in the workers too.
+func RunMultiProcess(t *testing.T, cfg MultiProcessConfig) {
+	t.Helper()
+	cfg.defaults()
+	if cfg.Open == nil {
+		t.Fatal("storagetest: MultiProcessConfig.Open is nil")
+	}
+	if IsWorkerProcess() {
+		if os.Getenv(envTest) != t.Name() {
+			t.Skipf("storagetest: worker for %s, not %s", os.Getenv(envTest), t.Name())
+		}
+		runWorker(t, cfg)
+		return
+	}
+	runParent(t, cfg)
+}
+
+func newNamespace() string {
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand does not fail on supported platforms
+	}
+	return "stmp" + hex.EncodeToString(b[:])
+}
+
+// runPattern selects exactly the test named name (a subtest path allowed).
+func runPattern(name string) string {
+	parts := strings.Split(name, "/")
+	for i, p := range parts {
+		parts[i] = "^" + regexp.QuoteMeta(p) + "$"
+	}
+	return strings.Join(parts, "/")
+}
+
+func runParent(t *testing.T, cfg MultiProcessConfig) {
+	ctx := t.Context()
+	ns := newNamespace()
+	const poolName = "multiprocess"
+	s := cfg.Open(t, ns)
+	if s == nil {
+		t.Fatal("storagetest: Open returned nil")
+	}
+	pool, err := s.CreatePool(ctx, pharox.Pool{Name: poolName, Description: "storagetest multi-process audit"})
+	if err != nil {
+		t.Fatalf("CreatePool: %v", err)
+	}
+	in := make([]pharox.Proxy, cfg.Proxies)
+	for i := range in {
+		in[i] = pharox.Proxy{PoolID: pool.ID, Host: fmt.Sprintf("10.99.%d.%d", i/250, i%250+1), Port: 3128 + i,
+			Protocol: pharox.ProtocolHTTP, MaxConcurrency: ptr(cfg.MaxConcurrency)}
+	}
+	proxies, err := s.AddProxies(ctx, in)
+	if err != nil {
+		t.Fatalf("AddProxies: %v", err)
+	}
+	maxc := map[uuid.UUID]int{}
+	for _, p := range proxies {
+		maxc[p.ID] = cfg.MaxConcurrency
+	}
+
+	t.Logf("namespace %s: %d processes x %d goroutines for %v on %d proxies of max %d",
+		ns, cfg.Processes, cfg.Goroutines, cfg.Duration, cfg.Proxies, cfg.MaxConcurrency)
+	tallies := make([]*workerTally, cfg.Processes)
+	var wg sync.WaitGroup
+	started := time.Now()
+	for i := range cfg.Processes {
+		wg.Go(func() {
+			tallies[i] = runWorkerProcess(t, ctx, cfg, i, ns, poolName)
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(started)
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	var sum workerTally
+	var shared uuid.UUID
+	for _, w := range tallies {
+		sum.Acquired += w.Acquired
+		sum.Released += w.Released
+		sum.Late += w.Late
+		sum.Abandoned += w.Abandoned
+		sum.Misses += w.Misses
+		sum.Cleaned += w.Cleaned
+		sum.Errors += w.Errors
+		for _, e := range w.FirstErrors {
+			t.Errorf("worker %d: %s", w.Worker, e)
+		}
+		if shared == uuid.Nil {
+			shared = w.SharedConsumer
+		} else if w.SharedConsumer != shared {
+			t.Errorf("EnsureConsumer of one name gave worker %d id %s, another worker %s", w.Worker, w.SharedConsumer, shared)
+		}
+	}
+	t.Logf("workers: %d acquired, %d released, %d released too late, %d abandoned, %d misses, %d cleaned, %d errors in %v (%.0f acquisitions/s)",
+		sum.Acquired, sum.Released, sum.Late, sum.Abandoned, sum.Misses, sum.Cleaned, sum.Errors,
+		elapsed.Round(time.Millisecond), float64(sum.Acquired)/cfg.Duration.Seconds())
+	if sum.Errors > 0 {
+		t.Errorf("workers reported %d errors", sum.Errors)
+	}
+	if sum.Acquired == 0 {
+		t.Fatal("no worker acquired a lease")
+	}
+
+	// Let the abandoned (and any unreleased) leases expire, then reclaim.
+	active, err := s.ListLeases(ctx, pharox.LeaseQuery{PoolID: pool.ID, Status: pharox.LeaseActive})
+	if err != nil {
+		t.Fatalf("ListLeases(active): %v", err)
+	}
+	var last time.Time
+	for _, l := range active {
+		if l.ExpiresAt.After(last) {
+			last = l.ExpiresAt
+		}
+	}
+	if wait := time.Until(last) + 200*time.Millisecond; wait > 0 {
+		if wait > time.Minute {
+			t.Fatalf("an active lease expires only at %v", last)
+		}
+		time.Sleep(wait)
+	}
+	cleaned, err := s.CleanupExpiredLeases(ctx)
+	if err != nil {
+		t.Fatalf("CleanupExpiredLeases: %v", err)
+	}
+
+	leases, err := s.ListLeases(ctx, pharox.LeaseQuery{PoolID: pool.ID})
+	if err != nil {
+		t.Fatalf("ListLeases: %v", err)
+	}
+	var nReleased, nExpired int64
+	seen := map[uuid.UUID]bool{}
+	for _, l := range leases {
+		if seen[l.ID] {
+			t.Errorf("lease %s listed twice", l.ID)
+		}
+		seen[l.ID] = true
+		switch l.Status {
+		case pharox.LeaseReleased:
+			nReleased++
+		case pharox.LeaseExpired:
+			nExpired++
+		default:
+			t.Errorf("lease %s on proxy %s is %s after every lease expired and cleanup ran (expires %v)",
+				l.ID, l.ProxyID, l.Status, l.ExpiresAt)
+		}
+	}
+	// (1) No instant with more leases on a proxy than it allows.
+	AuditLeases(t, leases, maxc)
+	// (2) No lease lost, none invented.
+	if int64(len(leases)) != sum.Acquired {
+		t.Errorf("the store has %d lease records, the workers acquired %d leases", len(leases), sum.Acquired)
+	}
+	// (4) Every successful release is a released lease; everything else
+	// expired.
+	if nReleased != sum.Released {
+		t.Errorf("the store has %d released leases, the workers released %d", nReleased, sum.Released)
+	}
+	if nExpired != sum.Abandoned+sum.Late {
+		t.Errorf("the store has %d expired leases, the workers abandoned %d and were too late to release %d",
+			nExpired, sum.Abandoned, sum.Late)
+	}
+	if total := sum.Cleaned + int64(cleaned); total > nExpired {
+		t.Errorf("CleanupExpiredLeases calls reported %d leases ended, but only %d leases expired (counted twice?)", total, nExpired)
+	}
+	// (3) No proxy still counts a lease.
+	ps, err := s.ListProxies(ctx, pool.ID)
+	if err != nil {
+		t.Fatalf("ListProxies: %v", err)
+	}
+	for _, p := range ps {
+		if p.CurrentLeases != 0 {
+			t.Errorf("proxy %s CurrentLeases = %d after every lease ended, want 0", p.ID, p.CurrentLeases)
+		}
+	}
+	st, err := s.GetPoolStats(ctx, poolName)
+	if err != nil {
+		t.Fatalf("GetPoolStats: %v", err)
+	}
+	if st.TotalLeases != 0 || st.LeasedProxies != 0 || st.AvailableProxies != cfg.Proxies {
+		t.Errorf("stats after the run: %d leases on %d proxies, %d available; want 0, 0, %d",
+			st.TotalLeases, st.LeasedProxies, st.AvailableProxies, cfg.Proxies)
+	}
+	t.Logf("audit: %d leases (%d released, %d expired)", len(leases), nReleased, nExpired)
+}
+
+// runWorkerProcess starts worker i and returns its tally, failing t (not
+// fatally: it runs on its own goroutine) if the worker did not report.
+func runWorkerProcess(t *testing.T, ctx context.Context, cfg MultiProcessConfig, i int, ns, pool string) *workerTally {
+	timeout := cfg.Duration + 2*time.Minute
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0],
+		"-test.run="+runPattern(t.Name()), "-test.count=1", "-test.v", "-test.timeout="+timeout.String())
+	cmd.Env = append(os.Environ(),
+		envWorker+"="+strconv.Itoa(i),
+		envTest+"="+t.Name(),
+		envNamespace+"="+ns,
+		envPool+"="+pool,
+		envDuration+"="+cfg.Duration.String(),
+	)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var tally *workerTally
+	sc := bufio.NewScanner(bytes.NewReader(stdout.Bytes()))
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if rest, ok := strings.CutPrefix(line, tallyPrefix); ok {
+			var w workerTally
+			if jerr := json.Unmarshal([]byte(rest), &w); jerr != nil {
+				t.Errorf("worker %d: bad tally %q: %v", i, rest, jerr)
+				continue
+			}
+			tally = &w
+		}
+	}
+	if err != nil || tally == nil {
+		t.Errorf("worker %d: exit %v, tally found %v\nstdout:\n%s\nstderr:\n%s", i, err, tally != nil, tail(stdout.String()), tail(stderr.String()))
+		if tally == nil {
+			tally = &workerTally{Worker: i}
+		}
+	}
+	return tally
+}
+
+func tail(s string) string {
+	const max = 4000
+	if len(s) > max {
+		return "..." + s[len(s)-max:]
+	}
+	return s
+}
+
+func runWorker(t *testing.T, cfg MultiProcessConfig) {
+	ctx := t.Context()
+	idx, _ := strconv.Atoi(os.Getenv(envWorker))
+	ns, poolName := os.Getenv(envNamespace), os.Getenv(envPool)
+	d, err := time.ParseDuration(os.Getenv(envDuration))
+	if err != nil || ns == "" || poolName == "" {
+		t.Fatalf("storagetest worker: bad environment: namespace %q pool %q duration %q", ns, poolName, os.Getenv(envDuration))
+	}
+	s := cfg.Open(t, ns)
+	if s == nil {
+		t.Fatal("storagetest worker: Open returned nil")
+	}
+	tally := workerTally{Worker: idx}
+	var mu sync.Mutex
+	fail := func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		tally.Errors++
+		if len(tally.FirstErrors) < 5 {
+			tally.FirstErrors = append(tally.FirstErrors, fmt.Sprintf(format, args...))
+		}
+	}
+	shared, err := s.EnsureConsumer(ctx, "multiprocess-shared")
+	if err != nil {
+		t.Fatalf("EnsureConsumer(shared): %v", err)
+	}
+	tally.SharedConsumer = shared.ID
+	own, err := s.EnsureConsumer(ctx, fmt.Sprintf("multiprocess-worker-%d", idx))
+	if err != nil {
+		t.Fatalf("EnsureConsumer: %v", err)
+	}
+
+	var acquired, released, late, abandoned, misses, cleaned atomic.Int64
+	deadline := time.Now().Add(d)
+	stop := make(chan struct{})
+	var cleaner sync.WaitGroup
+	cleaner.Go(func() {
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			n, err := s.CleanupExpiredLeases(ctx)
+			if err != nil {
+				fail("CleanupExpiredLeases: %v", err)
+				continue
+			}
+			cleaned.Add(int64(n))
+		}
+	})
+	var wg sync.WaitGroup
+	for g := range cfg.Goroutines {
+		wg.Go(func() {
+			consumer := own
+			if g%2 == 1 {
+				consumer = shared
+			}
+			req := pharox.AcquireRequest{
+				PoolName: poolName, ConsumerID: consumer.ID, ConsumerName: consumer.Name,
+				Strategy: pharox.AllStrategies[(g+idx)%len(pharox.AllStrategies)],
+			}
+			if g%5 == 4 {
+				req.SessionKey, req.SessionTTL = fmt.Sprintf("mp-session-%d", g%3), 10*time.Second
+			}
+			for n := 0; time.Now().Before(deadline); n++ {
+				// Every fourth goroutine abandons its first lease, so each
+				// run has expired leases to reclaim however slow the
+				// store; later ones are abandoned at random.
+				abandon := n == 0 && g%4 == 0 || mrand.IntN(mpAbandonEvery) == 0
+				req.Duration = mpLease
+				if abandon {
+					req.Duration = mpAbandonedLease
+				}
+				l, err := s.AcquireLease(ctx, req)
+				if errors.Is(err, pharox.ErrNoProxyAvailable) {
+					misses.Add(1)
+					time.Sleep(time.Duration(1+mrand.IntN(4)) * time.Millisecond)
+					continue
+				}
+				if err != nil {
+					fail("AcquireLease: %v", err)
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+				acquired.Add(1)
+				if abandon {
+					abandoned.Add(1)
+					continue
+				}
+				time.Sleep(time.Duration(mrand.IntN(2000)) * time.Microsecond)
+				_, err = s.ReleaseLease(context.WithoutCancel(ctx), l.ID)
+				switch {
+				case err == nil:
+					released.Add(1)
+				case errors.Is(err, pharox.ErrLeaseNotActive):
+					late.Add(1) // stalled past ExpiresAt; the lease expired
+				default:
+					fail("ReleaseLease(%s): %v", l.ID, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	cleaner.Wait()
+
+	mu.Lock()
+	tally.Acquired, tally.Released, tally.Late = acquired.Load(), released.Load(), late.Load()
+	tally.Abandoned, tally.Misses, tally.Cleaned = abandoned.Load(), misses.Load(), cleaned.Load()
+	out, err := json.Marshal(tally)
+	mu.Unlock()
+	if err != nil {
+		t.Fatalf("marshal tally: %v", err)
+	}
+	// Printed, not logged: the parent parses stdout.
+	fmt.Printf("\n%s%s\n", tallyPrefix, out)
+}

@@ -1,0 +1,19 @@
+package storagetest_test
+
+import (
+	"testing"
+
+	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/storage/memory"
+	"github.com/pharox/pharox/storage/storagetest"
+)
+
+// TestMemory runs the suite against the in-memory store, so the suite
+// itself is exercised by CI without any server.
+func TestMemory(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T) pharox.Storage {
+		s := memory.New()
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	})
+}
