@@ -8,7 +8,6 @@
 package api
 
 import (
-	"bytes"
 	"fmt"
 	"time"
 
@@ -17,11 +16,13 @@ import (
 )
 
 // TimeLayout is how timestamps go on the wire: ISO 8601 with a numeric
-// offset (+00:00 rather than Z), microsecond precision.
-const TimeLayout = "2006-01-02T15:04:05.999999-07:00"
+// offset (+00:00 rather than Z) and always six fractional digits, which
+// every Python datetime parser accepts.
+const TimeLayout = "2006-01-02T15:04:05.000000-07:00"
 
 // Time is a time.Time that marshals with [TimeLayout] in UTC and accepts
-// any RFC 3339 timestamp.
+// any RFC 3339 timestamp. Optional timestamps are *Time, so absent ones are
+// omitted or null.
 type Time struct{ time.Time }
 
 // NewTime wraps t for the wire.
@@ -35,18 +36,18 @@ func TimePtr(t *time.Time) *Time {
 	return &Time{*t}
 }
 
-// MarshalJSON implements json.Marshaler.
+// MarshalJSON implements json.Marshaler. It must be MarshalJSON, not
+// MarshalText: the embedded time.Time's own MarshalJSON would win.
 func (t Time) MarshalJSON() ([]byte, error) {
-	if t.IsZero() {
-		return []byte("null"), nil
-	}
-	return []byte(`"` + t.UTC().Format(TimeLayout) + `"`), nil
+	b := make([]byte, 0, len(TimeLayout)+2)
+	b = append(b, '"')
+	b = t.UTC().AppendFormat(b, TimeLayout)
+	return append(b, '"'), nil
 }
 
 // UnmarshalJSON implements json.Unmarshaler.
 func (t *Time) UnmarshalJSON(b []byte) error {
-	if bytes.Equal(b, []byte("null")) {
-		t.Time = time.Time{}
+	if string(b) == "null" {
 		return nil
 	}
 	if len(b) < 2 || b[0] != '"' || b[len(b)-1] != '"' {

@@ -16,7 +16,7 @@ func TestTimeUsesNumericOffset(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(b) != `"2026-01-01T00:05:00+00:00"` {
+	if string(b) != `"2026-01-01T00:05:00.000000+00:00"` {
 		t.Fatalf("got %s", b)
 	}
 	var back Time
@@ -27,6 +27,9 @@ func TestTimeUsesNumericOffset(t *testing.T) {
 		t.Fatalf("round trip: got %v want %v", back, ts)
 	}
 	if err := json.Unmarshal([]byte(`"yesterday"`), &back); err == nil {
+		t.Fatal("accepted a non-ISO timestamp")
+	}
+	if err := json.Unmarshal([]byte(`12`), &back); err == nil {
 		t.Fatal("accepted a non-ISO timestamp")
 	}
 }

@@ -3,6 +3,7 @@ package observe
 import (
 	"context"
 	"errors"
+	"sync"
 
 	"github.com/pharox/pharox"
 	"github.com/prometheus/client_golang/prometheus"
@@ -59,6 +60,7 @@ type Prometheus struct {
 	leases          *prometheus.GaugeVec
 	byStatus        *prometheus.GaugeVec
 	healthChecks    *prometheus.CounterVec
+	pools           sync.Map // pool name -> *poolGauges
 }
 
 // NewPrometheus creates the recorder and registers its metrics with reg
@@ -174,16 +176,41 @@ func (p *Prometheus) ObserveRelease(_ context.Context, ev pharox.ReleaseEvent) {
 // it yourself to refresh pools that see no traffic.
 func (p *Prometheus) ObserveStats(s *pharox.PoolStats) { p.observeStats(s) }
 
+// poolGauges are one pool's gauges, resolved once: every event sets them,
+// and resolving label values costs more than setting the value.
+type poolGauges struct {
+	available, active, leased, leases prometheus.Gauge
+	byStatus                          []prometheus.Gauge // in AllProxyStatuses order
+}
+
+func (p *Prometheus) gaugesFor(pool string) *poolGauges {
+	if g, ok := p.pools.Load(pool); ok {
+		return g.(*poolGauges)
+	}
+	g := &poolGauges{
+		available: p.available.WithLabelValues(pool),
+		active:    p.active.WithLabelValues(pool),
+		leased:    p.leased.WithLabelValues(pool),
+		leases:    p.leases.WithLabelValues(pool),
+	}
+	for _, st := range pharox.AllProxyStatuses {
+		g.byStatus = append(g.byStatus, p.byStatus.WithLabelValues(pool, string(st)))
+	}
+	actual, _ := p.pools.LoadOrStore(pool, g)
+	return actual.(*poolGauges)
+}
+
 func (p *Prometheus) observeStats(s *pharox.PoolStats) {
 	if s == nil || s.PoolName == "" {
 		return
 	}
-	p.available.WithLabelValues(s.PoolName).Set(float64(s.AvailableProxies))
-	p.active.WithLabelValues(s.PoolName).Set(float64(s.ActiveProxies))
-	p.leased.WithLabelValues(s.PoolName).Set(float64(s.LeasedProxies))
-	p.leases.WithLabelValues(s.PoolName).Set(float64(s.TotalLeases))
-	for _, st := range pharox.AllProxyStatuses {
-		p.byStatus.WithLabelValues(s.PoolName, string(st)).Set(float64(s.ByStatus[st]))
+	g := p.gaugesFor(s.PoolName)
+	g.available.Set(float64(s.AvailableProxies))
+	g.active.Set(float64(s.ActiveProxies))
+	g.leased.Set(float64(s.LeasedProxies))
+	g.leases.Set(float64(s.TotalLeases))
+	for i, st := range pharox.AllProxyStatuses {
+		g.byStatus[i].Set(float64(s.ByStatus[st]))
 	}
 }
 
@@ -196,3 +223,13 @@ func (p *Prometheus) ObserveSweep(pool string, byStatus map[string]int) {
 		}
 	}
 }
+
+// AcquireTotal, ReleaseTotal and HealthChecks expose the counters, for
+// tests and for callers that add their own events.
+func (p *Prometheus) AcquireTotal() *prometheus.CounterVec { return p.acquireTotal }
+
+// ReleaseTotal is the release counter.
+func (p *Prometheus) ReleaseTotal() *prometheus.CounterVec { return p.releaseTotal }
+
+// HealthChecks is the health sweep counter.
+func (p *Prometheus) HealthChecks() *prometheus.CounterVec { return p.healthChecks }

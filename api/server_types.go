@@ -1,0 +1,6 @@
+package api
+
+// ServiceStatus answers GET /healthz and GET /readyz.
+type ServiceStatus struct {
+	Status string `json:"status"`
+}

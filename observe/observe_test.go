@@ -1,0 +1,269 @@
+package observe_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/observe"
+	"github.com/pharox/pharox/storage/memory"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.opentelemetry.io/otel/attribute"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+)
+
+// setup makes a memory store with pool "main" of n exclusive proxies, one
+// of them with a password.
+func setup(t *testing.T, n int) pharox.Storage {
+	t.Helper()
+	ctx := context.Background()
+	s := memory.New()
+	t.Cleanup(func() { _ = s.Close() })
+	pool, err := pharox.BootstrapPool(ctx, s, "main", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	one := 1
+	for i := range n {
+		p := pharox.Proxy{Host: "10.0.0." + string(rune('1'+i)), Port: 8080, Protocol: pharox.ProtocolHTTP, MaxConcurrency: &one}
+		if i == 0 {
+			p.Credentials = &pharox.Credentials{User: "u", Password: "hunter2-secret"}
+		}
+		if _, err := pharox.BootstrapProxy(ctx, s, pool, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s
+}
+
+func TestPrometheusRecordsRealAcquisitions(t *testing.T) {
+	ctx := context.Background()
+	reg := prometheus.NewRegistry()
+	rec, err := observe.NewPrometheus(reg, observe.PrometheusOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr := pharox.NewManager(setup(t, 2), rec.ManagerOptions()...)
+
+	opts := &pharox.AcquireOptions{Consumer: "w1", Strategy: pharox.LeastUsed}
+	a, err := mgr.Acquire(ctx, "main", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mgr.Acquire(ctx, "main", opts); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mgr.Acquire(ctx, "main", opts); !errors.Is(err, pharox.ErrNoProxyAvailable) {
+		t.Fatalf("third acquire: %v, want a miss", err)
+	}
+	if _, err := mgr.Acquire(ctx, "nope", opts); !errors.Is(err, pharox.ErrPoolNotFound) {
+		t.Fatalf("unknown pool: %v", err)
+	}
+	for _, c := range []struct {
+		pool, status string
+		want         float64
+	}{{"main", "hit", 2}, {"main", "miss", 1}, {"_unknown", "error", 1}} {
+		got := testutil.ToFloat64(rec.AcquireTotal().WithLabelValues(c.pool, "w1", "least_used", c.status))
+		if got != c.want {
+			t.Errorf("acquire_total{pool=%s,status=%s} = %v, want %v", c.pool, c.status, got, c.want)
+		}
+	}
+	gauge := func(name string) float64 {
+		t.Helper()
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != name {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				if m.GetLabel()[0].GetValue() == "main" {
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+		t.Fatalf("no %s for pool main", name)
+		return 0
+	}
+	if got := gauge("pharox_pool_proxies_available"); got != 0 {
+		t.Errorf("available = %v after leasing both proxies", got)
+	}
+	if got := gauge("pharox_pool_proxies_leased"); got != 2 {
+		t.Errorf("leased = %v, want 2", got)
+	}
+
+	time.Sleep(10 * time.Millisecond)
+	if _, err := mgr.Release(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(rec.ReleaseTotal().WithLabelValues("main", "w1")); got != 1 {
+		t.Errorf("release_total = %v, want 1", got)
+	}
+	if got := gauge("pharox_pool_proxies_available"); got != 1 {
+		t.Errorf("available = %v after one release, want 1", got)
+	}
+	if got := gauge("pharox_pool_leases_active"); got != 1 {
+		t.Errorf("leases_active = %v, want 1", got)
+	}
+	if n := testutil.CollectAndCount(reg, "pharox_acquire_duration_seconds"); n != 3 {
+		t.Errorf("acquire_duration_seconds has %d series, want 3 (hit, miss, error)", n)
+	}
+	if n := testutil.CollectAndCount(reg, "pharox_lease_duration_seconds"); n != 1 {
+		t.Errorf("lease_duration_seconds has %d series, want 1", n)
+	}
+
+	rec.ObserveSweep("main", map[string]int{"active": 3, "banned": 1, "slow": 0})
+	if got := testutil.ToFloat64(rec.HealthChecks().WithLabelValues("main", "active")); got != 3 {
+		t.Errorf("health_checks_total{active} = %v, want 3", got)
+	}
+	problems, err := testutil.GatherAndLint(reg)
+	if err != nil || len(problems) > 0 {
+		t.Fatalf("lint: %v %+v", err, problems)
+	}
+	if _, err := observe.NewPrometheus(reg, observe.PrometheusOptions{}); err == nil {
+		t.Error("registering twice on one registry should fail")
+	}
+}
+
+func TestPrometheusOmitConsumer(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	rec, err := observe.NewPrometheus(reg, observe.PrometheusOptions{OmitConsumer: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr := pharox.NewManager(setup(t, 1), rec.ManagerOptions()...)
+	if _, err := mgr.Acquire(context.Background(), "main", &pharox.AcquireOptions{Consumer: "secret-tenant"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(rec.AcquireTotal().WithLabelValues("main", "", "first_available", "hit")); got != 1 {
+		t.Fatalf("acquire_total without consumer = %v", got)
+	}
+}
+
+func TestTracingSpans(t *testing.T) {
+	ctx := context.Background()
+	sr := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sr))
+	t.Cleanup(func() { _ = tp.Shutdown(ctx) })
+	mgr := pharox.NewManager(setup(t, 1), observe.Tracing(tp)...)
+
+	parentCtx, parent := tp.Tracer("test").Start(ctx, "job")
+	l, err := mgr.Acquire(parentCtx, "main", &pharox.AcquireOptions{Consumer: "w"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mgr.Acquire(parentCtx, "main", nil); !errors.Is(err, pharox.ErrNoProxyAvailable) {
+		t.Fatalf("want a miss, got %v", err)
+	}
+	if _, err := mgr.Release(parentCtx, l.ID); err != nil {
+		t.Fatal(err)
+	}
+	parent.End()
+
+	var acquires, releases []sdktrace.ReadOnlySpan
+	for _, s := range sr.Ended() {
+		switch s.Name() {
+		case "pharox.acquire":
+			acquires = append(acquires, s)
+		case "pharox.release":
+			releases = append(releases, s)
+		}
+	}
+	if len(acquires) != 2 || len(releases) != 1 {
+		t.Fatalf("%d acquire and %d release spans, want 2 and 1", len(acquires), len(releases))
+	}
+	attr := func(s sdktrace.ReadOnlySpan, key string) string {
+		for _, kv := range s.Attributes() {
+			if kv.Key == attribute.Key(key) {
+				return kv.Value.Emit()
+			}
+		}
+		return ""
+	}
+	if attr(acquires[0], "pharox.result") != "hit" || attr(acquires[0], "pharox.lease_id") != l.ID.String() ||
+		attr(acquires[0], "pharox.pool") != "main" || attr(acquires[0], "pharox.consumer") != "w" {
+		t.Errorf("hit span attributes: %v", acquires[0].Attributes())
+	}
+	if attr(acquires[1], "pharox.result") != "miss" {
+		t.Errorf("miss span attributes: %v", acquires[1].Attributes())
+	}
+	if attr(releases[0], "pharox.lease_id") != l.ID.String() {
+		t.Errorf("release span attributes: %v", releases[0].Attributes())
+	}
+	for _, s := range append(acquires, releases...) {
+		if s.Parent().SpanID() != parent.SpanContext().SpanID() {
+			t.Errorf("%s is not a child of the caller's span", s.Name())
+		}
+		for _, kv := range s.Attributes() {
+			if strings.Contains(kv.Value.Emit(), "hunter2") {
+				t.Errorf("span %s carries the password", s.Name())
+			}
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestLoggingSamplesHitsAndLogsMisses(t *testing.T) {
+	ctx := context.Background()
+	var buf syncBuffer
+	l := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	store := setup(t, 1)
+	mgr := pharox.NewManager(store, observe.Logging(l, 3)...)
+	for range 7 {
+		lease, err := mgr.Acquire(ctx, "main", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := mgr.Release(ctx, lease.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lease, err := mgr.Acquire(ctx, "main", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := mgr.Acquire(ctx, "main", nil); !errors.Is(err, pharox.ErrNoProxyAvailable) {
+			t.Fatalf("want a miss, got %v", err)
+		}
+	}
+	_ = lease
+	out := buf.String()
+	// Hits 1, 4 and 7 of 8 are logged; both misses are.
+	if n := strings.Count(out, "lease acquired"); n != 3 {
+		t.Errorf("%d hits logged, want 3 of 8 with every=3:\n%s", n, out)
+	}
+	if n := strings.Count(out, "no proxy available"); n != 2 {
+		t.Errorf("%d misses logged, want 2:\n%s", n, out)
+	}
+	if !strings.Contains(out, "10.0.0.1") || strings.Contains(out, "hunter2") {
+		t.Errorf("log must name the proxy without its password:\n%s", out)
+	}
+}

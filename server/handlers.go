@@ -1,0 +1,660 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/api"
+)
+
+// ---- service ----
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, api.ServiceStatus{Status: "ok"})
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	if err := s.store.Ping(ctx); err != nil {
+		s.log.Warn("pharox server: storage ping failed", "err", err)
+		writeJSON(w, http.StatusServiceUnavailable, api.Error{Detail: "Storage unavailable"})
+		return
+	}
+	writeJSON(w, http.StatusOK, api.ServiceStatus{Status: "ok"})
+}
+
+// ---- path and query helpers ----
+
+// pathUUID parses the named path parameter as a UUID.
+func pathUUID(r *http.Request, name string) (uuid.UUID, error) {
+	raw := r.PathValue(name)
+	id, err := uuid.Parse(raw)
+	if err != nil {
+		return uuid.Nil, unprocessable("%s %q is not a valid UUID", name, truncate(raw, 64))
+	}
+	return id, nil
+}
+
+// poolRef resolves a pool reference from the path or a query: a UUID is
+// the pool's id; anything else is taken as the pool's name, a convenience
+// for people and scripts.
+func (s *Server) poolRef(ctx context.Context, ref string) (uuid.UUID, error) {
+	if id, err := uuid.Parse(ref); err == nil {
+		return id, nil
+	}
+	if ref == "" {
+		return uuid.Nil, unprocessable("pool_id is empty")
+	}
+	p, err := s.store.GetPoolByName(ctx, ref)
+	if err != nil {
+		return uuid.Nil, err
+	}
+	return p.ID, nil
+}
+
+// poolRefName resolves a pool reference to the pool's name, which is what
+// the Manager works with. It asks the store rather than the acquisition's
+// cache: a deleted pool's id must not resolve to a new pool of that name.
+func (s *Server) poolRefName(ctx context.Context, ref string) (string, error) {
+	if id, err := uuid.Parse(ref); err == nil {
+		p, err := s.store.GetPool(ctx, id)
+		if err != nil {
+			return "", err
+		}
+		return p.Name, nil
+	}
+	if _, err := s.store.GetPoolByName(ctx, ref); err != nil {
+		return "", err
+	}
+	return ref, nil
+}
+
+// queryBool parses a boolean query parameter; absent is false.
+func queryBool(r *http.Request, name string) (bool, error) {
+	v := r.URL.Query().Get(name)
+	switch strings.ToLower(v) {
+	case "", "false", "0", "no":
+		return false, nil
+	case "true", "1", "yes":
+		return true, nil
+	}
+	return false, unprocessable("query parameter %s must be true or false, got %q", name, truncate(v, 32))
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// seconds converts a JSON number of seconds into a positive duration no
+// longer than max, with a clear error naming the field.
+func seconds(field string, v float64, max time.Duration) (time.Duration, error) {
+	if math.IsNaN(v) || math.IsInf(v, 0) || v <= 0 {
+		return 0, unprocessable("%s must be a positive number of seconds, got %v", field, v)
+	}
+	if v > max.Seconds() {
+		return 0, unprocessable("%s %v exceeds the maximum of %v seconds", field, v, max.Seconds())
+	}
+	d := time.Duration(v * float64(time.Second))
+	if d <= 0 {
+		return 0, unprocessable("%s %v is shorter than a nanosecond", field, v)
+	}
+	return d, nil
+}
+
+// ---- pools ----
+
+func (s *Server) createPool(r *http.Request) (any, error) {
+	var req api.CreatePoolRequest
+	if err := decodeBody(r, &req, false); err != nil {
+		return nil, err
+	}
+	pool := pharox.Pool{Name: strings.TrimSpace(req.Name), Description: req.Description}
+	if err := pool.Validate(); err != nil {
+		return nil, err
+	}
+	p, err := s.store.CreatePool(r.Context(), pool)
+	if err != nil {
+		return nil, err
+	}
+	s.pools.Store(p.ID, p.Name)
+	return api.FromPool(p), nil
+}
+
+func (s *Server) listPools(r *http.Request) (any, error) {
+	pools, err := s.store.ListPools(r.Context())
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.Pool, len(pools))
+	for i, p := range pools {
+		out[i] = api.FromPool(p)
+	}
+	return out, nil
+}
+
+func (s *Server) getPool(r *http.Request) (any, error) {
+	ref := r.PathValue("pool_id")
+	var p *pharox.Pool
+	var err error
+	if id, perr := uuid.Parse(ref); perr == nil {
+		p, err = s.store.GetPool(r.Context(), id)
+	} else {
+		p, err = s.store.GetPoolByName(r.Context(), ref)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return api.FromPool(p), nil
+}
+
+func (s *Server) deletePool(r *http.Request) (any, error) {
+	id, err := s.poolRef(r.Context(), r.PathValue("pool_id"))
+	if err != nil {
+		return nil, err
+	}
+	if err := s.store.DeletePool(r.Context(), id); err != nil {
+		return nil, err
+	}
+	s.pools.Delete(id)
+	return nil, nil
+}
+
+func (s *Server) poolStats(r *http.Request) (any, error) {
+	name, err := s.poolRefName(r.Context(), r.PathValue("pool_id"))
+	if err != nil {
+		return nil, err
+	}
+	st, err := s.mgr.PoolStats(r.Context(), name)
+	if err != nil {
+		return nil, err
+	}
+	return api.FromPoolStats(st), nil
+}
+
+func (s *Server) sweepPool(r *http.Request) (any, error) {
+	if s.opts.Sweep == nil {
+		return nil, &httpError{http.StatusNotImplemented, "Health checks are not configured on this server"}
+	}
+	var req api.SweepRequest
+	if err := decodeBody(r, &req, true); err != nil {
+		return nil, err
+	}
+	if req.TargetURL != "" {
+		u, err := url.Parse(req.TargetURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, unprocessable("target_url must be an absolute http or https URL")
+		}
+	}
+	name, err := s.poolRefName(r.Context(), r.PathValue("pool_id"))
+	if err != nil {
+		return nil, err
+	}
+	return s.opts.Sweep(r.Context(), name, req.TargetURL)
+}
+
+// ---- proxies ----
+
+// proxyInPool returns the proxy named by the path, checking that it
+// belongs to the pool named by the path: a proxy of another pool is 404.
+func (s *Server) proxyInPool(r *http.Request) (*pharox.Proxy, error) {
+	proxyID, err := pathUUID(r, "proxy_id")
+	if err != nil {
+		return nil, err
+	}
+	poolID, err := s.poolRef(r.Context(), r.PathValue("pool_id"))
+	if err != nil {
+		return nil, err
+	}
+	p, err := s.store.GetProxy(r.Context(), proxyID)
+	if err != nil {
+		return nil, err
+	}
+	if p.PoolID != poolID {
+		return nil, fmt.Errorf("proxy %s is not in pool %s: %w", proxyID, poolID, pharox.ErrProxyNotFound)
+	}
+	return p, nil
+}
+
+func (s *Server) createProxy(r *http.Request) (any, error) {
+	var req api.CreateProxyRequest
+	if err := decodeBody(r, &req, false); err != nil {
+		return nil, err
+	}
+	poolID, err := s.poolRef(r.Context(), r.PathValue("pool_id"))
+	if err != nil {
+		return nil, err
+	}
+	p, err := req.ToProxy(poolID)
+	if err != nil {
+		return nil, err
+	}
+	added, err := s.store.AddProxies(r.Context(), []pharox.Proxy{p})
+	if err != nil {
+		return nil, err
+	}
+	return api.FromProxy(added[0], false), nil
+}
+
+func (s *Server) importProxies(r *http.Request) (any, error) {
+	var req api.ImportProxiesRequest
+	if err := decodeBody(r, &req, false); err != nil {
+		return nil, err
+	}
+	if len(req.Proxies) == 0 {
+		return nil, unprocessable("proxies is empty: nothing to import")
+	}
+	poolID, err := s.poolRef(r.Context(), r.PathValue("pool_id"))
+	if err != nil {
+		return nil, err
+	}
+	proxies := make([]pharox.Proxy, len(req.Proxies))
+	for i := range req.Proxies {
+		p, err := req.Proxies[i].ToProxy(poolID)
+		if err != nil {
+			return nil, fmt.Errorf("proxies[%d]: %w", i, err)
+		}
+		proxies[i] = p
+	}
+	added, err := s.store.AddProxies(r.Context(), proxies)
+	if err != nil {
+		return nil, err
+	}
+	out := api.ImportProxiesResponse{Created: len(added), Proxies: make([]api.Proxy, len(added))}
+	for i, p := range added {
+		out.Proxies[i] = api.FromProxy(p, false)
+	}
+	return out, nil
+}
+
+func (s *Server) listProxies(r *http.Request) (any, error) {
+	secrets, err := queryBool(r, "include_secrets")
+	if err != nil {
+		return nil, err
+	}
+	poolID, err := s.poolRef(r.Context(), r.PathValue("pool_id"))
+	if err != nil {
+		return nil, err
+	}
+	proxies, err := s.store.ListProxies(r.Context(), poolID)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.Proxy, len(proxies))
+	for i, p := range proxies {
+		out[i] = api.FromProxy(p, secrets)
+	}
+	return out, nil
+}
+
+func (s *Server) getProxy(r *http.Request) (any, error) {
+	secrets, err := queryBool(r, "include_secrets")
+	if err != nil {
+		return nil, err
+	}
+	p, err := s.proxyInPool(r)
+	if err != nil {
+		return nil, err
+	}
+	return api.FromProxy(p, secrets), nil
+}
+
+func (s *Server) updateProxy(r *http.Request) (any, error) {
+	var req api.UpdateProxyRequest
+	if err := decodeBody(r, &req, false); err != nil {
+		return nil, err
+	}
+	if req.Status == "" {
+		return nil, unprocessable("status is required (active, slow, inactive or banned)")
+	}
+	status, err := pharox.ParseProxyStatus(req.Status)
+	if err != nil {
+		return nil, err
+	}
+	p, err := s.proxyInPool(r)
+	if err != nil {
+		return nil, err
+	}
+	updated, err := s.store.SetProxyStatus(r.Context(), p.ID, status)
+	if err != nil {
+		return nil, err
+	}
+	return api.FromProxy(updated, false), nil
+}
+
+func (s *Server) deleteProxy(r *http.Request) (any, error) {
+	p, err := s.proxyInPool(r)
+	if err != nil {
+		return nil, err
+	}
+	return nil, s.store.DeleteProxy(r.Context(), p.ID)
+}
+
+// ---- consumers ----
+
+func (s *Server) ensureConsumer(r *http.Request) (any, error) {
+	var req api.CreateConsumerRequest
+	if err := decodeBody(r, &req, false); err != nil {
+		return nil, err
+	}
+	c, err := s.mgr.EnsureConsumer(r.Context(), req.Name)
+	if err != nil {
+		return nil, err
+	}
+	s.consumers.Store(c.ID, c.Name)
+	return api.Consumer{ID: c.ID, Name: c.Name}, nil
+}
+
+// consumerName resolves a consumer id to its name. The store offers no
+// lookup by id, so the server remembers the consumers it has seen (ensured
+// or leased through it) and otherwise finds the name on one of the
+// consumer's leases. A consumer id never seen anywhere is taken as the
+// name of a consumer, so that clients which make up their own consumer ids
+// keep one consumer per id.
+func (s *Server) consumerName(ctx context.Context, id uuid.UUID) (string, error) {
+	if name, ok := s.consumers.Load(id); ok {
+		return name.(string), nil
+	}
+	leases, err := s.store.ListLeases(ctx, pharox.LeaseQuery{ConsumerID: id, Limit: 1})
+	if err != nil {
+		return "", err
+	}
+	if len(leases) == 1 && leases[0].ConsumerName != "" {
+		s.consumers.Store(id, leases[0].ConsumerName)
+		return leases[0].ConsumerName, nil
+	}
+	s.consumers.Store(id, id.String())
+	return id.String(), nil
+}
+
+// ---- leases ----
+
+func (s *Server) acquire(r *http.Request) (any, error) {
+	ctx := r.Context()
+	body, err := readBody(r)
+	if err != nil {
+		return nil, err
+	}
+	var req api.AcquireRequest
+	if err := decodeBytes(body, &req, false); err != nil {
+		return nil, err
+	}
+	opts, err := acquireOptions(body, &req)
+	if err != nil {
+		return nil, err
+	}
+
+	var poolID uuid.UUID
+	pool := strings.TrimSpace(req.PoolName)
+	if req.PoolID != "" {
+		if poolID, err = uuid.Parse(req.PoolID); err != nil {
+			return nil, unprocessable("pool_id %q is not a valid UUID", truncate(req.PoolID, 64))
+		}
+		name, err := s.poolName(ctx, poolID)
+		if err != nil {
+			return nil, err
+		}
+		if pool != "" && pool != name {
+			return nil, unprocessable("pool_id and pool_name name different pools")
+		}
+		pool = name
+	}
+	if pool == "" {
+		return nil, unprocessable("pool_id or pool_name is required")
+	}
+
+	if req.ConsumerName == "" && req.ConsumerID != "" {
+		id, err := uuid.Parse(req.ConsumerID)
+		if err != nil {
+			return nil, unprocessable("consumer_id %q is not a valid UUID", truncate(req.ConsumerID, 64))
+		}
+		if opts.Consumer, err = s.consumerName(ctx, id); err != nil {
+			return nil, err
+		}
+	}
+
+	var lease *pharox.Lease
+	if req.WaitSeconds > 0 {
+		wait := time.Duration(min(req.WaitSeconds, s.opts.MaxWait.Seconds()) * float64(time.Second))
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		stop := context.AfterFunc(s.stopping, cancel)
+		lease, err = s.mgr.AcquireWait(wctx, pool, opts)
+		stop()
+		cancel()
+	} else {
+		lease, err = s.mgr.Acquire(ctx, pool, opts)
+	}
+	if err != nil {
+		if errors.Is(err, pharox.ErrPoolNotFound) && poolID != uuid.Nil {
+			s.pools.Delete(poolID)
+		}
+		return nil, err
+	}
+	if poolID != uuid.Nil && lease.PoolID != poolID {
+		// The pool was deleted and another one made under its name since
+		// the name was cached: this lease is from a pool the client did
+		// not ask for.
+		s.pools.Delete(poolID)
+		s.releaseQuietly(ctx, lease)
+		return nil, pharox.ErrPoolNotFound
+	}
+	if ctx.Err() != nil {
+		// The client is gone and will never learn of this lease: give
+		// the slot back now rather than at expiry.
+		s.releaseQuietly(ctx, lease)
+		return nil, ctx.Err()
+	}
+	if _, known := s.consumers.Load(lease.ConsumerID); !known {
+		s.consumers.Store(lease.ConsumerID, lease.ConsumerName)
+	}
+	return api.FromLease(lease, true), nil
+}
+
+func (s *Server) releaseQuietly(ctx context.Context, lease *pharox.Lease) {
+	if _, err := s.mgr.Release(context.WithoutCancel(ctx), lease.ID); err != nil {
+		s.log.Error("pharox server: release of an unwanted lease failed", "lease", lease.ID, "err", err)
+	}
+}
+
+// acquireOptions checks the request's fields and builds the Manager's
+// options; the Manager applies defaults and the remaining rules.
+func acquireOptions(body []byte, req *api.AcquireRequest) (*pharox.AcquireOptions, error) {
+	opts := &pharox.AcquireOptions{Consumer: req.ConsumerName, SessionKey: req.SessionKey}
+	var err error
+	if req.TTLSeconds != nil {
+		if opts.Duration, err = seconds("ttl_seconds", *req.TTLSeconds, pharox.MaxLeaseDuration); err != nil {
+			return nil, err
+		}
+	}
+	if req.SessionTTLSeconds != nil {
+		if opts.SessionTTL, err = seconds("session_ttl_seconds", *req.SessionTTLSeconds, pharox.MaxLeaseDuration); err != nil {
+			return nil, err
+		}
+	}
+	if math.IsNaN(req.WaitSeconds) || req.WaitSeconds < 0 {
+		return nil, unprocessable("wait_seconds must be zero or a positive number of seconds, got %v", req.WaitSeconds)
+	}
+	if opts.Strategy, err = pharox.ParseStrategy(req.Strategy); err != nil {
+		return nil, err
+	}
+	if req.Filters != nil {
+		// Decoding ignored unknown fields; an ignored filter would lease a
+		// proxy the client excluded, so filters are checked strictly.
+		f, err := strictFilters(body)
+		if err != nil {
+			return nil, err
+		}
+		if f.HasPredicate() {
+			return nil, unprocessable("filters cannot carry a predicate")
+		}
+		opts.Filters = f
+	}
+	return opts, nil
+}
+
+func (s *Server) getLease(r *http.Request) (any, error) {
+	id, err := pathUUID(r, "lease_id")
+	if err != nil {
+		return nil, err
+	}
+	l, err := s.store.GetLease(r.Context(), id)
+	if err != nil {
+		return nil, err
+	}
+	return api.FromLease(l, false), nil
+}
+
+func (s *Server) release(r *http.Request) (any, error) {
+	id, err := pathUUID(r, "lease_id")
+	if err != nil {
+		return nil, err
+	}
+	var body struct{}
+	if err := decodeBody(r, &body, true); err != nil {
+		return nil, err
+	}
+	l, err := s.mgr.Release(r.Context(), id)
+	if err != nil {
+		return nil, err
+	}
+	return api.FromLease(l, false), nil
+}
+
+func (s *Server) renew(r *http.Request) (any, error) {
+	id, err := pathUUID(r, "lease_id")
+	if err != nil {
+		return nil, err
+	}
+	var req api.RenewRequest
+	if err := decodeBody(r, &req, false); err != nil {
+		return nil, err
+	}
+	d, err := seconds("ttl_seconds", req.TTLSeconds, pharox.MaxLeaseDuration)
+	if err != nil {
+		return nil, err
+	}
+	l, err := s.mgr.Renew(r.Context(), id, d)
+	if err != nil {
+		return nil, err
+	}
+	return api.FromLease(l, false), nil
+}
+
+// maxReasonBytes bounds an outcome's reason, which becomes LastError.
+const maxReasonBytes = 1024
+
+func (s *Server) reportOutcome(r *http.Request) (any, error) {
+	id, err := pathUUID(r, "lease_id")
+	if err != nil {
+		return nil, err
+	}
+	var req api.OutcomeRequest
+	if err := decodeBody(r, &req, false); err != nil {
+		return nil, err
+	}
+	if req.Kind == "" {
+		return nil, unprocessable("kind is required (success, failure or banned)")
+	}
+	if math.IsNaN(req.LatencyMS) || req.LatencyMS < 0 || req.LatencyMS > 24*3600*1000 {
+		return nil, unprocessable("latency_ms must be between 0 and 86400000, got %v", req.LatencyMS)
+	}
+	if req.StatusCode < 0 || req.StatusCode > 999 {
+		return nil, unprocessable("status_code %d is not an HTTP status code", req.StatusCode)
+	}
+	if len(req.Reason) > maxReasonBytes {
+		return nil, unprocessable("reason longer than %d bytes", maxReasonBytes)
+	}
+	lease, err := s.store.GetLease(r.Context(), id)
+	if err != nil {
+		return nil, err
+	}
+	p, err := s.mgr.ReportOutcome(r.Context(), lease, pharox.Outcome{
+		Kind:       pharox.OutcomeKind(strings.ToLower(strings.TrimSpace(req.Kind))),
+		Latency:    time.Duration(req.LatencyMS * float64(time.Millisecond)),
+		StatusCode: req.StatusCode,
+		Reason:     req.Reason,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return api.FromProxy(p, false), nil
+}
+
+func (s *Server) listLeases(r *http.Request) (any, error) {
+	q := r.URL.Query()
+	var lq pharox.LeaseQuery
+	var err error
+	if v := q.Get("pool_id"); v != "" {
+		if lq.PoolID, err = s.poolRef(r.Context(), v); err != nil {
+			return nil, err
+		}
+	}
+	for _, f := range []struct {
+		name string
+		dst  *uuid.UUID
+	}{{"proxy_id", &lq.ProxyID}, {"consumer_id", &lq.ConsumerID}} {
+		if v := q.Get(f.name); v != "" {
+			if *f.dst, err = uuid.Parse(v); err != nil {
+				return nil, unprocessable("query parameter %s %q is not a valid UUID", f.name, truncate(v, 64))
+			}
+		}
+	}
+	if v := q.Get("status"); v != "" {
+		lq.Status = pharox.LeaseStatus(strings.ToLower(v))
+		if !lq.Status.Valid() {
+			return nil, unprocessable("query parameter status must be active, released or expired, got %q", truncate(v, 32))
+		}
+	}
+	lq.Limit = DefaultListLimit
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > MaxListLimit {
+			return nil, unprocessable("query parameter limit must be an integer from 1 to %d, got %q", MaxListLimit, truncate(v, 32))
+		}
+		lq.Limit = n
+	}
+	leases, err := s.store.ListLeases(r.Context(), lq)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.Lease, len(leases))
+	for i, l := range leases {
+		out[i] = api.FromLease(l, false)
+	}
+	return out, nil
+}
+
+// strictFilters decodes the request's filters again, rejecting fields
+// pharox does not know.
+func strictFilters(body []byte) (*pharox.Filters, error) {
+	var raw struct {
+		Filters json.RawMessage `json:"filters"`
+	}
+	if err := json.Unmarshal(body, &raw); err != nil {
+		return nil, jsonError(err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw.Filters))
+	dec.DisallowUnknownFields()
+	var f pharox.Filters
+	if err := dec.Decode(&f); err != nil {
+		if field, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+			return nil, unprocessable("filters: unknown field %s", field)
+		}
+		return nil, jsonError(err)
+	}
+	return &f, nil
+}

@@ -1,0 +1,164 @@
+package server
+
+import (
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/pharox/pharox/api"
+)
+
+// route is one row of the table that both registers the handlers and
+// produces the OpenAPI document, so the two cannot drift apart.
+type route struct {
+	Method string
+	// Path is the OpenAPI path, with {name} parameters and the contract's
+	// exact trailing slash.
+	Path        string
+	ID          string
+	Tag         string
+	Summary     string
+	Description string
+	Role        Role
+	// Request is a zero value of the body type, nil when there is none.
+	Request any
+	// BodyOptional accepts an empty body as {}.
+	BodyOptional bool
+	// Import selects the larger body limit.
+	Import bool
+	// Long lifts the server's write timeout for this route (to
+	// longRouteTimeout), for work that may outlast it, like health sweeps.
+	Long bool
+	// Status and Response describe success; Response nil means no body.
+	Status   int
+	Response any
+	Query    []queryParam
+	// Errors lists the error statuses the route can answer besides the
+	// generic ones (400, 401, 403, 413, 422, 500).
+	Errors []int
+
+	// api handlers return the success body or an error; raw handlers
+	// write their own response.
+	api func(s *Server, r *http.Request) (any, error)
+	raw func(s *Server, w http.ResponseWriter, r *http.Request)
+}
+
+// queryParam documents one query parameter.
+type queryParam struct {
+	Name, Type, Format, Description string
+}
+
+// pattern returns the ServeMux pattern for the route: a path that ends in
+// a slash matches exactly that path ({$}), as in the contract.
+func (rt *route) pattern() string {
+	p := rt.Path
+	if strings.HasSuffix(p, "/") {
+		p += "{$}"
+	}
+	return rt.Method + " " + p
+}
+
+func routeTable() []route {
+	poolErrs := []int{http.StatusNotFound}
+	return []route{
+		// Service.
+		{Method: "GET", Path: "/healthz", ID: "healthz", Tag: "service", Summary: "Liveness: the process serves requests",
+			Role: RolePublic, Status: 200, Response: api.ServiceStatus{}, raw: (*Server).healthz},
+		{Method: "GET", Path: "/readyz", ID: "readyz", Tag: "service", Summary: "Readiness: the store answers a ping",
+			Role: RolePublic, Status: 200, Response: api.ServiceStatus{}, Errors: []int{503}, raw: (*Server).readyz},
+		{Method: "GET", Path: "/metrics", ID: "metrics", Tag: "service", Summary: "Prometheus metrics (text exposition format)",
+			Description: "Public unless the server requires a key for metrics, then admin.",
+			Role:        RolePublic, Status: 200, raw: (*Server).serveMetrics},
+		{Method: "GET", Path: "/openapi.json", ID: "openapi", Tag: "service", Summary: "This OpenAPI document",
+			Role: RolePublic, Status: 200, raw: (*Server).serveOpenAPI},
+
+		// Pools.
+		{Method: "POST", Path: "/v1/pools/", ID: "createPool", Tag: "pools", Summary: "Create a pool",
+			Role: RoleAdmin, Request: api.CreatePoolRequest{}, Status: 201, Response: api.Pool{},
+			Errors: []int{409}, api: (*Server).createPool},
+		{Method: "GET", Path: "/v1/pools/", ID: "listPools", Tag: "pools", Summary: "List pools ordered by name",
+			Role: RoleConsumer, Status: 200, Response: []api.Pool{}, api: (*Server).listPools},
+		{Method: "GET", Path: "/v1/pools/{pool_id}", ID: "getPool", Tag: "pools", Summary: "Get a pool",
+			Role: RoleConsumer, Status: 200, Response: api.Pool{}, Errors: poolErrs, api: (*Server).getPool},
+		{Method: "DELETE", Path: "/v1/pools/{pool_id}", ID: "deletePool", Tag: "pools",
+			Summary:     "Delete a pool with its proxies and ended leases",
+			Description: "409 while any of its proxies has an active lease.",
+			Role:        RoleAdmin, Status: 204, Errors: []int{404, 409}, api: (*Server).deletePool},
+		{Method: "GET", Path: "/v1/pools/{pool_id}/stats", ID: "poolStats", Tag: "pools", Summary: "A pool's occupancy",
+			Role: RoleConsumer, Status: 200, Response: api.PoolStats{}, Errors: poolErrs, api: (*Server).poolStats},
+		{Method: "POST", Path: "/v1/pools/{pool_id}/health-check", ID: "sweepPool", Tag: "pools",
+			Summary:     "Probe every proxy of the pool now and apply the results",
+			Description: "501 when the server has no health checker configured.",
+			Role:        RoleAdmin, Request: api.SweepRequest{}, BodyOptional: true, Long: true, Status: 200, Response: api.SweepResult{},
+			Errors: []int{404, 501}, api: (*Server).sweepPool},
+
+		// Proxies.
+		{Method: "POST", Path: "/v1/pools/{pool_id}/proxies/", ID: "createProxy", Tag: "proxies", Summary: "Add a proxy to a pool",
+			Role: RoleAdmin, Request: api.CreateProxyRequest{}, Status: 201, Response: api.Proxy{},
+			Errors: []int{404, 409}, api: (*Server).createProxy},
+		{Method: "GET", Path: "/v1/pools/{pool_id}/proxies/", ID: "listProxies", Tag: "proxies", Summary: "List a pool's proxies ordered by id",
+			Role: RoleAdmin, Status: 200, Response: []api.Proxy{}, Query: []queryParam{includeSecrets},
+			Errors: poolErrs, api: (*Server).listProxies},
+		{Method: "POST", Path: "/v1/pools/{pool_id}/proxies/import", ID: "importProxies", Tag: "proxies",
+			Summary:     "Add many proxies, all or none",
+			Description: "If any proxy is invalid (422) or a duplicate (409), nothing is stored. Bodies up to the import limit (16 MiB by default).",
+			Role:        RoleAdmin, Request: api.ImportProxiesRequest{}, Import: true, Status: 201, Response: api.ImportProxiesResponse{},
+			Errors: []int{404, 409}, api: (*Server).importProxies},
+		{Method: "GET", Path: "/v1/pools/{pool_id}/proxies/{proxy_id}", ID: "getProxy", Tag: "proxies", Summary: "Get a proxy",
+			Role: RoleAdmin, Status: 200, Response: api.Proxy{}, Query: []queryParam{includeSecrets},
+			Errors: poolErrs, api: (*Server).getProxy},
+		{Method: "PATCH", Path: "/v1/pools/{pool_id}/proxies/{proxy_id}", ID: "updateProxy", Tag: "proxies",
+			Summary: "Set a proxy's status by hand (active, slow, inactive, banned)",
+			Role:    RoleAdmin, Request: api.UpdateProxyRequest{}, Status: 200, Response: api.Proxy{},
+			Errors: poolErrs, api: (*Server).updateProxy},
+		{Method: "DELETE", Path: "/v1/pools/{pool_id}/proxies/{proxy_id}", ID: "deleteProxy", Tag: "proxies",
+			Summary: "Delete a proxy", Description: "409 while it has an active lease.",
+			Role: RoleAdmin, Status: 204, Errors: []int{404, 409}, api: (*Server).deleteProxy},
+
+		// Consumers.
+		{Method: "POST", Path: "/v1/consumers/", ID: "ensureConsumer", Tag: "consumers",
+			Summary:     "Get or create the consumer with this name",
+			Description: "Idempotent: the same name always gives the same consumer.",
+			Role:        RoleConsumer, Request: api.CreateConsumerRequest{}, Status: 201, Response: api.Consumer{},
+			api: (*Server).ensureConsumer},
+
+		// Leases.
+		{Method: "POST", Path: "/v1/leases/", ID: "acquireLease", Tag: "leases", Summary: "Lease a proxy",
+			Description: "Name the pool by pool_id or pool_name and the consumer by consumer_id, consumer_name or neither " +
+				"(the default consumer). 409 {\"detail\": \"No proxy available\"} when nothing fits, after waiting up to " +
+				"wait_seconds (capped by the server's maximum). The answer carries the proxy with its credentials and URL.",
+			Role: RoleConsumer, Request: api.AcquireRequest{}, Status: 201, Response: api.Lease{},
+			Errors: []int{404, 409}, api: (*Server).acquire},
+		{Method: "GET", Path: "/v1/leases/", ID: "listLeases", Tag: "leases", Summary: "List leases, oldest first",
+			Role: RoleAdmin, Status: 200, Response: []api.Lease{},
+			Query: []queryParam{
+				{Name: "pool_id", Type: "string", Description: "pool id (or name)"},
+				{Name: "proxy_id", Type: "string", Format: "uuid"},
+				{Name: "consumer_id", Type: "string", Format: "uuid"},
+				{Name: "status", Type: "string", Description: "active, released or expired"},
+				{Name: "limit", Type: "integer", Description: "at most this many (default 1000, max 10000)"},
+			},
+			Errors: poolErrs, api: (*Server).listLeases},
+		{Method: "GET", Path: "/v1/leases/{lease_id}", ID: "getLease", Tag: "leases", Summary: "Get a lease",
+			Role: RoleConsumer, Status: 200, Response: api.Lease{}, Errors: poolErrs, api: (*Server).getLease},
+		{Method: "POST", Path: "/v1/leases/{lease_id}/release", ID: "releaseLease", Tag: "leases",
+			Summary: "Release a lease", Description: "409 when the lease already ended.",
+			Role: RoleConsumer, Request: struct{}{}, BodyOptional: true, Status: 200, Response: api.Lease{},
+			Errors: []int{404, 409}, api: (*Server).release},
+		{Method: "POST", Path: "/v1/leases/{lease_id}/renew", ID: "renewLease", Tag: "leases",
+			Summary: "Extend an active lease to expire ttl_seconds from now", Description: "409 when the lease already ended.",
+			Role: RoleConsumer, Request: api.RenewRequest{}, Status: 200, Response: api.Lease{},
+			Errors: []int{404, 409}, api: (*Server).renew},
+		{Method: "POST", Path: "/v1/leases/{lease_id}/outcome", ID: "reportOutcome", Tag: "leases",
+			Summary:     "Report how a request through the leased proxy went",
+			Description: "kind is success, failure or banned; the proxy's health follows the server's outcome policy. Answers the updated proxy.",
+			Role:        RoleConsumer, Request: api.OutcomeRequest{}, Status: 200, Response: api.Proxy{},
+			Errors: poolErrs, api: (*Server).reportOutcome},
+	}
+}
+
+// longRouteTimeout bounds how long a Long route may take to answer.
+const longRouteTimeout = 15 * time.Minute
+
+var includeSecrets = queryParam{Name: "include_secrets", Type: "boolean",
+	Description: "include passwords and credential-bearing URLs"}

@@ -1,0 +1,113 @@
+package open
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pharox/pharox"
+)
+
+// roundTrip proves the store behind url works and, when reopen is set,
+// that a second Open of the same URL sees the same data.
+func roundTrip(t *testing.T, url string, reopen bool) {
+	t.Helper()
+	ctx := context.Background()
+	s, err := Open(ctx, url)
+	if err != nil {
+		t.Fatalf("Open(%s): %v", Redact(url), err)
+	}
+	name := fmt.Sprintf("open-%d", time.Now().UnixNano())
+	pool, err := pharox.BootstrapPool(ctx, s, name, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pharox.BootstrapProxy(ctx, s, pool, pharox.Proxy{Host: "10.0.0.1", Port: 8080, Protocol: pharox.ProtocolHTTP}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !reopen {
+		return
+	}
+	s2, err := Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		s2.DeletePool(ctx, pool.ID)
+		s2.Close()
+	}()
+	lease, err := pharox.NewManager(s2).Acquire(ctx, name, nil)
+	if err != nil {
+		t.Fatalf("reopened store lost the pool: %v", err)
+	}
+	if lease.Proxy.Host != "10.0.0.1" {
+		t.Fatalf("reopened store: %+v", lease.Proxy)
+	}
+	if _, err := s2.ReleaseLease(ctx, lease.ID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestOpenMemoryAndSQLite(t *testing.T) {
+	roundTrip(t, "memory://", false)
+	roundTrip(t, "sqlite://"+filepath.Join(t.TempDir(), "p.db"), true)
+}
+
+func TestOpenPostgres(t *testing.T) {
+	url := os.Getenv("PHAROX_TEST_POSTGRES_URL")
+	if url == "" {
+		t.Skip("PHAROX_TEST_POSTGRES_URL is not set; set it to a PostgreSQL URL to run this test")
+	}
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	schema := fmt.Sprintf("open_test_%d", time.Now().UnixNano())
+	t.Cleanup(func() {
+		pool, err := pgxpool.New(context.Background(), url)
+		if err != nil {
+			return
+		}
+		defer pool.Close()
+		pool.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+schema+" CASCADE")
+	})
+	roundTrip(t, url+sep+"schema="+schema, true)
+}
+
+func TestOpenRedis(t *testing.T) {
+	url := os.Getenv("PHAROX_TEST_REDIS_URL")
+	if url == "" {
+		t.Skip("PHAROX_TEST_REDIS_URL is not set; set it to a Redis URL to run this test")
+	}
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	roundTrip(t, url+sep+fmt.Sprintf("prefix=opentest%d:", time.Now().UnixNano()), true)
+}
+
+func TestOpenRejectsBadURLs(t *testing.T) {
+	ctx := context.Background()
+	for _, u := range []string{"", "pharox.db", "mysql://x", "sqlite://", "postgres://u:secret@[bad"} {
+		_, err := Open(ctx, u)
+		if !errors.Is(err, pharox.ErrInvalidArgument) {
+			t.Errorf("Open(%q): %v, want ErrInvalidArgument", u, err)
+		}
+		if err != nil && strings.Contains(err.Error(), "secret") {
+			t.Errorf("Open(%q) error leaks the password: %v", u, err)
+		}
+	}
+	if got := Redact("postgres://u:pw@h/db"); got != "postgres://u:xxxxx@h/db" {
+		t.Errorf("Redact: %s", got)
+	}
+}
