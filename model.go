@@ -444,7 +444,10 @@ type Lease struct {
 	Status       LeaseStatus `json:"status"`
 	AcquiredAt   time.Time   `json:"acquired_at"`
 	ExpiresAt    time.Time   `json:"expires_at"`
-	ReleasedAt   *time.Time  `json:"released_at,omitempty"`
+	// ReleasedAt is when the lease ended: its release, or for an expired
+	// lease a time no earlier than ExpiresAt (when the store reclaimed it,
+	// or ExpiresAt itself). Nil while active.
+	ReleasedAt *time.Time `json:"released_at,omitempty"`
 	// SessionKey is the sticky-session key the lease was acquired with.
 	SessionKey string `json:"session_key,omitempty"`
 	// Proxy is a snapshot of the leased proxy, set by AcquireLease so the

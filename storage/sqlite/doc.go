@@ -1,0 +1,74 @@
+// Package sqlite is the embedded, persistent pharox.Storage: one database
+// file keeps pools, proxies, health state, leases and sticky sessions across
+// restarts, with no server to run. It is the default store of `pharox serve`.
+//
+// # When to choose it
+//
+// Choose SQLite for a single machine: one service, or a few processes on one
+// host sharing the file. It needs no setup and survives crashes and
+// restarts. Use storage/memory when nothing needs to persist, and
+// storage/postgres or storage/redis when processes on several hosts share
+// the pools (SQLite's locking does not work over network file systems).
+//
+// # Files
+//
+// Open takes a file path; the directory must exist. Next to the database
+// SQLite keeps two files while it is open, path-wal (the write-ahead log)
+// and path-shm (its index); they belong to the database: back up or move
+// the three together, or only while no process has the database open (the
+// last one to close removes them after checkpointing the log).
+//
+// # Schema
+//
+// The schema is a series of numbered SQL files embedded in the binary
+// (migrations/NNNN_name.sql). Open applies the ones missing from the
+// schema_migrations table, all in one IMMEDIATE transaction, so processes
+// that open a fresh file together cannot both apply them. Plain SQL files
+// rather than a migration library: SQLite runs DDL inside transactions, so a
+// failed migration leaves nothing behind, and the schema stays readable in
+// one place. A file written by a newer pharox is refused rather than
+// misread.
+//
+// # Concurrency and durability
+//
+// The database runs in WAL mode with foreign keys on and a busy timeout
+// (WithBusyTimeout, default 10s). Every operation that writes runs in one
+// BEGIN IMMEDIATE transaction on the store's single write connection: it
+// takes the database's write lock before reading anything, so choosing a
+// proxy and taking its slot cannot interleave with any other writer, in this
+// process or another. Goroutines of one process queue for that connection;
+// other processes wait on SQLite's lock up to the busy timeout. Plain reads
+// use a separate pool of read-only connections and, under WAL, never wait
+// for the writer.
+//
+// PRAGMA synchronous is NORMAL by default: a committed transaction survives
+// a crash of the process (SIGKILL included) but the last transactions may be
+// lost on power failure or an OS crash; WithSynchronous("FULL") trades
+// throughput for that guarantee too. Either way the file stays consistent:
+// a lease and its proxy's counter change in the same transaction.
+//
+// # Semantics
+//
+// Acquisition narrows and orders candidates in SQL through partial indexes
+// that hold only proxies with a free slot, one per strategy order, then
+// applies pharox.Filters.Match to each row in that order and takes the
+// first it accepts (Random counts the candidates and reads one at a random
+// offset, or samples them when Go must decide the filter). So every filter
+// has the reference semantics, including radius (a bounding box in SQL, the
+// exact haversine test in Go) and Predicate filters, which this store
+// supports.
+//
+// A proxy's current_leases is kept by triggers on the leases table, in the
+// statement that starts or ends a lease, and CHECK constraints refuse a
+// count below zero or above max_concurrency: the counter and the active
+// leases agree even after a crash or a hand-written UPDATE.
+//
+// Leases past their expiry are reclaimed inside the next acquisition from
+// their pool, by any write touching their proxy, before reads that report
+// counters, and in bulk by CleanupExpiredLeases (in batches, so the write
+// lock is never held long); an expired lease records ReleasedAt =
+// ExpiresAt. Ended leases are kept until PurgeEndedLeases deletes them.
+// Lease ids are version 7 UUIDs made from AcquiredAt. Timestamps are stored
+// as integer microseconds, UTC, stamped with the clock of the process that
+// performs the operation.
+package sqlite

@@ -1,0 +1,19 @@
+//go:build !nomemory
+
+package sqlite_test
+
+import (
+	"testing"
+
+	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/storage/memory"
+)
+
+// The memory store is the baseline measured in the same run.
+func init() {
+	benchStores = append([]benchStore{{"memory", func(b *testing.B) pharox.Storage {
+		s := memory.New()
+		b.Cleanup(func() { s.Close() })
+		return s
+	}}}, benchStores...)
+}

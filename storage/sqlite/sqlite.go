@@ -1,0 +1,461 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/rand/v2"
+	"net/url"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pharox/pharox"
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+//go:embed migrations/*.sql
+var migrationFS embed.FS
+
+// Option configures a Store.
+type Option func(*config)
+
+type config struct {
+	busyTimeout time.Duration
+	synchronous string
+	readConns   int
+	now         func() time.Time
+}
+
+// WithBusyTimeout sets how long an operation waits for another process's
+// write lock before failing (default 10s). Within one process writers queue
+// on the store's single write connection and never hit this limit.
+func WithBusyTimeout(d time.Duration) Option {
+	return func(c *config) { c.busyTimeout = d }
+}
+
+// WithSynchronous sets PRAGMA synchronous: "NORMAL" (the default) keeps every
+// committed transaction across process crashes but may lose the last ones on
+// power loss; "FULL" also survives power loss at the cost of an fsync per
+// transaction.
+func WithSynchronous(mode string) Option {
+	return func(c *config) { c.synchronous = mode }
+}
+
+// WithReadConns sets the size of the read connection pool (default 4).
+// Reads run in parallel with each other and with the writer under WAL.
+func WithReadConns(n int) Option {
+	return func(c *config) { c.readConns = n }
+}
+
+// WithClock replaces the store's clock, for tests. It must return the real
+// time when several processes share the file, since each stamps leases with
+// its own clock.
+func WithClock(now func() time.Time) Option {
+	return func(c *config) { c.now = now }
+}
+
+// Store is a pharox.Storage kept in one SQLite database file. It is safe for
+// concurrent use by many goroutines and by many processes opening the same
+// file on the same machine.
+type Store struct {
+	// w is the single write connection: every read-modify-write runs on it
+	// inside BEGIN IMMEDIATE, so goroutines of this process queue in
+	// database/sql (cheap) instead of spinning on SQLite's busy handler, and
+	// other processes are held off by the file lock.
+	w *sql.DB
+	// r serves plain reads; under WAL they never block the writer.
+	r    *sql.DB
+	path string
+	now  func() time.Time
+	// busyTimeout bounds retries of SQLITE_BUSY errors SQLite reports
+	// without calling its busy handler.
+	busyTimeout time.Duration
+
+	// stmts caches statements prepared on w, keyed by SQL text.
+	stmtMu sync.Mutex
+	stmts  map[string]*sql.Stmt
+}
+
+var _ pharox.Storage = (*Store)(nil)
+
+// maxCachedStmts bounds the statement cache: acquisition SQL varies with the
+// shape of the filters, which callers control.
+const maxCachedStmts = 256
+
+// Open opens (creating if needed) the database file at path, applies any
+// pending schema migrations and returns the store. Several processes may
+// open the same file at once; migrations run under the write lock, so only
+// one applies each.
+func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
+	cfg := config{busyTimeout: 10 * time.Second, synchronous: "NORMAL", readConns: 4}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if strings.TrimSpace(path) == "" {
+		return nil, fmt.Errorf("sqlite: open: %w: database path is empty", pharox.ErrInvalidArgument)
+	}
+	if path == ":memory:" || strings.HasPrefix(path, "file::memory:") {
+		return nil, fmt.Errorf("sqlite: open: %w: in-memory databases are not supported, use storage/memory", pharox.ErrInvalidArgument)
+	}
+	if strings.ContainsRune(path, 0) {
+		return nil, fmt.Errorf("sqlite: open: %w: database path contains a NUL byte", pharox.ErrInvalidArgument)
+	}
+	switch strings.ToUpper(cfg.synchronous) {
+	case "OFF", "NORMAL", "FULL", "EXTRA":
+	default:
+		return nil, fmt.Errorf("sqlite: open: %w: synchronous mode %q (want OFF, NORMAL, FULL or EXTRA)", pharox.ErrInvalidArgument, cfg.synchronous)
+	}
+	if cfg.busyTimeout < 0 {
+		return nil, fmt.Errorf("sqlite: open: %w: negative busy timeout", pharox.ErrInvalidArgument)
+	}
+	if cfg.readConns < 1 {
+		cfg.readConns = 1
+	}
+	if cfg.now == nil {
+		cfg.now = time.Now
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+
+	// A file: URI with an escaped path, so that '?', '#' or '%' in a file
+	// name cannot be taken for DSN parameters.
+	base := "file:" + (&url.URL{Path: filepath.ToSlash(abs)}).EscapedPath()
+	common := "?_pragma=busy_timeout(" + strconv.FormatInt(cfg.busyTimeout.Milliseconds(), 10) + ")" +
+		"&_pragma=foreign_keys(1)" +
+		"&_pragma=synchronous(" + strings.ToUpper(cfg.synchronous) + ")"
+	w, err := sql.Open("sqlite", base+common+"&_pragma=journal_mode(WAL)&_txlock=immediate")
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	w.SetConnMaxIdleTime(0)
+
+	s := &Store{w: w, path: abs, now: cfg.now, stmts: make(map[string]*sql.Stmt), busyTimeout: cfg.busyTimeout}
+	if err := s.retryBusy(ctx, func() error { return s.migrate(ctx) }); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	// Readers open after the writer switched the file to WAL (a persistent
+	// setting), and are read-only so a bug cannot write outside the lock.
+	r, err := sql.Open("sqlite", base+common+"&_pragma=query_only(1)")
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	r.SetMaxOpenConns(cfg.readConns)
+	r.SetMaxIdleConns(cfg.readConns)
+	s.r = r
+	if err := r.PingContext(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Path returns the absolute path of the database file.
+func (s *Store) Path() string { return s.path }
+
+// Ping reports whether the database answers.
+func (s *Store) Ping(ctx context.Context) error {
+	var one int
+	if err := s.r.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
+		return fmt.Errorf("sqlite: ping: %w", err)
+	}
+	return nil
+}
+
+// Close closes the database. The WAL is checkpointed and removed when the
+// last connection to the file, in any process, closes.
+func (s *Store) Close() error {
+	s.stmtMu.Lock()
+	for _, st := range s.stmts {
+		st.Close()
+	}
+	s.stmts = nil
+	s.stmtMu.Unlock()
+	var errs []error
+	if s.r != nil {
+		errs = append(errs, s.r.Close())
+	}
+	errs = append(errs, s.w.Close())
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("sqlite: close: %w", err)
+	}
+	return nil
+}
+
+// migration is one embedded schema file, migrations/NNNN_name.sql.
+type migration struct {
+	version int
+	name    string
+	sql     string
+}
+
+func loadMigrations() ([]migration, error) {
+	entries, err := fs.Glob(migrationFS, "migrations/*.sql")
+	if err != nil {
+		return nil, err
+	}
+	var ms []migration
+	for _, e := range entries {
+		base := filepath.Base(e)
+		num, name, ok := strings.Cut(strings.TrimSuffix(base, ".sql"), "_")
+		v, err := strconv.Atoi(num)
+		if !ok || err != nil || v < 1 {
+			return nil, fmt.Errorf("migration file %q is not named NNNN_name.sql", base)
+		}
+		body, err := migrationFS.ReadFile(e)
+		if err != nil {
+			return nil, err
+		}
+		ms = append(ms, migration{version: v, name: name, sql: string(body)})
+	}
+	slices.SortFunc(ms, func(a, b migration) int { return a.version - b.version })
+	for i := range ms {
+		if ms[i].version != i+1 {
+			return nil, fmt.Errorf("migrations are not numbered 1..%d without gaps", len(ms))
+		}
+	}
+	return ms, nil
+}
+
+// migrate applies pending migrations in one IMMEDIATE transaction: a second
+// process opening the file at the same moment waits for the lock, then finds
+// them applied.
+func (s *Store) migrate(ctx context.Context) error {
+	ms, err := loadMigrations()
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("migrate: begin: %w", err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+		version    INTEGER PRIMARY KEY,
+		name       TEXT NOT NULL,
+		applied_at INTEGER NOT NULL)`); err != nil {
+		return fmt.Errorf("migrate: create: %w", err)
+	}
+	var current int
+	if err := tx.QueryRowContext(ctx, `SELECT coalesce(max(version), 0) FROM schema_migrations`).Scan(&current); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	if current > len(ms) {
+		return fmt.Errorf("migrate: database schema version %d is newer than this pharox (%d): upgrade pharox", current, len(ms))
+	}
+	for _, m := range ms[current:] {
+		if _, err := tx.ExecContext(ctx, m.sql); err != nil {
+			return fmt.Errorf("migrate: apply %04d_%s: %w", m.version, m.name, err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)`,
+			m.version, m.name, micros(s.now())); err != nil {
+			return fmt.Errorf("migrate: record %04d_%s: %w", m.version, m.name, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	return nil
+}
+
+// SchemaVersion returns the latest migration applied to the file.
+func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
+	var v int
+	if err := s.r.QueryRowContext(ctx, `SELECT coalesce(max(version), 0) FROM schema_migrations`).Scan(&v); err != nil {
+		return 0, fmt.Errorf("sqlite: schema version: %w", err)
+	}
+	return v, nil
+}
+
+// errAfterCommit asks writeTx to commit and then return err: an operation
+// that fails but must keep a side effect, such as reclaiming the expired
+// lease a renewal found.
+type errAfterCommit struct{ err error }
+
+func (e errAfterCommit) Error() string { return e.err.Error() }
+
+// wtx is a write transaction with its statement cache.
+type wtx struct {
+	*sql.Tx
+	ctx context.Context
+	s   *Store
+	// misses are queries this transaction had to prepare itself; writeTx
+	// caches them once the write connection is free again.
+	misses []string
+}
+
+// writeTx runs fn inside BEGIN IMMEDIATE on the write connection and commits
+// when it returns nil. While fn runs this process holds the database's only
+// write lock, so everything fn reads stays true until the commit.
+func (s *Store) writeTx(ctx context.Context, fn func(tx *wtx) error) error {
+	var tx *sql.Tx
+	err := s.retryBusy(ctx, func() (err error) {
+		tx, err = s.w.BeginTx(ctx, nil)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	t := &wtx{Tx: tx, ctx: ctx, s: s}
+	defer func() {
+		// A panic must not leave the transaction open: it would hold the
+		// only write connection, and the database's write lock, forever.
+		if p := recover(); p != nil {
+			tx.Rollback()
+			panic(p)
+		}
+	}()
+	err = fn(t)
+	var keep errAfterCommit
+	if err != nil && !errors.As(err, &keep) {
+		tx.Rollback()
+		s.cacheStmts(t.misses)
+		return err
+	}
+	if cerr := tx.Commit(); cerr != nil {
+		return cerr
+	}
+	s.cacheStmts(t.misses)
+	if err != nil {
+		return keep.err
+	}
+	return nil
+}
+
+// cacheStmts prepares queries on the write pool. It must run outside any
+// transaction: the pool has one connection, which a transaction holds.
+func (s *Store) cacheStmts(queries []string) {
+	for _, q := range queries {
+		s.stmtMu.Lock()
+		_, done := s.stmts[q]
+		full := len(s.stmts) >= maxCachedStmts
+		s.stmtMu.Unlock()
+		if done || full {
+			continue
+		}
+		st, err := s.w.Prepare(q)
+		if err != nil {
+			continue // the query will fail again, with its error, when used
+		}
+		s.stmtMu.Lock()
+		if _, dup := s.stmts[q]; dup || s.stmts == nil {
+			st.Close()
+		} else {
+			s.stmts[q] = st
+		}
+		s.stmtMu.Unlock()
+	}
+}
+
+// stmt returns the statement for query bound to tx: the cached prepared
+// statement when there is one, otherwise one prepared for this transaction.
+func (tx *wtx) stmt(query string) (*sql.Stmt, error) {
+	s := tx.s
+	s.stmtMu.Lock()
+	st, ok := s.stmts[query]
+	s.stmtMu.Unlock()
+	if ok {
+		return tx.StmtContext(tx.ctx, st), nil
+	}
+	if !slices.Contains(tx.misses, query) {
+		tx.misses = append(tx.misses, query)
+	}
+	return tx.PrepareContext(tx.ctx, query)
+}
+
+func (tx *wtx) exec(query string, args ...any) (sql.Result, error) {
+	st, err := tx.stmt(query)
+	if err != nil {
+		return nil, err
+	}
+	return st.ExecContext(tx.ctx, args...)
+}
+
+func (tx *wtx) query(query string, args ...any) (*sql.Rows, error) {
+	st, err := tx.stmt(query)
+	if err != nil {
+		return nil, err
+	}
+	return st.QueryContext(tx.ctx, args...)
+}
+
+func (tx *wtx) queryRow(query string, args ...any) *sql.Row {
+	st, err := tx.stmt(query)
+	if err != nil {
+		// A *sql.Row cannot be built with an error from outside; run the
+		// query unprepared so the error surfaces on Scan.
+		return tx.QueryRowContext(tx.ctx, query, args...)
+	}
+	return st.QueryRowContext(tx.ctx, args...)
+}
+
+// retryBusy runs fn again while it fails with SQLITE_BUSY, up to the busy
+// timeout. SQLite returns SQLITE_BUSY without waiting in a few cases, such as
+// while another connection converts a new file to WAL or runs WAL recovery
+// after a crash.
+func (s *Store) retryBusy(ctx context.Context, fn func() error) error {
+	deadline := time.Now().Add(s.busyTimeout)
+	wait := time.Millisecond
+	for {
+		err := fn()
+		if err == nil || !isBusy(err) || time.Now().After(deadline) {
+			return err
+		}
+		t := time.NewTimer(wait/2 + rand.N(wait/2+1))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		wait = min(wait*2, 50*time.Millisecond)
+	}
+}
+
+// isBusy reports whether err is SQLITE_BUSY or SQLITE_LOCKED, with any
+// extended code.
+func isBusy(err error) bool {
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		switch se.Code() & 0xff {
+		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
+			return true
+		}
+	}
+	return false
+}
+
+// isConstraint reports whether err is a UNIQUE or PRIMARY KEY violation.
+func isConstraint(err error) bool {
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		switch se.Code() {
+		case sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
+			return true
+		}
+	}
+	return false
+}
+
+// micros converts t to the stored form: microseconds since the epoch.
+func micros(t time.Time) int64 { return t.UnixMicro() }
+
+// fromMicros converts a stored timestamp back to UTC.
+func fromMicros(v int64) time.Time { return time.UnixMicro(v).UTC() }
+
+// stamp reads the clock the way every stored timestamp is taken.
+func (s *Store) stamp() time.Time { return s.now().UTC().Truncate(time.Microsecond) }
