@@ -81,10 +81,13 @@ type LeaseStore interface {
 	// bindings.
 	FindAvailableProxy(ctx context.Context, pool string, filters *Filters, strategy Strategy) (*Proxy, error)
 
-	// ReleaseLease ends an active lease as released and frees its slot,
-	// even if its ExpiresAt has passed as long as nothing reclaimed it yet.
-	// It returns the ended lease. Errors: ErrLeaseNotFound, and
-	// ErrLeaseNotActive for a lease already released or expired.
+	// ReleaseLease ends an active lease as released, frees its slot and
+	// returns the ended lease. Errors: ErrLeaseNotFound, and
+	// ErrLeaseNotActive for a lease already released or expired. A lease
+	// past its ExpiresAt that nothing has reclaimed yet is the driver's
+	// call: it is either released (postgres, sqlite) or reclaimed as
+	// expired with ErrLeaseNotActive (memory, redis); either way exactly
+	// one slot is freed, once.
 	ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*Lease, error)
 
 	// RenewLease moves an active, unexpired lease's ExpiresAt to now + d.

@@ -1,0 +1,137 @@
+// Package redis is a [pharox.Storage] on Redis (go-redis v9), for lease
+// volumes beyond what a SQL store sustains. Any number of processes and
+// hosts may share one store; Redis alone guarantees that no proxy is leased
+// beyond its MaxConcurrency.
+//
+// # Atomicity
+//
+// Every state change that must be atomic (acquire, release, renew, expiry,
+// cleanup, health results, status changes, adding and deleting proxies and
+// pools) is one Lua script, run with EVALSHA and falling back to EVAL when
+// the server does not know it yet. A script runs to completion or not at
+// all as far as other clients can observe, so a client that crashes can
+// never leave a half-made lease. Scripts stamp every time with the server's
+// TIME, so all processes share one clock, and since scripts run one at a
+// time, a stamp read in a script orders it correctly against every other
+// (a slot freed at t and taken again at t is not an overlap); times are kept
+// in microseconds, UTC.
+//
+// A script that fails half-way would keep its earlier writes (Redis has no
+// rollback), so scripts check what can fail before they write; the only
+// writes that precede an error reply are complete units of their own (an
+// expired lease reclaimed before ErrInUse or ErrLeaseNotActive).
+//
+// # Key layout
+//
+// Every key starts with the prefix (see [WithPrefix], default
+// [DefaultPrefix]); <pid> is a pool id, <id> a proxy id, <lid> a lease id.
+//
+//	pools                      hash   pool name -> pool id
+//	pool:<pid>                 hash   name, desc, created
+//	consumers                  hash   consumer name -> "<id>|<created>"
+//	cids                       set    consumer ids
+//	proxy:<id>                 hash   one field per proxy attribute (the password too), plus
+//	                                  "static": the attributes fixed at creation, packed as JSON
+//	proxy:<id>:ended           set    the proxy's ended leases
+//	lease:<lid>                hash   proxy, consumer, cname, pool, pname, status, acq, exp, rel, sess
+//	ended                      zset   ended leases by end time (PurgeEndedLeases, retention)
+//	p:<pid>:all                zset   every proxy of the pool, score 0 (id order)
+//	p:<pid>:free               zset   leasable proxies with a free slot, score 0 (round_robin, random)
+//	p:<pid>:fa:0, p:<pid>:fa:1 zset   the free active / slow proxies by -checked_at, never-checked +inf (first_available)
+//	p:<pid>:lu                 zset   the free proxies by rank*2^32 + current leases (least_used)
+//	p:<pid>:exp                zset   the pool's active leases by ExpiresAt (reclaim, TotalLeases)
+//	p:<pid>:cnt                hash   proxies per status, "leased" (proxies holding a lease)
+//	p:<pid>:uniq               hash   "protocol|host|port|user" -> proxy id
+//	p:<pid>:rr                 string round-robin cursor: the proxy handed out last
+//	p:<pid>:sess, :sessexp     hash, zset  session key -> "<id>|<expiry>", and the expiries
+//	p:<pid>:i:<field>:<value>  set    proxies by src, cc (country), city, isp, asn, proto, tag
+//	p:<pid>:geo                geo    proxies with coordinates inside Redis' GEO range
+//	p:<pid>:polar              set    proxies with coordinates beyond ±85.05° latitude
+//
+// Sorted sets with equal scores order members by their bytes, which for
+// canonical UUID strings is the order of pharox's id comparison, so ties in
+// every strategy break by id without extra data.
+//
+// # Acquisition cost
+//
+// An acquisition reclaims the pool's expired leases (at most 256 per call;
+// usually a single empty range read), then picks a proxy. Without filters
+// that is one range read on the strategy's sorted set: O(log n). With
+// filters, the filter becomes the set of index sets the proxy must belong
+// to (equality fields and tags, including those under AllOf) plus, when the
+// filter has geo conditions or AnyOf/NoneOf, a tree evaluated per proxy in
+// Lua exactly as [pharox.Filters.Match] does. When the smallest index set is
+// small (at most 128 proxies) its intersection is ranked directly;
+// otherwise the free proxies are walked in strategy order, 64 at a time
+// with one SMISMEMBER per index set, for at most 256 proxies, which finds a
+// match at once for any filter that matches a fair share of the pool (one
+// country, one protocol). Only rare matches fall back to set algebra:
+// SINTER of the index sets, GEOSEARCH for radius filters (with a margin for
+// Redis' slightly larger Earth radius; the exact distance is then checked
+// with the same haversine formula as the root package, in C's libm rather
+// than Go's math, which can differ in the last bit for a proxy exactly at
+// the radius), or, for filters made only of AnyOf/NoneOf, all free
+// proxies. Random takes the first match in a shuffled uniform sample of the
+// free proxies, or a uniform choice among all matches, so every candidate
+// is equally likely.
+//
+// Taking the slot is O(log n): the proxy leaves the free sorted sets when it
+// fills up and returns when a lease ends. The hot path is lean in Redis
+// calls, which dominate a script's cost: an unfiltered first_available
+// acquisition makes about nine (TIME, the reclaim range read, the pick,
+// HINCRBY and HMGET of the proxy, one sorted-set update, the lease HSET,
+// its expiry ZADD, and a counter on a proxy's first lease) and a release
+// about eight. To get there the client keeps three caches that can only
+// save work, never change an answer: consumers it has seen exist (they are
+// never deleted), the pool id last seen for a pool name (a hint the script
+// verifies whenever it finds nothing, so a pool re-created under the same
+// name is found), and decoded "static" proxy parts (which never change).
+//
+// Predicate filters cannot run inside Redis: they fail with
+// [pharox.ErrUnsupported].
+//
+// Administrative calls are not on the hot path and cost what they touch:
+// DeletePool, DeleteProxy and ListProxies run one script over the pool's
+// proxies (or the proxy's ended leases), blocking Redis for time
+// proportional to them; ListLeases reads outside scripts, in batches, every
+// lease its query can concern (all ended leases kept by the retention when
+// it names no proxy or pool).
+//
+// # Expiry and retention
+//
+// Every operation on a pool first reclaims that pool's expired leases, so a
+// lease past its ExpiresAt never counts once a later operation touches its
+// pool; a release or renewal of such a lease reports
+// [pharox.ErrLeaseNotActive]. CleanupExpiredLeases reclaims all pools in
+// batches, drops dead session bindings and forgets ended leases older than
+// the retention (see [WithEndedLeaseRetention], default
+// [DefaultEndedLeaseRetention]). An expired lease's ReleasedAt is the
+// moment it was reclaimed. A lease whose reply never reached its client (a
+// timeout or a cancelled context after the script ran) is counted until it
+// expires, like a lease of a client that crashed.
+//
+// # Redis Cluster
+//
+// Scripts touch keys derived from the prefix and from ids they read, not
+// only the keys they declare, which Redis Cluster allows only when every
+// key lives in one hash slot (and Redis documents undeclared keys as
+// unsupported in Cluster). The default prefix "{pharox}:" is a hash tag, so
+// a whole deployment lives in one slot of one primary, and KEYS[1] of every
+// script is a key of that slot, so cluster clients route scripts there.
+// This is designed to work on Cluster but is tested on a single server
+// only; it does not spread one deployment over shards (run several
+// deployments under different tags for that). A prefix without a hash tag
+// works on a single server or a Sentinel setup only.
+//
+// # Testing
+//
+// Tests need a real server: they read PHAROX_TEST_REDIS_URL (for example
+// redis://127.0.0.1:6379/0), skip with a message when it is unset, and use
+// their own hash-tagged prefix, whose keys they delete afterwards.
+//
+// # Security
+//
+// Proxy passwords are stored in the proxy hash, as the store needs them to
+// hand out leases; protect the Redis server accordingly (ACLs, TLS). They
+// never appear in this package's errors.
+package redis

@@ -1,0 +1,70 @@
+-- acquire / find. ARGV: 2 mode ('acquire' or 'find'), 3 pool name,
+-- 4 consumer id, 5 consumer name, 6 lease id, 7 duration (us), 8 strategy,
+-- 9 session key, 10 session ttl (us), 11 filter spec JSON or '', 12 seed,
+-- 13 '1' when the client already knows the consumer exists, 14 the pool id
+-- the client last saw for this name, or ''.
+local mode, pname, strategy, skey = ARGV[2], ARGV[3], ARGV[8], ARGV[9]
+local acquire = mode == 'acquire'
+if acquire and ARGV[13] ~= '1' and redis.call('SISMEMBER', P .. 'cids', ARGV[4]) == 0 then
+  return redis.error_reply('PHAROX_CONSUMER_NOT_FOUND')
+end
+local now = now_us()
+local spec = nil
+if ARGV[11] ~= '' then
+  spec = cjson.decode(ARGV[11])
+  math.randomseed(tonumber(ARGV[12]))
+end
+
+local function choose(pid)
+  reclaim(pid, now, RECLAIM)
+  if acquire and skey ~= '' then
+    local b = redis.call('HGET', pk(pid, 'sess'), skey)
+    if b then
+      local sep = string.find(b, '|', 1, true)
+      local bid, bexp = string.sub(b, 1, sep - 1), tonumber(string.sub(b, sep + 1))
+      if bexp > now then
+        local keys = {}
+        if spec then
+          for i, s in ipairs(spec.k or {}) do keys[i] = pk(pid, s) end
+        end
+        if is_candidate(pid, bid, keys, spec and spec.e) then return bid, true end
+      end
+    end
+  end
+  local cursor = nil
+  if strategy == 'round_robin' then cursor = redis.call('GET', pk(pid, 'rr')) end
+  return select_proxy(pid, strategy, cursor, spec)
+end
+
+-- The client's pool id saves a lookup; it is checked when nothing is
+-- found, since a pool deleted and re-created under its name has a new id
+-- (and the old id's keys are gone).
+local pid = ARGV[14]
+local chosen, sticky = nil, false
+if pid ~= '' then chosen, sticky = choose(pid) end
+if not chosen then
+  local real = redis.call('HGET', P .. 'pools', pname)
+  if not real then return redis.error_reply('PHAROX_POOL_NOT_FOUND') end
+  if real ~= pid then
+    pid = real
+    chosen, sticky = choose(pid)
+  end
+end
+if not chosen then return false end
+if not acquire then return redis.call('HGETALL', xk(chosen)) end
+
+local cur, f = take_slot(pid, chosen)
+local lid = ARGV[6]
+local exp = now + tonumber(ARGV[7])
+redis.call('HSET', lk(lid), 'proxy', chosen, 'consumer', ARGV[4], 'cname', ARGV[5],
+  'pool', pid, 'pname', pname, 'status', 'active', 'acq', fmt(now), 'exp', fmt(exp), 'sess', skey,
+  'maxc', f[10] or '')
+redis.call('ZADD', pk(pid, 'exp'), fmt(exp), lid)
+-- The round-robin position moves only when the strategy chose.
+if strategy == 'round_robin' and not sticky then redis.call('SET', pk(pid, 'rr'), chosen) end
+if skey ~= '' then
+  local sexp = fmt(now + tonumber(ARGV[10]))
+  redis.call('HSET', pk(pid, 'sess'), skey, chosen .. '|' .. sexp)
+  redis.call('ZADD', pk(pid, 'sessexp'), sexp, skey)
+end
+return {pid, fmt(now), fmt(exp), chosen, cur, f}

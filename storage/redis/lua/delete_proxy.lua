@@ -1,0 +1,8 @@
+-- delete proxy. ARGV: 2 id.
+local id = ARGV[2]
+local pid = redis.call('HGET', xk(id), 'pool')
+if not pid then return redis.error_reply('PHAROX_PROXY_NOT_FOUND') end
+reclaim(pid, now_us(), 1000000)
+if tonumber(redis.call('HGET', xk(id), 'cur')) > 0 then return redis.error_reply('PHAROX_IN_USE') end
+remove_proxy(pid, id)
+return 1

@@ -1,0 +1,240 @@
+-- Candidate selection, shared by acquire and find. A filter spec (built by
+-- filter.go) has k: index-set suffixes the proxy must be in (a pure
+-- conjunction), e: a filter tree evaluated per proxy when the filter is more
+-- than that conjunction, g: a geo prefilter {lat, lon, r} for the set path.
+
+local function haversine(lat1, lon1, lat2, lon2)
+  local rad = math.pi / 180
+  local dlat = (lat2 - lat1) * rad
+  local dlon = (lon2 - lon1) * rad
+  local s1, s2 = math.sin(dlat / 2), math.sin(dlon / 2)
+  local a = s1 * s1 + math.cos(lat1 * rad) * math.cos(lat2 * rad) * s2 * s2
+  return 2 * 6371.0 * math.asin(math.min(1, math.sqrt(a)))
+end
+
+local FIELDS = {'src', 'cc', 'city', 'isp', 'asn', 'proto', 'lat', 'lon'}
+
+local function proxy_fields(id)
+  local v = redis.call('HMGET', xk(id), unpack(FIELDS))
+  local pf = {}
+  for i, name in ipairs(FIELDS) do pf[name] = v[i] or '' end
+  return pf
+end
+
+-- eval mirrors pharox.Filters.Match.
+local function eval(pid, n, id, pf)
+  if n.src and pf.src ~= n.src then return false end
+  if n.cc and pf.cc ~= n.cc then return false end
+  if n.city and pf.city ~= n.city then return false end
+  if n.isp and pf.isp ~= n.isp then return false end
+  if n.asn and pf.asn ~= n.asn then return false end
+  if n.proto and pf.proto ~= n.proto then return false end
+  if n.tags then
+    for _, t in ipairs(n.tags) do
+      if redis.call('SISMEMBER', pk(pid, 'i:tag:' .. t), id) == 0 then return false end
+    end
+  end
+  if n.geo then
+    if pf.lat == '' or pf.lon == '' then return false end
+    local plat, plon = tonumber(pf.lat), tonumber(pf.lon)
+    if n.geo.r then
+      if haversine(n.geo.lat, n.geo.lon, plat, plon) > n.geo.r then return false end
+    elseif math.abs(plat - n.geo.lat) > 1e-6 or math.abs(plon - n.geo.lon) > 1e-6 then
+      return false
+    end
+  end
+  if n.all then
+    for _, c in ipairs(n.all) do
+      if not eval(pid, c, id, pf) then return false end
+    end
+  end
+  if n.any then
+    local ok = false
+    for _, c in ipairs(n.any) do
+      if eval(pid, c, id, pf) then ok = true break end
+    end
+    if not ok then return false end
+  end
+  if n.none then
+    for _, c in ipairs(n.none) do
+      if eval(pid, c, id, pf) then return false end
+    end
+  end
+  return true
+end
+
+local function exact(pid, E, id)
+  return E == nil or eval(pid, E, id, proxy_fields(id))
+end
+
+-- is_candidate reports whether one proxy may take a lease under the filter.
+local function is_candidate(pid, id, keys, E)
+  if not redis.call('ZSCORE', pk(pid, 'free'), id) then return false end
+  for _, key in ipairs(keys) do
+    if redis.call('SISMEMBER', key, id) == 0 then return false end
+  end
+  return exact(pid, E, id)
+end
+
+-- first_passing returns the first of ids (in order) that passes keys and E.
+local function first_passing(pid, ids, keys, E)
+  if #ids == 0 then return nil end
+  local ok = {}
+  for i = 1, #ids do ok[i] = true end
+  for _, key in ipairs(keys) do
+    local r = redis.call('SMISMEMBER', key, unpack(ids))
+    for i = 1, #ids do
+      if r[i] == 0 then ok[i] = false end
+    end
+  end
+  for i = 1, #ids do
+    if ok[i] and exact(pid, E, ids[i]) then return ids[i] end
+  end
+  return nil
+end
+
+local function shuffle(t)
+  for i = #t, 2, -1 do
+    local j = math.random(i)
+    t[i], t[j] = t[j], t[i]
+  end
+end
+
+-- walker returns a function yielding the pool's free proxies in strategy
+-- order, CHUNK at a time; it yields nil, complete when done (complete is
+-- false when the walk could not cover every free proxy: random sampling).
+local function walker(pid, strategy, cursor)
+  if strategy == 'round_robin' then
+    local ranges
+    if blank(cursor) then ranges = {{'-', '+'}}
+    else ranges = {{'(' .. cursor, '+'}, {'-', '[' .. cursor}} end
+    local ri, off = 1, 0
+    return function()
+      while ri <= #ranges do
+        local ids = redis.call('ZRANGEBYLEX', pk(pid, 'free'), ranges[ri][1], ranges[ri][2], 'LIMIT', off, CHUNK)
+        if #ids > 0 then off = off + #ids return ids end
+        ri, off = ri + 1, 0
+      end
+      return nil, true
+    end
+  elseif strategy == 'random' then
+    local done = false
+    return function()
+      if done then return nil, redis.call('ZCARD', pk(pid, 'free')) <= CHUNK end
+      done = true
+      local ids = redis.call('ZRANDMEMBER', pk(pid, 'free'), CHUNK)
+      if #ids == 0 then return nil, true end
+      shuffle(ids)
+      return ids
+    end
+  end
+  local lists
+  if strategy == 'least_used' then lists = {pk(pid, 'lu')}
+  else lists = {pk(pid, 'fa:0'), pk(pid, 'fa:1')} end
+  local li, off = 1, 0
+  return function()
+    while li <= #lists do
+      local ids = redis.call('ZRANGE', lists[li], off, off + CHUNK - 1)
+      if #ids > 0 then off = off + #ids return ids end
+      li, off = li + 1, 0
+    end
+    return nil, true
+  end
+end
+
+-- by_sets chooses among an explicit candidate list: the intersection of the
+-- index sets, the geo search, or every free proxy.
+local function by_sets(pid, strategy, cursor, keys, spec, E)
+  local ids
+  if #keys > 0 then
+    ids = redis.call('SINTER', unpack(keys))
+  elseif spec.g then
+    ids = redis.call('GEOSEARCH', pk(pid, 'geo'), 'FROMLONLAT', spec.g.lon, spec.g.lat, 'BYRADIUS', spec.g.r, 'km')
+    for _, id in ipairs(redis.call('SMEMBERS', pk(pid, 'polar'))) do ids[#ids + 1] = id end
+  else
+    ids = redis.call('ZRANGE', pk(pid, 'free'), 0, -1)
+  end
+  local cands = {}
+  for i = 1, #ids, 512 do
+    local part = {}
+    for j = i, math.min(i + 511, #ids) do part[#part + 1] = ids[j] end
+    if strategy == 'first_available' then
+      local s0 = redis.call('ZMSCORE', pk(pid, 'fa:0'), unpack(part))
+      local s1 = redis.call('ZMSCORE', pk(pid, 'fa:1'), unpack(part))
+      for j, id in ipairs(part) do
+        if s0[j] then cands[#cands + 1] = {id, 0, tonumber(s0[j])}
+        elseif s1[j] then cands[#cands + 1] = {id, 1, tonumber(s1[j])} end
+      end
+    elseif strategy == 'least_used' then
+      local s = redis.call('ZMSCORE', pk(pid, 'lu'), unpack(part))
+      for j, id in ipairs(part) do
+        if s[j] then cands[#cands + 1] = {id, tonumber(s[j]), 0} end
+      end
+    else
+      local s = redis.call('ZMSCORE', pk(pid, 'free'), unpack(part))
+      for j, id in ipairs(part) do
+        if s[j] then
+          local wrap = 0
+          if not blank(cursor) and id <= cursor then wrap = 1 end
+          cands[#cands + 1] = {id, wrap, 0}
+        end
+      end
+    end
+  end
+  if strategy == 'random' then
+    shuffle(cands)
+  else
+    table.sort(cands, function(a, b)
+      if a[2] ~= b[2] then return a[2] < b[2] end
+      if a[3] ~= b[3] then return a[3] < b[3] end
+      return a[1] < b[1]
+    end)
+  end
+  for _, c in ipairs(cands) do
+    if exact(pid, E, c[1]) then return c[1] end
+  end
+  return nil
+end
+
+-- select_proxy returns the proxy a lease would take now, or nil.
+local function select_proxy(pid, strategy, cursor, spec)
+  if spec == nil then
+    local free = pk(pid, 'free')
+    if strategy == 'first_available' then
+      return redis.call('ZRANGE', pk(pid, 'fa:0'), 0, 0)[1] or redis.call('ZRANGE', pk(pid, 'fa:1'), 0, 0)[1]
+    elseif strategy == 'least_used' then
+      return redis.call('ZRANGE', pk(pid, 'lu'), 0, 0)[1]
+    elseif strategy == 'round_robin' then
+      if not blank(cursor) then
+        local id = redis.call('ZRANGEBYLEX', free, '(' .. cursor, '+', 'LIMIT', 0, 1)[1]
+        if id then return id end
+      end
+      return redis.call('ZRANGEBYLEX', free, '-', '+', 'LIMIT', 0, 1)[1]
+    end
+    return redis.call('ZRANDMEMBER', free) or nil
+  end
+  local keys = {}
+  local smallest = nil
+  for i, s in ipairs(spec.k or {}) do
+    keys[i] = pk(pid, s)
+    local n = redis.call('SCARD', keys[i])
+    if n == 0 then return nil end
+    if smallest == nil or n < smallest then smallest = n end
+  end
+  local E = spec.e
+  if smallest == nil or smallest > SET_DIRECT then
+    local nextc = walker(pid, strategy, cursor)
+    local seen = 0
+    while seen < WALK do
+      local ids, complete = nextc()
+      if ids == nil then
+        if complete then return nil end
+        break
+      end
+      seen = seen + #ids
+      local id = first_passing(pid, ids, keys, E)
+      if id then return id end
+    end
+  end
+  return by_sets(pid, strategy, cursor, keys, spec, E)
+end

@@ -1,0 +1,37 @@
+package redis
+
+import (
+	"testing"
+	"time"
+
+	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/storage/storagetest"
+	goredis "github.com/redis/go-redis/v9"
+)
+
+// TestMultiProcess runs storagetest's multi-process audit: 4 worker
+// processes of 16 goroutines each, each process with its own client (as
+// separate hosts would have), lease from one pool of 10 proxies with
+// max_concurrency 2 under one shared key prefix.
+func TestMultiProcess(t *testing.T) {
+	testClient(t) // skips without PHAROX_TEST_REDIS_URL
+	storagetest.RunMultiProcess(t, storagetest.MultiProcessConfig{
+		Processes:      4,
+		Goroutines:     16,
+		Proxies:        10,
+		MaxConcurrency: 2,
+		Duration:       4 * time.Second,
+		Open: func(t testing.TB, namespace string) pharox.Storage {
+			c := testClient(t, func(o *goredis.Options) { o.PoolSize = 32 })
+			prefix := "{" + namespace + "}:"
+			if !storagetest.IsWorkerProcess() {
+				t.Cleanup(func() { dropPrefix(t, c, prefix) })
+			}
+			s, err := New(c, WithPrefix(prefix))
+			if err != nil {
+				t.Fatalf("New: %v", err)
+			}
+			return s
+		},
+	})
+}
