@@ -220,7 +220,10 @@ func (m *Manager) buildRequest(ctx context.Context, pool string, opts *AcquireOp
 // wrapping ErrNoProxyAvailable; it never returns a nil lease with a nil
 // error.
 func (m *Manager) Acquire(ctx context.Context, pool string, opts *AcquireOptions) (*Lease, error) {
-	started := time.Now()
+	var started time.Time
+	if len(m.onAcquire) > 0 {
+		started = time.Now()
+	}
 	req, err := m.buildRequest(ctx, pool, opts)
 	if err != nil {
 		return nil, err
@@ -247,6 +250,11 @@ func (m *Manager) AcquireWait(ctx context.Context, pool string, opts *AcquireOpt
 	var timer *time.Timer
 	for {
 		lease, err := m.store.AcquireLease(ctx, req)
+		if err != nil && ctx.Err() != nil {
+			// The wait ran out during the store call: that is a miss like
+			// any other, not a storage failure.
+			break
+		}
 		if err == nil || !errors.Is(err, ErrNoProxyAvailable) {
 			m.emitAcquire(ctx, &req, lease, err, started)
 			if err != nil {
@@ -263,13 +271,15 @@ func (m *Manager) AcquireWait(ctx context.Context, pool string, opts *AcquireOpt
 		}
 		select {
 		case <-ctx.Done():
-			err := fmt.Errorf("acquire from pool %q: waited %v: %w: %w", pool, time.Since(started).Round(time.Millisecond), ErrNoProxyAvailable, ctx.Err())
-			m.emitAcquire(context.WithoutCancel(ctx), &req, nil, err, started)
-			return nil, err
 		case <-timer.C:
+			backoff = min(backoff*2, 250*time.Millisecond)
+			continue
 		}
-		backoff = min(backoff*2, 250*time.Millisecond)
+		break
 	}
+	err = fmt.Errorf("acquire from pool %q: waited %v: %w: %w", pool, time.Since(started).Round(time.Millisecond), ErrNoProxyAvailable, ctx.Err())
+	m.emitAcquire(context.WithoutCancel(ctx), &req, nil, err, started)
+	return nil, err
 }
 
 func (m *Manager) emitAcquire(ctx context.Context, req *AcquireRequest, lease *Lease, err error, started time.Time) {

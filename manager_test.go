@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/storage/memory"
 )
@@ -288,4 +289,56 @@ func TestReportOutcome(t *testing.T) {
 	if banned != 2 {
 		t.Fatalf("guard: %d of 4 proxies banned by passive reports, want 2", banned)
 	}
+}
+
+// slowStore answers AcquireLease only after a delay, or when ctx ends.
+type slowStore struct {
+	pharox.Storage
+	delay time.Duration
+}
+
+func (s slowStore) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*pharox.Lease, error) {
+	select {
+	case <-time.After(s.delay):
+		return s.Storage.AcquireLease(ctx, req)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func TestAcquireWaitDeadlineDuringStoreCallIsAMiss(t *testing.T) {
+	_, store, _ := newPool(t, 1, 1)
+	m := pharox.NewManager(slowStore{store, time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer cancel()
+	_, err := m.AcquireWait(ctx, "main", nil)
+	if !errors.Is(err, pharox.ErrNoProxyAvailable) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want ErrNoProxyAvailable and DeadlineExceeded", err)
+	}
+}
+
+func TestReportOutcomeWithoutGuard(t *testing.T) {
+	ctx := context.Background()
+	policy := pharox.DefaultOutcomePolicy()
+	policy.MaxBannedShare, policy.BanThreshold = 0, 1
+	m, store, _ := newPool(t, 2, 1, pharox.WithOutcomePolicy(policy))
+	proxies, err := store.ListProxies(ctx, mustPoolID(t, store))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, px := range proxies {
+		p, err := m.ReportOutcome(ctx, &pharox.Lease{ProxyID: px.ID, PoolName: "main"}, pharox.Outcome{Kind: pharox.OutcomeBanned})
+		if err != nil || p.Status != pharox.StatusBanned {
+			t.Fatalf("unguarded ban: %+v %v", p, err)
+		}
+	}
+}
+
+func mustPoolID(t *testing.T, s pharox.Storage) uuid.UUID {
+	t.Helper()
+	p, err := s.GetPoolByName(context.Background(), "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.ID
 }

@@ -74,7 +74,7 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 	}
 	p := m.outcomes
 	kind := o.Kind
-	reserved := false
+	held := false // a place in the ban guard, given back below
 	if kind == OutcomeSuccess && slices.Contains(p.BanStatusCodes, o.StatusCode) {
 		kind = OutcomeBanned
 	}
@@ -101,8 +101,9 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 		if r.Error == "" {
 			r.Error = fmt.Sprintf("target answered %d", o.StatusCode)
 		}
-		reserved = m.guard.reserve(ctx, m, lease.PoolName, p)
-		if !reserved {
+		var allowed bool
+		allowed, held = m.guard.reserve(ctx, m, lease.PoolName, p)
+		if !allowed {
 			// Count the failure but leave the status to a health probe.
 			r.FailureThreshold = math.MaxInt32
 			r.Error += " (ban not applied: too many bans in this pool recently)"
@@ -111,7 +112,7 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 		return nil, fmt.Errorf("%w: unknown outcome kind %q (want success, failure or banned)", ErrInvalidArgument, o.Kind)
 	}
 	proxy, err := m.store.ApplyHealthCheckResult(ctx, r)
-	if reserved {
+	if held {
 		m.guard.done(lease.PoolName)
 	}
 	if err != nil {
@@ -132,16 +133,16 @@ type banGuard struct {
 	inFlight map[string]int
 }
 
-// reserve reports whether one more ban fits the pool's budget and, if so,
-// holds a place for it until done is called.
-func (g *banGuard) reserve(ctx context.Context, m *Manager, pool string, p OutcomePolicy) bool {
+// reserve reports whether one more ban is allowed and whether it holds a
+// place in the pool's budget, which the caller gives back with done.
+func (g *banGuard) reserve(ctx context.Context, m *Manager, pool string, p OutcomePolicy) (allowed, held bool) {
 	if p.MaxBannedShare <= 0 || p.MaxBannedShare >= 1 {
-		return true
+		return true, false
 	}
 	stats, err := m.store.GetPoolStats(ctx, pool)
 	if err != nil || stats.TotalProxies == 0 {
 		// Without stats the guard cannot judge; a probe can still undo a ban.
-		return true
+		return true, false
 	}
 	budget := max(1, int(p.MaxBannedShare*float64(stats.TotalProxies)))
 	g.mu.Lock()
@@ -150,10 +151,10 @@ func (g *banGuard) reserve(ctx context.Context, m *Manager, pool string, p Outco
 		g.inFlight = make(map[string]int)
 	}
 	if stats.ByStatus[StatusBanned]+g.inFlight[pool] >= budget {
-		return false
+		return false, false
 	}
 	g.inFlight[pool]++
-	return true
+	return true, true
 }
 
 func (g *banGuard) done(pool string) {

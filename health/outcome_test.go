@@ -65,7 +65,7 @@ func TestReportOutcomeStreaks(t *testing.T) {
 		t.Fatalf("inactive proxy still leased: %v", err)
 	}
 	p = report(pharox.Outcome{Kind: pharox.OutcomeSuccess, Latency: 2 * time.Second, StatusCode: 200})
-	if p.Status != pharox.StatusSlow || p.FailureStreak != 0 || p.LastError != "" {
+	if p.Status != pharox.StatusSlow || p.FailureStreak != 0 || !strings.HasPrefix(p.LastError, "slow:") {
 		t.Fatalf("slow success: %+v", p)
 	}
 	p = report(pharox.Outcome{Kind: pharox.OutcomeSuccess, StatusCode: 403})
@@ -104,7 +104,6 @@ func TestBanGuardThenProbeRecovery(t *testing.T) {
 		BanThreshold:     1,
 		BanStatusCodes:   []int{429},
 		MaxBannedShare:   0.5,
-		BanWindow:        time.Hour,
 	}))
 	var leases []*pharox.Lease
 	for range n {

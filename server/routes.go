@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/pharox/pharox/api"
+	"github.com/pharox/pharox/server/ui"
 )
 
 // route is one row of the table that both registers the handlers and
@@ -128,7 +129,7 @@ func routeTable() []route {
 				"(the default consumer). 409 {\"detail\": \"No proxy available\"} when nothing fits, after waiting up to " +
 				"wait_seconds (capped by the server's maximum). The answer carries the proxy with its credentials and URL.",
 			Role: RoleConsumer, Request: api.AcquireRequest{}, Status: 201, Response: api.Lease{},
-			Errors: []int{404, 409}, api: (*Server).acquire},
+			Errors: []int{404, 409}, api: (*Server).acquireCounted},
 		{Method: "GET", Path: "/v1/leases/", ID: "listLeases", Tag: "leases", Summary: "List leases, oldest first",
 			Role: RoleAdmin, Status: 200, Response: []api.Lease{},
 			Query: []queryParam{
@@ -154,6 +155,14 @@ func routeTable() []route {
 			Description: "kind is success, failure or banned; the proxy's health follows the server's outcome policy. Answers the updated proxy.",
 			Role:        RoleConsumer, Request: api.OutcomeRequest{}, Status: 200, Response: api.Proxy{},
 			Errors: poolErrs, api: (*Server).reportOutcome},
+
+		// Dashboard.
+		{Method: "GET", Path: "/v1/admin/dashboard", ID: "dashboard", Tag: "admin",
+			Summary: "Everything the web dashboard at /ui/ shows, in one answer",
+			Description: "Pools with their occupancy, the health sweeps running and the last result of each pool's, and " +
+				"a short in-memory history of acquisitions, no-proxy-available answers and proxies per health status, " +
+				"sampled by this server process.",
+			Role: RoleAdmin, Status: 200, Response: ui.Dashboard{}, api: (*Server).dashboard},
 	}
 }
 

@@ -15,6 +15,9 @@
 // everything; consumer keys may lease (acquire, read, renew, release,
 // report outcomes), ensure consumers and read pools and stats. /healthz,
 // /readyz, /metrics and /openapi.json need no key.
+//
+// The operator dashboard is served at /ui/ (package ui): its static files
+// need no key, and the pages read the API with an admin key.
 package server
 
 import (
@@ -30,6 +33,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/api"
+	"github.com/pharox/pharox/server/ui"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -49,6 +53,10 @@ const (
 	DefaultListLimit = 1000
 	// MaxListLimit is the largest limit a lease listing accepts.
 	MaxListLimit = 10000
+	// DefaultUISampleInterval is how often the dashboard's charts sample.
+	DefaultUISampleInterval = 5 * time.Second
+	// uiSeriesLength is how many samples the dashboard's charts keep.
+	uiSeriesLength = 360
 )
 
 // SweepFunc probes every proxy of a pool and applies the results. target
@@ -103,6 +111,11 @@ type Options struct {
 	// ShutdownTimeout bounds how long Serve waits for in-flight requests
 	// after its context ends (default MaxWait + 10s).
 	ShutdownTimeout time.Duration
+
+	// UISampleInterval is how often Run or Serve samples acquisitions and
+	// proxy health for the dashboard's charts at /ui/
+	// (DefaultUISampleInterval; negative disables).
+	UISampleInterval time.Duration
 }
 
 // Server serves the pharox HTTP API.
@@ -137,6 +150,9 @@ type Server struct {
 
 	openapiOnce sync.Once
 	openapiDoc  []byte
+
+	// ui keeps the dashboard's history and sweeps in flight.
+	ui *ui.Recorder
 }
 
 // New returns a Server over mgr.
@@ -162,6 +178,9 @@ func New(mgr *pharox.Manager, opts Options) *Server {
 	if opts.ShutdownTimeout <= 0 {
 		opts.ShutdownTimeout = opts.MaxWait + 10*time.Second
 	}
+	if opts.UISampleInterval == 0 {
+		opts.UISampleInterval = DefaultUISampleInterval
+	}
 	s := &Server{
 		mgr:   mgr,
 		store: mgr.Storage(),
@@ -169,6 +188,10 @@ func New(mgr *pharox.Manager, opts Options) *Server {
 		log:   opts.Logger,
 		keys:  newKeyring(opts.AdminKeys, opts.ConsumerKeys),
 		mux:   http.NewServeMux(),
+	}
+	s.ui = ui.NewRecorder(uiSeriesLength, max(s.opts.UISampleInterval, 0))
+	if s.opts.Sweep != nil {
+		s.opts.Sweep = s.trackSweep(s.opts.Sweep)
 	}
 	s.stopping, s.stop = context.WithCancel(context.Background())
 	s.metrics, s.gather = newHTTPMetrics(opts.Registerer, opts.Gatherer)
@@ -179,6 +202,10 @@ func New(mgr *pharox.Manager, opts Options) *Server {
 	for i := range s.routes {
 		s.register(&s.routes[i])
 	}
+	// The dashboard's static files carry no data: they need no key, and
+	// the pages read everything from the API with the operator's key.
+	s.mux.Handle("GET /ui/", http.StripPrefix("/ui", ui.Handler()))
+	s.mux.Handle("GET /ui", http.RedirectHandler("/ui/", http.StatusMovedPermanently))
 	s.mux.HandleFunc("/", s.noRoute)
 	s.handler = s.accessLog(s.mux)
 	return s
@@ -265,6 +292,9 @@ func (s *Server) RunBackground(ctx context.Context) {
 	if s.opts.Sweep != nil && s.opts.SweepInterval > 0 {
 		wg.Go(func() { s.every(ctx, s.opts.SweepInterval, s.SweepAll) })
 	}
+	if s.opts.UISampleInterval > 0 {
+		wg.Go(func() { s.every(ctx, s.opts.UISampleInterval, s.sampleUI) })
+	}
 	wg.Wait()
 }
 
@@ -342,4 +372,41 @@ func (s *Server) poolName(ctx context.Context, id uuid.UUID) (string, error) {
 	}
 	s.pools.Store(id, p.Name)
 	return p.Name, nil
+}
+
+// sampleUI records one point of the dashboard's charts.
+func (s *Server) sampleUI(ctx context.Context) {
+	if err := s.ui.Collect(ctx, s.store); err != nil && ctx.Err() == nil {
+		s.log.Warn("pharox server: sample for the dashboard", "err", err)
+	}
+}
+
+// trackSweep wraps fn so that the dashboard sees sweeps in flight and
+// their results. A failure is remembered by the detail its client got.
+func (s *Server) trackSweep(fn SweepFunc) SweepFunc {
+	return func(ctx context.Context, pool string, target string) (api.SweepResult, error) {
+		done := s.ui.SweepStarted(pool)
+		res, err := fn(ctx, pool, target)
+		detail := ""
+		if err != nil {
+			_, detail, _ = errorStatus(err)
+		}
+		done(res, detail)
+		return res, err
+	}
+}
+
+func (s *Server) dashboard(r *http.Request) (any, error) {
+	d, err := ui.Build(r.Context(), s.store, s.ui)
+	if err != nil {
+		return nil, err
+	}
+	d.SweepEnabled = s.opts.Sweep != nil
+	return d, nil
+}
+
+func (s *Server) acquireCounted(r *http.Request) (any, error) {
+	lease, err := s.acquire(r)
+	s.ui.CountAcquire(err)
+	return lease, err
 }

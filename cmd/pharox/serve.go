@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -236,15 +235,6 @@ func newServeLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("log format %q: want text or json", format)
 }
 
-// serveRedactURL hides a password in a storage URL before it is printed.
-func serveRedactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		return raw
-	}
-	return u.Redacted()
-}
-
 // runServe serves until ctx ends. ready, when not nil, receives the bound
 // address (tests listen on port 0).
 func runServe(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer, ready func(net.Addr)) error {
@@ -296,11 +286,12 @@ func runServe(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer, re
 	}
 	srv := server.New(mgr, opts)
 	return srv.ListenAndServe(ctx, cfg.Listen, func(addr net.Addr) {
-		fmt.Fprintf(stdout, "pharox: serving on http://%s (storage %s)\n", addr, serveRedactURL(cfg.Storage))
+		fmt.Fprintf(stdout, "pharox: serving on http://%s (storage %s)\n", addr, open.Redact(cfg.Storage))
+		fmt.Fprintf(stdout, "pharox: dashboard at http://%s/ui/ (admin key)\n", addr)
 		if generated != "" {
 			fmt.Fprintf(stdout, "pharox: no admin key configured; generated one for this run (shown once): %s\n", generated)
 		}
-		logger.Info("pharox serve: listening", "addr", addr.String(), "storage", serveRedactURL(cfg.Storage),
+		logger.Info("pharox serve: listening", "addr", addr.String(), "storage", open.Redact(cfg.Storage),
 			"admin_keys", len(cfg.AdminKeys), "consumer_keys", len(cfg.ConsumerKeys),
 			"sweep_interval", cfg.SweepInterval.Duration, "lease_retention", cfg.LeaseRetention.Duration)
 		if ready != nil {

@@ -1,0 +1,68 @@
+// Package memory is an in-process [pharox.Storage]: fast, thread-safe, and
+// gone when the process exits. It is the default store for library users
+// and tests, and the reference the other drivers are measured against.
+//
+// # Concurrency
+//
+// One mutex guards the whole store. Work that needs no shared state (lease
+// ids from crypto/rand, deep copies of results) happens outside it, so the
+// critical section of an acquisition is a few index updates.
+//
+// # Indexes
+//
+// Per pool, and per (pool, country), proxies that can take a lease now
+// (leasable status and a free slot) are kept once per strategy: b-trees
+// ordered by (status rank, checked_at desc, id) for FirstAvailable, (status
+// rank, current_leases, id) for LeastUsed and id for RoundRobin, and a slice
+// for Random. The pool-wide FirstAvailable tree (the default strategy) is
+// kept from the start; every other structure is built the first time a
+// request needs it, so pools pay only for the strategies and countries they
+// are asked for. Building one holds the store's lock for a moment (about
+// 0.1 s for 100,000 proxies on a busy 2-core machine). With a
+// top-level country filter only that country's proxies are visited; other
+// filters walk the ordered set and test each candidate with
+// [pharox.Filters.Match] until one matches.
+//
+// The LeastUsed trees and Random slices hold exactly the proxies that can
+// take a lease. The FirstAvailable and RoundRobin keys do not depend on the
+// lease count, so their trees are pruned lazily: a proxy that fills up stays
+// in them until a search meets it, which drops it (once), and a proxy that
+// frees a slot while still there costs nothing. Acquiring and releasing a
+// busy proxy thus touches no tree at all, and since a search drops every
+// stale entry it meets, each is walked at most once: over time lazy pruning
+// costs no more than eager removal.
+//
+// A [pharox.Filters.Predicate] runs under the store's lock, on a copy of
+// each candidate it is asked about: keep it fast, and never call the store
+// from it, which would deadlock. A predicate that panics fails the request
+// with [pharox.ErrInvalidArgument] and leaves the store usable.
+//
+// # Expiry
+//
+// Active leases sit in a min-heap keyed by ExpiresAt. Every operation first
+// pops the leases whose ExpiresAt has passed and ends them as expired, so an
+// expired lease never counts against its proxy once any later operation
+// runs. RenewLease and ReleaseLease therefore see a lease past its ExpiresAt
+// as already expired ([pharox.ErrLeaseNotActive]).
+//
+// # Lease ids
+//
+// Lease ids are random version 4 UUIDs whose last 32 bits, masked with a
+// per-store value, name the slot of the lease record: finding a lease is an
+// index into a slice, not a lookup in a hash table as large as the lease
+// history. The other 90 bits are random (crypto/rand), so ids stay
+// unguessable.
+//
+// # Retention of ended leases
+//
+// Released and expired leases are kept for GetLease and ListLeases, up to
+// the last [DefaultEndedLeaseRetention] of them (see
+// [WithEndedLeaseRetention]); older ones are forgotten first. Leases of a
+// deleted proxy or pool are forgotten at once. PurgeEndedLeases drops them
+// earlier.
+//
+// Pool statistics come from counters kept with every change, never from a
+// scan. Sticky-session bindings that died are dropped by
+// CleanupExpiredLeases and, so that unique keys cannot grow a pool without
+// bound, whenever the number of bindings doubles.
+package memory

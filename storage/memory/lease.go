@@ -1,0 +1,745 @@
+package memory
+
+import (
+	"cmp"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/pharox/pharox"
+)
+
+// leaseState is a lease record. Records are recycled: once an ended lease
+// leaves retention its record serves the next acquisition, so no pointer to
+// a record (or into it) may leave the lock.
+type leaseState struct {
+	l          pharox.Lease // never carries a Proxy snapshot
+	releasedAt time.Time    // l.ReleasedAt points here once ended
+	heapIdx    int          // position in the expiry heap, -1 unless active
+	seq        uint64       // acquisition order, breaks AcquiredAt ties
+	slot       uint32
+	live       bool // holds a lease (active or retained), not free
+	proxy      *proxyState
+}
+
+// newLease takes a free record (or makes one) for a lease whose id is
+// random except for its last four bytes, which name the record's slot.
+// Call with mu held.
+func (s *Store) newLease(random uuid.UUID) *leaseState {
+	var ls *leaseState
+	if n := len(s.freeSlots); n > 0 {
+		ls = s.slots[s.freeSlots[n-1]]
+		s.freeSlots = s.freeSlots[:n-1]
+	} else {
+		ls = &leaseState{slot: uint32(len(s.slots)), heapIdx: -1}
+		s.slots = append(s.slots, ls)
+	}
+	ls.live = true
+	ls.l.ID = random
+	// XOR with a per-store mask so ids do not count up visibly; the other
+	// 90 random bits keep them unguessable.
+	binary.BigEndian.PutUint32(ls.l.ID[12:], ls.slot^s.slotMask)
+	return ls
+}
+
+// freeLease forgets a lease and returns its record for reuse.
+func (s *Store) freeLease(ls *leaseState) {
+	ls.live = false
+	ls.l = pharox.Lease{}
+	ls.proxy = nil
+	s.freeSlots = append(s.freeSlots, ls.slot)
+}
+
+// lookup finds a visible lease by id. Call with mu held.
+func (s *Store) lookup(id uuid.UUID) *leaseState {
+	slot := binary.BigEndian.Uint32(id[12:]) ^ s.slotMask
+	if int64(slot) >= int64(len(s.slots)) {
+		return nil
+	}
+	ls := s.slots[slot]
+	if !ls.live || ls.l.ID != id || !ls.visible() {
+		return nil
+	}
+	return ls
+}
+
+// visible is false for leases of a deleted proxy or pool, which are
+// forgotten at once and freed as retention moves on.
+func (ls *leaseState) visible() bool { return !ls.proxy.deleted }
+
+// heapEntry keeps the expiry inline so sifting compares without touching
+// lease records.
+type heapEntry struct {
+	expires int64 // Unix µs
+	ls      *leaseState
+}
+
+// expiryHeap is a min-heap of active leases by expiry.
+type expiryHeap []heapEntry
+
+func (h expiryHeap) less(i, j int) bool { return h[i].expires < h[j].expires }
+
+func (h expiryHeap) swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].ls.heapIdx = i
+	h[j].ls.heapIdx = j
+}
+
+func (h *expiryHeap) push(ls *leaseState, expires int64) {
+	ls.heapIdx = len(*h)
+	*h = append(*h, heapEntry{expires: expires, ls: ls})
+	h.up(ls.heapIdx)
+}
+
+// remove takes the lease at i out of the heap.
+func (h *expiryHeap) remove(i int) {
+	old := *h
+	last := len(old) - 1
+	ls := old[i].ls
+	if i != last {
+		old.swap(i, last)
+	}
+	old[last] = heapEntry{}
+	*h = old[:last]
+	if i != last {
+		h.fix(i)
+	}
+	ls.heapIdx = -1
+}
+
+// fix restores order after the entry at i changed its expiry.
+func (h expiryHeap) fix(i int) {
+	if !h.down(i) {
+		h.up(i)
+	}
+}
+
+func (h expiryHeap) up(j int) {
+	for j > 0 {
+		i := (j - 1) / 2
+		if !h.less(j, i) {
+			break
+		}
+		h.swap(i, j)
+		j = i
+	}
+}
+
+func (h expiryHeap) down(i0 int) bool {
+	i, n := i0, len(h)
+	for {
+		j := 2*i + 1
+		if j >= n || j < 0 {
+			break
+		}
+		if r := j + 1; r < n && h.less(r, j) {
+			j = r
+		}
+		if !h.less(j, i) {
+			break
+		}
+		h.swap(i, j)
+		i = j
+	}
+	return i > i0
+}
+
+// leaseRing is a FIFO of ended leases in the order they ended.
+type leaseRing struct {
+	buf  []*leaseState
+	head int
+	n    int
+}
+
+func (r *leaseRing) push(ls *leaseState) {
+	if r.n == len(r.buf) {
+		grown := make([]*leaseState, max(64, 2*len(r.buf)))
+		for i := range r.n {
+			grown[i] = r.buf[(r.head+i)%len(r.buf)]
+		}
+		r.buf, r.head = grown, 0
+	}
+	r.buf[(r.head+r.n)%len(r.buf)] = ls
+	r.n++
+}
+
+func (r *leaseRing) pop() *leaseState {
+	ls := r.buf[r.head]
+	r.buf[r.head] = nil
+	r.head = (r.head + 1) % len(r.buf)
+	r.n--
+	return ls
+}
+
+// scanner tests candidates against a request's filters. The Store keeps one
+// and hands its method values to the b-tree iterators.
+type scanner struct {
+	f *pharox.Filters
+	// clone passes a copy to Match when the filters carry a Predicate, so
+	// user code never sees (or keeps) stored state.
+	clone bool
+	found *proxyState
+	// pivot bounds visitUpTo and visitPast: the round-robin cursor.
+	pivot idItem
+	// panicked holds what a Predicate panicked with; the search then
+	// fails with an error instead of leaving the store locked.
+	panicked any
+	// table resolves index items to proxies: the store's table as of reset.
+	table []*proxyState
+	// staleFA and staleRR collect items of proxies that cannot take a
+	// lease, met during a walk, for deletion after it (a b-tree cannot
+	// change while it is walked).
+	staleFA []faItem
+	staleRR []idItem
+}
+
+func (sc *scanner) reset(f *pharox.Filters, table []*proxyState) {
+	if f.IsZero() {
+		f = nil
+	}
+	sc.f, sc.clone, sc.found, sc.panicked, sc.table = f, f.HasPredicate(), nil, nil, table
+	sc.staleFA, sc.staleRR = sc.staleFA[:0], sc.staleRR[:0]
+}
+
+func (sc *scanner) match(ps *proxyState) bool {
+	switch {
+	case sc.f == nil:
+		return true
+	case sc.clone:
+		return sc.matchPredicate(ps)
+	default:
+		return sc.f.Match(&ps.p)
+	}
+}
+
+// matchPredicate runs user code: it gets a copy, and a panic is caught and
+// remembered (the proxy then does not match).
+func (sc *scanner) matchPredicate(ps *proxyState) (ok bool) {
+	if sc.panicked != nil {
+		return false
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			sc.panicked, ok = r, false
+		}
+	}()
+	return sc.f.Match(ps.p.Clone())
+}
+
+// predicateErr reports a Predicate that panicked during the last search.
+func (sc *scanner) predicateErr() error {
+	if sc.panicked == nil {
+		return nil
+	}
+	return fmt.Errorf("%w: filter predicate panicked: %v", pharox.ErrInvalidArgument, sc.panicked)
+}
+
+func (sc *scanner) visit(ps *proxyState) bool {
+	if sc.match(ps) {
+		sc.found = ps
+		return false
+	}
+	return true
+}
+
+func (sc *scanner) visitFA(it faItem) bool {
+	ps := sc.table[it.idx]
+	if !ps.indexed {
+		sc.staleFA = append(sc.staleFA, it)
+		return true
+	}
+	return sc.visit(ps)
+}
+
+func (sc *scanner) visitLU(it luItem) bool { return sc.visit(sc.table[it.idx]) }
+
+func (sc *scanner) visitRR(it idItem) bool {
+	ps := sc.table[it.idx]
+	if !ps.indexed {
+		sc.staleRR = append(sc.staleRR, it)
+		return true
+	}
+	return sc.visit(ps)
+}
+
+// visitPast skips the cursor itself, which AscendGreaterOrEqual includes.
+func (sc *scanner) visitPast(it idItem) bool {
+	if !lessID(sc.pivot, it) {
+		return true
+	}
+	return sc.visitRR(it)
+}
+
+// visitUpTo stops after the cursor: the wrapped-around half of a
+// round-robin walk.
+func (sc *scanner) visitUpTo(it idItem) bool {
+	if lessID(sc.pivot, it) {
+		return false
+	}
+	return sc.visitRR(it)
+}
+
+// dropStale deletes the stale items the last walk of x met. Each stale item
+// is deleted once, so over time this costs what deleting eagerly would.
+func (s *Store) dropStale(x *indexSet) {
+	sc := &s.scan
+	for _, it := range sc.staleFA {
+		x.fa.Delete(it)
+		s.table[it.idx].inFA[x.slot] = false
+	}
+	for _, it := range sc.staleRR {
+		x.rr.Delete(it)
+		s.table[it.idx].inRR[x.slot] = false
+	}
+	sc.staleFA, sc.staleRR = sc.staleFA[:0], sc.staleRR[:0]
+}
+
+// pick returns the candidate st chooses among pl's leasable proxies that
+// match the scanner's filters, or nil. Call with mu held and sc reset.
+func (s *Store) pick(pl *poolState, st pharox.Strategy) *proxyState {
+	sc := &s.scan
+	x := &pl.all
+	if sc.f != nil && sc.f.Country != "" {
+		if x = pl.byCountry[sc.f.Country]; x == nil {
+			return nil
+		}
+	}
+	pl.ensure(x, st)
+	switch st {
+	case pharox.LeastUsed:
+		x.lu.Ascend(s.visitLU)
+	case pharox.RoundRobin:
+		if pl.rrSet {
+			sc.pivot = pl.rrCursor
+			x.rr.AscendGreaterOrEqual(sc.pivot, s.visitPast)
+			if sc.found == nil {
+				x.rr.Ascend(s.visitUpTo)
+			}
+		} else {
+			x.rr.Ascend(s.visitRR)
+		}
+		s.dropStale(x)
+	case pharox.Random:
+		return pickRandom(sc, x.rnd)
+	default:
+		if sc.f == nil {
+			for {
+				it, ok := x.fa.Min()
+				if !ok {
+					break
+				}
+				if ps := s.table[it.idx]; ps.indexed {
+					sc.found = ps
+					break
+				}
+				x.fa.DeleteMin()
+				s.table[it.idx].inFA[x.slot] = false
+			}
+		} else {
+			x.fa.Ascend(s.visitFA)
+			s.dropStale(x)
+		}
+	}
+	return sc.found
+}
+
+// pickRandom chooses uniformly among the matching members of set. Random
+// draws are uniform over set, so the first draw that matches is uniform over
+// the matching ones; when matches are too rare for that to be quick, a
+// reservoir-sampling pass over the set decides instead.
+func pickRandom(sc *scanner, set []*proxyState) *proxyState {
+	n := len(set)
+	if n == 0 {
+		return nil
+	}
+	for range 32 {
+		if ps := set[rand.IntN(n)]; sc.match(ps) {
+			return ps
+		}
+	}
+	var chosen *proxyState
+	seen := 0
+	for _, ps := range set {
+		if sc.match(ps) {
+			seen++
+			if rand.IntN(seen) == 0 {
+				chosen = ps
+			}
+		}
+	}
+	return chosen
+}
+
+// AcquireLease atomically chooses a proxy and leases one of its slots.
+func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*pharox.Lease, error) {
+	if err := req.Validate(); err != nil {
+		return nil, fmt.Errorf("memory: acquire lease: %w", err)
+	}
+	random := newID() // crypto/rand needs no lock
+
+	now, err := s.lock(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("memory: acquire lease: %w", err)
+	}
+	pl := s.poolNames[req.PoolName]
+	if pl == nil {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("memory: acquire lease from pool %q: %w", req.PoolName, pharox.ErrPoolNotFound)
+	}
+	consumer := s.consumers[req.ConsumerID]
+	if consumer == nil {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("memory: acquire lease: consumer %s: %w", req.ConsumerID, pharox.ErrConsumerNotFound)
+	}
+	nowMicro := now.UnixMicro()
+	s.scan.reset(req.Filters, s.table)
+
+	var ps *proxyState
+	if req.SessionKey != "" {
+		if b, ok := pl.sessions[req.SessionKey]; ok && b.expires > nowMicro && b.proxy.indexed && s.scan.match(b.proxy) {
+			ps = b.proxy
+		}
+	}
+	if ps == nil {
+		ps = s.pick(pl, req.Strategy)
+		if err := s.scan.predicateErr(); err != nil {
+			s.mu.Unlock()
+			return nil, fmt.Errorf("memory: acquire lease from pool %q: %w", req.PoolName, err)
+		}
+		if ps == nil {
+			s.mu.Unlock()
+			return nil, fmt.Errorf("memory: acquire lease from pool %q: %w", req.PoolName, pharox.ErrNoProxyAvailable)
+		}
+		if req.Strategy == pharox.RoundRobin {
+			pl.rrCursor = ps.idItem()
+			pl.rrSet = true
+		}
+	}
+	if req.SessionKey != "" {
+		if _, ok := pl.sessions[req.SessionKey]; !ok && len(pl.sessions) >= pl.sessionSweepAt {
+			pl.sweepSessions(nowMicro)
+		}
+		pl.sessions[req.SessionKey] = session{proxy: ps, expires: now.Add(req.SessionTTL).UnixMicro()}
+	}
+
+	pl.setLeases(ps, ps.p.CurrentLeases+1)
+	name := req.ConsumerName
+	if name == "" {
+		name = consumer.Name
+	}
+	expiresAt := now.Add(req.Duration).Truncate(time.Microsecond)
+	ls := s.newLease(random)
+	ls.l = pharox.Lease{
+		ID:           ls.l.ID,
+		ProxyID:      ps.p.ID,
+		ConsumerID:   consumer.ID,
+		ConsumerName: name,
+		PoolID:       pl.pool.ID,
+		PoolName:     pl.pool.Name,
+		Status:       pharox.LeaseActive,
+		AcquiredAt:   now,
+		ExpiresAt:    expiresAt,
+		SessionKey:   req.SessionKey,
+	}
+	ls.proxy = ps
+	s.seq++
+	ls.seq = s.seq
+	s.expiry.push(ls, expiresAt.UnixMicro())
+
+	out := ls.l
+	// A shallow copy is enough under the lock: stored proxies' pointer
+	// fields are replaced, never written through, so the deep copy can
+	// happen after unlocking.
+	snap := ps.p
+	s.mu.Unlock()
+
+	res := &out
+	res.Proxy = snap.Clone()
+	return res, nil
+}
+
+// FindAvailableProxy returns the proxy AcquireLease would choose now without
+// leasing it; it moves neither the round-robin cursor nor session bindings.
+func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *pharox.Filters, strategy pharox.Strategy) (*pharox.Proxy, error) {
+	if !strategy.Valid() {
+		return nil, fmt.Errorf("memory: find available proxy: %w: unknown strategy %q", pharox.ErrInvalidArgument, strategy)
+	}
+	strategy = strategy.OrDefault()
+	f := normalizedCopy(filters)
+	if err := f.Validate(); err != nil {
+		return nil, fmt.Errorf("memory: find available proxy: %w", err)
+	}
+	if _, err := s.lock(ctx); err != nil {
+		return nil, fmt.Errorf("memory: find available proxy: %w", err)
+	}
+	pl := s.poolNames[pool]
+	if pl == nil {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("memory: find available proxy in pool %q: %w", pool, pharox.ErrPoolNotFound)
+	}
+	s.scan.reset(f, s.table)
+	ps := s.pick(pl, strategy)
+	if err := s.scan.predicateErr(); err != nil {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("memory: find available proxy in pool %q: %w", pool, err)
+	}
+	if ps == nil {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("memory: find available proxy in pool %q: %w", pool, pharox.ErrNoProxyAvailable)
+	}
+	snap := ps.p
+	s.mu.Unlock()
+	return snap.Clone(), nil
+}
+
+// normalizedCopy deep-copies f's nested groups and normalizes the copy, so
+// the caller's filters stay as given.
+func normalizedCopy(f *pharox.Filters) *pharox.Filters {
+	if f == nil {
+		return nil
+	}
+	c := *f
+	for _, g := range []*[]pharox.Filters{&c.AllOf, &c.AnyOf, &c.NoneOf} {
+		if *g != nil {
+			group := make([]pharox.Filters, len(*g))
+			for i := range *g {
+				group[i] = *normalizedCopy(&(*g)[i])
+			}
+			*g = group
+		}
+	}
+	c.Normalize()
+	return &c
+}
+
+// endLease ends an active lease, frees its slot and returns the ended
+// lease, copied before retention may recycle its record. Call with mu held.
+func (s *Store) endLease(ls *leaseState, status pharox.LeaseStatus, now time.Time) snapshot {
+	ls.l.Status = status
+	ls.releasedAt = now
+	ls.l.ReleasedAt = &ls.releasedAt
+	s.expiry.remove(ls.heapIdx)
+	ps := ls.proxy
+	ps.pool.setLeases(ps, ps.p.CurrentLeases-1)
+	sn := ls.snapshot()
+	s.ended.push(ls)
+	for s.ended.n > s.retention {
+		s.freeLease(s.ended.pop())
+	}
+	return sn
+}
+
+// reap ends every active lease past its expiry. Call with mu held.
+func (s *Store) reap(now time.Time) int {
+	n := 0
+	micro := now.UnixMicro()
+	for len(s.expiry) > 0 && s.expiry[0].expires <= micro {
+		s.endLease(s.expiry[0].ls, pharox.LeaseExpired, now)
+		n++
+	}
+	return n
+}
+
+// snapshot copies a lease record's Lease under the lock, ReleasedAt
+// included: records are recycled, so nothing may point into one.
+type snapshot struct {
+	l   pharox.Lease
+	rel time.Time
+	seq uint64
+}
+
+func (ls *leaseState) snapshot() snapshot {
+	return snapshot{l: ls.l, rel: ls.releasedAt, seq: ls.seq}
+}
+
+// lease returns the caller's copy, in one allocation.
+func (sn snapshot) lease() *pharox.Lease {
+	b := &sn
+	if b.l.ReleasedAt != nil {
+		b.l.ReleasedAt = &b.rel
+	}
+	return &b.l
+}
+
+// ReleaseLease ends an active lease as released and frees its slot.
+func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*pharox.Lease, error) {
+	now, err := s.lock(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("memory: release lease %s: %w", leaseID, err)
+	}
+	ls := s.lookup(leaseID)
+	if ls == nil {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("memory: release lease %s: %w", leaseID, pharox.ErrLeaseNotFound)
+	}
+	if ls.l.Status != pharox.LeaseActive {
+		status := ls.l.Status
+		s.mu.Unlock()
+		return nil, fmt.Errorf("memory: release lease %s: lease is %s: %w", leaseID, status, pharox.ErrLeaseNotActive)
+	}
+	sn := s.endLease(ls, pharox.LeaseReleased, now)
+	s.mu.Unlock()
+	return sn.lease(), nil
+}
+
+// RenewLease moves an active, unexpired lease's ExpiresAt to now + d.
+func (s *Store) RenewLease(ctx context.Context, leaseID uuid.UUID, d time.Duration) (*pharox.Lease, error) {
+	if d <= 0 {
+		return nil, fmt.Errorf("memory: renew lease %s: %w: duration must be positive, got %v", leaseID, pharox.ErrInvalidArgument, d)
+	}
+	now, err := s.lock(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("memory: renew lease %s: %w", leaseID, err)
+	}
+	ls := s.lookup(leaseID)
+	if ls == nil {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("memory: renew lease %s: %w", leaseID, pharox.ErrLeaseNotFound)
+	}
+	// lock already ended the lease as expired if its time had passed.
+	if ls.l.Status != pharox.LeaseActive {
+		status := ls.l.Status
+		s.mu.Unlock()
+		return nil, fmt.Errorf("memory: renew lease %s: lease is %s: %w", leaseID, status, pharox.ErrLeaseNotActive)
+	}
+	ls.l.ExpiresAt = now.Add(d).Truncate(time.Microsecond)
+	s.expiry[ls.heapIdx].expires = ls.l.ExpiresAt.UnixMicro()
+	s.expiry.fix(ls.heapIdx)
+	out := ls.l
+	s.mu.Unlock()
+	return &out, nil
+}
+
+// CleanupExpiredLeases ends every active lease past its expiry, drops dead
+// session bindings and returns how many leases it ended. Leases that an
+// earlier operation already reclaimed are not counted again.
+func (s *Store) CleanupExpiredLeases(ctx context.Context) (int, error) {
+	now, err := s.lockNoReap(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("memory: cleanup expired leases: %w", err)
+	}
+	defer s.mu.Unlock()
+	n := s.reap(now)
+	for _, pl := range s.pools {
+		pl.sweepSessions(now.UnixMicro())
+	}
+	return n, nil
+}
+
+// GetPoolStats returns the pool's occupancy from counters kept with every
+// change. ByStatus holds only statuses with at least one proxy.
+func (s *Store) GetPoolStats(ctx context.Context, pool string) (*pharox.PoolStats, error) {
+	now, err := s.lock(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("memory: pool stats: %w", err)
+	}
+	pl := s.poolNames[pool]
+	if pl == nil {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("memory: pool stats %q: %w", pool, pharox.ErrPoolNotFound)
+	}
+	st := pharox.PoolStats{
+		PoolName:         pl.pool.Name,
+		TotalProxies:     len(pl.proxies),
+		ActiveProxies:    pl.byStatus[0] + pl.byStatus[1],
+		AvailableProxies: pl.available,
+		LeasedProxies:    pl.leased,
+		TotalLeases:      pl.leases,
+		CollectedAt:      now,
+	}
+	byStatus := pl.byStatus
+	s.mu.Unlock()
+	st.ByStatus = make(map[pharox.ProxyStatus]int, 4)
+	for _, status := range pharox.AllProxyStatuses {
+		if n := byStatus[status.Rank()]; n > 0 {
+			st.ByStatus[status] = n
+		}
+	}
+	return &st, nil
+}
+
+// GetLease returns a lease by id, without a Proxy snapshot. Ended leases
+// are found while retained (see WithEndedLeaseRetention).
+func (s *Store) GetLease(ctx context.Context, id uuid.UUID) (*pharox.Lease, error) {
+	if _, err := s.lock(ctx); err != nil {
+		return nil, fmt.Errorf("memory: get lease %s: %w", id, err)
+	}
+	ls := s.lookup(id)
+	if ls == nil {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("memory: get lease %s: %w", id, pharox.ErrLeaseNotFound)
+	}
+	sn := ls.snapshot()
+	s.mu.Unlock()
+	return sn.lease(), nil
+}
+
+// ListLeases returns the active and retained ended leases matching q,
+// oldest AcquiredAt first (ties in acquisition order).
+func (s *Store) ListLeases(ctx context.Context, q pharox.LeaseQuery) ([]*pharox.Lease, error) {
+	if q.Limit < 0 {
+		return nil, fmt.Errorf("memory: list leases: %w: negative limit %d", pharox.ErrInvalidArgument, q.Limit)
+	}
+	if q.Status != "" && !q.Status.Valid() {
+		return nil, fmt.Errorf("memory: list leases: %w: unknown lease status %q", pharox.ErrInvalidArgument, q.Status)
+	}
+	if _, err := s.lock(ctx); err != nil {
+		return nil, fmt.Errorf("memory: list leases: %w", err)
+	}
+	var found []snapshot
+	for _, ls := range s.slots {
+		l := &ls.l
+		if !ls.live || !ls.visible() ||
+			q.PoolID != uuid.Nil && l.PoolID != q.PoolID ||
+			q.ProxyID != uuid.Nil && l.ProxyID != q.ProxyID ||
+			q.ConsumerID != uuid.Nil && l.ConsumerID != q.ConsumerID ||
+			q.Status != "" && l.Status != q.Status {
+			continue
+		}
+		found = append(found, ls.snapshot())
+	}
+	s.mu.Unlock()
+	slices.SortFunc(found, func(a, b snapshot) int {
+		if c := a.l.AcquiredAt.Compare(b.l.AcquiredAt); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.seq, b.seq)
+	})
+	if q.Limit > 0 && len(found) > q.Limit {
+		found = found[:q.Limit]
+	}
+	out := make([]*pharox.Lease, len(found))
+	for i := range found {
+		out[i] = found[i].lease()
+	}
+	return out, nil
+}
+
+// PurgeEndedLeases forgets ended leases that ended before endedBefore and
+// returns how many it forgot.
+func (s *Store) PurgeEndedLeases(ctx context.Context, endedBefore time.Time) (int, error) {
+	if _, err := s.lock(ctx); err != nil {
+		return 0, fmt.Errorf("memory: purge ended leases: %w", err)
+	}
+	defer s.mu.Unlock()
+	kept := leaseRing{buf: make([]*leaseState, max(64, s.ended.n))}
+	n := 0
+	for s.ended.n > 0 {
+		ls := s.ended.pop()
+		switch {
+		case !ls.visible():
+			s.freeLease(ls)
+		case ls.releasedAt.Before(endedBefore):
+			s.freeLease(ls)
+			n++
+		default:
+			kept.push(ls)
+		}
+	}
+	s.ended = kept
+	return n, nil
+}

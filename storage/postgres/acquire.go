@@ -1,0 +1,382 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/pharox/pharox"
+)
+
+// acquireKey identifies a generated acquisition statement without filters.
+type acquireKey struct {
+	strategy pharox.Strategy
+	sticky   bool
+	naive    bool
+}
+
+// acquireSQLs are the two forms of the acquisition statement: lean looks
+// only for a proxy with a free slot and is what almost every acquisition
+// runs; full also looks for a full proxy with an expired lease to reclaim
+// and reports whether a retry could succeed. It runs only after lean found
+// nothing, which keeps the plan of the hot statement small (PostgreSQL
+// initialises every node of a plan on each execution, used or not).
+type acquireSQLs struct{ lean, full string }
+
+// acquireStatements returns the two forms of the single statement that
+// performs one acquisition; a must already hold the fixed parameters ($1
+// pool name, $2 consumer id, $3 lease id, $4 consumer name, $5 duration, $6
+// session key and, when sticky, $7 session ttl). Filter values are
+// appended to a; both forms use the same parameters.
+//
+// The statement, CTE by CTE:
+//
+//   - pool: the pool's id by name.
+//   - cur (RoundRobin): the pool's round-robin position, read without a
+//     lock. Other strategies never touch it.
+//   - bound (sticky): the proxy bound to (pool, key) if the binding is live
+//     and the proxy is still a candidate; when there is one, it is the only
+//     proxy the statement may take.
+//   - free: the first proxy in strategy order with a free slot that no
+//     other transaction has locked, locked FOR UPDATE SKIP LOCKED.
+//     Concurrent acquisitions therefore never wait for each other: each
+//     takes the next free row. LockRows re-checks the WHERE clause against
+//     the newest row version, so a proxy filled since the snapshot is
+//     skipped. The condition reads only the proxy row.
+//   - stale (full form only): when free found nothing, the first full
+//     proxy that holds an expired, unreclaimed lease, locked the same way.
+//     Keeping this lease lookup out of free keeps the hot path to one
+//     index walk.
+//   - cand: whichever of the two found a proxy.
+//   - expired, reclaimed: lock the chosen proxy's expired leases (SKIP
+//     LOCKED: a lease that a concurrent release or cleanup holds is theirs
+//     to end) and end them as expired in the same statement that takes the
+//     slot. The cardinality test is a one-time filter: when there is
+//     nothing to reclaim, the usual case, the UPDATE scans nothing, whatever
+//     plan the cached statement has.
+//   - taken: increments current_leases, net of the reclaimed leases, under
+//     the row lock and only while that stays within max_concurrency. This
+//     predicate (plus the proxies_slots CHECK constraint) is what makes
+//     over-leasing impossible whatever the selection did.
+//   - lease: inserts the lease. Its acquired_at is clock_timestamp() read
+//     after the row was locked and updated, and never earlier than the
+//     end of a lease it reclaimed.
+//   - moved (RoundRobin): moves the position to the leased proxy, unless
+//     a concurrent round-robin acquisition holds the cursor row (SKIP
+//     LOCKED): it is moving it too. Acquisitions in sequence therefore
+//     rotate exactly; concurrent ones read the same position and take
+//     successive free proxies, each skipping the rows the others locked,
+//     without ever waiting for one another.
+//   - bind (sticky): (re)binds the session key until now + ttl; concurrent
+//     acquisitions with one key wait for each other only here.
+//
+// The final row reports whether pool and consumer exist and (full form)
+// when no lease was taken, whether a candidate existed in the statement's
+// snapshot: it was then locked by a concurrent transaction, and
+// AcquireLease tries again.
+func (s *Store) acquireStatements(st pharox.Strategy, sticky bool, f *pharox.Filters, a *args) acquireSQLs {
+	key := acquireKey{strategy: st.OrDefault(), sticky: sticky, naive: s.naive}
+	if f.IsZero() {
+		if v, ok := s.acquireSQL.Load(key); ok {
+			return v.(acquireSQLs)
+		}
+	}
+	filter := filterSQL(f, "p", a)
+	out := acquireSQLs{
+		lean: s.acquireStatement(key, filter, false),
+		full: s.acquireStatement(key, filter, true),
+	}
+	if f.IsZero() {
+		s.acquireSQL.Store(key, out)
+	}
+	return out
+}
+
+// acquireStatement builds one form of the statement (see acquireSQLs).
+func (s *Store) acquireStatement(key acquireKey, filter string, full bool) string {
+	sticky := key.sticky
+	cand := candidateSQL("p", filter)
+	lock := "FOR UPDATE OF p SKIP LOCKED"
+	if s.naive {
+		lock = "FOR UPDATE OF p"
+	}
+	var b strings.Builder
+	b.WriteString("WITH pool AS MATERIALIZED (\n\tSELECT id FROM {s}.pools WHERE name = $1\n),\n" +
+		"consumer AS MATERIALIZED (\n\tSELECT EXISTS (SELECT 1 FROM {s}.consumers WHERE id = $2) AS ok\n)")
+	if key.strategy == pharox.RoundRobin {
+		b.WriteString(",\ncur AS MATERIALIZED (\n\tSELECT c.last_proxy_id FROM {s}.pool_cursors c WHERE c.pool_id = (SELECT id FROM pool)\n)")
+	}
+	restrict := ""
+	if sticky {
+		b.WriteString(",\nbound AS MATERIALIZED (\n\tSELECT p.id FROM {s}.sessions se JOIN {s}.proxies p ON p.id = se.proxy_id AND p.pool_id = se.pool_id" +
+			"\n\tWHERE se.pool_id = (SELECT id FROM pool) AND se.key = $6 AND se.expires_at > clock_timestamp()\n\t  AND " + cand + "\n)")
+		restrict = "\n\t  AND (NOT EXISTS (SELECT 1 FROM bound) OR p.id = (SELECT id FROM bound))"
+	}
+	order := orderSQL(key.strategy, "p", "(SELECT last_proxy_id FROM cur)")
+	staleCTEs := `
+cand AS MATERIALIZED (
+	SELECT id FROM free
+),`
+	if full {
+		staleCTEs = fmt.Sprintf(`
+stale AS MATERIALIZED (
+	SELECT p.id FROM {s}.proxies p
+	WHERE NOT EXISTS (SELECT 1 FROM free)
+	  AND p.pool_id = (SELECT id FROM pool)
+	  AND (SELECT ok FROM consumer)
+	  AND %[1]s%[2]s
+	ORDER BY %[3]s
+	LIMIT 1
+	%[4]s
+),
+cand AS MATERIALIZED (
+	SELECT id FROM free UNION ALL SELECT id FROM stale
+),`, expiredSQL("p", filter), restrict, order, lock)
+	}
+	fmt.Fprintf(&b, `,
+free AS MATERIALIZED (
+	SELECT p.id FROM {s}.proxies p
+	WHERE p.pool_id = (SELECT id FROM pool)
+	  AND (SELECT ok FROM consumer)
+	  AND %[1]s%[2]s
+	ORDER BY %[3]s
+	LIMIT 1
+	%[4]s
+),%[7]s
+expired AS MATERIALIZED (
+	SELECT ARRAY(
+		SELECT x.id FROM {s}.leases x
+		WHERE x.proxy_id = (SELECT id FROM cand) AND x.status = 'active' AND x.expires_at <= clock_timestamp()
+		FOR UPDATE SKIP LOCKED) AS ids
+),
+reclaimed AS (
+	UPDATE {s}.leases l SET status = 'expired', released_at = clock_timestamp()
+	WHERE cardinality((SELECT ids FROM expired)) > 0
+	  AND l.id = ANY ((SELECT ids FROM expired)::uuid[])
+	  AND l.proxy_id = (SELECT id FROM cand) AND l.status = 'active'
+	RETURNING l.released_at
+),
+freed AS MATERIALIZED (
+	SELECT count(*)::integer AS n, max(released_at) AS last FROM reclaimed
+),
+taken AS (
+	UPDATE {s}.proxies p SET current_leases = p.current_leases - freed.n + 1
+	FROM cand, freed
+	WHERE p.id = cand.id
+	  AND (p.max_concurrency IS NULL OR p.current_leases - freed.n < p.max_concurrency)
+	RETURNING %[5]s
+),
+lease AS (
+	INSERT INTO {s}.leases (id, proxy_id, pool_id, pool_name, consumer_id, consumer_name, status, acquired_at, expires_at, session_key)
+	SELECT $3, t.id, t.pool_id, $1, $2, $4, 'active', ts.at, ts.at + $5::interval, $6
+	FROM taken t, freed, LATERAL (SELECT greatest(clock_timestamp(), freed.last) AS at) ts
+	RETURNING acquired_at, expires_at
+)`, freeSQL("p", filter), restrict, order, lock, proxyCols("p"), expiredSQL("p", filter), staleCTEs)
+	if key.strategy == pharox.RoundRobin {
+		b.WriteString(",\nmoved AS (\n\tUPDATE {s}.pool_cursors c SET last_proxy_id = t.id FROM taken t" +
+			"\n\tWHERE c.pool_id = ANY (ARRAY(\n\t\tSELECT k.pool_id FROM {s}.pool_cursors k WHERE k.pool_id = t.pool_id FOR NO KEY UPDATE SKIP LOCKED))\n)")
+	}
+	if sticky {
+		b.WriteString(",\nbind AS (\n\tINSERT INTO {s}.sessions (pool_id, key, proxy_id, expires_at)" +
+			"\n\tSELECT t.pool_id, $6, t.id, clock_timestamp() + $7::interval FROM taken t" +
+			"\n\tON CONFLICT (pool_id, key) DO UPDATE SET proxy_id = excluded.proxy_id, expires_at = excluded.expires_at\n)")
+	}
+	retry := "false"
+	if full {
+		retry = fmt.Sprintf(`CASE WHEN l.acquired_at IS NULL THEN EXISTS (
+		SELECT 1 FROM {s}.proxies p WHERE p.pool_id = (SELECT id FROM pool) AND %s%s)
+	ELSE false END`, cand, restrict)
+	}
+	fmt.Fprintf(&b, `
+SELECT (SELECT id FROM pool) IS NOT NULL,
+	(SELECT ok FROM consumer),
+	%s,
+	l.acquired_at, l.expires_at, %s
+FROM (SELECT 1) one LEFT JOIN taken t ON true LEFT JOIN lease l ON true`, retry, proxyCols("t"))
+	return s.q(b.String())
+}
+
+// AcquireLease atomically chooses a proxy and leases one of its slots in a
+// single statement (see acquireStatement). When every free candidate was
+// locked by concurrent transactions it tries again with a short jittered
+// backoff, up to WithAcquireAttempts times; ErrNoProxyAvailable therefore
+// means that the last try saw no free candidate in its snapshot, or that
+// the free ones stayed locked through every try.
+func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*pharox.Lease, error) {
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	if req.Filters.HasPredicate() {
+		return nil, fmt.Errorf("postgres: acquire: predicate filters cannot run in the database: %w", pharox.ErrUnsupported)
+	}
+	sticky := req.SessionKey != ""
+	leaseID := uuid.New()
+	a := &args{}
+	a.add(req.PoolName)
+	a.add(req.ConsumerID)
+	a.add(leaseID)
+	a.add(req.ConsumerName)
+	a.add(req.Duration.Truncate(time.Microsecond))
+	a.add(req.SessionKey)
+	if sticky {
+		a.add(req.SessionTTL.Truncate(time.Microsecond))
+	}
+	sqls := s.acquireStatements(req.Strategy, sticky, req.Filters, a)
+
+	// The lean statement first; on a miss, at once the full one, which
+	// also reclaims from full proxies and says whether to retry.
+	lease, _, err := s.tryAcquire(ctx, sqls.lean, a.vals)
+	if err != nil || lease != nil {
+		return s.finishAcquire(lease, leaseID, &req), err
+	}
+	backoff := 100 * time.Microsecond
+	for attempt := 1; ; attempt++ {
+		lease, retry, err := s.tryAcquire(ctx, sqls.full, a.vals)
+		if err != nil || lease != nil {
+			return s.finishAcquire(lease, leaseID, &req), err
+		}
+		if !retry || attempt >= s.cfg.maxAttempts {
+			return nil, fmt.Errorf("postgres: acquire from pool %q: %w", req.PoolName, pharox.ErrNoProxyAvailable)
+		}
+		if err := sleep(ctx, backoff/2+rand.N(backoff/2+1)); err != nil {
+			return nil, fmt.Errorf("postgres: acquire from pool %q: %w", req.PoolName, err)
+		}
+		backoff = min(backoff*2, 5*time.Millisecond)
+	}
+}
+
+// finishAcquire fills in the lease fields the statement does not return.
+func (s *Store) finishAcquire(lease *pharox.Lease, id uuid.UUID, req *pharox.AcquireRequest) *pharox.Lease {
+	if lease == nil {
+		return nil
+	}
+	lease.ID = id
+	lease.ConsumerID = req.ConsumerID
+	lease.ConsumerName = req.ConsumerName
+	lease.PoolName = req.PoolName
+	lease.SessionKey = req.SessionKey
+	return lease
+}
+
+// tryAcquire runs the acquisition statement once.
+func (s *Store) tryAcquire(ctx context.Context, sql string, vals []any) (lease *pharox.Lease, retry bool, err error) {
+	rows, err := s.pool.Query(ctx, sql, vals...)
+	if err != nil {
+		return nil, false, fmt.Errorf("postgres: acquire: %w", err)
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return nil, false, fmt.Errorf("postgres: acquire: %w", err)
+		}
+		return nil, false, errors.New("postgres: acquire: statement returned no row")
+	}
+	var (
+		poolOK, consumerOK bool
+		acquiredAt         *time.Time
+		expiresAt          *time.Time
+		pr                 proxyRow
+	)
+	dest := []any{&poolOK, &consumerOK, &retry, &acquiredAt, &expiresAt}
+	if rows.RawValues()[3] != nil {
+		dest = append(dest, pr.targets()...)
+	} else {
+		dest = append(dest, make([]any, len(proxyColumns))...)
+	}
+	if err := rows.Scan(dest...); err != nil {
+		return nil, false, fmt.Errorf("postgres: acquire: %w", err)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, false, fmt.Errorf("postgres: acquire: %w", err)
+	}
+	switch {
+	case !poolOK:
+		return nil, false, fmt.Errorf("postgres: acquire: %w", pharox.ErrPoolNotFound)
+	case !consumerOK:
+		return nil, false, fmt.Errorf("postgres: acquire: %w", pharox.ErrConsumerNotFound)
+	case acquiredAt == nil:
+		return nil, retry, nil
+	}
+	p := pr.proxy()
+	return &pharox.Lease{
+		ProxyID:    p.ID,
+		PoolID:     p.PoolID,
+		Status:     pharox.LeaseActive,
+		AcquiredAt: utc(*acquiredAt),
+		ExpiresAt:  utc(*expiresAt),
+		Proxy:      p,
+	}, false, nil
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// FindAvailableProxy returns the proxy AcquireLease would choose now,
+// without locking or leasing it and without moving the round-robin cursor.
+func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *pharox.Filters, strategy pharox.Strategy) (*pharox.Proxy, error) {
+	if !strategy.Valid() {
+		return nil, fmt.Errorf("%w: unknown strategy %q", pharox.ErrInvalidArgument, strategy)
+	}
+	if err := filters.Validate(); err != nil {
+		return nil, err
+	}
+	if filters.HasPredicate() {
+		return nil, fmt.Errorf("postgres: find proxy: predicate filters cannot run in the database: %w", pharox.ErrUnsupported)
+	}
+	a := &args{}
+	a.add(pool)
+	filter := filterSQL(filters, "p", a)
+	order := orderSQL(strategy, "p", "(SELECT last_proxy_id FROM {s}.pool_cursors WHERE pool_id = (SELECT id FROM pool))")
+	sql := s.q(`WITH pool AS MATERIALIZED (SELECT id FROM {s}.pools WHERE name = $1)
+SELECT (SELECT id FROM pool) IS NOT NULL, ` + proxyCols("c") + `
+FROM (SELECT 1) one LEFT JOIN (
+	(SELECT p.* FROM {s}.proxies p
+	WHERE p.pool_id = (SELECT id FROM pool) AND ` + freeSQL("p", filter) + `
+	ORDER BY ` + order + ` LIMIT 1)
+	UNION ALL
+	(SELECT p.* FROM {s}.proxies p
+	WHERE p.pool_id = (SELECT id FROM pool) AND ` + expiredSQL("p", filter) + `
+	ORDER BY ` + order + ` LIMIT 1)
+	LIMIT 1) c ON true`)
+	rows, err := s.pool.Query(ctx, sql, a.vals...)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: find proxy: %w", err)
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		return nil, fmt.Errorf("postgres: find proxy: %w", rows.Err())
+	}
+	var poolOK bool
+	var pr proxyRow
+	dest := []any{&poolOK}
+	found := rows.RawValues()[1] != nil
+	if found {
+		dest = append(dest, pr.targets()...)
+	} else {
+		dest = append(dest, make([]any, len(proxyColumns))...)
+	}
+	if err := rows.Scan(dest...); err != nil {
+		return nil, fmt.Errorf("postgres: find proxy: %w", err)
+	}
+	switch {
+	case !poolOK:
+		return nil, fmt.Errorf("postgres: find proxy in pool %q: %w", pool, pharox.ErrPoolNotFound)
+	case !found:
+		return nil, fmt.Errorf("postgres: find proxy in pool %q: %w", pool, pharox.ErrNoProxyAvailable)
+	}
+	return pr.proxy(), nil
+}

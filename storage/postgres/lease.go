@@ -1,0 +1,247 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pharox/pharox"
+)
+
+// ReleaseLease ends an active lease as released and frees its slot in one
+// statement. The lease row is updated only while its status is still
+// active, and PostgreSQL re-checks that predicate on the newest row version
+// after waiting for a concurrent writer, so exactly one of any number of
+// concurrent releases, renewals and reclaims ends a lease.
+//
+// Unless WithDurableReleases is set, the release commits with
+// synchronous_commit off (set_config local to its transaction), so it does
+// not wait for a WAL flush. That is safe: if the database server crashed
+// before the flush, the release would be lost, and the slot would stay
+// taken until the lease expires, never given out twice. Every acquisition
+// commits synchronously, and its flush makes durable all WAL before it,
+// including any release whose slot it took.
+func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*pharox.Lease, error) {
+	var lr leaseRow
+	err := s.pool.QueryRow(ctx, s.q(`WITH l AS (
+	UPDATE {s}.leases SET status = 'released', released_at = clock_timestamp()
+	WHERE id = $1 AND status = 'active'
+	RETURNING `+leaseColumns+`
+), p AS (
+	UPDATE {s}.proxies p SET current_leases = p.current_leases - 1 FROM l WHERE p.id = l.proxy_id
+)
+SELECT `+leaseColumns+`, set_config('synchronous_commit', $2, true) FROM l`), leaseID, s.releaseCommit()).Scan(append(lr.targets(), nil)...)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, s.leaseMissing(ctx, "release", leaseID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("postgres: release lease %s: %w", leaseID, err)
+	}
+	return lr.lease(), nil
+}
+
+// leaseMissing explains why an update of an active lease found no row.
+func (s *Store) leaseMissing(ctx context.Context, op string, id uuid.UUID) error {
+	var exists bool
+	if err := s.pool.QueryRow(ctx, s.q(`SELECT EXISTS (SELECT 1 FROM {s}.leases WHERE id = $1)`), id).Scan(&exists); err != nil {
+		return fmt.Errorf("postgres: %s lease %s: %w", op, id, err)
+	}
+	if !exists {
+		return fmt.Errorf("postgres: %s lease %s: %w", op, id, pharox.ErrLeaseNotFound)
+	}
+	return fmt.Errorf("postgres: %s lease %s: %w", op, id, pharox.ErrLeaseNotActive)
+}
+
+// RenewLease moves an active, unexpired lease's ExpiresAt to now + d. A
+// lease found past its expiry is reclaimed as expired in the same
+// transaction and ErrLeaseNotActive returned.
+func (s *Store) RenewLease(ctx context.Context, leaseID uuid.UUID, d time.Duration) (*pharox.Lease, error) {
+	if d <= 0 {
+		return nil, fmt.Errorf("%w: renew duration must be positive, got %v", pharox.ErrInvalidArgument, d)
+	}
+	var out *pharox.Lease
+	var endErr error
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var status string
+		var expired bool
+		err := tx.QueryRow(ctx, s.q(`SELECT status, expires_at <= clock_timestamp() FROM {s}.leases WHERE id = $1 FOR UPDATE`), leaseID).Scan(&status, &expired)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			endErr = pharox.ErrLeaseNotFound
+			return nil
+		case err != nil:
+			return err
+		case status != string(pharox.LeaseActive):
+			endErr = pharox.ErrLeaseNotActive
+			return nil
+		case expired:
+			endErr = pharox.ErrLeaseNotActive
+			_, err := tx.Exec(ctx, s.q(`WITH l AS (
+	UPDATE {s}.leases SET status = 'expired', released_at = clock_timestamp()
+	WHERE id = $1 AND status = 'active' RETURNING proxy_id
+)
+UPDATE {s}.proxies p SET current_leases = p.current_leases - 1 FROM l WHERE p.id = l.proxy_id`), leaseID)
+			return err
+		}
+		var lr leaseRow
+		err = tx.QueryRow(ctx, s.q(`UPDATE {s}.leases SET expires_at = clock_timestamp() + $2::interval WHERE id = $1
+RETURNING `+leaseColumns), leaseID, d.Truncate(time.Microsecond)).Scan(lr.targets()...)
+		if err != nil {
+			return err
+		}
+		out = lr.lease()
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("postgres: renew lease %s: %w", leaseID, err)
+	}
+	if endErr != nil {
+		return nil, fmt.Errorf("postgres: renew lease %s: %w", leaseID, endErr)
+	}
+	return out, nil
+}
+
+// cleanupBatch bounds how many leases one cleanup transaction ends, so that
+// the proxies it locks stay locked only briefly.
+const cleanupBatch = 1000
+
+// CleanupExpiredLeases ends every active lease past its expiry as expired
+// in set-based batches of cleanupBatch, then drops dead session bindings.
+//
+// It does not block acquisitions: it locks leases FOR UPDATE SKIP LOCKED
+// (leases a release or acquisition is ending right now are left to them),
+// and acquisitions skip the proxy rows it has locked for the short life of
+// a batch transaction. Concurrent cleanups serialise on a transaction-level
+// advisory lock, which keeps their proxy updates from deadlocking.
+func (s *Store) CleanupExpiredLeases(ctx context.Context) (int, error) {
+	total := 0
+	for {
+		var n int
+		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('pharox.cleanup:' || $1, 0))`, s.cfg.schema); err != nil {
+				return err
+			}
+			return tx.QueryRow(ctx, s.q(reclaimSQL(`x.status = 'active' AND x.expires_at <= clock_timestamp()
+		ORDER BY x.expires_at LIMIT $1`)), pgx.QueryExecModeExec, cleanupBatch).Scan(&n)
+		})
+		if err != nil {
+			return total, fmt.Errorf("postgres: cleanup expired leases: %w", err)
+		}
+		total += n
+		if n < cleanupBatch {
+			break
+		}
+	}
+	_, err := s.pool.Exec(ctx, s.q(`DELETE FROM {s}.sessions s
+WHERE (s.pool_id, s.key) IN (
+	SELECT pool_id, key FROM {s}.sessions WHERE expires_at <= clock_timestamp() FOR UPDATE SKIP LOCKED)
+  AND s.expires_at <= clock_timestamp()`))
+	if err != nil {
+		return total, fmt.Errorf("postgres: cleanup session bindings: %w", err)
+	}
+	return total, nil
+}
+
+// reclaimSQL ends the expired active leases selected by cond (over alias x
+// of leases, which may end with ORDER BY/LIMIT) and frees their slots in one
+// statement; it returns the number of leases ended. Leases locked by a
+// concurrent transaction are skipped: that transaction is ending them.
+// Callers run it with QueryExecModeExec: planned on each call for the
+// table's current size, never with a generic plan cached while the table
+// was small (these statements are not on the hot path).
+func reclaimSQL(cond string) string {
+	return `WITH exp AS (
+	UPDATE {s}.leases l SET status = 'expired', released_at = clock_timestamp()
+	WHERE l.id = ANY (ARRAY(
+		SELECT x.id FROM {s}.leases x
+		WHERE ` + cond + `
+		FOR UPDATE OF x SKIP LOCKED))
+	RETURNING l.proxy_id
+), freed AS (
+	UPDATE {s}.proxies p SET current_leases = p.current_leases - c.n
+	FROM (SELECT proxy_id, count(*)::integer AS n FROM exp GROUP BY proxy_id) c
+	WHERE p.id = c.proxy_id
+)
+SELECT count(*)::integer FROM exp`
+}
+
+// GetLease returns a lease by id. Ended leases are kept until
+// PurgeEndedLeases deletes them.
+func (s *Store) GetLease(ctx context.Context, id uuid.UUID) (*pharox.Lease, error) {
+	var lr leaseRow
+	err := s.pool.QueryRow(ctx, s.q(`SELECT `+leaseColumns+` FROM {s}.leases WHERE id = $1`), id).Scan(lr.targets()...)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("postgres: get lease %s: %w", id, pharox.ErrLeaseNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("postgres: get lease %s: %w", id, err)
+	}
+	return lr.lease(), nil
+}
+
+// ListLeases returns the leases matching q, oldest AcquiredAt first.
+func (s *Store) ListLeases(ctx context.Context, q pharox.LeaseQuery) ([]*pharox.Lease, error) {
+	if q.Status != "" && !q.Status.Valid() {
+		return nil, fmt.Errorf("%w: unknown lease status %q", pharox.ErrInvalidArgument, q.Status)
+	}
+	if q.Limit < 0 {
+		return nil, fmt.Errorf("%w: negative lease limit %d", pharox.ErrInvalidArgument, q.Limit)
+	}
+	a := &args{}
+	var conds []string
+	if q.PoolID != uuid.Nil {
+		conds = append(conds, "pool_id = "+a.add(q.PoolID))
+	}
+	if q.ProxyID != uuid.Nil {
+		// leases_pool is the index: a proxy's leases share its pool.
+		ph := a.add(q.ProxyID)
+		conds = append(conds, "pool_id = (SELECT pool_id FROM {s}.proxies WHERE id = "+ph+") AND proxy_id = "+ph)
+	}
+	if q.ConsumerID != uuid.Nil {
+		conds = append(conds, "consumer_id = "+a.add(q.ConsumerID))
+	}
+	if q.Status != "" {
+		conds = append(conds, "status = "+a.add(string(q.Status))+"::text")
+	}
+	sql := `SELECT ` + leaseColumns + ` FROM {s}.leases`
+	if len(conds) > 0 {
+		sql += " WHERE " + strings.Join(conds, " AND ")
+	}
+	sql += " ORDER BY acquired_at, id"
+	if q.Limit > 0 {
+		sql += " LIMIT " + a.add(q.Limit)
+	}
+	// Planned per call (see reclaimSQL): the leases table grows without bound.
+	rows, err := s.pool.Query(ctx, s.q(sql), append([]any{pgx.QueryExecModeExec}, a.vals...)...)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list leases: %w", err)
+	}
+	defer rows.Close()
+	out := []*pharox.Lease{}
+	for rows.Next() {
+		var lr leaseRow
+		if err := rows.Scan(lr.targets()...); err != nil {
+			return nil, fmt.Errorf("postgres: list leases: %w", err)
+		}
+		out = append(out, lr.lease())
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("postgres: list leases: %w", err)
+	}
+	return out, nil
+}
+
+// PurgeEndedLeases deletes released and expired leases that ended before
+// endedBefore.
+func (s *Store) PurgeEndedLeases(ctx context.Context, endedBefore time.Time) (int, error) {
+	tag, err := s.pool.Exec(ctx, s.q(`DELETE FROM {s}.leases WHERE status <> 'active' AND released_at < $1`), pgx.QueryExecModeExec, endedBefore)
+	if err != nil {
+		return 0, fmt.Errorf("postgres: purge ended leases: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}

@@ -1,0 +1,133 @@
+package postgres
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/storage/storagetest"
+)
+
+// envURL names the variable that points the tests at a PostgreSQL server.
+const envURL = "PHAROX_TEST_POSTGRES_URL"
+
+var (
+	sharedPoolOnce sync.Once
+	sharedPool     *pgxpool.Pool
+	sharedPoolErr  error
+)
+
+// testPool returns one connection pool shared by the package's tests, or
+// skips the test when no server is configured.
+func testPool(t testing.TB) *pgxpool.Pool {
+	t.Helper()
+	url := os.Getenv(envURL)
+	if url == "" {
+		t.Skipf("%s is not set: skipping PostgreSQL tests (e.g. %s=postgres://postgres@127.0.0.1:5432/test?sslmode=disable)", envURL, envURL)
+	}
+	sharedPoolOnce.Do(func() {
+		cfg, err := pgxpool.ParseConfig(url)
+		if err != nil {
+			sharedPoolErr = err
+			return
+		}
+		cfg.MaxConns = 8
+		sharedPool, sharedPoolErr = pgxpool.NewWithConfig(context.Background(), cfg)
+	})
+	if sharedPoolErr != nil {
+		t.Fatalf("connect to %s: %v", envURL, sharedPoolErr)
+	}
+	return sharedPool
+}
+
+// uniqueSchema returns a fresh schema name for one test.
+func uniqueSchema() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return "pharox_test_" + hex.EncodeToString(b[:])
+}
+
+// dropSchemaOnCleanup removes the schema and everything in it when t ends.
+func dropSchemaOnCleanup(t testing.TB, pool *pgxpool.Pool, schema string) {
+	t.Cleanup(func() {
+		if _, err := pool.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+quoteIdent(schema)+" CASCADE"); err != nil {
+			t.Errorf("drop schema %s: %v", schema, err)
+		}
+	})
+}
+
+// newTestStore migrates a fresh schema and returns a store on it.
+func newTestStore(t testing.TB, opts ...Option) *Store {
+	t.Helper()
+	pool := testPool(t)
+	schema := uniqueSchema()
+	dropSchemaOnCleanup(t, pool, schema)
+	opts = append([]Option{WithSchema(schema)}, opts...)
+	ctx := context.Background()
+	if err := Migrate(ctx, pool, opts...); err != nil {
+		t.Fatalf("Migrate: %v", err)
+	}
+	s, err := New(ctx, pool, opts...)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	testPool(t)
+	storagetest.Run(t, func(t *testing.T) pharox.Storage { return newTestStore(t) })
+}
+
+// TestMultiProcess runs storagetest's multi-process audit: 4 worker
+// processes of 16 goroutines each lease from one pool of 10 proxies with
+// max_concurrency 2 through one shared schema.
+func TestMultiProcess(t *testing.T) {
+	url := os.Getenv(envURL)
+	if url == "" {
+		t.Skipf("%s is not set: skipping the PostgreSQL multi-process audit", envURL)
+	}
+	storagetest.RunMultiProcess(t, storagetest.MultiProcessConfig{
+		Processes:      4,
+		Goroutines:     16,
+		Proxies:        10,
+		MaxConcurrency: 2,
+		Duration:       4 * time.Second,
+		Open: func(t testing.TB, namespace string) pharox.Storage {
+			ctx := context.Background()
+			cfg, err := pgxpool.ParseConfig(url)
+			if err != nil {
+				t.Fatalf("parse %s: %v", envURL, err)
+			}
+			// Each worker gets its own pool, as separate hosts would; 8
+			// connections for 16 goroutines keeps 4 workers, the parent and
+			// the other packages' tests within max_connections 100.
+			cfg.MaxConns = 8
+			pool, err := pgxpool.NewWithConfig(ctx, cfg)
+			if err != nil {
+				t.Fatalf("connect: %v", err)
+			}
+			t.Cleanup(pool.Close)
+			if !storagetest.IsWorkerProcess() {
+				dropSchemaOnCleanup(t, pool, namespace)
+			}
+			// Workers migrate too: concurrent Migrate calls are safe.
+			if err := Migrate(ctx, pool, WithSchema(namespace)); err != nil {
+				t.Fatalf("Migrate: %v", err)
+			}
+			s, err := New(ctx, pool, WithSchema(namespace))
+			if err != nil {
+				t.Fatalf("New: %v", err)
+			}
+			return s
+		},
+	})
+}
