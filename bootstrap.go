@@ -8,7 +8,7 @@ import (
 
 // BootstrapConsumer returns the named consumer, creating it if needed.
 func BootstrapConsumer(ctx context.Context, s Storage, name string) (*Consumer, error) {
-	if err := validateName("consumer name", name); err != nil {
+	if err := ValidateName("consumer name", name); err != nil {
 		return nil, err
 	}
 	return s.EnsureConsumer(ctx, name)

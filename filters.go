@@ -88,6 +88,27 @@ func (f *Filters) Normalize() {
 	}
 }
 
+// NormalizedClone returns a normalized copy of f that shares no nested
+// groups with it, so normalizing never changes the caller's filters. Tags
+// are shared: nothing modifies them. A nil f gives nil.
+func (f *Filters) NormalizedClone() *Filters {
+	if f == nil {
+		return nil
+	}
+	c := *f
+	for _, g := range []*[]Filters{&c.AllOf, &c.AnyOf, &c.NoneOf} {
+		if *g != nil {
+			group := make([]Filters, len(*g))
+			for i := range *g {
+				group[i] = *(*g)[i].NormalizedClone()
+			}
+			*g = group
+		}
+	}
+	c.Normalize()
+	return &c
+}
+
 // maxFilterDepth bounds nesting so hostile input cannot exhaust the stack.
 const maxFilterDepth = 8
 

@@ -132,3 +132,17 @@ func TestStrategyOrderings(t *testing.T) {
 		t.Errorf("least_used order %v, want %v", got, want)
 	}
 }
+
+func TestNormalizedCloneLeavesOriginalAlone(t *testing.T) {
+	f := &Filters{Country: "ar", AnyOf: []Filters{{Country: "uy", NoneOf: []Filters{{Protocol: "HTTP"}}}}}
+	c := f.NormalizedClone()
+	if c.Country != "AR" || c.AnyOf[0].Country != "UY" || c.AnyOf[0].NoneOf[0].Protocol != ProtocolHTTP {
+		t.Fatalf("clone not normalized: %+v", c)
+	}
+	if f.Country != "ar" || f.AnyOf[0].Country != "uy" || f.AnyOf[0].NoneOf[0].Protocol != "HTTP" {
+		t.Fatalf("original changed: %+v", f)
+	}
+	if (*Filters)(nil).NormalizedClone() != nil {
+		t.Fatal("nil clone")
+	}
+}

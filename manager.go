@@ -148,7 +148,7 @@ func (m *Manager) ensureConsumer(ctx context.Context, name string) (uuid.UUID, e
 
 // EnsureConsumer returns the named consumer, creating it if needed.
 func (m *Manager) EnsureConsumer(ctx context.Context, name string) (*Consumer, error) {
-	if err := validateName("consumer name", name); err != nil {
+	if err := ValidateName("consumer name", name); err != nil {
 		return nil, err
 	}
 	return m.store.EnsureConsumer(ctx, name)
@@ -168,13 +168,13 @@ func (m *Manager) buildRequest(ctx context.Context, pool string, opts *AcquireOp
 		SessionKey:   o.SessionKey,
 		SessionTTL:   o.SessionTTL,
 	}
-	if err := validateName("pool name", pool); err != nil {
+	if err := ValidateName("pool name", pool); err != nil {
 		return req, err
 	}
 	if req.ConsumerName == "" {
 		req.ConsumerName = DefaultConsumerName
 	}
-	if err := validateName("consumer name", req.ConsumerName); err != nil {
+	if err := ValidateName("consumer name", req.ConsumerName); err != nil {
 		return req, err
 	}
 	switch {
@@ -200,13 +200,11 @@ func (m *Manager) buildRequest(ctx context.Context, pool string, opts *AcquireOp
 		return req, fmt.Errorf("%w: session ttl %v exceeds the maximum %v", ErrInvalidArgument, req.SessionTTL, MaxLeaseDuration)
 	}
 	if !o.Filters.IsZero() {
-		// Normalize a copy: the caller's filters stay as given.
-		f := *o.Filters
-		f.Normalize()
+		f := o.Filters.NormalizedClone()
 		if err := f.Validate(); err != nil {
 			return req, err
 		}
-		req.Filters = &f
+		req.Filters = f
 	}
 	id, err := m.ensureConsumer(ctx, req.ConsumerName)
 	if err != nil {

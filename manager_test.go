@@ -100,7 +100,7 @@ func TestAcquireRejectsInvalidOptions(t *testing.T) {
 
 func TestAcquireLeavesCallerFiltersAlone(t *testing.T) {
 	m, _, _ := newPool(t, 2, 1)
-	f := &pharox.Filters{Country: " uy "}
+	f := &pharox.Filters{Country: " uy ", AllOf: []pharox.Filters{{Protocol: "HTTP"}}}
 	lease, err := m.Acquire(context.Background(), "main", &pharox.AcquireOptions{Filters: f})
 	if err != nil {
 		t.Fatal(err)
@@ -108,8 +108,8 @@ func TestAcquireLeavesCallerFiltersAlone(t *testing.T) {
 	if lease.Proxy.Country != "UY" {
 		t.Fatalf("filter not applied: %+v", lease.Proxy)
 	}
-	if f.Country != " uy " {
-		t.Fatalf("caller's filters were modified: %q", f.Country)
+	if f.Country != " uy " || f.AllOf[0].Protocol != "HTTP" {
+		t.Fatalf("caller's filters were modified: %+v", f)
 	}
 }
 

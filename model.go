@@ -410,10 +410,12 @@ type Pool struct {
 
 // Validate checks the pool name.
 func (p *Pool) Validate() error {
-	return validateName("pool name", p.Name)
+	return ValidateName("pool name", p.Name)
 }
 
-func validateName(what, name string) error {
+// ValidateName checks a pool or consumer name: not blank, at most 200
+// bytes, no NUL or line breaks. what names the field in the error.
+func ValidateName(what, name string) error {
 	if strings.TrimSpace(name) == "" {
 		return fmt.Errorf("%w: %s is empty", ErrInvalidArgument, what)
 	}

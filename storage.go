@@ -110,8 +110,15 @@ type LeaseStore interface {
 	ApplyHealthCheckResult(ctx context.Context, r HealthCheckResult) (*Proxy, error)
 }
 
-// AdminStore manages pools, proxies and lease records.
+// AdminStore manages consumers, pools, proxies and lease records.
 type AdminStore interface {
+	// GetConsumer returns the consumer by id (ErrConsumerNotFound). A
+	// consumer ensured through one process is found by its id through any
+	// other process sharing the store.
+	GetConsumer(ctx context.Context, id uuid.UUID) (*Consumer, error)
+	// ListConsumers returns every consumer ordered by name.
+	ListConsumers(ctx context.Context) ([]*Consumer, error)
+
 	// CreatePool stores a new pool; a zero ID gets a fresh one. A name in
 	// use gives ErrAlreadyExists.
 	CreatePool(ctx context.Context, pool Pool) (*Pool, error)
@@ -179,7 +186,7 @@ type AcquireRequest struct {
 
 // Validate checks a request as a driver receives it.
 func (r *AcquireRequest) Validate() error {
-	if err := validateName("pool name", r.PoolName); err != nil {
+	if err := ValidateName("pool name", r.PoolName); err != nil {
 		return err
 	}
 	if r.ConsumerID == uuid.Nil {
