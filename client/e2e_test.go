@@ -138,6 +138,14 @@ func TestEndToEnd(t *testing.T) {
 	if c2 := must(worker.EnsureConsumer(ctx, "w1")); c2.ID != c1.ID {
 		t.Fatalf("EnsureConsumer is not idempotent: %v vs %v", c1.ID, c2.ID)
 	}
+	c0 := must(worker.EnsureConsumer(ctx, "a0"))
+	consumers := must(worker.ListConsumers(ctx))
+	if len(consumers) != 2 || consumers[0].ID != c0.ID || consumers[0].Name != "a0" ||
+		consumers[1].ID != c1.ID || consumers[1].Name != "w1" {
+		t.Fatalf("ListConsumers = %v, want a0 %s then w1 %s", consumers, c0.ID, c1.ID)
+	}
+	_, err = worker.Acquire(ctx, api.AcquireRequest{PoolName: "main", ConsumerID: uuid.NewString()})
+	wantErr(t, "acquire by an unknown consumer id", err, pharox.ErrConsumerNotFound)
 
 	// Leases.
 	req, err := client.NewAcquireRequest("main", &pharox.AcquireOptions{Consumer: "w1", Duration: time.Minute, Filters: &pharox.Filters{Country: "de"}})

@@ -359,26 +359,34 @@ func (s *Server) ensureConsumer(r *http.Request) (any, error) {
 	return api.Consumer{ID: c.ID, Name: c.Name}, nil
 }
 
-// consumerName resolves a consumer id to its name. The store offers no
-// lookup by id, so the server remembers the consumers it has seen (ensured
-// or leased through it) and otherwise finds the name on one of the
-// consumer's leases. A consumer id never seen anywhere is taken as the
-// name of a consumer, so that clients which make up their own consumer ids
-// keep one consumer per id.
+func (s *Server) listConsumers(r *http.Request) (any, error) {
+	consumers, err := s.store.ListConsumers(r.Context())
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.Consumer, len(consumers))
+	for i, c := range consumers {
+		out[i] = api.Consumer{ID: c.ID, Name: c.Name}
+	}
+	return out, nil
+}
+
+// consumerName resolves a consumer id to its name, from the consumers
+// this server has seen or else from the store, so that a consumer ensured
+// through another process (or before a restart) is the same consumer here.
+// Consumers are never renamed or deleted, so the cache never goes stale.
+// An id the store does not know is ErrConsumerNotFound: taking it as a
+// name would make a second consumer.
 func (s *Server) consumerName(ctx context.Context, id uuid.UUID) (string, error) {
 	if name, ok := s.consumers.Load(id); ok {
 		return name.(string), nil
 	}
-	leases, err := s.store.ListLeases(ctx, pharox.LeaseQuery{ConsumerID: id, Limit: 1})
+	c, err := s.store.GetConsumer(ctx, id)
 	if err != nil {
 		return "", err
 	}
-	if len(leases) == 1 && leases[0].ConsumerName != "" {
-		s.consumers.Store(id, leases[0].ConsumerName)
-		return leases[0].ConsumerName, nil
-	}
-	s.consumers.Store(id, id.String())
-	return id.String(), nil
+	s.consumers.Store(id, c.Name)
+	return c.Name, nil
 }
 
 // ---- leases ----

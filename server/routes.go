@@ -122,11 +122,13 @@ func routeTable() []route {
 			Description: "Idempotent: the same name always gives the same consumer.",
 			Role:        RoleConsumer, Request: api.CreateConsumerRequest{}, Status: 201, Response: api.Consumer{},
 			api: (*Server).ensureConsumer},
+		{Method: "GET", Path: "/v1/consumers/", ID: "listConsumers", Tag: "consumers", Summary: "List consumers ordered by name",
+			Role: RoleConsumer, Status: 200, Response: []api.Consumer{}, api: (*Server).listConsumers},
 
 		// Leases.
 		{Method: "POST", Path: "/v1/leases/", ID: "acquireLease", Tag: "leases", Summary: "Lease a proxy",
 			Description: "Name the pool by pool_id or pool_name and the consumer by consumer_id, consumer_name or neither " +
-				"(the default consumer). 409 {\"detail\": \"No proxy available\"} when nothing fits, after waiting up to " +
+				"(the default consumer); a consumer_id must be one POST /v1/consumers/ returned (404 otherwise). 409 {\"detail\": \"No proxy available\"} when nothing fits, after waiting up to " +
 				"wait_seconds (capped by the server's maximum). The answer carries the proxy with its credentials and URL.",
 			Role: RoleConsumer, Request: api.AcquireRequest{}, Status: 201, Response: api.Lease{},
 			Errors: []int{404, 409}, api: (*Server).acquireCounted},

@@ -13,8 +13,8 @@
 //
 // Requests carry an API key in the X-API-Key header. Admin keys may do
 // everything; consumer keys may lease (acquire, read, renew, release,
-// report outcomes), ensure consumers and read pools and stats. /healthz,
-// /readyz, /metrics and /openapi.json need no key.
+// report outcomes), ensure and list consumers and read pools and stats.
+// /healthz, /readyz, /metrics and /openapi.json need no key.
 //
 // The operator dashboard is served at /ui/ (package ui): its static files
 // need no key, and the pages read the API with an admin key.
@@ -142,7 +142,8 @@ type Server struct {
 	// (see acquire).
 	pools sync.Map // uuid.UUID -> string
 	// consumers caches consumer names by id, for requests that name the
-	// consumer by id: the store has no lookup by id.
+	// consumer by id: the Manager acquires by name, and a consumer never
+	// changes its name. Misses go to the store (see consumerName).
 	consumers sync.Map // uuid.UUID -> string
 
 	metricsOnce    sync.Once

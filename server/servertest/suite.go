@@ -30,6 +30,7 @@ func Run(t *testing.T, newStore NewStore) {
 		{"LeaseContract", testLeaseContract},
 		{"AcquireExtensions", testAcquireExtensions},
 		{"ConsumerByID", testConsumerByID},
+		{"ListConsumers", testListConsumers},
 		{"StickySession", testStickySession},
 		{"WaitForProxy", testWaitForProxy},
 		{"RenewAndOutcome", testRenewAndOutcome},
@@ -321,12 +322,53 @@ func testConsumerByID(t *testing.T, newStore NewStore) {
 		t.Fatalf("lease by consumer id: %+v", l)
 	}
 	e.Consumer("POST", "/v1/leases/", api.AcquireRequest{PoolID: pool.ID.String(), ConsumerID: "nope"}).Expect(t, 422)
-	// A consumer id the service has never seen keeps naming one consumer.
+	// A consumer id the store does not know is not taken as a name.
 	made := uuid.NewString()
-	a := e.Acquire(api.AcquireRequest{PoolID: pool.ID.String(), ConsumerID: made})
-	b := e.Acquire(api.AcquireRequest{PoolID: pool.ID.String(), ConsumerID: made})
-	if a.ConsumerID != b.ConsumerID {
-		t.Fatalf("one made-up consumer id gave two consumers: %s and %s", a.ConsumerID, b.ConsumerID)
+	r := e.Consumer("POST", "/v1/leases/", api.AcquireRequest{PoolID: pool.ID.String(), ConsumerID: made}).Expect(t, 404)
+	if r.Detail() != "Consumer not found" {
+		t.Fatalf("unknown consumer_id detail %q", r.Detail())
+	}
+	var list []api.Consumer
+	e.Consumer("GET", "/v1/consumers/", nil).Expect(t, 200).Decode(t, &list)
+	for _, c := range list {
+		if c.Name == made || c.ID.String() == made {
+			t.Fatalf("an unknown consumer_id made consumer %+v", c)
+		}
+	}
+
+	// A consumer this server has never seen, ensured through another
+	// server on the same store (another process, or before a restart).
+	other := NewEnv(t, e.Store, nil)
+	var far api.Consumer
+	other.Consumer("POST", "/v1/consumers/", api.CreateConsumerRequest{Name: "far"}).Expect(t, 201).Decode(t, &far)
+	l = e.Acquire(api.AcquireRequest{PoolID: pool.ID.String(), ConsumerID: far.ID.String()})
+	if l.ConsumerID != far.ID || l.ConsumerName != "far" {
+		t.Fatalf("lease by the id of a consumer ensured elsewhere (%s far): consumer %s %q", far.ID, l.ConsumerID, l.ConsumerName)
+	}
+}
+
+func testListConsumers(t *testing.T, newStore NewStore) {
+	e := env(t, newStore, nil)
+	var list []api.Consumer
+	if r := e.Consumer("GET", "/v1/consumers/", nil).Expect(t, 200); strings.TrimSpace(string(r.Body)) != "[]" {
+		t.Fatalf("empty store: consumers %s, want []", r.Body)
+	}
+	ids := map[string]uuid.UUID{}
+	for _, name := range []string{"zeta", "alpha", "Mid"} {
+		var c api.Consumer
+		e.Consumer("POST", "/v1/consumers/", api.CreateConsumerRequest{Name: name}).Expect(t, 201).Decode(t, &c)
+		ids[name] = c.ID
+	}
+	e.Admin("GET", "/v1/consumers/", nil).Expect(t, 200).Decode(t, &list)
+	var names []string
+	for _, c := range list {
+		names = append(names, c.Name)
+		if c.ID != ids[c.Name] {
+			t.Fatalf("listed %q with id %s, ensured as %s", c.Name, c.ID, ids[c.Name])
+		}
+	}
+	if strings.Join(names, ",") != "Mid,alpha,zeta" {
+		t.Fatalf("consumers %q, want Mid, alpha, zeta (by name)", names)
 	}
 }
 
@@ -616,6 +658,8 @@ func testAuth(t *testing.T, newStore NewStore) {
 		{"consumer adds proxy", "POST", "/v1/pools/" + pool.ID.String() + "/proxies/", ConsumerKey, api.CreateProxyRequest{Host: "h", Port: 1}, 403},
 		{"consumer lists proxies", "GET", "/v1/pools/" + pool.ID.String() + "/proxies/", ConsumerKey, nil, 403},
 		{"consumer reads pools", "GET", "/v1/pools/", ConsumerKey, nil, 200},
+		{"consumer lists consumers", "GET", "/v1/consumers/", ConsumerKey, nil, 200},
+		{"no key lists consumers", "GET", "/v1/consumers/", "", nil, 401},
 		{"consumer reads stats", "GET", "/v1/pools/" + pool.ID.String() + "/stats", ConsumerKey, nil, 200},
 		{"consumer acquires", "POST", "/v1/leases/", ConsumerKey, api.AcquireRequest{PoolName: "main"}, 201},
 		{"admin acquires", "POST", "/v1/leases/", AdminKey, api.AcquireRequest{PoolName: "main"}, 201},

@@ -224,6 +224,35 @@ func (s *Store) EnsureConsumer(ctx context.Context, name string) (*pharox.Consum
 	return &out, nil
 }
 
+// GetConsumer returns the consumer by id (ErrConsumerNotFound).
+func (s *Store) GetConsumer(ctx context.Context, id uuid.UUID) (*pharox.Consumer, error) {
+	if _, err := s.lock(ctx); err != nil {
+		return nil, fmt.Errorf("memory: get consumer: %w", err)
+	}
+	defer s.mu.Unlock()
+	c := s.consumers[id]
+	if c == nil {
+		return nil, fmt.Errorf("memory: get consumer %s: %w", id, pharox.ErrConsumerNotFound)
+	}
+	out := *c
+	return &out, nil
+}
+
+// ListConsumers returns every consumer ordered by name.
+func (s *Store) ListConsumers(ctx context.Context) ([]*pharox.Consumer, error) {
+	if _, err := s.lock(ctx); err != nil {
+		return nil, fmt.Errorf("memory: list consumers: %w", err)
+	}
+	out := make([]*pharox.Consumer, 0, len(s.consumers))
+	for _, c := range s.consumers {
+		cp := *c
+		out = append(out, &cp)
+	}
+	s.mu.Unlock()
+	slices.SortFunc(out, func(a, b *pharox.Consumer) int { return cmp.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
 // CreatePool stores a new pool; a zero ID gets a fresh one.
 func (s *Store) CreatePool(ctx context.Context, pool pharox.Pool) (*pharox.Pool, error) {
 	if err := pool.Validate(); err != nil {

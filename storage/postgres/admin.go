@@ -57,6 +57,52 @@ LIMIT 1`), uuid.New(), name).Scan(&c.ID, &c.Name, &c.CreatedAt)
 	return nil, fmt.Errorf("postgres: ensure consumer %q: no row after concurrent insert", name)
 }
 
+const consumerColumns = "id, name, created_at"
+
+func scanConsumer(row pgx.Row) (*pharox.Consumer, error) {
+	var c pharox.Consumer
+	if err := row.Scan(&c.ID, &c.Name, &c.CreatedAt); err != nil {
+		return nil, err
+	}
+	c.CreatedAt = utc(c.CreatedAt)
+	return &c, nil
+}
+
+// GetConsumer returns the consumer by id.
+func (s *Store) GetConsumer(ctx context.Context, id uuid.UUID) (*pharox.Consumer, error) {
+	c, err := scanConsumer(s.pool.QueryRow(ctx, s.q(`SELECT `+consumerColumns+` FROM {s}.consumers WHERE id = $1`), id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("postgres: get consumer %s: %w", id, pharox.ErrConsumerNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("postgres: get consumer %s: %w", id, err)
+	}
+	return c, nil
+}
+
+// ListConsumers returns every consumer ordered by name, byte-wise
+// (COLLATE "C"), as Go orders strings. The unique index on name uses the
+// database collation, so this sorts; consumers are few, as pools are.
+func (s *Store) ListConsumers(ctx context.Context) ([]*pharox.Consumer, error) {
+	rows, err := s.pool.Query(ctx, s.q(`SELECT `+consumerColumns+` FROM {s}.consumers ORDER BY name COLLATE "C"`))
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list consumers: %w", err)
+	}
+	defer rows.Close()
+	out := []*pharox.Consumer{}
+	for rows.Next() {
+		c, err := scanConsumer(rows)
+		if err != nil {
+			return nil, fmt.Errorf("postgres: list consumers: %w", err)
+		}
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("postgres: list consumers: %w", err)
+	}
+	return out, nil
+}
+
 const poolColumns = "id, name, description, created_at"
 
 func scanPool(row pgx.Row) (*pharox.Pool, error) {

@@ -29,6 +29,7 @@
 //	pools                      hash   pool name -> pool id
 //	pool:<pid>                 hash   name, desc, created
 //	consumers                  hash   consumer name -> "<id>|<created>"
+//	cbyid                      hash   consumer id -> "<created>|<name>" (GetConsumer)
 //	cids                       set    consumer ids
 //	proxy:<id>                 hash   one field per proxy attribute (the password too), plus
 //	                                  "static": the attributes fixed at creation, packed as JSON

@@ -24,12 +24,8 @@ func (s *Store) EnsureConsumer(ctx context.Context, name string) (*pharox.Consum
 		return nil, wrap(err, "ensure consumer %q", name)
 	}
 	str, _ := v.(string)
-	idStr, created, _ := splitPair(str)
-	c := &pharox.Consumer{Name: name}
-	if c.ID, err = uuid.Parse(idStr); err != nil {
-		return nil, fmt.Errorf("redis: ensure consumer %q: malformed record", name)
-	}
-	if c.CreatedAt, err = micros(created); err != nil {
+	c, err := decodeConsumer(name, str)
+	if err != nil {
 		return nil, fmt.Errorf("redis: ensure consumer %q: %w", name, err)
 	}
 	s.consumers.Store(c.ID, struct{}{})

@@ -124,7 +124,7 @@ func TestDeleteLeavesNoKeys(t *testing.T) {
 		}
 	}
 	// Only the consumer registry may remain.
-	want := []string{"cids", "consumers"}
+	want := []string{"cbyid", "cids", "consumers"}
 	if got := keysUnder(t, s); !slices.Equal(got, want) {
 		t.Errorf("keys left after deleting everything: %q, want %q", got, want)
 	}

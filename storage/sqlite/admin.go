@@ -44,17 +44,55 @@ type queryer interface {
 }
 
 func (s *Store) consumerByName(ctx context.Context, q queryer, name string) (*pharox.Consumer, error) {
+	return scanConsumer(q.QueryRowContext(ctx, `SELECT `+consumerCols+` FROM consumers WHERE name = ?`, name))
+}
+
+const consumerCols = `id, name, created_at`
+
+func scanConsumer(sc scanner) (*pharox.Consumer, error) {
 	var (
 		c       pharox.Consumer
 		created int64
 	)
-	err := q.QueryRowContext(ctx, `SELECT id, name, created_at FROM consumers WHERE name = ?`, name).
-		Scan(&c.ID, &c.Name, &created)
-	if err != nil {
+	if err := sc.Scan(&c.ID, &c.Name, &created); err != nil {
 		return nil, err
 	}
 	c.CreatedAt = fromMicros(created)
 	return &c, nil
+}
+
+// GetConsumer returns the consumer by id.
+func (s *Store) GetConsumer(ctx context.Context, id uuid.UUID) (*pharox.Consumer, error) {
+	c, err := scanConsumer(s.r.QueryRowContext(ctx, `SELECT `+consumerCols+` FROM consumers WHERE id = ?`, idArg(id)))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("sqlite: get consumer %s: %w", id, pharox.ErrConsumerNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: get consumer %s: %w", id, err)
+	}
+	return c, nil
+}
+
+// ListConsumers returns every consumer ordered by name; the UNIQUE
+// constraint on name gives the index that serves the ORDER BY.
+func (s *Store) ListConsumers(ctx context.Context) ([]*pharox.Consumer, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT `+consumerCols+` FROM consumers ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: list consumers: %w", err)
+	}
+	defer rows.Close()
+	out := []*pharox.Consumer{}
+	for rows.Next() {
+		c, err := scanConsumer(rows)
+		if err != nil {
+			return nil, fmt.Errorf("sqlite: list consumers: %w", err)
+		}
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: list consumers: %w", err)
+	}
+	return out, nil
 }
 
 // CreatePool stores a new pool; a zero ID gets a fresh one.

@@ -13,6 +13,10 @@ import (
 var consumerTests = []subtest{
 	{name: "EnsureIdempotent", fn: testEnsureConsumer},
 	{name: "EnsureConcurrent", fn: testEnsureConsumerConcurrent},
+	{name: "GetByID", fn: testGetConsumer},
+	{name: "GetUnknown", fn: testGetConsumerUnknown},
+	{name: "ListOrderedByName", fn: testListConsumers},
+	{name: "Copies", fn: testConsumerCopies},
 }
 
 var leaseTests = []subtest{
