@@ -220,25 +220,10 @@ func serveGenerateKey() string {
 	return "phx_" + base64.RawURLEncoding.EncodeToString(b)
 }
 
-func newServeLogger(w io.Writer, format, level string) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
-	}
-	opts := &slog.HandlerOptions{Level: lv}
-	switch strings.ToLower(format) {
-	case "", "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	}
-	return nil, fmt.Errorf("log format %q: want text or json", format)
-}
-
 // runServe serves until ctx ends. ready, when not nil, receives the bound
 // address (tests listen on port 0).
 func runServe(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer, ready func(net.Addr)) error {
-	logger, err := newServeLogger(stderr, cfg.LogFormat, cfg.LogLevel)
+	logger, err := newLogger(stderr, cfg.LogFormat, cfg.LogLevel)
 	if err != nil {
 		return err
 	}

@@ -469,7 +469,7 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 		return nil, fmt.Errorf("memory: find available proxy: %w: unknown strategy %q", pharox.ErrInvalidArgument, strategy)
 	}
 	strategy = strategy.OrDefault()
-	f := normalizedCopy(filters)
+	f := filters.NormalizedClone()
 	if err := f.Validate(); err != nil {
 		return nil, fmt.Errorf("memory: find available proxy: %w", err)
 	}
@@ -494,26 +494,6 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 	snap := ps.p
 	s.mu.Unlock()
 	return snap.Clone(), nil
-}
-
-// normalizedCopy deep-copies f's nested groups and normalizes the copy, so
-// the caller's filters stay as given.
-func normalizedCopy(f *pharox.Filters) *pharox.Filters {
-	if f == nil {
-		return nil
-	}
-	c := *f
-	for _, g := range []*[]pharox.Filters{&c.AllOf, &c.AnyOf, &c.NoneOf} {
-		if *g != nil {
-			group := make([]pharox.Filters, len(*g))
-			for i := range *g {
-				group[i] = *normalizedCopy(&(*g)[i])
-			}
-			*g = group
-		}
-	}
-	c.Normalize()
-	return &c
 }
 
 // endLease ends an active lease, frees its slot and returns the ended

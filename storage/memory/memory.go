@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -190,23 +189,9 @@ func (s *Store) Close() error {
 	return nil
 }
 
-// validateName mirrors the root package's rule for pool and consumer names.
-func validateName(what, name string) error {
-	if strings.TrimSpace(name) == "" {
-		return fmt.Errorf("%w: %s is empty", pharox.ErrInvalidArgument, what)
-	}
-	if len(name) > 200 {
-		return fmt.Errorf("%w: %s longer than 200 bytes", pharox.ErrInvalidArgument, what)
-	}
-	if strings.ContainsAny(name, "\x00\r\n") {
-		return fmt.Errorf("%w: %s contains control characters", pharox.ErrInvalidArgument, what)
-	}
-	return nil
-}
-
 // EnsureConsumer returns the consumer with this name, creating it if needed.
 func (s *Store) EnsureConsumer(ctx context.Context, name string) (*pharox.Consumer, error) {
-	if err := validateName("consumer name", name); err != nil {
+	if err := pharox.ValidateName("consumer name", name); err != nil {
 		return nil, fmt.Errorf("memory: ensure consumer: %w", err)
 	}
 	now, err := s.lock(ctx)

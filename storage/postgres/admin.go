@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"strings"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -13,23 +12,10 @@ import (
 	"github.com/pharox/pharox"
 )
 
-func checkName(what, name string) error {
-	if strings.TrimSpace(name) == "" {
-		return fmt.Errorf("%w: %s is empty", pharox.ErrInvalidArgument, what)
-	}
-	if len(name) > 200 {
-		return fmt.Errorf("%w: %s longer than 200 bytes", pharox.ErrInvalidArgument, what)
-	}
-	if strings.ContainsAny(name, "\x00\r\n") {
-		return fmt.Errorf("%w: %s contains control characters", pharox.ErrInvalidArgument, what)
-	}
-	return nil
-}
-
 // EnsureConsumer returns the consumer with this name, creating it if
 // needed; concurrent calls agree on one consumer through the unique name.
 func (s *Store) EnsureConsumer(ctx context.Context, name string) (*pharox.Consumer, error) {
-	if err := checkName("consumer name", name); err != nil {
+	if err := pharox.ValidateName("consumer name", name); err != nil {
 		return nil, err
 	}
 	var c pharox.Consumer

@@ -125,26 +125,6 @@ func prefixed(prefix, cols string) string {
 	return strings.Join(parts, ", ")
 }
 
-// normalizedCopy returns a normalized deep copy of f's value fields, so the
-// caller's filters are neither trusted to be normalized nor modified.
-func normalizedCopy(f *pharox.Filters) *pharox.Filters {
-	if f == nil {
-		return nil
-	}
-	c := *f
-	for _, g := range []*[]pharox.Filters{&c.AllOf, &c.AnyOf, &c.NoneOf} {
-		if *g != nil {
-			group := make([]pharox.Filters, len(*g))
-			for i := range *g {
-				group[i] = *normalizedCopy(&(*g)[i])
-			}
-			*g = group
-		}
-	}
-	c.Normalize()
-	return &c
-}
-
 // matcher applies a Filters to candidate rows with the reference semantics
 // of Filters.Match. A Predicate sees a copy, so it cannot alter the row that
 // becomes the lease's snapshot, and a Predicate that panics fails the

@@ -21,7 +21,7 @@ const reclaimBatch = 500
 // whole operation is one BEGIN IMMEDIATE transaction: no other connection,
 // in this process or another, writes between the choice and the insert.
 func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*pharox.Lease, error) {
-	req.Filters = normalizedCopy(req.Filters)
+	req.Filters = req.Filters.NormalizedClone()
 	if err := req.Validate(); err != nil {
 		return nil, fmt.Errorf("sqlite: acquire lease: %w", err)
 	}
@@ -152,7 +152,7 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 	if !strategy.Valid() {
 		return nil, fmt.Errorf("sqlite: find available proxy: %w: unknown strategy %q", pharox.ErrInvalidArgument, strategy)
 	}
-	filters = normalizedCopy(filters)
+	filters = filters.NormalizedClone()
 	if err := filters.Validate(); err != nil {
 		return nil, fmt.Errorf("sqlite: find available proxy: %w", err)
 	}

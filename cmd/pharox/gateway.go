@@ -1,0 +1,270 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+
+	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/client"
+	"github.com/pharox/pharox/gateway"
+	"github.com/pharox/pharox/storage/open"
+)
+
+// gatewayOpenStorage opens the store of direct mode; tests replace it.
+var gatewayOpenStorage = open.Open
+
+// gatewayOptions is everything `pharox gateway` can be told.
+type gatewayOptions struct {
+	listen, socksListen, metricsListen string
+	storage, server, apiKey            string
+	defaultPool, user, password        string
+	consumer, strategy                 string
+	banStatuses                        []int
+	leaseDuration, acquireWait         time.Duration
+	dialTimeout, shutdownTimeout       time.Duration
+	accessLog                          bool
+	logFormat, logLevel                string
+}
+
+const gatewayHelp = `Run a local rotating forward proxy over the managed pools: point any HTTP
+client, browser or scraper at --listen (HTTP proxy, CONNECT included) or
+--socks-listen (SOCKS5), and each request or tunnel goes out through a
+proxy leased from a pool, released when it ends.
+
+Routing parameters travel in the proxy user name, key-value pairs joined
+by '-':
+
+  pool-<name>-country-<cc>-city-<name>-source-<name>-session-<key>-ttl-<seconds>
+
+for example  curl -x http://127.0.0.1:8081 -U 'pool-latam-country-ar-session-s1:PASS' URL
+Values hold letters, digits, '_' and '.' (never '-'; '_' in a city is a
+space). Unknown keys are refused with 407. With --user set, the user name
+starts with it ("acme" or "acme-pool-latam-..."). Without --user and
+--password, any credentials (or none) are accepted.
+
+Leases come from a store opened directly (--storage, env PHAROX_STORAGE) or
+from a pharox server (--server and --api-key, env PHAROX_SERVER and
+PHAROX_API_KEY). The gateway's own answers carry the reason in the
+X-Pharox-Reason header: 407 (credentials or routing), 503 (no upstream
+available), 502 (upstream failed).
+
+Environment: PHAROX_GATEWAY_LISTEN, PHAROX_GATEWAY_SOCKS_LISTEN,
+PHAROX_GATEWAY_POOL, PHAROX_GATEWAY_USER, PHAROX_GATEWAY_PASSWORD (prefer
+these to flags for secrets: flags show in ps).`
+
+func init() { rootCmd.AddCommand(newGatewayCmd()) }
+
+func newGatewayCmd() *cobra.Command {
+	var o gatewayOptions
+	cmd := &cobra.Command{
+		Use:   "gateway",
+		Short: "Run a rotating forward proxy (HTTP and SOCKS5) over the pools",
+		Long:  gatewayHelp,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.resolve(cmd); err != nil {
+				return err
+			}
+			return runGateway(cmd.Context(), o, cmd.ErrOrStderr(), nil)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.listen, "listen", "127.0.0.1:8081", "HTTP proxy address (env PHAROX_GATEWAY_LISTEN)")
+	f.StringVar(&o.socksListen, "socks-listen", "", "SOCKS5 address, e.g. 127.0.0.1:1080; empty disables (env PHAROX_GATEWAY_SOCKS_LISTEN)")
+	f.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus /metrics on this address; empty disables")
+	f.StringVar(&o.storage, "storage", "", "storage URL to lease from directly (env PHAROX_STORAGE)")
+	f.StringVar(&o.server, "server", "", "pharox server URL to lease from (env PHAROX_SERVER)")
+	f.StringVar(&o.apiKey, "api-key", "", "API key for --server; prefer the env var (env PHAROX_API_KEY)")
+	f.StringVar(&o.defaultPool, "default-pool", "", "pool used when the user name names none (env PHAROX_GATEWAY_POOL)")
+	f.StringVar(&o.user, "user", "", "inbound proxy user; with it or --password, auth is required (env PHAROX_GATEWAY_USER)")
+	f.StringVar(&o.password, "password", "", "inbound proxy password; prefer the env var (env PHAROX_GATEWAY_PASSWORD)")
+	f.StringVar(&o.consumer, "consumer", gateway.DefaultConsumer, "consumer name leases are taken for")
+	f.StringVar(&o.strategy, "strategy", string(pharox.RoundRobin), "proxy choice: round_robin, least_used, random or first_available")
+	f.IntSliceVar(&o.banStatuses, "ban-status", []int{http.StatusTooManyRequests}, "target status that means the upstream is banned, repeatable")
+	f.DurationVar(&o.leaseDuration, "lease-duration", gateway.DefaultLeaseDuration, "lease length per request; tunnels renew it while open")
+	f.DurationVar(&o.acquireWait, "acquire-wait", 0, "wait this long for a free upstream before answering 503")
+	f.DurationVar(&o.dialTimeout, "dial-timeout", gateway.DefaultDialTimeout, "timeout to reach an upstream, handshakes included")
+	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, let open requests and tunnels finish this long")
+	f.BoolVar(&o.accessLog, "access-log", true, "log one line per request or tunnel (never credentials)")
+	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	return cmd
+}
+
+// resolve applies the environment where flags were not given and checks
+// the lease source.
+func (o *gatewayOptions) resolve(cmd *cobra.Command) error {
+	env := func(flag, name string, dst *string) {
+		if !cmd.Flags().Changed(flag) {
+			if v := strings.TrimSpace(os.Getenv(name)); v != "" {
+				*dst = v
+			}
+		}
+	}
+	env("listen", "PHAROX_GATEWAY_LISTEN", &o.listen)
+	env("socks-listen", "PHAROX_GATEWAY_SOCKS_LISTEN", &o.socksListen)
+	env("default-pool", "PHAROX_GATEWAY_POOL", &o.defaultPool)
+	env("user", "PHAROX_GATEWAY_USER", &o.user)
+	env("password", "PHAROX_GATEWAY_PASSWORD", &o.password)
+	env("api-key", "PHAROX_API_KEY", &o.apiKey)
+	switch cs, cst := cmd.Flags().Changed("server"), cmd.Flags().Changed("storage"); {
+	case cs && cst:
+		return errors.New("--server and --storage are mutually exclusive: lease from a server or from a store, not both")
+	case !cs && !cst:
+		o.server, o.storage = strings.TrimSpace(os.Getenv("PHAROX_SERVER")), strings.TrimSpace(os.Getenv("PHAROX_STORAGE"))
+		if o.server != "" && o.storage != "" {
+			return errors.New("both PHAROX_SERVER and PHAROX_STORAGE are set: unset one or pass --server or --storage")
+		}
+	}
+	if o.server == "" && o.storage == "" {
+		return errors.New("no lease source: pass --storage URL (or set PHAROX_STORAGE) or --server URL (or set PHAROX_SERVER)")
+	}
+	if o.listen == "" && o.socksListen == "" {
+		return errors.New("nothing to listen on: give --listen or --socks-listen")
+	}
+	return nil
+}
+
+// runGateway serves until ctx ends. ready, when not nil, receives the bound
+// HTTP and SOCKS5 addresses (nil when disabled); tests listen on port 0.
+func runGateway(ctx context.Context, o gatewayOptions, stderr io.Writer, ready func(httpAddr, socksAddr net.Addr)) error {
+	logger, err := newLogger(stderr, o.logFormat, o.logLevel)
+	if err != nil {
+		return err
+	}
+	var leaser gateway.Leaser
+	source := ""
+	if o.server != "" {
+		opts := []client.Option{client.WithUserAgent("pharox-gateway")}
+		if o.apiKey != "" {
+			opts = append(opts, client.WithAPIKey(o.apiKey))
+		}
+		c, err := client.New(o.server, opts...)
+		if err != nil {
+			return err
+		}
+		leaser, source = gateway.NewRemoteLeaser(c), "server "+o.server
+	} else {
+		store, err := gatewayOpenStorage(ctx, o.storage)
+		if err != nil {
+			return fmt.Errorf("open storage: %w", err)
+		}
+		defer store.Close()
+		if scheme, _, _ := strings.Cut(strings.ToLower(o.storage), "://"); scheme == "memory" || scheme == "mem" {
+			logger.Warn("pharox gateway: a memory:// store starts empty and lives only in this process; use a shared store or --server")
+		}
+		leaser, source = gateway.NewLocalLeaser(pharox.NewManager(store, pharox.WithLogger(logger))), "storage "+open.Redact(o.storage)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	gw, err := gateway.New(gateway.Config{
+		Leaser: leaser, DefaultPool: o.defaultPool, User: o.user, Password: o.password,
+		Consumer: o.consumer, Strategy: pharox.Strategy(o.strategy), LeaseDuration: o.leaseDuration,
+		AcquireWait: o.acquireWait, BanStatuses: o.banStatuses, DialTimeout: o.dialTimeout,
+		Registerer: reg, Logger: logger, DisableAccessLog: !o.accessLog,
+	})
+	if err != nil {
+		return err
+	}
+
+	var (
+		lns             []net.Listener
+		httpLn, socksLn net.Listener
+		metricsSrv      *http.Server
+	)
+	closeAll := func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}
+	listen := func(addr string) (net.Listener, error) {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("listen on %s: %w", addr, err)
+		}
+		lns = append(lns, ln)
+		return ln, nil
+	}
+	if o.listen != "" {
+		if httpLn, err = listen(o.listen); err != nil {
+			return err
+		}
+	}
+	if o.socksListen != "" {
+		if socksLn, err = listen(o.socksListen); err != nil {
+			return err
+		}
+	}
+	var metricsLn net.Listener
+	if o.metricsListen != "" {
+		if metricsLn, err = listen(o.metricsListen); err != nil {
+			return err
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	}
+
+	errc := make(chan error, 3)
+	var wg sync.WaitGroup
+	attrs := []any{"source", source, "default_pool", o.defaultPool, "auth", o.user != "" || o.password != ""}
+	if httpLn != nil {
+		attrs = append(attrs, "http", httpLn.Addr().String())
+		wg.Go(func() { errc <- gw.Serve(httpLn) })
+	}
+	if socksLn != nil {
+		attrs = append(attrs, "socks5", socksLn.Addr().String())
+		wg.Go(func() { errc <- gw.ServeSOCKS(socksLn) })
+	}
+	if metricsSrv != nil {
+		attrs = append(attrs, "metrics", metricsLn.Addr().String())
+		wg.Go(func() {
+			if err := metricsSrv.Serve(metricsLn); !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		})
+	}
+	logger.Info("pharox gateway listening", attrs...)
+	if ready != nil {
+		var h, s net.Addr
+		if httpLn != nil {
+			h = httpLn.Addr()
+		}
+		if socksLn != nil {
+			s = socksLn.Addr()
+		}
+		ready(h, s)
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	logger.Info("pharox gateway shutting down")
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.shutdownTimeout)
+	defer cancel()
+	if err := gw.Shutdown(sctx); err != nil {
+		logger.Warn("pharox gateway: open requests cut at shutdown", "err", err)
+	}
+	if metricsSrv != nil {
+		metricsSrv.Shutdown(sctx)
+	}
+	closeAll()
+	wg.Wait()
+	return runErr
+}

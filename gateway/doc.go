@@ -1,0 +1,54 @@
+// Package gateway is a local rotating forward proxy over pharox pools: any
+// HTTP client, browser or scraper uses the managed proxies by pointing its
+// proxy setting at one address, without an SDK.
+//
+// Inbound it speaks HTTP (absolute-form requests and CONNECT tunnels) and
+// SOCKS5 (CONNECT). For each request or tunnel it leases an upstream proxy
+// from a pool through a [Leaser] (a [pharox.Manager] in this process, or a
+// remote `pharox serve` through the Go client), relays through it (HTTP,
+// HTTPS, SOCKS5 and SOCKS4 upstreams, with their credentials) and releases
+// the lease when the request or tunnel ends, also when the client goes away
+// or the upstream fails. Leases, max_concurrency, health and sticky
+// sessions therefore apply to the gateway's traffic as to any consumer's.
+//
+// # Routing
+//
+// Routing parameters travel in the proxy-auth user name, the convention of
+// commercial gateways (see [ParseRoute]):
+//
+//	pool-latam-country-ar-city-buenos_aires-source-list1-session-abc123-ttl-600
+//
+// pool picks the pool (Config.DefaultPool when absent), country, city and
+// source filter its proxies, session makes the choice sticky for ttl
+// seconds. Values may not contain '-'. Unknown keys are refused with 407
+// and a reason rather than ignored. The password is the gateway's own
+// (Config.Password); without one any password is accepted.
+//
+// # Failures
+//
+// Upstream connect errors, 407 answers to the upstream's credentials and
+// ban statuses (Config.BanStatuses, default 429) are reported through
+// [Leaser.ReportOutcome] (as failure, failure with reason "upstream proxy
+// auth required", and banned), and the request is retried once on another
+// upstream when that is safe: a tunnel not yet open, a request not yet
+// sent, or an idempotent request whose body was not read. The retry
+// excludes the failed proxy with a filter predicate, so a sticky session
+// moves to the new upstream; over stores or services that cannot run Go
+// predicates it holds the failed lease while it takes another and the
+// session binding moves only once health makes the dead proxy inactive.
+// When the upstream could not reach the target (CONNECT answered 502/503/
+// 504, SOCKS host unreachable) nothing is reported: that is not the
+// proxy's fault.
+//
+// The gateway's own answers carry [ReasonHeader]: 407 for credentials and
+// routing, 503 when no upstream is available (or the pool does not exist),
+// 502 when upstreams failed.
+//
+// # Efficiency
+//
+// Plain HTTP requests reuse keep-alive connections to each upstream (one
+// http.Transport per upstream, at most Config.MaxTransports, least
+// recently used closed first). Tunnels copy through pooled 32 KiB buffers
+// (or kernel splicing between TCP sockets) with two goroutines each, and
+// every goroutine ends with its connection.
+package gateway

@@ -1,0 +1,659 @@
+package gateway
+
+import (
+	"context"
+	"crypto/subtle"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pharox/pharox"
+)
+
+// ReasonHeader carries the gateway's reason on the answers it makes itself
+// (407, 400, 502, 503), so clients can tell them from the target's.
+const ReasonHeader = "X-Pharox-Reason"
+
+// Defaults applied by New.
+const (
+	DefaultConsumer         = "gateway"
+	DefaultLeaseDuration    = 60 * time.Second
+	DefaultDialTimeout      = 10 * time.Second
+	DefaultMaxTransports    = 256
+	DefaultMaxIdlePerTarget = 64
+	// releaseTimeout bounds a release or report made after the client
+	// went away.
+	releaseTimeout = 10 * time.Second
+	// socksHandshakeTimeout bounds a SOCKS5 client's greeting and request.
+	socksHandshakeTimeout = 30 * time.Second
+	// halfCloseGrace is how long a tunnel waits for the client to finish
+	// after the upstream side has ended.
+	halfCloseGrace = 10 * time.Second
+	copyBufferSize = 32 << 10
+)
+
+// Config configures a Gateway. Only Leaser is required.
+type Config struct {
+	// Leaser is where upstream proxies come from.
+	Leaser Leaser
+	// DefaultPool is used when the user name names no pool. Without it, a
+	// request must name one.
+	DefaultPool string
+	// User and Password, when either is set, require inbound proxy auth:
+	// the password must match and, with User set, the user name must be
+	// User or start with User followed by '-' and routing parameters.
+	// Without them any (or no) credentials are accepted and the user name
+	// still carries routing parameters.
+	User, Password string
+	// Consumer is the consumer name leases are taken for; default "gateway".
+	Consumer string
+	// Strategy orders candidate proxies; default round_robin, so traffic
+	// rotates across the pool.
+	Strategy pharox.Strategy
+	// LeaseDuration is the lease length per request; tunnels renew their
+	// lease at half of it while open. Default 60s.
+	LeaseDuration time.Duration
+	// AcquireWait is how long a request waits for a free upstream slot
+	// before answering 503. Zero answers at once.
+	AcquireWait time.Duration
+	// BanStatuses are answers that mean the upstream is banned by the
+	// target: reported as bans and retried on another upstream when safe.
+	// Nil means {429}; an empty non-nil slice disables ban detection.
+	BanStatuses []int
+	// DialTimeout bounds reaching an upstream, including its TLS and proxy
+	// handshake. Default 10s.
+	DialTimeout time.Duration
+	// UpstreamTLS verifies HTTPS upstream proxies (and https targets of
+	// absolute-form requests); nil uses the system roots.
+	UpstreamTLS *tls.Config
+	// MaxTransports caps the cached per-upstream HTTP transports (least
+	// recently used ones are closed). Default 256.
+	MaxTransports int
+	// MaxIdleConnsPerUpstream caps idle keep-alive connections per upstream
+	// and target. Default 64.
+	MaxIdleConnsPerUpstream int
+	// SuccessReportInterval spaces out success reports: a success is
+	// reported when the proxy looked unhealthy at acquisition, when a
+	// failure was reported through this gateway since, or when the last
+	// success report for the proxy is this old; otherwise it is skipped, so
+	// steady traffic does not cost a store write (or a service call) per
+	// request. Zero means 10s; negative reports every success.
+	SuccessReportInterval time.Duration
+	// Registerer receives the gateway's metrics; nil disables them.
+	Registerer prometheus.Registerer
+	// Logger receives access logs (Info) and errors; nil is slog.Default().
+	// Credentials and the Proxy-Authorization header are never logged.
+	Logger *slog.Logger
+	// DisableAccessLog turns the per-request log lines off.
+	DisableAccessLog bool
+}
+
+// Gateway is a rotating forward proxy: HTTP (absolute-form requests and
+// CONNECT) and SOCKS5 in, a leased upstream proxy per request or tunnel
+// out. It is an http.Handler; Serve and ServeSOCKS run it on listeners.
+type Gateway struct {
+	cfg        Config
+	leaser     Leaser
+	banned     map[int]bool
+	dialer     net.Dialer
+	transports *transportCache
+	rp         *httputil.ReverseProxy
+	metrics    *metrics
+	log        *slog.Logger
+	bufs       sync.Pool
+	socksAuth  socksAuthMethods
+
+	// base ends when the gateway is closed; SOCKS tunnels, which have no
+	// request context, open under it.
+	base       context.Context
+	cancelBase context.CancelFunc
+
+	// lastSuccess maps proxy id to the time of its last success report.
+	lastSuccess sync.Map
+
+	// noPredicate is set once the leaser turned down a filter predicate.
+	noPredicate atomic.Bool
+
+	mu        sync.Mutex
+	closed    bool
+	listeners map[net.Listener]struct{}
+	servers   map[*http.Server]struct{}
+	conns     map[net.Conn]struct{}
+	wg        sync.WaitGroup // hijacked tunnels and SOCKS connections
+	serveWG   sync.WaitGroup // accept loops
+}
+
+// New returns a Gateway for cfg.
+func New(cfg Config) (*Gateway, error) {
+	if cfg.Leaser == nil {
+		return nil, fmt.Errorf("%w: gateway: Leaser is required", pharox.ErrInvalidArgument)
+	}
+	if cfg.Consumer == "" {
+		cfg.Consumer = DefaultConsumer
+	}
+	if cfg.Strategy == "" {
+		cfg.Strategy = pharox.RoundRobin
+	}
+	if !cfg.Strategy.Valid() {
+		return nil, fmt.Errorf("%w: gateway: unknown strategy %q", pharox.ErrInvalidArgument, cfg.Strategy)
+	}
+	if cfg.LeaseDuration == 0 {
+		cfg.LeaseDuration = DefaultLeaseDuration
+	}
+	if cfg.LeaseDuration < 2*time.Second || cfg.LeaseDuration > pharox.MaxLeaseDuration {
+		return nil, fmt.Errorf("%w: gateway: lease duration %v out of range [2s, %v]", pharox.ErrInvalidArgument, cfg.LeaseDuration, pharox.MaxLeaseDuration)
+	}
+	if cfg.AcquireWait < 0 {
+		return nil, fmt.Errorf("%w: gateway: negative acquire wait", pharox.ErrInvalidArgument)
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.DialTimeout < 0 {
+		return nil, fmt.Errorf("%w: gateway: negative dial timeout", pharox.ErrInvalidArgument)
+	}
+	if cfg.SuccessReportInterval == 0 {
+		cfg.SuccessReportInterval = 10 * time.Second
+	}
+	if cfg.MaxTransports <= 0 {
+		cfg.MaxTransports = DefaultMaxTransports
+	}
+	if cfg.MaxIdleConnsPerUpstream <= 0 {
+		cfg.MaxIdleConnsPerUpstream = DefaultMaxIdlePerTarget
+	}
+	if cfg.User != "" && strings.Contains(cfg.User, "-") {
+		return nil, fmt.Errorf("%w: gateway: user %q must not contain '-' (it separates routing parameters)", pharox.ErrInvalidArgument, cfg.User)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	g := &Gateway{
+		cfg:       cfg,
+		leaser:    cfg.Leaser,
+		banned:    map[int]bool{},
+		dialer:    net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second},
+		log:       cfg.Logger,
+		listeners: map[net.Listener]struct{}{},
+		servers:   map[*http.Server]struct{}{},
+		conns:     map[net.Conn]struct{}{},
+	}
+	bans := cfg.BanStatuses
+	if bans == nil {
+		bans = []int{http.StatusTooManyRequests}
+	}
+	for _, c := range bans {
+		if c < 100 || c > 599 {
+			return nil, fmt.Errorf("%w: gateway: ban status %d is not an HTTP status", pharox.ErrInvalidArgument, c)
+		}
+		g.banned[c] = true
+	}
+	g.bufs.New = func() any { b := make([]byte, copyBufferSize); return &b }
+	g.transports = newTransportCache(cfg.MaxTransports, g.newTransport)
+	var err error
+	if g.metrics, err = newMetrics(cfg.Registerer); err != nil {
+		return nil, err
+	}
+	g.rp = &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			// A forward proxy sends the request where the client asked.
+			pr.Out.Host = pr.In.Host
+		},
+		Transport:    roundTripFunc(g.forward),
+		BufferPool:   bufferPool{g},
+		ErrorHandler: g.forwardError,
+		ErrorLog:     log.New(io.Discard, "", 0),
+	}
+	g.socksAuth = g.newSOCKSAuth()
+	g.base, g.cancelBase = context.WithCancel(context.Background())
+	return g, nil
+}
+
+// Serve accepts HTTP proxy connections on ln until Shutdown or Close; it
+// then returns nil.
+func (g *Gateway) Serve(ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           g,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          log.New(io.Discard, "", 0),
+	}
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	g.servers[srv] = struct{}{}
+	g.serveWG.Add(1)
+	g.mu.Unlock()
+	defer g.serveWG.Done()
+	err := srv.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting, lets open requests and tunnels finish until
+// ctx ends, then closes whatever is still open.
+func (g *Gateway) Shutdown(ctx context.Context) error {
+	g.mu.Lock()
+	g.closed = true
+	servers := make([]*http.Server, 0, len(g.servers))
+	for s := range g.servers {
+		servers = append(servers, s)
+	}
+	for ln := range g.listeners {
+		ln.Close()
+	}
+	g.mu.Unlock()
+
+	var wg sync.WaitGroup
+	for _, s := range servers {
+		wg.Go(func() {
+			if err := s.Shutdown(ctx); err != nil {
+				s.Close()
+			}
+		})
+	}
+	wg.Wait()
+	done := make(chan struct{})
+	go func() { g.wg.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+		g.cancelBase()
+		g.mu.Lock()
+		for c := range g.conns {
+			c.Close()
+		}
+		g.mu.Unlock()
+		<-done
+	}
+	g.serveWG.Wait()
+	g.cancelBase()
+	g.transports.closeAll()
+	return err
+}
+
+// Close stops the gateway at once, closing open requests and tunnels.
+func (g *Gateway) Close() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := g.Shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// track registers a connection the http.Server no longer manages (hijacked
+// or SOCKS), so shutdown can close it; it reports false once closed.
+func (g *Gateway) track(c net.Conn) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return false
+	}
+	g.conns[c] = struct{}{}
+	g.wg.Add(1)
+	return true
+}
+
+func (g *Gateway) untrack(c net.Conn) {
+	g.mu.Lock()
+	delete(g.conns, c)
+	g.mu.Unlock()
+	g.wg.Done()
+}
+
+// reqState follows one request or tunnel for the access log and metrics.
+type reqState struct {
+	kind     string // http, connect or socks5
+	start    time.Time
+	client   string
+	method   string
+	host     string
+	path     string
+	route    Route
+	pool     string
+	proxyID  uuid.UUID
+	upstream string
+	attempts int
+	status   int
+	reason   string
+	sent     atomic.Int64 // payload from the client
+	received atomic.Int64 // payload to the client
+}
+
+type stateKey struct{}
+
+func stateFrom(ctx context.Context) *reqState {
+	st, _ := ctx.Value(stateKey{}).(*reqState)
+	return st
+}
+
+// gwError is an answer the gateway makes itself.
+type gwError struct {
+	status int
+	reason string
+}
+
+func (e *gwError) Error() string { return e.reason }
+
+// ServeHTTP serves one proxy request: absolute-form requests are forwarded,
+// CONNECT opens a tunnel. Anything else is answered 400.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	st := &reqState{kind: "http", start: time.Now(), client: r.RemoteAddr, method: r.Method, host: r.Host}
+	if r.Method == http.MethodConnect {
+		st.kind = "connect"
+	} else {
+		st.host, st.path = r.URL.Host, r.URL.Path
+	}
+	rw := &responseRecorder{ResponseWriter: w, st: st}
+	defer g.finish(st)
+	route, err := g.authenticate(r.Header.Get("Proxy-Authorization"))
+	if err != nil {
+		g.writeError(rw, err)
+		return
+	}
+	st.route = route
+	if st.pool = route.Pool; st.pool == "" {
+		st.pool = g.cfg.DefaultPool
+	}
+	if st.pool == "" {
+		g.writeError(rw, &gwError{http.StatusProxyAuthRequired, "no pool given in the user name and no default pool configured"})
+		return
+	}
+	if r.Method == http.MethodConnect {
+		g.serveConnect(rw, r, st)
+		return
+	}
+	if !r.URL.IsAbs() || r.URL.Host == "" || (r.URL.Scheme != "http" && r.URL.Scheme != "https") {
+		g.writeError(rw, &gwError{http.StatusBadRequest, "this is a forward proxy: send absolute-form http(s) requests or CONNECT"})
+		return
+	}
+	g.rp.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)))
+}
+
+// authenticate checks the Proxy-Authorization header and parses the route
+// from its user name.
+func (g *Gateway) authenticate(header string) (Route, error) {
+	required := g.cfg.User != "" || g.cfg.Password != ""
+	if header == "" {
+		if required {
+			return Route{}, &gwError{http.StatusProxyAuthRequired, "proxy authentication required"}
+		}
+		return Route{}, nil
+	}
+	scheme, cred, _ := strings.Cut(header, " ")
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred))
+	if !strings.EqualFold(scheme, "Basic") || err != nil {
+		return Route{}, &gwError{http.StatusProxyAuthRequired, "proxy authentication must be Basic"}
+	}
+	user, pass, _ := strings.Cut(string(raw), ":")
+	return g.checkCredentials(user, pass)
+}
+
+// checkCredentials checks a user name and password and parses the route.
+func (g *Gateway) checkCredentials(user, pass string) (Route, error) {
+	if g.cfg.Password != "" && subtle.ConstantTimeCompare([]byte(pass), []byte(g.cfg.Password)) != 1 {
+		return Route{}, &gwError{http.StatusProxyAuthRequired, "bad proxy credentials"}
+	}
+	r, err := ParseRoute(user, g.cfg.User)
+	if err != nil {
+		if g.cfg.User != "" && user != g.cfg.User && !strings.HasPrefix(user, g.cfg.User+"-") {
+			// Do not echo a wrong user name's expected value.
+			return Route{}, &gwError{http.StatusProxyAuthRequired, "bad proxy credentials"}
+		}
+		return Route{}, &gwError{http.StatusProxyAuthRequired, err.Error()}
+	}
+	return r, nil
+}
+
+// writeError answers with the gateway's own status and reason.
+func (g *Gateway) writeError(w http.ResponseWriter, err error) {
+	var ge *gwError
+	if !errors.As(err, &ge) {
+		ge = &gwError{http.StatusBadGateway, err.Error()}
+	}
+	h := w.Header()
+	h.Set(ReasonHeader, headerSafe(ge.reason))
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	if ge.status == http.StatusProxyAuthRequired {
+		h.Set("Proxy-Authenticate", `Basic realm="pharox"`)
+	}
+	w.WriteHeader(ge.status)
+	io.WriteString(w, "pharox gateway: "+ge.reason+"\n")
+}
+
+// headerSafe keeps a reason within one header line.
+func headerSafe(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) > 300 {
+		s = s[:300]
+	}
+	return s
+}
+
+// acquireError turns a failed acquisition into an answer.
+func acquireError(pool string, err error) *gwError {
+	switch {
+	case errors.Is(err, pharox.ErrNoProxyAvailable):
+		return &gwError{http.StatusServiceUnavailable, fmt.Sprintf("no upstream available in pool %q", pool)}
+	case errors.Is(err, pharox.ErrPoolNotFound):
+		return &gwError{http.StatusServiceUnavailable, fmt.Sprintf("pool %q not found", pool)}
+	case errors.Is(err, pharox.ErrInvalidArgument):
+		return &gwError{http.StatusBadRequest, "bad routing parameters: " + err.Error()}
+	case errors.Is(err, context.Canceled):
+		return &gwError{499, "client went away"}
+	}
+	return &gwError{http.StatusBadGateway, "lease source failed: " + err.Error()}
+}
+
+// acquire leases an upstream for st, avoiding the proxies in exclude (those
+// that already failed this request).
+func (g *Gateway) acquire(ctx context.Context, st *reqState, exclude []uuid.UUID) (*pharox.Lease, error) {
+	opts := &pharox.AcquireOptions{
+		Consumer:   g.cfg.Consumer,
+		Duration:   g.cfg.LeaseDuration,
+		Filters:    st.route.filters(),
+		Strategy:   g.cfg.Strategy,
+		SessionKey: st.route.Session,
+		SessionTTL: st.route.SessionTTL,
+	}
+	if len(exclude) == 0 {
+		return g.leaser.Acquire(ctx, st.pool, opts, g.cfg.AcquireWait)
+	}
+	if !g.noPredicate.Load() {
+		var f pharox.Filters
+		if opts.Filters != nil {
+			f = *opts.Filters
+		}
+		f.Predicate = func(p *pharox.Proxy) bool { return !slices.Contains(exclude, p.ID) }
+		o := *opts
+		o.Filters = &f
+		// With the failed proxy no candidate, a sticky session rebinds.
+		l, err := g.leaser.Acquire(ctx, st.pool, &o, 0)
+		if !errors.Is(err, pharox.ErrUnsupported) {
+			return l, err
+		}
+		g.noPredicate.Store(true)
+	}
+	// The store cannot run a predicate: take leases until one lands on
+	// another proxy, holding those on excluded proxies so that the store
+	// moves on, then give them back. A session binding would keep
+	// answering with its proxy, so choose without it.
+	var held []*pharox.Lease
+	defer func() {
+		for _, l := range held {
+			g.release(ctx, l)
+		}
+	}()
+	o := *opts
+	o.SessionKey, o.SessionTTL = "", 0
+	if o.Strategy == pharox.FirstAvailable {
+		o.Strategy = pharox.RoundRobin
+	}
+	for range 3 {
+		l, err := g.leaser.Acquire(ctx, st.pool, &o, 0)
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Contains(exclude, l.ProxyID) {
+			return l, nil
+		}
+		held = append(held, l)
+	}
+	return nil, fmt.Errorf("gateway: no other upstream in pool %q: %w", st.pool, pharox.ErrNoProxyAvailable)
+}
+
+// release gives a lease back with a context that survives the client.
+func (g *Gateway) release(ctx context.Context, l *pharox.Lease) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+	defer cancel()
+	if err := g.leaser.Release(rctx, l.ID); err != nil {
+		g.log.Error("gateway: release lease failed", "lease", l.ID, "pool", l.PoolName, "err", err)
+	}
+}
+
+// report feeds an outcome back, with a context that survives the client.
+func (g *Gateway) report(ctx context.Context, l *pharox.Lease, o pharox.Outcome) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+	defer cancel()
+	if err := g.leaser.ReportOutcome(rctx, l, o); err != nil && !errors.Is(err, pharox.ErrProxyNotFound) {
+		g.log.Warn("gateway: report outcome failed", "lease", l.ID, "proxy", l.ProxyID, "err", err)
+	}
+}
+
+// failed records and reports a failed attempt.
+func (g *Gateway) failed(ctx context.Context, st *reqState, l *pharox.Lease, e *attemptError) {
+	st.reason = e.reason
+	g.metrics.upstreamFailure(e.metricReason())
+	if o, ok := e.outcome(); ok {
+		// The next success must be reported, to end the failure streak.
+		g.lastSuccess.Delete(l.ProxyID)
+		g.report(ctx, l, o)
+	}
+}
+
+// reportSuccess reports a success unless one was reported for the proxy
+// recently and nothing since suggests its health changed (see
+// Config.SuccessReportInterval).
+func (g *Gateway) reportSuccess(ctx context.Context, l *pharox.Lease, o pharox.Outcome) {
+	if every := g.cfg.SuccessReportInterval; every > 0 {
+		healthy := l.Proxy != nil && l.Proxy.Status == pharox.StatusActive && l.Proxy.FailureStreak == 0
+		now := time.Now()
+		if last, ok := g.lastSuccess.Load(l.ProxyID); ok && healthy && now.Sub(last.(time.Time)) < every {
+			return
+		}
+		g.lastSuccess.Store(l.ProxyID, now)
+	}
+	g.report(ctx, l, o)
+}
+
+// useLease notes the upstream an attempt goes through.
+func (st *reqState) useLease(l *pharox.Lease) {
+	st.attempts++
+	st.proxyID = l.ProxyID
+	if l.Proxy != nil {
+		st.upstream = l.Proxy.Address()
+	}
+}
+
+// finish writes the access log line and the metrics of one request.
+func (g *Gateway) finish(st *reqState) {
+	d := time.Since(st.start)
+	g.metrics.done(st, d)
+	if g.cfg.DisableAccessLog {
+		return
+	}
+	attrs := make([]slog.Attr, 0, 16)
+	attrs = append(attrs,
+		slog.String("kind", st.kind),
+		slog.String("client", st.client),
+		slog.String("method", st.method),
+		slog.String("host", st.host),
+	)
+	if st.path != "" {
+		attrs = append(attrs, slog.String("path", st.path))
+	}
+	attrs = append(attrs, slog.String("pool", st.pool))
+	if st.route.Session != "" {
+		attrs = append(attrs, slog.String("session", st.route.Session))
+	}
+	if st.proxyID != uuid.Nil {
+		attrs = append(attrs, slog.String("proxy_id", st.proxyID.String()), slog.String("upstream", st.upstream))
+	}
+	attrs = append(attrs,
+		slog.Int("status", st.status),
+		slog.Int("attempts", st.attempts),
+		slog.Int64("bytes_in", st.sent.Load()),
+		slog.Int64("bytes_out", st.received.Load()),
+		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
+	)
+	if st.reason != "" {
+		attrs = append(attrs, slog.String("reason", st.reason))
+	}
+	g.log.LogAttrs(context.Background(), slog.LevelInfo, "gateway request", attrs...)
+}
+
+// responseRecorder notes the status and bytes written to the client. It
+// unwraps for http.ResponseController, so flushing and hijacking work.
+type responseRecorder struct {
+	http.ResponseWriter
+	st          *reqState
+	wroteHeader bool
+}
+
+func (r *responseRecorder) WriteHeader(code int) {
+	if !r.wroteHeader && code >= 200 {
+		r.wroteHeader = true
+		r.st.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *responseRecorder) Write(p []byte) (int, error) {
+	if !r.wroteHeader {
+		r.wroteHeader = true
+		r.st.status = http.StatusOK
+	}
+	n, err := r.ResponseWriter.Write(p)
+	r.st.received.Add(int64(n))
+	return n, err
+}
+
+func (r *responseRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// bufferPool lends ReverseProxy the gateway's copy buffers.
+type bufferPool struct{ g *Gateway }
+
+func (p bufferPool) Get() []byte  { return *p.g.bufs.Get().(*[]byte) }
+func (p bufferPool) Put(b []byte) { p.g.bufs.Put(&b) }

@@ -1,0 +1,270 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	socks5 "github.com/armon/go-socks5"
+	xcontext "golang.org/x/net/context"
+)
+
+// socksAuthMethods says which SOCKS5 authentication the gateway accepts.
+type socksAuthMethods struct {
+	// required: only username/password; otherwise no-auth is accepted too.
+	required bool
+}
+
+func (g *Gateway) newSOCKSAuth() socksAuthMethods {
+	return socksAuthMethods{required: g.cfg.User != "" || g.cfg.Password != ""}
+}
+
+// ServeSOCKS accepts SOCKS5 connections on ln until Shutdown or Close; it
+// then returns nil. Only CONNECT is supported. Routing parameters travel
+// in the SOCKS5 user name, as with HTTP.
+func (g *Gateway) ServeSOCKS(ln net.Listener) error {
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	g.listeners[ln] = struct{}{}
+	g.serveWG.Add(1)
+	g.mu.Unlock()
+	defer g.serveWG.Done()
+	defer func() {
+		g.mu.Lock()
+		delete(g.listeners, ln)
+		g.mu.Unlock()
+	}()
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			g.mu.Lock()
+			closed := g.closed
+			g.mu.Unlock()
+			if closed || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// Out of file descriptors and the like: wait, as net/http does.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		if !g.track(c) {
+			c.Close()
+			continue
+		}
+		go func() {
+			defer g.untrack(c)
+			defer c.Close()
+			g.serveSOCKSConn(c)
+		}()
+	}
+}
+
+// socksClient is the client's side of one SOCKS5 connection.
+type socksClient struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *socksClient) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *socksClient) CloseWrite() error          { return closeWrite(c.Conn) }
+
+// serveSOCKSConn serves one SOCKS5 connection with armon/go-socks5. A
+// server per connection lets the dial hook know its client.
+func (g *Gateway) serveSOCKSConn(c net.Conn) {
+	st := &reqState{kind: "socks5", start: time.Now(), client: c.RemoteAddr().String(), method: "CONNECT"}
+	c.SetDeadline(st.start.Add(socksHandshakeTimeout))
+	greeting, err := readGreeting(c, !g.socksAuth.required)
+	if err != nil {
+		return
+	}
+	sc := &socksClient{Conn: c, r: io.MultiReader(bytes.NewReader(greeting), c)}
+	creds := socksCreds{g: g, st: st}
+	methods := []socks5.Authenticator{socks5.UserPassAuthenticator{Credentials: creds}}
+	if !g.socksAuth.required {
+		methods = append(methods, socks5.NoAuthAuthenticator{})
+	}
+	srv, err := socks5.New(&socks5.Config{
+		AuthMethods: methods,
+		Resolver:    keepName{},
+		Rules:       socksRules{g: g, st: st, client: sc},
+		Logger:      log.New(io.Discard, "", 0),
+		Dial: func(_ xcontext.Context, _, addr string) (net.Conn, error) {
+			return g.socksDial(g.base, st, sc, addr)
+		},
+	})
+	if err != nil {
+		return
+	}
+	srv.ServeConn(sc)
+	if st.status != 0 {
+		g.finish(st)
+	}
+}
+
+// readGreeting reads the client's SOCKS5 method offer. When no-auth is
+// also accepted, username/password moves to the front: go-socks5 takes the
+// client's first acceptable method, and the user name carries the routing.
+func readGreeting(c net.Conn, preferUserPass bool) ([]byte, error) {
+	hdr := make([]byte, 2, 2+255)
+	if _, err := io.ReadFull(c, hdr); err != nil {
+		return nil, err
+	}
+	if hdr[0] != 5 {
+		return hdr, nil // go-socks5 rejects the version
+	}
+	methods := make([]byte, hdr[1])
+	if _, err := io.ReadFull(c, methods); err != nil {
+		return nil, err
+	}
+	if i := bytes.IndexByte(methods, socks5.UserPassAuth); preferUserPass && i > 0 {
+		methods = slices.Insert(slices.Delete(methods, i, i+1), 0, socks5.UserPassAuth)
+	}
+	return append(hdr, methods...), nil
+}
+
+// socksCreds checks SOCKS5 credentials like Proxy-Authorization.
+type socksCreds struct {
+	g  *Gateway
+	st *reqState
+}
+
+func (c socksCreds) Valid(user, pass string) bool {
+	if _, err := c.g.checkCredentials(user, pass); err != nil {
+		c.st.status, c.st.reason = http.StatusProxyAuthRequired, err.Error()
+		return false
+	}
+	return true
+}
+
+// keepName leaves host names unresolved, so the upstream resolves them
+// where it is (and DNS answers match its location).
+type keepName struct{}
+
+func (keepName) Resolve(ctx xcontext.Context, _ string) (xcontext.Context, net.IP, error) {
+	return ctx, nil, nil
+}
+
+// socksRules allows CONNECT only and picks the route from the user name.
+type socksRules struct {
+	g      *Gateway
+	st     *reqState
+	client *socksClient
+}
+
+func (r socksRules) Allow(ctx xcontext.Context, req *socks5.Request) (xcontext.Context, bool) {
+	st := r.st
+	st.host = req.DestAddr.Address()
+	if req.Command != socks5.ConnectCommand {
+		st.status, st.reason = http.StatusMethodNotAllowed, "only SOCKS5 CONNECT is supported"
+		return ctx, false
+	}
+	var user string
+	if req.AuthContext != nil {
+		user = req.AuthContext.Payload["Username"]
+	}
+	route, err := r.g.checkCredentialsRouteOnly(user)
+	if err != nil {
+		st.status, st.reason = http.StatusProxyAuthRequired, err.Error()
+		return ctx, false
+	}
+	st.route = route
+	if st.pool = route.Pool; st.pool == "" {
+		st.pool = r.g.cfg.DefaultPool
+	}
+	if st.pool == "" {
+		st.status, st.reason = http.StatusProxyAuthRequired, "no pool given in the user name and no default pool configured"
+		return ctx, false
+	}
+	// The handshake is over; the tunnel may stay idle as long as it likes.
+	r.client.SetDeadline(time.Time{})
+	return ctx, true
+}
+
+// checkCredentialsRouteOnly parses the route of a user name whose
+// password was already checked.
+func (g *Gateway) checkCredentialsRouteOnly(user string) (Route, error) {
+	return ParseRoute(user, g.cfg.User)
+}
+
+// socksDial opens the tunnel for a SOCKS5 CONNECT. go-socks5 relays the
+// data and closes the returned conn when either side ends, which releases
+// the lease.
+func (g *Gateway) socksDial(ctx context.Context, st *reqState, client *socksClient, addr string) (net.Conn, error) {
+	tn, err := g.openTunnel(ctx, st, addr)
+	if err != nil {
+		var ge *gwError
+		if errors.As(err, &ge) {
+			st.status = ge.status
+		}
+		st.reason = err.Error()
+		return nil, err
+	}
+	st.status = http.StatusOK
+	g.metrics.tunnelOpen(st.kind, 1)
+	return &socksUpstream{Conn: tn.conn, tn: tn, st: st, client: client}, nil
+}
+
+// socksUpstream is the upstream side of a SOCKS5 tunnel as go-socks5 sees
+// it: it counts bytes and releases the lease on close.
+type socksUpstream struct {
+	net.Conn
+	tn     *tunnel
+	st     *reqState
+	client *socksClient
+	once   sync.Once
+}
+
+func (c *socksUpstream) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.st.received.Add(int64(n))
+	if err == io.EOF {
+		// The upstream is done; do not wait forever for an idle client.
+		c.client.SetReadDeadline(time.Now().Add(halfCloseGrace))
+	}
+	return n, err
+}
+
+func (c *socksUpstream) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.st.sent.Add(int64(n))
+	return n, err
+}
+
+func (c *socksUpstream) CloseWrite() error { return closeWrite(c.Conn) }
+
+// LocalAddr is always a TCP address: go-socks5 reports it to the client
+// and assumes its type.
+func (c *socksUpstream) LocalAddr() net.Addr {
+	if a, ok := c.Conn.LocalAddr().(*net.TCPAddr); ok {
+		return a
+	}
+	return &net.TCPAddr{IP: net.IPv4zero}
+}
+
+func (c *socksUpstream) Close() error {
+	c.once.Do(func() {
+		c.tn.close()
+		c.g().metrics.tunnelOpen(c.st.kind, -1)
+	})
+	return nil
+}
+
+func (c *socksUpstream) g() *Gateway { return c.tn.g }

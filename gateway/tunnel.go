@@ -1,0 +1,218 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/pharox/pharox"
+)
+
+// tunnel is an open connection to a target through a leased upstream. It
+// holds its lease, renewing it while open, until close.
+type tunnel struct {
+	g    *Gateway
+	held *heldLease
+	conn net.Conn
+	once sync.Once
+}
+
+// heldLease is a lease in use by a response or tunnel that may outlast
+// its duration: it is renewed at half its duration until released.
+type heldLease struct {
+	g     *Gateway
+	ctx   context.Context
+	lease *pharox.Lease
+
+	mu     sync.Mutex
+	renew  *time.Timer
+	closed bool
+}
+
+// hold starts renewing l; ctx's values (not its cancellation) are kept.
+func (g *Gateway) hold(ctx context.Context, l *pharox.Lease) *heldLease {
+	h := &heldLease{g: g, ctx: context.WithoutCancel(ctx), lease: l}
+	h.scheduleRenew()
+	return h
+}
+
+func (h *heldLease) scheduleRenew() {
+	every := h.g.cfg.LeaseDuration / 2
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return
+	}
+	h.renew = time.AfterFunc(every, func() {
+		ctx, cancel := context.WithTimeout(h.ctx, releaseTimeout)
+		err := h.g.leaser.Renew(ctx, h.lease.ID, h.g.cfg.LeaseDuration)
+		cancel()
+		if err != nil {
+			h.g.log.Warn("gateway: renew lease failed", "lease", h.lease.ID, "err", err)
+			if errors.Is(err, pharox.ErrLeaseNotActive) || errors.Is(err, pharox.ErrLeaseNotFound) {
+				return
+			}
+		}
+		h.scheduleRenew()
+	})
+}
+
+// release stops renewing and releases the lease, once.
+func (h *heldLease) release() {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return
+	}
+	h.closed = true
+	if h.renew != nil {
+		h.renew.Stop()
+	}
+	h.mu.Unlock()
+	h.g.release(h.ctx, h.lease)
+}
+
+// openTunnel leases an upstream and opens a tunnel through it to target,
+// retrying once on another upstream when the first cannot be used: nothing
+// has been sent to a tunnel before it opens, so a retry is always safe.
+func (g *Gateway) openTunnel(ctx context.Context, st *reqState, target string) (*tunnel, error) {
+	var exclude []uuid.UUID
+	var prev *pharox.Lease
+	var prevErr *attemptError
+	for attempt := 0; ; attempt++ {
+		lease, err := g.acquire(ctx, st, exclude)
+		if prev != nil {
+			g.release(ctx, prev)
+			if err != nil {
+				return nil, &gwError{http.StatusBadGateway, prevErr.reason}
+			}
+			g.metrics.retry()
+		}
+		if err != nil {
+			return nil, acquireError(st.pool, err)
+		}
+		st.useLease(lease)
+		started := time.Now()
+		conn, aerr := g.dialUpstream(ctx, lease.Proxy, target)
+		if aerr != nil {
+			aerr.reason = scrub(aerr.reason, lease.Proxy)
+		}
+		if aerr == nil {
+			latency := time.Since(started)
+			g.metrics.upstreamLatency(st.kind, latency)
+			g.reportSuccess(ctx, lease, pharox.Outcome{Kind: pharox.OutcomeSuccess, Latency: latency})
+			return &tunnel{g: g, held: g.hold(ctx, lease), conn: conn}, nil
+		}
+		if aerr.kind == failCanceled || aerr.kind == failTarget {
+			st.reason = aerr.reason
+			g.release(ctx, lease)
+			if aerr.kind == failCanceled {
+				return nil, &gwError{499, aerr.reason}
+			}
+			return nil, &gwError{http.StatusBadGateway, aerr.reason}
+		}
+		g.failed(ctx, st, lease, aerr)
+		if attempt > 0 {
+			g.release(ctx, lease)
+			return nil, &gwError{http.StatusBadGateway, aerr.reason}
+		}
+		exclude = append(exclude, lease.ProxyID)
+		prev, prevErr = lease, aerr
+	}
+}
+
+// close ends the tunnel and releases its lease, once.
+func (t *tunnel) close() {
+	t.once.Do(func() {
+		t.conn.Close()
+		t.held.release()
+	})
+}
+
+// serveConnect answers a CONNECT request with a tunnel.
+func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request, st *reqState) {
+	target := r.Host
+	if _, port, err := net.SplitHostPort(target); err != nil || port == "" {
+		g.writeError(w, &gwError{http.StatusBadRequest, "CONNECT needs host:port"})
+		return
+	}
+	tn, err := g.openTunnel(r.Context(), st, target)
+	if err != nil {
+		var ge *gwError
+		if errors.As(err, &ge) && ge.status == 499 {
+			st.status = 499
+			return
+		}
+		st.reason = err.Error()
+		g.writeError(w, err)
+		return
+	}
+	defer tn.close()
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		g.writeError(w, &gwError{http.StatusInternalServerError, "cannot take over the connection: " + err.Error()})
+		return
+	}
+	defer conn.Close()
+	if !g.track(conn) {
+		return
+	}
+	defer g.untrack(conn)
+	conn.SetDeadline(time.Time{})
+	st.status = http.StatusOK
+	if _, err := io.WriteString(conn, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+		return
+	}
+	g.metrics.tunnelOpen(st.kind, 1)
+	defer g.metrics.tunnelOpen(st.kind, -1)
+	// brw.Reader may hold bytes the client sent right behind its request.
+	g.pipe(conn, brw.Reader, tn.conn, st)
+}
+
+// pipe copies both ways between the client and the upstream until both
+// directions end. A direction that ends cleanly half-closes its peer; one
+// that fails closes both, which ends the other.
+func (g *Gateway) pipe(client net.Conn, clientR io.Reader, up net.Conn, st *reqState) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		n, err := g.copy(up, clientR)
+		st.sent.Add(n)
+		if err != nil {
+			client.Close()
+			up.Close()
+			return
+		}
+		closeWrite(up)
+	}()
+	n, err := g.copy(client, up)
+	st.received.Add(n)
+	if err != nil {
+		client.Close()
+		up.Close()
+	} else {
+		closeWrite(client)
+		// The upstream is done; do not wait forever for an idle client.
+		client.SetReadDeadline(time.Now().Add(halfCloseGrace))
+	}
+	<-done
+}
+
+// copy copies with a pooled buffer (unused when both ends are TCP, which
+// the kernel splices).
+func (g *Gateway) copy(dst io.Writer, src io.Reader) (int64, error) {
+	bp := g.bufs.Get().(*[]byte)
+	defer g.bufs.Put(bp)
+	n, err := io.CopyBuffer(dst, src, *bp)
+	if errors.Is(err, net.ErrClosed) {
+		// The other direction closed it after ending; not a failure here.
+		err = nil
+	}
+	return n, err
+}
