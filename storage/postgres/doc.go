@@ -125,5 +125,5 @@
 // storagetest.Run; TestMultiProcess re-executes the test binary as 4
 // worker processes of 16 goroutines each and audits every lease interval.
 // BenchmarkAcquireRelease compares the store with a plain FOR UPDATE
-// baseline (see docs/bench/postgres.md).
+// baseline (see BENCHMARKS.md).
 package postgres
