@@ -246,7 +246,7 @@ func (m *Manager) AcquireWait(ctx context.Context, pool string, opts *AcquireOpt
 	}
 	backoff := 5 * time.Millisecond
 	var timer *time.Timer
-	for {
+	for ctx.Err() == nil {
 		lease, err := m.store.AcquireLease(ctx, req)
 		if err != nil && ctx.Err() != nil {
 			// The wait ran out during the store call: that is a miss like
@@ -271,9 +271,7 @@ func (m *Manager) AcquireWait(ctx context.Context, pool string, opts *AcquireOpt
 		case <-ctx.Done():
 		case <-timer.C:
 			backoff = min(backoff*2, 250*time.Millisecond)
-			continue
 		}
-		break
 	}
 	err = fmt.Errorf("acquire from pool %q: waited %v: %w: %w", pool, time.Since(started).Round(time.Millisecond), ErrNoProxyAvailable, ctx.Err())
 	m.emitAcquire(context.WithoutCancel(ctx), &req, nil, err, started)
