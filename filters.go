@@ -109,11 +109,42 @@ func (f *Filters) NormalizedClone() *Filters {
 	return &c
 }
 
-// maxFilterDepth bounds nesting so hostile input cannot exhaust the stack.
-const maxFilterDepth = 8
+// Limits on one filter: every term is evaluated against every candidate
+// while a store chooses (under the memory store's lock, inside Redis's
+// script), so hostile input must not be able to stall other consumers or
+// exhaust the stack.
+const (
+	maxFilterDepth = 8
+	// MaxFilterTerms caps the groups (the filter itself, AllOf, AnyOf and
+	// NoneOf entries, at any depth) plus tags of one filter.
+	MaxFilterTerms = 256
+)
 
 // Validate reports the first invalid field as an ErrInvalidArgument.
-func (f *Filters) Validate() error { return f.validate(0) }
+func (f *Filters) Validate() error {
+	if n := f.terms(); n > MaxFilterTerms {
+		return fmt.Errorf("%w: filters have %d groups and tags; at most %d are allowed", ErrInvalidArgument, n, MaxFilterTerms)
+	}
+	return f.validate(0)
+}
+
+// terms counts f's groups (f included) and tags, stopping early once past
+// the limit so a huge filter costs no more than a legal one.
+func (f *Filters) terms() int {
+	if f == nil {
+		return 0
+	}
+	n := 1 + len(f.Tags)
+	for _, group := range [][]Filters{f.AllOf, f.AnyOf, f.NoneOf} {
+		for i := range group {
+			if n > MaxFilterTerms {
+				return n
+			}
+			n += group[i].terms()
+		}
+	}
+	return n
+}
 
 func (f *Filters) validate(depth int) error {
 	if f == nil {

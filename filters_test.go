@@ -146,3 +146,18 @@ func TestNormalizedCloneLeavesOriginalAlone(t *testing.T) {
 		t.Fatal("nil clone")
 	}
 }
+
+func TestFiltersValidateCapsTerms(t *testing.T) {
+	wide := &Filters{AnyOf: make([]Filters, MaxFilterTerms)}
+	if err := wide.Validate(); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("%d groups accepted: %v", MaxFilterTerms+1, err)
+	}
+	tags := &Filters{Tags: make([]string, MaxFilterTerms)}
+	if err := tags.Validate(); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("%d tags accepted: %v", MaxFilterTerms, err)
+	}
+	ok := &Filters{AnyOf: make([]Filters, MaxFilterTerms-1)}
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("a filter at the limit was refused: %v", err)
+	}
+}

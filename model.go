@@ -326,8 +326,8 @@ func (p *Proxy) Validate() error {
 	if p.ASN != nil && *p.ASN < 0 {
 		return bad("asn %d is negative", *p.ASN)
 	}
-	if p.Credentials != nil && strings.ContainsAny(p.Credentials.User, "\r\n") {
-		return bad("user name contains a line break")
+	if p.Credentials != nil && strings.ContainsAny(p.Credentials.User+p.Credentials.Password, "\x00\r\n") {
+		return bad("credentials contain a NUL or line break")
 	}
 	return nil
 }

@@ -103,7 +103,7 @@ func ParseRoute(user, prefix string) (Route, error) {
 			return r, fmt.Errorf("%w: ttl needs a session", errRoute)
 		}
 		secs, err := strconv.Atoi(ttl)
-		if err != nil || secs <= 0 || time.Duration(secs)*time.Second > pharox.MaxLeaseDuration {
+		if err != nil || secs <= 0 || secs > int(pharox.MaxLeaseDuration/time.Second) {
 			return r, fmt.Errorf("%w: ttl %q must be whole seconds between 1 and %d", errRoute, ttl, int(pharox.MaxLeaseDuration/time.Second))
 		}
 		r.SessionTTL = time.Duration(secs) * time.Second

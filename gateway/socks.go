@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -208,6 +209,12 @@ func (g *Gateway) checkCredentialsRouteOnly(user string) (Route, error) {
 // data and closes the returned conn when either side ends, which releases
 // the lease.
 func (g *Gateway) socksDial(ctx context.Context, st *reqState, client *socksClient, addr string) (net.Conn, error) {
+	if err := checkTarget(addr); err != nil {
+		// SOCKS5 names are raw bytes: one with a line break would write
+		// the client's own lines into an upstream's CONNECT request.
+		st.status, st.reason = http.StatusBadRequest, err.Error()
+		return nil, err
+	}
 	tn, err := g.openTunnel(ctx, st, addr)
 	if err != nil {
 		var ge *gwError
@@ -268,3 +275,21 @@ func (c *socksUpstream) Close() error {
 }
 
 func (c *socksUpstream) g() *Gateway { return c.tn.g }
+
+// checkTarget accepts host:port with a port in 1-65535 and a host free of
+// spaces and control characters.
+func checkTarget(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || host == "" {
+		return &gwError{http.StatusBadRequest, "target must be host:port"}
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return &gwError{http.StatusBadRequest, "target port must be 1-65535"}
+	}
+	for i := 0; i < len(host); i++ {
+		if c := host[i]; c <= ' ' || c == 0x7f {
+			return &gwError{http.StatusBadRequest, "target host contains spaces or control characters"}
+		}
+	}
+	return nil
+}

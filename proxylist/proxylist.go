@@ -328,6 +328,11 @@ func parsePlain(s string, opts *ParseOptions) (pharox.Proxy, error) {
 		if net.ParseIP(s) != nil {
 			return pharox.Proxy{}, invalid("IPv6 addresses must be in brackets, as in [2001:db8::1]:8080")
 		}
+		if strings.Contains(s, "@") {
+			// Likely user:pass@host without a usable port: the "port"
+			// field then holds part of the password, never to be quoted.
+			return pharox.Proxy{}, invalid("port is not a number in 1-65535 (want host:port, host:port:user:pass or user:pass@host:port)")
+		}
 		return pharox.Proxy{}, err
 	}
 	if err := checkHost(hostPart); err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"strconv"
@@ -116,13 +117,13 @@ func (o *checkOptions) validate() error {
 		return bad("--concurrency must be at least 1, got %d", o.concurrency)
 	case o.timeout <= 0:
 		return bad("--timeout must be positive, got %v", o.timeout)
-	case o.rate < 0:
-		return bad("--rate must not be negative")
+	case !(o.rate >= 0) || math.IsInf(o.rate, 0): // NaN fails every comparison
+		return bad("--rate must be a finite number >= 0, got %v", o.rate)
 	case o.failureThreshold < 1:
 		return bad("--failure-threshold must be at least 1")
 	case o.top < 0:
 		return bad("--top must not be negative")
-	case o.maxBannedShare <= 0 || o.maxBannedShare > 1:
+	case !(o.maxBannedShare > 0 && o.maxBannedShare <= 1):
 		return bad("--max-banned-share must be in (0, 1], got %v", o.maxBannedShare)
 	case o.noBanCodes && len(o.banCodes) > 0:
 		return bad("--ban-codes and --no-ban-codes exclude each other")

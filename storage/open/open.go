@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"regexp"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -143,8 +144,13 @@ func openRedis(ctx context.Context, raw string) (pharox.Storage, error) {
 	return ownedRedis{store, client}, nil
 }
 
+// passwordParam matches a password given as a query parameter or in a
+// key=value DSN, both of which pgx accepts.
+var passwordParam = regexp.MustCompile(`(?i)\b(password|passwd|pwd)(\s*=\s*)('(?:[^'\\]|\\.)*'?|[^&\s]*)`)
+
 // Redact hides the password of a storage URL, for logs and errors.
 func Redact(raw string) string {
+	raw = passwordParam.ReplaceAllString(raw, "${1}${2}xxxxx")
 	scheme, rest, ok := strings.Cut(raw, "://")
 	if !ok {
 		return raw
