@@ -28,9 +28,13 @@ import (
 // including any release whose slot it took.
 func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*pharox.Lease, error) {
 	var lr leaseRow
+	// The status test is spelled so that it does not imply the predicate of
+	// the partial "active" indexes: written as status = 'active', the cached
+	// generic plan may walk every active lease of leases_active_expiry and
+	// filter on id, instead of one primary-key probe.
 	err := s.pool.QueryRow(ctx, s.q(`WITH l AS (
 	UPDATE {s}.leases SET status = 'released', released_at = clock_timestamp()
-	WHERE id = $1 AND status = 'active'
+	WHERE id = $1 AND status NOT IN ('released', 'expired')
 	RETURNING `+leaseColumns+`
 ), p AS (
 	UPDATE {s}.proxies p SET current_leases = p.current_leases - 1 FROM l WHERE p.id = l.proxy_id
