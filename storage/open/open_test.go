@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/pharox/pharox"
 )
@@ -93,7 +94,22 @@ func TestOpenRedis(t *testing.T) {
 	if strings.Contains(url, "?") {
 		sep = "&"
 	}
-	roundTrip(t, url+sep+fmt.Sprintf("prefix=opentest%d:", time.Now().UnixNano()), true)
+	prefix := fmt.Sprintf("opentest%d:", time.Now().UnixNano())
+	t.Cleanup(func() {
+		// Consumers outlive pools by design, so remove every key of the run.
+		opt, err := goredis.ParseURL(url)
+		if err != nil {
+			return
+		}
+		rdb := goredis.NewClient(opt)
+		defer rdb.Close()
+		ctx := context.Background()
+		iter := rdb.Scan(ctx, 0, prefix+"*", 100).Iterator()
+		for iter.Next(ctx) {
+			rdb.Unlink(ctx, iter.Val())
+		}
+	})
+	roundTrip(t, url+sep+"prefix="+prefix, true)
 }
 
 func TestOpenRejectsBadURLs(t *testing.T) {
