@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -73,5 +74,45 @@ func TestCreateProxyRequestValidates(t *testing.T) {
 		if _, err := bad.ToProxy(pool); err == nil {
 			t.Errorf("%+v: accepted", bad)
 		}
+	}
+}
+
+func TestConversionsRoundTrip(t *testing.T) {
+	checked := time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC)
+	asn, maxc, lat, lon := 0, 2, -34.6, -58.4
+	p := &pharox.Proxy{
+		ID: uuid.New(), PoolID: uuid.New(), Host: "10.0.0.1", Port: 8080, Protocol: pharox.ProtocolHTTP,
+		Credentials: &pharox.Credentials{User: "u", Password: "pw"}, Source: "s", Country: "AR", City: "BA",
+		ISP: "i", ASN: &asn, Latitude: &lat, Longitude: &lon, Tags: []string{"a"}, Status: pharox.StatusSlow,
+		MaxConcurrency: &maxc, CurrentLeases: 1, CheckedAt: &checked, LatencyMS: 12, LastError: "e",
+		LastStatusCode: 200, FailureStreak: 3, StatusChangedAt: &checked, CreatedAt: checked,
+	}
+	wire := FromProxy(p, true)
+	if got := wire.Model(); !reflect.DeepEqual(got, p) {
+		t.Fatalf("proxy round trip:\n got %+v\nwant %+v", got, p)
+	}
+	if got := FromProxy(p, false); got.Model().Credentials.Password != "" {
+		t.Fatal("a password appeared from a secret-free wire proxy")
+	}
+	l := &pharox.Lease{
+		ID: uuid.New(), ProxyID: p.ID, ConsumerID: uuid.New(), ConsumerName: "c", PoolID: p.PoolID,
+		PoolName: "main", Status: pharox.LeaseReleased, AcquiredAt: checked, ExpiresAt: checked.Add(time.Minute),
+		ReleasedAt: &checked, SessionKey: "k", Proxy: p,
+	}
+	wl := FromLease(l, true)
+	if got := wl.Model(); !reflect.DeepEqual(got, l) {
+		t.Fatalf("lease round trip:\n got %+v\nwant %+v", got, l)
+	}
+	pool := &pharox.Pool{ID: uuid.New(), Name: "main", Description: "d", CreatedAt: checked}
+	wp := FromPool(pool)
+	if got := wp.Model(); !reflect.DeepEqual(got, pool) {
+		t.Fatalf("pool round trip: %+v", got)
+	}
+	stats := &pharox.PoolStats{PoolName: "main", TotalProxies: 3, ActiveProxies: 2, AvailableProxies: 1,
+		LeasedProxies: 1, TotalLeases: 2, CollectedAt: checked,
+		ByStatus: map[pharox.ProxyStatus]int{pharox.StatusActive: 1, pharox.StatusSlow: 1, pharox.StatusInactive: 1, pharox.StatusBanned: 0}}
+	ws := FromPoolStats(stats)
+	if got := ws.Model(); !reflect.DeepEqual(got, stats) {
+		t.Fatalf("stats round trip: %+v", got)
 	}
 }

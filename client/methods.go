@@ -24,7 +24,7 @@ func (c *Client) CreatePool(ctx context.Context, name, description string) (*pha
 	if err != nil {
 		return nil, err
 	}
-	return toPool(&out), nil
+	return out.Model(), nil
 }
 
 // ListPools returns every pool, ordered by name.
@@ -35,7 +35,7 @@ func (c *Client) ListPools(ctx context.Context) ([]*pharox.Pool, error) {
 	}
 	pools := make([]*pharox.Pool, len(out))
 	for i := range out {
-		pools[i] = toPool(&out[i])
+		pools[i] = out[i].Model()
 	}
 	return pools, nil
 }
@@ -46,7 +46,7 @@ func (c *Client) GetPool(ctx context.Context, id uuid.UUID) (*pharox.Pool, error
 	if _, err := c.do(ctx, call{method: http.MethodGet, path: poolPath(id), out: &out, notFound: pharox.ErrPoolNotFound}); err != nil {
 		return nil, err
 	}
-	return toPool(&out), nil
+	return out.Model(), nil
 }
 
 // GetPoolByName returns the pool with this name (ErrPoolNotFound). The
@@ -77,7 +77,7 @@ func (c *Client) PoolStats(ctx context.Context, poolID uuid.UUID) (*pharox.PoolS
 	if _, err := c.do(ctx, call{method: http.MethodGet, path: poolPath(poolID) + "/stats", out: &out, notFound: pharox.ErrPoolNotFound}); err != nil {
 		return nil, err
 	}
-	return toPoolStats(&out), nil
+	return out.Model(), nil
 }
 
 // Sweep probes every proxy of the pool now (ErrPoolNotFound;
@@ -99,7 +99,7 @@ func (c *Client) CreateProxy(ctx context.Context, poolID uuid.UUID, p *pharox.Pr
 		body: api.FromProxyModel(p), out: &out, notFound: pharox.ErrPoolNotFound}); err != nil {
 		return nil, err
 	}
-	return toProxy(&out), nil
+	return out.Model(), nil
 }
 
 // ImportProxies adds proxies to a pool, all or none: if any is invalid
@@ -118,7 +118,7 @@ func (c *Client) ImportProxies(ctx context.Context, poolID uuid.UUID, proxies []
 		body: req, out: &out, notFound: pharox.ErrPoolNotFound}); err != nil {
 		return nil, err
 	}
-	return toProxies(out.Proxies), nil
+	return api.ProxyModels(out.Proxies), nil
 }
 
 // ListProxies returns a pool's proxies ordered by id, without passwords.
@@ -142,7 +142,7 @@ func (c *Client) listProxies(ctx context.Context, poolID uuid.UUID, secrets bool
 		out: &out, notFound: pharox.ErrPoolNotFound}); err != nil {
 		return nil, err
 	}
-	return toProxies(out), nil
+	return api.ProxyModels(out), nil
 }
 
 // GetProxy returns one proxy of a pool, without its password
@@ -153,7 +153,7 @@ func (c *Client) GetProxy(ctx context.Context, poolID, proxyID uuid.UUID) (*phar
 		out: &out, notFound: pharox.ErrProxyNotFound}); err != nil {
 		return nil, err
 	}
-	return toProxy(&out), nil
+	return out.Model(), nil
 }
 
 // SetProxyStatus sets a proxy's status by hand (ErrProxyNotFound). Setting
@@ -164,7 +164,7 @@ func (c *Client) SetProxyStatus(ctx context.Context, poolID, proxyID uuid.UUID, 
 		body: api.UpdateProxyRequest{Status: string(status)}, out: &out, notFound: pharox.ErrProxyNotFound}); err != nil {
 		return nil, err
 	}
-	return toProxy(&out), nil
+	return out.Model(), nil
 }
 
 // DeleteProxy deletes a proxy (ErrProxyNotFound; ErrInUse while leased).
@@ -244,7 +244,7 @@ func (c *Client) Acquire(ctx context.Context, req api.AcquireRequest) (*pharox.L
 		mode: retryUnsent, notFound: pharox.ErrPoolNotFound}); err != nil {
 		return nil, err
 	}
-	return toLease(&out), nil
+	return out.Model(), nil
 }
 
 // GetLease returns a lease (ErrLeaseNotFound).
@@ -254,7 +254,7 @@ func (c *Client) GetLease(ctx context.Context, id uuid.UUID) (*pharox.Lease, err
 		notFound: pharox.ErrLeaseNotFound}); err != nil {
 		return nil, err
 	}
-	return toLease(&out), nil
+	return out.Model(), nil
 }
 
 // Release ends a lease and frees its slot (ErrLeaseNotFound;
@@ -275,7 +275,7 @@ func (c *Client) Release(ctx context.Context, id uuid.UUID) (*pharox.Lease, erro
 		}
 		return nil, err
 	}
-	return toLease(&out), nil
+	return out.Model(), nil
 }
 
 // Renew moves an active lease's expiry to d from now (ErrLeaseNotFound;
@@ -290,7 +290,7 @@ func (c *Client) Renew(ctx context.Context, id uuid.UUID, d time.Duration) (*pha
 		body: api.RenewRequest{TTLSeconds: d.Seconds()}, out: &out, notFound: pharox.ErrLeaseNotFound}); err != nil {
 		return nil, err
 	}
-	return toLease(&out), nil
+	return out.Model(), nil
 }
 
 // ReportOutcome reports how a request through the leased proxy went and
@@ -304,7 +304,7 @@ func (c *Client) ReportOutcome(ctx context.Context, leaseID uuid.UUID, o pharox.
 		body: req, out: &out, mode: retryUnsent, notFound: pharox.ErrLeaseNotFound}); err != nil {
 		return nil, err
 	}
-	return toProxy(&out), nil
+	return out.Model(), nil
 }
 
 // ListLeases returns the leases matching q, oldest first. The server caps
@@ -333,7 +333,7 @@ func (c *Client) ListLeases(ctx context.Context, q pharox.LeaseQuery) ([]*pharox
 	}
 	leases := make([]*pharox.Lease, len(out))
 	for i := range out {
-		leases[i] = toLease(&out[i])
+		leases[i] = out[i].Model()
 	}
 	return leases, nil
 }

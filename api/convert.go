@@ -1,15 +1,16 @@
-package client
+package api
 
 import (
 	"time"
 
 	"github.com/pharox/pharox"
-	"github.com/pharox/pharox/api"
 )
 
-// The api package converts models to the wire; these are the inverses.
+// The From* functions convert models to the wire; these are their inverses,
+// kept beside them so the two directions change together.
 
-func toPool(p *api.Pool) *pharox.Pool {
+// Model converts the wire pool back into the model.
+func (p *Pool) Model() *pharox.Pool {
 	out := &pharox.Pool{ID: p.ID, Name: p.Name, Description: p.Description}
 	if p.CreatedAt != nil {
 		out.CreatedAt = p.CreatedAt.Time
@@ -17,7 +18,7 @@ func toPool(p *api.Pool) *pharox.Pool {
 	return out
 }
 
-func fromTime(t *api.Time) *time.Time {
+func fromTime(t *Time) *time.Time {
 	if t == nil || t.IsZero() {
 		return nil
 	}
@@ -25,7 +26,9 @@ func fromTime(t *api.Time) *time.Time {
 	return &v
 }
 
-func toProxy(p *api.Proxy) *pharox.Proxy {
+// Model converts the wire proxy back into the model; the password is set
+// only if the wire form carried it.
+func (p *Proxy) Model() *pharox.Proxy {
 	out := &pharox.Proxy{
 		ID: p.ID, PoolID: p.PoolID, Host: p.Host, Port: p.Port, Protocol: pharox.Protocol(p.Protocol),
 		Source: p.Source, Country: p.Country, City: p.City, ISP: p.ISP, ASN: p.ASN,
@@ -44,15 +47,17 @@ func toProxy(p *api.Proxy) *pharox.Proxy {
 	return out
 }
 
-func toProxies(in []api.Proxy) []*pharox.Proxy {
+// ProxyModels converts a list of wire proxies.
+func ProxyModels(in []Proxy) []*pharox.Proxy {
 	out := make([]*pharox.Proxy, len(in))
 	for i := range in {
-		out[i] = toProxy(&in[i])
+		out[i] = in[i].Model()
 	}
 	return out
 }
 
-func toLease(l *api.Lease) *pharox.Lease {
+// Model converts the wire lease (and its proxy, if any) back into the model.
+func (l *Lease) Model() *pharox.Lease {
 	out := &pharox.Lease{
 		ID: l.ID, ProxyID: l.ProxyID, ConsumerID: l.ConsumerID, ConsumerName: l.ConsumerName,
 		PoolID: l.PoolID, PoolName: l.PoolName, Status: pharox.LeaseStatus(l.Status),
@@ -60,12 +65,13 @@ func toLease(l *api.Lease) *pharox.Lease {
 		ReleasedAt: fromTime(l.ReleasedAt), SessionKey: l.SessionKey,
 	}
 	if l.Proxy != nil {
-		out.Proxy = toProxy(l.Proxy)
+		out.Proxy = l.Proxy.Model()
 	}
 	return out
 }
 
-func toPoolStats(s *api.PoolStats) *pharox.PoolStats {
+// Model converts the wire stats back into the model.
+func (s *PoolStats) Model() *pharox.PoolStats {
 	out := &pharox.PoolStats{
 		PoolName: s.PoolName, TotalProxies: s.TotalProxies, ActiveProxies: s.ActiveProxies,
 		AvailableProxies: s.AvailableProxies, LeasedProxies: s.LeasedProxies, TotalLeases: s.TotalLeases,
