@@ -216,23 +216,22 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 	}
 	sticky := req.SessionKey != ""
 	leaseID := uuid.New()
-	a := &args{}
-	a.add(req.PoolName)
-	a.add(req.ConsumerID)
-	a.add(leaseID)
-	a.add(req.ConsumerName)
-	a.add(req.Duration.Truncate(time.Microsecond))
-	a.add(req.SessionKey)
-	if sticky {
-		a.add(req.SessionTTL.Truncate(time.Microsecond))
-	}
+	a := singleArgs(&req, leaseID)
 	sqls := s.acquireStatements(req.Strategy, sticky, req.Filters, a)
 
-	// The lean statement first; on a miss, at once the full one, which
-	// also reclaims from full proxies and says whether to retry.
-	lease, _, err := s.tryAcquire(ctx, sqls.lean, a.vals)
-	if err != nil || lease != nil {
-		return s.finishAcquire(lease, leaseID, &req), err
+	// The lean statement first (alone or in a batch); on a miss, at once
+	// the full one, which also reclaims from full proxies and says whether
+	// to retry.
+	if s.batching() && !sticky {
+		lease, err := s.batchAcquire(ctx, &req, leaseID, sqls.lean, a.vals)
+		if !errors.Is(err, errNotServed) {
+			return lease, err
+		}
+	} else {
+		lease, _, err := s.tryAcquire(ctx, sqls.lean, a.vals)
+		if err != nil || lease != nil {
+			return s.finishAcquire(lease, leaseID, &req), err
+		}
 	}
 	backoff := 100 * time.Microsecond
 	for attempt := 1; ; attempt++ {
@@ -248,6 +247,22 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		}
 		backoff = min(backoff*2, 5*time.Millisecond)
 	}
+}
+
+// singleArgs returns the fixed parameters of the single acquisition
+// statement (see acquireStatements) for req.
+func singleArgs(req *pharox.AcquireRequest, leaseID uuid.UUID) *args {
+	a := &args{}
+	a.add(req.PoolName)
+	a.add(req.ConsumerID)
+	a.add(leaseID)
+	a.add(req.ConsumerName)
+	a.add(req.Duration.Truncate(time.Microsecond))
+	a.add(req.SessionKey)
+	if req.SessionKey != "" {
+		a.add(req.SessionTTL.Truncate(time.Microsecond))
+	}
+	return a
 }
 
 // finishAcquire fills in the lease fields the statement does not return.

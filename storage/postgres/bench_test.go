@@ -17,20 +17,23 @@ import (
 // BenchmarkAcquireRelease measures acquire+release pairs per second against
 // a pool of 1,000 proxies (max_concurrency 1, FirstAvailable, the default
 // strategy) with 1, 8, 32 and 64 concurrent workers. Each sub-benchmark runs
-// the same b.N pairs twice on one schema, alternating in four rounds: with
-// the store's statement (FOR UPDATE SKIP LOCKED), and with the identical
-// statement using a plain FOR UPDATE, the naive baseline in which every
-// acquisition queues behind the row lock of the best candidate. It reports
+// the same b.N pairs three times on one schema, alternating in four rounds:
+// with the store as New configures it (FOR UPDATE SKIP LOCKED, concurrent
+// calls sharing statements), with batching turned off (WithMaxBatch(1)),
+// and with the identical single statement using a plain FOR UPDATE, the
+// naive baseline in which every acquisition queues behind the row lock of
+// the best candidate. It reports
 //
-//	pairs/s        the store
-//	naive-pairs/s  the baseline
-//	x-naive        pairs/s divided by naive-pairs/s
+//	pairs/s            the store
+//	unbatched-pairs/s  the store without batching
+//	naive-pairs/s      the baseline
+//	x-naive            pairs/s divided by naive-pairs/s
 //
-// ns/op covers both halves and is not meaningful on its own.
+// ns/op covers all three and is not meaningful on its own.
 //
 //	PHAROX_TEST_POSTGRES_URL=... go test -run '^$' -bench AcquireRelease -benchtime 3000x ./storage/postgres/
 //
-// PHAROX_BENCH_DURABLE_RELEASES=1 runs both with WithDurableReleases.
+// PHAROX_BENCH_DURABLE_RELEASES=1 runs all three with WithDurableReleases.
 // Appending &synchronous_commit=off to the URL takes WAL flushes out of the
 // picture, which shows what the CPU alone allows.
 func BenchmarkAcquireRelease(b *testing.B) {
@@ -58,37 +61,39 @@ func BenchmarkAcquireRelease(b *testing.B) {
 	if os.Getenv("PHAROX_BENCH_DURABLE_RELEASES") != "" {
 		opts = append(opts, WithDurableReleases())
 	}
-	fast, err := New(ctx, pool, opts...)
-	if err != nil {
-		b.Fatal(err)
+	open := func(extra ...Option) *Store {
+		s, err := New(ctx, pool, append(opts, extra...)...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return s
 	}
-	naive, err := New(ctx, pool, opts...)
-	if err != nil {
-		b.Fatal(err)
-	}
+	store, unbatched, naive := open(), open(WithMaxBatch(1)), open()
 	naive.naive = true
-	_, consumer := seedPool(b, fast, "bench", 1000, 1)
+	_, consumer := seedPool(b, store, "bench", 1000, 1)
 
 	// Prepare the statements on every connection before timing anything.
-	for _, s := range []*Store{fast, naive} {
+	for _, s := range []*Store{store, unbatched, naive} {
 		runPairs(b, s, consumer, 64, 256)
 	}
 	for _, workers := range []int{1, 8, 32, 64} {
 		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
-			// Alternate the two in rounds, so that a change in the load of
-			// the machine during the run hits both alike.
+			// Alternate in rounds, so that a change in the load of the
+			// machine during the run hits all three alike.
 			const rounds = 4
-			var fastTime, naiveTime time.Duration
+			var storeTime, unbatchedTime, naiveTime time.Duration
 			for r := range rounds {
 				n := b.N/rounds + boolInt(r < b.N%rounds)
-				fastTime += runPairs(b, fast, consumer, workers, n)
+				storeTime += runPairs(b, store, consumer, workers, n)
+				unbatchedTime += runPairs(b, unbatched, consumer, workers, n)
 				naiveTime += runPairs(b, naive, consumer, workers, n)
 			}
-			fastRate := float64(b.N) / fastTime.Seconds()
+			rate := float64(b.N) / storeTime.Seconds()
 			naiveRate := float64(b.N) / naiveTime.Seconds()
-			b.ReportMetric(fastRate, "pairs/s")
+			b.ReportMetric(rate, "pairs/s")
+			b.ReportMetric(float64(b.N)/unbatchedTime.Seconds(), "unbatched-pairs/s")
 			b.ReportMetric(naiveRate, "naive-pairs/s")
-			b.ReportMetric(fastRate/naiveRate, "x-naive")
+			b.ReportMetric(rate/naiveRate, "x-naive")
 		})
 	}
 }
@@ -102,7 +107,7 @@ func boolInt(b bool) int {
 
 // runPairs performs n acquire+release pairs on workers goroutines and
 // returns how long they took.
-func runPairs(b *testing.B, s *Store, c *pharox.Consumer, workers, n int) time.Duration {
+func runPairs(b testing.TB, s *Store, c *pharox.Consumer, workers, n int) time.Duration {
 	b.Helper()
 	ctx := context.Background()
 	req := pharox.AcquireRequest{PoolName: "bench", ConsumerID: c.ID, ConsumerName: c.Name,

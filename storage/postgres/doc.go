@@ -74,6 +74,34 @@
 // inside the statement that frees the slot, so lease intervals of one proxy
 // never overlap beyond its limit on the database's time line.
 //
+// # Batching
+//
+// Concurrent calls of one Store share statements. An acquisition that
+// finds fewer than two statements of its kind (same pool, strategy and
+// filters) running starts one at once, alone, with the statement above;
+// acquisitions that arrive meanwhile queue and leave together, up to
+// [WithMaxBatch] of them (default [DefaultMaxBatch]), in one statement that
+// locks as many free candidates as there are requests (FOR UPDATE SKIP
+// LOCKED again), lays out their free slots in the order that many
+// acquisitions in sequence would take them, and leases slot i to request i:
+// the same proxies, counts and round-robin position as one acquisition
+// after another, which the tests check against the reference store.
+// Requests the batch could not serve (their candidates were locked by
+// other transactions) go on alone with the fuller statement. Releases are
+// batched the same way, one UPDATE over the leases' ids. A lone caller
+// therefore waits for nothing, while under load the fixed cost of a
+// statement (executor start-up, a round trip, a commit and its WAL flush)
+// is paid once per batch: that, not row locking, is what limits the
+// throughput of a busy store on a small server (see BENCHMARKS.md).
+// Sticky acquisitions are never batched.
+//
+// Each call keeps its own outcome: a batch's statement either commits all
+// of its leases or none, and an error fails only the calls it carried. A
+// caller whose context ends while its call waits in the queue leaves
+// without a statement; one whose call was already sent gets ctx.Err(), and
+// a lease taken for it is released at once in the background, so no slot
+// is held for a caller that has gone. WithMaxBatch(1) turns batching off.
+//
 // # Expiry
 //
 // A lease past its ExpiresAt keeps its slot until something ends it:
@@ -90,8 +118,9 @@
 // a release is ending to that release) and acquisitions skip the proxy
 // rows it holds, so it never blocks them; concurrent cleanups serialise on
 // an advisory lock. Lock order is lease before proxy everywhere a
-// transaction waits, and acquisitions wait for no proxy, lease or cursor
-// row at all (sticky acquisitions of one session key wait only for each
+// transaction waits, statements that free slots of several proxies
+// (batched releases, cleanup) lock those rows in id order, and
+// acquisitions wait for no proxy, lease or cursor row at all (sticky acquisitions of one session key wait only for each
 // other's session row, after taking their proxy), which keeps the store
 // free of deadlocks.
 //
@@ -124,6 +153,6 @@
 // afterwards, so runs do not collide. TestConformance runs
 // storagetest.Run; TestMultiProcess re-executes the test binary as 4
 // worker processes of 16 goroutines each and audits every lease interval.
-// BenchmarkAcquireRelease compares the store with a plain FOR UPDATE
-// baseline (see BENCHMARKS.md).
+// BenchmarkAcquireRelease compares the store with itself unbatched and
+// with a plain FOR UPDATE baseline (see BENCHMARKS.md).
 package postgres

@@ -40,8 +40,13 @@ func TestExplainAcquire(t *testing.T) {
 		{pharox.RoundRobin, nil},
 		{pharox.Random, nil},
 	}
+	type explained struct {
+		name string
+		sql  string
+		vals []any
+	}
+	var stmts []explained
 	for _, tc := range cases {
-		st := tc.st
 		a := &args{}
 		a.add("explain")
 		a.add(c.ID)
@@ -49,7 +54,33 @@ func TestExplainAcquire(t *testing.T) {
 		a.add(c.Name)
 		a.add(time.Minute)
 		a.add("")
-		sql := s.acquireStatements(st, false, tc.f, a).lean
+		stmts = append(stmts, explained{fmt.Sprintf("%s %+v", tc.st, tc.f), s.acquireStatements(tc.st, false, tc.f, a).lean, a.vals})
+	}
+	// A batch of 16 acquisitions, as concurrent callers share it.
+	const n = 16
+	// (ids as text: the simple protocol EXPLAIN EXECUTE uses has no uuid[]
+	// encoding; the statement casts them.)
+	leaseIDs, consumerIDs, names, micros := make([]string, n), make([]string, n), make([]string, n), make([]int64, n)
+	for i := range n {
+		leaseIDs[i], consumerIDs[i], names[i], micros[i] = uuid.NewString(), c.ID.String(), c.Name, time.Minute.Microseconds()
+	}
+	batchVals := []any{"explain", leaseIDs, consumerIDs, names, micros}
+	stmts = append(stmts, explained{"batch of 16, first_available",
+		s.acquireBatchSQL(acquireBatchKey{pool: "explain", strategy: pharox.FirstAvailable}, "true"), batchVals})
+
+	// And the release of 16 leases.
+	held, err := s.ListLeases(ctx, pharox.LeaseQuery{Status: pharox.LeaseActive, Limit: n})
+	if err != nil {
+		t.Fatal(err)
+	}
+	heldIDs := make([]string, len(held))
+	for i, l := range held {
+		heldIDs[i] = l.ID.String()
+	}
+	stmts = append(stmts, explained{"batch release of 16", s.q(releaseBatchSQL), []any{heldIDs, "off"}})
+
+	for _, st := range stmts {
+		sql := st.sql
 		opts := "COSTS OFF"
 		if os.Getenv("PHAROX_EXPLAIN_ANALYZE") != "" {
 			opts = "ANALYZE, BUFFERS, COSTS OFF, TIMING OFF"
@@ -63,7 +94,7 @@ func TestExplainAcquire(t *testing.T) {
 			if _, err := tx.Exec(ctx, "PREPARE acq AS "+sql); err != nil {
 				return err
 			}
-			rows, err := tx.Query(ctx, "EXPLAIN ("+opts+") EXECUTE acq("+placeholdersFor(a.vals)+")", append([]any{pgx.QueryExecModeSimpleProtocol}, a.vals...)...)
+			rows, err := tx.Query(ctx, "EXPLAIN ("+opts+") EXECUTE acq("+placeholdersFor(st.vals)+")", append([]any{pgx.QueryExecModeSimpleProtocol}, st.vals...)...)
 			if err != nil {
 				return err
 			}
@@ -75,12 +106,14 @@ func TestExplainAcquire(t *testing.T) {
 			return errRollback
 		})
 		if err != nil && err != errRollback {
-			t.Fatalf("%s: explain: %v", st, err)
+			t.Fatalf("%s: explain: %v", st.name, err)
 		}
 		text := strings.Join(plan, "\n")
-		t.Logf("%s %+v:\n%s\n%s", st, tc.f, sql, text)
-		if st == pharox.FirstAvailable && tc.f == nil && !strings.Contains(text, "proxies_leasable") {
-			t.Errorf("first_available plan does not use proxies_leasable:\n%s", text)
+		t.Logf("%s:\n%s\n%s", st.name, sql, text)
+		if strings.HasPrefix(st.name, "first_available <nil>") || strings.HasPrefix(st.name, "batch of") {
+			if !strings.Contains(text, "proxies_leasable") {
+				t.Errorf("%s: plan does not use proxies_leasable:\n%s", st.name, text)
+			}
 		}
 	}
 }

@@ -27,6 +27,22 @@ import (
 // commits synchronously, and its flush makes durable all WAL before it,
 // including any release whose slot it took.
 func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*pharox.Lease, error) {
+	var l *pharox.Lease
+	var err error
+	if s.batching() {
+		l, err = s.releaser.Do(ctx, struct{}{}, leaseID)
+	} else {
+		l, err = s.releaseStatement(ctx, leaseID)
+	}
+	if errors.Is(err, errReleaseMissed) {
+		return nil, s.leaseMissing(ctx, "release", leaseID)
+	}
+	return l, err
+}
+
+// releaseStatement runs the release of one lease (see ReleaseLease). It
+// returns errReleaseMissed when the lease is not active.
+func (s *Store) releaseStatement(ctx context.Context, leaseID uuid.UUID) (*pharox.Lease, error) {
 	var lr leaseRow
 	// The status test is spelled so that it does not imply the predicate of
 	// the partial "active" indexes: written as status = 'active', the cached
@@ -41,7 +57,7 @@ func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*pharox.Le
 )
 SELECT `+leaseColumns+`, set_config('synchronous_commit', $2, true) FROM l`), leaseID, s.releaseCommit()).Scan(append(lr.targets(), nil)...)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, s.leaseMissing(ctx, "release", leaseID)
+		return nil, errReleaseMissed
 	}
 	if err != nil {
 		return nil, fmt.Errorf("postgres: release lease %s: %w", leaseID, err)
@@ -155,6 +171,8 @@ WHERE (s.pool_id, s.key) IN (
 // of leases, which may end with ORDER BY/LIMIT) and frees their slots in one
 // statement; it returns the number of leases ended. Leases locked by a
 // concurrent transaction are skipped: that transaction is ending them.
+// Proxy rows are locked in id order, as batched releases lock them, so
+// that two statements freeing slots of several proxies never deadlock.
 // Callers run it with QueryExecModeExec: planned on each call for the
 // table's current size, never with a generic plan cached while the table
 // was small (these statements are not on the hot path).
@@ -166,10 +184,13 @@ func reclaimSQL(cond string) string {
 		WHERE ` + cond + `
 		FOR UPDATE OF x SKIP LOCKED))
 	RETURNING l.proxy_id
+), c AS MATERIALIZED (
+	SELECT proxy_id, count(*)::integer AS n FROM exp GROUP BY proxy_id
+), locked AS MATERIALIZED (
+	SELECT p.id FROM {s}.proxies p WHERE p.id = ANY (ARRAY(SELECT proxy_id FROM c)) ORDER BY p.id FOR NO KEY UPDATE
 ), freed AS (
-	UPDATE {s}.proxies p SET current_leases = p.current_leases - c.n
-	FROM (SELECT proxy_id, count(*)::integer AS n FROM exp GROUP BY proxy_id) c
-	WHERE p.id = c.proxy_id
+	UPDATE {s}.proxies p SET current_leases = p.current_leases - c.n FROM c
+	WHERE p.id = ANY (ARRAY(SELECT id FROM locked)) AND p.id = c.proxy_id
 )
 SELECT count(*)::integer FROM exp`
 }

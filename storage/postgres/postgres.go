@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/batch"
 )
 
 // DefaultSchema is the schema the store uses unless WithSchema says
@@ -28,6 +29,7 @@ type config struct {
 	schema         string
 	maxAttempts    int
 	durableRelease bool
+	maxBatch       int
 }
 
 // schemaName restricts schema names to plain lower-case identifiers: they
@@ -75,6 +77,20 @@ func WithDurableReleases() Option {
 	}
 }
 
+// WithMaxBatch sets how many concurrent calls of one Store may share one
+// statement (default DefaultMaxBatch): acquisitions from one pool with the
+// same strategy and filters, or releases. 1 turns batching off, so every
+// call runs its own statement. See the package documentation, Batching.
+func WithMaxBatch(n int) Option {
+	return func(c *config) error {
+		if n < 1 || n > 1000 {
+			return fmt.Errorf("%w: postgres: max batch %d out of range 1-1000", pharox.ErrInvalidArgument, n)
+		}
+		c.maxBatch = n
+		return nil
+	}
+}
+
 // releaseCommit is the synchronous_commit value releases commit with.
 func (s *Store) releaseCommit() string {
 	if s.cfg.durableRelease {
@@ -84,7 +100,7 @@ func (s *Store) releaseCommit() string {
 }
 
 func buildConfig(opts []Option) (config, error) {
-	c := config{schema: DefaultSchema, maxAttempts: 12}
+	c := config{schema: DefaultSchema, maxAttempts: 12, maxBatch: DefaultMaxBatch}
 	for _, o := range opts {
 		if o == nil {
 			continue
@@ -110,6 +126,12 @@ type Store struct {
 
 	// acquireSQL caches the generated statements that have no filter.
 	acquireSQL sync.Map // acquireKey -> string
+	// batchSQL caches the generated batch statements that have no filter.
+	batchSQL sync.Map // acquireBatchKey -> string
+
+	// acquirer and releaser coalesce concurrent calls (see batch.go).
+	acquirer *batch.Coalescer[acquireBatchKey, *acquireItem, *pharox.Lease]
+	releaser *batch.Coalescer[struct{}, uuid.UUID, *pharox.Lease]
 }
 
 var _ pharox.Storage = (*Store)(nil)
@@ -133,7 +155,9 @@ func New(ctx context.Context, pool *pgxpool.Pool, opts ...Option) (*Store, error
 	if want := latestVersion(); have < want {
 		return nil, fmt.Errorf("postgres: schema %s is at version %d, this build needs %d: call postgres.Migrate first", cfg.schema, have, want)
 	}
-	return &Store{pool: pool, cfg: cfg, schema: quoteIdent(cfg.schema)}, nil
+	s := &Store{pool: pool, cfg: cfg, schema: quoteIdent(cfg.schema)}
+	s.newBatchers()
+	return s, nil
 }
 
 // Schema returns the schema the store's tables live in.

@@ -87,6 +87,13 @@ func TestConformance(t *testing.T) {
 	storagetest.Run(t, func(t *testing.T) pharox.Storage { return newTestStore(t) })
 }
 
+// TestConformanceUnbatched runs the suite with batching off, the path of
+// every call when WithMaxBatch(1) is given.
+func TestConformanceUnbatched(t *testing.T) {
+	testPool(t)
+	storagetest.Run(t, func(t *testing.T) pharox.Storage { return newTestStore(t, WithMaxBatch(1)) })
+}
+
 // TestMultiProcess runs storagetest's multi-process audit: 4 worker
 // processes of 16 goroutines each lease from one pool of 10 proxies with
 // max_concurrency 2 through one shared schema.

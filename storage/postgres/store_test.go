@@ -252,6 +252,22 @@ func TestWithSchemaRejectsBadNames(t *testing.T) {
 	}
 }
 
+func TestWithMaxBatchRange(t *testing.T) {
+	for _, n := range []int{-1, 0, 1001} {
+		if _, err := buildConfig([]Option{WithMaxBatch(n)}); !errors.Is(err, pharox.ErrInvalidArgument) {
+			t.Errorf("WithMaxBatch(%d): %v, want ErrInvalidArgument", n, err)
+		}
+	}
+	for _, n := range []int{1, 64, 1000} {
+		if c, err := buildConfig([]Option{WithMaxBatch(n)}); err != nil || c.maxBatch != n {
+			t.Errorf("WithMaxBatch(%d): %+v, %v", n, c, err)
+		}
+	}
+	if c, _ := buildConfig(nil); c.maxBatch != DefaultMaxBatch {
+		t.Errorf("default max batch %d, want %d", c.maxBatch, DefaultMaxBatch)
+	}
+}
+
 // TestAcquireSkipsLockedProxy holds a row lock on the preferred proxy in an
 // open transaction (as a slow cleanup or release would) and checks that an
 // acquisition takes the next proxy instead of waiting.
