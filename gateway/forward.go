@@ -184,12 +184,29 @@ func (g *Gateway) tryUpstream(out *http.Request, lease *pharox.Lease, body *repl
 	return resp, nil
 }
 
+// withheldReason replaces a reason that contains a short password.
+const withheldReason = "upstream error (details withheld: they could contain the proxy password)"
+
 // scrub keeps an upstream's password out of a reason that may be logged
-// or sent to the client, whatever an error message embeds.
+// or sent to the client, whatever an error message embeds. A password too
+// short to replace without mangling the text (one or two characters occur
+// in ordinary words) withholds the whole reason whenever it appears in it.
 func scrub(reason string, p *pharox.Proxy) string {
-	if p != nil && p.Credentials != nil && len(p.Credentials.Password) >= 3 {
-		reason = strings.ReplaceAll(reason, p.Credentials.Password, "xxxxx")
-		reason = strings.ReplaceAll(reason, url.QueryEscape(p.Credentials.Password), "xxxxx")
+	if p == nil || p.Credentials == nil || p.Credentials.Password == "" {
+		return reason
+	}
+	pw := p.Credentials.Password
+	forms := []string{pw, url.QueryEscape(pw), url.PathEscape(pw)}
+	if len(pw) < 3 {
+		for _, f := range forms {
+			if strings.Contains(reason, f) {
+				return withheldReason
+			}
+		}
+		return reason
+	}
+	for _, f := range forms {
+		reason = strings.ReplaceAll(reason, f, "xxxxx")
 	}
 	return reason
 }

@@ -26,7 +26,7 @@ type OrchestratorOptions struct {
 	// DefaultConcurrency.
 	Concurrency int
 	// RateLimit caps probes started per second across the orchestrator;
-	// zero means no limit.
+	// zero (or NaN) means no limit.
 	RateLimit float64
 	// FailureThreshold is how many failed probes in a row it takes before
 	// a proxy becomes inactive; zero means DefaultFailureThreshold. One
@@ -48,8 +48,8 @@ type OrchestratorOptions struct {
 	// those bans is applied: each counts as a failure that leaves the
 	// status alone, and the reason says so, because a ban rule that is
 	// wrong, or a target that blocks everyone, is likelier than a whole
-	// pool banned at once. Zero means DefaultMaxBannedShare; negative or
-	// 1 and above disables the guard.
+	// pool banned at once. Zero (or NaN) means DefaultMaxBannedShare;
+	// negative or 1 and above disables the guard.
 	MaxBannedShare float64
 	// SkipTargetCheck disables the direct request to the target before a
 	// sweep. Set it where the target is reachable only through proxies.
@@ -128,8 +128,11 @@ func NewOrchestrator(store pharox.Storage, checker *Checker, opts OrchestratorOp
 	if opts.ReportLimit <= 0 {
 		opts.ReportLimit = DefaultReportLimit
 	}
-	if opts.MaxBannedShare == 0 {
+	if opts.MaxBannedShare == 0 || math.IsNaN(opts.MaxBannedShare) {
 		opts.MaxBannedShare = DefaultMaxBannedShare
+	}
+	if math.IsNaN(opts.RateLimit) {
+		opts.RateLimit = 0
 	}
 	o := &Orchestrator{store: store, checker: checker, opts: opts, log: opts.Logger}
 	if o.log == nil {

@@ -3,6 +3,7 @@ package health
 import (
 	"context"
 	"errors"
+	"math"
 	"net/http"
 	"strings"
 	"sync"
@@ -471,5 +472,17 @@ func TestSweepBanGuard(t *testing.T) {
 	o = NewOrchestrator(store, checker, OrchestratorOptions{FailureThreshold: 1, MaxBannedShare: -1})
 	if s, err = o.SweepAll(ctx); err != nil || s.ByStatus[pharox.StatusBanned] != 2 || s.BansWithheld != 0 {
 		t.Fatalf("guard off: %+v %v", s, err)
+	}
+}
+
+// TestNewOrchestratorNaNOptions: NaN float options count as unset, never as
+// a guard or limit that compares false with everything.
+func TestNewOrchestratorNaNOptions(t *testing.T) {
+	o := NewOrchestrator(memory.New(), nil, OrchestratorOptions{RateLimit: math.NaN(), MaxBannedShare: math.NaN()})
+	if o.opts.MaxBannedShare != DefaultMaxBannedShare {
+		t.Errorf("MaxBannedShare NaN became %v, want the default %v", o.opts.MaxBannedShare, DefaultMaxBannedShare)
+	}
+	if o.opts.RateLimit != 0 || o.limiter != nil {
+		t.Errorf("RateLimit NaN became %v (limiter %v), want no limit", o.opts.RateLimit, o.limiter)
 	}
 }

@@ -8,7 +8,10 @@
 //
 // PostgreSQL schemas are migrated on open (safe from many processes at
 // once); SQLite files are created and migrated on open. The schema and
-// prefix parameters are pharox's own and are not passed to the driver.
+// prefix parameters are pharox's own and are not passed to the driver, nor
+// is max_batch, which sets how many concurrent calls the shared stores may
+// serve with one statement or script (postgres.WithMaxBatch,
+// redis.WithMaxBatch; 1 turns batching off).
 package open
 
 import (
@@ -17,6 +20,7 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -80,8 +84,26 @@ func (o ownedPostgres) Close() error {
 	return err
 }
 
+// takeMaxBatch removes the max_batch parameter from raw and returns its
+// value, 0 when it is absent.
+func takeMaxBatch(raw string) (string, int, error) {
+	rest, v, err := takeParam(raw, "max_batch")
+	if err != nil || v == "" {
+		return rest, 0, err
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return "", 0, fmt.Errorf("%w: storage URL %s: max_batch %q is not a positive integer", pharox.ErrInvalidArgument, Redact(raw), v)
+	}
+	return rest, n, nil
+}
+
 func openPostgres(ctx context.Context, raw string) (pharox.Storage, error) {
 	dsn, schema, err := takeParam(raw, "schema")
+	if err != nil {
+		return nil, err
+	}
+	dsn, maxBatch, err := takeMaxBatch(dsn)
 	if err != nil {
 		return nil, err
 	}
@@ -100,6 +122,9 @@ func openPostgres(ctx context.Context, raw string) (pharox.Storage, error) {
 	if err := postgres.Migrate(ctx, pool, opts...); err != nil {
 		pool.Close()
 		return nil, err
+	}
+	if maxBatch > 0 {
+		opts = append(opts, postgres.WithMaxBatch(maxBatch))
 	}
 	store, err := postgres.New(ctx, pool, opts...)
 	if err != nil {

@@ -82,7 +82,9 @@ func TestOpenPostgres(t *testing.T) {
 		defer pool.Close()
 		pool.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+schema+" CASCADE")
 	})
-	roundTrip(t, url+sep+"schema="+schema, true)
+	// max_batch is pharox's own: passed on, the server would refuse it as
+	// an unknown run-time parameter.
+	roundTrip(t, url+sep+"schema="+schema+"&max_batch=8", true)
 }
 
 func TestOpenRedis(t *testing.T) {
@@ -114,7 +116,8 @@ func TestOpenRedis(t *testing.T) {
 
 func TestOpenRejectsBadURLs(t *testing.T) {
 	ctx := context.Background()
-	for _, u := range []string{"", "pharox.db", "mysql://x", "sqlite://", "postgres://u:secret@[bad"} {
+	for _, u := range []string{"", "pharox.db", "mysql://x", "sqlite://", "postgres://u:secret@[bad",
+		"postgres://u:secret@h/db?max_batch=0", "postgres://u:secret@h/db?max_batch=many"} {
 		_, err := Open(ctx, u)
 		if !errors.Is(err, pharox.ErrInvalidArgument) {
 			t.Errorf("Open(%q): %v, want ErrInvalidArgument", u, err)
