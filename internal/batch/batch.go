@@ -3,12 +3,13 @@
 // database statement or script.
 //
 // Batching is opportunistic: a call that finds fewer than MaxInFlight
-// batches of its key running starts one at once, with itself alone, so a
-// lone caller waits for nothing. Calls that arrive while every slot is busy
-// queue up and leave together in the next batch. Under load, batches
-// therefore grow to about the number of waiting callers, and the fixed cost
-// of a statement (parsing, planning, a round trip, a commit and its WAL
-// flush) is paid once per batch rather than once per call.
+// batches of its key running runs at once, alone, on its own goroutine and
+// with its own context, exactly like a call without batching. Calls that
+// arrive while every slot is busy queue up and leave together in the next
+// batch, which a background goroutine runs. Under load, batches therefore
+// grow to about the number of waiting callers, and the fixed cost of a
+// statement (parsing, planning, a round trip, a commit and its WAL flush)
+// is paid once per batch rather than once per call.
 package batch
 
 import (
@@ -24,9 +25,10 @@ type Result[Out any] struct {
 }
 
 // Exec runs one batch. It returns one Result per input, in input order.
-// ctx carries the values of the call that started the batch but is never
-// cancelled by any caller: a batch runs to completion once started, and
-// its results for callers that have gone are passed to Discard.
+// A call that runs alone at once passes its own ctx. A queued batch gets
+// the values of its first call's ctx but no cancellation from any caller:
+// it runs to completion once started, and its results for callers that
+// have gone are passed to Discard.
 type Exec[K comparable, In, Out any] func(ctx context.Context, key K, in []In) []Result[Out]
 
 // Coalescer runs calls with equal keys in batches through Exec. The zero
@@ -94,6 +96,17 @@ type call[In, Out any] struct {
 	done  chan struct{}
 }
 
+// Queued reports how many calls wait in queues for a batch.
+func (c *Coalescer[K, In, Out]) Queued() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, q := range c.queues {
+		n += len(q.pending)
+	}
+	return n
+}
+
 // Do runs in as part of a batch of calls with key and returns its result.
 // When ctx ends first, Do returns ctx.Err(): a call still queued is
 // withdrawn; one already sent completes in the background and its result,
@@ -110,11 +123,19 @@ func (c *Coalescer[K, In, Out]) Do(ctx context.Context, key K, in In) (Out, erro
 		q.inFlight++
 		cl.state = sent
 		c.mu.Unlock()
-		go c.run(key, q, []*call[In, Out]{cl})
-	} else {
-		q.pending = append(q.pending, cl)
-		c.mu.Unlock()
+		// Alone: no hand-off to another goroutine, and the caller's own
+		// context governs its call, as without batching.
+		r := c.exec(ctx, key, []In{in})
+		if len(r) == 0 {
+			r = []Result[Out]{{Err: errShortResult}}
+		}
+		if next := c.next(key, q); next != nil {
+			go c.run(key, q, next)
+		}
+		return r[0].Val, r[0].Err
 	}
+	q.pending = append(q.pending, cl)
+	c.mu.Unlock()
 
 	select {
 	case <-cl.done:
@@ -178,24 +199,32 @@ func (c *Coalescer[K, In, Out]) run(key K, q *queue[In, Out], batch []*call[In, 
 			}
 		}
 
-		c.mu.Lock()
-		if len(q.pending) == 0 {
-			q.inFlight--
-			if q.inFlight == 0 {
-				delete(c.queues, key)
-			}
-			c.mu.Unlock()
+		if batch = c.next(key, q); batch == nil {
 			return
 		}
-		n := min(len(q.pending), c.maxBatch)
-		batch = make([]*call[In, Out], n)
-		copy(batch, q.pending)
-		q.pending = append(q.pending[:0], q.pending[n:]...)
-		for _, cl := range batch {
-			cl.state = sent
-		}
-		c.mu.Unlock()
 	}
+}
+
+// next takes the next batch of key's queue for a runner that has finished
+// one; with nothing queued it gives up the runner's place and returns nil.
+func (c *Coalescer[K, In, Out]) next(key K, q *queue[In, Out]) []*call[In, Out] {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(q.pending) == 0 {
+		q.inFlight--
+		if q.inFlight == 0 {
+			delete(c.queues, key)
+		}
+		return nil
+	}
+	n := min(len(q.pending), c.maxBatch)
+	batch := make([]*call[In, Out], n)
+	copy(batch, q.pending)
+	q.pending = append(q.pending[:0], q.pending[n:]...)
+	for _, cl := range batch {
+		cl.state = sent
+	}
+	return batch
 }
 
 // errShortResult reports an Exec that returned fewer results than inputs.

@@ -215,9 +215,16 @@ func TestCancelAfterSendDiscards(t *testing.T) {
 	g := newGate()
 	discarded := make(chan string, 1)
 	c := New(g.exec, Options[string]{Discard: func(v string) { discarded <- v }})
+	first := goDo(context.Background(), c, "k", 1)
+	<-g.started
 	ctx, cancel := context.WithCancel(context.Background())
 	gone := goDo(ctx, c, "k", 5)
-	<-g.started
+	waitQueued(t, c, "k", 1)
+	g.proceed <- struct{}{} // the first call ends; the queued one is sent
+	<-first
+	if n := <-g.started; n != 1 {
+		t.Fatalf("second batch has %d calls, want 1", n)
+	}
 	cancel()
 	if o := <-gone; !errors.Is(o.err, context.Canceled) {
 		t.Fatalf("cancelled call = %+v, want context.Canceled", o)
@@ -233,27 +240,89 @@ func TestCancelAfterSendDiscards(t *testing.T) {
 	}
 }
 
-func TestExecContextOutlivesCaller(t *testing.T) {
+// TestLoneCallUsesCallersContext: a call that runs alone runs with its own
+// context, so cancelling it reaches the work, as without batching.
+func TestLoneCallUsesCallersContext(t *testing.T) {
+	exec := func(ctx context.Context, _ string, in []int) []Result[int] {
+		select {
+		case <-ctx.Done():
+			return []Result[int]{{Err: ctx.Err()}}
+		case <-time.After(10 * time.Second):
+			return []Result[int]{{Val: 1}}
+		}
+	}
+	c := New(exec, Options[int]{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	if _, err := c.Do(ctx, "k", 1); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Do = %v, want the caller's deadline to reach the work", err)
+	}
+}
+
+// TestQueuedBatchOutlivesCallers: a queued batch runs without its callers'
+// cancellation but with the values of its first call's context.
+func TestQueuedBatchOutlivesCallers(t *testing.T) {
 	type key struct{}
 	var sawErr, sawVal atomic.Value
-	release := make(chan struct{})
+	hold, second := make(chan struct{}), make(chan struct{})
 	exec := func(ctx context.Context, _ string, in []int) []Result[int] {
-		<-release
+		if in[0] == 1 {
+			<-hold
+			return make([]Result[int], len(in))
+		}
+		<-second
 		sawErr.Store(fmt.Sprint(ctx.Err()))
 		sawVal.Store(fmt.Sprint(ctx.Value(key{})))
 		return make([]Result[int], len(in))
 	}
 	done := make(chan struct{})
 	c := New(exec, Options[int]{Discard: func(int) { close(done) }})
+	firstDone := make(chan struct{})
+	go func() { c.Do(context.Background(), "k", 1); close(firstDone) }()
 	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), key{}, "v"))
 	errc := make(chan error, 1)
-	go func() { _, err := c.Do(ctx, "k", 1); errc <- err }()
+	waitRunning := func() {
+		for {
+			c.mu.Lock()
+			q := c.queues["k"]
+			running := q != nil && q.inFlight == 1
+			c.mu.Unlock()
+			if running {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitRunning()
+	go func() { _, err := c.Do(ctx, "k", 2); errc <- err }()
+	for {
+		c.mu.Lock()
+		n := len(c.queues["k"].pending)
+		c.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(hold) // the queued call is sent in a batch of its own
+	<-firstDone
+	for {
+		c.mu.Lock()
+		n := len(c.queues["k"].pending)
+		c.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
 	cancel()
-	<-errc
-	close(release)
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled caller got %v", err)
+	}
+	close(second)
 	<-done
 	if sawErr.Load() != "<nil>" || sawVal.Load() != "v" {
-		t.Fatalf("exec saw ctx err %v, value %v; want no cancellation and the caller's values", sawErr.Load(), sawVal.Load())
+		t.Fatalf("batch saw ctx err %v, value %v; want no cancellation and the caller's values", sawErr.Load(), sawVal.Load())
 	}
 }
 

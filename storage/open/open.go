@@ -148,6 +148,10 @@ func openRedis(ctx context.Context, raw string) (pharox.Storage, error) {
 	if err != nil {
 		return nil, err
 	}
+	dsn, maxBatch, err := takeMaxBatch(dsn)
+	if err != nil {
+		return nil, err
+	}
 	opt, err := goredis.ParseURL(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("%w: redis URL %s: %v", pharox.ErrInvalidArgument, Redact(raw), err)
@@ -156,6 +160,9 @@ func openRedis(ctx context.Context, raw string) (pharox.Storage, error) {
 	var opts []redis.Option
 	if prefix != "" {
 		opts = append(opts, redis.WithPrefix(prefix))
+	}
+	if maxBatch > 0 {
+		opts = append(opts, redis.WithMaxBatch(maxBatch))
 	}
 	store, err := redis.New(client, opts...)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -295,15 +296,17 @@ func TestBatchRelease(t *testing.T) {
 
 // TestBatchedCallsUnderLoad drives AcquireLease and ReleaseLease from many
 // goroutines, so that they really share statements, with callers whose
-// contexts end at random: afterwards every proxy's counter equals its
-// active leases, and no lease is left active (a lease taken for a caller
-// that had gone was released for it).
+// contexts end at random. A lease can outlive a caller that gave up (one
+// whose lone statement committed as its context ended, as without
+// batching), but every proxy's counter must equal its active leases, and
+// no lease may be active beyond the calls that gave up.
 func TestBatchedCallsUnderLoad(t *testing.T) {
 	ctx := context.Background()
 	tw := newTwin(t, rand.New(rand.NewPCG(5, 6)), 10)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var errs []error
+	var gaveUp atomic.Int64
 	for g := range 24 {
 		wg.Go(func() {
 			r := rand.New(rand.NewPCG(uint64(g), 9))
@@ -312,7 +315,10 @@ func TestBatchedCallsUnderLoad(t *testing.T) {
 				l, err := tw.pg.AcquireLease(cctx, tw.request(pharox.FirstAvailable, true, nil))
 				cancel()
 				switch {
-				case errors.Is(err, context.DeadlineExceeded), errors.Is(err, pharox.ErrNoProxyAvailable):
+				case errors.Is(err, context.DeadlineExceeded):
+					gaveUp.Add(1)
+					continue
+				case errors.Is(err, pharox.ErrNoProxyAvailable):
 					continue
 				case err != nil:
 					mu.Lock()
@@ -333,28 +339,54 @@ func TestBatchedCallsUnderLoad(t *testing.T) {
 	if len(errs) > 0 {
 		t.Fatal(errors.Join(errs...))
 	}
-	// Discards of abandoned leases run after their callers returned.
+	if gaveUp.Load() == 0 {
+		t.Fatal("no caller gave up: the test proves nothing about abandoned calls")
+	}
+	// Discards of abandoned leases run after their callers returned: wait
+	// until the store is quiet before counting.
 	deadline := time.Now().Add(10 * time.Second)
-	for {
-		active, err := tw.pg.ListLeases(ctx, pharox.LeaseQuery{Status: pharox.LeaseActive})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(active) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d leases still active, e.g. %+v: a lease taken for a caller that gave up was not released", len(active), active[0])
-		}
-		time.Sleep(10 * time.Millisecond)
+	for tw.pg.acquirer.Queued()+tw.pg.releaser.Queued() > 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	active, err := tw.pg.ListLeases(ctx, pharox.LeaseQuery{Status: pharox.LeaseActive})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int64(len(active)) > gaveUp.Load() {
+		t.Fatalf("%d leases active, more than the %d calls that gave up", len(active), gaveUp.Load())
+	}
+	perProxy := map[uuid.UUID]int{}
+	for _, l := range active {
+		perProxy[l.ProxyID]++
 	}
 	for _, id := range tw.proxyIDs {
 		p, err := tw.pg.GetProxy(ctx, id)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if p.CurrentLeases != 0 {
-			t.Fatalf("proxy %s counts %d leases, none is active", id, p.CurrentLeases)
+		if p.CurrentLeases != perProxy[id] {
+			t.Fatalf("proxy %s counts %d leases, %d are active", id, p.CurrentLeases, perProxy[id])
 		}
+	}
+}
+
+// TestDiscardReleasesLease: the lease of a caller that gave up while its
+// batch ran is released, freeing its slot.
+func TestDiscardReleasesLease(t *testing.T) {
+	ctx := context.Background()
+	tw := newTwin(t, rand.New(rand.NewPCG(7, 8)), 1)
+	l, err := tw.pg.AcquireLease(ctx, tw.request(pharox.FirstAvailable, true, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw.pg.discardLease(l)
+	got, err := tw.pg.GetLease(ctx, l.ID)
+	if err != nil || got.Status != pharox.LeaseReleased {
+		t.Fatalf("discarded lease: %+v, %v; want released", got, err)
+	}
+	p, err := tw.pg.GetProxy(ctx, l.ProxyID)
+	if err != nil || p.CurrentLeases != 0 {
+		t.Fatalf("proxy after discard: %+v, %v; want no lease counted", p, err)
 	}
 }

@@ -97,10 +97,12 @@
 //
 // Each call keeps its own outcome: a batch's statement either commits all
 // of its leases or none, and an error fails only the calls it carried. A
-// caller whose context ends while its call waits in the queue leaves
-// without a statement; one whose call was already sent gets ctx.Err(), and
-// a lease taken for it is released at once in the background, so no slot
-// is held for a caller that has gone. WithMaxBatch(1) turns batching off.
+// call that runs alone runs on its caller's goroutine with the caller's
+// context, as without batching. A queued caller whose context ends leaves
+// without a statement if its batch has not started; otherwise it gets
+// ctx.Err() at once, and a lease taken for it is released in the
+// background, so no slot is held for a caller that has gone.
+// WithMaxBatch(1) turns batching off.
 //
 // # Expiry
 //

@@ -67,8 +67,11 @@ func evalshaCeiling(ctx context.Context, c *goredis.Client, clients, requests in
 // concurrent workers, and the ratio to redis-benchmark's rate for a trivial
 // EVALSHA with as many clients, measured in the same run: the pairs run in
 // benchRounds rounds, each after its own baseline, and the medians are
-// reported. Run it with a fixed count, e.g. -benchtime=20000x, so that the
-// baseline runs once per round rather than once per calibration step.
+// reported. Each round also runs as many pairs through a store with
+// batching off (WithMaxBatch(1)) on the same pool, reported as
+// unbatched-pairs/s; which of the two goes first alternates between rounds.
+// Run it with a fixed count, e.g. -benchtime=20000x, so that the baseline
+// runs once per round rather than once per calibration step.
 func BenchmarkAcquireRelease(b *testing.B) {
 	for _, workers := range []int{1, 8, 32, 64} {
 		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
@@ -94,6 +97,10 @@ func benchAcquireRelease(b *testing.B, workers int, filters *pharox.Filters) {
 	}
 	ctx := context.Background()
 	if err := s.LoadScripts(ctx); err != nil {
+		b.Fatal(err)
+	}
+	unbatched, err := New(client, WithPrefix(prefix), WithMaxBatch(1))
+	if err != nil {
 		b.Fatal(err)
 	}
 	pool, err := s.CreatePool(ctx, pharox.Pool{Name: "bench"})
@@ -128,7 +135,7 @@ func benchAcquireRelease(b *testing.B, workers int, filters *pharox.Filters) {
 	if b.N < minPairsForBaseline {
 		rounds = 1
 	}
-	var pairRates, ceilRates, ratios []float64
+	var pairRates, unbatchedRates, ceilRates, ratios []float64
 	done := 0
 	for r := range rounds {
 		n := b.N / rounds
@@ -147,13 +154,26 @@ func benchAcquireRelease(b *testing.B, workers int, filters *pharox.Filters) {
 				ceilRates = append(ceilRates, ceiling)
 			}
 		}
+		runUnbatched := func() {
+			b.StopTimer()
+			elapsed := runPairs(b, unbatched, req, workers, n)
+			unbatchedRates = append(unbatchedRates, float64(n)/elapsed.Seconds())
+			b.StartTimer()
+		}
+		if r%2 == 1 {
+			runUnbatched()
+		}
 		elapsed := runPairs(b, s, req, workers, n)
 		pairRates = append(pairRates, float64(n)/elapsed.Seconds())
+		if r%2 == 0 {
+			runUnbatched()
+		}
 		if len(ceilRates) == len(pairRates) {
 			ratios = append(ratios, pairRates[r]/ceilRates[r])
 		}
 	}
 	b.ReportMetric(median(pairRates), "pairs/s")
+	b.ReportMetric(median(unbatchedRates), "unbatched-pairs/s")
 	if len(ratios) == rounds {
 		b.ReportMetric(median(ceilRates), "evalsha/s")
 		b.ReportMetric(median(ratios), "ratio")

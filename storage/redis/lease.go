@@ -33,6 +33,8 @@ func (s *Store) EnsureConsumer(ctx context.Context, name string) (*pharox.Consum
 }
 
 // AcquireLease atomically chooses a proxy and leases one of its slots.
+// Concurrent requests without a session key for the same pool, strategy and
+// filter are served together by one script (see doc.go, Batching).
 func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*pharox.Lease, error) {
 	if err := req.Validate(); err != nil {
 		return nil, fmt.Errorf("redis: acquire: %w", err)
@@ -41,11 +43,25 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 	if err != nil {
 		return nil, fmt.Errorf("redis: acquire from pool %q: %w", req.PoolName, err)
 	}
-	id := uuid.New()
-	known := "0"
-	if _, ok := s.consumers.Load(req.ConsumerID); ok {
-		known = "1"
+	if s.acquires == nil || req.SessionKey != "" {
+		return s.acquireOne(ctx, req, sp)
 	}
+	// A caller that has already gone must not start a batch: its lease
+	// would be taken only to be released again.
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("redis: acquire from pool %q: %w", req.PoolName, err)
+	}
+	l, err := s.acquires.Do(ctx, acquireKey{pool: req.PoolName, strategy: string(req.Strategy), spec: sp}, req)
+	if err != nil && err == ctx.Err() {
+		return nil, fmt.Errorf("redis: acquire from pool %q: %w", req.PoolName, err)
+	}
+	return l, err
+}
+
+// acquireOne runs acquire.lua for one request; sp is its compiled filter.
+func (s *Store) acquireOne(ctx context.Context, req pharox.AcquireRequest, sp string) (*pharox.Lease, error) {
+	id := uuid.New()
+	known := s.consumerKnown(req.ConsumerID)
 	v, err := s.run(ctx, scriptAcquire, "acquire", req.PoolName, req.ConsumerID.String(), req.ConsumerName,
 		id.String(), req.Duration.Microseconds(), string(req.Strategy), req.SessionKey,
 		req.SessionTTL.Microseconds(), sp, rand.Int64N(1<<50), known, s.poolHint(req.PoolName))
@@ -59,6 +75,21 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		}
 		return nil, err
 	}
+	return s.leaseFromAcquire(req, id, known, v)
+}
+
+// consumerKnown returns "1" when the consumer is known to exist, else "0",
+// as acquire.lua and acquire_many.lua take it.
+func (s *Store) consumerKnown(id uuid.UUID) string {
+	if _, ok := s.consumers.Load(id); ok {
+		return "1"
+	}
+	return "0"
+}
+
+// leaseFromAcquire decodes acquire.lua's reply v for the lease id made for
+// req and updates the client's caches.
+func (s *Store) leaseFromAcquire(req pharox.AcquireRequest, id uuid.UUID, known string, v any) (*pharox.Lease, error) {
 	if known == "0" {
 		s.consumers.Store(req.ConsumerID, struct{}{})
 	}
@@ -122,8 +153,24 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 	return p, nil
 }
 
-// ReleaseLease ends an active lease as released.
+// ReleaseLease ends an active lease as released. Concurrent releases are
+// served together by one script (see doc.go, Batching).
 func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*pharox.Lease, error) {
+	if s.releases == nil {
+		return s.releaseOne(ctx, leaseID)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("redis: release lease %s: %w", leaseID, err)
+	}
+	l, err := s.releases.Do(ctx, struct{}{}, leaseID)
+	if err != nil && err == ctx.Err() {
+		return nil, fmt.Errorf("redis: release lease %s: %w", leaseID, err)
+	}
+	return l, err
+}
+
+// releaseOne runs release.lua for one lease.
+func (s *Store) releaseOne(ctx context.Context, leaseID uuid.UUID) (*pharox.Lease, error) {
 	v, err := s.run(ctx, scriptRelease, leaseID.String())
 	if err != nil {
 		return nil, wrap(err, "release lease %s", leaseID)

@@ -10,7 +10,13 @@ local RECLAIM = 256     -- expired leases reclaimed per hot-path call
 local W = 4294967296    -- status-rank weight in the least_used score
 local RANK = {active = 0, slow = 1, inactive = 2, banned = 3}
 
-local function fmt(n) return string.format('%.0f', n) end
+-- fmt formats an integral number exactly; it remembers its last result,
+-- since scripts format the same time many times.
+local fmt_n, fmt_s = nil, nil
+local function fmt(n)
+  if n ~= fmt_n then fmt_n, fmt_s = n, string.format('%.0f', n) end
+  return fmt_s
+end
 local function now_us()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -43,58 +49,153 @@ local function sync_free(pid, id, st, cur, maxc, chk)
   end
 end
 
+-- Deferred writes: batch scripts gather the writes of many items that
+-- nothing later in the script reads and make them at the end, in flush,
+-- with one call per key (and field, for counters; per proxy, for freed
+-- slots). d.ops[op][key] lists the arguments of set and sorted-set
+-- additions and removals; d.incr[key][field] sums hash counter
+-- increments; d.freed[proxy id] counts the slots end_lease frees on a
+-- proxy (see free_slots); d.last[key][member] is the final score of a
+-- member of a free structure (false: removed) for the structures not in
+-- d.live, the set of those the script's selection reads (see take_slot).
+local function new_deferred() return {ops = {}, incr = {}, freed = {}, last = {}} end
+
+-- defer adds a (and b, when given) to the arguments of op on key.
+local function defer(d, op, key, a, b)
+  local byop = d.ops[op]
+  if not byop then byop = {} d.ops[op] = byop end
+  local args = byop[key]
+  if not args then args = {} byop[key] = args end
+  args[#args + 1] = a
+  if b ~= nil then args[#args + 1] = b end
+end
+
+-- incr adds n to a hash counter, at once without d.
+local function incr(d, key, field, n)
+  if not d then return redis.call('HINCRBY', key, field, n) end
+  local byfield = d.incr[key]
+  if not byfield then byfield = {} d.incr[key] = byfield end
+  byfield[field] = (byfield[field] or 0) + n
+end
+
+-- zset_write sets (score) or removes (score nil) a proxy in one of the
+-- pool's free structures, named by suffix; with d, only the final state
+-- is written, at flush, unless d.live names the structure.
+local function zset_write(d, pid, suffix, id, score)
+  local key = pk(pid, suffix)
+  if d and d.live and not d.live[suffix] then
+    local byk = d.last[key]
+    if not byk then byk = {} d.last[key] = byk end
+    byk[id] = score or false
+  elseif score then
+    redis.call('ZADD', key, score, id)
+  else
+    redis.call('ZREM', key, id)
+  end
+end
+
 -- DYN lists the proxy fields an acquisition returns: the packed static
 -- part and the fields that change after creation (cur is returned apart).
 local DYN = {'static', 'status', 'chk', 'latms', 'err', 'code', 'streak', 'chg', 'created', 'maxc'}
 
 -- take_slot counts one more lease on a proxy chosen from the free
--- structures and returns its new load and DYN fields.
-local function take_slot(pid, id)
+-- structures and returns its new load and DYN fields. f, when given, is
+-- the proxy's DYN fields read earlier in the same script (taking a slot
+-- changes none of them); d, when given, defers the pool's counter and
+-- the free structures outside d.live.
+local function take_slot(pid, id, f, d)
   local k = xk(id)
   local cur = redis.call('HINCRBY', k, 'cur', 1)
-  local f = redis.call('HMGET', k, unpack(DYN))
-  if cur == 1 then redis.call('HINCRBY', pk(pid, 'cnt'), 'leased', 1) end
+  f = f or redis.call('HMGET', k, unpack(DYN))
+  if cur == 1 then incr(d, pk(pid, 'cnt'), 'leased', 1) end
   local r = RANK[f[2]]
   if has_room(cur, f[10]) then
-    redis.call('ZADD', pk(pid, 'lu'), fmt(r * W + cur), id)
+    zset_write(d, pid, 'lu', id, fmt(r * W + cur))
   else
-    redis.call('ZREM', pk(pid, 'free'), id)
-    redis.call('ZREM', pk(pid, 'fa:' .. r), id)
-    redis.call('ZREM', pk(pid, 'lu'), id)
+    zset_write(d, pid, 'free', id)
+    zset_write(d, pid, 'fa:' .. r, id)
+    zset_write(d, pid, 'lu', id)
   end
   return cur, f
 end
 
--- free_slot counts one lease less on a proxy; maxc is its MaxConcurrency
--- (fixed at creation, so leases carry it).
-local function free_slot(pid, id, maxc)
+-- free_slots counts n leases less on a proxy; maxc is its MaxConcurrency
+-- (fixed at creation, so leases carry it). It leaves the proxy as n frees
+-- of one slot would: only the first can find it full, and the others
+-- lower its least_used score. With d, the pool's counter and the sorted
+-- set additions are deferred.
+local function free_slots(pid, id, maxc, n, d)
   local k = xk(id)
-  local cur = redis.call('HINCRBY', k, 'cur', -1)
-  if cur == 0 then redis.call('HINCRBY', pk(pid, 'cnt'), 'leased', -1) end
-  if not blank(maxc) and cur + 1 >= tonumber(maxc) then
+  local cur = redis.call('HINCRBY', k, 'cur', -n)
+  if cur == 0 then incr(d, pk(pid, 'cnt'), 'leased', -1) end
+  if not blank(maxc) and cur + n >= tonumber(maxc) then
     -- It was full, so it is in no free structure: it rejoins if leasable.
     local f = redis.call('HMGET', k, 'status', 'chk')
     if leasable(f[1]) then
       local r = RANK[f[1]]
-      redis.call('ZADD', pk(pid, 'free'), 0, id)
-      redis.call('ZADD', pk(pid, 'fa:' .. r), fa_score(f[2]), id)
-      redis.call('ZADD', pk(pid, 'lu'), fmt(r * W + cur), id)
+      local zadd = redis.call
+      if d then zadd = function(op, key, score, member) defer(d, op, key, score, member) end end
+      zadd('ZADD', pk(pid, 'free'), 0, id)
+      zadd('ZADD', pk(pid, 'fa:' .. r), fa_score(f[2]), id)
+      zadd('ZADD', pk(pid, 'lu'), fmt(r * W + cur), id)
     end
   else
-    -- A free leasable proxy is in lu: its score drops by one (XX: a
-    -- proxy that is not leasable stays out).
-    redis.call('ZADD', pk(pid, 'lu'), 'XX', 'INCR', -1, id)
+    -- A free leasable proxy is in lu: its score drops (XX: a proxy that
+    -- is not leasable stays out).
+    redis.call('ZADD', pk(pid, 'lu'), 'XX', 'INCR', -n, id)
   end
+end
+
+-- flush makes d's writes and empties it. No member has an addition and a
+-- removal pending on one key (d.last keeps one final state per member, and
+-- the other deferred writes go to keys of their own), so their order does
+-- not matter.
+local function flush(d)
+  for id, e in pairs(d.freed) do free_slots(e.pid, id, e.maxc, e.n, d) end
+  for key, byk in pairs(d.last) do
+    for id, score in pairs(byk) do
+      if score then defer(d, 'ZADD', key, score, id)
+      else defer(d, 'ZREM', key, id) end
+    end
+  end
+  for op, byop in pairs(d.ops) do
+    for key, args in pairs(byop) do
+      -- unpack is bounded by Lua's stack: write in parts (of whole
+      -- score-member pairs).
+      for i = 1, #args, 512 do
+        redis.call(op, key, unpack(args, i, math.min(i + 511, #args)))
+      end
+    end
+  end
+  for key, byfield in pairs(d.incr) do
+    for field, n in pairs(byfield) do
+      if n ~= 0 then redis.call('HINCRBY', key, field, n) end
+    end
+  end
+  d.ops, d.incr, d.freed, d.last = {}, {}, {}, {}
 end
 
 -- end_lease ends an active lease as released or expired and frees its
 -- slot; proxy, pool and maxc are the lease's fields, read by the caller.
-local function end_lease(lid, status, now, proxy, pid, maxc)
+-- With d, the writes to sets, counters and the proxy are deferred to d.
+local function end_lease(lid, status, now, proxy, pid, maxc, d)
   redis.call('HSET', lk(lid), 'status', status, 'rel', fmt(now))
-  redis.call('ZREM', pk(pid, 'exp'), lid)
-  redis.call('ZADD', P .. 'ended', fmt(now), lid)
-  redis.call('SADD', xk(proxy) .. ':ended', lid)
-  free_slot(pid, proxy, maxc)
+  if not d then
+    redis.call('ZREM', pk(pid, 'exp'), lid)
+    redis.call('ZADD', P .. 'ended', fmt(now), lid)
+    redis.call('SADD', xk(proxy) .. ':ended', lid)
+    free_slots(pid, proxy, maxc, 1)
+    return
+  end
+  defer(d, 'ZREM', pk(pid, 'exp'), lid)
+  defer(d, 'ZADD', P .. 'ended', fmt(now), lid)
+  defer(d, 'SADD', xk(proxy) .. ':ended', lid)
+  local e = d.freed[proxy]
+  if not e then
+    e = {pid = pid, maxc = maxc, n = 0}
+    d.freed[proxy] = e
+  end
+  e.n = e.n + 1
 end
 
 -- reclaim ends up to limit of the pool's leases whose ExpiresAt has passed.

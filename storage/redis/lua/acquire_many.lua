@@ -1,0 +1,128 @@
+-- acquire_many: the acquisitions of one batch, each exactly as acquire.lua
+-- in mode 'acquire' without a session key, one after another, so the
+-- outcome equals that many acquire.lua calls in a row at one instant.
+-- ARGV: 2 pool name, 3 strategy, 4 filter spec JSON or '', 5 the pool id
+-- the client last saw for this name, or '', then 6 values per
+-- acquisition: consumer id, consumer name, lease id, duration (us), seed,
+-- '1' when the client already knows the consumer exists. Returns one entry
+-- per acquisition: acquire.lua's reply, false when no proxy is free, or
+-- the code of acquire.lua's error as a string.
+local pname, strategy = ARGV[2], ARGV[3]
+local spec = nil
+if ARGV[4] ~= '' then spec = cjson.decode(ARGV[4]) end
+local now = nil
+-- Writes nothing in the batch reads are gathered in d and made once (see
+-- new_deferred in lib.lua): the new leases' expiries, the pool's counter
+-- of leased proxies, and the free structures the selection does not read
+-- (select.lua reads free for every filter that is not a pure conjunction
+-- of index sets).
+local d = new_deferred()
+-- Unfiltered first_available takes the head of fa:0 (else fa:1), and an
+-- acquisition removes nothing from them but that head, when it fills; so
+-- the heads are read CHUNK at a time and followed here (see fa_head), and
+-- no free structure is read while the batch runs.
+local fa_fast = strategy == 'first_available' and not spec
+if fa_fast then d.live = {}
+elseif strategy == 'first_available' then d.live = {['fa:0'] = true, ['fa:1'] = true}
+elseif strategy == 'least_used' then d.live = {lu = true}
+else d.live = {free = true} end
+if spec then d.live.free = true end
+
+-- heads[pid] = {r = rank of the list, ids = its first members, i = the
+-- current head's index in ids}.
+local heads = {}
+local function fa_head(pid)
+  local h = heads[pid]
+  if not h then
+    h = {r = 0, ids = redis.call('ZRANGE', pk(pid, 'fa:0'), 0, CHUNK - 1), i = 1}
+    heads[pid] = h
+  end
+  while h.i > #h.ids do
+    if #h.ids < CHUNK then
+      if h.r == 1 then return nil end
+      h.r = 1
+    end
+    -- The members passed are removed at the flush; the list then starts
+    -- with the current head.
+    flush(d)
+    h.ids, h.i = redis.call('ZRANGE', pk(pid, 'fa:' .. h.r), 0, CHUNK - 1), 1
+  end
+  return h.ids[h.i]
+end
+
+-- A later reclaim at the same now finds nothing more once one has ended
+-- fewer than RECLAIM leases, so a pool is reclaimed once unless there was
+-- a backlog. (Only a lease shorter than a microsecond, due at now, could
+-- join it meanwhile, hence the flush.) The round-robin position is kept
+-- here and written once at the end.
+local drained, cursors, moved = {}, {}, {}
+local function choose(pid)
+  if not drained[pid] then
+    flush(d)
+    drained[pid] = reclaim(pid, now, RECLAIM) < RECLAIM
+    heads[pid] = nil
+  end
+  if fa_fast then return fa_head(pid) end
+  local cursor = nil
+  if strategy == 'round_robin' then
+    if cursors[pid] == nil then cursors[pid] = redis.call('GET', pk(pid, 'rr')) end
+    cursor = cursors[pid]
+  end
+  return select_proxy(pid, strategy, cursor, spec)
+end
+
+-- pid is the pool id to try; checked once it has been compared with the
+-- pools hash (which nothing here changes), missing once the name is known
+-- to be unused. empty records that the pool had nothing for this filter:
+-- acquisitions only fill slots, so nothing frees up for later items.
+local pid, checked, missing, empty = ARGV[5], false, false, false
+local function pick()
+  local chosen = nil
+  if pid ~= '' then chosen = choose(pid) end
+  if chosen or checked then return chosen end
+  local real = redis.call('HGET', P .. 'pools', pname)
+  checked = true
+  if not real then missing = true return nil end
+  if real ~= pid then
+    pid = real
+    chosen = choose(pid)
+  end
+  return chosen
+end
+
+-- dyn caches the DYN fields of proxies taken from (see take_slot).
+local known, dyn = {}, {}
+local out = {}
+for i = 6, #ARGV, 6 do
+  local cid, cname, lid, dur, seed = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  if ARGV[i + 5] ~= '1' and known[cid] == nil then
+    known[cid] = redis.call('SISMEMBER', P .. 'cids', cid) == 1
+  end
+  local r = false
+  if ARGV[i + 5] ~= '1' and not known[cid] then
+    r = 'PHAROX_CONSUMER_NOT_FOUND'
+  elseif not missing and not empty then
+    if not now then now = now_us() end
+    if spec then math.randomseed(tonumber(seed)) end
+    local chosen = pick()
+    if chosen then
+      local cur, f = take_slot(pid, chosen, dyn[chosen], d)
+      dyn[chosen] = f
+      if fa_fast and not has_room(cur, f[10]) then heads[pid].i = heads[pid].i + 1 end
+      local exp = now + tonumber(dur)
+      redis.call('HSET', lk(lid), 'proxy', chosen, 'consumer', cid, 'cname', cname,
+        'pool', pid, 'pname', pname, 'status', 'active', 'acq', fmt(now), 'exp', fmt(exp), 'sess', '',
+        'maxc', f[10] or '')
+      defer(d, 'ZADD', pk(pid, 'exp'), fmt(exp), lid)
+      if strategy == 'round_robin' then cursors[pid], moved[pid] = chosen, true end
+      r = {pid, fmt(now), fmt(exp), chosen, cur, f}
+    elseif not missing then
+      empty = true
+    end
+  end
+  if missing and r == false then r = 'PHAROX_POOL_NOT_FOUND' end
+  out[#out + 1] = r
+end
+flush(d)
+for p in pairs(moved) do redis.call('SET', pk(p, 'rr'), cursors[p]) end
+return out
