@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/internal/batch"
@@ -313,7 +314,11 @@ func (s *Store) execReleaseBatch(ctx context.Context, _ struct{}, ids []uuid.UUI
 		out[0].Val, out[0].Err = s.releaseStatement(ctx, ids[0])
 		return out
 	}
-	rows, err := s.pool.Query(ctx, s.q(releaseBatchSQL), ids, s.releaseCommit())
+	// Planned on each call (CacheDescribe runs an unnamed statement) rather
+	// than with a cached generic plan: leases grows fast, and a generic
+	// plan made while it was small scans the whole table for the ids until
+	// an ANALYZE invalidates it. Planning costs far less than that scan.
+	rows, err := s.pool.Query(ctx, s.q(releaseBatchSQL), pgx.QueryExecModeCacheDescribe, ids, s.releaseCommit())
 	if err == nil {
 		byID := make(map[uuid.UUID]*pharox.Lease, len(ids))
 		for rows.Next() {
