@@ -77,9 +77,9 @@
 // # Batching
 //
 // Concurrent calls of one Store share statements. An acquisition that
-// finds fewer than two statements of its kind (same pool, strategy and
-// filters) running starts one at once, alone, with the statement above;
-// acquisitions that arrive meanwhile queue and leave together, up to
+// finds no statement of its kind (same pool, strategy and filters)
+// running runs at once, alone, with the statement above; acquisitions
+// that arrive meanwhile queue and leave together, up to
 // [WithMaxBatch] of them (default [DefaultMaxBatch]), in one statement that
 // locks as many free candidates as there are requests (FOR UPDATE SKIP
 // LOCKED again), lays out their free slots in the order that many
