@@ -66,8 +66,8 @@ func WithEndedLeaseRetention(d time.Duration) Option {
 // script serves, and so how long one batch keeps Redis busy (some tens of
 // microseconds per item); n = 1 turns batching off, so every call runs its
 // own script. n outside 1-1000 makes New fail with
-// [pharox.ErrInvalidArgument]. The
-// default is [DefaultMaxBatch]; see the package doc, Batching.
+// [pharox.ErrInvalidArgument]. The default is [DefaultMaxBatch]; see the
+// package doc, Batching.
 func WithMaxBatch(n int) Option { return func(s *Store) { s.maxBatch = n } }
 
 // Store is a [pharox.Storage] on Redis. It is safe for concurrent use; its
