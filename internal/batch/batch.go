@@ -124,13 +124,17 @@ func (c *Coalescer[K, In, Out]) Do(ctx context.Context, key K, in In) (Out, erro
 		cl.state = sent
 		c.mu.Unlock()
 		// Alone: no hand-off to another goroutine, and the caller's own
-		// context governs its call, as without batching.
+		// context governs its call, as without batching. The place is
+		// passed on even if exec panics (an HTTP server recovers handler
+		// panics; the key's queue must not stay blocked).
+		defer func() {
+			if next := c.next(key, q); next != nil {
+				go c.run(key, q, next)
+			}
+		}()
 		r := c.exec(ctx, key, []In{in})
 		if len(r) == 0 {
 			r = []Result[Out]{{Err: errShortResult}}
-		}
-		if next := c.next(key, q); next != nil {
-			go c.run(key, q, next)
 		}
 		return r[0].Val, r[0].Err
 	}

@@ -385,3 +385,24 @@ func TestNoResultLost(t *testing.T) {
 		}
 	}
 }
+
+// TestPanicFreesThePlace: a call whose work panics (recovered by its
+// caller, as an HTTP server does) does not leave its key blocked.
+func TestPanicFreesThePlace(t *testing.T) {
+	exec := func(_ context.Context, _ string, in []int) []Result[int] {
+		if in[0] < 0 {
+			panic("boom")
+		}
+		return []Result[int]{{Val: in[0]}}
+	}
+	c := New(exec, Options[int]{})
+	func() {
+		defer func() { _ = recover() }()
+		c.Do(context.Background(), "k", -1)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if v, err := c.Do(ctx, "k", 7); err != nil || v != 7 {
+		t.Fatalf("Do after a panic = %d, %v; want 7 (the key stayed blocked)", v, err)
+	}
+}
