@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/pharox/pharox"
 )
@@ -297,12 +298,7 @@ func (s *Store) tryAcquire(ctx context.Context, sql string, vals []any) (lease *
 		expiresAt          *time.Time
 		pr                 proxyRow
 	)
-	dest := []any{&poolOK, &consumerOK, &retry, &acquiredAt, &expiresAt}
-	if rows.RawValues()[3] != nil {
-		dest = append(dest, pr.targets()...)
-	} else {
-		dest = append(dest, make([]any, len(proxyColumns))...)
-	}
+	dest := append([]any{&poolOK, &consumerOK, &retry, &acquiredAt, &expiresAt}, proxyDest(rows, 3, &pr)...)
 	if err := rows.Scan(dest...); err != nil {
 		return nil, false, fmt.Errorf("postgres: acquire: %w", err)
 	}
@@ -318,15 +314,32 @@ func (s *Store) tryAcquire(ctx context.Context, sql string, vals []any) (lease *
 	case acquiredAt == nil:
 		return nil, retry, nil
 	}
+	return acquiredLease(&pr, *acquiredAt, *expiresAt), false, nil
+}
+
+// proxyDest returns the scan destinations of the proxy columns that follow
+// the column at index marker: pr's fields when that column is not NULL (the
+// row carries a proxy), else places that discard the NULLs.
+func proxyDest(rows pgx.Rows, marker int, pr *proxyRow) []any {
+	if rows.RawValues()[marker] != nil {
+		return pr.targets()
+	}
+	return make([]any, len(proxyColumns))
+}
+
+// acquiredLease is the active lease an acquisition statement reported on
+// the proxy in pr; the caller fills in what the request says (see
+// finishAcquire).
+func acquiredLease(pr *proxyRow, acquiredAt, expiresAt time.Time) *pharox.Lease {
 	p := pr.proxy()
 	return &pharox.Lease{
 		ProxyID:    p.ID,
 		PoolID:     p.PoolID,
 		Status:     pharox.LeaseActive,
-		AcquiredAt: utc(*acquiredAt),
-		ExpiresAt:  utc(*expiresAt),
+		AcquiredAt: utc(acquiredAt),
+		ExpiresAt:  utc(expiresAt),
 		Proxy:      p,
-	}, false, nil
+	}
 }
 
 func sleep(ctx context.Context, d time.Duration) error {
@@ -377,14 +390,8 @@ FROM (SELECT 1) one LEFT JOIN (
 	}
 	var poolOK bool
 	var pr proxyRow
-	dest := []any{&poolOK}
 	found := rows.RawValues()[1] != nil
-	if found {
-		dest = append(dest, pr.targets()...)
-	} else {
-		dest = append(dest, make([]any, len(proxyColumns))...)
-	}
-	if err := rows.Scan(dest...); err != nil {
+	if err := rows.Scan(append([]any{&poolOK}, proxyDest(rows, 1, &pr)...)...); err != nil {
 		return nil, fmt.Errorf("postgres: find proxy: %w", err)
 	}
 	switch {

@@ -145,12 +145,7 @@ func (s *Store) execAcquireBatch(ctx context.Context, key acquireBatchKey, items
 				acquiredAt, expireAt *time.Time
 				pr                   proxyRow
 			)
-			dest := []any{&poolOK, &ord, &consumerOK, &acquiredAt, &expireAt}
-			if rows.RawValues()[3] != nil {
-				dest = append(dest, pr.targets()...)
-			} else {
-				dest = append(dest, make([]any, len(proxyColumns))...)
-			}
+			dest := append([]any{&poolOK, &ord, &consumerOK, &acquiredAt, &expireAt}, proxyDest(rows, 3, &pr)...)
 			if err := rows.Scan(dest...); err != nil {
 				return err
 			}
@@ -167,11 +162,7 @@ func (s *Store) execAcquireBatch(ctx context.Context, key acquireBatchKey, items
 			case acquiredAt == nil:
 				r.Err = errNotServed
 			default:
-				p := pr.proxy()
-				r.Val = s.finishAcquire(&pharox.Lease{
-					ProxyID: p.ID, PoolID: p.PoolID, Status: pharox.LeaseActive,
-					AcquiredAt: utc(*acquiredAt), ExpiresAt: utc(*expireAt), Proxy: p,
-				}, it.leaseID, it.req)
+				r.Val = s.finishAcquire(acquiredLease(&pr, *acquiredAt, *expireAt), it.leaseID, it.req)
 			}
 		}
 		return rows.Err()
