@@ -352,21 +352,16 @@ func (s *Store) ListLeases(ctx context.Context, q pharox.LeaseQuery) ([]*pharox.
 	var out []*pharox.Lease
 	for start := 0; start < len(all); start += cleanupBatch {
 		part := all[start:min(start+cleanupBatch, len(all))]
-		cmds, err := s.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
-			for _, id := range part {
-				p.HGetAll(ctx, s.prefix+"lease:"+id)
-			}
-			return nil
-		})
+		records, err := s.rdb.HMGet(ctx, s.prefix+"leases", part...).Result()
 		if err != nil {
 			return nil, wrap(err, "list leases")
 		}
-		for i, c := range cmds {
-			m := c.(*goredis.MapStringStringCmd).Val()
-			if len(m) == 0 {
+		for i, v := range records {
+			record, ok := v.(string)
+			if !ok {
 				continue // purged meanwhile
 			}
-			l, err := decodeLease(part[i], m)
+			l, err := decodeLease(part[i], record)
 			if err != nil {
 				return nil, fmt.Errorf("redis: list leases: %w", err)
 			}

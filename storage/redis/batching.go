@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
@@ -36,12 +37,21 @@ func (s *Store) execAcquire(ctx context.Context, k acquireKey, reqs []pharox.Acq
 	for i, r := range reqs {
 		ids[i] = uuid.New()
 		known[i] = s.consumerKnown(r.ConsumerID)
-		args = append(args, r.ConsumerID.String(), r.ConsumerName, ids[i].String(),
-			r.Duration.Microseconds(), rand.Int64N(1<<50), known[i])
+		seed := int64(0)
+		if k.spec != "" {
+			seed = rand.Int64N(1 << 50)
+		}
+		args = append(args, r.ConsumerID.String(), ids[i].String(), r.Duration.Microseconds(), seed,
+			known[i], encodeWho(r.ConsumerID, r.ConsumerName, r.PoolName, ""))
 	}
 	v, err := s.run(ctx, scriptAcquireMany, args...)
+	var head []any
 	if err == nil {
-		if arr, ok := v.([]any); !ok || len(arr) != len(reqs) {
+		arr, ok := v.([]any)
+		if ok && len(arr) == len(reqs)+1 {
+			head, ok = arr[0].([]any)
+		}
+		if !ok || len(head) != 2 {
 			err = errors.New("unexpected reply")
 		}
 	}
@@ -58,7 +68,11 @@ func (s *Store) execAcquire(ctx context.Context, k acquireKey, reqs []pharox.Acq
 		}
 		return out
 	}
-	for i, item := range v.([]any) {
+	pid, _ := head[0].(string)
+	acq, _ := head[1].(string)
+	// An entry leaves out the DYN fields an earlier entry holds.
+	dyns := map[string]any{}
+	for i, item := range v.([]any)[1:] {
 		switch item := item.(type) {
 		case nil:
 			out[i].Err = fmt.Errorf("redis: acquire from pool %q: %w", k.pool, pharox.ErrNoProxyAvailable)
@@ -71,11 +85,33 @@ func (s *Store) execAcquire(ctx context.Context, k acquireKey, reqs []pharox.Acq
 				s.poolIDs.Delete(k.pool)
 			}
 			out[i].Err = fmt.Errorf("redis: acquire from pool %q: %w", k.pool, sentinel)
+		case []any:
+			out[i].Val, out[i].Err = s.acquiredEntry(reqs[i], ids[i], known[i], pid, acq, item, dyns)
 		default:
-			out[i].Val, out[i].Err = s.leaseFromAcquire(reqs[i], ids[i], known[i], item)
+			out[i].Err = fmt.Errorf("redis: acquire from pool %q: unexpected reply", k.pool)
 		}
 	}
 	return out
+}
+
+// acquiredEntry decodes one acquisition of acquire_many.lua's reply.
+func (s *Store) acquiredEntry(req pharox.AcquireRequest, id uuid.UUID, known, pid, acq string, e []any, dyns map[string]any) (*pharox.Lease, error) {
+	if len(e) != 4 && len(e) != 5 {
+		return nil, fmt.Errorf("redis: acquire from pool %q: unexpected reply", req.PoolName)
+	}
+	exp, _ := e[0].(string)
+	chosen, _ := e[1].(string)
+	cur, _ := e[2].(int64)
+	dyn := e[3]
+	if dyn == nil {
+		dyn = dyns[chosen]
+	} else {
+		dyns[chosen] = dyn
+	}
+	if len(e) == 5 {
+		pid, _ = e[4].(string)
+	}
+	return s.acquiredLease(req, id, known, pid, acq, exp, chosen, cur, dyn)
 }
 
 // execRelease serves a batch of releases: release.lua for one, else
@@ -106,7 +142,7 @@ func (s *Store) execRelease(ctx context.Context, _ struct{}, ids []uuid.UUID) []
 	}
 	for i, item := range arr {
 		id := ids[i]
-		if code, ok := item.(string); ok {
+		if code, ok := item.(string); ok && strings.HasPrefix(code, "PHAROX_") {
 			sentinel := codeError(code)
 			if sentinel == nil {
 				sentinel = fmt.Errorf("unexpected reply %q", code)

@@ -189,7 +189,7 @@ const (
 
 // runPairs runs n acquire+release pairs on workers goroutines and returns
 // the wall time they took.
-func runPairs(b *testing.B, s *Store, req pharox.AcquireRequest, workers, n int) time.Duration {
+func runPairs(b testing.TB, s *Store, req pharox.AcquireRequest, workers, n int) time.Duration {
 	ctx := context.Background()
 	var next atomic.Int64
 	var failed atomic.Value

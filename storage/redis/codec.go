@@ -2,6 +2,7 @@ package redis
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -203,22 +204,76 @@ func encodeProxy(p *pharox.Proxy) newProxy {
 	return np
 }
 
-// decodeLease builds a Lease from its hash.
-func decodeLease(id string, m map[string]string) (*pharox.Lease, error) {
+// leaseWho is the part of a lease that only clients read: the consumer's
+// id and name, the pool's name and the session key. The client packs it
+// (encodeWho) into the lease's record, where scripts keep it untouched.
+type leaseWho struct {
+	consumer, cname, pname, sess string
+}
+
+// encodeWho packs the consumer id followed by the three names, each as its
+// byte length, ':' and its bytes, so that names may hold any byte.
+func encodeWho(consumer uuid.UUID, cname, pname, sess string) string {
+	var b strings.Builder
+	b.Grow(36 + len(cname) + len(pname) + len(sess) + 12)
+	b.WriteString(consumer.String())
+	for _, s := range [...]string{cname, pname, sess} {
+		b.WriteString(strconv.Itoa(len(s)))
+		b.WriteByte(':')
+		b.WriteString(s)
+	}
+	return b.String()
+}
+
+// decodeWho unpacks encodeWho's output.
+func decodeWho(s string) (leaseWho, error) {
+	var w leaseWho
+	if len(s) < 36 {
+		return w, errors.New("malformed who part")
+	}
+	w.consumer, s = s[:36], s[36:]
+	for _, dst := range [...]*string{&w.cname, &w.pname, &w.sess} {
+		n, rest, ok := strings.Cut(s, ":")
+		size, err := strconv.Atoi(n)
+		if !ok || err != nil || size < 0 || size > len(rest) {
+			return w, errors.New("malformed who part")
+		}
+		*dst, s = rest[:size], rest[size:]
+	}
+	if s != "" {
+		return w, errors.New("malformed who part")
+	}
+	return w, nil
+}
+
+// decodeLease builds a Lease from its record,
+// "status|rel|exp|proxy|pool|maxc|acq|who" (see LEASES in lib.lua).
+func decodeLease(id, record string) (*pharox.Lease, error) {
+	f := strings.SplitN(record, "|", 8)
+	if len(f) != 8 {
+		return nil, fmt.Errorf("lease %s: malformed record", id)
+	}
+	w, err := decodeWho(f[7])
+	if err != nil {
+		return nil, fmt.Errorf("lease %s: %w", id, err)
+	}
 	l := &pharox.Lease{
-		ConsumerName: m["cname"],
-		PoolName:     m["pname"],
-		Status:       pharox.LeaseStatus(m["status"]),
-		SessionKey:   m["sess"],
+		ConsumerName: w.cname,
+		PoolName:     w.pname,
+		Status:       pharox.LeaseStatus(f[0]),
+		SessionKey:   w.sess,
 	}
 	var errs [7]error
 	l.ID, errs[0] = uuid.Parse(id)
-	l.ProxyID, errs[1] = uuid.Parse(m["proxy"])
-	l.ConsumerID, errs[2] = uuid.Parse(m["consumer"])
-	l.PoolID, errs[3] = uuid.Parse(m["pool"])
-	l.AcquiredAt, errs[4] = micros(m["acq"])
-	l.ExpiresAt, errs[5] = micros(m["exp"])
-	l.ReleasedAt, errs[6] = optMicros(m["rel"])
+	l.ProxyID, errs[1] = uuid.Parse(f[3])
+	l.ConsumerID, errs[2] = uuid.Parse(w.consumer)
+	l.PoolID, errs[3] = uuid.Parse(f[4])
+	l.AcquiredAt, errs[4] = micros(f[6])
+	l.ExpiresAt, errs[5] = micros(f[2])
+	l.ReleasedAt, errs[6] = optMicros(f[1])
+	if !l.Status.Valid() {
+		errs[0] = fmt.Errorf("unknown status %q", f[0])
+	}
 	for _, e := range errs {
 		if e != nil {
 			return nil, fmt.Errorf("lease %s: malformed record: %v", id, e)
@@ -227,15 +282,13 @@ func decodeLease(id string, m map[string]string) (*pharox.Lease, error) {
 	return l, nil
 }
 
+// leaseFromReply decodes a script reply holding a lease's record.
 func leaseFromReply(id string, v any) (*pharox.Lease, error) {
-	m, err := fields(v)
-	if err != nil {
-		return nil, err
+	record, ok := v.(string)
+	if !ok {
+		return nil, fmt.Errorf("unexpected script reply %T", v)
 	}
-	if len(m) == 0 {
-		return nil, fmt.Errorf("lease %s vanished", id)
-	}
-	return decodeLease(id, m)
+	return decodeLease(id, record)
 }
 
 // splitPair splits "a|b".

@@ -37,7 +37,9 @@
 //	proxy:<id>                 hash   one field per proxy attribute (the password too), plus
 //	                                  "static": the attributes fixed at creation, packed as JSON
 //	proxy:<id>:ended           set    the proxy's ended leases
-//	lease:<lid>                hash   proxy, consumer, cname, pool, pname, status, acq, exp, rel, sess
+//	leases                     hash   lease id -> "status|rel|exp|proxy|pool|maxc|acq|who" (rel
+//	                                  empty while active; who: the consumer id, consumer name,
+//	                                  pool name and session key, packed by the client)
 //	ended                      zset   ended leases by end time (PurgeEndedLeases, retention)
 //	p:<pid>:all                zset   every proxy of the pool, score 0 (id order)
 //	p:<pid>:free               zset   leasable proxies with a free slot, score 0 (round_robin, random)
@@ -81,11 +83,15 @@
 //
 // Taking the slot is O(log n): the proxy leaves the free sorted sets when it
 // fills up and returns when a lease ends. The hot path is lean in Redis
-// calls, which dominate a script's cost: an unfiltered first_available
-// acquisition makes about nine (TIME, the reclaim range read, the pick,
-// HINCRBY and HMGET of the proxy, one sorted-set update, the lease HSET,
-// its expiry ZADD, and a counter on a proxy's first lease) and a release
-// about eight. To get there the client keeps three caches that can only
+// calls and in the values they carry, which dominate a script's cost: an
+// unfiltered first_available acquisition makes about nine calls (TIME, the
+// reclaim range read, the pick, HINCRBY and HMGET of the proxy, one
+// sorted-set update, the lease HSET, its expiry ZADD, and a counter on a
+// proxy's first lease) and a release about eight. A lease is one value in
+// one hash, not a hash of its own, so that a batch (see Batching) reads and
+// writes all its leases in one call; the client packs the parts only it
+// reads into that value, so scripts neither parse nor return them field by
+// field. To get there the client keeps three caches that can only
 // save work, never change an answer: consumers it has seen exist (they are
 // never deleted), the pool id last seen for a pool name (a hint the script
 // verifies whenever it finds nothing, so a pool re-created under the same
@@ -120,14 +126,16 @@
 // ErrPoolNotFound, ErrConsumerNotFound, ErrLeaseNotFound,
 // ErrLeaseNotActive). All acquisitions of a batch are stamped with the
 // same time. Inside a batch, writes that no later item reads are made once
-// at the end (the expiry index, the ended-lease indexes, the pools'
-// counters, the free structures the strategy does not read; an unfiltered
-// first_available batch follows the head of its free list itself), and a
-// batch of releases frees each proxy's slots in one step. On the
+// at the end (the lease records, the expiry index, the ended-lease
+// indexes, the pools' counters, the free structures the strategy does not
+// read; an unfiltered first_available batch follows the head of its free
+// list itself), a batch of releases reads all its leases in one call and
+// frees each proxy's slots in one step, and an acquisition's reply leaves
+// out the proxy fields an earlier one in the batch already carries. On the
 // benchmark's workload (unfiltered first_available, 32 callers) this cuts
-// the Redis calls per acquire+release pair from about twenty to under
-// eight, with about ten acquisitions or releases per script call. Sticky
-// acquisitions (with a session key) are never batched.
+// the Redis calls per acquire+release pair from about twenty to five and
+// a half, with about nine acquisitions or releases per script call.
+// Sticky acquisitions (with a session key) are never batched.
 //
 // A lone caller runs its script on its own goroutine with its own context,
 // exactly as without batching; only a caller that arrives while a batch

@@ -62,9 +62,10 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 func (s *Store) acquireOne(ctx context.Context, req pharox.AcquireRequest, sp string) (*pharox.Lease, error) {
 	id := uuid.New()
 	known := s.consumerKnown(req.ConsumerID)
-	v, err := s.run(ctx, scriptAcquire, "acquire", req.PoolName, req.ConsumerID.String(), req.ConsumerName,
+	v, err := s.run(ctx, scriptAcquire, "acquire", req.PoolName, req.ConsumerID.String(), "",
 		id.String(), req.Duration.Microseconds(), string(req.Strategy), req.SessionKey,
-		req.SessionTTL.Microseconds(), sp, rand.Int64N(1<<50), known, s.poolHint(req.PoolName))
+		req.SessionTTL.Microseconds(), sp, rand.Int64N(1<<50), known, s.poolHint(req.PoolName),
+		encodeWho(req.ConsumerID, req.ConsumerName, req.PoolName, req.SessionKey))
 	if errors.Is(err, goredis.Nil) {
 		return nil, fmt.Errorf("redis: acquire from pool %q: %w", req.PoolName, pharox.ErrNoProxyAvailable)
 	}
@@ -75,7 +76,13 @@ func (s *Store) acquireOne(ctx context.Context, req pharox.AcquireRequest, sp st
 		}
 		return nil, err
 	}
-	return s.leaseFromAcquire(req, id, known, v)
+	arr, ok := v.([]any)
+	if !ok || len(arr) != 6 {
+		return nil, fmt.Errorf("redis: acquire from pool %q: unexpected reply", req.PoolName)
+	}
+	str := func(i int) string { x, _ := arr[i].(string); return x }
+	cur, _ := arr[4].(int64)
+	return s.acquiredLease(req, id, known, str(0), str(1), str(2), str(3), cur, arr[5])
 }
 
 // consumerKnown returns "1" when the consumer is known to exist, else "0",
@@ -87,19 +94,14 @@ func (s *Store) consumerKnown(id uuid.UUID) string {
 	return "0"
 }
 
-// leaseFromAcquire decodes acquire.lua's reply v for the lease id made for
-// req and updates the client's caches.
-func (s *Store) leaseFromAcquire(req pharox.AcquireRequest, id uuid.UUID, known string, v any) (*pharox.Lease, error) {
+// acquiredLease builds the lease id acquired for req from an acquisition
+// script's reply: the pool id, acquisition and expiry times, the proxy id,
+// its lease count and its DYN fields (see lib.lua); it updates the
+// client's caches.
+func (s *Store) acquiredLease(req pharox.AcquireRequest, id uuid.UUID, known, pidStr, acq, exp, chosen string, cur int64, dyn any) (*pharox.Lease, error) {
 	if known == "0" {
 		s.consumers.Store(req.ConsumerID, struct{}{})
 	}
-	arr, ok := v.([]any)
-	if !ok || len(arr) != 6 {
-		return nil, fmt.Errorf("redis: acquire from pool %q: unexpected reply", req.PoolName)
-	}
-	pidStr, _ := arr[0].(string)
-	acq, _ := arr[1].(string)
-	exp, _ := arr[2].(string)
 	l := &pharox.Lease{
 		ID:           id,
 		ConsumerID:   req.ConsumerID,
@@ -112,9 +114,7 @@ func (s *Store) leaseFromAcquire(req pharox.AcquireRequest, id uuid.UUID, known 
 	l.PoolID, errs[0] = uuid.Parse(pidStr)
 	l.AcquiredAt, errs[1] = micros(acq)
 	l.ExpiresAt, errs[2] = micros(exp)
-	chosen, _ := arr[3].(string)
-	cur, _ := arr[4].(int64)
-	l.Proxy, errs[3] = s.proxyFromDyn(chosen, cur, arr[5])
+	l.Proxy, errs[3] = s.proxyFromDyn(chosen, cur, dyn)
 	if err := errors.Join(errs[:]...); err != nil {
 		return nil, fmt.Errorf("redis: acquire from pool %q: malformed reply: %v", req.PoolName, err)
 	}

@@ -2,11 +2,13 @@ package redis
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/pharox/pharox"
 )
 
@@ -343,5 +345,95 @@ func TestStickyChoiceKeepsRoundRobinPosition(t *testing.T) {
 		if got := acquire(st.key); got.ID != added[st.want].ID {
 			t.Fatalf("step %d (session %q): leased %s, want proxy #%d %s", i, st.key, got.ID, st.want, added[st.want].ID)
 		}
+	}
+}
+
+// TestNamesWithSeparators sends consumer, pool and session names holding
+// the characters the lease record and its packed part use as separators
+// through every path that returns a lease: alone and batched acquisition,
+// sticky acquisition, renewal, lookup, listing and release.
+func TestNamesWithSeparators(t *testing.T) {
+	s := newTestStore(t)
+	ctx := t.Context()
+	pool := "pool|1:2"
+	proxies := batchPool(t, s, pool, 0)
+	c, err := s.EnsureConsumer(ctx, "worker|3:4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string, l *pharox.Lease, err error, sess string) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if l.ConsumerID != c.ID || l.ConsumerName != c.Name || l.PoolName != pool || l.SessionKey != sess || l.ProxyID != proxies[0].ID {
+			t.Errorf("%s: lease %+v; want consumer %q, pool %q, session %q", what, l, c.Name, pool, sess)
+		}
+	}
+	req := pharox.AcquireRequest{PoolName: pool, ConsumerID: c.ID, ConsumerName: c.Name, Duration: time.Minute,
+		Strategy: pharox.FirstAvailable}
+	var leases []*pharox.Lease
+	for i, r := range s.execAcquire(ctx, acquireKey{pool: pool, strategy: string(pharox.FirstAvailable)}, []pharox.AcquireRequest{req, req}) {
+		check(fmt.Sprintf("batched acquisition %d", i), r.Val, r.Err, "")
+		leases = append(leases, r.Val)
+	}
+	sticky := req
+	sticky.SessionKey, sticky.SessionTTL = "sess|5:6", time.Minute
+	l, err := s.AcquireLease(ctx, sticky)
+	check("sticky acquisition", l, err, sticky.SessionKey)
+	leases = append(leases, l)
+	l, err = s.RenewLease(ctx, l.ID, time.Hour)
+	check("renewal", l, err, sticky.SessionKey)
+	l, err = s.GetLease(ctx, l.ID)
+	check("lookup", l, err, sticky.SessionKey)
+	listed, err := s.ListLeases(ctx, pharox.LeaseQuery{ConsumerID: c.ID})
+	if err != nil || len(listed) != len(leases) {
+		t.Fatalf("ListLeases = %d leases, %v; want %d", len(listed), err, len(leases))
+	}
+	for _, l := range listed {
+		check("listing", l, nil, l.SessionKey)
+	}
+	for i, r := range s.execRelease(ctx, struct{}{}, []uuid.UUID{leases[0].ID, leases[1].ID}) {
+		check(fmt.Sprintf("batched release %d", i), r.Val, r.Err, "")
+	}
+	l, err = s.ReleaseLease(ctx, leases[2].ID)
+	check("release", l, err, sticky.SessionKey)
+}
+
+// TestReclaimManyExpired lets more leases expire than one call can read
+// (Lua's unpack is bounded by its stack, 8,000 values), then deletes their
+// proxy, which reclaims them all in one script.
+func TestReclaimManyExpired(t *testing.T) {
+	s := newTestStore(t)
+	ctx := t.Context()
+	const n = 8200
+	proxies := batchPool(t, s, "p", n)
+	c, err := s.EnsureConsumer(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := pharox.AcquireRequest{PoolName: "p", ConsumerID: c.ID, ConsumerName: c.Name, Duration: time.Second,
+		Strategy: pharox.FirstAvailable}
+	reqs := make([]pharox.AcquireRequest, 1025)
+	for i := range reqs {
+		reqs[i] = req
+	}
+	for range n / len(reqs) {
+		for _, r := range s.execAcquire(ctx, acquireKey{pool: "p", strategy: string(pharox.FirstAvailable)}, reqs) {
+			if r.Err != nil {
+				t.Fatal(r.Err)
+			}
+		}
+	}
+	time.Sleep(req.Duration + 100*time.Millisecond)
+	if err := s.DeleteProxy(ctx, proxies[0].ID); err != nil {
+		t.Fatalf("DeleteProxy after %d leases expired: %v", n, err)
+	}
+	st, err := s.GetPoolStats(ctx, "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.TotalLeases != 0 || st.LeasedProxies != 0 {
+		t.Errorf("after the reclaim: %d leases, %d leased proxies; want 0, 0", st.TotalLeases, st.LeasedProxies)
 	}
 }

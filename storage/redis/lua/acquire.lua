@@ -1,8 +1,9 @@
 -- acquire / find. ARGV: 2 mode ('acquire' or 'find'), 3 pool name,
--- 4 consumer id, 5 consumer name, 6 lease id, 7 duration (us), 8 strategy,
+-- 4 consumer id, 5 unused, 6 lease id, 7 duration (us), 8 strategy,
 -- 9 session key, 10 session ttl (us), 11 filter spec JSON or '', 12 seed,
 -- 13 '1' when the client already knows the consumer exists, 14 the pool id
--- the client last saw for this name, or ''.
+-- the client last saw for this name, or '', 15 the lease's who field (see
+-- LEASES in lib.lua).
 local mode, pname, strategy, skey = ARGV[2], ARGV[3], ARGV[8], ARGV[9]
 local acquire = mode == 'acquire'
 if acquire and ARGV[13] ~= '1' and redis.call('SISMEMBER', P .. 'cids', ARGV[4]) == 0 then
@@ -56,9 +57,7 @@ if not acquire then return redis.call('HGETALL', xk(chosen)) end
 local cur, f = take_slot(pid, chosen)
 local lid = ARGV[6]
 local exp = now + tonumber(ARGV[7])
-redis.call('HSET', lk(lid), 'proxy', chosen, 'consumer', ARGV[4], 'cname', ARGV[5],
-  'pool', pid, 'pname', pname, 'status', 'active', 'acq', fmt(now), 'exp', fmt(exp), 'sess', skey,
-  'maxc', f[10] or '')
+lease_write(lid, lease_record(chosen, pid, fmt(now), fmt(exp), f[10], ARGV[15]))
 redis.call('ZADD', pk(pid, 'exp'), fmt(exp), lid)
 -- The round-robin position moves only when the strategy chose.
 if strategy == 'round_robin' and not sticky then redis.call('SET', pk(pid, 'rr'), chosen) end

@@ -3,23 +3,27 @@
 -- outcome equals that many acquire.lua calls in a row at one instant.
 -- ARGV: 2 pool name, 3 strategy, 4 filter spec JSON or '', 5 the pool id
 -- the client last saw for this name, or '', then 6 values per
--- acquisition: consumer id, consumer name, lease id, duration (us), seed,
--- '1' when the client already knows the consumer exists. Returns one entry
--- per acquisition: acquire.lua's reply, false when no proxy is free, or
--- the code of acquire.lua's error as a string.
+-- acquisition: consumer id, lease id, duration (us), seed, '1' when the
+-- client already knows the consumer exists, the lease's who field.
+-- Returns {pool id, acquisition time} ('' for both when nothing was
+-- acquired), then one entry per acquisition: {expiry, proxy id, the
+-- proxy's lease count, its DYN fields (false when an earlier entry of the
+-- reply holds them), and, only if it differs from the first value, the
+-- pool id}; false when no proxy is free; or the code of acquire.lua's
+-- error as a string.
 local pname, strategy = ARGV[2], ARGV[3]
 local spec = nil
 if ARGV[4] ~= '' then spec = cjson.decode(ARGV[4]) end
 local now = nil
 -- Writes nothing in the batch reads are gathered in d and made once (see
--- new_deferred in lib.lua): the new leases' expiries, the pool's counter
+-- new_deferred in lib.lua): the new leases' records and expiries, the pool's counter
 -- of leased proxies, and the free structures the selection does not read
 -- (select.lua reads free for every filter that is not a pure conjunction
 -- of index sets).
 local d = new_deferred()
 -- Unfiltered first_available takes the head of fa:0 (else fa:1), and an
 -- acquisition removes nothing from them but that head, when it fills; so
--- the heads are read CHUNK at a time and followed here (see fa_head), and
+-- the heads are read a part at a time and followed here (see fa_head), and
 -- no free structure is read while the batch runs.
 local fa_fast = strategy == 'first_available' and not spec
 if fa_fast then d.live = {}
@@ -29,23 +33,26 @@ else d.live = {free = true} end
 if spec then d.live.free = true end
 
 -- heads[pid] = {r = rank of the list, ids = its first members, i = the
--- current head's index in ids}.
+-- current head's index in ids}. A read takes no more members than the
+-- batch can fill (at least one slot each) plus one.
 local heads = {}
+local span = math.min(CHUNK, (#ARGV - 5) / 6 + 1)
+local last = fmt(span - 1)
 local function fa_head(pid)
   local h = heads[pid]
   if not h then
-    h = {r = 0, ids = redis.call('ZRANGE', pk(pid, 'fa:0'), 0, CHUNK - 1), i = 1}
+    h = {r = 0, ids = redis.call('ZRANGE', pk(pid, FA[0]), '0', last), i = 1}
     heads[pid] = h
   end
   while h.i > #h.ids do
-    if #h.ids < CHUNK then
+    if #h.ids < span then
       if h.r == 1 then return nil end
       h.r = 1
     end
     -- The members passed are removed at the flush; the list then starts
     -- with the current head.
     flush(d)
-    h.ids, h.i = redis.call('ZRANGE', pk(pid, 'fa:' .. h.r), 0, CHUNK - 1), 1
+    h.ids, h.i = redis.call('ZRANGE', pk(pid, FA[h.r]), '0', last), 1
   end
   return h.ids[h.i]
 end
@@ -90,32 +97,36 @@ local function pick()
   return chosen
 end
 
--- dyn caches the DYN fields of proxies taken from (see take_slot).
-local known, dyn = {}, {}
-local out = {}
+-- dyn caches the DYN fields of proxies taken from (see take_slot); from
+-- records the pool of each entry that acquired.
+local known, dyn, from = {}, {}, {}
+-- All items share now, so acq and each duration's expiry are formatted once.
+local acq, exps = nil, {}
+local out = {false}
 for i = 6, #ARGV, 6 do
-  local cid, cname, lid, dur, seed = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  if ARGV[i + 5] ~= '1' and known[cid] == nil then
+  local cid, lid, dur, seed = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  if ARGV[i + 4] ~= '1' and known[cid] == nil then
     known[cid] = redis.call('SISMEMBER', P .. 'cids', cid) == 1
   end
   local r = false
-  if ARGV[i + 5] ~= '1' and not known[cid] then
+  if ARGV[i + 4] ~= '1' and not known[cid] then
     r = 'PHAROX_CONSUMER_NOT_FOUND'
   elseif not missing and not empty then
-    if not now then now = now_us() end
+    if not now then now = now_us() acq = fmt(now) end
     if spec then math.randomseed(tonumber(seed)) end
     local chosen = pick()
     if chosen then
-      local cur, f = take_slot(pid, chosen, dyn[chosen], d)
+      local sent = dyn[chosen]
+      local cur, f = take_slot(pid, chosen, sent, d)
       dyn[chosen] = f
       if fa_fast and not has_room(cur, f[10]) then heads[pid].i = heads[pid].i + 1 end
-      local exp = now + tonumber(dur)
-      redis.call('HSET', lk(lid), 'proxy', chosen, 'consumer', cid, 'cname', cname,
-        'pool', pid, 'pname', pname, 'status', 'active', 'acq', fmt(now), 'exp', fmt(exp), 'sess', '',
-        'maxc', f[10] or '')
-      defer(d, 'ZADD', pk(pid, 'exp'), fmt(exp), lid)
+      local exp = exps[dur]
+      if not exp then exp = fmt(now + tonumber(dur)) exps[dur] = exp end
+      lease_write(lid, lease_record(chosen, pid, acq, exp, f[10], ARGV[i + 5]), d)
+      defer(d, 'ZADD', pk(pid, 'exp'), exp, lid)
       if strategy == 'round_robin' then cursors[pid], moved[pid] = chosen, true end
-      r = {pid, fmt(now), fmt(exp), chosen, cur, f}
+      r = {exp, chosen, cur, not sent and f}
+      from[#out + 1] = pid
     elseif not missing then
       empty = true
     end
@@ -125,4 +136,8 @@ for i = 6, #ARGV, 6 do
 end
 flush(d)
 for p in pairs(moved) do redis.call('SET', pk(p, 'rr'), cursors[p]) end
+out[1] = {pid, acq or ''}
+for j, p in pairs(from) do
+  if p ~= pid then out[j][5] = p end
+end
 return out

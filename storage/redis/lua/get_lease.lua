@@ -1,10 +1,11 @@
--- get lease, ending it first if it has expired. ARGV: 2 lease id.
+-- get lease, ending it first if it has expired. ARGV: 2 lease id. Returns
+-- its record (see LEASES in lib.lua), or false.
 local lid = ARGV[2]
-local k = lk(lid)
-local f = redis.call('HMGET', k, 'status', 'exp', 'proxy', 'pool', 'maxc')
-if not f[1] then return false end
-if f[1] == 'active' then
+local v = redis.call('HGET', LEASES, lid)
+if not v then return false end
+local st, exp, proxy, pid, maxc = lease_fields(v)
+if st == 'active' then
   local now = now_us()
-  if tonumber(f[2]) <= now then end_lease(lid, 'expired', now, f[3], f[4], f[5]) end
+  if tonumber(exp) <= now then v = end_lease(lid, v, 'expired', now, proxy, pid, maxc) end
 end
-return redis.call('HGETALL', k)
+return v

@@ -10,20 +10,33 @@ local RECLAIM = 256     -- expired leases reclaimed per hot-path call
 local W = 4294967296    -- status-rank weight in the least_used score
 local RANK = {active = 0, slow = 1, inactive = 2, banned = 3}
 
--- fmt formats an integral number exactly; it remembers its last result,
--- since scripts format the same time many times.
+-- fmt formats an integral number exactly (Lua's own conversion rounds
+-- to 14 digits); it remembers its last result, since scripts format the
+-- same time many times. Numbers passed to redis.call are formatted by
+-- Redis with %.17g, which costs more than passing strings: hot calls pass
+-- string constants or fmt's output.
 local fmt_n, fmt_s = nil, nil
 local function fmt(n)
-  if n ~= fmt_n then fmt_n, fmt_s = n, string.format('%.0f', n) end
+  if n ~= fmt_n then fmt_n, fmt_s = n, string.format('%d', n) end
   return fmt_s
 end
+-- FA names the first_available free lists by status rank.
+local FA = {[0] = 'fa:0', [1] = 'fa:1'}
 local function now_us()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-local function pk(pid, s) return P .. 'p:' .. pid .. ':' .. s end
+-- pk names a key of pool pid; the names are kept, since the hot path
+-- builds the same few many times.
+local pkeys = {}
+local function pk(pid, s)
+  local t = pkeys[pid]
+  if not t then t = {} pkeys[pid] = t end
+  local k = t[s]
+  if not k then k = P .. 'p:' .. pid .. ':' .. s t[s] = k end
+  return k
+end
 local function xk(id) return P .. 'proxy:' .. id end
-local function lk(id) return P .. 'lease:' .. id end
 local function blank(v) return v == nil or v == false or v == '' end
 local function leasable(st) return st == 'active' or st == 'slow' end
 local function has_room(cur, maxc) return blank(maxc) or cur < tonumber(maxc) end
@@ -37,9 +50,9 @@ end
 local function sync_free(pid, id, st, cur, maxc, chk)
   if leasable(st) and has_room(cur, maxc) then
     local r = RANK[st]
-    redis.call('ZADD', pk(pid, 'free'), 0, id)
-    redis.call('ZADD', pk(pid, 'fa:' .. r), fa_score(chk), id)
-    redis.call('ZREM', pk(pid, 'fa:' .. (1 - r)), id)
+    redis.call('ZADD', pk(pid, 'free'), '0', id)
+    redis.call('ZADD', pk(pid, FA[r]), fa_score(chk), id)
+    redis.call('ZREM', pk(pid, FA[1 - r]), id)
     redis.call('ZADD', pk(pid, 'lu'), fmt(r * W + cur), id)
   else
     redis.call('ZREM', pk(pid, 'free'), id)
@@ -72,7 +85,7 @@ end
 
 -- incr adds n to a hash counter, at once without d.
 local function incr(d, key, field, n)
-  if not d then return redis.call('HINCRBY', key, field, n) end
+  if not d then return redis.call('HINCRBY', key, field, fmt(n)) end
   local byfield = d.incr[key]
   if not byfield then byfield = {} d.incr[key] = byfield end
   byfield[field] = (byfield[field] or 0) + n
@@ -105,7 +118,7 @@ local DYN = {'static', 'status', 'chk', 'latms', 'err', 'code', 'streak', 'chg',
 -- the free structures outside d.live.
 local function take_slot(pid, id, f, d)
   local k = xk(id)
-  local cur = redis.call('HINCRBY', k, 'cur', 1)
+  local cur = redis.call('HINCRBY', k, 'cur', '1')
   f = f or redis.call('HMGET', k, unpack(DYN))
   if cur == 1 then incr(d, pk(pid, 'cnt'), 'leased', 1) end
   local r = RANK[f[2]]
@@ -113,7 +126,7 @@ local function take_slot(pid, id, f, d)
     zset_write(d, pid, 'lu', id, fmt(r * W + cur))
   else
     zset_write(d, pid, 'free', id)
-    zset_write(d, pid, 'fa:' .. r, id)
+    zset_write(d, pid, FA[r], id)
     zset_write(d, pid, 'lu', id)
   end
   return cur, f
@@ -126,7 +139,7 @@ end
 -- set additions are deferred.
 local function free_slots(pid, id, maxc, n, d)
   local k = xk(id)
-  local cur = redis.call('HINCRBY', k, 'cur', -n)
+  local cur = redis.call('HINCRBY', k, 'cur', fmt(-n))
   if cur == 0 then incr(d, pk(pid, 'cnt'), 'leased', -1) end
   if not blank(maxc) and cur + n >= tonumber(maxc) then
     -- It was full, so it is in no free structure: it rejoins if leasable.
@@ -135,14 +148,14 @@ local function free_slots(pid, id, maxc, n, d)
       local r = RANK[f[1]]
       local zadd = redis.call
       if d then zadd = function(op, key, score, member) defer(d, op, key, score, member) end end
-      zadd('ZADD', pk(pid, 'free'), 0, id)
-      zadd('ZADD', pk(pid, 'fa:' .. r), fa_score(f[2]), id)
+      zadd('ZADD', pk(pid, 'free'), '0', id)
+      zadd('ZADD', pk(pid, FA[r]), fa_score(f[2]), id)
       zadd('ZADD', pk(pid, 'lu'), fmt(r * W + cur), id)
     end
   else
     -- A free leasable proxy is in lu: its score drops (XX: a proxy that
     -- is not leasable stays out).
-    redis.call('ZADD', pk(pid, 'lu'), 'XX', 'INCR', -n, id)
+    redis.call('ZADD', pk(pid, 'lu'), 'XX', 'INCR', fmt(-n), id)
   end
 end
 
@@ -169,23 +182,59 @@ local function flush(d)
   end
   for key, byfield in pairs(d.incr) do
     for field, n in pairs(byfield) do
-      if n ~= 0 then redis.call('HINCRBY', key, field, n) end
+      if n ~= 0 then redis.call('HINCRBY', key, field, fmt(n)) end
     end
   end
   d.ops, d.incr, d.freed, d.last = {}, {}, {}, {}
 end
 
--- end_lease ends an active lease as released or expired and frees its
--- slot; proxy, pool and maxc are the lease's fields, read by the caller.
--- With d, the writes to sets, counters and the proxy are deferred to d.
-local function end_lease(lid, status, now, proxy, pid, maxc, d)
-  redis.call('HSET', lk(lid), 'status', status, 'rel', fmt(now))
+-- Leases live in one hash, LEASES: lease id -> its record,
+-- "status|rel|exp|proxy|pool|maxc|acq|who", where rel is '' while the
+-- lease is active and who (the consumer id, consumer name, pool name and
+-- session key, packed by the client: see encodeWho in codec.go) is never
+-- read here. One hash lets a batch read and write all its leases in one
+-- call each, and a record is one value to copy rather than a field per
+-- attribute.
+local LEASES = P .. 'leases'
+local ACTIVE = 'active|' -- an active record starts with it, then rel's ''
+
+-- lease_record packs a new active lease (acq and exp formatted).
+local function lease_record(proxy, pid, acq, exp, maxc, who)
+  return 'active||' .. exp .. '|' .. proxy .. '|' .. pid .. '|' .. (maxc or '') .. '|' .. acq .. '|' .. who
+end
+
+-- lease_fields returns a record's status, exp, proxy, pool and maxc
+-- (plain finds cost a fraction of a pattern match).
+local function lease_fields(v)
+  local find, sub = string.find, string.sub
+  local a = find(v, '|', 1, true)
+  local b = find(v, '|', a + 1, true)
+  local c = find(v, '|', b + 1, true)
+  local d = find(v, '|', c + 1, true)
+  local e = find(v, '|', d + 1, true)
+  local f = find(v, '|', e + 1, true)
+  return sub(v, 1, a - 1), sub(v, b + 1, c - 1), sub(v, c + 1, d - 1), sub(v, d + 1, e - 1), sub(v, e + 1, f - 1)
+end
+
+-- lease_write sets a lease's record, at once or, with d, at d's flush.
+local function lease_write(lid, v, d)
+  if d then defer(d, 'HSET', LEASES, lid, v)
+  else redis.call('HSET', LEASES, lid, v) end
+end
+
+-- end_lease ends the active lease whose record is v as released or
+-- expired and frees its slot; proxy, pool and maxc are the record's
+-- fields, parsed by the caller. It returns the new record. With d, every
+-- write is deferred to d (the caller keeps track of leases it ended).
+local function end_lease(lid, v, status, now, proxy, pid, maxc, d)
+  local ended = status .. '|' .. fmt(now) .. string.sub(v, #ACTIVE + 1)
+  lease_write(lid, ended, d)
   if not d then
     redis.call('ZREM', pk(pid, 'exp'), lid)
     redis.call('ZADD', P .. 'ended', fmt(now), lid)
     redis.call('SADD', xk(proxy) .. ':ended', lid)
     free_slots(pid, proxy, maxc, 1)
-    return
+    return ended
   end
   defer(d, 'ZREM', pk(pid, 'exp'), lid)
   defer(d, 'ZADD', P .. 'ended', fmt(now), lid)
@@ -196,23 +245,33 @@ local function end_lease(lid, status, now, proxy, pid, maxc, d)
     d.freed[proxy] = e
   end
   e.n = e.n + 1
+  return ended
 end
 
 -- reclaim ends up to limit of the pool's leases whose ExpiresAt has passed.
 local function reclaim(pid, now, limit)
-  local ids = redis.call('ZRANGEBYSCORE', pk(pid, 'exp'), '-inf', fmt(now), 'LIMIT', 0, limit)
-  for _, lid in ipairs(ids) do
-    local f = redis.call('HMGET', lk(lid), 'status', 'proxy', 'maxc')
-    if f[1] == 'active' then end_lease(lid, 'expired', now, f[2], pid, f[3])
-    else redis.call('ZREM', pk(pid, 'exp'), lid) end -- cannot happen; keeps the set clean
+  local ids = redis.call('ZRANGEBYSCORE', pk(pid, 'exp'), '-inf', fmt(now), 'LIMIT', '0', fmt(limit))
+  -- unpack is bounded by Lua's stack: read the records in parts.
+  for i = 1, #ids, 512 do
+    local vals = redis.call('HMGET', LEASES, unpack(ids, i, math.min(i + 511, #ids)))
+    for j, v in ipairs(vals) do
+      local lid = ids[i + j - 1]
+      local st, _, proxy, _, maxc
+      if v then st, _, proxy, _, maxc = lease_fields(v) end
+      if st == 'active' then end_lease(lid, v, 'expired', now, proxy, pid, maxc)
+      else redis.call('ZREM', pk(pid, 'exp'), lid) end -- cannot happen; keeps the set clean
+    end
   end
   return #ids
 end
 
 -- delete_lease forgets an ended lease.
 local function delete_lease(lid)
-  local proxy = redis.call('HGET', lk(lid), 'proxy')
-  if proxy then redis.call('SREM', xk(proxy) .. ':ended', lid) end
-  redis.call('DEL', lk(lid))
+  local v = redis.call('HGET', LEASES, lid)
+  if v then
+    local _, _, proxy = lease_fields(v)
+    redis.call('SREM', xk(proxy) .. ':ended', lid)
+  end
+  redis.call('HDEL', LEASES, lid)
   redis.call('ZREM', P .. 'ended', lid)
 end

@@ -12,7 +12,7 @@ local function remove_proxy(pid, id)
   local k = xk(id)
   local f = redis.call('HMGET', k, 'status', 'uniq', 'idx')
   for _, lid in ipairs(redis.call('SMEMBERS', k .. ':ended')) do
-    redis.call('DEL', lk(lid))
+    redis.call('HDEL', LEASES, lid)
     redis.call('ZREM', P .. 'ended', lid)
   end
   redis.call('DEL', k .. ':ended')

@@ -1,30 +1,36 @@
 -- release_many: the releases of one batch, each exactly as release.lua,
 -- one after another (a lease named twice is released once, then reported
--- not active). ARGV: 2.. lease ids. Returns one entry per lease:
--- release.lua's reply, or the code of release.lua's error as a string.
+-- not active). ARGV: 2.. lease ids. Returns one entry per lease: its new
+-- record, as release.lua returns it, or the code of release.lua's error.
+local ids = {}
+for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
+local vals = redis.call('HMGET', LEASES, unpack(ids))
 local now = nil
--- Writes no item reads (the leases' moves from their pools' exp sets to
--- ended, the proxies' sets of ended leases, the pools' counters of leased
--- proxies) are made once for the batch (see new_deferred in lib.lua).
+-- Every write is made once for the batch, at the end (see new_deferred in
+-- lib.lua): the records, the leases' moves from their pools' exp sets to
+-- ended, the proxies' sets of ended leases and slots, the pools' counters.
+-- done holds the leases this batch ended, which vals still shows active.
 local d = new_deferred()
+local done = {}
 local out = {}
-for i = 2, #ARGV do
-  local lid = ARGV[i]
-  local f = redis.call('HMGET', lk(lid), 'status', 'exp', 'proxy', 'pool', 'consumer', 'cname', 'pname', 'acq', 'sess', 'maxc')
+for i, lid in ipairs(ids) do
+  local v = vals[i]
   local r
-  if not f[1] then
+  if not v then
     r = 'PHAROX_LEASE_NOT_FOUND'
-  elseif f[1] ~= 'active' then
-    r = 'PHAROX_LEASE_NOT_ACTIVE'
   else
-    if not now then now = now_us() end
-    if tonumber(f[2]) <= now then
-      end_lease(lid, 'expired', now, f[3], f[4], f[10], d)
-      r = 'PHAROX_LEASE_NOT_ACTIVE expired'
+    local st, exp, proxy, pid, maxc = lease_fields(v)
+    if st ~= 'active' or done[lid] then
+      r = 'PHAROX_LEASE_NOT_ACTIVE'
     else
-      end_lease(lid, 'released', now, f[3], f[4], f[10], d)
-      r = {'status', 'released', 'exp', f[2], 'proxy', f[3], 'pool', f[4], 'consumer', f[5],
-        'cname', f[6], 'pname', f[7], 'acq', f[8], 'sess', f[9], 'rel', fmt(now)}
+      if not now then now = now_us() end
+      done[lid] = true
+      if tonumber(exp) <= now then
+        end_lease(lid, v, 'expired', now, proxy, pid, maxc, d)
+        r = 'PHAROX_LEASE_NOT_ACTIVE expired'
+      else
+        r = end_lease(lid, v, 'released', now, proxy, pid, maxc, d)
+      end
     end
   end
   out[#out + 1] = r

@@ -1,15 +1,17 @@
--- renew. ARGV: 2 lease id, 3 duration (us).
+-- renew. ARGV: 2 lease id, 3 duration (us). Returns the new record.
 local lid = ARGV[2]
-local k = lk(lid)
-local f = redis.call('HMGET', k, 'status', 'exp', 'proxy', 'pool', 'maxc')
-if not f[1] then return redis.error_reply('PHAROX_LEASE_NOT_FOUND') end
-if f[1] ~= 'active' then return redis.error_reply('PHAROX_LEASE_NOT_ACTIVE') end
+local v = redis.call('HGET', LEASES, lid)
+if not v then return redis.error_reply('PHAROX_LEASE_NOT_FOUND') end
+local st, exp, proxy, pid, maxc = lease_fields(v)
+if st ~= 'active' then return redis.error_reply('PHAROX_LEASE_NOT_ACTIVE') end
 local now = now_us()
-if tonumber(f[2]) <= now then
-  end_lease(lid, 'expired', now, f[3], f[4], f[5])
+if tonumber(exp) <= now then
+  end_lease(lid, v, 'expired', now, proxy, pid, maxc)
   return redis.error_reply('PHAROX_LEASE_NOT_ACTIVE expired')
 end
-local exp = fmt(now + tonumber(ARGV[3]))
-redis.call('HSET', k, 'exp', exp)
-redis.call('ZADD', pk(f[4], 'exp'), exp, lid)
-return redis.call('HGETALL', k)
+local nexp = fmt(now + tonumber(ARGV[3]))
+-- An active record is 'active||' then exp: replace exp, keep the rest.
+v = 'active||' .. nexp .. string.sub(v, #'active||' + #exp + 1)
+redis.call('HSET', LEASES, lid, v)
+redis.call('ZADD', pk(pid, 'exp'), nexp, lid)
+return v
