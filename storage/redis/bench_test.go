@@ -10,11 +10,13 @@ import (
 	"os/exec"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/pharox/pharox"
 	goredis "github.com/redis/go-redis/v9"
 )
@@ -64,10 +66,13 @@ func evalshaCeiling(ctx context.Context, c *goredis.Client, clients, requests in
 
 // BenchmarkAcquireRelease measures acquire+release pairs per second on a
 // 1,000-proxy pool (max_concurrency 2, first_available) at 1, 8, 32 and 64
-// concurrent workers, and the ratio to redis-benchmark's rate for a trivial
-// EVALSHA with as many clients, measured in the same run: the pairs run in
-// benchRounds rounds, each after its own baseline, and the medians are
-// reported. Each round also runs as many pairs through a store with
+// concurrent workers, and their ratio to redis-benchmark's rate for a
+// trivial EVALSHA with as many clients, measured in the same run: the
+// pairs run in benchRounds rounds, each after its own baseline, and the
+// medians are reported. Two ratios: pair-ratio divides pairs/s by the
+// trivial rate; op-ratio divides operations/s (two per pair: an
+// acquisition and a release, each one script call when served alone) by
+// it, comparing script operations with script calls. Each round also runs as many pairs through a store with
 // batching off (WithMaxBatch(1)) on the same pool, reported as
 // unbatched-pairs/s; which of the two goes first alternates between rounds.
 // Run it with a fixed count, e.g. -benchtime=20000x, so that the baseline
@@ -103,30 +108,7 @@ func benchAcquireRelease(b *testing.B, workers int, filters *pharox.Filters) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	pool, err := s.CreatePool(ctx, pharox.Pool{Name: "bench"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	proxies := make([]pharox.Proxy, benchPoolSize)
-	for i := range proxies {
-		maxc := 2
-		proxies[i] = pharox.Proxy{
-			PoolID: pool.ID, Host: fmt.Sprintf("10.0.%d.%d", i/250, i%250+1), Port: 8080,
-			Protocol: pharox.ProtocolHTTP, Country: []string{"US", "DE", "BR", "JP"}[i%4],
-			MaxConcurrency: &maxc,
-		}
-	}
-	if _, err := s.AddProxies(ctx, proxies); err != nil {
-		b.Fatal(err)
-	}
-	consumer, err := s.EnsureConsumer(ctx, "bench")
-	if err != nil {
-		b.Fatal(err)
-	}
-	req := pharox.AcquireRequest{
-		PoolName: "bench", ConsumerID: consumer.ID, ConsumerName: consumer.Name,
-		Duration: time.Minute, Strategy: pharox.FirstAvailable, Filters: filters,
-	}
+	req := benchPool(b, s, filters)
 
 	// The machine may be shared and its load drift, so the run is split in
 	// rounds, each preceded by its own baseline; the medians are reported.
@@ -135,7 +117,7 @@ func benchAcquireRelease(b *testing.B, workers int, filters *pharox.Filters) {
 	if b.N < minPairsForBaseline {
 		rounds = 1
 	}
-	var pairRates, unbatchedRates, ceilRates, ratios []float64
+	var pairRates, unbatchedRates, ceilRates, ratios, opRatios []float64
 	done := 0
 	for r := range rounds {
 		n := b.N / rounds
@@ -170,14 +152,137 @@ func benchAcquireRelease(b *testing.B, workers int, filters *pharox.Filters) {
 		}
 		if len(ceilRates) == len(pairRates) {
 			ratios = append(ratios, pairRates[r]/ceilRates[r])
+			opRatios = append(opRatios, 2*pairRates[r]/ceilRates[r])
 		}
 	}
 	b.ReportMetric(median(pairRates), "pairs/s")
 	b.ReportMetric(median(unbatchedRates), "unbatched-pairs/s")
 	if len(ratios) == rounds {
 		b.ReportMetric(median(ceilRates), "evalsha/s")
-		b.ReportMetric(median(ratios), "ratio")
+		b.ReportMetric(median(ratios), "pair-ratio")
+		b.ReportMetric(median(opRatios), "op-ratio")
 	}
+}
+
+// benchPool adds the benchmark pool to s and returns the request the
+// benchmarks repeat: a one-minute first_available lease with filters.
+func benchPool(b testing.TB, s *Store, filters *pharox.Filters) pharox.AcquireRequest {
+	ctx := context.Background()
+	pool, err := s.CreatePool(ctx, pharox.Pool{Name: "bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	proxies := make([]pharox.Proxy, benchPoolSize)
+	for i := range proxies {
+		maxc := 2
+		proxies[i] = pharox.Proxy{
+			PoolID: pool.ID, Host: fmt.Sprintf("10.0.%d.%d", i/250, i%250+1), Port: 8080,
+			Protocol: pharox.ProtocolHTTP, Country: []string{"US", "DE", "BR", "JP"}[i%4],
+			MaxConcurrency: &maxc,
+		}
+	}
+	if _, err := s.AddProxies(ctx, proxies); err != nil {
+		b.Fatal(err)
+	}
+	consumer, err := s.EnsureConsumer(ctx, "bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return pharox.AcquireRequest{
+		PoolName: "bench", ConsumerID: consumer.ID, ConsumerName: consumer.Name,
+		Duration: time.Minute, Strategy: pharox.FirstAvailable, Filters: filters,
+	}
+}
+
+// BenchmarkServerCost measures what a batch of n acquire+release pairs
+// costs Redis itself, without the network and the client: each iteration
+// runs one acquire_many.lua and one release_many.lua call of n items (one
+// acquire.lua and one release.lua for n=1) and reads EVALSHA's time from
+// INFO commandstats, then does the same for two calls of a trivial script
+// (the baseline). It reports server-us/pair, trivial-us/call and
+// x-trivial, their quotient: how many trivial script calls a pair costs.
+// It needs the server to itself (another client's EVALSHA would count).
+// Run under callgrind (valgrind --tool=callgrind redis-server --port N
+// --save "" --appendonly no, with PHAROX_TEST_REDIS_URL pointing there) it
+// gives instruction counts, which do not depend on the machine's load.
+func BenchmarkServerCost(b *testing.B) {
+	for _, n := range []int{1, 12, 64} {
+		b.Run(fmt.Sprintf("batch=%d", n), func(b *testing.B) { benchServerCost(b, n) })
+	}
+}
+
+func benchServerCost(b *testing.B, n int) {
+	client := testClient(b)
+	prefix := testPrefix()
+	b.Cleanup(func() { dropPrefix(b, client, prefix) })
+	s, err := New(client, WithPrefix(prefix))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	req := benchPool(b, s, nil)
+	trivial := goredis.NewScript(trivialScript)
+	if err := trivial.Load(ctx, client).Err(); err != nil {
+		b.Fatal(err)
+	}
+	reqs := slices.Repeat([]pharox.AcquireRequest{req}, n)
+	key := acquireKey{pool: req.PoolName, strategy: string(req.Strategy)}
+	ids := make([]uuid.UUID, n)
+	var pairUsec, trivialUsec float64
+	b.ResetTimer()
+	for range b.N {
+		u0 := evalshaUsec(b, client)
+		for i, r := range s.execAcquire(ctx, key, reqs) {
+			if r.Err != nil {
+				b.Fatal(r.Err)
+			}
+			ids[i] = r.Val.ID
+		}
+		for _, r := range s.execRelease(ctx, struct{}{}, ids) {
+			if r.Err != nil {
+				b.Fatal(r.Err)
+			}
+		}
+		u1 := evalshaUsec(b, client)
+		for range 2 {
+			if err := trivial.EvalSha(ctx, client, nil).Err(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		u2 := evalshaUsec(b, client)
+		pairUsec += u1 - u0
+		trivialUsec += u2 - u1
+	}
+	perPair := pairUsec / float64(b.N*n)
+	perTrivial := trivialUsec / float64(2*b.N)
+	b.ReportMetric(perPair, "server-us/pair")
+	b.ReportMetric(perTrivial, "trivial-us/call")
+	if perTrivial > 0 {
+		b.ReportMetric(perPair/perTrivial, "x-trivial")
+	}
+}
+
+// evalshaUsec returns the microseconds Redis has spent in EVALSHA, from
+// INFO commandstats.
+func evalshaUsec(b testing.TB, c *goredis.Client) float64 {
+	info, err := c.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for line := range strings.Lines(info) {
+		if rest, ok := strings.CutPrefix(line, "cmdstat_evalsha:"); ok {
+			for field := range strings.SplitSeq(strings.TrimSpace(rest), ",") {
+				if v, ok := strings.CutPrefix(field, "usec="); ok {
+					usec, err := strconv.ParseFloat(v, 64)
+					if err != nil {
+						b.Fatalf("INFO commandstats: %q", line)
+					}
+					return usec
+				}
+			}
+		}
+	}
+	return 0 // no EVALSHA yet
 }
 
 // Benchmark rounds and the baseline's size per round.
