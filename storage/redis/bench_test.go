@@ -72,9 +72,10 @@ func evalshaCeiling(ctx context.Context, c *goredis.Client, clients, requests in
 // medians are reported. Two ratios: pair-ratio divides pairs/s by the
 // trivial rate; op-ratio divides operations/s (two per pair: an
 // acquisition and a release, each one script call when served alone) by
-// it, comparing script operations with script calls. Each round also runs as many pairs through a store with
-// batching off (WithMaxBatch(1)) on the same pool, reported as
-// unbatched-pairs/s; which of the two goes first alternates between rounds.
+// it, comparing script operations with script calls. Each round also runs
+// as many pairs through a store with batching off (WithMaxBatch(1)) on the
+// same pool, reported as unbatched-pairs/s; which of the two goes first
+// alternates between rounds.
 // Run it with a fixed count, e.g. -benchtime=20000x, so that the baseline
 // runs once per round rather than once per calibration step.
 func BenchmarkAcquireRelease(b *testing.B) {
@@ -212,13 +213,8 @@ func BenchmarkServerCost(b *testing.B) {
 }
 
 func benchServerCost(b *testing.B, n int) {
-	client := testClient(b)
-	prefix := testPrefix()
-	b.Cleanup(func() { dropPrefix(b, client, prefix) })
-	s, err := New(client, WithPrefix(prefix))
-	if err != nil {
-		b.Fatal(err)
-	}
+	s := newTestStore(b)
+	client := s.rdb
 	ctx := context.Background()
 	req := benchPool(b, s, nil)
 	trivial := goredis.NewScript(trivialScript)
@@ -264,7 +260,7 @@ func benchServerCost(b *testing.B, n int) {
 
 // evalshaUsec returns the microseconds Redis has spent in EVALSHA, from
 // INFO commandstats.
-func evalshaUsec(b testing.TB, c *goredis.Client) float64 {
+func evalshaUsec(b testing.TB, c goredis.UniversalClient) float64 {
 	info, err := c.Info(context.Background(), "commandstats").Result()
 	if err != nil {
 		b.Fatal(err)

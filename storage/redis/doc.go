@@ -54,6 +54,12 @@
 //	p:<pid>:geo                geo    proxies with coordinates inside Redis' GEO range
 //	p:<pid>:polar              set    proxies with coordinates beyond ±85.05° latitude
 //
+// The layout is not stable before pharox v1 and there is no migration:
+// leases moved from a hash each (lease:<lid>) into the leases hash, for
+// one. To upgrade a deployment across such a change, let its active
+// leases end and purge its ended ones (PurgeEndedLeases) with the old
+// version first, or start under a new prefix.
+//
 // Sorted sets with equal scores order members by their bytes, which for
 // canonical UUID strings is the order of pharox's id comparison, so ties in
 // every strategy break by id without extra data.
