@@ -3,18 +3,29 @@
 // database statement or script.
 //
 // Batching is opportunistic: a call that finds fewer than MaxInFlight
-// batches of its key running runs at once, alone, on its own goroutine and
-// with its own context, exactly like a call without batching. Calls that
-// arrive while every slot is busy queue up and leave together in the next
-// batch, which a background goroutine runs. Under load, batches therefore
-// grow to about the number of waiting callers, and the fixed cost of a
-// statement (parsing, planning, a round trip, a commit and its WAL flush)
-// is paid once per batch rather than once per call.
+// batches of its key running takes a place and yields the processor once
+// (runtime.Gosched), so that goroutines made runnable with it, such as
+// the callers a finished batch has just answered, can queue behind it. If
+// none did, it runs at once, alone, on its own goroutine and with its own
+// context, exactly like a call without batching; otherwise it leads them
+// as one batch. Calls that arrive while every place is taken queue up and
+// leave together in the next batch, which a background goroutine runs.
+// Under load, batches therefore grow to about the number of waiting
+// callers, and the fixed cost of a statement (parsing, planning, a round
+// trip, a commit and its WAL flush) is paid once per batch rather than
+// once per call.
+//
+// Without the yield, a burst of callers woken together split into one
+// call alone and a batch of all the others, which waited for the lone
+// call's round trip; with it, they leave together. The yield costs a lone
+// caller a pass through the scheduler, which only goroutines that are
+// ready to run can lengthen.
 package batch
 
 import (
 	"context"
 	"errors"
+	"runtime"
 	"sync"
 )
 
@@ -123,6 +134,17 @@ func (c *Coalescer[K, In, Out]) Do(ctx context.Context, key K, in In) (Out, erro
 		q.inFlight++
 		cl.state = sent
 		c.mu.Unlock()
+		runtime.Gosched()
+		c.mu.Lock()
+		if len(q.pending) > 0 {
+			// Company arrived: lead it as a batch, in arrival order.
+			q.pending = append([]*call[In, Out]{cl}, q.pending...)
+			batch := c.take(q)
+			c.mu.Unlock()
+			go c.run(key, q, batch)
+			return c.wait(ctx, q, cl)
+		}
+		c.mu.Unlock()
 		// Alone: no hand-off to another goroutine, and the caller's own
 		// context governs its call, as without batching. The place is
 		// passed on even if exec panics (an HTTP server recovers handler
@@ -140,7 +162,11 @@ func (c *Coalescer[K, In, Out]) Do(ctx context.Context, key K, in In) (Out, erro
 	}
 	q.pending = append(q.pending, cl)
 	c.mu.Unlock()
+	return c.wait(ctx, q, cl)
+}
 
+// wait waits for the result of cl, a call of q that is queued or sent.
+func (c *Coalescer[K, In, Out]) wait(ctx context.Context, q *queue[In, Out], cl *call[In, Out]) (Out, error) {
 	select {
 	case <-cl.done:
 		return cl.res.Val, cl.res.Err
@@ -221,6 +247,12 @@ func (c *Coalescer[K, In, Out]) next(key K, q *queue[In, Out]) []*call[In, Out] 
 		}
 		return nil
 	}
+	return c.take(q)
+}
+
+// take takes the next batch off q's queue, which is not empty; c.mu is
+// held.
+func (c *Coalescer[K, In, Out]) take(q *queue[In, Out]) []*call[In, Out] {
 	n := min(len(q.pending), c.maxBatch)
 	batch := make([]*call[In, Out], n)
 	copy(batch, q.pending)

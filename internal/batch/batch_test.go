@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -128,6 +129,49 @@ func TestWaitingCallsLeaveTogetherInOrder(t *testing.T) {
 	want := [][]int{{0}, {1, 2, 3, 4}, {5, 6}}
 	if !slices.EqualFunc(g.seen(), want, slices.Equal) {
 		t.Fatalf("batches = %v, want %v (MaxBatch 4, queue order)", g.seen(), want)
+	}
+}
+
+// TestCallersWokenTogetherLeaveTogether wakes several callers at once, as
+// a finished batch does: the first to run yields before running alone, so
+// the others queue behind it and all leave in one batch. With one
+// processor every woken goroutine runs before the yielding one resumes,
+// except when the scheduler takes its periodic turn at the global queue
+// first (one schedule in 61), so the test asks for most rounds, not all;
+// without the yield no round would pass.
+func TestCallersWokenTogetherLeaveTogether(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	const rounds, callers = 20, 5
+	together := 0
+	for range rounds {
+		var mu sync.Mutex
+		var sizes []int
+		c := New(func(_ context.Context, _ string, in []int) []Result[int] {
+			mu.Lock()
+			sizes = append(sizes, len(in))
+			mu.Unlock()
+			return make([]Result[int], len(in))
+		}, Options[int]{})
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := range callers {
+			wg.Go(func() {
+				<-start
+				if _, err := c.Do(context.Background(), "k", i); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		time.Sleep(5 * time.Millisecond) // every caller blocks on start
+		close(start)
+		wg.Wait()
+		if len(sizes) == 1 && sizes[0] == callers {
+			together++
+		}
+	}
+	t.Logf("%d of %d rounds together", together, rounds)
+	if together < rounds/2 {
+		t.Fatalf("%d callers woken together left in one batch in %d of %d rounds, want most", callers, together, rounds)
 	}
 }
 

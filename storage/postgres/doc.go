@@ -78,8 +78,9 @@
 //
 // Concurrent calls of one Store share statements. An acquisition that
 // finds no statement of its kind (same pool, strategy and filters)
-// running runs at once, alone, with the statement above; acquisitions
-// that arrive meanwhile queue and leave together, up to
+// running yields the processor once, so that callers woken with it can
+// join it, then runs, alone if none did, with the statement above;
+// acquisitions that arrive meanwhile queue and leave together, up to
 // [WithMaxBatch] of them (default [DefaultMaxBatch]), in one statement that
 // locks as many free candidates as there are requests (FOR UPDATE SKIP
 // LOCKED again), lays out their free slots in the order that many
@@ -89,11 +90,11 @@
 // Requests the batch could not serve (their candidates were locked by
 // other transactions) go on alone with the fuller statement. Releases are
 // batched the same way, one UPDATE over the leases' ids. A lone caller
-// therefore waits for nothing, while under load the fixed cost of a
-// statement (executor start-up, a round trip, a commit and its WAL flush)
-// is paid once per batch: that, not row locking, is what limits the
-// throughput of a busy store on a small server (see BENCHMARKS.md).
-// Sticky acquisitions are never batched.
+// therefore waits for nothing but that pass through the scheduler, while
+// under load the fixed cost of a statement (executor start-up, a round
+// trip, a commit and its WAL flush) is paid once per batch: that, not row
+// locking, is what limits the throughput of a busy store on a small
+// server (see BENCHMARKS.md). Sticky acquisitions are never batched.
 //
 // Each call keeps its own outcome: a batch's statement either commits all
 // of its leases or none, and an error fails only the calls it carried. A

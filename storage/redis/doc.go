@@ -122,30 +122,33 @@
 // reclaim read. So the store coalesces concurrent calls: acquisitions
 // without a session key for the same pool, strategy and filter, and
 // releases, each go through a queue (see [WithMaxBatch], default
-// [DefaultMaxBatch]). A call that finds no batch of its kind running runs
-// at once, alone, through the same acquire or release script as without
-// batching; calls that arrive meanwhile wait for it and leave together in
-// one script call, acquire_many or release_many, which performs them one
-// after another exactly as the single scripts would, with one TIME and one
-// reclaim (repeated only after a backlog of expired leases) for the whole
-// batch, and returns each call's own lease or error (ErrNoProxyAvailable,
-// ErrPoolNotFound, ErrConsumerNotFound, ErrLeaseNotFound,
-// ErrLeaseNotActive). All acquisitions of a batch are stamped with the
-// same time. Inside a batch, writes that no later item reads are made once
-// at the end (the lease records, the expiry index, the ended-lease
-// indexes, the pools' counters, the free structures the strategy does not
-// read; an unfiltered first_available batch follows the head of its free
-// list itself), a batch of releases reads all its leases in one call and
-// frees each proxy's slots in one step, and an acquisition's reply leaves
-// out the proxy fields an earlier one in the batch already carries. On the
-// benchmark's workload (unfiltered first_available, 32 callers) this cuts
-// the Redis calls per acquire+release pair from about twenty to five and
-// a half, with about nine acquisitions or releases per script call.
-// Sticky acquisitions (with a session key) are never batched.
+// [DefaultMaxBatch]). A call that finds no batch of its kind running
+// first yields the processor once, so that callers woken with it can join
+// it, then runs, alone if none did, through the same acquire or release
+// script as without batching; calls that arrive meanwhile wait for it and
+// leave together in one script call, acquire_many or release_many, which
+// performs them one after another exactly as the single scripts would,
+// with one TIME and one reclaim (repeated only after a backlog of expired
+// leases) for the whole batch, and returns each call's own lease or error
+// (ErrNoProxyAvailable, ErrPoolNotFound, ErrConsumerNotFound,
+// ErrLeaseNotFound, ErrLeaseNotActive). All acquisitions of a batch are
+// stamped with the same time. Inside a batch, writes that no later item
+// reads are made once at the end (the lease records, the expiry index, the
+// ended-lease indexes, the pools' counters, the free structures the
+// strategy does not read; an unfiltered first_available batch follows the
+// head of its free list itself), a batch of releases reads all its leases
+// in one call and frees each proxy's slots in one step, and an
+// acquisition's reply leaves out the proxy fields an earlier one in the
+// batch already carries. On the benchmark's workload (unfiltered
+// first_available, 32 callers) this cuts the Redis calls per
+// acquire+release pair from about twenty to about five, with about eleven
+// acquisitions or releases per script call. Sticky acquisitions (with a
+// session key) are never batched.
 //
 // A lone caller runs its script on its own goroutine with its own context,
-// exactly as without batching; only a caller that arrives while a batch
-// runs waits, for that batch to finish. WithMaxBatch(1) turns batching
+// exactly as without batching; a caller that others joined, or that
+// arrives while a batch runs, waits for its batch, which runs on a
+// goroutine of its own. WithMaxBatch(1) turns batching
 // off (see BENCHMARKS.md for what it gains). A queued caller whose context
 // ends gets the context's error at once; a lease its batch acquired for it
 // is released in the background, so it holds no slot.
