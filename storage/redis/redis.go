@@ -57,7 +57,8 @@ func WithPrefix(p string) Option { return func(s *Store) { s.prefix = p } }
 
 // WithEndedLeaseRetention sets how long ended leases are kept before
 // CleanupExpiredLeases deletes them; zero or negative keeps them until
-// PurgeEndedLeases.
+// PurgeEndedLeases. Each ended lease takes about 0.5 KB of Redis memory
+// while it is kept (see the package doc, Expiry and retention).
 func WithEndedLeaseRetention(d time.Duration) Option {
 	return func(s *Store) { s.retention = d }
 }
