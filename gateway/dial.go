@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"golang.org/x/net/proxy"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/socks4"
 )
 
 // failureKind classifies why an attempt through an upstream failed.
@@ -109,7 +109,7 @@ func (g *Gateway) dialUpstream(ctx context.Context, p *pharox.Proxy, target stri
 			conn = &halfCloseConn{Conn: conn, raw: fwd.last}
 		}
 	case pharox.ProtocolSOCKS4:
-		d := &socks4Dialer{proxy: p.Address(), user: credUser(p), forward: fwd}
+		d := &socks4.Dialer{Proxy: p.Address(), User: credUser(p), Forward: fwd}
 		conn, err = d.DialContext(ctx, "tcp", target)
 	default:
 		return nil, &attemptError{kind: failConnect, reason: fmt.Sprintf("upstream protocol %q not supported", p.Protocol)}
@@ -129,9 +129,9 @@ func classifyDialError(ctx context.Context, err error, reached bool) *attemptErr
 	switch {
 	case !reached:
 		return &attemptError{kind: failConnect, reason: "upstream unreachable: " + msg}
-	case strings.Contains(msg, "authentication failed"), errors.Is(err, errSOCKS4Ident):
+	case strings.Contains(msg, "authentication failed"), errors.Is(err, socks4.ErrIdent):
 		return &attemptError{kind: failAuth, reason: reasonUpstreamAuth}
-	case errors.Is(err, errSOCKS4Rejected),
+	case errors.Is(err, socks4.ErrRejected),
 		strings.Contains(msg, "unknown error host unreachable"),
 		strings.Contains(msg, "unknown error network unreachable"),
 		strings.Contains(msg, "unknown error connection refused"),
@@ -291,74 +291,4 @@ func (s *stageDialer) DialContext(ctx context.Context, network, addr string) (ne
 		s.last = c
 	}
 	return c, err
-}
-
-// socks4Dialer is a SOCKS4/4a client: golang.org/x/net/proxy speaks only
-// SOCKS5 and the protocol is one request and one 8-byte reply. Host names
-// go out as SOCKS4a, so the proxy resolves them.
-type socks4Dialer struct {
-	proxy   string
-	user    string
-	forward interface {
-		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
-	}
-}
-
-var (
-	errSOCKS4Rejected = errors.New("socks4: request rejected or failed")
-	errSOCKS4Ident    = errors.New("socks4: identd could not confirm the user id")
-)
-
-// DialContext connects to addr through the proxy.
-func (d *socks4Dialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	host, portStr, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, fmt.Errorf("socks4: target %q: %w", addr, err)
-	}
-	port, err := strconv.Atoi(portStr)
-	if err != nil || port < 1 || port > 65535 {
-		return nil, fmt.Errorf("socks4: target port %q invalid", portStr)
-	}
-	if strings.ContainsRune(d.user, 0) || strings.ContainsRune(host, 0) {
-		return nil, errors.New("socks4: user id or host contains a NUL byte")
-	}
-	req := []byte{4, 1, byte(port >> 8), byte(port)}
-	ip := net.ParseIP(host)
-	switch {
-	case ip != nil && ip.To4() != nil:
-		req = append(append(append(req, ip.To4()...), d.user...), 0)
-	case ip != nil:
-		return nil, fmt.Errorf("socks4: IPv6 target %s not supported by the protocol", host)
-	default:
-		req = append(append(append(req, 0, 0, 0, 1), d.user...), 0)
-		req = append(append(req, host...), 0)
-	}
-	conn, err := d.forward.DialContext(ctx, "tcp", d.proxy)
-	if err != nil {
-		return nil, err
-	}
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	var reply [8]byte
-	_, err = conn.Write(req)
-	if err == nil {
-		_, err = io.ReadFull(conn, reply[:])
-	}
-	if !stop() && err == nil {
-		err = ctx.Err()
-	}
-	if err == nil {
-		switch reply[1] {
-		case 0x5a:
-			conn.SetDeadline(time.Time{})
-			return conn, nil
-		case 0x5b:
-			err = errSOCKS4Rejected
-		case 0x5c, 0x5d:
-			err = errSOCKS4Ident
-		default:
-			err = fmt.Errorf("socks4: unknown reply code %#x", reply[1])
-		}
-	}
-	conn.Close()
-	return nil, err
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/socks4"
 )
 
 // forward sends one absolute-form request through a leased upstream,
@@ -390,7 +391,7 @@ func (g *Gateway) newTransport(p *pharox.Proxy) (*http.Transport, error) {
 		}
 		t.Proxy = http.ProxyURL(u)
 	case pharox.ProtocolSOCKS4:
-		d := &socks4Dialer{proxy: p.Address(), user: credUser(p), forward: &g.dialer}
+		d := &socks4.Dialer{Proxy: p.Address(), User: credUser(p), Forward: &g.dialer}
 		t.DialContext = d.DialContext
 	default:
 		return nil, fmt.Errorf("upstream protocol %q not supported", p.Protocol)

@@ -294,7 +294,7 @@ func (c *Checker) transport(p *pharox.Proxy) (*http.Transport, error) {
 		}
 		tr.DialContext = d
 	case pharox.ProtocolSOCKS4:
-		tr.DialContext = (&socks4Dialer{proxy: p.Address(), user: socks4User(p), forward: c.dialer}).DialContext
+		tr.DialContext = socks4Dialer(p, c.dialer)
 	default:
 		return nil, fmt.Errorf("unknown protocol %q", p.Protocol)
 	}

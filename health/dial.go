@@ -8,15 +8,14 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	"golang.org/x/net/proxy"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/socks4"
 )
 
 // dialFunc is the shape of http.Transport.DialContext.
@@ -82,107 +81,19 @@ func socks4User(p *pharox.Proxy) string {
 	return p.Credentials.User
 }
 
-// socks4Dialer is a SOCKS4/SOCKS4a client. golang.org/x/net/proxy speaks
-// only SOCKS5 and no maintained SOCKS4 client resolves from the module
-// proxy; the protocol is one request and one 8-byte reply, so it lives
-// here. Host names are sent as SOCKS4a, letting the proxy resolve them.
-type socks4Dialer struct {
-	proxy   string
-	user    string
-	forward *net.Dialer
-}
-
-// SOCKS4 reply codes (second byte of the reply).
-const (
-	socks4Granted      = 0x5a
-	socks4Rejected     = 0x5b
-	socks4NoIdentd     = 0x5c
-	socks4IdentFailed  = 0x5d
-	socks4Version      = 0x04
-	socks4CmdConnect   = 0x01
-	socks4ReplyVersion = 0x00
-)
-
-// DialContext connects to addr through the proxy.
-func (d *socks4Dialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	if network != "tcp" && network != "tcp4" {
-		return nil, fmt.Errorf("socks4: network %q not supported", network)
-	}
-	host, portStr, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, fmt.Errorf("socks4: target %q: %w", addr, err)
-	}
-	port, err := strconv.Atoi(portStr)
-	if err != nil || port < 1 || port > 65535 {
-		return nil, fmt.Errorf("socks4: target port %q invalid", portStr)
-	}
-	if strings.ContainsRune(d.user, 0) || strings.ContainsRune(host, 0) {
-		return nil, errors.New("socks4: user id or host contains a NUL byte")
-	}
-	req := make([]byte, 0, 9+len(d.user)+len(host)+1)
-	req = append(req, socks4Version, socks4CmdConnect, byte(port>>8), byte(port))
-	ip := net.ParseIP(host)
-	switch {
-	case ip != nil && ip.To4() != nil:
-		req = append(req, ip.To4()...)
-		req = append(req, d.user...)
-		req = append(req, 0)
-	case ip != nil:
-		return nil, fmt.Errorf("socks4: IPv6 target %s not supported by the protocol", host)
-	default:
-		// SOCKS4a: an invalid IP 0.0.0.x tells the proxy a host name follows.
-		req = append(req, 0, 0, 0, 1)
-		req = append(req, d.user...)
-		req = append(req, 0)
-		req = append(req, host...)
-		req = append(req, 0)
-	}
-
-	conn, err := d.forward.DialContext(ctx, "tcp", d.proxy)
-	if err != nil {
-		return nil, err
-	}
-	if err := socks4Handshake(ctx, conn, req); err != nil {
-		conn.Close()
-		return nil, &handshakeError{err: fmt.Errorf("socks4 connect %s via %s: %w", addr, d.proxy, err)}
-	}
-	return conn, nil
-}
-
-func socks4Handshake(ctx context.Context, conn net.Conn, req []byte) (err error) {
-	if deadline, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(deadline)
-		defer conn.SetDeadline(time.Time{})
-	}
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer func() {
-		if !stop() {
-			// ctx ended mid-handshake and pushed the deadline into the past.
-			err = ctx.Err()
+// socks4Dialer returns a dial function that tunnels through the SOCKS4
+// proxy p (internal/socks4), with p's user id.
+func socks4Dialer(p *pharox.Proxy, forward *net.Dialer) dialFunc {
+	var reached atomic.Bool
+	d := &socks4.Dialer{Proxy: p.Address(), User: socks4User(p), Forward: &stageDialer{d: forward, reached: &reached}}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil && reached.Load() {
+			return nil, &handshakeError{err: fmt.Errorf("socks4 connect %s via %s: %w", addr, d.Proxy, err)}
 		}
-	}()
-	if _, err := conn.Write(req); err != nil {
-		return err
+		return c, err
 	}
-	var reply [8]byte
-	if _, err := io.ReadFull(conn, reply[:]); err != nil {
-		return err
-	}
-	if reply[0] != socks4ReplyVersion && reply[0] != socks4Version {
-		return fmt.Errorf("unexpected reply version %d", reply[0])
-	}
-	switch reply[1] {
-	case socks4Granted:
-		return nil
-	case socks4Rejected:
-		return errors.New("request rejected or failed")
-	case socks4NoIdentd, socks4IdentFailed:
-		return errSOCKS4Ident
-	}
-	return fmt.Errorf("unknown reply code %#x", reply[1])
 }
-
-var errSOCKS4Ident = errors.New("request rejected: identd could not confirm the user id")
 
 // classifyError maps a transport error to an ErrorKind. Order matters:
 // proxy protocol answers first, then TLS, then the network failure class.
@@ -209,7 +120,7 @@ func classifyError(err error) ErrorKind {
 	if inHandshake {
 		msg := hs.err.Error()
 		switch {
-		case errors.Is(err, errSOCKS4Ident),
+		case errors.Is(err, socks4.ErrIdent),
 			strings.Contains(msg, "authentication"),
 			strings.Contains(msg, "username/password"):
 			return KindProxyAuth
