@@ -284,26 +284,7 @@ func mpPost(ctx context.Context, client *http.Client, url string, body any) (int
 // store's lease records against what the clients saw.
 func mpAudit(t *testing.T, s pharox.Storage, poolID uuid.UUID, maxc map[uuid.UUID]int, ty *mpTally) {
 	ctx := t.Context()
-	active, err := s.ListLeases(ctx, pharox.LeaseQuery{PoolID: poolID, Status: pharox.LeaseActive})
-	if err != nil {
-		t.Fatalf("ListLeases(active): %v", err)
-	}
-	var last time.Time
-	for _, l := range active {
-		if l.ExpiresAt.After(last) {
-			last = l.ExpiresAt
-		}
-	}
-	if wait := time.Until(last) + 100*time.Millisecond; wait > 0 {
-		if wait > time.Minute {
-			t.Fatalf("an active lease expires only at %v", last)
-		}
-		time.Sleep(wait)
-	}
-	cleaned, err := s.CleanupExpiredLeases(ctx)
-	if err != nil {
-		t.Fatalf("CleanupExpiredLeases: %v", err)
-	}
+	cleaned := storagetest.ReclaimAfterExpiry(t, s, poolID)
 
 	leases, err := s.ListLeases(ctx, pharox.LeaseQuery{PoolID: poolID})
 	if err != nil {

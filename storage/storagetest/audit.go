@@ -154,3 +154,32 @@ func fmtTime(t time.Time) string {
 	}
 	return t.UTC().Format("15:04:05.000000")
 }
+
+// ReclaimAfterExpiry waits until every active lease of the pool has
+// expired (failing the test if one lasts beyond a minute), then runs
+// CleanupExpiredLeases once and returns how many leases it ended.
+func ReclaimAfterExpiry(t testing.TB, s pharox.Storage, poolID uuid.UUID) int {
+	t.Helper()
+	ctx := t.Context()
+	active, err := s.ListLeases(ctx, pharox.LeaseQuery{PoolID: poolID, Status: pharox.LeaseActive})
+	if err != nil {
+		t.Fatalf("ListLeases(active): %v", err)
+	}
+	var last time.Time
+	for _, l := range active {
+		if l.ExpiresAt.After(last) {
+			last = l.ExpiresAt
+		}
+	}
+	if wait := time.Until(last) + 200*time.Millisecond; wait > 0 {
+		if wait > time.Minute {
+			t.Fatalf("an active lease expires only at %v", last)
+		}
+		time.Sleep(wait)
+	}
+	cleaned, err := s.CleanupExpiredLeases(ctx)
+	if err != nil {
+		t.Fatalf("CleanupExpiredLeases: %v", err)
+	}
+	return cleaned
+}

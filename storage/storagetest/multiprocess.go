@@ -231,26 +231,7 @@ func runParent(t *testing.T, cfg MultiProcessConfig) {
 	}
 
 	// Let the abandoned (and any unreleased) leases expire, then reclaim.
-	active, err := s.ListLeases(ctx, pharox.LeaseQuery{PoolID: pool.ID, Status: pharox.LeaseActive})
-	if err != nil {
-		t.Fatalf("ListLeases(active): %v", err)
-	}
-	var last time.Time
-	for _, l := range active {
-		if l.ExpiresAt.After(last) {
-			last = l.ExpiresAt
-		}
-	}
-	if wait := time.Until(last) + 200*time.Millisecond; wait > 0 {
-		if wait > time.Minute {
-			t.Fatalf("an active lease expires only at %v", last)
-		}
-		time.Sleep(wait)
-	}
-	cleaned, err := s.CleanupExpiredLeases(ctx)
-	if err != nil {
-		t.Fatalf("CleanupExpiredLeases: %v", err)
-	}
+	cleaned := ReclaimAfterExpiry(t, s, pool.ID)
 
 	leases, err := s.ListLeases(ctx, pharox.LeaseQuery{PoolID: pool.ID})
 	if err != nil {
