@@ -545,21 +545,33 @@ func (sn snapshot) lease() *pharox.Lease {
 	return &b.l
 }
 
-// ReleaseLease ends an active lease as released and frees its slot.
-func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*pharox.Lease, error) {
+// lockActive locks the store and returns the active lease leaseID, the
+// store still locked; on error it has unlocked it. lock has already ended
+// the lease as expired if its time had passed. op names the caller's
+// operation in errors.
+func (s *Store) lockActive(ctx context.Context, op string, leaseID uuid.UUID) (*leaseState, time.Time, error) {
 	now, err := s.lock(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("memory: release lease %s: %w", leaseID, err)
+		return nil, now, fmt.Errorf("memory: %s lease %s: %w", op, leaseID, err)
 	}
 	ls := s.lookup(leaseID)
 	if ls == nil {
 		s.mu.Unlock()
-		return nil, fmt.Errorf("memory: release lease %s: %w", leaseID, pharox.ErrLeaseNotFound)
+		return nil, now, fmt.Errorf("memory: %s lease %s: %w", op, leaseID, pharox.ErrLeaseNotFound)
 	}
 	if ls.l.Status != pharox.LeaseActive {
 		status := ls.l.Status
 		s.mu.Unlock()
-		return nil, fmt.Errorf("memory: release lease %s: lease is %s: %w", leaseID, status, pharox.ErrLeaseNotActive)
+		return nil, now, fmt.Errorf("memory: %s lease %s: lease is %s: %w", op, leaseID, status, pharox.ErrLeaseNotActive)
+	}
+	return ls, now, nil
+}
+
+// ReleaseLease ends an active lease as released and frees its slot.
+func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*pharox.Lease, error) {
+	ls, now, err := s.lockActive(ctx, "release", leaseID)
+	if err != nil {
+		return nil, err
 	}
 	sn := s.endLease(ls, pharox.LeaseReleased, now)
 	s.mu.Unlock()
@@ -571,20 +583,9 @@ func (s *Store) RenewLease(ctx context.Context, leaseID uuid.UUID, d time.Durati
 	if d <= 0 {
 		return nil, fmt.Errorf("memory: renew lease %s: %w: duration must be positive, got %v", leaseID, pharox.ErrInvalidArgument, d)
 	}
-	now, err := s.lock(ctx)
+	ls, now, err := s.lockActive(ctx, "renew", leaseID)
 	if err != nil {
-		return nil, fmt.Errorf("memory: renew lease %s: %w", leaseID, err)
-	}
-	ls := s.lookup(leaseID)
-	if ls == nil {
-		s.mu.Unlock()
-		return nil, fmt.Errorf("memory: renew lease %s: %w", leaseID, pharox.ErrLeaseNotFound)
-	}
-	// lock already ended the lease as expired if its time had passed.
-	if ls.l.Status != pharox.LeaseActive {
-		status := ls.l.Status
-		s.mu.Unlock()
-		return nil, fmt.Errorf("memory: renew lease %s: lease is %s: %w", leaseID, status, pharox.ErrLeaseNotActive)
+		return nil, err
 	}
 	ls.l.ExpiresAt = now.Add(d).Truncate(time.Microsecond)
 	s.expiry[ls.heapIdx].expires = ls.l.ExpiresAt.UnixMicro()
