@@ -49,6 +49,14 @@ type AcquireOptions struct {
 	// SessionTTL is how long the session binding lives after each use:
 	// zero means DefaultSessionTTL; negative is an error.
 	SessionTTL time.Duration
+	// LeaseID, when set, is the id the new lease gets, and makes the
+	// acquisition idempotent: acquiring again with an id the store already
+	// holds a lease for returns that lease (as it is now, active or ended)
+	// instead of taking a second slot. A retry after a lost answer, from
+	// any process sharing the store, therefore never leaks a slot. The id
+	// must be a fresh random or name-based UUID per logical acquisition;
+	// zero means the store picks one.
+	LeaseID uuid.UUID
 }
 
 // AcquireEvent describes one acquisition attempt, successful or not.
@@ -167,6 +175,7 @@ func (m *Manager) buildRequest(ctx context.Context, pool string, opts *AcquireOp
 		Strategy:     o.Strategy.OrDefault(),
 		SessionKey:   o.SessionKey,
 		SessionTTL:   o.SessionTTL,
+		LeaseID:      o.LeaseID,
 	}
 	if err := ValidateName("pool name", pool); err != nil {
 		return req, err

@@ -182,6 +182,14 @@ type AcquireRequest struct {
 	// SessionTTL is how long the session binding lives; positive when
 	// SessionKey is set.
 	SessionTTL time.Duration
+	// LeaseID, when not zero, is the id the new lease gets. If the store
+	// already holds a lease with this id (active or ended, within its
+	// retention), AcquireLease takes no slot and returns that lease as it
+	// is now, provided it was taken from the same pool by the same
+	// consumer; otherwise ErrAlreadyExists. This makes an acquisition
+	// retried after a lost answer (a client or driver retry, from any
+	// process) idempotent. Zero means the driver generates a fresh id.
+	LeaseID uuid.UUID
 }
 
 // Validate checks a request as a driver receives it.
