@@ -37,12 +37,16 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 
 // ---- path and query helpers ----
 
-// pathUUID parses the named path parameter as a UUID.
-func pathUUID(r *http.Request, name string) (uuid.UUID, error) {
+// pathID parses the named path parameter as the id of a thing the
+// server keeps. A segment that is not a UUID names nothing the server
+// knows, so it is notFound (a sentinel such as pharox.ErrLeaseNotFound),
+// as for an unknown id: clients such as the Python SDK read 404 as "no
+// such thing" whatever the string was.
+func pathID(r *http.Request, name string, notFound error) (uuid.UUID, error) {
 	raw := r.PathValue(name)
 	id, err := uuid.Parse(raw)
 	if err != nil {
-		return uuid.Nil, unprocessable("%s %q is not a valid UUID", name, truncate(raw, 64))
+		return uuid.Nil, fmt.Errorf("%s %q is not an id: %w", name, truncate(raw, 64), notFound)
 	}
 	return id, nil
 }
@@ -170,7 +174,7 @@ func (s *Server) deletePool(r *http.Request) (any, error) {
 	if err := s.store.DeletePool(r.Context(), id); err != nil {
 		return nil, err
 	}
-	s.pools.Delete(id)
+	s.forgetPool(id, "")
 	return nil, nil
 }
 
@@ -212,11 +216,11 @@ func (s *Server) sweepPool(r *http.Request) (any, error) {
 // proxyInPool returns the proxy named by the path, checking that it
 // belongs to the pool named by the path: a proxy of another pool is 404.
 func (s *Server) proxyInPool(r *http.Request) (*pharox.Proxy, error) {
-	proxyID, err := pathUUID(r, "proxy_id")
+	poolID, err := s.poolRef(r.Context(), r.PathValue("pool_id"))
 	if err != nil {
 		return nil, err
 	}
-	poolID, err := s.poolRef(r.Context(), r.PathValue("pool_id"))
+	proxyID, err := pathID(r, "proxy_id", pharox.ErrProxyNotFound)
 	if err != nil {
 		return nil, err
 	}
@@ -375,8 +379,7 @@ func (s *Server) listConsumers(r *http.Request) (any, error) {
 // this server has seen or else from the store, so that a consumer ensured
 // through another process (or before a restart) is the same consumer here.
 // Consumers are never renamed or deleted, so the cache never goes stale.
-// An id the store does not know is ErrConsumerNotFound: taking it as a
-// name would make a second consumer.
+// An id the store does not know is ErrConsumerNotFound.
 func (s *Server) consumerName(ctx context.Context, id uuid.UUID) (string, error) {
 	if name, ok := s.consumers.Load(id); ok {
 		return name.(string), nil
@@ -387,6 +390,55 @@ func (s *Server) consumerName(ctx context.Context, id uuid.UUID) (string, error)
 	}
 	s.consumers.Store(id, c.Name)
 	return c.Name, nil
+}
+
+// consumerRef resolves an acquisition's consumer_id to the name the
+// Manager acquires as. It is the id of a known consumer or else a
+// consumer name, created on first use like consumer_name: the Python SDK
+// sends whatever its user calls the consumer there ("default",
+// "scraper-7"), and its local mode takes the same string as a name. An
+// id-shaped string that is no consumer's id is a name too, so the same
+// string always means the same consumer.
+func (s *Server) consumerRef(ctx context.Context, ref string) (string, error) {
+	if id, err := uuid.Parse(ref); err == nil {
+		name, err := s.consumerName(ctx, id)
+		if err == nil || !errors.Is(err, pharox.ErrConsumerNotFound) {
+			return name, err
+		}
+	}
+	if err := pharox.ValidateName("consumer_id", ref); err != nil {
+		return "", err
+	}
+	return ref, nil
+}
+
+// knownPool checks that a pool of this name exists before anything is
+// done in its name (a consumer is created on first use, and an unknown
+// pool must not leave consumer rows behind). Names found stay cached until
+// the pool is deleted through this server or an acquisition finds it gone.
+func (s *Server) knownPool(ctx context.Context, name string) error {
+	if _, ok := s.poolNames.Load(name); ok {
+		return nil
+	}
+	p, err := s.store.GetPoolByName(ctx, name)
+	if err != nil {
+		return err
+	}
+	s.poolNames.Store(p.Name, p.ID)
+	s.pools.Store(p.ID, p.Name)
+	return nil
+}
+
+// forgetPool drops a pool from the caches, by id, name or both.
+func (s *Server) forgetPool(id uuid.UUID, name string) {
+	if id != uuid.Nil {
+		if cached, ok := s.pools.LoadAndDelete(id); ok && name == "" {
+			name = cached.(string)
+		}
+	}
+	if name != "" {
+		s.poolNames.Delete(name)
+	}
 }
 
 // ---- leases ----
@@ -404,6 +456,11 @@ func (s *Server) acquire(r *http.Request) (any, error) {
 	opts, err := acquireOptions(body, &req)
 	if err != nil {
 		return nil, err
+	}
+	if limit := s.opts.MaxWait.Seconds(); req.WaitSeconds > limit {
+		// Refused rather than cut short: a client that asked for a longer
+		// wait would otherwise take the early 409 for a busy pool.
+		return nil, unprocessable("wait_seconds %v exceeds this server's maximum wait of %v seconds", req.WaitSeconds, limit)
 	}
 
 	var poolID uuid.UUID
@@ -424,20 +481,21 @@ func (s *Server) acquire(r *http.Request) (any, error) {
 	if pool == "" {
 		return nil, unprocessable("pool_id or pool_name is required")
 	}
+	if poolID == uuid.Nil {
+		if err := s.knownPool(ctx, pool); err != nil {
+			return nil, err
+		}
+	}
 
 	if req.ConsumerName == "" && req.ConsumerID != "" {
-		id, err := uuid.Parse(req.ConsumerID)
-		if err != nil {
-			return nil, unprocessable("consumer_id %q is not a valid UUID", truncate(req.ConsumerID, 64))
-		}
-		if opts.Consumer, err = s.consumerName(ctx, id); err != nil {
+		if opts.Consumer, err = s.consumerRef(ctx, req.ConsumerID); err != nil {
 			return nil, err
 		}
 	}
 
 	var lease *pharox.Lease
 	if req.WaitSeconds > 0 {
-		wait := time.Duration(min(req.WaitSeconds, s.opts.MaxWait.Seconds()) * float64(time.Second))
+		wait := time.Duration(req.WaitSeconds * float64(time.Second))
 		wctx, cancel := context.WithTimeout(ctx, wait)
 		stop := context.AfterFunc(s.stopping, cancel)
 		lease, err = s.mgr.AcquireWait(wctx, pool, opts)
@@ -447,8 +505,8 @@ func (s *Server) acquire(r *http.Request) (any, error) {
 		lease, err = s.mgr.Acquire(ctx, pool, opts)
 	}
 	if err != nil {
-		if errors.Is(err, pharox.ErrPoolNotFound) && poolID != uuid.Nil {
-			s.pools.Delete(poolID)
+		if errors.Is(err, pharox.ErrPoolNotFound) {
+			s.forgetPool(poolID, pool)
 		}
 		return nil, err
 	}
@@ -456,7 +514,7 @@ func (s *Server) acquire(r *http.Request) (any, error) {
 		// The pool was deleted and another one made under its name since
 		// the name was cached: this lease is from a pool the client did
 		// not ask for.
-		s.pools.Delete(poolID)
+		s.forgetPool(poolID, pool)
 		s.releaseQuietly(ctx, lease)
 		return nil, pharox.ErrPoolNotFound
 	}
@@ -509,13 +567,18 @@ func acquireOptions(body []byte, req *api.AcquireRequest) (*pharox.AcquireOption
 		if f.HasPredicate() {
 			return nil, unprocessable("filters cannot carry a predicate")
 		}
+		// Checked here as well as by the Manager: bad filters are the
+		// client's error, answered before the pool is looked up.
+		if err := f.NormalizedClone().Validate(); err != nil {
+			return nil, err
+		}
 		opts.Filters = f
 	}
 	return opts, nil
 }
 
 func (s *Server) getLease(r *http.Request) (any, error) {
-	id, err := pathUUID(r, "lease_id")
+	id, err := pathID(r, "lease_id", pharox.ErrLeaseNotFound)
 	if err != nil {
 		return nil, err
 	}
@@ -526,8 +589,18 @@ func (s *Server) getLease(r *http.Request) (any, error) {
 	return api.FromLease(l, false), nil
 }
 
+// release ends a lease. On the wire releasing is idempotent, as a Python
+// pharox release is: a lease that already ended (released, expired or
+// reclaimed) is answered 200 as it ended, and nothing is freed; only a
+// lease never seen is 404. The Manager keeps ErrLeaseNotActive for Go
+// callers.
+//
+// A lease past its expiry that nothing has reclaimed yet is expired, on
+// every store: stores differ there (some release it, some reclaim it), so
+// the server reclaims expired leases first, as the reaper would, and the
+// answer is the same whichever store is behind it.
 func (s *Server) release(r *http.Request) (any, error) {
-	id, err := pathUUID(r, "lease_id")
+	id, err := pathID(r, "lease_id", pharox.ErrLeaseNotFound)
 	if err != nil {
 		return nil, err
 	}
@@ -535,15 +608,36 @@ func (s *Server) release(r *http.Request) (any, error) {
 	if err := decodeBody(r, &body, true); err != nil {
 		return nil, err
 	}
-	l, err := s.mgr.Release(r.Context(), id)
+	ctx := r.Context()
+	l, err := s.store.GetLease(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	return api.FromLease(l, false), nil
+	if l.Status == pharox.LeaseActive && !time.Now().Before(l.ExpiresAt) {
+		if _, err := s.mgr.CleanupExpiredLeases(ctx); err != nil {
+			return nil, err
+		}
+		if l, err = s.store.GetLease(ctx, id); err != nil {
+			return nil, err
+		}
+	}
+	if l.Status != pharox.LeaseActive {
+		return api.FromLease(l, false), nil
+	}
+	released, err := s.mgr.Release(ctx, id)
+	if errors.Is(err, pharox.ErrLeaseNotActive) {
+		// It ended between the read and the release (another release, the
+		// reaper, or the store reclaiming it as expired).
+		released, err = s.store.GetLease(ctx, id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return api.FromLease(released, false), nil
 }
 
 func (s *Server) renew(r *http.Request) (any, error) {
-	id, err := pathUUID(r, "lease_id")
+	id, err := pathID(r, "lease_id", pharox.ErrLeaseNotFound)
 	if err != nil {
 		return nil, err
 	}
@@ -566,7 +660,7 @@ func (s *Server) renew(r *http.Request) (any, error) {
 const maxReasonBytes = 1024
 
 func (s *Server) reportOutcome(r *http.Request) (any, error) {
-	id, err := pathUUID(r, "lease_id")
+	id, err := pathID(r, "lease_id", pharox.ErrLeaseNotFound)
 	if err != nil {
 		return nil, err
 	}

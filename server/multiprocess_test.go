@@ -177,6 +177,25 @@ func mpRun(t *testing.T, s pharox.Storage, storeURL string) {
 	}
 
 	mpAudit(t, s, pool.ID, maxc, ty)
+	mpAuditConsumers(t, s)
+}
+
+// mpAuditConsumers checks that the clients' concurrent first uses of each
+// consumer name, through both servers, made one consumer per name.
+func mpAuditConsumers(t *testing.T, s pharox.Storage) {
+	consumers, err := s.ListConsumers(t.Context())
+	if err != nil {
+		t.Fatalf("ListConsumers: %v", err)
+	}
+	count := map[string]int{}
+	for _, c := range consumers {
+		count[c.Name]++
+	}
+	for g := range 4 {
+		if n := count[mpConsumerName(g)]; n != 1 {
+			t.Errorf("%d consumers named %s, want 1", n, mpConsumerName(g))
+		}
+	}
 }
 
 // mpClient acquires and releases leases through one server until deadline.
@@ -191,8 +210,15 @@ func mpClient(ctx context.Context, client *http.Client, baseURL string, srv, g i
 		if abandon {
 			ttl = mpAbandonTTL
 		}
-		req := api.AcquireRequest{PoolID: poolID.String(), ConsumerName: fmt.Sprintf("mp-client-%d", g%4),
-			TTLSeconds: &ttl, Strategy: string(strategy)}
+		req := api.AcquireRequest{PoolID: poolID.String(), TTLSeconds: &ttl, Strategy: string(strategy)}
+		// Four consumers, each named through consumer_id (as the Python SDK
+		// does) by some clients and consumer_name by others, first used
+		// concurrently through both servers: each must be one consumer.
+		if name := mpConsumerName(g); (g/4)%2 == 0 {
+			req.ConsumerID = name
+		} else {
+			req.ConsumerName = name
+		}
 		status, body, err := mpPost(ctx, client, baseURL+"/v1/leases/", req)
 		switch {
 		case err != nil:
@@ -243,15 +269,28 @@ func mpClient(ctx context.Context, client *http.Client, baseURL string, srv, g i
 		case err != nil:
 			ty.fail("release %s via server %d: %v", l.ID, srv, err)
 		case status == http.StatusOK:
-			ty.released.Add(1)
-			ty.note(ty.releasedIDs, l.ID)
-		case status == http.StatusConflict:
-			ty.late.Add(1) // stalled past its expiry; the lease expired
+			var ended api.Lease
+			if err := json.Unmarshal(body, &ended); err != nil {
+				ty.fail("release %s via server %d: decode %s: %v", l.ID, srv, body, err)
+				break
+			}
+			switch ended.Status {
+			case "released":
+				ty.released.Add(1)
+				ty.note(ty.releasedIDs, l.ID)
+			case "expired":
+				ty.late.Add(1) // stalled past its expiry; the lease expired
+			default:
+				ty.fail("release %s via server %d answered status %q", l.ID, srv, ended.Status)
+			}
 		default:
 			ty.fail("release %s via server %d: %d %s", l.ID, srv, status, body)
 		}
 	}
 }
+
+// mpConsumerName is the consumer client g acquires as.
+func mpConsumerName(g int) string { return fmt.Sprintf("mp-client-%d", g%4) }
 
 // mpPost posts body (JSON, or nothing when nil) with the consumer key.
 func mpPost(ctx context.Context, client *http.Client, url string, body any) (int, []byte, error) {

@@ -128,8 +128,9 @@ func routeTable() []route {
 		// Leases.
 		{Method: "POST", Path: "/v1/leases/", ID: "acquireLease", Tag: "leases", Summary: "Lease a proxy",
 			Description: "Name the pool by pool_id or pool_name and the consumer by consumer_id, consumer_name or neither " +
-				"(the default consumer); a consumer_id must be one POST /v1/consumers/ returned (404 otherwise). 409 {\"detail\": \"No proxy available\"} when nothing fits, after waiting up to " +
-				"wait_seconds (capped by the server's maximum). The answer carries the proxy with its credentials and URL.",
+				"(the default consumer). consumer_id is the id of a known consumer or else a consumer name, created on first use " +
+				"like consumer_name (the Python SDK sends names there). 409 {\"detail\": \"No proxy available\"} when nothing fits, after waiting up to " +
+				"wait_seconds; a wait longer than the server's maximum is refused (422). The answer carries the proxy with its credentials and URL.",
 			Role: RoleConsumer, Request: api.AcquireRequest{}, Status: 201, Response: api.Lease{},
 			Errors: []int{404, 409}, api: (*Server).acquireCounted},
 		{Method: "GET", Path: "/v1/leases/", ID: "listLeases", Tag: "leases", Summary: "List leases, oldest first",
@@ -145,9 +146,11 @@ func routeTable() []route {
 		{Method: "GET", Path: "/v1/leases/{lease_id}", ID: "getLease", Tag: "leases", Summary: "Get a lease",
 			Role: RoleConsumer, Status: 200, Response: api.Lease{}, Errors: poolErrs, api: (*Server).getLease},
 		{Method: "POST", Path: "/v1/leases/{lease_id}/release", ID: "releaseLease", Tag: "leases",
-			Summary: "Release a lease", Description: "409 when the lease already ended.",
+			Summary: "Release a lease",
+			Description: "Idempotent: a lease that already ended (released, or expired) is answered 200 as it ended and nothing is freed. " +
+				"A lease past its expiry is expired, not released. 404 for an id the server never had.",
 			Role: RoleConsumer, Request: struct{}{}, BodyOptional: true, Status: 200, Response: api.Lease{},
-			Errors: []int{404, 409}, api: (*Server).release},
+			Errors: []int{404}, api: (*Server).release},
 		{Method: "POST", Path: "/v1/leases/{lease_id}/renew", ID: "renewLease", Tag: "leases",
 			Summary: "Extend an active lease to expire ttl_seconds from now", Description: "409 when the lease already ended.",
 			Role: RoleConsumer, Request: api.RenewRequest{}, Status: 200, Response: api.Lease{},

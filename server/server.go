@@ -141,6 +141,10 @@ type Server struct {
 	// name. A deleted and recreated pool is caught after the acquisition
 	// (see acquire).
 	pools sync.Map // uuid.UUID -> string
+	// poolNames holds the names of pools known to exist, so that an
+	// acquisition by pool name can check the pool before it creates a
+	// consumer without asking the store each time (see knownPool).
+	poolNames sync.Map // string -> uuid.UUID
 	// consumers caches consumer names by id, for requests that name the
 	// consumer by id: the Manager acquires by name, and a consumer never
 	// changes its name. Misses go to the store (see consumerName).
