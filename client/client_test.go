@@ -150,8 +150,8 @@ func TestErrorMapping(t *testing.T) {
 		{"in use", 409, `{"detail":"pharox: in use by active leases"}`, func(c *Client) error {
 			return c.DeletePool(context.Background(), poolID)
 		}, pharox.ErrInUse},
-		{"not active", 409, `{"detail":"release lease x: pharox: lease is not active"}`, func(c *Client) error {
-			_, err := c.Release(context.Background(), leaseID)
+		{"not active", 409, `{"detail":"renew lease x: pharox: lease is not active"}`, func(c *Client) error {
+			_, err := c.Renew(context.Background(), leaseID, time.Minute)
 			return err
 		}, pharox.ErrLeaseNotActive},
 		{"invalid", 422, `{"detail":[{"loc":["body","ttl_seconds"],"msg":"must be positive"}]}`, func(c *Client) error {
@@ -395,8 +395,24 @@ func TestReleaseRetryAfterServerActed(t *testing.T) {
 	if err != nil || l.Status != pharox.LeaseReleased {
 		t.Fatalf("Release = %v, %v; want the released lease", l, err)
 	}
-	// Without an earlier attempt that may have acted, not-active stays an
-	// error.
+}
+
+// A server from before releases were idempotent answers 409 for an ended
+// lease; the client answers as current servers do, with the ended lease.
+func TestReleaseEndedOnOlderServer(t *testing.T) {
+	f := newFake(t, func(w http.ResponseWriter, r *http.Request, hit int) {
+		switch r.Method {
+		case "POST":
+			detail(w, 409, "pharox: lease is not active")
+		case "GET":
+			writeJSON(w, 200, wireLease("expired"))
+		}
+	})
+	l, err := f.client(t).Release(context.Background(), leaseID)
+	if err != nil || l.Status != pharox.LeaseExpired {
+		t.Fatalf("Release = %v, %v; want the expired lease", l, err)
+	}
+	// If the lease cannot be read, the 409 stands.
 	f2 := newFake(t, func(w http.ResponseWriter, r *http.Request, hit int) { detail(w, 409, "pharox: lease is not active") })
 	if _, err := f2.client(t).Release(context.Background(), leaseID); !errors.Is(err, pharox.ErrLeaseNotActive) {
 		t.Fatalf("err = %v, want ErrLeaseNotActive", err)
@@ -449,7 +465,7 @@ func leaseServer(t *testing.T, releaseStatus int) (*fake, *atomic.Int32) {
 			// The release must arrive even if the caller's context ended.
 			releases.Add(1)
 			if releaseStatus != 200 {
-				detail(w, releaseStatus, "lease is not active")
+				detail(w, releaseStatus, "Lease not found")
 				return
 			}
 			writeJSON(w, 200, wireLease("released"))
@@ -506,9 +522,9 @@ func TestWithLeaseReleases(t *testing.T) {
 		}
 	})
 	t.Run("release failure joined", func(t *testing.T) {
-		f, releases := leaseServer(t, 409)
+		f, releases := leaseServer(t, 404)
 		err := f.client(t).WithLease(context.Background(), req, func(context.Context, *pharox.Lease) error { return nil })
-		if !errors.Is(err, pharox.ErrLeaseNotActive) || releases.Load() != 1 {
+		if !errors.Is(err, pharox.ErrLeaseNotFound) || releases.Load() != 1 {
 			t.Fatalf("err %v, releases %d", err, releases.Load())
 		}
 	})

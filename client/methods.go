@@ -257,22 +257,27 @@ func (c *Client) GetLease(ctx context.Context, id uuid.UUID) (*pharox.Lease, err
 	return out.Model(), nil
 }
 
-// Release ends a lease and frees its slot (ErrLeaseNotFound;
-// ErrLeaseNotActive when it already ended).
+// Release ends a lease and frees its slot, and returns the lease as it
+// ended. Like the Python SDK and the service, it is idempotent: a lease
+// that already ended (released, or expired) is returned as it ended, with
+// a nil error, and nothing is freed; only an unknown lease is an error
+// (ErrLeaseNotFound). Use GetLease first to tell whether this call ended
+// it. (pharox.Manager.Release, in-process, keeps ErrLeaseNotActive.)
 //
-// Release is retried on transient failures. If a retry finds the lease
-// already released, an earlier attempt released it and the lease is
-// returned as success.
+// Release is retried on transient failures.
 func (c *Client) Release(ctx context.Context, id uuid.UUID) (*pharox.Lease, error) {
 	var out api.Lease
-	info, err := c.do(ctx, call{method: http.MethodPost, path: "/v1/leases/" + id.String() + "/release",
+	_, err := c.do(ctx, call{method: http.MethodPost, path: "/v1/leases/" + id.String() + "/release",
 		body: struct{}{}, out: &out, notFound: pharox.ErrLeaseNotFound})
-	if err != nil {
-		if info.mayHaveActed && errors.Is(err, pharox.ErrLeaseNotActive) {
-			if l, gerr := c.GetLease(ctx, id); gerr == nil && l.Status == pharox.LeaseReleased {
-				return l, nil
-			}
+	if errors.Is(err, pharox.ErrLeaseNotActive) {
+		// Servers from before releases were idempotent answer 409 for an
+		// ended lease (also when a retried release had already acted):
+		// answer as current ones do.
+		if l, gerr := c.GetLease(ctx, id); gerr == nil && l.Status != pharox.LeaseActive {
+			return l, nil
 		}
+	}
+	if err != nil {
 		return nil, err
 	}
 	return out.Model(), nil

@@ -85,7 +85,7 @@ func newLeaseAcquireCmd(tf *targetFlags) *cobra.Command {
 	fl.StringSliceVar(&f.tags, "tag", nil, "only proxies with this tag (repeatable)")
 	fl.StringVar(&f.sessionKey, "session-key", "", "sticky session: the same key gets the same proxy while the session lives")
 	fl.DurationVar(&f.sessionTTL, "session-ttl", 0, "how long the sticky session lives (default 10m)")
-	fl.DurationVar(&f.wait, "wait", 0, "wait up to this long for a free proxy")
+	fl.DurationVar(&f.wait, "wait", 0, "wait up to this long for a free proxy (a server refuses waits over its --max-wait)")
 	fl.BoolVar(&f.withSecrets, "with-secrets", false, "print the proxy's password and URL (for scripts that use the lease)")
 	_ = cmd.MarkFlagRequired("pool")
 	return cmd
@@ -119,7 +119,7 @@ func (f *acquireFlags) options() (*pharox.AcquireOptions, error) {
 func newLeaseReleaseCmd(tf *targetFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "release LEASE_ID...",
-		Short: "Release leases",
+		Short: "Release leases (a lease that already ended is reported as it ended, not as an error)",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var ids []uuid.UUID
@@ -154,6 +154,10 @@ func newLeaseReleaseCmd(tf *targetFlags) *cobra.Command {
 						held := "-"
 						if l.ReleasedAt != nil {
 							held = l.ReleasedAt.Sub(l.AcquiredAt).Round(time.Millisecond).String()
+						}
+						if l.Status == pharox.LeaseExpired {
+							fmt.Fprintf(cmd.OutOrStdout(), "lease %s had already expired at %s\n", l.ID, formatTime(l.ExpiresAt))
+							continue
 						}
 						fmt.Fprintf(cmd.OutOrStdout(), "released lease %s (held %s)\n", l.ID, held)
 					}

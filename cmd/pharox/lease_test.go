@@ -40,9 +40,9 @@ func TestLeaseCommands(t *testing.T) {
 		if !strings.HasPrefix(out, "released lease "+first+" (held ") {
 			t.Fatalf("release = %q", out)
 		}
-		_, _, err = c.run("", "lease", "release", first)
-		if !errors.Is(err, pharox.ErrLeaseNotActive) {
-			t.Fatalf("second release: err = %v, want ErrLeaseNotActive", err)
+		// Releasing again is not an error, in both modes.
+		if again := c.ok("lease", "release", first); !strings.HasPrefix(again, "released lease "+first+" (held ") || again != out {
+			t.Fatalf("second release = %q, first %q", again, out)
 		}
 
 		// JSON without and with secrets.
@@ -126,4 +126,27 @@ func TestLeaseAcquireStickySession(t *testing.T) {
 			}
 		}
 	})
+}
+
+func TestLeaseReleaseExpired(t *testing.T) {
+	bothModes(t, func(t *testing.T, c *cli) {
+		c.ok("pool", "create", "main")
+		c.run("10.0.0.2:8080\n", "proxy", "import", "-", "--pool", "main")
+		l := decode[api.Lease](t, c.ok("lease", "acquire", "--pool", "main", "--ttl", "50ms", "--json"))
+		time.Sleep(time.Until(l.ExpiresAt.Time) + 50*time.Millisecond)
+		if out := c.ok("lease", "release", l.ID.String()); !strings.HasPrefix(out, "lease "+l.ID.String()+" had already expired at ") {
+			t.Fatalf("release of an expired lease = %q", out)
+		}
+	})
+}
+
+// A wait longer than the server allows is refused with the server's
+// maximum, not cut short into a misleading miss.
+func TestLeaseAcquireWaitOverServerMaximum(t *testing.T) {
+	c := newRemoteCLI(t)
+	c.ok("pool", "create", "main")
+	_, _, err := c.run("", "lease", "acquire", "--pool", "main", "--wait", "45s")
+	if !errors.Is(err, pharox.ErrInvalidArgument) || !strings.Contains(err.Error(), "maximum wait of 30 seconds") {
+		t.Fatalf("--wait 45s: err = %v, want the server's maximum named", err)
+	}
 }

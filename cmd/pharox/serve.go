@@ -153,7 +153,7 @@ func init() {
 	f.StringVar(&flagCfg.target, "health-target", "", "URL health probes request through each proxy (env PHAROX_HEALTH_TARGET)")
 	f.DurationVar(&flagCfg.retention, "lease-retention", server.DefaultLeaseRetention, "purge ended leases older than this; negative keeps them (env PHAROX_LEASE_RETENTION)")
 	f.DurationVar(&flagCfg.reap, "reap-interval", server.DefaultReapInterval, "reclaim expired leases this often")
-	f.DurationVar(&flagCfg.maxWait, "max-wait", server.DefaultMaxWait, "longest wait_seconds an acquisition may wait")
+	f.DurationVar(&flagCfg.maxWait, "max-wait", server.DefaultMaxWait, "longest wait_seconds an acquisition may ask for; a longer one is refused (422)")
 	f.BoolVar(&flagCfg.accessLog, "access-log", true, "log one line per request")
 	f.BoolVar(&flagCfg.metricsAuth, "metrics-require-key", false, "require an admin key for /metrics")
 	f.StringVar(&flagCfg.logFmt, "log-format", "text", "log format: text or json")

@@ -232,8 +232,16 @@ func (d *directBackend) Acquire(ctx context.Context, pool *pharox.Pool, opts *ph
 	return d.mgr.AcquireWait(wctx, pool.Name, opts)
 }
 
+// Release answers like the HTTP API: a lease that already ended is
+// returned as it ended, without an error.
 func (d *directBackend) Release(ctx context.Context, id uuid.UUID) (*pharox.Lease, error) {
-	return d.mgr.Release(ctx, id)
+	l, err := d.mgr.Release(ctx, id)
+	if errors.Is(err, pharox.ErrLeaseNotActive) {
+		if ended, gerr := d.store.GetLease(ctx, id); gerr == nil {
+			return ended, nil
+		}
+	}
+	return l, err
 }
 
 func (d *directBackend) ListLeases(ctx context.Context, q pharox.LeaseQuery) ([]*pharox.Lease, error) {
