@@ -269,8 +269,9 @@ func FromLease(l *pharox.Lease, withSecrets bool) Lease {
 
 // AcquireRequest is the body of POST /v1/leases/. The pool is named by
 // pool_id (the Python contract) or pool_name; the consumer by consumer_id
-// (an existing consumer) or consumer_name (created on first use), or
-// neither for the default consumer.
+// (the id of a known consumer, or else a consumer name, as the Python SDK
+// sends it) or consumer_name (a name), or neither for the default
+// consumer. Names are created on first use.
 type AcquireRequest struct {
 	PoolID       string `json:"pool_id,omitempty"`
 	PoolName     string `json:"pool_name,omitempty"`
@@ -286,7 +287,8 @@ type AcquireRequest struct {
 	SessionKey        string   `json:"session_key,omitempty"`
 	SessionTTLSeconds *float64 `json:"session_ttl_seconds,omitempty"`
 	// WaitSeconds, when positive, waits up to that long for a free slot
-	// before answering 409 (bounded by the server's maximum).
+	// before answering 409. More than the server's maximum is refused
+	// (422).
 	WaitSeconds float64 `json:"wait_seconds,omitempty"`
 }
 
