@@ -487,10 +487,15 @@ func (s *Server) acquire(r *http.Request) (any, error) {
 		}
 	}
 
-	if req.ConsumerName == "" && req.ConsumerID != "" {
-		if opts.Consumer, err = s.consumerRef(ctx, req.ConsumerID); err != nil {
+	if req.ConsumerID != "" {
+		name, err := s.consumerRef(ctx, req.ConsumerID)
+		if err != nil {
 			return nil, err
 		}
+		if req.ConsumerName != "" && req.ConsumerName != name {
+			return nil, unprocessable("consumer_id and consumer_name name different consumers")
+		}
+		opts.Consumer = name
 	}
 
 	var lease *pharox.Lease

@@ -564,6 +564,10 @@ func testConsumerIDAsName(t *testing.T, newStore NewStore) {
 	if m2 := byName(made); m2.ConsumerID != m1.ConsumerID {
 		t.Fatalf("consumer_id %s gave consumers %s and %s", made, m1.ConsumerID, m2.ConsumerID)
 	}
+	// Both fields: they must agree.
+	e.Acquire(api.AcquireRequest{PoolID: pid, ConsumerID: "user1", ConsumerName: "user1"})
+	e.Acquire(api.AcquireRequest{PoolID: pid, ConsumerID: a.ConsumerID.String(), ConsumerName: "user1"})
+	e.Consumer("POST", "/v1/leases/", api.AcquireRequest{PoolID: pid, ConsumerID: "user1", ConsumerName: "user2"}).Expect(t, 422)
 	// Bad names are refused naming the field.
 	for _, bad := range []string{"   ", "a\nb", strings.Repeat("x", 201)} {
 		r := e.Consumer("POST", "/v1/leases/", map[string]any{"pool_id": pid, "consumer_id": bad}).Expect(t, 422)
