@@ -1,6 +1,8 @@
 // Package servertest is the HTTP service's contract suite: it runs the wire
 // contract of the pharox service, case by case, against a real listener on
-// loopback over any store. A store package runs it with one line:
+// loopback over any store. Its Python SDK cases (python_sdk.go) send the
+// requests of the Python pharox SDK's remote mode exactly and read the
+// answers as that SDK does. A store package runs it with one line:
 //
 //	func TestServer(t *testing.T) {
 //		servertest.Run(t, func(t *testing.T) pharox.Storage { return memory.New() })
