@@ -349,6 +349,21 @@ func stateFrom(ctx context.Context) *reqState {
 	return st
 }
 
+// statusClientGone marks a request given up because its client went away
+// (nginx's 499): nothing is answered and the connection is closed.
+const statusClientGone = 499
+
+// abort ends a request whose client went away by closing its connection
+// (http.ErrAbortHandler): returning without an answer would have net/http
+// send 200 OK, which a client still listening takes for a tunnel or an
+// empty page.
+func abort(st *reqState, reason string) {
+	if st != nil {
+		st.status, st.reason = statusClientGone, reason
+	}
+	panic(http.ErrAbortHandler)
+}
+
 // gwError is an answer the gateway makes itself.
 type gwError struct {
 	status int
@@ -468,7 +483,7 @@ func acquireError(pool string, err error) *gwError {
 	case errors.Is(err, pharox.ErrInvalidArgument):
 		return &gwError{http.StatusBadRequest, "bad routing parameters: " + err.Error()}
 	case errors.Is(err, context.Canceled):
-		return &gwError{499, "client went away"}
+		return &gwError{statusClientGone, "client went away"}
 	}
 	return &gwError{http.StatusBadGateway, "lease source failed: " + err.Error()}
 }

@@ -113,7 +113,7 @@ func (g *Gateway) openTunnel(ctx context.Context, st *reqState, target string) (
 			st.reason = aerr.reason
 			g.release(ctx, lease)
 			if aerr.kind == failCanceled {
-				return nil, &gwError{499, aerr.reason}
+				return nil, &gwError{statusClientGone, aerr.reason}
 			}
 			return nil, &gwError{http.StatusBadGateway, aerr.reason}
 		}
@@ -145,9 +145,8 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request, st *reqSt
 	tn, err := g.openTunnel(r.Context(), st, target)
 	if err != nil {
 		var ge *gwError
-		if errors.As(err, &ge) && ge.status == 499 {
-			st.status = 499
-			return
+		if errors.As(err, &ge) && ge.status == statusClientGone {
+			abort(st, ge.reason)
 		}
 		st.reason = err.Error()
 		g.writeError(w, err)
