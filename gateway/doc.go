@@ -18,10 +18,13 @@
 //
 //	pool-latam-country-ar-city-buenos_aires-source-list1-session-abc123-ttl-600
 //
-// pool picks the pool (Config.DefaultPool when absent), country, city and
-// source filter its proxies, session makes the choice sticky for ttl
-// seconds. Values may not contain '-'. Unknown keys are refused with 407
-// and a reason rather than ignored. The password is the gateway's own
+// pool picks the pool by name and poolid by id (Config.DefaultPool when
+// neither is given), country, city and source filter its proxies, session
+// makes the choice sticky for ttl seconds. Values are percent-encoded, so
+// any pool name is addressable: a '-' or '%' inside a value is written
+// %2D or %25 ("pool-latam%2Dresidential"); [FormatRoute] writes a user
+// name for any route. Unknown keys are refused with 407 and a reason
+// rather than ignored. The password is the gateway's own
 // (Config.Password); without one any password is accepted.
 //
 // # Failures

@@ -125,6 +125,8 @@ type Gateway struct {
 
 	// lastSuccess maps proxy id to the time of its last success report.
 	lastSuccess sync.Map
+	// poolNames maps the ids of pools found by id to a cachedPoolName.
+	poolNames sync.Map
 
 	// noPredicate is set once the leaser turned down a filter predicate.
 	noPredicate atomic.Bool
@@ -389,11 +391,8 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st.route = route
-	if st.pool = route.Pool; st.pool == "" {
-		st.pool = g.cfg.DefaultPool
-	}
-	if st.pool == "" {
-		g.writeError(rw, &gwError{http.StatusProxyAuthRequired, "no pool given in the user name and no default pool configured"})
+	if st.pool, err = g.routePool(r.Context(), route); err != nil {
+		g.writeError(rw, err)
 		return
 	}
 	if r.Method == http.MethodConnect {
@@ -471,6 +470,45 @@ func headerSafe(s string) string {
 		s = s[:300]
 	}
 	return s
+}
+
+// poolIDCacheTTL is how long a pool id's name is remembered: pools are
+// not renamed, but one deleted and created again gets a new id.
+const poolIDCacheTTL = 30 * time.Second
+
+type cachedPoolName struct {
+	name    string
+	expires time.Time
+}
+
+// routePool returns the name of the pool a route asks for: its pool, the
+// pool with its poolid, or the default pool.
+func (g *Gateway) routePool(ctx context.Context, route Route) (string, error) {
+	if route.Pool != "" {
+		return route.Pool, nil
+	}
+	if route.PoolID == uuid.Nil {
+		if g.cfg.DefaultPool == "" {
+			return "", &gwError{http.StatusProxyAuthRequired, "no pool given in the user name and no default pool configured"}
+		}
+		return g.cfg.DefaultPool, nil
+	}
+	if c, ok := g.poolNames.Load(route.PoolID); ok && time.Now().Before(c.(cachedPoolName).expires) {
+		return c.(cachedPoolName).name, nil
+	}
+	lookup, ok := g.leaser.(PoolLookup)
+	if !ok {
+		return "", &gwError{http.StatusProxyAuthRequired, "this gateway's lease source cannot find pools by id: name the pool with pool-NAME"}
+	}
+	p, err := lookup.PoolByID(ctx, route.PoolID)
+	switch {
+	case errors.Is(err, pharox.ErrPoolNotFound):
+		return "", &gwError{http.StatusServiceUnavailable, fmt.Sprintf("no pool has id %s", route.PoolID)}
+	case err != nil:
+		return "", acquireError(route.PoolID.String(), err)
+	}
+	g.poolNames.Store(route.PoolID, cachedPoolName{name: p.Name, expires: time.Now().Add(poolIDCacheTTL)})
+	return p.Name, nil
 }
 
 // acquireError turns a failed acquisition into an answer.

@@ -187,11 +187,13 @@ func (r socksRules) Allow(ctx xcontext.Context, req *socks5.Request) (xcontext.C
 		return ctx, false
 	}
 	st.route = route
-	if st.pool = route.Pool; st.pool == "" {
-		st.pool = r.g.cfg.DefaultPool
-	}
-	if st.pool == "" {
-		st.status, st.reason = http.StatusProxyAuthRequired, "no pool given in the user name and no default pool configured"
+	if st.pool, err = r.g.routePool(ctx, route); err != nil {
+		st.status = http.StatusServiceUnavailable
+		var ge *gwError
+		if errors.As(err, &ge) {
+			st.status = ge.status
+		}
+		st.reason = err.Error()
 		return ctx, false
 	}
 	// The handshake is over; the tunnel may stay idle as long as it likes.
