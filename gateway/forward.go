@@ -368,6 +368,7 @@ func (g *Gateway) newTransport(p *pharox.Proxy) (*http.Transport, error) {
 		// A forward proxy relays the encoding the client asked for.
 		DisableCompression:    true,
 		ExpectContinueTimeout: time.Second,
+		ResponseHeaderTimeout: max(g.cfg.ResponseHeaderTimeout, 0),
 		OnProxyConnectResponse: func(ctx context.Context, _ *url.URL, _ *http.Request, res *http.Response) error {
 			if info, ok := ctx.Value(attemptKey{}).(*attemptInfo); ok {
 				info.connectStatus.Store(int32(res.StatusCode))

@@ -36,6 +36,14 @@ const (
 	DefaultDialTimeout      = 10 * time.Second
 	DefaultMaxTransports    = 256
 	DefaultMaxIdlePerTarget = 64
+	// DefaultIdleTimeout closes a tunnel that carried no byte either way
+	// this long, releasing its lease.
+	DefaultIdleTimeout = 5 * time.Minute
+	// DefaultMaxConns caps the requests and tunnels served at once.
+	DefaultMaxConns = 4096
+	// DefaultResponseHeaderTimeout bounds the wait for an upstream's
+	// response header once a plain request is sent.
+	DefaultResponseHeaderTimeout = 60 * time.Second
 	// releaseTimeout bounds a release or report made after the client
 	// went away.
 	releaseTimeout = 10 * time.Second
@@ -87,6 +95,19 @@ type Config struct {
 	// MaxIdleConnsPerUpstream caps idle keep-alive connections per upstream
 	// and target. Default 64.
 	MaxIdleConnsPerUpstream int
+	// IdleTimeout closes a tunnel (CONNECT or SOCKS5) through which no
+	// byte went either way for this long, and releases its lease. Zero
+	// means DefaultIdleTimeout (5m); negative never closes idle tunnels.
+	IdleTimeout time.Duration
+	// MaxConns caps the requests and tunnels served at once; past it the
+	// gateway answers 503 (a SOCKS5 client gets "connection not allowed").
+	// Zero means DefaultMaxConns (4096); negative sets no cap.
+	MaxConns int
+	// ResponseHeaderTimeout bounds how long a plain request waits for the
+	// upstream's response header after it was sent (502 past it). Zero
+	// means DefaultResponseHeaderTimeout (60s); negative waits as long as
+	// the client does.
+	ResponseHeaderTimeout time.Duration
 	// SuccessReportInterval spaces out success reports: a success is
 	// reported when the proxy looked unhealthy at acquisition, when a
 	// failure was reported through this gateway since, or when the last
@@ -130,6 +151,8 @@ type Gateway struct {
 
 	// noPredicate is set once the leaser turned down a filter predicate.
 	noPredicate atomic.Bool
+	// active counts the requests and tunnels being served (Config.MaxConns).
+	active atomic.Int64
 
 	mu        sync.Mutex
 	closed    bool
@@ -177,6 +200,18 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	if cfg.MaxIdleConnsPerUpstream <= 0 {
 		cfg.MaxIdleConnsPerUpstream = DefaultMaxIdlePerTarget
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	if cfg.ResponseHeaderTimeout == 0 {
+		cfg.ResponseHeaderTimeout = DefaultResponseHeaderTimeout
+	}
+	if cfg.User != "" && cfg.Password == "" {
+		return nil, fmt.Errorf("%w: gateway: a user without a password would accept any password: set Password too", pharox.ErrInvalidArgument)
 	}
 	if cfg.User != "" && strings.Contains(cfg.User, "-") {
 		return nil, fmt.Errorf("%w: gateway: user %q must not contain '-' (it separates routing parameters)", pharox.ErrInvalidArgument, cfg.User)
@@ -340,6 +375,7 @@ type reqState struct {
 	attempts int
 	status   int
 	reason   string
+	entered  bool         // holds a Config.MaxConns place (SOCKS5)
 	sent     atomic.Int64 // payload from the client
 	received atomic.Int64 // payload to the client
 }
@@ -385,6 +421,11 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rw := &responseRecorder{ResponseWriter: w, st: st}
 	defer g.finish(st)
+	if !g.enter() {
+		g.writeError(rw, g.fullError())
+		return
+	}
+	defer g.leave()
 	route, err := g.authenticate(r.Header.Get("Proxy-Authorization"))
 	if err != nil {
 		g.writeError(rw, err)
@@ -404,6 +445,22 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	g.rp.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)))
+}
+
+// enter takes one of the Config.MaxConns places, or reports false when
+// none is free.
+func (g *Gateway) enter() bool {
+	if n := g.active.Add(1); g.cfg.MaxConns > 0 && n > int64(g.cfg.MaxConns) {
+		g.active.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (g *Gateway) leave() { g.active.Add(-1) }
+
+func (g *Gateway) fullError() *gwError {
+	return &gwError{http.StatusServiceUnavailable, fmt.Sprintf("gateway busy: it serves at most %d requests and tunnels at once (--max-conns)", g.cfg.MaxConns)}
 }
 
 // authenticate checks the Proxy-Authorization header and parses the route

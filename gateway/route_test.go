@@ -76,11 +76,12 @@ func TestParseRoute(t *testing.T) {
 func TestNewValidatesConfig(t *testing.T) {
 	var l Leaser = NewLocalLeaser(nil)
 	for name, cfg := range map[string]Config{
-		"no leaser":      {},
-		"bad strategy":   {Leaser: l, Strategy: "fastest"},
-		"bad ban status": {Leaser: l, BanStatuses: []int{42}},
-		"dash in user":   {Leaser: l, User: "a-b"},
-		"short lease":    {Leaser: l, LeaseDuration: time.Millisecond},
+		"no leaser":             {},
+		"bad strategy":          {Leaser: l, Strategy: "fastest"},
+		"bad ban status":        {Leaser: l, BanStatuses: []int{42}},
+		"dash in user":          {Leaser: l, User: "a-b", Password: "p"},
+		"user without password": {Leaser: l, User: "acme"},
+		"short lease":           {Leaser: l, LeaseDuration: time.Millisecond},
 	} {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("%s: New accepted %+v", name, cfg)
@@ -125,7 +126,7 @@ func TestFormatRouteRoundTrips(t *testing.T) {
 	}
 }
 
-// randomName is a name pharox.ValidateName accepts, drawn to include what
+// randomName is a name the API accepts, drawn to include what
 // routing syntax stumbles on: dashes, digits, '%', ':', '_', spaces,
 // non-ASCII letters and whole routing keys.
 func randomName(rng *rand.Rand) string {
@@ -135,5 +136,6 @@ func randomName(rng *rand.Rand) string {
 	for n := 1 + rng.IntN(8); n > 0 || strings.TrimSpace(b.String()) == ""; n-- {
 		b.WriteString(pieces[rng.IntN(len(pieces))])
 	}
-	return b.String()
+	// The API trims the names it is given.
+	return strings.TrimSpace(b.String())
 }
