@@ -45,7 +45,9 @@ func TestIdleTunnelClosedAndReleased(t *testing.T) {
 		t.Fatalf("idle tunnel: read %v, want it closed by the gateway", err)
 	}
 	e.waitNoLeases()
-	e.waitLog(func(m map[string]any) bool { return m["kind"] == "connect" && m["reason"] == "closed after the idle timeout" })
+	e.waitLog(func(m map[string]any) bool {
+		return m["kind"] == "connect" && m["reason"] == "closed after the idle timeout"
+	})
 
 	// Over SOCKS5 too.
 	d, err := proxy.SOCKS5("tcp", e.socks, nil, proxy.Direct)
