@@ -20,10 +20,10 @@
 //
 // pool picks the pool by name and poolid by id (Config.DefaultPool when
 // neither is given), country, city and source filter its proxies, session
-// makes the choice sticky for ttl seconds. Values are percent-encoded, so
-// any pool name is addressable: a '-' or '%' inside a value is written
-// %2D or %25 ("pool-latam%2Dresidential"); [FormatRoute] writes a user
-// name for any route. Unknown keys are refused with 407 and a reason
+// makes the choice sticky for ttl seconds. Any pool name is addressable:
+// inside a value ~XX stands for the byte XX, so a '-' is written ~2D
+// ("pool-latam~2Dresidential") and a '~' ~7E; [FormatRoute] writes a
+// user name for any route. Unknown keys are refused with 407 and a reason
 // rather than ignored. The password is the gateway's own
 // (Config.Password); without one any password is accepted.
 //

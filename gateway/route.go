@@ -47,12 +47,15 @@ const maxRouteLength = 2048
 // case-insensitive; each may appear once, and pool and poolid exclude
 // each other.
 //
-// A value is percent-encoded: %XX stands for the byte with hex value XX,
-// and '-' and '%' in a value must be written %2D and %25, so every name a
-// pool may have is addressable ("pool-latam%2Dresidential" routes to pool
-// "latam-residential", "pool-z%C3%BCrich" and "pool-zürich" both to
-// "zürich"). In a city '_' stands for a space (%5F for an underscore).
-// [FormatRoute] writes a user name in this form.
+// A value may hold any byte but '-' (the separator), '~' (the escape) and
+// control characters; ~XX stands for the byte with hex value XX, so every
+// name a pool may have is addressable: "pool-latam~2Dresidential" routes
+// to pool "latam-residential", "pool-z~C3~BCrich" and "pool-zürich" both
+// to "zürich". '~' is the escape rather than '%' because proxy URLs,
+// curl's -U and most clients percent-decode the user name before they
+// send it, while '~' passes every layer unchanged. In a city '_' stands
+// for a space (~5F for an underscore). [FormatRoute] writes a user name
+// in this form.
 //
 // When prefix is not empty the user name must start with it, as
 // "<prefix>" alone or "<prefix>-key-value...": that is the gateway's
@@ -83,7 +86,7 @@ func ParseRoute(user, prefix string) (Route, error) {
 	var ttl string
 	for i := 0; i < len(parts); i += 2 {
 		if i+1 == len(parts) {
-			return r, fmt.Errorf("%w: %q is not key-value pairs joined by '-' (key %q has no value; write '-' inside a value as %%2D)",
+			return r, fmt.Errorf("%w: %q is not key-value pairs joined by '-' (key %q has no value; write '-' inside a value as ~2D)",
 				errRoute, rest, parts[i])
 		}
 		key, raw := strings.ToLower(parts[i]), parts[i+1]
@@ -104,7 +107,7 @@ func ParseRoute(user, prefix string) (Route, error) {
 			return r, fmt.Errorf("%w: key %q has an empty value", errRoute, key)
 		}
 		if key == "city" {
-			// '_' is a space; an escaped %5F stays an underscore.
+			// '_' is a space; an escaped ~5F stays an underscore.
 			raw = strings.ReplaceAll(raw, "_", " ")
 		}
 		val, err := unescapeValue(raw)
@@ -150,11 +153,11 @@ func ParseRoute(user, prefix string) (Route, error) {
 	return r, nil
 }
 
-// unescapeValue decodes a value's %XX escapes. Control characters are
+// unescapeValue decodes a value's ~XX escapes. Control characters are
 // refused, written plainly or escaped: no pool name holds them (see
 // pharox.ValidateName) and they have no place in a filter.
 func unescapeValue(s string) (string, error) {
-	if !strings.ContainsAny(s, "%") {
+	if !strings.Contains(s, "~") {
 		if hasControl(s) {
 			return "", errors.New("control characters are not allowed")
 		}
@@ -163,12 +166,12 @@ func unescapeValue(s string) (string, error) {
 	b := make([]byte, 0, len(s))
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		if c != '%' {
+		if c != '~' {
 			b = append(b, c)
 			continue
 		}
 		if i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
-			return "", errors.New("'%' must start an escape like %2D (write a '%' itself as %25)")
+			return "", errors.New("'~' must start an escape like ~2D (write a '~' itself as ~7E)")
 		}
 		b = append(b, unhex(s[i+1])<<4|unhex(s[i+2]))
 		i += 2
@@ -204,9 +207,9 @@ func unhex(c byte) byte {
 
 // FormatRoute writes r as a user name [ParseRoute] reads back, starting
 // with prefix (the gateway's inbound user) when it is not empty. Values
-// keep letters, digits, '_', '.' and '~' as they are and escape every
-// other byte, so the result is plain ASCII a client may send unchanged
-// (inside a proxy URL's user part, escape its '%' once more, as %25).
+// keep letters, digits, '_' and '.' as they are and escape every other
+// byte as ~XX, so the result is plain ASCII that needs no escaping in a
+// proxy URL either.
 func FormatRoute(r Route, prefix string) string {
 	var b strings.Builder
 	b.WriteString(prefix)
@@ -225,11 +228,11 @@ func FormatRoute(r Route, prefix string) string {
 			case key == "city" && c == ' ':
 				b.WriteByte('_')
 			case key == "city" && c == '_':
-				b.WriteString("%5F")
-			case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '.', c == '~':
+				b.WriteString("~5F")
+			case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '.':
 				b.WriteByte(c)
 			default:
-				fmt.Fprintf(&b, "%%%02X", c)
+				fmt.Fprintf(&b, "~%02X", c)
 			}
 		}
 	}

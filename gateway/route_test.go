@@ -22,16 +22,17 @@ func TestParseRoute(t *testing.T) {
 		{"acme", "acme", Route{}},
 		{"acme-pool-eu-session-x", "acme", Route{Pool: "eu", Session: "x"}},
 		{"session-s1", "", Route{Session: "s1"}},
-		{"pool-latam%2Dresidential-country-ar", "", Route{Pool: "latam-residential", Country: "AR"}},
-		{"pool-z%C3%BCrich", "", Route{Pool: "zürich"}},
+		{"pool-latam~2Dresidential-country-ar", "", Route{Pool: "latam-residential", Country: "AR"}},
+		{"pool-z~C3~BCrich", "", Route{Pool: "zürich"}},
 		{"pool-zürich", "", Route{Pool: "zürich"}},
 		{"pool-my pool", "", Route{Pool: "my pool"}},
-		{"pool-100%25", "", Route{Pool: "100%"}},
+		{"pool-100%25", "", Route{Pool: "100%25"}},
+		{"pool-100~7E", "", Route{Pool: "100~"}},
 		{"pool-country", "", Route{Pool: "country"}},
-		{"city-new_york%5Fx", "", Route{City: "new york_x"}},
+		{"city-new_york~5Fx", "", Route{City: "new york_x"}},
 		{"poolid-6ba7b810-9dad-11d1-80b4-00c04fd430c8-country-us", "", Route{PoolID: uuid.MustParse("6ba7b810-9dad-11d1-80b4-00c04fd430c8"), Country: "US"}},
 		{"poolid-6ba7b8109dad11d180b400c04fd430c8", "", Route{PoolID: uuid.MustParse("6ba7b810-9dad-11d1-80b4-00c04fd430c8")}},
-		{"poolid-6ba7b810%2D9dad%2D11d1%2D80b4%2D00c04fd430c8", "", Route{PoolID: uuid.MustParse("6ba7b810-9dad-11d1-80b4-00c04fd430c8")}},
+		{"poolid-6ba7b810~2D9dad~2D11d1~2D80b4~2D00c04fd430c8", "", Route{PoolID: uuid.MustParse("6ba7b810-9dad-11d1-80b4-00c04fd430c8")}},
 	}
 	for _, tc := range ok {
 		got, err := ParseRoute(tc.user, tc.prefix)
@@ -49,14 +50,14 @@ func TestParseRoute(t *testing.T) {
 		{"pool-a-pool-b", "", "given twice"},
 		{"pool--country-ar", "", "empty value"},
 		{"pool-ma\tin", "", "control characters"},
-		{"pool-ma%0Ain", "", "control characters"},
-		{"pool-100%", "", "must start an escape"},
-		{"pool-a%2", "", "must start an escape"},
-		{"pool-a%zz", "", "must start an escape"},
+		{"pool-ma~0Ain", "", "control characters"},
+		{"pool-100~", "", "must start an escape"},
+		{"pool-a~2", "", "must start an escape"},
+		{"pool-a~zz", "", "must start an escape"},
 		{"pool-a-poolid-6ba7b810-9dad-11d1-80b4-00c04fd430c8", "", "not both"},
 		{"poolid-main", "", "not a pool id"},
 		{"poolid-6ba7b810-9dad-11d1-80b4", "", "not a pool id"},
-		{"pool-latam-residential", "", "%2D"},
+		{"pool-latam-residential", "", "~2D"},
 		{"ttl-60", "", "ttl needs a session"},
 		{"session-x-ttl-0", "", "whole seconds"},
 		{"session-x-ttl-1.5", "", "whole seconds"},
@@ -131,7 +132,7 @@ func TestFormatRouteRoundTrips(t *testing.T) {
 // non-ASCII letters and whole routing keys.
 func randomName(rng *rand.Rand) string {
 	pieces := []string{"-", "--", "pool", "country", "session", "ttl", "poolid", "-pool-", "main", "us", "7", "42",
-		"%", "%2D", ":", "_", " ", ".", "~", "é", "ü", "日本", "Ωμέγα", "🙂", "a", "Z", "x-y", "@", "/", "+", "'", "\"\""}
+		"%", "%2D", "~", "~2D", ":", "_", " ", ".", "~", "é", "ü", "日本", "Ωμέγα", "🙂", "a", "Z", "x-y", "@", "/", "+", "'", "\"\""}
 	var b strings.Builder
 	for n := 1 + rng.IntN(8); n > 0 || strings.TrimSpace(b.String()) == ""; n-- {
 		b.WriteString(pieces[rng.IntN(len(pieces))])
