@@ -168,6 +168,9 @@ func runCheck(ctx context.Context, o *checkOptions, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
+	if err := requireSQLiteFile(o.storage); err != nil {
+		return err
+	}
 	store, err := checkOpenStorage(ctx, o.storage)
 	if err != nil {
 		return fmt.Errorf("open storage: %w", err)

@@ -228,6 +228,9 @@ func runGateway(ctx context.Context, o gatewayOptions, stderr io.Writer, ready f
 		}
 		leaser, source = gateway.NewRemoteLeaser(c), "server "+o.server
 	} else {
+		if err := requireSQLiteFile(o.storage); err != nil {
+			return err
+		}
 		store, err := gatewayOpenStorage(ctx, o.storage)
 		if err != nil {
 			return fmt.Errorf("open storage: %w", err)
