@@ -293,6 +293,7 @@ func runServe(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer, re
 		MaxWait:           cfg.MaxWait.Duration,
 		Sweep:             sweep,
 		SweepInterval:     cfg.SweepInterval.Duration,
+		HealthTarget:      cfg.HealthTarget,
 		ReapInterval:      cfg.ReapInterval.Duration,
 		LeaseRetention:    cfg.LeaseRetention.Duration,
 		Registerer:        reg,
@@ -343,7 +344,8 @@ func newSweep(store pharox.Storage, target string, logger *slog.Logger, rec *obs
 			}
 		}
 		if o == nil {
-			return api.SweepResult{}, fmt.Errorf("%w: no health target configured on the server: pass target_url", pharox.ErrInvalidArgument)
+			return api.SweepResult{}, server.Error(http.StatusUnprocessableEntity,
+				"This server has no default health target (pharox serve --health-target): give target_url, the http or https URL each probe requests through the proxies")
 		}
 		sum, err := o.SweepPool(ctx, pool)
 		if errors.Is(err, health.ErrTargetUnreachable) {
