@@ -92,6 +92,9 @@ func runCheckServer(ctx context.Context, o *checkOptions, stdout io.Writer) erro
 		res, err := c.Sweep(ctx, p.ID, api.SweepRequest{TargetURL: o.target})
 		if err != nil {
 			var ae *client.APIError
+			if o.target == "" && errors.As(err, &ae) && strings.Contains(ae.Detail, "target_url") {
+				return usageError{fmt.Errorf("the server at %s has no default health target (pharox serve --health-target): pass --target URL", o.server)}
+			}
 			if errors.As(err, &ae) {
 				return fmt.Errorf("sweep of pool %q: %s", p.Name, ae.Detail)
 			}

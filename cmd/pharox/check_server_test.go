@@ -100,7 +100,7 @@ func TestCheckThroughServer(t *testing.T) {
 
 	// A server without a default target asks for one, and takes it.
 	without := startServeForCheck(t, "")
-	if _, _, err := runCheckCmd(t, "--server", without, "--api-key", "adm", "--pool", "edge"); err == nil || !strings.Contains(err.Error(), "give target_url") {
+	if _, _, err := runCheckCmd(t, "--server", without, "--api-key", "adm", "--pool", "edge"); err == nil || !strings.Contains(err.Error(), "pass --target URL") {
 		t.Fatalf("check --server against a server without a target: %v", err)
 	}
 	if _, _, err := runCheckCmd(t, "--server", without, "--api-key", "adm", "--pool", "edge", "--target", tgt.URL+"/"); err != nil {
