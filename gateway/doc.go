@@ -47,6 +47,19 @@
 // routing, 503 when no upstream is available (or the pool does not exist),
 // 502 when upstreams failed.
 //
+// # Limits and readiness
+//
+// A tunnel through which nothing went either way for Config.IdleTimeout
+// (default 5m) is closed and its lease released; past Config.MaxConns
+// requests and tunnels at once (default 4096) the gateway answers 503; an
+// upstream that sends no response header within
+// Config.ResponseHeaderTimeout (default 60s) gets the request a 502. A
+// request the gateway gives up because its client went away is answered
+// by closing the connection, never with an empty 200. [Gateway.Check]
+// tells whether the lease source answers, accepts the credentials and has
+// the default pool: `pharox gateway` runs it before listening and serves
+// it as /readyz.
+//
 // # Efficiency
 //
 // Plain HTTP requests reuse keep-alive connections to each upstream (one
