@@ -333,6 +333,9 @@ func runGateway(ctx context.Context, o gatewayOptions, stderr io.Writer, ready f
 		})
 	}
 	logger.Info("pharox gateway listening", attrs...)
+	if o.password == "" && (!loopbackAddr(o.listen) && o.listen != "" || !loopbackAddr(o.socksListen) && o.socksListen != "") {
+		logger.Warn("pharox gateway: open to anyone who reaches it (no --password, --allow-open): it spends your proxies for them")
+	}
 	if ready != nil {
 		var h, s net.Addr
 		if httpLn != nil {
