@@ -3,12 +3,16 @@ package gateway
 import (
 	"context"
 	"encoding/pem"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pharox/pharox"
 )
 
 // TestCurl drives the gateway with the curl binary, as a client in another
@@ -67,6 +71,25 @@ func TestCurl(t *testing.T) {
 	}
 	if code, _ := run("-x", httpProxy, "-U", "pool-main:wrong", e.tg.plain.URL+"/"); code != "407" {
 		t.Fatalf("curl with a wrong password: code %s, want 407", code)
+	}
+	// A pool name with a dash, given with -U and inside a proxy URL (both
+	// of which curl percent-decodes before sending).
+	pool, err := e.store.CreatePool(context.Background(), pharox.Pool{Name: "latam-residential"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, port, _ := net.SplitHostPort(ups[0].addr)
+	n, _ := strconv.Atoi(port)
+	if _, err := e.store.AddProxies(context.Background(), []pharox.Proxy{{PoolID: pool.ID, Host: host, Port: n, Protocol: pharox.ProtocolHTTP, Credentials: alice()}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"-x", httpProxy, "-U", "pool-latam~2Dresidential:" + gwPass},
+		{"-x", "http://pool-latam~2Dresidential:" + gwPass + "@" + e.addr},
+	} {
+		if code, from := run(append(args, e.tg.plain.URL+"/dash")...); code != "200" || from != "127.0.0.2" {
+			t.Fatalf("curl %v to pool latam-residential: code %s from %q", args, code, from)
+		}
 	}
 	e.waitNoLeases()
 }

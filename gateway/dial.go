@@ -182,7 +182,11 @@ func (g *Gateway) dialHTTPConnect(ctx context.Context, p *pharox.Proxy, target s
 	if err != nil {
 		return fail(failConnect, 0, "upstream CONNECT failed: "+err.Error())
 	}
-	resp.Body.Close()
+	// The body is never read or closed: after a 2xx answer to CONNECT the
+	// connection is the tunnel, and RFC 9110 (9.3.6) has the client ignore
+	// any Transfer-Encoding or Content-Length there (a Go proxy that writes
+	// its header and hijacks sends them); closing such a body would drain
+	// the tunnel. After any other answer the connection is closed anyway.
 	switch code := resp.StatusCode; {
 	case code >= 200 && code < 300:
 	case code == http.StatusProxyAuthRequired:
@@ -195,7 +199,9 @@ func (g *Gateway) dialHTTPConnect(ctx context.Context, p *pharox.Proxy, target s
 		return fail(failConnect, code, fmt.Sprintf("upstream answered CONNECT with %d", code))
 	}
 	if !stop() {
-		return fail(failCanceled, 0, "client went away")
+		// ctx ended as the answer came: fail reports a client that went
+		// away as such, and anything else is the dial timeout.
+		return fail(failConnect, 0, "upstream CONNECT timed out")
 	}
 	conn.SetDeadline(time.Time{})
 	if br.Buffered() > 0 {

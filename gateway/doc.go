@@ -18,10 +18,13 @@
 //
 //	pool-latam-country-ar-city-buenos_aires-source-list1-session-abc123-ttl-600
 //
-// pool picks the pool (Config.DefaultPool when absent), country, city and
-// source filter its proxies, session makes the choice sticky for ttl
-// seconds. Values may not contain '-'. Unknown keys are refused with 407
-// and a reason rather than ignored. The password is the gateway's own
+// pool picks the pool by name and poolid by id (Config.DefaultPool when
+// neither is given), country, city and source filter its proxies, session
+// makes the choice sticky for ttl seconds. Any pool name is addressable:
+// inside a value ~XX stands for the byte XX, so a '-' is written ~2D
+// ("pool-latam~2Dresidential") and a '~' ~7E; [FormatRoute] writes a
+// user name for any route. Unknown keys are refused with 407 and a reason
+// rather than ignored. The password is the gateway's own
 // (Config.Password); without one any password is accepted.
 //
 // # Failures
@@ -43,6 +46,19 @@
 // The gateway's own answers carry [ReasonHeader]: 407 for credentials and
 // routing, 503 when no upstream is available (or the pool does not exist),
 // 502 when upstreams failed.
+//
+// # Limits and readiness
+//
+// A tunnel through which nothing went either way for Config.IdleTimeout
+// (default 5m) is closed and its lease released; past Config.MaxConns
+// requests and tunnels at once (default 4096) the gateway answers 503; an
+// upstream that sends no response header within
+// Config.ResponseHeaderTimeout (default 60s) gets the request a 502. A
+// request the gateway gives up because its client went away is answered
+// by closing the connection, never with an empty 200. [Gateway.Check]
+// tells whether the lease source answers, accepts the credentials and has
+// the default pool: `pharox gateway` runs it before listening and serves
+// it as /readyz.
 //
 // # Efficiency
 //

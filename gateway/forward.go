@@ -82,7 +82,7 @@ func (g *Gateway) forward(out *http.Request) (*http.Response, error) {
 			}
 			g.release(ctx, lease)
 			if aerr.kind == failCanceled {
-				return nil, &gwError{499, aerr.reason}
+				return nil, &gwError{statusClientGone, aerr.reason}
 			}
 			return nil, &gwError{http.StatusBadGateway, aerr.reason}
 		}
@@ -287,7 +287,7 @@ func (g *Gateway) forwardError(w http.ResponseWriter, r *http.Request, err error
 	var ge *gwError
 	if !errors.As(err, &ge) {
 		if r.Context().Err() != nil {
-			ge = &gwError{499, "client went away"}
+			ge = &gwError{statusClientGone, "client went away"}
 		} else {
 			ge = &gwError{http.StatusBadGateway, "upstream failed: " + err.Error()}
 		}
@@ -295,11 +295,8 @@ func (g *Gateway) forwardError(w http.ResponseWriter, r *http.Request, err error
 	if st != nil {
 		st.reason = ge.reason
 	}
-	if ge.status == 499 {
-		if st != nil {
-			st.status = 499
-		}
-		return
+	if ge.status == statusClientGone {
+		abort(st, ge.reason)
 	}
 	g.writeError(w, ge)
 }
@@ -371,6 +368,7 @@ func (g *Gateway) newTransport(p *pharox.Proxy) (*http.Transport, error) {
 		// A forward proxy relays the encoding the client asked for.
 		DisableCompression:    true,
 		ExpectContinueTimeout: time.Second,
+		ResponseHeaderTimeout: max(g.cfg.ResponseHeaderTimeout, 0),
 		OnProxyConnectResponse: func(ctx context.Context, _ *url.URL, _ *http.Request, res *http.Response) error {
 			if info, ok := ctx.Value(attemptKey{}).(*attemptInfo); ok {
 				info.connectStatus.Store(int32(res.StatusCode))

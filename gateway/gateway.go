@@ -36,6 +36,14 @@ const (
 	DefaultDialTimeout      = 10 * time.Second
 	DefaultMaxTransports    = 256
 	DefaultMaxIdlePerTarget = 64
+	// DefaultIdleTimeout closes a tunnel that carried no byte either way
+	// this long, releasing its lease.
+	DefaultIdleTimeout = 5 * time.Minute
+	// DefaultMaxConns caps the requests and tunnels served at once.
+	DefaultMaxConns = 4096
+	// DefaultResponseHeaderTimeout bounds the wait for an upstream's
+	// response header once a plain request is sent.
+	DefaultResponseHeaderTimeout = 60 * time.Second
 	// releaseTimeout bounds a release or report made after the client
 	// went away.
 	releaseTimeout = 10 * time.Second
@@ -87,6 +95,19 @@ type Config struct {
 	// MaxIdleConnsPerUpstream caps idle keep-alive connections per upstream
 	// and target. Default 64.
 	MaxIdleConnsPerUpstream int
+	// IdleTimeout closes a tunnel (CONNECT or SOCKS5) through which no
+	// byte went either way for this long, and releases its lease. Zero
+	// means DefaultIdleTimeout (5m); negative never closes idle tunnels.
+	IdleTimeout time.Duration
+	// MaxConns caps the requests and tunnels served at once; past it the
+	// gateway answers 503 (a SOCKS5 client gets "connection not allowed").
+	// Zero means DefaultMaxConns (4096); negative sets no cap.
+	MaxConns int
+	// ResponseHeaderTimeout bounds how long a plain request waits for the
+	// upstream's response header after it was sent (502 past it). Zero
+	// means DefaultResponseHeaderTimeout (60s); negative waits as long as
+	// the client does.
+	ResponseHeaderTimeout time.Duration
 	// SuccessReportInterval spaces out success reports: a success is
 	// reported when the proxy looked unhealthy at acquisition, when a
 	// failure was reported through this gateway since, or when the last
@@ -125,9 +146,13 @@ type Gateway struct {
 
 	// lastSuccess maps proxy id to the time of its last success report.
 	lastSuccess sync.Map
+	// poolNames maps the ids of pools found by id to a cachedPoolName.
+	poolNames sync.Map
 
 	// noPredicate is set once the leaser turned down a filter predicate.
 	noPredicate atomic.Bool
+	// active counts the requests and tunnels being served (Config.MaxConns).
+	active atomic.Int64
 
 	mu        sync.Mutex
 	closed    bool
@@ -175,6 +200,18 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	if cfg.MaxIdleConnsPerUpstream <= 0 {
 		cfg.MaxIdleConnsPerUpstream = DefaultMaxIdlePerTarget
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	if cfg.ResponseHeaderTimeout == 0 {
+		cfg.ResponseHeaderTimeout = DefaultResponseHeaderTimeout
+	}
+	if cfg.User != "" && cfg.Password == "" {
+		return nil, fmt.Errorf("%w: gateway: a user without a password would accept any password: set Password too", pharox.ErrInvalidArgument)
 	}
 	if cfg.User != "" && strings.Contains(cfg.User, "-") {
 		return nil, fmt.Errorf("%w: gateway: user %q must not contain '-' (it separates routing parameters)", pharox.ErrInvalidArgument, cfg.User)
@@ -338,6 +375,7 @@ type reqState struct {
 	attempts int
 	status   int
 	reason   string
+	entered  bool         // holds a Config.MaxConns place (SOCKS5)
 	sent     atomic.Int64 // payload from the client
 	received atomic.Int64 // payload to the client
 }
@@ -347,6 +385,21 @@ type stateKey struct{}
 func stateFrom(ctx context.Context) *reqState {
 	st, _ := ctx.Value(stateKey{}).(*reqState)
 	return st
+}
+
+// statusClientGone marks a request given up because its client went away
+// (nginx's 499): nothing is answered and the connection is closed.
+const statusClientGone = 499
+
+// abort ends a request whose client went away by closing its connection
+// (http.ErrAbortHandler): returning without an answer would have net/http
+// send 200 OK, which a client still listening takes for a tunnel or an
+// empty page.
+func abort(st *reqState, reason string) {
+	if st != nil {
+		st.status, st.reason = statusClientGone, reason
+	}
+	panic(http.ErrAbortHandler)
 }
 
 // gwError is an answer the gateway makes itself.
@@ -368,17 +421,19 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rw := &responseRecorder{ResponseWriter: w, st: st}
 	defer g.finish(st)
+	if !g.enter() {
+		g.writeError(rw, g.fullError())
+		return
+	}
+	defer g.leave()
 	route, err := g.authenticate(r.Header.Get("Proxy-Authorization"))
 	if err != nil {
 		g.writeError(rw, err)
 		return
 	}
 	st.route = route
-	if st.pool = route.Pool; st.pool == "" {
-		st.pool = g.cfg.DefaultPool
-	}
-	if st.pool == "" {
-		g.writeError(rw, &gwError{http.StatusProxyAuthRequired, "no pool given in the user name and no default pool configured"})
+	if st.pool, err = g.routePool(r.Context(), route); err != nil {
+		g.writeError(rw, err)
 		return
 	}
 	if r.Method == http.MethodConnect {
@@ -390,6 +445,22 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	g.rp.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)))
+}
+
+// enter takes one of the Config.MaxConns places, or reports false when
+// none is free.
+func (g *Gateway) enter() bool {
+	if n := g.active.Add(1); g.cfg.MaxConns > 0 && n > int64(g.cfg.MaxConns) {
+		g.active.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (g *Gateway) leave() { g.active.Add(-1) }
+
+func (g *Gateway) fullError() *gwError {
+	return &gwError{http.StatusServiceUnavailable, fmt.Sprintf("gateway busy: it serves at most %d requests and tunnels at once (--max-conns)", g.cfg.MaxConns)}
 }
 
 // authenticate checks the Proxy-Authorization header and parses the route
@@ -458,6 +529,45 @@ func headerSafe(s string) string {
 	return s
 }
 
+// poolIDCacheTTL is how long a pool id's name is remembered: pools are
+// not renamed, but one deleted and created again gets a new id.
+const poolIDCacheTTL = 30 * time.Second
+
+type cachedPoolName struct {
+	name    string
+	expires time.Time
+}
+
+// routePool returns the name of the pool a route asks for: its pool, the
+// pool with its poolid, or the default pool.
+func (g *Gateway) routePool(ctx context.Context, route Route) (string, error) {
+	if route.Pool != "" {
+		return route.Pool, nil
+	}
+	if route.PoolID == uuid.Nil {
+		if g.cfg.DefaultPool == "" {
+			return "", &gwError{http.StatusProxyAuthRequired, "no pool given in the user name and no default pool configured"}
+		}
+		return g.cfg.DefaultPool, nil
+	}
+	if c, ok := g.poolNames.Load(route.PoolID); ok && time.Now().Before(c.(cachedPoolName).expires) {
+		return c.(cachedPoolName).name, nil
+	}
+	lookup, ok := g.leaser.(PoolLookup)
+	if !ok {
+		return "", &gwError{http.StatusProxyAuthRequired, "this gateway's lease source cannot find pools by id: name the pool with pool-NAME"}
+	}
+	p, err := lookup.PoolByID(ctx, route.PoolID)
+	switch {
+	case errors.Is(err, pharox.ErrPoolNotFound):
+		return "", &gwError{http.StatusServiceUnavailable, fmt.Sprintf("no pool has id %s", route.PoolID)}
+	case err != nil:
+		return "", acquireError(route.PoolID.String(), err)
+	}
+	g.poolNames.Store(route.PoolID, cachedPoolName{name: p.Name, expires: time.Now().Add(poolIDCacheTTL)})
+	return p.Name, nil
+}
+
 // acquireError turns a failed acquisition into an answer.
 func acquireError(pool string, err error) *gwError {
 	switch {
@@ -468,7 +578,7 @@ func acquireError(pool string, err error) *gwError {
 	case errors.Is(err, pharox.ErrInvalidArgument):
 		return &gwError{http.StatusBadRequest, "bad routing parameters: " + err.Error()}
 	case errors.Is(err, context.Canceled):
-		return &gwError{499, "client went away"}
+		return &gwError{statusClientGone, "client went away"}
 	}
 	return &gwError{http.StatusBadGateway, "lease source failed: " + err.Error()}
 }

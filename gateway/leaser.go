@@ -29,6 +29,16 @@ type Leaser interface {
 	ReportOutcome(ctx context.Context, lease *pharox.Lease, o pharox.Outcome) error
 }
 
+// PoolLookup is implemented by Leasers that can look pools up; both
+// built-in ones do. The gateway uses it to route by pool id ("poolid-..."
+// in the user name) and to check its configuration ([Gateway.Check]).
+type PoolLookup interface {
+	// PoolByName returns the pool with this name (ErrPoolNotFound).
+	PoolByName(ctx context.Context, name string) (*pharox.Pool, error)
+	// PoolByID returns the pool with this id (ErrPoolNotFound).
+	PoolByID(ctx context.Context, id uuid.UUID) (*pharox.Pool, error)
+}
+
 // NewLocalLeaser returns a Leaser over a Manager in this process.
 func NewLocalLeaser(m *pharox.Manager) Leaser { return localLeaser{m: m} }
 
@@ -56,6 +66,14 @@ func (l localLeaser) Renew(ctx context.Context, id uuid.UUID, d time.Duration) e
 func (l localLeaser) ReportOutcome(ctx context.Context, lease *pharox.Lease, o pharox.Outcome) error {
 	_, err := l.m.ReportOutcome(ctx, lease, o)
 	return err
+}
+
+func (l localLeaser) PoolByName(ctx context.Context, name string) (*pharox.Pool, error) {
+	return l.m.Storage().GetPoolByName(ctx, name)
+}
+
+func (l localLeaser) PoolByID(ctx context.Context, id uuid.UUID) (*pharox.Pool, error) {
+	return l.m.Storage().GetPool(ctx, id)
 }
 
 // NewRemoteLeaser returns a Leaser over a pharox service. Acquisitions with
@@ -100,4 +118,12 @@ func (r remoteLeaser) Renew(ctx context.Context, id uuid.UUID, d time.Duration) 
 func (r remoteLeaser) ReportOutcome(ctx context.Context, lease *pharox.Lease, o pharox.Outcome) error {
 	_, err := r.c.ReportOutcome(ctx, lease.ID, o)
 	return err
+}
+
+func (r remoteLeaser) PoolByName(ctx context.Context, name string) (*pharox.Pool, error) {
+	return r.c.GetPoolByName(ctx, name)
+}
+
+func (r remoteLeaser) PoolByID(ctx context.Context, id uuid.UUID) (*pharox.Pool, error) {
+	return r.c.GetPool(ctx, id)
 }

@@ -115,6 +115,9 @@ func (g *Gateway) serveSOCKSConn(c net.Conn) {
 		return
 	}
 	srv.ServeConn(sc)
+	if st.entered {
+		g.leave()
+	}
 	if st.status != 0 {
 		g.finish(st)
 	}
@@ -187,14 +190,22 @@ func (r socksRules) Allow(ctx xcontext.Context, req *socks5.Request) (xcontext.C
 		return ctx, false
 	}
 	st.route = route
-	if st.pool = route.Pool; st.pool == "" {
-		st.pool = r.g.cfg.DefaultPool
-	}
-	if st.pool == "" {
-		st.status, st.reason = http.StatusProxyAuthRequired, "no pool given in the user name and no default pool configured"
+	if st.pool, err = r.g.routePool(ctx, route); err != nil {
+		st.status = http.StatusServiceUnavailable
+		var ge *gwError
+		if errors.As(err, &ge) {
+			st.status = ge.status
+		}
+		st.reason = err.Error()
 		return ctx, false
 	}
-	// The handshake is over; the tunnel may stay idle as long as it likes.
+	if !r.g.enter() {
+		ge := r.g.fullError()
+		st.status, st.reason = ge.status, ge.reason
+		return ctx, false
+	}
+	r.st.entered = true
+	// The handshake is over; the tunnel's idle limit is Config.IdleTimeout.
 	r.client.SetDeadline(time.Time{})
 	return ctx, true
 }
@@ -226,7 +237,9 @@ func (g *Gateway) socksDial(ctx context.Context, st *reqState, client *socksClie
 	}
 	st.status = http.StatusOK
 	g.metrics.tunnelOpen(st.kind, 1)
-	return &socksUpstream{Conn: tn.conn, tn: tn, st: st, client: client}, nil
+	up := &socksUpstream{Conn: tn.conn, tn: tn, st: st, client: client}
+	up.stopIdle = tn.watchIdle(client)
+	return up, nil
 }
 
 // socksUpstream is the upstream side of a SOCKS5 tunnel as go-socks5 sees
@@ -237,10 +250,15 @@ type socksUpstream struct {
 	st     *reqState
 	client *socksClient
 	once   sync.Once
+	// stopIdle stops the tunnel's idle watch.
+	stopIdle func()
 }
 
 func (c *socksUpstream) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.tn.touch()
+	}
 	c.st.received.Add(int64(n))
 	if err == io.EOF {
 		// The upstream is done; do not wait forever for an idle client.
@@ -251,6 +269,9 @@ func (c *socksUpstream) Read(p []byte) (int, error) {
 
 func (c *socksUpstream) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
+	if n > 0 {
+		c.tn.touch()
+	}
 	c.st.sent.Add(int64(n))
 	return n, err
 }
@@ -268,6 +289,10 @@ func (c *socksUpstream) LocalAddr() net.Addr {
 
 func (c *socksUpstream) Close() error {
 	c.once.Do(func() {
+		c.stopIdle()
+		if c.tn.idled.Load() {
+			c.st.reason = "closed after the idle timeout"
+		}
 		c.tn.close()
 		c.g().metrics.tunnelOpen(c.st.kind, -1)
 	})

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -21,6 +22,64 @@ type tunnel struct {
 	held *heldLease
 	conn net.Conn
 	once sync.Once
+	// last is when a byte last went through, in Unix nanoseconds.
+	last atomic.Int64
+	// idled is set when the idle watch closed the tunnel.
+	idled atomic.Bool
+}
+
+// touch notes that bytes went through the tunnel.
+func (t *tunnel) touch() { t.last.Store(time.Now().UnixNano()) }
+
+// watchIdle closes the tunnel and its client once no byte went through
+// for Config.IdleTimeout (the lease is then released as the tunnel ends).
+// One timer per tunnel, re-armed for the time left, so traffic costs a
+// clock read per read, not a timer reset. It returns the stop function.
+func (t *tunnel) watchIdle(client net.Conn) (stop func()) {
+	idle := t.g.cfg.IdleTimeout
+	if idle <= 0 {
+		return func() {}
+	}
+	t.touch()
+	var mu sync.Mutex
+	var timer *time.Timer
+	stopped := false
+	mu.Lock()
+	defer mu.Unlock()
+	timer = time.AfterFunc(idle, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
+		if left := idle - time.Since(time.Unix(0, t.last.Load())); left > 0 {
+			timer.Reset(left)
+			return
+		}
+		t.idled.Store(true)
+		client.Close()
+		t.conn.Close()
+	})
+	return func() {
+		mu.Lock()
+		stopped = true
+		timer.Stop()
+		mu.Unlock()
+	}
+}
+
+// touchReader notes in its tunnel every read that returns bytes.
+type touchReader struct {
+	r io.Reader
+	t *tunnel
+}
+
+func (r touchReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if n > 0 {
+		r.t.touch()
+	}
+	return n, err
 }
 
 // heldLease is a lease in use by a response or tunnel that may outlast
@@ -113,7 +172,7 @@ func (g *Gateway) openTunnel(ctx context.Context, st *reqState, target string) (
 			st.reason = aerr.reason
 			g.release(ctx, lease)
 			if aerr.kind == failCanceled {
-				return nil, &gwError{499, aerr.reason}
+				return nil, &gwError{statusClientGone, aerr.reason}
 			}
 			return nil, &gwError{http.StatusBadGateway, aerr.reason}
 		}
@@ -145,9 +204,8 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request, st *reqSt
 	tn, err := g.openTunnel(r.Context(), st, target)
 	if err != nil {
 		var ge *gwError
-		if errors.As(err, &ge) && ge.status == 499 {
-			st.status = 499
-			return
+		if errors.As(err, &ge) && ge.status == statusClientGone {
+			abort(st, ge.reason)
 		}
 		st.reason = err.Error()
 		g.writeError(w, err)
@@ -172,13 +230,24 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request, st *reqSt
 	g.metrics.tunnelOpen(st.kind, 1)
 	defer g.metrics.tunnelOpen(st.kind, -1)
 	// brw.Reader may hold bytes the client sent right behind its request.
-	g.pipe(conn, brw.Reader, tn.conn, st)
+	var clientR, upR io.Reader = brw.Reader, tn.conn
+	if g.cfg.IdleTimeout > 0 {
+		// Watching for idleness costs the kernel splice between the two
+		// sockets: each read must be seen.
+		clientR, upR = touchReader{brw.Reader, tn}, touchReader{tn.conn, tn}
+		stop := tn.watchIdle(conn)
+		defer stop()
+	}
+	g.pipe(conn, clientR, tn.conn, upR, st)
+	if tn.idled.Load() {
+		st.reason = "closed after the idle timeout"
+	}
 }
 
 // pipe copies both ways between the client and the upstream until both
 // directions end. A direction that ends cleanly half-closes its peer; one
 // that fails closes both, which ends the other.
-func (g *Gateway) pipe(client net.Conn, clientR io.Reader, up net.Conn, st *reqState) {
+func (g *Gateway) pipe(client net.Conn, clientR io.Reader, up net.Conn, upR io.Reader, st *reqState) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -191,7 +260,7 @@ func (g *Gateway) pipe(client net.Conn, clientR io.Reader, up net.Conn, st *reqS
 		}
 		closeWrite(up)
 	}()
-	n, err := g.copy(client, up)
+	n, err := g.copy(client, upR)
 	st.received.Add(n)
 	if err != nil {
 		client.Close()

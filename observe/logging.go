@@ -48,6 +48,14 @@ func Logging(l *slog.Logger, every int) []pharox.ManagerOption {
 						slog.Int("total", ev.Stats.TotalProxies))
 				}
 				l.LogAttrs(ctx, slog.LevelInfo, "pharox: no proxy available", attrs...)
+			case errors.Is(ev.Err, pharox.ErrPoolNotFound), errors.Is(ev.Err, pharox.ErrConsumerNotFound),
+				errors.Is(ev.Err, pharox.ErrInvalidArgument), errors.Is(ev.Err, pharox.ErrAlreadyExists):
+				// The caller's mistake, answered to it: nothing for an
+				// operator to fix.
+				attrs = append(attrs, slog.String("err", ev.Err.Error()))
+				l.LogAttrs(ctx, slog.LevelInfo, "pharox: acquire refused", attrs...)
+			case errors.Is(ev.Err, context.Canceled):
+				l.LogAttrs(ctx, slog.LevelDebug, "pharox: acquire canceled", attrs...)
 			default:
 				attrs = append(attrs, slog.String("err", ev.Err.Error()))
 				l.LogAttrs(ctx, slog.LevelError, "pharox: acquire failed", attrs...)

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/pharox/pharox"
 )
@@ -32,6 +35,82 @@ func unprocessable(format string, args ...any) error {
 
 func notFound(detail string) error { return &httpError{http.StatusNotFound, detail} }
 
+// detailedError gives an error that a sentinel classifies the sentence the
+// client reads, written where the request's own names are known (the pool
+// name as given, the proxy's address). The status still follows the
+// sentinel; the wrapped error, with the stores' context, is for logs.
+type detailedError struct {
+	err    error
+	detail string
+}
+
+func (e *detailedError) Error() string { return e.detail + " (" + e.err.Error() + ")" }
+func (e *detailedError) Unwrap() error { return e.err }
+
+// withDetail wraps err with the detail the client gets for it.
+func withDetail(err error, format string, args ...any) error {
+	return &detailedError{err: err, detail: fmt.Sprintf(format, args...)}
+}
+
+// sentinelDetails are the sentences for sentinel errors no handler gave a
+// detail of their own. They keep the phrases the Go client maps back to
+// the sentinels ("already exists", "in use", "not active").
+var sentinelDetails = []struct {
+	err    error
+	detail string
+}{
+	{pharox.ErrAlreadyExists, "That name or address already exists"},
+	{pharox.ErrInUse, "Still in use by active leases: release them first"},
+	{pharox.ErrLeaseNotActive, "Lease is not active: it was released or has expired"},
+	{pharox.ErrUnsupported, "This server's store does not support that request"},
+}
+
+// invalidDetail turns an ErrInvalidArgument chain into its innermost
+// message, the one that says what was wrong ("pharox: invalid argument:
+// proxy: unknown protocol ..." becomes "Unknown protocol ..."): the
+// layers above it (store, package and model names) mean nothing to the
+// client.
+func invalidDetail(err error) string {
+	msg := err.Error()
+	const marker = "invalid argument: "
+	if i := strings.LastIndex(msg, marker); i >= 0 {
+		msg = msg[i+len(marker):]
+	}
+	for {
+		head, rest, ok := strings.Cut(msg, ": ")
+		if !ok || !layerNames[head] {
+			break
+		}
+		msg = rest
+	}
+	if msg == "" || msg == strings.TrimSuffix(marker, ": ") {
+		return "Invalid argument"
+	}
+	return upperFirst(msg)
+}
+
+// layerNames are the prefixes packages and models put before a message.
+var layerNames = map[string]bool{
+	"pharox": true, "sqlite": true, "memory": true, "postgres": true, "redis": true,
+	"proxy": true, "pool": true, "lease": true, "consumer": true, "manager": true,
+}
+
+func lowerFirst(s string) string {
+	r, n := utf8.DecodeRuneInString(s)
+	if r == utf8.RuneError {
+		return s
+	}
+	return string(unicode.ToLower(r)) + s[n:]
+}
+
+func upperFirst(s string) string {
+	r, n := utf8.DecodeRuneInString(s)
+	if r == utf8.RuneError {
+		return s
+	}
+	return string(unicode.ToUpper(r)) + s[n:]
+}
+
 // errorStatus is the one place that maps errors to status codes and
 // client-facing details. internal is true when the error is not the
 // client's fault: the caller logs it and the client gets a generic detail.
@@ -58,11 +137,15 @@ func errorStatus(err error) (status int, detail string, internal bool) {
 	case errors.Is(err, pharox.ErrAlreadyExists),
 		errors.Is(err, pharox.ErrInUse),
 		errors.Is(err, pharox.ErrLeaseNotActive):
-		return http.StatusConflict, err.Error(), false
+		return http.StatusConflict, sentinelDetail(err), false
 	case errors.Is(err, pharox.ErrInvalidArgument):
-		return http.StatusUnprocessableEntity, err.Error(), false
+		var de *detailedError
+		if errors.As(err, &de) {
+			return http.StatusUnprocessableEntity, de.detail, false
+		}
+		return http.StatusUnprocessableEntity, invalidDetail(err), false
 	case errors.Is(err, pharox.ErrUnsupported):
-		return http.StatusNotImplemented, err.Error(), false
+		return http.StatusNotImplemented, sentinelDetail(err), false
 	case errors.Is(err, context.Canceled):
 		// The client went away; nobody reads this answer.
 		return 499, "Request cancelled", false
@@ -70,6 +153,21 @@ func errorStatus(err error) (status int, detail string, internal bool) {
 		return http.StatusServiceUnavailable, "Storage did not answer in time", true
 	}
 	return http.StatusInternalServerError, "Internal server error", true
+}
+
+// sentinelDetail is the handler's detail for err, or the sentence for its
+// sentinel.
+func sentinelDetail(err error) string {
+	var de *detailedError
+	if errors.As(err, &de) {
+		return de.detail
+	}
+	for _, sd := range sentinelDetails {
+		if errors.Is(err, sd.err) {
+			return sd.detail
+		}
+	}
+	return "Conflict"
 }
 
 // Error returns an error that the server answers with this status and

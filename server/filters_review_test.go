@@ -22,7 +22,7 @@ func TestAcquireRejectsOversizedFilters(t *testing.T) {
 		rec := httptest.NewRecorder()
 		body := `{"pool_name":"p","filters":` + filters + `}`
 		s.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/v1/leases/", strings.NewReader(body)))
-		if rec.Code != http.StatusUnprocessableEntity || !strings.Contains(rec.Body.String(), "filters") {
+		if rec.Code != http.StatusUnprocessableEntity || !strings.Contains(strings.ToLower(rec.Body.String()), "filters") {
 			t.Errorf("%s: status %d %s; want 422 naming the filters", name, rec.Code, strings.TrimSpace(rec.Body.String()))
 		}
 	}

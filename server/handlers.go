@@ -132,6 +132,9 @@ func (s *Server) createPool(r *http.Request) (any, error) {
 		return nil, err
 	}
 	p, err := s.store.CreatePool(r.Context(), pool)
+	if errors.Is(err, pharox.ErrAlreadyExists) {
+		return nil, withDetail(err, "A pool named %q already exists", pool.Name)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -172,6 +175,9 @@ func (s *Server) deletePool(r *http.Request) (any, error) {
 		return nil, err
 	}
 	if err := s.store.DeletePool(r.Context(), id); err != nil {
+		if errors.Is(err, pharox.ErrInUse) {
+			return nil, withDetail(err, "Pool %q is in use by active leases: release them (or let them expire), then delete it", r.PathValue("pool_id"))
+		}
 		return nil, err
 	}
 	s.forgetPool(id, "")
@@ -248,6 +254,9 @@ func (s *Server) createProxy(r *http.Request) (any, error) {
 		return nil, err
 	}
 	added, err := s.store.AddProxies(r.Context(), []pharox.Proxy{p})
+	if errors.Is(err, pharox.ErrAlreadyExists) {
+		return nil, withDetail(err, "Proxy %s already exists in pool %q", p.Address(), r.PathValue("pool_id"))
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -270,11 +279,14 @@ func (s *Server) importProxies(r *http.Request) (any, error) {
 	for i := range req.Proxies {
 		p, err := req.Proxies[i].ToProxy(poolID)
 		if err != nil {
-			return nil, fmt.Errorf("proxies[%d]: %w", i, err)
+			return nil, withDetail(err, "proxies[%d] is invalid: %s", i, lowerFirst(invalidDetail(err)))
 		}
 		proxies[i] = p
 	}
 	added, err := s.store.AddProxies(r.Context(), proxies)
+	if errors.Is(err, pharox.ErrAlreadyExists) {
+		return nil, withDetail(err, "%s, so nothing was imported", s.duplicateProxy(r, poolID, proxies))
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -283,6 +295,30 @@ func (s *Server) importProxies(r *http.Request) (any, error) {
 		out.Proxies[i] = api.FromProxy(p, false)
 	}
 	return out, nil
+}
+
+// duplicateProxy names the first proxy of an import that repeats another
+// one of the list or one already in the pool (the stores say only that
+// one does, by their own numbering).
+func (s *Server) duplicateProxy(r *http.Request, poolID uuid.UUID, proxies []pharox.Proxy) string {
+	key := func(p *pharox.Proxy) string { return string(p.Protocol) + "://" + p.Address() }
+	seen := make(map[string]int, len(proxies))
+	for i := range proxies {
+		k := key(&proxies[i])
+		if j, ok := seen[k]; ok {
+			return fmt.Sprintf("proxies[%d] repeats proxies[%d] (%s)", i, j, k)
+		}
+		seen[k] = i
+	}
+	existing, err := s.store.ListProxies(r.Context(), poolID)
+	if err == nil {
+		for _, p := range existing {
+			if i, ok := seen[key(p)]; ok {
+				return fmt.Sprintf("proxies[%d] (%s) already exists in pool %q", i, key(p), r.PathValue("pool_id"))
+			}
+		}
+	}
+	return fmt.Sprintf("A proxy of the list already exists in pool %q", r.PathValue("pool_id"))
 }
 
 func (s *Server) listProxies(r *http.Request) (any, error) {
@@ -345,7 +381,11 @@ func (s *Server) deleteProxy(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return nil, s.store.DeleteProxy(r.Context(), p.ID)
+	err = s.store.DeleteProxy(r.Context(), p.ID)
+	if errors.Is(err, pharox.ErrInUse) {
+		return nil, withDetail(err, "Proxy %s is in use by an active lease: release it (or let it expire), then delete the proxy", p.Address())
+	}
+	return nil, err
 }
 
 // ---- consumers ----
@@ -655,6 +695,9 @@ func (s *Server) renew(r *http.Request) (any, error) {
 		return nil, err
 	}
 	l, err := s.mgr.Renew(r.Context(), id, d)
+	if errors.Is(err, pharox.ErrLeaseNotActive) {
+		return nil, withDetail(err, "Lease %s is not active: it was released or has expired, so it cannot be renewed", id)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -265,7 +265,7 @@ func jsonError(err error) error {
 	case errors.As(err, &typ):
 		field := typ.Field
 		if field == "" {
-			return unprocessable("Request body must be a JSON %s, got %s", typeName(typ.Type.Kind().String()), typ.Value)
+			return unprocessable("Request body must be a JSON %s, got %s", strings.TrimPrefix(strings.TrimPrefix(typeName(typ.Type.Kind().String()), "an "), "a "), typ.Value)
 		}
 		return unprocessable("Field %q must be %s, got %s", field, typeName(typ.Type.Kind().String()), typ.Value)
 	case errors.Is(err, io.ErrUnexpectedEOF):

@@ -92,6 +92,10 @@ type Options struct {
 	// SweepInterval, when positive, sweeps every pool periodically in Run
 	// or Serve.
 	SweepInterval time.Duration
+	// HealthTarget is the probe URL Sweep uses when a request gives none,
+	// or empty when it has none; the dashboard shows it, and asks for a
+	// target before sweeping when there is none.
+	HealthTarget string
 
 	// ReapInterval is how often expired leases are reclaimed in Run or
 	// Serve (DefaultReapInterval; negative disables).
@@ -407,6 +411,7 @@ func (s *Server) dashboard(r *http.Request) (any, error) {
 		return nil, err
 	}
 	d.SweepEnabled = s.opts.Sweep != nil
+	d.SweepTarget = s.opts.HealthTarget
 	return d, nil
 }
 

@@ -28,6 +28,7 @@ type checkOptions struct {
 	pool             string
 	all              bool
 	storage          string
+	server, apiKey   string
 	target           string
 	concurrency      int
 	timeout          time.Duration
@@ -55,7 +56,7 @@ func newCheckCmd() *cobra.Command {
 	o := &checkOptions{}
 	cmd := &cobra.Command{
 		Use:   "check",
-		Short: "Probe the proxies of a pool and store their health",
+		Short: "Probe the proxies of a pool and store their health (here, or by a server)",
 		Long: `Probe every proxy of a pool (or of all pools with --all) by sending a real
 request through it to --target, classify it (active, slow, inactive, banned)
 and store the result, then print a summary: counts by status, latency
@@ -63,11 +64,27 @@ percentiles, the slowest and the failing proxies.
 
 A failing status sticks only after --failure-threshold failed probes in a row;
 banned proxies rest in a growing cool-down unless --force is given. The
-target is first requested directly: if that fails, no proxy is marked.`,
+target is first requested directly: if that fails, no proxy is marked.
+
+With --server (or PHAROX_SERVER, when neither --storage nor PHAROX_STORAGE
+is given) the server runs the sweep, as its periodic sweeps and the
+dashboard's Sweep button do: --target is then optional (the server's
+--health-target is the default), the tuning flags are refused, and the
+answer is the server's summary per pool.
+
+--json prints durations in milliseconds, the unit in the field name
+(duration_ms, latency_ms.p50_ms, ...).`,
 		Example: `  pharox check --storage sqlite://pharox.db --pool residential --target https://example.com/
-  pharox check --storage postgres://pharox@db/pharox --all --target http://10.0.0.5/health --json`,
+  pharox check --storage postgres://pharox@db/pharox --all --target http://10.0.0.5/health --json
+  pharox check --server http://127.0.0.1:8080 --pool residential`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := resolveCheckTarget(cmd, o); err != nil {
+				return err
+			}
+			if o.server != "" {
+				return runCheckServer(cmd.Context(), o, cmd.OutOrStdout())
+			}
 			return runCheck(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
@@ -75,6 +92,8 @@ target is first requested directly: if that fails, no proxy is marked.`,
 	f.StringVar(&o.pool, "pool", "", "pool to sweep")
 	f.BoolVar(&o.all, "all", false, "sweep every pool")
 	f.StringVar(&o.storage, "storage", checkEnvOr("PHAROX_STORAGE", open.DefaultURL), "storage URL (memory://, sqlite://path, postgres://..., redis://...); env PHAROX_STORAGE")
+	f.StringVar(&o.server, "server", "", "pharox server URL: the server runs the sweep (env PHAROX_SERVER)")
+	f.StringVar(&o.apiKey, "api-key", "", "admin API key for --server; prefer the env var (env PHAROX_API_KEY)")
 	f.StringVar(&o.target, "target", os.Getenv("PHAROX_CHECK_TARGET"), "http or https URL every probe requests; env PHAROX_CHECK_TARGET")
 	f.IntVar(&o.concurrency, "concurrency", health.DefaultConcurrency, "probes running at once")
 	f.DurationVar(&o.timeout, "timeout", health.DefaultTimeout, "timeout of one probe")
@@ -168,6 +187,9 @@ func runCheck(ctx context.Context, o *checkOptions, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
+	if err := requireSQLiteFile(o.storage); err != nil {
+		return err
+	}
 	store, err := checkOpenStorage(ctx, o.storage)
 	if err != nil {
 		return fmt.Errorf("open storage: %w", err)
@@ -207,7 +229,7 @@ func writeSummary(w io.Writer, s *health.SweepSummary, asJSON bool) error {
 	if asJSON {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		return enc.Encode(s)
+		return enc.Encode(newCheckSummaryJSON(s))
 	}
 	return s.WriteTable(w)
 }

@@ -26,6 +26,10 @@ import (
 // gatewayOpenStorage opens the store of direct mode; tests replace it.
 var gatewayOpenStorage = open.Open
 
+// gatewayListenHook sees each listener runGateway opens; tests use it to
+// learn a port-0 address.
+var gatewayListenHook = func(name string, ln net.Listener) {}
+
 // gatewayOptions is everything `pharox gateway` can be told.
 type gatewayOptions struct {
 	listen, socksListen, metricsListen string
@@ -35,8 +39,10 @@ type gatewayOptions struct {
 	banStatuses                        []int
 	leaseDuration, acquireWait         time.Duration
 	dialTimeout, shutdownTimeout       time.Duration
-	accessLog                          bool
+	accessLog, allowOpen               bool
 	logFormat, logLevel                string
+	idleTimeout, responseHeaderTimeout time.Duration
+	maxConns                           int
 }
 
 const gatewayHelp = `Run a local rotating forward proxy over the managed pools: point any HTTP
@@ -48,18 +54,37 @@ Routing parameters travel in the proxy user name, key-value pairs joined
 by '-':
 
   pool-<name>-country-<cc>-city-<name>-source-<name>-session-<key>-ttl-<seconds>
+  poolid-<pool id>-...        (the pool by its id instead of its name)
 
-for example  curl -x http://127.0.0.1:8081 -U 'pool-latam-country-ar-session-s1:PASS' URL
-Values hold letters, digits, '_' and '.' (never '-'; '_' in a city is a
-space). Unknown keys are refused with 407. With --user set, the user name
-starts with it ("acme" or "acme-pool-latam-..."). Without --user and
---password, any credentials (or none) are accepted.
+for example  curl -x http://127.0.0.1:8081 -U 'pool-main-country-us-session-s1:PASS' URL
+
+Every pool name is reachable: inside a value ~XX stands for the byte with
+hex value XX, so write '-' as ~2D and '~' as ~7E ("pool-latam~2Dresidential"
+is pool "latam-residential"; "pool-z~C3~BCrich" and "pool-zürich" are both
+pool "zürich"). '~' passes proxy URLs and curl -U unchanged, so the same
+user name works everywhere:
+  curl -x 'http://pool-latam~2Dresidential:PASS@127.0.0.1:8081' URL
+In a city '_' is a space (~5F an underscore). Keys are case-insensitive;
+unknown keys are refused with 407. With --user set, the user name starts
+with it ("acme" or "acme-pool-latam-...").
+
+Auth: --password (with or without --user) requires inbound credentials;
+--user needs --password. Without a password any credentials (or none) are
+accepted, which the gateway allows on loopback only unless --allow-open.
 
 Leases come from a store opened directly (--storage, env PHAROX_STORAGE) or
 from a pharox server (--server and --api-key, env PHAROX_SERVER and
-PHAROX_API_KEY). The gateway's own answers carry the reason in the
-X-Pharox-Reason header: 407 (credentials or routing), 503 (no upstream
-available), 502 (upstream failed).
+PHAROX_API_KEY). Before listening the gateway checks that source (it
+answers, takes the key, has the --default-pool) and exits with one line
+saying what to fix when it cannot work. --metrics-listen serves /metrics
+and /readyz (the same check, 200 or 503).
+
+Tunnels idle for --idle-timeout are closed and their lease released; past
+--max-conns requests and tunnels at once the gateway answers 503. The
+gateway's own answers carry the reason in the X-Pharox-Reason header: 407
+(credentials or routing), 503 (no upstream available, unknown pool, at
+capacity), 502 (upstream failed or sent no header in
+--response-header-timeout).
 
 Environment: PHAROX_GATEWAY_LISTEN, PHAROX_GATEWAY_SOCKS_LISTEN,
 PHAROX_GATEWAY_POOL, PHAROX_GATEWAY_USER, PHAROX_GATEWAY_PASSWORD (prefer
@@ -98,6 +123,10 @@ func newGatewayCmd() *cobra.Command {
 	f.DurationVar(&o.acquireWait, "acquire-wait", 0, "wait this long for a free upstream before answering 503")
 	f.DurationVar(&o.dialTimeout, "dial-timeout", gateway.DefaultDialTimeout, "timeout to reach an upstream, handshakes included")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, let open requests and tunnels finish this long")
+	f.DurationVar(&o.idleTimeout, "idle-timeout", gateway.DefaultIdleTimeout, "close a tunnel after this long without traffic either way, releasing its lease; 0 never")
+	f.IntVar(&o.maxConns, "max-conns", gateway.DefaultMaxConns, "serve at most this many requests and tunnels at once, answering 503 past it; 0 no cap")
+	f.DurationVar(&o.responseHeaderTimeout, "response-header-timeout", gateway.DefaultResponseHeaderTimeout, "answer 502 when an upstream sends no response header this long after a request; 0 no limit")
+	f.BoolVar(&o.allowOpen, "allow-open", false, "listen beyond loopback without --password (anyone who reaches the port uses your proxies)")
 	f.BoolVar(&o.accessLog, "access-log", true, "log one line per request or tunnel (never credentials)")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -135,7 +164,48 @@ func (o *gatewayOptions) resolve(cmd *cobra.Command) error {
 	if o.listen == "" && o.socksListen == "" {
 		return errors.New("nothing to listen on: give --listen or --socks-listen")
 	}
+	if o.user != "" && o.password == "" {
+		return errors.New("--user needs --password (or PHAROX_GATEWAY_PASSWORD): without one any password would pass")
+	}
+	if o.password == "" && !o.allowOpen {
+		for _, addr := range []string{o.listen, o.socksListen} {
+			if addr != "" && !loopbackAddr(addr) {
+				return fmt.Errorf("--listen/--socks-listen %s reaches beyond this machine without auth: set --password (or PHAROX_GATEWAY_PASSWORD), or pass --allow-open to serve anyone who reaches it", addr)
+			}
+		}
+	}
 	return nil
+}
+
+// loopbackAddr reports whether a listen address accepts connections from
+// this machine only: a loopback IP or "localhost". An empty host listens
+// on every interface.
+func loopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// gatewayCheckTimeout bounds the start-up check and each /readyz probe.
+const gatewayCheckTimeout = 10 * time.Second
+
+// explainCheck turns a failed check into one sentence saying what to fix.
+func explainCheck(err error, o gatewayOptions, source string) string {
+	switch {
+	case errors.Is(err, gateway.ErrDefaultPoolMissing):
+		return fmt.Sprintf("default pool %q does not exist in %s: create it or pass another --default-pool", o.defaultPool, source)
+	case errors.Is(err, client.ErrUnauthorized):
+		return fmt.Sprintf("%s refused the API key: set --api-key or PHAROX_API_KEY to a key it accepts", source)
+	case errors.Is(err, client.ErrForbidden):
+		return fmt.Sprintf("%s does not let this API key look up pools: use a consumer or admin key", source)
+	}
+	return fmt.Sprintf("%s does not answer: %v", source, err)
 }
 
 // runGateway serves until ctx ends. ready, when not nil, receives the bound
@@ -158,6 +228,9 @@ func runGateway(ctx context.Context, o gatewayOptions, stderr io.Writer, ready f
 		}
 		leaser, source = gateway.NewRemoteLeaser(c), "server "+o.server
 	} else {
+		if err := requireSQLiteFile(o.storage); err != nil {
+			return err
+		}
 		store, err := gatewayOpenStorage(ctx, o.storage)
 		if err != nil {
 			return fmt.Errorf("open storage: %w", err)
@@ -174,10 +247,19 @@ func runGateway(ctx context.Context, o gatewayOptions, stderr io.Writer, ready f
 		Leaser: leaser, DefaultPool: o.defaultPool, User: o.user, Password: o.password,
 		Consumer: o.consumer, Strategy: pharox.Strategy(o.strategy), LeaseDuration: o.leaseDuration,
 		AcquireWait: o.acquireWait, BanStatuses: o.banStatuses, DialTimeout: o.dialTimeout,
-		Registerer: reg, Logger: logger, DisableAccessLog: !o.accessLog,
+		IdleTimeout: disabledIfZero(o.idleTimeout), MaxConns: int(disabledIfZero(time.Duration(o.maxConns))),
+		ResponseHeaderTimeout: disabledIfZero(o.responseHeaderTimeout),
+		Registerer:            reg, Logger: logger, DisableAccessLog: !o.accessLog,
 	})
 	if err != nil {
 		return err
+	}
+	cctx, cancelCheck := context.WithTimeout(ctx, gatewayCheckTimeout)
+	err = gw.Check(cctx)
+	cancelCheck()
+	if err != nil {
+		gw.Close()
+		return errors.New("gateway cannot start: " + explainCheck(err, o, source))
 	}
 
 	var (
@@ -214,8 +296,20 @@ func runGateway(ctx context.Context, o gatewayOptions, stderr io.Writer, ready f
 		if metricsLn, err = listen(o.metricsListen); err != nil {
 			return err
 		}
+		gatewayListenHook("metrics", metricsLn)
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+			ctx, cancel := context.WithTimeout(r.Context(), gatewayCheckTimeout)
+			defer cancel()
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			if err := gw.Check(ctx); err != nil {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				fmt.Fprintln(w, explainCheck(err, o, source))
+				return
+			}
+			io.WriteString(w, "ready\n")
+		})
 		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	}
 
@@ -239,6 +333,9 @@ func runGateway(ctx context.Context, o gatewayOptions, stderr io.Writer, ready f
 		})
 	}
 	logger.Info("pharox gateway listening", attrs...)
+	if o.password == "" && (!loopbackAddr(o.listen) && o.listen != "" || !loopbackAddr(o.socksListen) && o.socksListen != "") {
+		logger.Warn("pharox gateway: open to anyone who reaches it (no --password, --allow-open): it spends your proxies for them")
+	}
 	if ready != nil {
 		var h, s net.Addr
 		if httpLn != nil {
@@ -267,4 +364,13 @@ func runGateway(ctx context.Context, o gatewayOptions, stderr io.Writer, ready f
 	closeAll()
 	wg.Wait()
 	return runErr
+}
+
+// disabledIfZero maps the CLI's "0 turns it off" to the library's
+// negative value (where zero means the default).
+func disabledIfZero(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }

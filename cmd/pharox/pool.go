@@ -24,9 +24,10 @@ func newPoolCmd() *cobra.Command {
 
 	var description string
 	create := &cobra.Command{
-		Use:   "create NAME",
-		Short: "Create a pool",
-		Args:  cobra.ExactArgs(1),
+		Use:         "create NAME",
+		Short:       "Create a pool",
+		Annotations: map[string]string{createsStore: "yes"},
+		Args:        cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return tf.withBackend(cmd, func(ctx context.Context, b backend) error {
 				p, err := b.CreatePool(ctx, args[0], description)

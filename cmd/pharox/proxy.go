@@ -70,8 +70,9 @@ type importReport struct {
 func newProxyImportCmd(tf *targetFlags) *cobra.Command {
 	var f importFlags
 	cmd := &cobra.Command{
-		Use:   "import FILE... | -",
-		Short: "Import proxy lists (host:port[:user:pass], user:pass@host:port, scheme://user:pass@host:port)",
+		Use:         "import FILE... | -",
+		Annotations: map[string]string{createsStore: "yes"},
+		Short:       "Import proxy lists (host:port[:user:pass], user:pass@host:port, scheme://user:pass@host:port)",
 		Long: `Import proxy lists into a pool, one proxy a line; '-' reads standard input.
 Blank lines and lines starting with '#' are skipped.
 

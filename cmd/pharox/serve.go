@@ -34,6 +34,7 @@ type serveConfig struct {
 	Listen         string        `json:"listen"`
 	Storage        string        `json:"storage"`
 	AdminKeys      []string      `json:"admin_keys"`
+	AdminKeyFile   string        `json:"admin_key_file"`
 	ConsumerKeys   []string      `json:"consumer_keys"`
 	SweepInterval  serveDuration `json:"sweep_interval"`
 	HealthTarget   string        `json:"health_target"`
@@ -69,6 +70,7 @@ Environment variables:
   PHAROX_LISTEN            --listen
   PHAROX_STORAGE           --storage
   PHAROX_ADMIN_KEY         --admin-key (comma-separated for several)
+  PHAROX_ADMIN_KEY_FILE    --admin-key-file
   PHAROX_CONSUMER_KEYS     --consumer-key (comma-separated)
   PHAROX_SWEEP_INTERVAL    --sweep-interval
   PHAROX_HEALTH_TARGET     --health-target
@@ -77,15 +79,21 @@ Environment variables:
 
 Config file (JSON, every field optional):
   {"listen": "127.0.0.1:8080", "storage": "sqlite://pharox.db",
-   "admin_keys": ["..."], "consumer_keys": ["..."],
+   "admin_keys": ["..."], "admin_key_file": "...", "consumer_keys": ["..."],
    "sweep_interval": "5m", "health_target": "https://example.com/",
    "lease_retention": "24h", "reap_interval": "5s", "max_wait": "30s",
    "access_log": true, "log_format": "text", "log_level": "info",
    "metrics_require_key": false}
 
 Keys on the command line show in ps: prefer the environment or the config
-file. With no admin key configured, serve generates one and prints it once
-on stdout. /healthz, /readyz, /metrics and /openapi.json need no key.`
+file. With no admin key configured, serve generates one once, prints it,
+and keeps it (mode 0600) in --admin-key-file: by default beside a SQLite
+database (pharox.db.admin-key), in the user's config directory
+(~/.config/pharox/admin-key) for PostgreSQL and Redis, nowhere for
+memory://. Later starts use the kept key and say where it is; to rotate
+it, delete the file and restart. The SQLite database file is created with
+mode 0600 (it holds proxy passwords). /healthz, /readyz, /metrics and
+/openapi.json need no key.`
 
 func init() {
 	var (
@@ -93,6 +101,7 @@ func init() {
 		cfg        serveConfig
 		flagCfg    struct {
 			adminKeys, consumerKeys         []string
+			adminKeyFile                    string
 			sweep, retention, reap, maxWait time.Duration
 			accessLog, metricsAuth          bool
 			listen, storage, target, logFmt string
@@ -130,6 +139,7 @@ func init() {
 			set("listen", func() { cfg.Listen = flagCfg.listen })
 			set("storage", func() { cfg.Storage = flagCfg.storage })
 			set("admin-key", func() { cfg.AdminKeys = flagCfg.adminKeys })
+			set("admin-key-file", func() { cfg.AdminKeyFile = flagCfg.adminKeyFile })
 			set("consumer-key", func() { cfg.ConsumerKeys = flagCfg.consumerKeys })
 			set("sweep-interval", func() { cfg.SweepInterval.Duration = flagCfg.sweep })
 			set("health-target", func() { cfg.HealthTarget = flagCfg.target })
@@ -148,6 +158,7 @@ func init() {
 	f.StringVar(&flagCfg.listen, "listen", "127.0.0.1:8080", "address to listen on (env PHAROX_LISTEN)")
 	f.StringVar(&flagCfg.storage, "storage", open.DefaultURL, "storage URL: memory://, sqlite://FILE, postgres://..., redis://... (env PHAROX_STORAGE)")
 	f.StringSliceVar(&flagCfg.adminKeys, "admin-key", nil, "admin API key, repeatable (env PHAROX_ADMIN_KEY); generated when none is set")
+	f.StringVar(&flagCfg.adminKeyFile, "admin-key-file", "", "where the generated admin key is kept when none is set (default: beside a SQLite database; env PHAROX_ADMIN_KEY_FILE)")
 	f.StringSliceVar(&flagCfg.consumerKeys, "consumer-key", nil, "consumer API key, repeatable (env PHAROX_CONSUMER_KEYS)")
 	f.DurationVar(&flagCfg.sweep, "sweep-interval", 0, "health-sweep every pool this often; 0 disables (env PHAROX_SWEEP_INTERVAL)")
 	f.StringVar(&flagCfg.target, "health-target", "", "URL health probes request through each proxy (env PHAROX_HEALTH_TARGET)")
@@ -198,6 +209,7 @@ func applyServeEnv(cfg *serveConfig) error {
 	str("PHAROX_LISTEN", &cfg.Listen)
 	str("PHAROX_STORAGE", &cfg.Storage)
 	str("PHAROX_HEALTH_TARGET", &cfg.HealthTarget)
+	str("PHAROX_ADMIN_KEY_FILE", &cfg.AdminKeyFile)
 	list("PHAROX_ADMIN_KEY", &cfg.AdminKeys)
 	list("PHAROX_CONSUMER_KEYS", &cfg.ConsumerKeys)
 	return errors.Join(dur("PHAROX_SWEEP_INTERVAL", &cfg.SweepInterval), dur("PHAROX_LEASE_RETENTION", &cfg.LeaseRetention))
@@ -227,6 +239,9 @@ func runServe(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer, re
 	if err != nil {
 		return err
 	}
+	if err := createSQLiteFile(cfg.Storage); err != nil {
+		return err
+	}
 	store, err := open.Open(ctx, cfg.Storage)
 	if err != nil {
 		return fmt.Errorf("open storage: %w", err)
@@ -243,10 +258,25 @@ func runServe(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer, re
 	mopts = append(mopts, observe.Logging(logger, 100)...)
 	mgr := pharox.NewManager(store, mopts...)
 
-	generated := ""
+	// keyNote says on startup where the admin key came from.
+	keyNote := ""
 	if len(cfg.AdminKeys) == 0 {
-		generated = serveGenerateKey()
-		cfg.AdminKeys = []string{generated}
+		path := adminKeyFile(cfg.Storage, cfg.AdminKeyFile)
+		if path == "" {
+			key := serveGenerateKey()
+			cfg.AdminKeys = []string{key}
+			keyNote = "no admin key configured; generated one for this run (memory:// keeps nothing): " + key
+		} else {
+			key, created, err := loadOrCreateAdminKey(path)
+			if err != nil {
+				return err
+			}
+			cfg.AdminKeys = []string{key}
+			keyNote = fmt.Sprintf("admin key: the one kept in %s (delete the file and restart to rotate)", path)
+			if created {
+				keyNote = fmt.Sprintf("no admin key configured; generated one and kept it in %s (delete the file to rotate): %s", path, key)
+			}
+		}
 	}
 	sweep, err := newSweep(store, cfg.HealthTarget, logger, rec)
 	if err != nil {
@@ -263,6 +293,7 @@ func runServe(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer, re
 		MaxWait:           cfg.MaxWait.Duration,
 		Sweep:             sweep,
 		SweepInterval:     cfg.SweepInterval.Duration,
+		HealthTarget:      cfg.HealthTarget,
 		ReapInterval:      cfg.ReapInterval.Duration,
 		LeaseRetention:    cfg.LeaseRetention.Duration,
 		Registerer:        reg,
@@ -273,8 +304,8 @@ func runServe(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer, re
 	return srv.ListenAndServe(ctx, cfg.Listen, func(addr net.Addr) {
 		fmt.Fprintf(stdout, "pharox: serving on http://%s (storage %s)\n", addr, open.Redact(cfg.Storage))
 		fmt.Fprintf(stdout, "pharox: dashboard at http://%s/ui/ (admin key)\n", addr)
-		if generated != "" {
-			fmt.Fprintf(stdout, "pharox: no admin key configured; generated one for this run (shown once): %s\n", generated)
+		if keyNote != "" {
+			fmt.Fprintf(stdout, "pharox: %s\n", keyNote)
 		}
 		logger.Info("pharox serve: listening", "addr", addr.String(), "storage", open.Redact(cfg.Storage),
 			"admin_keys", len(cfg.AdminKeys), "consumer_keys", len(cfg.ConsumerKeys),
@@ -313,7 +344,8 @@ func newSweep(store pharox.Storage, target string, logger *slog.Logger, rec *obs
 			}
 		}
 		if o == nil {
-			return api.SweepResult{}, fmt.Errorf("%w: no health target configured on the server: pass target_url", pharox.ErrInvalidArgument)
+			return api.SweepResult{}, server.Error(http.StatusUnprocessableEntity,
+				"This server has no default health target (pharox serve --health-target): give target_url, the http or https URL each probe requests through the proxies")
 		}
 		sum, err := o.SweepPool(ctx, pool)
 		if errors.Is(err, health.ErrTargetUnreachable) {

@@ -26,6 +26,11 @@ const (
 	envStorage = "PHAROX_STORAGE"
 )
 
+// createsStore annotates the commands that may create a SQLite database
+// (pool create, proxy import); the others refuse a file that does not
+// exist rather than answer from a new empty one.
+const createsStore = "pharox/creates-store"
+
 // openStorage opens a store for direct mode. Tests replace it to run
 // several commands against one in-process store.
 var openStorage = open.Open
@@ -94,6 +99,13 @@ func (f *targetFlags) open(cmd *cobra.Command) (backend, error) {
 			return nil, err
 		}
 		return &remoteBackend{c: c}, nil
+	}
+	prepare := requireSQLiteFile
+	if cmd.Annotations[createsStore] != "" {
+		prepare = createSQLiteFile
+	}
+	if err := prepare(storage); err != nil {
+		return nil, err
 	}
 	store, err := openStorage(cmd.Context(), storage)
 	if err != nil {

@@ -142,6 +142,7 @@ func newFixture(t *testing.T) *fixture {
 		AdminKeys: []string{adminKey}, ConsumerKeys: []string{consumerKey},
 		Logger:           slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Sweep:            sweep,
+		HealthTarget:     "http://127.0.0.1:1/probe",
 		UISampleInterval: 100 * time.Millisecond,
 	})
 	ts := httptest.NewServer(srv)

@@ -79,6 +79,9 @@ type Dashboard struct {
 	Pools       []DashboardPool `json:"pools"`
 	// SweepEnabled tells whether this server can run health sweeps.
 	SweepEnabled bool `json:"sweep_enabled"`
+	// SweepTarget is the URL a sweep probes when none is given; empty
+	// when the server has none, so a sweep must name one.
+	SweepTarget string `json:"sweep_target"`
 	// Sweeps lists the health sweeps running now, then the last finished
 	// sweep of each pool, as seen by this server process.
 	Sweeps []DashboardSweep `json:"sweeps"`

@@ -63,6 +63,7 @@ export const api = {
   activeLeases: (limit) => request("GET", `/v1/leases/?status=active&limit=${limit}`),
   setStatus: (poolId, proxyId, status) =>
     request("PATCH", `/v1/pools/${enc(poolId)}/proxies/${enc(proxyId)}`, { status }),
-  sweep: (poolId) => request("POST", `/v1/pools/${enc(poolId)}/health-check`, {}),
+  sweep: (poolId, target) =>
+    request("POST", `/v1/pools/${enc(poolId)}/health-check`, target ? { target_url: target } : {}),
   release: (leaseId) => request("POST", `/v1/leases/${enc(leaseId)}/release`, {}),
 };

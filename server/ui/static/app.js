@@ -81,17 +81,23 @@ function describe(err) {
 
 // confirmAction asks the operator before an action; resolves true to go on.
 let confirmResolve = null;
-function confirmAction(title, message, okLabel) {
+// confirmAction asks a question in the dialog; with askURL it also asks
+// for a URL (read it from #confirm-target once confirmed).
+function confirmAction(title, message, okLabel, askURL) {
   const dlg = $("confirm");
   if (confirmResolve) confirmResolve(false);
   text($("confirm-title"), title);
   text($("confirm-text"), message);
   text($("confirm-ok"), okLabel);
+  const target = $("confirm-target");
+  $("confirm-target-field").hidden = !askURL;
+  target.required = !!askURL;
+  target.value = "";
   dlg.returnValue = "";
   return new Promise((resolve) => {
     confirmResolve = resolve;
     dlg.showModal();
-    $("confirm-cancel").focus();
+    (askURL ? target : $("confirm-cancel")).focus();
   });
 }
 
@@ -543,16 +549,22 @@ async function setStatus(proxyID, select) {
 }
 
 async function sweep(pool) {
+  // Without a default target on the server, the sweep needs one: ask.
+  const def = state.dash.sweep_target;
   const ok = await confirmAction(
     "Run a health sweep",
-    `Probe every proxy of pool ${pool.name} now and apply the results to their status?`,
+    def
+      ? `Probe every proxy of pool ${pool.name} now, requesting ${def} through each, and apply the results to their status?`
+      : `This server has no default health target. Which URL should each proxy of pool ${pool.name} request? The results are applied to their status.`,
     "Sweep " + pool.name,
+    !def,
   );
   if (!ok) return;
+  const target = def ? "" : $("confirm-target").value.trim();
   state.sweeping.add(pool.id);
   refreshNow();
   try {
-    const res = await api.sweep(pool.id);
+    const res = await api.sweep(pool.id, target);
     toast(`Sweep of ${pool.name}: ${res.checked} checked, ${res.skipped} skipped in ${duration(res.duration_ms)}.`);
   } catch (err) {
     toast(`Sweep of ${pool.name} failed: ` + describe(err), true);

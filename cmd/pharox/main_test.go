@@ -1,0 +1,71 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"runtime/debug"
+	"strings"
+	"testing"
+)
+
+// runRoot runs the real command tree, prepared as main prepares it.
+func runRoot(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	prepareCommands(rootCmd)
+	var out bytes.Buffer
+	rootCmd.SetOut(&out)
+	rootCmd.SetErr(&out)
+	rootCmd.SetArgs(args)
+	t.Cleanup(func() { rootCmd.SetArgs(nil); rootCmd.SetOut(nil); rootCmd.SetErr(nil) })
+	err := rootCmd.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+// `pharox pool lst` printed the pool help and exited 0; unknown commands
+// and other usage errors exit 2 with one line now.
+func TestUnknownCommandsAreUsageErrors(t *testing.T) {
+	for _, args := range [][]string{{"pool", "lst"}, {"lst"}, {"proxy", "imprt"}, {"lease", "x"}, {"stats", "--bogus"}, {"pool", "create"}} {
+		_, err := runRoot(t, args...)
+		if err == nil || exitCode(err) != 2 {
+			t.Errorf("pharox %s: err %v (exit %d), want a usage error (exit 2)", strings.Join(args, " "), err, exitCodeOf(err))
+		}
+	}
+	_, err := runRoot(t, "pool", "lst")
+	if err == nil || !strings.Contains(err.Error(), `unknown command "lst" for "pharox pool"`) || !strings.Contains(err.Error(), `did you mean "list"`) {
+		t.Fatalf("pharox pool lst: %v", err)
+	}
+	// A group alone still shows its help, successfully.
+	if out, err := runRoot(t, "pool"); err != nil || !strings.Contains(out, "Available Commands") {
+		t.Fatalf("pharox pool: %v\n%s", err, out)
+	}
+}
+
+func exitCodeOf(err error) int {
+	if err == nil {
+		return 0
+	}
+	return exitCode(err)
+}
+
+// `pharox version` and `pharox --version` print the build information.
+func TestVersion(t *testing.T) {
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		out, err := runRoot(t, args...)
+		if err != nil {
+			t.Fatalf("pharox %s: %v", args[0], err)
+		}
+		for _, want := range []string{"pharox ", "revision: ", "go: go1."} {
+			if !strings.Contains(out, want) {
+				t.Errorf("pharox %s = %q, want it to contain %q", args[0], out, want)
+			}
+		}
+	}
+	bi := &debug.BuildInfo{GoVersion: "go1.99.0", Main: debug.Module{Path: "github.com/pharox/pharox", Version: "v1.2.3"},
+		Settings: []debug.BuildSetting{{Key: "vcs.revision", Value: "0123abcd"}, {Key: "vcs.modified", Value: "true"}, {Key: "vcs.time", Value: "2026-01-02T03:04:05Z"}}}
+	got := versionText(bi, true)
+	for _, want := range []string{"pharox v1.2.3\n", "module: github.com/pharox/pharox\n", "revision: 0123abcd (with uncommitted changes)\n", "commit time: 2026-01-02T03:04:05Z\n", "go: go1.99.0 "} {
+		if !strings.Contains(got, want) {
+			t.Errorf("versionText = %q, want it to contain %q", got, want)
+		}
+	}
+}
