@@ -29,6 +29,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	if err := s.store.Ping(ctx); err != nil {
 		s.log.Warn("pharox server: storage ping failed", "err", err)
+		w.Header().Set("Retry-After", strconv.Itoa(RetryAfterSeconds))
 		writeJSON(w, http.StatusServiceUnavailable, api.Error{Detail: "Storage unavailable"})
 		return
 	}

@@ -30,7 +30,7 @@ func main() {
 		if !strings.HasPrefix(msg, "pharox: ") {
 			msg = "pharox: " + msg
 		}
-		fmt.Fprintln(os.Stderr, msg)
-		os.Exit(1)
+		fmt.Fprintln(os.Stderr, msg+unavailableHint(err))
+		os.Exit(exitCode(err))
 	}
 }
