@@ -436,6 +436,10 @@ func (s *Server) acquire(r *http.Request) (any, error) {
 		}
 	}
 
+	if opts.LeaseID, err = idempotentLeaseID(r, opts.Consumer); err != nil {
+		return nil, err
+	}
+
 	var lease *pharox.Lease
 	if req.WaitSeconds > 0 {
 		wait := time.Duration(min(req.WaitSeconds, s.opts.MaxWait.Seconds()) * float64(time.Second))
@@ -451,7 +455,7 @@ func (s *Server) acquire(r *http.Request) (any, error) {
 		if errors.Is(err, pharox.ErrPoolNotFound) && poolID != uuid.Nil {
 			s.pools.Delete(poolID)
 		}
-		return nil, err
+		return nil, idempotencyConflict(r, err)
 	}
 	if poolID != uuid.Nil && lease.PoolID != poolID {
 		// The pool was deleted and another one made under its name since

@@ -122,6 +122,7 @@ func (s *Server) register(rt *route) {
 		if rt.Long {
 			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(longRouteTimeout))
 		}
+		echoIdempotencyKey(w, r, rt)
 		if rt.raw != nil {
 			rt.raw(s, w, r)
 			return
