@@ -53,8 +53,7 @@ const (
 // independent of the store: it knows every lease a client was granted and
 // every release a client made.
 type faultLoad struct {
-	t      testing.TB
-	urls   []string
+	t      *testing.T
 	poolID uuid.UUID
 	http   *http.Client
 	stop   chan struct{}
@@ -63,7 +62,9 @@ type faultLoad struct {
 	// acquisition's answer to the release request.
 	holding map[uuid.UUID]*atomic.Int32
 
-	mu           sync.Mutex
+	mu sync.Mutex
+	// servers are the service processes; clients spread over them.
+	servers      []*mpChild
 	statuses     map[string]int // "acquire 201", "release 503", "acquire transport error"
 	defects      []string       // the first answers that were neither success nor an expected refusal
 	nDefects     int
@@ -77,9 +78,9 @@ type faultLoad struct {
 }
 
 // startFaultLoad starts the clients over the servers at urls.
-func startFaultLoad(t testing.TB, urls []string, poolID uuid.UUID, proxies []*pharox.Proxy) *faultLoad {
+func startFaultLoad(t *testing.T, servers []*mpChild, poolID uuid.UUID, proxies []*pharox.Proxy) *faultLoad {
 	l := &faultLoad{
-		t: t, urls: urls, poolID: poolID,
+		t: t, servers: servers, poolID: poolID,
 		http: &http.Client{
 			Transport: &http.Transport{MaxIdleConnsPerHost: faultClients, IdleConnTimeout: 30 * time.Second},
 			// Longer than any store stall the tests cause (a partition,
@@ -102,6 +103,27 @@ func startFaultLoad(t testing.TB, urls []string, poolID uuid.UUID, proxies []*ph
 	return l
 }
 
+// url is the base URL of the server client g talks to.
+func (l *faultLoad) url(g int) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.servers[g%len(l.servers)].URL
+}
+
+// killServer ends server i with SIGKILL, as a crash would, and starts
+// another process over the same store in its place; its clients move to
+// it.
+func (l *faultLoad) killServer(i int, storeURL string) {
+	l.mu.Lock()
+	old := l.servers[i]
+	l.mu.Unlock()
+	old.kill()
+	next := mpStartChild(l.t, old.name+" (restarted)", storeURL)
+	l.mu.Lock()
+	l.servers[i] = next
+	l.mu.Unlock()
+}
+
 // stopped reports whether the load is stopping.
 func (l *faultLoad) stopped() bool {
 	select {
@@ -115,7 +137,6 @@ func (l *faultLoad) stopped() bool {
 // client acquires and releases until the load stops. An acquisition the
 // store could not serve is repeated with the same Idempotency-Key.
 func (l *faultLoad) client(g int) {
-	base := l.urls[g%len(l.urls)]
 	key := ""
 	for !l.stopped() {
 		if key == "" {
@@ -123,7 +144,7 @@ func (l *faultLoad) client(g int) {
 		}
 		ttl := faultTTL
 		req := api.AcquireRequest{PoolID: l.poolID.String(), ConsumerName: fmt.Sprintf("fault-client-%d", g), TTLSeconds: &ttl}
-		status, hdr, body, err := l.post(base+"/v1/leases/", req, key)
+		status, hdr, body, err := l.post(l.url(g)+"/v1/leases/", req, key)
 		if l.note("acquire", status, hdr, body, err) {
 			continue // the same key again
 		}
@@ -140,7 +161,7 @@ func (l *faultLoad) client(g int) {
 		l.grant(lease)
 		time.Sleep(time.Duration(mrand.IntN(3000)) * time.Microsecond)
 		l.holding[lease.ProxyID].Add(-1)
-		l.release(base, lease.ID)
+		l.release(g, lease.ID)
 	}
 }
 
@@ -164,13 +185,13 @@ func (l *faultLoad) grant(lease api.Lease) {
 }
 
 // release releases id, repeating while the store is unavailable.
-func (l *faultLoad) release(base string, id uuid.UUID) {
+func (l *faultLoad) release(g int, id uuid.UUID) {
 	l.mu.Lock()
 	l.releaseTried[id] = true
 	l.mu.Unlock()
 	deadline := time.Now().Add(2 * faultRecoveryLimit)
 	for time.Now().Before(deadline) {
-		status, hdr, body, err := l.post(base+"/v1/leases/"+id.String()+"/release", nil, "")
+		status, hdr, body, err := l.post(l.url(g)+"/v1/leases/"+id.String()+"/release", nil, "")
 		if l.note("release", status, hdr, body, err) {
 			continue
 		}
@@ -326,6 +347,14 @@ func (l *faultLoad) Stop() {
 	l.wg.Wait()
 	l.http.CloseIdleConnections()
 	l.t.Logf("load: %s", l.summary())
+	l.mu.Lock()
+	servers := l.servers
+	l.mu.Unlock()
+	for _, c := range servers {
+		if err := c.Stop(); err != nil {
+			l.t.Error(err)
+		}
+	}
 	for _, d := range l.defects {
 		l.t.Errorf("client: %s", d)
 	}
@@ -454,11 +483,11 @@ func faultSeed(t testing.TB, storeURL string) (uuid.UUID, []*pharox.Proxy) {
 // returns when the fault has ended), wait for recovery, stop, audit.
 func faultRun(t *testing.T, storeURL string, servers int, fault func(l *faultLoad)) {
 	poolID, proxies := faultSeed(t, storeURL)
-	urls := make([]string, servers)
-	for i := range urls {
-		urls[i] = mpStartChild(t, fmt.Sprintf("server %d", i), storeURL).URL
+	children := make([]*mpChild, servers)
+	for i := range children {
+		children[i] = mpStartChild(t, fmt.Sprintf("server %d", i), storeURL)
 	}
-	l := startFaultLoad(t, urls, poolID, proxies)
+	l := startFaultLoad(t, children, poolID, proxies)
 	stopped := false
 	defer func() {
 		if !stopped {
