@@ -183,6 +183,27 @@ func (p *Postgres) Restart(down time.Duration) {
 	p.Start()
 }
 
+// StartStandby makes a streaming-replication standby of the running
+// cluster p (a base backup with its replication settings), starts it on a
+// free port and stops it when t ends. p must run with enough WAL senders
+// (PostgreSQL's default of 10 is) and trust replication connections from
+// 127.0.0.1 (initdb's default pg_hba.conf does).
+func (p *Postgres) StartStandby(t testing.TB, opts ...PostgresOption) *Postgres {
+	t.Helper()
+	s := newPostgres(t, opts...)
+	s.run("pg_basebackup", "-h", "127.0.0.1", "-p", strconv.Itoa(p.Port), "-U", "postgres",
+		"-D", s.data, "-R", "-X", "stream", "--no-sync")
+	s.Start()
+	return s
+}
+
+// Promote turns a standby into a primary and waits until it accepts
+// writes.
+func (p *Postgres) Promote() {
+	p.t.Helper()
+	p.run("pg_ctl", "-D", p.data, "-w", "-t", "60", "promote")
+}
+
 // URL is the connection URL of database db as the postgres superuser.
 func (p *Postgres) URL(db string) string {
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", p.Port, db)
