@@ -23,6 +23,8 @@ type Redis struct {
 	conf string
 	// Port is the TCP port it listens on, on 127.0.0.1.
 	Port int
+	// args follow the configuration file on the command line.
+	args []string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -35,17 +37,34 @@ type Redis struct {
 // ends.
 func StartRedis(t testing.TB, directives ...string) *Redis {
 	t.Helper()
+	return startRedis(t, nil, append([]string{"save \"\""}, directives...))
+}
+
+// StartSentinel starts a Redis Sentinel on a free port that monitors the
+// primary at 127.0.0.1:primaryPort under name, with a quorum of quorum
+// and a primary considered down after downAfter without an answer.
+func StartSentinel(t testing.TB, name string, primaryPort, quorum int, downAfter time.Duration) *Redis {
+	t.Helper()
+	return startRedis(t, []string{"--sentinel"}, []string{
+		fmt.Sprintf("sentinel monitor %s 127.0.0.1 %d %d", name, primaryPort, quorum),
+		fmt.Sprintf("sentinel down-after-milliseconds %s %d", name, downAfter.Milliseconds()),
+		fmt.Sprintf("sentinel failover-timeout %s %d", name, (10 * time.Second).Milliseconds()),
+		"sentinel resolve-hostnames no",
+	})
+}
+
+func startRedis(t testing.TB, args, directives []string) *Redis {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Skip("redis-server is not on PATH: skipping a test that needs a Redis server of its own")
 	}
-	r := &Redis{t: t, bin: bin, Port: FreePort(t)}
+	r := &Redis{t: t, bin: bin, Port: FreePort(t), args: args}
 	r.dir = t.TempDir()
 	conf := []string{
 		"bind 127.0.0.1",
 		"port " + strconv.Itoa(r.Port),
 		"dir " + r.dir,
-		"save \"\"",
 		"logfile " + filepath.Join(r.dir, "redis.log"),
 		"protected-mode no",
 	}
@@ -65,7 +84,7 @@ func (r *Redis) Start() {
 	r.t.Helper()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	cmd := exec.Command(r.bin, r.conf)
+	cmd := exec.Command(r.bin, append([]string{r.conf}, r.args...)...)
 	cmd.Dir = r.dir
 	if err := cmd.Start(); err != nil {
 		r.t.Fatalf("faulttest: start redis-server: %v", err)
