@@ -95,9 +95,7 @@ func TestHARedisSentinelFailover(t *testing.T) {
 		}
 		sc.Close()
 	}
-	storeURL := backendRedisStoreURL(t, "redis+sentinel://"+strings.Join(sentinels, ",")+"/pharox/0",
-		"{"+backendNamespace("pharox-ha-")+"}:")
-	faultSkipUnlessRetrySafe(t, storeURL)
+	storeURL := faultRedisStoreURL(t, "redis+sentinel://"+strings.Join(sentinels, ",")+"/pharox/0")
 	faultRun(t, storeURL, 2, func(l *faultLoad) {
 		// Replication is asynchronous: the last writes the old primary
 		// acknowledged may not have reached the replica. A lost release

@@ -35,7 +35,7 @@ func TestFaultNetworkToRedis(t *testing.T) {
 	}
 	r, _ := faultRedis(t)
 	proxy := faulttest.StartTCPProxy(t, "127.0.0.1:"+strconv.Itoa(r.Port))
-	storeURL := backendRedisStoreURL(t, "redis://"+proxy.Addr()+"/0", "{"+backendNamespace("pharox-fault-")+"}:")
+	storeURL := faultRedisStoreURL(t, "redis://"+proxy.Addr()+"/0")
 	faultRun(t, storeURL, 2, func(l *faultLoad) {
 		proxy.SetLatency(20 * time.Millisecond)
 		time.Sleep(2 * time.Second)

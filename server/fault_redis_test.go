@@ -15,33 +15,38 @@ import (
 var faultRedisSettings = []string{"appendonly yes", "appendfsync always", "maxmemory-policy noeviction"}
 
 // faultRedis starts a Redis server of the test's own, which the test may
-// kill and restart, and returns it with the URL of a store in it.
+// kill and restart, and returns it with the URL of a store in it (see
+// faultRedisStoreURL).
 func faultRedis(t *testing.T) (*faulttest.Redis, string) {
 	backendRedisURL(t)
 	if testing.Short() {
 		t.Skip("fault tests start their own Redis server: skipped in -short mode")
 	}
 	r := faulttest.StartRedis(t, faultRedisSettings...)
-	storeURL := backendRedisStoreURL(t, r.URL(), "{"+backendNamespace("pharox-fault-")+"}:")
-	faultSkipUnlessRetrySafe(t, storeURL)
-	return r, storeURL
+	return r, faultRedisStoreURL(t, r.URL())
 }
 
-// faultSkipUnlessRetrySafe skips t unless the Redis store runs its scripts
-// safely under go-redis's own retries, which repeat a script whose reply a
-// cut connection lost. A store without that drifts its in-use counters
-// when connections are cut (the audit catches it). The store got that
-// together with AcquireOptions.LeaseID, which is what is probed.
-func faultSkipUnlessRetrySafe(t *testing.T, storeURL string) {
+// faultRedisStoreURL returns the URL of a store under a fresh prefix on
+// the Redis at base. go-redis repeats a command whose reply a cut
+// connection lost; a store whose scripts are not safe to run twice drifts
+// its in-use counters then (the audit catches it), so for such a store
+// the URL turns those retries off (max_retries=-1) and the service
+// answers 503 instead, which the load repeats with its Idempotency-Key.
+// Stores got retry-safe scripts together with AcquireOptions.LeaseID,
+// which is what is probed.
+func faultRedisStoreURL(t *testing.T, base string) string {
 	t.Helper()
+	storeURL := backendRedisStoreURL(t, base, "{"+backendNamespace("pharox-fault-")+"}:")
 	s, err := open.Open(backendOpenContext(t), storeURL)
 	if err != nil {
 		t.Fatalf("open %s: %v", open.Redact(storeURL), err)
 	}
 	defer s.Close()
 	if !storeHonoursLeaseID(t, s) {
-		t.Skip("this Redis store is not yet safe under go-redis retries (nor implements AcquireOptions.LeaseID): its fault tests would find its counters drift")
+		t.Log("this Redis store's scripts are not safe to run twice: go-redis retries off (max_retries=-1)")
+		return backendWithParams(t, storeURL, "max_retries", "-1")
 	}
+	return storeURL
 }
 
 // TestFaultRedisRestart kills Redis (SIGKILL, as a crash would) under the
