@@ -31,4 +31,9 @@ var (
 	// ErrUnsupported means the storage driver cannot do what was asked, for
 	// example evaluate a Go predicate filter inside a database.
 	ErrUnsupported = errors.New("pharox: unsupported by this storage")
+	// ErrUnavailable means the store could not serve the request now: it
+	// is unreachable, restarting, failing over, read-only or too busy. A
+	// retry later may succeed. The service answers it with 503 and
+	// Retry-After, and the Go client returns it for such answers.
+	ErrUnavailable = errors.New("pharox: storage unavailable")
 )

@@ -14,10 +14,16 @@
 // status code and the server's detail (errors.As).
 //
 // Transient failures (connection errors, 429, 502, 503, 504) are retried
-// with jittered exponential backoff, but only when a retry cannot do
-// something twice: requests that change state and are not idempotent, such
-// as acquiring a lease, are retried only when they certainly never reached
-// the server (the connection could not be made, or the server answered 429).
+// with jittered exponential backoff, honouring the server's Retry-After,
+// within the request's context, but only when a retry cannot do something
+// twice. Reads, releases and renewals are retried on any of them.
+// Acquisitions carry an Idempotency-Key, the same on every attempt, and are
+// retried after a 503 or a lost answer once the server has shown that it
+// honours keys (it repeats the key on its answers), so a retry gets the
+// same lease rather than a second one. Other requests that change state
+// are retried only when they certainly never reached the server (the
+// connection could not be made, or the server answered 429). A 503 that
+// outlasts the retries is an error wrapping [pharox.ErrUnavailable].
 package client
 
 import (
@@ -57,6 +63,9 @@ const (
 // APIKeyHeader carries the API key.
 const APIKeyHeader = "X-API-Key"
 
+// IdempotencyKeyHeader carries an acquisition's idempotency key.
+const IdempotencyKeyHeader = "Idempotency-Key"
+
 // Client talks to one pharox service. It is safe for concurrent use.
 type Client struct {
 	base       *url.URL
@@ -65,6 +74,9 @@ type Client struct {
 	maxRetries int
 	backoff    time.Duration
 	userAgent  string
+	// keysHonoured is set once the server has repeated an
+	// Idempotency-Key on an answer.
+	keysHonoured atomic.Bool
 }
 
 // Option configures a Client.
@@ -200,6 +212,9 @@ type call struct {
 	// notFound is the sentinel a 404 maps to when the detail does not say
 	// which resource was missing.
 	notFound error
+	// idempotencyKey, when set, is sent as Idempotency-Key on every
+	// attempt; a server that honours it makes the request safe to repeat.
+	idempotencyKey string
 }
 
 // attemptInfo tells the caller whether an earlier attempt may have acted.
@@ -224,9 +239,12 @@ func (cl *Client) do(ctx context.Context, c call) (attemptInfo, error) {
 	}
 	target := u.String()
 	for attempt := 0; ; attempt++ {
-		resp, sent, err := cl.send(ctx, c.method, target, payload)
+		resp, sent, err := cl.send(ctx, c.method, target, payload, c.idempotencyKey)
 		var retryAfter time.Duration
 		if err == nil {
+			if c.idempotencyKey != "" && resp.Header.Get(IdempotencyKeyHeader) == c.idempotencyKey {
+				cl.keysHonoured.Store(true)
+			}
 			if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 				err = decode(resp, c.out)
 				if err != nil {
@@ -237,7 +255,11 @@ func (cl *Client) do(ctx context.Context, c call) (attemptInfo, error) {
 			err = readAPIError(resp, c.method, c.path, c.notFound)
 			retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"))
 		}
-		if !cl.retryable(c.mode, err, sent) || attempt >= cl.maxRetries || ctx.Err() != nil {
+		mode := c.mode
+		if c.idempotencyKey != "" && cl.keysHonoured.Load() {
+			mode = retrySafe
+		}
+		if !cl.retryable(mode, err, sent) || attempt >= cl.maxRetries || ctx.Err() != nil {
 			if ctxErr := ctx.Err(); ctxErr != nil && !errors.Is(err, ctxErr) {
 				err = fmt.Errorf("%w (%w)", err, ctxErr)
 			}
@@ -268,7 +290,7 @@ func (cl *Client) do(ctx context.Context, c call) (attemptInfo, error) {
 
 // send runs one attempt. sent reports whether the request may have reached
 // the server: false only when no byte of it was written.
-func (cl *Client) send(ctx context.Context, method, target string, payload []byte) (*http.Response, bool, error) {
+func (cl *Client) send(ctx context.Context, method, target string, payload []byte, idempotencyKey string) (*http.Response, bool, error) {
 	var body io.Reader
 	if payload != nil {
 		body = bytes.NewReader(payload)
@@ -293,6 +315,9 @@ func (cl *Client) send(ctx context.Context, method, target string, payload []byt
 	}
 	if cl.userAgent != "" {
 		req.Header.Set("User-Agent", cl.userAgent)
+	}
+	if idempotencyKey != "" {
+		req.Header.Set(IdempotencyKeyHeader, idempotencyKey)
 	}
 	resp, err := cl.http.Do(req)
 	if err != nil {

@@ -114,6 +114,10 @@ func sentinelFor(status int, detail string, notFound error) error {
 		return pharox.ErrInvalidArgument
 	case http.StatusNotImplemented:
 		return pharox.ErrUnsupported
+	case http.StatusServiceUnavailable:
+		// The service's store is down for now; a gateway or proxy in
+		// front answering 503 means the same to the caller.
+		return pharox.ErrUnavailable
 	case http.StatusUnauthorized:
 		return ErrUnauthorized
 	case http.StatusForbidden:

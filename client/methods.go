@@ -232,16 +232,29 @@ func NewAcquireRequest(pool string, opts *pharox.AcquireOptions) (api.AcquireReq
 // pharox.ErrNoProxyAvailable; with req.WaitSeconds the server first waits
 // that long for a slot (keep ctx's deadline longer than the wait).
 //
-// Acquiring is not idempotent (a retry after the server acted would take a
-// second slot), so it is retried only when the request certainly did not
-// reach the server.
+// Each call sends a new random Idempotency-Key, the same on each of its
+// attempts, so that it may be retried after a 503 or a lost answer without
+// taking a second slot, once the server has shown it honours keys (see the
+// package documentation); until then it is retried only when the request
+// certainly did not reach the server.
 func (c *Client) Acquire(ctx context.Context, req api.AcquireRequest) (*pharox.Lease, error) {
+	return c.AcquireWithKey(ctx, uuid.NewString(), req)
+}
+
+// AcquireWithKey is Acquire with the caller's idempotency key: acquiring
+// again with the same key (and consumer) returns the same lease, as it is
+// now, for as long as the server keeps the lease record, even from another
+// process. Keys are 1 to 255 printable ASCII characters.
+func (c *Client) AcquireWithKey(ctx context.Context, key string, req api.AcquireRequest) (*pharox.Lease, error) {
 	if req.Filters.HasPredicate() {
 		return nil, fmt.Errorf("client: %w: a filter predicate runs only in-process", pharox.ErrUnsupported)
 	}
+	if key == "" {
+		return nil, fmt.Errorf("client: %w: the idempotency key is empty", pharox.ErrInvalidArgument)
+	}
 	var out api.Lease
 	if _, err := c.do(ctx, call{method: http.MethodPost, path: "/v1/leases/", body: req, out: &out,
-		mode: retryUnsent, notFound: pharox.ErrPoolNotFound}); err != nil {
+		mode: retryUnsent, notFound: pharox.ErrPoolNotFound, idempotencyKey: key}); err != nil {
 		return nil, err
 	}
 	return out.Model(), nil

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/outage"
 )
 
 // ReasonHeader carries the gateway's reason on the answers it makes itself
@@ -511,6 +512,9 @@ func (g *Gateway) writeError(w http.ResponseWriter, err error) {
 	if ge.status == http.StatusProxyAuthRequired {
 		h.Set("Proxy-Authenticate", `Basic realm="pharox"`)
 	}
+	if ge.status == http.StatusServiceUnavailable {
+		h.Set("Retry-After", "1")
+	}
 	w.WriteHeader(ge.status)
 	io.WriteString(w, "pharox gateway: "+ge.reason+"\n")
 }
@@ -579,6 +583,10 @@ func acquireError(pool string, err error) *gwError {
 		return &gwError{http.StatusBadRequest, "bad routing parameters: " + err.Error()}
 	case errors.Is(err, context.Canceled):
 		return &gwError{statusClientGone, "client went away"}
+	case outage.Is(err):
+		// The store (or the service in front of it) is down for now:
+		// retryable, unlike a failure of the gateway's own.
+		return &gwError{http.StatusServiceUnavailable, "lease source unavailable: " + outage.Reason(err) + "; retry later"}
 	}
 	return &gwError{http.StatusBadGateway, "lease source failed: " + err.Error()}
 }

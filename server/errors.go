@@ -10,10 +10,16 @@ import (
 	"unicode/utf8"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/outage"
 )
 
 // noProxyDetail is the exact detail the Python clients match on a miss.
 const noProxyDetail = "No proxy available"
+
+// RetryAfterSeconds is the Retry-After of every 503: how long a client
+// should wait before repeating a request the store could not serve. Most
+// outages (a restart, a failover, a dropped connection) last seconds.
+const RetryAfterSeconds = 1
 
 // httpError is an error the handler has already classified: bad input it
 // detected itself, before reaching the Manager or the store.
@@ -151,6 +157,9 @@ func errorStatus(err error) (status int, detail string, internal bool) {
 		return 499, "Request cancelled", false
 	case errors.Is(err, context.DeadlineExceeded):
 		return http.StatusServiceUnavailable, "Storage did not answer in time", true
+	}
+	if reason := outage.Reason(err); reason != "" {
+		return http.StatusServiceUnavailable, "Storage unavailable: " + reason + "; retry later", true
 	}
 	return http.StatusInternalServerError, "Internal server error", true
 }

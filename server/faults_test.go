@@ -35,8 +35,8 @@ func TestInternalErrorsAreGeneric(t *testing.T) {
 	if !strings.Contains(e.Logs.String(), "db-7 lost") {
 		t.Fatalf("the cause is not logged:\n%s", e.Logs.String())
 	}
-	if r := e.Do("GET", "/readyz", "", nil).Expect(t, 503); r.Detail() != "Storage unavailable" {
-		t.Fatalf("readyz detail %q", r.Detail())
+	if r := e.Do("GET", "/readyz", "", nil).Expect(t, 503); r.Detail() != "Storage unavailable" || r.Header.Get("Retry-After") == "" {
+		t.Fatalf("readyz detail %q, Retry-After %q", r.Detail(), r.Header.Get("Retry-After"))
 	}
 	// A panicking handler answers 500 and the server goes on serving.
 	pool := e.CreatePool("main")

@@ -29,6 +29,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	if err := s.store.Ping(ctx); err != nil {
 		s.log.Warn("pharox server: storage ping failed", "err", err)
+		w.Header().Set("Retry-After", strconv.Itoa(RetryAfterSeconds))
 		writeJSON(w, http.StatusServiceUnavailable, api.Error{Detail: "Storage unavailable"})
 		return
 	}
@@ -537,6 +538,9 @@ func (s *Server) acquire(r *http.Request) (any, error) {
 		}
 		opts.Consumer = name
 	}
+	if opts.LeaseID, err = idempotentLeaseID(r, opts.Consumer); err != nil {
+		return nil, err
+	}
 
 	var lease *pharox.Lease
 	if req.WaitSeconds > 0 {
@@ -553,7 +557,7 @@ func (s *Server) acquire(r *http.Request) (any, error) {
 		if errors.Is(err, pharox.ErrPoolNotFound) {
 			s.forgetPool(poolID, pool)
 		}
-		return nil, err
+		return nil, idempotencyConflict(r, err)
 	}
 	if poolID != uuid.Nil && lease.PoolID != poolID {
 		// The pool was deleted and another one made under its name since

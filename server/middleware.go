@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -121,6 +122,7 @@ func (s *Server) register(rt *route) {
 		if rt.Long {
 			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(longRouteTimeout))
 		}
+		echoIdempotencyKey(w, r, rt)
 		if rt.raw != nil {
 			rt.raw(s, w, r)
 			return
@@ -207,7 +209,13 @@ var jsonContentType = []string{"application/json"}
 // detail.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	status, detail, internal := errorStatus(err)
-	if internal {
+	switch {
+	case status == http.StatusServiceUnavailable:
+		// An outage fails every request at once: a warning each, and
+		// the client is told when to try again.
+		s.log.Warn("pharox server: storage unavailable", "method", r.Method, "route", routeOf(r), "err", err)
+		w.Header().Set("Retry-After", strconv.Itoa(RetryAfterSeconds))
+	case internal:
 		s.log.Error("pharox server: request failed", "method", r.Method, "route", routeOf(r), "err", err)
 	}
 	writeJSON(w, status, api.Error{Detail: detail})

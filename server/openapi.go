@@ -115,7 +115,8 @@ func buildOpenAPI(routes []route, metricsKey bool) obj {
 			errs = append(errs, 422)
 		}
 		if rt.api != nil {
-			errs = append(errs, 500)
+			// 503 (with Retry-After): the store is unavailable for now.
+			errs = append(errs, 500, 503)
 		}
 		for _, code := range errs {
 			responses[strconv.Itoa(code)] = obj{

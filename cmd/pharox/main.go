@@ -32,7 +32,7 @@ func main() {
 		if !strings.HasPrefix(msg, "pharox: ") {
 			msg = "pharox: " + msg
 		}
-		fmt.Fprintln(os.Stderr, msg)
+		fmt.Fprintln(os.Stderr, msg+unavailableHint(err))
 		stop()
 		os.Exit(exitCode(err))
 	}
@@ -44,14 +44,6 @@ func main() {
 type usageError struct{ error }
 
 func (e usageError) Unwrap() error { return e.error }
-
-// exitCode is the process status for an error a command returned.
-func exitCode(err error) int {
-	if errors.As(err, &usageError{}) {
-		return 2
-	}
-	return 1
-}
 
 // prepareCommands makes every command report usage errors as usageError:
 // flag and argument errors, and an unknown subcommand of a command group,

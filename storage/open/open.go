@@ -5,6 +5,20 @@
 //	sqlite://pharox.db, sqlite:///abs/path.db  embedded, persistent
 //	postgres://user@host:5432/db?schema=name   shared by many processes and hosts
 //	redis://host:6379/0?prefix=name:           shared, for very high lease volume
+//	redis+sentinel://s1,s2,s3/mymaster/0       Redis found through Sentinel
+//
+// High availability comes from the engines' own tools. A PostgreSQL URL
+// may name several hosts, postgres://user@a:5432,b:5432/db?
+// target_session_attrs=read-write (pgx's multi-host syntax): each new
+// connection goes to the host that accepts writes, so after a failover
+// the service reconnects to the promoted primary by itself. A
+// redis+sentinel:// (or rediss+sentinel://) URL names the Sentinels
+// (port 26379 unless given) and, as its first path segment, the monitored
+// primary's name, then optionally the database number; the user and
+// password in it are the Sentinels', the password query parameter the
+// primary's. go-redis's failover client then asks the Sentinels for the
+// current primary and follows a failover. Other query parameters go to
+// go-redis as in its ParseFailoverURL.
 //
 // PostgreSQL schemas are migrated on open (safe from many processes at
 // once); SQLite files are created and migrated on open. The schema and
@@ -18,6 +32,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -41,7 +56,7 @@ const DefaultURL = "sqlite://pharox.db"
 func Open(ctx context.Context, rawURL string) (pharox.Storage, error) {
 	scheme, rest, ok := strings.Cut(rawURL, "://")
 	if !ok {
-		return nil, fmt.Errorf("%w: storage URL %q has no scheme (want memory://, sqlite://, postgres:// or redis://)", pharox.ErrInvalidArgument, Redact(rawURL))
+		return nil, fmt.Errorf("%w: storage URL %q has no scheme (want memory://, sqlite://, postgres://, redis:// or redis+sentinel://)", pharox.ErrInvalidArgument, Redact(rawURL))
 	}
 	switch strings.ToLower(scheme) {
 	case "memory", "mem":
@@ -56,8 +71,14 @@ func Open(ctx context.Context, rawURL string) (pharox.Storage, error) {
 		return openPostgres(ctx, rawURL)
 	case "redis", "rediss":
 		return openRedis(ctx, rawURL)
+	case "redis+sentinel", "rediss+sentinel":
+		failoverURL, err := sentinelToFailoverURL(rawURL)
+		if err != nil {
+			return nil, fmt.Errorf("%w: redis sentinel URL %s: %v", pharox.ErrInvalidArgument, Redact(rawURL), err)
+		}
+		return openRedisFailover(ctx, failoverURL, rawURL)
 	}
-	return nil, fmt.Errorf("%w: unsupported storage scheme %q (want memory://, sqlite://, postgres:// or redis://)", pharox.ErrInvalidArgument, scheme)
+	return nil, fmt.Errorf("%w: unsupported storage scheme %q (want memory://, sqlite://, postgres://, redis:// or redis+sentinel://)", pharox.ErrInvalidArgument, scheme)
 }
 
 // takeParam removes a pharox-specific query parameter from raw.
@@ -144,6 +165,17 @@ func (o ownedRedis) Close() error {
 }
 
 func openRedis(ctx context.Context, raw string) (pharox.Storage, error) {
+	return openRedisFailover(ctx, raw, "")
+}
+
+// openRedisFailover opens a Redis store. sentinelURL, when not empty, is
+// the redis+sentinel:// URL the user gave, and raw the go-redis failover
+// URL made from it (see sentinelToFailoverURL).
+func openRedisFailover(ctx context.Context, raw, sentinelURL string) (pharox.Storage, error) {
+	shown := raw
+	if sentinelURL != "" {
+		shown = sentinelURL
+	}
 	dsn, prefix, err := takeParam(raw, "prefix")
 	if err != nil {
 		return nil, err
@@ -152,11 +184,20 @@ func openRedis(ctx context.Context, raw string) (pharox.Storage, error) {
 	if err != nil {
 		return nil, err
 	}
-	opt, err := goredis.ParseURL(dsn)
-	if err != nil {
-		return nil, fmt.Errorf("%w: redis URL %s: %v", pharox.ErrInvalidArgument, Redact(raw), err)
+	var client *goredis.Client
+	if sentinelURL != "" {
+		opt, err := goredis.ParseFailoverURL(dsn)
+		if err != nil {
+			return nil, fmt.Errorf("%w: redis sentinel URL %s: %v", pharox.ErrInvalidArgument, Redact(shown), err)
+		}
+		client = goredis.NewFailoverClient(opt)
+	} else {
+		opt, err := goredis.ParseURL(dsn)
+		if err != nil {
+			return nil, fmt.Errorf("%w: redis URL %s: %v", pharox.ErrInvalidArgument, Redact(raw), err)
+		}
+		client = goredis.NewClient(opt)
 	}
-	client := goredis.NewClient(opt)
 	var opts []redis.Option
 	if prefix != "" {
 		opts = append(opts, redis.WithPrefix(prefix))
@@ -174,6 +215,62 @@ func openRedis(ctx context.Context, raw string) (pharox.Storage, error) {
 		return nil, err
 	}
 	return ownedRedis{store, client}, nil
+}
+
+// defaultSentinelPort is the port of a Sentinel named without one.
+const defaultSentinelPort = "26379"
+
+// sentinelToFailoverURL rewrites redis+sentinel://[user:pass@]s1[:port],
+// s2.../primary[/db]?params into the URL go-redis's ParseFailoverURL
+// reads: the first Sentinel as the host, the others as addr parameters,
+// the primary's name as master_name. The Sentinel list is split by hand:
+// net/url does not parse a comma-separated host list whose first host has
+// no port.
+func sentinelToFailoverURL(raw string) (string, error) {
+	scheme, rest, _ := strings.Cut(raw, "://")
+	authority, tail := rest, ""
+	if i := strings.IndexAny(rest, "/?"); i >= 0 {
+		authority, tail = rest[:i], rest[i:]
+	}
+	var user *url.Userinfo
+	if at := strings.LastIndex(authority, "@"); at >= 0 {
+		u, err := url.Parse("x://" + authority[:at+1] + "h")
+		if err != nil {
+			return "", errors.New("malformed user information")
+		}
+		user, authority = u.User, authority[at+1:]
+	}
+	u, err := url.Parse("x://h" + tail)
+	if err != nil {
+		return "", errors.Unwrap(err)
+	}
+	var hosts []string
+	for h := range strings.SplitSeq(authority, ",") {
+		if h == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(h); err != nil {
+			h = net.JoinHostPort(h, defaultSentinelPort)
+		}
+		hosts = append(hosts, h)
+	}
+	if len(hosts) == 0 {
+		return "", errors.New("no Sentinel host given")
+	}
+	segs := strings.FieldsFunc(u.Path, func(r rune) bool { return r == '/' })
+	if len(segs) == 0 || len(segs) > 2 {
+		return "", errors.New("the path must be /primary-name or /primary-name/db")
+	}
+	q := u.Query()
+	q.Set("master_name", segs[0])
+	for _, h := range hosts[1:] {
+		q.Add("addr", h)
+	}
+	g := url.URL{Scheme: strings.TrimSuffix(strings.ToLower(scheme), "+sentinel"), User: user, Host: hosts[0], RawQuery: q.Encode()}
+	if len(segs) == 2 {
+		g.Path = "/" + segs[1]
+	}
+	return g.String(), nil
 }
 
 // passwordParam matches a password given as a query parameter or in a

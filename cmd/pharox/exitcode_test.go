@@ -1,0 +1,47 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+)
+
+// TestExitCodeWhenStorageUnreachable checks that a command whose store
+// cannot be reached exits with 75 (retry later) and says so, and that
+// other failures keep exit code 1.
+func TestExitCodeWhenStorageUnreachable(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close() // nothing listens there now
+
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"postgres", []string{"pool", "list", "--storage", fmt.Sprintf("postgres://postgres@127.0.0.1:%d/db?sslmode=disable&connect_timeout=5", port)}},
+		{"redis", []string{"pool", "list", "--storage", fmt.Sprintf("redis://127.0.0.1:%d/0", port)}},
+		{"server", []string{"pool", "list", "--server", fmt.Sprintf("http://127.0.0.1:%d", port), "--api-key", "k"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := runArgs("", tc.args...)
+			if err == nil {
+				t.Fatal("the command succeeded with nothing listening")
+			}
+			if got := exitCode(err); got != exitUnavailable {
+				t.Errorf("exit code %d for %v, want %d", got, err, exitUnavailable)
+			}
+			if hint := unavailableHint(err); !strings.Contains(hint, "temporarily unavailable") {
+				t.Errorf("hint %q for %v", hint, err)
+			}
+		})
+	}
+
+	_, _, err = runArgs("", "pool", "list", "--storage", "nosuch://x")
+	if err == nil || exitCode(err) != exitFailure || unavailableHint(err) != "" {
+		t.Errorf("a bad storage URL: err %v, exit code %d, hint %q", err, exitCode(err), unavailableHint(err))
+	}
+}
