@@ -109,7 +109,13 @@ func lowerFirst(s string) string {
 	return string(unicode.ToLower(r)) + s[n:]
 }
 
+// upperFirst starts a sentence with a capital, unless it starts with a
+// wire field name (consumer_id, wait_seconds): that is spelled as the
+// client spells it.
 func upperFirst(s string) string {
+	if word, _, _ := strings.Cut(s, " "); strings.Contains(word, "_") {
+		return s
+	}
 	r, n := utf8.DecodeRuneInString(s)
 	if r == utf8.RuneError {
 		return s
