@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -102,15 +103,25 @@ func WithReleaseCallback(fn func(context.Context, ReleaseEvent)) ManagerOption {
 }
 
 // WithLogger sets the logger for errors the Manager cannot return (for
-// example a failed release after a panic). The default is slog.Default().
+// example a failed release after a panic). The default, and what a nil
+// logger means, is slog.Default().
 func WithLogger(l *slog.Logger) ManagerOption {
-	return func(m *Manager) { m.logger = l }
+	return func(m *Manager) {
+		if l != nil {
+			m.logger = l
+		}
+	}
 }
 
 // WithOutcomePolicy sets how ReportOutcome turns consumers' outcomes into
-// health results. The default is DefaultOutcomePolicy().
+// health results. The default is DefaultOutcomePolicy(). A policy that
+// fails [OutcomePolicy.Validate] makes the Manager invalid (see
+// NewManager).
 func WithOutcomePolicy(p OutcomePolicy) ManagerOption {
-	return func(m *Manager) { m.outcomes = p }
+	return func(m *Manager) {
+		p.BanStatusCodes = slices.Clone(p.BanStatusCodes)
+		m.outcomes = p
+	}
 }
 
 // Manager holds the business rules of leasing: validation, defaults,
@@ -123,20 +134,48 @@ type Manager struct {
 	logger    *slog.Logger
 	outcomes  OutcomePolicy
 	guard     banGuard
+	// invalid is the configuration error NewManager found, if any: every
+	// method then returns it instead of working with that configuration.
+	invalid error
 
 	// consumers caches consumer ids by name: consumers are never deleted,
 	// so an id once seen stays valid.
 	consumers sync.Map
 }
 
-// NewManager returns a Manager over store.
+// NewManager returns a Manager over store, configured by opts.
+//
+// It validates its configuration the way a constructor returning an error
+// would, without making every caller handle one: when store is nil or an
+// option is out of range, Err returns an error wrapping ErrInvalidArgument
+// that names the setting, and every method returns that error instead of
+// doing any work. Check Err once after construction when the options come
+// from user input; nil options are ignored.
 func NewManager(store Storage, opts ...ManagerOption) *Manager {
 	m := &Manager{store: store, logger: slog.Default(), outcomes: DefaultOutcomePolicy()}
 	for _, o := range opts {
-		o(m)
+		if o != nil {
+			o(m)
+		}
 	}
+	m.invalid = m.validate()
 	return m
 }
+
+// validate checks the configuration once the options are applied.
+func (m *Manager) validate() error {
+	if m.store == nil {
+		return fmt.Errorf("%w: manager: store is nil", ErrInvalidArgument)
+	}
+	if err := m.outcomes.Validate(); err != nil {
+		return fmt.Errorf("manager: %w", err)
+	}
+	return nil
+}
+
+// Err returns the configuration error NewManager found, or nil when the
+// Manager is usable. A Manager with an error refuses every call with it.
+func (m *Manager) Err() error { return m.invalid }
 
 // Storage returns the store the Manager uses.
 func (m *Manager) Storage() Storage { return m.store }
@@ -156,6 +195,9 @@ func (m *Manager) ensureConsumer(ctx context.Context, name string) (uuid.UUID, e
 
 // EnsureConsumer returns the named consumer, creating it if needed.
 func (m *Manager) EnsureConsumer(ctx context.Context, name string) (*Consumer, error) {
+	if m.invalid != nil {
+		return nil, m.invalid
+	}
 	if err := ValidateName("consumer name", name); err != nil {
 		return nil, err
 	}
@@ -176,6 +218,9 @@ func (m *Manager) buildRequest(ctx context.Context, pool string, opts *AcquireOp
 		SessionKey:   o.SessionKey,
 		SessionTTL:   o.SessionTTL,
 		LeaseID:      o.LeaseID,
+	}
+	if m.invalid != nil {
+		return req, m.invalid
 	}
 	if err := ValidateName("pool name", pool); err != nil {
 		return req, err
@@ -314,6 +359,9 @@ func (m *Manager) stats(ctx context.Context, pool string) *PoolStats {
 // Release ends the lease and frees its slot. Releasing a lease that already
 // ended gives an error wrapping ErrLeaseNotActive.
 func (m *Manager) Release(ctx context.Context, leaseID uuid.UUID) (*Lease, error) {
+	if m.invalid != nil {
+		return nil, m.invalid
+	}
 	lease, err := m.store.ReleaseLease(ctx, leaseID)
 	if err != nil {
 		return nil, fmt.Errorf("release lease %s: %w", leaseID, err)
@@ -334,6 +382,9 @@ func (m *Manager) Release(ctx context.Context, leaseID uuid.UUID) (*Lease, error
 
 // Renew extends an active lease to expire d from now.
 func (m *Manager) Renew(ctx context.Context, leaseID uuid.UUID, d time.Duration) (*Lease, error) {
+	if m.invalid != nil {
+		return nil, m.invalid
+	}
 	if d <= 0 || d > MaxLeaseDuration {
 		return nil, fmt.Errorf("%w: renew duration must be in (0, %v], got %v", ErrInvalidArgument, MaxLeaseDuration, d)
 	}
@@ -370,10 +421,16 @@ func (m *Manager) WithLease(ctx context.Context, pool string, opts *AcquireOptio
 // CleanupExpiredLeases ends every lease past its expiry and returns how
 // many it ended.
 func (m *Manager) CleanupExpiredLeases(ctx context.Context) (int, error) {
+	if m.invalid != nil {
+		return 0, m.invalid
+	}
 	return m.store.CleanupExpiredLeases(ctx)
 }
 
 // PoolStats returns the named pool's occupancy.
 func (m *Manager) PoolStats(ctx context.Context, pool string) (*PoolStats, error) {
+	if m.invalid != nil {
+		return nil, m.invalid
+	}
 	return m.store.GetPoolStats(ctx, pool)
 }

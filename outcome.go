@@ -33,12 +33,14 @@ type Outcome struct {
 
 // OutcomePolicy turns outcomes into health results.
 type OutcomePolicy struct {
-	// FailureThreshold is the failures in a row that make a proxy inactive.
+	// FailureThreshold is the failures in a row that make a proxy
+	// inactive; at least 1.
 	FailureThreshold int
-	// BanThreshold is the ban outcomes in a row that make a proxy banned.
+	// BanThreshold is the ban outcomes in a row that make a proxy banned;
+	// at least 1.
 	BanThreshold int
 	// SlowLatency marks a successful proxy slow when a request took longer;
-	// zero disables it.
+	// zero disables it, negative is invalid.
 	SlowLatency time.Duration
 	// BanStatusCodes are target answers that count as a ban. 403 is not in
 	// the default: many sites answer it for reasons unrelated to the proxy.
@@ -46,7 +48,8 @@ type OutcomePolicy struct {
 	// MaxBannedShare caps the share of a pool's proxies that may be banned
 	// when a passive report would ban one more; past it, ban reports only
 	// count as failures until a health probe confirms them. It guards a
-	// pool against one bad ban rule. 0 (or 1) disables the guard.
+	// pool against one bad ban rule. 0 (or 1) disables the guard; values
+	// outside [0, 1] are invalid.
 	MaxBannedShare float64
 }
 
@@ -61,11 +64,40 @@ func DefaultOutcomePolicy() OutcomePolicy {
 	}
 }
 
+// Validate reports, as an error wrapping ErrInvalidArgument, the first
+// setting out of range: thresholds below 1, a negative SlowLatency, a ban
+// status code outside 100-999, or a MaxBannedShare outside [0, 1]. Start
+// from DefaultOutcomePolicy() to change one setting and keep the others.
+func (p OutcomePolicy) Validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: outcome policy: "+format, append([]any{ErrInvalidArgument}, args...)...)
+	}
+	switch {
+	case p.FailureThreshold < 1:
+		return bad("FailureThreshold must be at least 1, got %d", p.FailureThreshold)
+	case p.BanThreshold < 1:
+		return bad("BanThreshold must be at least 1, got %d", p.BanThreshold)
+	case p.SlowLatency < 0:
+		return bad("SlowLatency must not be negative, got %v", p.SlowLatency)
+	case math.IsNaN(p.MaxBannedShare) || p.MaxBannedShare < 0 || p.MaxBannedShare > 1:
+		return bad("MaxBannedShare must be between 0 and 1, got %v", p.MaxBannedShare)
+	}
+	for _, c := range p.BanStatusCodes {
+		if c < 100 || c > 999 {
+			return bad("BanStatusCodes: status code %d out of range 100-999", c)
+		}
+	}
+	return nil
+}
+
 // ReportOutcome feeds a consumer's real traffic through a leased proxy back
 // into the proxy's health, atomically through
 // [LeaseStore.ApplyHealthCheckResult]. It returns the updated proxy, or
 // ErrProxyNotFound if the proxy was deleted.
 func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*Proxy, error) {
+	if m.invalid != nil {
+		return nil, m.invalid
+	}
 	if lease == nil {
 		return nil, fmt.Errorf("%w: report outcome: lease is nil", ErrInvalidArgument)
 	}
