@@ -23,7 +23,8 @@ var ErrTargetUnreachable = errors.New("health: probe target unreachable")
 // OrchestratorOptions configures an Orchestrator. The zero value works.
 type OrchestratorOptions struct {
 	// Concurrency is how many probes run at once; zero means
-	// DefaultConcurrency.
+	// DefaultConcurrency, negative is invalid (as for every count, rate and
+	// threshold below).
 	Concurrency int
 	// RateLimit caps probes started per second across the orchestrator;
 	// zero (or NaN) means no limit.
@@ -48,8 +49,8 @@ type OrchestratorOptions struct {
 	// those bans is applied: each counts as a failure that leaves the
 	// status alone, and the reason says so, because a ban rule that is
 	// wrong, or a target that blocks everyone, is likelier than a whole
-	// pool banned at once. Zero (or NaN) means DefaultMaxBannedShare;
-	// negative or 1 and above disables the guard.
+	// pool banned at once. Zero (or NaN) means DefaultMaxBannedShare; 1
+	// disables the guard; outside [0, 1] is invalid.
 	MaxBannedShare float64
 	// SkipTargetCheck disables the direct request to the target before a
 	// sweep. Set it where the target is reachable only through proxies.
@@ -100,13 +101,48 @@ type Orchestrator struct {
 	opts    OrchestratorOptions
 	limiter *rate.Limiter
 	log     *slog.Logger
+	// invalid is the configuration error NewOrchestrator found, if any.
+	invalid error
 }
 
+// validateOrchestratorOptions returns the first setting out of range, as
+// the caller named it, before defaults replace the zero values.
+func validateOrchestratorOptions(store pharox.Storage, checker *Checker, opts OrchestratorOptions) error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: health: orchestrator: "+format, append([]any{pharox.ErrInvalidArgument}, args...)...)
+	}
+	switch {
+	case store == nil || checker == nil:
+		return bad("needs a store and a checker")
+	case opts.Concurrency < 0:
+		return bad("Concurrency must not be negative, got %d", opts.Concurrency)
+	case opts.RateLimit < 0:
+		return bad("RateLimit must not be negative, got %v", opts.RateLimit)
+	case opts.FailureThreshold < 0:
+		return bad("FailureThreshold must not be negative, got %d", opts.FailureThreshold)
+	case opts.BanThreshold < 0:
+		return bad("BanThreshold must not be negative, got %d", opts.BanThreshold)
+	case opts.MaxBanCooldown < 0:
+		return bad("MaxBanCooldown must not be negative, got %v", opts.MaxBanCooldown)
+	case opts.MaxBannedShare < 0 || opts.MaxBannedShare > 1:
+		return bad("MaxBannedShare must be between 0 and 1, got %v", opts.MaxBannedShare)
+	case opts.ReportLimit < 0:
+		return bad("ReportLimit must not be negative, got %d", opts.ReportLimit)
+	}
+	return nil
+}
+
+// Err returns the configuration error NewOrchestrator found, or nil.
+func (o *Orchestrator) Err() error { return o.invalid }
+
 // NewOrchestrator returns an Orchestrator that probes with checker and
-// applies results to store. Invalid (negative) options fall back to their
-// defaults. A nil store or checker makes every sweep fail with
-// ErrInvalidArgument.
+// applies results to store. Zero options take their defaults. A nil store
+// or checker, or an option out of range (a negative count, threshold,
+// rate or cap, a MaxBannedShare outside [0, 1]), makes Err return an error
+// wrapping ErrInvalidArgument that names the option, and every sweep and
+// Run fail with it.
 func NewOrchestrator(store pharox.Storage, checker *Checker, opts OrchestratorOptions) *Orchestrator {
+	invalid := validateOrchestratorOptions(store, checker, opts)
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = DefaultConcurrency
 	}
@@ -134,7 +170,7 @@ func NewOrchestrator(store pharox.Storage, checker *Checker, opts OrchestratorOp
 	if math.IsNaN(opts.RateLimit) {
 		opts.RateLimit = 0
 	}
-	o := &Orchestrator{store: store, checker: checker, opts: opts, log: opts.Logger}
+	o := &Orchestrator{store: store, checker: checker, opts: opts, log: opts.Logger, invalid: invalid}
 	if o.log == nil {
 		o.log = slog.Default()
 	}
@@ -169,7 +205,7 @@ func (o *Orchestrator) SweepPool(ctx context.Context, pool string) (*SweepSummar
 // SweepAll probes every proxy of every pool, with the orchestrator's
 // concurrency shared across pools.
 func (o *Orchestrator) SweepAll(ctx context.Context) (*SweepSummary, error) {
-	if o.store == nil {
+	if o.invalid != nil {
 		return o.sweep(ctx, "", nil, true)
 	}
 	pools, err := o.store.ListPools(ctx)
@@ -201,6 +237,9 @@ func (o *Orchestrator) Run(ctx context.Context, interval time.Duration) error {
 	if interval <= 0 {
 		return fmt.Errorf("%w: health: run interval must be positive, got %v", pharox.ErrInvalidArgument, interval)
 	}
+	if o.invalid != nil {
+		return o.invalid
+	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -231,8 +270,8 @@ func (o *Orchestrator) Run(ctx context.Context, interval time.Duration) error {
 // sweep lists the pools' proxies and probes them. With tolerateMissing, a
 // pool deleted since it was listed is passed over.
 func (o *Orchestrator) sweep(ctx context.Context, label string, pools []string, tolerateMissing bool) (*SweepSummary, error) {
-	if o.store == nil || o.checker == nil {
-		return nil, fmt.Errorf("%w: health: orchestrator needs a store and a checker", pharox.ErrInvalidArgument)
+	if o.invalid != nil {
+		return nil, o.invalid
 	}
 	pools = slices.Compact(slices.Sorted(slices.Values(pools)))
 	started := time.Now()

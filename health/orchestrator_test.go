@@ -469,7 +469,7 @@ func TestSweepBanGuard(t *testing.T) {
 	// With the guard off the same sweep bans the whole pool.
 	store = memory.New()
 	seedPool(t, store, "all-blocked", proxyAt(t, blockedAddr, pharox.ProtocolHTTP, user()), proxyAt(t, blockedAddr, pharox.ProtocolHTTP, user()))
-	o = NewOrchestrator(store, checker, OrchestratorOptions{FailureThreshold: 1, MaxBannedShare: -1})
+	o = NewOrchestrator(store, checker, OrchestratorOptions{FailureThreshold: 1, MaxBannedShare: 1})
 	if s, err = o.SweepAll(ctx); err != nil || s.ByStatus[pharox.StatusBanned] != 2 || s.BansWithheld != 0 {
 		t.Fatalf("guard off: %+v %v", s, err)
 	}
