@@ -1,0 +1,39 @@
+package pharox_test
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/storage/memory"
+)
+
+// ReportOutcome feeds real traffic back into a proxy's health: with the
+// default policy three failures in a row make it inactive (no longer
+// leased), and a success makes it active again.
+func ExampleManager_ReportOutcome() {
+	ctx := context.Background()
+	store := memory.New()
+	defer store.Close()
+	pool, _ := pharox.BootstrapPool(ctx, store, "main", "")
+	pharox.BootstrapProxy(ctx, store, pool, pharox.Proxy{Host: "10.0.0.1", Port: 3128, Protocol: pharox.ProtocolHTTP})
+	manager := pharox.NewManager(store, pharox.WithOutcomePolicy(pharox.DefaultOutcomePolicy()))
+
+	lease, _ := manager.Acquire(ctx, "main", nil)
+	for range 3 {
+		p, err := manager.ReportOutcome(ctx, lease, pharox.Outcome{Kind: pharox.OutcomeFailure, Reason: "connection reset"})
+		if err != nil {
+			fmt.Println("report:", err)
+			return
+		}
+		fmt.Println("after a failure:", p.Status, "streak", p.FailureStreak)
+	}
+	p, _ := manager.ReportOutcome(ctx, lease, pharox.Outcome{Kind: pharox.OutcomeSuccess, StatusCode: 200, Latency: 120 * time.Millisecond})
+	fmt.Println("after a success:", p.Status, "streak", p.FailureStreak)
+	// Output:
+	// after a failure: active streak 1
+	// after a failure: active streak 2
+	// after a failure: inactive streak 3
+	// after a success: active streak 0
+}
