@@ -6,7 +6,14 @@ import (
 	"runtime/debug"
 	"strings"
 	"testing"
+
+	"go.uber.org/goleak"
 )
+
+// TestMain fails the package's tests if any goroutine outlives them.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
 
 // runRoot runs the real command tree, prepared as main prepares it.
 func runRoot(t *testing.T, args ...string) (string, error) {
