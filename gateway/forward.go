@@ -277,7 +277,7 @@ func (b *leasedRWC) Write(p []byte) (int, error) { return b.rwc.Write(p) }
 
 func drainClose(rc io.ReadCloser) {
 	// A little draining lets the connection be reused; more is not worth it.
-	io.CopyN(io.Discard, rc, 4<<10)
+	_, _ = io.CopyN(io.Discard, rc, 4<<10)
 	rc.Close()
 }
 

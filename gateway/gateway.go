@@ -516,7 +516,7 @@ func (g *Gateway) writeError(w http.ResponseWriter, err error) {
 		h.Set("Retry-After", "1")
 	}
 	w.WriteHeader(ge.status)
-	io.WriteString(w, "pharox gateway: "+ge.reason+"\n")
+	_, _ = io.WriteString(w, "pharox gateway: "+ge.reason+"\n")
 }
 
 // headerSafe keeps a reason within one header line.

@@ -75,7 +75,7 @@ func TestParseRoute(t *testing.T) {
 }
 
 func TestNewValidatesConfig(t *testing.T) {
-	var l Leaser = NewLocalLeaser(nil)
+	l := Leaser(NewLocalLeaser(nil))
 	for name, cfg := range map[string]Config{
 		"no leaser":             {},
 		"bad strategy":          {Leaser: l, Strategy: "fastest"},

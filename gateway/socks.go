@@ -14,7 +14,6 @@ import (
 	"time"
 
 	socks5 "github.com/armon/go-socks5"
-	xcontext "golang.org/x/net/context"
 )
 
 // socksAuthMethods says which SOCKS5 authentication the gateway accepts.
@@ -107,14 +106,15 @@ func (g *Gateway) serveSOCKSConn(c net.Conn) {
 		Resolver:    keepName{},
 		Rules:       socksRules{g: g, st: st, client: sc},
 		Logger:      log.New(io.Discard, "", 0),
-		Dial: func(_ xcontext.Context, _, addr string) (net.Conn, error) {
+		Dial: func(_ context.Context, _, addr string) (net.Conn, error) {
 			return g.socksDial(g.base, st, sc, addr)
 		},
 	})
 	if err != nil {
 		return
 	}
-	srv.ServeConn(sc)
+	// The rules and the dialer record how the request went in st.
+	_ = srv.ServeConn(sc)
 	if st.entered {
 		g.leave()
 	}
@@ -162,7 +162,7 @@ func (c socksCreds) Valid(user, pass string) bool {
 // where it is (and DNS answers match its location).
 type keepName struct{}
 
-func (keepName) Resolve(ctx xcontext.Context, _ string) (xcontext.Context, net.IP, error) {
+func (keepName) Resolve(ctx context.Context, _ string) (context.Context, net.IP, error) {
 	return ctx, nil, nil
 }
 
@@ -173,7 +173,7 @@ type socksRules struct {
 	client *socksClient
 }
 
-func (r socksRules) Allow(ctx xcontext.Context, req *socks5.Request) (xcontext.Context, bool) {
+func (r socksRules) Allow(ctx context.Context, req *socks5.Request) (context.Context, bool) {
 	st := r.st
 	st.host = req.DestAddr.Address()
 	if req.Command != socks5.ConnectCommand {

@@ -258,7 +258,7 @@ func (g *Gateway) pipe(client net.Conn, clientR io.Reader, up net.Conn, upR io.R
 			up.Close()
 			return
 		}
-		closeWrite(up)
+		_ = closeWrite(up) // best effort: the copy below ends either way
 	}()
 	n, err := g.copy(client, upR)
 	st.received.Add(n)
@@ -266,7 +266,7 @@ func (g *Gateway) pipe(client net.Conn, clientR io.Reader, up net.Conn, upR io.R
 		client.Close()
 		up.Close()
 	} else {
-		closeWrite(client)
+		_ = closeWrite(client)
 		// The upstream is done; do not wait forever for an idle client.
 		client.SetReadDeadline(time.Now().Add(halfCloseGrace))
 	}

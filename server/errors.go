@@ -39,8 +39,6 @@ func unprocessable(format string, args ...any) error {
 	return &httpError{http.StatusUnprocessableEntity, fmt.Sprintf(format, args...)}
 }
 
-func notFound(detail string) error { return &httpError{http.StatusNotFound, detail} }
-
 // detailedError gives an error that a sentinel classifies the sentence the
 // client reads, written where the request's own names are known (the pool
 // name as given, the proxy's address). The status still follows the

@@ -308,7 +308,7 @@ func runGateway(ctx context.Context, o gatewayOptions, stderr io.Writer, ready f
 				fmt.Fprintln(w, explainCheck(err, o, source))
 				return
 			}
-			io.WriteString(w, "ready\n")
+			_, _ = io.WriteString(w, "ready\n")
 		})
 		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	}
@@ -359,7 +359,9 @@ func runGateway(ctx context.Context, o gatewayOptions, stderr io.Writer, ready f
 		logger.Warn("pharox gateway: open requests cut at shutdown", "err", err)
 	}
 	if metricsSrv != nil {
-		metricsSrv.Shutdown(sctx)
+		if err := metricsSrv.Shutdown(sctx); err != nil {
+			logger.Warn("pharox gateway: metrics server shutdown", "err", err)
+		}
 	}
 	closeAll()
 	wg.Wait()
