@@ -1,0 +1,489 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptrace"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/socks4"
+)
+
+// releaseTimeout bounds a release or a report, which run even after the
+// request's context ended.
+const releaseTimeout = 10 * time.Second
+
+// Transport is an http.RoundTripper that sends each request through a
+// proxy leased for it from a pool, and gives the lease back when the
+// response body has been read to its end or closed (or the request
+// failed). Use it as an http.Client's Transport; it is safe for
+// concurrent use and meant to be shared.
+//
+// Each attempt's response is classified (see Classifier); a failure or a
+// ban is reported to the pool at once, successes when the body ends (see
+// WithSuccessReportInterval). After a ban or a failure a request is sent
+// again through another proxy, up to WithMaxRetries times, when that is
+// safe: its body can be sent again (none, or Request.GetBody set) and
+// either nothing of it reached the target (the proxy could not be
+// reached, or refused its credentials) or it is idempotent (GET, HEAD,
+// OPTIONS, TRACE, or an Idempotency-Key header, as net/http judges it). A
+// retry takes another proxy only if one is free at once; otherwise, and
+// when no retry is left, the last attempt's response or error is
+// returned. A non-idempotent request that may have reached the target is
+// never sent again.
+//
+// A request waits for a free proxy up to WithMaxWait, and never past its
+// context's deadline; a request that got none fails with an error
+// wrapping pharox.ErrNoProxyAvailable.
+//
+// While the body is being read the lease is renewed, so a long download
+// keeps its proxy; a body nobody reads for about a lease duration lets its
+// lease expire.
+type Transport struct {
+	leaser       Leaser
+	pool         string
+	defaults     pharox.AcquireOptions
+	maxWait      time.Duration
+	maxRetries   int
+	classify     Classifier
+	base         *http.Transport
+	maxProxies   int
+	successEvery time.Duration
+	observer     Observer
+	log          *slog.Logger
+
+	proxies     *proxyCache
+	lastSuccess sync.Map // proxy id -> unix nanoseconds of the last success reported
+	noPredicate atomic.Bool
+}
+
+var _ http.RoundTripper = (*Transport)(nil)
+
+// New returns a Transport that leases from pool through leaser (Local for
+// a Manager in this process, Remote for a pharox service).
+func New(leaser Leaser, pool string, opts ...Option) (*Transport, error) {
+	if leaser == nil {
+		return nil, fmt.Errorf("transport: %w: leaser is nil", pharox.ErrInvalidArgument)
+	}
+	if err := pharox.ValidateName("pool name", pool); err != nil {
+		return nil, fmt.Errorf("transport: %w", err)
+	}
+	t := &Transport{
+		leaser:       leaser,
+		pool:         pool,
+		maxWait:      DefaultMaxWait,
+		maxRetries:   DefaultMaxRetries,
+		classify:     DefaultClassifier,
+		maxProxies:   DefaultMaxProxyTransports,
+		successEvery: DefaultSuccessReportInterval,
+		observer:     nopObserver{},
+		log:          slog.Default(),
+	}
+	for _, o := range opts {
+		if err := o(t); err != nil {
+			return nil, fmt.Errorf("transport: %w", err)
+		}
+	}
+	if t.base == nil {
+		t.base = defaultBase()
+	}
+	t.proxies = newProxyCache(t.base, t.maxProxies)
+	return t, nil
+}
+
+// defaultBase is http.DefaultTransport's settings, with room for more idle
+// connections per proxy.
+func defaultBase() *http.Transport {
+	var b *http.Transport
+	if dt, ok := http.DefaultTransport.(*http.Transport); ok {
+		b = dt.Clone()
+	} else {
+		b = &http.Transport{ForceAttemptHTTP2: true, IdleConnTimeout: 90 * time.Second,
+			TLSHandshakeTimeout: 10 * time.Second, ExpectContinueTimeout: time.Second}
+	}
+	b.Proxy = nil
+	b.MaxIdleConnsPerHost = DefaultMaxIdleConnsPerProxy
+	return b
+}
+
+// CloseIdleConnections closes the idle connections of every proxy's
+// transport. http.Client.CloseIdleConnections calls it.
+func (t *Transport) CloseIdleConnections() { t.proxies.closeIdle() }
+
+// RoundTrip sends req through a leased proxy. See Transport.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	pool, opts := t.resolve(ctx)
+	resp, attempts, err := t.roundTrip(ctx, req, pool, &opts)
+	t.observer.ObserveRequest(pool, attempts, err)
+	return resp, err
+}
+
+func (t *Transport) roundTrip(ctx context.Context, req *http.Request, pool string, opts *pharox.AcquireOptions) (*http.Response, int, error) {
+	if req.URL == nil {
+		closeBody(req)
+		return nil, 0, fmt.Errorf("transport: %w: request has no URL", pharox.ErrInvalidArgument)
+	}
+	replayable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
+	idempotent := isIdempotent(req)
+	var exclude []uuid.UUID
+	var prev *attempt
+	for n := 1; ; n++ {
+		lease, err := t.acquire(ctx, pool, opts, exclude)
+		if prev != nil {
+			// The failed lease was held until now, so that the pool could
+			// not hand its proxy back.
+			if err != nil {
+				// No other proxy free: answer with what the last one said.
+				resp, err := t.giveUp(ctx, prev, pool, opts)
+				return resp, n - 1, err
+			}
+			t.discard(ctx, prev)
+		}
+		if err != nil {
+			closeBody(req)
+			return nil, n - 1, fmt.Errorf("transport: %w", err)
+		}
+		out := req
+		if n > 1 {
+			out = new(http.Request)
+			*out = *req
+			if req.GetBody != nil {
+				body, err := req.GetBody()
+				if err != nil {
+					t.release(ctx, lease)
+					return nil, n - 1, fmt.Errorf("transport: replay the request body for a retry: %w", err)
+				}
+				out.Body = body
+			}
+		}
+		a := t.try(ctx, out, lease, pool)
+		if !a.retry || n > t.maxRetries || !replayable || !(a.unsent || idempotent) || ctx.Err() != nil {
+			resp, err := t.giveUp(ctx, a, pool, opts)
+			return resp, n, err
+		}
+		exclude = append(exclude, lease.ProxyID)
+		prev = a
+	}
+}
+
+// isIdempotent reports whether req may be sent twice, as net/http judges
+// it for its own retries.
+func isIdempotent(req *http.Request) bool {
+	switch req.Method {
+	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	if _, ok := req.Header["Idempotency-Key"]; ok {
+		return true
+	}
+	_, ok := req.Header["X-Idempotency-Key"]
+	return ok
+}
+
+// waitFor is how long an acquisition for ctx may wait: up to MaxWait,
+// ending a little before ctx's deadline, so the caller sees a miss rather
+// than its own timeout (http.Client replaces the error of a request that
+// ran out of Client.Timeout).
+func (t *Transport) waitFor(ctx context.Context) time.Duration {
+	w := t.maxWait
+	if dl, ok := ctx.Deadline(); ok {
+		left := time.Until(dl)
+		left -= min(left/10, 100*time.Millisecond)
+		w = min(w, left)
+	}
+	return max(w, 0)
+}
+
+// acquire leases a proxy for a request, avoiding the proxies in exclude
+// (those that already failed it).
+func (t *Transport) acquire(ctx context.Context, pool string, opts *pharox.AcquireOptions, exclude []uuid.UUID) (*pharox.Lease, error) {
+	started := time.Now()
+	l, err := t.lease(ctx, pool, opts, exclude)
+	t.observer.ObserveLeaseWait(pool, time.Since(started), err)
+	return l, err
+}
+
+func (t *Transport) lease(ctx context.Context, pool string, opts *pharox.AcquireOptions, exclude []uuid.UUID) (*pharox.Lease, error) {
+	if len(exclude) == 0 {
+		return t.leaser.Acquire(ctx, pool, opts, t.waitFor(ctx))
+	}
+	// A retry takes a proxy that is free now; it does not wait for one.
+	if !t.noPredicate.Load() {
+		var f pharox.Filters
+		if opts.Filters != nil {
+			f = *opts.Filters
+		}
+		own := f.Predicate
+		f.Predicate = func(p *pharox.Proxy) bool {
+			return !slices.Contains(exclude, p.ID) && (own == nil || own(p))
+		}
+		o := *opts
+		o.Filters = &f
+		// With the failed proxy no candidate, a sticky session fails over
+		// and re-binds to the proxy it gets.
+		l, err := t.leaser.Acquire(ctx, pool, &o, 0)
+		if !errors.Is(err, pharox.ErrUnsupported) {
+			return l, err
+		}
+		t.noPredicate.Store(true)
+	}
+	if opts.Filters.HasPredicate() {
+		return nil, fmt.Errorf("%w: a filter predicate runs only with an in-process store", pharox.ErrUnsupported)
+	}
+	// The lease source cannot run a predicate: take leases until one lands
+	// on another proxy, holding those on excluded proxies so the source
+	// moves on, then give them back. A session binding would keep
+	// answering with its proxy, so choose without it.
+	o := *opts
+	o.SessionKey, o.SessionTTL = "", 0
+	if o.Strategy.OrDefault() == pharox.FirstAvailable {
+		o.Strategy = pharox.RoundRobin
+	}
+	var held []*pharox.Lease
+	defer func() {
+		for _, l := range held {
+			t.release(ctx, l)
+		}
+	}()
+	for range 3 {
+		l, err := t.leaser.Acquire(ctx, pool, &o, 0)
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Contains(exclude, l.ProxyID) {
+			return l, nil
+		}
+		held = append(held, l)
+	}
+	return nil, fmt.Errorf("no other proxy free in pool %q: %w", pool, pharox.ErrNoProxyAvailable)
+}
+
+// attempt is one try of a request through one leased proxy.
+type attempt struct {
+	lease   *pharox.Lease
+	pt      *proxyTransport
+	resp    *http.Response
+	err     error
+	outcome pharox.Outcome
+	// retry: the attempt failed in a way another proxy may not.
+	retry bool
+	// unsent: nothing of the request reached the target.
+	unsent bool
+}
+
+// attemptInfo is filled in by the hooks of one attempt's round trip.
+type attemptInfo struct {
+	gotConn       atomic.Bool  // a connection to the target was ready
+	proxyReached  atomic.Bool  // the proxy accepted a TCP connection
+	connectStatus atomic.Int32 // the proxy's answer to CONNECT
+}
+
+type attemptKey struct{}
+
+func attemptFrom(ctx context.Context) *attemptInfo {
+	info, _ := ctx.Value(attemptKey{}).(*attemptInfo)
+	return info
+}
+
+// try sends out once through the lease's proxy, classifies what came back
+// and reports a failure or a ban.
+func (t *Transport) try(ctx context.Context, out *http.Request, lease *pharox.Lease, pool string) *attempt {
+	a := &attempt{lease: lease}
+	pt, err := t.proxies.get(lease.Proxy)
+	if err != nil {
+		closeBody(out)
+		a.err = err
+		return a
+	}
+	a.pt = pt
+	info := &attemptInfo{}
+	actx := context.WithValue(ctx, attemptKey{}, info)
+	actx = httptrace.WithClientTrace(actx, &httptrace.ClientTrace{
+		GotConn: func(httptrace.GotConnInfo) { info.gotConn.Store(true) },
+	})
+	started := time.Now()
+	resp, err := pt.tr.RoundTrip(out.WithContext(actx))
+	latency := time.Since(started)
+	if err != nil {
+		a.err = err
+		t.classifyError(ctx, a, info)
+	} else {
+		a.resp = resp
+		a.outcome = t.classify(resp)
+		if a.outcome.Kind != "" && a.outcome.StatusCode == 0 {
+			a.outcome.StatusCode = resp.StatusCode
+		}
+		a.retry = a.outcome.Kind == pharox.OutcomeFailure || a.outcome.Kind == pharox.OutcomeBanned
+		// A 407 to a forwarded request comes from the proxy itself.
+		a.unsent = resp.StatusCode == http.StatusProxyAuthRequired && out.URL.Scheme == "http" &&
+			(lease.Proxy.Protocol == pharox.ProtocolHTTP || lease.Proxy.Protocol == pharox.ProtocolHTTPS)
+	}
+	if a.outcome.Kind != "" && a.outcome.Latency == 0 {
+		a.outcome.Latency = latency
+	}
+	a.outcome.Reason = scrub(a.outcome.Reason, lease.Proxy)
+	t.observer.ObserveOutcome(pool, a.outcome)
+	if a.outcome.Kind == pharox.OutcomeFailure || a.outcome.Kind == pharox.OutcomeBanned {
+		t.report(ctx, lease, a.outcome)
+	}
+	return a
+}
+
+// classifyError judges a round trip that failed without a response.
+func (t *Transport) classifyError(ctx context.Context, a *attempt, info *attemptInfo) {
+	fail := func(code int, reason string) {
+		a.outcome = pharox.Outcome{Kind: pharox.OutcomeFailure, StatusCode: code, Reason: reason}
+		a.retry = true
+	}
+	err := a.err
+	if ctx.Err() != nil {
+		// The caller gave up: nobody's fault.
+		return
+	}
+	if info.gotConn.Load() {
+		// The exchange broke after the request went out.
+		fail(0, "exchange through the proxy failed: "+err.Error())
+		return
+	}
+	a.unsent = true
+	msg := err.Error()
+	switch code := int(info.connectStatus.Load()); {
+	case code == http.StatusProxyAuthRequired:
+		fail(code, "proxy answered CONNECT with 407: it refused its credentials")
+	case code == http.StatusTooManyRequests:
+		a.outcome = pharox.Outcome{Kind: pharox.OutcomeBanned, StatusCode: code, Reason: "proxy answered CONNECT with 429"}
+		a.retry = true
+	case code == http.StatusBadGateway || code == http.StatusServiceUnavailable || code == http.StatusGatewayTimeout:
+		// The proxy works but could not reach the target: not its fault,
+		// and another proxy would most likely fail the same way.
+	case code != 0 && (code < 200 || code > 299):
+		fail(code, fmt.Sprintf("proxy answered CONNECT with %d", code))
+	case info.proxyReached.Load() && (errors.Is(err, socks4.ErrIdent) || strings.Contains(msg, "authentication failed")):
+		fail(0, "SOCKS proxy refused its credentials")
+	case info.proxyReached.Load() && (errors.Is(err, socks4.ErrRejected) ||
+		strings.Contains(msg, "host unreachable") || strings.Contains(msg, "network unreachable") ||
+		strings.Contains(msg, "unknown error connection refused") || strings.Contains(msg, "TTL expired")):
+		// The SOCKS proxy answered that it could not reach the target.
+	default:
+		fail(0, "connecting through the proxy failed: "+msg)
+	}
+}
+
+// giveUp ends a request with its last attempt: its response, whose body
+// holds the lease, or its error, after releasing the lease.
+func (t *Transport) giveUp(ctx context.Context, a *attempt, pool string, opts *pharox.AcquireOptions) (*http.Response, error) {
+	if a.resp != nil {
+		return t.deliver(ctx, a, pool, opts), nil
+	}
+	t.release(ctx, a.lease)
+	if a.pt != nil && a.pt.retired.Load() {
+		a.pt.tr.CloseIdleConnections()
+	}
+	if a.lease.Proxy == nil {
+		return nil, a.err
+	}
+	return nil, fmt.Errorf("transport: through proxy %s: %w", a.lease.Proxy, a.err)
+}
+
+// discard ends an attempt that is retried.
+func (t *Transport) discard(ctx context.Context, a *attempt) {
+	if a.resp != nil {
+		// A little draining lets the connection be reused; more is not
+		// worth it.
+		io.CopyN(io.Discard, a.resp.Body, 4<<10)
+		a.resp.Body.Close()
+	}
+	t.release(ctx, a.lease)
+	if a.pt != nil && a.pt.retired.Load() {
+		a.pt.tr.CloseIdleConnections()
+	}
+}
+
+// report feeds an outcome into the proxy's health, with a context that
+// outlives the request, and drops the proxy's transport when the proxy is
+// gone or no longer leasable.
+func (t *Transport) report(ctx context.Context, lease *pharox.Lease, o pharox.Outcome) {
+	if o.Kind != pharox.OutcomeSuccess {
+		// The next success must be reported, to end the failure streak.
+		t.lastSuccess.Delete(lease.ProxyID)
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+	p, err := t.leaser.ReportOutcome(rctx, lease, o)
+	cancel()
+	switch {
+	case errors.Is(err, pharox.ErrProxyNotFound):
+		t.proxies.retire(lease.ProxyID, nil)
+	case err != nil:
+		t.log.Warn("transport: report outcome failed", "lease", lease.ID, "proxy", lease.ProxyID, "err", err)
+	case p != nil && !p.Status.Leasable():
+		t.proxies.retire(lease.ProxyID, nil)
+	}
+}
+
+// reportSuccess reports a success unless one was reported for the proxy
+// within successEvery and the proxy was healthy when leased.
+func (t *Transport) reportSuccess(ctx context.Context, lease *pharox.Lease, o pharox.Outcome) {
+	if every := t.successEvery; every > 0 {
+		p := lease.Proxy
+		healthy := p != nil && p.Status == pharox.StatusActive && p.FailureStreak == 0
+		now := time.Now().UnixNano()
+		if last, ok := t.lastSuccess.Load(lease.ProxyID); ok && healthy && now-last.(int64) < int64(every) {
+			return
+		}
+		t.lastSuccess.Store(lease.ProxyID, now)
+	}
+	t.report(ctx, lease, o)
+}
+
+// release gives a lease back, with a context that outlives the request.
+func (t *Transport) release(ctx context.Context, l *pharox.Lease) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+	defer cancel()
+	if err := t.leaser.Release(rctx, l); err != nil {
+		if errors.Is(err, pharox.ErrLeaseNotActive) {
+			// It expired first (a body nobody read); the slot is free.
+			t.log.Debug("transport: lease ended before its release", "lease", l.ID, "pool", l.PoolName)
+			return
+		}
+		t.log.Error("transport: release lease failed", "lease", l.ID, "pool", l.PoolName, "err", err)
+	}
+}
+
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		req.Body.Close()
+	}
+}
+
+// withheldReason replaces a reason that contains a short password.
+const withheldReason = "proxy error (details withheld: they could contain the proxy password)"
+
+// scrub keeps a proxy's password out of a reason that is stored as the
+// proxy's last error, whatever an error message embeds. A password too
+// short to replace without mangling the text withholds the whole reason
+// when it appears in it.
+func scrub(reason string, p *pharox.Proxy) string {
+	if reason == "" || p == nil || p.Credentials == nil || p.Credentials.Password == "" {
+		return reason
+	}
+	pw := p.Credentials.Password
+	if len(pw) < 3 {
+		if strings.Contains(reason, pw) {
+			return withheldReason
+		}
+		return reason
+	}
+	return strings.ReplaceAll(reason, pw, "xxxxx")
+}
