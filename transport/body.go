@@ -30,8 +30,10 @@ func (t *Transport) deliver(ctx context.Context, a *attempt, pool string, opts *
 		h.finish()
 		return resp
 	}
+	h.mu.Lock()
 	h.expires = time.Now().Add(d)
 	h.timer = time.AfterFunc(d/3, h.tick)
+	h.mu.Unlock()
 	body := &leasedBody{rc: resp.Body, h: h}
 	if rwc, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
 		// An upgraded connection (WebSocket) stays writable.

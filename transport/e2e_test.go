@@ -41,6 +41,8 @@ func TestRotation(t *testing.T) {
 	}{
 		{"http forward", startHTTPUpstream, alice(), false},
 		{"http connect", startHTTPUpstream, alice(), true},
+		{"https proxy forward", startHTTPSUpstream, alice(), false},
+		{"https proxy connect", startHTTPSUpstream, alice(), true},
 		{"socks5 plain", startSOCKS5Upstream, alice(), false},
 		{"socks5 tls", startSOCKS5Upstream, alice(), true},
 		{"socks4 tls", startSOCKS4Upstream, &pharox.Credentials{User: upUser}, true},
@@ -77,6 +79,43 @@ func TestRotation(t *testing.T) {
 			e.noLeases()
 		})
 	}
+}
+
+// TestConcurrentRequestsShareExclusiveProxies sends more concurrent
+// requests than there are exclusive proxies: each waits for a free one,
+// all succeed, and every lease is given back.
+func TestConcurrentRequestsShareExclusiveProxies(t *testing.T) {
+	checkLeaks(t)
+	e := newEnv(t)
+	for _, ip := range []string{"127.0.1.1", "127.0.1.2", "127.0.1.3"} {
+		e.add(1, alice(), startSOCKS5Upstream(t, ip))
+	}
+	rt := e.transport()
+	c := &http.Client{Transport: rt, Timeout: 60 * time.Second}
+	var wg sync.WaitGroup
+	errs := make(chan error, 24)
+	for range 24 {
+		wg.Go(func() {
+			resp, err := c.Get(e.tg.tls.URL + "/drip?n=1")
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer resp.Body.Close()
+			if _, err := io.ReadAll(resp.Body); err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := len(e.tg.seen()); n != 24 {
+		t.Fatalf("target saw %d requests, want 24", n)
+	}
+	e.noLeases()
 }
 
 // TestSticky checks that requests of one session go through one proxy,

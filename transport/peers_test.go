@@ -157,7 +157,13 @@ func (u *upstream) close() { u.once.Do(u.stop) }
 
 // startHTTPUpstream starts a goproxy forward proxy (plain forwarding and
 // CONNECT) on ip, requiring alice's credentials.
-func startHTTPUpstream(t testing.TB, ip string) *upstream {
+func startHTTPUpstream(t testing.TB, ip string) *upstream { return startGoproxy(t, ip, false) }
+
+// startHTTPSUpstream is startHTTPUpstream spoken over TLS (an HTTPS
+// proxy), with the httptest certificate the target has too.
+func startHTTPSUpstream(t testing.TB, ip string) *upstream { return startGoproxy(t, ip, true) }
+
+func startGoproxy(t testing.TB, ip string, useTLS bool) *upstream {
 	p := goproxy.NewProxyHttpServer()
 	p.Logger = log.New(io.Discard, "", 0)
 	tr := &http.Transport{DialContext: boundDialer(ip).DialContext, MaxIdleConnsPerHost: 256}
@@ -183,10 +189,22 @@ func startHTTPUpstream(t testing.TB, ip string) *upstream {
 	})
 	srv := httptest.NewUnstartedServer(p)
 	srv.Listener.Close()
-	srv.Listener = listenOn(t, ip)
+	if useTLS {
+		// The httptest certificate names 127.0.0.1, not ip; the proxy still
+		// dials the target from ip.
+		srv.Listener = listenOn(t, "127.0.0.1")
+	} else {
+		srv.Listener = listenOn(t, ip)
+	}
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
-	srv.Start()
-	u := &upstream{ip: ip, addr: srv.Listener.Addr().String(), proto: pharox.ProtocolHTTP, stop: func() {
+	proto := pharox.ProtocolHTTP
+	if useTLS {
+		srv.StartTLS()
+		proto = pharox.ProtocolHTTPS
+	} else {
+		srv.Start()
+	}
+	u := &upstream{ip: ip, addr: srv.Listener.Addr().String(), proto: proto, stop: func() {
 		srv.CloseClientConnections()
 		srv.Close()
 		tr.CloseIdleConnections()
