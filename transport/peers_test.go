@@ -92,6 +92,16 @@ func newTarget(t testing.TB) *target {
 					return
 				}
 			}
+		case "/cut":
+			// Promise more than is sent, then drop the connection.
+			w.Header().Set("Content-Length", "1000")
+			w.WriteHeader(http.StatusOK)
+			io.WriteString(w, "partial")
+			w.(http.Flusher).Flush()
+			conn, _, err := http.NewResponseController(w).Hijack()
+			if err == nil {
+				conn.Close()
+			}
 		case "/empty":
 			w.WriteHeader(http.StatusNoContent)
 		case "/echo":
