@@ -19,7 +19,9 @@ func (t *Transport) deliver(ctx context.Context, a *attempt, pool string, opts *
 	if d == 0 {
 		d = pharox.DefaultLeaseDuration
 	}
-	h := &heldLease{t: t, reqCtx: ctx, ctx: context.WithoutCancel(ctx), lease: a.lease, pt: a.pt, pool: pool, d: d}
+	// One allocation for the body and its lease.
+	body := &leasedBody{heldLease: heldLease{t: t, reqCtx: ctx, ctx: context.WithoutCancel(ctx), lease: a.lease, pt: a.pt, pool: pool, d: d}}
+	h := &body.heldLease
 	if a.outcome.Kind == pharox.OutcomeSuccess {
 		// Reported when the body ends, which may still turn it into a
 		// failure; failures and bans were reported already.
@@ -34,7 +36,7 @@ func (t *Transport) deliver(ctx context.Context, a *attempt, pool string, opts *
 	h.expires = time.Now().Add(d)
 	h.timer = time.AfterFunc(d/3, h.tick)
 	h.mu.Unlock()
-	body := &leasedBody{rc: resp.Body, h: h}
+	body.rc = resp.Body
 	if rwc, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
 		// An upgraded connection (WebSocket) stays writable.
 		resp.Body = &leasedRWC{leasedBody: body, w: rwc}
@@ -84,9 +86,7 @@ func (h *heldLease) tick() {
 		return
 	}
 	if active {
-		ctx, cancel := context.WithTimeout(h.ctx, releaseTimeout)
-		err := h.t.leaser.Renew(ctx, h.lease, h.d)
-		cancel()
+		err := h.t.leaser.Renew(h.ctx, h.lease, h.d)
 		if err != nil {
 			h.t.log.Warn("transport: renew lease failed", "lease", h.lease.ID, "err", err)
 			if errors.Is(err, pharox.ErrLeaseNotActive) || errors.Is(err, pharox.ErrLeaseNotFound) {
@@ -149,19 +149,19 @@ func (h *heldLease) finish() {
 // leasedBody is a response body that holds its lease.
 type leasedBody struct {
 	rc io.ReadCloser
-	h  *heldLease
+	heldLease
 }
 
 func (b *leasedBody) Read(p []byte) (int, error) {
-	b.h.reading.Add(1)
+	b.reading.Add(1)
 	n, err := b.rc.Read(p)
-	b.h.reading.Add(-1)
-	b.h.reads.Add(1)
+	b.reading.Add(-1)
+	b.reads.Add(1)
 	if err != nil {
 		if err == io.EOF {
-			b.h.finish()
+			b.finish()
 		} else {
-			b.h.broke(err)
+			b.broke(err)
 		}
 	}
 	return n, err
@@ -170,9 +170,9 @@ func (b *leasedBody) Read(p []byte) (int, error) {
 // Close closes the body and gives the lease back, whether or not the body
 // was read.
 func (b *leasedBody) Close() error {
-	b.h.closing.Store(true)
+	b.closing.Store(true)
 	err := b.rc.Close()
-	b.h.finish()
+	b.finish()
 	return err
 }
 

@@ -30,14 +30,19 @@ type Leaser interface {
 	ReportOutcome(ctx context.Context, lease *pharox.Lease, o pharox.Outcome) (*pharox.Proxy, error)
 }
 
+// leaseCallTimeout bounds a remote release, renewal or report.
+const leaseCallTimeout = 10 * time.Second
+
 // Local returns a Leaser over a Manager in this process.
 func Local(m *pharox.Manager) Leaser { return localLeaser{m: m} }
 
 type localLeaser struct{ m *pharox.Manager }
 
 func (l localLeaser) Acquire(ctx context.Context, pool string, opts *pharox.AcquireOptions, wait time.Duration) (*pharox.Lease, error) {
-	if wait <= 0 {
-		return l.m.Acquire(ctx, pool, opts)
+	lease, err := l.m.Acquire(ctx, pool, opts)
+	if wait <= 0 || !errors.Is(err, pharox.ErrNoProxyAvailable) {
+		// Most acquisitions find a free proxy at once: they need no timer.
+		return lease, err
 	}
 	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
@@ -105,21 +110,27 @@ func (r remoteLeaser) Acquire(ctx context.Context, pool string, opts *pharox.Acq
 }
 
 func (r remoteLeaser) giveBack(ctx context.Context, id uuid.UUID) {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), client.ReleaseTimeout)
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), leaseCallTimeout)
 	defer cancel()
 	_, _ = r.c.Release(rctx, id)
 }
 
 func (r remoteLeaser) Release(ctx context.Context, lease *pharox.Lease) error {
+	ctx, cancel := context.WithTimeout(ctx, leaseCallTimeout)
+	defer cancel()
 	_, err := r.c.Release(ctx, lease.ID)
 	return err
 }
 
 func (r remoteLeaser) Renew(ctx context.Context, lease *pharox.Lease, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, leaseCallTimeout)
+	defer cancel()
 	_, err := r.c.Renew(ctx, lease.ID, d)
 	return err
 }
 
 func (r remoteLeaser) ReportOutcome(ctx context.Context, lease *pharox.Lease, o pharox.Outcome) (*pharox.Proxy, error) {
+	ctx, cancel := context.WithTimeout(ctx, leaseCallTimeout)
+	defer cancel()
 	return r.c.ReportOutcome(ctx, lease.ID, o)
 }

@@ -265,12 +265,14 @@ func WithSession(ctx context.Context, key string) context.Context {
 }
 
 // resolve returns the pool and acquire options for a request's context.
-func (t *Transport) resolve(ctx context.Context) (string, pharox.AcquireOptions) {
-	pool, o := t.pool, t.defaults
+// Without overrides they are the Transport's own, shared: not to be
+// modified.
+func (t *Transport) resolve(ctx context.Context) (string, *pharox.AcquireOptions) {
 	ro, ok := ctx.Value(requestOptionsKey{}).(*RequestOptions)
 	if !ok {
-		return pool, o
+		return t.pool, &t.defaults
 	}
+	pool, o := t.pool, t.defaults
 	if ro.Pool != "" {
 		pool = ro.Pool
 	}
@@ -292,5 +294,5 @@ func (t *Transport) resolve(ctx context.Context) (string, pharox.AcquireOptions)
 	if ro.SessionTTL != 0 {
 		o.SessionTTL = ro.SessionTTL
 	}
-	return pool, o
+	return pool, &o
 }

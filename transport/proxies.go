@@ -187,6 +187,19 @@ func (c *proxyCache) build(p *pharox.Proxy) (*http.Transport, error) {
 	default:
 		return nil, fmt.Errorf("transport: proxy %s: protocol %q not supported", p, p.Protocol)
 	}
+	if p.Protocol == pharox.ProtocolSOCKS4 || p.Protocol == pharox.ProtocolSOCKS5 {
+		// Nothing of a request goes out before its SOCKS dial succeeds.
+		dial := tr.DialContext
+		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dial(ctx, network, addr)
+			if err != nil {
+				if info := attemptFrom(ctx); info != nil {
+					info.dialFailed.Store(true)
+				}
+			}
+			return c, err
+		}
+	}
 	return tr, nil
 }
 

@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
-	"net/http/httptrace"
 	"slices"
 	"strings"
 	"sync"
@@ -19,10 +19,6 @@ import (
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/internal/socks4"
 )
-
-// releaseTimeout bounds a release or a report, which run even after the
-// request's context ended.
-const releaseTimeout = 10 * time.Second
 
 // Transport is an http.RoundTripper that sends each request through a
 // proxy leased for it from a pool, and gives the lease back when the
@@ -125,7 +121,7 @@ func (t *Transport) CloseIdleConnections() { t.proxies.closeIdle() }
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	pool, opts := t.resolve(ctx)
-	resp, attempts, err := t.roundTrip(ctx, req, pool, &opts)
+	resp, attempts, err := t.roundTrip(ctx, req, pool, opts)
 	t.observer.ObserveRequest(pool, attempts, err)
 	return resp, err
 }
@@ -149,7 +145,7 @@ func (t *Transport) roundTrip(ctx context.Context, req *http.Request, pool strin
 				resp, err := t.giveUp(ctx, prev, pool, opts)
 				return resp, n - 1, err
 			}
-			t.discard(ctx, prev)
+			t.discard(context.WithoutCancel(ctx), prev)
 		}
 		if err != nil {
 			closeBody(req)
@@ -162,7 +158,7 @@ func (t *Transport) roundTrip(ctx context.Context, req *http.Request, pool strin
 			if req.GetBody != nil {
 				body, err := req.GetBody()
 				if err != nil {
-					t.release(ctx, lease)
+					t.release(context.WithoutCancel(ctx), lease)
 					return nil, n - 1, fmt.Errorf("transport: replay the request body for a retry: %w", err)
 				}
 				out.Body = body
@@ -254,7 +250,7 @@ func (t *Transport) lease(ctx context.Context, pool string, opts *pharox.Acquire
 	var held []*pharox.Lease
 	defer func() {
 		for _, l := range held {
-			t.release(ctx, l)
+			t.release(context.WithoutCancel(ctx), l)
 		}
 	}()
 	for range 3 {
@@ -281,11 +277,13 @@ type attempt struct {
 	retry bool
 	// unsent: nothing of the request reached the target.
 	unsent bool
+	info   attemptInfo
 }
 
-// attemptInfo is filled in by the hooks of one attempt's round trip.
+// attemptInfo is filled in by the hooks of one attempt's round trip,
+// which find it in the context of the dial.
 type attemptInfo struct {
-	gotConn       atomic.Bool  // a connection to the target was ready
+	dialFailed    atomic.Bool  // connecting through the proxy failed
 	proxyReached  atomic.Bool  // the proxy accepted a TCP connection
 	connectStatus atomic.Int32 // the proxy's answer to CONNECT
 }
@@ -308,17 +306,13 @@ func (t *Transport) try(ctx context.Context, out *http.Request, lease *pharox.Le
 		return a
 	}
 	a.pt = pt
-	info := &attemptInfo{}
-	actx := context.WithValue(ctx, attemptKey{}, info)
-	actx = httptrace.WithClientTrace(actx, &httptrace.ClientTrace{
-		GotConn: func(httptrace.GotConnInfo) { info.gotConn.Store(true) },
-	})
+	actx := context.WithValue(ctx, attemptKey{}, &a.info)
 	started := time.Now()
 	resp, err := pt.tr.RoundTrip(out.WithContext(actx))
 	latency := time.Since(started)
 	if err != nil {
 		a.err = err
-		t.classifyError(ctx, a, info)
+		t.classifyError(ctx, a)
 	} else {
 		a.resp = resp
 		a.outcome = t.classify(resp)
@@ -336,13 +330,13 @@ func (t *Transport) try(ctx context.Context, out *http.Request, lease *pharox.Le
 	a.outcome.Reason = scrub(a.outcome.Reason, lease.Proxy)
 	t.observer.ObserveOutcome(pool, a.outcome)
 	if a.outcome.Kind == pharox.OutcomeFailure || a.outcome.Kind == pharox.OutcomeBanned {
-		t.report(ctx, lease, a.outcome)
+		t.report(context.WithoutCancel(ctx), lease, a.outcome)
 	}
 	return a
 }
 
 // classifyError judges a round trip that failed without a response.
-func (t *Transport) classifyError(ctx context.Context, a *attempt, info *attemptInfo) {
+func (t *Transport) classifyError(ctx context.Context, a *attempt) {
 	fail := func(code int, reason string) {
 		a.outcome = pharox.Outcome{Kind: pharox.OutcomeFailure, StatusCode: code, Reason: reason}
 		a.retry = true
@@ -352,14 +346,22 @@ func (t *Transport) classifyError(ctx context.Context, a *attempt, info *attempt
 		// The caller gave up: nobody's fault.
 		return
 	}
-	if info.gotConn.Load() {
+	info := &a.info
+	// Nothing went out when connecting through the proxy failed: net/http
+	// reports a failed dial or TLS handshake to an HTTP(S) proxy as a
+	// "proxyconnect" error, a refused CONNECT leaves its status in
+	// OnProxyConnectResponse, and the SOCKS dial notes its own failure.
+	var op *net.OpError
+	code := int(info.connectStatus.Load())
+	refused := code != 0 && (code < 200 || code > 299) // CONNECT was answered with an error
+	if !info.dialFailed.Load() && !refused && !(errors.As(err, &op) && op.Op == "proxyconnect") {
 		// The exchange broke after the request went out.
 		fail(0, "exchange through the proxy failed: "+err.Error())
 		return
 	}
 	a.unsent = true
 	msg := err.Error()
-	switch code := int(info.connectStatus.Load()); {
+	switch {
 	case code == http.StatusProxyAuthRequired:
 		fail(code, "proxy answered CONNECT with 407: it refused its credentials")
 	case code == http.StatusTooManyRequests:
@@ -387,7 +389,7 @@ func (t *Transport) giveUp(ctx context.Context, a *attempt, pool string, opts *p
 	if a.resp != nil {
 		return t.deliver(ctx, a, pool, opts), nil
 	}
-	t.release(ctx, a.lease)
+	t.release(context.WithoutCancel(ctx), a.lease)
 	if a.pt != nil && a.pt.retired.Load() {
 		a.pt.tr.CloseIdleConnections()
 	}
@@ -397,7 +399,8 @@ func (t *Transport) giveUp(ctx context.Context, a *attempt, pool string, opts *p
 	return nil, fmt.Errorf("transport: through proxy %s: %w", a.lease.Proxy, a.err)
 }
 
-// discard ends an attempt that is retried.
+// discard ends an attempt that is retried. ctx is not cancelled with the
+// request.
 func (t *Transport) discard(ctx context.Context, a *attempt) {
 	if a.resp != nil {
 		// A little draining lets the connection be reused; more is not
@@ -411,17 +414,15 @@ func (t *Transport) discard(ctx context.Context, a *attempt) {
 	}
 }
 
-// report feeds an outcome into the proxy's health, with a context that
-// outlives the request, and drops the proxy's transport when the proxy is
-// gone or no longer leasable.
+// report feeds an outcome into the proxy's health and drops the proxy's
+// transport when the proxy is gone or no longer leasable. ctx is not
+// cancelled with the request.
 func (t *Transport) report(ctx context.Context, lease *pharox.Lease, o pharox.Outcome) {
 	if o.Kind != pharox.OutcomeSuccess {
 		// The next success must be reported, to end the failure streak.
 		t.lastSuccess.Delete(lease.ProxyID)
 	}
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
-	p, err := t.leaser.ReportOutcome(rctx, lease, o)
-	cancel()
+	p, err := t.leaser.ReportOutcome(ctx, lease, o)
 	switch {
 	case errors.Is(err, pharox.ErrProxyNotFound):
 		t.proxies.retire(lease.ProxyID, nil)
@@ -447,11 +448,9 @@ func (t *Transport) reportSuccess(ctx context.Context, lease *pharox.Lease, o ph
 	t.report(ctx, lease, o)
 }
 
-// release gives a lease back, with a context that outlives the request.
+// release gives a lease back. ctx is not cancelled with the request.
 func (t *Transport) release(ctx context.Context, l *pharox.Lease) {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
-	defer cancel()
-	if err := t.leaser.Release(rctx, l); err != nil {
+	if err := t.leaser.Release(ctx, l); err != nil {
 		if errors.Is(err, pharox.ErrLeaseNotActive) {
 			// It expired first (a body nobody read); the slot is free.
 			t.log.Debug("transport: lease ended before its release", "lease", l.ID, "pool", l.PoolName)
