@@ -585,3 +585,31 @@ func TestRequestOptions(t *testing.T) {
 	}
 	e.noLeases()
 }
+
+// TestIdleProxyTransportsLeave checks that a proxy's transport unused for
+// the idle timeout leaves the cache when another proxy's comes in (a
+// proxy deleted from the pool is never leased again).
+func TestIdleProxyTransportsLeave(t *testing.T) {
+	checkLeaks(t)
+	e := newEnv(t)
+	e.addProxy(e.pool.ID, startHTTPUpstream(t, "127.0.1.1"), "AR")
+	e.addProxy(e.pool.ID, startHTTPUpstream(t, "127.0.1.2"), "UY")
+	base := e.base()
+	base.IdleConnTimeout = time.Millisecond
+	rt := e.transport(WithBaseTransport(base))
+	c := &http.Client{Transport: rt}
+	in := func(country string) context.Context {
+		return WithRequestOptions(context.Background(), RequestOptions{Filters: &pharox.Filters{Country: country}})
+	}
+	fetch(t, c, in("AR"), e.tg.plain.URL)
+	time.Sleep(5 * time.Millisecond) // longer than the idle timeout
+	fetch(t, c, in("UY"), e.tg.plain.URL)
+	rt.proxies.mu.RLock()
+	_, ar := rt.proxies.byID[e.byIP["127.0.1.1"].ID]
+	_, uy := rt.proxies.byID[e.byIP["127.0.1.2"].ID]
+	rt.proxies.mu.RUnlock()
+	if ar || !uy {
+		t.Fatalf("cached after the idle timeout: AR %v, UY %v; want only UY", ar, uy)
+	}
+	e.noLeases()
+}

@@ -48,8 +48,10 @@ type proxyTransport struct {
 
 // proxyCache keeps one http.Transport per proxy, so requests through the
 // same proxy reuse its keep-alive connections. It holds at most max; the
-// least recently used go first. A transport leaves when its proxy is
-// banned, gone or changed, and its idle connections are closed.
+// least recently used go first, and those unused for the base's
+// IdleConnTimeout go when another comes in. A transport also leaves when
+// its proxy is reported banned, inactive, gone or changed, and its idle
+// connections are closed.
 type proxyCache struct {
 	base *http.Transport
 	max  int
@@ -94,6 +96,16 @@ func (c *proxyCache) get(p *pharox.Proxy) (*proxyTransport, error) {
 	pt = &proxyTransport{key: key, tr: tr}
 	pt.lastUsed.Store(now)
 	c.byID[p.ID] = pt
+	if idle := c.base.IdleConnTimeout; idle > 0 {
+		// Transports unused for that long hold no connection any more; most
+		// belong to proxies that left the pool or turned unhealthy, which
+		// are never leased again.
+		for id, e := range c.byID {
+			if now-e.lastUsed.Load() > int64(idle) {
+				c.retireLocked(id, e)
+			}
+		}
+	}
 	if len(c.byID) > c.max {
 		// Scanning is bounded by max and only happens when a new proxy
 		// comes in over the cap.
