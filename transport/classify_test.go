@@ -138,3 +138,22 @@ func TestOptionsValidated(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestClassifierPanicReleasesLease checks that a classifier's panic
+// reaches the caller without keeping the lease.
+func TestClassifierPanicReleasesLease(t *testing.T) {
+	checkLeaks(t)
+	e := newEnv(t)
+	e.add(0, alice(), startHTTPUpstream(t, "127.0.1.1"))
+	rt := e.transport(WithClassifier(func(*http.Response) pharox.Outcome { panic("classifier bug") }))
+	func() {
+		defer func() {
+			if p := recover(); p != "classifier bug" {
+				t.Fatalf("recovered %v, want the classifier's panic", p)
+			}
+		}()
+		req, _ := http.NewRequest(http.MethodGet, e.tg.plain.URL, nil)
+		rt.RoundTrip(req)
+	}()
+	e.noLeases()
+}

@@ -136,9 +136,10 @@ func WithClassifier(c Classifier) Option {
 
 // WithBaseTransport sets the template every per-proxy transport is cloned
 // from: timeouts, TLS to the targets (TLSClientConfig, also used for
-// HTTPS proxies), HTTP/2, idle connection limits. Its Proxy field is
-// ignored (each clone goes through its own proxy), and so is DialContext
-// for SOCKS proxies, which dial through a net.Dialer. The default is
+// HTTPS proxies), HTTP/2, idle connection limits. Its DialContext, if
+// set, dials the proxies; its Proxy, Dial, DialTLS and DialTLSContext are
+// ignored, since every connection goes through the leased proxy. The
+// default is
 // http.DefaultTransport's settings with MaxIdleConnsPerHost
 // DefaultMaxIdleConnsPerProxy. The template must not be changed after.
 func WithBaseTransport(base *http.Transport) Option {

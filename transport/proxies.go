@@ -157,7 +157,10 @@ func (c *proxyCache) closeIdle() {
 // golang.org/x/net/proxy, SOCKS4 through internal/socks4.
 func (c *proxyCache) build(p *pharox.Proxy) (*http.Transport, error) {
 	tr := c.base.Clone()
+	// Every connection goes through the proxy: no proxy from the
+	// environment, no dialer of the base that would go around it.
 	tr.Proxy = nil
+	tr.Dial, tr.DialTLS, tr.DialTLSContext = nil, nil, nil
 	baseHook := c.base.OnProxyConnectResponse
 	tr.OnProxyConnectResponse = func(ctx context.Context, u *url.URL, req *http.Request, res *http.Response) error {
 		if info := attemptFrom(ctx); info != nil {
@@ -169,6 +172,9 @@ func (c *proxyCache) build(p *pharox.Proxy) (*http.Transport, error) {
 		return nil
 	}
 	fwd := &forwardDialer{dial: (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext}
+	if base := c.base.DialContext; base != nil {
+		fwd.dial = base
+	}
 	switch p.Protocol {
 	case pharox.ProtocolHTTP, pharox.ProtocolHTTPS:
 		u, err := url.Parse(p.URL())
@@ -176,9 +182,6 @@ func (c *proxyCache) build(p *pharox.Proxy) (*http.Transport, error) {
 			return nil, fmt.Errorf("transport: proxy %s: URL does not parse", p)
 		}
 		tr.Proxy = http.ProxyURL(u)
-		if base := c.base.DialContext; base != nil {
-			fwd.dial = base
-		}
 		tr.DialContext = fwd.DialContext
 	case pharox.ProtocolSOCKS5:
 		var auth *proxy.Auth

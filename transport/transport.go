@@ -315,7 +315,7 @@ func (t *Transport) try(ctx context.Context, out *http.Request, lease *pharox.Le
 		t.classifyError(ctx, a)
 	} else {
 		a.resp = resp
-		a.outcome = t.classify(resp)
+		a.outcome = t.classifyResponse(ctx, resp, lease)
 		if a.outcome.Kind != "" && a.outcome.StatusCode == 0 {
 			a.outcome.StatusCode = resp.StatusCode
 		}
@@ -333,6 +333,19 @@ func (t *Transport) try(ctx context.Context, out *http.Request, lease *pharox.Le
 		t.report(context.WithoutCancel(ctx), lease, a.outcome)
 	}
 	return a
+}
+
+// classifyResponse runs the classifier; if it panics, the response and
+// the lease are given back before the panic goes on.
+func (t *Transport) classifyResponse(ctx context.Context, resp *http.Response, lease *pharox.Lease) pharox.Outcome {
+	defer func() {
+		if p := recover(); p != nil {
+			resp.Body.Close()
+			t.release(context.WithoutCancel(ctx), lease)
+			panic(p)
+		}
+	}()
+	return t.classify(resp)
 }
 
 // classifyError judges a round trip that failed without a response.
