@@ -376,49 +376,60 @@ func TestRetryOnBannedProxy(t *testing.T) {
 // failed and the request, even a POST (nothing of it was sent), goes
 // through another.
 func TestRetryOnDeadProxy(t *testing.T) {
-	checkLeaks(t)
-	e := newEnv(t)
-	dead := startSOCKS5Upstream(t, "127.0.1.1")
-	dead.close()
-	e.add(0, alice(), dead)
-	e.add(0, alice(), startSOCKS5Upstream(t, "127.0.1.2"))
-	rt := e.transport(WithStrategy(pharox.RoundRobin))
-	c := &http.Client{Transport: rt}
-	for range 2 {
-		resp, err := c.Post(e.tg.tls.URL+"/echo", "text/plain", bytes.NewReader([]byte("payload")))
-		if err != nil {
-			t.Fatalf("POST: %v", err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || string(b) != "payload" {
-			t.Fatalf("POST answered %d %q, want 200 echoing its body", resp.StatusCode, b)
-		}
+	for _, tc := range []struct {
+		name  string
+		start func(testing.TB, string) *upstream
+	}{{"socks5", startSOCKS5Upstream}, {"http", startHTTPUpstream}} {
+		t.Run(tc.name, func(t *testing.T) {
+			checkLeaks(t)
+			e := newEnv(t)
+			dead := tc.start(t, "127.0.1.1")
+			dead.close()
+			e.add(0, alice(), dead)
+			e.add(0, alice(), tc.start(t, "127.0.1.2"))
+			rt := e.transport(WithStrategy(pharox.RoundRobin))
+			c := &http.Client{Transport: rt}
+			for range 2 {
+				resp, err := c.Post(e.tg.tls.URL+"/echo", "text/plain", bytes.NewReader([]byte("payload")))
+				if err != nil {
+					t.Fatalf("POST: %v", err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK || string(b) != "payload" {
+					t.Fatalf("POST answered %d %q, want 200 echoing its body", resp.StatusCode, b)
+				}
+			}
+			p := e.proxy("127.0.1.1")
+			if p.FailureStreak < 1 || !strings.Contains(p.LastError, "connecting through the proxy failed") {
+				t.Fatalf("dead proxy: streak %d, last error %q; want the connection failure reported", p.FailureStreak, p.LastError)
+			}
+			if strings.Contains(p.LastError, upPass) {
+				t.Fatalf("last error %q holds the proxy password", p.LastError)
+			}
+			e.noLeases()
+		})
 	}
-	p := e.proxy("127.0.1.1")
-	if p.FailureStreak < 1 || !strings.Contains(p.LastError, "connecting through the proxy failed") {
-		t.Fatalf("dead proxy: streak %d, last error %q; want the connection failure reported", p.FailureStreak, p.LastError)
-	}
-	if strings.Contains(p.LastError, upPass) {
-		t.Fatalf("last error %q holds the proxy password", p.LastError)
-	}
-	e.noLeases()
 }
 
 // TestProxyAuthFailure checks that a proxy refusing its credentials (407)
 // is reported failed with its status and the request goes through
 // another, for forwarded and tunnelled requests.
 func TestProxyAuthFailure(t *testing.T) {
-	for _, target := range []string{"plain", "tls"} {
+	for _, target := range []string{"plain", "tls", "socks5"} {
 		t.Run(target, func(t *testing.T) {
 			checkLeaks(t)
 			e := newEnv(t)
-			e.add(0, &pharox.Credentials{User: upUser, Password: "wrong"}, startHTTPUpstream(t, "127.0.1.1"))
-			e.add(0, alice(), startHTTPUpstream(t, "127.0.1.2"))
+			start := startHTTPUpstream
+			if target == "socks5" {
+				start = startSOCKS5Upstream
+			}
+			e.add(0, &pharox.Credentials{User: upUser, Password: "wrong"}, start(t, "127.0.1.1"))
+			e.add(0, alice(), start(t, "127.0.1.2"))
 			rt := e.transport(WithStrategy(pharox.RoundRobin))
 			c := &http.Client{Transport: rt}
 			url := e.tg.plain.URL + "/echo"
-			if target == "tls" {
+			if target != "plain" {
 				url = e.tg.tls.URL + "/echo"
 			}
 			for range 2 {
@@ -431,7 +442,12 @@ func TestProxyAuthFailure(t *testing.T) {
 					t.Fatalf("answered %d, want 200 through the proxy with good credentials", resp.StatusCode)
 				}
 			}
-			if p := e.proxy("127.0.1.1"); p.FailureStreak < 1 || p.LastStatusCode != http.StatusProxyAuthRequired {
+			p := e.proxy("127.0.1.1")
+			if target == "socks5" {
+				if p.FailureStreak < 1 || p.LastError != "SOCKS proxy refused its credentials" {
+					t.Fatalf("SOCKS proxy with bad credentials: streak %d, last error %q; want the refusal reported", p.FailureStreak, p.LastError)
+				}
+			} else if p.FailureStreak < 1 || p.LastStatusCode != http.StatusProxyAuthRequired {
 				t.Fatalf("proxy with bad credentials: streak %d, status %d; want 407 failures", p.FailureStreak, p.LastStatusCode)
 			}
 			e.noLeases()
