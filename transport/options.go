@@ -59,7 +59,10 @@ func WithFilters(f *pharox.Filters) Option {
 	}
 }
 
-// WithStrategy chooses how a proxy is picked among the candidates.
+// WithStrategy chooses how a proxy is picked among the candidates. The
+// default is pharox.RoundRobin, so that requests rotate over the pool
+// (first_available would send every request through the same proxy while
+// it has a free slot).
 func WithStrategy(s pharox.Strategy) Option {
 	return func(t *Transport) error {
 		if !s.OrDefault().Valid() {

@@ -78,6 +78,7 @@ func New(leaser Leaser, pool string, opts ...Option) (*Transport, error) {
 	t := &Transport{
 		leaser:       leaser,
 		pool:         pool,
+		defaults:     pharox.AcquireOptions{Strategy: pharox.RoundRobin},
 		maxWait:      DefaultMaxWait,
 		maxRetries:   DefaultMaxRetries,
 		classify:     DefaultClassifier,
