@@ -163,11 +163,14 @@ func (c *proxyCache) build(p *pharox.Proxy) (*http.Transport, error) {
 	tr.Dial, tr.DialTLS, tr.DialTLSContext = nil, nil, nil
 	baseHook := c.base.OnProxyConnectResponse
 	tr.OnProxyConnectResponse = func(ctx context.Context, u *url.URL, req *http.Request, res *http.Response) error {
-		if info := attemptFrom(ctx); info != nil {
-			info.connectStatus.Store(int32(res.StatusCode))
-		}
 		if baseHook != nil {
-			return baseHook(ctx, u, req, res)
+			if err := baseHook(ctx, u, req, res); err != nil {
+				return err
+			}
+		}
+		if res.StatusCode != http.StatusOK {
+			// net/http fails it too, with only the status text.
+			return &connectRefusedError{status: res.StatusCode}
 		}
 		return nil
 	}
@@ -208,19 +211,16 @@ func (c *proxyCache) build(p *pharox.Proxy) (*http.Transport, error) {
 		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			c, err := dial(ctx, network, addr)
 			if err != nil {
-				if info := attemptFrom(ctx); info != nil {
-					info.dialFailed.Store(true)
-				}
+				return nil, &socksDialError{err: err}
 			}
-			return c, err
+			return c, nil
 		}
 	}
 	return tr, nil
 }
 
-// forwardDialer dials the proxy itself and notes, for the attempt that
-// asked, that the proxy was reached: a SOCKS failure after that is the
-// proxy's answer, not its absence.
+// forwardDialer dials the proxy itself; its failure tells an unreachable
+// SOCKS proxy from one that answered.
 type forwardDialer struct {
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
@@ -231,10 +231,28 @@ func (d *forwardDialer) Dial(network, addr string) (net.Conn, error) {
 
 func (d *forwardDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	c, err := d.dial(ctx, network, addr)
-	if err == nil {
-		if info := attemptFrom(ctx); info != nil {
-			info.proxyReached.Store(true)
-		}
+	if err != nil {
+		return nil, &proxyUnreachableError{err: err}
 	}
-	return c, err
+	return c, nil
 }
+
+// connectRefusedError is a CONNECT the proxy answered with an error status.
+type connectRefusedError struct{ status int }
+
+func (e *connectRefusedError) Error() string {
+	return fmt.Sprintf("proxy answered CONNECT with %d %s", e.status, http.StatusText(e.status))
+}
+
+// socksDialError is a failed dial through a SOCKS proxy: nothing of the
+// request went out.
+type socksDialError struct{ err error }
+
+func (e *socksDialError) Error() string { return e.err.Error() }
+func (e *socksDialError) Unwrap() error { return e.err }
+
+// proxyUnreachableError is a failed connection to the proxy itself.
+type proxyUnreachableError struct{ err error }
+
+func (e *proxyUnreachableError) Error() string { return e.err.Error() }
+func (e *proxyUnreachableError) Unwrap() error { return e.err }

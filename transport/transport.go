@@ -278,22 +278,6 @@ type attempt struct {
 	retry bool
 	// unsent: nothing of the request reached the target.
 	unsent bool
-	info   attemptInfo
-}
-
-// attemptInfo is filled in by the hooks of one attempt's round trip,
-// which find it in the context of the dial.
-type attemptInfo struct {
-	dialFailed    atomic.Bool  // connecting through the proxy failed
-	proxyReached  atomic.Bool  // the proxy accepted a TCP connection
-	connectStatus atomic.Int32 // the proxy's answer to CONNECT
-}
-
-type attemptKey struct{}
-
-func attemptFrom(ctx context.Context) *attemptInfo {
-	info, _ := ctx.Value(attemptKey{}).(*attemptInfo)
-	return info
 }
 
 // try sends out once through the lease's proxy, classifies what came back
@@ -307,9 +291,8 @@ func (t *Transport) try(ctx context.Context, out *http.Request, lease *pharox.Le
 		return a
 	}
 	a.pt = pt
-	actx := context.WithValue(ctx, attemptKey{}, &a.info)
 	started := time.Now()
-	resp, err := pt.tr.RoundTrip(out.WithContext(actx))
+	resp, err := pt.tr.RoundTrip(out)
 	latency := time.Since(started)
 	if err != nil {
 		a.err = err
@@ -360,35 +343,38 @@ func (t *Transport) classifyError(ctx context.Context, a *attempt) {
 		// The caller gave up: nobody's fault.
 		return
 	}
-	info := &a.info
 	// Nothing went out when connecting through the proxy failed: net/http
 	// reports a failed dial or TLS handshake to an HTTP(S) proxy as a
-	// "proxyconnect" error, a refused CONNECT leaves its status in
-	// OnProxyConnectResponse, and the SOCKS dial notes its own failure.
+	// "proxyconnect" error, a refused CONNECT comes back as the hook's
+	// connectRefusedError, a failed SOCKS dial as a socksDialError.
 	var op *net.OpError
-	code := int(info.connectStatus.Load())
-	refused := code != 0 && (code < 200 || code > 299) // CONNECT was answered with an error
-	if !info.dialFailed.Load() && !refused && !(errors.As(err, &op) && op.Op == "proxyconnect") {
+	var refused *connectRefusedError
+	var socks *socksDialError
+	isRefused, isSOCKS := errors.As(err, &refused), errors.As(err, &socks)
+	if !isRefused && !isSOCKS && !(errors.As(err, &op) && op.Op == "proxyconnect") {
 		// The exchange broke after the request went out.
 		fail(0, "exchange through the proxy failed: "+err.Error())
 		return
 	}
 	a.unsent = true
 	msg := err.Error()
+	var unreachable *proxyUnreachableError
+	reached := !errors.As(err, &unreachable)
 	switch {
-	case code == http.StatusProxyAuthRequired:
-		fail(code, "proxy answered CONNECT with 407: it refused its credentials")
-	case code == http.StatusTooManyRequests:
-		a.outcome = pharox.Outcome{Kind: pharox.OutcomeBanned, StatusCode: code, Reason: "proxy answered CONNECT with 429"}
+	case isRefused && refused.status == http.StatusProxyAuthRequired:
+		fail(refused.status, "proxy answered CONNECT with 407: it refused its credentials")
+	case isRefused && refused.status == http.StatusTooManyRequests:
+		a.outcome = pharox.Outcome{Kind: pharox.OutcomeBanned, StatusCode: refused.status, Reason: "proxy answered CONNECT with 429"}
 		a.retry = true
-	case code == http.StatusBadGateway || code == http.StatusServiceUnavailable || code == http.StatusGatewayTimeout:
+	case isRefused && (refused.status == http.StatusBadGateway || refused.status == http.StatusServiceUnavailable ||
+		refused.status == http.StatusGatewayTimeout):
 		// The proxy works but could not reach the target: not its fault,
 		// and another proxy would most likely fail the same way.
-	case code != 0 && (code < 200 || code > 299):
-		fail(code, fmt.Sprintf("proxy answered CONNECT with %d", code))
-	case info.proxyReached.Load() && (errors.Is(err, socks4.ErrIdent) || strings.Contains(msg, "authentication failed")):
+	case isRefused:
+		fail(refused.status, fmt.Sprintf("proxy answered CONNECT with %d", refused.status))
+	case isSOCKS && reached && (errors.Is(err, socks4.ErrIdent) || strings.Contains(msg, "authentication failed")):
 		fail(0, "SOCKS proxy refused its credentials")
-	case info.proxyReached.Load() && (errors.Is(err, socks4.ErrRejected) ||
+	case isSOCKS && reached && (errors.Is(err, socks4.ErrRejected) ||
 		strings.Contains(msg, "host unreachable") || strings.Contains(msg, "network unreachable") ||
 		strings.Contains(msg, "unknown error connection refused") || strings.Contains(msg, "TTL expired")):
 		// The SOCKS proxy answered that it could not reach the target.
