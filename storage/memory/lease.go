@@ -211,6 +211,11 @@ type scanner struct {
 	// change while it is walked).
 	staleFA []faItem
 	staleRR []idItem
+	// budget bounds the candidates one search tests against filters;
+	// tested counts them and exhausted says the search stopped there.
+	budget    int
+	tested    int
+	exhausted bool
 }
 
 func (sc *scanner) reset(f *pharox.Filters, table []*proxyState) {
@@ -219,6 +224,17 @@ func (sc *scanner) reset(f *pharox.Filters, table []*proxyState) {
 	}
 	sc.f, sc.clone, sc.found, sc.panicked, sc.table = f, f.HasPredicate(), nil, nil, table
 	sc.staleFA, sc.staleRR = sc.staleFA[:0], sc.staleRR[:0]
+	sc.tested, sc.exhausted = 0, false
+}
+
+// tooSelective reports a search that used its whole budget without a
+// match.
+func (sc *scanner) tooSelective() error {
+	if !sc.exhausted {
+		return nil
+	}
+	return fmt.Errorf("%w: the filter matched none of the %d candidates examined; it is too selective to serve from a pool this large (narrow the pool or loosen the filter)",
+		pharox.ErrNoProxyAvailable, sc.budget)
 }
 
 func (sc *scanner) match(ps *proxyState) bool {
@@ -255,6 +271,13 @@ func (sc *scanner) predicateErr() error {
 }
 
 func (sc *scanner) visit(ps *proxyState) bool {
+	if sc.f != nil {
+		if sc.tested == sc.budget {
+			sc.exhausted = true
+			return false
+		}
+		sc.tested++
+	}
 	if sc.match(ps) {
 		sc.found = ps
 		return false
@@ -366,16 +389,29 @@ func (s *Store) pick(pl *poolState, st pharox.Strategy) *proxyState {
 // pickRandom chooses uniformly among the matching members of set. Random
 // draws are uniform over set, so the first draw that matches is uniform over
 // the matching ones; when matches are too rare for that to be quick, a
-// reservoir-sampling pass over the set decides instead.
+// reservoir-sampling pass over the set decides instead, if the set is
+// within the scan budget, and more draws up to the budget otherwise.
 func pickRandom(sc *scanner, set []*proxyState) *proxyState {
 	n := len(set)
 	if n == 0 {
 		return nil
 	}
-	for range 32 {
+	if sc.f == nil {
+		return set[rand.IntN(n)]
+	}
+	draws := min(32, sc.budget)
+	if n > sc.budget {
+		draws = sc.budget
+	}
+	for range draws {
+		sc.tested++
 		if ps := set[rand.IntN(n)]; sc.match(ps) {
 			return ps
 		}
+	}
+	if n > sc.budget {
+		sc.exhausted = true
+		return nil
 	}
 	var chosen *proxyState
 	seen := 0
@@ -432,8 +468,12 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 			return nil, fmt.Errorf("memory: acquire lease from pool %q: %w", req.PoolName, err)
 		}
 		if ps == nil {
+			err := s.scan.tooSelective()
 			s.mu.Unlock()
-			return nil, fmt.Errorf("memory: acquire lease from pool %q: %w", req.PoolName, pharox.ErrNoProxyAvailable)
+			if err == nil {
+				err = pharox.ErrNoProxyAvailable
+			}
+			return nil, fmt.Errorf("memory: acquire lease from pool %q: %w", req.PoolName, err)
 		}
 		if req.Strategy == pharox.RoundRobin {
 			pl.rrCursor = ps.idItem()
@@ -528,8 +568,12 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 		return nil, fmt.Errorf("memory: find available proxy in pool %q: %w", pool, err)
 	}
 	if ps == nil {
+		err := s.scan.tooSelective()
 		s.mu.Unlock()
-		return nil, fmt.Errorf("memory: find available proxy in pool %q: %w", pool, pharox.ErrNoProxyAvailable)
+		if err == nil {
+			err = pharox.ErrNoProxyAvailable
+		}
+		return nil, fmt.Errorf("memory: find available proxy in pool %q: %w", pool, err)
 	}
 	snap := ps.p
 	s.mu.Unlock()
