@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/google/uuid"
 	"github.com/pharox/pharox"
 )
 
@@ -142,3 +144,76 @@ func TestRandomNumbering(t *testing.T) {
 }
 
 func ptrInt(v int) *int { return &v }
+
+// TestMigrationNumbersExistingProxies: a file made before the Random
+// numbering existed (schema 2, with free, full and inactive proxies in two
+// pools) gets every proxy with a free slot numbered when it is opened, and
+// Random then draws only among them.
+func TestMigrationNumbersExistingProxies(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "pharox.db")
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	for v, name := range []string{"0001_init.sql", "0002_caller_lease_ids.sql"} {
+		body, err := os.ReadFile(filepath.Join("migrations", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.Exec(string(body)); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if _, err := db.Exec(`INSERT INTO schema_migrations VALUES (?, ?, 0)`, v+1, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	free := map[string]bool{}
+	for p, pool := range []string{"a", "b"} {
+		poolID := uuid.NewString()
+		if _, err := db.Exec(`INSERT INTO pools (id, name, created_at) VALUES (?, ?, 0)`, poolID, pool); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 30 {
+			id := uuid.NewString()
+			status, leases := "active", 0
+			switch i % 3 {
+			case 1:
+				leases = 1 // full
+			case 2:
+				status = "inactive"
+			}
+			if _, err := db.Exec(`INSERT INTO proxies (id, pool_id, host, port, protocol, status, max_concurrency, current_leases, created_at)
+				VALUES (?, ?, ?, ?, 'http', ?, 1, ?, 0)`, id, poolID, fmt.Sprintf("10.3.%d.%d", p, i+1), 8000+i, status, leases); err != nil {
+				t.Fatal(err)
+			}
+			if pool == "a" && i%3 == 0 {
+				free[id] = true
+			}
+		}
+	}
+	db.Close()
+
+	s := openPath(t, path)
+	if faults := randomNumberingFaults(t, path); len(faults) > 0 {
+		t.Fatalf("after migrating: %v", faults)
+	}
+	seen := map[string]bool{}
+	for range 200 {
+		p, err := s.FindAvailableProxy(ctx, "a", nil, pharox.Random)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !free[p.ID.String()] {
+			t.Fatalf("Random chose %s, not a free proxy of pool a", p.ID)
+		}
+		seen[p.ID.String()] = true
+	}
+	// 200 draws over 10: missing one has probability 10 * 0.9^200, ~7e-9.
+	if len(seen) != len(free) {
+		t.Fatalf("Random reached %d of the %d free proxies in 200 draws", len(seen), len(free))
+	}
+}
