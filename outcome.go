@@ -134,8 +134,12 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 			r.Status, r.ErrorKind, r.FailureThreshold = StatusInactive, "passive_failure", p.FailureThreshold
 		} else {
 			r.Status, r.ErrorKind, r.FailureThreshold = StatusBanned, "passive_ban", p.BanThreshold
-			if r.Error == "" {
+			switch {
+			case r.Error != "":
+			case o.StatusCode > 0:
 				r.Error = fmt.Sprintf("target answered %d", o.StatusCode)
+			default:
+				r.Error = "reported banned"
 			}
 		}
 		var allowed bool
