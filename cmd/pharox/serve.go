@@ -274,7 +274,7 @@ func runServe(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer, re
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	consumerLabels := cfg.MetricsConsumerLabels != nil && *cfg.MetricsConsumerLabels
-	rec, err := observe.NewPrometheus(reg, observe.PrometheusOptions{OmitConsumer: !consumerLabels})
+	rec, err := observe.NewPrometheus(reg, observe.PrometheusOptions{ConsumerLabels: consumerLabels})
 	if err != nil {
 		return err
 	}

@@ -48,7 +48,7 @@ func consumerCount(t *testing.T, e *Env) int {
 // with consumer labels on.
 func testUnknownPoolsGrowNothing(t *testing.T, newStore NewStore) {
 	reg := prometheus.NewRegistry()
-	rec, err := observe.NewPrometheus(reg, observe.PrometheusOptions{})
+	rec, err := observe.NewPrometheus(reg, observe.PrometheusOptions{ConsumerLabels: true})
 	if err != nil {
 		t.Fatal(err)
 	}
