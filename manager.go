@@ -114,8 +114,9 @@ func WithOutcomePolicy(p OutcomePolicy) ManagerOption {
 }
 
 // Manager holds the business rules of leasing: validation, defaults,
-// consumers, waiting, events. It keeps no state of its own beyond caches,
-// so any number of Managers in any number of processes may share a store.
+// consumers, waiting, events. It keeps no state of its own beyond caches
+// and the outcome verdicts it counted (see ReportOutcome), so any number of
+// Managers in any number of processes may share a store.
 type Manager struct {
 	store     Storage
 	onAcquire []func(context.Context, AcquireEvent)
@@ -123,6 +124,7 @@ type Manager struct {
 	logger    *slog.Logger
 	outcomes  OutcomePolicy
 	guard     banGuard
+	verdicts  verdictLog
 
 	// consumers caches consumer ids by name: consumers are never deleted,
 	// so an id once seen stays valid.
@@ -341,6 +343,7 @@ func (m *Manager) Renew(ctx context.Context, leaseID uuid.UUID, d time.Duration)
 	if err != nil {
 		return nil, fmt.Errorf("renew lease %s: %w", leaseID, err)
 	}
+	m.verdicts.extend(leaseID, lease.ExpiresAt)
 	return lease, nil
 }
 

@@ -100,8 +100,8 @@ func routeOf(r *http.Request) string {
 // register installs one route of the table on the mux.
 func (s *Server) register(rt *route) {
 	need := rt.Role
-	if rt.ID == "metrics" && s.opts.MetricsRequireKey {
-		need = RoleAdmin
+	if rt.ID == "metrics" && s.opts.MetricsPublic {
+		need = RolePublic
 	}
 	limit := s.opts.MaxBodyBytes
 	if rt.Import {

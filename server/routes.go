@@ -68,8 +68,8 @@ func routeTable() []route {
 		{Method: "GET", Path: "/readyz", ID: "readyz", Tag: "service", Summary: "Readiness: the store answers a ping",
 			Role: RolePublic, Status: 200, Response: api.ServiceStatus{}, Errors: []int{503}, raw: (*Server).readyz},
 		{Method: "GET", Path: "/metrics", ID: "metrics", Tag: "service", Summary: "Prometheus metrics (text exposition format)",
-			Description: "Public unless the server requires a key for metrics, then admin.",
-			Role:        RolePublic, Status: 200, raw: (*Server).serveMetrics},
+			Description: "Needs an API key of any role, unless the server serves metrics publicly (pharox serve --metrics-public).",
+			Role:        RoleConsumer, Status: 200, raw: (*Server).serveMetrics},
 		{Method: "GET", Path: "/openapi.json", ID: "openapi", Tag: "service", Summary: "This OpenAPI document",
 			Role: RolePublic, Status: 200, raw: (*Server).serveOpenAPI},
 
@@ -156,10 +156,13 @@ func routeTable() []route {
 			Role: RoleConsumer, Request: api.RenewRequest{}, Status: 200, Response: api.Lease{},
 			Errors: []int{404, 409}, api: (*Server).renew},
 		{Method: "POST", Path: "/v1/leases/{lease_id}/outcome", ID: "reportOutcome", Tag: "leases",
-			Summary:     "Report how a request through the leased proxy went",
-			Description: "kind is success, failure or banned; the proxy's health follows the server's outcome policy. Answers the updated proxy.",
-			Role:        RoleConsumer, Request: api.OutcomeRequest{}, Status: 200, Response: api.Proxy{},
-			Errors: poolErrs, api: (*Server).reportOutcome},
+			Summary: "Report how a request through the leased proxy went",
+			Description: "kind is success, failure or banned; the proxy's health follows the server's outcome policy. Answers the updated proxy. " +
+				"Only active leases report: 409 when the lease was released or has expired. A lease's first failure or ban counts; " +
+				"later ones are answered 200 with the proxy as it is and change nothing. Failures and bans stop changing statuses " +
+				"while too large a share of the pool is banned or inactive (a health probe decides then).",
+			Role: RoleConsumer, Request: api.OutcomeRequest{}, Status: 200, Response: api.Proxy{},
+			Errors: []int{404, 409}, api: (*Server).reportOutcome},
 
 		// Dashboard.
 		{Method: "GET", Path: "/v1/admin/dashboard", ID: "dashboard", Tag: "admin",
