@@ -247,7 +247,8 @@ func decodeWho(s string) (leaseWho, error) {
 }
 
 // decodeLease builds a Lease from its record,
-// "status|rel|exp|proxy|pool|maxc|acq|who" (see LEASES in lib.lua).
+// "status|rel|exp|proxy|pool|maxc|acq|who" (see LEASES in lib.lua), where
+// a released lease's rel is "<time>:<token>".
 func decodeLease(id, record string) (*pharox.Lease, error) {
 	f := strings.SplitN(record, "|", 8)
 	if len(f) != 8 {
@@ -270,7 +271,8 @@ func decodeLease(id, record string) (*pharox.Lease, error) {
 	l.PoolID, errs[3] = uuid.Parse(f[4])
 	l.AcquiredAt, errs[4] = micros(f[6])
 	l.ExpiresAt, errs[5] = micros(f[2])
-	l.ReleasedAt, errs[6] = optMicros(f[1])
+	rel, _, _ := strings.Cut(f[1], ":") // a release's token follows (see end_lease in lib.lua)
+	l.ReleasedAt, errs[6] = optMicros(rel)
 	if !l.Status.Valid() {
 		errs[0] = fmt.Errorf("unknown status %q", f[0])
 	}

@@ -24,6 +24,46 @@
 // errors are values in its reply, an item that fails writes nothing, and
 // its only error replies come before its first write.
 //
+// # Client retries
+//
+// go-redis sends a command again after a read timeout or a dropped
+// connection (MaxRetries, three by default), and a script whose reply was
+// late has usually run by then, so Redis may run it twice. Acquisitions
+// and releases are written to be run twice safely. The client picks each
+// lease's id before the script runs (or takes [pharox.AcquireRequest]'s
+// LeaseID), and the acquisition scripts first look that id up: a lease
+// that already exists was made by this very call, so they take no slot
+// and return it as it is now (see LeaseID below). A release carries a
+// random token that the script keeps in the released lease's record
+// (about 14 bytes); finding the lease released with its own token, a
+// release returns it as released, while any other release of that lease
+// still gets [pharox.ErrLeaseNotActive]. Renewing twice only moves the
+// expiry by the time between the runs; cleanup, reclaims, EnsureConsumer
+// and status changes are idempotent by nature.
+//
+// So the store keeps go-redis's retries, and benefits from them: a
+// retried acquisition returns the lease its first run took instead of an
+// error, and a retried release frees the slot and says so, where without
+// retries both would surface as errors (and the lease stay counted until
+// it expires). The administrative writes are not deduplicated: a retried
+// CreatePool or AddProxies that had run may report ErrAlreadyExists, a
+// retried delete ErrPoolNotFound or ErrProxyNotFound, and a retried
+// health result counts twice towards the failure threshold; each reports
+// or repeats a change that was made, and none can take or leak a slot.
+// Clients built with MaxRetries -1 (no retries) work as well; pharox's
+// storage/open keeps the default.
+//
+// # LeaseID
+//
+// An acquisition with [pharox.AcquireRequest.LeaseID] set gives the new
+// lease that id; if a lease with that id exists (active or ended, until
+// the retention forgets it), the acquisition takes nothing and returns
+// it as it is now, with its proxy's current state, or fails with
+// [pharox.ErrAlreadyExists] when that lease belongs to another consumer or
+// pool. Batched acquisitions do the same, also for two calls with one id
+// in the same batch. The check is one hash read per acquisition (one per
+// batch), the same lookup that makes the scripts safe to retry.
+//
 // # Key layout
 //
 // Every key starts with the prefix (see [WithPrefix], default
@@ -38,8 +78,10 @@
 //	                                  "static": the attributes fixed at creation, packed as JSON
 //	proxy:<id>:ended           set    the proxy's ended leases
 //	leases                     hash   lease id -> "status|rel|exp|proxy|pool|maxc|acq|who" (rel
-//	                                  empty while active; who: the consumer id, consumer name,
-//	                                  pool name and session key, packed by the client)
+//	                                  empty while active, "<time>:<token>" once released by a
+//	                                  release call with that token; who: the consumer id,
+//	                                  consumer name, pool name and session key, packed by the
+//	                                  client)
 //	ended                      zset   ended leases by end time (PurgeEndedLeases, retention)
 //	p:<pid>:all                zset   every proxy of the pool, score 0 (id order)
 //	p:<pid>:free               zset   leasable proxies with a free slot, score 0 (round_robin, random)
@@ -162,10 +204,11 @@
 // batches, drops dead session bindings and forgets ended leases older than
 // the retention (see [WithEndedLeaseRetention], default
 // [DefaultEndedLeaseRetention]). An expired lease's ReleasedAt is the
-// moment it was reclaimed. A lease whose reply never reached its client (a
-// network failure, or a context that ended while a call running alone
-// was under way) is counted until it expires, like a lease of a client
-// that crashed.
+// moment it was reclaimed. A lease whose reply never reached its client
+// after go-redis's retries (a network failure, or a context that ended
+// while a call running alone was under way) is counted until it expires,
+// like a lease of a client that crashed, unless the client acquires again
+// with the same LeaseID, which returns it.
 //
 // Ended leases live in Redis' memory until the retention lets them go:
 // about 0.5 KB each (measured: 512 bytes with short names), so a store

@@ -1,0 +1,255 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/pharox/pharox"
+	goredis "github.com/redis/go-redis/v9"
+)
+
+// The tests in this file force go-redis to retry a script: another client
+// keeps Redis busy with a slow script for stall, longer than the store
+// client's read timeout, so the store's call times out, go-redis sends it
+// again on a new connection, and Redis, once free, runs both.
+const (
+	stall       = 180 * time.Millisecond
+	readTimeout = 100 * time.Millisecond
+)
+
+// busyScript keeps Redis busy for ARGV[1] microseconds.
+var busyScript = goredis.NewScript(`
+local function now() local t = redis.call('TIME') return tonumber(t[1]) * 1000000 + tonumber(t[2]) end
+local stop = now() + tonumber(ARGV[1])
+while now() < stop do end
+return 1`)
+
+// retryingStore is a store whose client times reads out after readTimeout
+// and keeps go-redis's default retries; dials counts its connections.
+type retryingStore struct {
+	*Store
+	dials atomic.Int64
+}
+
+func newRetryingStore(t *testing.T, opts ...Option) *retryingStore {
+	t.Helper()
+	rs := &retryingStore{}
+	c := testClient(t, func(o *goredis.Options) { o.ReadTimeout = readTimeout })
+	c.AddHook(dialCounter{&rs.dials})
+	prefix := testPrefix()
+	s, err := New(c, append([]Option{WithPrefix(prefix)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dropPrefix(t, testClient(t), prefix) })
+	if err := s.LoadScripts(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	rs.Store = s
+	return rs
+}
+
+// dialCounter counts a client's dials.
+type dialCounter struct{ n *atomic.Int64 }
+
+func (h dialCounter) DialHook(next goredis.DialHook) goredis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		h.n.Add(1)
+		return next(ctx, network, addr)
+	}
+}
+
+func (h dialCounter) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook { return next }
+
+func (h dialCounter) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
+	return next
+}
+
+// stalled runs op while Redis is busy with a slow script from another
+// client, and reports whether the store's client retried meanwhile (it
+// dialled a new connection, which go-redis does only to retry after the
+// timeout). It returns once the slow script has ended.
+func (rs *retryingStore) stalled(t *testing.T, op func()) bool {
+	t.Helper()
+	blocker := testClient(t, func(o *goredis.Options) { o.ReadTimeout = 10 * time.Second; o.MaxRetries = -1 })
+	probe := testClient(t, func(o *goredis.Options) { o.ReadTimeout = 20 * time.Millisecond; o.MaxRetries = -1 })
+	ctx := t.Context()
+	if err := busyScript.Load(ctx, blocker).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// The store's connection must be open already, so that a dial during
+	// op can only be a retry's.
+	if err := rs.rdb.Ping(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- busyScript.Run(ctx, blocker, nil, stall.Microseconds()).Err() }()
+	// A ping that times out tells the slow script is running.
+	for i := 0; ; i++ {
+		err := probe.Ping(ctx).Err()
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 1000 {
+			t.Fatal("the slow script did not start within 1000 pings")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	before := rs.dials.Load()
+	op()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	return rs.dials.Load() > before
+}
+
+// retried runs op stalled, on a fresh store from setup each time, until
+// the client retried (at most three times: on a loaded machine the call
+// may reach Redis only after the slow script).
+func retried(t *testing.T, setup func(t *testing.T) *retryingStore, op func(rs *retryingStore), check func(rs *retryingStore)) {
+	t.Helper()
+	for range 3 {
+		rs := setup(t)
+		if rs.stalled(t, func() { op(rs) }) {
+			check(rs)
+			return
+		}
+	}
+	t.Fatal("the store's client never retried in three stalled attempts")
+}
+
+// retryPool creates pool "p" with one proxy of up to four leases and a
+// consumer, and returns the proxy and an acquisition request.
+func retryPool(t *testing.T, s *Store) (*pharox.Proxy, pharox.AcquireRequest) {
+	t.Helper()
+	ctx := t.Context()
+	pool, err := s.CreatePool(ctx, pharox.Pool{Name: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := s.AddProxies(ctx, []pharox.Proxy{{PoolID: pool.ID, Host: "127.0.0.1", Port: 8080,
+		Protocol: pharox.ProtocolHTTP, MaxConcurrency: ptr(4)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.EnsureConsumer(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ps[0], pharox.AcquireRequest{PoolName: "p", ConsumerID: c.ID, ConsumerName: c.Name,
+		Duration: time.Hour, Strategy: pharox.FirstAvailable}
+}
+
+// checkLoad checks that the proxy counts exactly the active leases.
+func checkLoad(t *testing.T, s *Store, p *pharox.Proxy, want int) {
+	t.Helper()
+	got, err := s.GetProxy(t.Context(), p.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.GetPoolStats(t.Context(), "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.CurrentLeases != want || st.TotalLeases != want {
+		t.Errorf("proxy counts %d leases, pool %d active, want %d and %d", got.CurrentLeases, st.TotalLeases, want, want)
+	}
+}
+
+// TestRetriedAcquireTakesOneSlot checks that an acquisition go-redis sent
+// twice (acquire.lua alone, acquire_many.lua in a batch) takes one slot
+// per lease: the proxy counts the leases it has, and once they are
+// released it can be deleted.
+func TestRetriedAcquireTakesOneSlot(t *testing.T) {
+	for _, n := range []int{1, 2} {
+		name := "single"
+		if n > 1 {
+			name = "batched"
+		}
+		t.Run(name, func(t *testing.T) {
+			var proxy *pharox.Proxy
+			var req pharox.AcquireRequest
+			var leases []*pharox.Lease
+			retried(t, func(t *testing.T) *retryingStore {
+				rs := newRetryingStore(t)
+				proxy, req = retryPool(t, rs.Store)
+				return rs
+			}, func(rs *retryingStore) {
+				reqs := make([]pharox.AcquireRequest, n)
+				for i := range reqs {
+					reqs[i] = req
+				}
+				leases = leases[:0]
+				for i, r := range rs.execAcquire(t.Context(), acquireKey{pool: "p", strategy: string(req.Strategy)}, reqs) {
+					if r.Err != nil {
+						t.Fatalf("acquisition %d: %v", i, r.Err)
+					}
+					leases = append(leases, r.Val)
+				}
+			}, func(rs *retryingStore) {
+				ctx := t.Context()
+				checkLoad(t, rs.Store, proxy, n)
+				for _, l := range leases {
+					if _, err := rs.ReleaseLease(ctx, l.ID); err != nil {
+						t.Fatalf("release %s: %v", l.ID, err)
+					}
+				}
+				checkLoad(t, rs.Store, proxy, 0)
+				if err := rs.DeleteProxy(ctx, proxy.ID); err != nil {
+					t.Errorf("delete the proxy after its leases were released: %v", err)
+				}
+			})
+		})
+	}
+}
+
+// TestRetriedReleaseSucceeds checks that a release go-redis sent twice
+// (release.lua alone, release_many.lua in a batch) reports the lease
+// released, not ErrLeaseNotActive, and frees its slot once.
+func TestRetriedReleaseSucceeds(t *testing.T) {
+	for _, n := range []int{1, 2} {
+		name := "single"
+		if n > 1 {
+			name = "batched"
+		}
+		t.Run(name, func(t *testing.T) {
+			var proxy *pharox.Proxy
+			var ids []uuid.UUID
+			retried(t, func(t *testing.T) *retryingStore {
+				rs := newRetryingStore(t)
+				var req pharox.AcquireRequest
+				proxy, req = retryPool(t, rs.Store)
+				ids = ids[:0]
+				for range n {
+					l, err := rs.AcquireLease(t.Context(), req)
+					if err != nil {
+						t.Fatal(err)
+					}
+					ids = append(ids, l.ID)
+				}
+				return rs
+			}, func(rs *retryingStore) {
+				for i, r := range rs.execRelease(t.Context(), struct{}{}, ids) {
+					if r.Err != nil {
+						t.Errorf("release %d of a retried batch of %d: %v", i, n, r.Err)
+						continue
+					}
+					if r.Val.Status != pharox.LeaseReleased || r.Val.ID != ids[i] {
+						t.Errorf("release %d returned lease %s %s, want %s released", i, r.Val.ID, r.Val.Status, ids[i])
+					}
+				}
+			}, func(rs *retryingStore) {
+				checkLoad(t, rs.Store, proxy, 0)
+			})
+		})
+	}
+}
