@@ -110,24 +110,45 @@
 //
 // An acquisition reclaims the pool's expired leases (at most 256 per call;
 // usually a single empty range read), then picks a proxy. Without filters
-// that is one range read on the strategy's sorted set: O(log n). With
-// filters, the filter becomes the set of index sets the proxy must belong
-// to (equality fields and tags, including those under AllOf) plus, when the
-// filter has geo conditions or AnyOf/NoneOf, a tree evaluated per proxy in
-// Lua exactly as [pharox.Filters.Match] does. When the smallest index set is
-// small (at most 128 proxies) its intersection is ranked directly;
-// otherwise the free proxies are walked in strategy order, 64 at a time
-// with one SMISMEMBER per index set, for at most 256 proxies, which finds a
-// match at once for any filter that matches a fair share of the pool (one
-// country, one protocol). Only rare matches fall back to set algebra:
-// SINTER of the index sets, GEOSEARCH for radius filters (with a margin for
-// Redis' slightly larger Earth radius; the exact distance is then checked
-// with the same haversine formula as the root package, in C's libm rather
-// than Go's math, which can differ in the last bit for a proxy exactly at
-// the radius), or, for filters made only of AnyOf/NoneOf, all free
-// proxies. Random takes the first match in a shuffled uniform sample of the
-// free proxies, or a uniform choice among all matches, so every candidate
-// is equally likely.
+// that is one range read on the strategy's sorted set, for every
+// strategy: O(log n), whatever the pool's size and however many of its
+// proxies are busy (busy proxies are in no free structure).
+//
+// With filters, the filter becomes the set of index sets the proxy must
+// belong to (equality fields and tags, including those under AllOf) plus,
+// when the filter has geo conditions or AnyOf/NoneOf, a tree evaluated per
+// proxy in Lua exactly as [pharox.Filters.Match] does. Its candidates are
+// narrowed by an index when:
+//
+//   - it has an indexed condition (source, country, city, ISP, ASN,
+//     protocol or tag, at its top or under AllOf): the smallest such set;
+//   - it has none, but an AnyOf (at its top or under AllOf) whose every
+//     alternative has one: the union of each alternative's smallest set;
+//   - it has neither, but a radius or point condition: a GEOSEARCH (with a
+//     margin for Redis' slightly larger Earth radius; the exact distance
+//     is then checked with the same haversine formula as the root
+//     package, in C's libm rather than Go's math, which can differ in the
+//     last bit for a proxy exactly at the radius), plus the proxies
+//     beyond GEO's ±85.05° latitude.
+//
+// When the candidates number at most 128 they are ranked at once.
+// Otherwise the free proxies are walked in strategy order, 64 at a time
+// with one SMISMEMBER per index set, for at most 256 proxies, which finds
+// a match at once for any filter that matches a fair share of the free
+// proxies, and covers all of them when at most 256 are free (a busy
+// pool). Then candidates numbering at most 1,024 are ranked. A filter
+// whose candidates no index narrows to 1,024 (one made only of NoneOf, an
+// AnyOf with an alternative that has no indexed condition, a common
+// country whose proxies are nearly all busy while many others are free)
+// walks on, up to 1,024 free proxies in all, and then gives up with
+// [pharox.ErrNoProxyAvailable], saying the filter is too selective to
+// serve: one call never reads more than about a thousand proxies, so none
+// can stall the server for the others, whatever the pool's size. Such a
+// filter is still served exactly whenever at most 1,024 proxies are free
+// or a match comes early in strategy order. Random takes the first match
+// in shuffled uniform samples of the free proxies (all of them, shuffled,
+// when at most 1,024 are free), or a uniform choice among the ranked
+// candidates, so every candidate is equally likely.
 //
 // Taking the slot is O(log n): the proxy leaves the free sorted sets when it
 // fills up and returns when a lease ends. The hot path is lean in Redis

@@ -17,6 +17,10 @@ type spec struct {
 	E *node `json:"e,omitempty"`
 	// G narrows the set path of a geo filter without index sets.
 	G *geoSearch `json:"g,omitempty"`
+	// A, for a filter without K, lists the index sets of each alternative
+	// of an AnyOf in its conjunction: every match is in all the sets of
+	// one alternative.
+	A [][]string `json:"a,omitempty"`
 }
 
 type node struct {
@@ -72,6 +76,7 @@ func compileFilters(f *pharox.Filters) (string, error) {
 		sp.E = &n
 		if len(sp.K) == 0 {
 			sp.G = geoPrefilter(&n)
+			sp.A = anyKeys(&n)
 		}
 	}
 	if len(sp.K) == 0 && sp.E == nil {
@@ -167,6 +172,32 @@ func geoPrefilter(n *node) *geoSearch {
 	for i := range n.All {
 		if g := geoPrefilter(&n.All[i]); g != nil {
 			return g
+		}
+	}
+	return nil
+}
+
+// anyKeys returns the index sets of each alternative of the first AnyOf in
+// n's conjunction whose every alternative implies some, or nil.
+func anyKeys(n *node) [][]string {
+	if len(n.Any) > 0 {
+		alts := make([][]string, 0, len(n.Any))
+		for i := range n.Any {
+			var keys []string
+			collectKeys(&n.Any[i], &keys)
+			if len(keys) == 0 {
+				alts = nil
+				break
+			}
+			alts = append(alts, keys)
+		}
+		if alts != nil {
+			return alts
+		}
+	}
+	for i := range n.All {
+		if alts := anyKeys(&n.All[i]); alts != nil {
+			return alts
 		}
 	}
 	return nil

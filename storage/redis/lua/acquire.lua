@@ -44,23 +44,25 @@ local function choose(pid)
   end
   local cursor = nil
   if strategy == 'round_robin' then cursor = redis.call('GET', pk(pid, 'rr')) end
-  return select_proxy(pid, strategy, cursor, spec)
+  local id, gave_up = select_proxy(pid, strategy, cursor, spec)
+  return id, false, gave_up
 end
 
 -- The client's pool id saves a lookup; it is checked when nothing is
 -- found, since a pool deleted and re-created under its name has a new id
 -- (and the old id's keys are gone).
 local pid = ARGV[14]
-local chosen, sticky = nil, false
-if pid ~= '' then chosen, sticky = choose(pid) end
+local chosen, sticky, gave_up = nil, false, false
+if pid ~= '' then chosen, sticky, gave_up = choose(pid) end
 if not chosen then
   local real = redis.call('HGET', P .. 'pools', pname)
   if not real then return redis.error_reply('PHAROX_POOL_NOT_FOUND') end
   if real ~= pid then
     pid = real
-    chosen, sticky = choose(pid)
+    chosen, sticky, gave_up = choose(pid)
   end
 end
+if gave_up then return redis.error_reply('PHAROX_TOO_SELECTIVE') end
 if not chosen then return false end
 if not acquire then return redis.call('HGETALL', xk(chosen)) end
 

@@ -11,7 +11,8 @@
 -- reply holds them), and, only if it differs from the first value, the
 -- pool id}; lease_again's reply (see lib.lua) when the lease id has a
 -- record already; false when no proxy is free; or the code of
--- acquire.lua's error as a string.
+-- acquire.lua's error as a string (PHAROX_TOO_SELECTIVE when the
+-- selection gave up).
 local pname, strategy = ARGV[2], ARGV[3]
 local spec = nil
 if ARGV[4] ~= '' then spec = cjson.decode(ARGV[4]) end
@@ -64,6 +65,8 @@ end
 -- join it meanwhile, hence the flush.) The round-robin position is kept
 -- here and written once at the end.
 local drained, cursors, moved = {}, {}, {}
+-- selective records that the selection gave up (see select_proxy).
+local selective = false
 local function choose(pid)
   if not drained[pid] then
     flush(d)
@@ -76,7 +79,9 @@ local function choose(pid)
     if cursors[pid] == nil then cursors[pid] = redis.call('GET', pk(pid, 'rr')) end
     cursor = cursors[pid]
   end
-  return select_proxy(pid, strategy, cursor, spec)
+  local id, gave_up = select_proxy(pid, strategy, cursor, spec)
+  if gave_up then selective = true end
+  return id
 end
 
 -- pid is the pool id to try; checked once it has been compared with the
@@ -154,6 +159,7 @@ for i = 6, #ARGV, 6 do
     end
   end
   if missing and r == false then r = 'PHAROX_POOL_NOT_FOUND' end
+  if selective and r == false then r = 'PHAROX_TOO_SELECTIVE' end
   out[#out + 1] = r
 end
 flush(d)

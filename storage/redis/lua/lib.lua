@@ -6,6 +6,7 @@ local P = ARGV[1]
 local CHUNK = 64        -- members tested per round trip into a sorted set
 local WALK = 256        -- members walked in strategy order before switching to set algebra
 local SET_DIRECT = 128  -- index sets this small are intersected at once
+local SCAN = 1024       -- at most this many candidates are read from index sets, or walked, per call
 local RECLAIM = 256     -- expired leases reclaimed per hot-path call
 local W = 4294967296    -- status-rank weight in the least_used score
 local RANK = {active = 0, slow = 1, inactive = 2, banned = 3}
