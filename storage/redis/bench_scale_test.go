@@ -1,0 +1,131 @@
+package redis
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/pharox/pharox"
+)
+
+// scaleRounds is how many times each BenchmarkScale row alternates with
+// its baseline; the medians are reported.
+const scaleRounds = 5
+
+// BenchmarkScale measures one acquire+release pair (one caller, so each
+// call runs its own script) per strategy on pools of 1,000, 20,000 and
+// 100,000 proxies of one slot each, all free and then all but one busy.
+// Every row alternates, in scaleRounds rounds, with the same strategy on
+// a separate pool of 1,000 free proxies (the baseline, measured in the
+// same run and interleaved so that a shared machine's drift hits both)
+// and reports us/pair, the baseline's base-us/pair and x-1k-free, the
+// median of their per-round quotients: the hot path should not grow with
+// the pool or the busy proxies, so every quotient should stay below 2.
+// Run it with a fixed count, e.g. -benchtime=2000x.
+func BenchmarkScale(b *testing.B) {
+	base := newTestStore(b)
+	baseReq := scalePool(b, base, 1000)
+	for _, n := range []int{1000, 20000, 100000} {
+		s := newTestStore(b)
+		req := scalePool(b, s, n)
+		for _, occ := range []string{"free", "busy"} {
+			if occ == "busy" {
+				occupyAllButOne(b, s, req, n)
+			}
+			for _, st := range pharox.AllStrategies {
+				b.Run(fmt.Sprintf("proxies=%d/%s/%s", n, occ, st), func(b *testing.B) {
+					r, br := req, baseReq
+					r.Strategy, br.Strategy = st, st
+					var rows, bases, ratios []float64
+					done := 0
+					for i := range scaleRounds {
+						k := b.N / scaleRounds
+						if i == scaleRounds-1 {
+							k = b.N - done
+						}
+						done += k
+						if k == 0 {
+							continue
+						}
+						b.StopTimer()
+						baseNS := scalePairs(b, base, br, k)
+						b.StartTimer()
+						rowNS := scalePairs(b, s, r, k)
+						rows, bases, ratios = append(rows, rowNS), append(bases, baseNS), append(ratios, rowNS/baseNS)
+					}
+					b.ReportMetric(median(rows)/1000, "us/pair")
+					b.ReportMetric(median(bases)/1000, "base-us/pair")
+					b.ReportMetric(median(ratios), "x-1k-free")
+				})
+			}
+		}
+	}
+}
+
+// scalePairs runs k acquire+release pairs of req on s and returns the ns
+// per pair.
+func scalePairs(b *testing.B, s *Store, req pharox.AcquireRequest, k int) float64 {
+	ctx := context.Background()
+	start := time.Now()
+	for range k {
+		l, err := s.AcquireLease(ctx, req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return float64(time.Since(start).Nanoseconds()) / float64(k)
+}
+
+// scalePool adds a pool of n proxies of one slot each to s and returns a
+// one-hour lease request on it.
+func scalePool(b *testing.B, s *Store, n int) pharox.AcquireRequest {
+	b.Helper()
+	ctx := context.Background()
+	pool, err := s.CreatePool(ctx, pharox.Pool{Name: "scale"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for start := 0; start < n; start += 1000 {
+		ps := make([]pharox.Proxy, 0, 1000)
+		for i := start; i < min(start+1000, n); i++ {
+			ps = append(ps, pharox.Proxy{PoolID: pool.ID, Host: fmt.Sprintf("10.%d.%d.%d", i>>16, i>>8&255, i&255),
+				Port: 8080, Protocol: pharox.ProtocolHTTP, Country: []string{"US", "DE", "BR", "JP"}[i%4], MaxConcurrency: ptr(1)})
+		}
+		if _, err := s.AddProxies(ctx, ps); err != nil {
+			b.Fatal(err)
+		}
+	}
+	c, err := s.EnsureConsumer(ctx, "bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return pharox.AcquireRequest{PoolName: "scale", ConsumerID: c.ID, ConsumerName: c.Name, Duration: time.Hour,
+		Strategy: pharox.FirstAvailable}
+}
+
+// occupyAllButOne leases all but one of the pool's n proxies, a thousand
+// per script call.
+func occupyAllButOne(b *testing.B, s *Store, req pharox.AcquireRequest, n int) {
+	b.Helper()
+	ctx := context.Background()
+	for left := n - 1; left > 0; {
+		k := min(left, 1000)
+		reqs := make([]pharox.AcquireRequest, k)
+		for i := range reqs {
+			reqs[i] = req
+		}
+		if k == 1 {
+			reqs = reqs[:1]
+		}
+		for _, r := range s.execAcquire(ctx, acquireKey{pool: req.PoolName, strategy: string(req.Strategy)}, reqs) {
+			if r.Err != nil {
+				b.Fatal(r.Err)
+			}
+		}
+		left -= k
+	}
+}
