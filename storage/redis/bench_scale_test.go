@@ -7,23 +7,32 @@ import (
 	"time"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/storage/storagetest"
 )
 
-// scaleRounds is how many times each BenchmarkScale row alternates with
+// scaleRounds is how many times each BenchmarkScaleInterleaved row alternates with
 // its baseline; the medians are reported.
 const scaleRounds = 5
 
-// BenchmarkScale measures one acquire+release pair (one caller, so each
-// call runs its own script) per strategy on pools of 1,000, 20,000 and
-// 100,000 proxies of one slot each, all free and then all but one busy.
-// Every row alternates, in scaleRounds rounds, with the same strategy on
-// a separate pool of 1,000 free proxies (the baseline, measured in the
-// same run and interleaved so that a shared machine's drift hits both)
-// and reports us/pair, the baseline's base-us/pair and x-1k-free, the
-// median of their per-round quotients: the hot path should not grow with
-// the pool or the busy proxies, so every quotient should stay below 2.
-// Run it with a fixed count, e.g. -benchtime=2000x.
+// BenchmarkScale is the shared harness, storagetest.BenchmarkScale:
+// ns/acquire per strategy, pool size and occupancy, and the ratio of the
+// 100k-all-busy row to the 1k-free row of the same run.
 func BenchmarkScale(b *testing.B) {
+	storagetest.BenchmarkScale(b, func(b *testing.B) pharox.Storage { return newTestStore(b) })
+}
+
+// BenchmarkScaleInterleaved measures the same pairs in a way a shared
+// machine's drift does not distort: one acquire+release pair (one caller,
+// so each call runs its own script) per strategy on pools of 1,000,
+// 20,000 and 100,000 proxies of one slot each, all free and then all but
+// one busy. Every row alternates, in scaleRounds rounds, with the same
+// strategy on a separate pool of 1,000 free proxies (the baseline,
+// measured in the same run and interleaved so that drift hits both) and
+// reports us/pair, the baseline's base-us/pair and x-1k-free, the median
+// of their per-round quotients: the hot path should not grow with the
+// pool or the busy proxies, so every quotient should stay below 2. Run it
+// with a fixed count, e.g. -benchtime=2000x.
+func BenchmarkScaleInterleaved(b *testing.B) {
 	base := newTestStore(b)
 	baseReq := scalePool(b, base, 1000)
 	for _, n := range []int{1000, 20000, 100000} {
