@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/pharox/pharox"
 )
 
@@ -33,7 +32,7 @@ func budgetPool(t *testing.T, s *Store, name string, n int) ([]*pharox.Proxy, ph
 				p.Country, p.Tags, p.Latitude, p.Longitude = "FR", []string{"rare"}, ptr(48.85), ptr(2.35)
 				// The greatest id puts it last in every strategy's order
 				// while no proxy has been checked or leased.
-				p.ID = uuid.MustParse("ffffffff-ffff-4fff-bfff-ffffffffffff")
+				p.ID = maxID
 			}
 			ps = append(ps, p)
 		}
