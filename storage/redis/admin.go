@@ -203,26 +203,61 @@ func (s *Store) GetProxy(ctx context.Context, id uuid.UUID) (*pharox.Proxy, erro
 	return p, nil
 }
 
-// ListProxies returns the pool's proxies ordered by id.
+// listPage is how many proxies ListProxies reads per round trip.
+const listPage = 500
+
+// ListProxies returns the pool's proxies ordered by id. It reclaims the
+// pool's expired leases first, so the loads are current, then reads the
+// proxies a page at a time outside any script, so that a large pool never
+// keeps Redis from serving others; a proxy deleted meanwhile is left out.
 func (s *Store) ListProxies(ctx context.Context, poolID uuid.UUID) ([]*pharox.Proxy, error) {
-	v, err := s.run(ctx, scriptListProxies, poolID.String())
+	pid := poolID.String()
+	n, err := s.rdb.Exists(ctx, s.poolKey(pid)).Result()
 	if err != nil {
 		return nil, wrap(err, "list proxies of pool %s", poolID)
 	}
-	arr, _ := v.([]any)
-	out := make([]*pharox.Proxy, 0, len(arr))
-	for _, item := range arr {
-		m, err := fields(item)
-		if err != nil {
-			return nil, fmt.Errorf("redis: list proxies of pool %s: %w", poolID, err)
-		}
-		p, err := decodeProxy(m["id"], m)
-		if err != nil {
-			return nil, fmt.Errorf("redis: list proxies of pool %s: %w", poolID, err)
-		}
-		out = append(out, p)
+	if n == 0 {
+		return nil, fmt.Errorf("redis: list proxies of pool %s: %w", poolID, pharox.ErrPoolNotFound)
 	}
-	return out, nil
+	if _, err := s.run(ctx, scriptReclaim, pid); err != nil {
+		return nil, wrap(err, "list proxies of pool %s", poolID)
+	}
+	all := s.prefix + "p:" + pid + ":all"
+	out := []*pharox.Proxy{}
+	for from := "-"; ; {
+		ids, err := s.rdb.ZRangeArgs(ctx, goredis.ZRangeArgs{Key: all, Start: from, Stop: "+", ByLex: true, Count: listPage}).Result()
+		if err != nil {
+			return nil, wrap(err, "list proxies of pool %s", poolID)
+		}
+		if len(ids) == 0 {
+			return out, nil
+		}
+		from = "(" + ids[len(ids)-1]
+		cmds := make([]*goredis.MapStringStringCmd, len(ids))
+		_, err = s.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
+			for i, id := range ids {
+				cmds[i] = p.HGetAll(ctx, s.prefix+"proxy:"+id)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, wrap(err, "list proxies of pool %s", poolID)
+		}
+		for i, c := range cmds {
+			m := c.Val()
+			if len(m) == 0 {
+				continue // deleted since the page was read
+			}
+			p, err := decodeProxy(ids[i], m)
+			if err != nil {
+				return nil, fmt.Errorf("redis: list proxies of pool %s: %w", poolID, err)
+			}
+			out = append(out, p)
+		}
+		if len(ids) < listPage {
+			return out, nil
+		}
+	}
 }
 
 // SetProxyStatus sets a proxy's status by hand and resets its failure streak.

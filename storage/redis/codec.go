@@ -134,6 +134,7 @@ type newProxy struct {
 	F    []string `json:"f"`
 	Idx  []string `json:"idx"`
 	Geo  *geoPos  `json:"geo,omitempty"`
+	FF   string   `json:"ff"`
 }
 
 type geoPos struct {
@@ -185,6 +186,7 @@ func encodeProxy(p *pharox.Proxy) newProxy {
 	}
 	packed, _ := json.Marshal(st) // plain data: cannot fail
 	np.F = append(f, "static", string(packed))
+	np.FF = filterFields(p)
 	add := func(field, v string) {
 		if v != "" {
 			np.Idx = append(np.Idx, "i:"+field+":"+v)
@@ -202,6 +204,34 @@ func encodeProxy(p *pharox.Proxy) newProxy {
 		add("tag", t)
 	}
 	return np
+}
+
+// filterFields packs what select.lua's filter evaluation reads of a
+// proxy, so that one HMGET of the pool's ff hash serves a chunk of
+// proxies: source, country, city, ISP, ASN, protocol, latitude and
+// longitude as the proxy hash holds them, then the tags, each as its byte
+// length, ':' and its bytes (see proxy_fields in select.lua).
+func filterFields(p *pharox.Proxy) string {
+	var asn, lat, lon string
+	if p.ASN != nil {
+		asn = strconv.Itoa(*p.ASN)
+	}
+	if p.Latitude != nil && p.Longitude != nil {
+		lat, lon = fmtFloat(*p.Latitude), fmtFloat(*p.Longitude)
+	}
+	var b strings.Builder
+	put := func(s string) {
+		b.WriteString(strconv.Itoa(len(s)))
+		b.WriteByte(':')
+		b.WriteString(s)
+	}
+	for _, s := range [...]string{p.Source, p.Country, p.City, p.ISP, asn, string(p.Protocol), lat, lon} {
+		put(s)
+	}
+	for _, t := range p.Tags {
+		put(t)
+	}
+	return b.String()
 }
 
 // leaseWho is the part of a lease that only clients read: the consumer's

@@ -95,6 +95,7 @@
 //	p:<pid>:i:<field>:<value>  set    proxies by src, cc (country), city, isp, asn, proto, tag
 //	p:<pid>:geo                geo    proxies with coordinates inside Redis' GEO range
 //	p:<pid>:polar              set    proxies with coordinates beyond ±85.05° latitude
+//	p:<pid>:ff                 hash   proxy id -> the fields filters read, packed (see Acquisition cost)
 //
 // The layout is not stable before pharox v1 and there is no migration:
 // leases moved from a hash each (lease:<lid>) into the leases hash, for
@@ -172,11 +173,15 @@
 // [pharox.ErrUnsupported].
 //
 // Administrative calls are not on the hot path and cost what they touch:
-// DeletePool, DeleteProxy and ListProxies run one script over the pool's
-// proxies (or the proxy's ended leases), blocking Redis for time
-// proportional to them; ListLeases reads outside scripts, in batches, every
-// lease its query can concern (all ended leases kept by the retention when
-// it names no proxy or pool).
+// DeletePool and DeleteProxy run one script over the pool's proxies (or
+// the proxy's ended leases), blocking Redis for time proportional to
+// them; ListProxies and ListLeases read outside scripts, in pages, every
+// proxy of the pool or every lease the query can concern (all ended
+// leases kept by the retention when it names no proxy or pool).
+//
+// Filters read each proxy's filtered fields from one hash per pool
+// (p:<pid>:ff, packed by the client when the proxy is added), so a walk
+// reads a whole chunk of proxies with one HMGET.
 //
 // # Batching
 //

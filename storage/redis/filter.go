@@ -35,6 +35,9 @@ type node struct {
 	All   []node   `json:"all,omitempty"`
 	Any   []node   `json:"any,omitempty"`
 	None  []node   `json:"none,omitempty"`
+	// U, on the root only, is how many of the packed filter fields the
+	// tree reads (see fieldsRead).
+	U int `json:"u,omitempty"`
 }
 
 type geoNode struct {
@@ -73,6 +76,7 @@ func compileFilters(f *pharox.Filters) (string, error) {
 	sp := spec{}
 	collectKeys(&n, &sp.K)
 	if needsEval(&n) {
+		n.U = fieldsRead(&n)
 		sp.E = &n
 		if len(sp.K) == 0 {
 			sp.G = geoPrefilter(&n)
@@ -201,4 +205,29 @@ func anyKeys(n *node) [][]string {
 		}
 	}
 	return nil
+}
+
+// fieldsRead returns how many of the packed filter fields (filterFields
+// in codec.go: source, country, city, ISP, ASN, protocol, latitude,
+// longitude, then the tags) n's tree reads, counted from the first, so
+// that select.lua unpacks no more of each proxy's entry than it needs.
+func fieldsRead(n *node) int {
+	u := 0
+	for i, set := range [...]bool{n.Src != "", n.CC != "", n.City != "", n.ISP != "", n.ASN != "", n.Proto != ""} {
+		if set {
+			u = i + 1
+		}
+	}
+	if n.Geo != nil {
+		u = 8
+	}
+	if len(n.Tags) > 0 {
+		u = 9
+	}
+	for _, kids := range [...][]node{n.All, n.Any, n.None} {
+		for i := range kids {
+			u = max(u, fieldsRead(&kids[i]))
+		}
+	}
+	return u
 }

@@ -190,7 +190,6 @@ var (
 	scriptSetStatus   = lua("lib", "set_status")
 	scriptHealth      = lua("lib", "health")
 	scriptGetProxy    = lua("lib", "get_proxy")
-	scriptListProxies = lua("lib", "list_proxies")
 	scriptStats       = lua("lib", "stats")
 	scriptReclaim     = lua("lib", "reclaim")
 
@@ -198,7 +197,7 @@ var (
 		scriptAcquire, scriptAcquireMany, scriptRelease, scriptReleaseMany, scriptRenew,
 		scriptGetLease, scriptCleanup, scriptPurge, scriptConsumer, scriptCreatePool, scriptDeletePool,
 		scriptAddProxies, scriptDeleteProxy, scriptSetStatus, scriptHealth,
-		scriptGetProxy, scriptListProxies, scriptStats, scriptReclaim,
+		scriptGetProxy, scriptStats, scriptReclaim,
 	}
 )
 

@@ -14,10 +14,34 @@ end
 
 local FIELDS = {'src', 'cc', 'city', 'isp', 'asn', 'proto', 'lat', 'lon'}
 
-local function proxy_fields(id)
-  local v = redis.call('HMGET', xk(id), unpack(FIELDS))
+-- proxy_fields returns what eval reads of a proxy: FIELDS by name and, in
+-- tags, the set of its tags. v is the proxy's entry in the pool's ff hash,
+-- which packs them (see filterFields in codec.go): each value as its
+-- length, ':' and its bytes, FIELDS in order, then the tags. One HMGET
+-- reads the entries of a whole chunk of proxies. Without an entry, the
+-- proxy's own hash is read and tags stays nil (eval then asks the tag
+-- sets). Only the first upto values are unpacked (all when nil; tags
+-- need 9): the filter's root node says how many it reads (see
+-- fieldsRead in filter.go).
+local function proxy_fields(id, v, upto)
   local pf = {}
-  for i, name in ipairs(FIELDS) do pf[name] = v[i] or '' end
+  if not v then
+    local f = redis.call('HMGET', xk(id), unpack(FIELDS))
+    for i, name in ipairs(FIELDS) do pf[name] = f[i] or '' end
+    return pf
+  end
+  local find, sub = string.find, string.sub
+  local tags = {}
+  local pos, i = 1, 0
+  if upto == nil or upto > 8 then upto = math.huge end
+  while pos <= #v and i < upto do
+    local c = find(v, ':', pos, true)
+    local e = c + tonumber(sub(v, pos, c - 1))
+    i = i + 1
+    if i <= 8 then pf[FIELDS[i]] = sub(v, c + 1, e) else tags[sub(v, c + 1, e)] = true end
+    pos = e + 1
+  end
+  pf.tags = tags
   return pf
 end
 
@@ -31,7 +55,11 @@ local function eval(pid, n, id, pf)
   if n.proto and pf.proto ~= n.proto then return false end
   if n.tags then
     for _, t in ipairs(n.tags) do
-      if redis.call('SISMEMBER', pk(pid, 'i:tag:' .. t), id) == 0 then return false end
+      if pf.tags then
+        if not pf.tags[t] then return false end
+      elseif redis.call('SISMEMBER', pk(pid, 'i:tag:' .. t), id) == 0 then
+        return false
+      end
     end
   end
   if n.geo then
@@ -63,8 +91,12 @@ local function eval(pid, n, id, pf)
   return true
 end
 
-local function exact(pid, E, id)
-  return E == nil or eval(pid, E, id, proxy_fields(id))
+-- exact reports whether proxy id passes the tree E (nil passes all); v
+-- is its ff entry when the caller has read it.
+local function exact(pid, E, id, v)
+  if E == nil then return true end
+  if v == nil then v = redis.call('HGET', pk(pid, 'ff'), id) end
+  return eval(pid, E, id, proxy_fields(id, v, E.u))
 end
 
 -- is_candidate reports whether one proxy may take a lease under the filter.
@@ -87,8 +119,20 @@ local function first_passing(pid, ids, keys, E)
       if r[i] == 0 then ok[i] = false end
     end
   end
+  if E == nil then
+    for i = 1, #ids do
+      if ok[i] then return ids[i] end
+    end
+    return nil
+  end
+  local pass = {}
   for i = 1, #ids do
-    if ok[i] and exact(pid, E, ids[i]) then return ids[i] end
+    if ok[i] then pass[#pass + 1] = ids[i] end
+  end
+  if #pass == 0 then return nil end
+  local ff = redis.call('HMGET', pk(pid, 'ff'), unpack(pass))
+  for i, id in ipairs(pass) do
+    if exact(pid, E, id, ff[i]) then return id end
   end
   return nil
 end
