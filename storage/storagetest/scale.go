@@ -17,10 +17,12 @@ import (
 var DefaultScaleSizes = []int{1000, 20000, 100000}
 
 // scaleBaseline holds what the smallest free rows of a [BenchmarkScale]
-// run measured, nanoseconds per acquisition by strategy.
+// run measured, by strategy: wall nanoseconds per acquisition and process
+// CPU nanoseconds per acquire+release pair.
 type scaleBaseline struct {
-	mu sync.Mutex
-	ns map[pharox.Strategy]float64
+	mu  sync.Mutex
+	ns  map[pharox.Strategy]float64
+	cpu map[pharox.Strategy]float64
 }
 
 // BenchmarkScale measures how the cost of one acquisition grows with the
@@ -32,9 +34,13 @@ type scaleBaseline struct {
 // the highest id, the last in first_available's order (no proxy is
 // checked) and the furthest from the start of a round-robin walk.
 //
-// The row of the largest pool with all but one busy also reports
-// x-smallest-free: its ns/acquire divided by that of the smallest pool with
-// every proxy free, measured earlier in the same run. A store whose
+// Each row also reports cpu-ns/op, the CPU time of this process per
+// acquire+release pair: steadier than wall time on a shared machine, but
+// blind to the work a database server does. The row of the largest pool
+// with all but one busy also reports x-smallest-free: its ns/acquire
+// divided by that of the smallest pool with every proxy free, measured
+// earlier in the same run (and x-smallest-free-cpu, the same for
+// cpu-ns/op). A store whose
 // strategies are index-backed keeps it small (the target is below 2); one
 // that walks busy proxies or sorts candidates shows it growing with the
 // pool. Run it whole (-bench 'Scale$' or a pattern that keeps both rows)
@@ -56,7 +62,7 @@ func BenchmarkScale(b *testing.B, newStore func(b *testing.B) pharox.Storage, si
 		sizes = DefaultScaleSizes
 	}
 	sizes = slices.Sorted(slices.Values(sizes))
-	base := &scaleBaseline{ns: map[pharox.Strategy]float64{}}
+	base := &scaleBaseline{ns: map[pharox.Strategy]float64{}, cpu: map[pharox.Strategy]float64{}}
 	for _, n := range sizes {
 		b.Run(fmt.Sprintf("proxies=%d", n), func(b *testing.B) {
 			for _, busy := range []bool{false, true} {
@@ -71,19 +77,25 @@ func BenchmarkScale(b *testing.B, newStore func(b *testing.B) pharox.Storage, si
 						b.Run(string(st), func(b *testing.B) {
 							r := req
 							r.Strategy = st
-							ns := benchAcquire(b, s, r)
+							ns, cpu := benchAcquire(b, s, r)
 							b.ReportMetric(ns, "ns/acquire")
+							if cpu > 0 {
+								b.ReportMetric(cpu, "cpu-ns/op")
+							}
 							switch {
 							case n == sizes[0] && !busy:
 								base.mu.Lock()
-								base.ns[st] = ns
+								base.ns[st], base.cpu[st] = ns, cpu
 								base.mu.Unlock()
 							case n == sizes[len(sizes)-1] && busy:
 								base.mu.Lock()
-								ref := base.ns[st]
+								refNS, refCPU := base.ns[st], base.cpu[st]
 								base.mu.Unlock()
-								if ref > 0 {
-									b.ReportMetric(ns/ref, "x-smallest-free")
+								if refNS > 0 {
+									b.ReportMetric(ns/refNS, "x-smallest-free")
+								}
+								if refCPU > 0 && cpu > 0 {
+									b.ReportMetric(cpu/refCPU, "x-smallest-free-cpu")
 								}
 							}
 						})
@@ -174,11 +186,13 @@ func seedScalePool(b *testing.B, s pharox.Storage, n int, busy bool) pharox.Acqu
 }
 
 // benchAcquire runs b.N acquire+release pairs with r and returns the mean
-// nanoseconds of the acquisitions alone.
-func benchAcquire(b *testing.B, s pharox.Storage, r pharox.AcquireRequest) float64 {
+// wall nanoseconds of the acquisitions alone and the process CPU
+// nanoseconds per pair (0 where not measured).
+func benchAcquire(b *testing.B, s pharox.Storage, r pharox.AcquireRequest) (ns, cpu float64) {
 	ctx := context.Background()
 	var acquiring time.Duration
 	b.ResetTimer()
+	cpu0 := cpuTime()
 	for range b.N {
 		start := time.Now()
 		l, err := s.AcquireLease(ctx, r)
@@ -190,6 +204,7 @@ func benchAcquire(b *testing.B, s pharox.Storage, r pharox.AcquireRequest) float
 			b.Fatalf("ReleaseLease: %v", err)
 		}
 	}
+	used := cpuTime() - cpu0
 	b.StopTimer()
-	return float64(acquiring.Nanoseconds()) / float64(b.N)
+	return float64(acquiring.Nanoseconds()) / float64(b.N), float64(used.Nanoseconds()) / float64(b.N)
 }
