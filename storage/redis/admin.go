@@ -23,7 +23,7 @@ func (s *Store) CreatePool(ctx context.Context, pool pharox.Pool) (*pharox.Pool,
 	if pool.ID == uuid.Nil {
 		pool.ID = uuid.New()
 	}
-	v, err := s.run(ctx, scriptCreatePool, pool.ID.String(), pool.Name, pool.Description)
+	v, err := s.run(ctx, scriptCreatePool, pool.ID.String(), pool.Name, pool.Description, callToken())
 	if err != nil {
 		return nil, wrap(err, "create pool %q", pool.Name)
 	}
@@ -125,7 +125,7 @@ func (s *Store) ListPools(ctx context.Context) ([]*pharox.Pool, error) {
 // DeletePool deletes the pool with its proxies, their ended leases and its
 // session bindings, in one script.
 func (s *Store) DeletePool(ctx context.Context, id uuid.UUID) error {
-	if _, err := s.run(ctx, scriptDeletePool, id.String()); err != nil {
+	if _, err := s.run(ctx, scriptDeletePool, id.String(), callToken()); err != nil {
 		return wrap(err, "delete pool %s", id)
 	}
 	return nil
@@ -172,7 +172,7 @@ func (s *Store) AddProxies(ctx context.Context, proxies []pharox.Proxy) ([]*phar
 	if err != nil {
 		return nil, fmt.Errorf("redis: add proxies: %w", err)
 	}
-	v, err := s.run(ctx, scriptAddProxies, arg)
+	v, err := s.run(ctx, scriptAddProxies, arg, callToken())
 	if err != nil {
 		return nil, wrap(err, "add proxies")
 	}
@@ -278,7 +278,7 @@ func (s *Store) SetProxyStatus(ctx context.Context, id uuid.UUID, status pharox.
 
 // DeleteProxy deletes a proxy and its ended leases.
 func (s *Store) DeleteProxy(ctx context.Context, id uuid.UUID) error {
-	if _, err := s.run(ctx, scriptDeleteProxy, id.String()); err != nil {
+	if _, err := s.run(ctx, scriptDeleteProxy, id.String(), callToken()); err != nil {
 		return wrap(err, "delete proxy %s", id)
 	}
 	return nil

@@ -130,7 +130,7 @@ func (s *Store) execRelease(ctx context.Context, _ struct{}, ids []uuid.UUID) []
 	}
 	args := make([]any, 0, 2*len(ids))
 	for _, id := range ids {
-		args = append(args, id.String(), releaseToken())
+		args = append(args, id.String(), callToken())
 	}
 	v, err := s.run(ctx, scriptReleaseMany, args...)
 	arr, ok := v.([]any)

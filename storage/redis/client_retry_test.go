@@ -253,3 +253,64 @@ func TestRetriedReleaseSucceeds(t *testing.T) {
 		})
 	}
 }
+
+// TestRetriedAdminWritesSucceed checks that CreatePool, AddProxies,
+// DeleteProxy and DeletePool sent twice by go-redis report their success,
+// not ErrAlreadyExists or a not-found error for the change their first run
+// made, while a second call of its own still gets those errors.
+func TestRetriedAdminWritesSucceed(t *testing.T) {
+	ctx := t.Context()
+	type step struct {
+		what string
+		op   func(s *Store) error
+		want error // what a second call of its own gets
+	}
+	// steps returns the sequence, each step a call made twice: once
+	// stalled, so that go-redis sends it twice, then on its own.
+	steps := func() []step {
+		var pool *pharox.Pool
+		var proxy *pharox.Proxy
+		return []step{
+			{"CreatePool", func(s *Store) error {
+				p, err := s.CreatePool(ctx, pharox.Pool{Name: "p"})
+				if err == nil {
+					pool = p
+				}
+				return err
+			}, pharox.ErrAlreadyExists},
+			{"AddProxies", func(s *Store) error {
+				ps, err := s.AddProxies(ctx, []pharox.Proxy{{PoolID: pool.ID, Host: "127.0.0.1", Port: 8080, Protocol: pharox.ProtocolHTTP}})
+				if err == nil {
+					proxy = ps[0]
+				}
+				return err
+			}, pharox.ErrAlreadyExists},
+			{"DeleteProxy", func(s *Store) error { return s.DeleteProxy(ctx, proxy.ID) }, pharox.ErrProxyNotFound},
+			{"DeletePool", func(s *Store) error { return s.DeletePool(ctx, pool.ID) }, pharox.ErrPoolNotFound},
+		}
+	}
+	// On a loaded machine a call may reach Redis only after the slow
+	// script, unretried: the sequence then starts over on a fresh store.
+	for attempt := 0; ; attempt++ {
+		rs := newRetryingStore(t)
+		all := true
+		for _, st := range steps() {
+			var err error
+			if !rs.stalled(t, func() { err = st.op(rs.Store) }) {
+				all = false
+			}
+			if err != nil {
+				t.Fatalf("%s sent twice: %v", st.what, err)
+			}
+			if err := st.op(rs.Store); !errors.Is(err, st.want) {
+				t.Errorf("%s again, a call of its own: err = %v, want %v", st.what, err, st.want)
+			}
+		}
+		if all {
+			return
+		}
+		if attempt == 2 {
+			t.Fatal("the store's client did not retry every step in three attempts")
+		}
+	}
+}

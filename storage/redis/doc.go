@@ -38,20 +38,21 @@
 // (about 14 bytes); finding the lease released with its own token, a
 // release returns it as released, while any other release of that lease
 // still gets [pharox.ErrLeaseNotActive]. Renewing twice only moves the
-// expiry by the time between the runs; cleanup, reclaims, EnsureConsumer
-// and status changes are idempotent by nature.
+// expiry by the time between the runs; cleanup, reclaims and
+// EnsureConsumer are idempotent by nature.
 //
 // So the store keeps go-redis's retries, and benefits from them: a
 // retried acquisition returns the lease its first run took instead of an
 // error, and a retried release frees the slot and says so, where without
 // retries both would surface as errors (and the lease stay counted until
-// it expires). The administrative writes are not deduplicated: a retried
-// CreatePool or AddProxies that had run may report ErrAlreadyExists, a
-// retried delete ErrPoolNotFound or ErrProxyNotFound, and a retried
-// health result counts twice towards the failure threshold; each reports
-// or repeats a change that was made, and none can take or leak a slot.
-// Clients built with MaxRetries -1 (no retries) work as well; pharox's
-// storage/open keeps the default.
+// it expires). CreatePool, AddProxies, DeletePool and DeleteProxy carry a
+// token too, under which the script keeps its reply for a minute
+// (once:<token>): sent again, the call returns that reply instead of
+// ErrAlreadyExists or a not-found error for the change it made, while a
+// call of its own still gets those. A health result sent twice is
+// applied twice (its failure streak counts two); status changes are the
+// same either way. Clients built with MaxRetries -1 (no retries) work as
+// well; pharox's storage/open keeps the default.
 //
 // # LeaseID
 //
@@ -96,6 +97,7 @@
 //	p:<pid>:geo                geo    proxies with coordinates inside Redis' GEO range
 //	p:<pid>:polar              set    proxies with coordinates beyond ±85.05° latitude
 //	p:<pid>:ff                 hash   proxy id -> the fields filters read, packed (see Acquisition cost)
+//	once:<token>               string an administrative write's reply, for a minute (see Client retries)
 //
 // The layout is not stable before pharox v1 and there is no migration:
 // leases moved from a hash each (lease:<lid>) into the leases hash, for

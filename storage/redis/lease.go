@@ -201,7 +201,7 @@ func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*pharox.Le
 
 // releaseOne runs release.lua for one lease.
 func (s *Store) releaseOne(ctx context.Context, leaseID uuid.UUID) (*pharox.Lease, error) {
-	v, err := s.run(ctx, scriptRelease, leaseID.String(), releaseToken())
+	v, err := s.run(ctx, scriptRelease, leaseID.String(), callToken())
 	if err != nil {
 		return nil, wrap(err, "release lease %s", leaseID)
 	}
@@ -212,13 +212,15 @@ func (s *Store) releaseOne(ctx context.Context, leaseID uuid.UUID) (*pharox.Leas
 	return l, nil
 }
 
-// releaseToken returns a fresh token for one release script call: the
-// script keeps it in the released lease's record, so that the same call
-// sent again (go-redis retries after a timeout or a dropped connection)
-// returns the lease it released rather than ErrLeaseNotActive, while any
-// other release of that lease still gets ErrLeaseNotActive. 64 random
-// bits, as 13 base-36 digits or fewer.
-func releaseToken() string { return strconv.FormatUint(rand.Uint64(), 36) }
+// callToken returns a fresh token for one script call that must tell its
+// own second run (go-redis retries after a timeout or a dropped
+// connection) from another call: a release keeps it in the released
+// lease's record, so the same call sent again returns the lease it
+// released rather than ErrLeaseNotActive, while any other release still
+// gets ErrLeaseNotActive; administrative writes keep their reply under it
+// for a minute (see once in lib.lua). 64 random bits, as 13 base-36
+// digits or fewer.
+func callToken() string { return strconv.FormatUint(rand.Uint64(), 36) }
 
 // RenewLease moves an active, unexpired lease's expiry to now + d.
 func (s *Store) RenewLease(ctx context.Context, leaseID uuid.UUID, d time.Duration) (*pharox.Lease, error) {

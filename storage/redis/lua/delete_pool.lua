@@ -1,4 +1,6 @@
--- delete pool. ARGV: 2 pool id.
+-- delete pool. ARGV: 2 pool id, 3 the call's token (see once in lib.lua).
+local prior = once(ARGV[3])
+if prior then return prior end
 local pid = ARGV[2]
 local name = redis.call('HGET', P .. 'pool:' .. pid, 'name')
 if not name then return redis.error_reply('PHAROX_POOL_NOT_FOUND') end
@@ -10,4 +12,4 @@ for _, s in ipairs({'all', 'free', 'fa:0', 'fa:1', 'lu', 'exp', 'cnt', 'uniq', '
 end
 redis.call('HDEL', P .. 'pools', name)
 redis.call('DEL', P .. 'pool:' .. pid)
-return 1
+return done(ARGV[3], 1)

@@ -312,6 +312,23 @@ local function reclaim(pid, now, limit)
   return #ids
 end
 
+-- Administrative writes (create and delete pools, add and delete proxies)
+-- carry a token per call. once returns the reply a run with that token
+-- already made, or nil; done keeps a reply under its token for ONCE_TTL
+-- ms. So the same call sent again (a client's retry) answers as the first
+-- did, instead of ErrAlreadyExists or a not-found error for the change it
+-- made, while a call of its own, with another token, still gets them.
+local ONCE_TTL = '60000'
+local function once(tok)
+  local v = redis.call('GET', P .. 'once:' .. tok)
+  if v then return cjson.decode(v) end
+  return nil
+end
+local function done(tok, reply)
+  redis.call('SET', P .. 'once:' .. tok, cjson.encode(reply), 'PX', ONCE_TTL)
+  return reply
+end
+
 -- delete_lease forgets an ended lease.
 local function delete_lease(lid)
   local v = redis.call('HGET', LEASES, lid)
