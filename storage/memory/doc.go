@@ -20,14 +20,13 @@
 // are asked for. Building one holds the store's lock for a moment (about
 // 0.1 s for 100,000 proxies on a busy 2-core machine).
 //
-// The LeastUsed trees and Random slices hold exactly the proxies that can
-// take a lease. The FirstAvailable and RoundRobin keys do not depend on the
-// lease count, so their trees are pruned lazily: a proxy that fills up stays
-// in them until a search meets it, which drops it (once), and a proxy that
-// frees a slot while still there costs nothing. Acquiring and releasing a
-// busy proxy thus touches no tree at all, and since a search drops every
-// stale entry it meets, each is walked at most once: over time lazy pruning
-// costs no more than eager removal.
+// Every structure holds exactly the proxies that can take a lease: a proxy
+// that fills up leaves them in the same critical section, and one that
+// frees a slot joins them again. A search therefore never walks a busy
+// proxy, and its cost is O(log n) whatever the number of busy proxies:
+// removing a full proxy at once costs a few tree updates per lease, where
+// leaving it for searches to drop would make the first search after a pool
+// fills up walk every busy proxy under the lock.
 //
 // # Filters
 //
@@ -37,8 +36,7 @@
 // protocol, tags, coordinates and radius, AllOf, AnyOf, NoneOf,
 // predicates) walks the candidates in the strategy's order and tests each
 // with [pharox.Filters.Match] until one matches: busy proxies are no
-// candidates (beyond the stale entries above), but each candidate the
-// filter rejects costs a test. So that a filter rejecting nearly every
+// candidates, but each candidate the filter rejects costs a test. So that a filter rejecting nearly every
 // candidate of a large pool cannot hold the store's lock for long, one
 // search tests at most [DefaultFilterScanBudget] candidates
 // ([WithFilterScanBudget]) and then fails with [pharox.ErrNoProxyAvailable],

@@ -206,11 +206,6 @@ type scanner struct {
 	panicked any
 	// table resolves index items to proxies: the store's table as of reset.
 	table []*proxyState
-	// staleFA and staleRR collect items of proxies that cannot take a
-	// lease, met during a walk, for deletion after it (a b-tree cannot
-	// change while it is walked).
-	staleFA []faItem
-	staleRR []idItem
 	// budget bounds the candidates one search tests against filters;
 	// tested counts them and exhausted says the search stopped there.
 	budget    int
@@ -223,7 +218,6 @@ func (sc *scanner) reset(f *pharox.Filters, table []*proxyState) {
 		f = nil
 	}
 	sc.f, sc.clone, sc.found, sc.panicked, sc.table = f, f.HasPredicate(), nil, nil, table
-	sc.staleFA, sc.staleRR = sc.staleFA[:0], sc.staleRR[:0]
 	sc.tested, sc.exhausted = 0, false
 }
 
@@ -285,25 +279,11 @@ func (sc *scanner) visit(ps *proxyState) bool {
 	return true
 }
 
-func (sc *scanner) visitFA(it faItem) bool {
-	ps := sc.table[it.idx]
-	if !ps.indexed {
-		sc.staleFA = append(sc.staleFA, it)
-		return true
-	}
-	return sc.visit(ps)
-}
+func (sc *scanner) visitFA(it faItem) bool { return sc.visit(sc.table[it.idx]) }
 
 func (sc *scanner) visitLU(it luItem) bool { return sc.visit(sc.table[it.idx]) }
 
-func (sc *scanner) visitRR(it idItem) bool {
-	ps := sc.table[it.idx]
-	if !ps.indexed {
-		sc.staleRR = append(sc.staleRR, it)
-		return true
-	}
-	return sc.visit(ps)
-}
+func (sc *scanner) visitRR(it idItem) bool { return sc.visit(sc.table[it.idx]) }
 
 // visitPast skips the cursor itself, which AscendGreaterOrEqual includes.
 func (sc *scanner) visitPast(it idItem) bool {
@@ -320,21 +300,6 @@ func (sc *scanner) visitUpTo(it idItem) bool {
 		return false
 	}
 	return sc.visitRR(it)
-}
-
-// dropStale deletes the stale items the last walk of x met. Each stale item
-// is deleted once, so over time this costs what deleting eagerly would.
-func (s *Store) dropStale(x *indexSet) {
-	sc := &s.scan
-	for _, it := range sc.staleFA {
-		x.fa.Delete(it)
-		s.table[it.idx].inFA[x.slot] = false
-	}
-	for _, it := range sc.staleRR {
-		x.rr.Delete(it)
-		s.table[it.idx].inRR[x.slot] = false
-	}
-	sc.staleFA, sc.staleRR = sc.staleFA[:0], sc.staleRR[:0]
 }
 
 // pick returns the candidate st chooses among pl's leasable proxies that
@@ -361,26 +326,15 @@ func (s *Store) pick(pl *poolState, st pharox.Strategy) *proxyState {
 		} else {
 			x.rr.Ascend(s.visitRR)
 		}
-		s.dropStale(x)
 	case pharox.Random:
 		return pickRandom(sc, x.rnd)
 	default:
 		if sc.f == nil {
-			for {
-				it, ok := x.fa.Min()
-				if !ok {
-					break
-				}
-				if ps := s.table[it.idx]; ps.indexed {
-					sc.found = ps
-					break
-				}
-				x.fa.DeleteMin()
-				s.table[it.idx].inFA[x.slot] = false
+			if it, ok := x.fa.Min(); ok {
+				sc.found = s.table[it.idx]
 			}
 		} else {
 			x.fa.Ascend(s.visitFA)
-			s.dropStale(x)
 		}
 	}
 	return sc.found
