@@ -32,8 +32,9 @@
 // and releases are written to be run twice safely. The client picks each
 // lease's id before the script runs (or takes [pharox.AcquireRequest]'s
 // LeaseID), and the acquisition scripts first look that id up: a lease
-// that already exists was made by this very call, so they take no slot
-// and return it as it is now (see LeaseID below). A release carries a
+// that already exists was made by this call's earlier run (or, with a
+// LeaseID, by an earlier call with that id), so they take no slot and
+// return it as it is now (see LeaseID below). A release carries a
 // random token that the script keeps in the released lease's record
 // (about 14 bytes); finding the lease released with its own token, a
 // release returns it as released, while any other release of that lease
