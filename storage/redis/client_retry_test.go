@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os/exec"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,7 +17,9 @@ import (
 // The tests in this file force go-redis to retry a script: another client
 // keeps Redis busy with a slow script for stall, longer than the store
 // client's read timeout, so the store's call times out, go-redis sends it
-// again on a new connection, and Redis, once free, runs both.
+// again on a new connection, and Redis, once free, runs both. Each store
+// runs on a redis-server the test starts, so the stalls hold up no other
+// test sharing PHAROX_TEST_REDIS_URL.
 const (
 	stall       = 180 * time.Millisecond
 	readTimeout = 100 * time.Millisecond
@@ -31,22 +34,70 @@ return 1`)
 
 // retryingStore is a store whose client times reads out after readTimeout
 // and keeps go-redis's default retries; dials counts its connections.
+// It runs on a redis-server of its own (see privateRedis), so that the
+// slow scripts stall no other test.
 type retryingStore struct {
 	*Store
+	addr  string
 	dials atomic.Int64
+}
+
+// privateRedis starts a redis-server on a free loopback port for the
+// test and returns its address; the server stops when the test ends. It
+// skips the test when PHAROX_TEST_REDIS_URL is unset (like every Redis
+// test) or redis-server is not installed.
+func privateRedis(t *testing.T) string {
+	t.Helper()
+	testClient(t) // skips without PHAROX_TEST_REDIS_URL
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Skip("redis-server is not installed (Debian: redis-server); skipping the client retry tests")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	_, port, _ := net.SplitHostPort(addr)
+	l.Close()
+	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	c := goredis.NewClient(&goredis.Options{Addr: addr, MaxRetries: -1})
+	defer c.Close()
+	for i := 0; c.Ping(t.Context()).Err() != nil; i++ {
+		if i == 500 {
+			t.Fatalf("redis-server on %s did not answer within 500 pings", addr)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return addr
+}
+
+// clientOf returns a client of the server at addr, closed when the test
+// ends.
+func clientOf(t *testing.T, addr string, tune func(*goredis.Options)) *goredis.Client {
+	o := &goredis.Options{Addr: addr}
+	tune(o)
+	c := goredis.NewClient(o)
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 func newRetryingStore(t *testing.T, opts ...Option) *retryingStore {
 	t.Helper()
-	rs := &retryingStore{}
-	c := testClient(t, func(o *goredis.Options) { o.ReadTimeout = readTimeout })
+	rs := &retryingStore{addr: privateRedis(t)}
+	c := clientOf(t, rs.addr, func(o *goredis.Options) { o.ReadTimeout = readTimeout })
 	c.AddHook(dialCounter{&rs.dials})
-	prefix := testPrefix()
-	s, err := New(c, append([]Option{WithPrefix(prefix)}, opts...)...)
+	s, err := New(c, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { dropPrefix(t, testClient(t), prefix) })
 	if err := s.LoadScripts(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -76,8 +127,8 @@ func (h dialCounter) ProcessPipelineHook(next goredis.ProcessPipelineHook) gored
 // timeout). It returns once the slow script has ended.
 func (rs *retryingStore) stalled(t *testing.T, op func()) bool {
 	t.Helper()
-	blocker := testClient(t, func(o *goredis.Options) { o.ReadTimeout = 10 * time.Second; o.MaxRetries = -1 })
-	probe := testClient(t, func(o *goredis.Options) { o.ReadTimeout = 20 * time.Millisecond; o.MaxRetries = -1 })
+	blocker := clientOf(t, rs.addr, func(o *goredis.Options) { o.ReadTimeout = 10 * time.Second; o.MaxRetries = -1 })
+	probe := clientOf(t, rs.addr, func(o *goredis.Options) { o.ReadTimeout = 20 * time.Millisecond; o.MaxRetries = -1 })
 	ctx := t.Context()
 	if err := busyScript.Load(ctx, blocker).Err(); err != nil {
 		t.Fatal(err)
