@@ -21,6 +21,12 @@ func Reason(err error) string {
 	if err == nil {
 		return ""
 	}
+	if errors.Is(err, pharox.ErrNoProxyAvailable) {
+		// A wait for a free proxy that ran out of time wraps the
+		// context's deadline too, which reads as a timeout below; it is
+		// a miss, not a store that is down.
+		return ""
+	}
 	if r := sqlState(err); r != "" {
 		return r
 	}

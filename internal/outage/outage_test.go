@@ -51,6 +51,8 @@ func TestReasonOfDriverErrors(t *testing.T) {
 		{"pgxpool closed", errors.New("closed pool"), true},
 		// *fs.PathError has Timeout(), so it is a net.Error too; a missing
 		// directory is a configuration error, not a store that is down.
+		// Manager.AcquireWait's miss at its deadline: exit 75 before.
+		{"wait ended without a proxy", fmt.Errorf("acquire from pool %q: waited 1s: %w: %w", "main", pharox.ErrNoProxyAvailable, context.DeadlineExceeded), false},
 		{"missing directory", fmt.Errorf("create SQLite database: %w", missingDir), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
