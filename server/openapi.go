@@ -78,7 +78,11 @@ func buildOpenAPI(routes []route, metricsPublic bool) obj {
 			if q.Format != "" {
 				sch["format"] = q.Format
 			}
-			p := obj{"name": q.Name, "in": "query", "required": false, "schema": sch}
+			in := q.In
+			if in == "" {
+				in = "query"
+			}
+			p := obj{"name": q.Name, "in": in, "required": false, "schema": sch}
 			if q.Description != "" {
 				p["description"] = q.Description
 			}

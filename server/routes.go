@@ -47,6 +47,8 @@ type route struct {
 // queryParam documents one query parameter.
 type queryParam struct {
 	Name, Type, Format, Description string
+	// In is where the parameter travels: "query" when empty, or "header".
+	In string
 }
 
 // pattern returns the ServeMux pattern for the route: a path that ends in
@@ -132,6 +134,10 @@ func routeTable() []route {
 				"like consumer_name (the Python SDK sends names there). 409 {\"detail\": \"No proxy available\"} when nothing fits, after waiting up to " +
 				"wait_seconds; a wait longer than the server's maximum is refused (422). The answer carries the proxy with its credentials and URL.",
 			Role: RoleConsumer, Request: api.AcquireRequest{}, Status: 201, Response: api.Lease{},
+			Query: []queryParam{{Name: IdempotencyKeyHeader, In: "header", Type: "string",
+				Description: "1 to 255 printable ASCII characters, no spaces: repeating an acquisition with the same key and consumer " +
+					"returns the same lease as it is now (active or ended) and never takes a second slot; the same key for another pool is 422. " +
+					"The answer repeats the key."}},
 			Errors: []int{404, 409}, api: (*Server).acquireCounted},
 		{Method: "GET", Path: "/v1/leases/", ID: "listLeases", Tag: "leases", Summary: "List leases, oldest first",
 			Role: RoleAdmin, Status: 200, Response: []api.Lease{},
