@@ -125,8 +125,9 @@ func WithOutcomePolicy(p OutcomePolicy) ManagerOption {
 }
 
 // Manager holds the business rules of leasing: validation, defaults,
-// consumers, waiting, events. It keeps no state of its own beyond caches,
-// so any number of Managers in any number of processes may share a store.
+// consumers, waiting, events. It keeps no state of its own beyond caches
+// and the outcome verdicts it counted (see ReportOutcome), so any number of
+// Managers in any number of processes may share a store.
 type Manager struct {
 	store     Storage
 	onAcquire []func(context.Context, AcquireEvent)
@@ -134,6 +135,7 @@ type Manager struct {
 	logger    *slog.Logger
 	outcomes  OutcomePolicy
 	guard     banGuard
+	verdicts  verdictLog
 	// invalid is the configuration error NewManager found, if any: every
 	// method then returns it instead of working with that configuration.
 	invalid error
@@ -392,6 +394,7 @@ func (m *Manager) Renew(ctx context.Context, leaseID uuid.UUID, d time.Duration)
 	if err != nil {
 		return nil, fmt.Errorf("renew lease %s: %w", leaseID, err)
 	}
+	m.verdicts.extend(leaseID, lease.ExpiresAt)
 	return lease, nil
 }
 

@@ -239,11 +239,14 @@ func TestRenew(t *testing.T) {
 func TestReportOutcome(t *testing.T) {
 	ctx := context.Background()
 	m, store, _ := newPool(t, 4, 10)
-	lease, err := m.Acquire(ctx, "main", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// One failure verdict per lease: three leases make the proxy inactive.
+	var lease *pharox.Lease
 	for i := 1; i <= 3; i++ {
+		var err error
+		lease, err = m.Acquire(ctx, "main", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
 		p, err := m.ReportOutcome(ctx, lease, pharox.Outcome{Kind: pharox.OutcomeFailure, Reason: "reset"})
 		if err != nil {
 			t.Fatal(err)
@@ -266,18 +269,28 @@ func TestReportOutcome(t *testing.T) {
 	if _, err := m.ReportOutcome(ctx, nil, pharox.Outcome{Kind: pharox.OutcomeSuccess}); !errors.Is(err, pharox.ErrInvalidArgument) {
 		t.Fatalf("nil lease: %v", err)
 	}
+	if _, err := m.ReportOutcome(ctx, &pharox.Lease{ID: uuid.New()}, pharox.Outcome{Kind: pharox.OutcomeSuccess}); !errors.Is(err, pharox.ErrLeaseNotFound) {
+		t.Fatalf("unknown lease: %v", err)
+	}
 
-	// 429 counts as a ban; the default threshold is two in a row, and the
-	// guard lets passive reports ban at most half the pool per window.
+	// 429 counts as a ban; the default threshold is two in a row (two
+	// leases), and the guard lets passive reports take at most half the
+	// pool out of service.
 	proxies, err := store.ListProxies(ctx, lease.PoolID)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if _, err := store.SetProxyStatus(ctx, lease.ProxyID, pharox.StatusActive); err != nil {
+		t.Fatal(err)
+	}
 	banned := 0
 	for _, px := range proxies {
-		l := &pharox.Lease{ProxyID: px.ID, PoolName: "main"}
 		var got *pharox.Proxy
 		for range 2 {
+			l, err := m.Acquire(ctx, "main", &pharox.AcquireOptions{Filters: &pharox.Filters{Predicate: func(p *pharox.Proxy) bool { return p.ID == px.ID }}})
+			if err != nil {
+				t.Fatal(err)
+			}
 			if got, err = m.ReportOutcome(ctx, l, pharox.Outcome{Kind: pharox.OutcomeSuccess, StatusCode: 429}); err != nil {
 				t.Fatal(err)
 			}
@@ -327,7 +340,11 @@ func TestReportOutcomeWithoutGuard(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, px := range proxies {
-		p, err := m.ReportOutcome(ctx, &pharox.Lease{ProxyID: px.ID, PoolName: "main"}, pharox.Outcome{Kind: pharox.OutcomeBanned})
+		l, err := m.Acquire(ctx, "main", &pharox.AcquireOptions{Filters: &pharox.Filters{Predicate: func(p *pharox.Proxy) bool { return p.ID == px.ID }}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := m.ReportOutcome(ctx, l, pharox.Outcome{Kind: pharox.OutcomeBanned})
 		if err != nil || p.Status != pharox.StatusBanned {
 			t.Fatalf("unguarded ban: %+v %v", p, err)
 		}

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/google/uuid"
 )
 
 // OutcomeKind says how a consumer's request through a leased proxy went.
@@ -45,11 +47,13 @@ type OutcomePolicy struct {
 	// BanStatusCodes are target answers that count as a ban. 403 is not in
 	// the default: many sites answer it for reasons unrelated to the proxy.
 	BanStatusCodes []int
-	// MaxBannedShare caps the share of a pool's proxies that may be banned
-	// when a passive report would ban one more; past it, ban reports only
-	// count as failures until a health probe confirms them. It guards a
-	// pool against one bad ban rule. 0 (or 1) disables the guard; values
-	// outside [0, 1] are invalid.
+	// MaxBannedShare caps the share of a pool's proxies that passive
+	// reports may take out of service: while banned and inactive proxies
+	// together make up this share of the pool, failure and ban reports
+	// only count in the proxy's streak and leave its status to a health
+	// probe. It guards a pool against one bad ban rule and against
+	// consumers reporting every proxy dead. 0 (or 1) disables the guard;
+	// values outside [0, 1] are invalid.
 	MaxBannedShare float64
 }
 
@@ -92,8 +96,23 @@ func (p OutcomePolicy) Validate() error {
 
 // ReportOutcome feeds a consumer's real traffic through a leased proxy back
 // into the proxy's health, atomically through
-// [LeaseStore.ApplyHealthCheckResult]. It returns the updated proxy, or
-// ErrProxyNotFound if the proxy was deleted.
+// [LeaseStore.ApplyHealthCheckResult], and returns the updated proxy.
+//
+// Outcomes are accepted only on active leases: the lease is read back from
+// the store (by lease.ID; its proxy and pool come from the store, not from
+// the caller's copy), and a lease that was released or has expired gives
+// an error wrapping ErrLeaseNotActive, an unknown one ErrLeaseNotFound.
+//
+// Each lease gives at most one verdict: its first failure or ban counts,
+// later ones are accepted and change nothing (the proxy is returned as it
+// is), so one holder replaying a report cannot push a proxy over its
+// failure or ban threshold alone. Successes always count. The verdicts
+// given are remembered by this Manager, in memory, until their lease
+// expires: Managers in other processes sharing the store do not see them,
+// so a lease can give one verdict per process.
+//
+// Failures and bans that would take a proxy out of service are capped by
+// the policy's MaxBannedShare (see [OutcomePolicy]).
 func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*Proxy, error) {
 	if m.invalid != nil {
 		return nil, m.invalid
@@ -106,18 +125,30 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 	}
 	p := m.outcomes
 	kind := o.Kind
-	held := false // a place in the ban guard, given back below
 	if kind == OutcomeSuccess && slices.Contains(p.BanStatusCodes, o.StatusCode) {
 		kind = OutcomeBanned
 	}
+	switch kind {
+	case OutcomeSuccess, OutcomeFailure, OutcomeBanned:
+	default:
+		return nil, fmt.Errorf("%w: unknown outcome kind %q (want success, failure or banned)", ErrInvalidArgument, o.Kind)
+	}
+	stored, err := m.store.GetLease(ctx, lease.ID)
+	if err != nil {
+		return nil, fmt.Errorf("report outcome on lease %s: %w", lease.ID, err)
+	}
+	if stored.Status != LeaseActive || !time.Now().Before(stored.ExpiresAt) {
+		return nil, fmt.Errorf("report outcome on lease %s: %w (it ended, %s)", lease.ID, ErrLeaseNotActive, endedHow(stored))
+	}
 	r := HealthCheckResult{
-		ProxyID:    lease.ProxyID,
+		ProxyID:    stored.ProxyID,
 		Latency:    o.Latency,
 		StatusCode: o.StatusCode,
 		CheckedAt:  time.Now().UTC(),
 		Error:      o.Reason,
 		Attempts:   1,
 	}
+	held := false // a place in the guard's budget, given back below
 	switch kind {
 	case OutcomeSuccess:
 		r.Status = StatusActive
@@ -126,46 +157,136 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 			r.Status = StatusSlow
 			r.Error = fmt.Sprintf("slow: a request took %v (threshold %v)", o.Latency.Round(time.Millisecond), p.SlowLatency)
 		}
-	case OutcomeFailure:
-		r.Status, r.ErrorKind, r.FailureThreshold = StatusInactive, "passive_failure", p.FailureThreshold
-	case OutcomeBanned:
-		r.Status, r.ErrorKind, r.FailureThreshold = StatusBanned, "passive_ban", p.BanThreshold
-		if r.Error == "" {
-			r.Error = fmt.Sprintf("target answered %d", o.StatusCode)
+	case OutcomeFailure, OutcomeBanned:
+		if !m.verdicts.claim(stored.ID, stored.ExpiresAt) {
+			// This lease already gave its verdict: accepted, not counted.
+			return m.currentProxy(ctx, stored.ProxyID)
+		}
+		if kind == OutcomeFailure {
+			r.Status, r.ErrorKind, r.FailureThreshold = StatusInactive, "passive_failure", p.FailureThreshold
+		} else {
+			r.Status, r.ErrorKind, r.FailureThreshold = StatusBanned, "passive_ban", p.BanThreshold
+			switch {
+			case r.Error != "":
+			case o.StatusCode > 0:
+				r.Error = fmt.Sprintf("target answered %d", o.StatusCode)
+			default:
+				r.Error = "reported banned"
+			}
 		}
 		var allowed bool
-		allowed, held = m.guard.reserve(ctx, m, lease.PoolName, p)
+		allowed, held = m.guard.reserve(ctx, m, stored.PoolName, p)
 		if !allowed {
-			// Count the failure but leave the status to a health probe.
+			// Count it in the streak but leave the status to a health probe.
 			r.FailureThreshold = math.MaxInt32
-			r.Error += " (ban not applied: too many bans in this pool recently)"
+			if kind == OutcomeBanned {
+				r.Error += " (ban not applied: too many proxies of this pool are banned or inactive)"
+			} else {
+				r.Error += " (not marked inactive: too many proxies of this pool are banned or inactive)"
+			}
 		}
-	default:
-		return nil, fmt.Errorf("%w: unknown outcome kind %q (want success, failure or banned)", ErrInvalidArgument, o.Kind)
 	}
 	proxy, err := m.store.ApplyHealthCheckResult(ctx, r)
 	if held {
-		m.guard.done(lease.PoolName)
+		m.guard.done(stored.PoolName)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("report outcome for proxy %s: %w", lease.ProxyID, err)
+		if kind != OutcomeSuccess {
+			// Not applied: a retry of the report may still count.
+			m.verdicts.forget(stored.ID)
+		}
+		return nil, fmt.Errorf("report outcome for proxy %s: %w", stored.ProxyID, err)
 	}
 	if proxy == nil {
-		return nil, fmt.Errorf("report outcome: %w: %s", ErrProxyNotFound, lease.ProxyID)
+		return nil, fmt.Errorf("report outcome: %w: %s", ErrProxyNotFound, stored.ProxyID)
 	}
 	return proxy, nil
 }
 
-// banGuard caps passive bans per pool: a report may ban a proxy only while
-// fewer than MaxBannedShare of the pool's proxies are banned, counting the
-// bans stored (by any process, probes included) plus the ones this process
-// is applying right now.
+// endedHow says how a lease that is no longer active ended.
+func endedHow(l *Lease) string {
+	if l.Status == LeaseActive {
+		return "past its expiry"
+	}
+	return string(l.Status)
+}
+
+// currentProxy returns the proxy as stored.
+func (m *Manager) currentProxy(ctx context.Context, id uuid.UUID) (*Proxy, error) {
+	proxy, err := m.store.GetProxy(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("report outcome for proxy %s: %w", id, err)
+	}
+	return proxy, nil
+}
+
+// verdictLog remembers the leases that gave their one counted failure or
+// ban verdict, each until its lease expires. Only active leases report, so
+// it holds at most one entry per active lease that reported a verdict;
+// expired entries are dropped as time goes on.
+type verdictLog struct {
+	mu        sync.Mutex
+	until     map[uuid.UUID]time.Time
+	nextPrune time.Time
+}
+
+// verdictPruneEvery is how often the log drops entries of expired leases.
+const verdictPruneEvery = time.Minute
+
+// claim records lease's verdict; it reports false if the lease already
+// gave one. expires is when the lease ends unless renewed.
+func (v *verdictLog) claim(lease uuid.UUID, expires time.Time) bool {
+	now := time.Now()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.until == nil {
+		v.until = make(map[uuid.UUID]time.Time)
+	}
+	if now.After(v.nextPrune) {
+		for id, t := range v.until {
+			if now.After(t) {
+				delete(v.until, id)
+			}
+		}
+		v.nextPrune = now.Add(verdictPruneEvery)
+	}
+	if t, ok := v.until[lease]; ok {
+		if expires.After(t) {
+			v.until[lease] = expires // renewed since
+		}
+		return false
+	}
+	v.until[lease] = expires
+	return true
+}
+
+// extend keeps a lease's verdict as long as the lease, after a renewal.
+func (v *verdictLog) extend(lease uuid.UUID, expires time.Time) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if t, ok := v.until[lease]; ok && expires.After(t) {
+		v.until[lease] = expires
+	}
+}
+
+// forget drops a verdict that was not applied.
+func (v *verdictLog) forget(lease uuid.UUID) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	delete(v.until, lease)
+}
+
+// banGuard caps what passive reports take out of service per pool: a
+// failure or ban report may change a proxy's status only while fewer than
+// MaxBannedShare of the pool's proxies are banned or inactive, counting the
+// proxies stored so (by any process, probes included) plus the reports
+// this process is applying right now.
 type banGuard struct {
 	mu       sync.Mutex
 	inFlight map[string]int
 }
 
-// reserve reports whether one more ban is allowed and whether it holds a
+// reserve reports whether one more ban or failure is allowed and whether it holds a
 // place in the pool's budget, which the caller gives back with done.
 func (g *banGuard) reserve(ctx context.Context, m *Manager, pool string, p OutcomePolicy) (allowed, held bool) {
 	if p.MaxBannedShare <= 0 || p.MaxBannedShare >= 1 {
@@ -182,7 +303,7 @@ func (g *banGuard) reserve(ctx context.Context, m *Manager, pool string, p Outco
 	if g.inFlight == nil {
 		g.inFlight = make(map[string]int)
 	}
-	if stats.ByStatus[StatusBanned]+g.inFlight[pool] >= budget {
+	if stats.ByStatus[StatusBanned]+stats.ByStatus[StatusInactive]+g.inFlight[pool] >= budget {
 		return false, false
 	}
 	g.inFlight[pool]++

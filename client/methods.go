@@ -244,7 +244,7 @@ func (c *Client) Acquire(ctx context.Context, req api.AcquireRequest) (*pharox.L
 // AcquireWithKey is Acquire with the caller's idempotency key: acquiring
 // again with the same key (and consumer) returns the same lease, as it is
 // now, for as long as the server keeps the lease record, even from another
-// process. Keys are 1 to 255 printable ASCII characters.
+// process. Keys are 1 to 255 printable ASCII characters, no spaces.
 func (c *Client) AcquireWithKey(ctx context.Context, key string, req api.AcquireRequest) (*pharox.Lease, error) {
 	if req.Filters.HasPredicate() {
 		return nil, fmt.Errorf("client: %w: a filter predicate runs only in-process", pharox.ErrUnsupported)

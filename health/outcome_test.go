@@ -37,11 +37,17 @@ func TestReportOutcomeStreaks(t *testing.T) {
 		SlowLatency:      time.Second,
 		BanStatusCodes:   []int{429},
 	}))
-	lease, err := m.Acquire(ctx, "p", nil)
-	if err != nil {
-		t.Fatal(err)
+	// Each lease gives one failure or ban verdict, so each verdict below
+	// comes through a lease of its own.
+	acquire := func() *pharox.Lease {
+		t.Helper()
+		l, err := m.Acquire(ctx, "p", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
 	}
-	report := func(o pharox.Outcome) *pharox.Proxy {
+	report := func(lease *pharox.Lease, o pharox.Outcome) *pharox.Proxy {
 		t.Helper()
 		p, err := m.ReportOutcome(ctx, lease, o)
 		if err != nil {
@@ -53,40 +59,42 @@ func TestReportOutcomeStreaks(t *testing.T) {
 		return p
 	}
 
-	p := report(pharox.Outcome{Kind: pharox.OutcomeFailure, Reason: "read timeout from target"})
+	p := report(acquire(), pharox.Outcome{Kind: pharox.OutcomeFailure, Reason: "read timeout from target"})
 	if p.Status != pharox.StatusActive || p.FailureStreak != 1 {
 		t.Fatalf("one failure: %s streak %d", p.Status, p.FailureStreak)
 	}
-	p = report(pharox.Outcome{Kind: pharox.OutcomeFailure, Reason: "read timeout from target"})
+	lease := acquire()
+	p = report(lease, pharox.Outcome{Kind: pharox.OutcomeFailure, Reason: "read timeout from target"})
 	if p.Status != pharox.StatusInactive || p.LastError != "read timeout from target" || p.StatusChangedAt == nil {
 		t.Fatalf("two failures: %+v", p)
 	}
 	if _, err := m.Acquire(ctx, "p", nil); !errors.Is(err, pharox.ErrNoProxyAvailable) {
 		t.Fatalf("inactive proxy still leased: %v", err)
 	}
-	p = report(pharox.Outcome{Kind: pharox.OutcomeSuccess, Latency: 2 * time.Second, StatusCode: 200})
+	p = report(lease, pharox.Outcome{Kind: pharox.OutcomeSuccess, Latency: 2 * time.Second, StatusCode: 200})
 	if p.Status != pharox.StatusSlow || p.FailureStreak != 0 || !strings.HasPrefix(p.LastError, "slow:") {
 		t.Fatalf("slow success: %+v", p)
 	}
-	p = report(pharox.Outcome{Kind: pharox.OutcomeSuccess, StatusCode: 403})
+	p = report(lease, pharox.Outcome{Kind: pharox.OutcomeSuccess, StatusCode: 403})
 	if p.Status != pharox.StatusActive {
 		t.Fatalf("403 must not ban by default, got %s", p.Status)
 	}
-	p = report(pharox.Outcome{Kind: pharox.OutcomeSuccess, StatusCode: 429})
+	lease = acquire()
+	p = report(lease, pharox.Outcome{Kind: pharox.OutcomeSuccess, StatusCode: 429})
 	if p.Status != pharox.StatusBanned || p.LastStatusCode != 429 || !strings.Contains(p.LastError, "429") {
 		t.Fatalf("429: %+v", p)
 	}
 	if _, err := m.ReportOutcome(ctx, lease, pharox.Outcome{Kind: "meh"}); !errors.Is(err, pharox.ErrInvalidArgument) {
 		t.Fatalf("unknown kind: %v", err)
 	}
+	if _, err := m.ReportOutcome(ctx, lease, pharox.Outcome{Kind: pharox.OutcomeFailure}); err != nil {
+		t.Fatalf("report on an active lease: %v", err)
+	}
 	if _, err := m.Release(ctx, lease.ID); err != nil {
 		t.Fatal(err)
 	}
-	if err := store.DeleteProxy(ctx, proxies[0].ID); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.ReportOutcome(ctx, lease, pharox.Outcome{Kind: pharox.OutcomeFailure}); !errors.Is(err, pharox.ErrProxyNotFound) {
-		t.Fatalf("report on deleted proxy: %v", err)
+	if _, err := m.ReportOutcome(ctx, lease, pharox.Outcome{Kind: pharox.OutcomeFailure}); !errors.Is(err, pharox.ErrLeaseNotActive) {
+		t.Fatalf("report on a released lease: %v", err)
 	}
 }
 

@@ -47,7 +47,7 @@ func setup(t *testing.T, n int) pharox.Storage {
 func TestPrometheusRecordsRealAcquisitions(t *testing.T) {
 	ctx := context.Background()
 	reg := prometheus.NewRegistry()
-	rec, err := observe.NewPrometheus(reg, observe.PrometheusOptions{})
+	rec, err := observe.NewPrometheus(reg, observe.PrometheusOptions{ConsumerLabels: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,9 +135,11 @@ func TestPrometheusRecordsRealAcquisitions(t *testing.T) {
 	}
 }
 
-func TestPrometheusOmitConsumer(t *testing.T) {
+// TestPrometheusNoConsumerLabelsByDefault: consumer names, which clients
+// choose, label no series unless asked for.
+func TestPrometheusNoConsumerLabelsByDefault(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	rec, err := observe.NewPrometheus(reg, observe.PrometheusOptions{OmitConsumer: true})
+	rec, err := observe.NewPrometheus(reg, observe.PrometheusOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,9 +24,11 @@ const unknownPool = "_unknown"
 type PrometheusOptions struct {
 	// Namespace prefixes every metric; empty means "pharox".
 	Namespace string
-	// OmitConsumer leaves the consumer label empty. Use it when consumers
-	// are many or named by untrusted clients, to bound cardinality.
-	OmitConsumer bool
+	// ConsumerLabels fills the consumer label of the acquire and release
+	// metrics with the consumer's name; without it the label is empty.
+	// Every consumer name then adds its own series, so turn it on only
+	// when consumer names are few and not chosen by untrusted clients.
+	ConsumerLabels bool
 	// AcquireBuckets and LeaseBuckets override the histogram buckets (in
 	// seconds) of acquire_duration_seconds and lease_duration_seconds.
 	AcquireBuckets []float64
@@ -46,7 +48,8 @@ type PrometheusOptions struct {
 //	pharox_pool_proxies{pool,status}                           gauge
 //	pharox_health_checks_total{pool,status}                    counter
 //
-// status of acquire is hit, miss or error. The pool gauges follow the
+// status of acquire is hit, miss or error; consumer is empty unless
+// PrometheusOptions.ConsumerLabels. The pool gauges follow the
 // PoolStats snapshot carried by each event.
 type Prometheus struct {
 	opts            PrometheusOptions
@@ -133,7 +136,7 @@ func (p *Prometheus) ManagerOptions() []pharox.ManagerOption {
 }
 
 func (p *Prometheus) consumer(name string) string {
-	if p.opts.OmitConsumer {
+	if !p.opts.ConsumerLabels {
 		return ""
 	}
 	return name

@@ -11,8 +11,8 @@ type Role int
 
 // Roles, from least to most privileged. A route needs a minimum role.
 const (
-	// RolePublic routes need no key: liveness, readiness, metrics and the
-	// OpenAPI document.
+	// RolePublic routes need no key: liveness, readiness and the OpenAPI
+	// document (and metrics when Options.MetricsPublic).
 	RolePublic Role = iota
 	// RoleConsumer may ensure consumers, acquire leases, read, renew and
 	// release them, report outcomes, and read pools and their stats.

@@ -183,3 +183,34 @@ func detailProblems(detail string) []string {
 }
 
 func isArticle(w string) bool { return w == "a" || w == "an" || w == "the" }
+
+// TestErrorDetailsAreReadableRaw reads answers as curl shows them: the
+// characters a detail quotes or states (a pool named "R&D", "radius_km ...
+// >= 0") appear as written, not HTML-escaped as \u0026 and \u003e.
+func TestErrorDetailsAreReadableRaw(t *testing.T) {
+	srv := server.New(pharox.NewManager(memory.New()), server.Options{AdminKeys: []string{"admin"}, ReapInterval: -1})
+	hs := httptest.NewServer(srv)
+	t.Cleanup(func() { srv.Close(); hs.Close() })
+	raw := func(method, path, body string) string {
+		t.Helper()
+		req, _ := http.NewRequest(method, hs.URL+path, strings.NewReader(body))
+		req.Header.Set("X-API-Key", "admin")
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := hs.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	raw("POST", "/v1/pools/", `{"name":"R&D"}`)
+	for _, tc := range []struct{ name, method, path, body, want string }{
+		{"duplicate pool", "POST", "/v1/pools/", `{"name":"R&D"}`, `R&D`},
+		{"negative radius", "POST", "/v1/leases/", `{"pool_name":"R&D","filters":{"latitude":1,"longitude":2,"radius_km":-5}}`, `>=`},
+	} {
+		if got := raw(tc.method, tc.path, tc.body); !strings.Contains(got, tc.want) || strings.Contains(got, `\u00`) {
+			t.Errorf("%s: body %s, want %s as written", tc.name, strings.TrimSpace(got), tc.want)
+		}
+	}
+}

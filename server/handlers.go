@@ -396,6 +396,11 @@ func (s *Server) ensureConsumer(r *http.Request) (any, error) {
 	if err := decodeBody(r, &req, false); err != nil {
 		return nil, err
 	}
+	if req.Name != "" { // an empty name is refused below, not the default's
+		if err := s.allowConsumer(r, req.Name); err != nil {
+			return nil, err
+		}
+	}
 	c, err := s.mgr.EnsureConsumer(r.Context(), req.Name)
 	if err != nil {
 		return nil, err
@@ -537,6 +542,9 @@ func (s *Server) acquire(r *http.Request) (any, error) {
 			return nil, unprocessable("consumer_id and consumer_name name different consumers")
 		}
 		opts.Consumer = name
+	}
+	if err := s.allowConsumer(r, opts.Consumer); err != nil {
+		return nil, err
 	}
 	if opts.LeaseID, err = idempotentLeaseID(r, opts.Consumer); err != nil {
 		return nil, err
@@ -732,16 +740,17 @@ func (s *Server) reportOutcome(r *http.Request) (any, error) {
 	if len(req.Reason) > maxReasonBytes {
 		return nil, unprocessable("reason longer than %d bytes", maxReasonBytes)
 	}
-	lease, err := s.store.GetLease(r.Context(), id)
-	if err != nil {
-		return nil, err
-	}
-	p, err := s.mgr.ReportOutcome(r.Context(), lease, pharox.Outcome{
+	// The Manager reads the lease itself: outcomes count only on active
+	// leases, and one failure or ban per lease.
+	p, err := s.mgr.ReportOutcome(r.Context(), &pharox.Lease{ID: id}, pharox.Outcome{
 		Kind:       pharox.OutcomeKind(strings.ToLower(strings.TrimSpace(req.Kind))),
 		Latency:    time.Duration(req.LatencyMS * float64(time.Millisecond)),
 		StatusCode: req.StatusCode,
 		Reason:     req.Reason,
 	})
+	if errors.Is(err, pharox.ErrLeaseNotActive) {
+		return nil, withDetail(err, "Lease %s is not active: it was released or has expired, so outcomes are no longer accepted for it", id)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -167,3 +167,23 @@ func idemLease(t *testing.T, body string) api.Lease {
 	}
 	return l
 }
+
+// The OpenAPI document names the Idempotency-Key header of an
+// acquisition, so clients generated from it can send one.
+func TestOpenAPIDocumentsIdempotencyKey(t *testing.T) {
+	srv := server.New(pharox.NewManager(memory.New()), server.Options{DisableAuth: true})
+	var doc struct {
+		Paths map[string]map[string]struct {
+			Parameters []struct{ Name, In string } `json:"parameters"`
+		} `json:"paths"`
+	}
+	if err := json.Unmarshal(srv.OpenAPI(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range doc.Paths["/v1/leases/"]["post"].Parameters {
+		if p.Name == server.IdempotencyKeyHeader && p.In == "header" {
+			return
+		}
+	}
+	t.Fatalf("POST /v1/leases/ parameters %+v: no Idempotency-Key header", doc.Paths["/v1/leases/"]["post"].Parameters)
+}

@@ -100,8 +100,8 @@ func routeOf(r *http.Request) string {
 // register installs one route of the table on the mux.
 func (s *Server) register(rt *route) {
 	need := rt.Role
-	if rt.ID == "metrics" && s.opts.MetricsRequireKey {
-		need = RoleAdmin
+	if rt.ID == "metrics" && s.opts.MetricsPublic {
+		need = RolePublic
 	}
 	limit := s.opts.MaxBodyBytes
 	if rt.Import {
@@ -192,7 +192,12 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	buf.Reset()
 	h := w.Header()
 	h["Content-Type"] = jsonContentType
-	if err := json.NewEncoder(buf).Encode(v); err != nil {
+	enc := json.NewEncoder(buf)
+	// Details quote what the user sent (a pool named "R&D") and state
+	// limits (">= 0"): curl should show them as written, not as \u0026.
+	// The API serves application/json with nosniff, never HTML.
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
 		// Only a bug can get here: every body is a plain wire type.
 		w.WriteHeader(http.StatusInternalServerError)
 		_, _ = io.WriteString(w, `{"detail":"Internal server error"}`)

@@ -23,7 +23,7 @@ var pathParam = regexp.MustCompile(`\{([a-z_]+)\}`)
 // api package's Go types by reflection.
 func (s *Server) OpenAPI() []byte {
 	s.openapiOnce.Do(func() {
-		doc := buildOpenAPI(s.routes, s.opts.MetricsRequireKey)
+		doc := buildOpenAPI(s.routes, s.opts.MetricsPublic)
 		b, err := json.MarshalIndent(doc, "", "  ")
 		if err != nil {
 			panic("pharox server: marshal OpenAPI document: " + err.Error())
@@ -40,7 +40,7 @@ func (s *Server) serveOpenAPI(w http.ResponseWriter, r *http.Request) {
 
 type obj = map[string]any
 
-func buildOpenAPI(routes []route, metricsKey bool) obj {
+func buildOpenAPI(routes []route, metricsPublic bool) obj {
 	sg := &schemaGen{defs: obj{}}
 	errorRef := sg.schema(reflect.TypeOf(api.Error{}))
 	paths := obj{}
@@ -55,8 +55,8 @@ func buildOpenAPI(routes []route, metricsKey bool) obj {
 			op["description"] = rt.Description
 		}
 		role := rt.Role
-		if rt.ID == "metrics" && metricsKey {
-			role = RoleAdmin
+		if rt.ID == "metrics" && metricsPublic {
+			role = RolePublic
 		}
 		if role == RolePublic {
 			op["security"] = []any{}
@@ -78,7 +78,11 @@ func buildOpenAPI(routes []route, metricsKey bool) obj {
 			if q.Format != "" {
 				sch["format"] = q.Format
 			}
-			p := obj{"name": q.Name, "in": "query", "required": false, "schema": sch}
+			in := q.In
+			if in == "" {
+				in = "query"
+			}
+			p := obj{"name": q.Name, "in": in, "required": false, "schema": sch}
 			if q.Description != "" {
 				p["description"] = q.Description
 			}

@@ -47,6 +47,8 @@ type route struct {
 // queryParam documents one query parameter.
 type queryParam struct {
 	Name, Type, Format, Description string
+	// In is where the parameter travels: "query" when empty, or "header".
+	In string
 }
 
 // pattern returns the ServeMux pattern for the route: a path that ends in
@@ -68,8 +70,8 @@ func routeTable() []route {
 		{Method: "GET", Path: "/readyz", ID: "readyz", Tag: "service", Summary: "Readiness: the store answers a ping",
 			Role: RolePublic, Status: 200, Response: api.ServiceStatus{}, Errors: []int{503}, raw: (*Server).readyz},
 		{Method: "GET", Path: "/metrics", ID: "metrics", Tag: "service", Summary: "Prometheus metrics (text exposition format)",
-			Description: "Public unless the server requires a key for metrics, then admin.",
-			Role:        RolePublic, Status: 200, raw: (*Server).serveMetrics},
+			Description: "Needs an API key of any role, unless the server serves metrics publicly (pharox serve --metrics-public).",
+			Role:        RoleConsumer, Status: 200, raw: (*Server).serveMetrics},
 		{Method: "GET", Path: "/openapi.json", ID: "openapi", Tag: "service", Summary: "This OpenAPI document",
 			Role: RolePublic, Status: 200, raw: (*Server).serveOpenAPI},
 
@@ -132,6 +134,10 @@ func routeTable() []route {
 				"like consumer_name (the Python SDK sends names there). 409 {\"detail\": \"No proxy available\"} when nothing fits, after waiting up to " +
 				"wait_seconds; a wait longer than the server's maximum is refused (422). The answer carries the proxy with its credentials and URL.",
 			Role: RoleConsumer, Request: api.AcquireRequest{}, Status: 201, Response: api.Lease{},
+			Query: []queryParam{{Name: IdempotencyKeyHeader, In: "header", Type: "string",
+				Description: "1 to 255 printable ASCII characters, no spaces: repeating an acquisition with the same key and consumer " +
+					"returns the same lease as it is now (active or ended) and never takes a second slot; the same key for another pool is 422. " +
+					"The answer repeats the key."}},
 			Errors: []int{404, 409}, api: (*Server).acquireCounted},
 		{Method: "GET", Path: "/v1/leases/", ID: "listLeases", Tag: "leases", Summary: "List leases, oldest first",
 			Role: RoleAdmin, Status: 200, Response: []api.Lease{},
@@ -156,10 +162,13 @@ func routeTable() []route {
 			Role: RoleConsumer, Request: api.RenewRequest{}, Status: 200, Response: api.Lease{},
 			Errors: []int{404, 409}, api: (*Server).renew},
 		{Method: "POST", Path: "/v1/leases/{lease_id}/outcome", ID: "reportOutcome", Tag: "leases",
-			Summary:     "Report how a request through the leased proxy went",
-			Description: "kind is success, failure or banned; the proxy's health follows the server's outcome policy. Answers the updated proxy.",
-			Role:        RoleConsumer, Request: api.OutcomeRequest{}, Status: 200, Response: api.Proxy{},
-			Errors: poolErrs, api: (*Server).reportOutcome},
+			Summary: "Report how a request through the leased proxy went",
+			Description: "kind is success, failure or banned; the proxy's health follows the server's outcome policy. Answers the updated proxy. " +
+				"Only active leases report: 409 when the lease was released or has expired. A lease's first failure or ban counts; " +
+				"later ones are answered 200 with the proxy as it is and change nothing. Failures and bans stop changing statuses " +
+				"while too large a share of the pool is banned or inactive (a health probe decides then).",
+			Role: RoleConsumer, Request: api.OutcomeRequest{}, Status: 200, Response: api.Proxy{},
+			Errors: []int{404, 409}, api: (*Server).reportOutcome},
 
 		// Dashboard.
 		{Method: "GET", Path: "/v1/admin/dashboard", ID: "dashboard", Tag: "admin",

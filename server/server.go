@@ -13,8 +13,10 @@
 //
 // Requests carry an API key in the X-API-Key header. Admin keys may do
 // everything; consumer keys may lease (acquire, read, renew, release,
-// report outcomes), ensure and list consumers and read pools and stats.
-// /healthz, /readyz, /metrics and /openapi.json need no key.
+// report outcomes), ensure and list consumers and read pools and stats;
+// each consumer key may use a bounded number of consumer names
+// (Options.MaxConsumersPerKey). /healthz, /readyz and /openapi.json need
+// no key; /metrics needs one of any role unless Options.MetricsPublic.
 //
 // The operator dashboard is served at /ui/ (package ui): its static files
 // need no key, and the pages read the API with an admin key.
@@ -53,6 +55,9 @@ const (
 	DefaultListLimit = 1000
 	// MaxListLimit is the largest limit a lease listing accepts.
 	MaxListLimit = 10000
+	// DefaultMaxConsumersPerKey is how many consumer names one consumer
+	// key may use when Options.MaxConsumersPerKey is zero.
+	DefaultMaxConsumersPerKey = 1000
 	// DefaultUISampleInterval is how often the dashboard's charts sample.
 	DefaultUISampleInterval = 5 * time.Second
 	// uiSeriesLength is how many samples the dashboard's charts keep.
@@ -109,8 +114,18 @@ type Options struct {
 	// Registerer receives the server's own HTTP metrics; nil uses a
 	// private registry that /metrics also serves.
 	Registerer prometheus.Registerer
-	// MetricsRequireKey makes /metrics need an admin key.
-	MetricsRequireKey bool
+	// MetricsPublic serves /metrics without a key. By default /metrics
+	// needs a key of any role: metrics name pools and, when the recorder
+	// labels them so, consumers.
+	MetricsPublic bool
+
+	// MaxConsumersPerKey caps how many distinct consumer names one
+	// consumer key may use (acquiring as, or ensuring, a consumer) in this
+	// process: a key past it gets 403 for a new name. It bounds the
+	// consumer rows and metric series one key can make. Zero means
+	// DefaultMaxConsumersPerKey; negative means no limit. Admin keys are
+	// not limited.
+	MaxConsumersPerKey int
 
 	// ShutdownTimeout bounds how long Serve waits for in-flight requests
 	// after its context ends (default MaxWait + 10s).
@@ -154,6 +169,10 @@ type Server struct {
 	// changes its name. Misses go to the store (see consumerName).
 	consumers sync.Map // uuid.UUID -> string
 
+	// keyConsumers holds the consumer names each consumer key has used,
+	// to enforce Options.MaxConsumersPerKey.
+	keyConsumers keyConsumers
+
 	metricsOnce    sync.Once
 	metricsHandler http.Handler
 
@@ -189,6 +208,9 @@ func New(mgr *pharox.Manager, opts Options) *Server {
 	}
 	if opts.UISampleInterval == 0 {
 		opts.UISampleInterval = DefaultUISampleInterval
+	}
+	if opts.MaxConsumersPerKey == 0 {
+		opts.MaxConsumersPerKey = DefaultMaxConsumersPerKey
 	}
 	s := &Server{
 		mgr:   mgr,

@@ -67,7 +67,7 @@ func runCheckServer(ctx context.Context, o *checkOptions, stdout io.Writer) erro
 	if o.apiKey != "" {
 		opts = append(opts, client.WithAPIKey(o.apiKey))
 	}
-	c, err := client.New(o.server, opts...)
+	c, err := newServerClient(o.server, opts...)
 	if err != nil {
 		return err
 	}

@@ -222,7 +222,7 @@ func runGateway(ctx context.Context, o gatewayOptions, stderr io.Writer, ready f
 		if o.apiKey != "" {
 			opts = append(opts, client.WithAPIKey(o.apiKey))
 		}
-		c, err := client.New(o.server, opts...)
+		c, err := newServerClient(o.server, opts...)
 		if err != nil {
 			return err
 		}
@@ -259,7 +259,9 @@ func runGateway(ctx context.Context, o gatewayOptions, stderr io.Writer, ready f
 	cancelCheck()
 	if err != nil {
 		gw.Close()
-		return errors.New("gateway cannot start: " + explainCheck(err, o, source))
+		// Keep the cause: a source that is down for now exits 75 like
+		// every other command, one that is misconfigured 1.
+		return wrapMessage("gateway cannot start: "+explainCheck(err, o, source), err)
 	}
 
 	var (

@@ -115,6 +115,11 @@ func TestGatewayFailsFastOnBadConfig(t *testing.T) {
 			if msg := err.Error(); !strings.Contains(msg, tc.want) || strings.Contains(msg, "\n") {
 				t.Fatalf("error %q, want one line mentioning %q", msg, tc.want)
 			}
+			// A server that is down for now exits 75 like every other
+			// command (it exited 1: the check's message dropped the cause).
+			if want := map[bool]int{true: exitUnavailable, false: exitFailure}[tc.name == "unreachable server"]; exitCode(err) != want {
+				t.Fatalf("exit code %d for %q, want %d", exitCode(err), err, want)
+			}
 		})
 	}
 

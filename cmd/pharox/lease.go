@@ -60,6 +60,15 @@ func newLeaseAcquireCmd(tf *targetFlags) *cobra.Command {
 					return err
 				}
 				lease, err := b.Acquire(ctx, p, opts, f.wait)
+				if errors.Is(err, pharox.ErrNoProxyAvailable) {
+					// Said once, here and over a server alike, instead of
+					// each layer's prefix.
+					msg := fmt.Sprintf("no proxy available in pool %q: every matching proxy is busy or none matches", p.Name)
+					if f.wait > 0 {
+						msg = fmt.Sprintf("no proxy in pool %q freed up within --wait %s", p.Name, f.wait)
+					}
+					return wrapMessage(msg, err)
+				}
 				if err != nil {
 					return err
 				}

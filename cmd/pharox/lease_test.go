@@ -150,3 +150,34 @@ func TestLeaseAcquireWaitOverServerMaximum(t *testing.T) {
 		t.Fatalf("--wait 45s: err = %v, want the server's maximum named", err)
 	}
 }
+
+// A duplicate pool and a miss read as one sentence in both modes. In
+// direct mode they were the store's chain: 'sqlite: create pool "main":
+// pool id <a new id> or name "main" in use: already exists' and 'acquire
+// from pool "main": sqlite: acquire lease from pool "main": no proxy
+// available'.
+func TestDuplicatePoolAndMissAreOneSentence(t *testing.T) {
+	for name, newCLI := range map[string]func(*testing.T) *cli{"direct": newDirectCLI, "server": newRemoteCLI} {
+		t.Run(name, func(t *testing.T) {
+			c := newCLI(t)
+			c.ok("pool", "create", "main")
+			for _, tc := range []struct {
+				args []string
+				want string
+				is   error
+			}{
+				{[]string{"pool", "create", "main"}, `pharox: a pool named "main" already exists`, pharox.ErrAlreadyExists},
+				{[]string{"lease", "acquire", "--pool", "main"}, `pharox: no proxy available in pool "main": every matching proxy is busy or none matches`, pharox.ErrNoProxyAvailable},
+				{[]string{"lease", "acquire", "--pool", "main", "--wait", "10ms"}, `pharox: no proxy in pool "main" freed up within --wait 10ms`, pharox.ErrNoProxyAvailable},
+			} {
+				_, _, err := c.run("", tc.args...)
+				if err == nil || !errors.Is(err, tc.is) {
+					t.Fatalf("pharox %s: err %v, want %v", strings.Join(tc.args, " "), err, tc.is)
+				}
+				if got := errorLine(err); got != tc.want {
+					t.Errorf("pharox %s: %q, want %q", strings.Join(tc.args, " "), got, tc.want)
+				}
+			}
+		})
+	}
+}

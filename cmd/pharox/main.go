@@ -28,14 +28,24 @@ func main() {
 	defer stop()
 	prepareCommands(rootCmd)
 	if err := rootCmd.ExecuteContext(ctx); err != nil {
-		msg := err.Error()
-		if !strings.HasPrefix(msg, "pharox: ") {
-			msg = "pharox: " + msg
-		}
-		fmt.Fprintln(os.Stderr, msg+unavailableHint(err))
+		fmt.Fprintln(os.Stderr, errorLine(err))
 		stop()
 		os.Exit(exitCode(err))
 	}
+}
+
+// errorLine is the line main prints for a failed command: "pharox: "
+// once, then the message without the "pharox: " prefixes of the library's
+// sentinel errors inside it (`pharox: pool "x": pool not found`, not
+// `pharox: pool "x": pharox: pool not found`).
+func errorLine(err error) string {
+	return "pharox: " + plainMessage(err) + unavailableHint(err)
+}
+
+// plainMessage is err's message without any "pharox: " prefix, at its
+// start or after another message's ": ".
+func plainMessage(err error) string {
+	return strings.TrimPrefix(strings.ReplaceAll(err.Error(), ": pharox: ", ": "), "pharox: ")
 }
 
 // usageError is a command line the CLI cannot read: an unknown command or

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
 	"runtime/debug"
 	"strings"
 	"testing"
@@ -74,5 +75,34 @@ func TestVersion(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("versionText = %q, want it to contain %q", got, want)
 		}
+	}
+}
+
+// A missing pool read `pharox: pool "nosuch": pharox: pool not found`: the
+// library's sentinel prefix showed inside the CLI's line. Same for the
+// lines of an import.
+func TestErrorLineSaysPharoxOnce(t *testing.T) {
+	dir := t.TempDir()
+	storage := "sqlite://" + dir + "/pharox.db"
+	if _, err := runRoot(t, "pool", "create", "main", "--storage", storage); err != nil {
+		t.Fatal(err)
+	}
+	_, err := runRoot(t, "pool", "delete", "nosuch", "--storage", storage)
+	if err == nil {
+		t.Fatal("deleting a missing pool succeeded")
+	}
+	if got, want := errorLine(err), `pharox: pool "nosuch": pool not found`; got != want {
+		t.Errorf("error line %q, want %q", got, want)
+	}
+	list := dir + "/bad.txt"
+	if err := os.WriteFile(list, []byte("no port here\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runRoot(t, "proxy", "import", "--pool", "main", "--storage", storage, list)
+	if err == nil {
+		t.Fatal("importing a bad line succeeded")
+	}
+	if strings.Contains(out, "pharox: invalid argument") || !strings.Contains(out, "bad.txt:1: invalid argument: missing port") {
+		t.Errorf("import report:\n%s", out)
 	}
 }

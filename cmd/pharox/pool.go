@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -31,6 +33,10 @@ func newPoolCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return tf.withBackend(cmd, func(ctx context.Context, b backend) error {
 				p, err := b.CreatePool(ctx, args[0], description)
+				if errors.Is(err, pharox.ErrAlreadyExists) {
+					// The stores' message names the new pool's id too.
+					return wrapMessage(fmt.Sprintf("a pool named %q already exists", strings.TrimSpace(args[0])), err)
+				}
 				if err != nil {
 					return err
 				}

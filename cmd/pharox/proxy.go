@@ -146,7 +146,7 @@ func runImport(cmd *cobra.Command, tf *targetFlags, f *importFlags, files []stri
 		}
 		entries, errs := proxylist.ParseEntries(r, opts)
 		for _, e := range errs {
-			bad = append(bad, skippedLine{File: display, Line: e.Line, Error: e.Err.Error(), fileIndex: fileIndex})
+			bad = append(bad, skippedLine{File: display, Line: e.Line, Error: plainMessage(e.Err), fileIndex: fileIndex})
 		}
 		for _, e := range entries {
 			k := proxylist.KeyOf(&e.Proxy)

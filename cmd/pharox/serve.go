@@ -44,7 +44,12 @@ type serveConfig struct {
 	AccessLog      *bool         `json:"access_log"`
 	LogFormat      string        `json:"log_format"`
 	LogLevel       string        `json:"log_level"`
-	MetricsAuth    *bool         `json:"metrics_require_key"`
+	// MetricsRequireKey is accepted for old config files and ignored:
+	// /metrics needs a key unless MetricsPublic.
+	MetricsRequireKey     *bool `json:"metrics_require_key"`
+	MetricsPublic         *bool `json:"metrics_public"`
+	MetricsConsumerLabels *bool `json:"metrics_consumer_labels"`
+	MaxConsumersPerKey    *int  `json:"max_consumers_per_key"`
 }
 
 // serveDuration reads "90s"-style strings in the config file.
@@ -83,7 +88,8 @@ Config file (JSON, every field optional):
    "sweep_interval": "5m", "health_target": "https://example.com/",
    "lease_retention": "24h", "reap_interval": "5s", "max_wait": "30s",
    "access_log": true, "log_format": "text", "log_level": "info",
-   "metrics_require_key": false}
+   "metrics_public": false, "metrics_consumer_labels": false,
+   "max_consumers_per_key": 1000}
 
 Keys on the command line show in ps: prefer the environment or the config
 file. With no admin key configured, serve generates one once, prints it,
@@ -92,8 +98,16 @@ database (pharox.db.admin-key), in the user's config directory
 (~/.config/pharox/admin-key) for PostgreSQL and Redis, nowhere for
 memory://. Later starts use the kept key and say where it is; to rotate
 it, delete the file and restart. The SQLite database file is created with
-mode 0600 (it holds proxy passwords). /healthz, /readyz, /metrics and
-/openapi.json need no key.`
+mode 0600 (it holds proxy passwords).
+
+/healthz, /readyz and /openapi.json need no key. /metrics needs an API key
+of any role unless --metrics-public. Metrics are labelled by pool, not by
+consumer, unless --metrics-consumer-labels: with it every consumer name
+adds its own series, so use it only with few, trusted consumer names. Each
+consumer key may use at most --max-consumers-per-key distinct consumer
+names (default 1000; counted per serve process, admin keys unlimited): an
+acquisition or consumer past it is refused with 403, and nothing is created
+for it.`
 
 func init() {
 	var (
@@ -104,6 +118,8 @@ func init() {
 			adminKeyFile                    string
 			sweep, retention, reap, maxWait time.Duration
 			accessLog, metricsAuth          bool
+			metricsPublic, consumerLabels   bool
+			maxConsumersPerKey              int
 			listen, storage, target, logFmt string
 			logLevel                        string
 		}
@@ -147,7 +163,10 @@ func init() {
 			set("reap-interval", func() { cfg.ReapInterval.Duration = flagCfg.reap })
 			set("max-wait", func() { cfg.MaxWait.Duration = flagCfg.maxWait })
 			set("access-log", func() { cfg.AccessLog = &flagCfg.accessLog })
-			set("metrics-require-key", func() { cfg.MetricsAuth = &flagCfg.metricsAuth })
+			set("metrics-require-key", func() { cfg.MetricsRequireKey = &flagCfg.metricsAuth })
+			set("metrics-public", func() { cfg.MetricsPublic = &flagCfg.metricsPublic })
+			set("metrics-consumer-labels", func() { cfg.MetricsConsumerLabels = &flagCfg.consumerLabels })
+			set("max-consumers-per-key", func() { cfg.MaxConsumersPerKey = &flagCfg.maxConsumersPerKey })
 			set("log-format", func() { cfg.LogFormat = flagCfg.logFmt })
 			set("log-level", func() { cfg.LogLevel = flagCfg.logLevel })
 			return runServe(cmd.Context(), cfg, cmd.OutOrStdout(), cmd.ErrOrStderr(), nil)
@@ -166,7 +185,11 @@ func init() {
 	f.DurationVar(&flagCfg.reap, "reap-interval", server.DefaultReapInterval, "reclaim expired leases this often")
 	f.DurationVar(&flagCfg.maxWait, "max-wait", server.DefaultMaxWait, "longest wait_seconds an acquisition may ask for; a longer one is refused (422)")
 	f.BoolVar(&flagCfg.accessLog, "access-log", true, "log one line per request")
-	f.BoolVar(&flagCfg.metricsAuth, "metrics-require-key", false, "require an admin key for /metrics")
+	f.BoolVar(&flagCfg.metricsAuth, "metrics-require-key", true, "ignored: /metrics needs a key unless --metrics-public")
+	_ = f.MarkDeprecated("metrics-require-key", "/metrics needs an API key by default now; --metrics-public serves it without one")
+	f.BoolVar(&flagCfg.metricsPublic, "metrics-public", false, "serve /metrics without an API key (by default it needs a key of any role)")
+	f.BoolVar(&flagCfg.consumerLabels, "metrics-consumer-labels", false, "label acquire and release metrics by consumer name (one set of series per consumer: only for few, trusted names)")
+	f.IntVar(&flagCfg.maxConsumersPerKey, "max-consumers-per-key", server.DefaultMaxConsumersPerKey, "distinct consumer names one consumer key may use in this process; past it, new names get 403 (negative: no limit)")
 	f.StringVar(&flagCfg.logFmt, "log-format", "text", "log format: text or json")
 	f.StringVar(&flagCfg.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	rootCmd.AddCommand(cmd)
@@ -250,7 +273,8 @@ func runServe(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer, re
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	rec, err := observe.NewPrometheus(reg, observe.PrometheusOptions{})
+	consumerLabels := cfg.MetricsConsumerLabels != nil && *cfg.MetricsConsumerLabels
+	rec, err := observe.NewPrometheus(reg, observe.PrometheusOptions{ConsumerLabels: consumerLabels})
 	if err != nil {
 		return err
 	}
@@ -286,19 +310,28 @@ func runServe(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer, re
 		return errors.New("--sweep-interval needs --health-target: the URL probes request through each proxy")
 	}
 	opts := server.Options{
-		AdminKeys:         cfg.AdminKeys,
-		ConsumerKeys:      cfg.ConsumerKeys,
-		Logger:            logger,
-		AccessLog:         cfg.AccessLog == nil || *cfg.AccessLog,
-		MaxWait:           cfg.MaxWait.Duration,
-		Sweep:             sweep,
-		SweepInterval:     cfg.SweepInterval.Duration,
-		HealthTarget:      cfg.HealthTarget,
-		ReapInterval:      cfg.ReapInterval.Duration,
-		LeaseRetention:    cfg.LeaseRetention.Duration,
-		Registerer:        reg,
-		Gatherer:          reg,
-		MetricsRequireKey: cfg.MetricsAuth != nil && *cfg.MetricsAuth,
+		AdminKeys:      cfg.AdminKeys,
+		ConsumerKeys:   cfg.ConsumerKeys,
+		Logger:         logger,
+		AccessLog:      cfg.AccessLog == nil || *cfg.AccessLog,
+		MaxWait:        cfg.MaxWait.Duration,
+		Sweep:          sweep,
+		SweepInterval:  cfg.SweepInterval.Duration,
+		HealthTarget:   cfg.HealthTarget,
+		ReapInterval:   cfg.ReapInterval.Duration,
+		LeaseRetention: cfg.LeaseRetention.Duration,
+		Registerer:     reg,
+		Gatherer:       reg,
+		MetricsPublic:  cfg.MetricsPublic != nil && *cfg.MetricsPublic,
+	}
+	if cfg.MaxConsumersPerKey != nil {
+		opts.MaxConsumersPerKey = *cfg.MaxConsumersPerKey
+		if opts.MaxConsumersPerKey == 0 {
+			return errors.New("max consumers per key (--max-consumers-per-key) is 0, which would refuse every consumer: give a positive limit, or a negative one for no limit")
+		}
+	}
+	if cfg.MetricsRequireKey != nil {
+		logger.Warn("pharox serve: metrics_require_key is deprecated and ignored: /metrics needs an API key unless metrics_public is set")
 	}
 	srv := server.New(mgr, opts)
 	return srv.ListenAndServe(ctx, cfg.Listen, func(addr net.Addr) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -83,6 +84,17 @@ func (f *targetFlags) resolve(cmd *cobra.Command) (server, storage, apiKey strin
 	return server, storage, apiKey, nil
 }
 
+// newServerClient is client.New for a --server URL, refusing one with
+// credentials in the CLI's words: the client's own error names its Go
+// option, and the key belongs in --api-key.
+func newServerClient(server string, opts ...client.Option) (*client.Client, error) {
+	if u, err := url.Parse(strings.TrimSpace(server)); err == nil && u.User != nil {
+		return nil, fmt.Errorf("%w: --server %s carries credentials: give the URL without them and the key with --api-key or PHAROX_API_KEY",
+			pharox.ErrInvalidArgument, u.Redacted())
+	}
+	return client.New(server, opts...)
+}
+
 // open returns the backend the flags choose. The caller closes it.
 func (f *targetFlags) open(cmd *cobra.Command) (backend, error) {
 	server, storage, apiKey, err := f.resolve(cmd)
@@ -94,7 +106,7 @@ func (f *targetFlags) open(cmd *cobra.Command) (backend, error) {
 		if apiKey != "" {
 			opts = append(opts, client.WithAPIKey(apiKey))
 		}
-		c, err := client.New(server, opts...)
+		c, err := newServerClient(server, opts...)
 		if err != nil {
 			return nil, err
 		}

@@ -21,6 +21,12 @@ func Reason(err error) string {
 	if err == nil {
 		return ""
 	}
+	if errors.Is(err, pharox.ErrNoProxyAvailable) {
+		// A wait for a free proxy that ran out of time wraps the
+		// context's deadline too, which reads as a timeout below; it is
+		// a miss, not a store that is down.
+		return ""
+	}
 	if r := sqlState(err); r != "" {
 		return r
 	}
@@ -41,12 +47,23 @@ func Reason(err error) string {
 		return "the connection to the store was lost"
 	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, syscall.ETIMEDOUT):
 		return "the store did not answer in time"
-	case errors.As(err, &ne):
+	case errors.As(err, &ne) && !isFileError(ne):
 		return "the connection to the store failed"
 	case errors.Is(err, pharox.ErrUnavailable):
 		return "the store is unavailable"
 	}
 	return driverMessage(err)
+}
+
+// isFileError reports whether a net.Error is a bare errno, as file system
+// errors carry (*fs.PathError wraps one): syscall.Errno has the net.Error
+// methods, so a missing directory or a denied permission would otherwise
+// read as a store that is down for now. Network errors reach here as
+// *net.OpError, found first, and the errnos of a lost connection are
+// matched above.
+func isFileError(ne net.Error) bool {
+	_, ok := ne.(syscall.Errno)
+	return ok
 }
 
 // sqlState classifies PostgreSQL errors (pgconn.PgError) by SQLSTATE.

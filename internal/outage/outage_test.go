@@ -23,6 +23,7 @@ import (
 // TestReasonOfDriverErrors classifies errors as the drivers make them.
 func TestReasonOfDriverErrors(t *testing.T) {
 	refused := dialClosedPort(t)
+	_, missingDir := os.OpenFile(filepath.Join(t.TempDir(), "no-such-dir", "pharox.db"), os.O_RDWR|os.O_CREATE, 0o600)
 	for _, tc := range []struct {
 		name string
 		err  error
@@ -48,6 +49,11 @@ func TestReasonOfDriverErrors(t *testing.T) {
 		{"pg undefined table", &pgconn.PgError{Code: "42P01"}, false},
 		{"redis pool timeout", errors.New("redis: connection pool timeout"), true},
 		{"pgxpool closed", errors.New("closed pool"), true},
+		// *fs.PathError has Timeout(), so it is a net.Error too; a missing
+		// directory is a configuration error, not a store that is down.
+		// Manager.AcquireWait's miss at its deadline: exit 75 before.
+		{"wait ended without a proxy", fmt.Errorf("acquire from pool %q: waited 1s: %w: %w", "main", pharox.ErrNoProxyAvailable, context.DeadlineExceeded), false},
+		{"missing directory", fmt.Errorf("create SQLite database: %w", missingDir), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := outage.Is(tc.err); got != tc.want {

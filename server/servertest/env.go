@@ -71,9 +71,15 @@ func (b *SyncBuffer) String() string {
 // options before the server is built.
 func NewEnv(t testing.TB, store pharox.Storage, configure func(*server.Options)) *Env {
 	t.Helper()
+	return newEnv(t, store, nil, configure)
+}
+
+// newEnv is NewEnv with more options for the Manager.
+func newEnv(t testing.TB, store pharox.Storage, mopts []pharox.ManagerOption, configure func(*server.Options)) *Env {
+	t.Helper()
 	logs := &SyncBuffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	mgr := pharox.NewManager(store, pharox.WithLogger(logger))
+	mgr := pharox.NewManager(store, append([]pharox.ManagerOption{pharox.WithLogger(logger)}, mopts...)...)
 	opts := server.Options{
 		AdminKeys:    []string{AdminKey},
 		ConsumerKeys: []string{ConsumerKey},

@@ -48,6 +48,11 @@ func Run(t *testing.T, newStore NewStore) {
 		{"UnknownIDs", testUnknownIDs},
 		{"ReleaseEnded", testReleaseEnded},
 		{"WaitLimit", testWaitLimit},
+		{"OutcomeOnEndedLease", testOutcomeOnEndedLease},
+		{"OneVerdictPerLease", testOneVerdictPerLease},
+		{"FailureGuard", testFailureGuard},
+		{"UnknownPoolsGrowNothing", testUnknownPoolsGrowNothing},
+		{"ConsumersPerKey", testConsumersPerKey},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore) })
@@ -439,9 +444,13 @@ func testRenewAndOutcome(t *testing.T, newStore NewStore) {
 	if p.ID != proxy.ID || p.Status != "active" || p.LatencyMS != 120 {
 		t.Fatalf("success outcome: %+v", p)
 	}
-	// The default policy makes a proxy inactive after three failures.
-	for range 3 {
-		e.Consumer("POST", "/v1/leases/"+l.ID.String()+"/outcome", api.OutcomeRequest{Kind: "failure", Reason: "connection reset"}).
+	// The default policy makes a proxy inactive after three failures, one
+	// per lease.
+	e.Consumer("POST", "/v1/leases/"+l.ID.String()+"/outcome", api.OutcomeRequest{Kind: "failure", Reason: "connection reset"}).
+		Expect(t, 200).Decode(t, &p)
+	for range 2 {
+		other := e.Acquire(api.AcquireRequest{PoolID: pool.ID.String()})
+		e.Consumer("POST", "/v1/leases/"+other.ID.String()+"/outcome", api.OutcomeRequest{Kind: "failure", Reason: "connection reset"}).
 			Expect(t, 200).Decode(t, &p)
 	}
 	if p.Status != "inactive" || p.LastError != "connection reset" {
@@ -669,7 +678,9 @@ func testAuth(t *testing.T, newStore NewStore) {
 		{"healthz public", "GET", "/healthz", "", nil, 200},
 		{"readyz public", "GET", "/readyz", "", nil, 200},
 		{"openapi public", "GET", "/openapi.json", "", nil, 200},
-		{"metrics public", "GET", "/metrics", "", nil, 200},
+		{"metrics need a key", "GET", "/metrics", "", nil, 401},
+		{"consumer reads metrics", "GET", "/metrics", ConsumerKey, nil, 200},
+		{"admin reads metrics", "GET", "/metrics", AdminKey, nil, 200},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -682,11 +693,10 @@ func testAuth(t *testing.T, newStore NewStore) {
 			}
 		})
 	}
-	// Metrics can be locked to admins.
-	locked := env(t, newStore, func(o *server.Options) { o.MetricsRequireKey = true })
-	locked.Do("GET", "/metrics", "", nil).Expect(t, 401)
-	locked.Do("GET", "/metrics", ConsumerKey, nil).Expect(t, 403)
-	if r := locked.Do("GET", "/metrics", AdminKey, nil).Expect(t, 200); !strings.Contains(string(r.Body), "pharox_http_requests_total") {
+	// Metrics can be served without a key when the operator asks.
+	public := env(t, newStore, func(o *server.Options) { o.MetricsPublic = true })
+	public.Do("GET", "/healthz", "", nil).Expect(t, 200)
+	if r := public.Do("GET", "/metrics", "", nil).Expect(t, 200); !strings.Contains(string(r.Body), "pharox_http_requests_total") {
 		t.Fatalf("metrics body lacks the request counter:\n%s", r.Body)
 	}
 }

@@ -23,7 +23,7 @@ func (s *Store) CreatePool(ctx context.Context, pool pharox.Pool) (*pharox.Pool,
 	if pool.ID == uuid.Nil {
 		pool.ID = uuid.New()
 	}
-	v, err := s.run(ctx, scriptCreatePool, pool.ID.String(), pool.Name, pool.Description)
+	v, err := s.run(ctx, scriptCreatePool, pool.ID.String(), pool.Name, pool.Description, callToken())
 	if err != nil {
 		return nil, wrap(err, "create pool %q", pool.Name)
 	}
@@ -125,7 +125,7 @@ func (s *Store) ListPools(ctx context.Context) ([]*pharox.Pool, error) {
 // DeletePool deletes the pool with its proxies, their ended leases and its
 // session bindings, in one script.
 func (s *Store) DeletePool(ctx context.Context, id uuid.UUID) error {
-	if _, err := s.run(ctx, scriptDeletePool, id.String()); err != nil {
+	if _, err := s.run(ctx, scriptDeletePool, id.String(), callToken()); err != nil {
 		return wrap(err, "delete pool %s", id)
 	}
 	return nil
@@ -172,7 +172,7 @@ func (s *Store) AddProxies(ctx context.Context, proxies []pharox.Proxy) ([]*phar
 	if err != nil {
 		return nil, fmt.Errorf("redis: add proxies: %w", err)
 	}
-	v, err := s.run(ctx, scriptAddProxies, arg)
+	v, err := s.run(ctx, scriptAddProxies, arg, callToken())
 	if err != nil {
 		return nil, wrap(err, "add proxies")
 	}
@@ -203,26 +203,61 @@ func (s *Store) GetProxy(ctx context.Context, id uuid.UUID) (*pharox.Proxy, erro
 	return p, nil
 }
 
-// ListProxies returns the pool's proxies ordered by id.
+// listPage is how many proxies ListProxies reads per round trip.
+const listPage = 500
+
+// ListProxies returns the pool's proxies ordered by id. It reclaims the
+// pool's expired leases first, so the loads are current, then reads the
+// proxies a page at a time outside any script, so that a large pool never
+// keeps Redis from serving others; a proxy deleted meanwhile is left out.
 func (s *Store) ListProxies(ctx context.Context, poolID uuid.UUID) ([]*pharox.Proxy, error) {
-	v, err := s.run(ctx, scriptListProxies, poolID.String())
+	pid := poolID.String()
+	n, err := s.rdb.Exists(ctx, s.poolKey(pid)).Result()
 	if err != nil {
 		return nil, wrap(err, "list proxies of pool %s", poolID)
 	}
-	arr, _ := v.([]any)
-	out := make([]*pharox.Proxy, 0, len(arr))
-	for _, item := range arr {
-		m, err := fields(item)
-		if err != nil {
-			return nil, fmt.Errorf("redis: list proxies of pool %s: %w", poolID, err)
-		}
-		p, err := decodeProxy(m["id"], m)
-		if err != nil {
-			return nil, fmt.Errorf("redis: list proxies of pool %s: %w", poolID, err)
-		}
-		out = append(out, p)
+	if n == 0 {
+		return nil, fmt.Errorf("redis: list proxies of pool %s: %w", poolID, pharox.ErrPoolNotFound)
 	}
-	return out, nil
+	if _, err := s.run(ctx, scriptReclaim, pid); err != nil {
+		return nil, wrap(err, "list proxies of pool %s", poolID)
+	}
+	all := s.prefix + "p:" + pid + ":all"
+	out := []*pharox.Proxy{}
+	for from := "-"; ; {
+		ids, err := s.rdb.ZRangeArgs(ctx, goredis.ZRangeArgs{Key: all, Start: from, Stop: "+", ByLex: true, Count: listPage}).Result()
+		if err != nil {
+			return nil, wrap(err, "list proxies of pool %s", poolID)
+		}
+		if len(ids) == 0 {
+			return out, nil
+		}
+		from = "(" + ids[len(ids)-1]
+		cmds := make([]*goredis.MapStringStringCmd, len(ids))
+		_, err = s.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
+			for i, id := range ids {
+				cmds[i] = p.HGetAll(ctx, s.prefix+"proxy:"+id)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, wrap(err, "list proxies of pool %s", poolID)
+		}
+		for i, c := range cmds {
+			m := c.Val()
+			if len(m) == 0 {
+				continue // deleted since the page was read
+			}
+			p, err := decodeProxy(ids[i], m)
+			if err != nil {
+				return nil, fmt.Errorf("redis: list proxies of pool %s: %w", poolID, err)
+			}
+			out = append(out, p)
+		}
+		if len(ids) < listPage {
+			return out, nil
+		}
+	}
 }
 
 // SetProxyStatus sets a proxy's status by hand and resets its failure streak.
@@ -243,7 +278,7 @@ func (s *Store) SetProxyStatus(ctx context.Context, id uuid.UUID, status pharox.
 
 // DeleteProxy deletes a proxy and its ended leases.
 func (s *Store) DeleteProxy(ctx context.Context, id uuid.UUID) error {
-	if _, err := s.run(ctx, scriptDeleteProxy, id.String()); err != nil {
+	if _, err := s.run(ctx, scriptDeleteProxy, id.String(), callToken()); err != nil {
 		return wrap(err, "delete proxy %s", id)
 	}
 	return nil

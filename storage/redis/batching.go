@@ -35,7 +35,7 @@ func (s *Store) execAcquire(ctx context.Context, k acquireKey, reqs []pharox.Acq
 	args := make([]any, 0, 4+6*len(reqs))
 	args = append(args, k.pool, k.strategy, k.spec, s.poolHint(k.pool))
 	for i, r := range reqs {
-		ids[i] = uuid.New()
+		ids[i] = leaseIDOf(r)
 		known[i] = s.consumerKnown(r.ConsumerID)
 		seed := int64(0)
 		if k.spec != "" {
@@ -96,6 +96,9 @@ func (s *Store) execAcquire(ctx context.Context, k acquireKey, reqs []pharox.Acq
 
 // acquiredEntry decodes one acquisition of acquire_many.lua's reply.
 func (s *Store) acquiredEntry(req pharox.AcquireRequest, id uuid.UUID, known, pid, acq string, e []any, dyns map[string]any) (*pharox.Lease, error) {
+	if len(e) == 3 {
+		return s.leaseAgain(req, id, e)
+	}
 	if len(e) != 4 && len(e) != 5 {
 		return nil, fmt.Errorf("redis: acquire from pool %q: unexpected reply", req.PoolName)
 	}
@@ -125,9 +128,9 @@ func (s *Store) execRelease(ctx context.Context, _ struct{}, ids []uuid.UUID) []
 		out[0].Val, out[0].Err = s.releaseOne(ctx, ids[0])
 		return out
 	}
-	args := make([]any, len(ids))
-	for i, id := range ids {
-		args[i] = id.String()
+	args := make([]any, 0, 2*len(ids))
+	for _, id := range ids {
+		args = append(args, id.String(), callToken())
 	}
 	v, err := s.run(ctx, scriptReleaseMany, args...)
 	arr, ok := v.([]any)

@@ -134,6 +134,7 @@ type newProxy struct {
 	F    []string `json:"f"`
 	Idx  []string `json:"idx"`
 	Geo  *geoPos  `json:"geo,omitempty"`
+	FF   string   `json:"ff"`
 }
 
 type geoPos struct {
@@ -185,6 +186,7 @@ func encodeProxy(p *pharox.Proxy) newProxy {
 	}
 	packed, _ := json.Marshal(st) // plain data: cannot fail
 	np.F = append(f, "static", string(packed))
+	np.FF = filterFields(p)
 	add := func(field, v string) {
 		if v != "" {
 			np.Idx = append(np.Idx, "i:"+field+":"+v)
@@ -202,6 +204,34 @@ func encodeProxy(p *pharox.Proxy) newProxy {
 		add("tag", t)
 	}
 	return np
+}
+
+// filterFields packs what select.lua's filter evaluation reads of a
+// proxy, so that one HMGET of the pool's ff hash serves a chunk of
+// proxies: source, country, city, ISP, ASN, protocol, latitude and
+// longitude as the proxy hash holds them, then the tags, each as its byte
+// length, ':' and its bytes (see proxy_fields in select.lua).
+func filterFields(p *pharox.Proxy) string {
+	var asn, lat, lon string
+	if p.ASN != nil {
+		asn = strconv.Itoa(*p.ASN)
+	}
+	if p.Latitude != nil && p.Longitude != nil {
+		lat, lon = fmtFloat(*p.Latitude), fmtFloat(*p.Longitude)
+	}
+	var b strings.Builder
+	put := func(s string) {
+		b.WriteString(strconv.Itoa(len(s)))
+		b.WriteByte(':')
+		b.WriteString(s)
+	}
+	for _, s := range [...]string{p.Source, p.Country, p.City, p.ISP, asn, string(p.Protocol), lat, lon} {
+		put(s)
+	}
+	for _, t := range p.Tags {
+		put(t)
+	}
+	return b.String()
 }
 
 // leaseWho is the part of a lease that only clients read: the consumer's
@@ -247,7 +277,8 @@ func decodeWho(s string) (leaseWho, error) {
 }
 
 // decodeLease builds a Lease from its record,
-// "status|rel|exp|proxy|pool|maxc|acq|who" (see LEASES in lib.lua).
+// "status|rel|exp|proxy|pool|maxc|acq|who" (see LEASES in lib.lua), where
+// a released lease's rel is "<time>:<token>".
 func decodeLease(id, record string) (*pharox.Lease, error) {
 	f := strings.SplitN(record, "|", 8)
 	if len(f) != 8 {
@@ -270,7 +301,8 @@ func decodeLease(id, record string) (*pharox.Lease, error) {
 	l.PoolID, errs[3] = uuid.Parse(f[4])
 	l.AcquiredAt, errs[4] = micros(f[6])
 	l.ExpiresAt, errs[5] = micros(f[2])
-	l.ReleasedAt, errs[6] = optMicros(f[1])
+	rel, _, _ := strings.Cut(f[1], ":") // a release's token follows (see end_lease in lib.lua)
+	l.ReleasedAt, errs[6] = optMicros(rel)
 	if !l.Status.Valid() {
 		errs[0] = fmt.Errorf("unknown status %q", f[0])
 	}

@@ -24,6 +24,48 @@
 // errors are values in its reply, an item that fails writes nothing, and
 // its only error replies come before its first write.
 //
+// # Client retries
+//
+// go-redis sends a command again after a read timeout or a dropped
+// connection (MaxRetries, three by default), and a script whose reply was
+// late has usually run by then, so Redis may run it twice. Acquisitions
+// and releases are written to be run twice safely. The client picks each
+// lease's id before the script runs (or takes [pharox.AcquireRequest]'s
+// LeaseID), and the acquisition scripts first look that id up: a lease
+// that already exists was made by this call's earlier run (or, with a
+// LeaseID, by an earlier call with that id), so they take no slot and
+// return it as it is now (see LeaseID below). A release carries a
+// random token that the script keeps in the released lease's record
+// (about 14 bytes); finding the lease released with its own token, a
+// release returns it as released, while any other release of that lease
+// still gets [pharox.ErrLeaseNotActive]. Renewing twice only moves the
+// expiry by the time between the runs; cleanup, reclaims and
+// EnsureConsumer are idempotent by nature.
+//
+// So the store keeps go-redis's retries, and benefits from them: a
+// retried acquisition returns the lease its first run took instead of an
+// error, and a retried release frees the slot and says so, where without
+// retries both would surface as errors (and the lease stay counted until
+// it expires). CreatePool, AddProxies, DeletePool and DeleteProxy carry a
+// token too, under which the script keeps its reply for a minute
+// (once:<token>): sent again, the call returns that reply instead of
+// ErrAlreadyExists or a not-found error for the change it made, while a
+// call of its own still gets those. A health result sent twice is
+// applied twice (its failure streak counts two); status changes are the
+// same either way. Clients built with MaxRetries -1 (no retries) work as
+// well; pharox's storage/open keeps the default.
+//
+// # LeaseID
+//
+// An acquisition with [pharox.AcquireRequest.LeaseID] set gives the new
+// lease that id; if a lease with that id exists (active or ended, until
+// the retention forgets it), the acquisition takes nothing and returns
+// it as it is now, with its proxy's current state, or fails with
+// [pharox.ErrAlreadyExists] when that lease belongs to another consumer or
+// pool. Batched acquisitions do the same, also for two calls with one id
+// in the same batch. The check is one hash read per acquisition (one per
+// batch), the same lookup that makes the scripts safe to retry.
+//
 // # Key layout
 //
 // Every key starts with the prefix (see [WithPrefix], default
@@ -38,8 +80,10 @@
 //	                                  "static": the attributes fixed at creation, packed as JSON
 //	proxy:<id>:ended           set    the proxy's ended leases
 //	leases                     hash   lease id -> "status|rel|exp|proxy|pool|maxc|acq|who" (rel
-//	                                  empty while active; who: the consumer id, consumer name,
-//	                                  pool name and session key, packed by the client)
+//	                                  empty while active, "<time>:<token>" once released by a
+//	                                  release call with that token; who: the consumer id,
+//	                                  consumer name, pool name and session key, packed by the
+//	                                  client)
 //	ended                      zset   ended leases by end time (PurgeEndedLeases, retention)
 //	p:<pid>:all                zset   every proxy of the pool, score 0 (id order)
 //	p:<pid>:free               zset   leasable proxies with a free slot, score 0 (round_robin, random)
@@ -53,6 +97,8 @@
 //	p:<pid>:i:<field>:<value>  set    proxies by src, cc (country), city, isp, asn, proto, tag
 //	p:<pid>:geo                geo    proxies with coordinates inside Redis' GEO range
 //	p:<pid>:polar              set    proxies with coordinates beyond ±85.05° latitude
+//	p:<pid>:ff                 hash   proxy id -> the fields filters read, packed (see Acquisition cost)
+//	once:<token>               string an administrative write's reply, for a minute (see Client retries)
 //
 // The layout is not stable before pharox v1 and there is no migration:
 // leases moved from a hash each (lease:<lid>) into the leases hash, for
@@ -68,24 +114,45 @@
 //
 // An acquisition reclaims the pool's expired leases (at most 256 per call;
 // usually a single empty range read), then picks a proxy. Without filters
-// that is one range read on the strategy's sorted set: O(log n). With
-// filters, the filter becomes the set of index sets the proxy must belong
-// to (equality fields and tags, including those under AllOf) plus, when the
-// filter has geo conditions or AnyOf/NoneOf, a tree evaluated per proxy in
-// Lua exactly as [pharox.Filters.Match] does. When the smallest index set is
-// small (at most 128 proxies) its intersection is ranked directly;
-// otherwise the free proxies are walked in strategy order, 64 at a time
-// with one SMISMEMBER per index set, for at most 256 proxies, which finds a
-// match at once for any filter that matches a fair share of the pool (one
-// country, one protocol). Only rare matches fall back to set algebra:
-// SINTER of the index sets, GEOSEARCH for radius filters (with a margin for
-// Redis' slightly larger Earth radius; the exact distance is then checked
-// with the same haversine formula as the root package, in C's libm rather
-// than Go's math, which can differ in the last bit for a proxy exactly at
-// the radius), or, for filters made only of AnyOf/NoneOf, all free
-// proxies. Random takes the first match in a shuffled uniform sample of the
-// free proxies, or a uniform choice among all matches, so every candidate
-// is equally likely.
+// that is one range read on the strategy's sorted set, for every
+// strategy: O(log n), whatever the pool's size and however many of its
+// proxies are busy (busy proxies are in no free structure).
+//
+// With filters, the filter becomes the set of index sets the proxy must
+// belong to (equality fields and tags, including those under AllOf) plus,
+// when the filter has geo conditions or AnyOf/NoneOf, a tree evaluated per
+// proxy in Lua exactly as [pharox.Filters.Match] does. Its candidates are
+// narrowed by an index when:
+//
+//   - it has an indexed condition (source, country, city, ISP, ASN,
+//     protocol or tag, at its top or under AllOf): the smallest such set;
+//   - it has none, but an AnyOf (at its top or under AllOf) whose every
+//     alternative has one: the union of each alternative's smallest set;
+//   - it has neither, but a radius or point condition: a GEOSEARCH (with a
+//     margin for Redis' slightly larger Earth radius; the exact distance
+//     is then checked with the same haversine formula as the root
+//     package, in C's libm rather than Go's math, which can differ in the
+//     last bit for a proxy exactly at the radius), plus the proxies
+//     beyond GEO's ±85.05° latitude.
+//
+// When the candidates number at most 128 they are ranked at once.
+// Otherwise the free proxies are walked in strategy order, 64 at a time
+// with one SMISMEMBER per index set, for at most 256 proxies, which finds
+// a match at once for any filter that matches a fair share of the free
+// proxies, and covers all of them when at most 256 are free (a busy
+// pool). Then candidates numbering at most 1,024 are ranked. A filter
+// whose candidates no index narrows to 1,024 (one made only of NoneOf, an
+// AnyOf with an alternative that has no indexed condition, a common
+// country whose proxies are nearly all busy while many others are free)
+// walks on, up to 1,024 free proxies in all, and then gives up with
+// [pharox.ErrNoProxyAvailable], saying the filter is too selective to
+// serve: one call never reads more than about a thousand proxies, so none
+// can stall the server for the others, whatever the pool's size. Such a
+// filter is still served exactly whenever at most 1,024 proxies are free
+// or a match comes early in strategy order. Random takes the first match
+// in shuffled uniform samples of the free proxies (all of them, shuffled,
+// when at most 1,024 are free), or a uniform choice among the ranked
+// candidates, so every candidate is equally likely.
 //
 // Taking the slot is O(log n): the proxy leaves the free sorted sets when it
 // fills up and returns when a lease ends. The hot path is lean in Redis
@@ -109,11 +176,15 @@
 // [pharox.ErrUnsupported].
 //
 // Administrative calls are not on the hot path and cost what they touch:
-// DeletePool, DeleteProxy and ListProxies run one script over the pool's
-// proxies (or the proxy's ended leases), blocking Redis for time
-// proportional to them; ListLeases reads outside scripts, in batches, every
-// lease its query can concern (all ended leases kept by the retention when
-// it names no proxy or pool).
+// DeletePool and DeleteProxy run one script over the pool's proxies (or
+// the proxy's ended leases), blocking Redis for time proportional to
+// them; ListProxies and ListLeases read outside scripts, in pages, every
+// proxy of the pool or every lease the query can concern (all ended
+// leases kept by the retention when it names no proxy or pool).
+//
+// Filters read each proxy's filtered fields from one hash per pool
+// (p:<pid>:ff, packed by the client when the proxy is added), so a walk
+// reads a whole chunk of proxies with one HMGET.
 //
 // # Batching
 //
@@ -162,10 +233,11 @@
 // batches, drops dead session bindings and forgets ended leases older than
 // the retention (see [WithEndedLeaseRetention], default
 // [DefaultEndedLeaseRetention]). An expired lease's ReleasedAt is the
-// moment it was reclaimed. A lease whose reply never reached its client (a
-// network failure, or a context that ended while a call running alone
-// was under way) is counted until it expires, like a lease of a client
-// that crashed.
+// moment it was reclaimed. A lease whose reply never reached its client
+// after go-redis's retries (a network failure, or a context that ended
+// while a call running alone was under way) is counted until it expires,
+// like a lease of a client that crashed, unless the client acquires again
+// with the same LeaseID, which returns it.
 //
 // Ended leases live in Redis' memory until the retention lets them go:
 // about 0.5 KB each (measured: 512 bytes with short names), so a store

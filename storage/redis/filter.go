@@ -17,6 +17,10 @@ type spec struct {
 	E *node `json:"e,omitempty"`
 	// G narrows the set path of a geo filter without index sets.
 	G *geoSearch `json:"g,omitempty"`
+	// A, for a filter without K, lists the index sets of each alternative
+	// of an AnyOf in its conjunction: every match is in all the sets of
+	// one alternative.
+	A [][]string `json:"a,omitempty"`
 }
 
 type node struct {
@@ -31,6 +35,9 @@ type node struct {
 	All   []node   `json:"all,omitempty"`
 	Any   []node   `json:"any,omitempty"`
 	None  []node   `json:"none,omitempty"`
+	// U, on the root only, is how many of the packed filter fields the
+	// tree reads (see fieldsRead).
+	U int `json:"u,omitempty"`
 }
 
 type geoNode struct {
@@ -69,9 +76,11 @@ func compileFilters(f *pharox.Filters) (string, error) {
 	sp := spec{}
 	collectKeys(&n, &sp.K)
 	if needsEval(&n) {
+		n.U = fieldsRead(&n)
 		sp.E = &n
 		if len(sp.K) == 0 {
 			sp.G = geoPrefilter(&n)
+			sp.A = anyKeys(&n)
 		}
 	}
 	if len(sp.K) == 0 && sp.E == nil {
@@ -170,4 +179,55 @@ func geoPrefilter(n *node) *geoSearch {
 		}
 	}
 	return nil
+}
+
+// anyKeys returns the index sets of each alternative of the first AnyOf in
+// n's conjunction whose every alternative implies some, or nil.
+func anyKeys(n *node) [][]string {
+	if len(n.Any) > 0 {
+		alts := make([][]string, 0, len(n.Any))
+		for i := range n.Any {
+			var keys []string
+			collectKeys(&n.Any[i], &keys)
+			if len(keys) == 0 {
+				alts = nil
+				break
+			}
+			alts = append(alts, keys)
+		}
+		if alts != nil {
+			return alts
+		}
+	}
+	for i := range n.All {
+		if alts := anyKeys(&n.All[i]); alts != nil {
+			return alts
+		}
+	}
+	return nil
+}
+
+// fieldsRead returns how many of the packed filter fields (filterFields
+// in codec.go: source, country, city, ISP, ASN, protocol, latitude,
+// longitude, then the tags) n's tree reads, counted from the first, so
+// that select.lua unpacks no more of each proxy's entry than it needs.
+func fieldsRead(n *node) int {
+	u := 0
+	for i, set := range [...]bool{n.Src != "", n.CC != "", n.City != "", n.ISP != "", n.ASN != "", n.Proto != ""} {
+		if set {
+			u = i + 1
+		}
+	}
+	if n.Geo != nil {
+		u = 8
+	}
+	if len(n.Tags) > 0 {
+		u = 9
+	}
+	for _, kids := range [...][]node{n.All, n.Any, n.None} {
+		for i := range kids {
+			u = max(u, fieldsRead(&kids[i]))
+		}
+	}
+	return u
 }

@@ -60,7 +60,7 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 
 // acquireOne runs acquire.lua for one request; sp is its compiled filter.
 func (s *Store) acquireOne(ctx context.Context, req pharox.AcquireRequest, sp string) (*pharox.Lease, error) {
-	id := uuid.New()
+	id := leaseIDOf(req)
 	known := s.consumerKnown(req.ConsumerID)
 	v, err := s.run(ctx, scriptAcquire, "acquire", req.PoolName, req.ConsumerID.String(), "",
 		id.String(), req.Duration.Microseconds(), string(req.Strategy), req.SessionKey,
@@ -77,12 +77,42 @@ func (s *Store) acquireOne(ctx context.Context, req pharox.AcquireRequest, sp st
 		return nil, err
 	}
 	arr, ok := v.([]any)
+	if ok && len(arr) == 3 {
+		return s.leaseAgain(req, id, arr)
+	}
 	if !ok || len(arr) != 6 {
 		return nil, fmt.Errorf("redis: acquire from pool %q: unexpected reply", req.PoolName)
 	}
 	str := func(i int) string { x, _ := arr[i].(string); return x }
 	cur, _ := arr[4].(int64)
 	return s.acquiredLease(req, id, known, str(0), str(1), str(2), str(3), cur, arr[5])
+}
+
+// leaseIDOf returns the id a new lease for req gets: the caller's LeaseID,
+// or a fresh one. Either way it is chosen before the script runs, so that a
+// script sent twice (go-redis retries after a timeout or a dropped
+// connection) finds the lease its first run made and takes no second slot.
+func leaseIDOf(req pharox.AcquireRequest) uuid.UUID {
+	if req.LeaseID != uuid.Nil {
+		return req.LeaseID
+	}
+	return uuid.New()
+}
+
+// leaseAgain decodes lease_again's reply (see lib.lua): the lease id's
+// existing record, the proxy's lease count and DYN fields (nil when the
+// proxy is gone).
+func (s *Store) leaseAgain(req pharox.AcquireRequest, id uuid.UUID, arr []any) (*pharox.Lease, error) {
+	record, _ := arr[0].(string)
+	l, err := decodeLease(id.String(), record)
+	if err == nil && arr[2] != nil {
+		cur, _ := arr[1].(int64)
+		l.Proxy, err = s.proxyFromDyn(l.ProxyID.String(), cur, arr[2])
+	}
+	if err != nil {
+		return nil, fmt.Errorf("redis: acquire from pool %q: malformed reply: %v", req.PoolName, err)
+	}
+	return l, nil
 }
 
 // consumerKnown returns "1" when the consumer is known to exist, else "0",
@@ -171,7 +201,7 @@ func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*pharox.Le
 
 // releaseOne runs release.lua for one lease.
 func (s *Store) releaseOne(ctx context.Context, leaseID uuid.UUID) (*pharox.Lease, error) {
-	v, err := s.run(ctx, scriptRelease, leaseID.String())
+	v, err := s.run(ctx, scriptRelease, leaseID.String(), callToken())
 	if err != nil {
 		return nil, wrap(err, "release lease %s", leaseID)
 	}
@@ -181,6 +211,16 @@ func (s *Store) releaseOne(ctx context.Context, leaseID uuid.UUID) (*pharox.Leas
 	}
 	return l, nil
 }
+
+// callToken returns a fresh token for one script call that must tell its
+// own second run (go-redis retries after a timeout or a dropped
+// connection) from another call: a release keeps it in the released
+// lease's record, so the same call sent again returns the lease it
+// released rather than ErrLeaseNotActive, while any other release still
+// gets ErrLeaseNotActive; administrative writes keep their reply under it
+// for a minute (see once in lib.lua). 64 random bits, as 13 base-36
+// digits or fewer.
+func callToken() string { return strconv.FormatUint(rand.Uint64(), 36) }
 
 // RenewLease moves an active, unexpired lease's expiry to now + d.
 func (s *Store) RenewLease(ctx context.Context, leaseID uuid.UUID, d time.Duration) (*pharox.Lease, error) {

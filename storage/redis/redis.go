@@ -190,7 +190,6 @@ var (
 	scriptSetStatus   = lua("lib", "set_status")
 	scriptHealth      = lua("lib", "health")
 	scriptGetProxy    = lua("lib", "get_proxy")
-	scriptListProxies = lua("lib", "list_proxies")
 	scriptStats       = lua("lib", "stats")
 	scriptReclaim     = lua("lib", "reclaim")
 
@@ -198,7 +197,7 @@ var (
 		scriptAcquire, scriptAcquireMany, scriptRelease, scriptReleaseMany, scriptRenew,
 		scriptGetLease, scriptCleanup, scriptPurge, scriptConsumer, scriptCreatePool, scriptDeletePool,
 		scriptAddProxies, scriptDeleteProxy, scriptSetStatus, scriptHealth,
-		scriptGetProxy, scriptListProxies, scriptStats, scriptReclaim,
+		scriptGetProxy, scriptStats, scriptReclaim,
 	}
 )
 
@@ -207,11 +206,21 @@ func (s *Store) run(ctx context.Context, sc *goredis.Script, args ...any) (any, 
 	return sc.Run(ctx, s.rdb, s.anchor, append([]any{s.prefix}, args...)...).Result()
 }
 
+// scanBudget is SCAN in lib.lua: the candidates one acquisition reads at
+// most (see doc.go, Acquisition cost).
+const scanBudget = 1024
+
+// errTooSelective is a selection that gave up after scanBudget candidates.
+var errTooSelective = fmt.Errorf("%w: the filter is too selective to serve: none of the %d free proxies read matched, "+
+	"and no indexed condition (source, country, city, ISP, ASN, protocol, tag, or one per AnyOf alternative) narrows it to %d or fewer",
+	pharox.ErrNoProxyAvailable, scanBudget, scanBudget)
+
 // scriptErrors maps the codes scripts return to the root package's sentinels.
 var scriptErrors = []struct {
 	code string
 	err  error
 }{
+	{"PHAROX_TOO_SELECTIVE", errTooSelective},
 	{"PHAROX_POOL_NOT_FOUND", pharox.ErrPoolNotFound},
 	{"PHAROX_PROXY_NOT_FOUND", pharox.ErrProxyNotFound},
 	{"PHAROX_CONSUMER_NOT_FOUND", pharox.ErrConsumerNotFound},

@@ -125,9 +125,11 @@ func TestDeleteLeavesNoKeys(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Only the consumer registry may remain.
+	// Only the consumer registry may remain, besides the replies the
+	// administrative writes keep for a minute (see once in lib.lua).
 	want := []string{"cbyid", "cids", "consumers"}
-	if got := keysUnder(t, s); !slices.Equal(got, want) {
+	got := slices.DeleteFunc(keysUnder(t, s), func(k string) bool { return strings.HasPrefix(k, "once:") })
+	if !slices.Equal(got, want) {
 		t.Errorf("keys left after deleting everything: %q, want %q", got, want)
 	}
 }

@@ -15,7 +15,8 @@
 // parallel with each other, so the factory must be safe to
 // call concurrently and the stores it returns must not share data.
 // Subtests are grouped (Pools, Proxies, Consumers, Leases, Expiry, Filters,
-// Strategies, Sessions, Stats, Health, Copies, LeaseRecords, Stress), so a
+// Strategies, Sessions, Stats, Health, Copies, LeaseRecords, Stress,
+// StickyConcurrency, LeaseIDs, CheckedAt, LargePool), so a
 // driver can select some with -run 'TestConformance/Leases/'.
 //
 // The suite checks behaviour through the public interface only and uses the
@@ -26,6 +27,12 @@
 // on a 150ms lease having expired 300ms later by the store's clock, so that
 // clock must agree with the test process's (the database on the same host,
 // or a synchronised one).
+//
+// The LargePool section stores [DefaultLargePoolSize] proxies, leases all
+// but a few dozen slots and checks every strategy and filter shape against
+// the reference there; [WithLargePoolSize] and [WithoutLargePoolInShort]
+// adjust it. [BenchmarkScale] is the matching benchmark: how the cost of an
+// acquisition grows with the pool and its busy proxies.
 //
 // [AuditLeases] is the interval audit the stress tests use; drivers may run
 // it on their own lease records. [RunMultiProcess] re-executes the test
@@ -48,9 +55,11 @@ import (
 
 // Run runs the conformance suite against the stores newStore returns. It
 // calls newStore once per subtest; each call must return a fresh, empty
-// store and register its cleanup with t.Cleanup.
-func Run(t *testing.T, newStore func(t *testing.T) pharox.Storage) {
+// store and register its cleanup with t.Cleanup. Options adjust the
+// LargePool section.
+func Run(t *testing.T, newStore func(t *testing.T) pharox.Storage, opts ...Option) {
 	t.Helper()
+	cfg := newConfig(opts)
 	groups := []struct {
 		name  string
 		tests []subtest
@@ -68,6 +77,10 @@ func Run(t *testing.T, newStore func(t *testing.T) pharox.Storage) {
 		{"Copies", copyTests},
 		{"LeaseRecords", leaseRecordTests},
 		{"Stress", stressTests},
+		{"StickyConcurrency", stickyConcurrencyTests},
+		{"LeaseIDs", leaseIDTests},
+		{"CheckedAt", checkedAtTests},
+		{"LargePool", largePoolTests},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {
@@ -76,7 +89,9 @@ func Run(t *testing.T, newStore func(t *testing.T) pharox.Storage) {
 					if st.parallel {
 						t.Parallel()
 					}
-					st.fn(t, newFixture(t, newStore))
+					f := newFixture(t, newStore)
+					f.cfg = cfg
+					st.fn(t, f)
 				})
 			}
 		})
@@ -109,6 +124,7 @@ type fixture struct {
 	s        pharox.Storage
 	consumer *pharox.Consumer
 	nextPort int
+	cfg      config
 }
 
 func newFixture(t *testing.T, newStore func(t *testing.T) pharox.Storage) *fixture {

@@ -3,9 +3,19 @@
 -- 9 session key, 10 session ttl (us), 11 filter spec JSON or '', 12 seed,
 -- 13 '1' when the client already knows the consumer exists, 14 the pool id
 -- the client last saw for this name, or '', 15 the lease's who field (see
--- LEASES in lib.lua).
+-- LEASES in lib.lua). Returns {pool id, acquisition time, expiry, proxy
+-- id, its lease count, its DYN fields}, or lease_again's reply (see
+-- lib.lua) when the lease id has a record already.
 local mode, pname, strategy, skey = ARGV[2], ARGV[3], ARGV[8], ARGV[9]
 local acquire = mode == 'acquire'
+if acquire then
+  local v = redis.call('HGET', LEASES, ARGV[6])
+  if v then
+    local r, code = lease_again(ARGV[6], v, pname, ARGV[4])
+    if not r then return redis.error_reply(code) end
+    return r
+  end
+end
 if acquire and ARGV[13] ~= '1' and redis.call('SISMEMBER', P .. 'cids', ARGV[4]) == 0 then
   return redis.error_reply('PHAROX_CONSUMER_NOT_FOUND')
 end
@@ -34,23 +44,25 @@ local function choose(pid)
   end
   local cursor = nil
   if strategy == 'round_robin' then cursor = redis.call('GET', pk(pid, 'rr')) end
-  return select_proxy(pid, strategy, cursor, spec)
+  local id, gave_up = select_proxy(pid, strategy, cursor, spec)
+  return id, false, gave_up
 end
 
 -- The client's pool id saves a lookup; it is checked when nothing is
 -- found, since a pool deleted and re-created under its name has a new id
 -- (and the old id's keys are gone).
 local pid = ARGV[14]
-local chosen, sticky = nil, false
-if pid ~= '' then chosen, sticky = choose(pid) end
+local chosen, sticky, gave_up = nil, false, false
+if pid ~= '' then chosen, sticky, gave_up = choose(pid) end
 if not chosen then
   local real = redis.call('HGET', P .. 'pools', pname)
   if not real then return redis.error_reply('PHAROX_POOL_NOT_FOUND') end
   if real ~= pid then
     pid = real
-    chosen, sticky = choose(pid)
+    chosen, sticky, gave_up = choose(pid)
   end
 end
+if gave_up then return redis.error_reply('PHAROX_TOO_SELECTIVE') end
 if not chosen then return false end
 if not acquire then return redis.call('HGETALL', xk(chosen)) end
 

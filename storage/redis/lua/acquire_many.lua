@@ -9,8 +9,10 @@
 -- acquired), then one entry per acquisition: {expiry, proxy id, the
 -- proxy's lease count, its DYN fields (false when an earlier entry of the
 -- reply holds them), and, only if it differs from the first value, the
--- pool id}; false when no proxy is free; or the code of acquire.lua's
--- error as a string.
+-- pool id}; lease_again's reply (see lib.lua) when the lease id has a
+-- record already; false when no proxy is free; or the code of
+-- acquire.lua's error as a string (PHAROX_TOO_SELECTIVE when the
+-- selection gave up).
 local pname, strategy = ARGV[2], ARGV[3]
 local spec = nil
 if ARGV[4] ~= '' then spec = cjson.decode(ARGV[4]) end
@@ -63,6 +65,8 @@ end
 -- join it meanwhile, hence the flush.) The round-robin position is kept
 -- here and written once at the end.
 local drained, cursors, moved = {}, {}, {}
+-- selective records that the selection gave up (see select_proxy).
+local selective = false
 local function choose(pid)
   if not drained[pid] then
     flush(d)
@@ -75,7 +79,9 @@ local function choose(pid)
     if cursors[pid] == nil then cursors[pid] = redis.call('GET', pk(pid, 'rr')) end
     cursor = cursors[pid]
   end
-  return select_proxy(pid, strategy, cursor, spec)
+  local id, gave_up = select_proxy(pid, strategy, cursor, spec)
+  if gave_up then selective = true end
+  return id
 end
 
 -- pid is the pool id to try; checked once it has been compared with the
@@ -103,13 +109,33 @@ local known, dyn, from = {}, {}, {}
 -- All items share now, so acq and each duration's expiry are formatted once.
 local acq, exps = nil, {}
 local out = {false}
+-- prior holds the records the batch's lease ids have already (a retried
+-- batch, or LeaseIDs used again); made, the item of this batch that took
+-- each lease id, and its consumer.
+local lids = {}
+for i = 7, #ARGV, 6 do lids[#lids + 1] = ARGV[i] end
+local prior = redis.call('HMGET', LEASES, unpack(lids))
+local made = {}
 for i = 6, #ARGV, 6 do
   local cid, lid, dur, seed = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  if ARGV[i + 4] ~= '1' and known[cid] == nil then
+  local r = false
+  local again, twin = prior[(i - 6) / 6 + 1], made[lid]
+  if not again and not twin and ARGV[i + 4] ~= '1' and known[cid] == nil then
     known[cid] = redis.call('SISMEMBER', P .. 'cids', cid) == 1
   end
-  local r = false
-  if ARGV[i + 4] ~= '1' and not known[cid] then
+  if again then
+    -- lease_again may end an expired lease, writing at once: the batch's
+    -- deferred writes go first, and the heads are read again.
+    flush(d)
+    heads = {}
+    local code
+    r, code = lease_again(lid, again, pname, cid)
+    if not r then r = code end
+  elseif twin then
+    -- An earlier item of this batch took the lease: the same answer.
+    if twin.cid == cid then r = out[twin.j]
+    else r = 'PHAROX_ALREADY_EXISTS lease id' end
+  elseif ARGV[i + 4] ~= '1' and not known[cid] then
     r = 'PHAROX_CONSUMER_NOT_FOUND'
   elseif not missing and not empty then
     if not now then now = now_us() acq = fmt(now) end
@@ -127,11 +153,13 @@ for i = 6, #ARGV, 6 do
       if strategy == 'round_robin' then cursors[pid], moved[pid] = chosen, true end
       r = {exp, chosen, cur, not sent and f}
       from[#out + 1] = pid
+      made[lid] = {cid = cid, j = #out + 1}
     elseif not missing then
       empty = true
     end
   end
   if missing and r == false then r = 'PHAROX_POOL_NOT_FOUND' end
+  if selective and r == false then r = 'PHAROX_TOO_SELECTIVE' end
   out[#out + 1] = r
 end
 flush(d)

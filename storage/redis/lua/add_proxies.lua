@@ -1,5 +1,9 @@
 -- add proxies, all or none. ARGV: 2 JSON array of
--- {id, pool, uniq, f: [field, value, ...], idx: [suffix...], geo: {lat, lon, polar}}.
+-- {id, pool, uniq, f: [field, value, ...], idx: [suffix...], geo: {lat, lon, polar},
+-- ff: the fields filters read, packed (see proxy_fields in select.lua)}.
+-- ARGV 3 is the call's token (see once in lib.lua).
+local prior = once(ARGV[3])
+if prior then return prior end
 local list = cjson.decode(ARGV[2])
 for _, p in ipairs(list) do
   if redis.call('EXISTS', P .. 'pool:' .. p.pool) == 0 then
@@ -23,7 +27,7 @@ for _, p in ipairs(list) do
   local st = redis.call('HGET', k, 'status')
   local maxc = redis.call('HGET', k, 'maxc')
   redis.call('HINCRBY', pk(p.pool, 'cnt'), st, 1)
-  index_proxy(p.pool, p.id, p.idx, p.geo)
+  index_proxy(p.pool, p.id, p.idx, p.geo, p.ff)
   sync_free(p.pool, p.id, st, 0, maxc, '')
 end
-return now
+return done(ARGV[3], now)

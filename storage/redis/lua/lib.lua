@@ -6,6 +6,7 @@ local P = ARGV[1]
 local CHUNK = 64        -- members tested per round trip into a sorted set
 local WALK = 256        -- members walked in strategy order before switching to set algebra
 local SET_DIRECT = 128  -- index sets this small are intersected at once
+local SCAN = 1024       -- at most this many candidates are read from index sets, or walked, per call
 local RECLAIM = 256     -- expired leases reclaimed per hot-path call
 local W = 4294967296    -- status-rank weight in the least_used score
 local RANK = {active = 0, slow = 1, inactive = 2, banned = 3}
@@ -224,10 +225,15 @@ end
 
 -- end_lease ends the active lease whose record is v as released or
 -- expired and frees its slot; proxy, pool and maxc are the record's
--- fields, parsed by the caller. It returns the new record. With d, every
--- write is deferred to d (the caller keeps track of leases it ended).
-local function end_lease(lid, v, status, now, proxy, pid, maxc, d)
-  local ended = status .. '|' .. fmt(now) .. string.sub(v, #ACTIVE + 1)
+-- fields, parsed by the caller. tok, given by a release, is kept after
+-- rel as ':' .. tok, so that the same release sent again (a client's
+-- retry) is recognised (see released_by). It returns the new record. With
+-- d, every write is deferred to d (the caller keeps track of leases it
+-- ended).
+local function end_lease(lid, v, status, now, proxy, pid, maxc, d, tok)
+  local rel = fmt(now)
+  if tok then rel = rel .. ':' .. tok end
+  local ended = status .. '|' .. rel .. string.sub(v, #ACTIVE + 1)
   lease_write(lid, ended, d)
   if not d then
     redis.call('ZREM', pk(pid, 'exp'), lid)
@@ -248,6 +254,47 @@ local function end_lease(lid, v, status, now, proxy, pid, maxc, d)
   return ended
 end
 
+-- released_by reports whether the record v was released by the release
+-- call that carried tok.
+local function released_by(v, tok)
+  local find = string.find
+  local a = find(v, '|', 1, true)
+  if string.sub(v, 1, a - 1) ~= 'released' then return false end
+  local b = find(v, '|', a + 1, true)
+  local c = find(v, ':', a + 1, true)
+  return c ~= nil and c < b and string.sub(v, c + 1, b - 1) == tok
+end
+
+-- lease_consumer returns the consumer id of a record: the start of who,
+-- after its seventh '|'.
+local function lease_consumer(v)
+  local at = 0
+  for _ = 1, 7 do at = string.find(v, '|', at + 1, true) end
+  return string.sub(v, at + 1, at + 36)
+end
+
+-- lease_again answers an acquisition whose lease id already has the record
+-- v: the acquisition was applied before (a client's retry, or a caller's
+-- own LeaseID used again), so it takes nothing and returns the lease as it
+-- is now (ended first if it has expired): {record, the proxy's lease
+-- count, its DYN fields} (count and fields false when the proxy is gone).
+-- An id taken by another consumer or in another pool returns nil and the
+-- error code.
+local function lease_again(lid, v, pname, cid)
+  local st, exp, proxy, pid, maxc = lease_fields(v)
+  if lease_consumer(v) ~= cid or redis.call('HGET', P .. 'pools', pname) ~= pid then
+    return nil, 'PHAROX_ALREADY_EXISTS lease id'
+  end
+  if st == 'active' then
+    local now = now_us()
+    if tonumber(exp) <= now then v = end_lease(lid, v, 'expired', now, proxy, pid, maxc) end
+  end
+  local k = xk(proxy)
+  local cur = redis.call('HGET', k, 'cur')
+  if not cur then return {v, false, false} end
+  return {v, tonumber(cur), redis.call('HMGET', k, unpack(DYN))}
+end
+
 -- reclaim ends up to limit of the pool's leases whose ExpiresAt has passed.
 local function reclaim(pid, now, limit)
   local ids = redis.call('ZRANGEBYSCORE', pk(pid, 'exp'), '-inf', fmt(now), 'LIMIT', '0', fmt(limit))
@@ -263,6 +310,23 @@ local function reclaim(pid, now, limit)
     end
   end
   return #ids
+end
+
+-- Administrative writes (create and delete pools, add and delete proxies)
+-- carry a token per call. once returns the reply a run with that token
+-- already made, or nil; done keeps a reply under its token for ONCE_TTL
+-- ms. So the same call sent again (a client's retry) answers as the first
+-- did, instead of ErrAlreadyExists or a not-found error for the change it
+-- made, while a call of its own, with another token, still gets them.
+local ONCE_TTL = '60000'
+local function once(tok)
+  local v = redis.call('GET', P .. 'once:' .. tok)
+  if v then return cjson.decode(v) end
+  return nil
+end
+local function done(tok, reply)
+  redis.call('SET', P .. 'once:' .. tok, cjson.encode(reply), 'PX', ONCE_TTL)
+  return reply
 end
 
 -- delete_lease forgets an ended lease.

@@ -1,6 +1,7 @@
 -- Proxy add/remove helpers for admin scripts.
-local function index_proxy(pid, id, idx, geo)
+local function index_proxy(pid, id, idx, geo, ff)
   for _, s in ipairs(idx) do redis.call('SADD', pk(pid, s), id) end
+  redis.call('HSET', pk(pid, 'ff'), id, ff)
   if geo then
     if geo.polar then redis.call('SADD', pk(pid, 'polar'), id)
     else redis.call('GEOADD', pk(pid, 'geo'), geo.lon, geo.lat, id) end
@@ -19,6 +20,7 @@ local function remove_proxy(pid, id)
   if not blank(f[3]) then
     for _, s in ipairs(cjson.decode(f[3])) do redis.call('SREM', pk(pid, s), id) end
   end
+  redis.call('HDEL', pk(pid, 'ff'), id)
   redis.call('ZREM', pk(pid, 'geo'), id)
   redis.call('SREM', pk(pid, 'polar'), id)
   sync_free(pid, id, 'banned', 0, '', '')

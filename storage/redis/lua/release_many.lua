@@ -1,9 +1,13 @@
 -- release_many: the releases of one batch, each exactly as release.lua,
 -- one after another (a lease named twice is released once, then reported
--- not active). ARGV: 2.. lease ids. Returns one entry per lease: its new
--- record, as release.lua returns it, or the code of release.lua's error.
-local ids = {}
-for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
+-- not active). ARGV: 2.. lease id and the call's token (see end_lease in
+-- lib.lua) for each release. Returns one entry per lease: its new record,
+-- as release.lua returns it, or the code of release.lua's error.
+local ids, toks = {}, {}
+for i = 2, #ARGV, 2 do
+  ids[#ids + 1] = ARGV[i]
+  toks[#toks + 1] = ARGV[i + 1]
+end
 local vals = redis.call('HMGET', LEASES, unpack(ids))
 local now = nil
 -- Every write is made once for the batch, at the end (see new_deferred in
@@ -20,7 +24,9 @@ for i, lid in ipairs(ids) do
     r = 'PHAROX_LEASE_NOT_FOUND'
   else
     local st, exp, proxy, pid, maxc = lease_fields(v)
-    if st ~= 'active' or done[lid] then
+    if st ~= 'active' and released_by(v, toks[i]) then
+      r = v
+    elseif st ~= 'active' or done[lid] then
       r = 'PHAROX_LEASE_NOT_ACTIVE'
     else
       if not now then now = now_us() end
@@ -29,7 +35,7 @@ for i, lid in ipairs(ids) do
         end_lease(lid, v, 'expired', now, proxy, pid, maxc, d)
         r = 'PHAROX_LEASE_NOT_ACTIVE expired'
       else
-        r = end_lease(lid, v, 'released', now, proxy, pid, maxc, d)
+        r = end_lease(lid, v, 'released', now, proxy, pid, maxc, d, toks[i])
       end
     end
   end

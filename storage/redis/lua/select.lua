@@ -14,10 +14,34 @@ end
 
 local FIELDS = {'src', 'cc', 'city', 'isp', 'asn', 'proto', 'lat', 'lon'}
 
-local function proxy_fields(id)
-  local v = redis.call('HMGET', xk(id), unpack(FIELDS))
+-- proxy_fields returns what eval reads of a proxy: FIELDS by name and, in
+-- tags, the set of its tags. v is the proxy's entry in the pool's ff hash,
+-- which packs them (see filterFields in codec.go): each value as its
+-- length, ':' and its bytes, FIELDS in order, then the tags. One HMGET
+-- reads the entries of a whole chunk of proxies. Without an entry, the
+-- proxy's own hash is read and tags stays nil (eval then asks the tag
+-- sets). Only the first upto values are unpacked (all when nil; tags
+-- need 9): the filter's root node says how many it reads (see
+-- fieldsRead in filter.go).
+local function proxy_fields(id, v, upto)
   local pf = {}
-  for i, name in ipairs(FIELDS) do pf[name] = v[i] or '' end
+  if not v then
+    local f = redis.call('HMGET', xk(id), unpack(FIELDS))
+    for i, name in ipairs(FIELDS) do pf[name] = f[i] or '' end
+    return pf
+  end
+  local find, sub = string.find, string.sub
+  local tags = {}
+  local pos, i = 1, 0
+  if upto == nil or upto > 8 then upto = math.huge end
+  while pos <= #v and i < upto do
+    local c = find(v, ':', pos, true)
+    local e = c + tonumber(sub(v, pos, c - 1))
+    i = i + 1
+    if i <= 8 then pf[FIELDS[i]] = sub(v, c + 1, e) else tags[sub(v, c + 1, e)] = true end
+    pos = e + 1
+  end
+  pf.tags = tags
   return pf
 end
 
@@ -31,7 +55,11 @@ local function eval(pid, n, id, pf)
   if n.proto and pf.proto ~= n.proto then return false end
   if n.tags then
     for _, t in ipairs(n.tags) do
-      if redis.call('SISMEMBER', pk(pid, 'i:tag:' .. t), id) == 0 then return false end
+      if pf.tags then
+        if not pf.tags[t] then return false end
+      elseif redis.call('SISMEMBER', pk(pid, 'i:tag:' .. t), id) == 0 then
+        return false
+      end
     end
   end
   if n.geo then
@@ -63,8 +91,12 @@ local function eval(pid, n, id, pf)
   return true
 end
 
-local function exact(pid, E, id)
-  return E == nil or eval(pid, E, id, proxy_fields(id))
+-- exact reports whether proxy id passes the tree E (nil passes all); v
+-- is its ff entry when the caller has read it.
+local function exact(pid, E, id, v)
+  if E == nil then return true end
+  if v == nil then v = redis.call('HGET', pk(pid, 'ff'), id) end
+  return eval(pid, E, id, proxy_fields(id, v, E.u))
 end
 
 -- is_candidate reports whether one proxy may take a lease under the filter.
@@ -87,8 +119,20 @@ local function first_passing(pid, ids, keys, E)
       if r[i] == 0 then ok[i] = false end
     end
   end
+  if E == nil then
+    for i = 1, #ids do
+      if ok[i] then return ids[i] end
+    end
+    return nil
+  end
+  local pass = {}
   for i = 1, #ids do
-    if ok[i] and exact(pid, E, ids[i]) then return ids[i] end
+    if ok[i] then pass[#pass + 1] = ids[i] end
+  end
+  if #pass == 0 then return nil end
+  local ff = redis.call('HMGET', pk(pid, 'ff'), unpack(pass))
+  for i, id in ipairs(pass) do
+    if exact(pid, E, id, ff[i]) then return id end
   end
   return nil
 end
@@ -105,25 +149,38 @@ end
 -- false when the walk could not cover every free proxy: random sampling).
 local function walker(pid, strategy, cursor)
   if strategy == 'round_robin' then
+    -- After the cursor to the end, then from the start to the cursor;
+    -- each read continues after the last member read, so a long walk
+    -- costs O(log n) per read, not its offset.
     local ranges
     if blank(cursor) then ranges = {{'-', '+'}}
     else ranges = {{'(' .. cursor, '+'}, {'-', '[' .. cursor}} end
-    local ri, off = 1, 0
+    local ri, from = 1, nil
     return function()
       while ri <= #ranges do
-        local ids = redis.call('ZRANGEBYLEX', pk(pid, 'free'), ranges[ri][1], ranges[ri][2], 'LIMIT', off, CHUNK)
-        if #ids > 0 then off = off + #ids return ids end
-        ri, off = ri + 1, 0
+        local ids = redis.call('ZRANGEBYLEX', pk(pid, 'free'), from or ranges[ri][1], ranges[ri][2], 'LIMIT', 0, CHUNK)
+        if #ids > 0 then from = '(' .. ids[#ids] return ids end
+        ri, from = ri + 1, nil
       end
       return nil, true
     end
   elseif strategy == 'random' then
-    local done = false
+    -- Uniform samples of the free proxies, so the first match is uniform
+    -- among the matching ones; up to SCAN free proxies are read whole,
+    -- in a shuffled order.
+    local whole = nil
     return function()
-      if done then return nil, redis.call('ZCARD', pk(pid, 'free')) <= CHUNK end
-      done = true
+      if whole == nil then
+        whole = redis.call('ZCARD', pk(pid, 'free')) <= SCAN
+        if whole then
+          local ids = redis.call('ZRANGE', pk(pid, 'free'), 0, -1)
+          if #ids == 0 then return nil, true end
+          shuffle(ids)
+          return ids
+        end
+      end
+      if whole then return nil, true end
       local ids = redis.call('ZRANDMEMBER', pk(pid, 'free'), CHUNK)
-      if #ids == 0 then return nil, true end
       shuffle(ids)
       return ids
     end
@@ -142,17 +199,15 @@ local function walker(pid, strategy, cursor)
   end
 end
 
--- by_sets chooses among an explicit candidate list: the intersection of the
--- index sets, the geo search, or every free proxy.
-local function by_sets(pid, strategy, cursor, keys, spec, E)
-  local ids
-  if #keys > 0 then
+-- by_sets chooses among an explicit candidate list: ids when given, else
+-- the intersection of the index sets keys, else the union of the index
+-- sets src. The caller has checked that the list is at most SCAN long.
+local function by_sets(pid, strategy, cursor, keys, src, ids, E)
+  if ids then
+  elseif #keys > 0 then
     ids = redis.call('SINTER', unpack(keys))
-  elseif spec.g then
-    ids = redis.call('GEOSEARCH', pk(pid, 'geo'), 'FROMLONLAT', spec.g.lon, spec.g.lat, 'BYRADIUS', spec.g.r, 'km')
-    for _, id in ipairs(redis.call('SMEMBERS', pk(pid, 'polar'))) do ids[#ids + 1] = id end
   else
-    ids = redis.call('ZRANGE', pk(pid, 'free'), 0, -1)
+    ids = redis.call('SUNION', unpack(src))
   end
   local cands = {}
   for i = 1, #ids, 512 do
@@ -196,7 +251,9 @@ local function by_sets(pid, strategy, cursor, keys, spec, E)
   return nil
 end
 
--- select_proxy returns the proxy a lease would take now, or nil.
+-- select_proxy returns the proxy a lease would take now, or nil; nil and
+-- true when it gave up, having read SCAN candidates without finding one
+-- (see doc.go, Acquisition cost).
 local function select_proxy(pid, strategy, cursor, spec)
   if spec == nil then
     local free = pk(pid, 'free')
@@ -213,28 +270,64 @@ local function select_proxy(pid, strategy, cursor, spec)
     end
     return redis.call('ZRANDMEMBER', free) or nil
   end
-  local keys = {}
-  local smallest = nil
+  -- count is how many proxies the index sets leave as candidates: the
+  -- smallest set of the conjunction, or the sum over the alternatives of
+  -- an AnyOf of each one's smallest set (src); nil when no index set
+  -- narrows the filter.
+  local keys, src = {}, nil
+  local count = nil
   for i, s in ipairs(spec.k or {}) do
     keys[i] = pk(pid, s)
     local n = redis.call('SCARD', keys[i])
     if n == 0 then return nil end
-    if smallest == nil or n < smallest then smallest = n end
+    if count == nil or n < count then count = n end
+  end
+  if count == nil and spec.a then
+    count, src = 0, {}
+    for _, alt in ipairs(spec.a) do
+      local best, bestn = nil, nil
+      for _, s in ipairs(alt) do
+        local n = redis.call('SCARD', pk(pid, s))
+        if bestn == nil or n < bestn then best, bestn = pk(pid, s), n end
+        if n == 0 then break end
+      end
+      if bestn > 0 then
+        src[#src + 1] = best
+        count = count + bestn
+      end
+    end
+    if count == 0 then return nil end
   end
   local E = spec.e
-  if smallest == nil or smallest > SET_DIRECT then
-    local nextc = walker(pid, strategy, cursor)
-    local seen = 0
-    while seen < WALK do
+  if count and count <= SET_DIRECT then return by_sets(pid, strategy, cursor, keys, src, nil, E) end
+  -- Walk the free proxies in strategy order: a filter that matches a fair
+  -- share of them finds one at once.
+  local nextc = walker(pid, strategy, cursor)
+  local seen = 0
+  local function walk(limit)
+    while seen < limit do
       local ids, complete = nextc()
-      if ids == nil then
-        if complete then return nil end
-        break
-      end
+      if ids == nil then return nil, complete end
       seen = seen + #ids
       local id = first_passing(pid, ids, keys, E)
       if id then return id end
     end
+    return nil, false
   end
-  return by_sets(pid, strategy, cursor, keys, spec, E)
+  local id, complete = walk(WALK)
+  if id or complete then return id end
+  if count and count <= SCAN then return by_sets(pid, strategy, cursor, keys, src, nil, E) end
+  if count == nil and spec.g then
+    -- ANY stops the search once it has more than SCAN.
+    local ids = redis.call('GEOSEARCH', pk(pid, 'geo'), 'FROMLONLAT', spec.g.lon, spec.g.lat,
+      'BYRADIUS', spec.g.r, 'km', 'COUNT', SCAN + 1, 'ANY')
+    if #ids + redis.call('SCARD', pk(pid, 'polar')) <= SCAN then
+      for _, p in ipairs(redis.call('SMEMBERS', pk(pid, 'polar'))) do ids[#ids + 1] = p end
+      return by_sets(pid, strategy, cursor, keys, src, ids, E)
+    end
+  end
+  -- No index narrows the candidates to SCAN: walk on, up to SCAN.
+  id, complete = walk(SCAN)
+  if id or complete then return id end
+  return nil, true
 end

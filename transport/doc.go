@@ -1,0 +1,62 @@
+// Package transport is an http.RoundTripper that leases a proxy from a
+// pharox pool for each request, sends the request through it, tells the
+// pool how it went and gives the proxy back when the response body ends.
+// A Go scraper gets rotation, stickiness, health feedback and retries by
+// setting one field:
+//
+//	mgr := pharox.NewManager(store) // or transport.Remote(client.New(...))
+//	rt, err := transport.New(transport.Local(mgr), "residential",
+//		transport.WithFilters(&pharox.Filters{Country: "AR"}))
+//	hc := &http.Client{Transport: rt, Timeout: 30 * time.Second}
+//	resp, err := hc.Get("https://example.com/")
+//	...
+//	resp.Body.Close() // gives the proxy back
+//
+// # Leases
+//
+// Each request takes its own lease from the pool (through a [Leaser]: a
+// [pharox.Manager] in this process with [Local], or a pharox service with
+// [Remote]); the lease lives until the response body is read to its end
+// or closed, or the request fails, not until RoundTrip returns. While a
+// body is being read the lease is renewed, so a long download or a stream
+// keeps its proxy; a body that is never read nor closed lets its lease
+// expire after the lease duration (the pool reclaims it). A body known to
+// be empty (HEAD, 204, Content-Length 0) releases at once.
+//
+// Pool, consumer, filters, strategy, lease and session durations come from
+// [Option]s and can be changed per request through the request's context
+// with [WithRequestOptions]; [WithSession] makes requests sticky, failing
+// over and re-binding when the session's proxy cannot serve.
+//
+// When every matching proxy is busy a request waits for a free one up to
+// [WithMaxWait] and never past its context's deadline, then fails with an
+// error wrapping [pharox.ErrNoProxyAvailable] (test it with errors.Is).
+//
+// # Upstreams
+//
+// HTTP and HTTPS proxies forward http:// requests and tunnel https:// ones
+// with CONNECT (net/http's own proxy support); SOCKS5 proxies go through
+// golang.org/x/net/proxy and SOCKS4 through a small client of this
+// module. Credentials come from the proxy's record. TLS to the target is
+// http.Transport's: each proxy gets its own http.Transport cloned from a
+// base ([WithBaseTransport]), kept in a bounded cache so that requests
+// through the same proxy reuse its keep-alive connections. A proxy's
+// transport is dropped and its connections closed when the proxy is
+// banned, turns inactive, is deleted or changes address or credentials,
+// and when the cache is over its cap.
+//
+// # Outcomes and retries
+//
+// A [Classifier] turns each response into a [pharox.Outcome]; the default
+// ([DefaultClassifier]) bans on 429 and on 403/503 block pages and fails
+// on 407, and the Transport itself fails connection errors. Failures and
+// bans go to the pool's ReportOutcome at once, so its health learns from
+// real traffic, and the request is retried on another proxy when that is
+// safe (see [Transport]). A failure of the target itself (the proxy
+// answered that it could not reach it) is not held against the proxy.
+//
+// # Metrics
+//
+// [WithObserver] receives requests, outcomes and lease waits;
+// observe.TransportMetrics records them in Prometheus.
+package transport
