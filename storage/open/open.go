@@ -5,6 +5,7 @@
 //	sqlite://pharox.db, sqlite:///abs/path.db  embedded, persistent
 //	postgres://user@host:5432/db?schema=name   shared by many processes and hosts
 //	redis://host:6379/0?prefix=name:           shared, for very high lease volume
+//	mysql://user@host:3306/db?prefix=name_     shared, on MySQL 8 or MariaDB 10.6+
 //
 // PostgreSQL schemas are migrated on open (safe from many processes at
 // once); SQLite files are created and migrated on open. The schema and
@@ -28,6 +29,7 @@ import (
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/storage/memory"
+	"github.com/pharox/pharox/storage/mysql"
 	"github.com/pharox/pharox/storage/postgres"
 	"github.com/pharox/pharox/storage/redis"
 	"github.com/pharox/pharox/storage/sqlite"
@@ -41,7 +43,7 @@ const DefaultURL = "sqlite://pharox.db"
 func Open(ctx context.Context, rawURL string) (pharox.Storage, error) {
 	scheme, rest, ok := strings.Cut(rawURL, "://")
 	if !ok {
-		return nil, fmt.Errorf("%w: storage URL %q has no scheme (want memory://, sqlite://, postgres:// or redis://)", pharox.ErrInvalidArgument, Redact(rawURL))
+		return nil, fmt.Errorf("%w: storage URL %q has no scheme (want memory://, sqlite://, postgres://, redis:// or mysql://)", pharox.ErrInvalidArgument, Redact(rawURL))
 	}
 	switch strings.ToLower(scheme) {
 	case "memory", "mem":
@@ -56,8 +58,10 @@ func Open(ctx context.Context, rawURL string) (pharox.Storage, error) {
 		return openPostgres(ctx, rawURL)
 	case "redis", "rediss":
 		return openRedis(ctx, rawURL)
+	case "mysql", "mariadb":
+		return openMySQL(ctx, rawURL)
 	}
-	return nil, fmt.Errorf("%w: unsupported storage scheme %q (want memory://, sqlite://, postgres:// or redis://)", pharox.ErrInvalidArgument, scheme)
+	return nil, fmt.Errorf("%w: unsupported storage scheme %q (want memory://, sqlite://, postgres://, redis:// or mysql://)", pharox.ErrInvalidArgument, scheme)
 }
 
 // takeParam removes a pharox-specific query parameter from raw.
@@ -174,6 +178,24 @@ func openRedis(ctx context.Context, raw string) (pharox.Storage, error) {
 		return nil, err
 	}
 	return ownedRedis{store, client}, nil
+}
+
+// openMySQL opens (and migrates) a MySQL or MariaDB store; the prefix
+// parameter is the table prefix (mysql.WithTablePrefix).
+func openMySQL(ctx context.Context, raw string) (pharox.Storage, error) {
+	rest, prefix, err := takeParam(raw, "prefix")
+	if err != nil {
+		return nil, err
+	}
+	dsn, err := mysql.DSNFromURL(rest)
+	if err != nil {
+		return nil, fmt.Errorf("mysql URL %s: %w", Redact(raw), err)
+	}
+	var opts []mysql.Option
+	if prefix != "" {
+		opts = append(opts, mysql.WithTablePrefix(prefix))
+	}
+	return mysql.Open(ctx, dsn, opts...)
 }
 
 // passwordParam matches a password given as a query parameter or in a
