@@ -97,8 +97,11 @@ func (s *Store) CreatePool(ctx context.Context, pool pharox.Pool) (*pharox.Pool,
 		pool.CreatedAt = utc(pool.CreatedAt)
 		_, err := tx.ExecContext(ctx, s.q(`INSERT INTO {p}pools (id, name, description, created_at) VALUES (?, ?, ?, ?)`),
 			idArg(pool.ID), pool.Name, pool.Description, pool.CreatedAt)
-		if code(err) == errDupEntry {
+		switch code(err) {
+		case errDupEntry:
 			return fmt.Errorf("pool id %s or name %q in use: %w", pool.ID, pool.Name, pharox.ErrAlreadyExists)
+		case errDataTooLong:
+			return fmt.Errorf("%w: pool description longer than the database allows (16 MB)", pharox.ErrInvalidArgument)
 		}
 		if err != nil {
 			return err

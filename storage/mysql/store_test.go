@@ -135,6 +135,14 @@ func TestConformance(t *testing.T) {
 	storagetest.Run(t, func(t *testing.T) pharox.Storage { return newTestStore(t) })
 }
 
+// runConformance runs the suite with a 1,000-proxy large pool, for the
+// extra store configurations: TestConformance runs the full 20,000.
+func runConformance(t *testing.T, newStore func(t *testing.T) pharox.Storage) {
+	testDSN(t)
+	storagetest.Run(t, newStore, storagetest.WithLargePoolSize(1000,
+		"TestConformance runs the 20,000-proxy section on the same SQL; this run covers another store configuration"))
+}
+
 // TestMultiProcess runs storagetest's multi-process audit: 4 worker
 // processes of 16 goroutines each lease from one pool of 10 proxies with
 // max_concurrency 2 through one shared set of tables.

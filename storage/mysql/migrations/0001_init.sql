@@ -12,7 +12,7 @@
 CREATE TABLE IF NOT EXISTS {p}pools (
     id          CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     name        VARBINARY(200) NOT NULL,
-    description BLOB NOT NULL,
+    description MEDIUMBLOB NOT NULL,
     created_at  DATETIME(6) NOT NULL,
     PRIMARY KEY (id),
     UNIQUE KEY {p}pools_name (name)
@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS {p}proxies (
     protocol          VARBINARY(8) NOT NULL,
     has_credentials   TINYINT NOT NULL DEFAULT 0,
     username          VARBINARY(255) NOT NULL DEFAULT '',
-    password          BLOB NULL,
+    password          MEDIUMBLOB NULL,
     source            VARBINARY(255) NOT NULL DEFAULT '',
     country           VARBINARY(64) NOT NULL DEFAULT '',
     city              VARBINARY(255) NOT NULL DEFAULT '',
@@ -55,14 +55,14 @@ CREATE TABLE IF NOT EXISTS {p}proxies (
     latitude          DOUBLE NULL,
     longitude         DOUBLE NULL,
     -- A JSON array of strings, NULL when there are none.
-    tags              TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+    tags              MEDIUMTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
     status            VARBINARY(8) NOT NULL,
     max_concurrency   INT NULL,
     current_leases    INT NOT NULL DEFAULT 0,
     rnd               BIGINT NOT NULL DEFAULT 0,
     checked_at        DATETIME(6) NULL,
     latency_ms        BIGINT NOT NULL DEFAULT 0,
-    last_error        BLOB NULL,
+    last_error        MEDIUMBLOB NULL,
     last_status_code  INT NOT NULL DEFAULT 0,
     failure_streak    INT NOT NULL DEFAULT 0,
     status_changed_at DATETIME(6) NULL,
@@ -98,7 +98,7 @@ CREATE TABLE IF NOT EXISTS {p}leases (
     acquired_at   DATETIME(6) NOT NULL,
     expires_at    DATETIME(6) NOT NULL,
     released_at   DATETIME(6) NULL,
-    session_key   BLOB NULL,
+    session_key   MEDIUMBLOB NULL,
     PRIMARY KEY (id),
     -- Reclaiming a proxy's expired leases; ListLeases by proxy.
     KEY {p}leases_proxy (proxy_id, status, expires_at),
