@@ -23,6 +23,40 @@ const reclaimScan = 8
 // transaction: trying again soon may succeed.
 var errRetry = errors.New("mysql: candidates locked")
 
+// errRetryNow reports that the try used a stale cached pool id; the next
+// one uses the fresh id.
+var errRetryNow = errors.New("mysql: stale pool id")
+
+// lockedProxy is a candidate as a locking read returned it: the proxy, the
+// clock at the start of that statement and the proxy's freed_at.
+type lockedProxy struct {
+	p       *pharox.Proxy
+	clock   time.Time
+	freedAt sql.NullTime
+}
+
+func scanLocked(row *sql.Row) (*lockedProxy, error) {
+	var lp lockedProxy
+	p, err := scanProxy(row, &lp.freedAt, &lp.clock)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	lp.p, lp.clock = p, utc(lp.clock)
+	return &lp, nil
+}
+
+// cachedPool returns the pool id the store last saw for name.
+func (s *Store) cachedPool(name string) (uuid.UUID, bool) {
+	v, ok := s.pools.Load(name)
+	if !ok {
+		return uuid.Nil, false
+	}
+	return v.(uuid.UUID), true
+}
+
 // AcquireLease atomically chooses a proxy and leases one of its slots, in
 // one READ COMMITTED transaction (see the package documentation,
 // Acquisition). When every free candidate was locked by concurrent
@@ -57,12 +91,13 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		switch {
 		case err == nil:
 			return lease, nil
+		case errors.Is(err, errRetryNow) && attempt < s.cfg.maxAttempts:
 		case errors.Is(err, errRetry) && attempt < s.cfg.maxAttempts:
 			if err := sleep(ctx, backoff/2+rand.N(backoff/2+1)); err != nil {
 				return nil, fmt.Errorf("mysql: acquire from pool %q: %w", req.PoolName, err)
 			}
 			backoff = min(backoff*2, 5*time.Millisecond)
-		case errors.Is(err, errRetry):
+		case errors.Is(err, errRetry), errors.Is(err, errRetryNow):
 			return nil, fmt.Errorf("mysql: acquire from pool %q: %w", req.PoolName, pharox.ErrNoProxyAvailable)
 		case code(err) == errDupEntry && req.LeaseID == uuid.Nil && !connRetried:
 			// A fresh random id collided: impossible in practice, but
@@ -79,22 +114,46 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 
 // acquireTx is one try of AcquireLease inside tx.
 func (s *Store) acquireTx(ctx context.Context, tx *sql.Tx, req *pharox.AcquireRequest, id uuid.UUID) (*pharox.Lease, error) {
-	var (
-		poolID     uuid.UUID
-		consumerOK sql.NullInt64
-		cursor     sql.NullString
-	)
-	err := tx.QueryRowContext(ctx, s.q(`SELECT pl.id, (SELECT 1 FROM {p}consumers WHERE id = ?), c.last_proxy_id
-		FROM {p}pools pl LEFT JOIN {p}pool_cursors c ON c.pool_id = pl.id WHERE pl.name = ?`),
-		idArg(req.ConsumerID), req.PoolName).Scan(&poolID, &consumerOK, &cursor)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, pharox.ErrPoolNotFound
+	// The pool's id and the consumer's existence come from the store's
+	// caches when it can: consumers are never deleted, and a cached pool
+	// id that went stale (the pool deleted, perhaps re-created) finds no
+	// candidate, which sends this try to lookup below. RoundRobin reads
+	// its cursor here, so it always looks up.
+	poolID, havePool := s.cachedPool(req.PoolName)
+	_, haveConsumer := s.consumers.Load(req.ConsumerID)
+	looked := false
+	var cursor sql.NullString
+	lookup := func() error {
+		var consumerOK sql.NullInt64
+		var id uuid.UUID
+		err := tx.QueryRowContext(ctx, s.q(`SELECT pl.id, (SELECT 1 FROM {p}consumers WHERE id = ?), c.last_proxy_id
+			FROM {p}pools pl LEFT JOIN {p}pool_cursors c ON c.pool_id = pl.id WHERE pl.name = ?`),
+			idArg(req.ConsumerID), req.PoolName).Scan(&id, &consumerOK, &cursor)
+		if errors.Is(err, sql.ErrNoRows) {
+			s.pools.Delete(req.PoolName)
+			return pharox.ErrPoolNotFound
+		}
+		if err != nil {
+			return err
+		}
+		if !consumerOK.Valid {
+			return fmt.Errorf("consumer %s: %w", req.ConsumerID, pharox.ErrConsumerNotFound)
+		}
+		s.consumers.Store(req.ConsumerID, struct{}{})
+		s.pools.Store(req.PoolName, id)
+		looked = true
+		if havePool && id != poolID {
+			// The cached id was stale: start the try again with this one.
+			return errRetryNow
+		}
+		poolID = id
+		return nil
 	}
-	if err != nil {
-		return nil, err
-	}
-	if !consumerOK.Valid {
-		return nil, fmt.Errorf("consumer %s: %w", req.ConsumerID, pharox.ErrConsumerNotFound)
+	if !havePool || !haveConsumer || req.Strategy == pharox.RoundRobin {
+		havePool = false
+		if err := lookup(); err != nil {
+			return nil, err
+		}
 	}
 	if req.LeaseID != uuid.Nil {
 		l, err := s.existingLease(ctx, tx, req, poolID)
@@ -104,9 +163,10 @@ func (s *Store) acquireTx(ctx context.Context, tx *sql.Tx, req *pharox.AcquireRe
 	}
 
 	var (
-		chosen    *pharox.Proxy
+		chosen    *lockedProxy
 		keyHash   []byte
 		stickyHit bool
+		err       error
 	)
 	if req.SessionKey != "" {
 		h := sha256.Sum256([]byte(req.SessionKey))
@@ -120,6 +180,13 @@ func (s *Store) acquireTx(ctx context.Context, tx *sql.Tx, req *pharox.AcquireRe
 	if chosen == nil {
 		chosen, err = s.choose(ctx, tx, poolID, req.Filters, req.Strategy, cursor.String, true)
 		if err != nil {
+			return nil, err
+		}
+	}
+	if chosen == nil && !looked {
+		// Nothing free under a cached pool id: make sure the pool and the
+		// id are still what the cache says before answering.
+		if err := lookup(); err != nil {
 			return nil, err
 		}
 	}
@@ -156,22 +223,23 @@ func (s *Store) acquireTx(ctx context.Context, tx *sql.Tx, req *pharox.AcquireRe
 	// proxies_slots CHECK backs this up).
 	res, err := tx.ExecContext(ctx, s.q(`UPDATE {p}proxies SET current_leases = current_leases + 1, rnd = ?
 		WHERE id = ? AND (max_concurrency IS NULL OR current_leases < max_concurrency)`),
-		rand.Int64(), idArg(chosen.ID))
+		rand.Int64(), idArg(chosen.p.ID))
 	if err != nil {
 		return nil, err
 	}
 	if n, err := res.RowsAffected(); err != nil || n != 1 {
-		return nil, fmt.Errorf("proxy %s had no free slot under its row lock (rows %d, %v)", chosen.ID, n, err)
+		return nil, fmt.Errorf("proxy %s had no free slot under its row lock (rows %d, %v)", chosen.p.ID, n, err)
 	}
-	// The clock is read after the row lock was granted, so the lease never
-	// starts before the release or expiry that freed its slot.
-	var at time.Time
-	if err := tx.QueryRowContext(ctx, `SELECT UTC_TIMESTAMP(6)`).Scan(&at); err != nil {
-		return nil, err
+	// The lease starts no earlier than the end of any lease that freed a
+	// slot of this proxy (freed_at, read under the row lock), so it never
+	// overlaps the lease whose slot it takes, although the clock was read
+	// when the locking statement started.
+	at := chosen.clock
+	if chosen.freedAt.Valid && chosen.freedAt.Time.After(at) {
+		at = utc(chosen.freedAt.Time)
 	}
-	at = utc(at)
 	l := &pharox.Lease{
-		ID: id, ProxyID: chosen.ID, ConsumerID: req.ConsumerID, ConsumerName: req.ConsumerName,
+		ID: id, ProxyID: chosen.p.ID, ConsumerID: req.ConsumerID, ConsumerName: req.ConsumerName,
 		PoolID: poolID, PoolName: req.PoolName, Status: pharox.LeaseActive,
 		AcquiredAt: at, ExpiresAt: micro(at.Add(req.Duration)), SessionKey: req.SessionKey,
 	}
@@ -194,7 +262,7 @@ func (s *Store) acquireTx(ctx context.Context, tx *sql.Tx, req *pharox.AcquireRe
 	if req.SessionKey != "" {
 		if _, err := tx.ExecContext(ctx, s.q(`UPDATE {p}sessions SET proxy_id = ?, expires_at = ?
 			WHERE pool_id = ? AND key_hash = ?`),
-			idArg(chosen.ID), micro(at.Add(req.SessionTTL)), idArg(poolID), keyHash); err != nil {
+			idArg(chosen.p.ID), micro(at.Add(req.SessionTTL)), idArg(poolID), keyHash); err != nil {
 			return nil, err
 		}
 	}
@@ -208,14 +276,14 @@ func (s *Store) acquireTx(ctx context.Context, tx *sql.Tx, req *pharox.AcquireRe
 		switch {
 		case err == nil:
 			if _, err := tx.ExecContext(ctx, s.q(`UPDATE {p}pool_cursors SET last_proxy_id = ? WHERE pool_id = ?`),
-				idArg(chosen.ID), idArg(poolID)); err != nil {
+				idArg(chosen.p.ID), idArg(poolID)); err != nil {
 				return nil, err
 			}
 		case !errors.Is(err, sql.ErrNoRows):
 			return nil, err
 		}
 	}
-	snap := chosen
+	snap := chosen.p
 	snap.CurrentLeases++
 	l.Proxy = snap
 	return l, nil
@@ -248,7 +316,7 @@ func (s *Store) existingLease(ctx context.Context, tx *sql.Tx, req *pharox.Acqui
 // the first one binds. It returns the bound proxy, locked, when the binding
 // is live and the proxy is still a candidate with a free slot (after
 // reclaiming its expired leases); nil otherwise.
-func (s *Store) lockSession(ctx context.Context, tx *sql.Tx, poolID uuid.UUID, keyHash []byte, f *pharox.Filters) (*pharox.Proxy, error) {
+func (s *Store) lockSession(ctx context.Context, tx *sql.Tx, poolID uuid.UUID, keyHash []byte, f *pharox.Filters) (*lockedProxy, error) {
 	// INSERT ... ON DUPLICATE KEY UPDATE takes the row's exclusive lock
 	// whether the row existed or not; a no-op update changes nothing.
 	if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO {p}sessions (pool_id, key_hash, proxy_id, expires_at)
@@ -267,31 +335,27 @@ func (s *Store) lockSession(ctx context.Context, tx *sql.Tx, poolID uuid.UUID, k
 	}
 	// The bound proxy is waited for, not skipped: it is the one wanted.
 	// Lock order everywhere is session, proxy, lease, cursor.
-	lockRow := func() (*pharox.Proxy, error) {
-		p, err := scanProxy(tx.QueryRowContext(ctx, s.q(`SELECT `+proxyCols+` FROM {p}proxies WHERE id = ? AND pool_id = ? FOR UPDATE`),
-			bound.String, idArg(poolID)))
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil, nil
-		}
-		return p, err
+	lockRow := func() (*lockedProxy, error) {
+		return scanLocked(tx.QueryRowContext(ctx, s.q(`SELECT `+proxyCols+`, freed_at, UTC_TIMESTAMP(6) FROM {p}proxies
+			WHERE id = ? AND pool_id = ? FOR UPDATE`), bound.String, idArg(poolID)))
 	}
-	p, err := lockRow()
-	if p == nil || err != nil {
+	lp, err := lockRow()
+	if lp == nil || err != nil {
 		return nil, err
 	}
-	if !p.Status.Leasable() || !f.Match(p) {
+	if !lp.p.Status.Leasable() || !f.Match(lp.p) {
 		return nil, nil
 	}
-	if !p.HasFreeSlot() {
-		n, err := s.reclaimLocked(ctx, tx, p.ID)
+	if !lp.p.HasFreeSlot() {
+		n, err := s.reclaimLocked(ctx, tx, lp.p.ID)
 		if err != nil || n == 0 {
 			return nil, err
 		}
-		if p, err = lockRow(); p == nil || err != nil || !p.HasFreeSlot() {
+		if lp, err = lockRow(); lp == nil || err != nil || !lp.p.HasFreeSlot() {
 			return nil, err
 		}
 	}
-	return p, nil
+	return lp, nil
 }
 
 // choose returns the first candidate of the pool in strategy order, locked
@@ -299,7 +363,7 @@ func (s *Store) lockSession(ctx context.Context, tx *sql.Tx, poolID uuid.UUID, k
 // own index (FORCE INDEX: the optimizer has no reason to know the LIMIT 1
 // walk beats a filter index) from the pool's free-slot range, so the cost
 // does not grow with the pool.
-func (s *Store) choose(ctx context.Context, tx *sql.Tx, poolID uuid.UUID, f *pharox.Filters, st pharox.Strategy, cursor string, lock bool) (*pharox.Proxy, error) {
+func (s *Store) choose(ctx context.Context, tx *sql.Tx, poolID uuid.UUID, f *pharox.Filters, st pharox.Strategy, cursor string, lock bool) (*lockedProxy, error) {
 	var args []any
 	args = append(args, idArg(poolID))
 	filter := filterSQL(f, "p", &args)
@@ -311,15 +375,11 @@ func (s *Store) choose(ctx context.Context, tx *sql.Tx, poolID uuid.UUID, f *pha
 			suffix += " FOR UPDATE SKIP LOCKED"
 		}
 	}
-	sel := func(index, extra, order string, extraArgs ...any) (*pharox.Proxy, error) {
-		query := s.q(`SELECT ` + proxyCols + ` FROM {p}proxies p FORCE INDEX ({p}proxies_` + index + `)
+	sel := func(index, extra, order string, extraArgs ...any) (*lockedProxy, error) {
+		query := s.q(`SELECT ` + prefixed("p", proxyCols) + `, p.freed_at, UTC_TIMESTAMP(6) FROM {p}proxies p FORCE INDEX ({p}proxies_` + index + `)
 			WHERE p.pool_id = ? AND p.has_free_slot = 1` + extra + ` AND ` + filter + ` ORDER BY ` + order + suffix)
 		a := append(append([]any{args[0]}, extraArgs...), args[1:]...)
-		p, err := scanProxy(tx.QueryRowContext(ctx, query, a...))
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil, nil
-		}
-		return p, err
+		return scanLocked(tx.QueryRowContext(ctx, query, a...))
 	}
 	switch st.OrDefault() {
 	case pharox.LeastUsed:
@@ -433,7 +493,9 @@ func (s *Store) expireLeases(ctx context.Context, tx *sql.Tx, proxyID uuid.UUID,
 	if int(n) != len(ids) {
 		return fmt.Errorf("expired %d of %d locked leases of proxy %s", n, len(ids), proxyID)
 	}
-	_, err = tx.ExecContext(ctx, s.q(`UPDATE {p}proxies SET current_leases = current_leases - ? WHERE id = ?`), n, idArg(proxyID))
+	// freed_at moves to now, past the ExpiresAt of every lease ended here.
+	_, err = tx.ExecContext(ctx, s.q(`UPDATE {p}proxies SET current_leases = current_leases - ?,
+		freed_at = GREATEST(COALESCE(freed_at, UTC_TIMESTAMP(6)), UTC_TIMESTAMP(6)) WHERE id = ?`), n, idArg(proxyID))
 	return err
 }
 
@@ -470,7 +532,11 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 		if err != nil {
 			return err
 		}
-		if out, err = s.choose(ctx, tx, poolID, filters, strategy, cursor.String, false); out != nil || err != nil {
+		lp, err := s.choose(ctx, tx, poolID, filters, strategy, cursor.String, false)
+		if lp != nil || err != nil {
+			if lp != nil {
+				out = lp.p
+			}
 			return err
 		}
 		args := []any{idArg(poolID)}
@@ -522,7 +588,8 @@ func (s *Store) releaseOnce(ctx context.Context, leaseID uuid.UUID) (*pharox.Lea
 		// Lock order here is lease, then proxy; acquisitions that hold a
 		// proxy only ever skip locked leases, so this cannot deadlock
 		// with them.
-		l, err := scanLease(tx.QueryRowContext(ctx, s.q(`SELECT `+leaseCols+` FROM {p}leases WHERE id = ? FOR UPDATE`), idArg(leaseID)))
+		var at time.Time
+		l, err := scanLease(tx.QueryRowContext(ctx, s.q(`SELECT `+leaseCols+`, UTC_TIMESTAMP(6) FROM {p}leases WHERE id = ? FOR UPDATE`), idArg(leaseID)), &at)
 		if errors.Is(err, sql.ErrNoRows) {
 			return pharox.ErrLeaseNotFound
 		}
@@ -532,16 +599,18 @@ func (s *Store) releaseOnce(ctx context.Context, leaseID uuid.UUID) (*pharox.Lea
 		if l.Status != pharox.LeaseActive {
 			return fmt.Errorf("lease is %s: %w", l.Status, pharox.ErrLeaseNotActive)
 		}
-		if _, err := tx.ExecContext(ctx, s.q(`UPDATE {p}proxies SET current_leases = current_leases - 1 WHERE id = ?`), idArg(l.ProxyID)); err != nil {
-			return err
-		}
-		// Read after the proxy lock: no later lease of this slot can
-		// start before this instant.
-		var at time.Time
-		if err := tx.QueryRowContext(ctx, `SELECT UTC_TIMESTAMP(6)`).Scan(&at); err != nil {
-			return err
-		}
+		// The clock is the locking statement's start; a lease committed
+		// while that statement waited for it may have started later.
 		at = utc(at)
+		if at.Before(l.AcquiredAt) {
+			at = l.AcquiredAt
+		}
+		// freed_at tells the next acquisition of this slot not to start
+		// before this release.
+		if _, err := tx.ExecContext(ctx, s.q(`UPDATE {p}proxies SET current_leases = current_leases - 1,
+			freed_at = GREATEST(COALESCE(freed_at, ?), ?) WHERE id = ?`), at, at, idArg(l.ProxyID)); err != nil {
+			return err
+		}
 		if _, err := tx.ExecContext(ctx, s.q(`UPDATE {p}leases SET status = 'released', released_at = ? WHERE id = ?`), at, idArg(leaseID)); err != nil {
 			return err
 		}

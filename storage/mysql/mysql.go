@@ -10,6 +10,7 @@ import (
 	"net"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
@@ -100,6 +101,11 @@ type Store struct {
 	// already runs READ COMMITTED (Open sets it), otherwise the isolation
 	// level per transaction, which costs a statement.
 	txOpts *sql.TxOptions
+
+	// pools caches pool ids by name and consumers the ids of consumers
+	// known to exist (consumers are never deleted); see acquireTx.
+	pools     sync.Map // string -> uuid.UUID
+	consumers sync.Map // uuid.UUID -> struct{}
 
 	// naive switches acquisition to a plain FOR UPDATE that waits for
 	// locked rows: benchmarks measure SKIP LOCKED against it.

@@ -60,6 +60,11 @@ CREATE TABLE IF NOT EXISTS {p}proxies (
     max_concurrency   INT NULL,
     current_leases    INT NOT NULL DEFAULT 0,
     rnd               BIGINT NOT NULL DEFAULT 0,
+    -- When a slot of this proxy was last freed (the latest end of a lease
+    -- that gave one back). An acquisition starts its lease no earlier, so
+    -- it can read the clock before it locks the row and still never
+    -- overlap the lease whose slot it takes.
+    freed_at          DATETIME(6) NULL,
     checked_at        DATETIME(6) NULL,
     latency_ms        BIGINT NOT NULL DEFAULT 0,
     last_error        MEDIUMBLOB NULL,
