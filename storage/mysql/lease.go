@@ -367,6 +367,51 @@ func (s *Store) choose(ctx context.Context, tx *sql.Tx, poolID uuid.UUID, f *pha
 	var args []any
 	args = append(args, idArg(poolID))
 	filter := filterSQL(f, "p", &args)
+	plan := plans[st.OrDefault()]
+	sel := func(extra string, extraArgs ...any) (*lockedProxy, error) {
+		a := append(append([]any{args[0]}, extraArgs...), args[1:]...)
+		return scanLocked(tx.QueryRowContext(ctx, s.candidateSQL(plan, extra, filter, lock), a...))
+	}
+	switch st.OrDefault() {
+	case pharox.RoundRobin:
+		if cursor != "" {
+			p, err := sel(" AND p.id > ?", cursor)
+			if p != nil || err != nil {
+				return p, err
+			}
+		}
+		return sel("") // wrap around
+	case pharox.Random:
+		// Each proxy's rnd is a uniform draw, redrawn whenever it is
+		// leased; the first key at or after a uniform pivot picks every
+		// candidate with the same probability, through the index.
+		p, err := sel(" AND p.rnd >= ?", rand.Int64())
+		if p != nil || err != nil {
+			return p, err
+		}
+		return sel("") // wrap around
+	default:
+		return sel("")
+	}
+}
+
+// strategyPlan is the index a strategy walks and the order it walks it in.
+type strategyPlan struct{ index, order string }
+
+// plans mirror pharox.CompareFirstAvailable (MySQL sorts NULL first
+// ascending, so last under DESC) and pharox.CompareLeastUsed.
+var plans = map[pharox.Strategy]strategyPlan{
+	pharox.FirstAvailable: {"first_available", "p.status_rank, p.checked_at DESC, p.id"},
+	pharox.LeastUsed:      {"least_used", "p.status_rank, p.current_leases, p.id"},
+	pharox.RoundRobin:     {"round_robin", "p.id"},
+	pharox.Random:         {"random", "p.rnd"},
+}
+
+// candidateSQL is the statement that reads the first candidate of a plan:
+// parameters are the pool id, then those of extra, then the filter's.
+// FORCE INDEX pins the plan's index: the walk stops at the first row that
+// passes the filter, which the optimizer cannot know beats a filter index.
+func (s *Store) candidateSQL(plan strategyPlan, extra, filter string, lock bool) string {
 	suffix := " LIMIT 1"
 	if lock {
 		if s.naive {
@@ -375,35 +420,8 @@ func (s *Store) choose(ctx context.Context, tx *sql.Tx, poolID uuid.UUID, f *pha
 			suffix += " FOR UPDATE SKIP LOCKED"
 		}
 	}
-	sel := func(index, extra, order string, extraArgs ...any) (*lockedProxy, error) {
-		query := s.q(`SELECT ` + prefixed("p", proxyCols) + `, p.freed_at, UTC_TIMESTAMP(6) FROM {p}proxies p FORCE INDEX ({p}proxies_` + index + `)
-			WHERE p.pool_id = ? AND p.has_free_slot = 1` + extra + ` AND ` + filter + ` ORDER BY ` + order + suffix)
-		a := append(append([]any{args[0]}, extraArgs...), args[1:]...)
-		return scanLocked(tx.QueryRowContext(ctx, query, a...))
-	}
-	switch st.OrDefault() {
-	case pharox.LeastUsed:
-		return sel("least_used", "", "p.status_rank, p.current_leases, p.id")
-	case pharox.RoundRobin:
-		if cursor != "" {
-			p, err := sel("round_robin", " AND p.id > ?", "p.id", cursor)
-			if p != nil || err != nil {
-				return p, err
-			}
-		}
-		return sel("round_robin", "", "p.id")
-	case pharox.Random:
-		// Each proxy's rnd is a uniform draw, redrawn whenever it is
-		// leased; the first key at or after a uniform pivot picks every
-		// candidate with the same probability, through the index.
-		p, err := sel("random", " AND p.rnd >= ?", "p.rnd", rand.Int64())
-		if p != nil || err != nil {
-			return p, err
-		}
-		return sel("random", "", "p.rnd")
-	default:
-		return sel("first_available", "", "p.status_rank, p.checked_at DESC, p.id")
-	}
+	return s.q(`SELECT ` + prefixed("p", proxyCols) + `, p.freed_at, UTC_TIMESTAMP(6) FROM {p}proxies p FORCE INDEX ({p}proxies_` + plan.index + `)
+		WHERE p.pool_id = ? AND p.has_free_slot = 1` + extra + ` AND ` + filter + ` ORDER BY ` + plan.order + suffix)
 }
 
 // reclaimFull ends the expired leases of up to reclaimScan full proxies of
