@@ -156,7 +156,8 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 		}
 		db.Close()
 		db = nil
-		if code(err) != errUnknownSystemVariable {
+		var me *mysql.MySQLError
+		if code(err) != errUnknownSystemVariable || !errors.As(err, &me) || !strings.Contains(me.Message, v) {
 			return nil, fmt.Errorf("mysql: connect: %w", err)
 		}
 	}

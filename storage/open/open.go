@@ -187,6 +187,9 @@ func openMySQL(ctx context.Context, raw string) (pharox.Storage, error) {
 	if err != nil {
 		return nil, err
 	}
+	if _, mb, _ := takeParam(rest, "max_batch"); mb != "" {
+		return nil, fmt.Errorf("%w: storage URL %s: max_batch is not a mysql:// parameter (the MySQL store does not batch calls)", pharox.ErrInvalidArgument, Redact(raw))
+	}
 	dsn, err := mysql.DSNFromURL(rest)
 	if err != nil {
 		return nil, fmt.Errorf("mysql URL %s: %w", Redact(raw), err)
