@@ -187,7 +187,7 @@ func (s *Store) DeletePool(ctx context.Context, id uuid.UUID) error {
 		}
 		active := 0
 		for _, r := range busy {
-			n, err := s.reclaimLocked(ctx, tx, r.id)
+			n, err := s.reclaimLocked(ctx, stdTx{tx}, r.id)
 			if err != nil {
 				return err
 			}
@@ -430,7 +430,7 @@ func (s *Store) DeleteProxy(ctx context.Context, id uuid.UUID) error {
 			return err
 		}
 		if current > 0 {
-			n, err := s.reclaimLocked(ctx, tx, id)
+			n, err := s.reclaimLocked(ctx, stdTx{tx}, id)
 			if err != nil {
 				return err
 			}

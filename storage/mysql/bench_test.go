@@ -2,7 +2,6 @@ package mysql
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -23,10 +22,11 @@ import (
 //   - the same store with a plain FOR UPDATE that waits for a locked
 //     candidate (the naive acquisition: every worker queues behind the
 //     best candidate's row lock),
-//   - trivial transactions, mysqlslap style: BEGIN, one single-row UPDATE
-//     of the worker's own counter row, COMMIT. That is the floor of any
-//     durable write on this server (one redo log flush per commit), and a
-//     pair is two transactions.
+//   - trivial transactions, mysqlslap style: START TRANSACTION, one
+//     single-row UPDATE of the worker's own counter row, COMMIT, sent the
+//     way the store sends its own (in one round trip on Open's pool). That
+//     is the floor of any durable write on this server (one round trip,
+//     one redo log flush), and a pair is two transactions.
 //
 // It reports
 //
@@ -138,10 +138,7 @@ func runTrivial(b testing.TB, s *Store, workers, n int) time.Duration {
 	ctx := context.Background()
 	query := s.q(`UPDATE {p}bench_trivial SET n = n + 1 WHERE id = ?`)
 	return parallel(b, workers, n, func(w int) error {
-		return s.inTx(ctx, func(tx *sql.Tx) error {
-			_, err := tx.ExecContext(ctx, query, w)
-			return err
-		})
+		return s.run(ctx, func(tx execer) error { return tx.later(ctx, query, w) })
 	})
 }
 

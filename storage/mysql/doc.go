@@ -17,7 +17,8 @@
 // URLs (see [DSNFromURL]), with ?prefix= for the table prefix. [New] builds
 // a store over a caller's *sql.DB instead (opened with parseTime=true and
 // loc=UTC, and migrated with [Migrate]); it then sets READ COMMITTED per
-// transaction, one statement more than [Open], which sets it per session.
+// transaction and sends one statement per round trip, where [Open] sets
+// READ COMMITTED per session and batches statements (see Acquisition).
 //
 // Tables are named with a prefix, "pharox_" unless [WithTablePrefix] says
 // otherwise, in the DSN's database, so several stores can share one
@@ -30,17 +31,31 @@
 //
 // # Acquisition
 //
-// AcquireLease is one READ COMMITTED transaction: it reads the pool (and
-// its round-robin position), locks the first candidate in strategy order
-// with SELECT ... FOR UPDATE SKIP LOCKED through the strategy's index,
-// increments current_leases under that lock only while it stays below
-// max_concurrency, reads the server clock (after the lock, so a lease
-// never starts before the release that freed its slot), inserts the lease
-// and, for RoundRobin, moves the pool's cursor unless a concurrent
-// round-robin acquisition holds it (SKIP LOCKED again). Concurrent
-// acquisitions never wait for each other's proxy rows: each takes the next
-// free candidate. Over-leasing is impossible whatever the selection did:
-// the increment is conditional, and the proxies_slots CHECK backs it.
+// AcquireLease is one READ COMMITTED transaction: it locks the first
+// candidate in strategy order with SELECT ... FOR UPDATE SKIP LOCKED
+// through the strategy's index, increments current_leases under that
+// lock, inserts the lease and, for RoundRobin, moves the pool's cursor
+// unless a concurrent round-robin acquisition holds it (SKIP LOCKED again).
+// Concurrent acquisitions never wait for each other's proxy rows: each
+// takes the next free candidate. Over-leasing is impossible whatever the
+// selection did: the increment happens under the row lock of a row the
+// locking read saw with a free slot, and the proxies_slots CHECK
+// constraint fails the transaction should the count ever pass
+// max_concurrency (MySQL enforces CHECK constraints from 8.0.16, MariaDB
+// from 10.2).
+//
+// On a pool [Open] made, a transaction costs two round trips: START
+// TRANSACTION travels with the locking read, and the writes travel with
+// the COMMIT (multiStatements with client-side parameter interpolation;
+// every value is still escaped by the driver, never written into SQL by
+// the store). The pool's id comes from a per-store cache (a stale entry
+// finds no candidate and is looked up again) and the consumer's existence
+// too (consumers are never deleted). The lease's AcquiredAt is the
+// locking read's clock, but never earlier than the proxy's freed_at, which
+// every release and reclaim moves to the end of the lease it ended: so a
+// lease never starts before the lease whose slot it takes has ended,
+// although the clock was read before the row lock was granted. A store
+// from [New] runs the same statements one round trip each.
 //
 // When no proxy has a free slot, the acquisition reclaims the expired
 // leases of a few full proxies of the pool and looks again. When every
@@ -73,10 +88,10 @@
 // with a waiting FOR UPDATE (it is the one wanted), and a sticky hit does
 // not move the round-robin cursor.
 //
-// Locks are always taken in the order session binding, proxy, lease,
-// cursor; releases, renewals and cleanups lock a lease before its proxy,
-// and acquisitions that hold a proxy take its leases with SKIP LOCKED
-// only, so the two orders cannot deadlock. Any deadlock InnoDB still
+// Acquisitions lock in the order session binding, proxy, lease, cursor;
+// releases, renewals and cleanups lock a lease before its proxy, and
+// acquisitions that hold a proxy take its leases with SKIP LOCKED only, so
+// the two orders cannot deadlock. Any deadlock InnoDB still
 // reports (1213) or lock wait timeout rolls the whole transaction back and
 // it is run again, up to 8 times.
 //
@@ -86,7 +101,8 @@
 // (pharox.AcquireRequest.LeaseID, or a fresh one). When the connection
 // breaks and the answer to a try is lost, AcquireLease tries once more
 // with that id: if the first try committed, the retry finds the lease and
-// returns it without taking a second slot. A lease id the store already
+// returns it without taking a second slot (the test suite cuts a real
+// connection right after a COMMIT to check this). A lease id the store already
 // holds returns that lease as it is now when the pool and consumer match,
 // and ErrAlreadyExists otherwise; two processes racing with one id end on
 // one lease (the primary key decides). ReleaseLease likewise retries once

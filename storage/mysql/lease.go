@@ -35,7 +35,7 @@ type lockedProxy struct {
 	freedAt sql.NullTime
 }
 
-func scanLocked(row *sql.Row) (*lockedProxy, error) {
+func scanLocked(row scanner) (*lockedProxy, error) {
 	var lp lockedProxy
 	p, err := scanProxy(row, &lp.freedAt, &lp.clock)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -83,7 +83,7 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 	connRetried := false
 	for attempt := 1; ; attempt++ {
 		var lease *pharox.Lease
-		err := s.inTx(ctx, func(tx *sql.Tx) error {
+		err := s.run(ctx, func(tx execer) error {
 			var err error
 			lease, err = s.acquireTx(ctx, tx, &req, id)
 			return err
@@ -99,6 +99,9 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 			backoff = min(backoff*2, 5*time.Millisecond)
 		case errors.Is(err, errRetry), errors.Is(err, errRetryNow):
 			return nil, fmt.Errorf("mysql: acquire from pool %q: %w", req.PoolName, pharox.ErrNoProxyAvailable)
+		case code(err) == errDupEntry && req.LeaseID != uuid.Nil && attempt < s.cfg.maxAttempts:
+			// Another call took a lease with this id first; the next try
+			// finds it (existingLease).
 		case code(err) == errDupEntry && req.LeaseID == uuid.Nil && !connRetried:
 			// A fresh random id collided: impossible in practice, but
 			// cheap to handle.
@@ -113,7 +116,7 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 }
 
 // acquireTx is one try of AcquireLease inside tx.
-func (s *Store) acquireTx(ctx context.Context, tx *sql.Tx, req *pharox.AcquireRequest, id uuid.UUID) (*pharox.Lease, error) {
+func (s *Store) acquireTx(ctx context.Context, tx execer, req *pharox.AcquireRequest, id uuid.UUID) (*pharox.Lease, error) {
 	// The pool's id and the consumer's existence come from the store's
 	// caches when it can: consumers are never deleted, and a cached pool
 	// id that went stale (the pool deleted, perhaps re-created) finds no
@@ -221,14 +224,12 @@ func (s *Store) acquireTx(ctx context.Context, tx *sql.Tx, req *pharox.AcquireRe
 
 	// The slot: under the row lock, and only within max_concurrency (the
 	// proxies_slots CHECK backs this up).
-	res, err := tx.ExecContext(ctx, s.q(`UPDATE {p}proxies SET current_leases = current_leases + 1, rnd = ?
-		WHERE id = ? AND (max_concurrency IS NULL OR current_leases < max_concurrency)`),
-		rand.Int64(), idArg(chosen.p.ID))
-	if err != nil {
+	// The slot, under the row lock: the locking read saw it free, and the
+	// proxies_slots CHECK fails the transaction should the count ever pass
+	// max_concurrency. This and the writes below travel with the COMMIT.
+	if err := tx.later(ctx, s.q(`UPDATE {p}proxies SET current_leases = current_leases + 1, rnd = ? WHERE id = ?`),
+		rand.Int64(), idArg(chosen.p.ID)); err != nil {
 		return nil, err
-	}
-	if n, err := res.RowsAffected(); err != nil || n != 1 {
-		return nil, fmt.Errorf("proxy %s had no free slot under its row lock (rows %d, %v)", chosen.p.ID, n, err)
 	}
 	// The lease starts no earlier than the end of any lease that freed a
 	// slot of this proxy (freed_at, read under the row lock), so it never
@@ -247,20 +248,17 @@ func (s *Store) acquireTx(ctx context.Context, tx *sql.Tx, req *pharox.AcquireRe
 	if req.SessionKey != "" {
 		key = req.SessionKey
 	}
-	if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO {p}leases (id, proxy_id, pool_id, pool_name, consumer_id,
+	// A lease id taken since existingLease looked fails the commit with a
+	// duplicate key; AcquireLease then tries again and returns that lease.
+	if err := tx.later(ctx, s.q(`INSERT INTO {p}leases (id, proxy_id, pool_id, pool_name, consumer_id,
 		consumer_name, status, acquired_at, expires_at, session_key)
 		VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?)`),
 		idArg(l.ID), idArg(l.ProxyID), idArg(poolID), l.PoolName, idArg(l.ConsumerID),
 		l.ConsumerName, l.AcquiredAt, l.ExpiresAt, key); err != nil {
-		if code(err) == errDupEntry && req.LeaseID != uuid.Nil {
-			// Another process took a lease with this id after our check;
-			// the caller's next try returns it.
-			return nil, errRetry
-		}
 		return nil, err
 	}
 	if req.SessionKey != "" {
-		if _, err := tx.ExecContext(ctx, s.q(`UPDATE {p}sessions SET proxy_id = ?, expires_at = ?
+		if err := tx.later(ctx, s.q(`UPDATE {p}sessions SET proxy_id = ?, expires_at = ?
 			WHERE pool_id = ? AND key_hash = ?`),
 			idArg(chosen.p.ID), micro(at.Add(req.SessionTTL)), idArg(poolID), keyHash); err != nil {
 			return nil, err
@@ -275,7 +273,7 @@ func (s *Store) acquireTx(ctx context.Context, tx *sql.Tx, req *pharox.AcquireRe
 		err := tx.QueryRowContext(ctx, s.q(`SELECT 1 FROM {p}pool_cursors WHERE pool_id = ? FOR UPDATE SKIP LOCKED`), idArg(poolID)).Scan(&one)
 		switch {
 		case err == nil:
-			if _, err := tx.ExecContext(ctx, s.q(`UPDATE {p}pool_cursors SET last_proxy_id = ? WHERE pool_id = ?`),
+			if err := tx.later(ctx, s.q(`UPDATE {p}pool_cursors SET last_proxy_id = ? WHERE pool_id = ?`),
 				idArg(chosen.p.ID), idArg(poolID)); err != nil {
 				return nil, err
 			}
@@ -292,7 +290,7 @@ func (s *Store) acquireTx(ctx context.Context, tx *sql.Tx, req *pharox.AcquireRe
 // existingLease handles AcquireRequest.LeaseID: the lease with that id as
 // it is now when the same consumer took it from the same pool, or
 // ErrAlreadyExists; nil when there is none.
-func (s *Store) existingLease(ctx context.Context, tx *sql.Tx, req *pharox.AcquireRequest, poolID uuid.UUID) (*pharox.Lease, error) {
+func (s *Store) existingLease(ctx context.Context, tx execer, req *pharox.AcquireRequest, poolID uuid.UUID) (*pharox.Lease, error) {
 	l, err := scanLease(tx.QueryRowContext(ctx, s.q(`SELECT `+leaseCols+` FROM {p}leases WHERE id = ?`), idArg(req.LeaseID)))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
@@ -316,7 +314,7 @@ func (s *Store) existingLease(ctx context.Context, tx *sql.Tx, req *pharox.Acqui
 // the first one binds. It returns the bound proxy, locked, when the binding
 // is live and the proxy is still a candidate with a free slot (after
 // reclaiming its expired leases); nil otherwise.
-func (s *Store) lockSession(ctx context.Context, tx *sql.Tx, poolID uuid.UUID, keyHash []byte, f *pharox.Filters) (*lockedProxy, error) {
+func (s *Store) lockSession(ctx context.Context, tx execer, poolID uuid.UUID, keyHash []byte, f *pharox.Filters) (*lockedProxy, error) {
 	// INSERT ... ON DUPLICATE KEY UPDATE takes the row's exclusive lock
 	// whether the row existed or not; a no-op update changes nothing.
 	if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO {p}sessions (pool_id, key_hash, proxy_id, expires_at)
@@ -363,7 +361,7 @@ func (s *Store) lockSession(ctx context.Context, tx *sql.Tx, poolID uuid.UUID, k
 // own index (FORCE INDEX: the optimizer has no reason to know the LIMIT 1
 // walk beats a filter index) from the pool's free-slot range, so the cost
 // does not grow with the pool.
-func (s *Store) choose(ctx context.Context, tx *sql.Tx, poolID uuid.UUID, f *pharox.Filters, st pharox.Strategy, cursor string, lock bool) (*lockedProxy, error) {
+func (s *Store) choose(ctx context.Context, tx execer, poolID uuid.UUID, f *pharox.Filters, st pharox.Strategy, cursor string, lock bool) (*lockedProxy, error) {
 	var args []any
 	args = append(args, idArg(poolID))
 	filter := filterSQL(f, "p", &args)
@@ -427,7 +425,7 @@ func (s *Store) candidateSQL(plan strategyPlan, extra, filter string, lock bool)
 // reclaimFull ends the expired leases of up to reclaimScan full proxies of
 // the pool, skipping proxies other transactions hold, and returns how many
 // leases it ended. The proxies stay locked by tx.
-func (s *Store) reclaimFull(ctx context.Context, tx *sql.Tx, poolID uuid.UUID) (int, error) {
+func (s *Store) reclaimFull(ctx context.Context, tx execer, poolID uuid.UUID) (int, error) {
 	rows, err := tx.QueryContext(ctx, s.q(`SELECT DISTINCT proxy_id FROM {p}leases
 		WHERE pool_id = ? AND status = 'active' AND expires_at <= UTC_TIMESTAMP(6) LIMIT `+fmt.Sprint(reclaimScan)), idArg(poolID))
 	if err != nil {
@@ -469,7 +467,7 @@ func (s *Store) reclaimFull(ctx context.Context, tx *sql.Tx, poolID uuid.UUID) (
 // reclaimLocked ends the expired leases of a proxy tx holds locked and
 // frees their slots. Leases other transactions hold (a release or a
 // cleanup ending them right now) are skipped: they are theirs to end.
-func (s *Store) reclaimLocked(ctx context.Context, tx *sql.Tx, proxyID uuid.UUID) (int, error) {
+func (s *Store) reclaimLocked(ctx context.Context, tx execer, proxyID uuid.UUID) (int, error) {
 	rows, err := tx.QueryContext(ctx, s.q(`SELECT id FROM {p}leases
 		WHERE proxy_id = ? AND status = 'active' AND expires_at <= UTC_TIMESTAMP(6) FOR UPDATE SKIP LOCKED`), idArg(proxyID))
 	if err != nil {
@@ -497,7 +495,7 @@ func (s *Store) reclaimLocked(ctx context.Context, tx *sql.Tx, proxyID uuid.UUID
 // expireLeases ends the given active leases of one proxy as expired, all
 // locked by tx, and frees their slots. ReleasedAt of an expired lease is
 // its ExpiresAt: the moment it stopped holding the slot.
-func (s *Store) expireLeases(ctx context.Context, tx *sql.Tx, proxyID uuid.UUID, ids []any) error {
+func (s *Store) expireLeases(ctx context.Context, tx execer, proxyID uuid.UUID, ids []any) error {
 	in := placeholders(len(ids))
 	res, err := tx.ExecContext(ctx, s.q(`UPDATE {p}leases SET status = 'expired', released_at = expires_at
 		WHERE id IN (`+in+`) AND status = 'active'`), ids...)
@@ -537,7 +535,7 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 		return nil, fmt.Errorf("mysql: find proxy: predicate filters cannot run in the database: %w", pharox.ErrUnsupported)
 	}
 	var out *pharox.Proxy
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.run(ctx, func(tx execer) error {
 		var (
 			poolID uuid.UUID
 			cursor sql.NullString
@@ -602,7 +600,7 @@ func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*pharox.Le
 
 func (s *Store) releaseOnce(ctx context.Context, leaseID uuid.UUID) (*pharox.Lease, error) {
 	var out *pharox.Lease
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.run(ctx, func(tx execer) error {
 		// Lock order here is lease, then proxy; acquisitions that hold a
 		// proxy only ever skip locked leases, so this cannot deadlock
 		// with them.
@@ -625,11 +623,11 @@ func (s *Store) releaseOnce(ctx context.Context, leaseID uuid.UUID) (*pharox.Lea
 		}
 		// freed_at tells the next acquisition of this slot not to start
 		// before this release.
-		if _, err := tx.ExecContext(ctx, s.q(`UPDATE {p}proxies SET current_leases = current_leases - 1,
+		if err := tx.later(ctx, s.q(`UPDATE {p}proxies SET current_leases = current_leases - 1,
 			freed_at = GREATEST(COALESCE(freed_at, ?), ?) WHERE id = ?`), at, at, idArg(l.ProxyID)); err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, s.q(`UPDATE {p}leases SET status = 'released', released_at = ? WHERE id = ?`), at, idArg(leaseID)); err != nil {
+		if err := tx.later(ctx, s.q(`UPDATE {p}leases SET status = 'released', released_at = ? WHERE id = ?`), at, idArg(leaseID)); err != nil {
 			return err
 		}
 		l.Status, l.ReleasedAt = pharox.LeaseReleased, &at
@@ -647,7 +645,7 @@ func (s *Store) RenewLease(ctx context.Context, leaseID uuid.UUID, d time.Durati
 		return nil, fmt.Errorf("mysql: renew lease %s: %w: duration must be positive, got %v", leaseID, pharox.ErrInvalidArgument, d)
 	}
 	var out *pharox.Lease
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.run(ctx, func(tx execer) error {
 		var now time.Time
 		l, err := scanLease(tx.QueryRowContext(ctx, s.q(`SELECT `+leaseCols+`, UTC_TIMESTAMP(6) FROM {p}leases WHERE id = ? FOR UPDATE`), idArg(leaseID)), &now)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -667,7 +665,7 @@ func (s *Store) RenewLease(ctx context.Context, leaseID uuid.UUID, d time.Durati
 			return errAfterCommit{fmt.Errorf("lease expired at %s: %w", l.ExpiresAt.Format(time.RFC3339Nano), pharox.ErrLeaseNotActive)}
 		}
 		l.ExpiresAt = micro(now.Add(d))
-		if _, err := tx.ExecContext(ctx, s.q(`UPDATE {p}leases SET expires_at = ? WHERE id = ?`), l.ExpiresAt, idArg(leaseID)); err != nil {
+		if err := tx.later(ctx, s.q(`UPDATE {p}leases SET expires_at = ? WHERE id = ?`), l.ExpiresAt, idArg(leaseID)); err != nil {
 			return err
 		}
 		out = l
@@ -716,7 +714,7 @@ func (s *Store) cleanupSessions(ctx context.Context) error {
 			return err
 		}
 		var n int
-		err := s.inTx(ctx, func(tx *sql.Tx) error {
+		err := s.run(ctx, func(tx execer) error {
 			rows, err := tx.QueryContext(ctx, s.q(`SELECT pool_id, key_hash FROM {p}sessions
 				WHERE expires_at <= UTC_TIMESTAMP(6) LIMIT 500 FOR UPDATE SKIP LOCKED`))
 			if err != nil {
@@ -748,7 +746,7 @@ func (s *Store) cleanupSessions(ctx context.Context) error {
 }
 
 func (s *Store) cleanupBatch(ctx context.Context) (ended int, more bool, err error) {
-	err = s.inTx(ctx, func(tx *sql.Tx) error {
+	err = s.run(ctx, func(tx execer) error {
 		ended, more = 0, false
 		rows, err := tx.QueryContext(ctx, s.q(`SELECT id, proxy_id FROM {p}leases FORCE INDEX ({p}leases_expiry)
 			WHERE status = 'active' AND expires_at <= UTC_TIMESTAMP(6)
@@ -849,7 +847,7 @@ func (s *Store) ApplyHealthCheckResult(ctx context.Context, r pharox.HealthCheck
 	}
 	r.CheckedAt = micro(r.CheckedAt)
 	var out *pharox.Proxy
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.run(ctx, func(tx execer) error {
 		p, err := scanProxy(tx.QueryRowContext(ctx, s.q(`SELECT `+proxyCols+` FROM {p}proxies WHERE id = ? FOR UPDATE`), idArg(r.ProxyID)))
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil // deleted mid-sweep

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -83,7 +84,9 @@ func (c *commitCutter) clientToServer(client, server net.Conn) {
 		if _, err := server.Write(append(hdr, payload...)); err != nil {
 			return
 		}
-		if string(payload) == "\x03COMMIT" && c.armed.CompareAndSwap(true, false) {
+		// A COM_QUERY that ends the transaction: COMMIT alone, or the
+		// store's last writes followed by COMMIT.
+		if len(payload) > 0 && payload[0] == 3 && strings.HasSuffix(string(payload), "COMMIT") && c.armed.CompareAndSwap(true, false) {
 			c.cut.Add(1)
 			// The copier closes the server side once the answer came.
 			return

@@ -107,6 +107,10 @@ type Store struct {
 	pools     sync.Map // string -> uuid.UUID
 	consumers sync.Map // uuid.UUID -> struct{}
 
+	// multi marks a pool Open made with multiStatements: transactions
+	// then run as connTx.
+	multi bool
+
 	// naive switches acquisition to a plain FOR UPDATE that waits for
 	// locked rows: benchmarks measure SKIP LOCKED against it.
 	naive bool
@@ -117,8 +121,9 @@ var _ pharox.Storage = (*Store)(nil)
 // Open connects with a go-sql-driver/mysql DSN such as
 // "user:pass@tcp(127.0.0.1:3306)/app", migrates the tables and returns a
 // store that owns the connection pool: Close closes it. Open sets the
-// session options the store relies on (parseTime, UTC, READ COMMITTED,
-// interpolated parameters), whatever the DSN says about them.
+// options the store relies on (parseTime, loc and time_zone UTC, READ
+// COMMITTED, interpolateParams, multiStatements), whatever the DSN says
+// about them; the store never writes a value into SQL text itself.
 func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	cfg, err := buildConfig(opts)
 	if err != nil {
@@ -134,6 +139,7 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	mc.ParseTime = true
 	mc.Loc = time.UTC
 	mc.InterpolateParams = true
+	mc.MultiStatements = true
 	if mc.Params == nil {
 		mc.Params = map[string]string{}
 	}
@@ -176,7 +182,7 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
-	s.owned = true
+	s.owned, s.multi = true, true
 	return s, nil
 }
 
@@ -288,14 +294,19 @@ func (e errAfterCommit) Error() string { return e.err.Error() }
 // a deadlock victim.
 const txAttempts = 8
 
-// inTx runs fn in a READ COMMITTED transaction and commits when it returns
-// nil. A transaction InnoDB rolled back as a deadlock victim (or after a
-// lock wait timeout) is run again from the start, up to txAttempts times:
-// the rollback undid everything, so running it again is safe.
+// inTx runs fn in a database/sql READ COMMITTED transaction, with the
+// deadlock retries of run. Admin operations use it; the hot path uses run.
 func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	return s.retry(ctx, func() error { return s.txOnce(ctx, fn) })
+}
+
+// retry runs try again while InnoDB chose it as a deadlock victim (or it
+// hit a lock wait timeout), up to txAttempts times: the rollback undid
+// everything, so running it again is safe.
+func (s *Store) retry(ctx context.Context, try func() error) error {
 	backoff := 200 * time.Microsecond
 	for attempt := 1; ; attempt++ {
-		err := s.txOnce(ctx, fn)
+		err := try()
 		if c := code(err); (c == errDeadlock || c == errLockWaitTimeout) && attempt < txAttempts {
 			if err := sleep(ctx, backoff/2+rand.N(backoff/2+1)); err != nil {
 				return err
