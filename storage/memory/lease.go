@@ -23,13 +23,15 @@ type leaseState struct {
 	seq        uint64       // acquisition order, breaks AcquiredAt ties
 	slot       uint32
 	live       bool // holds a lease (active or retained), not free
-	proxy      *proxyState
+	// chosen: the caller chose the id, which is then in Store.chosen.
+	chosen bool
+	proxy  *proxyState
 }
 
 // newLease takes a free record (or makes one) for a lease whose id is
-// random except for its last four bytes, which name the record's slot.
-// Call with mu held.
-func (s *Store) newLease(random uuid.UUID) *leaseState {
+// random except for its last four bytes, which name the record's slot, or
+// is the id the caller chose (not nil). Call with mu held.
+func (s *Store) newLease(random, chosen uuid.UUID) *leaseState {
 	var ls *leaseState
 	if n := len(s.freeSlots); n > 0 {
 		ls = s.slots[s.freeSlots[n-1]]
@@ -43,11 +45,24 @@ func (s *Store) newLease(random uuid.UUID) *leaseState {
 	// XOR with a per-store mask so ids do not count up visibly; the other
 	// 90 random bits keep them unguessable.
 	binary.BigEndian.PutUint32(ls.l.ID[12:], ls.slot^s.slotMask)
+	if chosen != uuid.Nil {
+		ls.l.ID, ls.chosen = chosen, true
+		if s.chosen == nil {
+			s.chosen = make(map[uuid.UUID]*leaseState)
+		}
+		s.chosen[chosen] = ls
+	}
 	return ls
 }
 
 // freeLease forgets a lease and returns its record for reuse.
 func (s *Store) freeLease(ls *leaseState) {
+	// An invisible lease (of a deleted proxy) may have left its id to a
+	// newer lease: only drop the entry that is this record's.
+	if ls.chosen && s.chosen[ls.l.ID] == ls {
+		delete(s.chosen, ls.l.ID)
+	}
+	ls.chosen = false
 	ls.live = false
 	ls.l = pharox.Lease{}
 	ls.proxy = nil
@@ -57,14 +72,15 @@ func (s *Store) freeLease(ls *leaseState) {
 // lookup finds a visible lease by id. Call with mu held.
 func (s *Store) lookup(id uuid.UUID) *leaseState {
 	slot := binary.BigEndian.Uint32(id[12:]) ^ s.slotMask
-	if int64(slot) >= int64(len(s.slots)) {
-		return nil
+	if int64(slot) < int64(len(s.slots)) {
+		if ls := s.slots[slot]; ls.live && ls.l.ID == id && ls.visible() {
+			return ls
+		}
 	}
-	ls := s.slots[slot]
-	if !ls.live || ls.l.ID != id || !ls.visible() {
-		return nil
+	if ls := s.chosen[id]; ls != nil && ls.visible() {
+		return ls
 	}
-	return ls
+	return nil
 }
 
 // visible is false for leases of a deleted proxy or pool, which are
@@ -190,11 +206,11 @@ type scanner struct {
 	panicked any
 	// table resolves index items to proxies: the store's table as of reset.
 	table []*proxyState
-	// staleFA and staleRR collect items of proxies that cannot take a
-	// lease, met during a walk, for deletion after it (a b-tree cannot
-	// change while it is walked).
-	staleFA []faItem
-	staleRR []idItem
+	// budget bounds the candidates one search tests against filters;
+	// tested counts them and exhausted says the search stopped there.
+	budget    int
+	tested    int
+	exhausted bool
 }
 
 func (sc *scanner) reset(f *pharox.Filters, table []*proxyState) {
@@ -202,7 +218,17 @@ func (sc *scanner) reset(f *pharox.Filters, table []*proxyState) {
 		f = nil
 	}
 	sc.f, sc.clone, sc.found, sc.panicked, sc.table = f, f.HasPredicate(), nil, nil, table
-	sc.staleFA, sc.staleRR = sc.staleFA[:0], sc.staleRR[:0]
+	sc.tested, sc.exhausted = 0, false
+}
+
+// tooSelective reports a search that used its whole budget without a
+// match.
+func (sc *scanner) tooSelective() error {
+	if !sc.exhausted {
+		return nil
+	}
+	return fmt.Errorf("%w: the filter matched none of the %d candidates examined; it is too selective to serve from a pool this large (narrow the pool or loosen the filter)",
+		pharox.ErrNoProxyAvailable, sc.budget)
 }
 
 func (sc *scanner) match(ps *proxyState) bool {
@@ -239,6 +265,13 @@ func (sc *scanner) predicateErr() error {
 }
 
 func (sc *scanner) visit(ps *proxyState) bool {
+	if sc.f != nil {
+		if sc.tested == sc.budget {
+			sc.exhausted = true
+			return false
+		}
+		sc.tested++
+	}
 	if sc.match(ps) {
 		sc.found = ps
 		return false
@@ -246,25 +279,11 @@ func (sc *scanner) visit(ps *proxyState) bool {
 	return true
 }
 
-func (sc *scanner) visitFA(it faItem) bool {
-	ps := sc.table[it.idx]
-	if !ps.indexed {
-		sc.staleFA = append(sc.staleFA, it)
-		return true
-	}
-	return sc.visit(ps)
-}
+func (sc *scanner) visitFA(it faItem) bool { return sc.visit(sc.table[it.idx]) }
 
 func (sc *scanner) visitLU(it luItem) bool { return sc.visit(sc.table[it.idx]) }
 
-func (sc *scanner) visitRR(it idItem) bool {
-	ps := sc.table[it.idx]
-	if !ps.indexed {
-		sc.staleRR = append(sc.staleRR, it)
-		return true
-	}
-	return sc.visit(ps)
-}
+func (sc *scanner) visitRR(it idItem) bool { return sc.visit(sc.table[it.idx]) }
 
 // visitPast skips the cursor itself, which AscendGreaterOrEqual includes.
 func (sc *scanner) visitPast(it idItem) bool {
@@ -281,21 +300,6 @@ func (sc *scanner) visitUpTo(it idItem) bool {
 		return false
 	}
 	return sc.visitRR(it)
-}
-
-// dropStale deletes the stale items the last walk of x met. Each stale item
-// is deleted once, so over time this costs what deleting eagerly would.
-func (s *Store) dropStale(x *indexSet) {
-	sc := &s.scan
-	for _, it := range sc.staleFA {
-		x.fa.Delete(it)
-		s.table[it.idx].inFA[x.slot] = false
-	}
-	for _, it := range sc.staleRR {
-		x.rr.Delete(it)
-		s.table[it.idx].inRR[x.slot] = false
-	}
-	sc.staleFA, sc.staleRR = sc.staleFA[:0], sc.staleRR[:0]
 }
 
 // pick returns the candidate st chooses among pl's leasable proxies that
@@ -322,26 +326,15 @@ func (s *Store) pick(pl *poolState, st pharox.Strategy) *proxyState {
 		} else {
 			x.rr.Ascend(s.visitRR)
 		}
-		s.dropStale(x)
 	case pharox.Random:
 		return pickRandom(sc, x.rnd)
 	default:
 		if sc.f == nil {
-			for {
-				it, ok := x.fa.Min()
-				if !ok {
-					break
-				}
-				if ps := s.table[it.idx]; ps.indexed {
-					sc.found = ps
-					break
-				}
-				x.fa.DeleteMin()
-				s.table[it.idx].inFA[x.slot] = false
+			if it, ok := x.fa.Min(); ok {
+				sc.found = s.table[it.idx]
 			}
 		} else {
 			x.fa.Ascend(s.visitFA)
-			s.dropStale(x)
 		}
 	}
 	return sc.found
@@ -350,16 +343,29 @@ func (s *Store) pick(pl *poolState, st pharox.Strategy) *proxyState {
 // pickRandom chooses uniformly among the matching members of set. Random
 // draws are uniform over set, so the first draw that matches is uniform over
 // the matching ones; when matches are too rare for that to be quick, a
-// reservoir-sampling pass over the set decides instead.
+// reservoir-sampling pass over the set decides instead, if the set is
+// within the scan budget, and more draws up to the budget otherwise.
 func pickRandom(sc *scanner, set []*proxyState) *proxyState {
 	n := len(set)
 	if n == 0 {
 		return nil
 	}
-	for range 32 {
+	if sc.f == nil {
+		return set[rand.IntN(n)]
+	}
+	draws := min(32, sc.budget)
+	if n > sc.budget {
+		draws = sc.budget
+	}
+	for range draws {
+		sc.tested++
 		if ps := set[rand.IntN(n)]; sc.match(ps) {
 			return ps
 		}
+	}
+	if n > sc.budget {
+		sc.exhausted = true
+		return nil
 	}
 	var chosen *proxyState
 	seen := 0
@@ -395,6 +401,11 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		s.mu.Unlock()
 		return nil, fmt.Errorf("memory: acquire lease: consumer %s: %w", req.ConsumerID, pharox.ErrConsumerNotFound)
 	}
+	if req.LeaseID != uuid.Nil {
+		if ls := s.lookup(req.LeaseID); ls != nil {
+			return s.repeatedLease(ls, pl, consumer)
+		}
+	}
 	nowMicro := now.UnixMicro()
 	s.scan.reset(req.Filters, s.table)
 
@@ -411,8 +422,12 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 			return nil, fmt.Errorf("memory: acquire lease from pool %q: %w", req.PoolName, err)
 		}
 		if ps == nil {
+			err := s.scan.tooSelective()
 			s.mu.Unlock()
-			return nil, fmt.Errorf("memory: acquire lease from pool %q: %w", req.PoolName, pharox.ErrNoProxyAvailable)
+			if err == nil {
+				err = pharox.ErrNoProxyAvailable
+			}
+			return nil, fmt.Errorf("memory: acquire lease from pool %q: %w", req.PoolName, err)
 		}
 		if req.Strategy == pharox.RoundRobin {
 			pl.rrCursor = ps.idItem()
@@ -432,7 +447,7 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		name = consumer.Name
 	}
 	expiresAt := now.Add(req.Duration).Truncate(time.Microsecond)
-	ls := s.newLease(random)
+	ls := s.newLease(random, req.LeaseID)
 	ls.l = pharox.Lease{
 		ID:           ls.l.ID,
 		ProxyID:      ps.p.ID,
@@ -462,6 +477,25 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 	return res, nil
 }
 
+// repeatedLease answers an acquisition whose LeaseID the store already
+// holds: the lease as it is now when the pool and consumer are the
+// request's (a retry), ErrAlreadyExists otherwise. It takes no slot. Call
+// with mu held; it unlocks.
+func (s *Store) repeatedLease(ls *leaseState, pl *poolState, consumer *pharox.Consumer) (*pharox.Lease, error) {
+	if ls.l.PoolID != pl.pool.ID || ls.l.ConsumerID != consumer.ID {
+		id := ls.l.ID
+		s.mu.Unlock()
+		return nil, fmt.Errorf("memory: acquire lease from pool %q: lease id %s is taken by another consumer or pool: %w",
+			pl.pool.Name, id, pharox.ErrAlreadyExists)
+	}
+	sn := ls.snapshot()
+	snap := ls.proxy.p
+	s.mu.Unlock()
+	out := sn.lease()
+	out.Proxy = snap.Clone()
+	return out, nil
+}
+
 // FindAvailableProxy returns the proxy AcquireLease would choose now without
 // leasing it; it moves neither the round-robin cursor nor session bindings.
 func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *pharox.Filters, strategy pharox.Strategy) (*pharox.Proxy, error) {
@@ -488,8 +522,12 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 		return nil, fmt.Errorf("memory: find available proxy in pool %q: %w", pool, err)
 	}
 	if ps == nil {
+		err := s.scan.tooSelective()
 		s.mu.Unlock()
-		return nil, fmt.Errorf("memory: find available proxy in pool %q: %w", pool, pharox.ErrNoProxyAvailable)
+		if err == nil {
+			err = pharox.ErrNoProxyAvailable
+		}
+		return nil, fmt.Errorf("memory: find available proxy in pool %q: %w", pool, err)
 	}
 	snap := ps.p
 	s.mu.Unlock()

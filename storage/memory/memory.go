@@ -31,6 +31,25 @@ func WithEndedLeaseRetention(n int) Option {
 	return func(s *Store) { s.retention = max(0, n) }
 }
 
+// DefaultFilterScanBudget is how many candidates one acquisition tests
+// against its filters, at most; see WithFilterScanBudget.
+const DefaultFilterScanBudget = 20000
+
+// WithFilterScanBudget sets how many candidates (proxies that can take a
+// lease) one acquisition or FindAvailableProxy tests against its filters
+// before giving up with pharox.ErrNoProxyAvailable, saying the filter is
+// too selective (default DefaultFilterScanBudget). The search runs under
+// the store's lock, so the budget bounds how long one call can stall every
+// other. Values below 1 mean the default.
+func WithFilterScanBudget(n int) Option {
+	return func(s *Store) {
+		if n < 1 {
+			n = DefaultFilterScanBudget
+		}
+		s.scan.budget = n
+	}
+}
+
 // WithClock replaces time.Now as the store's clock, for tests that need to
 // move time without sleeping. now must be safe for concurrent use. The
 // store never lets its time go backwards: a clock that steps back reads as
@@ -67,9 +86,12 @@ type Store struct {
 	slots     []*leaseState
 	freeSlots []uint32
 	slotMask  uint32
-	expiry    expiryHeap
-	ended     leaseRing
-	seq       uint64
+	// chosen finds the leases whose id the caller chose
+	// (AcquireRequest.LeaseID): such an id names no slot.
+	chosen map[uuid.UUID]*leaseState
+	expiry expiryHeap
+	ended  leaseRing
+	seq    uint64
 	// last is the latest time an operation used; see lockNoReap.
 	last time.Time
 
@@ -107,6 +129,7 @@ func New(opts ...Option) *Store {
 	s := &Store{
 		now:           time.Now,
 		retention:     DefaultEndedLeaseRetention,
+		scan:          scanner{budget: DefaultFilterScanBudget},
 		pools:         make(map[uuid.UUID]*poolState),
 		poolNames:     make(map[string]*poolState),
 		proxies:       make(map[uuid.UUID]*proxyState),
@@ -513,7 +536,7 @@ func (s *Store) ApplyHealthCheckResult(ctx context.Context, r pharox.HealthCheck
 	if err := r.Validate(); err != nil {
 		return nil, fmt.Errorf("memory: apply health check: %w", err)
 	}
-	now, err := s.lock(ctx)
+	_, err := s.lock(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("memory: apply health check: %w", err)
 	}
@@ -522,11 +545,9 @@ func (s *Store) ApplyHealthCheckResult(ctx context.Context, r pharox.HealthCheck
 		s.mu.Unlock()
 		return nil, nil
 	}
-	if r.CheckedAt.IsZero() {
-		r.CheckedAt = now
-	} else {
-		r.CheckedAt = r.CheckedAt.UTC().Truncate(time.Microsecond)
-	}
+	// A zero CheckedAt is stored as such, like every store does: the
+	// oldest possible check, not this store's clock.
+	r.CheckedAt = r.CheckedAt.UTC().Truncate(time.Microsecond)
 	// ApplyHealthCheck replaces CheckedAt and StatusChangedAt with new
 	// pointers rather than writing through them, which keeps snapshots
 	// shared with other goroutines valid.

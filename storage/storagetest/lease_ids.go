@@ -1,6 +1,7 @@
 package storagetest
 
 import (
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ var leaseIDTests = []subtest{
 	{name: "RepeatAfterExpiry", fn: testLeaseIDAfterExpiry, parallel: true},
 	{name: "OtherConsumerOrPool", fn: testLeaseIDConflict},
 	{name: "ConcurrentRepeats", fn: testLeaseIDConcurrent},
+	{name: "PurgedLikeOthers", fn: testLeaseIDPurged},
 }
 
 // leasesHeld sums CurrentLeases over ps as stored and checks the pool's
@@ -202,14 +204,44 @@ func testLeaseIDConcurrent(t *testing.T, f *fixture) {
 			if err != nil {
 				t.Fatalf("round %d: concurrent acquisition %d with one LeaseID: %v", round, i, err)
 			}
-			if got[i].ID != req.LeaseID || got[i].ProxyID != got[0].ProxyID {
-				t.Fatalf("round %d: concurrent acquisition %d with LeaseID %s returned lease %s on %s, another returned %s on %s",
-					round, i, req.LeaseID, got[i].ID, got[i].ProxyID, got[0].ID, got[0].ProxyID)
+			if got[i].ID != req.LeaseID {
+				t.Fatalf("round %d: concurrent acquisition %d with LeaseID %s returned lease %s", round, i, req.LeaseID, got[i].ID)
+			}
+			if got[i].ProxyID != got[0].ProxyID {
+				t.Fatalf("round %d: concurrent acquisitions with LeaseID %s returned it on proxies %s and %s",
+					round, req.LeaseID, got[0].ProxyID, got[i].ProxyID)
 			}
 		}
 		if n := f.leasesHeld("lid-race", ps); n != round+1 {
 			t.Fatalf("round %d: %d concurrent acquisitions with one LeaseID left the pool with %d leases, want %d (one per round)",
 				round, callers, n, round+1)
+		}
+	}
+}
+
+// testLeaseIDPurged: an ended lease with a caller-chosen id is purged like
+// any other, wherever its id sorts (store-made ids may sort by time).
+func testLeaseIDPurged(t *testing.T, f *fixture) {
+	pool := f.pool("lid-purge")
+	f.addN(pool, 1, 0)
+	var ids []uuid.UUID
+	for _, first := range []byte{0x00, 0x7f, 0xff} {
+		req := f.req("lid-purge")
+		req.LeaseID = uuid.New()
+		req.LeaseID[0] = first
+		f.release(f.acquire(req).ID)
+		ids = append(ids, req.LeaseID)
+	}
+	n, err := f.s.PurgeEndedLeases(f.ctx, time.Now().Add(clockSlack))
+	if err != nil {
+		t.Fatalf("PurgeEndedLeases: %v", err)
+	}
+	if n != len(ids) {
+		t.Errorf("PurgeEndedLeases = %d, want %d", n, len(ids))
+	}
+	for _, id := range ids {
+		if _, err := f.s.GetLease(f.ctx, id); !errors.Is(err, pharox.ErrLeaseNotFound) {
+			t.Fatalf("GetLease(%s) after purging every ended lease: %v, want ErrLeaseNotFound", id, err)
 		}
 	}
 }
