@@ -189,8 +189,9 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 // New returns a Store over a pool the caller opened, which must have been
 // migrated (see Migrate). The pool's DSN must set parseTime=true and
 // loc=UTC (the default loc); New checks both. Transactions then set READ
-// COMMITTED themselves, one statement more than a store from Open. Close
-// leaves the pool open.
+// COMMITTED themselves, one statement more than a store from Open, and
+// send one statement per round trip (interpolateParams=true in the DSN
+// saves the driver's prepare round trips). Close leaves the pool open.
 func New(ctx context.Context, db *sql.DB, opts ...Option) (*Store, error) {
 	if db == nil {
 		return nil, fmt.Errorf("%w: mysql: db is nil", pharox.ErrInvalidArgument)
