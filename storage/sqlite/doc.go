@@ -63,8 +63,9 @@
 // supports.
 //
 // No filter shape has an index of its own: the walk visits proxies with a
-// free slot in strategy order and skips those the filter rejects (Random
-// draws again), so a filter costs the candidates it rejects. Since a
+// free slot in strategy order and skips those the filter rejects (a
+// filtered Random reads 64 random numbers at a time and picks among the
+// accepted ones), so a filter costs the candidates it rejects. Since a
 // filter that rejects nearly every proxy of a large pool would walk all of
 // them under the write lock, one acquisition examines at most
 // DefaultFilterScanBudget of them (WithFilterScanBudget) and then fails with

@@ -77,6 +77,9 @@ func TestAcquisitionPlans(t *testing.T) {
 	}
 	wantPlan(t, "random count", explain(t, s, randomCountSQL, pool), "PRIMARY KEY (pool_id=?)")
 	wantPlan(t, "random draw", explain(t, s, randomProbeSQL, pool, 3), "PRIMARY KEY (pool_id=? AND pos=?)")
+	pre := prefilter(filters)
+	batch := randomAllSQL + ` AND s.pos IN (?, ?, ?)` + pre.where
+	wantPlan(t, "random filtered draw", explain(t, s, batch, append([]any{pool, 1, 2, 3}, pre.args...)...), "PRIMARY KEY (pool_id=? AND pos=?)")
 	wantPlan(t, "reclaim a pool", explain(t, s, reclaimPoolSQL, pool, 1), "leases_active_pool (pool_id=? AND expires_at<?)")
 	wantPlan(t, "reclaim a proxy", explain(t, s, reclaimProxySQL, pool, 1), "leases_active_pool (pool_id=? AND expires_at<?)")
 	wantPlan(t, "reclaim a batch", explain(t, s, reclaimBatchSQL, 1, 10), "leases_active_pool (pool_id=? AND expires_at<?)")

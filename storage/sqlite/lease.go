@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -332,9 +333,9 @@ func choose(tx *wtx, poolID uuid.UUID, filters *pharox.Filters, strategy pharox.
 	return nil, nil
 }
 
-// randomProbes is how many random draws a filtered Random choice makes
-// before it falls back to examining every candidate.
-const randomProbes = 32
+// randomBatch is how many distinct random positions one draw of a filtered
+// Random choice reads in one statement.
+const randomBatch = 64
 
 const randomCountSQL = `SELECT n FROM random_counts WHERE pool_id = ?`
 
@@ -348,10 +349,12 @@ var (
 // chooseRandom picks uniformly among the pool's candidates the filters
 // accept. The n proxies with a free slot are numbered 0..n-1
 // (random_slots), so an unfiltered pick is one random number and one key
-// lookup. Filtered, random draws continue until one is accepted, which is
-// uniform among the accepted ones; after randomProbes misses, a pool with
-// at most budget candidates is sampled exactly in one pass, a larger one
-// gets draws up to the budget and then errTooSelective.
+// lookup. Filtered, each draw reads randomBatch distinct random positions
+// (a uniform random subset) and picks uniformly among those the filters
+// accept, which is uniform among all accepted candidates; draws repeat
+// while they find none, up to budget positions, then errTooSelective. A
+// pool with at most budget candidates is instead sampled exactly in one
+// pass after the first empty draw.
 func chooseRandom(tx *wtx, poolID uuid.UUID, pre sqlFilter, f matcher, filtered bool, budget int) (*pharox.Proxy, error) {
 	var n int
 	err := tx.queryRow(randomCountSQL, idArg(poolID)).Scan(&n)
@@ -361,36 +364,34 @@ func chooseRandom(tx *wtx, poolID uuid.UUID, pre sqlFilter, f matcher, filtered 
 	if err != nil {
 		return nil, err
 	}
-	draw := func() (*pharox.Proxy, error) {
+	if !filtered {
 		p, err := scanProxy(tx.queryRow(randomProbeSQL, idArg(poolID), rand.IntN(n)))
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil, fmt.Errorf("random_slots has no proxy numbered below its count %d", n)
 		}
 		return p, err
 	}
-	if !filtered {
-		return draw()
-	}
-	probes := min(randomProbes, budget)
-	if n > budget {
-		probes = budget
-	}
-	for range probes {
-		p, err := draw()
-		if err != nil {
-			return nil, err
-		}
-		if ok, err := f.match(p); ok || err != nil {
-			if err != nil {
-				return nil, err
+	k := min(randomBatch, n)
+	query := randomAllSQL + ` AND s.pos IN (?` + strings.Repeat(`, ?`, k-1) + `)` + pre.where
+	for examined := 0; examined < budget; examined += k {
+		args := make([]any, 0, 1+k+len(pre.args))
+		args = append(args, idArg(poolID))
+		seen := make(map[int]bool, k)
+		for len(seen) < k {
+			if pos := rand.IntN(n); !seen[pos] {
+				seen[pos] = true
+				args = append(args, pos)
 			}
-			return p, nil
+		}
+		p, err := randomScan(tx, query, append(args, pre.args...), f)
+		if p != nil || err != nil {
+			return p, err
+		}
+		if n <= budget {
+			return randomScan(tx, randomAllSQL+pre.where, append([]any{idArg(poolID)}, pre.args...), f)
 		}
 	}
-	if n > budget {
-		return nil, errTooSelective(budget)
-	}
-	return randomScan(tx, randomAllSQL+pre.where, append([]any{idArg(poolID)}, pre.args...), f)
+	return nil, errTooSelective(budget)
 }
 
 // randomScan picks uniformly among the rows f matches (reservoir sampling).
