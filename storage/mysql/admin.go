@@ -19,7 +19,7 @@ import (
 // unique) and all read that row.
 func (s *Store) EnsureConsumer(ctx context.Context, name string) (*pharox.Consumer, error) {
 	if err := pharox.ValidateName("consumer name", name); err != nil {
-		return nil, fmt.Errorf("mysql: ensure consumer: %w", err)
+		return nil, fail("mysql: ensure consumer: %w", err)
 	}
 	get := func() (*pharox.Consumer, error) {
 		return scanConsumer(s.db.QueryRowContext(ctx, s.q(`SELECT `+consumerCols+` FROM {p}consumers WHERE name = ?`), name))
@@ -34,7 +34,7 @@ func (s *Store) EnsureConsumer(ctx context.Context, name string) (*pharox.Consum
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("mysql: ensure consumer %q: %w", name, err)
+		return nil, fail("mysql: ensure consumer %q: %w", name, err)
 	}
 	return c, nil
 }
@@ -43,10 +43,10 @@ func (s *Store) EnsureConsumer(ctx context.Context, name string) (*pharox.Consum
 func (s *Store) GetConsumer(ctx context.Context, id uuid.UUID) (*pharox.Consumer, error) {
 	c, err := scanConsumer(s.db.QueryRowContext(ctx, s.q(`SELECT `+consumerCols+` FROM {p}consumers WHERE id = ?`), idArg(id)))
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("mysql: get consumer %s: %w", id, pharox.ErrConsumerNotFound)
+		return nil, fail("mysql: get consumer %s: %w", id, pharox.ErrConsumerNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("mysql: get consumer %s: %w", id, err)
+		return nil, fail("mysql: get consumer %s: %w", id, err)
 	}
 	return c, nil
 }
@@ -55,7 +55,7 @@ func (s *Store) GetConsumer(ctx context.Context, id uuid.UUID) (*pharox.Consumer
 func (s *Store) ListConsumers(ctx context.Context) ([]*pharox.Consumer, error) {
 	out, err := list(ctx, s.db, s.q(`SELECT `+consumerCols+` FROM {p}consumers ORDER BY name`), nil, scanConsumer)
 	if err != nil {
-		return nil, fmt.Errorf("mysql: list consumers: %w", err)
+		return nil, fail("mysql: list consumers: %w", err)
 	}
 	return out, nil
 }
@@ -85,7 +85,7 @@ func list[T any](ctx context.Context, q querier, query string, args []any, scan 
 // CreatePool stores a new pool and its round-robin cursor.
 func (s *Store) CreatePool(ctx context.Context, pool pharox.Pool) (*pharox.Pool, error) {
 	if err := pool.Validate(); err != nil {
-		return nil, fmt.Errorf("mysql: create pool: %w", err)
+		return nil, fail("mysql: create pool: %w", err)
 	}
 	if pool.ID == uuid.Nil {
 		pool.ID = uuid.New()
@@ -110,7 +110,7 @@ func (s *Store) CreatePool(ctx context.Context, pool pharox.Pool) (*pharox.Pool,
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("mysql: create pool %q: %w", pool.Name, err)
+		return nil, fail("mysql: create pool %q: %w", pool.Name, err)
 	}
 	return &pool, nil
 }
@@ -119,10 +119,10 @@ func (s *Store) CreatePool(ctx context.Context, pool pharox.Pool) (*pharox.Pool,
 func (s *Store) GetPool(ctx context.Context, id uuid.UUID) (*pharox.Pool, error) {
 	p, err := scanPool(s.db.QueryRowContext(ctx, s.q(`SELECT `+poolCols+` FROM {p}pools WHERE id = ?`), idArg(id)))
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("mysql: get pool %s: %w", id, pharox.ErrPoolNotFound)
+		return nil, fail("mysql: get pool %s: %w", id, pharox.ErrPoolNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("mysql: get pool %s: %w", id, err)
+		return nil, fail("mysql: get pool %s: %w", id, err)
 	}
 	return p, nil
 }
@@ -131,10 +131,10 @@ func (s *Store) GetPool(ctx context.Context, id uuid.UUID) (*pharox.Pool, error)
 func (s *Store) GetPoolByName(ctx context.Context, name string) (*pharox.Pool, error) {
 	p, err := scanPool(s.db.QueryRowContext(ctx, s.q(`SELECT `+poolCols+` FROM {p}pools WHERE name = ?`), name))
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("mysql: get pool %q: %w", name, pharox.ErrPoolNotFound)
+		return nil, fail("mysql: get pool %q: %w", name, pharox.ErrPoolNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("mysql: get pool %q: %w", name, err)
+		return nil, fail("mysql: get pool %q: %w", name, err)
 	}
 	return p, nil
 }
@@ -143,7 +143,7 @@ func (s *Store) GetPoolByName(ctx context.Context, name string) (*pharox.Pool, e
 func (s *Store) ListPools(ctx context.Context) ([]*pharox.Pool, error) {
 	out, err := list(ctx, s.db, s.q(`SELECT `+poolCols+` FROM {p}pools ORDER BY name`), nil, scanPool)
 	if err != nil {
-		return nil, fmt.Errorf("mysql: list pools: %w", err)
+		return nil, fail("mysql: list pools: %w", err)
 	}
 	return out, nil
 }
@@ -210,7 +210,7 @@ func (s *Store) DeletePool(ctx context.Context, id uuid.UUID) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("mysql: delete pool %s: %w", id, err)
+		return fail("mysql: delete pool %s: %w", id, err)
 	}
 	return nil
 }
@@ -237,10 +237,10 @@ func (s *Store) AddProxies(ctx context.Context, proxies []pharox.Proxy) ([]*phar
 		p := proxies[i].Clone()
 		p.Normalize()
 		if err := p.Validate(); err != nil {
-			return nil, fmt.Errorf("mysql: add proxies: #%d: %w", i, err)
+			return nil, fail("mysql: add proxies: #%d: %w", i, err)
 		}
 		if p.PoolID == uuid.Nil {
-			return nil, fmt.Errorf("mysql: add proxies: #%d: %w: pool id is empty", i, pharox.ErrInvalidArgument)
+			return nil, fail("mysql: add proxies: #%d: %w: pool id is empty", i, pharox.ErrInvalidArgument)
 		}
 		if p.ID == uuid.Nil {
 			p.ID = uuid.New()
@@ -250,11 +250,11 @@ func (s *Store) AddProxies(ctx context.Context, proxies []pharox.Proxy) ([]*phar
 			k.user = p.Credentials.User
 		}
 		if seen[k] || ids[p.ID] {
-			return nil, fmt.Errorf("mysql: add proxies: #%d %s: duplicate in batch: %w", i, p, pharox.ErrAlreadyExists)
+			return nil, fail("mysql: add proxies: #%d %s: duplicate in batch: %w", i, p, pharox.ErrAlreadyExists)
 		}
 		seen[k], ids[p.ID] = true, true
 		if err := checkLengths(p); err != nil {
-			return nil, fmt.Errorf("mysql: add proxies: #%d: %w", i, err)
+			return nil, fail("mysql: add proxies: #%d: %w", i, err)
 		}
 		// Only Status is taken from the input's state fields.
 		*p = pharox.Proxy{
@@ -314,7 +314,7 @@ func (s *Store) AddProxies(ctx context.Context, proxies []pharox.Proxy) ([]*phar
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("mysql: add proxies: %w", err)
+		return nil, fail("mysql: add proxies: %w", err)
 	}
 	return in, nil
 }
@@ -352,10 +352,10 @@ func checkLengths(p *pharox.Proxy) error {
 func (s *Store) GetProxy(ctx context.Context, id uuid.UUID) (*pharox.Proxy, error) {
 	p, err := scanProxy(s.db.QueryRowContext(ctx, s.q(`SELECT `+proxyCols+` FROM {p}proxies WHERE id = ?`), idArg(id)))
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("mysql: get proxy %s: %w", id, pharox.ErrProxyNotFound)
+		return nil, fail("mysql: get proxy %s: %w", id, pharox.ErrProxyNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("mysql: get proxy %s: %w", id, err)
+		return nil, fail("mysql: get proxy %s: %w", id, err)
 	}
 	return p, nil
 }
@@ -377,7 +377,7 @@ func (s *Store) ListProxies(ctx context.Context, poolID uuid.UUID) ([]*pharox.Pr
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("mysql: list proxies of pool %s: %w", poolID, err)
+		return nil, fail("mysql: list proxies of pool %s: %w", poolID, err)
 	}
 	return out, nil
 }
@@ -386,7 +386,7 @@ func (s *Store) ListProxies(ctx context.Context, poolID uuid.UUID) ([]*pharox.Pr
 // and stamps StatusChangedAt when the status changes.
 func (s *Store) SetProxyStatus(ctx context.Context, id uuid.UUID, status pharox.ProxyStatus) (*pharox.Proxy, error) {
 	if !status.Valid() {
-		return nil, fmt.Errorf("mysql: set proxy %s status: %w: unknown status %q", id, pharox.ErrInvalidArgument, status)
+		return nil, fail("mysql: set proxy %s status: %w: unknown status %q", id, pharox.ErrInvalidArgument, status)
 	}
 	var out *pharox.Proxy
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
@@ -412,7 +412,7 @@ func (s *Store) SetProxyStatus(ctx context.Context, id uuid.UUID, status pharox.
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("mysql: set proxy %s status: %w", id, err)
+		return nil, fail("mysql: set proxy %s status: %w", id, err)
 	}
 	return out, nil
 }
@@ -445,7 +445,7 @@ func (s *Store) DeleteProxy(ctx context.Context, id uuid.UUID) error {
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("mysql: delete proxy %s: %w", id, err)
+		return fail("mysql: delete proxy %s: %w", id, err)
 	}
 	return nil
 }
@@ -455,10 +455,10 @@ func (s *Store) DeleteProxy(ctx context.Context, id uuid.UUID) error {
 func (s *Store) GetLease(ctx context.Context, id uuid.UUID) (*pharox.Lease, error) {
 	l, err := scanLease(s.db.QueryRowContext(ctx, s.q(`SELECT `+leaseCols+` FROM {p}leases WHERE id = ?`), idArg(id)))
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("mysql: get lease %s: %w", id, pharox.ErrLeaseNotFound)
+		return nil, fail("mysql: get lease %s: %w", id, pharox.ErrLeaseNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("mysql: get lease %s: %w", id, err)
+		return nil, fail("mysql: get lease %s: %w", id, err)
 	}
 	return l, nil
 }
@@ -466,10 +466,10 @@ func (s *Store) GetLease(ctx context.Context, id uuid.UUID) (*pharox.Lease, erro
 // ListLeases returns the leases matching q, oldest AcquiredAt first.
 func (s *Store) ListLeases(ctx context.Context, q pharox.LeaseQuery) ([]*pharox.Lease, error) {
 	if q.Status != "" && !q.Status.Valid() {
-		return nil, fmt.Errorf("mysql: list leases: %w: unknown lease status %q", pharox.ErrInvalidArgument, q.Status)
+		return nil, fail("mysql: list leases: %w: unknown lease status %q", pharox.ErrInvalidArgument, q.Status)
 	}
 	if q.Limit < 0 {
-		return nil, fmt.Errorf("mysql: list leases: %w: negative limit", pharox.ErrInvalidArgument)
+		return nil, fail("mysql: list leases: %w: negative limit", pharox.ErrInvalidArgument)
 	}
 	var (
 		where []string
@@ -498,7 +498,7 @@ func (s *Store) ListLeases(ctx context.Context, q pharox.LeaseQuery) ([]*pharox.
 	}
 	out, err := list(ctx, s.db, s.q(query), args, func(sc scanner) (*pharox.Lease, error) { return scanLease(sc) })
 	if err != nil {
-		return nil, fmt.Errorf("mysql: list leases: %w", err)
+		return nil, fail("mysql: list leases: %w", err)
 	}
 	return out, nil
 }
@@ -517,7 +517,7 @@ func (s *Store) PurgeEndedLeases(ctx context.Context, endedBefore time.Time) (in
 			res, err := s.db.ExecContext(ctx, s.q(`DELETE FROM {p}leases WHERE status = ? AND released_at < ? LIMIT `+fmt.Sprint(purgeBatch)),
 				string(status), before)
 			if err != nil {
-				return total, fmt.Errorf("mysql: purge ended leases: %w", err)
+				return total, fail("mysql: purge ended leases: %w", err)
 			}
 			n, _ := res.RowsAffected()
 			total += int(n)

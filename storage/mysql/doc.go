@@ -108,6 +108,15 @@
 // one lease (the primary key decides). ReleaseLease likewise retries once
 // after a lost answer and returns the lease its first try released.
 //
+// # Outages
+//
+// An error of a connection lost under a call (mysql.ErrInvalidConn,
+// driver.ErrBadConn, server errors 1053 and 1927) also matches
+// io.ErrUnexpectedEOF, so that callers that classify outages with the
+// standard library's errors, such as the server's 503 answers, recognise
+// it without importing the driver. A server that is down fails to dial
+// (a net.Error).
+//
 // # Times and retention
 //
 // All times come from the server's UTC_TIMESTAMP(6), stored as DATETIME(6)

@@ -70,10 +70,10 @@ func (s *Store) cachedPool(name string) (uuid.UUID, bool) {
 func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*pharox.Lease, error) {
 	req.Filters = req.Filters.NormalizedClone()
 	if err := req.Validate(); err != nil {
-		return nil, fmt.Errorf("mysql: acquire: %w", err)
+		return nil, fail("mysql: acquire: %w", err)
 	}
 	if req.Filters.HasPredicate() {
-		return nil, fmt.Errorf("mysql: acquire: predicate filters cannot run in the database: %w", pharox.ErrUnsupported)
+		return nil, fail("mysql: acquire: predicate filters cannot run in the database: %w", pharox.ErrUnsupported)
 	}
 	id := req.LeaseID
 	if id == uuid.Nil {
@@ -94,11 +94,11 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		case errors.Is(err, errRetryNow) && attempt < s.cfg.maxAttempts:
 		case errors.Is(err, errRetry) && attempt < s.cfg.maxAttempts:
 			if err := sleep(ctx, backoff/2+rand.N(backoff/2+1)); err != nil {
-				return nil, fmt.Errorf("mysql: acquire from pool %q: %w", req.PoolName, err)
+				return nil, fail("mysql: acquire from pool %q: %w", req.PoolName, err)
 			}
 			backoff = min(backoff*2, 5*time.Millisecond)
 		case errors.Is(err, errRetry), errors.Is(err, errRetryNow):
-			return nil, fmt.Errorf("mysql: acquire from pool %q: %w", req.PoolName, pharox.ErrNoProxyAvailable)
+			return nil, fail("mysql: acquire from pool %q: %w", req.PoolName, pharox.ErrNoProxyAvailable)
 		case code(err) == errDupEntry && req.LeaseID != uuid.Nil && attempt < s.cfg.maxAttempts:
 			// Another call took a lease with this id first; the next try
 			// finds it (existingLease).
@@ -110,7 +110,7 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 			connRetried = true
 			req.LeaseID = id
 		default:
-			return nil, fmt.Errorf("mysql: acquire from pool %q: %w", req.PoolName, err)
+			return nil, fail("mysql: acquire from pool %q: %w", req.PoolName, err)
 		}
 	}
 }
@@ -529,10 +529,10 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 	}
 	filters = filters.NormalizedClone()
 	if err := filters.Validate(); err != nil {
-		return nil, fmt.Errorf("mysql: find proxy: %w", err)
+		return nil, fail("mysql: find proxy: %w", err)
 	}
 	if filters.HasPredicate() {
-		return nil, fmt.Errorf("mysql: find proxy: predicate filters cannot run in the database: %w", pharox.ErrUnsupported)
+		return nil, fail("mysql: find proxy: predicate filters cannot run in the database: %w", pharox.ErrUnsupported)
 	}
 	var out *pharox.Proxy
 	err := s.run(ctx, func(tx execer) error {
@@ -568,7 +568,7 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("mysql: find proxy in pool %q: %w", pool, err)
+		return nil, fail("mysql: find proxy in pool %q: %w", pool, err)
 	}
 	return out, nil
 }
@@ -593,7 +593,7 @@ func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*pharox.Le
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("mysql: release lease %s: %w", leaseID, err)
+		return nil, fail("mysql: release lease %s: %w", leaseID, err)
 	}
 	return l, nil
 }
@@ -642,7 +642,7 @@ func (s *Store) releaseOnce(ctx context.Context, leaseID uuid.UUID) (*pharox.Lea
 // fails with ErrLeaseNotActive.
 func (s *Store) RenewLease(ctx context.Context, leaseID uuid.UUID, d time.Duration) (*pharox.Lease, error) {
 	if d <= 0 {
-		return nil, fmt.Errorf("mysql: renew lease %s: %w: duration must be positive, got %v", leaseID, pharox.ErrInvalidArgument, d)
+		return nil, fail("mysql: renew lease %s: %w: duration must be positive, got %v", leaseID, pharox.ErrInvalidArgument, d)
 	}
 	var out *pharox.Lease
 	err := s.run(ctx, func(tx execer) error {
@@ -672,7 +672,7 @@ func (s *Store) RenewLease(ctx context.Context, leaseID uuid.UUID, d time.Durati
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("mysql: renew lease %s: %w", leaseID, err)
+		return nil, fail("mysql: renew lease %s: %w", leaseID, err)
 	}
 	return out, nil
 }
@@ -692,14 +692,14 @@ func (s *Store) CleanupExpiredLeases(ctx context.Context) (int, error) {
 		n, more, err := s.cleanupBatch(ctx)
 		total += n
 		if err != nil {
-			return total, fmt.Errorf("mysql: cleanup expired leases: %w", err)
+			return total, fail("mysql: cleanup expired leases: %w", err)
 		}
 		if !more {
 			break
 		}
 	}
 	if err := s.cleanupSessions(ctx); err != nil {
-		return total, fmt.Errorf("mysql: cleanup expired sessions: %w", err)
+		return total, fail("mysql: cleanup expired sessions: %w", err)
 	}
 	return total, nil
 }
@@ -818,10 +818,10 @@ func (s *Store) GetPoolStats(ctx context.Context, pool string) (*pharox.PoolStat
 		WHERE pl.name = ? GROUP BY pl.id`), pool).
 		Scan(&id, &total, &leasable, &free, &leased, &leases, &active, &slow, &inactive, &banned, &now)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("mysql: pool stats %q: %w", pool, pharox.ErrPoolNotFound)
+		return nil, fail("mysql: pool stats %q: %w", pool, pharox.ErrPoolNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("mysql: pool stats %q: %w", pool, err)
+		return nil, fail("mysql: pool stats %q: %w", pool, err)
 	}
 	st := &pharox.PoolStats{
 		PoolName: pool, TotalProxies: total, ActiveProxies: leasable, AvailableProxies: free,
@@ -843,7 +843,7 @@ func (s *Store) GetPoolStats(ctx context.Context, pool string) (*pharox.PoolStat
 // under the proxy's row lock.
 func (s *Store) ApplyHealthCheckResult(ctx context.Context, r pharox.HealthCheckResult) (*pharox.Proxy, error) {
 	if err := r.Validate(); err != nil {
-		return nil, fmt.Errorf("mysql: apply health check: %w", err)
+		return nil, fail("mysql: apply health check: %w", err)
 	}
 	r.CheckedAt = micro(r.CheckedAt)
 	var out *pharox.Proxy
@@ -870,7 +870,7 @@ func (s *Store) ApplyHealthCheckResult(ctx context.Context, r pharox.HealthCheck
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("mysql: apply health check to proxy %s: %w", r.ProxyID, err)
+		return nil, fail("mysql: apply health check to proxy %s: %w", r.ProxyID, err)
 	}
 	return out, nil
 }

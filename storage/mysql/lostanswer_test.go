@@ -28,7 +28,10 @@ type commitCutter struct {
 	target string
 	armed  atomic.Bool
 	cut    atomic.Int32
-	wg     sync.WaitGroup
+	// match, when set, cuts after the next query that contains it
+	// instead of after a COMMIT.
+	match atomic.Pointer[string]
+	wg    sync.WaitGroup
 }
 
 func newCommitCutter(t *testing.T, target string) *commitCutter {
@@ -86,7 +89,12 @@ func (c *commitCutter) clientToServer(client, server net.Conn) {
 		}
 		// A COM_QUERY that ends the transaction: COMMIT alone, or the
 		// store's last writes followed by COMMIT.
-		if len(payload) > 0 && payload[0] == 3 && strings.HasSuffix(string(payload), "COMMIT") && c.armed.CompareAndSwap(true, false) {
+		query := len(payload) > 0 && payload[0] == 3
+		hit := query && strings.HasSuffix(string(payload), "COMMIT")
+		if m := c.match.Load(); m != nil {
+			hit = query && strings.Contains(string(payload), *m)
+		}
+		if hit && c.armed.CompareAndSwap(true, false) {
 			c.cut.Add(1)
 			// The copier closes the server side once the answer came.
 			return
@@ -196,4 +204,30 @@ func leaseIDs(ls []*pharox.Lease) []uuid.UUID {
 		out[i] = l.ID
 	}
 	return out
+}
+
+// TestLostConnectionIsRecognisable cuts the connection under a plain read:
+// the error matches io.ErrUnexpectedEOF, so that the server, which does
+// not import the driver, answers 503 rather than 500.
+func TestLostConnectionIsRecognisable(t *testing.T) {
+	s, cutter := lostAnswerStore(t)
+	ctx := context.Background()
+	pool, err := s.CreatePool(ctx, pharox.Pool{Name: "lost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	match := "FROM " + s.cfg.prefix + "pools WHERE id"
+	cutter.match.Store(&match)
+	cutter.armed.Store(true)
+	_, err = s.GetPool(ctx, pool.ID)
+	if cutter.cut.Load() != 1 {
+		t.Fatalf("the forwarder cut %d queries, want 1", cutter.cut.Load())
+	}
+	if !errors.Is(err, io.ErrUnexpectedEOF) || !errors.Is(err, mysql.ErrInvalidConn) {
+		t.Fatalf("GetPool on a connection cut under it: %v; want an error matching io.ErrUnexpectedEOF and mysql.ErrInvalidConn", err)
+	}
+	// The pool replaces the broken connection.
+	if _, err := s.GetPool(ctx, pool.ID); err != nil {
+		t.Fatalf("GetPool after the cut: %v", err)
+	}
 }

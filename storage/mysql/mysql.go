@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"regexp"
@@ -164,7 +165,7 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 		db = nil
 		var me *mysql.MySQLError
 		if code(err) != errUnknownSystemVariable || !errors.As(err, &me) || !strings.Contains(me.Message, v) {
-			return nil, fmt.Errorf("mysql: connect: %w", err)
+			return nil, fail("mysql: connect: %w", err)
 		}
 	}
 	if db == nil {
@@ -206,7 +207,7 @@ func New(ctx context.Context, db *sql.DB, opts ...Option) (*Store, error) {
 func newStore(ctx context.Context, db *sql.DB, cfg config, txOpts *sql.TxOptions) (*Store, error) {
 	var probe any
 	if err := db.QueryRowContext(ctx, `SELECT CAST('2000-01-02 03:04:05.000006' AS DATETIME(6))`).Scan(&probe); err != nil {
-		return nil, fmt.Errorf("mysql: connect: %w", err)
+		return nil, fail("mysql: connect: %w", err)
 	}
 	want := time.Date(2000, 1, 2, 3, 4, 5, 6000, time.UTC)
 	if t, ok := probe.(time.Time); !ok || !t.Equal(want) {
@@ -215,7 +216,7 @@ func newStore(ctx context.Context, db *sql.DB, cfg config, txOpts *sql.TxOptions
 	s := &Store{db: db, cfg: cfg, txOpts: txOpts}
 	have, err := schemaVersion(ctx, db, cfg.prefix)
 	if err != nil {
-		return nil, fmt.Errorf("mysql: read schema version of tables %s*: %w", cfg.prefix, err)
+		return nil, fail("mysql: read schema version of tables %s*: %w", cfg.prefix, err)
 	}
 	if want := latestVersion(); have < want {
 		return nil, fmt.Errorf("mysql: tables %s* are at schema version %d, this build needs %d: call mysql.Migrate first", cfg.prefix, have, want)
@@ -232,7 +233,7 @@ func (s *Store) DB() *sql.DB { return s.db }
 // Ping reports whether the database is reachable.
 func (s *Store) Ping(ctx context.Context) error {
 	if err := s.db.PingContext(ctx); err != nil {
-		return fmt.Errorf("mysql: ping: %w", err)
+		return fail("mysql: ping: %w", err)
 	}
 	return nil
 }
@@ -262,6 +263,8 @@ const (
 	errNoReferencedRow       = 1452
 	errDataTooLong           = 1406
 	errUnknownSystemVariable = 1193
+	errServerShutdown        = 1053
+	errConnectionKilled      = 1927
 	errCheckMySQL            = 3819
 	errCheckMariaDB          = 4025
 )
@@ -283,6 +286,40 @@ func isConnLoss(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne)
 }
+
+// fail formats an error of the store like fmt.Errorf and marks a lost
+// connection as one (see connLost).
+func fail(format string, args ...any) error { return outageErr(fmt.Errorf(format, args...)) }
+
+// outageErr marks err as a lost connection when the driver lost the
+// connection under the call: go-sql-driver reports that as
+// mysql.ErrInvalidConn or driver.ErrBadConn, and the server as error
+// 1053 (shutdown in progress) or 1927 (connection killed). Marked errors
+// also match io.ErrUnexpectedEOF, what the driver read, so that callers
+// that classify outages by the standard library's errors (the server's
+// 503s) recognise them without importing the driver.
+func outageErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	var lost connLost
+	if errors.As(err, &lost) {
+		return err
+	}
+	if errors.Is(err, mysql.ErrInvalidConn) || errors.Is(err, driver.ErrBadConn) {
+		return connLost{err}
+	}
+	switch code(err) {
+	case errServerShutdown, errConnectionKilled:
+		return connLost{err}
+	}
+	return err
+}
+
+// connLost is an error of a connection lost under a call.
+type connLost struct{ error }
+
+func (e connLost) Unwrap() []error { return []error{e.error, io.ErrUnexpectedEOF} }
 
 // errAfterCommit asks inTx to commit and then return err: an operation that
 // fails but must keep a side effect, such as reclaiming the expired lease a
