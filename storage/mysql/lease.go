@@ -152,7 +152,9 @@ func (s *Store) acquireTx(ctx context.Context, tx execer, req *pharox.AcquireReq
 		poolID = id
 		return nil
 	}
-	if !havePool || !haveConsumer || req.Strategy == pharox.RoundRobin {
+	// A caller-chosen lease id is compared with the pool's id, so that
+	// must be fresh too.
+	if !havePool || !haveConsumer || req.Strategy == pharox.RoundRobin || req.LeaseID != uuid.Nil {
 		havePool = false
 		if err := lookup(); err != nil {
 			return nil, err

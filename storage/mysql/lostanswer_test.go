@@ -57,21 +57,32 @@ func (c *commitCutter) accept() {
 			client.Close()
 			continue
 		}
+		cutting := new(atomic.Bool)
 		c.wg.Go(func() {
-			// Server to client: plain copy. After a cut, writing the
-			// server's answer to the COMMIT fails, and only then is the
-			// server side closed: the server has committed by then.
-			io.Copy(client, server)
+			// Server to client. Once the client side decided to cut,
+			// the server's next answer is read (the server has then
+			// done the work) and dropped, and both sides are closed.
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := server.Read(buf)
+				if cutting.Load() || err != nil {
+					break
+				}
+				if _, err := client.Write(buf[:n]); err != nil {
+					break
+				}
+			}
 			client.Close()
 			server.Close()
 		})
-		c.wg.Go(func() { c.clientToServer(client, server) })
+		c.wg.Go(func() { c.clientToServer(client, server, cutting) })
 	}
 }
 
 // clientToServer forwards MySQL packets (3-byte length, sequence byte,
-// payload) and cuts the client after an armed COMMIT.
-func (c *commitCutter) clientToServer(client, server net.Conn) {
+// payload) and cuts the client after an armed match: by default a query
+// ending in COMMIT.
+func (c *commitCutter) clientToServer(client, server net.Conn, cutting *atomic.Bool) {
 	defer client.Close()
 	hdr := make([]byte, 4)
 	for {
@@ -82,20 +93,26 @@ func (c *commitCutter) clientToServer(client, server net.Conn) {
 		n := int(binary.LittleEndian.Uint32(append(hdr[:3:3], 0)))
 		payload := make([]byte, n)
 		if _, err := io.ReadFull(client, payload); err != nil {
+			server.Close()
 			return
 		}
-		if _, err := server.Write(append(hdr, payload...)); err != nil {
-			return
-		}
-		// A COM_QUERY that ends the transaction: COMMIT alone, or the
-		// store's last writes followed by COMMIT.
 		query := len(payload) > 0 && payload[0] == 3
 		hit := query && strings.HasSuffix(string(payload), "COMMIT")
 		if m := c.match.Load(); m != nil {
 			hit = query && strings.Contains(string(payload), *m)
 		}
-		if hit && c.armed.CompareAndSwap(true, false) {
+		// Decided before the query reaches the server, so that its
+		// answer can never slip through to the client.
+		cut := hit && c.armed.CompareAndSwap(true, false)
+		if cut {
+			cutting.Store(true)
 			c.cut.Add(1)
+		}
+		if _, err := server.Write(append(hdr, payload...)); err != nil {
+			server.Close()
+			return
+		}
+		if cut {
 			// The copier closes the server side once the answer came.
 			return
 		}
