@@ -248,3 +248,20 @@ func TestLostConnectionIsRecognisable(t *testing.T) {
 		t.Fatalf("GetPool after the cut: %v", err)
 	}
 }
+
+// TestServerRefusalsAreOutages checks that the server's answers meaning
+// "not now" (too many connections, read-only, lock waits and deadlocks
+// that outlived the retries, an idle disconnect) match
+// pharox.ErrUnavailable, which the service answers with 503, and that
+// other server errors do not.
+func TestServerRefusalsAreOutages(t *testing.T) {
+	for _, n := range []uint16{1040, 1205, 1213, 1290, 1836, 4031} {
+		err := fail("acquire: %w", &mysql.MySQLError{Number: n, Message: "refused"})
+		if !errors.Is(err, pharox.ErrUnavailable) {
+			t.Errorf("server error %d: %v does not match ErrUnavailable", n, err)
+		}
+	}
+	if err := fail("acquire: %w", &mysql.MySQLError{Number: 1062, Message: "duplicate"}); errors.Is(err, pharox.ErrUnavailable) {
+		t.Errorf("duplicate key error %v matches ErrUnavailable", err)
+	}
+}

@@ -264,6 +264,10 @@ const (
 	errDataTooLong           = 1406
 	errUnknownSystemVariable = 1193
 	errServerShutdown        = 1053
+	errTooManyConnections    = 1040
+	errReadOnly              = 1290 // --read-only (ER_OPTION_PREVENTS_STATEMENT)
+	errReadOnlyTx            = 1836 // ER_READ_ONLY_MODE
+	errIdleDisconnect        = 4031 // ER_CLIENT_INTERACTION_TIMEOUT
 	errConnectionKilled      = 1927
 	errCheckMySQL            = 3819
 	errCheckMariaDB          = 4025
@@ -312,9 +316,21 @@ func outageErr(err error) error {
 	switch code(err) {
 	case errServerShutdown, errConnectionKilled:
 		return connLost{err}
+	case errTooManyConnections, errLockWaitTimeout, errDeadlock, errReadOnly, errReadOnlyTx, errIdleDisconnect:
+		// The server is overloaded, read-only (a replica, or a primary
+		// being failed over) or too contended right now: the same call
+		// may succeed later. Deadlocks and lock waits reach here only
+		// after retry gave up on them.
+		return unavailable{err}
 	}
 	return err
 }
+
+// unavailable is an error of a server that cannot serve the call now but
+// may later; it matches pharox.ErrUnavailable.
+type unavailable struct{ error }
+
+func (e unavailable) Unwrap() []error { return []error{e.error, pharox.ErrUnavailable} }
 
 // connLost is an error of a connection lost under a call.
 type connLost struct{ error }
