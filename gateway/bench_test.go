@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,12 +20,14 @@ import (
 )
 
 // benchEnv is a target, one upstream (goproxy with credentials) and a
-// gateway over an in-memory store holding that upstream, plus two clients:
-// one straight through the upstream (the baseline) and one through the
-// gateway and then the same upstream.
+// gateway over an in-memory store holding that upstream (leasing on: every
+// request leases the upstream and releases it), plus four clients: one
+// straight through the upstream, and three through one more hop chained to
+// that upstream: the bare hop (the floor of one more hop), goproxy (a
+// widely used Go forward proxy) and the gateway.
 type benchEnv struct {
-	url           string
-	direct, viaGW *http.Client
+	url                          string
+	direct, bare, goproxy, viaGW *http.Client
 }
 
 func newBenchEnv(b *testing.B) *benchEnv {
@@ -63,10 +66,13 @@ func newBenchEnv(b *testing.B) *benchEnv {
 		b.Cleanup(tr.CloseIdleConnections)
 		return &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	}
+	upURL := &url.URL{Scheme: "http", Host: up.addr, User: url.UserPassword(upUser, upPass)}
 	return &benchEnv{
-		url:    target + "/small",
-		direct: mk(&url.URL{Scheme: "http", Host: up.addr, User: url.UserPassword(upUser, upPass)}),
-		viaGW:  mk(&url.URL{Scheme: "http", Host: ln.Addr().String()}),
+		url:     target + "/small",
+		direct:  mk(upURL),
+		bare:    mk(&url.URL{Scheme: "http", Host: startBareHop(b, upURL)}),
+		goproxy: mk(&url.URL{Scheme: "http", Host: startGoproxyHop(b, upURL)}),
+		viaGW:   mk(&url.URL{Scheme: "http", Host: ln.Addr().String()}),
 	}
 }
 
@@ -82,52 +88,71 @@ func (e *benchEnv) get(b *testing.B, c *http.Client) {
 	}
 }
 
-// BenchmarkAddedLatency measures small sequential GETs straight through the
-// upstream and through the gateway, interleaved so both see the same
-// machine load, and reports the medians and the gateway's added median.
+// paths returns the clients in the order their figures are reported.
+func (e *benchEnv) paths() []*http.Client {
+	return []*http.Client{e.direct, e.bare, e.goproxy, e.viaGW}
+}
+
+// BenchmarkAddedLatency measures small sequential GETs on the four paths
+// (direct, bare hop, goproxy, gateway), rotating which goes first so all
+// see the same machine load, and reports each median and the gateway's
+// added median over the bare hop (aim: under 50 µs) and over going
+// direct.
 func BenchmarkAddedLatency(b *testing.B) {
 	e := newBenchEnv(b)
-	for range 50 { // warm up connections on both paths
-		e.get(b, e.direct)
-		e.get(b, e.viaGW)
+	paths := e.paths()
+	for range 50 { // warm up connections on every path
+		for _, c := range paths {
+			e.get(b, c)
+		}
 	}
-	direct := make([]time.Duration, 0, b.N)
-	viaGW := make([]time.Duration, 0, b.N)
+	took := make([][]time.Duration, len(paths))
+	for i := range took {
+		took[i] = make([]time.Duration, 0, b.N)
+	}
 	b.ResetTimer()
 	for i := range b.N {
-		first, second := e.direct, e.viaGW
-		if i%2 == 1 {
-			first, second = second, first
-		}
-		t0 := time.Now()
-		e.get(b, first)
-		t1 := time.Now()
-		e.get(b, second)
-		t2 := time.Now()
-		if i%2 == 0 {
-			direct, viaGW = append(direct, t1.Sub(t0)), append(viaGW, t2.Sub(t1))
-		} else {
-			viaGW, direct = append(viaGW, t1.Sub(t0)), append(direct, t2.Sub(t1))
+		for k := range paths {
+			p := (i + k) % len(paths)
+			t0 := time.Now()
+			e.get(b, paths[p])
+			took[p] = append(took[p], time.Since(t0))
 		}
 	}
 	b.StopTimer()
-	pd, pg := median(direct), median(viaGW)
+	pd, pb, pp, pg := median(took[0]), median(took[1]), median(took[2]), median(took[3])
 	b.ReportMetric(float64(pd.Microseconds()), "direct-p50-µs")
+	b.ReportMetric(float64(pb.Microseconds()), "bare-p50-µs")
+	b.ReportMetric(float64(pp.Microseconds()), "goproxy-p50-µs")
 	b.ReportMetric(float64(pg.Microseconds()), "gateway-p50-µs")
+	b.ReportMetric(float64((pg - pb).Microseconds()), "added-over-bare-p50-µs")
 	b.ReportMetric(float64((pg - pd).Microseconds()), "added-p50-µs")
 }
 
-// BenchmarkThroughput64 runs 64 concurrent clients, first straight through
-// the upstream then through the gateway, b.N requests each phase, and
-// reports both rates and their ratio.
+// BenchmarkThroughput64 runs 64 concurrent clients on each of the four
+// paths in turn, b.N requests each phase, twice in rotating order so a
+// change of machine load hits all, and reports the rates and the
+// gateway's and goproxy's ratios to the bare hop (the gateway's aim: 0.9
+// or more, and ahead of goproxy) and the gateway's ratio to going direct.
 func BenchmarkThroughput64(b *testing.B) {
 	e := newBenchEnv(b)
 	const clients = 64
-	// phase sends n requests through c and returns the rate.
+	// Each phase's rate, and the process's CPU per request (client, hop,
+	// upstream and target together): on a shared machine the rates depend
+	// on the neighbours, the CPU per request much less, and the difference
+	// between two paths' CPU per request is what their hops cost.
+	cpu := make([]float64, 4)
 	phase := func(c *http.Client, n int) float64 {
 		var next atomic.Int64
 		var wg sync.WaitGroup
-		start := time.Now()
+		start, cpuStart := time.Now(), cpuTime()
+		defer func() {
+			for i, p := range e.paths() {
+				if p == c {
+					cpu[i] = (cpuTime() - cpuStart).Seconds() / float64(n)
+				}
+			}
+		}()
 		for range clients {
 			wg.Go(func() {
 				for next.Add(1) <= int64(n) {
@@ -138,20 +163,46 @@ func BenchmarkThroughput64(b *testing.B) {
 		wg.Wait()
 		return float64(n) / time.Since(start).Seconds()
 	}
-	// Warm up both paths' connection pools.
-	phase(e.direct, clients*4)
-	phase(e.viaGW, clients*4)
+	paths := e.paths()
+	for _, c := range paths { // warm up every path's connection pools
+		phase(c, clients*4)
+	}
+	cpuSum := make([]float64, len(paths))
 	b.ResetTimer()
-	// Alternate the phases, so a change of machine load hits both.
 	// Each phase runs at least one request per client.
-	n := b.N
-	d1, g1 := phase(e.direct, max(n/2, clients)), phase(e.viaGW, max(n/2, clients))
-	d2, g2 := phase(e.direct, max(n-n/2, clients)), phase(e.viaGW, max(n-n/2, clients))
-	direct, viaGW := (d1+d2)/2, (g1+g2)/2
+	n := max(b.N/2, clients)
+	rate := make([]float64, len(paths))
+	for round := range 2 {
+		for k := range paths {
+			p := (round*2 + k) % len(paths)
+			rate[p] += phase(paths[p], n) / 2
+			cpuSum[p] += cpu[p] / 2
+		}
+	}
 	b.StopTimer()
+	direct, bare, gp, viaGW := rate[0], rate[1], rate[2], rate[3]
 	b.ReportMetric(direct, "direct-req/s")
+	b.ReportMetric(bare, "bare-req/s")
+	b.ReportMetric(gp, "goproxy-req/s")
 	b.ReportMetric(viaGW, "gateway-req/s")
-	b.ReportMetric(viaGW/direct, "ratio")
+	b.ReportMetric(viaGW/bare, "x_bare")
+	b.ReportMetric(gp/bare, "goproxy-x_bare")
+	b.ReportMetric(viaGW/direct, "x_direct")
+	b.ReportMetric(cpuSum[3]*1e6, "gateway-cpu-us/req")
+	b.ReportMetric(cpuSum[1]*1e6, "bare-cpu-us/req")
+	b.ReportMetric(cpuSum[2]*1e6, "goproxy-cpu-us/req")
+	// The ratios an idle machine would show, from CPU per request.
+	b.ReportMetric(cpuSum[1]/cpuSum[3], "x_bare_cpu")
+	b.ReportMetric(cpuSum[1]/cpuSum[2], "goproxy-x_bare_cpu")
+}
+
+// cpuTime is the process's user+system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func median(d []time.Duration) time.Duration {

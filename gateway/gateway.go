@@ -735,7 +735,15 @@ func (g *Gateway) finish(st *reqState) {
 	if st.reason != "" {
 		attrs = append(attrs, slog.String("reason", st.reason))
 	}
-	g.log.LogAttrs(context.Background(), slog.LevelInfo, "gateway request", attrs...)
+	// The record goes to the handler directly: Logger.LogAttrs would also
+	// walk the stack for the caller's PC on every request, which only a
+	// handler with AddSource reads, and it would name this line anyway.
+	ctx := context.Background()
+	if h := g.log.Handler(); h.Enabled(ctx, slog.LevelInfo) {
+		rec := slog.NewRecord(time.Now(), slog.LevelInfo, "gateway request", 0)
+		rec.AddAttrs(attrs...)
+		_ = h.Handle(ctx, rec)
+	}
 }
 
 // responseRecorder notes the status and bytes written to the client. It

@@ -584,6 +584,7 @@ func (s *Server) acquire(r *http.Request) (any, error) {
 	if _, known := s.consumers.Load(lease.ConsumerID); !known {
 		s.consumers.Store(lease.ConsumerID, lease.ConsumerName)
 	}
+	s.expiries.note(lease.ID, lease.ExpiresAt)
 	return api.FromLease(lease, true), nil
 }
 
@@ -654,8 +655,10 @@ func (s *Server) getLease(r *http.Request) (any, error) {
 //
 // A lease past its expiry that nothing has reclaimed yet is expired, on
 // every store: stores differ there (some release it, some reclaim it), so
-// the server reclaims expired leases first, as the reaper would, and the
-// answer is the same whichever store is behind it.
+// such a lease is reclaimed first, as the reaper would, and the answer is
+// the same whichever store is behind it. The normal case, a lease this
+// server handed out or renewed that is well before its expiry, needs no
+// such check and is one store round trip: the release itself.
 func (s *Server) release(r *http.Request) (any, error) {
 	id, err := pathID(r, "lease_id", pharox.ErrLeaseNotFound)
 	if err != nil {
@@ -666,6 +669,17 @@ func (s *Server) release(r *http.Request) (any, error) {
 		return nil, err
 	}
 	ctx := r.Context()
+	if s.expiries.farFromExpiry(id, time.Now()) {
+		released, err := s.mgr.Release(ctx, id)
+		if err == nil {
+			return api.FromLease(released, false), nil
+		}
+		if !errors.Is(err, pharox.ErrLeaseNotActive) {
+			return nil, err
+		}
+		// Ended meanwhile (another release, another server's reaper):
+		// answered as it ended, below.
+	}
 	l, err := s.store.GetLease(ctx, id)
 	if err != nil {
 		return nil, err
@@ -713,6 +727,7 @@ func (s *Server) renew(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.expiries.note(l.ID, l.ExpiresAt)
 	return api.FromLease(l, false), nil
 }
 

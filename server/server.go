@@ -168,6 +168,8 @@ type Server struct {
 	// consumer by id: the Manager acquires by name, and a consumer never
 	// changes its name. Misses go to the store (see consumerName).
 	consumers sync.Map // uuid.UUID -> string
+	// expiries lets a release skip reading the lease first (see release).
+	expiries expiryHints
 
 	// keyConsumers holds the consumer names each consumer key has used,
 	// to enforce Options.MaxConsumersPerKey.
@@ -345,6 +347,7 @@ func (s *Server) every(ctx context.Context, d time.Duration, fn func(context.Con
 // Reap reclaims expired leases and purges ended leases older than the
 // retention. Errors are logged: the next round tries again.
 func (s *Server) Reap(ctx context.Context) {
+	s.expiries.prune(time.Now())
 	n, err := s.mgr.CleanupExpiredLeases(ctx)
 	switch {
 	case err != nil && ctx.Err() == nil:

@@ -6,6 +6,7 @@
 //	postgres://user@host:5432/db?schema=name   shared by many processes and hosts
 //	redis://host:6379/0?prefix=name:           shared, for very high lease volume
 //	redis+sentinel://s1,s2,s3/mymaster/0       Redis found through Sentinel
+//	mysql://user@host:3306/db?prefix=name_     shared, on MySQL 8 or MariaDB 10.6+
 //
 // High availability comes from the engines' own tools. A PostgreSQL URL
 // may name several hosts, postgres://user@a:5432,b:5432/db?
@@ -44,6 +45,7 @@ import (
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/storage/memory"
+	"github.com/pharox/pharox/storage/mysql"
 	"github.com/pharox/pharox/storage/postgres"
 	"github.com/pharox/pharox/storage/redis"
 	"github.com/pharox/pharox/storage/sqlite"
@@ -57,7 +59,7 @@ const DefaultURL = "sqlite://pharox.db"
 func Open(ctx context.Context, rawURL string) (pharox.Storage, error) {
 	scheme, rest, ok := strings.Cut(rawURL, "://")
 	if !ok {
-		return nil, fmt.Errorf("%w: storage URL %q has no scheme (want memory://, sqlite://, postgres://, redis:// or redis+sentinel://)", pharox.ErrInvalidArgument, Redact(rawURL))
+		return nil, fmt.Errorf("%w: storage URL %q has no scheme (want memory://, sqlite://, postgres://, redis://, redis+sentinel:// or mysql://)", pharox.ErrInvalidArgument, Redact(rawURL))
 	}
 	switch strings.ToLower(scheme) {
 	case "memory", "mem":
@@ -80,8 +82,10 @@ func Open(ctx context.Context, rawURL string) (pharox.Storage, error) {
 			return nil, fmt.Errorf("%w: redis sentinel URL %s: %v", pharox.ErrInvalidArgument, Redact(rawURL), err)
 		}
 		return openRedisFailover(ctx, failoverURL, rawURL)
+	case "mysql", "mariadb":
+		return openMySQL(ctx, rawURL)
 	}
-	return nil, fmt.Errorf("%w: unsupported storage scheme %q (want memory://, sqlite://, postgres://, redis:// or redis+sentinel://)", pharox.ErrInvalidArgument, scheme)
+	return nil, fmt.Errorf("%w: unsupported storage scheme %q (want memory://, sqlite://, postgres://, redis://, redis+sentinel:// or mysql://)", pharox.ErrInvalidArgument, scheme)
 }
 
 // takeParam removes a pharox-specific query parameter from raw.
@@ -274,6 +278,27 @@ func sentinelToFailoverURL(raw string) (string, error) {
 		g.Path = "/" + segs[1]
 	}
 	return g.String(), nil
+}
+
+// openMySQL opens (and migrates) a MySQL or MariaDB store; the prefix
+// parameter is the table prefix (mysql.WithTablePrefix).
+func openMySQL(ctx context.Context, raw string) (pharox.Storage, error) {
+	rest, prefix, err := takeParam(raw, "prefix")
+	if err != nil {
+		return nil, err
+	}
+	if _, mb, _ := takeParam(rest, "max_batch"); mb != "" {
+		return nil, fmt.Errorf("%w: storage URL %s: max_batch is not a mysql:// parameter (the MySQL store does not batch calls)", pharox.ErrInvalidArgument, Redact(raw))
+	}
+	dsn, err := mysql.DSNFromURL(rest)
+	if err != nil {
+		return nil, fmt.Errorf("mysql URL %s: %w", Redact(raw), err)
+	}
+	var opts []mysql.Option
+	if prefix != "" {
+		opts = append(opts, mysql.WithTablePrefix(prefix))
+	}
+	return mysql.Open(ctx, dsn, opts...)
 }
 
 // passwordParam matches a password given as a query parameter or in a

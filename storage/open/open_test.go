@@ -2,6 +2,7 @@ package open
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"os"
@@ -14,6 +15,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/storage/mysql"
 	"github.com/pharox/pharox/storage/sqlite"
 )
 
@@ -117,10 +119,41 @@ func TestOpenRedis(t *testing.T) {
 	roundTrip(t, url+sep+"prefix="+prefix+"&max_batch=8", true)
 }
 
+func TestOpenMySQL(t *testing.T) {
+	url := os.Getenv("PHAROX_TEST_MYSQL_URL")
+	if url == "" {
+		t.Skip("PHAROX_TEST_MYSQL_URL is not set; set it to a MySQL URL (mysql://root@127.0.0.1:3306/test) to run this test")
+	}
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	prefix := fmt.Sprintf("opentest%d_", time.Now().UnixNano())
+	t.Cleanup(func() {
+		dsn, err := mysql.DSNFromURL(url)
+		if err != nil {
+			return
+		}
+		db, err := sql.Open("mysql", dsn)
+		if err != nil {
+			return
+		}
+		defer db.Close()
+		// proxies first: its foreign key refers to pools.
+		for _, table := range []string{"proxies", "pools", "pool_cursors", "consumers", "leases", "sessions", "schema_migrations"} {
+			db.Exec("DROP TABLE IF EXISTS " + prefix + table)
+		}
+	})
+	// prefix is pharox's own: passed on, the server would take it for a
+	// session variable and refuse it.
+	roundTrip(t, url+sep+"prefix="+prefix, true)
+}
+
 func TestOpenRejectsBadURLs(t *testing.T) {
 	ctx := context.Background()
 	for _, u := range []string{"", "pharox.db", "mysql://x", "sqlite://", "postgres://u:secret@[bad",
-		"postgres://u:secret@h/db?max_batch=0", "postgres://u:secret@h/db?max_batch=many", "redis://:secret@h/0?max_batch=-3"} {
+		"postgres://u:secret@h/db?max_batch=0", "postgres://u:secret@h/db?max_batch=many", "redis://:secret@h/0?max_batch=-3",
+		"mysql://u:secret@h", "mysql://u:secret@h/db?prefix=Bad-Prefix", "mysql://u:secret@h/db?max_batch=4"} {
 		_, err := Open(ctx, u)
 		if !errors.Is(err, pharox.ErrInvalidArgument) {
 			t.Errorf("Open(%q): %v, want ErrInvalidArgument", u, err)
