@@ -2,6 +2,7 @@ package open_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -39,10 +40,11 @@ func ExampleOpen() {
 	// Redact is for logging a URL: it hides the password.
 	fmt.Println(open.Redact("postgres://app:s3cret@127.0.0.1:5432/pharox"))
 
+	// An unknown scheme is one sentence listing the supported ones.
 	_, err = open.Open(ctx, "mongodb://127.0.0.1")
-	fmt.Println(err)
+	fmt.Println("invalid argument:", errors.Is(err, pharox.ErrInvalidArgument))
 	// Output:
 	// leased 10.0.0.1:3128
 	// postgres://app:xxxxx@127.0.0.1:5432/pharox
-	// pharox: invalid argument: unsupported storage scheme "mongodb" (want memory://, sqlite://, postgres://, redis:// or redis+sentinel://)
+	// invalid argument: true
 }
