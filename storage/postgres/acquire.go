@@ -179,8 +179,14 @@ lease AS (
 	RETURNING acquired_at, expires_at
 )`, freeSQL("p", filter), restrict, order, lock, proxyCols("p"), expiredSQL("p", filter), staleCTEs)
 	if key.strategy == pharox.RoundRobin {
+		hit := ""
+		if sticky {
+			// A sticky hit leaves the position where it was, as in the
+			// reference store: only a choice in strategy order moves it.
+			hit = " NOT EXISTS (SELECT 1 FROM bound) AND"
+		}
 		b.WriteString(",\nmoved AS (\n\tUPDATE {s}.pool_cursors c SET last_proxy_id = t.id FROM taken t" +
-			"\n\tWHERE c.pool_id = ANY (ARRAY(\n\t\tSELECT k.pool_id FROM {s}.pool_cursors k WHERE k.pool_id = t.pool_id FOR NO KEY UPDATE SKIP LOCKED))\n)")
+			"\n\tWHERE" + hit + " c.pool_id = ANY (ARRAY(\n\t\tSELECT k.pool_id FROM {s}.pool_cursors k WHERE k.pool_id = t.pool_id FOR NO KEY UPDATE SKIP LOCKED))\n)")
 	}
 	if sticky {
 		b.WriteString(",\nbind AS (\n\tINSERT INTO {s}.sessions (pool_id, key, proxy_id, expires_at)" +
@@ -229,14 +235,14 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 			return lease, err
 		}
 	} else {
-		lease, _, err := s.tryAcquire(ctx, sqls.lean, a.vals)
+		lease, _, err := s.tryAcquire(ctx, sqls.lean, a.vals, s.sessionLockKey(&req))
 		if err != nil || lease != nil {
 			return s.finishAcquire(lease, leaseID, &req), err
 		}
 	}
 	backoff := 100 * time.Microsecond
 	for attempt := 1; ; attempt++ {
-		lease, retry, err := s.tryAcquire(ctx, sqls.full, a.vals)
+		lease, retry, err := s.tryAcquire(ctx, sqls.full, a.vals, s.sessionLockKey(&req))
 		if err != nil || lease != nil {
 			return s.finishAcquire(lease, leaseID, &req), err
 		}
@@ -279,9 +285,41 @@ func (s *Store) finishAcquire(lease *pharox.Lease, id uuid.UUID, req *pharox.Acq
 	return lease
 }
 
-// tryAcquire runs the acquisition statement once.
-func (s *Store) tryAcquire(ctx context.Context, sql string, vals []any) (lease *pharox.Lease, retry bool, err error) {
-	rows, err := s.pool.Query(ctx, sql, vals...)
+// sessionLockSQL takes the transaction-scoped advisory lock that
+// serialises sticky acquisitions of one (pool, session key).
+const sessionLockSQL = `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`
+
+// sessionLockKey is what sessionLockSQL hashes for a sticky request: the
+// schema, pool and key. Two keys that collide only wait for each other.
+func (s *Store) sessionLockKey(req *pharox.AcquireRequest) string {
+	if req.SessionKey == "" {
+		return ""
+	}
+	return "pharox.session:" + s.cfg.schema + "/" + req.PoolName + "/" + req.SessionKey
+}
+
+// tryAcquire runs the acquisition statement once. With a session lock key
+// (sticky requests) it first takes that advisory lock, in the same
+// implicit transaction and round trip (one pipelined batch): under READ
+// COMMITTED the statement's snapshot is taken after the lock is granted,
+// so it sees the binding that a concurrent first use of the key committed
+// before releasing the lock, and concurrent first uses end on one proxy.
+// Without the lock each would read "no binding" from its own snapshot,
+// SKIP LOCKED would spread them, and the last upsert would win.
+func (s *Store) tryAcquire(ctx context.Context, sql string, vals []any, sessionLock string) (lease *pharox.Lease, retry bool, err error) {
+	var rows pgx.Rows
+	if sessionLock == "" {
+		rows, err = s.pool.Query(ctx, sql, vals...)
+	} else {
+		b := &pgx.Batch{}
+		b.Queue(sessionLockSQL, sessionLock)
+		b.Queue(sql, vals...)
+		br := s.pool.SendBatch(ctx, b)
+		defer br.Close()
+		if _, err = br.Exec(); err == nil {
+			rows, err = br.Query()
+		}
+	}
 	if err != nil {
 		return nil, false, fmt.Errorf("postgres: acquire: %w", err)
 	}

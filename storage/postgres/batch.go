@@ -108,7 +108,7 @@ func (s *Store) execAcquireBatch(ctx context.Context, key acquireBatchKey, items
 	out := make([]batch.Result[*pharox.Lease], len(items))
 	if len(items) == 1 {
 		it := items[0]
-		lease, _, err := s.tryAcquire(ctx, it.lean, it.leanArgs)
+		lease, _, err := s.tryAcquire(ctx, it.lean, it.leanArgs, "")
 		switch {
 		case err != nil:
 			out[0].Err = err

@@ -123,9 +123,20 @@
 // an advisory lock. Lock order is lease before proxy everywhere a
 // transaction waits, statements that free slots of several proxies
 // (batched releases, cleanup) lock those rows in id order, and
-// acquisitions wait for no proxy, lease or cursor row at all (sticky acquisitions of one session key wait only for each
-// other's session row, after taking their proxy), which keeps the store
-// free of deadlocks.
+// acquisitions wait for no proxy, lease or cursor row at all (sticky
+// acquisitions of one session key wait only for each other, see Sticky
+// sessions), which keeps the store free of deadlocks.
+//
+// # Sticky sessions
+//
+// A sticky acquisition first takes a transaction-scoped advisory lock on
+// a hash of (schema, pool, session key), pipelined with the acquisition
+// statement in one implicit transaction and one round trip. Under READ
+// COMMITTED the statement's snapshot is taken once the lock is granted,
+// so it sees the binding a concurrent first use of the key committed:
+// concurrent first uses of one key end on one proxy while it has room.
+// Plain acquisitions never take the lock. A sticky hit does not move the
+// round-robin position; only a choice in strategy order does.
 //
 // # Releases and health
 //
