@@ -101,7 +101,6 @@ func (s *Store) acquireStatements(st pharox.Strategy, sticky bool, f *pharox.Fil
 // acquireStatement builds one form of the statement (see acquireSQLs).
 func (s *Store) acquireStatement(key acquireKey, filter string, full bool) string {
 	sticky := key.sticky
-	cand := candidateSQL("p", filter)
 	lock := "FOR UPDATE OF p SKIP LOCKED"
 	if s.naive {
 		lock = "FOR UPDATE OF p"
@@ -109,16 +108,27 @@ func (s *Store) acquireStatement(key acquireKey, filter string, full bool) strin
 	var b strings.Builder
 	b.WriteString("WITH pool AS MATERIALIZED (\n\tSELECT id FROM {s}.pools WHERE name = $1\n),\n" +
 		"consumer AS MATERIALIZED (\n\tSELECT EXISTS (SELECT 1 FROM {s}.consumers WHERE id = $2) AS ok\n)")
-	if key.strategy == pharox.RoundRobin {
+	switch key.strategy {
+	case pharox.RoundRobin:
 		b.WriteString(",\ncur AS MATERIALIZED (\n\tSELECT c.last_proxy_id FROM {s}.pool_cursors c WHERE c.pool_id = (SELECT id FROM pool)\n)")
+	case pharox.Random:
+		b.WriteString(",\nrs AS MATERIALIZED (\n\tSELECT random() AS r\n)")
 	}
-	restrict := ""
+	const gate = "(SELECT ok FROM consumer)"
+	free := pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, gate: gate, limit: "1", lock: lock})
+	staleFilter := filter
 	if sticky {
+		cand := candidateSQL("p", filter)
 		b.WriteString(",\nbound AS MATERIALIZED (\n\tSELECT p.id FROM {s}.sessions se JOIN {s}.proxies p ON p.id = se.proxy_id AND p.pool_id = se.pool_id" +
 			"\n\tWHERE se.pool_id = (SELECT id FROM pool) AND se.key = $6 AND se.expires_at > clock_timestamp()\n\t  AND " + cand + "\n)")
-		restrict = "\n\t  AND (NOT EXISTS (SELECT 1 FROM bound) OR p.id = (SELECT id FROM bound))"
+		// A live binding names the only proxy the statement may take, by
+		// primary key; strategy order only without one.
+		free = unionSQL([]string{
+			"SELECT p.id FROM {s}.proxies p WHERE p.id = (SELECT id FROM bound) AND " + gate + " AND " + freeSQL("p", filter) + " " + lock,
+			pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, gate: gate + " AND NOT EXISTS (SELECT 1 FROM bound)", limit: "1", lock: lock}),
+		}, "1")
+		staleFilter = "(" + filter + " AND (NOT EXISTS (SELECT 1 FROM bound) OR p.id = (SELECT id FROM bound)))"
 	}
-	order := orderSQL(key.strategy, "p", "(SELECT last_proxy_id FROM cur)")
 	staleCTEs := `
 cand AS MATERIALIZED (
 	SELECT id FROM free
@@ -126,29 +136,20 @@ cand AS MATERIALIZED (
 	if full {
 		staleCTEs = fmt.Sprintf(`
 stale AS MATERIALIZED (
-	SELECT p.id FROM {s}.proxies p
-	WHERE NOT EXISTS (SELECT 1 FROM free)
-	  AND p.pool_id = (SELECT id FROM pool)
-	  AND (SELECT ok FROM consumer)
-	  AND %[1]s%[2]s
-	ORDER BY %[3]s
-	LIMIT 1
-	%[4]s
+	%s
 ),
 cand AS MATERIALIZED (
 	SELECT id FROM free UNION ALL SELECT id FROM stale
-),`, expiredSQL("p", filter), restrict, order, lock)
+),`, staleSQL(staleFilter, "NOT EXISTS (SELECT 1 FROM free) AND "+gate, lock))
+	}
+	redraw := ""
+	if key.strategy == pharox.Random {
+		redraw = ", rnd = random()"
 	}
 	fmt.Fprintf(&b, `,
 free AS MATERIALIZED (
-	SELECT p.id FROM {s}.proxies p
-	WHERE p.pool_id = (SELECT id FROM pool)
-	  AND (SELECT ok FROM consumer)
-	  AND %[1]s%[2]s
-	ORDER BY %[3]s
-	LIMIT 1
-	%[4]s
-),%[7]s
+	%[1]s
+),%[2]s
 expired AS MATERIALIZED (
 	SELECT ARRAY(
 		SELECT x.id FROM {s}.leases x
@@ -166,18 +167,18 @@ freed AS MATERIALIZED (
 	SELECT count(*)::integer AS n, max(released_at) AS last FROM reclaimed
 ),
 taken AS (
-	UPDATE {s}.proxies p SET current_leases = p.current_leases - freed.n + 1
+	UPDATE {s}.proxies p SET current_leases = p.current_leases - freed.n + 1%[4]s
 	FROM cand, freed
 	WHERE p.id = cand.id
 	  AND (p.max_concurrency IS NULL OR p.current_leases - freed.n < p.max_concurrency)
-	RETURNING %[5]s
+	RETURNING %[3]s
 ),
 lease AS (
 	INSERT INTO {s}.leases (id, proxy_id, pool_id, pool_name, consumer_id, consumer_name, status, acquired_at, expires_at, session_key)
 	SELECT $3, t.id, t.pool_id, $1, $2, $4, 'active', ts.at, ts.at + $5::interval, $6
 	FROM taken t, freed, LATERAL (SELECT greatest(clock_timestamp(), freed.last) AS at) ts
 	RETURNING acquired_at, expires_at
-)`, freeSQL("p", filter), restrict, order, lock, proxyCols("p"), expiredSQL("p", filter), staleCTEs)
+)`, free, staleCTEs, proxyCols("p"), redraw)
 	if key.strategy == pharox.RoundRobin {
 		hit := ""
 		if sticky {
@@ -193,18 +194,34 @@ lease AS (
 			"\n\tSELECT t.pool_id, $6, t.id, clock_timestamp() + $7::interval FROM taken t" +
 			"\n\tON CONFLICT (pool_id, key) DO UPDATE SET proxy_id = excluded.proxy_id, expires_at = excluded.expires_at\n)")
 	}
-	retry := "false"
+	retry, spent := "false", "false"
 	if full {
-		retry = fmt.Sprintf(`CASE WHEN l.acquired_at IS NULL THEN EXISTS (
-		SELECT 1 FROM {s}.proxies p WHERE p.pool_id = (SELECT id FROM pool) AND %s%s)
-	ELSE false END`, cand, restrict)
+		// Whether a candidate existed in the statement's snapshot (it was
+		// locked by a concurrent transaction: worth another try), and
+		// whether a filtered walk may have stopped at its budget. Both
+		// only when no lease was taken, both bounded like the walks.
+		candidates := pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, limit: "1"})
+		if sticky {
+			candidates = unionSQL([]string{
+				"SELECT p.id FROM {s}.proxies p WHERE p.id = (SELECT id FROM bound) AND " + freeSQL("p", filter),
+				pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, gate: "NOT EXISTS (SELECT 1 FROM bound)", limit: "1"}),
+			}, "1")
+		}
+		// Scalar subqueries rather than EXISTS: the planner drops the
+		// ORDER BY of an EXISTS subquery and may then scan the table.
+		retry = fmt.Sprintf(`CASE WHEN l.acquired_at IS NULL THEN (%s) IS NOT NULL OR (%s) IS NOT NULL
+	ELSE false END`, candidates, staleSQL(staleFilter, "", ""))
+		if filter != "true" {
+			spent = "CASE WHEN l.acquired_at IS NULL THEN " + budgetSpentSQL() + " ELSE false END"
+		}
 	}
 	fmt.Fprintf(&b, `
 SELECT (SELECT id FROM pool) IS NOT NULL,
 	(SELECT ok FROM consumer),
 	%s,
+	%s,
 	l.acquired_at, l.expires_at, %s
-FROM (SELECT 1) one LEFT JOIN taken t ON true LEFT JOIN lease l ON true`, retry, proxyCols("t"))
+FROM (SELECT 1) one LEFT JOIN taken t ON true LEFT JOIN lease l ON true`, retry, spent, proxyCols("t"))
 	return s.q(b.String())
 }
 
@@ -242,11 +259,15 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 	}
 	backoff := 100 * time.Microsecond
 	for attempt := 1; ; attempt++ {
-		lease, retry, err := s.tryAcquire(ctx, sqls.full, a.vals, s.sessionLockKey(&req))
+		lease, m, err := s.tryAcquire(ctx, sqls.full, a.vals, s.sessionLockKey(&req))
 		if err != nil || lease != nil {
 			return s.finishAcquire(lease, leaseID, &req), err
 		}
-		if !retry || attempt >= s.cfg.maxAttempts {
+		if m.budgetSpent && !m.retry {
+			return nil, fmt.Errorf("postgres: acquire from pool %q: %w: the filter matched none of the first %d free proxies in strategy order; it is too selective to serve from a pool this size",
+				req.PoolName, pharox.ErrNoProxyAvailable, filterScanBudget)
+		}
+		if !m.retry || attempt >= s.cfg.maxAttempts {
 			return nil, fmt.Errorf("postgres: acquire from pool %q: %w", req.PoolName, pharox.ErrNoProxyAvailable)
 		}
 		if err := sleep(ctx, backoff/2+rand.N(backoff/2+1)); err != nil {
@@ -306,7 +327,7 @@ func (s *Store) sessionLockKey(req *pharox.AcquireRequest) string {
 // before releasing the lock, and concurrent first uses end on one proxy.
 // Without the lock each would read "no binding" from its own snapshot,
 // SKIP LOCKED would spread them, and the last upsert would win.
-func (s *Store) tryAcquire(ctx context.Context, sql string, vals []any, sessionLock string) (lease *pharox.Lease, retry bool, err error) {
+func (s *Store) tryAcquire(ctx context.Context, sql string, vals []any, sessionLock string) (lease *pharox.Lease, m miss, err error) {
 	var rows pgx.Rows
 	if sessionLock == "" {
 		rows, err = s.pool.Query(ctx, sql, vals...)
@@ -321,14 +342,14 @@ func (s *Store) tryAcquire(ctx context.Context, sql string, vals []any, sessionL
 		}
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("postgres: acquire: %w", err)
+		return nil, m, fmt.Errorf("postgres: acquire: %w", err)
 	}
 	defer rows.Close()
 	if !rows.Next() {
 		if err := rows.Err(); err != nil {
-			return nil, false, fmt.Errorf("postgres: acquire: %w", err)
+			return nil, m, fmt.Errorf("postgres: acquire: %w", err)
 		}
-		return nil, false, errors.New("postgres: acquire: statement returned no row")
+		return nil, m, errors.New("postgres: acquire: statement returned no row")
 	}
 	var (
 		poolOK, consumerOK bool
@@ -336,24 +357,30 @@ func (s *Store) tryAcquire(ctx context.Context, sql string, vals []any, sessionL
 		expiresAt          *time.Time
 		pr                 proxyRow
 	)
-	dest := append([]any{&poolOK, &consumerOK, &retry, &acquiredAt, &expiresAt}, proxyDest(rows, 3, &pr)...)
+	dest := append([]any{&poolOK, &consumerOK, &m.retry, &m.budgetSpent, &acquiredAt, &expiresAt}, proxyDest(rows, 4, &pr)...)
 	if err := rows.Scan(dest...); err != nil {
-		return nil, false, fmt.Errorf("postgres: acquire: %w", err)
+		return nil, miss{}, fmt.Errorf("postgres: acquire: %w", err)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, false, fmt.Errorf("postgres: acquire: %w", err)
+		return nil, miss{}, fmt.Errorf("postgres: acquire: %w", err)
 	}
 	switch {
 	case !poolOK:
-		return nil, false, fmt.Errorf("postgres: acquire: %w", pharox.ErrPoolNotFound)
+		return nil, miss{}, fmt.Errorf("postgres: acquire: %w", pharox.ErrPoolNotFound)
 	case !consumerOK:
-		return nil, false, fmt.Errorf("postgres: acquire: %w", pharox.ErrConsumerNotFound)
+		return nil, miss{}, fmt.Errorf("postgres: acquire: %w", pharox.ErrConsumerNotFound)
 	case acquiredAt == nil:
-		return nil, retry, nil
+		return nil, m, nil
 	}
-	return acquiredLease(&pr, *acquiredAt, *expiresAt), false, nil
+	return acquiredLease(&pr, *acquiredAt, *expiresAt), miss{}, nil
 }
+
+// miss is what the full acquisition statement reports when it took no
+// lease: whether a candidate existed (locked by a concurrent transaction,
+// so another try may succeed), and whether a filtered walk may have
+// stopped at filterScanBudget.
+type miss struct{ retry, budgetSpent bool }
 
 // proxyDest returns the scan destinations of the proxy columns that follow
 // the column at index marker: pr's fields when that column is not NULL (the
@@ -406,18 +433,15 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 	a := &args{}
 	a.add(pool)
 	filter := filterSQL(filters, "p", a)
-	order := orderSQL(strategy, "p", "(SELECT last_proxy_id FROM {s}.pool_cursors WHERE pool_id = (SELECT id FROM pool))")
-	sql := s.q(`WITH pool AS MATERIALIZED (SELECT id FROM {s}.pools WHERE name = $1)
-SELECT (SELECT id FROM pool) IS NOT NULL, ` + proxyCols("c") + `
-FROM (SELECT 1) one LEFT JOIN (
-	(SELECT p.* FROM {s}.proxies p
-	WHERE p.pool_id = (SELECT id FROM pool) AND ` + freeSQL("p", filter) + `
-	ORDER BY ` + order + ` LIMIT 1)
-	UNION ALL
-	(SELECT p.* FROM {s}.proxies p
-	WHERE p.pool_id = (SELECT id FROM pool) AND ` + expiredSQL("p", filter) + `
-	ORDER BY ` + order + ` LIMIT 1)
-	LIMIT 1) c ON true`)
+	sql := s.q(`WITH pool AS MATERIALIZED (SELECT id FROM {s}.pools WHERE name = $1),
+cur AS MATERIALIZED (SELECT last_proxy_id FROM {s}.pool_cursors WHERE pool_id = (SELECT id FROM pool)),
+rs AS MATERIALIZED (SELECT random() AS r),
+c AS MATERIALIZED (` + unionSQL([]string{
+		pickSQL(pick{strategy: strategy, cols: "p.id", filter: filter, limit: "1"}),
+		staleSQL(filter, "", ""),
+	}, "1") + `)
+SELECT (SELECT id FROM pool) IS NOT NULL, ` + proxyCols("p") + `
+FROM (SELECT 1) one LEFT JOIN {s}.proxies p ON p.id = (SELECT id FROM c)`)
 	rows, err := s.pool.Query(ctx, sql, a.vals...)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: find proxy: %w", err)

@@ -225,23 +225,22 @@ cur AS MATERIALIZED (
 		pharox.RoundRobin:     "j, f.id <= coalesce((SELECT last_proxy_id FROM cur), '00000000-0000-0000-0000-000000000000'::uuid), f.id",
 		pharox.Random:         "j, f.rnd",
 	}[key.strategy]
-	order := orderSQL(key.strategy, "p", "(SELECT last_proxy_id FROM cur)")
-	rnd := ""
+	redraw := ""
 	if key.strategy == pharox.Random {
-		rnd, order = ", random() AS rnd", "rnd"
+		b.WriteString(`
+rs AS MATERIALIZED (
+	SELECT random() AS r
+),`)
+		redraw = ", rnd = random()"
 	}
 	fmt.Fprintf(&b, `
 free AS MATERIALIZED (
-	SELECT p.id, p.status_rank, p.checked_at, p.current_leases, p.max_concurrency%[1]s
-	FROM {s}.proxies p
-	WHERE p.pool_id = (SELECT id FROM pool)
-	  AND %[2]s
-	ORDER BY %[3]s
-	LIMIT (SELECT n FROM want)
-	FOR UPDATE OF p SKIP LOCKED
+	%[1]s
 ),
-slots AS MATERIALIZED (
-	SELECT f.id, row_number() OVER (ORDER BY %[4]s) AS rn
+`, pickSQL(pick{strategy: key.strategy, cols: "p.id, p.status_rank, p.checked_at, p.current_leases, p.max_concurrency, p.rnd",
+		filter: where, limit: "(SELECT n FROM want)", lock: "FOR UPDATE OF p SKIP LOCKED"}))
+	fmt.Fprintf(&b, `slots AS MATERIALIZED (
+	SELECT f.id, row_number() OVER (ORDER BY %[1]s) AS rn
 	FROM free f, generate_series(0, least(coalesce(f.max_concurrency - f.current_leases, (SELECT n FROM want)), (SELECT n FROM want)) - 1) AS j
 ),
 assign AS MATERIALIZED (
@@ -254,18 +253,18 @@ counts AS MATERIALIZED (
 	SELECT proxy_id, count(*)::integer AS n FROM assign GROUP BY proxy_id
 ),
 taken AS (
-	UPDATE {s}.proxies p SET current_leases = p.current_leases + c.n
+	UPDATE {s}.proxies p SET current_leases = p.current_leases + c.n%[3]s
 	FROM counts c
 	WHERE p.id = ANY (ARRAY(SELECT proxy_id FROM counts)) AND p.id = c.proxy_id
 	  AND (p.max_concurrency IS NULL OR p.current_leases + c.n <= p.max_concurrency)
-	RETURNING %[5]s, c.n AS batch_n
+	RETURNING %[2]s, c.n AS batch_n
 ),
 lease AS (
 	INSERT INTO {s}.leases (id, proxy_id, pool_id, pool_name, consumer_id, consumer_name, status, acquired_at, expires_at, session_key)
 	SELECT x.lease_id, x.proxy_id, x.pool_id, $1, x.consumer_id, x.consumer_name, 'active', x.at, x.at + x.us * interval '1 microsecond', ''
 	FROM (SELECT a.*, t.pool_id, clock_timestamp() AS at FROM assign a JOIN taken t ON t.id = a.proxy_id) x
 	RETURNING id, acquired_at, expires_at
-)`, rnd, freeSQL("p", where), order, slotOrder, proxyCols("p"))
+)`, slotOrder, proxyCols("p"), redraw)
 	if key.strategy == pharox.RoundRobin {
 		b.WriteString(`,
 moved AS (
