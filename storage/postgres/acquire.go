@@ -115,7 +115,7 @@ func (s *Store) acquireStatement(key acquireKey, filter string, full bool) strin
 		b.WriteString(",\nrs AS MATERIALIZED (\n\tSELECT random() AS r\n)")
 	}
 	const gate = "(SELECT ok FROM consumer)"
-	free := pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, gate: gate, limit: "1", lock: lock})
+	free := s.pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, gate: gate, limit: "1", lock: lock})
 	staleFilter := filter
 	if sticky {
 		cand := candidateSQL("p", filter)
@@ -125,7 +125,7 @@ func (s *Store) acquireStatement(key acquireKey, filter string, full bool) strin
 		// primary key; strategy order only without one.
 		free = unionSQL([]string{
 			"SELECT p.id FROM {s}.proxies p WHERE p.id = (SELECT id FROM bound) AND " + gate + " AND " + freeSQL("p", filter) + " " + lock,
-			pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, gate: gate + " AND NOT EXISTS (SELECT 1 FROM bound)", limit: "1", lock: lock}),
+			s.pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, gate: gate + " AND NOT EXISTS (SELECT 1 FROM bound)", limit: "1", lock: lock}),
 		}, "1")
 		staleFilter = "(" + filter + " AND (NOT EXISTS (SELECT 1 FROM bound) OR p.id = (SELECT id FROM bound)))"
 	}
@@ -140,7 +140,7 @@ stale AS MATERIALIZED (
 ),
 cand AS MATERIALIZED (
 	SELECT id FROM free UNION ALL SELECT id FROM stale
-),`, staleSQL(staleFilter, "NOT EXISTS (SELECT 1 FROM free) AND "+gate, lock))
+),`, s.staleSQL(staleFilter, "NOT EXISTS (SELECT 1 FROM free) AND "+gate, lock))
 	}
 	redraw := ""
 	if key.strategy == pharox.Random {
@@ -200,19 +200,19 @@ lease AS (
 		// locked by a concurrent transaction: worth another try), and
 		// whether a filtered walk may have stopped at its budget. Both
 		// only when no lease was taken, both bounded like the walks.
-		candidates := pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, limit: "1"})
+		candidates := s.pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, limit: "1"})
 		if sticky {
 			candidates = unionSQL([]string{
 				"SELECT p.id FROM {s}.proxies p WHERE p.id = (SELECT id FROM bound) AND " + freeSQL("p", filter),
-				pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, gate: "NOT EXISTS (SELECT 1 FROM bound)", limit: "1"}),
+				s.pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, gate: "NOT EXISTS (SELECT 1 FROM bound)", limit: "1"}),
 			}, "1")
 		}
 		// Scalar subqueries rather than EXISTS: the planner drops the
 		// ORDER BY of an EXISTS subquery and may then scan the table.
 		retry = fmt.Sprintf(`CASE WHEN l.acquired_at IS NULL THEN (%s) IS NOT NULL OR (%s) IS NOT NULL
-	ELSE false END`, candidates, staleSQL(staleFilter, "", ""))
+	ELSE false END`, candidates, s.staleSQL(staleFilter, "", ""))
 		if filter != "true" {
-			spent = "CASE WHEN l.acquired_at IS NULL THEN " + budgetSpentSQL() + " ELSE false END"
+			spent = "CASE WHEN l.acquired_at IS NULL THEN " + s.budgetSpentSQL() + " ELSE false END"
 		}
 	}
 	fmt.Fprintf(&b, `
@@ -265,7 +265,7 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		}
 		if m.budgetSpent && !m.retry {
 			return nil, fmt.Errorf("postgres: acquire from pool %q: %w: the filter matched none of the first %d free proxies in strategy order; it is too selective to serve from a pool this size",
-				req.PoolName, pharox.ErrNoProxyAvailable, filterScanBudget)
+				req.PoolName, pharox.ErrNoProxyAvailable, s.cfg.scanBudget)
 		}
 		if !m.retry || attempt >= s.cfg.maxAttempts {
 			return nil, fmt.Errorf("postgres: acquire from pool %q: %w", req.PoolName, pharox.ErrNoProxyAvailable)
@@ -379,7 +379,7 @@ func (s *Store) tryAcquire(ctx context.Context, sql string, vals []any, sessionL
 // miss is what the full acquisition statement reports when it took no
 // lease: whether a candidate existed (locked by a concurrent transaction,
 // so another try may succeed), and whether a filtered walk may have
-// stopped at filterScanBudget.
+// stopped at its scan budget.
 type miss struct{ retry, budgetSpent bool }
 
 // proxyDest returns the scan destinations of the proxy columns that follow
@@ -437,8 +437,8 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 cur AS MATERIALIZED (SELECT last_proxy_id FROM {s}.pool_cursors WHERE pool_id = (SELECT id FROM pool)),
 rs AS MATERIALIZED (SELECT random() AS r),
 c AS MATERIALIZED (` + unionSQL([]string{
-		pickSQL(pick{strategy: strategy, cols: "p.id", filter: filter, limit: "1"}),
-		staleSQL(filter, "", ""),
+		s.pickSQL(pick{strategy: strategy, cols: "p.id", filter: filter, limit: "1"}),
+		s.staleSQL(filter, "", ""),
 	}, "1") + `)
 SELECT (SELECT id FROM pool) IS NOT NULL, ` + proxyCols("p") + `
 FROM (SELECT 1) one LEFT JOIN {s}.proxies p ON p.id = (SELECT id FROM c)`)

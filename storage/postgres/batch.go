@@ -237,7 +237,7 @@ rs AS MATERIALIZED (
 free AS MATERIALIZED (
 	%[1]s
 ),
-`, pickSQL(pick{strategy: key.strategy, cols: "p.id, p.status_rank, p.checked_at, p.current_leases, p.max_concurrency, p.rnd",
+`, s.pickSQL(pick{strategy: key.strategy, cols: "p.id, p.status_rank, p.checked_at, p.current_leases, p.max_concurrency, p.rnd",
 		filter: where, limit: "(SELECT n FROM want)", lock: "FOR UPDATE OF p SKIP LOCKED"}))
 	fmt.Fprintf(&b, `slots AS MATERIALIZED (
 	SELECT f.id, row_number() OVER (ORDER BY %[1]s) AS rn

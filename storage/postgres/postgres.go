@@ -30,6 +30,7 @@ type config struct {
 	maxAttempts    int
 	durableRelease bool
 	maxBatch       int
+	scanBudget     int
 }
 
 // schemaName restricts schema names to plain lower-case identifiers: they
@@ -91,6 +92,22 @@ func WithMaxBatch(n int) Option {
 	}
 }
 
+// WithFilterScanBudget sets how many free proxies, in strategy order, one
+// acquisition (or FindAvailableProxy) examines for a filter before it
+// gives up with ErrNoProxyAvailable saying the filter is too selective
+// (default DefaultFilterScanBudget). It bounds the work of every call;
+// busy proxies never count against it. See the package documentation,
+// Filters.
+func WithFilterScanBudget(n int) Option {
+	return func(c *config) error {
+		if n < 10 || n > 1_000_000 {
+			return fmt.Errorf("%w: postgres: filter scan budget %d out of range 10-1000000", pharox.ErrInvalidArgument, n)
+		}
+		c.scanBudget = n
+		return nil
+	}
+}
+
 // releaseCommit is the synchronous_commit value releases commit with.
 func (s *Store) releaseCommit() string {
 	if s.cfg.durableRelease {
@@ -100,7 +117,7 @@ func (s *Store) releaseCommit() string {
 }
 
 func buildConfig(opts []Option) (config, error) {
-	c := config{schema: DefaultSchema, maxAttempts: 12, maxBatch: DefaultMaxBatch}
+	c := config{schema: DefaultSchema, maxAttempts: 12, maxBatch: DefaultMaxBatch, scanBudget: DefaultFilterScanBudget}
 	for _, o := range opts {
 		if o == nil {
 			continue

@@ -130,11 +130,9 @@ func boxSQL(lat, lon, r float64, p string, a *args) []string {
 	return conds
 }
 
-// filterScanBudget bounds how many free proxies one acquisition examines
-// for a filter (see pickSQL): a filter that matches none of them ends the
-// call with ErrNoProxyAvailable, saying the filter is too selective,
-// rather than letting one call walk a whole pool.
-const filterScanBudget = 1000
+// DefaultFilterScanBudget is how many free proxies one acquisition
+// examines for a filter unless WithFilterScanBudget says otherwise.
+const DefaultFilterScanBudget = 1000
 
 // leasableSQL is the predicate of the proxies_free_* indexes over alias p:
 // a leasable status and a free slot.
@@ -196,13 +194,13 @@ type pick struct {
 //     (CTE "rs"); the acquisition redraws the position of the proxy it took.
 //
 // Without a filter the first unlocked entry is taken. With one, the walk
-// visits at most filterScanBudget entries per range (a subquery with that
-// LIMIT), and each is looked up by primary key, checked against the
-// filter and locked in a LATERAL subquery: the nested loop keeps the
+// visits at most the scan budget (WithFilterScanBudget) entries per range
+// (a subquery with that LIMIT), and each is looked up by primary key,
+// checked against the filter and locked in a LATERAL subquery: the nested loop keeps the
 // strategy order, and rows that fail the filter are never locked. (Its
 // LIMIT 1, a no-op on a primary-key lookup, keeps the planner from
 // turning it into a join of its own choosing.)
-func pickSQL(pk pick) string {
+func (s *Store) pickSQL(pk pick) string {
 	type rng struct{ cond, order string }
 	var ranges []rng
 	switch pk.strategy.OrDefault() {
@@ -229,7 +227,7 @@ func pickSQL(pk pick) string {
 		}
 		branches[i] = fmt.Sprintf("SELECT x.* FROM (SELECT q.id FROM {s}.proxies q WHERE q.pool_id = (SELECT id FROM pool)%s AND %s%s ORDER BY %s LIMIT %d) w"+
 			" CROSS JOIN LATERAL (SELECT %s FROM {s}.proxies p WHERE p.id = w.id AND %s LIMIT 1 %s) x LIMIT %s",
-			gate, leasableSQL("q"), strings.ReplaceAll(r.cond, "%[1]s", "q"), strings.ReplaceAll(r.order, "%[1]s", "q"), filterScanBudget,
+			gate, leasableSQL("q"), strings.ReplaceAll(r.cond, "%[1]s", "q"), strings.ReplaceAll(r.order, "%[1]s", "q"), s.cfg.scanBudget,
 			pk.cols, freeSQL("p", pk.filter), pk.lock, pk.limit)
 	}
 	if len(branches) == 1 {
@@ -252,22 +250,22 @@ func unionSQL(branches []string, limit string) string {
 // staleSQL returns a SELECT of the id of a full proxy of the pool holding
 // an expired, unreclaimed lease that matches the filter, locked with lock.
 // It walks the pool's expired leases, oldest first, through
-// leases_active_pool (at most filterScanBudget of them), so it costs
+// leases_active_pool (at most the scan budget of them), so it costs
 // nothing per busy proxy that has no expired lease.
-func staleSQL(filter, gate, lock string) string {
+func (s *Store) staleSQL(filter, gate, lock string) string {
 	if gate != "" {
 		gate = " AND " + gate
 	}
 	return fmt.Sprintf("SELECT x.id FROM (SELECT e.proxy_id FROM {s}.leases e WHERE e.pool_id = (SELECT id FROM pool)%s"+
 		" AND e.status = 'active' AND e.expires_at <= clock_timestamp() ORDER BY e.expires_at LIMIT %d) w"+
 		" CROSS JOIN LATERAL (SELECT p.id FROM {s}.proxies p WHERE p.id = w.proxy_id AND p.status IN ('active', 'slow') AND NOT p.has_room AND %s LIMIT 1 %s) x LIMIT 1",
-		gate, filterScanBudget, filter, lock)
+		gate, s.cfg.scanBudget, filter, lock)
 }
 
 // budgetSpentSQL is true when the pool has more free proxies than a
 // filtered walk may examine: a filtered acquisition that found nothing may
 // then have stopped at its budget.
-func budgetSpentSQL() string {
+func (s *Store) budgetSpentSQL() string {
 	return fmt.Sprintf("(SELECT count(*) FROM (SELECT 1 FROM {s}.proxies q WHERE q.pool_id = (SELECT id FROM pool) AND %s ORDER BY q.id LIMIT %d) z) > %d",
-		leasableSQL("q"), filterScanBudget+1, filterScanBudget)
+		leasableSQL("q"), s.cfg.scanBudget+1, s.cfg.scanBudget)
 }
