@@ -19,6 +19,9 @@ type acquireKey struct {
 	strategy pharox.Strategy
 	sticky   bool
 	naive    bool
+	// idem: the caller chose the lease id (AcquireRequest.LeaseID), so
+	// the statement first checks that no lease has it.
+	idem bool
 }
 
 // acquireSQLs are the two forms of the acquisition statement: lean looks
@@ -80,8 +83,8 @@ type acquireSQLs struct{ lean, full string }
 // when no lease was taken, whether a candidate existed in the statement's
 // snapshot: it was then locked by a concurrent transaction, and
 // AcquireLease tries again.
-func (s *Store) acquireStatements(st pharox.Strategy, sticky bool, f *pharox.Filters, a *args) acquireSQLs {
-	key := acquireKey{strategy: st.OrDefault(), sticky: sticky, naive: s.naive}
+func (s *Store) acquireStatements(st pharox.Strategy, sticky, idem bool, f *pharox.Filters, a *args) acquireSQLs {
+	key := acquireKey{strategy: st.OrDefault(), sticky: sticky, naive: s.naive, idem: idem}
 	if f.IsZero() {
 		if v, ok := s.acquireSQL.Load(key); ok {
 			return v.(acquireSQLs)
@@ -114,7 +117,13 @@ func (s *Store) acquireStatement(key acquireKey, filter string, full bool) strin
 	case pharox.Random:
 		b.WriteString(",\nrs AS MATERIALIZED (\n\tSELECT random() AS r\n)")
 	}
-	const gate = "(SELECT ok FROM consumer)"
+	gate := "(SELECT ok FROM consumer)"
+	if key.idem {
+		// A lease with this id exists: take nothing (AcquireLease then
+		// returns that lease). A concurrent statement inserting the same
+		// id fails on the primary key instead, taking nothing either.
+		gate += " AND NOT EXISTS (SELECT 1 FROM {s}.leases WHERE id = $3)"
+	}
 	free := s.pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, gate: gate, limit: "1", lock: lock})
 	staleFilter := filter
 	if sticky {
@@ -238,30 +247,61 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 	if req.Filters.HasPredicate() {
 		return nil, fmt.Errorf("postgres: acquire: predicate filters cannot run in the database: %w", pharox.ErrUnsupported)
 	}
+	idem := req.LeaseID != uuid.Nil
+	leaseID := req.LeaseID
+	if !idem {
+		leaseID = uuid.New()
+	}
+	lease, err := s.acquire(ctx, &req, leaseID, idem)
+	if idem && pgCode(err) == codeUniqueViolation {
+		// A concurrent acquisition with the same id inserted its lease
+		// first; this statement took nothing.
+		if l, perr := s.priorLease(ctx, &req); !errors.Is(perr, errNoPriorLease) {
+			return l, perr
+		}
+	}
+	return lease, err
+}
+
+// acquire performs AcquireLease with the lease id leaseID; idem says the
+// caller chose it.
+func (s *Store) acquire(ctx context.Context, req *pharox.AcquireRequest, leaseID uuid.UUID, idem bool) (*pharox.Lease, error) {
 	sticky := req.SessionKey != ""
-	leaseID := uuid.New()
-	a := singleArgs(&req, leaseID)
-	sqls := s.acquireStatements(req.Strategy, sticky, req.Filters, a)
+	a := singleArgs(req, leaseID)
+	sqls := s.acquireStatements(req.Strategy, sticky, idem, req.Filters, a)
 
 	// The lean statement first (alone or in a batch); on a miss, at once
 	// the full one, which also reclaims from full proxies and says whether
 	// to retry.
 	if s.batching() && !sticky {
-		lease, err := s.batchAcquire(ctx, &req, leaseID, sqls.lean, a.vals)
+		lease, err := s.batchAcquire(ctx, req, leaseID, sqls.lean, a.vals)
 		if !errors.Is(err, errNotServed) {
 			return lease, err
 		}
 	} else {
-		lease, _, err := s.tryAcquire(ctx, sqls.lean, a.vals, s.sessionLockKey(&req))
+		lease, _, err := s.tryAcquire(ctx, sqls.lean, a.vals, s.sessionLockKey(req))
 		if err != nil || lease != nil {
-			return s.finishAcquire(lease, leaseID, &req), err
+			return s.finishAcquire(lease, leaseID, req), err
 		}
 	}
 	backoff := 100 * time.Microsecond
 	for attempt := 1; ; attempt++ {
-		lease, m, err := s.tryAcquire(ctx, sqls.full, a.vals, s.sessionLockKey(&req))
+		if idem && attempt == 1 {
+			// The statements take nothing while a lease with the id
+			// exists, which may have been committed by a concurrent
+			// acquisition with the same id since the last one ran.
+			if l, err := s.priorLease(ctx, req); !errors.Is(err, errNoPriorLease) {
+				return l, err
+			}
+		}
+		lease, m, err := s.tryAcquire(ctx, sqls.full, a.vals, s.sessionLockKey(req))
 		if err != nil || lease != nil {
-			return s.finishAcquire(lease, leaseID, &req), err
+			return s.finishAcquire(lease, leaseID, req), err
+		}
+		if idem {
+			if l, err := s.priorLease(ctx, req); !errors.Is(err, errNoPriorLease) {
+				return l, err
+			}
 		}
 		if m.budgetSpent && !m.retry {
 			return nil, fmt.Errorf("postgres: acquire from pool %q: %w: the filter matched none of the first %d free proxies in strategy order; it is too selective to serve from a pool this size",
@@ -275,6 +315,36 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		}
 		backoff = min(backoff*2, 5*time.Millisecond)
 	}
+}
+
+// errNoPriorLease: no lease has the id a request chose.
+var errNoPriorLease = errors.New("postgres: no lease with this id")
+
+// priorLease returns the lease that already has the id req chose, as it is
+// now, with its proxy as it is now; ErrAlreadyExists when that lease was
+// taken from another pool or by another consumer; errNoPriorLease when
+// there is none.
+func (s *Store) priorLease(ctx context.Context, req *pharox.AcquireRequest) (*pharox.Lease, error) {
+	var lr leaseRow
+	err := s.pool.QueryRow(ctx, s.q(`SELECT `+leaseColumns+` FROM {s}.leases WHERE id = $1`), req.LeaseID).Scan(lr.targets()...)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, errNoPriorLease
+	}
+	if err != nil {
+		return nil, fmt.Errorf("postgres: acquire: look up lease %s: %w", req.LeaseID, err)
+	}
+	l := lr.lease()
+	if l.PoolName != req.PoolName || l.ConsumerID != req.ConsumerID {
+		return nil, fmt.Errorf("%w: postgres: acquire: lease id %s is taken by a lease of another pool or consumer", pharox.ErrAlreadyExists, req.LeaseID)
+	}
+	p, err := s.GetProxy(ctx, l.ProxyID)
+	switch {
+	case err == nil:
+		l.Proxy = p
+	case !errors.Is(err, pharox.ErrProxyNotFound):
+		return nil, fmt.Errorf("postgres: acquire: %w", err)
+	}
+	return l, nil
 }
 
 // singleArgs returns the fixed parameters of the single acquisition

@@ -169,6 +169,12 @@ func (s *Store) execAcquireBatch(ctx context.Context, key acquireBatchKey, items
 	}()
 	for i := range out {
 		switch {
+		case pgCode(err) == codeUniqueViolation:
+			// Two requests chose one lease id (AcquireRequest.LeaseID), or
+			// a concurrent statement inserted it first: the statement took
+			// nothing, and each request goes on alone, where that is
+			// resolved.
+			out[i] = batch.Result[*pharox.Lease]{Err: errNotServed}
 		case err != nil:
 			out[i] = batch.Result[*pharox.Lease]{Err: fmt.Errorf("postgres: acquire: %w", err)}
 		case out[i].Val == nil && out[i].Err == nil:
@@ -192,8 +198,9 @@ func (s *Store) execAcquireBatch(ctx context.Context, key acquireBatchKey, items
 // proxy gets a second. The i-th request with an existing consumer takes
 // the i-th slot; the proxies are incremented once each, under the same
 // max_concurrency predicate as the single statement, and the leases
-// inserted. Requests left without a slot (their candidates were locked
-// by other transactions) come back unserved and fall back to the single
+// inserted. Requests whose lease id is taken (AcquireRequest.LeaseID)
+// and requests left without a slot (their candidates were locked by other
+// transactions) come back unserved and fall back to the single
 // statement, which also reclaims expired leases.
 func (s *Store) acquireBatchSQL(key acquireBatchKey, where string) string {
 	if key.filter == "" {
@@ -207,11 +214,12 @@ func (s *Store) acquireBatchSQL(key acquireBatchKey, where string) string {
 ),
 req AS MATERIALIZED (
 	SELECT r.ord, r.lease_id, r.consumer_id, r.consumer_name, r.us,
-		EXISTS (SELECT 1 FROM {s}.consumers c WHERE c.id = r.consumer_id) AS ok
+		EXISTS (SELECT 1 FROM {s}.consumers c WHERE c.id = r.consumer_id) AS ok,
+		NOT EXISTS (SELECT 1 FROM {s}.leases x WHERE x.id = r.lease_id) AS fresh
 	FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::bigint[]) WITH ORDINALITY AS r(lease_id, consumer_id, consumer_name, us, ord)
 ),
 want AS MATERIALIZED (
-	SELECT count(*) AS n FROM req WHERE ok
+	SELECT count(*) AS n FROM req WHERE ok AND fresh
 ),`)
 	if key.strategy == pharox.RoundRobin {
 		b.WriteString(`
@@ -246,7 +254,7 @@ free AS MATERIALIZED (
 assign AS MATERIALIZED (
 	SELECT v.ord, v.lease_id, v.consumer_id, v.consumer_name, v.us, s.id AS proxy_id, s.rn,
 		row_number() OVER (PARTITION BY s.id ORDER BY s.rn) AS k
-	FROM (SELECT r.*, row_number() OVER (ORDER BY r.ord) AS rn FROM req r WHERE r.ok) v
+	FROM (SELECT r.*, row_number() OVER (ORDER BY r.ord) AS rn FROM req r WHERE r.ok AND r.fresh) v
 	JOIN slots s ON s.rn = v.rn
 ),
 counts AS MATERIALIZED (

@@ -59,7 +59,7 @@ func TestExplainAcquire(t *testing.T) {
 		a.add(c.Name)
 		a.add(time.Minute)
 		a.add("")
-		sqls := s.acquireStatements(tc.st, false, tc.f, a)
+		sqls := s.acquireStatements(tc.st, false, false, tc.f, a)
 		stmts = append(stmts, explained{fmt.Sprintf("%s %+v", tc.st, tc.f), sqls.lean, a.vals, freeIndex[tc.st]},
 			explained{fmt.Sprintf("%s %+v, full form", tc.st, tc.f), sqls.full, a.vals, freeIndex[tc.st]})
 	}
