@@ -30,7 +30,20 @@ type acquireKey struct {
 // and reports whether a retry could succeed. It runs only after lean found
 // nothing, which keeps the plan of the hot statement small (PostgreSQL
 // initialises every node of a plan on each execution, used or not).
-type acquireSQLs struct{ lean, full string }
+//
+// wait is not an acquisition: before the last of the WithAcquireAttempts
+// tries, it waits (up to waitLockTimeout) until the transaction holding
+// the first candidate's row ends, so that a candidate locked through every
+// earlier try is waited for rather than reported as missing. It waits for
+// exactly one row, FOR SHARE, in its own implicit transaction that holds
+// nothing else, so it can take part in no deadlock.
+type acquireSQLs struct{ lean, full, wait string }
+
+// waitLockTimeout bounds how long the waiting try waits for one row lock.
+const waitLockTimeout = "2s"
+
+// codeLockNotAvailable is the error of a lock wait that hit lock_timeout.
+const codeLockNotAvailable = "55P03"
 
 // acquireStatements returns the two forms of the single statement that
 // performs one acquisition; a must already hold the fixed parameters ($1
@@ -92,8 +105,9 @@ func (s *Store) acquireStatements(st pharox.Strategy, sticky, idem bool, f *phar
 	}
 	filter := filterSQL(f, "p", a)
 	out := acquireSQLs{
-		lean: s.acquireStatement(key, filter, false),
-		full: s.acquireStatement(key, filter, true),
+		lean: s.acquireStatement(key, filter, false, false),
+		full: s.acquireStatement(key, filter, true, false),
+		wait: s.acquireStatement(key, filter, true, true),
 	}
 	if f.IsZero() {
 		s.acquireSQL.Store(key, out)
@@ -102,10 +116,10 @@ func (s *Store) acquireStatements(st pharox.Strategy, sticky, idem bool, f *phar
 }
 
 // acquireStatement builds one form of the statement (see acquireSQLs).
-func (s *Store) acquireStatement(key acquireKey, filter string, full bool) string {
+func (s *Store) acquireStatement(key acquireKey, filter string, full, wait bool) string {
 	sticky := key.sticky
 	lock := "FOR UPDATE OF p SKIP LOCKED"
-	if s.naive {
+	if key.naive {
 		lock = "FOR UPDATE OF p"
 	}
 	var b strings.Builder
@@ -137,6 +151,26 @@ func (s *Store) acquireStatement(key acquireKey, filter string, full bool) strin
 			s.pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, gate: gate + " AND NOT EXISTS (SELECT 1 FROM bound)", limit: "1", lock: lock}),
 		}, "1")
 		staleFilter = "(" + filter + " AND (NOT EXISTS (SELECT 1 FROM bound) OR p.id = (SELECT id FROM bound)))"
+	}
+	// The candidates in the statement's snapshot, unlocked, best first.
+	candidates := s.pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, limit: "1"})
+	if sticky {
+		candidates = unionSQL([]string{
+			"SELECT p.id FROM {s}.proxies p WHERE p.id = (SELECT id FROM bound) AND " + freeSQL("p", filter),
+			s.pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, gate: "NOT EXISTS (SELECT 1 FROM bound)", limit: "1"}),
+		}, "1")
+	}
+	if wait {
+		// Every parameter must appear for its type to be known; the
+		// unused CTE is never run.
+		b.WriteString(",\nunused AS (\n\tSELECT $3::uuid, $4::text, $5::interval, $6::text")
+		if sticky {
+			b.WriteString(", $7::interval")
+		}
+		b.WriteString("\n)")
+		fmt.Fprintf(&b, "\nSELECT p.id FROM {s}.proxies p WHERE p.id = (SELECT id FROM (%s) w) FOR SHARE OF p",
+			unionSQL([]string{candidates, s.staleSQL(staleFilter, "", "")}, "1"))
+		return s.q(b.String())
 	}
 	staleCTEs := `
 cand AS MATERIALIZED (
@@ -209,13 +243,6 @@ lease AS (
 		// locked by a concurrent transaction: worth another try), and
 		// whether a filtered walk may have stopped at its budget. Both
 		// only when no lease was taken, both bounded like the walks.
-		candidates := s.pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, limit: "1"})
-		if sticky {
-			candidates = unionSQL([]string{
-				"SELECT p.id FROM {s}.proxies p WHERE p.id = (SELECT id FROM bound) AND " + freeSQL("p", filter),
-				s.pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, gate: "NOT EXISTS (SELECT 1 FROM bound)", limit: "1"}),
-			}, "1")
-		}
 		// Scalar subqueries rather than EXISTS: the planner drops the
 		// ORDER BY of an EXISTS subquery and may then scan the table.
 		retry = fmt.Sprintf(`CASE WHEN l.acquired_at IS NULL THEN (%s) IS NOT NULL OR (%s) IS NOT NULL
@@ -292,6 +319,16 @@ func (s *Store) acquire(ctx context.Context, req *pharox.AcquireRequest, leaseID
 			// acquisition with the same id since the last one ran.
 			if l, err := s.priorLease(ctx, req); !errors.Is(err, errNoPriorLease) {
 				return l, err
+			}
+		}
+		if attempt > 1 && attempt == s.cfg.maxAttempts {
+			// The last try first waits for the transaction holding the
+			// best candidate.
+			if err := s.waitForCandidate(ctx, sqls.wait, a.vals); err != nil {
+				if pgCode(err) == codeLockNotAvailable {
+					return nil, fmt.Errorf("postgres: acquire from pool %q: %w: its candidates stayed locked by other transactions", req.PoolName, pharox.ErrNoProxyAvailable)
+				}
+				return nil, fmt.Errorf("postgres: acquire from pool %q: %w", req.PoolName, err)
 			}
 		}
 		lease, m, err := s.tryAcquire(ctx, sqls.full, a.vals, s.sessionLockKey(req))
@@ -444,6 +481,16 @@ func (s *Store) tryAcquire(ctx context.Context, sql string, vals []any, sessionL
 		return nil, m, nil
 	}
 	return acquiredLease(&pr, *acquiredAt, *expiresAt), miss{}, nil
+}
+
+// waitForCandidate runs the wait form (see acquireSQLs) with lock_timeout
+// waitLockTimeout, local to its implicit transaction, which commits at
+// once: it only waits, and takes nothing.
+func (s *Store) waitForCandidate(ctx context.Context, sql string, vals []any) error {
+	b := &pgx.Batch{}
+	b.Queue(`SELECT set_config('lock_timeout', $1, true)`, waitLockTimeout)
+	b.Queue(sql, vals...)
+	return s.pool.SendBatch(ctx, b).Close()
 }
 
 // miss is what the full acquisition statement reports when it took no

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -71,5 +73,71 @@ func TestWithFilterScanBudgetRange(t *testing.T) {
 		if _, err := buildConfig([]Option{WithFilterScanBudget(n)}); !errors.Is(err, pharox.ErrInvalidArgument) {
 			t.Errorf("WithFilterScanBudget(%d): %v, want ErrInvalidArgument", n, err)
 		}
+	}
+}
+
+// TestCleanupNeverFailsAcquisitions: while a cleanup ends the expired
+// leases of every proxy of a full pool, acquisitions with the default
+// attempts all succeed: they take the slots cleanup frees, or reclaim an
+// expired lease themselves. (Before, one cleanup transaction locked every
+// proxy row it freed, up to 1,000, across several round trips, and the
+// acquisitions ran out of tries.)
+func TestCleanupNeverFailsAcquisitions(t *testing.T) {
+	s := newTestStore(t)
+	ctx := context.Background()
+	const n = 1000
+	_, c := seedPool(t, s, "cleanup", n, 1)
+	// Every slot, with leases that expire at once.
+	short := make([]pharox.AcquireRequest, n)
+	for i := range short {
+		short[i] = pharox.AcquireRequest{PoolName: "cleanup", ConsumerID: c.ID, ConsumerName: c.Name, Duration: 300 * time.Millisecond, Strategy: pharox.FirstAvailable}
+	}
+	// Concurrent, so that they batch.
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	var next atomic.Int64
+	for range 8 {
+		wg.Go(func() {
+			for i := next.Add(1); i <= n; i = next.Add(1) {
+				if _, err := s.AcquireLease(ctx, short[i-1]); err != nil {
+					failed.Store(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err, _ := failed.Load().(error); err != nil {
+		t.Fatal(err)
+	}
+	var expired bool
+	for !expired {
+		time.Sleep(50 * time.Millisecond)
+		if err := s.pool.QueryRow(ctx, s.q(`SELECT bool_and(expires_at <= clock_timestamp()) FROM {s}.leases WHERE status = 'active'`)).Scan(&expired); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.CleanupExpiredLeases(ctx)
+		done <- err
+	}()
+	for g := range 8 {
+		wg.Go(func() {
+			for range 10 {
+				if _, err := s.AcquireLease(ctx, pharox.AcquireRequest{PoolName: "cleanup", ConsumerID: c.ID, Duration: time.Minute,
+					Strategy: pharox.AllStrategies[g%4]}); err != nil {
+					failed.Store(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err, _ := failed.Load().(error); err != nil {
+		t.Fatalf("acquisition during cleanup: %v", err)
 	}
 }

@@ -304,10 +304,12 @@ func TestAcquireSkipsLockedProxy(t *testing.T) {
 }
 
 // TestAcquireRetriesWhileCandidateLocked: when the only free proxy is
-// row-locked, one try misses, but the default retries find it once the
-// lock is gone; a miss is reported only while it stays locked.
+// row-locked, one try misses, but with the default attempts the
+// acquisition gets it once the lock is gone: its last try waits for the
+// lock. The lock is released only once the acquisition is seen waiting
+// for it, so the test depends on no timing.
 func TestAcquireRetriesWhileCandidateLocked(t *testing.T) {
-	s := newTestStore(t, WithAcquireAttempts(1000))
+	s := newTestStore(t)
 	ctx := context.Background()
 	pool, c := seedPool(t, s, "retry", 1, 1)
 	ps, err := s.ListProxies(ctx, pool.ID)
@@ -339,13 +341,34 @@ func TestAcquireRetriesWhileCandidateLocked(t *testing.T) {
 		}
 		done <- err
 	}()
-	time.Sleep(20 * time.Millisecond) // let it try and miss at least once
+	waitForLockWaiter(t, s, tx)
 	if err := tx.Rollback(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-done; err != nil {
 		t.Fatalf("AcquireLease with retries: %v", err)
 	}
+}
+
+// waitForLockWaiter returns once some other backend waits for a lock that
+// the transaction tx holds (the test fails if none does within a minute).
+func waitForLockWaiter(t *testing.T, s *Store, tx pgx.Tx) {
+	t.Helper()
+	var pid int
+	if err := tx.QueryRow(context.Background(), `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	for range 6000 {
+		var waiting bool
+		if err := s.pool.QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid)))`, pid).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("no acquisition waited for the locked proxy within a minute")
 }
 
 // TestNaiveBaselineIsCorrect keeps the benchmark honest: the plain FOR
@@ -473,12 +496,9 @@ func TestLargeValues(t *testing.T) {
 // many expired leases while acquisitions continue: every lease is ended by
 // exactly one of them and every slot is freed exactly once.
 func TestConcurrentCleanupsEndEachLeaseOnce(t *testing.T) {
-	// A cleanup holds the row locks of every proxy it frees until it
-	// commits; with every proxy full, an acquisition meanwhile finds only
-	// locked candidates and retries. Under the race detector on a loaded
-	// machine that can outlast the default 12 tries, which is not what
-	// this test is about.
-	s := newTestStore(t, WithAcquireAttempts(1000))
+	// With the default acquisition attempts: cleanup must never make an
+	// acquisition fail.
+	s := newTestStore(t)
 	ctx := context.Background()
 	pool, c := seedPool(t, s, "cleanup", 20, 3)
 	req := pharox.AcquireRequest{PoolName: "cleanup", ConsumerID: c.ID, Duration: 50 * time.Millisecond, Strategy: pharox.Random}
