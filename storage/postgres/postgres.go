@@ -154,8 +154,9 @@ type Store struct {
 var _ pharox.Storage = (*Store)(nil)
 
 // New returns a Store over pool. The schema must have been migrated (see
-// Migrate) to the version this package needs; New checks that and fails
-// with a clear message otherwise. The Store does not own pool: Close leaves
+// Migrate) to exactly the version this package needs; New checks that and
+// fails with a clear message otherwise, including when a newer pharox has
+// migrated it further (ErrSchemaTooNew). The Store does not own pool: Close leaves
 // it open.
 func New(ctx context.Context, pool *pgxpool.Pool, opts ...Option) (*Store, error) {
 	if pool == nil {
@@ -169,8 +170,12 @@ func New(ctx context.Context, pool *pgxpool.Pool, opts ...Option) (*Store, error
 	if err != nil {
 		return nil, fmt.Errorf("postgres: read schema version of %s: %w", cfg.schema, err)
 	}
-	if want := latestVersion(); have < want {
+	want := latestVersion()
+	if have < want {
 		return nil, fmt.Errorf("postgres: schema %s is at version %d, this build needs %d: call postgres.Migrate first", cfg.schema, have, want)
+	}
+	if have > want {
+		return nil, newerSchemaError(cfg.schema, have, want)
 	}
 	s := &Store{pool: pool, cfg: cfg, schema: quoteIdent(cfg.schema)}
 	s.newBatchers()
@@ -198,6 +203,15 @@ func (s *Store) Close() error { return nil }
 func (s *Store) q(sql string) string { return strings.ReplaceAll(sql, "{s}.", s.schema+".") }
 
 func quoteIdent(name string) string { return pgx.Identifier{name}.Sanitize() }
+
+// ErrSchemaTooNew means the schema was migrated by a newer pharox than
+// this one: New and Migrate refuse it rather than run statements written
+// for an older layout.
+var ErrSchemaTooNew = errors.New("postgres: schema is newer than this pharox")
+
+func newerSchemaError(schema string, have, want int) error {
+	return fmt.Errorf("%w: schema %s is at version %d, this pharox knows versions up to %d: upgrade pharox", ErrSchemaTooNew, schema, have, want)
+}
 
 // PostgreSQL error codes the store maps to pharox errors.
 const (

@@ -241,6 +241,26 @@ func TestNewNeedsMigrate(t *testing.T) {
 	}
 }
 
+// TestNewerSchemaRefused: a schema that a newer pharox migrated further is
+// refused by New and Migrate, with both versions in the message.
+func TestNewerSchemaRefused(t *testing.T) {
+	s := newTestStore(t)
+	ctx := context.Background()
+	want := latestVersion()
+	if _, err := s.pool.Exec(ctx, s.q(`INSERT INTO {s}.schema_migrations (version, name) VALUES ($1, 'from_the_future.sql')`), want+1); err != nil {
+		t.Fatal(err)
+	}
+	_, err := New(ctx, s.pool, WithSchema(s.Schema()))
+	for _, part := range []string{fmt.Sprintf("version %d", want+1), fmt.Sprintf("up to %d", want)} {
+		if !errors.Is(err, ErrSchemaTooNew) || !strings.Contains(err.Error(), part) {
+			t.Fatalf("New on a schema at version %d: %v; want ErrSchemaTooNew naming %q", want+1, err, part)
+		}
+	}
+	if err := Migrate(ctx, s.pool, WithSchema(s.Schema())); !errors.Is(err, ErrSchemaTooNew) {
+		t.Fatalf("Migrate on a schema at version %d: %v; want ErrSchemaTooNew", want+1, err)
+	}
+}
+
 func TestWithSchemaRejectsBadNames(t *testing.T) {
 	for _, name := range []string{"", "Upper", "1abc", "a-b", `x"; DROP TABLE y; --`, strings.Repeat("a", 64)} {
 		if _, err := buildConfig([]Option{WithSchema(name)}); !errors.Is(err, pharox.ErrInvalidArgument) {
