@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/storage/memory"
+	"github.com/pharox/pharox/storage/storagetest"
 )
 
 // The benchmarks measure acquire+release pairs through the Manager, which
@@ -309,4 +310,14 @@ func BenchmarkStoreAcquireRelease(b *testing.B) {
 			})
 		})
 	}
+}
+
+// BenchmarkScale is the shared scale harness: ns/acquire per strategy, pool
+// size and occupancy, with the 100k-all-busy / 1k-free ratio.
+func BenchmarkScale(b *testing.B) {
+	storagetest.BenchmarkScale(b, func(b *testing.B) pharox.Storage {
+		s := memory.New()
+		b.Cleanup(func() { s.Close() })
+		return s
+	})
 }

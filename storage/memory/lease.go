@@ -23,13 +23,15 @@ type leaseState struct {
 	seq        uint64       // acquisition order, breaks AcquiredAt ties
 	slot       uint32
 	live       bool // holds a lease (active or retained), not free
-	proxy      *proxyState
+	// chosen: the caller chose the id, which is then in Store.chosen.
+	chosen bool
+	proxy  *proxyState
 }
 
 // newLease takes a free record (or makes one) for a lease whose id is
-// random except for its last four bytes, which name the record's slot.
-// Call with mu held.
-func (s *Store) newLease(random uuid.UUID) *leaseState {
+// random except for its last four bytes, which name the record's slot, or
+// is the id the caller chose (not nil). Call with mu held.
+func (s *Store) newLease(random, chosen uuid.UUID) *leaseState {
 	var ls *leaseState
 	if n := len(s.freeSlots); n > 0 {
 		ls = s.slots[s.freeSlots[n-1]]
@@ -43,11 +45,24 @@ func (s *Store) newLease(random uuid.UUID) *leaseState {
 	// XOR with a per-store mask so ids do not count up visibly; the other
 	// 90 random bits keep them unguessable.
 	binary.BigEndian.PutUint32(ls.l.ID[12:], ls.slot^s.slotMask)
+	if chosen != uuid.Nil {
+		ls.l.ID, ls.chosen = chosen, true
+		if s.chosen == nil {
+			s.chosen = make(map[uuid.UUID]*leaseState)
+		}
+		s.chosen[chosen] = ls
+	}
 	return ls
 }
 
 // freeLease forgets a lease and returns its record for reuse.
 func (s *Store) freeLease(ls *leaseState) {
+	// An invisible lease (of a deleted proxy) may have left its id to a
+	// newer lease: only drop the entry that is this record's.
+	if ls.chosen && s.chosen[ls.l.ID] == ls {
+		delete(s.chosen, ls.l.ID)
+	}
+	ls.chosen = false
 	ls.live = false
 	ls.l = pharox.Lease{}
 	ls.proxy = nil
@@ -57,14 +72,15 @@ func (s *Store) freeLease(ls *leaseState) {
 // lookup finds a visible lease by id. Call with mu held.
 func (s *Store) lookup(id uuid.UUID) *leaseState {
 	slot := binary.BigEndian.Uint32(id[12:]) ^ s.slotMask
-	if int64(slot) >= int64(len(s.slots)) {
-		return nil
+	if int64(slot) < int64(len(s.slots)) {
+		if ls := s.slots[slot]; ls.live && ls.l.ID == id && ls.visible() {
+			return ls
+		}
 	}
-	ls := s.slots[slot]
-	if !ls.live || ls.l.ID != id || !ls.visible() {
-		return nil
+	if ls := s.chosen[id]; ls != nil && ls.visible() {
+		return ls
 	}
-	return ls
+	return nil
 }
 
 // visible is false for leases of a deleted proxy or pool, which are
@@ -395,6 +411,11 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		s.mu.Unlock()
 		return nil, fmt.Errorf("memory: acquire lease: consumer %s: %w", req.ConsumerID, pharox.ErrConsumerNotFound)
 	}
+	if req.LeaseID != uuid.Nil {
+		if ls := s.lookup(req.LeaseID); ls != nil {
+			return s.repeatedLease(ls, pl, consumer)
+		}
+	}
 	nowMicro := now.UnixMicro()
 	s.scan.reset(req.Filters, s.table)
 
@@ -432,7 +453,7 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		name = consumer.Name
 	}
 	expiresAt := now.Add(req.Duration).Truncate(time.Microsecond)
-	ls := s.newLease(random)
+	ls := s.newLease(random, req.LeaseID)
 	ls.l = pharox.Lease{
 		ID:           ls.l.ID,
 		ProxyID:      ps.p.ID,
@@ -460,6 +481,25 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 	res := &out
 	res.Proxy = snap.Clone()
 	return res, nil
+}
+
+// repeatedLease answers an acquisition whose LeaseID the store already
+// holds: the lease as it is now when the pool and consumer are the
+// request's (a retry), ErrAlreadyExists otherwise. It takes no slot. Call
+// with mu held; it unlocks.
+func (s *Store) repeatedLease(ls *leaseState, pl *poolState, consumer *pharox.Consumer) (*pharox.Lease, error) {
+	if ls.l.PoolID != pl.pool.ID || ls.l.ConsumerID != consumer.ID {
+		id := ls.l.ID
+		s.mu.Unlock()
+		return nil, fmt.Errorf("memory: acquire lease from pool %q: lease id %s is taken by another consumer or pool: %w",
+			pl.pool.Name, id, pharox.ErrAlreadyExists)
+	}
+	sn := ls.snapshot()
+	snap := ls.proxy.p
+	s.mu.Unlock()
+	out := sn.lease()
+	out.Proxy = snap.Clone()
+	return out, nil
 }
 
 // FindAvailableProxy returns the proxy AcquireLease would choose now without

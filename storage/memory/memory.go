@@ -67,9 +67,12 @@ type Store struct {
 	slots     []*leaseState
 	freeSlots []uint32
 	slotMask  uint32
-	expiry    expiryHeap
-	ended     leaseRing
-	seq       uint64
+	// chosen finds the leases whose id the caller chose
+	// (AcquireRequest.LeaseID): such an id names no slot.
+	chosen map[uuid.UUID]*leaseState
+	expiry expiryHeap
+	ended  leaseRing
+	seq    uint64
 	// last is the latest time an operation used; see lockNoReap.
 	last time.Time
 
@@ -513,7 +516,7 @@ func (s *Store) ApplyHealthCheckResult(ctx context.Context, r pharox.HealthCheck
 	if err := r.Validate(); err != nil {
 		return nil, fmt.Errorf("memory: apply health check: %w", err)
 	}
-	now, err := s.lock(ctx)
+	_, err := s.lock(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("memory: apply health check: %w", err)
 	}
@@ -522,11 +525,9 @@ func (s *Store) ApplyHealthCheckResult(ctx context.Context, r pharox.HealthCheck
 		s.mu.Unlock()
 		return nil, nil
 	}
-	if r.CheckedAt.IsZero() {
-		r.CheckedAt = now
-	} else {
-		r.CheckedAt = r.CheckedAt.UTC().Truncate(time.Microsecond)
-	}
+	// A zero CheckedAt is stored as such, like every store does: the
+	// oldest possible check, not this store's clock.
+	r.CheckedAt = r.CheckedAt.UTC().Truncate(time.Microsecond)
 	// ApplyHealthCheck replaces CheckedAt and StatusChangedAt with new
 	// pointers rather than writing through them, which keeps snapshots
 	// shared with other goroutines valid.

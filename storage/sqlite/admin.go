@@ -487,31 +487,43 @@ const purgeBatch = 1000
 
 // PurgeEndedLeases deletes released and expired leases that ended before
 // endedBefore, in transactions of purgeBatch leases. A lease that ended
-// before endedBefore was acquired before it, and lease ids sort by
-// acquisition time (see newLeaseID), so the purge walks only the primary
-// key range of leases acquired before endedBefore.
+// before endedBefore was acquired before it, and store-made lease ids sort
+// by acquisition time (see newLeaseID), so the purge walks only the primary
+// key range of leases acquired before endedBefore. Caller-chosen ids
+// (AcquireRequest.LeaseID) sort anywhere: their ended leases have an index
+// of their own.
 func (s *Store) PurgeEndedLeases(ctx context.Context, endedBefore time.Time) (int, error) {
 	bound, before := leaseIDBound(endedBefore), micros(endedBefore)
 	total := 0
-	for {
-		var n int64
-		err := s.writeTx(ctx, func(tx *wtx) error {
-			res, err := tx.exec(`DELETE FROM leases WHERE id IN (SELECT id FROM leases
-				WHERE id < ? AND status <> 'active' AND released_at < ? LIMIT ?)`, bound, before, purgeBatch)
-			if err != nil {
+	for _, q := range []struct {
+		query string
+		args  []any
+	}{
+		{`DELETE FROM leases WHERE id IN (SELECT id FROM leases
+			WHERE id < ? AND status <> 'active' AND released_at < ? LIMIT ?)`, []any{bound, before, purgeBatch}},
+		{`DELETE FROM leases WHERE id IN (SELECT id FROM leases INDEXED BY leases_caller_id_ended
+			WHERE caller_id = 1 AND status <> 'active' AND released_at < ? LIMIT ?)`, []any{before, purgeBatch}},
+	} {
+		for {
+			var n int64
+			err := s.writeTx(ctx, func(tx *wtx) error {
+				res, err := tx.exec(q.query, q.args...)
+				if err != nil {
+					return err
+				}
+				n, err = res.RowsAffected()
 				return err
+			})
+			total += int(n)
+			if err != nil {
+				return total, fmt.Errorf("sqlite: purge ended leases: %w", err)
 			}
-			n, err = res.RowsAffected()
-			return err
-		})
-		total += int(n)
-		if err != nil {
-			return total, fmt.Errorf("sqlite: purge ended leases: %w", err)
-		}
-		if n < purgeBatch {
-			return total, nil
+			if n < purgeBatch {
+				break
+			}
 		}
 	}
+	return total, nil
 }
 
 func microsPtr(t *time.Time) *int64 {

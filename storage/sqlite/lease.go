@@ -52,6 +52,15 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		if _, err := reclaimPool(tx, poolID, now); err != nil {
 			return err
 		}
+		if req.LeaseID != uuid.Nil {
+			// A retry: the write lock makes the lookup and the insert
+			// below one step, so concurrent retries take one slot.
+			l, err := repeatedLease(tx, req.LeaseID, poolID, req.ConsumerID)
+			if l != nil || err != nil {
+				lease = l
+				return err
+			}
+		}
 
 		var chosen *pharox.Proxy
 		if req.SessionKey != "" {
@@ -79,8 +88,12 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		// lease never appears to start before the release that freed its
 		// slot.
 		at := s.stamp()
+		id, callerID := req.LeaseID, 1
+		if id == uuid.Nil {
+			id, callerID = newLeaseID(at), 0
+		}
 		l := &pharox.Lease{
-			ID: newLeaseID(at), ProxyID: chosen.ID, ConsumerID: req.ConsumerID, ConsumerName: consumerNam,
+			ID: id, ProxyID: chosen.ID, ConsumerID: req.ConsumerID, ConsumerName: consumerNam,
 			PoolID: poolID, PoolName: req.PoolName, Status: pharox.LeaseActive,
 			AcquiredAt: at, ExpiresAt: at.Add(req.Duration).Truncate(time.Microsecond),
 			SessionKey: req.SessionKey,
@@ -89,10 +102,10 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		// the same statement, and the proxies CHECK would fail it if the
 		// proxy were full.
 		if _, err := tx.exec(`INSERT INTO leases (id, proxy_id, pool_id, pool_name, consumer_id,
-			consumer_name, status, acquired_at, expires_at, session_key)
-			VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?)`,
+			consumer_name, status, acquired_at, expires_at, session_key, caller_id)
+			VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?)`,
 			idArg(l.ID), idArg(l.ProxyID), idArg(poolID), l.PoolName, idArg(l.ConsumerID),
-			l.ConsumerName, micros(l.AcquiredAt), micros(l.ExpiresAt), l.SessionKey); err != nil {
+			l.ConsumerName, micros(l.AcquiredAt), micros(l.ExpiresAt), l.SessionKey, callerID); err != nil {
 			return err
 		}
 		// Nothing else wrote the proxy since choose read it: the snapshot
@@ -123,6 +136,29 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		return nil, fmt.Errorf("sqlite: acquire lease from pool %q: %w", req.PoolName, err)
 	}
 	return lease, nil
+}
+
+// repeatedLease returns the lease with the caller-chosen id, as it is now,
+// when it was taken from this pool by this consumer: the acquisition is a
+// retry. It returns nil for an unknown id and ErrAlreadyExists for an id
+// another consumer or pool holds.
+func repeatedLease(tx *wtx, id, poolID, consumerID uuid.UUID) (*pharox.Lease, error) {
+	l, err := scanLease(tx.queryRow(`SELECT `+leaseCols+` FROM leases WHERE id = ?`, idArg(id)))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if l.PoolID != poolID || l.ConsumerID != consumerID {
+		return nil, fmt.Errorf("lease id %s is taken by another consumer or pool: %w", id, pharox.ErrAlreadyExists)
+	}
+	p, err := scanProxy(tx.queryRow(`SELECT `+proxyCols+` FROM proxies WHERE id = ?`, idArg(l.ProxyID)))
+	if err != nil {
+		return nil, err
+	}
+	l.Proxy = p
+	return l, nil
 }
 
 // sessionProxy returns the proxy bound to (pool, key) if the binding is

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/storage/storagetest"
 )
 
 // benchProxies is the pool size of the benchmark.
@@ -107,4 +108,10 @@ func pair(b *testing.B, ctx context.Context, s pharox.Storage, r pharox.AcquireR
 		return false
 	}
 	return true
+}
+
+// BenchmarkScale is the shared scale harness: ns/acquire per strategy, pool
+// size and occupancy, with the 100k-all-busy / 1k-free ratio.
+func BenchmarkScale(b *testing.B) {
+	storagetest.BenchmarkScale(b, func(b *testing.B) pharox.Storage { return open(b) })
 }

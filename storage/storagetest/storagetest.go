@@ -15,7 +15,8 @@
 // parallel with each other, so the factory must be safe to
 // call concurrently and the stores it returns must not share data.
 // Subtests are grouped (Pools, Proxies, Consumers, Leases, Expiry, Filters,
-// Strategies, Sessions, Stats, Health, Copies, LeaseRecords, Stress), so a
+// Strategies, Sessions, Stats, Health, Copies, LeaseRecords, Stress,
+// StickyConcurrency, LeaseIDs, CheckedAt, LargePool), so a
 // driver can select some with -run 'TestConformance/Leases/'.
 //
 // The suite checks behaviour through the public interface only and uses the
@@ -48,9 +49,11 @@ import (
 
 // Run runs the conformance suite against the stores newStore returns. It
 // calls newStore once per subtest; each call must return a fresh, empty
-// store and register its cleanup with t.Cleanup.
-func Run(t *testing.T, newStore func(t *testing.T) pharox.Storage) {
+// store and register its cleanup with t.Cleanup. Options adjust the
+// LargePool section.
+func Run(t *testing.T, newStore func(t *testing.T) pharox.Storage, opts ...Option) {
 	t.Helper()
+	cfg := newConfig(opts)
 	groups := []struct {
 		name  string
 		tests []subtest
@@ -68,6 +71,10 @@ func Run(t *testing.T, newStore func(t *testing.T) pharox.Storage) {
 		{"Copies", copyTests},
 		{"LeaseRecords", leaseRecordTests},
 		{"Stress", stressTests},
+		{"StickyConcurrency", stickyConcurrencyTests},
+		{"LeaseIDs", leaseIDTests},
+		{"CheckedAt", checkedAtTests},
+		{"LargePool", largePoolTests},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {
@@ -76,7 +83,9 @@ func Run(t *testing.T, newStore func(t *testing.T) pharox.Storage) {
 					if st.parallel {
 						t.Parallel()
 					}
-					st.fn(t, newFixture(t, newStore))
+					f := newFixture(t, newStore)
+					f.cfg = cfg
+					st.fn(t, f)
 				})
 			}
 		})
@@ -109,6 +118,7 @@ type fixture struct {
 	s        pharox.Storage
 	consumer *pharox.Consumer
 	nextPort int
+	cfg      config
 }
 
 func newFixture(t *testing.T, newStore func(t *testing.T) pharox.Storage) *fixture {

@@ -1,0 +1,195 @@
+package storagetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/pharox/pharox"
+)
+
+// DefaultScaleSizes are the pool sizes [BenchmarkScale] measures.
+var DefaultScaleSizes = []int{1000, 20000, 100000}
+
+// scaleBaseline holds what the smallest free rows of a [BenchmarkScale]
+// run measured, nanoseconds per acquisition by strategy.
+type scaleBaseline struct {
+	mu sync.Mutex
+	ns map[pharox.Strategy]float64
+}
+
+// BenchmarkScale measures how the cost of one acquisition grows with the
+// pool: for each pool size (sizes, or [DefaultScaleSizes]), each occupancy
+// (every proxy free; every proxy but one busy) and each strategy, it
+// acquires and releases one lease per iteration on a pool of exclusive
+// proxies (MaxConcurrency 1) and reports ns/acquire, the time of the
+// acquisition alone. The one free proxy of the busy pools is the one with
+// the highest id, the last in first_available's order (no proxy is
+// checked) and the furthest from the start of a round-robin walk.
+//
+// The row of the largest pool with all but one busy also reports
+// x-smallest-free: its ns/acquire divided by that of the smallest pool with
+// every proxy free, measured earlier in the same run. A store whose
+// strategies are index-backed keeps it small (the target is below 2); one
+// that walks busy proxies or sorts candidates shows it growing with the
+// pool. Run it whole (-bench 'Scale$' or a pattern that keeps both rows)
+// for the ratio.
+//
+//	func BenchmarkScale(b *testing.B) {
+//		storagetest.BenchmarkScale(b, func(b *testing.B) pharox.Storage {
+//			s := memory.New()
+//			b.Cleanup(func() { s.Close() })
+//			return s
+//		})
+//	}
+//
+// newStore is called once per pool size and occupancy and must return a
+// fresh, empty store. Filling a 100,000-proxy pool takes as many
+// acquisitions, outside the timing.
+func BenchmarkScale(b *testing.B, newStore func(b *testing.B) pharox.Storage, sizes ...int) {
+	if len(sizes) == 0 {
+		sizes = DefaultScaleSizes
+	}
+	sizes = slices.Sorted(slices.Values(sizes))
+	base := &scaleBaseline{ns: map[pharox.Strategy]float64{}}
+	for _, n := range sizes {
+		b.Run(fmt.Sprintf("proxies=%d", n), func(b *testing.B) {
+			for _, busy := range []bool{false, true} {
+				occ := "free"
+				if busy {
+					occ = "all-but-one-busy"
+				}
+				b.Run(occ, func(b *testing.B) {
+					s := newStore(b)
+					req := seedScalePool(b, s, n, busy)
+					for _, st := range pharox.AllStrategies {
+						b.Run(string(st), func(b *testing.B) {
+							r := req
+							r.Strategy = st
+							ns := benchAcquire(b, s, r)
+							b.ReportMetric(ns, "ns/acquire")
+							switch {
+							case n == sizes[0] && !busy:
+								base.mu.Lock()
+								base.ns[st] = ns
+								base.mu.Unlock()
+							case n == sizes[len(sizes)-1] && busy:
+								base.mu.Lock()
+								ref := base.ns[st]
+								base.mu.Unlock()
+								if ref > 0 {
+									b.ReportMetric(ns/ref, "x-smallest-free")
+								}
+							}
+						})
+					}
+				})
+			}
+		})
+	}
+}
+
+// seedScalePool stores n exclusive proxies in pool "scale" and, when busy,
+// leases all of them but the one with the highest id. It returns the
+// request the benchmark repeats.
+func seedScalePool(b *testing.B, s pharox.Storage, n int, busy bool) pharox.AcquireRequest {
+	b.Helper()
+	ctx := context.Background()
+	pool, err := s.CreatePool(ctx, pharox.Pool{Name: "scale"})
+	if err != nil {
+		b.Fatalf("CreatePool: %v", err)
+	}
+	c, err := s.EnsureConsumer(ctx, "scale")
+	if err != nil {
+		b.Fatalf("EnsureConsumer: %v", err)
+	}
+	const batch = 1000
+	var top uuid.UUID
+	for lo := 0; lo < n; lo += batch {
+		ps := make([]pharox.Proxy, min(batch, n-lo))
+		for j := range ps {
+			i := lo + j
+			ps[j] = pharox.Proxy{PoolID: pool.ID, Host: fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255),
+				Port: 8000 + i%50000, Protocol: pharox.ProtocolHTTP, MaxConcurrency: ptr(1)}
+		}
+		out, err := s.AddProxies(ctx, ps)
+		if err != nil {
+			b.Fatalf("AddProxies(%d proxies): %v", len(ps), err)
+		}
+		for _, p := range out {
+			if compareID(p.ID, top) > 0 {
+				top = p.ID
+			}
+		}
+	}
+	req := pharox.AcquireRequest{PoolName: "scale", ConsumerID: c.ID, ConsumerName: c.Name,
+		Duration: time.Hour, Strategy: pharox.FirstAvailable}
+	if !busy {
+		return req
+	}
+	var (
+		mu    sync.Mutex
+		onTop uuid.UUID
+		taken int
+		fail  error
+		wg    sync.WaitGroup
+	)
+	take := func() bool {
+		l, err := s.AcquireLease(ctx, req)
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			if !errors.Is(err, pharox.ErrNoProxyAvailable) && fail == nil {
+				fail = err
+			}
+			return false
+		}
+		if l.ProxyID == top {
+			onTop = l.ID
+		}
+		taken++
+		return taken <= n
+	}
+	for range 4 {
+		wg.Go(func() {
+			for take() {
+			}
+		})
+	}
+	wg.Wait()
+	for take() {
+	}
+	if fail != nil || taken != n || onTop == uuid.Nil {
+		b.Fatalf("filling the pool: %d of %d proxies leased, error %v", taken, n, fail)
+	}
+	if _, err := s.ReleaseLease(ctx, onTop); err != nil {
+		b.Fatalf("ReleaseLease: %v", err)
+	}
+	return req
+}
+
+// benchAcquire runs b.N acquire+release pairs with r and returns the mean
+// nanoseconds of the acquisitions alone.
+func benchAcquire(b *testing.B, s pharox.Storage, r pharox.AcquireRequest) float64 {
+	ctx := context.Background()
+	var acquiring time.Duration
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		l, err := s.AcquireLease(ctx, r)
+		acquiring += time.Since(start)
+		if err != nil {
+			b.Fatalf("AcquireLease(%s): %v", r.Strategy, err)
+		}
+		if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+			b.Fatalf("ReleaseLease: %v", err)
+		}
+	}
+	b.StopTimer()
+	return float64(acquiring.Nanoseconds()) / float64(b.N)
+}
