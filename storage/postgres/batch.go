@@ -133,7 +133,21 @@ func (s *Store) execAcquireBatch(ctx context.Context, key acquireBatchKey, items
 	}
 	vals := append([]any{key.pool, leaseIDs, consumerIDs, names, micros}, items[0].filter...)
 	err := func() error {
-		rows, err := s.pool.Query(ctx, s.acquireBatchSQL(key, items[0].where), vals...)
+		// JIT off, local to the implicit transaction of this pipeline and
+		// so in force when the statement is planned: the planner cannot
+		// know how few slots a batch lays out (generate_series over a
+		// computed range counts as 1,000 rows per candidate), so on a
+		// large pool its estimate passes jit_above_cost, and compiling the
+		// plan would cost every execution hundreds of milliseconds.
+		b := &pgx.Batch{}
+		b.Queue(`SELECT set_config('jit', 'off', true)`)
+		b.Queue(s.acquireBatchSQL(key, items[0].where), vals...)
+		br := s.pool.SendBatch(ctx, b)
+		defer br.Close()
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
+		rows, err := br.Query()
 		if err != nil {
 			return err
 		}
