@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -171,10 +173,20 @@ func runPairs(b testing.TB, s *Store, c *pharox.Consumer, workers, n int) time.D
 // what autovacuum would after the bulk fill of a busy pool: the first
 // ErrNoProxyAvailable (the fill is done) runs VACUUM ANALYZE on the
 // proxies and leases tables, outside the timing.
+//
+// PHAROX_BENCH_SCALE_SIZES (e.g. "1000,20000") measures other pool sizes.
 func BenchmarkScale(b *testing.B) {
+	var sizes []int
+	for _, f := range strings.FieldsFunc(os.Getenv("PHAROX_BENCH_SCALE_SIZES"), func(r rune) bool { return r == ',' }) {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			b.Fatalf("PHAROX_BENCH_SCALE_SIZES: %q is not a number", f)
+		}
+		sizes = append(sizes, n)
+	}
 	storagetest.BenchmarkScale(b, func(b *testing.B) pharox.Storage {
 		return &vacuumAfterFill{Store: newTestStore(b)}
-	})
+	}, sizes...)
 }
 
 // vacuumAfterFill is a Store that vacuums its tables once, when an
