@@ -18,19 +18,31 @@
 // kept from the start; every other structure is built the first time a
 // request needs it, so pools pay only for the strategies and countries they
 // are asked for. Building one holds the store's lock for a moment (about
-// 0.1 s for 100,000 proxies on a busy 2-core machine). With a
-// top-level country filter only that country's proxies are visited; other
-// filters walk the ordered set and test each candidate with
-// [pharox.Filters.Match] until one matches.
+// 0.1 s for 100,000 proxies on a busy 2-core machine).
 //
-// The LeastUsed trees and Random slices hold exactly the proxies that can
-// take a lease. The FirstAvailable and RoundRobin keys do not depend on the
-// lease count, so their trees are pruned lazily: a proxy that fills up stays
-// in them until a search meets it, which drops it (once), and a proxy that
-// frees a slot while still there costs nothing. Acquiring and releasing a
-// busy proxy thus touches no tree at all, and since a search drops every
-// stale entry it meets, each is walked at most once: over time lazy pruning
-// costs no more than eager removal.
+// Every structure holds exactly the proxies that can take a lease: a proxy
+// that fills up leaves them in the same critical section, and one that
+// frees a slot joins them again. A search therefore never walks a busy
+// proxy, and its cost is O(log n) whatever the number of busy proxies:
+// removing a full proxy at once costs a few tree updates per lease, where
+// leaving it for searches to drop would make the first search after a pool
+// fills up walk every busy proxy under the lock.
+//
+// # Filters
+//
+// Indexed shapes: no filter, and a top-level Country (alone or with other
+// fields), whose proxies have sets of their own, so only that country's
+// candidates are visited. Every other shape (source, city, ISP, ASN,
+// protocol, tags, coordinates and radius, AllOf, AnyOf, NoneOf,
+// predicates) walks the candidates in the strategy's order and tests each
+// with [pharox.Filters.Match] until one matches: busy proxies are no
+// candidates, but each candidate the filter rejects costs a test. So that a filter rejecting nearly every
+// candidate of a large pool cannot hold the store's lock for long, one
+// search tests at most [DefaultFilterScanBudget] candidates
+// ([WithFilterScanBudget]) and then fails with [pharox.ErrNoProxyAvailable],
+// saying the filter is too selective. Random draws candidates at random until one matches, which is
+// uniform among the matching ones, and falls back to one exact pass over
+// the candidates when they are no more than the budget.
 //
 // A [pharox.Filters.Predicate] runs under the store's lock, on a copy of
 // each candidate it is asked about: keep it fast, and never call the store
@@ -51,7 +63,10 @@
 // per-store value, name the slot of the lease record: finding a lease is an
 // index into a slice, not a lookup in a hash table as large as the lease
 // history. The other 90 bits are random (crypto/rand), so ids stay
-// unguessable.
+// unguessable. An id the caller chose ([pharox.AcquireRequest].LeaseID)
+// names no slot; such leases are found through a map, for as long as they
+// are retained, and an acquisition with the id of one of them is a retry:
+// it returns that lease and takes no slot.
 //
 // # Retention of ended leases
 //

@@ -29,16 +29,12 @@ type proxyState struct {
 	checkedNsec int32
 
 	// indexed is true exactly while the proxy can take a lease (leasable
-	// status and a free slot). It is then in every enabled structure; the
-	// LeastUsed trees and Random slices hold only indexed proxies.
+	// status and a free slot). It is then in every enabled structure, and
+	// only then.
 	indexed bool
 	deleted bool
 	// inFA and inRR say whether the FirstAvailable and RoundRobin trees of
-	// the pool-wide set (0) and of the country set (1) hold the proxy. Their
-	// keys never depend on the lease count, so a proxy that fills up stays
-	// in them, stale, until a search meets it and drops it (see
-	// Store.pick) or it frees a slot again; a busy exclusive proxy then
-	// costs no tree work at all.
+	// the pool-wide set (0) and of the country set (1) hold the proxy.
 	inFA, inRR [2]bool
 	// rndPos is the proxy's position in the Random slice of the pool-wide
 	// set (0) and of its country set (1).
@@ -165,9 +161,10 @@ func (x *indexSet) add(ps *proxyState) {
 	}
 }
 
-// remove takes a proxy that stopped being leasable out of the eager
-// structures; the FirstAvailable and RoundRobin trees keep it, stale.
+// remove takes a proxy that stopped being leasable out of every
+// structure, so that no search ever walks a busy proxy.
 func (x *indexSet) remove(ps *proxyState) {
+	x.forget(ps, false)
 	if x.lu != nil {
 		x.lu.Delete(ps.luItem())
 	}
@@ -181,8 +178,8 @@ func (x *indexSet) remove(ps *proxyState) {
 	}
 }
 
-// forget deletes ps's FirstAvailable and RoundRobin items, stale or not:
-// before its keys change, and before it leaves the store (its table index
+// forget deletes ps's FirstAvailable and (unless keysOnly) RoundRobin
+// items, before its keys change or it leaves the store (its table index
 // may then be reused).
 func (x *indexSet) forget(ps *proxyState, keysOnly bool) {
 	if ps.inFA[x.slot] {

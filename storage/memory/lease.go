@@ -206,11 +206,11 @@ type scanner struct {
 	panicked any
 	// table resolves index items to proxies: the store's table as of reset.
 	table []*proxyState
-	// staleFA and staleRR collect items of proxies that cannot take a
-	// lease, met during a walk, for deletion after it (a b-tree cannot
-	// change while it is walked).
-	staleFA []faItem
-	staleRR []idItem
+	// budget bounds the candidates one search tests against filters;
+	// tested counts them and exhausted says the search stopped there.
+	budget    int
+	tested    int
+	exhausted bool
 }
 
 func (sc *scanner) reset(f *pharox.Filters, table []*proxyState) {
@@ -218,7 +218,17 @@ func (sc *scanner) reset(f *pharox.Filters, table []*proxyState) {
 		f = nil
 	}
 	sc.f, sc.clone, sc.found, sc.panicked, sc.table = f, f.HasPredicate(), nil, nil, table
-	sc.staleFA, sc.staleRR = sc.staleFA[:0], sc.staleRR[:0]
+	sc.tested, sc.exhausted = 0, false
+}
+
+// tooSelective reports a search that used its whole budget without a
+// match.
+func (sc *scanner) tooSelective() error {
+	if !sc.exhausted {
+		return nil
+	}
+	return fmt.Errorf("%w: the filter matched none of the %d candidates examined; it is too selective to serve from a pool this large (narrow the pool or loosen the filter)",
+		pharox.ErrNoProxyAvailable, sc.budget)
 }
 
 func (sc *scanner) match(ps *proxyState) bool {
@@ -255,6 +265,13 @@ func (sc *scanner) predicateErr() error {
 }
 
 func (sc *scanner) visit(ps *proxyState) bool {
+	if sc.f != nil {
+		if sc.tested == sc.budget {
+			sc.exhausted = true
+			return false
+		}
+		sc.tested++
+	}
 	if sc.match(ps) {
 		sc.found = ps
 		return false
@@ -262,25 +279,11 @@ func (sc *scanner) visit(ps *proxyState) bool {
 	return true
 }
 
-func (sc *scanner) visitFA(it faItem) bool {
-	ps := sc.table[it.idx]
-	if !ps.indexed {
-		sc.staleFA = append(sc.staleFA, it)
-		return true
-	}
-	return sc.visit(ps)
-}
+func (sc *scanner) visitFA(it faItem) bool { return sc.visit(sc.table[it.idx]) }
 
 func (sc *scanner) visitLU(it luItem) bool { return sc.visit(sc.table[it.idx]) }
 
-func (sc *scanner) visitRR(it idItem) bool {
-	ps := sc.table[it.idx]
-	if !ps.indexed {
-		sc.staleRR = append(sc.staleRR, it)
-		return true
-	}
-	return sc.visit(ps)
-}
+func (sc *scanner) visitRR(it idItem) bool { return sc.visit(sc.table[it.idx]) }
 
 // visitPast skips the cursor itself, which AscendGreaterOrEqual includes.
 func (sc *scanner) visitPast(it idItem) bool {
@@ -297,21 +300,6 @@ func (sc *scanner) visitUpTo(it idItem) bool {
 		return false
 	}
 	return sc.visitRR(it)
-}
-
-// dropStale deletes the stale items the last walk of x met. Each stale item
-// is deleted once, so over time this costs what deleting eagerly would.
-func (s *Store) dropStale(x *indexSet) {
-	sc := &s.scan
-	for _, it := range sc.staleFA {
-		x.fa.Delete(it)
-		s.table[it.idx].inFA[x.slot] = false
-	}
-	for _, it := range sc.staleRR {
-		x.rr.Delete(it)
-		s.table[it.idx].inRR[x.slot] = false
-	}
-	sc.staleFA, sc.staleRR = sc.staleFA[:0], sc.staleRR[:0]
 }
 
 // pick returns the candidate st chooses among pl's leasable proxies that
@@ -338,26 +326,15 @@ func (s *Store) pick(pl *poolState, st pharox.Strategy) *proxyState {
 		} else {
 			x.rr.Ascend(s.visitRR)
 		}
-		s.dropStale(x)
 	case pharox.Random:
 		return pickRandom(sc, x.rnd)
 	default:
 		if sc.f == nil {
-			for {
-				it, ok := x.fa.Min()
-				if !ok {
-					break
-				}
-				if ps := s.table[it.idx]; ps.indexed {
-					sc.found = ps
-					break
-				}
-				x.fa.DeleteMin()
-				s.table[it.idx].inFA[x.slot] = false
+			if it, ok := x.fa.Min(); ok {
+				sc.found = s.table[it.idx]
 			}
 		} else {
 			x.fa.Ascend(s.visitFA)
-			s.dropStale(x)
 		}
 	}
 	return sc.found
@@ -366,16 +343,29 @@ func (s *Store) pick(pl *poolState, st pharox.Strategy) *proxyState {
 // pickRandom chooses uniformly among the matching members of set. Random
 // draws are uniform over set, so the first draw that matches is uniform over
 // the matching ones; when matches are too rare for that to be quick, a
-// reservoir-sampling pass over the set decides instead.
+// reservoir-sampling pass over the set decides instead, if the set is
+// within the scan budget, and more draws up to the budget otherwise.
 func pickRandom(sc *scanner, set []*proxyState) *proxyState {
 	n := len(set)
 	if n == 0 {
 		return nil
 	}
-	for range 32 {
+	if sc.f == nil {
+		return set[rand.IntN(n)]
+	}
+	draws := min(32, sc.budget)
+	if n > sc.budget {
+		draws = sc.budget
+	}
+	for range draws {
+		sc.tested++
 		if ps := set[rand.IntN(n)]; sc.match(ps) {
 			return ps
 		}
+	}
+	if n > sc.budget {
+		sc.exhausted = true
+		return nil
 	}
 	var chosen *proxyState
 	seen := 0
@@ -432,8 +422,12 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 			return nil, fmt.Errorf("memory: acquire lease from pool %q: %w", req.PoolName, err)
 		}
 		if ps == nil {
+			err := s.scan.tooSelective()
 			s.mu.Unlock()
-			return nil, fmt.Errorf("memory: acquire lease from pool %q: %w", req.PoolName, pharox.ErrNoProxyAvailable)
+			if err == nil {
+				err = pharox.ErrNoProxyAvailable
+			}
+			return nil, fmt.Errorf("memory: acquire lease from pool %q: %w", req.PoolName, err)
 		}
 		if req.Strategy == pharox.RoundRobin {
 			pl.rrCursor = ps.idItem()
@@ -528,8 +522,12 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 		return nil, fmt.Errorf("memory: find available proxy in pool %q: %w", pool, err)
 	}
 	if ps == nil {
+		err := s.scan.tooSelective()
 		s.mu.Unlock()
-		return nil, fmt.Errorf("memory: find available proxy in pool %q: %w", pool, pharox.ErrNoProxyAvailable)
+		if err == nil {
+			err = pharox.ErrNoProxyAvailable
+		}
+		return nil, fmt.Errorf("memory: find available proxy in pool %q: %w", pool, err)
 	}
 	snap := ps.p
 	s.mu.Unlock()

@@ -31,6 +31,25 @@ func WithEndedLeaseRetention(n int) Option {
 	return func(s *Store) { s.retention = max(0, n) }
 }
 
+// DefaultFilterScanBudget is how many candidates one acquisition tests
+// against its filters, at most; see WithFilterScanBudget.
+const DefaultFilterScanBudget = 20000
+
+// WithFilterScanBudget sets how many candidates (proxies that can take a
+// lease) one acquisition or FindAvailableProxy tests against its filters
+// before giving up with pharox.ErrNoProxyAvailable, saying the filter is
+// too selective (default DefaultFilterScanBudget). The search runs under
+// the store's lock, so the budget bounds how long one call can stall every
+// other. Values below 1 mean the default.
+func WithFilterScanBudget(n int) Option {
+	return func(s *Store) {
+		if n < 1 {
+			n = DefaultFilterScanBudget
+		}
+		s.scan.budget = n
+	}
+}
+
 // WithClock replaces time.Now as the store's clock, for tests that need to
 // move time without sleeping. now must be safe for concurrent use. The
 // store never lets its time go backwards: a clock that steps back reads as
@@ -110,6 +129,7 @@ func New(opts ...Option) *Store {
 	s := &Store{
 		now:           time.Now,
 		retention:     DefaultEndedLeaseRetention,
+		scan:          scanner{budget: DefaultFilterScanBudget},
 		pools:         make(map[uuid.UUID]*poolState),
 		poolNames:     make(map[string]*poolState),
 		proxies:       make(map[uuid.UUID]*proxyState),

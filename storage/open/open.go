@@ -7,7 +7,8 @@
 //	redis://host:6379/0?prefix=name:           shared, for very high lease volume
 //
 // PostgreSQL schemas are migrated on open (safe from many processes at
-// once); SQLite files are created and migrated on open. The schema and
+// once); SQLite files are created and migrated on open, and run with
+// synchronous=FULL, so a committed lease survives power loss. The schema and
 // prefix parameters are pharox's own and are not passed to the driver, nor
 // is max_batch, which sets how many concurrent calls the shared stores may
 // serve with one statement or script (postgres.WithMaxBatch,
@@ -51,7 +52,9 @@ func Open(ctx context.Context, rawURL string) (pharox.Storage, error) {
 		if path == "" {
 			return nil, fmt.Errorf("%w: sqlite storage URL needs a file path, as in sqlite://pharox.db", pharox.ErrInvalidArgument)
 		}
-		return sqlite.Open(ctx, path)
+		// FULL: as a service's store, an acknowledged lease must survive
+		// an OS crash or power loss (NORMAL may forget the last commits).
+		return sqlite.Open(ctx, path, sqlite.WithSynchronous("FULL"))
 	case "postgres", "postgresql":
 		return openPostgres(ctx, rawURL)
 	case "redis", "rediss":

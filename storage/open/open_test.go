@@ -14,6 +14,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/storage/sqlite"
 )
 
 // roundTrip proves the store behind url works and, when reopen is set,
@@ -130,5 +131,24 @@ func TestOpenRejectsBadURLs(t *testing.T) {
 	}
 	if got := Redact("postgres://u:pw@h/db"); got != "postgres://u:xxxxx@h/db" {
 		t.Errorf("Redact: %s", got)
+	}
+}
+
+// TestSQLiteSynchronousFull: the service's default store syncs every
+// commit, so an OS crash or power loss cannot forget an acknowledged lease
+// and hand its slot out again.
+func TestSQLiteSynchronousFull(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(ctx, "sqlite://"+filepath.Join(t.TempDir(), "pharox.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	st, ok := s.(*sqlite.Store)
+	if !ok {
+		t.Fatalf("Open(sqlite://...) = %T, want *sqlite.Store", s)
+	}
+	if mode, err := st.Synchronous(ctx); err != nil || mode != "FULL" {
+		t.Fatalf("sqlite store from Open: synchronous = %q, %v; want FULL", mode, err)
 	}
 }

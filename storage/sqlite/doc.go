@@ -44,19 +44,35 @@
 // PRAGMA synchronous is NORMAL by default: a committed transaction survives
 // a crash of the process (SIGKILL included) but the last transactions may be
 // lost on power failure or an OS crash; WithSynchronous("FULL") trades
-// throughput for that guarantee too. Either way the file stays consistent:
-// a lease and its proxy's counter change in the same transaction.
+// throughput for that guarantee too, and storage/open (so `pharox serve`)
+// uses FULL: a lost acquisition would hand its slot out again while its
+// client still uses the proxy. Either way the file stays consistent: a
+// lease and its proxy's counter change in the same transaction.
 //
 // # Semantics
 //
-// Acquisition narrows and orders candidates in SQL through partial indexes
-// that hold only proxies with a free slot, one per strategy order, then
-// applies pharox.Filters.Match to each row in that order and takes the
-// first it accepts (Random counts the candidates and reads one at a random
-// offset, or samples them when Go must decide the filter). So every filter
-// has the reference semantics, including radius (a bounding box in SQL, the
+// Acquisition finds its candidate in O(log n), whatever the pool's size and
+// however many of its proxies are busy. FirstAvailable, LeastUsed and
+// RoundRobin walk partial indexes that hold only proxies with a free slot,
+// one per strategy order; Random draws a number below the count of such
+// proxies, which triggers keep numbered densely per pool (random_slots), and
+// reads that one. Filters narrow the walk in SQL where columns allow, and
+// pharox.Filters.Match then decides each row exactly, so every filter has
+// the reference semantics, including radius (a bounding box in SQL, the
 // exact haversine test in Go) and Predicate filters, which this store
 // supports.
+//
+// No filter shape has an index of its own: the walk visits proxies with a
+// free slot in strategy order and skips those the filter rejects (a
+// filtered Random reads 64 random numbers at a time and picks among the
+// accepted ones), so a filter costs the candidates it rejects. Since a
+// filter that rejects nearly every proxy of a large pool would walk all of
+// them under the write lock, one acquisition examines at most
+// DefaultFilterScanBudget of them (WithFilterScanBudget) and then fails with
+// pharox.ErrNoProxyAvailable, saying the filter is too selective. Random
+// with a filter that rejects its first draws examines every candidate
+// once, for an exact uniform choice, when there are no more than the
+// budget.
 //
 // A proxy's current_leases is kept by triggers on the leases table, in the
 // statement that starts or ends a lease, and CHECK constraints refuse a
@@ -64,11 +80,15 @@
 // leases agree even after a crash or a hand-written UPDATE.
 //
 // Leases past their expiry are reclaimed inside the next acquisition from
-// their pool, by any write touching their proxy, before reads that report
-// counters, and in bulk by CleanupExpiredLeases (in batches, so the write
-// lock is never held long); an expired lease records ReleasedAt =
-// ExpiresAt. Ended leases are kept until PurgeEndedLeases deletes them.
-// Lease ids are version 7 UUIDs made from AcquiredAt. Timestamps are stored
-// as integer microseconds, UTC, stamped with the clock of the process that
-// performs the operation.
+// their pool (an index of active leases by pool and expiry, so other pools'
+// expired leases are not walked), by any write touching their proxy,
+// before reads that report counters, and in bulk by CleanupExpiredLeases
+// (in batches, so the write lock is never held long); an expired lease
+// records ReleasedAt = ExpiresAt. Ended leases are kept until
+// PurgeEndedLeases deletes them. Lease ids are version 7 UUIDs made from
+// AcquiredAt, unless the caller chose one (AcquireRequest.LeaseID): an
+// acquisition with the id of a lease the file holds is a retry and returns
+// that lease, taking no slot. Timestamps are stored as integer
+// microseconds, UTC, stamped with the clock of the process that performs
+// the operation.
 package sqlite

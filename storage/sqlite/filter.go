@@ -63,7 +63,9 @@ func (b *filterBuilder) add(f *pharox.Filters) {
 		b.cond("asn = ?", int64(*f.ASN))
 	}
 	for _, t := range f.Tags {
-		b.cond("EXISTS (SELECT 1 FROM json_each(proxies.tags) WHERE json_each.value = ?)", t)
+		// Unqualified: the column of whichever row source the
+		// condition is applied to (the proxies table or a walk of it).
+		b.cond("EXISTS (SELECT 1 FROM json_each(tags) WHERE json_each.value = ?)", t)
 	}
 	if f.Latitude != nil && f.Longitude != nil {
 		b.point(*f.Latitude, *f.Longitude, f.RadiusKM)

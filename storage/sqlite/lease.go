@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -72,7 +73,7 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		}
 		advanceRR := false
 		if chosen == nil {
-			p, err := choose(tx, poolID, req.Filters, req.Strategy)
+			p, err := choose(tx, poolID, req.Filters, req.Strategy, s.filterBudget)
 			if err != nil {
 				return err
 			}
@@ -204,7 +205,7 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 		if _, err := reclaimPool(tx, poolID, s.stamp()); err != nil {
 			return err
 		}
-		p, err := choose(tx, poolID, filters, strategy.OrDefault())
+		p, err := choose(tx, poolID, filters, strategy.OrDefault(), s.filterBudget)
 		if err != nil {
 			return err
 		}
@@ -220,90 +221,182 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 	return out, nil
 }
 
-// choose returns the first candidate of the pool under strategy, or nil.
-// SQL narrows and orders the candidates through an index; Filters.Match then
-// decides each one exactly, so every filter (tags, radius, nested groups,
-// predicates) has the reference semantics.
-func choose(tx *wtx, poolID uuid.UUID, filters *pharox.Filters, strategy pharox.Strategy) (*pharox.Proxy, error) {
-	pre := prefilter(filters)
-	f := newMatcher(filters)
-	// INDEXED BY pins each strategy to the index that yields its order, so
-	// the walk stops at the first match instead of sorting the pool; the
-	// planner has no statistics to choose by.
-	from := func(index string) string {
-		return ` FROM proxies INDEXED BY ` + index + ` WHERE pool_id = ? AND has_free_slot = 1` + pre.where
-	}
-	sel := func(index string) string { return `SELECT ` + proxyCols + from(index) }
-	args := append([]any{idArg(poolID)}, pre.args...)
+// DefaultFilterScanBudget is how many proxies with a free slot one
+// acquisition examines, at most, looking for one its filters accept; see
+// WithFilterScanBudget.
+const DefaultFilterScanBudget = 5000
+
+// walk is one pass over a partial index of the pool's proxies with a free
+// slot: the index, its order, and an optional range condition that starts
+// the pass at a cursor.
+type walk struct {
+	index, order string
+	cond         string // " AND ..." or empty
+	args         []any
+}
+
+// strategyWalks returns the passes strategy makes, in order: the answer is
+// the first candidate the filters accept in the first pass that has one.
+// rrLast is the round-robin cursor ("" before the pool's first round-robin
+// lease). Random makes no walk (see chooseRandom).
+func strategyWalks(strategy pharox.Strategy, rrLast string) []walk {
 	switch strategy {
 	case pharox.LeastUsed:
-		return first(tx, sel("proxies_least_used")+` ORDER BY status_rank, current_leases, id`, args, f)
+		return []walk{{index: "proxies_least_used", order: "status_rank, current_leases, id"}}
 	case pharox.RoundRobin:
-		var last string
-		err := tx.queryRow(`SELECT last_proxy_id FROM round_robin WHERE pool_id = ?`, idArg(poolID)).Scan(&last)
+		w := walk{index: "proxies_round_robin", order: "id"}
+		if rrLast == "" {
+			return []walk{w}
+		}
+		after, upTo := w, w
+		after.cond, after.args = " AND id > ?", []any{rrLast}
+		upTo.cond, upTo.args = " AND id <= ?", []any{rrLast}
+		return []walk{after, upTo}
+	default:
+		return []walk{{index: "proxies_first_available", order: "status_rank, checked_key DESC, id"}}
+	}
+}
+
+// walkSQL returns the query of one pass. Unfiltered, it reads the first
+// entry of the index range. Filtered, the inner query walks at most
+// budget index entries in order and the outer one applies the SQL part of
+// the filters: a LIMITed subquery in FROM runs as a co-routine, so rows
+// reach the outer WHERE, and the caller, in the inner query's order, and
+// the walk stops as soon as the caller stops reading.
+func walkSQL(w walk, pre sqlFilter, filtered bool) string {
+	inner := `SELECT * FROM proxies INDEXED BY ` + w.index + ` WHERE pool_id = ? AND has_free_slot = 1` + w.cond +
+		` ORDER BY ` + w.order
+	if !filtered {
+		return `SELECT ` + proxyCols + ` FROM (` + inner + ` LIMIT 1)`
+	}
+	return `SELECT ` + proxyCols + ` FROM (` + inner + ` LIMIT ?) AS candidates WHERE 1` + pre.where
+}
+
+// errTooSelective is the answer when a filter rejected every proxy a
+// pass's budget allowed it to examine.
+func errTooSelective(budget int) error {
+	return fmt.Errorf("%w: the filter matched none of the %d proxies with a free slot examined; it is too selective to serve from a pool this large (narrow the pool or loosen the filter)",
+		pharox.ErrNoProxyAvailable, budget)
+}
+
+// choose returns the first candidate of the pool under strategy, or nil.
+// Each strategy walks a partial index holding only proxies with a free
+// slot, in its order, so finding the first candidate costs O(log n)
+// whatever the number of busy proxies. Filters narrow the walk in SQL where
+// columns allow and Filters.Match then decides each row exactly, so every
+// filter (tags, radius, nested groups, predicates) has the reference
+// semantics; no filter has an index of its own, so a filtered walk examines
+// at most budget proxies with a free slot and then gives up with
+// ErrNoProxyAvailable (see errTooSelective).
+func choose(tx *wtx, poolID uuid.UUID, filters *pharox.Filters, strategy pharox.Strategy, budget int) (*pharox.Proxy, error) {
+	filtered := !filters.IsZero()
+	var pre sqlFilter
+	if filtered {
+		pre = prefilter(filters)
+	}
+	f := newMatcher(filters)
+	if strategy == pharox.Random {
+		return chooseRandom(tx, poolID, pre, f, filtered, budget)
+	}
+	var rrLast string
+	if strategy == pharox.RoundRobin {
+		err := tx.queryRow(`SELECT last_proxy_id FROM round_robin WHERE pool_id = ?`, idArg(poolID)).Scan(&rrLast)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return nil, err
 		}
-		if last != "" {
-			p, err := first(tx, sel("proxies_by_id")+` AND id > ? ORDER BY id`, append(args, last), f)
+	}
+	left := budget
+	for _, w := range strategyWalks(strategy, rrLast) {
+		args := append([]any{idArg(poolID)}, w.args...)
+		if filtered {
+			args = append(append(args, left), pre.args...)
+		}
+		p, err := first(tx, walkSQL(w, pre, filtered), args, f)
+		if p != nil || err != nil || !filtered {
 			if p != nil || err != nil {
 				return p, err
 			}
+			continue
 		}
-		// Wrap around.
-		return first(tx, sel("proxies_by_id")+` ORDER BY id`, args, f)
-	case pharox.Random:
-		if pre.exact {
-			return randomExact(tx, from("proxies_first_available"), args)
+		// No match: the pass examined every entry of its range or its
+		// whole budget; count which, reading the index alone.
+		var n int
+		if err := tx.queryRow(`SELECT count(*) FROM (SELECT 1 FROM proxies INDEXED BY `+w.index+
+			` WHERE pool_id = ? AND has_free_slot = 1`+w.cond+` LIMIT ?)`,
+			append(append([]any{idArg(poolID)}, w.args...), left)...).Scan(&n); err != nil {
+			return nil, err
 		}
-		return randomScan(tx, sel("proxies_first_available"), args, f)
-	default:
-		return first(tx, sel("proxies_first_available")+` ORDER BY status_rank, checked_key DESC, id`, args, f)
+		if left -= n; left <= 0 {
+			return nil, errTooSelective(budget)
+		}
 	}
+	return nil, nil
 }
 
-// first returns the first row of query that f matches.
-func first(tx *wtx, query string, args []any, f matcher) (*pharox.Proxy, error) {
-	rows, err := tx.query(query, args...)
+// randomBatch is how many distinct random positions one draw of a filtered
+// Random choice reads in one statement.
+const randomBatch = 64
+
+const randomCountSQL = `SELECT n FROM random_counts WHERE pool_id = ?`
+
+var (
+	randomProbeSQL = `SELECT ` + proxyColsP + ` FROM random_slots s JOIN proxies p ON p.id = s.proxy_id
+		WHERE s.pool_id = ? AND s.pos = ?`
+	randomAllSQL = `SELECT ` + proxyColsP + ` FROM random_slots s JOIN proxies p ON p.id = s.proxy_id
+		WHERE s.pool_id = ?`
+)
+
+// chooseRandom picks uniformly among the pool's candidates the filters
+// accept. The n proxies with a free slot are numbered 0..n-1
+// (random_slots), so an unfiltered pick is one random number and one key
+// lookup. Filtered, each draw reads randomBatch distinct random positions
+// (a uniform random subset) and picks uniformly among those the filters
+// accept, which is uniform among all accepted candidates; draws repeat
+// while they find none, up to budget positions, then errTooSelective. A
+// pool with at most budget candidates is instead sampled exactly in one
+// pass after the first empty draw.
+func chooseRandom(tx *wtx, poolID uuid.UUID, pre sqlFilter, f matcher, filtered bool, budget int) (*pharox.Proxy, error) {
+	var n int
+	err := tx.queryRow(randomCountSQL, idArg(poolID)).Scan(&n)
+	if errors.Is(err, sql.ErrNoRows) || err == nil && n == 0 {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	for rows.Next() {
-		p, err := scanProxy(rows)
-		if err != nil {
-			return nil, err
+	if !filtered {
+		p, err := scanProxy(tx.queryRow(randomProbeSQL, idArg(poolID), rand.IntN(n)))
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, fmt.Errorf("random_slots has no proxy numbered below its count %d", n)
 		}
-		if ok, err := f.match(p); ok || err != nil {
-			if err != nil {
-				return nil, err
+		return p, err
+	}
+	k := min(randomBatch, n)
+	query := randomAllSQL + ` AND s.pos IN (?` + strings.Repeat(`, ?`, k-1) + `)` + pre.where
+	for examined := 0; examined < budget; examined += k {
+		args := make([]any, 0, 1+k+len(pre.args))
+		args = append(args, idArg(poolID))
+		seen := make(map[int]bool, k)
+		for len(seen) < k {
+			if pos := rand.IntN(n); !seen[pos] {
+				seen[pos] = true
+				args = append(args, pos)
 			}
-			return p, nil
+		}
+		p, err := randomScan(tx, query, append(args, pre.args...), f)
+		if p != nil || err != nil {
+			return p, err
+		}
+		if n <= budget {
+			return randomScan(tx, randomAllSQL+pre.where, append([]any{idArg(poolID)}, pre.args...), f)
 		}
 	}
-	return nil, rows.Err()
-}
-
-// randomExact picks uniformly when SQL alone decides the candidates: count
-// them, then read only the chosen one.
-func randomExact(tx *wtx, from string, args []any) (*pharox.Proxy, error) {
-	var n int
-	if err := tx.queryRow(`SELECT count(*)`+from, args...).Scan(&n); err != nil {
-		return nil, err
-	}
-	if n == 0 {
-		return nil, nil
-	}
-	p, err := scanProxy(tx.queryRow(`SELECT `+proxyCols+from+` ORDER BY status_rank, checked_key DESC, id LIMIT 1 OFFSET ?`, append(args, rand.IntN(n))...))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, nil
-	}
-	return p, err
+	return nil, errTooSelective(budget)
 }
 
 // randomScan picks uniformly among the rows f matches (reservoir sampling).
-func randomScan(tx *wtx, base string, args []any, f matcher) (*pharox.Proxy, error) {
-	rows, err := tx.query(base, args...)
+func randomScan(tx *wtx, query string, args []any, f matcher) (*pharox.Proxy, error) {
+	rows, err := tx.query(query, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -330,6 +423,28 @@ func randomScan(tx *wtx, base string, args []any, f matcher) (*pharox.Proxy, err
 		}
 	}
 	return pick, rows.Err()
+}
+
+// first returns the first row of query that f matches.
+func first(tx *wtx, query string, args []any, f matcher) (*pharox.Proxy, error) {
+	rows, err := tx.query(query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		p, err := scanProxy(rows)
+		if err != nil {
+			return nil, err
+		}
+		if ok, err := f.match(p); ok || err != nil {
+			if err != nil {
+				return nil, err
+			}
+			return p, nil
+		}
+	}
+	return nil, rows.Err()
 }
 
 // ReleaseLease ends an active lease as released and frees its slot.
@@ -405,22 +520,27 @@ func (s *Store) RenewLease(ctx context.Context, leaseID uuid.UUID, d time.Durati
 
 // reclaimPool ends the pool's active leases past their expiry and frees
 // their slots, in the caller's transaction. INDEXED BY pins the partial
-// index of active leases: it holds only leases that can expire, where an
-// index by pool or proxy would also walk every ended lease.
+// index of active leases by pool and expiry: it holds only leases that can
+// expire, and only this pool's are walked.
 func reclaimPool(tx *wtx, poolID uuid.UUID, now time.Time) (int, error) {
-	return reclaim(tx, `UPDATE leases INDEXED BY leases_active_expiry
-		SET status = 'expired', released_at = expires_at
-		WHERE pool_id = ? AND status = 'active' AND expires_at <= ?`,
-		idArg(poolID), micros(now))
+	return reclaim(tx, reclaimPoolSQL, idArg(poolID), micros(now))
 }
 
-// reclaimProxy does the same for one proxy.
+const reclaimPoolSQL = `UPDATE leases INDEXED BY leases_active_pool
+	SET status = 'expired', released_at = expires_at
+	WHERE pool_id = ? AND status = 'active' AND expires_at <= ?`
+
+// reclaimProxy does the same for one proxy. It walks the expired leases of
+// the proxy's pool, which every acquisition from the pool reclaims, so they
+// are few; an index by proxy would also hold every ended lease.
 func reclaimProxy(tx *wtx, proxyID uuid.UUID, now time.Time) (int, error) {
-	return reclaim(tx, `UPDATE leases INDEXED BY leases_active_expiry
-		SET status = 'expired', released_at = expires_at
-		WHERE proxy_id = ? AND status = 'active' AND expires_at <= ?`,
-		idArg(proxyID), micros(now))
+	return reclaim(tx, reclaimProxySQL, idArg(proxyID), micros(now))
 }
+
+const reclaimProxySQL = `UPDATE leases INDEXED BY leases_active_pool
+	SET status = 'expired', released_at = expires_at
+	WHERE pool_id = (SELECT pool_id FROM proxies WHERE id = ?1) AND proxy_id = ?1
+		AND status = 'active' AND expires_at <= ?2`
 
 // reclaim runs an UPDATE that ends leases and returns how many it ended;
 // the leases_count_end trigger frees their slots. Ending a lease records
@@ -458,28 +578,35 @@ func (s *Store) CleanupExpiredLeases(ctx context.Context) (int, error) {
 	return total, nil
 }
 
+const reclaimDueSQL = `SELECT EXISTS (SELECT 1 FROM pools p CROSS JOIN leases l INDEXED BY leases_active_pool
+	ON l.pool_id = p.id AND l.status = 'active' AND l.expires_at <= ?)`
+
 // reclaimBatch ends up to reclaimBatch expired leases in one transaction.
 func (s *Store) reclaimBatch(ctx context.Context) (int, error) {
 	var n int
 	err := s.writeTx(ctx, func(tx *wtx) error {
 		var err error
-		n, err = reclaim(tx, `UPDATE leases SET status = 'expired', released_at = expires_at
-			WHERE id IN (SELECT id FROM leases INDEXED BY leases_active_expiry
-				WHERE status = 'active' AND expires_at <= ?
-				ORDER BY expires_at LIMIT ?)`, micros(s.stamp()), reclaimBatch)
+		n, err = reclaim(tx, reclaimBatchSQL, micros(s.stamp()), reclaimBatch)
 		return err
 	})
 	return n, err
 }
 
+// reclaimBatchSQL walks the active leases past their expiry pool by pool
+// (CROSS JOIN keeps pools the outer loop): pools are few, and each pool's
+// walk reads only its expired leases.
+const reclaimBatchSQL = `UPDATE leases SET status = 'expired', released_at = expires_at
+	WHERE id IN (SELECT l.id FROM pools p CROSS JOIN leases l INDEXED BY leases_active_pool
+		ON l.pool_id = p.id AND l.status = 'active' AND l.expires_at <= ?
+		LIMIT ?)`
+
 // reclaimIfDue reclaims expired leases before a read whose answer counts
 // leases, so reads agree with what the next acquisition would see. The
-// check is one probe of a partial index; the write happens only when some
-// lease has actually expired.
+// check is one probe of a partial index per pool; the write happens only
+// when some lease has actually expired.
 func (s *Store) reclaimIfDue(ctx context.Context) error {
 	var due bool
-	if err := s.r.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM leases INDEXED BY leases_active_expiry
-		WHERE status = 'active' AND expires_at <= ?)`, micros(s.stamp())).Scan(&due); err != nil {
+	if err := s.r.QueryRowContext(ctx, reclaimDueSQL, micros(s.stamp())).Scan(&due); err != nil {
 		return err
 	}
 	for due {

@@ -15,6 +15,9 @@ const proxyCols = `id, pool_id, host, port, protocol, has_credentials, username,
 	current_leases, checked_at, latency_ms, last_error, last_status_code, failure_streak,
 	status_changed_at, created_at`
 
+// proxyColsP is proxyCols qualified by the alias p, for joins.
+var proxyColsP = prefixed("p.", proxyCols)
+
 // scanner is *sql.Row or *sql.Rows.
 type scanner interface{ Scan(dest ...any) error }
 

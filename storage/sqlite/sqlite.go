@@ -32,6 +32,7 @@ type config struct {
 	synchronous string
 	readConns   int
 	now         func() time.Time
+	budget      int
 }
 
 // WithBusyTimeout sets how long an operation waits for another process's
@@ -53,6 +54,17 @@ func WithSynchronous(mode string) Option {
 // Reads run in parallel with each other and with the writer under WAL.
 func WithReadConns(n int) Option {
 	return func(c *config) { c.readConns = n }
+}
+
+// WithFilterScanBudget sets how many proxies with a free slot one
+// acquisition examines, at most, for one its filters accept (default
+// DefaultFilterScanBudget). Filters have no index of their own, so a filter
+// that rejects nearly every proxy of a large pool would otherwise walk all
+// of them while holding the database's write lock; past the budget the
+// acquisition fails with pharox.ErrNoProxyAvailable, saying the filter is
+// too selective. Values below 1 mean the default.
+func WithFilterScanBudget(n int) Option {
+	return func(c *config) { c.budget = n }
 }
 
 // WithClock replaces the store's clock, for tests. It must return the real
@@ -78,6 +90,9 @@ type Store struct {
 	// busyTimeout bounds retries of SQLITE_BUSY errors SQLite reports
 	// without calling its busy handler.
 	busyTimeout time.Duration
+
+	// filterBudget bounds a filtered walk; see WithFilterScanBudget.
+	filterBudget int
 
 	// stmts caches statements prepared on w, keyed by SQL text.
 	stmtMu sync.Mutex
@@ -119,6 +134,9 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	if cfg.readConns < 1 {
 		cfg.readConns = 1
 	}
+	if cfg.budget < 1 {
+		cfg.budget = DefaultFilterScanBudget
+	}
 	if cfg.now == nil {
 		cfg.now = time.Now
 	}
@@ -142,7 +160,7 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
 
-	s := &Store{w: w, path: abs, now: cfg.now, stmts: make(map[string]*sql.Stmt), busyTimeout: cfg.busyTimeout}
+	s := &Store{w: w, path: abs, now: cfg.now, stmts: make(map[string]*sql.Stmt), busyTimeout: cfg.busyTimeout, filterBudget: cfg.budget}
 	if err := s.retryBusy(ctx, func() error { return s.migrate(ctx) }); err != nil {
 		w.Close()
 		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
@@ -279,6 +297,19 @@ func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("sqlite: schema version: %w", err)
 	}
 	return v, nil
+}
+
+// Synchronous returns the PRAGMA synchronous setting writes run with:
+// OFF, NORMAL, FULL or EXTRA (see WithSynchronous).
+func (s *Store) Synchronous(ctx context.Context) (string, error) {
+	var v int
+	if err := s.w.QueryRowContext(ctx, `PRAGMA synchronous`).Scan(&v); err != nil {
+		return "", fmt.Errorf("sqlite: synchronous: %w", err)
+	}
+	if modes := []string{"OFF", "NORMAL", "FULL", "EXTRA"}; v >= 0 && v < len(modes) {
+		return modes[v], nil
+	}
+	return "", fmt.Errorf("sqlite: synchronous: unknown setting %d", v)
 }
 
 // errAfterCommit asks writeTx to commit and then return err: an operation

@@ -28,6 +28,12 @@
 // clock must agree with the test process's (the database on the same host,
 // or a synchronised one).
 //
+// The LargePool section stores [DefaultLargePoolSize] proxies, leases all
+// but a few dozen slots and checks every strategy and filter shape against
+// the reference there; [WithLargePoolSize] and [WithoutLargePoolInShort]
+// adjust it. [BenchmarkScale] is the matching benchmark: how the cost of an
+// acquisition grows with the pool and its busy proxies.
+//
 // [AuditLeases] is the interval audit the stress tests use; drivers may run
 // it on their own lease records. [RunMultiProcess] re-executes the test
 // binary as worker processes; its Open function learns from

@@ -1,0 +1,6 @@
+//go:build !race
+
+package sqlite_test
+
+// raceDetector is true in builds with -race.
+const raceDetector = false
