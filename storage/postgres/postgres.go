@@ -54,8 +54,10 @@ func WithSchema(name string) Option {
 
 // WithAcquireAttempts sets how many times AcquireLease tries again when
 // every free candidate was row-locked by a concurrent transaction (default
-// 12, with a backoff from 100µs to 5ms between tries). See the package
-// documentation for why a try can miss.
+// 12, with a backoff from 100µs to 5ms between tries). Before the last try
+// it waits, up to 2s, for the transaction holding its best candidate;
+// with 1 it never waits. See the package documentation for why a try can
+// miss.
 func WithAcquireAttempts(n int) Option {
 	return func(c *config) error {
 		if n < 1 || n > 1000 {
