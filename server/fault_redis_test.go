@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/pharox/pharox/internal/faulttest"
-	"github.com/pharox/pharox/storage/open"
 )
 
 // faultRedisSettings are the settings the README asks of a Redis that
@@ -27,26 +26,12 @@ func faultRedis(t *testing.T) (*faulttest.Redis, string) {
 }
 
 // faultRedisStoreURL returns the URL of a store under a fresh prefix on
-// the Redis at base. go-redis repeats a command whose reply a cut
-// connection lost; a store whose scripts are not safe to run twice drifts
-// its in-use counters then (the audit catches it), so for such a store
-// the URL turns those retries off (max_retries=-1) and the service
-// answers 503 instead, which the load repeats with its Idempotency-Key.
-// Stores got retry-safe scripts together with AcquireOptions.LeaseID,
-// which is what is probed.
+// the Redis at base, with go-redis's own retries on: a command whose reply
+// a cut connection lost is repeated, which the store's scripts answer as
+// their first run did (see storage/redis, "Client retries").
 func faultRedisStoreURL(t *testing.T, base string) string {
 	t.Helper()
-	storeURL := backendRedisStoreURL(t, base, "{"+backendNamespace("pharox-fault-")+"}:")
-	s, err := open.Open(backendOpenContext(t), storeURL)
-	if err != nil {
-		t.Fatalf("open %s: %v", open.Redact(storeURL), err)
-	}
-	defer s.Close()
-	if !storeHonoursLeaseID(t, s) {
-		t.Log("this Redis store's scripts are not safe to run twice: go-redis retries off (max_retries=-1)")
-		return backendWithParams(t, storeURL, "max_retries", "-1")
-	}
-	return storeURL
+	return backendRedisStoreURL(t, base, "{"+backendNamespace("pharox-fault-")+"}:")
 }
 
 // TestFaultRedisRestart kills Redis (SIGKILL, as a crash would) under the

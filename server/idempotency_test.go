@@ -10,8 +10,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/google/uuid"
-
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/api"
 	"github.com/pharox/pharox/server"
@@ -65,7 +63,6 @@ func testIdempotencyKey(t *testing.T, store pharox.Storage) {
 			t.Errorf("key %.20q: %d %s, want 422 naming the header", bad, status, body)
 		}
 	}
-	skipUnlessStoreHonoursLeaseID(t, store)
 
 	status, body := idemAcquire(t, e, pool.ID.String(), "alice", "order-17")
 	if status != http.StatusCreated {
@@ -104,39 +101,6 @@ func testIdempotencyKey(t *testing.T, store pharox.Storage) {
 	if status, body = idemAcquire(t, e, pool.ID.String(), "alice", "order-18"); status != http.StatusCreated || idemLease(t, body).ID == first.ID {
 		t.Fatalf("new key: %d %s, want a new lease", status, body)
 	}
-}
-
-// skipUnlessStoreHonoursLeaseID skips t when the store does not yet give a
-// new lease the id AcquireOptions.LeaseID asks for (the contract stores
-// are adding).
-func skipUnlessStoreHonoursLeaseID(t *testing.T, store pharox.Storage) {
-	t.Helper()
-	if !storeHonoursLeaseID(t, store) {
-		t.Skip("this store does not implement AcquireOptions.LeaseID yet: Idempotency-Key needs it")
-	}
-}
-
-// storeHonoursLeaseID reports whether the store gives a new lease the id
-// AcquireOptions.LeaseID asks for, probing in a pool of its own.
-func storeHonoursLeaseID(t *testing.T, store pharox.Storage) bool {
-	t.Helper()
-	ctx := context.Background()
-	p, err := store.CreatePool(ctx, pharox.Pool{Name: "lease-id-probe-" + uuid.NewString()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := store.AddProxies(ctx, []pharox.Proxy{{PoolID: p.ID, Host: "10.79.1.1", Port: 1, Protocol: pharox.ProtocolHTTP}}); err != nil {
-		t.Fatal(err)
-	}
-	want := uuid.New()
-	l, err := pharox.NewManager(store).Acquire(ctx, p.Name, &pharox.AcquireOptions{LeaseID: want})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := store.ReleaseLease(ctx, l.ID); err != nil {
-		t.Fatal(err)
-	}
-	return l.ID == want
 }
 
 // idemAcquire posts an acquisition from pool as consumer with key.

@@ -19,6 +19,9 @@ type acquireKey struct {
 	strategy pharox.Strategy
 	sticky   bool
 	naive    bool
+	// idem: the caller chose the lease id (AcquireRequest.LeaseID), so
+	// the statement first checks that no lease has it.
+	idem bool
 }
 
 // acquireSQLs are the two forms of the acquisition statement: lean looks
@@ -27,7 +30,20 @@ type acquireKey struct {
 // and reports whether a retry could succeed. It runs only after lean found
 // nothing, which keeps the plan of the hot statement small (PostgreSQL
 // initialises every node of a plan on each execution, used or not).
-type acquireSQLs struct{ lean, full string }
+//
+// wait is not an acquisition: before the last of the WithAcquireAttempts
+// tries, it waits (up to waitLockTimeout) until the transaction holding
+// the first candidate's row ends, so that a candidate locked through every
+// earlier try is waited for rather than reported as missing. It waits for
+// exactly one row, FOR SHARE, in its own implicit transaction that holds
+// nothing else, so it can take part in no deadlock.
+type acquireSQLs struct{ lean, full, wait string }
+
+// waitLockTimeout bounds how long the waiting try waits for one row lock.
+const waitLockTimeout = "2s"
+
+// codeLockNotAvailable is the error of a lock wait that hit lock_timeout.
+const codeLockNotAvailable = "55P03"
 
 // acquireStatements returns the two forms of the single statement that
 // performs one acquisition; a must already hold the fixed parameters ($1
@@ -80,8 +96,8 @@ type acquireSQLs struct{ lean, full string }
 // when no lease was taken, whether a candidate existed in the statement's
 // snapshot: it was then locked by a concurrent transaction, and
 // AcquireLease tries again.
-func (s *Store) acquireStatements(st pharox.Strategy, sticky bool, f *pharox.Filters, a *args) acquireSQLs {
-	key := acquireKey{strategy: st.OrDefault(), sticky: sticky, naive: s.naive}
+func (s *Store) acquireStatements(st pharox.Strategy, sticky, idem bool, f *pharox.Filters, a *args) acquireSQLs {
+	key := acquireKey{strategy: st.OrDefault(), sticky: sticky, naive: s.naive, idem: idem}
 	if f.IsZero() {
 		if v, ok := s.acquireSQL.Load(key); ok {
 			return v.(acquireSQLs)
@@ -89,8 +105,9 @@ func (s *Store) acquireStatements(st pharox.Strategy, sticky bool, f *pharox.Fil
 	}
 	filter := filterSQL(f, "p", a)
 	out := acquireSQLs{
-		lean: s.acquireStatement(key, filter, false),
-		full: s.acquireStatement(key, filter, true),
+		lean: s.acquireStatement(key, filter, false, false),
+		full: s.acquireStatement(key, filter, true, false),
+		wait: s.acquireStatement(key, filter, true, true),
 	}
 	if f.IsZero() {
 		s.acquireSQL.Store(key, out)
@@ -99,26 +116,62 @@ func (s *Store) acquireStatements(st pharox.Strategy, sticky bool, f *pharox.Fil
 }
 
 // acquireStatement builds one form of the statement (see acquireSQLs).
-func (s *Store) acquireStatement(key acquireKey, filter string, full bool) string {
+func (s *Store) acquireStatement(key acquireKey, filter string, full, wait bool) string {
 	sticky := key.sticky
-	cand := candidateSQL("p", filter)
 	lock := "FOR UPDATE OF p SKIP LOCKED"
-	if s.naive {
+	if key.naive {
 		lock = "FOR UPDATE OF p"
 	}
 	var b strings.Builder
 	b.WriteString("WITH pool AS MATERIALIZED (\n\tSELECT id FROM {s}.pools WHERE name = $1\n),\n" +
 		"consumer AS MATERIALIZED (\n\tSELECT EXISTS (SELECT 1 FROM {s}.consumers WHERE id = $2) AS ok\n)")
-	if key.strategy == pharox.RoundRobin {
+	switch key.strategy {
+	case pharox.RoundRobin:
 		b.WriteString(",\ncur AS MATERIALIZED (\n\tSELECT c.last_proxy_id FROM {s}.pool_cursors c WHERE c.pool_id = (SELECT id FROM pool)\n)")
+	case pharox.Random:
+		b.WriteString(",\nrs AS MATERIALIZED (\n\tSELECT random() AS r\n)")
 	}
-	restrict := ""
+	gate := "(SELECT ok FROM consumer)"
+	if key.idem {
+		// A lease with this id exists: take nothing (AcquireLease then
+		// returns that lease). A concurrent statement inserting the same
+		// id fails on the primary key instead, taking nothing either.
+		gate += " AND NOT EXISTS (SELECT 1 FROM {s}.leases WHERE id = $3)"
+	}
+	free := s.pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, gate: gate, limit: "1", lock: lock})
+	staleFilter := filter
 	if sticky {
+		cand := candidateSQL("p", filter)
 		b.WriteString(",\nbound AS MATERIALIZED (\n\tSELECT p.id FROM {s}.sessions se JOIN {s}.proxies p ON p.id = se.proxy_id AND p.pool_id = se.pool_id" +
 			"\n\tWHERE se.pool_id = (SELECT id FROM pool) AND se.key = $6 AND se.expires_at > clock_timestamp()\n\t  AND " + cand + "\n)")
-		restrict = "\n\t  AND (NOT EXISTS (SELECT 1 FROM bound) OR p.id = (SELECT id FROM bound))"
+		// A live binding names the only proxy the statement may take, by
+		// primary key; strategy order only without one.
+		free = unionSQL([]string{
+			"SELECT p.id FROM {s}.proxies p WHERE p.id = (SELECT id FROM bound) AND " + gate + " AND " + freeSQL("p", filter) + " " + lock,
+			s.pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, gate: gate + " AND NOT EXISTS (SELECT 1 FROM bound)", limit: "1", lock: lock}),
+		}, "1")
+		staleFilter = "(" + filter + " AND (NOT EXISTS (SELECT 1 FROM bound) OR p.id = (SELECT id FROM bound)))"
 	}
-	order := orderSQL(key.strategy, "p", "(SELECT last_proxy_id FROM cur)")
+	// The candidates in the statement's snapshot, unlocked, best first.
+	candidates := s.pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, limit: "1"})
+	if sticky {
+		candidates = unionSQL([]string{
+			"SELECT p.id FROM {s}.proxies p WHERE p.id = (SELECT id FROM bound) AND " + freeSQL("p", filter),
+			s.pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, gate: "NOT EXISTS (SELECT 1 FROM bound)", limit: "1"}),
+		}, "1")
+	}
+	if wait {
+		// Every parameter must appear for its type to be known; the
+		// unused CTE is never run.
+		b.WriteString(",\nunused AS (\n\tSELECT $3::uuid, $4::text, $5::interval, $6::text")
+		if sticky {
+			b.WriteString(", $7::interval")
+		}
+		b.WriteString("\n)")
+		fmt.Fprintf(&b, "\nSELECT p.id FROM {s}.proxies p WHERE p.id = (SELECT id FROM (%s) w) FOR SHARE OF p",
+			unionSQL([]string{candidates, s.staleSQL(staleFilter, "", "")}, "1"))
+		return s.q(b.String())
+	}
 	staleCTEs := `
 cand AS MATERIALIZED (
 	SELECT id FROM free
@@ -126,29 +179,20 @@ cand AS MATERIALIZED (
 	if full {
 		staleCTEs = fmt.Sprintf(`
 stale AS MATERIALIZED (
-	SELECT p.id FROM {s}.proxies p
-	WHERE NOT EXISTS (SELECT 1 FROM free)
-	  AND p.pool_id = (SELECT id FROM pool)
-	  AND (SELECT ok FROM consumer)
-	  AND %[1]s%[2]s
-	ORDER BY %[3]s
-	LIMIT 1
-	%[4]s
+	%s
 ),
 cand AS MATERIALIZED (
 	SELECT id FROM free UNION ALL SELECT id FROM stale
-),`, expiredSQL("p", filter), restrict, order, lock)
+),`, s.staleSQL(staleFilter, "NOT EXISTS (SELECT 1 FROM free) AND "+gate, lock))
+	}
+	redraw := ""
+	if key.strategy == pharox.Random {
+		redraw = ", rnd = random()"
 	}
 	fmt.Fprintf(&b, `,
 free AS MATERIALIZED (
-	SELECT p.id FROM {s}.proxies p
-	WHERE p.pool_id = (SELECT id FROM pool)
-	  AND (SELECT ok FROM consumer)
-	  AND %[1]s%[2]s
-	ORDER BY %[3]s
-	LIMIT 1
-	%[4]s
-),%[7]s
+	%[1]s
+),%[2]s
 expired AS MATERIALIZED (
 	SELECT ARRAY(
 		SELECT x.id FROM {s}.leases x
@@ -166,39 +210,54 @@ freed AS MATERIALIZED (
 	SELECT count(*)::integer AS n, max(released_at) AS last FROM reclaimed
 ),
 taken AS (
-	UPDATE {s}.proxies p SET current_leases = p.current_leases - freed.n + 1
+	UPDATE {s}.proxies p SET current_leases = p.current_leases - freed.n + 1%[4]s
 	FROM cand, freed
 	WHERE p.id = cand.id
 	  AND (p.max_concurrency IS NULL OR p.current_leases - freed.n < p.max_concurrency)
-	RETURNING %[5]s
+	RETURNING %[3]s
 ),
 lease AS (
 	INSERT INTO {s}.leases (id, proxy_id, pool_id, pool_name, consumer_id, consumer_name, status, acquired_at, expires_at, session_key)
 	SELECT $3, t.id, t.pool_id, $1, $2, $4, 'active', ts.at, ts.at + $5::interval, $6
 	FROM taken t, freed, LATERAL (SELECT greatest(clock_timestamp(), freed.last) AS at) ts
 	RETURNING acquired_at, expires_at
-)`, freeSQL("p", filter), restrict, order, lock, proxyCols("p"), expiredSQL("p", filter), staleCTEs)
+)`, free, staleCTEs, proxyCols("p"), redraw)
 	if key.strategy == pharox.RoundRobin {
+		hit := ""
+		if sticky {
+			// A sticky hit leaves the position where it was, as in the
+			// reference store: only a choice in strategy order moves it.
+			hit = " NOT EXISTS (SELECT 1 FROM bound) AND"
+		}
 		b.WriteString(",\nmoved AS (\n\tUPDATE {s}.pool_cursors c SET last_proxy_id = t.id FROM taken t" +
-			"\n\tWHERE c.pool_id = ANY (ARRAY(\n\t\tSELECT k.pool_id FROM {s}.pool_cursors k WHERE k.pool_id = t.pool_id FOR NO KEY UPDATE SKIP LOCKED))\n)")
+			"\n\tWHERE" + hit + " c.pool_id = ANY (ARRAY(\n\t\tSELECT k.pool_id FROM {s}.pool_cursors k WHERE k.pool_id = t.pool_id FOR NO KEY UPDATE SKIP LOCKED))\n)")
 	}
 	if sticky {
 		b.WriteString(",\nbind AS (\n\tINSERT INTO {s}.sessions (pool_id, key, proxy_id, expires_at)" +
 			"\n\tSELECT t.pool_id, $6, t.id, clock_timestamp() + $7::interval FROM taken t" +
 			"\n\tON CONFLICT (pool_id, key) DO UPDATE SET proxy_id = excluded.proxy_id, expires_at = excluded.expires_at\n)")
 	}
-	retry := "false"
+	retry, spent := "false", "false"
 	if full {
-		retry = fmt.Sprintf(`CASE WHEN l.acquired_at IS NULL THEN EXISTS (
-		SELECT 1 FROM {s}.proxies p WHERE p.pool_id = (SELECT id FROM pool) AND %s%s)
-	ELSE false END`, cand, restrict)
+		// Whether a candidate existed in the statement's snapshot (it was
+		// locked by a concurrent transaction: worth another try), and
+		// whether a filtered walk may have stopped at its budget. Both
+		// only when no lease was taken, both bounded like the walks.
+		// Scalar subqueries rather than EXISTS: the planner drops the
+		// ORDER BY of an EXISTS subquery and may then scan the table.
+		retry = fmt.Sprintf(`CASE WHEN l.acquired_at IS NULL THEN (%s) IS NOT NULL OR (%s) IS NOT NULL
+	ELSE false END`, candidates, s.staleSQL(staleFilter, "", ""))
+		if filter != "true" {
+			spent = "CASE WHEN l.acquired_at IS NULL THEN " + s.budgetSpentSQL() + " ELSE false END"
+		}
 	}
 	fmt.Fprintf(&b, `
 SELECT (SELECT id FROM pool) IS NOT NULL,
 	(SELECT ok FROM consumer),
 	%s,
+	%s,
 	l.acquired_at, l.expires_at, %s
-FROM (SELECT 1) one LEFT JOIN taken t ON true LEFT JOIN lease l ON true`, retry, proxyCols("t"))
+FROM (SELECT 1) one LEFT JOIN taken t ON true LEFT JOIN lease l ON true`, retry, spent, proxyCols("t"))
 	return s.q(b.String())
 }
 
@@ -215,32 +274,77 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 	if req.Filters.HasPredicate() {
 		return nil, fmt.Errorf("postgres: acquire: predicate filters cannot run in the database: %w", pharox.ErrUnsupported)
 	}
+	idem := req.LeaseID != uuid.Nil
+	leaseID := req.LeaseID
+	if !idem {
+		leaseID = uuid.New()
+	}
+	lease, err := s.acquire(ctx, &req, leaseID, idem)
+	if idem && pgCode(err) == codeUniqueViolation {
+		// A concurrent acquisition with the same id inserted its lease
+		// first; this statement took nothing.
+		if l, perr := s.priorLease(ctx, &req); !errors.Is(perr, errNoPriorLease) {
+			return l, perr
+		}
+	}
+	return lease, err
+}
+
+// acquire performs AcquireLease with the lease id leaseID; idem says the
+// caller chose it.
+func (s *Store) acquire(ctx context.Context, req *pharox.AcquireRequest, leaseID uuid.UUID, idem bool) (*pharox.Lease, error) {
 	sticky := req.SessionKey != ""
-	leaseID := uuid.New()
-	a := singleArgs(&req, leaseID)
-	sqls := s.acquireStatements(req.Strategy, sticky, req.Filters, a)
+	a := singleArgs(req, leaseID)
+	sqls := s.acquireStatements(req.Strategy, sticky, idem, req.Filters, a)
 
 	// The lean statement first (alone or in a batch); on a miss, at once
 	// the full one, which also reclaims from full proxies and says whether
 	// to retry.
 	if s.batching() && !sticky {
-		lease, err := s.batchAcquire(ctx, &req, leaseID, sqls.lean, a.vals)
+		lease, err := s.batchAcquire(ctx, req, leaseID, sqls.lean, a.vals)
 		if !errors.Is(err, errNotServed) {
 			return lease, err
 		}
 	} else {
-		lease, _, err := s.tryAcquire(ctx, sqls.lean, a.vals)
+		lease, _, err := s.tryAcquire(ctx, sqls.lean, a.vals, s.sessionLockKey(req))
 		if err != nil || lease != nil {
-			return s.finishAcquire(lease, leaseID, &req), err
+			return s.finishAcquire(lease, leaseID, req), err
 		}
 	}
 	backoff := 100 * time.Microsecond
 	for attempt := 1; ; attempt++ {
-		lease, retry, err := s.tryAcquire(ctx, sqls.full, a.vals)
-		if err != nil || lease != nil {
-			return s.finishAcquire(lease, leaseID, &req), err
+		if idem && attempt == 1 {
+			// The statements take nothing while a lease with the id
+			// exists, which may have been committed by a concurrent
+			// acquisition with the same id since the last one ran.
+			if l, err := s.priorLease(ctx, req); !errors.Is(err, errNoPriorLease) {
+				return l, err
+			}
 		}
-		if !retry || attempt >= s.cfg.maxAttempts {
+		if attempt > 1 && attempt == s.cfg.maxAttempts {
+			// The last try first waits for the transaction holding the
+			// best candidate.
+			if err := s.waitForCandidate(ctx, sqls.wait, a.vals); err != nil {
+				if pgCode(err) == codeLockNotAvailable {
+					return nil, fmt.Errorf("postgres: acquire from pool %q: %w: its candidates stayed locked by other transactions", req.PoolName, pharox.ErrNoProxyAvailable)
+				}
+				return nil, fmt.Errorf("postgres: acquire from pool %q: %w", req.PoolName, err)
+			}
+		}
+		lease, m, err := s.tryAcquire(ctx, sqls.full, a.vals, s.sessionLockKey(req))
+		if err != nil || lease != nil {
+			return s.finishAcquire(lease, leaseID, req), err
+		}
+		if idem {
+			if l, err := s.priorLease(ctx, req); !errors.Is(err, errNoPriorLease) {
+				return l, err
+			}
+		}
+		if m.budgetSpent && !m.retry {
+			return nil, fmt.Errorf("postgres: acquire from pool %q: %w: the filter matched none of the first %d free proxies in strategy order; it is too selective to serve from a pool this size",
+				req.PoolName, pharox.ErrNoProxyAvailable, s.cfg.scanBudget)
+		}
+		if !m.retry || attempt >= s.cfg.maxAttempts {
 			return nil, fmt.Errorf("postgres: acquire from pool %q: %w", req.PoolName, pharox.ErrNoProxyAvailable)
 		}
 		if err := sleep(ctx, backoff/2+rand.N(backoff/2+1)); err != nil {
@@ -248,6 +352,36 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		}
 		backoff = min(backoff*2, 5*time.Millisecond)
 	}
+}
+
+// errNoPriorLease: no lease has the id a request chose.
+var errNoPriorLease = errors.New("postgres: no lease with this id")
+
+// priorLease returns the lease that already has the id req chose, as it is
+// now, with its proxy as it is now; ErrAlreadyExists when that lease was
+// taken from another pool or by another consumer; errNoPriorLease when
+// there is none.
+func (s *Store) priorLease(ctx context.Context, req *pharox.AcquireRequest) (*pharox.Lease, error) {
+	var lr leaseRow
+	err := s.pool.QueryRow(ctx, s.q(`SELECT `+leaseColumns+` FROM {s}.leases WHERE id = $1`), req.LeaseID).Scan(lr.targets()...)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, errNoPriorLease
+	}
+	if err != nil {
+		return nil, fmt.Errorf("postgres: acquire: look up lease %s: %w", req.LeaseID, err)
+	}
+	l := lr.lease()
+	if l.PoolName != req.PoolName || l.ConsumerID != req.ConsumerID {
+		return nil, fmt.Errorf("%w: postgres: acquire: lease id %s is taken by a lease of another pool or consumer", pharox.ErrAlreadyExists, req.LeaseID)
+	}
+	p, err := s.GetProxy(ctx, l.ProxyID)
+	switch {
+	case err == nil:
+		l.Proxy = p
+	case !errors.Is(err, pharox.ErrProxyNotFound):
+		return nil, fmt.Errorf("postgres: acquire: %w", err)
+	}
+	return l, nil
 }
 
 // singleArgs returns the fixed parameters of the single acquisition
@@ -279,18 +413,50 @@ func (s *Store) finishAcquire(lease *pharox.Lease, id uuid.UUID, req *pharox.Acq
 	return lease
 }
 
-// tryAcquire runs the acquisition statement once.
-func (s *Store) tryAcquire(ctx context.Context, sql string, vals []any) (lease *pharox.Lease, retry bool, err error) {
-	rows, err := s.pool.Query(ctx, sql, vals...)
+// sessionLockSQL takes the transaction-scoped advisory lock that
+// serialises sticky acquisitions of one (pool, session key).
+const sessionLockSQL = `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`
+
+// sessionLockKey is what sessionLockSQL hashes for a sticky request: the
+// schema, pool and key. Two keys that collide only wait for each other.
+func (s *Store) sessionLockKey(req *pharox.AcquireRequest) string {
+	if req.SessionKey == "" {
+		return ""
+	}
+	return "pharox.session:" + s.cfg.schema + "/" + req.PoolName + "/" + req.SessionKey
+}
+
+// tryAcquire runs the acquisition statement once. With a session lock key
+// (sticky requests) it first takes that advisory lock, in the same
+// implicit transaction and round trip (one pipelined batch): under READ
+// COMMITTED the statement's snapshot is taken after the lock is granted,
+// so it sees the binding that a concurrent first use of the key committed
+// before releasing the lock, and concurrent first uses end on one proxy.
+// Without the lock each would read "no binding" from its own snapshot,
+// SKIP LOCKED would spread them, and the last upsert would win.
+func (s *Store) tryAcquire(ctx context.Context, sql string, vals []any, sessionLock string) (lease *pharox.Lease, m miss, err error) {
+	var rows pgx.Rows
+	if sessionLock == "" {
+		rows, err = s.pool.Query(ctx, sql, vals...)
+	} else {
+		b := &pgx.Batch{}
+		b.Queue(sessionLockSQL, sessionLock)
+		b.Queue(sql, vals...)
+		br := s.pool.SendBatch(ctx, b)
+		defer br.Close()
+		if _, err = br.Exec(); err == nil {
+			rows, err = br.Query()
+		}
+	}
 	if err != nil {
-		return nil, false, fmt.Errorf("postgres: acquire: %w", err)
+		return nil, m, fmt.Errorf("postgres: acquire: %w", err)
 	}
 	defer rows.Close()
 	if !rows.Next() {
 		if err := rows.Err(); err != nil {
-			return nil, false, fmt.Errorf("postgres: acquire: %w", err)
+			return nil, m, fmt.Errorf("postgres: acquire: %w", err)
 		}
-		return nil, false, errors.New("postgres: acquire: statement returned no row")
+		return nil, m, errors.New("postgres: acquire: statement returned no row")
 	}
 	var (
 		poolOK, consumerOK bool
@@ -298,24 +464,40 @@ func (s *Store) tryAcquire(ctx context.Context, sql string, vals []any) (lease *
 		expiresAt          *time.Time
 		pr                 proxyRow
 	)
-	dest := append([]any{&poolOK, &consumerOK, &retry, &acquiredAt, &expiresAt}, proxyDest(rows, 3, &pr)...)
+	dest := append([]any{&poolOK, &consumerOK, &m.retry, &m.budgetSpent, &acquiredAt, &expiresAt}, proxyDest(rows, 4, &pr)...)
 	if err := rows.Scan(dest...); err != nil {
-		return nil, false, fmt.Errorf("postgres: acquire: %w", err)
+		return nil, miss{}, fmt.Errorf("postgres: acquire: %w", err)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, false, fmt.Errorf("postgres: acquire: %w", err)
+		return nil, miss{}, fmt.Errorf("postgres: acquire: %w", err)
 	}
 	switch {
 	case !poolOK:
-		return nil, false, fmt.Errorf("postgres: acquire: %w", pharox.ErrPoolNotFound)
+		return nil, miss{}, fmt.Errorf("postgres: acquire: %w", pharox.ErrPoolNotFound)
 	case !consumerOK:
-		return nil, false, fmt.Errorf("postgres: acquire: %w", pharox.ErrConsumerNotFound)
+		return nil, miss{}, fmt.Errorf("postgres: acquire: %w", pharox.ErrConsumerNotFound)
 	case acquiredAt == nil:
-		return nil, retry, nil
+		return nil, m, nil
 	}
-	return acquiredLease(&pr, *acquiredAt, *expiresAt), false, nil
+	return acquiredLease(&pr, *acquiredAt, *expiresAt), miss{}, nil
 }
+
+// waitForCandidate runs the wait form (see acquireSQLs) with lock_timeout
+// waitLockTimeout, local to its implicit transaction, which commits at
+// once: it only waits, and takes nothing.
+func (s *Store) waitForCandidate(ctx context.Context, sql string, vals []any) error {
+	b := &pgx.Batch{}
+	b.Queue(`SELECT set_config('lock_timeout', $1, true)`, waitLockTimeout)
+	b.Queue(sql, vals...)
+	return s.pool.SendBatch(ctx, b).Close()
+}
+
+// miss is what the full acquisition statement reports when it took no
+// lease: whether a candidate existed (locked by a concurrent transaction,
+// so another try may succeed), and whether a filtered walk may have
+// stopped at its scan budget.
+type miss struct{ retry, budgetSpent bool }
 
 // proxyDest returns the scan destinations of the proxy columns that follow
 // the column at index marker: pr's fields when that column is not NULL (the
@@ -368,18 +550,15 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 	a := &args{}
 	a.add(pool)
 	filter := filterSQL(filters, "p", a)
-	order := orderSQL(strategy, "p", "(SELECT last_proxy_id FROM {s}.pool_cursors WHERE pool_id = (SELECT id FROM pool))")
-	sql := s.q(`WITH pool AS MATERIALIZED (SELECT id FROM {s}.pools WHERE name = $1)
-SELECT (SELECT id FROM pool) IS NOT NULL, ` + proxyCols("c") + `
-FROM (SELECT 1) one LEFT JOIN (
-	(SELECT p.* FROM {s}.proxies p
-	WHERE p.pool_id = (SELECT id FROM pool) AND ` + freeSQL("p", filter) + `
-	ORDER BY ` + order + ` LIMIT 1)
-	UNION ALL
-	(SELECT p.* FROM {s}.proxies p
-	WHERE p.pool_id = (SELECT id FROM pool) AND ` + expiredSQL("p", filter) + `
-	ORDER BY ` + order + ` LIMIT 1)
-	LIMIT 1) c ON true`)
+	sql := s.q(`WITH pool AS MATERIALIZED (SELECT id FROM {s}.pools WHERE name = $1),
+cur AS MATERIALIZED (SELECT last_proxy_id FROM {s}.pool_cursors WHERE pool_id = (SELECT id FROM pool)),
+rs AS MATERIALIZED (SELECT random() AS r),
+c AS MATERIALIZED (` + unionSQL([]string{
+		s.pickSQL(pick{strategy: strategy, cols: "p.id", filter: filter, limit: "1"}),
+		s.staleSQL(filter, "", ""),
+	}, "1") + `)
+SELECT (SELECT id FROM pool) IS NOT NULL, ` + proxyCols("p") + `
+FROM (SELECT 1) one LEFT JOIN {s}.proxies p ON p.id = (SELECT id FROM c)`)
 	rows, err := s.pool.Query(ctx, sql, a.vals...)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: find proxy: %w", err)

@@ -290,7 +290,26 @@ RETURNING ` + proxyCols("p"))
 	if err != nil {
 		return nil, fmt.Errorf("postgres: add proxies: %w", err)
 	}
+	s.refreshProxyStats(ctx, len(in))
 	return out, nil
+}
+
+// refreshProxyStats runs ANALYZE on the proxies table when the rows just
+// added are a tenth or more of what the planner believes it holds (or it
+// was never analysed), as autovacuum's analyze would. Without statistics
+// the planner guesses that a pool has a row or two, and may then sort a
+// pool's proxies from another index instead of walking the strategy's
+// proxies_free_* index; with them, it walks the index whatever the
+// occupancy. So a store on a server without autovacuum keeps its plans
+// after a bulk import. Best effort: without the right to ANALYZE (the
+// store's role did not create the schema), nothing changes.
+func (s *Store) refreshProxyStats(ctx context.Context, added int) {
+	var tuples float64
+	err := s.pool.QueryRow(ctx, `SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)`, s.schema+".proxies").Scan(&tuples)
+	if err != nil || (tuples >= 0 && float64(added) < tuples/10) {
+		return
+	}
+	_, _ = s.pool.Exec(ctx, `ANALYZE `+s.schema+`.proxies`)
 }
 
 // GetProxy returns the proxy by id.

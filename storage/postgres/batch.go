@@ -108,7 +108,7 @@ func (s *Store) execAcquireBatch(ctx context.Context, key acquireBatchKey, items
 	out := make([]batch.Result[*pharox.Lease], len(items))
 	if len(items) == 1 {
 		it := items[0]
-		lease, _, err := s.tryAcquire(ctx, it.lean, it.leanArgs)
+		lease, _, err := s.tryAcquire(ctx, it.lean, it.leanArgs, "")
 		switch {
 		case err != nil:
 			out[0].Err = err
@@ -133,7 +133,21 @@ func (s *Store) execAcquireBatch(ctx context.Context, key acquireBatchKey, items
 	}
 	vals := append([]any{key.pool, leaseIDs, consumerIDs, names, micros}, items[0].filter...)
 	err := func() error {
-		rows, err := s.pool.Query(ctx, s.acquireBatchSQL(key, items[0].where), vals...)
+		// JIT off, local to the implicit transaction of this pipeline and
+		// so in force when the statement is planned: the planner cannot
+		// know how few slots a batch lays out (generate_series over a
+		// computed range counts as 1,000 rows per candidate), so on a
+		// large pool its estimate passes jit_above_cost, and compiling the
+		// plan would cost every execution hundreds of milliseconds.
+		b := &pgx.Batch{}
+		b.Queue(`SELECT set_config('jit', 'off', true)`)
+		b.Queue(s.acquireBatchSQL(key, items[0].where), vals...)
+		br := s.pool.SendBatch(ctx, b)
+		defer br.Close()
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
+		rows, err := br.Query()
 		if err != nil {
 			return err
 		}
@@ -169,6 +183,12 @@ func (s *Store) execAcquireBatch(ctx context.Context, key acquireBatchKey, items
 	}()
 	for i := range out {
 		switch {
+		case pgCode(err) == codeUniqueViolation:
+			// Two requests chose one lease id (AcquireRequest.LeaseID), or
+			// a concurrent statement inserted it first: the statement took
+			// nothing, and each request goes on alone, where that is
+			// resolved.
+			out[i] = batch.Result[*pharox.Lease]{Err: errNotServed}
 		case err != nil:
 			out[i] = batch.Result[*pharox.Lease]{Err: fmt.Errorf("postgres: acquire: %w", err)}
 		case out[i].Val == nil && out[i].Err == nil:
@@ -192,8 +212,9 @@ func (s *Store) execAcquireBatch(ctx context.Context, key acquireBatchKey, items
 // proxy gets a second. The i-th request with an existing consumer takes
 // the i-th slot; the proxies are incremented once each, under the same
 // max_concurrency predicate as the single statement, and the leases
-// inserted. Requests left without a slot (their candidates were locked
-// by other transactions) come back unserved and fall back to the single
+// inserted. Requests whose lease id is taken (AcquireRequest.LeaseID)
+// and requests left without a slot (their candidates were locked by other
+// transactions) come back unserved and fall back to the single
 // statement, which also reclaims expired leases.
 func (s *Store) acquireBatchSQL(key acquireBatchKey, where string) string {
 	if key.filter == "" {
@@ -207,11 +228,12 @@ func (s *Store) acquireBatchSQL(key acquireBatchKey, where string) string {
 ),
 req AS MATERIALIZED (
 	SELECT r.ord, r.lease_id, r.consumer_id, r.consumer_name, r.us,
-		EXISTS (SELECT 1 FROM {s}.consumers c WHERE c.id = r.consumer_id) AS ok
+		EXISTS (SELECT 1 FROM {s}.consumers c WHERE c.id = r.consumer_id) AS ok,
+		NOT EXISTS (SELECT 1 FROM {s}.leases x WHERE x.id = r.lease_id) AS fresh
 	FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::bigint[]) WITH ORDINALITY AS r(lease_id, consumer_id, consumer_name, us, ord)
 ),
 want AS MATERIALIZED (
-	SELECT count(*) AS n FROM req WHERE ok
+	SELECT count(*) AS n FROM req WHERE ok AND fresh
 ),`)
 	if key.strategy == pharox.RoundRobin {
 		b.WriteString(`
@@ -225,47 +247,46 @@ cur AS MATERIALIZED (
 		pharox.RoundRobin:     "j, f.id <= coalesce((SELECT last_proxy_id FROM cur), '00000000-0000-0000-0000-000000000000'::uuid), f.id",
 		pharox.Random:         "j, f.rnd",
 	}[key.strategy]
-	order := orderSQL(key.strategy, "p", "(SELECT last_proxy_id FROM cur)")
-	rnd := ""
+	redraw := ""
 	if key.strategy == pharox.Random {
-		rnd, order = ", random() AS rnd", "rnd"
+		b.WriteString(`
+rs AS MATERIALIZED (
+	SELECT random() AS r
+),`)
+		redraw = ", rnd = random()"
 	}
 	fmt.Fprintf(&b, `
 free AS MATERIALIZED (
-	SELECT p.id, p.status_rank, p.checked_at, p.current_leases, p.max_concurrency%[1]s
-	FROM {s}.proxies p
-	WHERE p.pool_id = (SELECT id FROM pool)
-	  AND %[2]s
-	ORDER BY %[3]s
-	LIMIT (SELECT n FROM want)
-	FOR UPDATE OF p SKIP LOCKED
+	%[1]s
 ),
-slots AS MATERIALIZED (
-	SELECT f.id, row_number() OVER (ORDER BY %[4]s) AS rn
+`, s.pickSQL(pick{strategy: key.strategy, cols: "p.id, p.status_rank, p.checked_at, p.current_leases, p.max_concurrency, p.rnd",
+		filter: where, limit: "(SELECT n FROM want)", lock: "FOR UPDATE OF p SKIP LOCKED"}))
+	fmt.Fprintf(&b, `slots AS MATERIALIZED (
+	SELECT f.id, row_number() OVER (ORDER BY %[1]s) AS rn
 	FROM free f, generate_series(0, least(coalesce(f.max_concurrency - f.current_leases, (SELECT n FROM want)), (SELECT n FROM want)) - 1) AS j
 ),
 assign AS MATERIALIZED (
 	SELECT v.ord, v.lease_id, v.consumer_id, v.consumer_name, v.us, s.id AS proxy_id, s.rn,
 		row_number() OVER (PARTITION BY s.id ORDER BY s.rn) AS k
-	FROM (SELECT r.*, row_number() OVER (ORDER BY r.ord) AS rn FROM req r WHERE r.ok) v
+	FROM (SELECT r.*, row_number() OVER (ORDER BY r.ord) AS rn FROM req r WHERE r.ok AND r.fresh) v
 	JOIN slots s ON s.rn = v.rn
 ),
 counts AS MATERIALIZED (
 	SELECT proxy_id, count(*)::integer AS n FROM assign GROUP BY proxy_id
 ),
 taken AS (
-	UPDATE {s}.proxies p SET current_leases = p.current_leases + c.n
+	UPDATE {s}.proxies p SET current_leases = p.current_leases + c.n%[3]s
 	FROM counts c
 	WHERE p.id = ANY (ARRAY(SELECT proxy_id FROM counts)) AND p.id = c.proxy_id
 	  AND (p.max_concurrency IS NULL OR p.current_leases + c.n <= p.max_concurrency)
-	RETURNING %[5]s, c.n AS batch_n
+	RETURNING %[2]s, c.n AS batch_n
 ),
 lease AS (
 	INSERT INTO {s}.leases (id, proxy_id, pool_id, pool_name, consumer_id, consumer_name, status, acquired_at, expires_at, session_key)
 	SELECT x.lease_id, x.proxy_id, x.pool_id, $1, x.consumer_id, x.consumer_name, 'active', x.at, x.at + x.us * interval '1 microsecond', ''
 	FROM (SELECT a.*, t.pool_id, clock_timestamp() AS at FROM assign a JOIN taken t ON t.id = a.proxy_id) x
 	RETURNING id, acquired_at, expires_at
-)`, rnd, freeSQL("p", where), order, slotOrder, proxyCols("p"))
+)`, slotOrder, proxyCols("p"), redraw)
 	if key.strategy == pharox.RoundRobin {
 		b.WriteString(`,
 moved AS (

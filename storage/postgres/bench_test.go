@@ -2,8 +2,11 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/storage/storagetest"
 )
 
 // BenchmarkAcquireRelease measures acquire+release pairs per second against
@@ -155,4 +159,49 @@ func runPairs(b testing.TB, s *Store, c *pharox.Consumer, workers, n int) time.D
 		b.Fatal(err)
 	}
 	return elapsed
+}
+
+// BenchmarkScale runs storagetest.BenchmarkScale: ns per acquisition for
+// each strategy on pools of 1,000, 20,000 and 100,000 exclusive proxies,
+// every proxy free or all but one busy, each pool in a fresh schema. The
+// x-smallest-free metric of the 100,000-proxy busy rows is the ratio to
+// the 1,000-proxy free row of the same run.
+//
+//	PHAROX_TEST_POSTGRES_URL=... go test -run '^$' -bench 'Scale$' -benchtime 2000x ./storage/postgres/
+//
+// The test server runs without autovacuum, so the store is wrapped to do
+// what autovacuum would after the bulk fill of a busy pool: the first
+// ErrNoProxyAvailable (the fill is done) runs VACUUM ANALYZE on the
+// proxies and leases tables, outside the timing.
+//
+// PHAROX_BENCH_SCALE_SIZES (e.g. "1000,20000") measures other pool sizes.
+func BenchmarkScale(b *testing.B) {
+	var sizes []int
+	for _, f := range strings.FieldsFunc(os.Getenv("PHAROX_BENCH_SCALE_SIZES"), func(r rune) bool { return r == ',' }) {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			b.Fatalf("PHAROX_BENCH_SCALE_SIZES: %q is not a number", f)
+		}
+		sizes = append(sizes, n)
+	}
+	storagetest.BenchmarkScale(b, func(b *testing.B) pharox.Storage {
+		return &vacuumAfterFill{Store: newTestStore(b)}
+	}, sizes...)
+}
+
+// vacuumAfterFill is a Store that vacuums its tables once, when an
+// acquisition first finds the pool full (see BenchmarkScale).
+type vacuumAfterFill struct {
+	*Store
+	once sync.Once
+}
+
+func (v *vacuumAfterFill) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*pharox.Lease, error) {
+	l, err := v.Store.AcquireLease(ctx, req)
+	if errors.Is(err, pharox.ErrNoProxyAvailable) {
+		v.once.Do(func() {
+			_, _ = v.pool.Exec(ctx, "VACUUM ANALYZE "+v.schema+".proxies, "+v.schema+".leases")
+		})
+	}
+	return l, err
 }

@@ -45,9 +45,56 @@
 // instant of the statement (being leased or released by others), it finds
 // nothing. The full form then also reports whether a candidate existed in
 // its snapshot; if so AcquireLease tries again after a jittered backoff of
-// 100µs to 5ms, up to 12 tries ([WithAcquireAttempts]). So
+// 100µs to 5ms, up to 12 tries ([WithAcquireAttempts]), and before the
+// last one it waits (up to 2s) for the transaction that holds its best
+// candidate: one row, FOR SHARE, in a statement of its own that holds
+// nothing else, so the wait can take part in no deadlock. So
 // ErrNoProxyAvailable means that the pool had no free matching proxy, or
-// that the free ones stayed row-locked through every try.
+// that its candidates stayed locked through every try and that wait. A
+// CleanupExpiredLeases running meanwhile never makes an acquisition fail.
+//
+// # Strategies and indexes
+//
+// Every strategy walks a partial index over the pool's leasable proxies
+// that have a free slot (migration 0002), so the cost of an acquisition
+// does not depend on the size of the pool or on how many of its proxies
+// are busy: busy proxies are not in these indexes. has_room, a stored
+// generated column (max_concurrency IS NULL OR current_leases <
+// max_concurrency), keeps the index predicates exact without any
+// statement having to maintain it.
+//
+//   - FirstAvailable walks proxies_free_first (pool, status rank,
+//     checked_at DESC NULLS LAST, id), the order of
+//     pharox.CompareFirstAvailable, and takes the first unlocked entry.
+//   - LeastUsed walks proxies_free_least (pool, status rank,
+//     current_leases, id), the order of pharox.CompareLeastUsed.
+//   - RoundRobin keeps its position per pool in pool_cursors and walks
+//     proxies_free_id (pool, id) from just after it, then from the start.
+//     The statement moves the position only if no concurrent round-robin
+//     acquisition holds that row (SKIP LOCKED again), so round-robin
+//     acquisitions never queue behind each other's commits: in sequence
+//     they rotate exactly, concurrently they take successive free proxies
+//     after the position they all read. A sticky hit does not move it.
+//   - Random walks proxies_free_random (pool, rnd) from a random point and
+//     wraps around; the acquisition redraws the rnd of the proxy it took,
+//     so that no proxy keeps a position that favours it.
+//
+// When no proxy has a free slot, the full form looks for an expired,
+// unreclaimed lease of the pool through leases_active_pool (pool,
+// expires_at), oldest first, rather than visiting full proxies.
+//
+// The price is paid by writes: a counter update that changes has_room
+// (always, with max_concurrency 1) or current_leases (in
+// proxies_free_least) is not HOT and adds an entry to each index of the
+// table, and the entries it leaves behind are dead until VACUUM removes
+// them. Run autovacuum (PostgreSQL's default) or VACUUM the proxies table
+// regularly; on a server without it, the walks slow down as dead entries
+// pile up at the front of the indexes. AddProxies runs ANALYZE on the
+// proxies table after an import that grew it by a tenth, as autovacuum
+// would, so that the planner knows a pool is large and walks these
+// indexes instead of sorting.
+//
+// # Filters
 //
 // Filters (source, country, city, ISP, ASN, protocol, tags, point and
 // radius, nested AllOf/AnyOf/NoneOf) become SQL with bind parameters only;
@@ -55,19 +102,22 @@
 // like pharox.Filters.Match. Predicate filters cannot run in the database
 // and give ErrUnsupported. Radius filters need no PostGIS: a bounding box
 // around the circle (split at the antimeridian, dropped when the circle
-// reaches a pole) narrows the rows through the (pool_id, latitude,
-// longitude) index, and the haversine distance on a sphere of
-// pharox.EarthRadiusKM decides. Strategies are ORDER BY clauses mirroring
-// pharox.CompareFirstAvailable and pharox.CompareLeastUsed; FirstAvailable
-// walks the partial index proxies_leasable in order and stops at the first
-// free, unlocked row. LeastUsed and Random sort the pool's free candidates
-// (current_leases is deliberately in no index, so that the counter updates
-// of the hot path stay HOT). RoundRobin keeps its position per pool in
-// pool_cursors; the statement moves it only if no concurrent round-robin
-// acquisition holds that row (SKIP LOCKED again), so round-robin
-// acquisitions never queue behind each other's commits: in sequence they
-// rotate exactly, concurrently they take successive free proxies after the
-// position they all read.
+// reaches a pole) and the haversine distance on a sphere of
+// pharox.EarthRadiusKM decide.
+//
+// Every filter shape is served the same way: the strategy's index is
+// walked in order and each free proxy is checked against the filter (a
+// primary-key lookup in a LATERAL subquery, which keeps the order and
+// locks only rows that match). The work of a call is therefore the free
+// proxies ahead of the first match, and never more than the scan budget
+// ([WithFilterScanBudget], default [DefaultFilterScanBudget] per walk;
+// RoundRobin and Random walk two ranges). A filter that matches none of
+// the free proxies within the budget ends the call with
+// ErrNoProxyAvailable saying that the filter is too selective to serve
+// from a pool that size; busy proxies never count against the budget. No
+// filter shape has an index of its own: a filter that matches a fair share
+// of the free proxies (a country, a protocol, a tag) is found within a few
+// entries, whatever the pool size.
 //
 // Timestamps come from the database clock: AcquiredAt is clock_timestamp()
 // read after the proxy row was locked and updated, ReleasedAt likewise
@@ -116,16 +166,52 @@
 // an expired lease counts until the moment it is atomically reclaimed, so
 // expiry can never push a proxy over its limit.
 //
-// CleanupExpiredLeases ends expired leases set-based, in batches of 1,000
-// per transaction. It locks leases FOR UPDATE SKIP LOCKED (leaving the ones
-// a release is ending to that release) and acquisitions skip the proxy
-// rows it holds, so it never blocks them; concurrent cleanups serialise on
-// an advisory lock. Lock order is lease before proxy everywhere a
+// CleanupExpiredLeases ends expired leases set-based, in batches of 200,
+// each one statement in its own implicit transaction (no row stays locked
+// across a round trip). It locks leases and then their proxies, in id
+// order, FOR UPDATE SKIP LOCKED: a lease that a release is ending, or
+// whose proxy another transaction holds, is left to them or to the next
+// cleanup. It waits for no row, and acquisitions skip the rows it holds
+// for the length of one short statement. Lock order is lease before proxy everywhere a
 // transaction waits, statements that free slots of several proxies
 // (batched releases, cleanup) lock those rows in id order, and
-// acquisitions wait for no proxy, lease or cursor row at all (sticky acquisitions of one session key wait only for each
-// other's session row, after taking their proxy), which keeps the store
-// free of deadlocks.
+// acquisitions wait for no proxy, lease or cursor row at all (sticky
+// acquisitions of one session key wait only for each other, see Sticky
+// sessions), which keeps the store free of deadlocks.
+//
+// # Sticky sessions
+//
+// A sticky acquisition first takes a transaction-scoped advisory lock on
+// a hash of (schema, pool, session key), pipelined with the acquisition
+// statement in one implicit transaction and one round trip. Under READ
+// COMMITTED the statement's snapshot is taken once the lock is granted,
+// so it sees the binding a concurrent first use of the key committed:
+// concurrent first uses of one key end on one proxy while it has room.
+// Plain acquisitions never take the lock. A sticky hit does not move the
+// round-robin position; only a choice in strategy order does.
+//
+// # Retries and idempotency
+//
+// An acquisition with AcquireRequest.LeaseID set first checks, in the
+// same statement, that no lease has that id; if one has, it takes nothing
+// and AcquireLease returns that lease as it is now (active or ended, with
+// its proxy as it is now), or ErrAlreadyExists when it was taken from
+// another pool or by another consumer. Two acquisitions with one id at
+// the same moment both pass that check, but the lease id is the primary
+// key: the second insert fails, its statement (slot included) rolls back,
+// and AcquireLease returns the first one's lease. Batches do the same,
+// per request; a batch that meets a conflict leaves its requests to the
+// single statement.
+//
+// pgx itself never sends a statement twice: pgxpool retries nothing, and
+// pgconn.SafeToRetry is true only for errors raised before a byte reached
+// the server (database/sql's stdlib adapter uses it; this store does not
+// go through database/sql). The store retries an acquisition only after
+// a statement that reported taking nothing, and never retries a release.
+// So a release is applied once or not at all, and ErrLeaseNotActive from
+// ReleaseLease always means that the lease had already ended; a caller
+// that retries a release after a lost answer gets ErrLeaseNotActive for
+// its own release, and can tell from GetLease that the lease is released.
 //
 // # Releases and health
 //

@@ -14,14 +14,15 @@ import (
 	"github.com/pharox/pharox"
 )
 
-// TestExplainAcquire prints the plan of the hot acquisition statement on a
-// 1,000-proxy pool (run with -v; PHAROX_EXPLAIN_ANALYZE=1 executes it inside
-// a rolled-back transaction). It asserts only that the plan walks an index
-// rather than the whole table for the default strategy.
+// TestExplainAcquire prints the plans of the acquisition statements on a
+// 20,000-proxy pool (run with -v; PHAROX_EXPLAIN_ANALYZE=1 executes it inside
+// a rolled-back transaction). It asserts that every strategy, with and
+// without a filter, alone and batched, walks its proxies_free_* index and
+// never scans or sorts the pool's proxies.
 func TestExplainAcquire(t *testing.T) {
 	s := newTestStore(t)
 	ctx := context.Background()
-	_, c := seedPool(t, s, "explain", 1000, 1)
+	_, c := seedPool(t, s, "explain", 20000, 1)
 	// Some busy proxies, as under load: the walk skips them.
 	for range 20 {
 		if _, err := s.AcquireLease(ctx, pharox.AcquireRequest{PoolName: "explain", ConsumerID: c.ID,
@@ -37,13 +38,17 @@ func TestExplainAcquire(t *testing.T) {
 		{pharox.FirstAvailable, &pharox.Filters{Country: "DE"}},
 		{pharox.FirstAvailable, &pharox.Filters{Latitude: ptr(52.52), Longitude: ptr(13.40), RadiusKM: ptr(500.0)}},
 		{pharox.LeastUsed, nil},
+		{pharox.LeastUsed, &pharox.Filters{Country: "DE"}},
 		{pharox.RoundRobin, nil},
+		{pharox.RoundRobin, &pharox.Filters{Country: "DE"}},
 		{pharox.Random, nil},
+		{pharox.Random, &pharox.Filters{Tags: []string{"x"}}},
 	}
 	type explained struct {
-		name string
-		sql  string
-		vals []any
+		name  string
+		sql   string
+		vals  []any
+		index string // the proxies_free_* index the plan must use
 	}
 	var stmts []explained
 	for _, tc := range cases {
@@ -54,7 +59,9 @@ func TestExplainAcquire(t *testing.T) {
 		a.add(c.Name)
 		a.add(time.Minute)
 		a.add("")
-		stmts = append(stmts, explained{fmt.Sprintf("%s %+v", tc.st, tc.f), s.acquireStatements(tc.st, false, tc.f, a).lean, a.vals})
+		sqls := s.acquireStatements(tc.st, false, false, tc.f, a)
+		stmts = append(stmts, explained{fmt.Sprintf("%s %+v", tc.st, tc.f), sqls.lean, a.vals, freeIndex[tc.st]},
+			explained{fmt.Sprintf("%s %+v, full form", tc.st, tc.f), sqls.full, a.vals, freeIndex[tc.st]})
 	}
 	// A batch of 16 acquisitions, as concurrent callers share it.
 	const n = 16
@@ -65,8 +72,10 @@ func TestExplainAcquire(t *testing.T) {
 		leaseIDs[i], consumerIDs[i], names[i], micros[i] = uuid.NewString(), c.ID.String(), c.Name, time.Minute.Microseconds()
 	}
 	batchVals := []any{"explain", leaseIDs, consumerIDs, names, micros}
-	stmts = append(stmts, explained{"batch of 16, first_available",
-		s.acquireBatchSQL(acquireBatchKey{pool: "explain", strategy: pharox.FirstAvailable}, "true"), batchVals})
+	for _, st := range pharox.AllStrategies {
+		stmts = append(stmts, explained{"batch of 16, " + string(st),
+			s.acquireBatchSQL(acquireBatchKey{pool: "explain", strategy: st}, "true"), batchVals, freeIndex[st]})
+	}
 
 	// And the release of 16 leases.
 	held, err := s.ListLeases(ctx, pharox.LeaseQuery{Status: pharox.LeaseActive, Limit: n})
@@ -77,7 +86,7 @@ func TestExplainAcquire(t *testing.T) {
 	for i, l := range held {
 		heldIDs[i] = l.ID.String()
 	}
-	stmts = append(stmts, explained{"batch release of 16", s.q(releaseBatchSQL), []any{heldIDs, "off"}})
+	stmts = append(stmts, explained{"batch release of 16", s.q(releaseBatchSQL), []any{heldIDs, "off"}, ""})
 
 	for _, st := range stmts {
 		sql := st.sql
@@ -110,12 +119,21 @@ func TestExplainAcquire(t *testing.T) {
 		}
 		text := strings.Join(plan, "\n")
 		t.Logf("%s:\n%s\n%s", st.name, sql, text)
-		if strings.HasPrefix(st.name, "first_available <nil>") || strings.HasPrefix(st.name, "batch of") {
-			if !strings.Contains(text, "proxies_leasable") {
-				t.Errorf("%s: plan does not use proxies_leasable:\n%s", st.name, text)
-			}
+		if st.index != "" && !strings.Contains(text, "using "+st.index+" on proxies") {
+			t.Errorf("%s: plan does not walk %s:\n%s", st.name, st.index, text)
+		}
+		if strings.Contains(text, "Seq Scan on proxies") {
+			t.Errorf("%s: plan scans the proxies table:\n%s", st.name, text)
 		}
 	}
+}
+
+// freeIndex is the partial index each strategy walks.
+var freeIndex = map[pharox.Strategy]string{
+	pharox.FirstAvailable: "proxies_free_first",
+	pharox.LeastUsed:      "proxies_free_least",
+	pharox.RoundRobin:     "proxies_free_id",
+	pharox.Random:         "proxies_free_random",
 }
 
 func placeholdersFor(vals []any) string {

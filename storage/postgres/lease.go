@@ -126,34 +126,35 @@ RETURNING `+leaseColumns), leaseID, d.Truncate(time.Microsecond)).Scan(lr.target
 	return out, nil
 }
 
-// cleanupBatch bounds how many leases one cleanup transaction ends, so that
-// the proxies it locks stay locked only briefly.
-const cleanupBatch = 1000
+// cleanupBatch bounds how many leases one cleanup statement ends, so that
+// the proxy rows it locks stay locked only for a short statement.
+const cleanupBatch = 200
 
 // CleanupExpiredLeases ends every active lease past its expiry as expired
 // in set-based batches of cleanupBatch, then drops dead session bindings.
 //
-// It does not block acquisitions: it locks leases FOR UPDATE SKIP LOCKED
-// (leases a release or acquisition is ending right now are left to them),
-// and acquisitions skip the proxy rows it has locked for the short life of
-// a batch transaction. Concurrent cleanups serialise on a transaction-level
-// advisory lock, which keeps their proxy updates from deadlocking.
+// It never makes an acquisition wait or fail: each batch is one statement
+// in its own implicit transaction (one round trip, so no row stays locked
+// while the client is busy), which locks the expired leases and then their
+// proxies in id order, both FOR UPDATE SKIP LOCKED. A lease that a
+// release or acquisition is ending right now, or whose proxy another
+// transaction holds, is left alone: an acquisition that takes that proxy
+// reclaims it, or the next cleanup ends it. Acquisitions skip the proxy
+// rows a batch holds, and their last try waits for them (see
+// WithAcquireAttempts). Waiting for no row at all, concurrent cleanups
+// cannot deadlock with anything.
 func (s *Store) CleanupExpiredLeases(ctx context.Context) (int, error) {
 	total := 0
 	for {
-		var n int
-		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('pharox.cleanup:' || $1, 0))`, s.cfg.schema); err != nil {
-				return err
-			}
-			return tx.QueryRow(ctx, s.q(reclaimSQL(`x.status = 'active' AND x.expires_at <= clock_timestamp()
-		ORDER BY x.expires_at LIMIT $1`)), pgx.QueryExecModeExec, cleanupBatch).Scan(&n)
-		})
+		var ended, seen int
+		err := s.pool.QueryRow(ctx, s.q(cleanupSQL), pgx.QueryExecModeExec, cleanupBatch).Scan(&ended, &seen)
 		if err != nil {
 			return total, fmt.Errorf("postgres: cleanup expired leases: %w", err)
 		}
-		total += n
-		if n < cleanupBatch {
+		total += ended
+		// Stop when the batch was not full, or when it could end none of
+		// what it saw (all held by others): no call loops on locked rows.
+		if seen < cleanupBatch || ended == 0 {
 			break
 		}
 	}
@@ -166,6 +167,33 @@ WHERE (s.pool_id, s.key) IN (
 	}
 	return total, nil
 }
+
+// cleanupSQL ends up to $1 expired leases whose lease and proxy rows it
+// can lock without waiting (see CleanupExpiredLeases) and frees their
+// slots. It returns how many it ended and how many expired leases it saw.
+// Rows are found by = ANY over arrays, which keeps every step an index
+// lookup whatever the planner guesses about the size of a CTE. Run with
+// QueryExecModeExec (see reclaimSQL).
+const cleanupSQL = `WITH cand AS MATERIALIZED (
+	SELECT x.id, x.proxy_id FROM {s}.leases x
+	WHERE x.status = 'active' AND x.expires_at <= clock_timestamp()
+	ORDER BY x.expires_at LIMIT $1
+	FOR UPDATE OF x SKIP LOCKED
+), locked AS MATERIALIZED (
+	SELECT p.id FROM {s}.proxies p WHERE p.id = ANY (ARRAY(SELECT proxy_id FROM cand))
+	ORDER BY p.id FOR NO KEY UPDATE SKIP LOCKED
+), exp AS (
+	UPDATE {s}.leases l SET status = 'expired', released_at = clock_timestamp()
+	WHERE l.id = ANY (ARRAY(SELECT c.id FROM cand c WHERE c.proxy_id = ANY (ARRAY(SELECT id FROM locked))))
+	  AND l.status = 'active'
+	RETURNING l.proxy_id
+), c AS MATERIALIZED (
+	SELECT proxy_id, count(*)::integer AS n FROM exp GROUP BY proxy_id
+), freed AS (
+	UPDATE {s}.proxies p SET current_leases = p.current_leases - c.n FROM c
+	WHERE p.id = ANY (ARRAY(SELECT proxy_id FROM c)) AND p.id = c.proxy_id
+)
+SELECT (SELECT count(*)::integer FROM exp), (SELECT count(*)::integer FROM cand)`
 
 // reclaimSQL ends the expired active leases selected by cond (over alias x
 // of leases, which may end with ORDER BY/LIMIT) and frees their slots in one

@@ -71,7 +71,8 @@ func latestVersion() int {
 // takes a transaction-scoped advisory lock derived from the schema name, so
 // concurrent callers apply each migration exactly once and the others then
 // find nothing to do. Applied versions are recorded in the schema's
-// schema_migrations table. Only WithSchema matters among opts.
+// schema_migrations table. A schema migrated by a newer pharox is refused
+// with ErrSchemaTooNew. Only WithSchema matters among opts.
 func Migrate(ctx context.Context, pool *pgxpool.Pool, opts ...Option) error {
 	if pool == nil {
 		return fmt.Errorf("postgres: migrate: pool is nil")
@@ -109,6 +110,9 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, opts ...Option) error {
 		}
 		for _, v := range versions {
 			applied[int(v)] = true
+			if want := ms[len(ms)-1].version; int(v) > want {
+				return newerSchemaError(cfg.schema, int(v), want)
+			}
 		}
 		for _, m := range ms {
 			if applied[m.version] {

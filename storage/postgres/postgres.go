@@ -30,6 +30,7 @@ type config struct {
 	maxAttempts    int
 	durableRelease bool
 	maxBatch       int
+	scanBudget     int
 }
 
 // schemaName restricts schema names to plain lower-case identifiers: they
@@ -53,8 +54,10 @@ func WithSchema(name string) Option {
 
 // WithAcquireAttempts sets how many times AcquireLease tries again when
 // every free candidate was row-locked by a concurrent transaction (default
-// 12, with a backoff from 100µs to 5ms between tries). See the package
-// documentation for why a try can miss.
+// 12, with a backoff from 100µs to 5ms between tries). Before the last try
+// it waits, up to 2s, for the transaction holding its best candidate;
+// with 1 it never waits. See the package documentation for why a try can
+// miss.
 func WithAcquireAttempts(n int) Option {
 	return func(c *config) error {
 		if n < 1 || n > 1000 {
@@ -91,6 +94,22 @@ func WithMaxBatch(n int) Option {
 	}
 }
 
+// WithFilterScanBudget sets how many free proxies, in strategy order, one
+// acquisition (or FindAvailableProxy) examines for a filter before it
+// gives up with ErrNoProxyAvailable saying the filter is too selective
+// (default DefaultFilterScanBudget). It bounds the work of every call;
+// busy proxies never count against it. See the package documentation,
+// Filters.
+func WithFilterScanBudget(n int) Option {
+	return func(c *config) error {
+		if n < 10 || n > 1_000_000 {
+			return fmt.Errorf("%w: postgres: filter scan budget %d out of range 10-1000000", pharox.ErrInvalidArgument, n)
+		}
+		c.scanBudget = n
+		return nil
+	}
+}
+
 // releaseCommit is the synchronous_commit value releases commit with.
 func (s *Store) releaseCommit() string {
 	if s.cfg.durableRelease {
@@ -100,7 +119,7 @@ func (s *Store) releaseCommit() string {
 }
 
 func buildConfig(opts []Option) (config, error) {
-	c := config{schema: DefaultSchema, maxAttempts: 12, maxBatch: DefaultMaxBatch}
+	c := config{schema: DefaultSchema, maxAttempts: 12, maxBatch: DefaultMaxBatch, scanBudget: DefaultFilterScanBudget}
 	for _, o := range opts {
 		if o == nil {
 			continue
@@ -137,8 +156,9 @@ type Store struct {
 var _ pharox.Storage = (*Store)(nil)
 
 // New returns a Store over pool. The schema must have been migrated (see
-// Migrate) to the version this package needs; New checks that and fails
-// with a clear message otherwise. The Store does not own pool: Close leaves
+// Migrate) to exactly the version this package needs; New checks that and
+// fails with a clear message otherwise, including when a newer pharox has
+// migrated it further (ErrSchemaTooNew). The Store does not own pool: Close leaves
 // it open.
 func New(ctx context.Context, pool *pgxpool.Pool, opts ...Option) (*Store, error) {
 	if pool == nil {
@@ -152,8 +172,12 @@ func New(ctx context.Context, pool *pgxpool.Pool, opts ...Option) (*Store, error
 	if err != nil {
 		return nil, fmt.Errorf("postgres: read schema version of %s: %w", cfg.schema, err)
 	}
-	if want := latestVersion(); have < want {
+	want := latestVersion()
+	if have < want {
 		return nil, fmt.Errorf("postgres: schema %s is at version %d, this build needs %d: call postgres.Migrate first", cfg.schema, have, want)
+	}
+	if have > want {
+		return nil, newerSchemaError(cfg.schema, have, want)
 	}
 	s := &Store{pool: pool, cfg: cfg, schema: quoteIdent(cfg.schema)}
 	s.newBatchers()
@@ -181,6 +205,15 @@ func (s *Store) Close() error { return nil }
 func (s *Store) q(sql string) string { return strings.ReplaceAll(sql, "{s}.", s.schema+".") }
 
 func quoteIdent(name string) string { return pgx.Identifier{name}.Sanitize() }
+
+// ErrSchemaTooNew means the schema was migrated by a newer pharox than
+// this one: New and Migrate refuse it rather than run statements written
+// for an older layout.
+var ErrSchemaTooNew = errors.New("postgres: schema is newer than this pharox")
+
+func newerSchemaError(schema string, have, want int) error {
+	return fmt.Errorf("%w: schema %s is at version %d, this pharox knows versions up to %d: upgrade pharox", ErrSchemaTooNew, schema, have, want)
+}
 
 // PostgreSQL error codes the store maps to pharox errors.
 const (

@@ -130,14 +130,22 @@ func boxSQL(lat, lon, r float64, p string, a *args) []string {
 	return conds
 }
 
+// DefaultFilterScanBudget is how many free proxies one acquisition
+// examines for a filter unless WithFilterScanBudget says otherwise.
+const DefaultFilterScanBudget = 1000
+
+// leasableSQL is the predicate of the proxies_free_* indexes over alias p:
+// a leasable status and a free slot.
+func leasableSQL(p string) string {
+	return p + ".status IN ('active', 'slow') AND " + p + ".has_room"
+}
+
 // freeSQL is the condition for a proxy p with a free slot that AcquireLease
 // may lease: a leasable status, current_leases below max_concurrency, and
 // the filters. It reads only the proxy row, so walking an index of
 // candidates costs no lease lookups.
 func freeSQL(p, filter string) string {
-	return p + ".status IN ('active', 'slow')" +
-		" AND (" + p + ".max_concurrency IS NULL OR " + p + ".current_leases < " + p + ".max_concurrency)" +
-		" AND " + filter
+	return leasableSQL(p) + " AND " + filter
 }
 
 // expiredSQL is the condition for a full proxy p that holds an expired,
@@ -145,7 +153,7 @@ func freeSQL(p, filter string) string {
 // in the same statement. Only looked for when no proxy has a free slot.
 func expiredSQL(p, filter string) string {
 	return p + ".status IN ('active', 'slow')" +
-		" AND " + p + ".max_concurrency IS NOT NULL AND " + p + ".current_leases >= " + p + ".max_concurrency" +
+		" AND NOT " + p + ".has_room" +
 		" AND EXISTS (SELECT 1 FROM {s}.leases x WHERE x.proxy_id = " + p + ".id AND x.status = 'active' AND x.expires_at <= clock_timestamp())" +
 		" AND " + filter
 }
@@ -155,18 +163,109 @@ func candidateSQL(p, filter string) string {
 	return "((" + freeSQL(p, filter) + ") OR (" + expiredSQL(p, filter) + "))"
 }
 
-// orderSQL is the ORDER BY list of a strategy, mirroring
-// pharox.CompareFirstAvailable and pharox.CompareLeastUsed. cursor is an
-// SQL expression for the round-robin position.
-func orderSQL(st pharox.Strategy, p, cursor string) string {
-	switch st.OrDefault() {
+// pick describes one use of pickSQL.
+type pick struct {
+	strategy pharox.Strategy
+	// cols are the selected columns over alias p.
+	cols string
+	// filter is the filter condition over alias p ("true" for none).
+	filter string
+	// gate is a condition that does not depend on the row (a one-time
+	// filter, e.g. "the consumer exists"); "" for none.
+	gate string
+	// limit is how many proxies to return (an SQL expression).
+	limit string
+	// lock is the locking clause ("FOR UPDATE OF p SKIP LOCKED"), "" for
+	// none.
+	lock string
+}
+
+// pickSQL returns a SELECT of up to pk.limit proxies of the pool (the
+// statement's CTE "pool") with a free slot that match the filter, in
+// strategy order, each locked with pk.lock. Every form walks one of the
+// proxies_free_* partial indexes, which hold only leasable proxies with a
+// free slot, so busy proxies cost nothing:
+//
+//   - FirstAvailable and LeastUsed walk their index in order.
+//   - RoundRobin walks proxies_free_id from just after the pool's position
+//     (CTE "cur"), then from the start: two range scans, the second run
+//     only when the first found nothing.
+//   - Random does the same on proxies_free_random from a random point
+//     (CTE "rs"); the acquisition redraws the position of the proxy it took.
+//
+// Without a filter the first unlocked entry is taken. With one, the walk
+// visits at most the scan budget (WithFilterScanBudget) entries per range
+// (a subquery with that LIMIT), and each is looked up by primary key,
+// checked against the filter and locked in a LATERAL subquery: the nested loop keeps the
+// strategy order, and rows that fail the filter are never locked. (Its
+// LIMIT 1, a no-op on a primary-key lookup, keeps the planner from
+// turning it into a join of its own choosing.)
+func (s *Store) pickSQL(pk pick) string {
+	type rng struct{ cond, order string }
+	var ranges []rng
+	switch pk.strategy.OrDefault() {
 	case pharox.LeastUsed:
-		return p + ".status_rank, " + p + ".current_leases, " + p + ".id"
+		ranges = []rng{{"", "%[1]s.status_rank, %[1]s.current_leases, %[1]s.id"}}
 	case pharox.RoundRobin:
-		return p + ".id <= coalesce(" + cursor + ", '00000000-0000-0000-0000-000000000000'::uuid), " + p + ".id"
+		const cur = "coalesce((SELECT last_proxy_id FROM cur), '00000000-0000-0000-0000-000000000000'::uuid)"
+		ranges = []rng{{" AND %[1]s.id > " + cur, "%[1]s.id"}, {" AND %[1]s.id <= " + cur, "%[1]s.id"}}
 	case pharox.Random:
-		return "random()"
+		ranges = []rng{{" AND %[1]s.rnd >= (SELECT r FROM rs)", "%[1]s.rnd"}, {" AND %[1]s.rnd < (SELECT r FROM rs)", "%[1]s.rnd"}}
 	default:
-		return p + ".status_rank, " + p + ".checked_at DESC NULLS LAST, " + p + ".id"
+		ranges = []rng{{"", "%[1]s.status_rank, %[1]s.checked_at DESC NULLS LAST, %[1]s.id"}}
 	}
+	gate := ""
+	if pk.gate != "" {
+		gate = " AND " + pk.gate
+	}
+	branches := make([]string, len(ranges))
+	for i, r := range ranges {
+		if pk.filter == "true" {
+			branches[i] = fmt.Sprintf("SELECT %s FROM {s}.proxies p WHERE p.pool_id = (SELECT id FROM pool)%s AND %s%s ORDER BY %s LIMIT %s %s",
+				pk.cols, gate, leasableSQL("p"), strings.ReplaceAll(r.cond, "%[1]s", "p"), strings.ReplaceAll(r.order, "%[1]s", "p"), pk.limit, pk.lock)
+			continue
+		}
+		branches[i] = fmt.Sprintf("SELECT x.* FROM (SELECT q.id FROM {s}.proxies q WHERE q.pool_id = (SELECT id FROM pool)%s AND %s%s ORDER BY %s LIMIT %d) w"+
+			" CROSS JOIN LATERAL (SELECT %s FROM {s}.proxies p WHERE p.id = w.id AND %s LIMIT 1 %s) x LIMIT %s",
+			gate, leasableSQL("q"), strings.ReplaceAll(r.cond, "%[1]s", "q"), strings.ReplaceAll(r.order, "%[1]s", "q"), s.cfg.scanBudget,
+			pk.cols, freeSQL("p", pk.filter), pk.lock, pk.limit)
+	}
+	if len(branches) == 1 {
+		return branches[0]
+	}
+	return unionSQL(branches, pk.limit)
+}
+
+// unionSQL runs the SELECTs in order until limit rows came out: Append
+// never starts a branch once the LIMIT above it is satisfied. Each branch
+// is wrapped in a subquery because a locking clause is not allowed on a
+// branch of UNION itself.
+func unionSQL(branches []string, limit string) string {
+	for i, b := range branches {
+		branches[i] = fmt.Sprintf("SELECT * FROM (%s) u%d", b, i)
+	}
+	return "SELECT * FROM (" + strings.Join(branches, " UNION ALL ") + ") u LIMIT " + limit
+}
+
+// staleSQL returns a SELECT of the id of a full proxy of the pool holding
+// an expired, unreclaimed lease that matches the filter, locked with lock.
+// It walks the pool's expired leases, oldest first, through
+// leases_active_pool (at most the scan budget of them), so it costs
+// nothing per busy proxy that has no expired lease.
+func (s *Store) staleSQL(filter, gate, lock string) string {
+	if gate != "" {
+		gate = " AND " + gate
+	}
+	return fmt.Sprintf("SELECT x.id FROM (SELECT e.proxy_id FROM {s}.leases e WHERE e.pool_id = (SELECT id FROM pool)%s"+
+		" AND e.status = 'active' AND e.expires_at <= clock_timestamp() ORDER BY e.expires_at LIMIT %d) w"+
+		" CROSS JOIN LATERAL (SELECT p.id FROM {s}.proxies p WHERE p.id = w.proxy_id AND p.status IN ('active', 'slow') AND NOT p.has_room AND %s LIMIT 1 %s) x LIMIT 1",
+		gate, s.cfg.scanBudget, filter, lock)
+}
+
+// budgetSpentSQL is true when the pool has more free proxies than a
+// filtered walk may examine: a filtered acquisition that found nothing may
+// then have stopped at its budget.
+func (s *Store) budgetSpentSQL() string {
+	return fmt.Sprintf("(SELECT count(*) FROM (SELECT 1 FROM {s}.proxies q WHERE q.pool_id = (SELECT id FROM pool) AND %s ORDER BY q.id LIMIT %d) z) > %d",
+		leasableSQL("q"), s.cfg.scanBudget+1, s.cfg.scanBudget)
 }

@@ -241,6 +241,26 @@ func TestNewNeedsMigrate(t *testing.T) {
 	}
 }
 
+// TestNewerSchemaRefused: a schema that a newer pharox migrated further is
+// refused by New and Migrate, with both versions in the message.
+func TestNewerSchemaRefused(t *testing.T) {
+	s := newTestStore(t)
+	ctx := context.Background()
+	want := latestVersion()
+	if _, err := s.pool.Exec(ctx, s.q(`INSERT INTO {s}.schema_migrations (version, name) VALUES ($1, 'from_the_future.sql')`), want+1); err != nil {
+		t.Fatal(err)
+	}
+	_, err := New(ctx, s.pool, WithSchema(s.Schema()))
+	for _, part := range []string{fmt.Sprintf("version %d", want+1), fmt.Sprintf("up to %d", want)} {
+		if !errors.Is(err, ErrSchemaTooNew) || !strings.Contains(err.Error(), part) {
+			t.Fatalf("New on a schema at version %d: %v; want ErrSchemaTooNew naming %q", want+1, err, part)
+		}
+	}
+	if err := Migrate(ctx, s.pool, WithSchema(s.Schema())); !errors.Is(err, ErrSchemaTooNew) {
+		t.Fatalf("Migrate on a schema at version %d: %v; want ErrSchemaTooNew", want+1, err)
+	}
+}
+
 func TestWithSchemaRejectsBadNames(t *testing.T) {
 	for _, name := range []string{"", "Upper", "1abc", "a-b", `x"; DROP TABLE y; --`, strings.Repeat("a", 64)} {
 		if _, err := buildConfig([]Option{WithSchema(name)}); !errors.Is(err, pharox.ErrInvalidArgument) {
@@ -304,10 +324,12 @@ func TestAcquireSkipsLockedProxy(t *testing.T) {
 }
 
 // TestAcquireRetriesWhileCandidateLocked: when the only free proxy is
-// row-locked, one try misses, but the default retries find it once the
-// lock is gone; a miss is reported only while it stays locked.
+// row-locked, one try misses, but with the default attempts the
+// acquisition gets it once the lock is gone: its last try waits for the
+// lock. The lock is released only once the acquisition is seen waiting
+// for it, so the test depends on no timing.
 func TestAcquireRetriesWhileCandidateLocked(t *testing.T) {
-	s := newTestStore(t, WithAcquireAttempts(1000))
+	s := newTestStore(t)
 	ctx := context.Background()
 	pool, c := seedPool(t, s, "retry", 1, 1)
 	ps, err := s.ListProxies(ctx, pool.ID)
@@ -339,13 +361,34 @@ func TestAcquireRetriesWhileCandidateLocked(t *testing.T) {
 		}
 		done <- err
 	}()
-	time.Sleep(20 * time.Millisecond) // let it try and miss at least once
+	waitForLockWaiter(t, s, tx)
 	if err := tx.Rollback(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-done; err != nil {
 		t.Fatalf("AcquireLease with retries: %v", err)
 	}
+}
+
+// waitForLockWaiter returns once some other backend waits for a lock that
+// the transaction tx holds (the test fails if none does within a minute).
+func waitForLockWaiter(t *testing.T, s *Store, tx pgx.Tx) {
+	t.Helper()
+	var pid int
+	if err := tx.QueryRow(context.Background(), `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	for range 6000 {
+		var waiting bool
+		if err := s.pool.QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid)))`, pid).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("no acquisition waited for the locked proxy within a minute")
 }
 
 // TestNaiveBaselineIsCorrect keeps the benchmark honest: the plain FOR
@@ -473,12 +516,9 @@ func TestLargeValues(t *testing.T) {
 // many expired leases while acquisitions continue: every lease is ended by
 // exactly one of them and every slot is freed exactly once.
 func TestConcurrentCleanupsEndEachLeaseOnce(t *testing.T) {
-	// A cleanup holds the row locks of every proxy it frees until it
-	// commits; with every proxy full, an acquisition meanwhile finds only
-	// locked candidates and retries. Under the race detector on a loaded
-	// machine that can outlast the default 12 tries, which is not what
-	// this test is about.
-	s := newTestStore(t, WithAcquireAttempts(1000))
+	// With the default acquisition attempts: cleanup must never make an
+	// acquisition fail.
+	s := newTestStore(t)
 	ctx := context.Background()
 	pool, c := seedPool(t, s, "cleanup", 20, 3)
 	req := pharox.AcquireRequest{PoolName: "cleanup", ConsumerID: c.ID, Duration: 50 * time.Millisecond, Strategy: pharox.Random}
