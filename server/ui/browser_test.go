@@ -82,12 +82,15 @@ type fixture struct {
 
 	sweepStarted chan string
 	sweepRelease chan struct{}
+	sweepTargets chan string // the target each sweep was asked to request
 }
 
-func newFixture(t *testing.T) *fixture {
+// newFixture builds the fixture; healthTarget is the service's default
+// health target ("" for none, so the dashboard must ask for one).
+func newFixture(t *testing.T, healthTarget string) *fixture {
 	t.Helper()
 	ctx := context.Background()
-	f := &fixture{store: memory.New(), sweepStarted: make(chan string, 4), sweepRelease: make(chan struct{})}
+	f := &fixture{store: memory.New(), sweepStarted: make(chan string, 4), sweepRelease: make(chan struct{}), sweepTargets: make(chan string, 4)}
 	t.Cleanup(func() { _ = f.store.Close() })
 	f.mgr = pharox.NewManager(f.store)
 
@@ -122,6 +125,10 @@ func newFixture(t *testing.T) *fixture {
 	}
 
 	sweep := func(ctx context.Context, pool, target string) (api.SweepResult, error) {
+		select {
+		case f.sweepTargets <- target:
+		default: // nobody is counting this test's sweeps
+		}
 		// Probe the first proxy at once, so the page can show progress,
 		// then wait for the test before the rest.
 		if _, err := f.store.ApplyHealthCheckResult(ctx, pharox.HealthCheckResult{
@@ -142,7 +149,7 @@ func newFixture(t *testing.T) *fixture {
 		AdminKeys: []string{adminKey}, ConsumerKeys: []string{consumerKey},
 		Logger:           slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Sweep:            sweep,
-		HealthTarget:     "http://127.0.0.1:1/probe",
+		HealthTarget:     healthTarget,
 		UISampleInterval: 100 * time.Millisecond,
 	})
 	ts := httptest.NewServer(srv)
@@ -361,7 +368,7 @@ func proxyRow(id uuid.UUID) string { return fmt.Sprintf(`#proxies tr[data-id="%s
 
 func TestDashboardInBrowser(t *testing.T) {
 	chromePath(t) // skip before building anything
-	f := newFixture(t)
+	f := newFixture(t, "http://127.0.0.1:1/probe")
 	b := newBrowser(t)
 	ctx := context.Background()
 
@@ -585,4 +592,41 @@ func TestDashboardInBrowser(t *testing.T) {
 		}
 		b.checkConsole()
 	})
+}
+
+// TestDashboardSweepAsksForTarget checks the Sweep button of a service
+// with no default health target: the dialog asks for a URL, will not go
+// on without one, and the sweep requests the URL the operator typed.
+func TestDashboardSweepAsksForTarget(t *testing.T) {
+	chromePath(t) // skip before building anything
+	f := newFixture(t, "")
+	close(f.sweepRelease) // sweeps here finish at once
+	b := newBrowser(t)
+	b.do(15*time.Second, chromedp.Navigate(f.url+"/ui/"))
+	b.signIn(adminKey)
+	b.waitJS(10*time.Second, `!!document.querySelector('#pools tr[data-name="alpha"] .sweep-btn')`)
+
+	b.do(5*time.Second, chromedp.Click(chromedp.CSS(`#pools tr[data-name="alpha"] .sweep-btn`)))
+	b.do(5*time.Second, chromedp.WaitVisible(chromedp.CSS("#confirm-target")))
+	if !eval[bool](b, `document.getElementById("confirm-text").textContent.includes("no default health target")`) {
+		t.Errorf("the dialog does not say that the server has no default target: %q", b.text("#confirm-text"))
+	}
+	// Confirming with the field empty is refused by the form.
+	b.do(5*time.Second, chromedp.Click(chromedp.CSS("#confirm-ok")))
+	if !eval[bool](b, `document.getElementById("confirm").open`) {
+		t.Fatal("the dialog closed without a target")
+	}
+	const target = "http://127.0.0.1:9/probe"
+	b.do(5*time.Second, chromedp.SendKeys(chromedp.CSS("#confirm-target"), target))
+	b.confirm("sweep-asks-target")
+	select {
+	case got := <-f.sweepTargets:
+		if got != target {
+			t.Fatalf("the sweep requested %q, want the typed %q", got, target)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the sweep did not start")
+	}
+	b.waitJS(5*time.Second, `document.getElementById("toast").textContent.includes("Sweep of alpha")`)
+	b.checkConsole()
 }
