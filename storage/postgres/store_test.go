@@ -20,95 +20,6 @@ import (
 
 func ptr[T any](v T) *T { return &v }
 
-// randomProxy draws a proxy from small domains so that random filters match
-// some proxies and miss others; coordinates cluster near the antimeridian
-// and the poles, where bounding boxes are easy to get wrong.
-func randomProxy(r *rand.Rand, poolID uuid.UUID, i int) pharox.Proxy {
-	pick := func(xs ...string) string { return xs[r.IntN(len(xs))] }
-	p := pharox.Proxy{
-		PoolID: poolID, Host: fmt.Sprintf("10.1.%d.%d", i/250, i%250+1), Port: 1000 + i,
-		Protocol: pharox.Protocol(pick("http", "https", "socks5")),
-		Source:   pick("", "alpha", "beta"), Country: pick("", "US", "DE"), City: pick("", "Berlin", "Austin"),
-		ISP: pick("", "isp1", "isp2"),
-	}
-	if r.IntN(3) > 0 {
-		p.ASN = ptr(r.IntN(3))
-	}
-	for _, t := range []string{"t1", "t2", "t3"} {
-		if r.IntN(2) == 0 {
-			p.Tags = append(p.Tags, t)
-		}
-	}
-	switch r.IntN(5) {
-	case 0: // no coordinates
-	case 1: // near the antimeridian
-		p.Latitude, p.Longitude = ptr(r.Float64()*4-2), ptr((179+r.Float64())*float64(1-2*r.IntN(2)))
-	case 2: // near the north pole
-		p.Latitude, p.Longitude = ptr(85+r.Float64()*5), ptr(r.Float64()*360-180)
-	default:
-		p.Latitude, p.Longitude = ptr(r.Float64()*180-90), ptr(r.Float64()*360-180)
-	}
-	return p
-}
-
-// randomFilter draws a normalized filter, nested up to depth levels.
-func randomFilter(r *rand.Rand, proxies []*pharox.Proxy, depth int) pharox.Filters {
-	var f pharox.Filters
-	set := func() bool { return r.IntN(4) == 0 }
-	pick := func(xs ...string) string { return xs[r.IntN(len(xs))] }
-	if set() {
-		f.Source = pick("alpha", "beta")
-	}
-	if set() {
-		f.Country = pick("US", "DE")
-	}
-	if set() {
-		f.City = pick("Berlin", "Austin")
-	}
-	if set() {
-		f.ISP = pick("isp1", "isp2")
-	}
-	if set() {
-		f.ASN = ptr(r.IntN(3))
-	}
-	if set() {
-		f.Protocol = pharox.Protocol(pick("http", "https", "socks5"))
-	}
-	if set() {
-		f.Tags = []string{pick("t1", "t2", "t3")}
-		if r.IntN(2) == 0 {
-			f.Tags = append(f.Tags, pick("t1", "t2", "t3"))
-		}
-	}
-	if r.IntN(3) == 0 {
-		// Centre on a proxy half of the time, so exact-point filters match.
-		lat, lon := r.Float64()*180-90, r.Float64()*360-180
-		if p := proxies[r.IntN(len(proxies))]; p.Latitude != nil && r.IntN(2) == 0 {
-			lat, lon = *p.Latitude, *p.Longitude
-		}
-		if r.IntN(2) == 0 {
-			lat, lon = []float64{0, 1, 88, -89.9}[r.IntN(4)], []float64{179.9, -179.9, 0}[r.IntN(3)]
-		}
-		f.Latitude, f.Longitude = &lat, &lon
-		if r.IntN(4) > 0 {
-			f.RadiusKM = ptr([]float64{0, 50, 150, 300, 1500, 8000, 25000}[r.IntN(7)])
-		}
-	}
-	if depth > 0 {
-		for range r.IntN(3) {
-			switch r.IntN(3) {
-			case 0:
-				f.AllOf = append(f.AllOf, randomFilter(r, proxies, depth-1))
-			case 1:
-				f.AnyOf = append(f.AnyOf, randomFilter(r, proxies, depth-1))
-			default:
-				f.NoneOf = append(f.NoneOf, randomFilter(r, proxies, depth-1))
-			}
-		}
-	}
-	return f
-}
-
 // TestFilterSQLMatchesReference checks the generated SQL against
 // pharox.Filters.Match, the reference semantics, on random proxies and
 // random nested filters.
@@ -122,7 +33,7 @@ func TestFilterSQLMatchesReference(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	in := make([]pharox.Proxy, 300)
 	for i := range in {
-		in[i] = randomProxy(r, pool.ID, i)
+		in[i] = storagetest.RandomProxy(r, pool.ID, i)
 	}
 	proxies, err := s.AddProxies(ctx, in)
 	if err != nil {
@@ -130,7 +41,7 @@ func TestFilterSQLMatchesReference(t *testing.T) {
 	}
 	matchedSome := 0
 	for i := range 800 {
-		f := randomFilter(r, proxies, 2)
+		f := storagetest.RandomFilter(r, proxies, 2)
 		f.Normalize()
 		if err := f.Validate(); err != nil {
 			t.Fatalf("filter %d invalid: %v", i, err)
