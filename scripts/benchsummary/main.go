@@ -67,6 +67,7 @@ var runs = []run{
 	{"./gateway/", `BenchmarkThroughput64$`, 20000},
 	{"./gateway/", `BenchmarkAddedLatency$`, 5000},
 	{"./health/", `BenchmarkSweep$`, 2000},
+	{"./transport/", `BenchmarkThroughput32$`, 32000},
 }
 
 var rows = []row{
@@ -179,6 +180,20 @@ var rows = []row{
 			return missing()
 		}
 		return f("%.2f s", s), f("the same requests direct: %.2f s", s/r), f("%.1f×", r), yes(s < 10)
+	}},
+	{8, "transport: req/s at 32 concurrent keep-alive requests (forwarded / CONNECT)", "≥ 0.9× http.Transport with a fixed Proxy", func(m metrics) (string, string, string, string) {
+		const fw, co = "BenchmarkThroughput32/forward", "BenchmarkThroughput32/connect"
+		fr, ok1 := m.get(fw, "req/s")
+		fb, ok2 := m.get(fw, "baseline-req/s")
+		cr, ok3 := m.get(co, "req/s")
+		cb, ok4 := m.get(co, "baseline-req/s")
+		fc, ok5 := m.get(fw, "cpu-ratio")
+		cc, ok6 := m.get(co, "cpu-ratio")
+		if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 || !ok6 {
+			return missing()
+		}
+		return f("%.0f / %.0f req/s", fr, cr), f("http.Transport %.0f / %.0f req/s", fb, cb),
+			f("%.2f× / %.2f× (CPU: %.2f× / %.2f×)", fr/fb, cr/cb, fc, cc), both(fr/fb >= 0.9 && cr/cb >= 0.9, fc >= 0.9 && cc >= 0.9)
 	}},
 }
 
