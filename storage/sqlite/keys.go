@@ -329,10 +329,10 @@ func (s *Store) ListAudit(ctx context.Context, q pharox.AuditQuery) ([]*pharox.A
 		args  []any
 	)
 	if !q.Since.IsZero() {
-		where, args = append(where, "at >= ?"), append(args, micros(q.Since))
+		where, args = append(where, "at >= ?"), append(args, micros(ceilMicro(q.Since)))
 	}
 	if !q.Until.IsZero() {
-		where, args = append(where, "at < ?"), append(args, micros(q.Until))
+		where, args = append(where, "at < ?"), append(args, micros(ceilMicro(q.Until)))
 	}
 	if q.Actor != "" {
 		where, args = append(where, "actor = ?"), append(args, q.Actor)
@@ -377,7 +377,7 @@ func (s *Store) PurgeAudit(ctx context.Context, before time.Time) (int, error) {
 		var n int64
 		err := s.writeTx(ctx, func(tx *wtx) error {
 			res, err := tx.exec(`DELETE FROM audit_log WHERE seq IN (SELECT seq FROM audit_log WHERE at < ? LIMIT ?)`,
-				micros(before), purgeBatch)
+				micros(ceilMicro(before)), purgeBatch)
 			if err != nil {
 				return err
 			}
@@ -424,4 +424,14 @@ func (s *Store) ClaimLeaseVerdict(ctx context.Context, leaseID uuid.UUID) (bool,
 		return false, fmt.Errorf("sqlite: claim lease verdict %s: %w", leaseID, err)
 	}
 	return first, nil
+}
+
+// ceilMicro rounds t up to the stored precision: for entries stored in
+// whole microseconds, at >= t and at < t hold exactly when they hold for
+// the rounded bound.
+func ceilMicro(t time.Time) time.Time {
+	if r := t.Truncate(time.Microsecond); !r.Equal(t) {
+		return r.Add(time.Microsecond)
+	}
+	return t
 }
