@@ -347,7 +347,7 @@ func testTargetPurge(t *testing.T, f *fixture) {
 			t.Fatal(err)
 		}
 	}
-	apply(ps[0].ID, "old.example", pharox.OutcomeFailure, now.Add(-3*time.Hour))      // idle since -3h
+	apply(ps[0].ID, "old.example", pharox.OutcomeFailure, now.Add(-3*time.Hour))       // idle since -3h
 	apply(ps[0].ID, "cooled.example", pharox.OutcomeBanned, now.Add(-150*time.Minute)) // idle since -90m
 	apply(ps[0].ID, "recent.example", pharox.OutcomeFailure, now.Add(-time.Minute))
 	apply(ps[1].ID, "old.example", pharox.OutcomeSuccess, now.Add(-5*time.Hour))
@@ -387,7 +387,7 @@ func testTargetPoolStats(t *testing.T, f *fixture) {
 	}
 	apply(ps[0].ID, "shop.example", pharox.OutcomeBanned, now)
 	apply(ps[1].ID, "shop.example", pharox.OutcomeBanned, now.Add(-90*time.Minute)) // ended 30m ago
-	apply(ps[4].ID, "shop.example", pharox.OutcomeBanned, now)                       // inactive anyway
+	apply(ps[4].ID, "shop.example", pharox.OutcomeBanned, now)                      // inactive anyway
 	apply(ps[2].ID, "news.example", pharox.OutcomeFailure, now)
 	apply(ops[0].ID, "other.example", pharox.OutcomeBanned, now)
 	got, err := ts.PoolTargetStats(f.ctx, pool.ID)
