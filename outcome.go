@@ -126,9 +126,8 @@ func (p OutcomePolicy) Validate() error {
 // [TargetPolicy]: failures and bans (including successes whose status
 // code is in TargetPolicy.BanStatusCodes, 403 and 429 by default) cool the
 // proxy down for that target only and leave its global status alone, and a
-// success counts for the
-// target and, as without a target, for the proxy. One verdict per lease and
-// target counts. When a ban or failure starts a cool-down and the proxy
+// success counts for the target and, as without a target, for the proxy.
+// One verdict per lease and target counts. When a ban or failure starts a cool-down and the proxy
 // then has cool-downs started by EscalateTargets distinct targets within
 // EscalateWindow, the proxy is marked banned for every target (the global
 // status), still subject to MaxBannedShare. The returned proxy is the
