@@ -424,6 +424,12 @@ type TargetStore interface {
 	// proxy's entries, this one included, started a cool-down within
 	// p.EscalateWindow before that time. Errors: ErrProxyNotFound,
 	// ErrInvalidArgument (see TargetOutcome.Validate).
+	//
+	// With a zero o.At the store reads its clock under the lock (or row
+	// lock on the proxy) that acquisitions of the proxy take, as it does
+	// for AcquiredAt: an acquisition stamped after a cool-down's start
+	// then always sees that cool-down. The conformance suite checks
+	// exactly this.
 	ApplyTargetOutcome(ctx context.Context, o TargetOutcome, p TargetPolicy) (*TargetState, int, error)
 	// ListTargetStates returns the proxy's entries ordered by target
 	// (ErrProxyNotFound).
