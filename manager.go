@@ -58,6 +58,11 @@ type AcquireOptions struct {
 	// must be a fresh random or name-based UUID per logical acquisition;
 	// zero means the store picks one.
 	LeaseID uuid.UUID
+	// Target, when set, is the site the lease is for (a host name,
+	// host:port, IP or URL; see NormalizeTarget): proxies cooling down for
+	// it (see [TargetPolicy]) are skipped. Empty means any proxy. A store
+	// without per-target health gives ErrUnsupported.
+	Target string
 }
 
 // AcquireEvent describes one acquisition attempt, successful or not.
@@ -68,6 +73,8 @@ type AcquireEvent struct {
 	Consumer string
 	Filters  *Filters
 	Strategy Strategy
+	// Target is the normalized target of the acquisition, if any.
+	Target   string
 	Started  time.Time
 	Finished time.Time
 	Duration time.Duration
@@ -135,8 +142,12 @@ type Manager struct {
 	onRelease []func(context.Context, ReleaseEvent)
 	logger    *slog.Logger
 	outcomes  OutcomePolicy
+	targets   TargetPolicy
 	guard     banGuard
 	verdicts  verdictLog
+	// purgeMu guards nextTargetPurge (see CleanupExpiredLeases).
+	purgeMu         sync.Mutex
+	nextTargetPurge time.Time
 	// invalid is the configuration error NewManager found, if any: every
 	// method then returns it instead of working with that configuration.
 	invalid error
@@ -155,7 +166,7 @@ type Manager struct {
 // doing any work. Check Err once after construction when the options come
 // from user input; nil options are ignored.
 func NewManager(store Storage, opts ...ManagerOption) *Manager {
-	m := &Manager{store: store, logger: slog.Default(), outcomes: DefaultOutcomePolicy()}
+	m := &Manager{store: store, logger: slog.Default(), outcomes: DefaultOutcomePolicy(), targets: DefaultTargetPolicy()}
 	for _, o := range opts {
 		if o != nil {
 			o(m)
@@ -171,6 +182,9 @@ func (m *Manager) validate() error {
 		return fmt.Errorf("%w: manager: store is nil", ErrInvalidArgument)
 	}
 	if err := m.outcomes.Validate(); err != nil {
+		return fmt.Errorf("manager: %w", err)
+	}
+	if err := m.targets.Validate(); err != nil {
 		return fmt.Errorf("manager: %w", err)
 	}
 	return nil
@@ -264,6 +278,18 @@ func (m *Manager) buildRequest(ctx context.Context, pool string, opts *AcquireOp
 	case req.SessionTTL > MaxLeaseDuration:
 		return req, fmt.Errorf("%w: session ttl %v exceeds the maximum %v", ErrInvalidArgument, req.SessionTTL, MaxLeaseDuration)
 	}
+	if o.Target != "" {
+		t, err := NormalizeTarget(o.Target)
+		if err != nil {
+			return req, err
+		}
+		if t != "" {
+			if _, err := m.targetStore(); err != nil {
+				return req, err
+			}
+		}
+		req.Target = t
+	}
 	if !o.Filters.IsZero() {
 		f := o.Filters.NormalizedClone()
 		if err := f.Validate(); err != nil {
@@ -350,7 +376,7 @@ func (m *Manager) emitAcquire(ctx context.Context, req *AcquireRequest, lease *L
 	finished := time.Now()
 	ev := AcquireEvent{
 		Lease: lease, Pool: req.PoolName, Consumer: req.ConsumerName, Filters: req.Filters,
-		Strategy: req.Strategy, Started: started, Finished: finished,
+		Strategy: req.Strategy, Target: req.Target, Started: started, Finished: finished,
 		Duration: finished.Sub(started), Err: err,
 	}
 	ev.Stats = m.stats(ctx, req.PoolName)
@@ -431,12 +457,42 @@ func (m *Manager) WithLease(ctx context.Context, pool string, opts *AcquireOptio
 }
 
 // CleanupExpiredLeases ends every lease past its expiry and returns how
-// many it ended.
+// many it ended. At most once a minute per Manager it also purges
+// per-target entries idle for longer than the target policy's Retention
+// (see PurgeTargetStates); a failure of that purge is logged, not
+// returned.
 func (m *Manager) CleanupExpiredLeases(ctx context.Context) (int, error) {
 	if m.invalid != nil {
 		return 0, m.invalid
 	}
-	return m.store.CleanupExpiredLeases(ctx)
+	n, err := m.store.CleanupExpiredLeases(ctx)
+	if err != nil {
+		return n, err
+	}
+	if m.targetPurgeDue(time.Now()) {
+		if _, perr := m.PurgeTargetStates(ctx); perr != nil {
+			m.logger.WarnContext(ctx, "pharox: purging per-target entries failed", "error", perr)
+		}
+	}
+	return n, nil
+}
+
+// targetPurgeEvery is how often CleanupExpiredLeases purges target entries.
+const targetPurgeEvery = time.Minute
+
+// targetPurgeDue reports whether CleanupExpiredLeases should purge target
+// entries now, and if so schedules the next purge.
+func (m *Manager) targetPurgeDue(now time.Time) bool {
+	if _, ok := m.store.(TargetStore); !ok {
+		return false
+	}
+	m.purgeMu.Lock()
+	defer m.purgeMu.Unlock()
+	if now.Before(m.nextTargetPurge) {
+		return false
+	}
+	m.nextTargetPurge = now.Add(targetPurgeEvery)
+	return true
 }
 
 // PoolStats returns the named pool's occupancy.

@@ -105,4 +105,16 @@
 // rowid seq orders equal times) indexed by (at, seq); PurgeAudit deletes
 // by time in batches. leases.verdict_at records when a lease's one ban or
 // failure verdict was claimed, so two processes on the file count it once.
+//
+// # Per-target health
+//
+// The store implements [pharox.TargetStore]: table proxy_targets holds one
+// row per (proxy, target), deleted with its proxy. An acquisition with a
+// target adds NOT EXISTS (a primary-key lookup of proxy_targets) to the
+// strategy's walk of its partial index, in the same transaction, so it
+// skips only the proxies cooling down for the target that it meets (they
+// count against the filter scan budget). ApplyTargetOutcome runs
+// [pharox.TargetState.Apply] in one write transaction and evicts the
+// proxy's longest-idle rows beyond the policy's cap; PurgeTargetStates
+// deletes idle rows through an index on idle_since, in batches.
 package sqlite
