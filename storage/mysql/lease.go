@@ -413,10 +413,12 @@ func (s *Store) choose(ctx context.Context, tx execer, poolID uuid.UUID, f *phar
 // notCoolingSQL is the condition that proxy p is not cooling down for the
 // target in its one parameter (see pharox.TargetState): a dependent
 // subquery, a primary-key lookup of proxy_targets run for each proxy the
-// walk reaches. A locking read does not lock the rows its subqueries
-// read, so it takes no lock on proxy_targets.
+// walk reaches. It is a scalar subquery, never NULL, rather than NOT
+// EXISTS, which MariaDB turns into a materialized set of every entry of
+// the target: the walk must cost the proxies it passes, not the target's
+// entries. A locking read does not lock the rows its subqueries read.
 func (s *Store) notCoolingSQL(p string) string {
-	return s.q(`NOT EXISTS (SELECT 1 FROM {p}proxy_targets t WHERE t.proxy_id = ` + p + `.id AND t.target = ? AND t.cooling_until > UTC_TIMESTAMP(6))`)
+	return s.q(`COALESCE((SELECT t.cooling_until > UTC_TIMESTAMP(6) FROM {p}proxy_targets t WHERE t.proxy_id = ` + p + `.id AND t.target = ?), 0) = 0`)
 }
 
 // strategyPlan is the index a strategy walks and the order it walks it in.

@@ -89,9 +89,9 @@ func (s *Store) ApplyTargetOutcome(ctx context.Context, o pharox.TargetOutcome, 
 				now    time.Time
 				others int
 			)
-			prev, err := scanTarget(tx.QueryRowContext(ctx, s.q(`SELECT `+targetCols+`, COALESCE(?, UTC_TIMESTAMP(6)),
+			prev, err := scanTarget(tx.QueryRowContext(ctx, s.q(`SELECT `+targetCols+`, CAST(COALESCE(?, UTC_TIMESTAMP(6)) AS DATETIME(6)),
 				(SELECT count(*) FROM {p}proxy_targets x WHERE x.proxy_id = t.proxy_id AND x.target <> t.target
-					AND x.banned_at >= COALESCE(?, UTC_TIMESTAMP(6)) - INTERVAL ? MICROSECOND)
+					AND x.banned_at >= CAST(COALESCE(?, UTC_TIMESTAMP(6)) AS DATETIME(6)) - INTERVAL ? MICROSECOND)
 				FROM {p}proxy_targets t WHERE t.proxy_id = ? AND t.target = ? FOR UPDATE`),
 				at, at, window, idArg(o.ProxyID), o.Target), &now, &others)
 			fresh := errors.Is(err, sql.ErrNoRows)
@@ -100,7 +100,7 @@ func (s *Store) ApplyTargetOutcome(ctx context.Context, o pharox.TargetOutcome, 
 			}
 			if fresh {
 				prev = &pharox.TargetState{}
-				if err := tx.QueryRowContext(ctx, `SELECT COALESCE(?, UTC_TIMESTAMP(6))`, at).Scan(&now); err != nil {
+				if err := tx.QueryRowContext(ctx, `SELECT CAST(COALESCE(?, UTC_TIMESTAMP(6)) AS DATETIME(6))`, at).Scan(&now); err != nil {
 					return err
 				}
 			}
