@@ -214,7 +214,7 @@ func TestApplyTargetOutcomeFollowsReference(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 	for i := range 600 {
-		now = now.Add(time.Duration(r.IntN(int(3 * time.Minute / time.Second))) * time.Second)
+		now = now.Add(time.Duration(r.IntN(int(3*time.Minute/time.Second))) * time.Second)
 		if r.IntN(40) == 0 {
 			now = now.Add(2 * time.Hour) // past the retention
 		}
