@@ -14,6 +14,8 @@ import (
 	"github.com/pharox/pharox"
 )
 
+var _ pharox.TargetStore = (*Store)(nil)
+
 // targetCols lists the proxy_targets columns scanTarget reads, in order.
 const targetCols = `proxy_id, target, failure_streak, bans, cooling_until, banned_at,
 	last_reason, last_status_code, last_success_at, last_failure_at, updated_at`
