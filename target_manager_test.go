@@ -297,3 +297,23 @@ func TestCleanupPurgesIdleTargetEntries(t *testing.T) {
 		t.Fatalf("PurgeTargetStates = %d, %v; want 1", n, err)
 	}
 }
+
+func TestAcquireEventCarriesTarget(t *testing.T) {
+	ctx := context.Background()
+	var got []string
+	m, _, _ := newPool(t, 1, 100, pharox.WithAcquireCallback(func(_ context.Context, ev pharox.AcquireEvent) {
+		got = append(got, ev.Target)
+	}))
+	for _, target := range []string{"https://www.shop.example/x", ""} {
+		l, err := m.Acquire(ctx, "main", &pharox.AcquireOptions{Target: target})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.Release(ctx, l.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(got) != 2 || got[0] != "shop.example" || got[1] != "" {
+		t.Fatalf("AcquireEvent targets = %q, want [shop.example \"\"]", got)
+	}
+}

@@ -198,7 +198,7 @@ func TestTargetStateApply(t *testing.T) {
 	if fresh.Bans != 0 || fresh.FailureStreak != 1 || fresh.CoolingUntil != nil || fresh.BannedAt != nil || fresh.LastSuccessAt != nil {
 		t.Fatalf("failure past the retention: %+v", fresh)
 	}
-	if !fresh.RecentlyBanned(idle, time.Hour) == (fresh.BannedAt != nil) {
+	if fresh.RecentlyBanned(idle, time.Hour) {
 		t.Fatal("RecentlyBanned without a ban")
 	}
 	if !s.RecentlyBanned(*s.BannedAt, 0) || s.RecentlyBanned(s.BannedAt.Add(time.Hour+1), time.Hour) {
