@@ -169,3 +169,13 @@ func parallel(b testing.TB, workers, n int, fn func(worker int) error) time.Dura
 	}
 	return elapsed
 }
+
+// BenchmarkTargets runs storagetest.BenchmarkTargets: on a 10,000-proxy
+// pool (1,000 with -short) with half the proxies cooling down for a
+// target, an acquire+release pair for that target against one without a
+// target, same run (x-target-cost, goal at most 1.5).
+//
+//	PHAROX_TEST_MYSQL_URL=mysql://root@127.0.0.1:3306/test go test -run '^$' -bench Targets -benchtime 2000x ./storage/mysql/
+func BenchmarkTargets(b *testing.B) {
+	storagetest.BenchmarkTargets(b, func(b *testing.B) pharox.Storage { return newTestStore(b) })
+}

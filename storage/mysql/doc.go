@@ -78,6 +78,37 @@
 // so NoneOf negates exactly like pharox.Filters.Match. Predicate filters
 // cannot run in the database and give pharox.ErrUnsupported.
 //
+// # Per-target health
+//
+// The store implements pharox.TargetStore: per (proxy, target) state in
+// the proxy_targets table (migration 0002, primary key (proxy_id, target),
+// ON DELETE CASCADE with the proxy). An acquisition with
+// AcquireRequest.Target adds one condition to its locking read: a scalar
+// subquery that looks the walked proxy's entry up by primary key and
+// passes over the proxy while its cooling_until is in the future. It runs
+// for each proxy the walk reaches (a DEPENDENT SUBQUERY in EXPLAIN, an
+// eq_ref on PRIMARY), so the work grows with the proxies cooling down for
+// the target that the walk passes, never with the pool or with the
+// target's entries (NOT EXISTS is not used: MariaDB would materialize
+// every entry of the target first). The subquery locks nothing. A sticky
+// binding whose proxy cools down for the target is bound anew.
+//
+// ApplyTargetOutcome is one transaction of two round trips: it reads the
+// entry FOR UPDATE (with the time, the outcome's At or UTC_TIMESTAMP(6),
+// and the count of the proxy's other recent bans), applies the reference
+// rule pharox.TargetState.Apply in Go and writes the entry back with the
+// COMMIT; a proxy's first outcome for a target inserts the entry instead
+// (the foreign key makes a missing proxy ErrProxyNotFound), then evicts the
+// proxy's longest-idle entries beyond the policy's cap. Outcomes for one
+// entry apply one at a time; two outcomes for different targets of one
+// proxy at the same instant may each miss the other in the cap and in the
+// escalation count. A ban takes effect for every acquisition that starts
+// after ApplyTargetOutcome returned; one already running may still take
+// the proxy. PurgeTargetStates deletes entries idle before a time
+// through an index on idle_at (a stored generated column, the later of
+// updated_at and cooling_until); PoolTargetStats reads the pool's proxies
+// and their entries, never a lease.
+//
 // # Sticky sessions
 //
 // A sticky acquisition first locks its binding row with INSERT ... ON

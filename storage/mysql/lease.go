@@ -176,14 +176,14 @@ func (s *Store) acquireTx(ctx context.Context, tx execer, req *pharox.AcquireReq
 	if req.SessionKey != "" {
 		h := sha256.Sum256([]byte(req.SessionKey))
 		keyHash = h[:]
-		chosen, err = s.lockSession(ctx, tx, poolID, keyHash, req.Filters)
+		chosen, err = s.lockSession(ctx, tx, poolID, keyHash, req.Filters, req.Target)
 		if err != nil {
 			return nil, err
 		}
 		stickyHit = chosen != nil
 	}
 	if chosen == nil {
-		chosen, err = s.choose(ctx, tx, poolID, req.Filters, req.Strategy, cursor.String, true)
+		chosen, err = s.choose(ctx, tx, poolID, req.Filters, req.Target, req.Strategy, cursor.String, true)
 		if err != nil {
 			return nil, err
 		}
@@ -203,7 +203,7 @@ func (s *Store) acquireTx(ctx context.Context, tx execer, req *pharox.AcquireReq
 			return nil, err
 		}
 		if n > 0 {
-			chosen, err = s.choose(ctx, tx, poolID, req.Filters, req.Strategy, cursor.String, true)
+			chosen, err = s.choose(ctx, tx, poolID, req.Filters, req.Target, req.Strategy, cursor.String, true)
 			if err != nil {
 				return nil, err
 			}
@@ -213,7 +213,7 @@ func (s *Store) acquireTx(ctx context.Context, tx execer, req *pharox.AcquireReq
 		// Did a candidate exist that others held locked? A non-locking
 		// read sees the newest committed rows and waits for nothing.
 		if !s.naive {
-			p, err := s.choose(ctx, tx, poolID, req.Filters, req.Strategy, cursor.String, false)
+			p, err := s.choose(ctx, tx, poolID, req.Filters, req.Target, req.Strategy, cursor.String, false)
 			if err != nil {
 				return nil, err
 			}
@@ -315,8 +315,9 @@ func (s *Store) existingLease(ctx context.Context, tx execer, req *pharox.Acquir
 // that concurrent first uses of one key queue here and all end on the proxy
 // the first one binds. It returns the bound proxy, locked, when the binding
 // is live and the proxy is still a candidate with a free slot (after
-// reclaiming its expired leases); nil otherwise.
-func (s *Store) lockSession(ctx context.Context, tx execer, poolID uuid.UUID, keyHash []byte, f *pharox.Filters) (*lockedProxy, error) {
+// reclaiming its expired leases) that is not cooling down for target (""
+// for none); nil otherwise, and the key is then bound anew.
+func (s *Store) lockSession(ctx context.Context, tx execer, poolID uuid.UUID, keyHash []byte, f *pharox.Filters, target string) (*lockedProxy, error) {
 	// INSERT ... ON DUPLICATE KEY UPDATE takes the row's exclusive lock
 	// whether the row existed or not; a no-op update changes nothing.
 	if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO {p}sessions (pool_id, key_hash, proxy_id, expires_at)
@@ -346,6 +347,14 @@ func (s *Store) lockSession(ctx context.Context, tx execer, poolID uuid.UUID, ke
 	if !lp.p.Status.Leasable() || !f.Match(lp.p) {
 		return nil, nil
 	}
+	if target != "" {
+		var cooling bool
+		err := tx.QueryRowContext(ctx, s.q(`SELECT EXISTS (SELECT 1 FROM {p}proxy_targets
+			WHERE proxy_id = ? AND target = ? AND cooling_until > UTC_TIMESTAMP(6))`), idArg(lp.p.ID), target).Scan(&cooling)
+		if err != nil || cooling {
+			return nil, err
+		}
+	}
 	if !lp.p.HasFreeSlot() {
 		n, err := s.reclaimLocked(ctx, tx, lp.p.ID)
 		if err != nil || n == 0 {
@@ -362,11 +371,17 @@ func (s *Store) lockSession(ctx context.Context, tx execer, poolID uuid.UUID, ke
 // FOR UPDATE SKIP LOCKED when lock is set, or nil. Each strategy walks its
 // own index (FORCE INDEX: the optimizer has no reason to know the LIMIT 1
 // walk beats a filter index) from the pool's free-slot range, so the cost
-// does not grow with the pool.
-func (s *Store) choose(ctx context.Context, tx execer, poolID uuid.UUID, f *pharox.Filters, st pharox.Strategy, cursor string, lock bool) (*lockedProxy, error) {
+// does not grow with the pool. With a target ("" for none) the walk
+// passes over proxies cooling down for it, one primary-key probe of
+// proxy_targets per proxy it reaches (notCoolingSQL).
+func (s *Store) choose(ctx context.Context, tx execer, poolID uuid.UUID, f *pharox.Filters, target string, st pharox.Strategy, cursor string, lock bool) (*lockedProxy, error) {
 	var args []any
 	args = append(args, idArg(poolID))
 	filter := filterSQL(f, "p", &args)
+	if target != "" {
+		filter = "(" + filter + " AND " + s.notCoolingSQL("p") + ")"
+		args = append(args, target)
+	}
 	plan := plans[st.OrDefault()]
 	sel := func(extra string, extraArgs ...any) (*lockedProxy, error) {
 		a := append(append([]any{args[0]}, extraArgs...), args[1:]...)
@@ -393,6 +408,17 @@ func (s *Store) choose(ctx context.Context, tx execer, poolID uuid.UUID, f *phar
 	default:
 		return sel("")
 	}
+}
+
+// notCoolingSQL is the condition that proxy p is not cooling down for the
+// target in its one parameter (see pharox.TargetState): a dependent
+// subquery, a primary-key lookup of proxy_targets run for each proxy the
+// walk reaches. It is a scalar subquery, never NULL, rather than NOT
+// EXISTS, which MariaDB turns into a materialized set of every entry of
+// the target: the walk must cost the proxies it passes, not the target's
+// entries. A locking read does not lock the rows its subqueries read.
+func (s *Store) notCoolingSQL(p string) string {
+	return s.q(`COALESCE((SELECT t.cooling_until > UTC_TIMESTAMP(6) FROM {p}proxy_targets t WHERE t.proxy_id = ` + p + `.id AND t.target = ?), 0) = 0`)
 }
 
 // strategyPlan is the index a strategy walks and the order it walks it in.
@@ -550,7 +576,7 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 		if err != nil {
 			return err
 		}
-		lp, err := s.choose(ctx, tx, poolID, filters, strategy, cursor.String, false)
+		lp, err := s.choose(ctx, tx, poolID, filters, "", strategy, cursor.String, false)
 		if lp != nil || err != nil {
 			if lp != nil {
 				out = lp.p

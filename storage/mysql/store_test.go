@@ -86,7 +86,7 @@ func dropTables(t testing.TB, admin *sql.DB, prefix string) {
 	ctx := context.Background()
 	rows, err := admin.QueryContext(ctx, `SELECT table_name FROM information_schema.tables
 		WHERE table_schema = DATABASE() AND table_name LIKE ?
-		ORDER BY table_name = ? DESC`, strings.ReplaceAll(prefix, "_", `\_`)+"%", prefix+"proxies")
+		ORDER BY table_name = ? DESC, table_name = ? DESC`, strings.ReplaceAll(prefix, "_", `\_`)+"%", prefix+"proxy_targets", prefix+"proxies")
 	if err != nil {
 		t.Errorf("list tables %s*: %v", prefix, err)
 		return
@@ -102,7 +102,8 @@ func dropTables(t testing.TB, admin *sql.DB, prefix string) {
 	if len(names) == 0 {
 		return
 	}
-	// proxies first: its foreign key refers to pools.
+	// proxy_targets, then proxies first: their foreign keys refer to
+	// proxies and pools.
 	stmt := "DROP TABLE IF EXISTS "
 	for i, n := range names {
 		if i > 0 {

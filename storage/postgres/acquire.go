@@ -22,6 +22,9 @@ type acquireKey struct {
 	// idem: the caller chose the lease id (AcquireRequest.LeaseID), so
 	// the statement first checks that no lease has it.
 	idem bool
+	// target: the request names a target (AcquireRequest.Target), so
+	// the statement passes over proxies cooling down for it.
+	target bool
 }
 
 // acquireSQLs are the two forms of the acquisition statement: lean looks
@@ -48,8 +51,9 @@ const codeLockNotAvailable = "55P03"
 // acquireStatements returns the two forms of the single statement that
 // performs one acquisition; a must already hold the fixed parameters ($1
 // pool name, $2 consumer id, $3 lease id, $4 consumer name, $5 duration, $6
-// session key and, when sticky, $7 session ttl). Filter values are
-// appended to a; both forms use the same parameters.
+// session key and, when sticky, $7 session ttl). The target, when there
+// is one, and then the filter values are appended to a; all forms use the
+// same parameters.
 //
 // The statement, CTE by CTE:
 //
@@ -60,7 +64,10 @@ const codeLockNotAvailable = "55P03"
 //     and the proxy is still a candidate; when there is one, it is the only
 //     proxy the statement may take.
 //   - free: the first proxy in strategy order with a free slot that no
-//     other transaction has locked, locked FOR UPDATE SKIP LOCKED.
+//     other transaction has locked, locked FOR UPDATE SKIP LOCKED. With a
+//     target, proxies cooling down for it are passed over (a primary-key
+//     probe of proxy_targets per proxy the walk reaches), here and in
+//     every other choice below (bound, stale, the retry check).
 //     Concurrent acquisitions therefore never wait for each other: each
 //     takes the next free row. LockRows re-checks the WHERE clause against
 //     the newest row version, so a proxy filled since the snapshot is
@@ -96,8 +103,12 @@ const codeLockNotAvailable = "55P03"
 // when no lease was taken, whether a candidate existed in the statement's
 // snapshot: it was then locked by a concurrent transaction, and
 // AcquireLease tries again.
-func (s *Store) acquireStatements(st pharox.Strategy, sticky, idem bool, f *pharox.Filters, a *args) acquireSQLs {
-	key := acquireKey{strategy: st.OrDefault(), sticky: sticky, naive: s.naive, idem: idem}
+func (s *Store) acquireStatements(st pharox.Strategy, sticky, idem bool, target string, f *pharox.Filters, a *args) acquireSQLs {
+	key := acquireKey{strategy: st.OrDefault(), sticky: sticky, naive: s.naive, idem: idem, target: target != ""}
+	tph := ""
+	if target != "" {
+		tph = a.add(target)
+	}
 	if f.IsZero() {
 		if v, ok := s.acquireSQL.Load(key); ok {
 			return v.(acquireSQLs)
@@ -105,9 +116,9 @@ func (s *Store) acquireStatements(st pharox.Strategy, sticky, idem bool, f *phar
 	}
 	filter := filterSQL(f, "p", a)
 	out := acquireSQLs{
-		lean: s.acquireStatement(key, filter, false, false),
-		full: s.acquireStatement(key, filter, true, false),
-		wait: s.acquireStatement(key, filter, true, true),
+		lean: s.acquireStatement(key, filter, tph, false, false),
+		full: s.acquireStatement(key, filter, tph, true, false),
+		wait: s.acquireStatement(key, filter, tph, true, true),
 	}
 	if f.IsZero() {
 		s.acquireSQL.Store(key, out)
@@ -115,8 +126,9 @@ func (s *Store) acquireStatements(st pharox.Strategy, sticky, idem bool, f *phar
 	return out
 }
 
-// acquireStatement builds one form of the statement (see acquireSQLs).
-func (s *Store) acquireStatement(key acquireKey, filter string, full, wait bool) string {
+// acquireStatement builds one form of the statement (see acquireSQLs);
+// target is the target's placeholder, "" for none.
+func (s *Store) acquireStatement(key acquireKey, filter, target string, full, wait bool) string {
 	sticky := key.sticky
 	lock := "FOR UPDATE OF p SKIP LOCKED"
 	if key.naive {
@@ -138,26 +150,30 @@ func (s *Store) acquireStatement(key acquireKey, filter string, full, wait bool)
 		// id fails on the primary key instead, taking nothing either.
 		gate += " AND NOT EXISTS (SELECT 1 FROM {s}.leases WHERE id = $3)"
 	}
-	free := s.pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, gate: gate, limit: "1", lock: lock})
-	staleFilter := filter
+	free := s.pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, gate: gate, limit: "1", lock: lock, target: target})
+	// tf: the filter and, with a target, not cooling down for it.
+	tf := withTarget(filter, "p", target)
+	staleFilter := tf
 	if sticky {
-		cand := candidateSQL("p", filter)
+		// A bound proxy cooling down for the target is no candidate: the
+		// key is bound anew in strategy order.
+		cand := candidateSQL("p", tf)
 		b.WriteString(",\nbound AS MATERIALIZED (\n\tSELECT p.id FROM {s}.sessions se JOIN {s}.proxies p ON p.id = se.proxy_id AND p.pool_id = se.pool_id" +
 			"\n\tWHERE se.pool_id = (SELECT id FROM pool) AND se.key = $6 AND se.expires_at > clock_timestamp()\n\t  AND " + cand + "\n)")
 		// A live binding names the only proxy the statement may take, by
 		// primary key; strategy order only without one.
 		free = unionSQL([]string{
-			"SELECT p.id FROM {s}.proxies p WHERE p.id = (SELECT id FROM bound) AND " + gate + " AND " + freeSQL("p", filter) + " " + lock,
-			s.pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, gate: gate + " AND NOT EXISTS (SELECT 1 FROM bound)", limit: "1", lock: lock}),
+			"SELECT p.id FROM {s}.proxies p WHERE p.id = (SELECT id FROM bound) AND " + gate + " AND " + freeSQL("p", tf) + " " + lock,
+			s.pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, gate: gate + " AND NOT EXISTS (SELECT 1 FROM bound)", limit: "1", lock: lock, target: target}),
 		}, "1")
-		staleFilter = "(" + filter + " AND (NOT EXISTS (SELECT 1 FROM bound) OR p.id = (SELECT id FROM bound)))"
+		staleFilter = "(" + tf + " AND (NOT EXISTS (SELECT 1 FROM bound) OR p.id = (SELECT id FROM bound)))"
 	}
 	// The candidates in the statement's snapshot, unlocked, best first.
-	candidates := s.pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, limit: "1"})
+	candidates := s.pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, limit: "1", target: target})
 	if sticky {
 		candidates = unionSQL([]string{
-			"SELECT p.id FROM {s}.proxies p WHERE p.id = (SELECT id FROM bound) AND " + freeSQL("p", filter),
-			s.pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, gate: "NOT EXISTS (SELECT 1 FROM bound)", limit: "1"}),
+			"SELECT p.id FROM {s}.proxies p WHERE p.id = (SELECT id FROM bound) AND " + freeSQL("p", tf),
+			s.pickSQL(pick{strategy: key.strategy, cols: "p.id", filter: filter, gate: "NOT EXISTS (SELECT 1 FROM bound)", limit: "1", target: target}),
 		}, "1")
 	}
 	if wait {
@@ -248,7 +264,7 @@ lease AS (
 		retry = fmt.Sprintf(`CASE WHEN l.acquired_at IS NULL THEN (%s) IS NOT NULL OR (%s) IS NOT NULL
 	ELSE false END`, candidates, s.staleSQL(staleFilter, "", ""))
 		if filter != "true" {
-			spent = "CASE WHEN l.acquired_at IS NULL THEN " + s.budgetSpentSQL() + " ELSE false END"
+			spent = "CASE WHEN l.acquired_at IS NULL THEN " + s.budgetSpentSQL(target) + " ELSE false END"
 		}
 	}
 	fmt.Fprintf(&b, `
@@ -295,7 +311,7 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 func (s *Store) acquire(ctx context.Context, req *pharox.AcquireRequest, leaseID uuid.UUID, idem bool) (*pharox.Lease, error) {
 	sticky := req.SessionKey != ""
 	a := singleArgs(req, leaseID)
-	sqls := s.acquireStatements(req.Strategy, sticky, idem, req.Filters, a)
+	sqls := s.acquireStatements(req.Strategy, sticky, idem, req.Target, req.Filters, a)
 
 	// The lean statement first (alone or in a batch); on a miss, at once
 	// the full one, which also reclaims from full proxies and says whether

@@ -37,11 +37,12 @@ var errNotServed = errors.New("postgres: not served by the batch")
 var errReleaseMissed = errors.New("postgres: lease not released by the batch")
 
 // acquireBatchKey groups acquisitions that one batch statement can serve:
-// same pool, strategy and filters (filter is the generated SQL and its
-// bind values, so equal keys mean identical conditions).
+// same pool, strategy, target and filters (filter is the generated SQL and
+// its bind values, so equal keys mean identical conditions).
 type acquireBatchKey struct {
 	pool     string
 	strategy pharox.Strategy
+	target   string
 	filter   string
 }
 
@@ -54,7 +55,8 @@ type acquireItem struct {
 	lean     string
 	leanArgs []any
 	// where is the filter condition for the batch statement, and filter
-	// its bind values, numbered from batchFixedParams+1.
+	// its bind values (the target's first, when there is one), numbered
+	// from batchFixedParams+1.
 	where  string
 	filter []any
 }
@@ -92,10 +94,13 @@ func (s *Store) batching() bool { return s.cfg.maxBatch > 1 && !s.naive }
 // errNotServed when the batch had no slot for it.
 func (s *Store) batchAcquire(ctx context.Context, req *pharox.AcquireRequest, leaseID uuid.UUID, lean string, leanArgs []any) (*pharox.Lease, error) {
 	a := &args{vals: make([]any, batchFixedParams, batchFixedParams+8)}
+	if req.Target != "" {
+		a.add(req.Target) // $6: see acquireBatchSQL
+	}
 	where := filterSQL(req.Filters, "p", a)
 	item := &acquireItem{req: req, leaseID: leaseID, lean: lean, leanArgs: leanArgs, where: where, filter: a.vals[batchFixedParams:]}
-	key := acquireBatchKey{pool: req.PoolName, strategy: req.Strategy.OrDefault()}
-	if len(item.filter) > 0 || where != "true" {
+	key := acquireBatchKey{pool: req.PoolName, strategy: req.Strategy.OrDefault(), target: req.Target}
+	if where != "true" {
 		key.filter = where + "\x00" + fmt.Sprintf("%#v", item.filter)
 	}
 	return s.acquirer.Do(ctx, key, item)
@@ -201,7 +206,9 @@ func (s *Store) execAcquireBatch(ctx context.Context, key acquireBatchKey, items
 // acquireBatchSQL builds the statement that leases one slot for each of a
 // batch of acquisitions sharing key. Its parameters are $1 pool name, $2
 // lease ids, $3 consumer ids, $4 consumer names, $5 durations in
-// microseconds (arrays in request order), then the filter's values.
+// microseconds (arrays in request order), then the target ($6) when key
+// has one, then the filter's values. With a target, the walk passes over
+// proxies cooling down for it, as the single statement does.
 //
 // It locks up to n free candidates in strategy order, FOR UPDATE SKIP
 // LOCKED as the single statement does, and lays out their free slots in
@@ -217,8 +224,15 @@ func (s *Store) execAcquireBatch(ctx context.Context, key acquireBatchKey, items
 // transactions) come back unserved and fall back to the single
 // statement, which also reclaims expired leases.
 func (s *Store) acquireBatchSQL(key acquireBatchKey, where string) string {
+	// The statement depends on whether there is a target, not on which:
+	// cached per pool, strategy and that.
+	cacheKey := key
+	tph := ""
+	if key.target != "" {
+		cacheKey.target, tph = "\x00", "$6"
+	}
 	if key.filter == "" {
-		if v, ok := s.batchSQL.Load(key); ok {
+		if v, ok := s.batchSQL.Load(cacheKey); ok {
 			return v.(string)
 		}
 	}
@@ -260,7 +274,7 @@ free AS MATERIALIZED (
 	%[1]s
 ),
 `, s.pickSQL(pick{strategy: key.strategy, cols: "p.id, p.status_rank, p.checked_at, p.current_leases, p.max_concurrency, p.rnd",
-		filter: where, limit: "(SELECT n FROM want)", lock: "FOR UPDATE OF p SKIP LOCKED"}))
+		filter: where, limit: "(SELECT n FROM want)", lock: "FOR UPDATE OF p SKIP LOCKED", target: tph}))
 	fmt.Fprintf(&b, `slots AS MATERIALIZED (
 	SELECT f.id, row_number() OVER (ORDER BY %[1]s) AS rn
 	FROM free f, generate_series(0, least(coalesce(f.max_concurrency - f.current_leases, (SELECT n FROM want)), (SELECT n FROM want)) - 1) AS j
@@ -315,7 +329,7 @@ LEFT JOIN taken t ON t.id = a.proxy_id AND l.id IS NOT NULL
 ORDER BY r.ord`, strings.Join(cols, ", "))
 	sql := s.q(b.String())
 	if key.filter == "" {
-		s.batchSQL.Store(key, sql)
+		s.batchSQL.Store(cacheKey, sql)
 	}
 	return sql
 }

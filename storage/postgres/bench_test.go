@@ -205,3 +205,13 @@ func (v *vacuumAfterFill) AcquireLease(ctx context.Context, req pharox.AcquireRe
 	}
 	return l, err
 }
+
+// BenchmarkTargets runs storagetest.BenchmarkTargets: on a 10,000-proxy
+// pool (1,000 with -short) with half the proxies cooling down for a
+// target, an acquire+release pair for that target against one without a
+// target, same run (x-target-cost, goal at most 1.5).
+//
+//	PHAROX_TEST_POSTGRES_URL=... go test -run '^$' -bench Targets -benchtime 2000x ./storage/postgres/
+func BenchmarkTargets(b *testing.B) {
+	storagetest.BenchmarkTargets(b, func(b *testing.B) pharox.Storage { return newTestStore(b) })
+}

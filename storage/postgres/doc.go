@@ -124,6 +124,40 @@
 // inside the statement that frees the slot, so lease intervals of one proxy
 // never overlap beyond its limit on the database's time line.
 //
+// # Per-target health
+//
+// The store implements pharox.TargetStore: per (proxy, target) state in
+// the proxy_targets table (migration 0003, primary key (proxy_id, target),
+// ON DELETE CASCADE with the proxy). An acquisition with
+// AcquireRequest.Target adds one condition to the walk of every strategy,
+// alone, batched or sticky: a scalar subquery that looks the proxy's entry
+// up by primary key and passes over the proxy while its cooling_until is
+// in the future. The planner runs it as a SubPlan for each entry the walk
+// reaches and cannot turn it into a join over the target's entries (as it
+// may a NOT EXISTS), so the work grows with the proxies cooling down for
+// the target that the walk passes, never with the pool; entries passed
+// over do not count against a filter's scan budget. The probe locks
+// nothing. A sticky binding whose proxy cools down for the target is
+// bound anew in strategy order. EXPLAIN.md shows the plan.
+//
+// ApplyTargetOutcome is one transaction of two pipelined round trips. The
+// first takes a transaction-scoped advisory lock on the proxy (outcomes of
+// one proxy apply one at a time, so its cap and escalation count are exact
+// across processes; acquisitions never take it), reads the time (the
+// outcome's At, or clock_timestamp()) and the entry FOR UPDATE; the
+// reference rule pharox.TargetState.Apply runs in Go; the second writes the
+// entry with one upsert (the foreign key makes a missing proxy
+// ErrProxyNotFound), evicts the proxy's longest-idle entries beyond the
+// policy's cap when the entry is new, counts the proxy's entries banned
+// within the escalation window, and commits. Inserting a new entry takes
+// a key-share lock on its proxy row for the foreign key: acquisitions pass
+// over the proxy for that moment. A ban takes effect for every
+// acquisition that starts after ApplyTargetOutcome returned; one already
+// running may still take the proxy. PurgeTargetStates deletes entries idle
+// before a time through an index on idle_at (a stored generated column,
+// the later of updated_at and cooling_until). PoolTargetStats reads the
+// pool's proxies and their entries, never a lease.
+//
 // # Batching
 //
 // Concurrent calls of one Store share statements. An acquisition that

@@ -17,8 +17,12 @@ import (
 // TestExplainAcquire prints the plans of the acquisition statements on a
 // 20,000-proxy pool (run with -v; PHAROX_EXPLAIN_ANALYZE=1 executes it inside
 // a rolled-back transaction). It asserts that every strategy, with and
-// without a filter, alone and batched, walks its proxies_free_* index and
-// never scans or sorts the pool's proxies.
+// without a filter and a target, alone and batched, walks its
+// proxies_free_* index and never scans or sorts the pool's proxies; with
+// a target (half the pool cools down for it, every second proxy in id
+// order), that each proxy the walk reaches is probed in proxy_targets by
+// primary key, never found by a scan or a join over the target's
+// entries.
 func TestExplainAcquire(t *testing.T) {
 	s := newTestStore(t)
 	ctx := context.Background()
@@ -30,25 +34,42 @@ func TestExplainAcquire(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Every second proxy in id order cools down for the target.
+	if _, err := s.pool.Exec(ctx, s.q(`INSERT INTO {s}.proxy_targets (proxy_id, target, bans, cooling_until, banned_at, updated_at)
+		SELECT id, 'example.com', 1, now() + interval '1 hour', now(), now()
+		FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM {s}.proxies) x WHERE n % 2 = 0`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.pool.Exec(ctx, "ANALYZE "+s.schema+".proxy_targets"); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
-		st pharox.Strategy
-		f  *pharox.Filters
+		st     pharox.Strategy
+		f      *pharox.Filters
+		target string
 	}{
-		{pharox.FirstAvailable, nil},
-		{pharox.FirstAvailable, &pharox.Filters{Country: "DE"}},
-		{pharox.FirstAvailable, &pharox.Filters{Latitude: ptr(52.52), Longitude: ptr(13.40), RadiusKM: ptr(500.0)}},
-		{pharox.LeastUsed, nil},
-		{pharox.LeastUsed, &pharox.Filters{Country: "DE"}},
-		{pharox.RoundRobin, nil},
-		{pharox.RoundRobin, &pharox.Filters{Country: "DE"}},
-		{pharox.Random, nil},
-		{pharox.Random, &pharox.Filters{Tags: []string{"x"}}},
+		{pharox.FirstAvailable, nil, ""},
+		{pharox.FirstAvailable, &pharox.Filters{Country: "DE"}, ""},
+		{pharox.FirstAvailable, &pharox.Filters{Latitude: ptr(52.52), Longitude: ptr(13.40), RadiusKM: ptr(500.0)}, ""},
+		{pharox.LeastUsed, nil, ""},
+		{pharox.LeastUsed, &pharox.Filters{Country: "DE"}, ""},
+		{pharox.RoundRobin, nil, ""},
+		{pharox.RoundRobin, &pharox.Filters{Country: "DE"}, ""},
+		{pharox.Random, nil, ""},
+		{pharox.Random, &pharox.Filters{Tags: []string{"x"}}, ""},
+		{pharox.FirstAvailable, nil, "example.com"},
+		{pharox.FirstAvailable, &pharox.Filters{Country: "DE"}, "example.com"},
+		{pharox.LeastUsed, nil, "example.com"},
+		{pharox.RoundRobin, nil, "example.com"},
+		{pharox.RoundRobin, &pharox.Filters{Country: "DE"}, "example.com"},
+		{pharox.Random, nil, "example.com"},
 	}
 	type explained struct {
-		name  string
-		sql   string
-		vals  []any
-		index string // the proxies_free_* index the plan must use
+		name   string
+		sql    string
+		vals   []any
+		index  string // the proxies_free_* index the plan must use
+		target bool   // the plan must probe proxy_targets by primary key
 	}
 	var stmts []explained
 	for _, tc := range cases {
@@ -59,9 +80,22 @@ func TestExplainAcquire(t *testing.T) {
 		a.add(c.Name)
 		a.add(time.Minute)
 		a.add("")
-		sqls := s.acquireStatements(tc.st, false, false, tc.f, a)
-		stmts = append(stmts, explained{fmt.Sprintf("%s %+v", tc.st, tc.f), sqls.lean, a.vals, freeIndex[tc.st]},
-			explained{fmt.Sprintf("%s %+v, full form", tc.st, tc.f), sqls.full, a.vals, freeIndex[tc.st]})
+		sqls := s.acquireStatements(tc.st, false, false, tc.target, tc.f, a)
+		name := fmt.Sprintf("%s %+v", tc.st, tc.f)
+		if tc.target != "" {
+			name += " target " + tc.target
+		}
+		stmts = append(stmts, explained{name, sqls.lean, a.vals, freeIndex[tc.st], tc.target != ""},
+			explained{name + ", full form", sqls.full, a.vals, freeIndex[tc.st], tc.target != ""})
+	}
+	// Sticky, with a target: the bound proxy and the walk are probed.
+	{
+		a := &args{}
+		for _, v := range []any{"explain", c.ID, uuid.New(), c.Name, time.Minute, "session-1", time.Hour} {
+			a.add(v)
+		}
+		sqls := s.acquireStatements(pharox.FirstAvailable, true, false, "example.com", nil, a)
+		stmts = append(stmts, explained{"sticky, target example.com", sqls.lean, a.vals, freeIndex[pharox.FirstAvailable], true})
 	}
 	// A batch of 16 acquisitions, as concurrent callers share it.
 	const n = 16
@@ -74,7 +108,10 @@ func TestExplainAcquire(t *testing.T) {
 	batchVals := []any{"explain", leaseIDs, consumerIDs, names, micros}
 	for _, st := range pharox.AllStrategies {
 		stmts = append(stmts, explained{"batch of 16, " + string(st),
-			s.acquireBatchSQL(acquireBatchKey{pool: "explain", strategy: st}, "true"), batchVals, freeIndex[st]})
+			s.acquireBatchSQL(acquireBatchKey{pool: "explain", strategy: st}, "true"), batchVals, freeIndex[st], false},
+			explained{"batch of 16, target example.com, " + string(st),
+				s.acquireBatchSQL(acquireBatchKey{pool: "explain", strategy: st, target: "example.com"}, "true"),
+				append(batchVals[:len(batchVals):len(batchVals)], "example.com"), freeIndex[st], true})
 	}
 
 	// And the release of 16 leases.
@@ -86,7 +123,7 @@ func TestExplainAcquire(t *testing.T) {
 	for i, l := range held {
 		heldIDs[i] = l.ID.String()
 	}
-	stmts = append(stmts, explained{"batch release of 16", s.q(releaseBatchSQL), []any{heldIDs, "off"}, ""})
+	stmts = append(stmts, explained{"batch release of 16", s.q(releaseBatchSQL), []any{heldIDs, "off"}, "", false})
 
 	for _, st := range stmts {
 		sql := st.sql
@@ -124,6 +161,16 @@ func TestExplainAcquire(t *testing.T) {
 		}
 		if strings.Contains(text, "Seq Scan on proxies") {
 			t.Errorf("%s: plan scans the proxies table:\n%s", st.name, text)
+		}
+		if st.target {
+			if !strings.Contains(text, "using proxy_targets_pkey on proxy_targets") {
+				t.Errorf("%s: plan does not probe proxy_targets by primary key:\n%s", st.name, text)
+			}
+			for _, bad := range []string{"Seq Scan on proxy_targets", "Anti Join", "Bitmap Heap Scan on proxy_targets", "proxy_targets_cooling"} {
+				if strings.Contains(text, bad) {
+					t.Errorf("%s: plan has %q: it reads the target's entries rather than probing each candidate:\n%s", st.name, bad, text)
+				}
+			}
 		}
 	}
 }

@@ -163,6 +163,27 @@ func candidateSQL(p, filter string) string {
 	return "((" + freeSQL(p, filter) + ") OR (" + expiredSQL(p, filter) + "))"
 }
 
+// notCoolingSQL is the condition that proxy p is not cooling down for the
+// target bound to placeholder ph (see pharox.TargetState): one
+// primary-key probe of proxy_targets per candidate. It is a scalar
+// subquery, never NULL, rather than NOT EXISTS: the planner runs it as a
+// SubPlan for each row the walk reaches and cannot turn it into an anti
+// join that reads every entry of the target, so the cost of a walk grows
+// with the cooling proxies it passes, never with the pool or the target's
+// entries.
+func notCoolingSQL(p, ph string) string {
+	return "NOT coalesce((SELECT t.cooling_until > clock_timestamp() FROM {s}.proxy_targets t WHERE t.proxy_id = " + p + ".id AND t.target = " + ph + "), false)"
+}
+
+// withTarget returns filter narrowed to proxies of alias p not cooling
+// down for the target in placeholder ph ("" for no target).
+func withTarget(filter, p, ph string) string {
+	if ph == "" {
+		return filter
+	}
+	return "(" + filter + " AND " + notCoolingSQL(p, ph) + ")"
+}
+
 // pick describes one use of pickSQL.
 type pick struct {
 	strategy pharox.Strategy
@@ -178,6 +199,9 @@ type pick struct {
 	// lock is the locking clause ("FOR UPDATE OF p SKIP LOCKED"), "" for
 	// none.
 	lock string
+	// target is the placeholder of AcquireRequest.Target, "" for none:
+	// the walk passes over proxies cooling down for it (notCoolingSQL).
+	target string
 }
 
 // pickSQL returns a SELECT of up to pk.limit proxies of the pool (the
@@ -192,6 +216,11 @@ type pick struct {
 //     only when the first found nothing.
 //   - Random does the same on proxies_free_random from a random point
 //     (CTE "rs"); the acquisition redraws the position of the proxy it took.
+//
+// With a target, each entry the walk reaches is first probed in
+// proxy_targets by primary key (notCoolingSQL) and passed over while it
+// cools down for that target; those entries do not count against the
+// scan budget.
 //
 // Without a filter the first unlocked entry is taken. With one, the walk
 // visits at most the scan budget (WithFilterScanBudget) entries per range
@@ -218,16 +247,22 @@ func (s *Store) pickSQL(pk pick) string {
 	if pk.gate != "" {
 		gate = " AND " + pk.gate
 	}
+	cool := func(p string) string {
+		if pk.target == "" {
+			return ""
+		}
+		return " AND " + notCoolingSQL(p, pk.target)
+	}
 	branches := make([]string, len(ranges))
 	for i, r := range ranges {
 		if pk.filter == "true" {
-			branches[i] = fmt.Sprintf("SELECT %s FROM {s}.proxies p WHERE p.pool_id = (SELECT id FROM pool)%s AND %s%s ORDER BY %s LIMIT %s %s",
-				pk.cols, gate, leasableSQL("p"), strings.ReplaceAll(r.cond, "%[1]s", "p"), strings.ReplaceAll(r.order, "%[1]s", "p"), pk.limit, pk.lock)
+			branches[i] = fmt.Sprintf("SELECT %s FROM {s}.proxies p WHERE p.pool_id = (SELECT id FROM pool)%s AND %s%s%s ORDER BY %s LIMIT %s %s",
+				pk.cols, gate, leasableSQL("p"), strings.ReplaceAll(r.cond, "%[1]s", "p"), cool("p"), strings.ReplaceAll(r.order, "%[1]s", "p"), pk.limit, pk.lock)
 			continue
 		}
-		branches[i] = fmt.Sprintf("SELECT x.* FROM (SELECT q.id FROM {s}.proxies q WHERE q.pool_id = (SELECT id FROM pool)%s AND %s%s ORDER BY %s LIMIT %d) w"+
+		branches[i] = fmt.Sprintf("SELECT x.* FROM (SELECT q.id FROM {s}.proxies q WHERE q.pool_id = (SELECT id FROM pool)%s AND %s%s%s ORDER BY %s LIMIT %d) w"+
 			" CROSS JOIN LATERAL (SELECT %s FROM {s}.proxies p WHERE p.id = w.id AND %s LIMIT 1 %s) x LIMIT %s",
-			gate, leasableSQL("q"), strings.ReplaceAll(r.cond, "%[1]s", "q"), strings.ReplaceAll(r.order, "%[1]s", "q"), s.cfg.scanBudget,
+			gate, leasableSQL("q"), strings.ReplaceAll(r.cond, "%[1]s", "q"), cool("q"), strings.ReplaceAll(r.order, "%[1]s", "q"), s.cfg.scanBudget,
 			pk.cols, freeSQL("p", pk.filter), pk.lock, pk.limit)
 	}
 	if len(branches) == 1 {
@@ -262,10 +297,15 @@ func (s *Store) staleSQL(filter, gate, lock string) string {
 		gate, s.cfg.scanBudget, filter, lock)
 }
 
-// budgetSpentSQL is true when the pool has more free proxies than a
-// filtered walk may examine: a filtered acquisition that found nothing may
-// then have stopped at its budget.
-func (s *Store) budgetSpentSQL() string {
-	return fmt.Sprintf("(SELECT count(*) FROM (SELECT 1 FROM {s}.proxies q WHERE q.pool_id = (SELECT id FROM pool) AND %s ORDER BY q.id LIMIT %d) z) > %d",
-		leasableSQL("q"), s.cfg.scanBudget+1, s.cfg.scanBudget)
+// budgetSpentSQL is true when the pool has more free proxies (not cooling
+// down for the target in placeholder target, "" for none) than a filtered
+// walk may examine: a filtered acquisition that found nothing may then
+// have stopped at its budget.
+func (s *Store) budgetSpentSQL(target string) string {
+	cool := ""
+	if target != "" {
+		cool = " AND " + notCoolingSQL("q", target)
+	}
+	return fmt.Sprintf("(SELECT count(*) FROM (SELECT 1 FROM {s}.proxies q WHERE q.pool_id = (SELECT id FROM pool) AND %s%s ORDER BY q.id LIMIT %d) z) > %d",
+		leasableSQL("q"), cool, s.cfg.scanBudget+1, s.cfg.scanBudget)
 }

@@ -121,20 +121,28 @@ type workerTally struct {
 // The target part of a multi-process run: every third goroutine acquires
 // for mpTarget and bans a quarter of the proxies it gets for it, with a
 // short cool-down; the parent checks that no process leased a proxy for the
-// target inside a cool-down any process started.
+// target, by a call made after a ban of the proxy returned in any process,
+// before that cool-down's end.
 const (
 	mpTarget        = "multiprocess.example"
 	mpTargetCool    = 100 * time.Millisecond
 	mpTargetRecords = 5000
 )
 
+// mpTargetLease is a lease for mpTarget: when AcquireLease was called
+// (this host's wall clock, which every worker shares) and its AcquiredAt
+// (the store's clock).
 type mpTargetLease struct {
-	Proxy uuid.UUID `json:"p"`
-	At    time.Time `json:"a"`
+	Proxy  uuid.UUID `json:"p"`
+	Called time.Time `json:"c"`
+	At     time.Time `json:"a"`
 }
 
+// mpTargetBan is a cool-down for mpTarget: when ApplyTargetOutcome
+// returned (wall clock) and the cool-down's start and end (store clock).
 type mpTargetBan struct {
 	Proxy uuid.UUID `json:"p"`
+	Done  time.Time `json:"d"`
 	From  time.Time `json:"f"`
 	Until time.Time `json:"u"`
 }
@@ -410,9 +418,10 @@ func tail(s string) string {
 	return s
 }
 
-// targetRecord notes a lease taken for mpTarget and, for a quarter of
-// them, bans its proxy for the target and notes the cool-down.
-func targetRecord(ctx context.Context, ts pharox.TargetStore, l *pharox.Lease, mu *sync.Mutex, tally *workerTally, fail func(string, ...any)) {
+// targetRecord notes a lease taken for mpTarget by a call made at called
+// and, for a quarter of them, bans its proxy for the target and notes the
+// cool-down.
+func targetRecord(ctx context.Context, ts pharox.TargetStore, l *pharox.Lease, called time.Time, mu *sync.Mutex, tally *workerTally, fail func(string, ...any)) {
 	var ban *mpTargetBan
 	if mrand.IntN(4) == 0 {
 		p := pharox.DefaultTargetPolicy()
@@ -421,13 +430,13 @@ func targetRecord(ctx context.Context, ts pharox.TargetStore, l *pharox.Lease, m
 		if err != nil {
 			fail("ApplyTargetOutcome: %v", err)
 		} else if st.BannedAt != nil && st.CoolingUntil != nil && st.BannedAt.Equal(st.UpdatedAt) {
-			ban = &mpTargetBan{Proxy: l.ProxyID, From: *st.BannedAt, Until: *st.CoolingUntil}
+			ban = &mpTargetBan{Proxy: l.ProxyID, Done: time.Now(), From: *st.BannedAt, Until: *st.CoolingUntil}
 		}
 	}
 	mu.Lock()
 	defer mu.Unlock()
 	if len(tally.TargetLeases) < mpTargetRecords {
-		tally.TargetLeases = append(tally.TargetLeases, mpTargetLease{Proxy: l.ProxyID, At: l.AcquiredAt})
+		tally.TargetLeases = append(tally.TargetLeases, mpTargetLease{Proxy: l.ProxyID, Called: called, At: l.AcquiredAt})
 	}
 	if ban != nil && len(tally.TargetBans) < mpTargetRecords {
 		tally.TargetBans = append(tally.TargetBans, *ban)
@@ -435,8 +444,10 @@ func targetRecord(ctx context.Context, ts pharox.TargetStore, l *pharox.Lease, m
 }
 
 // auditTargets checks that no lease for mpTarget, from any worker, was
-// acquired strictly inside a cool-down for it of its proxy started by any
-// worker.
+// taken by a call made after a ban of its proxy, by any worker, had
+// returned, before that cool-down's end. (A call running while the ban is
+// applied may go either way: a store that is not one lock reads the ban's
+// clock, BannedAt, before the ban commits.)
 func auditTargets(t *testing.T, tallies []*workerTally) {
 	t.Helper()
 	bans := map[uuid.UUID][]mpTargetBan{}
@@ -455,10 +466,10 @@ func auditTargets(t *testing.T, tallies []*workerTally) {
 	for _, w := range tallies {
 		for _, l := range w.TargetLeases {
 			for _, b := range bans[l.Proxy] {
-				if l.At.After(b.From) && l.At.Before(b.Until) {
+				if l.Called.After(b.Done) && l.At.Before(b.Until) {
 					if bad++; bad <= 5 {
-						t.Errorf("worker %d leased proxy %s for %q at %v, inside a cool-down from %v until %v",
-							w.Worker, l.Proxy, mpTarget, l.At, b.From, b.Until)
+						t.Errorf("worker %d leased proxy %s for %q at %v, by a call made at %v, after a ban returned at %v, inside its cool-down from %v until %v",
+							w.Worker, l.Proxy, mpTarget, l.At, l.Called, b.Done, b.From, b.Until)
 					}
 				}
 			}
@@ -551,6 +562,7 @@ func runWorker(t *testing.T, cfg MultiProcessConfig) {
 				if abandon {
 					req.Duration = mpAbandonedLease
 				}
+				called := time.Now()
 				l, err := s.AcquireLease(ctx, req)
 				if errors.Is(err, pharox.ErrNoProxyAvailable) {
 					misses.Add(1)
@@ -564,7 +576,7 @@ func runWorker(t *testing.T, cfg MultiProcessConfig) {
 				}
 				acquired.Add(1)
 				if forTarget {
-					targetRecord(ctx, ts, l, &mu, &tally, fail)
+					targetRecord(ctx, ts, l, called, &mu, &tally, fail)
 				}
 				if abandon {
 					abandoned.Add(1)
