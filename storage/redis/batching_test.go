@@ -127,7 +127,7 @@ func checkBatchedAcquire(t *testing.T, s *Store, c *pharox.Consumer, proxies []*
 				cursor := s.rdb.Get(ctx, rrKey).Val()
 
 				var batched []string
-				res := s.execAcquire(ctx, acquireKey{pool, string(st), sp}, reqs)
+				res := s.execAcquire(ctx, acquireKey{pool: pool, strategy: string(st), spec: sp}, reqs)
 				afterBatch := poolState(t, s, proxies) + " rr:" + s.rdb.Get(ctx, rrKey).Val()
 				for i, r := range res {
 					batched = append(batched, outcome(t, r.Val, r.Err))
@@ -200,7 +200,7 @@ func TestBatchedAcquireItemErrors(t *testing.T) {
 		Strategy: pharox.FirstAvailable}
 	stranger := good
 	stranger.ConsumerID = uuid.New()
-	key := acquireKey{"p", string(pharox.FirstAvailable), ""}
+	key := acquireKey{pool: "p", strategy: string(pharox.FirstAvailable)}
 	res := s.execAcquire(ctx, key, []pharox.AcquireRequest{stranger, good, stranger, good, good})
 	want := []error{pharox.ErrConsumerNotFound, nil, pharox.ErrConsumerNotFound, nil, pharox.ErrNoProxyAvailable}
 	for i, r := range res {
@@ -216,7 +216,7 @@ func TestBatchedAcquireItemErrors(t *testing.T) {
 		t.Error("two leases on one proxy of max_concurrency 1")
 	}
 
-	missing := acquireKey{"nope", string(pharox.FirstAvailable), ""}
+	missing := acquireKey{pool: "nope", strategy: string(pharox.FirstAvailable)}
 	nope := good
 	nope.PoolName = "nope"
 	for i, r := range s.execAcquire(ctx, missing, []pharox.AcquireRequest{nope, stranger, nope}) {

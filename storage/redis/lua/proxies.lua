@@ -14,6 +14,7 @@ local function remove_proxy(pid, id)
   local f = redis.call('HMGET', k, 'status', 'uniq', 'idx')
   for _, lid in ipairs(redis.call('SMEMBERS', k .. ':ended')) do
     redis.call('HDEL', LEASES, lid)
+    redis.call('HDEL', P .. 'verdicts', lid)
     redis.call('ZREM', P .. 'ended', lid)
   end
   redis.call('DEL', k .. ':ended')
