@@ -53,7 +53,7 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("redis: acquire from pool %q: %w", req.PoolName, err)
 	}
-	l, err := s.acquires.Do(ctx, acquireKey{pool: req.PoolName, strategy: string(req.Strategy), spec: sp, target: targetOf(req)}, req)
+	l, err := s.acquires.Do(ctx, acquireKey{pool: req.PoolName, strategy: string(req.Strategy), spec: sp, target: req.Target}, req)
 	if err != nil && err == ctx.Err() {
 		return nil, fmt.Errorf("redis: acquire from pool %q: %w", req.PoolName, err)
 	}
@@ -67,7 +67,7 @@ func (s *Store) acquireOne(ctx context.Context, req pharox.AcquireRequest, sp st
 	v, err := s.run(ctx, scriptAcquire, "acquire", req.PoolName, req.ConsumerID.String(), "",
 		id.String(), req.Duration.Microseconds(), string(req.Strategy), req.SessionKey,
 		req.SessionTTL.Microseconds(), sp, rand.Int64N(1<<50), known, s.poolHint(req.PoolName),
-		encodeWho(req.ConsumerID, req.ConsumerName, req.PoolName, req.SessionKey), targetOf(req))
+		encodeWho(req.ConsumerID, req.ConsumerName, req.PoolName, req.SessionKey), req.Target)
 	if errors.Is(err, goredis.Nil) {
 		return nil, fmt.Errorf("redis: acquire from pool %q: %w", req.PoolName, pharox.ErrNoProxyAvailable)
 	}
@@ -334,6 +334,3 @@ func (s *Store) poolHint(name string) string {
 	}
 	return ""
 }
-
-// targetOf is the request's target; until the targets contract lands, none.
-func targetOf(pharox.AcquireRequest) string { return "" }
