@@ -280,7 +280,6 @@ func (s *TargetState) Clone() *TargetState {
 	return &c
 }
 
-
 // TargetOutcome is one outcome for one (proxy, target), as stores apply it.
 type TargetOutcome struct {
 	ProxyID uuid.UUID
