@@ -79,10 +79,10 @@ func (s *Store) ListAudit(ctx context.Context, q pharox.AuditQuery) ([]*pharox.A
 	}
 	maxScore, minScore := "+inf", "-inf"
 	if !q.Until.IsZero() {
-		maxScore = "(" + auditBound(q.Until)
+		maxScore = "(" + ceilMicros(q.Until)
 	}
 	if !q.Since.IsZero() {
-		minScore = auditBound(q.Since)
+		minScore = ceilMicros(q.Since)
 	}
 	out := []*pharox.AuditEntry{}
 	for offset := int64(0); ; offset += cleanupBatch {
@@ -126,10 +126,10 @@ func (s *Store) ListAudit(ctx context.Context, q pharox.AuditQuery) ([]*pharox.A
 	}
 }
 
-// auditBound is t in whole microseconds, rounded up: entries are stored
-// in whole microseconds, so At >= t and At < t hold exactly when they hold
+// ceilMicros is t in whole microseconds, rounded up: times are stored
+// in whole microseconds, so x >= t and x < t hold exactly when they hold
 // for t rounded up.
-func auditBound(t time.Time) string {
+func ceilMicros(t time.Time) string {
 	us := t.UnixMicro()
 	if t.After(time.UnixMicro(us)) {
 		us++
@@ -142,7 +142,7 @@ func auditBound(t time.Time) string {
 func (s *Store) PurgeAudit(ctx context.Context, before time.Time) (int, error) {
 	total := 0
 	for {
-		v, err := s.run(ctx, scriptAuditPurge, auditBound(before), cleanupBatch)
+		v, err := s.run(ctx, scriptAuditPurge, ceilMicros(before), cleanupBatch)
 		if err != nil {
 			return total, wrap(err, "purge audit")
 		}

@@ -184,9 +184,9 @@ var (
 	scriptPurge       = lua("lib", "purge")
 	scriptConsumer    = lua("lib", "consumer")
 	scriptCreatePool  = lua("lib", "create_pool")
-	scriptDeletePool  = lua("lib", "proxies", "delete_pool")
-	scriptAddProxies  = lua("lib", "proxies", "add_proxies")
-	scriptDeleteProxy = lua("lib", "proxies", "delete_proxy")
+	scriptDeletePool  = lua("lib", "targets", "proxies", "delete_pool")
+	scriptAddProxies  = lua("lib", "targets", "proxies", "add_proxies")
+	scriptDeleteProxy = lua("lib", "targets", "proxies", "delete_proxy")
 	scriptSetStatus   = lua("lib", "set_status")
 	scriptHealth      = lua("lib", "health")
 	scriptGetProxy    = lua("lib", "get_proxy")
@@ -200,6 +200,9 @@ var (
 	scriptAuditAppend = lua("lib", "audit_append")
 	scriptAuditPurge  = lua("lib", "audit_purge")
 	scriptVerdict     = lua("lib", "verdict")
+	scriptTargetRead  = lua("lib", "target_read")
+	scriptTargetWrite = lua("lib", "targets", "target_write")
+	scriptTargetPurge = lua("lib", "targets", "target_purge")
 
 	allScripts = []*goredis.Script{
 		scriptAcquire, scriptAcquireMany, scriptRelease, scriptReleaseMany, scriptRenew,
@@ -208,6 +211,7 @@ var (
 		scriptGetProxy, scriptStats, scriptReclaim,
 		scriptKeyCreate, scriptKeyGet, scriptKeyRevoke, scriptKeyRotate, scriptKeyTouch,
 		scriptAuditAppend, scriptAuditPurge, scriptVerdict,
+		scriptTargetRead, scriptTargetWrite, scriptTargetPurge,
 	}
 )
 

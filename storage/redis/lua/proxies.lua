@@ -18,6 +18,7 @@ local function remove_proxy(pid, id)
     redis.call('ZREM', P .. 'ended', lid)
   end
   redis.call('DEL', k .. ':ended')
+  drop_targets(pid, id)
   if not blank(f[3]) then
     for _, s in ipairs(cjson.decode(f[3])) do redis.call('SREM', pk(pid, s), id) end
   end
