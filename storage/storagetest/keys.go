@@ -700,6 +700,9 @@ func testAuditFilters(t *testing.T, f *fixture) {
 		{Limit: 4},
 		{Actor: "ops", Limit: 3},
 		{Since: auditBase.Add(2*time.Second + time.Millisecond)},
+		// Bounds finer than the store's precision still bound exactly.
+		{Since: auditBase.Add(3*time.Second + time.Nanosecond)},
+		{Until: auditBase.Add(3*time.Second + time.Nanosecond)},
 	}
 	for _, q := range queries {
 		got := f.listAudit(ks, q)
@@ -756,7 +759,7 @@ func testAuditPurge(t *testing.T, f *fixture) {
 	for i := range 10 {
 		f.appendAudit(ks, auditAt(auditBase.Add(time.Duration(i)*time.Minute), "ops", "pool.create"))
 	}
-	n, err := ks.PurgeAudit(f.ctx, auditBase.Add(4*time.Minute))
+	n, err := ks.PurgeAudit(f.ctx, auditBase.Add(3*time.Minute+time.Nanosecond))
 	if err != nil || n != 4 {
 		t.Fatalf("PurgeAudit: %d, %v; want 4", n, err)
 	}
