@@ -200,8 +200,7 @@ var (
 	scriptAuditAppend = lua("lib", "audit_append")
 	scriptAuditPurge  = lua("lib", "audit_purge")
 	scriptVerdict     = lua("lib", "verdict")
-	scriptTargetRead  = lua("lib", "target_read")
-	scriptTargetWrite = lua("lib", "targets", "target_write")
+	scriptTargetApply = lua("lib", "targets", "target_apply")
 	scriptTargetPurge = lua("lib", "targets", "target_purge")
 
 	allScripts = []*goredis.Script{
@@ -211,7 +210,7 @@ var (
 		scriptGetProxy, scriptStats, scriptReclaim,
 		scriptKeyCreate, scriptKeyGet, scriptKeyRevoke, scriptKeyRotate, scriptKeyTouch,
 		scriptAuditAppend, scriptAuditPurge, scriptVerdict,
-		scriptTargetRead, scriptTargetWrite, scriptTargetPurge,
+		scriptTargetApply, scriptTargetPurge,
 	}
 )
 

@@ -2,10 +2,8 @@ package redis
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,83 +16,45 @@ import (
 
 var _ pharox.TargetStore = (*Store)(nil)
 
-// targetRecord is a target entry as stored in proxy:<id>:t (times in
-// microseconds). Tok is the token of the call that wrote it, so that a
-// write sent twice recognises its own record (see target_write.lua).
-type targetRecord struct {
-	Streak   int    `json:"s,omitempty"`
-	Bans     int    `json:"b,omitempty"`
-	Cool     *int64 `json:"c,omitempty"`
-	BannedAt *int64 `json:"ba,omitempty"`
-	Reason   string `json:"r,omitempty"`
-	Code     int    `json:"sc,omitempty"`
-	Success  *int64 `json:"ok,omitempty"`
-	Failure  *int64 `json:"f,omitempty"`
-	Updated  int64  `json:"u"`
-	Tok      string `json:"t,omitempty"`
-}
-
-func microsPtr(t *time.Time) *int64 {
-	if t == nil {
-		return nil
+// decodeTarget builds a TargetState from its record in proxy:<id>:t,
+// "streak|bans|cool|banned|code|succ|fail|upd|tok|reason" (see
+// targets.lua; times in microseconds, empty when unset).
+func decodeTarget(proxyID uuid.UUID, target, rec string) (*pharox.TargetState, error) {
+	f := strings.SplitN(rec, "|", 10)
+	if len(f) != 10 {
+		return nil, fmt.Errorf("target entry %q of proxy %s: malformed record", target, proxyID)
 	}
-	us := t.UnixMicro()
-	return &us
-}
-
-func timePtr(us *int64) *time.Time {
-	if us == nil {
-		return nil
+	st := &pharox.TargetState{ProxyID: proxyID, Target: target, LastReason: f[9]}
+	var errs [8]error
+	st.FailureStreak, errs[0] = strconv.Atoi(f[0])
+	st.Bans, errs[1] = strconv.Atoi(f[1])
+	st.CoolingUntil, errs[2] = optMicros(f[2])
+	st.BannedAt, errs[3] = optMicros(f[3])
+	st.LastStatusCode, errs[4] = strconv.Atoi(f[4])
+	st.LastSuccessAt, errs[5] = optMicros(f[5])
+	st.LastFailureAt, errs[6] = optMicros(f[6])
+	st.UpdatedAt, errs[7] = micros(f[7])
+	if err := errors.Join(errs[:]...); err != nil {
+		return nil, fmt.Errorf("target entry %q of proxy %s: malformed record: %v", target, proxyID, err)
 	}
-	t := time.UnixMicro(*us).UTC()
-	return &t
+	return st, nil
 }
 
-func encodeTarget(st *pharox.TargetState, tok string) (string, error) {
-	return jsonString(targetRecord{
-		Streak: st.FailureStreak, Bans: st.Bans, Cool: microsPtr(st.CoolingUntil), BannedAt: microsPtr(st.BannedAt),
-		Reason: st.LastReason, Code: st.LastStatusCode, Success: microsPtr(st.LastSuccessAt),
-		Failure: microsPtr(st.LastFailureAt), Updated: st.UpdatedAt.UnixMicro(), Tok: tok,
-	})
-}
-
-func decodeTarget(proxyID uuid.UUID, target, v string) (*pharox.TargetState, error) {
-	var r targetRecord
-	if err := json.Unmarshal([]byte(v), &r); err != nil {
-		return nil, fmt.Errorf("target entry %s of proxy %s: malformed record", target, proxyID)
-	}
-	return &pharox.TargetState{
-		ProxyID: proxyID, Target: target, FailureStreak: r.Streak, Bans: r.Bans,
-		CoolingUntil: timePtr(r.Cool), BannedAt: timePtr(r.BannedAt), LastReason: r.Reason,
-		LastStatusCode: r.Code, LastSuccessAt: timePtr(r.Success), LastFailureAt: timePtr(r.Failure),
-		UpdatedAt: time.UnixMicro(r.Updated).UTC(),
-	}, nil
-}
-
-// optMicrosArg is t in microseconds, or "" for nil, as scripts take it.
-func optMicrosArg(t *time.Time) string {
-	if t == nil {
-		return ""
-	}
-	return strconv.FormatInt(t.UnixMicro(), 10)
-}
-
-// maxTargetConflicts bounds how often ApplyTargetOutcome reads and applies
-// again after another process changed the entry in between.
-const maxTargetConflicts = 100
-
-// errTargetContention is ApplyTargetOutcome giving up after
-// maxTargetConflicts conflicting writes in a row.
-var errTargetContention = errors.New("the entry kept changing under concurrent outcomes; try again")
-
-// ApplyTargetOutcome applies o following [pharox.TargetState.Apply], the
-// one rule, run here in Go, between two scripts: target_read.lua returns
-// the entry and the server's time, and target_write.lua stores the result
-// only if the entry is still the one read (an optimistic compare-and-set
-// across processes), updating every index in the same script; after a
-// conflict it reads and applies again. It returns the new state and how
-// many of the proxy's entries started a cool-down within
-// p.EscalateWindow before the outcome's time.
+// ApplyTargetOutcome applies o in one script, target_apply.lua, which
+// mirrors [pharox.TargetState.Apply] (storagetest's Targets section
+// compares the two on random outcome sequences) and updates the entry's
+// indexes, evicts beyond p.MaxTargetsPerProxy and counts the proxy's
+// recent cool-downs in the same atomic step, with the server's clock when
+// o.At is zero. One script rather than Apply run here between a read and
+// a compare-and-set write: a cool-down must start at the time the script
+// stamps it and be visible to acquisitions from that instant, which only
+// a single script gives (with a read and a later write, an acquisition
+// between the two could take the proxy after the stamped start). The
+// exponential growth stays the Go rule's: the client passes
+// [pharox.TargetPolicy.Cooldown] of each ban in a row up to MaxCooldown.
+// Durations count in whole microseconds (rounded down), like every time
+// the store keeps. The same call sent twice by go-redis is applied once:
+// the record keeps the token of the call that wrote it.
 func (s *Store) ApplyTargetOutcome(ctx context.Context, o pharox.TargetOutcome, p pharox.TargetPolicy) (*pharox.TargetState, int, error) {
 	if err := o.Validate(); err != nil {
 		return nil, 0, fmt.Errorf("redis: apply target outcome: %w", err)
@@ -102,67 +62,34 @@ func (s *Store) ApplyTargetOutcome(ctx context.Context, o pharox.TargetOutcome, 
 	if err := p.Validate(); err != nil {
 		return nil, 0, fmt.Errorf("redis: apply target outcome: %w", err)
 	}
-	what := func() string {
-		return fmt.Sprintf("apply %s outcome for target %q to proxy %s", o.Kind, o.Target, o.ProxyID)
+	at := ""
+	if !o.At.IsZero() {
+		at = strconv.FormatInt(o.At.UnixMicro(), 10)
 	}
-	id := o.ProxyID.String()
-	tok := callToken()
-	for attempt := 0; attempt < maxTargetConflicts; attempt++ {
-		if attempt > 2 {
-			// Back off a little, at random, so contending writers spread.
-			select {
-			case <-ctx.Done():
-				return nil, 0, fmt.Errorf("redis: %s: %w", what(), ctx.Err())
-			case <-time.After(time.Duration(rand.Int64N(int64(attempt) * int64(100*time.Microsecond)))):
-			}
-		}
-		v, err := s.run(ctx, scriptTargetRead, id, o.Target)
-		if err != nil {
-			return nil, 0, wrap(err, "%s", what())
-		}
-		arr, _ := v.([]any)
-		if len(arr) != 2 {
-			return nil, 0, fmt.Errorf("redis: %s: unexpected reply", what())
-		}
-		nowStr, _ := arr[0].(string)
-		old, _ := arr[1].(string)
-		now, err := micros(nowStr)
-		if err != nil {
-			return nil, 0, fmt.Errorf("redis: %s: %w", what(), err)
-		}
-		at := now
-		if !o.At.IsZero() {
-			at = o.At.UTC().Truncate(time.Microsecond)
-		}
-		var st pharox.TargetState
-		if old != "" {
-			prev, err := decodeTarget(o.ProxyID, o.Target, old)
-			if err != nil {
-				return nil, 0, fmt.Errorf("redis: %s: %w", what(), err)
-			}
-			st = *prev
-		}
-		next := st.Apply(o, p, at)
-		rec, err := encodeTarget(&next, tok)
-		if err != nil {
-			return nil, 0, fmt.Errorf("redis: %s: %w", what(), err)
-		}
-		v, err = s.run(ctx, scriptTargetWrite, id, o.Target, old, rec,
-			optMicrosArg(next.CoolingUntil), optMicrosArg(next.BannedAt), next.IdleSince().UnixMicro(),
-			p.MaxTargetsPerProxy, at.Add(-p.EscalateWindow).UnixMicro())
-		if err != nil {
-			return nil, 0, wrap(err, "%s", what())
-		}
-		res, _ := v.([]any)
-		if len(res) == 2 {
-			n, _ := res[1].(int64)
-			return &next, int(n), nil
-		}
-		if len(res) != 1 {
-			return nil, 0, fmt.Errorf("redis: %s: unexpected reply", what())
+	args := []any{o.ProxyID.String(), o.Target, string(o.Kind), o.StatusCode, o.Reason, at, callToken(),
+		p.FailureThreshold, p.Retention.Microseconds(), p.MaxTargetsPerProxy, p.EscalateWindow.Microseconds()}
+	for bans := 1; ; bans++ {
+		d := p.Cooldown(bans)
+		args = append(args, d.Microseconds())
+		if d >= p.MaxCooldown {
+			break
 		}
 	}
-	return nil, 0, fmt.Errorf("redis: %s: %w", what(), errTargetContention)
+	v, err := s.run(ctx, scriptTargetApply, args...)
+	if err != nil {
+		return nil, 0, wrap(err, "apply %s outcome for target %q to proxy %s", o.Kind, o.Target, o.ProxyID)
+	}
+	arr, _ := v.([]any)
+	if len(arr) != 2 {
+		return nil, 0, fmt.Errorf("redis: apply %s outcome for target %q to proxy %s: unexpected reply", o.Kind, o.Target, o.ProxyID)
+	}
+	rec, _ := arr[0].(string)
+	n, _ := arr[1].(int64)
+	st, err := decodeTarget(o.ProxyID, o.Target, rec)
+	if err != nil {
+		return nil, 0, fmt.Errorf("redis: apply %s outcome for target %q to proxy %s: %w", o.Kind, o.Target, o.ProxyID, err)
+	}
+	return st, int(n), nil
 }
 
 // ListTargetStates returns the proxy's entries ordered by target: one
