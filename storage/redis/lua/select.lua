@@ -22,6 +22,7 @@ local FIELDS = {'src', 'cc', 'city', 'isp', 'asn', 'proto', 'lat', 'lon'}
 -- considers: the cost grows with the cooling proxies it skips, never with
 -- the pool.
 local COOL = nil
+local TARGET_FIRST = 8 -- members of the first read of a walk only a target narrows
 local function use_target(pid, target, now)
   COOL = nil
   if target == nil or target == '' then return end
@@ -185,9 +186,11 @@ local function shuffle(t)
 end
 
 -- walker returns a function yielding the pool's free proxies in strategy
--- order, CHUNK at a time; it yields nil, complete when done (complete is
+-- order, CHUNK at a time (first at the first read, when given, for the
+-- ordered strategies); it yields nil, complete when done (complete is
 -- false when the walk could not cover every free proxy: random sampling).
-local function walker(pid, strategy, cursor)
+local function walker(pid, strategy, cursor, first)
+  local size = first or CHUNK
   if strategy == 'round_robin' then
     -- After the cursor to the end, then from the start to the cursor;
     -- each read continues after the last member read, so a long walk
@@ -198,7 +201,8 @@ local function walker(pid, strategy, cursor)
     local ri, from = 1, nil
     return function()
       while ri <= #ranges do
-        local ids = redis.call('ZRANGEBYLEX', pk(pid, 'free'), from or ranges[ri][1], ranges[ri][2], 'LIMIT', 0, CHUNK)
+        local ids = redis.call('ZRANGEBYLEX', pk(pid, 'free'), from or ranges[ri][1], ranges[ri][2], 'LIMIT', 0, size)
+        size = CHUNK
         if #ids > 0 then from = '(' .. ids[#ids] return ids end
         ri, from = ri + 1, nil
       end
@@ -231,7 +235,8 @@ local function walker(pid, strategy, cursor)
   local li, off = 1, 0
   return function()
     while li <= #lists do
-      local ids = redis.call('ZRANGE', lists[li], off, off + CHUNK - 1)
+      local ids = redis.call('ZRANGE', lists[li], off, off + size - 1)
+      size = CHUNK
       if #ids > 0 then off = off + #ids return ids end
       li, off = li + 1, 0
     end
@@ -318,8 +323,9 @@ local function select_proxy(pid, strategy, cursor, spec)
     -- Only the target narrows the candidates: the walk in strategy order
     -- meets at most COOL.n cooling proxies, so it finds one that is not
     -- cooling (or covers every free proxy) within COOL.n + CHUNK reads;
-    -- random samples are bounded the same way.
-    local nextc = walker(pid, strategy, cursor)
+    -- random samples are bounded the same way. The first read is short:
+    -- usually most proxies are not cooling.
+    local nextc = walker(pid, strategy, cursor, TARGET_FIRST)
     local seen, limit = 0, COOL.n + CHUNK
     while seen < limit do
       local ids, complete = nextc()
