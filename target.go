@@ -300,14 +300,6 @@ func (s *TargetState) Clone() *TargetState {
 	return &c
 }
 
-func cloneTime(t *time.Time) *time.Time {
-	if t == nil {
-		return nil
-	}
-	c := *t
-	return &c
-}
-
 // TargetOutcome is one outcome for one (proxy, target), as stores apply it.
 type TargetOutcome struct {
 	ProxyID uuid.UUID

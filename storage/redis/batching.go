@@ -13,9 +13,9 @@ import (
 )
 
 // acquireKey groups acquisitions that one acquire_many.lua call can serve:
-// the script takes the pool, strategy and filter once.
+// the script takes the pool, strategy, filter and target once.
 type acquireKey struct {
-	pool, strategy, spec string
+	pool, strategy, spec, target string
 }
 
 // execAcquire serves a batch of acquisitions without session keys. A batch
@@ -32,8 +32,8 @@ func (s *Store) execAcquire(ctx context.Context, k acquireKey, reqs []pharox.Acq
 	}
 	ids := make([]uuid.UUID, len(reqs))
 	known := make([]string, len(reqs))
-	args := make([]any, 0, 4+6*len(reqs))
-	args = append(args, k.pool, k.strategy, k.spec, s.poolHint(k.pool))
+	args := make([]any, 0, 5+6*len(reqs))
+	args = append(args, k.pool, k.strategy, k.spec, s.poolHint(k.pool), k.target)
 	for i, r := range reqs {
 		ids[i] = leaseIDOf(r)
 		known[i] = s.consumerKnown(r.ConsumerID)

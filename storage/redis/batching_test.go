@@ -99,14 +99,52 @@ func TestBatchedAcquireMatchesSequential(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		checkBatchedAcquire(t, s, c, proxies, pc.pool, pc.counts)
+		checkBatchedAcquire(t, s, c, proxies, pc.pool, pc.counts, "", nil)
 	}
+}
+
+// TestBatchedAcquireWithTargetMatchesSequential is
+// TestBatchedAcquireMatchesSequential with a target that a third of the
+// proxies cool down for, scattered and in a run longer than a batch's
+// head reads at the start of first_available's order: batches skip the
+// same proxies as single acquisitions, and neither leases a cooling one.
+func TestBatchedAcquireWithTargetMatchesSequential(t *testing.T) {
+	s := newTestStore(t)
+	ctx := t.Context()
+	c, err := s.EnsureConsumer(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	maxc := make([]int, 200)
+	for i := range maxc {
+		maxc[i] = 1 + i%2
+	}
+	proxies := batchPool(t, s, "p", maxc...)
+	cooling := map[uuid.UUID]bool{}
+	for i, p := range proxies {
+		// Check times order first_available by index: the first 80 cool
+		// down, then every third.
+		r := pharox.HealthCheckResult{ProxyID: p.ID, Status: pharox.StatusActive,
+			CheckedAt: time.Now().Add(-time.Duration(i) * time.Minute)}
+		if _, err := s.ApplyHealthCheckResult(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		if i < 80 || i%3 == 0 {
+			o := pharox.TargetOutcome{ProxyID: p.ID, Target: "shop.example", Kind: pharox.OutcomeBanned}
+			if _, _, err := s.ApplyTargetOutcome(ctx, o, pharox.DefaultTargetPolicy()); err != nil {
+				t.Fatal(err)
+			}
+			cooling[p.ID] = true
+		}
+	}
+	checkBatchedAcquire(t, s, c, proxies, "p", []int{30, 200}, "shop.example", cooling)
 }
 
 // checkBatchedAcquire runs the comparison of
 // TestBatchedAcquireMatchesSequential on one pool, for each strategy but
 // random, with and without filters, for batches of each of counts.
-func checkBatchedAcquire(t *testing.T, s *Store, c *pharox.Consumer, proxies []*pharox.Proxy, pool string, counts []int) {
+func checkBatchedAcquire(t *testing.T, s *Store, c *pharox.Consumer, proxies []*pharox.Proxy, pool string, counts []int,
+	target string, cooling map[uuid.UUID]bool) {
 	t.Helper()
 	ctx := t.Context()
 	filters := []*pharox.Filters{nil, {Country: "DE"}, {NoneOf: []pharox.Filters{{Country: "US"}}}}
@@ -117,7 +155,7 @@ func checkBatchedAcquire(t *testing.T, s *Store, c *pharox.Consumer, proxies []*
 				t.Fatal(err)
 			}
 			req := pharox.AcquireRequest{PoolName: pool, ConsumerID: c.ID, ConsumerName: c.Name,
-				Duration: time.Minute, Strategy: st, Filters: f}
+				Duration: time.Minute, Strategy: st, Filters: f, Target: target}
 			for _, n := range counts {
 				reqs := make([]pharox.AcquireRequest, n)
 				for i := range reqs {
@@ -127,10 +165,13 @@ func checkBatchedAcquire(t *testing.T, s *Store, c *pharox.Consumer, proxies []*
 				cursor := s.rdb.Get(ctx, rrKey).Val()
 
 				var batched []string
-				res := s.execAcquire(ctx, acquireKey{pool, string(st), sp}, reqs)
+				res := s.execAcquire(ctx, acquireKey{pool: pool, strategy: string(st), spec: sp, target: target}, reqs)
 				afterBatch := poolState(t, s, proxies) + " rr:" + s.rdb.Get(ctx, rrKey).Val()
 				for i, r := range res {
 					batched = append(batched, outcome(t, r.Val, r.Err))
+					if r.Err == nil && cooling[r.Val.ProxyID] {
+						t.Errorf("pool %s, %s %s: a batch leased proxy %s, cooling down for %s", pool, st, describe(f), r.Val.ProxyID, target)
+					}
 					if r.Err == nil {
 						if _, err := s.ReleaseLease(ctx, r.Val.ID); err != nil {
 							t.Fatalf("release of item %d: %v", i, err)
@@ -152,6 +193,9 @@ func checkBatchedAcquire(t *testing.T, s *Store, c *pharox.Consumer, proxies []*
 					sequential = append(sequential, outcome(t, l, err))
 					if err == nil {
 						leases = append(leases, l)
+						if cooling[l.ProxyID] {
+							t.Errorf("pool %s, %s %s: proxy %s leased, cooling down for %s", pool, st, describe(f), l.ProxyID, target)
+						}
 					}
 				}
 				if fmt.Sprint(batched) != fmt.Sprint(sequential) {
@@ -200,7 +244,7 @@ func TestBatchedAcquireItemErrors(t *testing.T) {
 		Strategy: pharox.FirstAvailable}
 	stranger := good
 	stranger.ConsumerID = uuid.New()
-	key := acquireKey{"p", string(pharox.FirstAvailable), ""}
+	key := acquireKey{pool: "p", strategy: string(pharox.FirstAvailable)}
 	res := s.execAcquire(ctx, key, []pharox.AcquireRequest{stranger, good, stranger, good, good})
 	want := []error{pharox.ErrConsumerNotFound, nil, pharox.ErrConsumerNotFound, nil, pharox.ErrNoProxyAvailable}
 	for i, r := range res {
@@ -216,7 +260,7 @@ func TestBatchedAcquireItemErrors(t *testing.T) {
 		t.Error("two leases on one proxy of max_concurrency 1")
 	}
 
-	missing := acquireKey{"nope", string(pharox.FirstAvailable), ""}
+	missing := acquireKey{pool: "nope", strategy: string(pharox.FirstAvailable)}
 	nope := good
 	nope.PoolName = "nope"
 	for i, r := range s.execAcquire(ctx, missing, []pharox.AcquireRequest{nope, stranger, nope}) {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/storage/storagetest"
 	goredis "github.com/redis/go-redis/v9"
 )
 
@@ -324,4 +325,11 @@ func median(xs []float64) float64 {
 	s := slices.Clone(xs)
 	slices.Sort(s)
 	return s[len(s)/2]
+}
+
+// BenchmarkTargets compares acquire+release pairs for a target with half
+// the pool cooling down for it against pairs without a target (see
+// storagetest.BenchmarkTargets).
+func BenchmarkTargets(b *testing.B) {
+	storagetest.BenchmarkTargets(b, func(b *testing.B) pharox.Storage { return newTestStore(b) })
 }

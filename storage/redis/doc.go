@@ -52,7 +52,11 @@
 // ErrAlreadyExists or a not-found error for the change it made, while a
 // call of its own still gets those. A health result sent twice is
 // applied twice (its failure streak counts two); status changes are the
-// same either way. Clients built with MaxRetries -1 (no retries) work as
+// same either way. CreateAPIKey keeps its reply under a token like the
+// administrative writes; RotateAPIKey sent again finds the new digest its
+// own, AppendAudit finds its id, and ClaimLeaseVerdict and
+// ApplyTargetOutcome find their token, so each answers as its first run
+// did (an outcome is applied once). Clients built with MaxRetries -1 (no retries) work as
 // well; pharox's storage/open keeps the default.
 //
 // # LeaseID
@@ -85,6 +89,8 @@
 //	                                  consumer name, pool name and session key, packed by the
 //	                                  client)
 //	ended                      zset   ended leases by end time (PurgeEndedLeases, retention)
+//	verdicts                   hash   lease id -> token of the call that claimed its verdict
+//	                                  (ClaimLeaseVerdict); deleted with the lease
 //	p:<pid>:all                zset   every proxy of the pool, score 0 (id order)
 //	p:<pid>:free               zset   leasable proxies with a free slot, score 0 (round_robin, random)
 //	p:<pid>:fa:0, p:<pid>:fa:1 zset   the free active / slow proxies by -checked_at, never-checked +inf (first_available)
@@ -98,6 +104,22 @@
 //	p:<pid>:geo                geo    proxies with coordinates inside Redis' GEO range
 //	p:<pid>:polar              set    proxies with coordinates beyond ±85.05° latitude
 //	p:<pid>:ff                 hash   proxy id -> the fields filters read, packed (see Acquisition cost)
+//	proxy:<id>:t               hash   target -> the proxy's entry for it, "streak|bans|cool|banned|
+//	                                  code|succ|fail|upd|tok|reason" (see Targets)
+//	proxy:<id>:tb, :ti         zset   the proxy's targets by cool-down start (escalation count), and
+//	                                  by idle time (cap eviction)
+//	p:<pid>:tc:<target>        zset   the pool's proxies with an entry for target and a cool-down,
+//	                                  by its end (acquisition with a target, PoolTargetStats)
+//	p:<pid>:tb:<target>        zset   the same proxies by cool-down start (PoolTargetStats)
+//	p:<pid>:tn                 hash   target -> entries for it in the pool (PoolTargetStats)
+//	tidle                      zset   "<proxy id>|<target>" by idle time (PurgeTargetStates)
+//	key:<kid>                  hash   an API key: name, role, dg (SHA-256 digest, hex), hint, cons and
+//	                                  pools (JSON), created, exp, revoked, used (us)
+//	keynames, keydigests       hash   key name -> id, digest -> id (unique, set in one script)
+//	keys                       zset   key names, score 0 (ListAPIKeys in name order)
+//	audit:e                    hash   audit entry id -> "<at>|<JSON>"
+//	audit                      zset   "<sequence>:<id>" by at (ListAudit, PurgeAudit)
+//	audit:seq                  string the audit log's append counter (ties list latest first)
 //	once:<token>               string an administrative write's reply, for a minute (see Client retries)
 //
 // The layout is not stable before pharox v1 and there is no migration:
@@ -185,6 +207,75 @@
 // Filters read each proxy's filtered fields from one hash per pool
 // (p:<pid>:ff, packed by the client when the proxy is added), so a walk
 // reads a whole chunk of proxies with one HMGET.
+//
+// # Targets
+//
+// A proxy's per-target entries ([pharox.TargetStore]) live in one hash
+// per proxy, so ListTargetStates is one read and deleting the proxy
+// deletes them. ApplyTargetOutcome is one script, target_apply.lua, that
+// mirrors [pharox.TargetState.Apply] (storagetest's Targets section
+// compares the two on random outcome sequences; the cool-down of each
+// ban in a row comes from [pharox.TargetPolicy.Cooldown], computed by the
+// client), updates the entry's indexes, evicts beyond the policy's
+// MaxTargetsPerProxy (longest idle first) and counts the proxy's recent
+// cool-downs, with the server's clock: a cool-down is visible to every
+// acquisition from the instant it is stamped. The record keeps the token
+// of the call that wrote it, so an outcome go-redis sends twice is
+// applied once. Durations count in whole microseconds (rounded down).
+//
+// An acquisition with a target reads the size of the pool's cooling set
+// for it (p:<pid>:tc:<target>) and, when it is not empty, skips its
+// members whose cool-down has not ended: a sticky binding to such a proxy
+// is not honoured (the key is bound again), and the selection tests the
+// candidates it considers against the set with one ZMSCORE per chunk
+// (one ZSCORE per ranked candidate). Without a filter, the walk in
+// strategy order reads 8 proxies first, then 64 at a time, and stops at
+// the first one not cooling: it meets at most as many cooling proxies as
+// the set holds, so its cost grows with the cooling proxies it skips,
+// never with the pool (a run of 300 cooling proxies at the head of the
+// order costs about a dozen more Redis calls than an acquisition without
+// a target, in a pool of 1,000 or 8,000). With a filter, cooling proxies
+// count as not matching and the filter's scan budget applies as it does
+// without a target, so a filter whose matches are mostly cooling for the
+// target may give up as too selective. Random picks from samples as
+// without a target, giving up (too selective) only if as many samples as
+// the set holds, plus 64, were all cooling. Batched acquisitions with a
+// target (the batch key includes it) skip the same proxies; unfiltered
+// first_available batches skip cooling heads while following the list.
+//
+// PoolTargetStats reads outside any script, in three pipelined rounds:
+// the pool's targets and status counters, per target the proxies cooling
+// now and the cool-downs started in the last hour, then the status of each
+// cooling proxy; its cost grows with the targets seen in the pool and
+// their cooling proxies, not with the pool's size, and its counts are not
+// one snapshot. PurgeTargetStates deletes idle entries through the tidle
+// index, 1,000 per script.
+//
+// # API keys and audit log
+//
+// CreateAPIKey writes the key hash and its name and digest lookups in one
+// script, which checks the id, name and digest first
+// ([pharox.ErrAlreadyExists], revoked keys included), so two processes
+// can never store two keys with one name or secret; a retried call
+// answers as its first run did (once:<token>). GetAPIKeyByDigest is one
+// script call (two hash reads) and compares the digest in constant time;
+// RotateAPIKey moves the digest lookup in one script; TouchAPIKeys is one
+// script that keeps the later of the stored and given times, so touches
+// may arrive twice or out of order. Keys are never deleted: a revoked key
+// stays, so that its name and secret stay taken.
+//
+// Audit entries are appended by one script, idempotent on the entry's id,
+// and kept until PurgeAudit deletes them: nothing expires them on its
+// own, so run PurgeAudit with the retention the log needs. ListAudit reads backwards from its Until
+// bound in pages of 1,000, outside any script, filtering actor and action
+// here: its cost grows with the entries of the time range read before
+// the last match.
+//
+// ClaimLeaseVerdict sets the lease's entry in the verdicts hash only if
+// absent, in a script that first checks the lease exists; the entry holds
+// the call's token, so the same call sent again still reports true, and
+// it goes when the lease is forgotten (retention, PurgeEndedLeases,
+// DeleteProxy).
 //
 // # Batching
 //

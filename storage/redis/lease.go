@@ -33,8 +33,10 @@ func (s *Store) EnsureConsumer(ctx context.Context, name string) (*pharox.Consum
 }
 
 // AcquireLease atomically chooses a proxy and leases one of its slots.
-// Concurrent requests without a session key for the same pool, strategy and
-// filter are served together by one script (see doc.go, Batching).
+// Concurrent requests without a session key for the same pool, strategy,
+// filter and target are served together by one script (see doc.go,
+// Batching). With a target, proxies cooling down for it are skipped inside
+// the same script (see doc.go, Targets).
 func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*pharox.Lease, error) {
 	if err := req.Validate(); err != nil {
 		return nil, fmt.Errorf("redis: acquire: %w", err)
@@ -51,7 +53,7 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("redis: acquire from pool %q: %w", req.PoolName, err)
 	}
-	l, err := s.acquires.Do(ctx, acquireKey{pool: req.PoolName, strategy: string(req.Strategy), spec: sp}, req)
+	l, err := s.acquires.Do(ctx, acquireKey{pool: req.PoolName, strategy: string(req.Strategy), spec: sp, target: req.Target}, req)
 	if err != nil && err == ctx.Err() {
 		return nil, fmt.Errorf("redis: acquire from pool %q: %w", req.PoolName, err)
 	}
@@ -65,7 +67,7 @@ func (s *Store) acquireOne(ctx context.Context, req pharox.AcquireRequest, sp st
 	v, err := s.run(ctx, scriptAcquire, "acquire", req.PoolName, req.ConsumerID.String(), "",
 		id.String(), req.Duration.Microseconds(), string(req.Strategy), req.SessionKey,
 		req.SessionTTL.Microseconds(), sp, rand.Int64N(1<<50), known, s.poolHint(req.PoolName),
-		encodeWho(req.ConsumerID, req.ConsumerName, req.PoolName, req.SessionKey))
+		encodeWho(req.ConsumerID, req.ConsumerName, req.PoolName, req.SessionKey), req.Target)
 	if errors.Is(err, goredis.Nil) {
 		return nil, fmt.Errorf("redis: acquire from pool %q: %w", req.PoolName, pharox.ErrNoProxyAvailable)
 	}

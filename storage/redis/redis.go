@@ -184,20 +184,33 @@ var (
 	scriptPurge       = lua("lib", "purge")
 	scriptConsumer    = lua("lib", "consumer")
 	scriptCreatePool  = lua("lib", "create_pool")
-	scriptDeletePool  = lua("lib", "proxies", "delete_pool")
-	scriptAddProxies  = lua("lib", "proxies", "add_proxies")
-	scriptDeleteProxy = lua("lib", "proxies", "delete_proxy")
+	scriptDeletePool  = lua("lib", "targets", "proxies", "delete_pool")
+	scriptAddProxies  = lua("lib", "targets", "proxies", "add_proxies")
+	scriptDeleteProxy = lua("lib", "targets", "proxies", "delete_proxy")
 	scriptSetStatus   = lua("lib", "set_status")
 	scriptHealth      = lua("lib", "health")
 	scriptGetProxy    = lua("lib", "get_proxy")
 	scriptStats       = lua("lib", "stats")
 	scriptReclaim     = lua("lib", "reclaim")
+	scriptKeyCreate   = lua("lib", "key_create")
+	scriptKeyGet      = lua("lib", "key_get")
+	scriptKeyRevoke   = lua("lib", "key_revoke")
+	scriptKeyRotate   = lua("lib", "key_rotate")
+	scriptKeyTouch    = lua("lib", "key_touch")
+	scriptAuditAppend = lua("lib", "audit_append")
+	scriptAuditPurge  = lua("lib", "audit_purge")
+	scriptVerdict     = lua("lib", "verdict")
+	scriptTargetApply = lua("lib", "targets", "target_apply")
+	scriptTargetPurge = lua("lib", "targets", "target_purge")
 
 	allScripts = []*goredis.Script{
 		scriptAcquire, scriptAcquireMany, scriptRelease, scriptReleaseMany, scriptRenew,
 		scriptGetLease, scriptCleanup, scriptPurge, scriptConsumer, scriptCreatePool, scriptDeletePool,
 		scriptAddProxies, scriptDeleteProxy, scriptSetStatus, scriptHealth,
 		scriptGetProxy, scriptStats, scriptReclaim,
+		scriptKeyCreate, scriptKeyGet, scriptKeyRevoke, scriptKeyRotate, scriptKeyTouch,
+		scriptAuditAppend, scriptAuditPurge, scriptVerdict,
+		scriptTargetApply, scriptTargetPurge,
 	}
 )
 
@@ -228,6 +241,8 @@ var scriptErrors = []struct {
 	{"PHAROX_LEASE_NOT_ACTIVE", pharox.ErrLeaseNotActive},
 	{"PHAROX_ALREADY_EXISTS", pharox.ErrAlreadyExists},
 	{"PHAROX_IN_USE", pharox.ErrInUse},
+	{"PHAROX_KEY_NOT_FOUND", pharox.ErrKeyNotFound},
+	{"PHAROX_KEY_REVOKED", pharox.ErrKeyRevoked},
 }
 
 // codeError returns the sentinel of a script error code, or nil.

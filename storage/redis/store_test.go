@@ -81,7 +81,8 @@ func keysUnder(t *testing.T, s *Store) []string {
 }
 
 // TestDeleteLeavesNoKeys checks that deleting proxies and pools removes
-// every key they used: indexes, geo sets, sessions, ended leases.
+// every key they used: indexes, geo sets, sessions, ended leases and their
+// verdicts, per-target entries and their indexes.
 func TestDeleteLeavesNoKeys(t *testing.T) {
 	s := newTestStore(t)
 	ctx := t.Context()
@@ -112,6 +113,20 @@ func TestDeleteLeavesNoKeys(t *testing.T) {
 			}
 			if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
 				t.Fatal(err)
+			}
+			// A verdict and per-target entries, cooling and not.
+			if _, err := s.ClaimLeaseVerdict(ctx, l.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, p := range ps {
+			for _, o := range []pharox.TargetOutcome{
+				{ProxyID: p.ID, Target: "shop.example", Kind: pharox.OutcomeBanned, StatusCode: 403, Reason: "blocked"},
+				{ProxyID: p.ID, Target: "news.example", Kind: pharox.OutcomeFailure},
+			} {
+				if _, _, err := s.ApplyTargetOutcome(ctx, o, pharox.DefaultTargetPolicy()); err != nil {
+					t.Fatal(err)
+				}
 			}
 		}
 		if name == "one" {

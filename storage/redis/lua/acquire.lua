@@ -3,7 +3,8 @@
 -- 9 session key, 10 session ttl (us), 11 filter spec JSON or '', 12 seed,
 -- 13 '1' when the client already knows the consumer exists, 14 the pool id
 -- the client last saw for this name, or '', 15 the lease's who field (see
--- LEASES in lib.lua). Returns {pool id, acquisition time, expiry, proxy
+-- LEASES in lib.lua), 16 the target (normalized; '' for none: see COOL in
+-- select.lua). Returns {pool id, acquisition time, expiry, proxy
 -- id, its lease count, its DYN fields}, or lease_again's reply (see
 -- lib.lua) when the lease id has a record already.
 local mode, pname, strategy, skey = ARGV[2], ARGV[3], ARGV[8], ARGV[9]
@@ -28,6 +29,7 @@ end
 
 local function choose(pid)
   reclaim(pid, now, RECLAIM)
+  use_target(pid, ARGV[16], now)
   if acquire and skey ~= '' then
     local b = redis.call('HGET', pk(pid, 'sess'), skey)
     if b then

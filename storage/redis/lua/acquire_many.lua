@@ -2,7 +2,8 @@
 -- in mode 'acquire' without a session key, one after another, so the
 -- outcome equals that many acquire.lua calls in a row at one instant.
 -- ARGV: 2 pool name, 3 strategy, 4 filter spec JSON or '', 5 the pool id
--- the client last saw for this name, or '', then 6 values per
+-- the client last saw for this name, or '', 6 the target (normalized;
+-- '' for none: see COOL in select.lua), then 6 values per
 -- acquisition: consumer id, lease id, duration (us), seed, '1' when the
 -- client already knows the consumer exists, the lease's who field.
 -- Returns {pool id, acquisition time} ('' for both when nothing was
@@ -13,7 +14,7 @@
 -- record already; false when no proxy is free; or the code of
 -- acquire.lua's error as a string (PHAROX_TOO_SELECTIVE when the
 -- selection gave up).
-local pname, strategy = ARGV[2], ARGV[3]
+local pname, strategy, target = ARGV[2], ARGV[3], ARGV[6]
 local spec = nil
 if ARGV[4] ~= '' then spec = cjson.decode(ARGV[4]) end
 local now = nil
@@ -26,7 +27,8 @@ local d = new_deferred()
 -- Unfiltered first_available takes the head of fa:0 (else fa:1), and an
 -- acquisition removes nothing from them but that head, when it fills; so
 -- the heads are read a part at a time and followed here (see fa_head), and
--- no free structure is read while the batch runs.
+-- no free structure is read while the batch runs. With a target, the heads
+-- cooling down for it are skipped (they stay in the list).
 local fa_fast = strategy == 'first_available' and not spec
 if fa_fast then d.live = {}
 elseif strategy == 'first_available' then d.live = {['fa:0'] = true, ['fa:1'] = true}
@@ -38,25 +40,38 @@ if spec then d.live.free = true end
 -- current head's index in ids}. A read takes no more members than the
 -- batch can fill (at least one slot each) plus one.
 local heads = {}
-local span = math.min(CHUNK, (#ARGV - 5) / 6 + 1)
-local last = fmt(span - 1)
+-- skip counts the members of the list skipped as cooling down for the
+-- target, cool[i] whether ids[i] is.
+local span = math.min(CHUNK, (#ARGV - 6) / 6 + 1)
+local function read_head(pid, h)
+  h.ids = redis.call('ZRANGE', pk(pid, FA[h.r]), fmt(h.skip), fmt(h.skip + span - 1))
+  h.i, h.cool = 1, {}
+  if COOL and #h.ids > 0 then
+    local s = redis.call('ZMSCORE', COOL.key, unpack(h.ids))
+    for i = 1, #h.ids do h.cool[i] = s[i] and tonumber(s[i]) > COOL.now end
+  end
+end
 local function fa_head(pid)
   local h = heads[pid]
   if not h then
-    h = {r = 0, ids = redis.call('ZRANGE', pk(pid, FA[0]), '0', last), i = 1}
+    h = {r = 0, skip = 0}
+    read_head(pid, h)
     heads[pid] = h
   end
-  while h.i > #h.ids do
-    if #h.ids < span then
-      if h.r == 1 then return nil end
-      h.r = 1
+  while true do
+    while h.i > #h.ids do
+      if #h.ids < span then
+        if h.r == 1 then return nil end
+        h.r, h.skip = 1, 0
+      end
+      -- The members passed are removed at the flush, but for those
+      -- skipped: the list then starts with them and the current head.
+      flush(d)
+      read_head(pid, h)
     end
-    -- The members passed are removed at the flush; the list then starts
-    -- with the current head.
-    flush(d)
-    h.ids, h.i = redis.call('ZRANGE', pk(pid, FA[h.r]), '0', last), 1
+    if not h.cool[h.i] then return h.ids[h.i] end
+    h.skip, h.i = h.skip + 1, h.i + 1
   end
-  return h.ids[h.i]
 end
 
 -- A later reclaim at the same now finds nothing more once one has ended
@@ -64,7 +79,7 @@ end
 -- a backlog. (Only a lease shorter than a microsecond, due at now, could
 -- join it meanwhile, hence the flush.) The round-robin position is kept
 -- here and written once at the end.
-local drained, cursors, moved = {}, {}, {}
+local drained, cursors, moved, cools = {}, {}, {}, {}
 -- selective records that the selection gave up (see select_proxy).
 local selective = false
 local function choose(pid)
@@ -73,6 +88,11 @@ local function choose(pid)
     drained[pid] = reclaim(pid, now, RECLAIM) < RECLAIM
     heads[pid] = nil
   end
+  if cools[pid] == nil then
+    use_target(pid, target, now)
+    cools[pid] = COOL or false
+  end
+  COOL = cools[pid] or nil
   if fa_fast then return fa_head(pid) end
   local cursor = nil
   if strategy == 'round_robin' then
@@ -113,13 +133,13 @@ local out = {false}
 -- batch, or LeaseIDs used again); made, the item of this batch that took
 -- each lease id, and its consumer.
 local lids = {}
-for i = 7, #ARGV, 6 do lids[#lids + 1] = ARGV[i] end
+for i = 8, #ARGV, 6 do lids[#lids + 1] = ARGV[i] end
 local prior = redis.call('HMGET', LEASES, unpack(lids))
 local made = {}
-for i = 6, #ARGV, 6 do
+for i = 7, #ARGV, 6 do
   local cid, lid, dur, seed = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local r = false
-  local again, twin = prior[(i - 6) / 6 + 1], made[lid]
+  local again, twin = prior[(i - 7) / 6 + 1], made[lid]
   if not again and not twin and ARGV[i + 4] ~= '1' and known[cid] == nil then
     known[cid] = redis.call('SISMEMBER', P .. 'cids', cid) == 1
   end

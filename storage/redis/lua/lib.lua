@@ -337,5 +337,6 @@ local function delete_lease(lid)
     redis.call('SREM', xk(proxy) .. ':ended', lid)
   end
   redis.call('HDEL', LEASES, lid)
+  redis.call('HDEL', P .. 'verdicts', lid)
   redis.call('ZREM', P .. 'ended', lid)
 end

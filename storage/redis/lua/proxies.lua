@@ -14,9 +14,11 @@ local function remove_proxy(pid, id)
   local f = redis.call('HMGET', k, 'status', 'uniq', 'idx')
   for _, lid in ipairs(redis.call('SMEMBERS', k .. ':ended')) do
     redis.call('HDEL', LEASES, lid)
+    redis.call('HDEL', P .. 'verdicts', lid)
     redis.call('ZREM', P .. 'ended', lid)
   end
   redis.call('DEL', k .. ':ended')
+  drop_targets(pid, id)
   if not blank(f[3]) then
     for _, s in ipairs(cjson.decode(f[3])) do redis.call('SREM', pk(pid, s), id) end
   end

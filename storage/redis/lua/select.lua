@@ -14,6 +14,45 @@ end
 
 local FIELDS = {'src', 'cc', 'city', 'isp', 'asn', 'proto', 'lat', 'lon'}
 
+-- COOL is set (by use_target) while an acquisition names a target that
+-- has proxies of the pool cooling down for it: {key = the pool's sorted
+-- set of those proxies, p:<pid>:tc:<target>, scored by the end of their
+-- cool-down, n = its size, now}. Selection then skips every member whose
+-- cool-down has not ended, reading the set only for the proxies it
+-- considers: the cost grows with the cooling proxies it skips, never with
+-- the pool.
+local COOL = nil
+local TARGET_FIRST = 8 -- members of the first read of a walk only a target narrows
+local function use_target(pid, target, now)
+  COOL = nil
+  if target == nil or target == '' then return end
+  local key = pk(pid, 'tc:' .. target)
+  local n = redis.call('ZCARD', key)
+  if n > 0 then COOL = {key = key, n = n, now = now} end
+end
+
+-- cooling reports whether proxy id is cooling down for COOL's target.
+local function cooling(id)
+  if not COOL then return false end
+  local s = redis.call('ZSCORE', COOL.key, id)
+  return s ~= false and s ~= nil and tonumber(s) > COOL.now
+end
+
+-- drop_cooling keeps the ids whose ok[i] is true and that are not
+-- cooling down for COOL's target (one ZMSCORE for all of them).
+local function drop_cooling(ids, ok)
+  if not COOL then return end
+  local idx, sel = {}, {}
+  for i = 1, #ids do
+    if ok[i] then idx[#idx + 1] = i sel[#sel + 1] = ids[i] end
+  end
+  if #sel == 0 then return end
+  local s = redis.call('ZMSCORE', COOL.key, unpack(sel))
+  for j, i in ipairs(idx) do
+    if s[j] and tonumber(s[j]) > COOL.now then ok[i] = false end
+  end
+end
+
 -- proxy_fields returns what eval reads of a proxy: FIELDS by name and, in
 -- tags, the set of its tags. v is the proxy's entry in the pool's ff hash,
 -- which packs them (see filterFields in codec.go): each value as its
@@ -102,6 +141,7 @@ end
 -- is_candidate reports whether one proxy may take a lease under the filter.
 local function is_candidate(pid, id, keys, E)
   if not redis.call('ZSCORE', pk(pid, 'free'), id) then return false end
+  if cooling(id) then return false end
   for _, key in ipairs(keys) do
     if redis.call('SISMEMBER', key, id) == 0 then return false end
   end
@@ -119,6 +159,7 @@ local function first_passing(pid, ids, keys, E)
       if r[i] == 0 then ok[i] = false end
     end
   end
+  drop_cooling(ids, ok)
   if E == nil then
     for i = 1, #ids do
       if ok[i] then return ids[i] end
@@ -145,9 +186,11 @@ local function shuffle(t)
 end
 
 -- walker returns a function yielding the pool's free proxies in strategy
--- order, CHUNK at a time; it yields nil, complete when done (complete is
+-- order, CHUNK at a time (first at the first read, when given, for the
+-- ordered strategies); it yields nil, complete when done (complete is
 -- false when the walk could not cover every free proxy: random sampling).
-local function walker(pid, strategy, cursor)
+local function walker(pid, strategy, cursor, first)
+  local size = first or CHUNK
   if strategy == 'round_robin' then
     -- After the cursor to the end, then from the start to the cursor;
     -- each read continues after the last member read, so a long walk
@@ -158,7 +201,8 @@ local function walker(pid, strategy, cursor)
     local ri, from = 1, nil
     return function()
       while ri <= #ranges do
-        local ids = redis.call('ZRANGEBYLEX', pk(pid, 'free'), from or ranges[ri][1], ranges[ri][2], 'LIMIT', 0, CHUNK)
+        local ids = redis.call('ZRANGEBYLEX', pk(pid, 'free'), from or ranges[ri][1], ranges[ri][2], 'LIMIT', 0, size)
+        size = CHUNK
         if #ids > 0 then from = '(' .. ids[#ids] return ids end
         ri, from = ri + 1, nil
       end
@@ -191,7 +235,8 @@ local function walker(pid, strategy, cursor)
   local li, off = 1, 0
   return function()
     while li <= #lists do
-      local ids = redis.call('ZRANGE', lists[li], off, off + CHUNK - 1)
+      local ids = redis.call('ZRANGE', lists[li], off, off + size - 1)
+      size = CHUNK
       if #ids > 0 then off = off + #ids return ids end
       li, off = li + 1, 0
     end
@@ -246,7 +291,7 @@ local function by_sets(pid, strategy, cursor, keys, src, ids, E)
     end)
   end
   for _, c in ipairs(cands) do
-    if exact(pid, E, c[1]) then return c[1] end
+    if exact(pid, E, c[1]) and not cooling(c[1]) then return c[1] end
   end
   return nil
 end
@@ -255,7 +300,7 @@ end
 -- true when it gave up, having read SCAN candidates without finding one
 -- (see doc.go, Acquisition cost).
 local function select_proxy(pid, strategy, cursor, spec)
-  if spec == nil then
+  if spec == nil and COOL == nil then
     local free = pk(pid, 'free')
     if strategy == 'first_available' then
       return redis.call('ZRANGE', pk(pid, 'fa:0'), 0, 0)[1] or redis.call('ZRANGE', pk(pid, 'fa:1'), 0, 0)[1]
@@ -274,6 +319,26 @@ local function select_proxy(pid, strategy, cursor, spec)
   -- smallest set of the conjunction, or the sum over the alternatives of
   -- an AnyOf of each one's smallest set (src); nil when no index set
   -- narrows the filter.
+  if spec == nil then
+    -- Only the target narrows the candidates: the walk in strategy order
+    -- meets at most COOL.n cooling proxies, so it finds one that is not
+    -- cooling (or covers every free proxy) within COOL.n + CHUNK reads;
+    -- random samples are bounded the same way. The first read is short:
+    -- usually most proxies are not cooling.
+    local nextc = walker(pid, strategy, cursor, TARGET_FIRST)
+    local seen, limit = 0, COOL.n + CHUNK
+    while seen < limit do
+      local ids, complete = nextc()
+      if ids == nil then
+        if complete then return nil end
+        break
+      end
+      seen = seen + #ids
+      local id = first_passing(pid, ids, {}, nil)
+      if id then return id end
+    end
+    return nil, true
+  end
   local keys, src = {}, nil
   local count = nil
   for i, s in ipairs(spec.k or {}) do
