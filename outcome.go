@@ -255,8 +255,12 @@ func (m *Manager) claimVerdict(ctx context.Context, l *Lease) (bool, error) {
 		return vs.ClaimLeaseVerdict(ctx, l.ID)
 	}
 	return m.verdicts.claim(l.ID, l.ExpiresAt), nil
+}
+
 // reportTarget applies an outcome for a target. done is false for a
-// success, which the caller then also applies to the proxy.
+// success, which the caller then also applies to the proxy. A lease's
+// verdict per target is remembered by this Manager only (the store's
+// LeaseVerdictStore holds one verdict per lease, not per target).
 func (m *Manager) reportTarget(ctx context.Context, ts TargetStore, stored *Lease, target string, kind OutcomeKind, o Outcome) (proxy *Proxy, done bool, err error) {
 	var verdict uuid.UUID
 	if kind != OutcomeSuccess {

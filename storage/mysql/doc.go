@@ -81,7 +81,7 @@
 // # Per-target health
 //
 // The store implements pharox.TargetStore: per (proxy, target) state in
-// the proxy_targets table (migration 0002, primary key (proxy_id, target),
+// the proxy_targets table (migration 0003, primary key (proxy_id, target),
 // ON DELETE CASCADE with the proxy). An acquisition with
 // AcquireRequest.Target adds one condition to its locking read: a scalar
 // subquery that looks the walked proxy's entry up by primary key and

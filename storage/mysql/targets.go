@@ -47,14 +47,6 @@ func timePtr(t sql.NullTime) *time.Time {
 	return &u
 }
 
-func microPtr(t *time.Time) *time.Time {
-	if t == nil {
-		return nil
-	}
-	m := micro(*t)
-	return &m
-}
-
 // ApplyTargetOutcome applies o to its (proxy, target) entry with the
 // reference rule pharox.TargetState.Apply, in one READ COMMITTED
 // transaction: the entry is read FOR UPDATE (with the time, o.At or the

@@ -127,7 +127,7 @@
 // # Per-target health
 //
 // The store implements pharox.TargetStore: per (proxy, target) state in
-// the proxy_targets table (migration 0003, primary key (proxy_id, target),
+// the proxy_targets table (migration 0004, primary key (proxy_id, target),
 // ON DELETE CASCADE with the proxy). An acquisition with
 // AcquireRequest.Target adds one condition to the walk of every strategy,
 // alone, batched or sticky: a scalar subquery that looks the proxy's entry

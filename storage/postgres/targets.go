@@ -48,15 +48,6 @@ func (r *targetRow) state() *pharox.TargetState {
 	}
 }
 
-// microPtr is micro for an optional time.
-func microPtr(t *time.Time) *time.Time {
-	if t == nil {
-		return nil
-	}
-	m := micro(*t)
-	return &m
-}
-
 // ApplyTargetOutcome applies o to its (proxy, target) entry with the
 // reference rule pharox.TargetState.Apply, in one transaction of two round
 // trips:
