@@ -417,11 +417,11 @@ type TargetStore interface {
 	// p.EscalateWindow before that time. Errors: ErrProxyNotFound,
 	// ErrInvalidArgument (see TargetOutcome.Validate).
 	//
-	// With a zero o.At the store reads its clock under the lock (or row
-	// lock on the proxy) that acquisitions of the proxy take, as it does
-	// for AcquiredAt: an acquisition stamped after a cool-down's start
-	// then always sees that cool-down. The conformance suite checks
-	// exactly this.
+	// Once it has returned, no acquisition that starts afterwards, in any
+	// process, leases the proxy for o.Target before the cool-down ends.
+	// (An acquisition running concurrently may go either way: a store that
+	// is not one lock reads the outcome's clock before it commits.) The
+	// conformance suite checks exactly this.
 	ApplyTargetOutcome(ctx context.Context, o TargetOutcome, p TargetPolicy) (*TargetState, int, error)
 	// ListTargetStates returns the proxy's entries ordered by target
 	// (ErrProxyNotFound).
