@@ -88,6 +88,8 @@ func TestTargetPolicyValidate(t *testing.T) {
 		"MaxTargetsPerProxy": func(p *pharox.TargetPolicy) { p.MaxTargetsPerProxy = 0 },
 		"EscalateTargets":    func(p *pharox.TargetPolicy) { p.EscalateTargets = -1 },
 		"EscalateWindow":     func(p *pharox.TargetPolicy) { p.EscalateWindow = 0 },
+		"Retention (":        func(p *pharox.TargetPolicy) { p.EscalateWindow = p.Retention + 1 },
+		"BanStatusCodes":     func(p *pharox.TargetPolicy) { p.BanStatusCodes = []int{403, 99} },
 	} {
 		p := pharox.DefaultTargetPolicy()
 		mut(&p)
