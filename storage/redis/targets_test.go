@@ -136,3 +136,31 @@ func TestTargetAcquisitionCost(t *testing.T) {
 	}
 	t.Logf("Redis commands per acquisition, pools of 1,000 and 8,000: %v", calls)
 }
+
+// TestRetriedTargetOutcomeAppliesOnce checks that a target outcome
+// go-redis sent twice counts once: one failure leaves a streak of one, not
+// two, and the reply is the state the first run made.
+func TestRetriedTargetOutcomeAppliesOnce(t *testing.T) {
+	var proxy *pharox.Proxy
+	var got *pharox.TargetState
+	o := pharox.TargetOutcome{Target: "shop.example", Kind: pharox.OutcomeFailure, StatusCode: 502, Reason: "bad gateway"}
+	retried(t, func(t *testing.T) *retryingStore {
+		rs := newRetryingStore(t)
+		proxy, _ = retryPool(t, rs.Store)
+		return rs
+	}, func(rs *retryingStore) {
+		o.ProxyID = proxy.ID
+		var err error
+		if got, _, err = rs.ApplyTargetOutcome(t.Context(), o, pharox.DefaultTargetPolicy()); err != nil {
+			t.Fatalf("ApplyTargetOutcome sent twice: %v", err)
+		}
+	}, func(rs *retryingStore) {
+		sts, err := rs.ListTargetStates(t.Context(), proxy.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(sts) != 1 || sts[0].FailureStreak != 1 || got.FailureStreak != 1 {
+			t.Errorf("one failure sent twice: stored %+v, returned %+v; want a streak of 1", sts, got)
+		}
+	})
+}

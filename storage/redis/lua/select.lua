@@ -315,10 +315,6 @@ local function select_proxy(pid, strategy, cursor, spec)
     end
     return redis.call('ZRANDMEMBER', free) or nil
   end
-  -- count is how many proxies the index sets leave as candidates: the
-  -- smallest set of the conjunction, or the sum over the alternatives of
-  -- an AnyOf of each one's smallest set (src); nil when no index set
-  -- narrows the filter.
   if spec == nil then
     -- Only the target narrows the candidates: the walk in strategy order
     -- meets at most COOL.n cooling proxies, so it finds one that is not
@@ -339,6 +335,10 @@ local function select_proxy(pid, strategy, cursor, spec)
     end
     return nil, true
   end
+  -- count is how many proxies the index sets leave as candidates: the
+  -- smallest set of the conjunction, or the sum over the alternatives of
+  -- an AnyOf of each one's smallest set (src); nil when no index set
+  -- narrows the filter.
   local keys, src = {}, nil
   local count = nil
   for i, s in ipairs(spec.k or {}) do
