@@ -55,7 +55,7 @@ func (g *Gateway) forward(out *http.Request) (*http.Response, error) {
 			g.release(ctx, prev)
 		}
 		if err != nil {
-			return nil, acquireError(st.pool, err)
+			return nil, acquireErrorFor(st, err)
 		}
 		st.useLease(lease)
 		started := time.Now()
@@ -67,7 +67,7 @@ func (g *Gateway) forward(out *http.Request) (*http.Response, error) {
 			latency := time.Since(started)
 			g.metrics.upstreamLatency(st.kind, latency)
 			resp.Body = &leasedBody{rc: resp.Body, g: g, ctx: ctx, held: g.hold(ctx, lease),
-				outcome: pharox.Outcome{Kind: pharox.OutcomeSuccess, StatusCode: resp.StatusCode, Latency: latency}}
+				outcome: g.withTarget(st, pharox.Outcome{Kind: pharox.OutcomeSuccess, StatusCode: resp.StatusCode, Latency: latency})}
 			if resp.StatusCode == http.StatusSwitchingProtocols {
 				if rwc, ok := resp.Body.(*leasedBody).rc.(io.ReadWriteCloser); ok {
 					resp.Body = &leasedRWC{leasedBody: resp.Body.(*leasedBody), rwc: rwc}
@@ -181,6 +181,9 @@ func (g *Gateway) tryUpstream(out *http.Request, lease *pharox.Lease, body *repl
 		return resp, &attemptError{kind: failAuth, status: resp.StatusCode, reason: reasonUpstreamAuth, unsent: true}
 	case g.banned[resp.StatusCode]:
 		return resp, &attemptError{kind: failBan, status: resp.StatusCode, reason: fmt.Sprintf("target answered ban status %d", resp.StatusCode)}
+	}
+	if m := g.banMarker(resp); m != "" {
+		return resp, &attemptError{kind: failBan, status: resp.StatusCode, reason: fmt.Sprintf("target answered %d with a block page (%q in the body)", resp.StatusCode, m)}
 	}
 	return resp, nil
 }

@@ -84,6 +84,22 @@ type Config struct {
 	// target: reported as bans and retried on another upstream when safe.
 	// Nil means {429}; an empty non-nil slice disables ban detection.
 	BanStatuses []int
+	// BanMarkers are phrases of block pages ("captcha", "access denied"):
+	// an answer with status 400 or above whose first 4 KiB of body
+	// contain one (compared case-insensitively) is a ban too. Only plain
+	// HTTP requests are read; a CONNECT tunnel is opaque. Nil or empty
+	// reads no body.
+	BanMarkers []string
+	// DisableTargetHealth stops keeping health per site (target). By
+	// default the gateway takes each request's site (the registrable
+	// domain of its host, see pharox.NormalizeTarget), leases only
+	// upstreams not cooling down for it, and reports bans for that site
+	// only, so an upstream one site blocks keeps serving the others.
+	// Failures of an upstream itself (unreachable, refused its
+	// credentials, broke the exchange) count everywhere either way. With a
+	// lease source that keeps no per-site health the gateway turns it off
+	// by itself and bans count everywhere, as with this set.
+	DisableTargetHealth bool
 	// DialTimeout bounds reaching an upstream, including its TLS and proxy
 	// handshake. Default 10s.
 	DialTimeout time.Duration
@@ -132,6 +148,7 @@ type Gateway struct {
 	cfg        Config
 	leaser     Leaser
 	banned     map[int]bool
+	markers    [][]byte
 	dialer     net.Dialer
 	transports *transportCache
 	rp         *httputil.ReverseProxy
@@ -152,6 +169,8 @@ type Gateway struct {
 
 	// noPredicate is set once the leaser turned down a filter predicate.
 	noPredicate atomic.Bool
+	// noTargets is set once the leaser turned down a target.
+	noTargets atomic.Bool
 	// active counts the requests and tunnels being served (Config.MaxConns).
 	active atomic.Int64
 
@@ -230,6 +249,7 @@ func New(cfg Config) (*Gateway, error) {
 		servers:   map[*http.Server]struct{}{},
 		conns:     map[net.Conn]struct{}{},
 	}
+	var err error
 	bans := cfg.BanStatuses
 	if bans == nil {
 		bans = []int{http.StatusTooManyRequests}
@@ -240,9 +260,11 @@ func New(cfg Config) (*Gateway, error) {
 		}
 		g.banned[c] = true
 	}
+	if g.markers, err = normalizeMarkers(cfg.BanMarkers); err != nil {
+		return nil, err
+	}
 	g.bufs.New = func() any { b := make([]byte, copyBufferSize); return &b }
 	g.transports = newTransportCache(cfg.MaxTransports, g.newTransport)
-	var err error
 	if g.metrics, err = newMetrics(cfg.Registerer); err != nil {
 		return nil, err
 	}
@@ -371,6 +393,7 @@ type reqState struct {
 	path     string
 	route    Route
 	pool     string
+	target   string // the site, "" without per-site health
 	proxyID  uuid.UUID
 	upstream string
 	attempts int
@@ -445,6 +468,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		g.writeError(rw, &gwError{http.StatusBadRequest, "this is a forward proxy: send absolute-form http(s) requests or CONNECT"})
 		return
 	}
+	st.target = g.targetOf(r.URL.Host)
 	g.rp.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)))
 }
 
@@ -601,9 +625,10 @@ func (g *Gateway) acquire(ctx context.Context, st *reqState, exclude []uuid.UUID
 		Strategy:   g.cfg.Strategy,
 		SessionKey: st.route.Session,
 		SessionTTL: st.route.SessionTTL,
+		Target:     st.target,
 	}
 	if len(exclude) == 0 {
-		return g.leaser.Acquire(ctx, st.pool, opts, g.cfg.AcquireWait)
+		return g.leaseFor(ctx, st.pool, opts, g.cfg.AcquireWait)
 	}
 	if !g.noPredicate.Load() {
 		var f pharox.Filters
@@ -614,7 +639,7 @@ func (g *Gateway) acquire(ctx context.Context, st *reqState, exclude []uuid.UUID
 		o := *opts
 		o.Filters = &f
 		// With the failed proxy no candidate, a sticky session rebinds.
-		l, err := g.leaser.Acquire(ctx, st.pool, &o, 0)
+		l, err := g.leaseFor(ctx, st.pool, &o, 0)
 		if !errors.Is(err, pharox.ErrUnsupported) {
 			return l, err
 		}
@@ -636,7 +661,7 @@ func (g *Gateway) acquire(ctx context.Context, st *reqState, exclude []uuid.UUID
 		o.Strategy = pharox.RoundRobin
 	}
 	for range 3 {
-		l, err := g.leaser.Acquire(ctx, st.pool, &o, 0)
+		l, err := g.leaseFor(ctx, st.pool, &o, 0)
 		if err != nil {
 			return nil, err
 		}
@@ -661,7 +686,17 @@ func (g *Gateway) release(ctx context.Context, l *pharox.Lease) {
 func (g *Gateway) report(ctx context.Context, l *pharox.Lease, o pharox.Outcome) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer cancel()
-	if err := g.leaser.ReportOutcome(rctx, l, o); err != nil && !errors.Is(err, pharox.ErrProxyNotFound) {
+	err := g.leaser.ReportOutcome(rctx, l, o)
+	if o.Target != "" && errors.Is(err, pharox.ErrUnsupported) {
+		// The lease source keeps no per-site health: count it everywhere.
+		g.dropTargets(err)
+		o.Target = ""
+		err = g.leaser.ReportOutcome(rctx, l, o)
+	}
+	if err == nil && o.Target != "" {
+		g.metrics.targetOutcome(o.Kind)
+	}
+	if err != nil && !errors.Is(err, pharox.ErrProxyNotFound) {
 		g.log.Warn("gateway: report outcome failed", "lease", l.ID, "proxy", l.ProxyID, "err", err)
 	}
 }
@@ -673,7 +708,7 @@ func (g *Gateway) failed(ctx context.Context, st *reqState, l *pharox.Lease, e *
 	if o, ok := e.outcome(); ok {
 		// The next success must be reported, to end the failure streak.
 		g.lastSuccess.Delete(l.ProxyID)
-		g.report(ctx, l, o)
+		g.report(ctx, l, g.withTarget(st, o))
 	}
 }
 
