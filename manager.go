@@ -58,6 +58,11 @@ type AcquireOptions struct {
 	// must be a fresh random or name-based UUID per logical acquisition;
 	// zero means the store picks one.
 	LeaseID uuid.UUID
+	// Target, when set, is the site the lease is for (a host name,
+	// host:port, IP or URL; see NormalizeTarget): proxies cooling down for
+	// it (see [TargetPolicy]) are skipped. Empty means any proxy. A store
+	// without per-target health gives ErrUnsupported.
+	Target string
 }
 
 // AcquireEvent describes one acquisition attempt, successful or not.
@@ -134,6 +139,7 @@ type Manager struct {
 	onRelease []func(context.Context, ReleaseEvent)
 	logger    *slog.Logger
 	outcomes  OutcomePolicy
+	targets   TargetPolicy
 	guard     banGuard
 	verdicts  verdictLog
 	// invalid is the configuration error NewManager found, if any: every
@@ -154,7 +160,7 @@ type Manager struct {
 // doing any work. Check Err once after construction when the options come
 // from user input; nil options are ignored.
 func NewManager(store Storage, opts ...ManagerOption) *Manager {
-	m := &Manager{store: store, logger: slog.Default(), outcomes: DefaultOutcomePolicy()}
+	m := &Manager{store: store, logger: slog.Default(), outcomes: DefaultOutcomePolicy(), targets: DefaultTargetPolicy()}
 	for _, o := range opts {
 		if o != nil {
 			o(m)
@@ -170,6 +176,9 @@ func (m *Manager) validate() error {
 		return fmt.Errorf("%w: manager: store is nil", ErrInvalidArgument)
 	}
 	if err := m.outcomes.Validate(); err != nil {
+		return fmt.Errorf("manager: %w", err)
+	}
+	if err := m.targets.Validate(); err != nil {
 		return fmt.Errorf("manager: %w", err)
 	}
 	return nil
@@ -254,6 +263,18 @@ func (m *Manager) buildRequest(ctx context.Context, pool string, opts *AcquireOp
 		req.SessionTTL = DefaultSessionTTL
 	case req.SessionTTL > MaxLeaseDuration:
 		return req, fmt.Errorf("%w: session ttl %v exceeds the maximum %v", ErrInvalidArgument, req.SessionTTL, MaxLeaseDuration)
+	}
+	if o.Target != "" {
+		t, err := NormalizeTarget(o.Target)
+		if err != nil {
+			return req, err
+		}
+		if t != "" {
+			if _, err := m.targetStore(); err != nil {
+				return req, err
+			}
+		}
+		req.Target = t
 	}
 	if !o.Filters.IsZero() {
 		f := o.Filters.NormalizedClone()

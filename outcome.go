@@ -31,6 +31,12 @@ type Outcome struct {
 	StatusCode int `json:"status_code,omitempty"`
 	// Reason explains a failure; it becomes the proxy's LastError.
 	Reason string `json:"reason,omitempty"`
+	// Target is the site the request went to (a host name, host:port, IP
+	// or URL; see NormalizeTarget). With a target, failures and bans count
+	// against the proxy for that target only (see [TargetPolicy]); report
+	// failures of the proxy itself (unreachable, refused its credentials)
+	// without one.
+	Target string `json:"target,omitempty"`
 }
 
 // OutcomePolicy turns outcomes into health results.

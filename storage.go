@@ -190,6 +190,11 @@ type AcquireRequest struct {
 	// retried after a lost answer (a client or driver retry, from any
 	// process) idempotent. Zero means the driver generates a fresh id.
 	LeaseID uuid.UUID
+	// Target, when set, is a normalized target (see NormalizeTarget):
+	// proxies cooling down for it are not candidates (a sticky session's
+	// bound proxy included). Only stores implementing [TargetStore] honour
+	// it; the Manager sends it to no other store.
+	Target string
 }
 
 // Validate checks a request as a driver receives it.
@@ -205,6 +210,11 @@ func (r *AcquireRequest) Validate() error {
 	}
 	if !r.Strategy.Valid() || r.Strategy == "" {
 		return fmt.Errorf("%w: unknown strategy %q", ErrInvalidArgument, r.Strategy)
+	}
+	if r.Target != "" {
+		if !ValidNormalizedTarget(r.Target) {
+			return fmt.Errorf("%w: target %q is not a normalized target", ErrInvalidArgument, r.Target)
+		}
 	}
 	if r.SessionKey != "" && r.SessionTTL <= 0 {
 		return fmt.Errorf("%w: session ttl must be positive, got %v", ErrInvalidArgument, r.SessionTTL)
