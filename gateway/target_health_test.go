@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -253,6 +252,3 @@ func TestBanMarkerConfig(t *testing.T) {
 		}
 	}
 }
-
-// Contexts of the leaser calls are cancelled with the test.
-var _ = context.Background
