@@ -142,6 +142,9 @@ type Manager struct {
 	targets   TargetPolicy
 	guard     banGuard
 	verdicts  verdictLog
+	// purgeMu guards nextTargetPurge (see CleanupExpiredLeases).
+	purgeMu         sync.Mutex
+	nextTargetPurge time.Time
 	// invalid is the configuration error NewManager found, if any: every
 	// method then returns it instead of working with that configuration.
 	invalid error
@@ -443,12 +446,42 @@ func (m *Manager) WithLease(ctx context.Context, pool string, opts *AcquireOptio
 }
 
 // CleanupExpiredLeases ends every lease past its expiry and returns how
-// many it ended.
+// many it ended. At most once a minute per Manager it also purges
+// per-target entries idle for longer than the target policy's Retention
+// (see PurgeTargetStates); a failure of that purge is logged, not
+// returned.
 func (m *Manager) CleanupExpiredLeases(ctx context.Context) (int, error) {
 	if m.invalid != nil {
 		return 0, m.invalid
 	}
-	return m.store.CleanupExpiredLeases(ctx)
+	n, err := m.store.CleanupExpiredLeases(ctx)
+	if err != nil {
+		return n, err
+	}
+	if m.targetPurgeDue(time.Now()) {
+		if _, perr := m.PurgeTargetStates(ctx); perr != nil {
+			m.logger.WarnContext(ctx, "pharox: purging per-target entries failed", "error", perr)
+		}
+	}
+	return n, nil
+}
+
+// targetPurgeEvery is how often CleanupExpiredLeases purges target entries.
+const targetPurgeEvery = time.Minute
+
+// targetPurgeDue reports whether CleanupExpiredLeases should purge target
+// entries now, and if so schedules the next purge.
+func (m *Manager) targetPurgeDue(now time.Time) bool {
+	if _, ok := m.store.(TargetStore); !ok {
+		return false
+	}
+	m.purgeMu.Lock()
+	defer m.purgeMu.Unlock()
+	if now.Before(m.nextTargetPurge) {
+		return false
+	}
+	m.nextTargetPurge = now.Add(targetPurgeEvery)
+	return true
 }
 
 // PoolStats returns the named pool's occupancy.

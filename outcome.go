@@ -119,6 +119,18 @@ func (p OutcomePolicy) Validate() error {
 //
 // Failures and bans that would take a proxy out of service are capped by
 // the policy's MaxBannedShare (see [OutcomePolicy]).
+//
+// With a Target (normalized by NormalizeTarget; a store without
+// [TargetStore] gives ErrUnsupported), the outcome counts for that target
+// through [TargetStore.ApplyTargetOutcome] under the Manager's
+// [TargetPolicy]: failures and bans cool the proxy down for that target
+// only and leave its global status alone, and a success counts for the
+// target and, as without a target, for the proxy. One verdict per lease and
+// target counts. When a ban or failure starts a cool-down and the proxy
+// then has cool-downs started by EscalateTargets distinct targets within
+// EscalateWindow, the proxy is marked banned for every target (the global
+// status), still subject to MaxBannedShare. The returned proxy is the
+// proxy as stored afterwards.
 func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*Proxy, error) {
 	if m.invalid != nil {
 		return nil, m.invalid
@@ -128,6 +140,16 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 	}
 	if o.Latency < 0 {
 		return nil, fmt.Errorf("%w: report outcome: negative latency", ErrInvalidArgument)
+	}
+	target, err := NormalizeTarget(o.Target)
+	if err != nil {
+		return nil, fmt.Errorf("report outcome: %w", err)
+	}
+	var ts TargetStore
+	if target != "" {
+		if ts, err = m.targetStore(); err != nil {
+			return nil, fmt.Errorf("report outcome for target %q: %w", target, err)
+		}
 	}
 	p := m.outcomes
 	kind := o.Kind
@@ -145,6 +167,13 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 	}
 	if stored.Status != LeaseActive || !time.Now().Before(stored.ExpiresAt) {
 		return nil, fmt.Errorf("report outcome on lease %s: %w (it ended, %s)", lease.ID, ErrLeaseNotActive, endedHow(stored))
+	}
+	if ts != nil {
+		proxy, done, err := m.reportTarget(ctx, ts, stored, target, kind, o)
+		if done || err != nil {
+			return proxy, err
+		}
+		// A success also counts for the proxy, below.
 	}
 	r := HealthCheckResult{
 		ProxyID:    stored.ProxyID,
@@ -202,6 +231,78 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 			m.verdicts.forget(stored.ID)
 		}
 		return nil, fmt.Errorf("report outcome for proxy %s: %w", stored.ProxyID, err)
+	}
+	if proxy == nil {
+		return nil, fmt.Errorf("report outcome: %w: %s", ErrProxyNotFound, stored.ProxyID)
+	}
+	return proxy, nil
+}
+
+// reportTarget applies an outcome for a target. done is false for a
+// success, which the caller then also applies to the proxy.
+func (m *Manager) reportTarget(ctx context.Context, ts TargetStore, stored *Lease, target string, kind OutcomeKind, o Outcome) (proxy *Proxy, done bool, err error) {
+	var verdict uuid.UUID
+	if kind != OutcomeSuccess {
+		verdict = uuid.NewSHA1(stored.ID, []byte(target))
+		if !m.verdicts.claim(verdict, stored.ExpiresAt) {
+			// This lease already gave its verdict for the target.
+			proxy, err := m.currentProxy(ctx, stored.ProxyID)
+			return proxy, true, err
+		}
+	}
+	reason := o.Reason
+	if kind == OutcomeBanned && reason == "" {
+		if o.StatusCode > 0 {
+			reason = fmt.Sprintf("target answered %d", o.StatusCode)
+		} else {
+			reason = "reported banned"
+		}
+	}
+	st, recent, err := ts.ApplyTargetOutcome(ctx, TargetOutcome{
+		ProxyID: stored.ProxyID, Target: target, Kind: kind, StatusCode: o.StatusCode, Reason: reason,
+	}, m.targets)
+	if err != nil {
+		if verdict != uuid.Nil {
+			m.verdicts.forget(verdict)
+		}
+		return nil, true, fmt.Errorf("report outcome for proxy %s and target %q: %w", stored.ProxyID, target, err)
+	}
+	if kind == OutcomeSuccess {
+		return nil, false, nil
+	}
+	started := st.BannedAt != nil && st.BannedAt.Equal(st.UpdatedAt)
+	if !started || m.targets.EscalateTargets == 0 || recent < m.targets.EscalateTargets {
+		proxy, err := m.currentProxy(ctx, stored.ProxyID)
+		return proxy, true, err
+	}
+	proxy, err = m.escalate(ctx, stored, target, recent)
+	return proxy, true, err
+}
+
+// escalate marks a proxy that many targets cool down for as banned, for
+// every target, within the ban guard's budget.
+func (m *Manager) escalate(ctx context.Context, stored *Lease, target string, recent int) (*Proxy, error) {
+	r := HealthCheckResult{
+		ProxyID:          stored.ProxyID,
+		Status:           StatusBanned,
+		ErrorKind:        "target_escalation",
+		FailureThreshold: 1,
+		CheckedAt:        time.Now().UTC(),
+		Attempts:         1,
+		Error: fmt.Sprintf("banned by %d sites within %v (the last %q): likely banned everywhere",
+			recent, m.targets.EscalateWindow, target),
+	}
+	allowed, held := m.guard.reserve(ctx, m, stored.PoolName, m.outcomes)
+	if !allowed {
+		r.FailureThreshold = math.MaxInt32
+		r.Error += " (ban not applied: too many proxies of this pool are banned or inactive)"
+	}
+	proxy, err := m.store.ApplyHealthCheckResult(ctx, r)
+	if held {
+		m.guard.done(stored.PoolName)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("report outcome: escalate proxy %s to banned: %w", stored.ProxyID, err)
 	}
 	if proxy == nil {
 		return nil, fmt.Errorf("report outcome: %w: %s", ErrProxyNotFound, stored.ProxyID)

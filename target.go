@@ -159,7 +159,7 @@ type TargetPolicy struct {
 	// by OutcomePolicy.MaxBannedShare). 0 disables escalation.
 	EscalateTargets int
 	// EscalateWindow is the window EscalateTargets counts in; positive
-	// when EscalateTargets is set.
+	// when EscalateTargets is set, at most Retention.
 	EscalateWindow time.Duration
 }
 
@@ -212,6 +212,8 @@ func (p TargetPolicy) Validate() error {
 		return bad("EscalateTargets must not be negative, got %d", p.EscalateTargets)
 	case p.EscalateTargets > 0 && p.EscalateWindow <= 0:
 		return bad("EscalateWindow must be positive when EscalateTargets is set, got %v", p.EscalateWindow)
+	case p.EscalateWindow > p.Retention:
+		return bad("EscalateWindow (%v) must not exceed Retention (%v): entries are forgotten after it", p.EscalateWindow, p.Retention)
 	}
 	return nil
 }

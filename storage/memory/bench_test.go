@@ -321,3 +321,13 @@ func BenchmarkScale(b *testing.B) {
 		return s
 	})
 }
+
+// BenchmarkTargets compares acquire+release pairs for a target with half
+// the pool cooling down for it against pairs without a target.
+func BenchmarkTargets(b *testing.B) {
+	storagetest.BenchmarkTargets(b, func(b *testing.B) pharox.Storage {
+		s := memory.New()
+		b.Cleanup(func() { _ = s.Close() })
+		return s
+	})
+}

@@ -76,6 +76,18 @@
 // deleted proxy or pool are forgotten at once. PurgeEndedLeases drops them
 // earlier.
 //
+// # Per-target health
+//
+// The store implements [pharox.TargetStore]. Each proxy keeps its
+// (target, state) entries, at most the policy's MaxTargetsPerProxy, and the
+// store keeps, per target, a map from proxy (table index) to the end of its
+// cool-down. An acquisition with a target looks the target's map up once
+// and checks each candidate of the usual index walk against it, under the
+// same lock: a target nobody cools for costs nothing, and otherwise the
+// walk skips only the proxies cooling for it (they count against the
+// filter scan budget). Entries go with their proxy, and
+// PurgeTargetStates, which walks every proxy, drops idle ones.
+//
 // Pool statistics come from counters kept with every change, never from a
 // scan. Sticky-session bindings that died are dropped by
 // CleanupExpiredLeases and, so that unique keys cannot grow a pool without

@@ -33,6 +33,8 @@ type proxyState struct {
 	// only then.
 	indexed bool
 	deleted bool
+	// targets holds the proxy's per-target health (see target.go).
+	targets map[string]*pharox.TargetState
 	// inFA and inRR say whether the FirstAvailable and RoundRobin trees of
 	// the pool-wide set (0) and of the country set (1) hold the proxy.
 	inFA, inRR [2]bool

@@ -211,6 +211,12 @@ type scanner struct {
 	budget    int
 	tested    int
 	exhausted bool
+	// cool holds, for a request with a target, when each proxy (by table
+	// index) cools down for that target until (Unix µs); now is the
+	// request's time. Nil when no proxy has a cool-down for it.
+	cool   map[uint32]int64
+	now    int64
+	target string
 }
 
 func (sc *scanner) reset(f *pharox.Filters, table []*proxyState) {
@@ -219,6 +225,27 @@ func (sc *scanner) reset(f *pharox.Filters, table []*proxyState) {
 	}
 	sc.f, sc.clone, sc.found, sc.panicked, sc.table = f, f.HasPredicate(), nil, nil, table
 	sc.tested, sc.exhausted = 0, false
+	sc.cool, sc.target = nil, ""
+}
+
+// setTarget makes the search skip proxies cooling down for target at now.
+func (s *Store) setTarget(target string, now int64) {
+	if target == "" {
+		return
+	}
+	s.scan.target = target
+	if c := s.cooling[target]; len(c) > 0 {
+		s.scan.cool, s.scan.now = c, now
+	}
+}
+
+// cooling reports whether ps cools down for the search's target.
+func (sc *scanner) cooling(ps *proxyState) bool {
+	if sc.cool == nil {
+		return false
+	}
+	until, ok := sc.cool[ps.idx]
+	return ok && until > sc.now
 }
 
 // tooSelective reports a search that used its whole budget without a
@@ -227,12 +254,18 @@ func (sc *scanner) tooSelective() error {
 	if !sc.exhausted {
 		return nil
 	}
+	if sc.f == nil {
+		return fmt.Errorf("%w: all of the %d candidates examined are cooling down for target %q",
+			pharox.ErrNoProxyAvailable, sc.budget, sc.target)
+	}
 	return fmt.Errorf("%w: the filter matched none of the %d candidates examined; it is too selective to serve from a pool this large (narrow the pool or loosen the filter)",
 		pharox.ErrNoProxyAvailable, sc.budget)
 }
 
 func (sc *scanner) match(ps *proxyState) bool {
 	switch {
+	case sc.cooling(ps):
+		return false
 	case sc.f == nil:
 		return true
 	case sc.clone:
@@ -265,7 +298,7 @@ func (sc *scanner) predicateErr() error {
 }
 
 func (sc *scanner) visit(ps *proxyState) bool {
-	if sc.f != nil {
+	if sc.f != nil || sc.cool != nil {
 		if sc.tested == sc.budget {
 			sc.exhausted = true
 			return false
@@ -329,7 +362,7 @@ func (s *Store) pick(pl *poolState, st pharox.Strategy) *proxyState {
 	case pharox.Random:
 		return pickRandom(sc, x.rnd)
 	default:
-		if sc.f == nil {
+		if sc.f == nil && sc.cool == nil {
 			if it, ok := x.fa.Min(); ok {
 				sc.found = s.table[it.idx]
 			}
@@ -350,7 +383,7 @@ func pickRandom(sc *scanner, set []*proxyState) *proxyState {
 	if n == 0 {
 		return nil
 	}
-	if sc.f == nil {
+	if sc.f == nil && sc.cool == nil {
 		return set[rand.IntN(n)]
 	}
 	draws := min(32, sc.budget)
@@ -408,6 +441,7 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 	}
 	nowMicro := now.UnixMicro()
 	s.scan.reset(req.Filters, s.table)
+	s.setTarget(req.Target, nowMicro)
 
 	var ps *proxyState
 	if req.SessionKey != "" {

@@ -97,6 +97,10 @@ type Store struct {
 
 	// scan is reused by every candidate search (under mu) so that passing
 	// its methods to the b-tree iterators does not allocate per call.
+	// cooling holds, per target, the proxies (by table index) with a
+	// cool-down for it and when it ends (Unix µs); see target.go.
+	cooling map[string]map[uint32]int64
+
 	scan      scanner
 	visitFA   func(faItem) bool
 	visitLU   func(luItem) bool
@@ -526,6 +530,7 @@ func (s *Store) place(ps *proxyState) {
 
 // unplace frees ps's slot; no index may still hold it.
 func (s *Store) unplace(ps *proxyState) {
+	s.dropTargets(ps)
 	s.table[ps.idx] = nil
 	s.freeIdx = append(s.freeIdx, ps.idx)
 }

@@ -16,14 +16,16 @@
 // call concurrently and the stores it returns must not share data.
 // Subtests are grouped (Pools, Proxies, Consumers, Leases, Expiry, Filters,
 // Strategies, Sessions, Stats, Health, Copies, LeaseRecords, Stress,
-// StickyConcurrency, LeaseIDs, CheckedAt, LargePool), so a
+// StickyConcurrency, LeaseIDs, CheckedAt, LargePool, Targets), so a
 // driver can select some with -run 'TestConformance/Leases/'.
 //
 // The suite checks behaviour through the public interface only and uses the
 // root package's reference functions ([pharox.Filters.Match],
 // [pharox.Proxy.ApplyHealthCheck], [pharox.CompareFirstAvailable],
 // [pharox.CompareLeastUsed], [pharox.HaversineKM]) as oracles, next to
-// hand-written expectations. It never asserts on speed. Expiry tests rely
+// hand-written expectations; the Targets section, which runs when the store
+// implements [pharox.TargetStore] and is skipped otherwise, compares the
+// store with [pharox.TargetState.Apply]. It never asserts on speed. Expiry tests rely
 // on a 150ms lease having expired 300ms later by the store's clock, so that
 // clock must agree with the test process's (the database on the same host,
 // or a synchronised one).
@@ -81,6 +83,7 @@ func Run(t *testing.T, newStore func(t *testing.T) pharox.Storage, opts ...Optio
 		{"LeaseIDs", leaseIDTests},
 		{"CheckedAt", checkedAtTests},
 		{"LargePool", largePoolTests},
+		{"Targets", targetTests},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {
