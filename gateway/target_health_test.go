@@ -252,3 +252,38 @@ func TestBanMarkerConfig(t *testing.T) {
 		}
 	}
 }
+
+// plainStore is a store without per-site health: embedding the interface
+// hides the memory store's TargetStore methods.
+type plainStore struct{ pharox.Storage }
+
+// TestTargetHealthOffWithoutTargetStore: over a lease source that keeps no
+// per-site health the gateway serves as before, bans counting against the
+// upstream everywhere, and says so once.
+func TestTargetHealthOffWithoutTargetStore(t *testing.T) {
+	for _, remote := range []bool{false, true} {
+		t.Run(map[bool]string{false: "local", true: "remote"}[remote], func(t *testing.T) {
+			checkLeaks(t)
+			e := newEnvOn(t, plainStore{memory.New()}, nil, remote, func(c *Config) {
+				c.BanStatuses = []int{http.StatusForbidden}
+			})
+			for _, ip := range []string{"127.0.0.2", "127.0.0.3"} {
+				e.add(0, nil, startHTTPUpstream(t, ip, false))
+			}
+			a := startSite(t, "shop-a.localhost", http.StatusForbidden, "forbidden", "127.0.0.2")
+			for i := range 4 {
+				if status := fetch(t, e.client, a.url(fmt.Sprintf("/%d", i))); status != http.StatusOK {
+					t.Fatalf("request %d: status %d, want 200 (retried past the blocked upstream)", i, status)
+				}
+			}
+			// Two bans (the default BanThreshold) take it out for everyone.
+			if p := e.proxy("127.0.0.2"); p.LastStatusCode != http.StatusForbidden || p.Status != pharox.StatusBanned {
+				t.Fatalf("blocked upstream: status %s, last status %d; want banned everywhere by the 403s", p.Status, p.LastStatusCode)
+			}
+			if n := strings.Count(e.logs.String(), "keeps no per-site"); n != 1 {
+				t.Fatalf("the gateway said %d times that the lease source keeps no per-site health, want once:\n%s", n, e.logs.String())
+			}
+			e.waitNoLeases()
+		})
+	}
+}
