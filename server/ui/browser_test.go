@@ -632,39 +632,25 @@ func TestDashboardSweepAsksForTarget(t *testing.T) {
 }
 
 // TestDashboardShowsSiteHealth checks the Sites panel: a site that banned
-// a proxy shows with its proxies usable and cooling down; a store without
-// per-site health is said to keep none.
+// a proxy shows with its pool's proxies usable and cooling down for it.
 func TestDashboardShowsSiteHealth(t *testing.T) {
 	chromePath(t) // skip before building anything
 	f := newFixture(t, "")
 	close(f.sweepRelease)
 	ctx := context.Background()
-	_, supported := any(f.store).(pharox.TargetStore)
-	if supported {
-		l, err := f.mgr.Acquire(ctx, "alpha", &pharox.AcquireOptions{Target: "https://shop.example.com/"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.mgr.ReportOutcome(ctx, l, pharox.Outcome{Kind: pharox.OutcomeBanned, StatusCode: 403, Target: "shop.example.com"}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.mgr.Release(ctx, l.ID); err != nil {
-			t.Fatal(err)
-		}
+	l, err := f.mgr.Acquire(ctx, "alpha", &pharox.AcquireOptions{Target: "https://shop.example.com/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.mgr.ReportOutcome(ctx, l, pharox.Outcome{Kind: pharox.OutcomeBanned, StatusCode: 403, Target: "shop.example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.mgr.Release(ctx, l.ID); err != nil {
+		t.Fatal(err)
 	}
 	b := newBrowser(t)
 	b.do(15*time.Second, chromedp.Navigate(f.url+"/ui/"))
 	b.signIn(adminKey)
-	if !supported {
-		b.waitJS(10*time.Second, `!document.getElementById("targets-unsupported").hidden`)
-		if eval[bool](b, `!document.getElementById("targets-empty").hidden`) {
-			t.Error("the panel says both that no site reported and that none is kept")
-		}
-		if n := b.checkConsole(http.StatusNotImplemented); n < 1 || n > 2 {
-			t.Errorf("the page asked %d times for per-site health the store does not keep, want once per pool of the first round", n)
-		}
-		t.Skip("the memory store keeps no per-site health (no pharox.TargetStore) yet: checked that the panel says so")
-	}
 	row := `#targets tr[data-target="example.com"]`
 	b.waitJS(10*time.Second, `!!document.querySelector('`+row+`')`)
 	for sel, want := range map[string]string{
