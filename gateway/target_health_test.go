@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/storage/memory"
 )
@@ -122,8 +124,10 @@ func TestTargetHealthAvoidsUpstreamsBlockedBySite(t *testing.T) {
 					store.Close()
 					t.Skipf("the %s store keeps no per-site health (no pharox.TargetStore) yet", name)
 				}
+				reg := prometheus.NewRegistry()
 				e := newEnvOn(t, store, nil, remote, func(c *Config) {
 					c.BanStatuses = []int{http.StatusForbidden, http.StatusTooManyRequests}
+					c.Registerer = reg
 				})
 				ips := []string{"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"}
 				for _, ip := range ips {
@@ -188,6 +192,14 @@ func TestTargetHealthAvoidsUpstreamsBlockedBySite(t *testing.T) {
 					}
 				}
 				e.waitNoLeases()
+				// One ban per blocked upstream, then it cools down for site A.
+				got := gather(t, reg)
+				if v := got[`pharox_gateway_target_outcomes_total{kind="banned"}`]; v != float64(len(blocked)) {
+					t.Errorf("target ban outcomes = %v, want %d", v, len(blocked))
+				}
+				if v := got[`pharox_gateway_target_misses_total`]; v != 0 {
+					t.Errorf("target misses = %v, want 0", v)
+				}
 			})
 		}
 	}
@@ -285,5 +297,40 @@ func TestTargetHealthOffWithoutTargetStore(t *testing.T) {
 			}
 			e.waitNoLeases()
 		})
+	}
+}
+
+// TestTargetHealthEverySiteUpstreamCooling: once every upstream cools
+// down for a site, its requests get the gateway's 503 naming the site,
+// while another site is served as before.
+func TestTargetHealthEverySiteUpstreamCooling(t *testing.T) {
+	checkLeaks(t)
+	reg := prometheus.NewRegistry()
+	e := newEnv(t, func(c *Config) {
+		c.BanStatuses = []int{http.StatusForbidden}
+		c.Registerer = reg
+	})
+	for _, ip := range []string{"127.0.0.2", "127.0.0.3"} {
+		e.add(0, nil, startHTTPUpstream(t, ip, false))
+	}
+	a := startSite(t, "shop-a.localhost", http.StatusForbidden, "forbidden", "127.0.0.2", "127.0.0.3")
+	b := startSite(t, "news-b.localhost", 0, "")
+	// Both upstreams are tried and banned: the client gets the site's 403.
+	if status, _, reason := get(t, e.client, a.url("/")); status != http.StatusForbidden || reason != "" {
+		t.Fatalf("first request: %d (reason %q), want the site's own 403", status, reason)
+	}
+	status, _, reason := get(t, e.client, a.url("/again"))
+	if status != http.StatusServiceUnavailable || !strings.Contains(reason, "shop-a.localhost") || !strings.Contains(reason, "cooling down") {
+		t.Fatalf("with every upstream cooling down for the site: %d %q, want 503 naming the site", status, reason)
+	}
+	if v := a.visits(); len(v) != 2 {
+		t.Fatalf("site A saw %v, want the two banned attempts only", v)
+	}
+	if status := fetch(t, e.client, b.url("/")); status != http.StatusOK {
+		t.Fatalf("site B: %d, want 200", status)
+	}
+	e.waitNoLeases()
+	if v := gather(t, reg)[`pharox_gateway_target_misses_total`]; v != 1 {
+		t.Errorf("target misses = %v, want 1", v)
 	}
 }

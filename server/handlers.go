@@ -561,6 +561,9 @@ func (s *Server) acquire(r *http.Request) (any, error) {
 	} else {
 		lease, err = s.mgr.Acquire(ctx, pool, opts)
 	}
+	if opts.Target != "" {
+		s.metrics.targetAcquire(err)
+	}
 	if err != nil {
 		if errors.Is(err, pharox.ErrPoolNotFound) {
 			s.forgetPool(poolID, pool)
@@ -767,8 +770,9 @@ func (s *Server) reportOutcome(r *http.Request) (any, error) {
 	}
 	// The Manager reads the lease itself: outcomes count only on active
 	// leases, and one failure or ban per lease.
+	kind := pharox.OutcomeKind(strings.ToLower(strings.TrimSpace(req.Kind)))
 	p, err := s.mgr.ReportOutcome(r.Context(), &pharox.Lease{ID: id}, pharox.Outcome{
-		Kind:       pharox.OutcomeKind(strings.ToLower(strings.TrimSpace(req.Kind))),
+		Kind:       kind,
 		Latency:    time.Duration(req.LatencyMS * float64(time.Millisecond)),
 		StatusCode: req.StatusCode,
 		Reason:     req.Reason,
@@ -776,6 +780,9 @@ func (s *Server) reportOutcome(r *http.Request) (any, error) {
 	})
 	if target != "" {
 		err = targetsUnsupported(err)
+		if err == nil {
+			s.metrics.targetOutcome(kind)
+		}
 	}
 	if errors.Is(err, pharox.ErrLeaseNotActive) {
 		return nil, withDetail(err, "Lease %s is not active: it was released or has expired, so outcomes are no longer accepted for it", id)

@@ -97,6 +97,17 @@ func testTargets(t *testing.T, newStore NewStore) {
 		t.Fatalf("targets of the proxy nobody reported for = %+v", states)
 	}
 
+	// Prometheus counts the calls that named a site, with no label per site.
+	metrics := string(e.Admin("GET", "/metrics", nil).Expect(t, 200).Body)
+	for _, want := range []string{`pharox_target_outcomes_total{kind="banned"} 1`, `pharox_target_acquires_total{result="hit"} 5`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if strings.Contains(metrics, "example.co.uk") {
+		t.Error("/metrics names a site: a label per site would grow with traffic")
+	}
+
 	// Per-site health is the admin's: it tells which sites are scraped.
 	e.Consumer("GET", poolPath+"/targets", nil).Expect(t, 403)
 	e.Consumer("GET", poolPath+"/proxies/"+first.ID.String()+"/targets", nil).Expect(t, 403)
