@@ -73,6 +73,8 @@ type AcquireEvent struct {
 	Consumer string
 	Filters  *Filters
 	Strategy Strategy
+	// Target is the normalized target of the acquisition, if any.
+	Target   string
 	Started  time.Time
 	Finished time.Time
 	Duration time.Duration
@@ -365,7 +367,7 @@ func (m *Manager) emitAcquire(ctx context.Context, req *AcquireRequest, lease *L
 	finished := time.Now()
 	ev := AcquireEvent{
 		Lease: lease, Pool: req.PoolName, Consumer: req.ConsumerName, Filters: req.Filters,
-		Strategy: req.Strategy, Started: started, Finished: finished,
+		Strategy: req.Strategy, Target: req.Target, Started: started, Finished: finished,
 		Duration: finished.Sub(started), Err: err,
 	}
 	ev.Stats = m.stats(ctx, req.PoolName)

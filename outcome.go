@@ -123,10 +123,11 @@ func (p OutcomePolicy) Validate() error {
 // With a Target (normalized by NormalizeTarget; a store without
 // [TargetStore] gives ErrUnsupported), the outcome counts for that target
 // through [TargetStore.ApplyTargetOutcome] under the Manager's
-// [TargetPolicy]: failures and bans cool the proxy down for that target
-// only and leave its global status alone, and a success counts for the
-// target and, as without a target, for the proxy. One verdict per lease and
-// target counts. When a ban or failure starts a cool-down and the proxy
+// [TargetPolicy]: failures and bans (including successes whose status
+// code is in TargetPolicy.BanStatusCodes, 403 and 429 by default) cool the
+// proxy down for that target only and leave its global status alone, and a
+// success counts for the target and, as without a target, for the proxy.
+// One verdict per lease and target counts. When a ban or failure starts a cool-down and the proxy
 // then has cool-downs started by EscalateTargets distinct targets within
 // EscalateWindow, the proxy is marked banned for every target (the global
 // status), still subject to MaxBannedShare. The returned proxy is the
@@ -153,7 +154,8 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 	}
 	p := m.outcomes
 	kind := o.Kind
-	if kind == OutcomeSuccess && slices.Contains(p.BanStatusCodes, o.StatusCode) {
+	if kind == OutcomeSuccess && (slices.Contains(p.BanStatusCodes, o.StatusCode) ||
+		target != "" && slices.Contains(m.targets.BanStatusCodes, o.StatusCode)) {
 		kind = OutcomeBanned
 	}
 	switch kind {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -161,6 +162,13 @@ type TargetPolicy struct {
 	// EscalateWindow is the window EscalateTargets counts in; positive
 	// when EscalateTargets is set, at most Retention.
 	EscalateWindow time.Duration
+	// BanStatusCodes are target answers that turn an outcome reported with
+	// a target into a ban for that target (the Manager applies them, on
+	// top of OutcomePolicy.BanStatusCodes). Unlike the global policy it
+	// includes 403 by default: a site answering 403 through one proxy and
+	// not through others is blocking that proxy, and the cool-down costs
+	// that site only.
+	BanStatusCodes []int
 }
 
 // Target policy defaults (see DefaultTargetPolicy).
@@ -174,11 +182,15 @@ const (
 	DefaultTargetEscalateWindow     = time.Hour
 )
 
+// DefaultTargetBanStatusCodes are the default TargetPolicy.BanStatusCodes.
+func DefaultTargetBanStatusCodes() []int { return []int{403, 429} }
+
 // DefaultTargetPolicy returns the policy used when none is configured:
 // 3 failures in a row (or one ban) start a cool-down of 5 minutes,
 // doubling per further cool-down up to 6 hours; entries are kept 24 hours
 // after they went idle, at most 256 per proxy; a proxy that 5 distinct
-// targets started cooling within an hour is banned for every target.
+// targets started cooling within an hour is banned for every target; 403
+// and 429 answers count as bans.
 func DefaultTargetPolicy() TargetPolicy {
 	return TargetPolicy{
 		FailureThreshold:   DefaultTargetFailureThreshold,
@@ -188,6 +200,7 @@ func DefaultTargetPolicy() TargetPolicy {
 		MaxTargetsPerProxy: DefaultTargetMaxTargetsPerProxy,
 		EscalateTargets:    DefaultTargetEscalateTargets,
 		EscalateWindow:     DefaultTargetEscalateWindow,
+		BanStatusCodes:     DefaultTargetBanStatusCodes(),
 	}
 }
 
@@ -214,6 +227,11 @@ func (p TargetPolicy) Validate() error {
 		return bad("EscalateWindow must be positive when EscalateTargets is set, got %v", p.EscalateWindow)
 	case p.EscalateWindow > p.Retention:
 		return bad("EscalateWindow (%v) must not exceed Retention (%v): entries are forgotten after it", p.EscalateWindow, p.Retention)
+	}
+	for _, c := range p.BanStatusCodes {
+		if c < 100 || c > 999 {
+			return bad("BanStatusCodes: status code %d out of range 100-999", c)
+		}
 	}
 	return nil
 }
@@ -434,11 +452,18 @@ func (m *Manager) targetStore() (TargetStore, error) {
 // DefaultTargetPolicy(). A policy that fails [TargetPolicy.Validate]
 // makes the Manager invalid (see NewManager).
 func WithTargetPolicy(p TargetPolicy) ManagerOption {
-	return func(m *Manager) { m.targets = p }
+	return func(m *Manager) {
+		p.BanStatusCodes = slices.Clone(p.BanStatusCodes)
+		m.targets = p
+	}
 }
 
-// TargetPolicy returns the Manager's target policy.
-func (m *Manager) TargetPolicy() TargetPolicy { return m.targets }
+// TargetPolicy returns (a copy of) the Manager's target policy.
+func (m *Manager) TargetPolicy() TargetPolicy {
+	p := m.targets
+	p.BanStatusCodes = slices.Clone(p.BanStatusCodes)
+	return p
+}
 
 // TargetStates returns the proxy's per-target entries, ordered by target.
 // Errors: ErrProxyNotFound, ErrUnsupported when the store keeps no

@@ -297,3 +297,54 @@ func TestCleanupPurgesIdleTargetEntries(t *testing.T) {
 		t.Fatalf("PurgeTargetStates = %d, %v; want 1", n, err)
 	}
 }
+
+func TestAcquireEventCarriesTarget(t *testing.T) {
+	ctx := context.Background()
+	var got []string
+	m, _, _ := newPool(t, 1, 100, pharox.WithAcquireCallback(func(_ context.Context, ev pharox.AcquireEvent) {
+		got = append(got, ev.Target)
+	}))
+	for _, target := range []string{"https://www.shop.example/x", ""} {
+		l, err := m.Acquire(ctx, "main", &pharox.AcquireOptions{Target: target})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.Release(ctx, l.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(got) != 2 || got[0] != "shop.example" || got[1] != "" {
+		t.Fatalf("AcquireEvent targets = %q, want [shop.example \"\"]", got)
+	}
+}
+
+// A 403 through a proxy is a ban for the target (TargetPolicy's
+// BanStatusCodes) but, without a target, a success as before.
+func TestReportOutcomeWithTarget403IsABan(t *testing.T) {
+	ctx := context.Background()
+	m, _, _ := newPool(t, 1, 100)
+	lease, err := m.Acquire(ctx, "main", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := m.ReportOutcome(ctx, lease, pharox.Outcome{Kind: pharox.OutcomeSuccess, StatusCode: 403})
+	if err != nil || p.Status != pharox.StatusActive || p.FailureStreak != 0 {
+		t.Fatalf("403 without a target: %+v, %v; want a success", p, err)
+	}
+	if _, err := m.ReportOutcome(ctx, lease, pharox.Outcome{Kind: pharox.OutcomeSuccess, StatusCode: 403, Target: "shop.example"}); err != nil {
+		t.Fatal(err)
+	}
+	st := targetsOf(t, m, lease.ProxyID)["shop.example"]
+	if st == nil || st.CoolingUntil == nil || st.LastStatusCode != 403 || st.LastReason != "target answered 403" {
+		t.Fatalf("403 with a target: %+v, want a cool-down", st)
+	}
+	tp := pharox.DefaultTargetPolicy()
+	tp.BanStatusCodes = nil
+	m2 := pharox.NewManager(m.Storage(), pharox.WithTargetPolicy(tp))
+	if _, err := m2.ReportOutcome(ctx, lease, pharox.Outcome{Kind: pharox.OutcomeSuccess, StatusCode: 403, Target: "news.example"}); err != nil {
+		t.Fatal(err)
+	}
+	if st := targetsOf(t, m2, lease.ProxyID)["news.example"]; st == nil || st.CoolingUntil != nil || st.LastSuccessAt == nil {
+		t.Fatalf("403 with a target and no BanStatusCodes: %+v, want a success", st)
+	}
+}

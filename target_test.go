@@ -88,6 +88,8 @@ func TestTargetPolicyValidate(t *testing.T) {
 		"MaxTargetsPerProxy": func(p *pharox.TargetPolicy) { p.MaxTargetsPerProxy = 0 },
 		"EscalateTargets":    func(p *pharox.TargetPolicy) { p.EscalateTargets = -1 },
 		"EscalateWindow":     func(p *pharox.TargetPolicy) { p.EscalateWindow = 0 },
+		"Retention (":        func(p *pharox.TargetPolicy) { p.EscalateWindow = p.Retention + 1 },
+		"BanStatusCodes":     func(p *pharox.TargetPolicy) { p.BanStatusCodes = []int{403, 99} },
 	} {
 		p := pharox.DefaultTargetPolicy()
 		mut(&p)
@@ -198,7 +200,7 @@ func TestTargetStateApply(t *testing.T) {
 	if fresh.Bans != 0 || fresh.FailureStreak != 1 || fresh.CoolingUntil != nil || fresh.BannedAt != nil || fresh.LastSuccessAt != nil {
 		t.Fatalf("failure past the retention: %+v", fresh)
 	}
-	if !fresh.RecentlyBanned(idle, time.Hour) == (fresh.BannedAt != nil) {
+	if fresh.RecentlyBanned(idle, time.Hour) {
 		t.Fatal("RecentlyBanned without a ban")
 	}
 	if !s.RecentlyBanned(*s.BannedAt, 0) || s.RecentlyBanned(s.BannedAt.Add(time.Hour+1), time.Hour) {

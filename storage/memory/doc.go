@@ -86,7 +86,7 @@
 // same lock: a target nobody cools for costs nothing, and otherwise the
 // walk skips only the proxies cooling for it (they count against the
 // filter scan budget). Entries go with their proxy, and
-// PurgeTargetStates, which walks every proxy, drops idle ones.
+// PurgeTargetStates, which walks the proxies with entries, drops idle ones.
 //
 // Pool statistics come from counters kept with every change, never from a
 // scan. Sticky-session bindings that died are dropped by

@@ -100,6 +100,8 @@ type Store struct {
 	// cooling holds, per target, the proxies (by table index) with a
 	// cool-down for it and when it ends (Unix µs); see target.go.
 	cooling map[string]map[uint32]int64
+	// targeted holds the proxies with per-target entries.
+	targeted map[*proxyState]struct{}
 
 	scan      scanner
 	visitFA   func(faItem) bool

@@ -43,6 +43,10 @@ func (s *Store) ApplyTargetOutcome(ctx context.Context, o pharox.TargetOutcome, 
 	} else {
 		if ps.targets == nil {
 			ps.targets = make(map[string]*pharox.TargetState)
+			if s.targeted == nil {
+				s.targeted = make(map[*proxyState]struct{})
+			}
+			s.targeted[ps] = struct{}{}
 		}
 		for len(ps.targets) >= p.MaxTargetsPerProxy {
 			s.evictIdlest(ps)
@@ -115,6 +119,7 @@ func (s *Store) dropTargets(ps *proxyState) {
 		s.clearCooling(ps, t)
 	}
 	ps.targets = nil
+	delete(s.targeted, ps)
 }
 
 // ListTargetStates returns the proxy's entries ordered by target.
@@ -184,14 +189,15 @@ func (s *Store) PoolTargetStats(ctx context.Context, poolID uuid.UUID) ([]*pharo
 }
 
 // PurgeTargetStates deletes entries idle since before idleBefore. It walks
-// every entry under the lock, as CleanupExpiredLeases's session sweep does.
+// every entry under the lock (only proxies with entries), as
+// CleanupExpiredLeases's session sweep walks the bindings.
 func (s *Store) PurgeTargetStates(ctx context.Context, idleBefore time.Time) (int, error) {
 	if _, err := s.lock(ctx); err != nil {
 		return 0, fmt.Errorf("memory: purge target states: %w", err)
 	}
 	defer s.mu.Unlock()
 	n := 0
-	for _, ps := range s.proxies {
+	for ps := range s.targeted {
 		for t, st := range ps.targets {
 			if st.IdleSince().Before(idleBefore) {
 				s.dropTarget(ps, t)
@@ -199,7 +205,7 @@ func (s *Store) PurgeTargetStates(ctx context.Context, idleBefore time.Time) (in
 			}
 		}
 		if len(ps.targets) == 0 {
-			ps.targets = nil
+			s.dropTargets(ps)
 		}
 	}
 	return n, nil

@@ -91,4 +91,16 @@
 // that lease, taking no slot. Timestamps are stored as integer
 // microseconds, UTC, stamped with the clock of the process that performs
 // the operation.
+//
+// # Per-target health
+//
+// The store implements [pharox.TargetStore]: table proxy_targets holds one
+// row per (proxy, target), deleted with its proxy. An acquisition with a
+// target adds NOT EXISTS (a primary-key lookup of proxy_targets) to the
+// strategy's walk of its partial index, in the same transaction, so it
+// skips only the proxies cooling down for the target that it meets (they
+// count against the filter scan budget). ApplyTargetOutcome runs
+// [pharox.TargetState.Apply] in one write transaction and evicts the
+// proxy's longest-idle rows beyond the policy's cap; PurgeTargetStates
+// deletes idle rows through an index on idle_since, in batches.
 package sqlite

@@ -85,3 +85,72 @@ func TestAcquisitionPlans(t *testing.T) {
 	wantPlan(t, "reclaim a batch", explain(t, s, reclaimBatchSQL, 1, 10), "leases_active_pool (pool_id=? AND expires_at<?)")
 	wantPlan(t, "reclaim due", explain(t, s, reclaimDueSQL, 1), "leases_active_pool (pool_id=? AND expires_at<?)")
 }
+
+// TestTargetPlans pins acquisition with a target to the same index walks,
+// with one primary-key lookup of proxy_targets per candidate, and the
+// statements of ApplyTargetOutcome and the purge to index searches.
+func TestTargetPlans(t *testing.T) {
+	s, err := Open(context.Background(), filepath.Join(t.TempDir(), "plan.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	pool, proxy := idArg(uuid.New()), idArg(uuid.New())
+	const lookup = "proxy_targets"
+	noScan := func(what string, plan []string) {
+		t.Helper()
+		joined := strings.Join(plan, "\n")
+		for _, bad := range []string{"SCAN t\n", "SCAN proxy_targets", "SCAN t "} {
+			if strings.Contains(joined+"\n", bad) {
+				t.Errorf("%s: plan scans proxy_targets:\n%s", what, joined)
+			}
+		}
+		if !strings.Contains(joined, "SEARCH t USING PRIMARY KEY (proxy_id=? AND target=?)") &&
+			!strings.Contains(joined, "SEARCH "+lookup+" USING PRIMARY KEY (proxy_id=? AND target=?)") {
+			t.Errorf("%s: plan does not look proxy_targets up by primary key:\n%s", what, joined)
+		}
+	}
+	for _, filters := range []*pharox.Filters{nil, {Country: "AR", Tags: []string{"res"}}} {
+		for _, st := range []pharox.Strategy{pharox.FirstAvailable, pharox.LeastUsed, pharox.RoundRobin} {
+			for _, rrLast := range []string{"", uuid.New().String()} {
+				for _, w := range strategyWalks(st, rrLast) {
+					var pre sqlFilter
+					if !filters.IsZero() {
+						pre = prefilter(filters)
+					}
+					pre.where += notCoolingSQL
+					pre.args = append(pre.args, "shop.example", 1)
+					args := append(append(append([]any{pool}, w.args...), 100), pre.args...)
+					plan := explain(t, s, walkSQL(w, pre, true), args...)
+					wantPlan(t, string(st)+" with a target", plan, "USING INDEX "+w.index+" (pool_id=?")
+					noScan(string(st)+" with a target", plan)
+				}
+			}
+		}
+		pre := sqlFilter{where: notCoolingSQL, args: []any{"shop.example", 1}}
+		plan := explain(t, s, randomAllSQL+` AND s.pos IN (?, ?, ?)`+pre.where, append([]any{pool, 1, 2, 3}, pre.args...)...)
+		wantPlan(t, "random with a target", plan, "PRIMARY KEY (pool_id=? AND pos=?)")
+		noScan("random with a target", plan)
+	}
+	for name, q := range map[string]struct {
+		sql    string
+		args   []any
+		search string
+	}{
+		"get":    {targetGetSQL, []any{proxy, "shop.example"}, "PRIMARY KEY (proxy_id=? AND target=?)"},
+		"count":  {targetCountSQL, []any{proxy}, "PRIMARY KEY (proxy_id=?)"},
+		"recent": {targetRecentSQL, []any{proxy, 1}, "PRIMARY KEY (proxy_id=?)"},
+		"evict":  {targetEvictSQL, []any{proxy, proxy, 1}, "PRIMARY KEY (proxy_id=?"},
+		"purge":  {targetPurgeSQL, []any{1, 10}, "proxy_targets_idle (idle_since<?)"},
+	} {
+		plan := explain(t, s, q.sql, q.args...)
+		if !slices.ContainsFunc(plan, func(l string) bool { return strings.HasPrefix(l, "SEARCH ") && strings.Contains(l, q.search) }) {
+			t.Errorf("%s: plan does not search %s:\n%s", name, q.search, strings.Join(plan, "\n"))
+		}
+		for _, l := range plan {
+			if strings.HasPrefix(l, "SCAN ") {
+				t.Errorf("%s: plan scans: %s", name, strings.Join(plan, "\n"))
+			}
+		}
+	}
+}

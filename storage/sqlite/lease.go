@@ -65,7 +65,7 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 
 		var chosen *pharox.Proxy
 		if req.SessionKey != "" {
-			p, err := sessionProxy(tx, poolID, req.SessionKey, req.Filters, now)
+			p, err := sessionProxy(tx, poolID, req.SessionKey, req.Filters, req.Target, now)
 			if err != nil {
 				return err
 			}
@@ -73,7 +73,7 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		}
 		advanceRR := false
 		if chosen == nil {
-			p, err := choose(tx, poolID, req.Filters, req.Strategy, s.filterBudget)
+			p, err := choose(tx, poolID, req.Filters, req.Target, now, req.Strategy, s.filterBudget)
 			if err != nil {
 				return err
 			}
@@ -164,12 +164,17 @@ func repeatedLease(tx *wtx, id, poolID, consumerID uuid.UUID) (*pharox.Lease, er
 
 // sessionProxy returns the proxy bound to (pool, key) if the binding is
 // live and the proxy is still a candidate, else nil.
-func sessionProxy(tx *wtx, poolID uuid.UUID, key string, f *pharox.Filters, now time.Time) (*pharox.Proxy, error) {
+func sessionProxy(tx *wtx, poolID uuid.UUID, key string, f *pharox.Filters, target string, now time.Time) (*pharox.Proxy, error) {
+	args := []any{idArg(poolID), key, micros(now)}
+	cond := ""
+	if target != "" {
+		cond, args = notCoolingSQL, append(args, target, micros(now))
+	}
 	p, err := scanProxy(tx.queryRow(`SELECT `+prefixed("p.", proxyCols)+`
 		FROM sessions s JOIN proxies p ON p.id = s.proxy_id
 		WHERE s.pool_id = ? AND s.session_key = ? AND s.expires_at > ?
-			AND p.pool_id = s.pool_id AND p.has_free_slot = 1`,
-		idArg(poolID), key, micros(now)))
+			AND p.pool_id = s.pool_id AND p.has_free_slot = 1`+cond,
+		args...))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -205,7 +210,7 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 		if _, err := reclaimPool(tx, poolID, s.stamp()); err != nil {
 			return err
 		}
-		p, err := choose(tx, poolID, filters, strategy.OrDefault(), s.filterBudget)
+		p, err := choose(tx, poolID, filters, "", time.Time{}, strategy.OrDefault(), s.filterBudget)
 		if err != nil {
 			return err
 		}
@@ -272,9 +277,19 @@ func walkSQL(w walk, pre sqlFilter, filtered bool) string {
 	return `SELECT ` + proxyCols + ` FROM (` + inner + ` LIMIT ?) AS candidates WHERE 1` + pre.where
 }
 
+// notCoolingSQL keeps the candidates not cooling down for a target (args:
+// target, now). The unqualified id is the candidate's: proxy_targets has no
+// column of that name. It is a primary-key lookup per candidate.
+const notCoolingSQL = ` AND NOT EXISTS (SELECT 1 FROM proxy_targets t
+	WHERE t.proxy_id = id AND t.target = ? AND t.cooling_until > ?)`
+
 // errTooSelective is the answer when a filter rejected every proxy a
 // pass's budget allowed it to examine.
-func errTooSelective(budget int) error {
+func errTooSelective(budget int, target string) error {
+	if target != "" {
+		return fmt.Errorf("%w: none of the %d proxies with a free slot examined matched the filter without cooling down for target %q (narrow the pool or loosen the filter)",
+			pharox.ErrNoProxyAvailable, budget, target)
+	}
 	return fmt.Errorf("%w: the filter matched none of the %d proxies with a free slot examined; it is too selective to serve from a pool this large (narrow the pool or loosen the filter)",
 		pharox.ErrNoProxyAvailable, budget)
 }
@@ -288,15 +303,23 @@ func errTooSelective(budget int) error {
 // semantics; no filter has an index of its own, so a filtered walk examines
 // at most budget proxies with a free slot and then gives up with
 // ErrNoProxyAvailable (see errTooSelective).
-func choose(tx *wtx, poolID uuid.UUID, filters *pharox.Filters, strategy pharox.Strategy, budget int) (*pharox.Proxy, error) {
-	filtered := !filters.IsZero()
+//
+// With a target, proxies cooling down for it are skipped in SQL
+// (notCoolingSQL): the walk is then a filtered one, its budget counting
+// the skipped proxies too.
+func choose(tx *wtx, poolID uuid.UUID, filters *pharox.Filters, target string, now time.Time, strategy pharox.Strategy, budget int) (*pharox.Proxy, error) {
+	filtered := !filters.IsZero() || target != ""
 	var pre sqlFilter
-	if filtered {
+	if !filters.IsZero() {
 		pre = prefilter(filters)
+	}
+	if target != "" {
+		pre.where += notCoolingSQL
+		pre.args = append(pre.args, target, micros(now))
 	}
 	f := newMatcher(filters)
 	if strategy == pharox.Random {
-		return chooseRandom(tx, poolID, pre, f, filtered, budget)
+		return chooseRandom(tx, poolID, pre, f, filtered, budget, target)
 	}
 	var rrLast string
 	if strategy == pharox.RoundRobin {
@@ -327,7 +350,7 @@ func choose(tx *wtx, poolID uuid.UUID, filters *pharox.Filters, strategy pharox.
 			return nil, err
 		}
 		if left -= n; left <= 0 {
-			return nil, errTooSelective(budget)
+			return nil, errTooSelective(budget, target)
 		}
 	}
 	return nil, nil
@@ -355,7 +378,7 @@ var (
 // while they find none, up to budget positions, then errTooSelective. A
 // pool with at most budget candidates is instead sampled exactly in one
 // pass after the first empty draw.
-func chooseRandom(tx *wtx, poolID uuid.UUID, pre sqlFilter, f matcher, filtered bool, budget int) (*pharox.Proxy, error) {
+func chooseRandom(tx *wtx, poolID uuid.UUID, pre sqlFilter, f matcher, filtered bool, budget int, target string) (*pharox.Proxy, error) {
 	var n int
 	err := tx.queryRow(randomCountSQL, idArg(poolID)).Scan(&n)
 	if errors.Is(err, sql.ErrNoRows) || err == nil && n == 0 {
@@ -391,7 +414,7 @@ func chooseRandom(tx *wtx, poolID uuid.UUID, pre sqlFilter, f matcher, filtered 
 			return randomScan(tx, randomAllSQL+pre.where, append([]any{idArg(poolID)}, pre.args...), f)
 		}
 	}
-	return nil, errTooSelective(budget)
+	return nil, errTooSelective(budget, target)
 }
 
 // randomScan picks uniformly among the rows f matches (reservoir sampling).

@@ -115,3 +115,9 @@ func pair(b *testing.B, ctx context.Context, s pharox.Storage, r pharox.AcquireR
 func BenchmarkScale(b *testing.B) {
 	storagetest.BenchmarkScale(b, func(b *testing.B) pharox.Storage { return open(b) })
 }
+
+// BenchmarkTargets compares acquire+release pairs for a target with half
+// the pool cooling down for it against pairs without a target.
+func BenchmarkTargets(b *testing.B) {
+	storagetest.BenchmarkTargets(b, func(b *testing.B) pharox.Storage { return open(b) })
+}

@@ -105,6 +105,32 @@ type workerTally struct {
 	// SharedConsumer is the id EnsureConsumer gave for the name every
 	// worker asks for.
 	SharedConsumer uuid.UUID `json:"shared_consumer"`
+	// TargetLeases are leases taken for mpTarget, TargetBans the
+	// cool-downs for it this worker started (stores implementing
+	// pharox.TargetStore), up to mpTargetRecords each.
+	TargetLeases []mpTargetLease `json:"target_leases,omitempty"`
+	TargetBans   []mpTargetBan   `json:"target_bans,omitempty"`
+}
+
+// The target part of a multi-process run: every third goroutine acquires
+// for mpTarget and bans a quarter of the proxies it gets for it, with a
+// short cool-down; the parent checks that no process leased a proxy for the
+// target inside a cool-down any process started.
+const (
+	mpTarget        = "multiprocess.example"
+	mpTargetCool    = 100 * time.Millisecond
+	mpTargetRecords = 5000
+)
+
+type mpTargetLease struct {
+	Proxy uuid.UUID `json:"p"`
+	At    time.Time `json:"a"`
+}
+
+type mpTargetBan struct {
+	Proxy uuid.UUID `json:"p"`
+	From  time.Time `json:"f"`
+	Until time.Time `json:"u"`
 }
 
 // IsWorkerProcess reports whether this process is a worker started by
@@ -122,7 +148,10 @@ func IsWorkerProcess() bool { return os.Getenv(envWorker) != "" }
 // every lease record: intervals never exceed a proxy's limit at any instant,
 // the records are exactly the acquisitions the workers made, every lease
 // ended as released or expired matching what the workers did, and no proxy
-// still counts a lease.
+// still counts a lease. When the store implements [pharox.TargetStore],
+// every third goroutine acquires for one target and bans some of the
+// proxies it gets for it, and the parent also checks that no process leased
+// a proxy for that target inside a cool-down any process started.
 //
 // Call it from its own top-level test (or subtest); code before the call
 // runs in the workers too.
@@ -229,6 +258,7 @@ func runParent(t *testing.T, cfg MultiProcessConfig) {
 	if sum.Acquired == 0 {
 		t.Fatal("no worker acquired a lease")
 	}
+	auditTargets(t, tallies)
 
 	// Let the abandoned (and any unreleased) leases expire, then reclaim.
 	cleaned := ReclaimAfterExpiry(t, s, pool.ID)
@@ -313,7 +343,7 @@ func runWorkerProcess(t *testing.T, ctx context.Context, cfg MultiProcessConfig,
 	err := cmd.Run()
 	var tally *workerTally
 	sc := bufio.NewScanner(bytes.NewReader(stdout.Bytes()))
-	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	sc.Buffer(make([]byte, 64*1024), 16<<20)
 	for sc.Scan() {
 		line := strings.TrimSpace(sc.Text())
 		if rest, ok := strings.CutPrefix(line, tallyPrefix); ok {
@@ -340,6 +370,63 @@ func tail(s string) string {
 		return "..." + s[len(s)-max:]
 	}
 	return s
+}
+
+// targetRecord notes a lease taken for mpTarget and, for a quarter of
+// them, bans its proxy for the target and notes the cool-down.
+func targetRecord(ctx context.Context, ts pharox.TargetStore, l *pharox.Lease, mu *sync.Mutex, tally *workerTally, fail func(string, ...any)) {
+	var ban *mpTargetBan
+	if mrand.IntN(4) == 0 {
+		p := pharox.DefaultTargetPolicy()
+		p.BaseCooldown, p.MaxCooldown = mpTargetCool, mpTargetCool
+		st, _, err := ts.ApplyTargetOutcome(ctx, pharox.TargetOutcome{ProxyID: l.ProxyID, Target: mpTarget, Kind: pharox.OutcomeBanned}, p)
+		if err != nil {
+			fail("ApplyTargetOutcome: %v", err)
+		} else if st.BannedAt != nil && st.CoolingUntil != nil && st.BannedAt.Equal(st.UpdatedAt) {
+			ban = &mpTargetBan{Proxy: l.ProxyID, From: *st.BannedAt, Until: *st.CoolingUntil}
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(tally.TargetLeases) < mpTargetRecords {
+		tally.TargetLeases = append(tally.TargetLeases, mpTargetLease{Proxy: l.ProxyID, At: l.AcquiredAt})
+	}
+	if ban != nil && len(tally.TargetBans) < mpTargetRecords {
+		tally.TargetBans = append(tally.TargetBans, *ban)
+	}
+}
+
+// auditTargets checks that no lease for mpTarget, from any worker, was
+// acquired strictly inside a cool-down for it of its proxy started by any
+// worker.
+func auditTargets(t *testing.T, tallies []*workerTally) {
+	t.Helper()
+	bans := map[uuid.UUID][]mpTargetBan{}
+	var nLeases, nBans int
+	for _, w := range tallies {
+		for _, b := range w.TargetBans {
+			bans[b.Proxy] = append(bans[b.Proxy], b)
+			nBans++
+		}
+		nLeases += len(w.TargetLeases)
+	}
+	if nLeases == 0 {
+		return // the store keeps no per-target health
+	}
+	bad := 0
+	for _, w := range tallies {
+		for _, l := range w.TargetLeases {
+			for _, b := range bans[l.Proxy] {
+				if l.At.After(b.From) && l.At.Before(b.Until) {
+					if bad++; bad <= 5 {
+						t.Errorf("worker %d leased proxy %s for %q at %v, inside a cool-down from %v until %v",
+							w.Worker, l.Proxy, mpTarget, l.At, b.From, b.Until)
+					}
+				}
+			}
+		}
+	}
+	t.Logf("targets: %d leases for %q checked against %d cool-downs from every process", nLeases, mpTarget, nBans)
 }
 
 func runWorker(t *testing.T, cfg MultiProcessConfig) {
@@ -409,6 +496,10 @@ func runWorker(t *testing.T, cfg MultiProcessConfig) {
 			if g%5 == 4 {
 				req.SessionKey, req.SessionTTL = fmt.Sprintf("mp-session-%d", g%3), 10*time.Second
 			}
+			ts, forTarget := s.(pharox.TargetStore)
+			if forTarget = forTarget && g%3 == 2; forTarget {
+				req.Target = mpTarget
+			}
 			for n := 0; time.Now().Before(deadline); n++ {
 				// Every fourth goroutine abandons its first lease, so each
 				// run has expired leases to reclaim however slow the
@@ -430,6 +521,9 @@ func runWorker(t *testing.T, cfg MultiProcessConfig) {
 					continue
 				}
 				acquired.Add(1)
+				if forTarget {
+					targetRecord(ctx, ts, l, &mu, &tally, fail)
+				}
 				if abandon {
 					abandoned.Add(1)
 					continue

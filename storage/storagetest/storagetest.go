@@ -34,7 +34,9 @@
 // but a few dozen slots and checks every strategy and filter shape against
 // the reference there; [WithLargePoolSize] and [WithoutLargePoolInShort]
 // adjust it. [BenchmarkScale] is the matching benchmark: how the cost of an
-// acquisition grows with the pool and its busy proxies.
+// acquisition grows with the pool and its busy proxies; [BenchmarkTargets]
+// compares acquiring for a target that half the pool cools down for with
+// acquiring without one.
 //
 // [AuditLeases] is the interval audit the stress tests use; drivers may run
 // it on their own lease records. [RunMultiProcess] re-executes the test

@@ -165,7 +165,7 @@ func testTargetStrategies(t *testing.T, f *fixture) {
 func testTargetSession(t *testing.T, f *fixture) {
 	ts := f.targetStore()
 	pool := f.pool("targets")
-	ps := f.addN(pool, 2, 0)
+	f.addN(pool, 2, 0)
 	req := f.req(pool.Name)
 	req.SessionKey, req.SessionTTL = "user-1", time.Minute
 	first := f.acquire(req)
@@ -183,7 +183,6 @@ func testTargetSession(t *testing.T, f *fixture) {
 	if third.ProxyID != second.ProxyID {
 		t.Fatalf("session rebinding: got proxy %s, want %s", third.ProxyID, second.ProxyID)
 	}
-	_ = ps
 }
 
 func testTargetCooldownExpiry(t *testing.T, f *fixture) {
