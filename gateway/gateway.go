@@ -82,7 +82,10 @@ type Config struct {
 	AcquireWait time.Duration
 	// BanStatuses are answers that mean the upstream is banned by the
 	// target: reported as bans and retried on another upstream when safe.
-	// Nil means {429}; an empty non-nil slice disables ban detection.
+	// Nil means 429, and 403 too for a request whose site is known (see
+	// DisableTargetHealth): the ban then counts for that site only, and
+	// many sites answer 403 to an address they block. An empty non-nil
+	// slice disables ban detection.
 	BanStatuses []int
 	// BanMarkers are phrases of block pages ("captcha", "access denied"):
 	// an answer with status 400 or above whose first 4 KiB of body
@@ -147,7 +150,8 @@ type Config struct {
 type Gateway struct {
 	cfg        Config
 	leaser     Leaser
-	banned     map[int]bool
+	banned     map[int]bool // ban statuses of a request without a site
+	siteBanned map[int]bool // ban statuses of a request with one
 	markers    [][]byte
 	dialer     net.Dialer
 	transports *transportCache
@@ -240,25 +244,29 @@ func New(cfg Config) (*Gateway, error) {
 		cfg.Logger = slog.Default()
 	}
 	g := &Gateway{
-		cfg:       cfg,
-		leaser:    cfg.Leaser,
-		banned:    map[int]bool{},
-		dialer:    net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second},
-		log:       cfg.Logger,
-		listeners: map[net.Listener]struct{}{},
-		servers:   map[*http.Server]struct{}{},
-		conns:     map[net.Conn]struct{}{},
+		cfg:        cfg,
+		leaser:     cfg.Leaser,
+		banned:     map[int]bool{},
+		siteBanned: map[int]bool{},
+		dialer:     net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second},
+		log:        cfg.Logger,
+		listeners:  map[net.Listener]struct{}{},
+		servers:    map[*http.Server]struct{}{},
+		conns:      map[net.Conn]struct{}{},
 	}
 	var err error
-	bans := cfg.BanStatuses
+	bans, siteBans := cfg.BanStatuses, cfg.BanStatuses
 	if bans == nil {
-		bans = []int{http.StatusTooManyRequests}
+		bans, siteBans = []int{http.StatusTooManyRequests}, pharox.DefaultTargetBanStatusCodes()
 	}
 	for _, c := range bans {
 		if c < 100 || c > 599 {
 			return nil, fmt.Errorf("%w: gateway: ban status %d is not an HTTP status", pharox.ErrInvalidArgument, c)
 		}
 		g.banned[c] = true
+	}
+	for _, c := range siteBans {
+		g.siteBanned[c] = true
 	}
 	if g.markers, err = normalizeMarkers(cfg.BanMarkers); err != nil {
 		return nil, err
@@ -714,9 +722,12 @@ func (g *Gateway) failed(ctx context.Context, st *reqState, l *pharox.Lease, e *
 
 // reportSuccess reports a success unless one was reported for the proxy
 // recently and nothing since suggests its health changed (see
-// Config.SuccessReportInterval).
+// Config.SuccessReportInterval), or it is an error answer of a site.
 func (g *Gateway) reportSuccess(ctx context.Context, l *pharox.Lease, o pharox.Outcome) {
-	if every := g.cfg.SuccessReportInterval; every > 0 {
+	// An error answer for a site always goes: the lease source's per-site
+	// policy may count it as a ban for the site (pharox.TargetPolicy's
+	// BanStatusCodes).
+	if every := g.cfg.SuccessReportInterval; every > 0 && (o.Target == "" || o.StatusCode < 400) {
 		healthy := l.Proxy != nil && l.Proxy.Status == pharox.StatusActive && l.Proxy.FailureStreak == 0
 		now := time.Now()
 		if last, ok := g.lastSuccess.Load(l.ProxyID); ok && healthy && now.Sub(last.(time.Time)) < every {

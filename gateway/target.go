@@ -141,3 +141,12 @@ func acquireErrorFor(st *reqState, err error) *gwError {
 	}
 	return ge
 }
+
+// isBan reports whether an answer with this status bans the upstream, for
+// a request to site ("" when unknown or without per-site health).
+func (g *Gateway) isBan(site string, code int) bool {
+	if site != "" && !g.noTargets.Load() {
+		return g.siteBanned[code]
+	}
+	return g.banned[code]
+}

@@ -1,11 +1,13 @@
 package gateway
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/storage/memory"
+	"github.com/pharox/pharox/storage/sqlite"
 )
 
 // site is a web site on loopback reached by its own host name (a name
@@ -101,6 +104,13 @@ func fetch(t *testing.T, c *http.Client, url string) int {
 func targetStores(t *testing.T) map[string]func(t *testing.T) pharox.Storage {
 	return map[string]func(t *testing.T) pharox.Storage{
 		"memory": func(*testing.T) pharox.Storage { return memory.New() },
+		"sqlite": func(t *testing.T) pharox.Storage {
+			s, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "pharox.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		},
 	}
 }
 
@@ -124,11 +134,10 @@ func TestTargetHealthAvoidsUpstreamsBlockedBySite(t *testing.T) {
 					store.Close()
 					t.Skipf("the %s store keeps no per-site health (no pharox.TargetStore) yet", name)
 				}
+				// Default ban statuses: 403 and 429 for a request whose
+				// site is known.
 				reg := prometheus.NewRegistry()
-				e := newEnvOn(t, store, nil, remote, func(c *Config) {
-					c.BanStatuses = []int{http.StatusForbidden, http.StatusTooManyRequests}
-					c.Registerer = reg
-				})
+				e := newEnvOn(t, store, nil, remote, func(c *Config) { c.Registerer = reg })
 				ips := []string{"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"}
 				for _, ip := range ips {
 					e.add(0, nil, startHTTPUpstream(t, ip, false))
@@ -276,6 +285,7 @@ func TestTargetHealthOffWithoutTargetStore(t *testing.T) {
 	for _, remote := range []bool{false, true} {
 		t.Run(map[bool]string{false: "local", true: "remote"}[remote], func(t *testing.T) {
 			checkLeaks(t)
+			// Without per-site health 403 is no ban by default: name it.
 			e := newEnvOn(t, plainStore{memory.New()}, nil, remote, func(c *Config) {
 				c.BanStatuses = []int{http.StatusForbidden}
 			})
@@ -306,10 +316,7 @@ func TestTargetHealthOffWithoutTargetStore(t *testing.T) {
 func TestTargetHealthEverySiteUpstreamCooling(t *testing.T) {
 	checkLeaks(t)
 	reg := prometheus.NewRegistry()
-	e := newEnv(t, func(c *Config) {
-		c.BanStatuses = []int{http.StatusForbidden}
-		c.Registerer = reg
-	})
+	e := newEnv(t, func(c *Config) { c.Registerer = reg })
 	for _, ip := range []string{"127.0.0.2", "127.0.0.3"} {
 		e.add(0, nil, startHTTPUpstream(t, ip, false))
 	}

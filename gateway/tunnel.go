@@ -158,7 +158,7 @@ func (g *Gateway) openTunnel(ctx context.Context, st *reqState, target string) (
 		}
 		st.useLease(lease)
 		started := time.Now()
-		conn, aerr := g.dialUpstream(ctx, lease.Proxy, target)
+		conn, aerr := g.dialUpstream(ctx, lease.Proxy, target, st.target)
 		if aerr != nil {
 			aerr.reason = scrub(aerr.reason, lease.Proxy)
 		}

@@ -449,9 +449,13 @@ func (t *Transport) report(ctx context.Context, lease *pharox.Lease, o pharox.Ou
 }
 
 // reportSuccess reports a success unless one was reported for the proxy
-// within successEvery and the proxy was healthy when leased.
+// within successEvery and the proxy was healthy when leased; an error
+// answer of a site is always reported.
 func (t *Transport) reportSuccess(ctx context.Context, lease *pharox.Lease, o pharox.Outcome) {
-	if every := t.successEvery; every > 0 {
+	// An error answer for a site always goes: the lease source's per-site
+	// policy may count it as a ban for the site (pharox.TargetPolicy's
+	// BanStatusCodes: a plain 403 by default).
+	if every := t.successEvery; every > 0 && (o.Target == "" || o.StatusCode < 400) {
 		p := lease.Proxy
 		healthy := p != nil && p.Status == pharox.StatusActive && p.FailureStreak == 0
 		now := time.Now().UnixNano()

@@ -88,10 +88,12 @@ page) cools down for that site only, at once, and keeps serving the
 others; an upstream banned by 5 sites within an hour is banned everywhere.
 A CONNECT tunnel is opaque: only the upstream's answer to CONNECT counts.
 Failures of the upstream itself (unreachable, refusing its credentials)
-count everywhere. Add 403 with --ban-status 403 --ban-status 429 when the
-sites you scrape answer blocked addresses with it. --no-target-health
-counts bans everywhere, as does a lease source that keeps no per-site
-health; see pharox targets --pool NAME.
+count everywhere. The ban statuses are 429, and 403 too for a request
+whose site is known (many sites answer 403 to an address they block;
+counted for that site only, it takes the upstream from no other site);
+--ban-status replaces both lists. --no-target-health counts bans
+everywhere, as does a lease source that keeps no per-site health; see
+pharox targets --pool NAME.
 
 Tunnels idle for --idle-timeout are closed and their lease released; past
 --max-conns requests and tunnels at once the gateway answers 503. The
@@ -132,7 +134,7 @@ func newGatewayCmd() *cobra.Command {
 	f.StringVar(&o.password, "password", "", "inbound proxy password; prefer the env var (env PHAROX_GATEWAY_PASSWORD)")
 	f.StringVar(&o.consumer, "consumer", gateway.DefaultConsumer, "consumer name leases are taken for")
 	f.StringVar(&o.strategy, "strategy", string(pharox.RoundRobin), "proxy choice: round_robin, least_used, random or first_available")
-	f.IntSliceVar(&o.banStatuses, "ban-status", []int{http.StatusTooManyRequests}, "target status that means the upstream is banned, repeatable")
+	f.IntSliceVar(&o.banStatuses, "ban-status", nil, "target status that means the upstream is banned, repeatable (default 429, and 403 for a request whose site is known)")
 	f.StringArrayVar(&o.banMarkers, "ban-marker", nil, "phrase of a block page (e.g. captcha): an answer of status 400 or above with one in the first 4 KiB of its body is a ban, repeatable")
 	f.BoolVar(&o.noTargetHealth, "no-target-health", false, "count bans against an upstream everywhere, not only for the site that banned it")
 	f.DurationVar(&o.leaseDuration, "lease-duration", gateway.DefaultLeaseDuration, "lease length per request; tunnels renew it while open")
