@@ -27,10 +27,15 @@ type site struct {
 	mu      sync.Mutex
 	from    []string
 	blocked map[string]bool
+	status  int // the answer to a blocked proxy
 }
 
 func startSite(t *testing.T, name string, blocked ...string) *site {
-	s := &site{name: name, blocked: map[string]bool{}}
+	return startSiteAnswering(t, name, http.StatusTooManyRequests, blocked...)
+}
+
+func startSiteAnswering(t *testing.T, name string, status int, blocked ...string) *site {
+	s := &site{name: name, blocked: map[string]bool{}, status: status}
 	for _, ip := range blocked {
 		s.blocked[ip] = true
 	}
@@ -41,7 +46,7 @@ func startSite(t *testing.T, name string, blocked ...string) *site {
 		block := s.blocked[ip]
 		s.mu.Unlock()
 		if block {
-			http.Error(w, "slow down", http.StatusTooManyRequests)
+			http.Error(w, "go away", s.status)
 			return
 		}
 		io.WriteString(w, "welcome to "+s.name)
@@ -151,11 +156,50 @@ func TestTargetHealthOff(t *testing.T) {
 		fetch(t, c, context.Background(), a.url())
 	}
 	p := e.proxy("127.0.1.1")
-	if p.LastStatusCode != http.StatusTooManyRequests || p.FailureStreak != 1 {
+	if p.LastStatusCode != http.StatusTooManyRequests || p.FailureStreak < 1 {
 		t.Fatalf("proxy banned with per-site health off: streak %d, last status %d; want the ban counted for it", p.FailureStreak, p.LastStatusCode)
 	}
 	if states, err := e.mgr.TargetStates(context.Background(), p.ID); err != nil || len(states) != 0 {
 		t.Fatalf("per-site states %+v, %v; want none", states, err)
+	}
+	e.noLeases()
+}
+
+// TestPlain403IsABanForTheSite: the default classifier takes a plain 403
+// for the site's own answer (no retry), but reported with the site it is a
+// ban for that site under the default per-site policy, so the next
+// requests to the site avoid the proxy, and other sites do not.
+func TestPlain403IsABanForTheSite(t *testing.T) {
+	checkLeaks(t)
+	e := newEnv(t)
+	e.add(0, alice(), startHTTPUpstream(t, "127.0.1.1"))
+	e.add(0, alice(), startHTTPUpstream(t, "127.0.1.2"))
+	rt := e.transport(WithStrategy(pharox.RoundRobin))
+	c := &http.Client{Transport: rt}
+	a := startSiteAnswering(t, "shop-a.localhost", http.StatusForbidden, "127.0.1.1")
+	b := startSite(t, "news-b.localhost")
+	// Warm both proxies up on site B first: success reports are spaced
+	// out, and the 403 must be reported all the same.
+	for range 2 {
+		fetch(t, c, context.Background(), b.url())
+	}
+	b.visits()
+	codes := map[int]int{}
+	for range 4 {
+		code, _ := fetch(t, c, context.Background(), a.url())
+		codes[code]++
+	}
+	if codes[http.StatusForbidden] != 1 || codes[http.StatusOK] != 3 {
+		t.Fatalf("site A answered %v, want one 403 (no retry on a plain 403) and then 200s", codes)
+	}
+	if v := a.visits(); countOf(v, "127.0.1.1") != 1 {
+		t.Fatalf("site A saw %v, want the proxy it answered 403 only once", v)
+	}
+	for range 2 {
+		fetch(t, c, context.Background(), b.url())
+	}
+	if v := b.visits(); countOf(v, "127.0.1.1") != 1 {
+		t.Fatalf("site B saw %v, want both proxies still", v)
 	}
 	e.noLeases()
 }
