@@ -765,6 +765,9 @@ func (g *Gateway) finish(st *reqState) {
 		attrs = append(attrs, slog.String("path", st.path))
 	}
 	attrs = append(attrs, slog.String("pool", st.pool))
+	if st.target != "" {
+		attrs = append(attrs, slog.String("site", st.target))
+	}
 	if st.route.Session != "" {
 		attrs = append(attrs, slog.String("session", st.route.Session))
 	}

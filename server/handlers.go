@@ -561,9 +561,6 @@ func (s *Server) acquire(r *http.Request) (any, error) {
 	} else {
 		lease, err = s.mgr.Acquire(ctx, pool, opts)
 	}
-	if opts.Target != "" {
-		s.metrics.targetAcquire(err)
-	}
 	if err != nil {
 		if errors.Is(err, pharox.ErrPoolNotFound) {
 			s.forgetPool(poolID, pool)

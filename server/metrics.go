@@ -17,9 +17,9 @@ import (
 type httpMetrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
-	// targetAcquires and targetOutcomes count the calls that named a site
-	// (target), without a label per site, which would grow with traffic.
-	targetAcquires *prometheus.CounterVec
+	// targetOutcomes counts the outcomes reported for a site (target),
+	// without a label per site, which would grow with traffic.
+	// Acquisitions for a site are the Manager's events (observe).
 	targetOutcomes *prometheus.CounterVec
 }
 
@@ -34,10 +34,6 @@ func newHTTPMetrics(reg prometheus.Registerer, g prometheus.Gatherer) (*httpMetr
 			Help:    "HTTP request latency, by method and route.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"method", "route"}),
-		targetAcquires: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "pharox", Subsystem: "target", Name: "acquires_total",
-			Help: "Acquisitions that named a site (target), by result: hit, or miss when no proxy was free and not cooling down for the site.",
-		}, []string{"result"}),
 		targetOutcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "pharox", Subsystem: "target", Name: "outcomes_total",
 			Help: "Outcomes reported for a site (target), by kind: success, failure or banned.",
@@ -63,7 +59,6 @@ func newHTTPMetrics(reg prometheus.Registerer, g prometheus.Gatherer) (*httpMetr
 	}
 	m.requests = register(reg, m.requests)
 	m.duration = register(reg, m.duration)
-	m.targetAcquires = register(reg, m.targetAcquires)
 	m.targetOutcomes = register(reg, m.targetOutcomes)
 	return m, gatherer
 }
@@ -97,16 +92,6 @@ func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) {
 		s.metricsHandler = promhttp.HandlerFor(s.gather, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 	})
 	s.metricsHandler.ServeHTTP(w, r)
-}
-
-// targetAcquire counts an acquisition that named a site, by its error.
-func (m *httpMetrics) targetAcquire(err error) {
-	switch {
-	case err == nil:
-		m.targetAcquires.WithLabelValues("hit").Inc()
-	case errors.Is(err, pharox.ErrNoProxyAvailable):
-		m.targetAcquires.WithLabelValues("miss").Inc()
-	}
 }
 
 // targetOutcome counts an outcome applied for a site.
