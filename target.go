@@ -424,6 +424,12 @@ type TargetStore interface {
 	// proxy's entries, this one included, started a cool-down within
 	// p.EscalateWindow before that time. Errors: ErrProxyNotFound,
 	// ErrInvalidArgument (see TargetOutcome.Validate).
+	//
+	// Once it has returned, no acquisition that starts afterwards, in any
+	// process, leases the proxy for o.Target before the cool-down ends.
+	// (An acquisition running concurrently may go either way: a store that
+	// is not one lock reads the outcome's clock before it commits.) The
+	// conformance suite checks exactly this.
 	ApplyTargetOutcome(ctx context.Context, o TargetOutcome, p TargetPolicy) (*TargetState, int, error)
 	// ListTargetStates returns the proxy's entries ordered by target
 	// (ErrProxyNotFound).
