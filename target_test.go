@@ -241,3 +241,31 @@ func TestTargetOutcomeValidate(t *testing.T) {
 		}
 	}
 }
+
+// NormalizeTarget never panics, its results pass ValidNormalizedTarget, and
+// normalizing a result again gives the same result.
+func FuzzNormalizeTarget(f *testing.F) {
+	for _, s := range []string{"https://www.shop.example.co.uk:8443/cart", "[::1]:80", "localhost", "bücher.de",
+		"a.b.foo.github.io", "10.0.0.1:3128", "exa mple.com", "http://", "::ffff:1.2.3.4", "x.localhost."} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		got, err := pharox.NormalizeTarget(in)
+		if err != nil {
+			if !errors.Is(err, pharox.ErrInvalidArgument) {
+				t.Fatalf("NormalizeTarget(%q): error %v does not wrap ErrInvalidArgument", in, err)
+			}
+			return
+		}
+		if got == "" {
+			return
+		}
+		if !pharox.ValidNormalizedTarget(got) {
+			t.Fatalf("NormalizeTarget(%q) = %q, which ValidNormalizedTarget refuses", in, got)
+		}
+		again, err := pharox.NormalizeTarget(got)
+		if err != nil || again != got {
+			t.Fatalf("NormalizeTarget(%q) = %q, but normalizing that again gives %q, %v", in, got, again, err)
+		}
+	})
+}
