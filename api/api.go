@@ -290,6 +290,11 @@ type AcquireRequest struct {
 	// before answering 409. More than the server's maximum is refused
 	// (422).
 	WaitSeconds float64 `json:"wait_seconds,omitempty"`
+	// Target, when set, is the site the lease is for: a host name,
+	// host:port, IP address or URL, normalized to its registrable domain
+	// (see pharox.NormalizeTarget). Proxies cooling down for that site are
+	// skipped. Omitted means any proxy, as before.
+	Target string `json:"target,omitempty"`
 }
 
 // RenewRequest is the body of POST /v1/leases/{lease_id}/renew.
@@ -303,6 +308,65 @@ type OutcomeRequest struct {
 	LatencyMS  float64 `json:"latency_ms,omitempty"`
 	StatusCode int     `json:"status_code,omitempty"`
 	Reason     string  `json:"reason,omitempty"`
+	// Target, when set, is the site the request went to (as in
+	// AcquireRequest): a failure or ban then counts against the proxy for
+	// that site only. Report failures of the proxy itself (unreachable,
+	// refused its credentials) without one.
+	Target string `json:"target,omitempty"`
+}
+
+// TargetStats is one site's health in a pool, an element of the answer
+// of GET /v1/pools/{pool_id}/targets.
+type TargetStats struct {
+	// Target is the site (a registrable domain or an IP address).
+	Target string `json:"target"`
+	// UsableProxies counts the pool's proxies in a leasable status (active
+	// or slow) that are not cooling down for the site.
+	UsableProxies int `json:"usable_proxies"`
+	// CoolingProxies counts the pool's proxies cooling down for the site.
+	CoolingProxies int `json:"cooling_proxies"`
+	// BansLastHour counts the pool's proxies whose last cool-down for the
+	// site started within the last hour.
+	BansLastHour int `json:"bans_last_hour"`
+}
+
+// FromTargetStats converts one site's pool stats.
+func FromTargetStats(s *pharox.TargetStats) TargetStats {
+	return TargetStats{Target: s.Target, UsableProxies: s.UsableProxies, CoolingProxies: s.CoolingProxies, BansLastHour: s.BansLastHour}
+}
+
+// TargetState is a proxy's health for one site, an element of the answer
+// of GET /v1/pools/{pool_id}/proxies/{proxy_id}/targets.
+type TargetState struct {
+	ProxyID uuid.UUID `json:"proxy_id"`
+	Target  string    `json:"target"`
+	// Cooling tells whether the proxy is cooling down for the site now
+	// (CoolingUntil in the future, by the server's clock).
+	Cooling bool `json:"cooling"`
+	// FailureStreak counts failures in a row for the site.
+	FailureStreak int `json:"failure_streak"`
+	// Bans counts cool-downs in a row; each lasts twice the one before.
+	Bans           int    `json:"bans"`
+	CoolingUntil   *Time  `json:"cooling_until,omitempty"`
+	BannedAt       *Time  `json:"banned_at,omitempty"`
+	LastReason     string `json:"last_reason,omitempty"`
+	LastStatusCode int    `json:"last_status_code,omitempty"`
+	LastSuccessAt  *Time  `json:"last_success_at,omitempty"`
+	LastFailureAt  *Time  `json:"last_failure_at,omitempty"`
+	UpdatedAt      Time   `json:"updated_at"`
+}
+
+// FromTargetState converts a proxy's state for one site; now decides
+// Cooling.
+func FromTargetState(s *pharox.TargetState, now time.Time) TargetState {
+	return TargetState{
+		ProxyID: s.ProxyID, Target: s.Target, Cooling: s.CoolingAt(now),
+		FailureStreak: s.FailureStreak, Bans: s.Bans,
+		CoolingUntil: TimePtr(s.CoolingUntil), BannedAt: TimePtr(s.BannedAt),
+		LastReason: s.LastReason, LastStatusCode: s.LastStatusCode,
+		LastSuccessAt: TimePtr(s.LastSuccessAt), LastFailureAt: TimePtr(s.LastFailureAt),
+		UpdatedAt: Time{s.UpdatedAt},
+	}
 }
 
 // PoolStats is a pool's occupancy on the wire.

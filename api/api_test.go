@@ -115,4 +115,20 @@ func TestConversionsRoundTrip(t *testing.T) {
 	if got := ws.Model(); !reflect.DeepEqual(got, stats) {
 		t.Fatalf("stats round trip: %+v", got)
 	}
+	later := checked.Add(5 * time.Minute)
+	st := &pharox.TargetState{ProxyID: p.ID, Target: "example.com", FailureStreak: 1, Bans: 2, CoolingUntil: &later,
+		BannedAt: &checked, LastReason: "target answered 403", LastStatusCode: 403, LastSuccessAt: &checked,
+		LastFailureAt: &checked, UpdatedAt: checked}
+	wst := FromTargetState(st, checked)
+	if got := wst.Model(); !reflect.DeepEqual(got, st) {
+		t.Fatalf("target state round trip:\n got %+v\nwant %+v", got, st)
+	}
+	if !wst.Cooling || FromTargetState(st, later).Cooling {
+		t.Fatal("cooling is not read at the given time")
+	}
+	ts := &pharox.TargetStats{Target: "example.com", UsableProxies: 3, CoolingProxies: 1, BansLastHour: 1}
+	wts := FromTargetStats(ts)
+	if got := wts.Model(); !reflect.DeepEqual(got, ts) {
+		t.Fatalf("target stats round trip: %+v", got)
+	}
 }

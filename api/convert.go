@@ -82,3 +82,19 @@ func (s *PoolStats) Model() *pharox.PoolStats {
 	}
 	return out
 }
+
+// Model converts one site's wire stats back into the model.
+func (s *TargetStats) Model() *pharox.TargetStats {
+	return &pharox.TargetStats{Target: s.Target, UsableProxies: s.UsableProxies, CoolingProxies: s.CoolingProxies, BansLastHour: s.BansLastHour}
+}
+
+// Model converts a proxy's wire state for one site back into the model.
+func (s *TargetState) Model() *pharox.TargetState {
+	return &pharox.TargetState{
+		ProxyID: s.ProxyID, Target: s.Target, FailureStreak: s.FailureStreak, Bans: s.Bans,
+		CoolingUntil: fromTime(s.CoolingUntil), BannedAt: fromTime(s.BannedAt),
+		LastReason: s.LastReason, LastStatusCode: s.LastStatusCode,
+		LastSuccessAt: fromTime(s.LastSuccessAt), LastFailureAt: fromTime(s.LastFailureAt),
+		UpdatedAt: s.UpdatedAt.Time,
+	}
+}

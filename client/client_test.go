@@ -566,7 +566,7 @@ func TestRequestShapes(t *testing.T) {
 	ctx := context.Background()
 	req, err := NewAcquireRequest("main", &pharox.AcquireOptions{
 		Consumer: "w1", Duration: 90 * time.Second, Strategy: pharox.LeastUsed,
-		Filters: &pharox.Filters{Country: "DE"}, SessionKey: "s", SessionTTL: time.Minute,
+		Filters: &pharox.Filters{Country: "DE"}, SessionKey: "s", SessionTTL: time.Minute, Target: "https://shop.example/",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -577,7 +577,8 @@ func TestRequestShapes(t *testing.T) {
 	}
 	got := bodies["POST /v1/leases/"]
 	want := map[string]any{"pool_name": "main", "consumer_name": "w1", "ttl_seconds": 90.0, "strategy": "least_used",
-		"filters": map[string]any{"country": "DE"}, "session_key": "s", "session_ttl_seconds": 60.0, "wait_seconds": 2.0}
+		"filters": map[string]any{"country": "DE"}, "session_key": "s", "session_ttl_seconds": 60.0, "wait_seconds": 2.0,
+		"target": "https://shop.example/"}
 	if js(got) != js(want) {
 		t.Errorf("acquire body = %s, want %s", js(got), js(want))
 	}
@@ -592,6 +593,12 @@ func TestRequestShapes(t *testing.T) {
 	}
 	if b := bodies["POST /v1/leases/"+leaseID.String()+"/outcome"]; js(b) != js(map[string]any{"kind": "failure", "latency_ms": 1.5, "status_code": 502.0, "reason": "upstream"}) {
 		t.Errorf("outcome body = %v", b)
+	}
+	if _, err := c.ReportOutcome(ctx, leaseID, pharox.Outcome{Kind: pharox.OutcomeBanned, StatusCode: 403, Target: "shop.example"}); err != nil {
+		t.Fatal(err)
+	}
+	if b := bodies["POST /v1/leases/"+leaseID.String()+"/outcome"]; js(b) != js(map[string]any{"kind": "banned", "status_code": 403.0, "target": "shop.example"}) {
+		t.Errorf("outcome body with a target = %v", b)
 	}
 	p, err := c.SetProxyStatus(ctx, poolID, proxyID, pharox.StatusBanned)
 	if err != nil || p.Status != pharox.StatusBanned {

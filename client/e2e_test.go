@@ -246,3 +246,48 @@ func TestEndToEnd(t *testing.T) {
 	_, err = worker.PoolStats(ctx, pool.ID)
 	wantErr(t, "stats of a deleted pool", err, pharox.ErrPoolNotFound)
 }
+
+// TestTargetsEndToEnd: a ban reported with a site through the client
+// cools the proxy down for that site only, and PoolTargets and
+// ProxyTargets read it back.
+func TestTargetsEndToEnd(t *testing.T) {
+	url := startServer(t)
+	admin, consumer := newClient(t, url, adminKey), newClient(t, url, consumerKey)
+	ctx := context.Background()
+	pool := must(admin.CreatePool(ctx, "main", ""))
+	must(admin.CreateProxy(ctx, pool.ID, &pharox.Proxy{Host: "10.1.0.1", Port: 80, Protocol: pharox.ProtocolHTTP}))
+	must(admin.CreateProxy(ctx, pool.ID, &pharox.Proxy{Host: "10.1.0.2", Port: 80, Protocol: pharox.ProtocolHTTP}))
+
+	req := must(client.NewAcquireRequest("main", &pharox.AcquireOptions{Target: "https://www.shop.example.com/"}))
+	l := must(consumer.Acquire(ctx, req))
+	first := l.Proxy // the one the site bans
+	p := must(consumer.ReportOutcome(ctx, l.ID, pharox.Outcome{Kind: pharox.OutcomeBanned, StatusCode: 429, Target: "shop.example.com"}))
+	if p.Status != pharox.StatusActive {
+		t.Fatalf("a ban for one site made the proxy %s", p.Status)
+	}
+	must(consumer.Release(ctx, l.ID))
+	again := must(consumer.Acquire(ctx, req))
+	if again.ProxyID == first.ID {
+		t.Fatal("leased the proxy cooling down for the site for it")
+	}
+	must(consumer.Release(ctx, again.ID))
+
+	stats := must(admin.PoolTargets(ctx, pool.ID))
+	if len(stats) != 1 || *stats[0] != (pharox.TargetStats{Target: "example.com", UsableProxies: 1, CoolingProxies: 1, BansLastHour: 1}) {
+		t.Fatalf("PoolTargets = %+v", stats)
+	}
+	states := must(admin.ProxyTargets(ctx, pool.ID, first.ID))
+	if len(states) != 1 || states[0].Target != "example.com" || !states[0].CoolingAt(time.Now()) || states[0].LastStatusCode != 429 {
+		t.Fatalf("ProxyTargets = %+v", states)
+	}
+	if _, err := admin.PoolTargets(ctx, uuid.New()); !errors.Is(err, pharox.ErrPoolNotFound) {
+		t.Fatalf("PoolTargets of an unknown pool: %v", err)
+	}
+	if _, err := admin.ProxyTargets(ctx, pool.ID, uuid.New()); !errors.Is(err, pharox.ErrProxyNotFound) {
+		t.Fatalf("ProxyTargets of an unknown proxy: %v", err)
+	}
+	bad := api.AcquireRequest{PoolName: "main", Target: "exa mple.com"}
+	if _, err := consumer.Acquire(ctx, bad); !errors.Is(err, pharox.ErrInvalidArgument) || !strings.Contains(err.Error(), `"exa mple.com"`) {
+		t.Fatalf("acquire with a bad target: %v, want ErrInvalidArgument quoting it", err)
+	}
+}

@@ -92,6 +92,38 @@ func (c *Client) Sweep(ctx context.Context, poolID uuid.UUID, req api.SweepReque
 	return &out, nil
 }
 
+// PoolTargets returns the per-site health of a pool: for each site any of
+// its proxies has a record for, how many proxies are usable for it, how
+// many cool down for it, and how many started a cool-down in the last
+// hour, ordered by site (ErrPoolNotFound; ErrUnsupported when the
+// server's store keeps no per-site health).
+func (c *Client) PoolTargets(ctx context.Context, poolID uuid.UUID) ([]*pharox.TargetStats, error) {
+	var out []api.TargetStats
+	if _, err := c.do(ctx, call{method: http.MethodGet, path: poolPath(poolID) + "/targets", out: &out, notFound: pharox.ErrPoolNotFound}); err != nil {
+		return nil, err
+	}
+	stats := make([]*pharox.TargetStats, len(out))
+	for i := range out {
+		stats[i] = out[i].Model()
+	}
+	return stats, nil
+}
+
+// ProxyTargets returns a proxy's health per site, ordered by site
+// (ErrProxyNotFound; ErrUnsupported as for PoolTargets).
+func (c *Client) ProxyTargets(ctx context.Context, poolID, proxyID uuid.UUID) ([]*pharox.TargetState, error) {
+	var out []api.TargetState
+	if _, err := c.do(ctx, call{method: http.MethodGet, path: poolPath(poolID) + "/proxies/" + proxyID.String() + "/targets",
+		out: &out, notFound: pharox.ErrProxyNotFound}); err != nil {
+		return nil, err
+	}
+	states := make([]*pharox.TargetState, len(out))
+	for i := range out {
+		states[i] = out[i].Model()
+	}
+	return states, nil
+}
+
 // CreateProxy adds one proxy to a pool and returns the stored copy.
 func (c *Client) CreateProxy(ctx context.Context, poolID uuid.UUID, p *pharox.Proxy) (*pharox.Proxy, error) {
 	var out api.Proxy
@@ -212,6 +244,7 @@ func NewAcquireRequest(pool string, opts *pharox.AcquireOptions) (api.AcquireReq
 	req.ConsumerName = opts.Consumer
 	req.Strategy = string(opts.Strategy)
 	req.SessionKey = opts.SessionKey
+	req.Target = opts.Target
 	if !opts.Filters.IsZero() {
 		f := *opts.Filters
 		req.Filters = &f
@@ -315,7 +348,7 @@ func (c *Client) Renew(ctx context.Context, id uuid.UUID, d time.Duration) (*pha
 // returns the proxy with its updated health. Outcomes count failures, so
 // a report is not retried once it may have reached the server.
 func (c *Client) ReportOutcome(ctx context.Context, leaseID uuid.UUID, o pharox.Outcome) (*pharox.Proxy, error) {
-	req := api.OutcomeRequest{Kind: string(o.Kind), StatusCode: o.StatusCode, Reason: o.Reason,
+	req := api.OutcomeRequest{Kind: string(o.Kind), StatusCode: o.StatusCode, Reason: o.Reason, Target: o.Target,
 		LatencyMS: float64(o.Latency) / float64(time.Millisecond)}
 	var out api.Proxy
 	if _, err := c.do(ctx, call{method: http.MethodPost, path: "/v1/leases/" + leaseID.String() + "/outcome",

@@ -85,7 +85,9 @@ const reasonUpstreamAuth = "upstream proxy auth required"
 
 // dialUpstream opens a tunnel to target (host:port) through proxy p, speaking
 // p's protocol, within the dial timeout.
-func (g *Gateway) dialUpstream(ctx context.Context, p *pharox.Proxy, target string) (net.Conn, *attemptError) {
+// site is the target's site ("" without per-site health), which decides
+// the ban statuses of the upstream's answer.
+func (g *Gateway) dialUpstream(ctx context.Context, p *pharox.Proxy, target, site string) (net.Conn, *attemptError) {
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.DialTimeout)
 	defer cancel()
 	var reached atomic.Bool
@@ -96,7 +98,7 @@ func (g *Gateway) dialUpstream(ctx context.Context, p *pharox.Proxy, target stri
 	)
 	switch p.Protocol {
 	case pharox.ProtocolHTTP, pharox.ProtocolHTTPS:
-		return g.dialHTTPConnect(ctx, p, target)
+		return g.dialHTTPConnect(ctx, p, target, site)
 	case pharox.ProtocolSOCKS5:
 		var d proxy.Dialer
 		d, err = proxy.SOCKS5("tcp", p.Address(), socksAuth(p), fwd)
@@ -142,7 +144,7 @@ func classifyDialError(ctx context.Context, err error, reached bool) *attemptErr
 }
 
 // dialHTTPConnect opens a CONNECT tunnel through an HTTP or HTTPS proxy.
-func (g *Gateway) dialHTTPConnect(ctx context.Context, p *pharox.Proxy, target string) (net.Conn, *attemptError) {
+func (g *Gateway) dialHTTPConnect(ctx context.Context, p *pharox.Proxy, target, site string) (net.Conn, *attemptError) {
 	conn, err := g.dialer.DialContext(ctx, "tcp", p.Address())
 	if err != nil {
 		if ctx.Err() != nil && context.Cause(ctx) == context.Canceled {
@@ -191,7 +193,7 @@ func (g *Gateway) dialHTTPConnect(ctx context.Context, p *pharox.Proxy, target s
 	case code >= 200 && code < 300:
 	case code == http.StatusProxyAuthRequired:
 		return fail(failAuth, code, reasonUpstreamAuth)
-	case g.banned[code]:
+	case g.isBan(site, code):
 		return fail(failBan, code, fmt.Sprintf("upstream answered CONNECT with ban status %d", code))
 	case code == http.StatusBadGateway || code == http.StatusGatewayTimeout || code == http.StatusServiceUnavailable:
 		return fail(failTarget, code, fmt.Sprintf("upstream could not reach the target (CONNECT answered %d)", code))

@@ -47,6 +47,20 @@
 // routing, 503 when no upstream is available (or the pool does not exist),
 // 502 when upstreams failed.
 //
+// # Per-site health
+//
+// Each request's site is the registrable domain of its host (the
+// absolute URL's, or the CONNECT or SOCKS5 target's; see
+// [pharox.NormalizeTarget]). Acquisitions name it, so upstreams cooling
+// down for the site are not leased for it, and bans are reported with it,
+// so they count against the upstream for that site only: a ban status
+// (by default 429, and 403 for a request whose site is known), or with
+// Config.BanMarkers a block page in an error answer (plain HTTP only; a
+// tunnel is opaque and only the upstream's answer to CONNECT counts).
+// Failures of the upstream itself count everywhere, as without a site.
+// Config.DisableTargetHealth turns this off, and a lease source that keeps
+// no per-site health (pharox.ErrUnsupported) turns it off by itself.
+//
 // # Limits and readiness
 //
 // A tunnel through which nothing went either way for Config.IdleTimeout

@@ -55,7 +55,7 @@ func (g *Gateway) forward(out *http.Request) (*http.Response, error) {
 			g.release(ctx, prev)
 		}
 		if err != nil {
-			return nil, acquireError(st.pool, err)
+			return nil, acquireErrorFor(st, err)
 		}
 		st.useLease(lease)
 		started := time.Now()
@@ -67,7 +67,7 @@ func (g *Gateway) forward(out *http.Request) (*http.Response, error) {
 			latency := time.Since(started)
 			g.metrics.upstreamLatency(st.kind, latency)
 			resp.Body = &leasedBody{rc: resp.Body, g: g, ctx: ctx, held: g.hold(ctx, lease),
-				outcome: pharox.Outcome{Kind: pharox.OutcomeSuccess, StatusCode: resp.StatusCode, Latency: latency}}
+				outcome: g.withTarget(st, pharox.Outcome{Kind: pharox.OutcomeSuccess, StatusCode: resp.StatusCode, Latency: latency})}
 			if resp.StatusCode == http.StatusSwitchingProtocols {
 				if rwc, ok := resp.Body.(*leasedBody).rc.(io.ReadWriteCloser); ok {
 					resp.Body = &leasedRWC{leasedBody: resp.Body.(*leasedBody), rwc: rwc}
@@ -138,6 +138,10 @@ type attemptKey struct{}
 // error, unread.
 func (g *Gateway) tryUpstream(out *http.Request, lease *pharox.Lease, body *replayBody) (*http.Response, *attemptError) {
 	ctx := out.Context()
+	var site string
+	if st := stateFrom(ctx); st != nil {
+		site = st.target
+	}
 	tr, err := g.transports.get(lease.Proxy)
 	if err != nil {
 		return nil, &attemptError{kind: failConnect, reason: err.Error()}
@@ -162,7 +166,7 @@ func (g *Gateway) tryUpstream(out *http.Request, lease *pharox.Lease, body *repl
 			switch {
 			case code == http.StatusProxyAuthRequired:
 				return nil, &attemptError{kind: failAuth, status: code, reason: reasonUpstreamAuth, unsent: true}
-			case g.banned[code]:
+			case g.isBan(site, code):
 				return nil, &attemptError{kind: failBan, status: code, reason: fmt.Sprintf("upstream answered CONNECT with ban status %d", code), unsent: true}
 			case code == http.StatusBadGateway || code == http.StatusServiceUnavailable || code == http.StatusGatewayTimeout:
 				return nil, &attemptError{kind: failTarget, status: code, reason: fmt.Sprintf("upstream could not reach the target (CONNECT answered %d)", code)}
@@ -179,8 +183,11 @@ func (g *Gateway) tryUpstream(out *http.Request, lease *pharox.Lease, body *repl
 	case resp.StatusCode == http.StatusProxyAuthRequired:
 		// The upstream refused to relay: the target saw nothing.
 		return resp, &attemptError{kind: failAuth, status: resp.StatusCode, reason: reasonUpstreamAuth, unsent: true}
-	case g.banned[resp.StatusCode]:
+	case g.isBan(site, resp.StatusCode):
 		return resp, &attemptError{kind: failBan, status: resp.StatusCode, reason: fmt.Sprintf("target answered ban status %d", resp.StatusCode)}
+	}
+	if m := g.banMarker(resp); m != "" {
+		return resp, &attemptError{kind: failBan, status: resp.StatusCode, reason: fmt.Sprintf("target answered %d with a block page (%q in the body)", resp.StatusCode, m)}
 	}
 	return resp, nil
 }

@@ -82,8 +82,27 @@ type Config struct {
 	AcquireWait time.Duration
 	// BanStatuses are answers that mean the upstream is banned by the
 	// target: reported as bans and retried on another upstream when safe.
-	// Nil means {429}; an empty non-nil slice disables ban detection.
+	// Nil means 429, and 403 too for a request whose site is known (see
+	// DisableTargetHealth): the ban then counts for that site only, and
+	// many sites answer 403 to an address they block. An empty non-nil
+	// slice disables ban detection.
 	BanStatuses []int
+	// BanMarkers are phrases of block pages ("captcha", "access denied"):
+	// an answer with status 400 or above whose first 4 KiB of body
+	// contain one (compared case-insensitively) is a ban too. Only plain
+	// HTTP requests are read; a CONNECT tunnel is opaque. Nil or empty
+	// reads no body.
+	BanMarkers []string
+	// DisableTargetHealth stops keeping health per site (target). By
+	// default the gateway takes each request's site (the registrable
+	// domain of its host, see pharox.NormalizeTarget), leases only
+	// upstreams not cooling down for it, and reports bans for that site
+	// only, so an upstream one site blocks keeps serving the others.
+	// Failures of an upstream itself (unreachable, refused its
+	// credentials, broke the exchange) count everywhere either way. With a
+	// lease source that keeps no per-site health the gateway turns it off
+	// by itself and bans count everywhere, as with this set.
+	DisableTargetHealth bool
 	// DialTimeout bounds reaching an upstream, including its TLS and proxy
 	// handshake. Default 10s.
 	DialTimeout time.Duration
@@ -131,7 +150,9 @@ type Config struct {
 type Gateway struct {
 	cfg        Config
 	leaser     Leaser
-	banned     map[int]bool
+	banned     map[int]bool // ban statuses of a request without a site
+	siteBanned map[int]bool // ban statuses of a request with one
+	markers    [][]byte
 	dialer     net.Dialer
 	transports *transportCache
 	rp         *httputil.ReverseProxy
@@ -152,6 +173,8 @@ type Gateway struct {
 
 	// noPredicate is set once the leaser turned down a filter predicate.
 	noPredicate atomic.Bool
+	// noTargets is set once the leaser turned down a target.
+	noTargets atomic.Bool
 	// active counts the requests and tunnels being served (Config.MaxConns).
 	active atomic.Int64
 
@@ -221,18 +244,20 @@ func New(cfg Config) (*Gateway, error) {
 		cfg.Logger = slog.Default()
 	}
 	g := &Gateway{
-		cfg:       cfg,
-		leaser:    cfg.Leaser,
-		banned:    map[int]bool{},
-		dialer:    net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second},
-		log:       cfg.Logger,
-		listeners: map[net.Listener]struct{}{},
-		servers:   map[*http.Server]struct{}{},
-		conns:     map[net.Conn]struct{}{},
+		cfg:        cfg,
+		leaser:     cfg.Leaser,
+		banned:     map[int]bool{},
+		siteBanned: map[int]bool{},
+		dialer:     net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second},
+		log:        cfg.Logger,
+		listeners:  map[net.Listener]struct{}{},
+		servers:    map[*http.Server]struct{}{},
+		conns:      map[net.Conn]struct{}{},
 	}
-	bans := cfg.BanStatuses
+	var err error
+	bans, siteBans := cfg.BanStatuses, cfg.BanStatuses
 	if bans == nil {
-		bans = []int{http.StatusTooManyRequests}
+		bans, siteBans = []int{http.StatusTooManyRequests}, pharox.DefaultTargetBanStatusCodes()
 	}
 	for _, c := range bans {
 		if c < 100 || c > 599 {
@@ -240,9 +265,14 @@ func New(cfg Config) (*Gateway, error) {
 		}
 		g.banned[c] = true
 	}
+	for _, c := range siteBans {
+		g.siteBanned[c] = true
+	}
+	if g.markers, err = normalizeMarkers(cfg.BanMarkers); err != nil {
+		return nil, err
+	}
 	g.bufs.New = func() any { b := make([]byte, copyBufferSize); return &b }
 	g.transports = newTransportCache(cfg.MaxTransports, g.newTransport)
-	var err error
 	if g.metrics, err = newMetrics(cfg.Registerer); err != nil {
 		return nil, err
 	}
@@ -371,6 +401,7 @@ type reqState struct {
 	path     string
 	route    Route
 	pool     string
+	target   string // the site, "" without per-site health
 	proxyID  uuid.UUID
 	upstream string
 	attempts int
@@ -445,6 +476,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		g.writeError(rw, &gwError{http.StatusBadRequest, "this is a forward proxy: send absolute-form http(s) requests or CONNECT"})
 		return
 	}
+	st.target = g.targetOf(r.URL.Host)
 	g.rp.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)))
 }
 
@@ -601,9 +633,10 @@ func (g *Gateway) acquire(ctx context.Context, st *reqState, exclude []uuid.UUID
 		Strategy:   g.cfg.Strategy,
 		SessionKey: st.route.Session,
 		SessionTTL: st.route.SessionTTL,
+		Target:     st.target,
 	}
 	if len(exclude) == 0 {
-		return g.leaser.Acquire(ctx, st.pool, opts, g.cfg.AcquireWait)
+		return g.leaseFor(ctx, st.pool, opts, g.cfg.AcquireWait)
 	}
 	if !g.noPredicate.Load() {
 		var f pharox.Filters
@@ -614,7 +647,7 @@ func (g *Gateway) acquire(ctx context.Context, st *reqState, exclude []uuid.UUID
 		o := *opts
 		o.Filters = &f
 		// With the failed proxy no candidate, a sticky session rebinds.
-		l, err := g.leaser.Acquire(ctx, st.pool, &o, 0)
+		l, err := g.leaseFor(ctx, st.pool, &o, 0)
 		if !errors.Is(err, pharox.ErrUnsupported) {
 			return l, err
 		}
@@ -636,7 +669,7 @@ func (g *Gateway) acquire(ctx context.Context, st *reqState, exclude []uuid.UUID
 		o.Strategy = pharox.RoundRobin
 	}
 	for range 3 {
-		l, err := g.leaser.Acquire(ctx, st.pool, &o, 0)
+		l, err := g.leaseFor(ctx, st.pool, &o, 0)
 		if err != nil {
 			return nil, err
 		}
@@ -661,7 +694,17 @@ func (g *Gateway) release(ctx context.Context, l *pharox.Lease) {
 func (g *Gateway) report(ctx context.Context, l *pharox.Lease, o pharox.Outcome) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer cancel()
-	if err := g.leaser.ReportOutcome(rctx, l, o); err != nil && !errors.Is(err, pharox.ErrProxyNotFound) {
+	err := g.leaser.ReportOutcome(rctx, l, o)
+	if o.Target != "" && errors.Is(err, pharox.ErrUnsupported) {
+		// The lease source keeps no per-site health: count it everywhere.
+		g.dropTargets(err)
+		o.Target = ""
+		err = g.leaser.ReportOutcome(rctx, l, o)
+	}
+	if err == nil && o.Target != "" {
+		g.metrics.targetOutcome(o.Kind)
+	}
+	if err != nil && !errors.Is(err, pharox.ErrProxyNotFound) {
 		g.log.Warn("gateway: report outcome failed", "lease", l.ID, "proxy", l.ProxyID, "err", err)
 	}
 }
@@ -673,15 +716,18 @@ func (g *Gateway) failed(ctx context.Context, st *reqState, l *pharox.Lease, e *
 	if o, ok := e.outcome(); ok {
 		// The next success must be reported, to end the failure streak.
 		g.lastSuccess.Delete(l.ProxyID)
-		g.report(ctx, l, o)
+		g.report(ctx, l, g.withTarget(st, o))
 	}
 }
 
 // reportSuccess reports a success unless one was reported for the proxy
 // recently and nothing since suggests its health changed (see
-// Config.SuccessReportInterval).
+// Config.SuccessReportInterval), or it is an error answer of a site.
 func (g *Gateway) reportSuccess(ctx context.Context, l *pharox.Lease, o pharox.Outcome) {
-	if every := g.cfg.SuccessReportInterval; every > 0 {
+	// An error answer for a site always goes: the lease source's per-site
+	// policy may count it as a ban for the site (pharox.TargetPolicy's
+	// BanStatusCodes).
+	if every := g.cfg.SuccessReportInterval; every > 0 && (o.Target == "" || o.StatusCode < 400) {
 		healthy := l.Proxy != nil && l.Proxy.Status == pharox.StatusActive && l.Proxy.FailureStreak == 0
 		now := time.Now()
 		if last, ok := g.lastSuccess.Load(l.ProxyID); ok && healthy && now.Sub(last.(time.Time)) < every {
@@ -719,6 +765,9 @@ func (g *Gateway) finish(st *reqState) {
 		attrs = append(attrs, slog.String("path", st.path))
 	}
 	attrs = append(attrs, slog.String("pool", st.pool))
+	if st.target != "" {
+		attrs = append(attrs, slog.String("site", st.target))
+	}
 	if st.route.Session != "" {
 		attrs = append(attrs, slog.String("session", st.route.Session))
 	}

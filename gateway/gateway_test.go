@@ -404,8 +404,13 @@ func TestUpstreamAuthAndBanRetry(t *testing.T) {
 			t.Fatalf("status %d (%s), want a retry onto 127.0.0.4", status, reason)
 		}
 	}
-	if p := e.proxy("127.0.0.3"); p.LastStatusCode != http.StatusTooManyRequests {
-		t.Fatalf("banned upstream: last status %d, want 429 reported", p.LastStatusCode)
+	// The ban counts for the target's site only (see target_health_test.go).
+	states, err := e.mgr.TargetStates(context.Background(), e.proxy("127.0.0.3").ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(states) != 1 || states[0].LastStatusCode != http.StatusTooManyRequests || !states[0].CoolingAt(time.Now()) {
+		t.Fatalf("banned upstream: per-site states %+v, want the 429 reported for the target", states)
 	}
 	// Banned everywhere: the client gets the target's own answer.
 	e.tg.ban("127.0.0.4")

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pharox/pharox"
 )
 
 // metrics are the gateway's Prometheus collectors; a nil *metrics records
@@ -19,6 +21,10 @@ type metrics struct {
 	bytes    *prometheus.CounterVec
 	failures *prometheus.CounterVec
 	retries  prometheus.Counter
+	// targetOutcomes and targetMisses keep per-site health visible
+	// without a label per site, which would grow with traffic.
+	targetOutcomes *prometheus.CounterVec
+	targetMisses   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -44,8 +50,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Failed attempts through an upstream, by reason (connect, proxy_auth, ban, broken, target_unreachable)."}, []string{"reason"}),
 		retries: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "retries_total",
 			Help: "Requests and tunnels retried on another upstream."}),
+		targetOutcomes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "target_outcomes_total",
+			Help: "Outcomes reported for the request's site (target), by kind: success, or banned (which cools the upstream down for that site only)."},
+			[]string{"kind"}),
+		targetMisses: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "target_misses_total",
+			Help: "Acquisitions for a site (target) that found no upstream: every free one was cooling down for the site, or none was free."}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.latency, m.tunnels, m.bytes, m.failures, m.retries} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.latency, m.tunnels, m.bytes, m.failures, m.retries, m.targetOutcomes, m.targetMisses} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {
@@ -96,5 +107,17 @@ func (m *metrics) upstreamFailure(reason string) {
 func (m *metrics) retry() {
 	if m != nil {
 		m.retries.Inc()
+	}
+}
+
+func (m *metrics) targetOutcome(kind pharox.OutcomeKind) {
+	if m != nil {
+		m.targetOutcomes.WithLabelValues(string(kind)).Inc()
+	}
+}
+
+func (m *metrics) targetMiss() {
+	if m != nil {
+		m.targetMisses.Inc()
 	}
 }

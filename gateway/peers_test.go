@@ -14,6 +14,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -149,6 +150,19 @@ func boundDialer(ip string) *net.Dialer {
 	return &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
 }
 
+// dialFrom is boundDialer(ip).DialContext, resolving every name under
+// .localhost to 127.0.0.1 (the system resolver may not), so tests can
+// address several "sites" on loopback by name.
+func dialFrom(ip string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	d := boundDialer(ip)
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if host, port, err := net.SplitHostPort(addr); err == nil && strings.HasSuffix(strings.ToLower(host), ".localhost") {
+			addr = net.JoinHostPort("127.0.0.1", port)
+		}
+		return d.DialContext(ctx, network, addr)
+	}
+}
+
 func listenOn(t testing.TB, ip string) net.Listener {
 	ln, err := net.Listen("tcp", ip+":0")
 	if err != nil {
@@ -185,7 +199,7 @@ func startGoproxy(t testing.TB, ip string, auth, useTLS bool) *upstream {
 	p.Logger = log.New(io.Discard, "", 0)
 	// Keep enough idle connections to the target for 64 concurrent
 	// clients, or the peer churns through ephemeral ports.
-	tr := &http.Transport{DialContext: boundDialer(ip).DialContext, MaxIdleConnsPerHost: 256}
+	tr := &http.Transport{DialContext: dialFrom(ip), MaxIdleConnsPerHost: 256}
 	p.Tr = tr
 	p.ConnectDial = nil
 	if auth {
@@ -236,7 +250,7 @@ func startSOCKS5Upstream(t testing.TB, ip string) *upstream {
 		Credentials: socks5.StaticCredentials{upUser: upPass},
 		Logger:      log.New(io.Discard, "", 0),
 		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return boundDialer(ip).DialContext(ctx, network, addr)
+			return dialFrom(ip)(ctx, network, addr)
 		},
 	})
 	if err != nil {
@@ -279,7 +293,7 @@ func startSOCKS5Upstream(t testing.TB, ip string) *upstream {
 // env is a gateway over an in-memory store with one pool, "main".
 type env struct {
 	t      *testing.T
-	store  *memory.Store
+	store  pharox.Storage
 	mgr    *pharox.Manager
 	pool   *pharox.Pool
 	gw     *Gateway
@@ -317,9 +331,15 @@ func newEnv(t *testing.T, configure func(*Config)) *env {
 // newEnvWith starts the target and a gateway; with remote the gateway
 // leases through the Go client from a pharox server over the same store.
 func newEnvWith(t *testing.T, remote bool, configure func(*Config)) *env {
-	e := &env{t: t, store: memory.New(), tg: newTarget(t), logs: &syncBuffer{}, byIP: map[string]*pharox.Proxy{}}
+	return newEnvOn(t, memory.New(), nil, remote, configure)
+}
+
+// newEnvOn is newEnvWith over store (closed at the end of the test), with
+// a Manager built with mopts.
+func newEnvOn(t *testing.T, store pharox.Storage, mopts []pharox.ManagerOption, remote bool, configure func(*Config)) *env {
+	e := &env{t: t, store: store, tg: newTarget(t), logs: &syncBuffer{}, byIP: map[string]*pharox.Proxy{}}
 	t.Cleanup(func() { e.store.Close() })
-	e.mgr = pharox.NewManager(e.store)
+	e.mgr = pharox.NewManager(e.store, mopts...)
 	pool, err := e.store.CreatePool(context.Background(), pharox.Pool{Name: "main"})
 	if err != nil {
 		t.Fatal(err)

@@ -226,6 +226,7 @@ func (g *Gateway) socksDial(ctx context.Context, st *reqState, client *socksClie
 		st.status, st.reason = http.StatusBadRequest, err.Error()
 		return nil, err
 	}
+	st.target = g.targetOf(addr)
 	tn, err := g.openTunnel(ctx, st, addr)
 	if err != nil {
 		var ge *gwError

@@ -154,18 +154,18 @@ func (g *Gateway) openTunnel(ctx context.Context, st *reqState, target string) (
 			g.metrics.retry()
 		}
 		if err != nil {
-			return nil, acquireError(st.pool, err)
+			return nil, acquireErrorFor(st, err)
 		}
 		st.useLease(lease)
 		started := time.Now()
-		conn, aerr := g.dialUpstream(ctx, lease.Proxy, target)
+		conn, aerr := g.dialUpstream(ctx, lease.Proxy, target, st.target)
 		if aerr != nil {
 			aerr.reason = scrub(aerr.reason, lease.Proxy)
 		}
 		if aerr == nil {
 			latency := time.Since(started)
 			g.metrics.upstreamLatency(st.kind, latency)
-			g.reportSuccess(ctx, lease, pharox.Outcome{Kind: pharox.OutcomeSuccess, Latency: latency})
+			g.reportSuccess(ctx, lease, g.withTarget(st, pharox.Outcome{Kind: pharox.OutcomeSuccess, Latency: latency}))
 			return &tunnel{g: g, held: g.hold(ctx, lease), conn: conn}, nil
 		}
 		if aerr.kind == failCanceled || aerr.kind == failTarget {
@@ -201,6 +201,7 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request, st *reqSt
 		g.writeError(w, &gwError{http.StatusBadRequest, "CONNECT needs host:port"})
 		return
 	}
+	st.target = g.targetOf(target)
 	tn, err := g.openTunnel(r.Context(), st, target)
 	if err != nil {
 		var ge *gwError

@@ -269,3 +269,39 @@ func TestLoggingSamplesHitsAndLogsMisses(t *testing.T) {
 		t.Errorf("log must name the proxy without its password:\n%s", out)
 	}
 }
+
+// TestPrometheusCountsAcquisitionsForASite: acquisitions that name a site
+// are counted by pool and result, with no label per site.
+func TestPrometheusCountsAcquisitionsForASite(t *testing.T) {
+	ctx := context.Background()
+	reg := prometheus.NewRegistry()
+	rec, err := observe.NewPrometheus(reg, observe.PrometheusOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr := pharox.NewManager(setup(t, 1), rec.ManagerOptions()...)
+	l, err := mgr.Acquire(ctx, "main", &pharox.AcquireOptions{Target: "https://shop.example.com/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mgr.ReportOutcome(ctx, l, pharox.Outcome{Kind: pharox.OutcomeBanned, Target: "shop.example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mgr.Release(ctx, l.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mgr.Acquire(ctx, "main", &pharox.AcquireOptions{Target: "example.com"}); !errors.Is(err, pharox.ErrNoProxyAvailable) {
+		t.Fatalf("acquire for the site the only proxy cools down for: %v, want ErrNoProxyAvailable", err)
+	}
+	if _, err := mgr.Acquire(ctx, "main", nil); err != nil {
+		t.Fatal(err)
+	}
+	for status, want := range map[string]float64{observe.StatusHit: 1, observe.StatusMiss: 1} {
+		if got := testutil.ToFloat64(rec.TargetAcquire().WithLabelValues("main", status)); got != want {
+			t.Errorf("target acquisitions %s = %v, want %v", status, got, want)
+		}
+	}
+	if n := testutil.CollectAndCount(reg, "pharox_target_acquire_total"); n != 2 {
+		t.Errorf("%d target acquisition series, want hit and miss only", n)
+	}
+}

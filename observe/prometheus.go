@@ -47,7 +47,10 @@ type PrometheusOptions struct {
 //	pharox_pool_leases_active{pool}                            gauge
 //	pharox_pool_proxies{pool,status}                           gauge
 //	pharox_health_checks_total{pool,status}                    counter
+//	pharox_target_acquire_total{pool,status}                   counter
 //
+// target_acquire_total counts the acquisitions that named a site (target),
+// with no label per site, which would grow with traffic.
 // status of acquire is hit, miss or error; consumer is empty unless
 // PrometheusOptions.ConsumerLabels. The pool gauges follow the
 // PoolStats snapshot carried by each event.
@@ -63,6 +66,7 @@ type Prometheus struct {
 	leases          *prometheus.GaugeVec
 	byStatus        *prometheus.GaugeVec
 	healthChecks    *prometheus.CounterVec
+	targetAcquire   *prometheus.CounterVec
 	pools           sync.Map // pool name -> *poolGauges
 }
 
@@ -117,9 +121,13 @@ func NewPrometheus(reg prometheus.Registerer, opts PrometheusOptions) (*Promethe
 			Namespace: ns, Name: "health_checks_total",
 			Help: "Proxies checked by health sweeps, by pool and resulting status.",
 		}, []string{"pool", "status"}),
+		targetAcquire: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: "target", Name: "acquire_total",
+			Help: "Acquisitions that named a site (target), by pool and result (hit; miss when no proxy was free and not cooling down for the site; error).",
+		}, []string{"pool", "status"}),
 	}
 	for _, c := range []prometheus.Collector{p.acquireTotal, p.acquireDuration, p.releaseTotal, p.leaseDuration,
-		p.available, p.active, p.leased, p.leases, p.byStatus, p.healthChecks} {
+		p.available, p.active, p.leased, p.leases, p.byStatus, p.healthChecks, p.targetAcquire} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -159,6 +167,9 @@ func (p *Prometheus) ObserveAcquire(_ context.Context, ev pharox.AcquireEvent) {
 	labels := []string{pool, p.consumer(ev.Consumer), string(ev.Strategy.OrDefault()), status}
 	p.acquireTotal.WithLabelValues(labels...).Inc()
 	p.acquireDuration.WithLabelValues(labels...).Observe(ev.Duration.Seconds())
+	if ev.Target != "" {
+		p.targetAcquire.WithLabelValues(pool, status).Inc()
+	}
 	p.observeStats(ev.Stats)
 }
 
@@ -236,3 +247,6 @@ func (p *Prometheus) ReleaseTotal() *prometheus.CounterVec { return p.releaseTot
 
 // HealthChecks is the health sweep counter.
 func (p *Prometheus) HealthChecks() *prometheus.CounterVec { return p.healthChecks }
+
+// TargetAcquire is the counter of acquisitions that named a site.
+func (p *Prometheus) TargetAcquire() *prometheus.CounterVec { return p.targetAcquire }

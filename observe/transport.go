@@ -26,15 +26,20 @@ const (
 //	pharox_transport_attempts_total{pool,outcome}           counter
 //	pharox_transport_retries_total{pool}                    counter
 //	pharox_transport_lease_wait_seconds{pool,status}        histogram
+//	pharox_transport_target_outcomes_total{pool,outcome}    counter
 //
 // result is ok (a response came back, whatever its status), no_proxy,
 // canceled or error; outcome is success, failure, banned or none (the
 // attempt said nothing about the proxy); status is hit, miss or error.
+// target_outcomes_total counts the outcomes that went with the request's
+// site (target): success, or banned, which cools the proxy down for that
+// site only. It has no label per site, which would grow with traffic.
 type TransportMetrics struct {
 	requests *prometheus.CounterVec
 	attempts *prometheus.CounterVec
 	retries  *prometheus.CounterVec
 	wait     *prometheus.HistogramVec
+	targets  *prometheus.CounterVec
 }
 
 // NewTransportMetrics creates the recorder and registers its metrics with
@@ -65,8 +70,11 @@ func NewTransportMetrics(reg prometheus.Registerer, opts PrometheusOptions) (*Tr
 		wait: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "lease_wait_seconds",
 			Help: "Time to lease a proxy for a request, waiting included, by pool and status (hit, miss, error).", Buckets: buckets},
 			[]string{"pool", "status"}),
+		targets: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "target_outcomes_total",
+			Help: "Outcomes reported for the request's site (target), by pool and outcome (success, banned)."},
+			[]string{"pool", "outcome"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.attempts, m.retries, m.wait} {
+	for _, c := range []prometheus.Collector{m.requests, m.attempts, m.retries, m.wait, m.targets} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -97,6 +105,9 @@ func (m *TransportMetrics) ObserveOutcome(pool string, o pharox.Outcome) {
 		kind = "none"
 	}
 	m.attempts.WithLabelValues(pool, kind).Inc()
+	if o.Target != "" {
+		m.targets.WithLabelValues(pool, kind).Inc()
+	}
 }
 
 // ObserveRequest records one request.
@@ -125,6 +136,9 @@ func (m *TransportMetrics) Requests() *prometheus.CounterVec { return m.requests
 
 // Attempts is the attempt counter.
 func (m *TransportMetrics) Attempts() *prometheus.CounterVec { return m.attempts }
+
+// TargetOutcomes is the counter of outcomes reported for a site.
+func (m *TransportMetrics) TargetOutcomes() *prometheus.CounterVec { return m.targets }
 
 // Retries is the retry counter.
 func (m *TransportMetrics) Retries() *prometheus.CounterVec { return m.retries }

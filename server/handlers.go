@@ -565,6 +565,9 @@ func (s *Server) acquire(r *http.Request) (any, error) {
 		if errors.Is(err, pharox.ErrPoolNotFound) {
 			s.forgetPool(poolID, pool)
 		}
+		if opts.Target != "" {
+			err = targetsUnsupported(err)
+		}
 		return nil, idempotencyConflict(r, err)
 	}
 	if poolID != uuid.Nil && lease.PoolID != poolID {
@@ -599,6 +602,9 @@ func (s *Server) releaseQuietly(ctx context.Context, lease *pharox.Lease) {
 func acquireOptions(body []byte, req *api.AcquireRequest) (*pharox.AcquireOptions, error) {
 	opts := &pharox.AcquireOptions{Consumer: req.ConsumerName, SessionKey: req.SessionKey}
 	var err error
+	if opts.Target, err = requestTarget(req.Target); err != nil {
+		return nil, err
+	}
 	if req.TTLSeconds != nil {
 		if opts.Duration, err = seconds("ttl_seconds", *req.TTLSeconds, pharox.MaxLeaseDuration); err != nil {
 			return nil, err
@@ -755,14 +761,26 @@ func (s *Server) reportOutcome(r *http.Request) (any, error) {
 	if len(req.Reason) > maxReasonBytes {
 		return nil, unprocessable("reason longer than %d bytes", maxReasonBytes)
 	}
+	target, err := requestTarget(req.Target)
+	if err != nil {
+		return nil, err
+	}
 	// The Manager reads the lease itself: outcomes count only on active
 	// leases, and one failure or ban per lease.
+	kind := pharox.OutcomeKind(strings.ToLower(strings.TrimSpace(req.Kind)))
 	p, err := s.mgr.ReportOutcome(r.Context(), &pharox.Lease{ID: id}, pharox.Outcome{
-		Kind:       pharox.OutcomeKind(strings.ToLower(strings.TrimSpace(req.Kind))),
+		Kind:       kind,
 		Latency:    time.Duration(req.LatencyMS * float64(time.Millisecond)),
 		StatusCode: req.StatusCode,
 		Reason:     req.Reason,
+		Target:     target,
 	})
+	if target != "" {
+		err = targetsUnsupported(err)
+		if err == nil {
+			s.metrics.targetOutcome(kind)
+		}
+	}
 	if errors.Is(err, pharox.ErrLeaseNotActive) {
 		return nil, withDetail(err, "Lease %s is not active: it was released or has expired, so outcomes are no longer accepted for it", id)
 	}

@@ -8,6 +8,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pharox/pharox"
 )
 
 // httpMetrics are the server's own request metrics. Labels are the route
@@ -15,6 +17,10 @@ import (
 type httpMetrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	// targetOutcomes counts the outcomes reported for a site (target),
+	// without a label per site, which would grow with traffic.
+	// Acquisitions for a site are the Manager's events (observe).
+	targetOutcomes *prometheus.CounterVec
 }
 
 func newHTTPMetrics(reg prometheus.Registerer, g prometheus.Gatherer) (*httpMetrics, prometheus.Gatherer) {
@@ -28,6 +34,10 @@ func newHTTPMetrics(reg prometheus.Registerer, g prometheus.Gatherer) (*httpMetr
 			Help:    "HTTP request latency, by method and route.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"method", "route"}),
+		targetOutcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "pharox", Subsystem: "target", Name: "outcomes_total",
+			Help: "Outcomes reported for a site (target), by kind: success, failure or banned.",
+		}, []string{"kind"}),
 	}
 	var gatherer prometheus.Gatherer
 	if reg == nil {
@@ -49,6 +59,7 @@ func newHTTPMetrics(reg prometheus.Registerer, g prometheus.Gatherer) (*httpMetr
 	}
 	m.requests = register(reg, m.requests)
 	m.duration = register(reg, m.duration)
+	m.targetOutcomes = register(reg, m.targetOutcomes)
 	return m, gatherer
 }
 
@@ -81,4 +92,12 @@ func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) {
 		s.metricsHandler = promhttp.HandlerFor(s.gather, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 	})
 	s.metricsHandler.ServeHTTP(w, r)
+}
+
+// targetOutcome counts an outcome applied for a site.
+func (m *httpMetrics) targetOutcome(kind pharox.OutcomeKind) {
+	switch kind {
+	case pharox.OutcomeSuccess, pharox.OutcomeFailure, pharox.OutcomeBanned:
+		m.targetOutcomes.WithLabelValues(string(kind)).Inc()
+	}
 }

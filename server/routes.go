@@ -89,6 +89,14 @@ func routeTable() []route {
 			Role:        RoleAdmin, Status: 204, Errors: []int{404, 409}, api: (*Server).deletePool},
 		{Method: "GET", Path: "/v1/pools/{pool_id}/stats", ID: "poolStats", Tag: "pools", Summary: "A pool's occupancy",
 			Role: RoleConsumer, Status: 200, Response: api.PoolStats{}, Errors: poolErrs, api: (*Server).poolStats},
+		{Method: "GET", Path: "/v1/pools/{pool_id}/targets", ID: "poolTargets", Tag: "pools",
+			Summary: "A pool's health per site (target)",
+			Description: "One entry per site any proxy of the pool has a record for, ordered by site: usable_proxies (leasable and " +
+				"not cooling down for it), cooling_proxies, and bans_last_hour (proxies whose last cool-down for it started within the hour). " +
+				"501 when the server's store keeps no per-site health.",
+			Role: RoleAdmin, Status: 200, Response: []api.TargetStats{},
+			Query:  []queryParam{{Name: "limit", Type: "integer", Description: "at most this many sites (default 1000, max 10000)"}},
+			Errors: []int{404, 501}, api: (*Server).poolTargets},
 		{Method: "POST", Path: "/v1/pools/{pool_id}/health-check", ID: "sweepPool", Tag: "pools",
 			Summary:     "Probe every proxy of the pool now and apply the results",
 			Description: "501 when the server has no health checker configured.",
@@ -110,6 +118,11 @@ func routeTable() []route {
 		{Method: "GET", Path: "/v1/pools/{pool_id}/proxies/{proxy_id}", ID: "getProxy", Tag: "proxies", Summary: "Get a proxy",
 			Role: RoleAdmin, Status: 200, Response: api.Proxy{}, Query: []queryParam{includeSecrets},
 			Errors: poolErrs, api: (*Server).getProxy},
+		{Method: "GET", Path: "/v1/pools/{pool_id}/proxies/{proxy_id}/targets", ID: "proxyTargets", Tag: "proxies",
+			Summary:     "A proxy's health per site (target), ordered by site",
+			Description: "501 when the server's store keeps no per-site health.",
+			Role:        RoleAdmin, Status: 200, Response: []api.TargetState{},
+			Errors: []int{404, 501}, api: (*Server).proxyTargets},
 		{Method: "PATCH", Path: "/v1/pools/{pool_id}/proxies/{proxy_id}", ID: "updateProxy", Tag: "proxies",
 			Summary: "Set a proxy's status by hand (active, slow, inactive, banned)",
 			Role:    RoleAdmin, Request: api.UpdateProxyRequest{}, Status: 200, Response: api.Proxy{},
@@ -132,13 +145,15 @@ func routeTable() []route {
 			Description: "Name the pool by pool_id or pool_name and the consumer by consumer_id, consumer_name or neither " +
 				"(the default consumer). consumer_id is the id of a known consumer or else a consumer name, created on first use " +
 				"like consumer_name (the Python SDK sends names there). 409 {\"detail\": \"No proxy available\"} when nothing fits, after waiting up to " +
-				"wait_seconds; a wait longer than the server's maximum is refused (422). The answer carries the proxy with its credentials and URL.",
+				"wait_seconds; a wait longer than the server's maximum is refused (422). The answer carries the proxy with its credentials and URL. " +
+				"With target (a host name, host:port, IP address or URL; normalized to its registrable domain) proxies cooling down for that site " +
+				"are skipped; a target that is none of these is 422, and 501 when the server's store keeps no per-site health.",
 			Role: RoleConsumer, Request: api.AcquireRequest{}, Status: 201, Response: api.Lease{},
 			Query: []queryParam{{Name: IdempotencyKeyHeader, In: "header", Type: "string",
 				Description: "1 to 255 printable ASCII characters, no spaces: repeating an acquisition with the same key and consumer " +
 					"returns the same lease as it is now (active or ended) and never takes a second slot; the same key for another pool is 422. " +
 					"The answer repeats the key."}},
-			Errors: []int{404, 409}, api: (*Server).acquireCounted},
+			Errors: []int{404, 409, 501}, api: (*Server).acquireCounted},
 		{Method: "GET", Path: "/v1/leases/", ID: "listLeases", Tag: "leases", Summary: "List leases, oldest first",
 			Role: RoleAdmin, Status: 200, Response: []api.Lease{},
 			Query: []queryParam{
@@ -166,9 +181,11 @@ func routeTable() []route {
 			Description: "kind is success, failure or banned; the proxy's health follows the server's outcome policy. Answers the updated proxy. " +
 				"Only active leases report: 409 when the lease was released or has expired. A lease's first failure or ban counts; " +
 				"later ones are answered 200 with the proxy as it is and change nothing. Failures and bans stop changing statuses " +
-				"while too large a share of the pool is banned or inactive (a health probe decides then).",
+				"while too large a share of the pool is banned or inactive (a health probe decides then). " +
+				"With target, a failure or ban counts against the proxy for that site only (a ban starts a cool-down for it at once, " +
+				"failures after the server's threshold), and a proxy cooling down for many sites is banned everywhere.",
 			Role: RoleConsumer, Request: api.OutcomeRequest{}, Status: 200, Response: api.Proxy{},
-			Errors: []int{404, 409}, api: (*Server).reportOutcome},
+			Errors: []int{404, 409, 501}, api: (*Server).reportOutcome},
 
 		// Dashboard.
 		{Method: "GET", Path: "/v1/admin/dashboard", ID: "dashboard", Tag: "admin",

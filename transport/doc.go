@@ -55,6 +55,19 @@
 // safe (see [Transport]). A failure of the target itself (the proxy
 // answered that it could not reach it) is not held against the proxy.
 //
+// # Per-site health
+//
+// Each request names its site (the registrable domain of the URL's host,
+// see [pharox.NormalizeTarget], or RequestOptions.Target) when it leases,
+// so proxies cooling down for that site are not leased for it, and its
+// successes and bans are reported with the site, so a ban counts against
+// the proxy for that site only and the proxy keeps serving the others. An
+// error answer of a site is reported even when successes are spaced out:
+// the pool's per-site policy counts a plain 403 as a ban for the site by
+// default. Failures count against the proxy everywhere. [WithoutTargetHealth]
+// turns this off; a lease source that keeps no per-site health turns it
+// off by itself.
+//
 // # Metrics
 //
 // [WithObserver] receives requests, outcomes and lease waits;

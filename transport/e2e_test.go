@@ -290,7 +290,9 @@ func TestLongBodyRenewsLease(t *testing.T) {
 
 // TestRetryOnBannedProxy checks that an idempotent request answered with
 // a ban goes again through another proxy, that the ban is reported, and
-// that a POST is not sent twice.
+// that a POST is not sent twice. Bans count for the proxy everywhere here,
+// so that the banned proxies stay leasable for the target (see
+// target_test.go for per-site health).
 func TestRetryOnBannedProxy(t *testing.T) {
 	checkLeaks(t)
 	e := newEnv(t)
@@ -304,7 +306,7 @@ func TestRetryOnBannedProxy(t *testing.T) {
 	e.addProxy(e.pool.ID, startHTTPUpstream(t, "127.0.1.3"), "UY")
 	e.tg.ban("127.0.1.1")
 	e.tg.block("127.0.1.2")
-	rt := e.transport(WithStrategy(pharox.RoundRobin), WithMaxRetries(2))
+	rt := e.transport(WithStrategy(pharox.RoundRobin), WithMaxRetries(2), WithoutTargetHealth())
 	c := &http.Client{Transport: rt}
 
 	// Round robin starts some request on the proxy after the good one,
@@ -504,7 +506,7 @@ func TestBanRetiresProxyTransport(t *testing.T) {
 	checkLeaks(t)
 	e := newEnv(t)
 	e.add(0, alice(), startHTTPUpstream(t, "127.0.1.1"))
-	rt := e.transport(WithMaxRetries(0))
+	rt := e.transport(WithMaxRetries(0), WithoutTargetHealth())
 	c := &http.Client{Transport: rt}
 	fetch(t, c, context.Background(), e.tg.tls.URL)
 	id := e.byIP["127.0.1.1"].ID

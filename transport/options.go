@@ -182,6 +182,23 @@ func WithSuccessReportInterval(d time.Duration) Option {
 	}
 }
 
+// WithoutTargetHealth stops keeping health per site (target). By default
+// each request's site (the registrable domain of its URL's host, see
+// pharox.NormalizeTarget, or RequestOptions.Target) goes with its
+// acquisition, so proxies cooling down for that site are not leased for
+// it, and with its success and ban reports, so a ban cools the proxy down
+// for that site only and the proxy keeps serving the others. Failures
+// (the proxy could not be reached, refused its credentials, broke the
+// exchange) count against the proxy everywhere either way. With a lease
+// source that keeps no per-site health the Transport turns it off by
+// itself, as this option does, and bans count everywhere.
+func WithoutTargetHealth() Option {
+	return func(t *Transport) error {
+		t.noTargetOpt = true
+		return nil
+	}
+}
+
 // WithObserver sends the Transport's events (requests, outcomes, lease
 // waits) to o, for example an observe.TransportMetrics.
 func WithObserver(o Observer) Option {
@@ -224,6 +241,10 @@ type RequestOptions struct {
 	Session string
 	// SessionTTL replaces the Transport's session TTL.
 	SessionTTL time.Duration
+	// Target names the site the requests count for (a host name,
+	// host:port, IP address or URL) instead of each request's own host:
+	// for example the site whose CDN host a request goes to.
+	Target string
 }
 
 type requestOptionsKey struct{}
@@ -254,6 +275,9 @@ func WithRequestOptions(ctx context.Context, o RequestOptions) context.Context {
 		}
 		if o.SessionTTL != 0 {
 			merged.SessionTTL = o.SessionTTL
+		}
+		if o.Target != "" {
+			merged.Target = o.Target
 		}
 	}
 	return context.WithValue(ctx, requestOptionsKey{}, &merged)
@@ -297,6 +321,9 @@ func (t *Transport) resolve(ctx context.Context) (string, *pharox.AcquireOptions
 	}
 	if ro.SessionTTL != 0 {
 		o.SessionTTL = ro.SessionTTL
+	}
+	if ro.Target != "" {
+		o.Target = ro.Target
 	}
 	return pool, &o
 }

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -146,6 +147,19 @@ func boundDialer(ip string) *net.Dialer {
 	return &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
 }
 
+// dialFrom is boundDialer(ip).DialContext, resolving every name under
+// .localhost to 127.0.0.1 (the system resolver may not), so tests can
+// address several sites on loopback by name.
+func dialFrom(ip string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	d := boundDialer(ip)
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if host, port, err := net.SplitHostPort(addr); err == nil && strings.HasSuffix(strings.ToLower(host), ".localhost") {
+			addr = net.JoinHostPort("127.0.0.1", port)
+		}
+		return d.DialContext(ctx, network, addr)
+	}
+}
+
 func listenOn(t testing.TB, ip string) net.Listener {
 	ln, err := net.Listen("tcp", ip+":0")
 	if err != nil {
@@ -176,7 +190,7 @@ func startHTTPSUpstream(t testing.TB, ip string) *upstream { return startGoproxy
 func startGoproxy(t testing.TB, ip string, useTLS bool) *upstream {
 	p := goproxy.NewProxyHttpServer()
 	p.Logger = log.New(io.Discard, "", 0)
-	tr := &http.Transport{DialContext: boundDialer(ip).DialContext, MaxIdleConnsPerHost: 256}
+	tr := &http.Transport{DialContext: dialFrom(ip), MaxIdleConnsPerHost: 256}
 	p.Tr = tr
 	want := "Basic " + base64.StdEncoding.EncodeToString([]byte(upUser+":"+upPass))
 	deny := func(r *http.Request) *http.Response {

@@ -60,8 +60,12 @@ func TestRemote(t *testing.T) {
 			t.Fatalf("answer %d %q with one proxy banned by the target, want 200 through the other", code, body)
 		}
 	}
-	if p := e.proxy("127.0.1.1"); p.FailureStreak < 1 {
-		t.Fatalf("banned proxy streak %d, want the ban reported through the service", p.FailureStreak)
+	states, err := e.mgr.TargetStates(context.Background(), e.proxy("127.0.1.1").ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(states) != 1 || states[0].LastStatusCode != http.StatusTooManyRequests || !states[0].CoolingAt(time.Now()) {
+		t.Fatalf("banned proxy: per-site states %+v, want the ban reported for the site through the service", states)
 	}
 	e.noLeases()
 
@@ -75,9 +79,13 @@ func TestRemote(t *testing.T) {
 		}
 		held = append(held, l)
 	}
-	_, err := (&http.Client{Transport: rt, Timeout: 1500 * time.Millisecond}).Get(e.tg.tls.URL)
+	_, err = (&http.Client{Transport: rt, Timeout: 1500 * time.Millisecond}).Get(e.tg.tls.URL)
 	if !errors.Is(err, pharox.ErrNoProxyAvailable) {
 		t.Fatalf("request to a busy pool through the service: %v, want ErrNoProxyAvailable", err)
+	}
+	// Free the proxy not cooling down for the target.
+	if held[1].ProxyID != e.proxy("127.0.1.2").ID {
+		held[0], held[1] = held[1], held[0]
 	}
 	go func() {
 		time.Sleep(50 * time.Millisecond)

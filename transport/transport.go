@@ -58,10 +58,12 @@ type Transport struct {
 	successEvery time.Duration
 	observer     Observer
 	log          *slog.Logger
+	noTargetOpt  bool // WithoutTargetHealth
 
 	proxies     *proxyCache
 	lastSuccess sync.Map // proxy id -> unix nanoseconds of the last success reported
 	noPredicate atomic.Bool
+	noTargets   atomic.Bool // the lease source keeps no per-site health
 }
 
 var _ http.RoundTripper = (*Transport)(nil)
@@ -122,6 +124,12 @@ func (t *Transport) CloseIdleConnections() { t.proxies.closeIdle() }
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	pool, opts := t.resolve(ctx)
+	opts, err := t.withRequestTarget(req, opts)
+	if err != nil {
+		closeBody(req)
+		t.observer.ObserveRequest(pool, 0, err)
+		return nil, err
+	}
 	resp, attempts, err := t.roundTrip(ctx, req, pool, opts)
 	t.observer.ObserveRequest(pool, attempts, err)
 	return resp, err
@@ -165,7 +173,7 @@ func (t *Transport) roundTrip(ctx context.Context, req *http.Request, pool strin
 				out.Body = body
 			}
 		}
-		a := t.try(ctx, out, lease, pool)
+		a := t.try(ctx, out, lease, pool, opts.Target)
 		if !a.retry || n > t.maxRetries || !replayable || !(a.unsent || idempotent) || ctx.Err() != nil {
 			resp, err := t.giveUp(ctx, a, pool, opts)
 			return resp, n, err
@@ -214,7 +222,7 @@ func (t *Transport) acquire(ctx context.Context, pool string, opts *pharox.Acqui
 
 func (t *Transport) lease(ctx context.Context, pool string, opts *pharox.AcquireOptions, exclude []uuid.UUID) (*pharox.Lease, error) {
 	if len(exclude) == 0 {
-		return t.leaser.Acquire(ctx, pool, opts, t.waitFor(ctx))
+		return t.leaseFor(ctx, pool, opts, t.waitFor(ctx))
 	}
 	// A retry takes a proxy that is free now; it does not wait for one.
 	if !t.noPredicate.Load() {
@@ -230,7 +238,7 @@ func (t *Transport) lease(ctx context.Context, pool string, opts *pharox.Acquire
 		o.Filters = &f
 		// With the failed proxy no candidate, a sticky session fails over
 		// and re-binds to the proxy it gets.
-		l, err := t.leaser.Acquire(ctx, pool, &o, 0)
+		l, err := t.leaseFor(ctx, pool, &o, 0)
 		if !errors.Is(err, pharox.ErrUnsupported) {
 			return l, err
 		}
@@ -255,7 +263,7 @@ func (t *Transport) lease(ctx context.Context, pool string, opts *pharox.Acquire
 		}
 	}()
 	for range 3 {
-		l, err := t.leaser.Acquire(ctx, pool, &o, 0)
+		l, err := t.leaseFor(ctx, pool, &o, 0)
 		if err != nil {
 			return nil, err
 		}
@@ -281,8 +289,8 @@ type attempt struct {
 }
 
 // try sends out once through the lease's proxy, classifies what came back
-// and reports a failure or a ban.
-func (t *Transport) try(ctx context.Context, out *http.Request, lease *pharox.Lease, pool string) *attempt {
+// and reports a failure or a ban; target is the site it was leased for.
+func (t *Transport) try(ctx context.Context, out *http.Request, lease *pharox.Lease, pool, target string) *attempt {
 	a := &attempt{lease: lease}
 	pt, err := t.proxies.get(lease.Proxy)
 	if err != nil {
@@ -303,6 +311,7 @@ func (t *Transport) try(ctx context.Context, out *http.Request, lease *pharox.Le
 		if a.outcome.Kind != "" && a.outcome.StatusCode == 0 {
 			a.outcome.StatusCode = resp.StatusCode
 		}
+		t.addTarget(target, &a.outcome)
 		a.retry = a.outcome.Kind == pharox.OutcomeFailure || a.outcome.Kind == pharox.OutcomeBanned
 		// A 407 to a forwarded request comes from the proxy itself.
 		a.unsent = resp.StatusCode == http.StatusProxyAuthRequired && out.URL.Scheme == "http" &&
@@ -423,6 +432,12 @@ func (t *Transport) report(ctx context.Context, lease *pharox.Lease, o pharox.Ou
 		t.lastSuccess.Delete(lease.ProxyID)
 	}
 	p, err := t.leaser.ReportOutcome(ctx, lease, o)
+	if o.Target != "" && errors.Is(err, pharox.ErrUnsupported) {
+		// The lease source keeps no per-site health: count it everywhere.
+		t.dropTargets(err)
+		o.Target = ""
+		p, err = t.leaser.ReportOutcome(ctx, lease, o)
+	}
 	switch {
 	case errors.Is(err, pharox.ErrProxyNotFound):
 		t.proxies.retire(lease.ProxyID, nil)
@@ -434,9 +449,13 @@ func (t *Transport) report(ctx context.Context, lease *pharox.Lease, o pharox.Ou
 }
 
 // reportSuccess reports a success unless one was reported for the proxy
-// within successEvery and the proxy was healthy when leased.
+// within successEvery and the proxy was healthy when leased; an error
+// answer of a site is always reported.
 func (t *Transport) reportSuccess(ctx context.Context, lease *pharox.Lease, o pharox.Outcome) {
-	if every := t.successEvery; every > 0 {
+	// An error answer for a site always goes: the lease source's per-site
+	// policy may count it as a ban for the site (pharox.TargetPolicy's
+	// BanStatusCodes: a plain 403 by default).
+	if every := t.successEvery; every > 0 && (o.Target == "" || o.StatusCode < 400) {
 		p := lease.Proxy
 		healthy := p != nil && p.Status == pharox.StatusActive && p.FailureStreak == 0
 		now := time.Now().UnixNano()

@@ -37,6 +37,8 @@ type gatewayOptions struct {
 	defaultPool, user, password        string
 	consumer, strategy                 string
 	banStatuses                        []int
+	banMarkers                         []string
+	noTargetHealth                     bool
 	leaseDuration, acquireWait         time.Duration
 	dialTimeout, shutdownTimeout       time.Duration
 	accessLog, allowOpen               bool
@@ -79,6 +81,20 @@ answers, takes the key, has the --default-pool) and exits with one line
 saying what to fix when it cannot work. --metrics-listen serves /metrics
 and /readyz (the same check, 200 or 503).
 
+Health is kept per site (target): each request's site is the registrable
+domain of its host (shop.example.co.uk counts for example.co.uk). An
+upstream a site bans (a --ban-status answer, or with --ban-marker a block
+page) cools down for that site only, at once, and keeps serving the
+others; an upstream banned by 5 sites within an hour is banned everywhere.
+A CONNECT tunnel is opaque: only the upstream's answer to CONNECT counts.
+Failures of the upstream itself (unreachable, refusing its credentials)
+count everywhere. The ban statuses are 429, and 403 too for a request
+whose site is known (many sites answer 403 to an address they block;
+counted for that site only, it takes the upstream from no other site);
+--ban-status replaces both lists. --no-target-health counts bans
+everywhere, as does a lease source that keeps no per-site health; see
+pharox targets --pool NAME.
+
 Tunnels idle for --idle-timeout are closed and their lease released; past
 --max-conns requests and tunnels at once the gateway answers 503. The
 gateway's own answers carry the reason in the X-Pharox-Reason header: 407
@@ -118,7 +134,9 @@ func newGatewayCmd() *cobra.Command {
 	f.StringVar(&o.password, "password", "", "inbound proxy password; prefer the env var (env PHAROX_GATEWAY_PASSWORD)")
 	f.StringVar(&o.consumer, "consumer", gateway.DefaultConsumer, "consumer name leases are taken for")
 	f.StringVar(&o.strategy, "strategy", string(pharox.RoundRobin), "proxy choice: round_robin, least_used, random or first_available")
-	f.IntSliceVar(&o.banStatuses, "ban-status", []int{http.StatusTooManyRequests}, "target status that means the upstream is banned, repeatable")
+	f.IntSliceVar(&o.banStatuses, "ban-status", nil, "target status that means the upstream is banned, repeatable (default 429, and 403 for a request whose site is known)")
+	f.StringArrayVar(&o.banMarkers, "ban-marker", nil, "phrase of a block page (e.g. captcha): an answer of status 400 or above with one in the first 4 KiB of its body is a ban, repeatable")
+	f.BoolVar(&o.noTargetHealth, "no-target-health", false, "count bans against an upstream everywhere, not only for the site that banned it")
 	f.DurationVar(&o.leaseDuration, "lease-duration", gateway.DefaultLeaseDuration, "lease length per request; tunnels renew it while open")
 	f.DurationVar(&o.acquireWait, "acquire-wait", 0, "wait this long for a free upstream before answering 503")
 	f.DurationVar(&o.dialTimeout, "dial-timeout", gateway.DefaultDialTimeout, "timeout to reach an upstream, handshakes included")
@@ -247,6 +265,7 @@ func runGateway(ctx context.Context, o gatewayOptions, stderr io.Writer, ready f
 		Leaser: leaser, DefaultPool: o.defaultPool, User: o.user, Password: o.password,
 		Consumer: o.consumer, Strategy: pharox.Strategy(o.strategy), LeaseDuration: o.leaseDuration,
 		AcquireWait: o.acquireWait, BanStatuses: o.banStatuses, DialTimeout: o.dialTimeout,
+		BanMarkers: o.banMarkers, DisableTargetHealth: o.noTargetHealth,
 		IdleTimeout: disabledIfZero(o.idleTimeout), MaxConns: int(disabledIfZero(time.Duration(o.maxConns))),
 		ResponseHeaderTimeout: disabledIfZero(o.responseHeaderTimeout),
 		Registerer:            reg, Logger: logger, DisableAccessLog: !o.accessLog,

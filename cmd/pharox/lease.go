@@ -41,6 +41,7 @@ type acquireFlags struct {
 	sessionTTL  time.Duration
 	wait        time.Duration
 	withSecrets bool
+	target      string
 }
 
 func newLeaseAcquireCmd(tf *targetFlags) *cobra.Command {
@@ -96,12 +97,17 @@ func newLeaseAcquireCmd(tf *targetFlags) *cobra.Command {
 	fl.DurationVar(&f.sessionTTL, "session-ttl", 0, "how long the sticky session lives (default 10m)")
 	fl.DurationVar(&f.wait, "wait", 0, "wait up to this long for a free proxy (a server refuses waits over its --max-wait)")
 	fl.BoolVar(&f.withSecrets, "with-secrets", false, "print the proxy's password and URL (for scripts that use the lease)")
+	fl.StringVar(&f.target, "target", "", "the site the lease is for (host, host:port or URL): skip proxies cooling down for it")
 	_ = cmd.MarkFlagRequired("pool")
 	return cmd
 }
 
 func (f *acquireFlags) options() (*pharox.AcquireOptions, error) {
 	opts := &pharox.AcquireOptions{Consumer: f.consumer, Duration: f.ttl, SessionKey: f.sessionKey, SessionTTL: f.sessionTTL}
+	if _, err := pharox.NormalizeTarget(f.target); err != nil {
+		return nil, fmt.Errorf("%w: --target %q is not a host name, host:port, IP address or URL", pharox.ErrInvalidArgument, f.target)
+	}
+	opts.Target = f.target
 	if f.ttl <= 0 {
 		return nil, fmt.Errorf("%w: --ttl must be positive, got %v", pharox.ErrInvalidArgument, f.ttl)
 	}

@@ -150,6 +150,11 @@ type backend interface {
 	Release(ctx context.Context, id uuid.UUID) (*pharox.Lease, error)
 	ListLeases(ctx context.Context, q pharox.LeaseQuery) ([]*pharox.Lease, error)
 
+	// PoolTargets and ProxyTargets read per-site health (ErrUnsupported
+	// when the store keeps none).
+	PoolTargets(ctx context.Context, pool *pharox.Pool) ([]*pharox.TargetStats, error)
+	ProxyTargets(ctx context.Context, pool *pharox.Pool, id uuid.UUID) ([]*pharox.TargetState, error)
+
 	Close() error
 }
 
@@ -272,6 +277,17 @@ func (d *directBackend) ListLeases(ctx context.Context, q pharox.LeaseQuery) ([]
 	return d.store.ListLeases(ctx, q)
 }
 
+func (d *directBackend) PoolTargets(ctx context.Context, pool *pharox.Pool) ([]*pharox.TargetStats, error) {
+	return d.mgr.PoolTargetStats(ctx, pool.ID)
+}
+
+func (d *directBackend) ProxyTargets(ctx context.Context, pool *pharox.Pool, id uuid.UUID) ([]*pharox.TargetState, error) {
+	if err := d.proxyOf(ctx, pool, id); err != nil {
+		return nil, err
+	}
+	return d.mgr.TargetStates(ctx, id)
+}
+
 func (d *directBackend) Close() error { return d.store.Close() }
 
 // remoteBackend talks to a pharox server.
@@ -335,6 +351,14 @@ func (r *remoteBackend) Release(ctx context.Context, id uuid.UUID) (*pharox.Leas
 
 func (r *remoteBackend) ListLeases(ctx context.Context, q pharox.LeaseQuery) ([]*pharox.Lease, error) {
 	return r.c.ListLeases(ctx, q)
+}
+
+func (r *remoteBackend) PoolTargets(ctx context.Context, pool *pharox.Pool) ([]*pharox.TargetStats, error) {
+	return r.c.PoolTargets(ctx, pool.ID)
+}
+
+func (r *remoteBackend) ProxyTargets(ctx context.Context, pool *pharox.Pool, id uuid.UUID) ([]*pharox.TargetState, error) {
+	return r.c.ProxyTargets(ctx, pool.ID, id)
 }
 
 func (r *remoteBackend) Close() error { return nil }

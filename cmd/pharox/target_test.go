@@ -19,7 +19,7 @@ import (
 
 // sharedStore hands the same store to every command of a test: memory://
 // lives in one process, and each command opens and closes its target.
-type sharedStore struct{ pharox.Storage }
+type sharedStore struct{ *memory.Store }
 
 func (sharedStore) Close() error { return nil }
 
@@ -69,7 +69,7 @@ func newRemoteCLI(t *testing.T) *cli {
 // into the next.
 func newRoot() *cobra.Command {
 	root := &cobra.Command{Use: "pharox", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(newPoolCmd(), newProxyCmd(), newLeaseCmd(), newStatsCmd())
+	root.AddCommand(newPoolCmd(), newProxyCmd(), newLeaseCmd(), newStatsCmd(), newTargetsCmd())
 	return root
 }
 

@@ -53,6 +53,7 @@ func Run(t *testing.T, newStore NewStore) {
 		{"FailureGuard", testFailureGuard},
 		{"UnknownPoolsGrowNothing", testUnknownPoolsGrowNothing},
 		{"ConsumersPerKey", testConsumersPerKey},
+		{"Targets", testTargets},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore) })

@@ -630,3 +630,42 @@ func TestDashboardSweepAsksForTarget(t *testing.T) {
 	b.waitJS(5*time.Second, `document.getElementById("toast").textContent.includes("Sweep of alpha")`)
 	b.checkConsole()
 }
+
+// TestDashboardShowsSiteHealth checks the Sites panel: a site that banned
+// a proxy shows with its pool's proxies usable and cooling down for it.
+func TestDashboardShowsSiteHealth(t *testing.T) {
+	chromePath(t) // skip before building anything
+	f := newFixture(t, "")
+	close(f.sweepRelease)
+	ctx := context.Background()
+	l, err := f.mgr.Acquire(ctx, "alpha", &pharox.AcquireOptions{Target: "https://shop.example.com/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.mgr.ReportOutcome(ctx, l, pharox.Outcome{Kind: pharox.OutcomeBanned, StatusCode: 403, Target: "shop.example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.mgr.Release(ctx, l.ID); err != nil {
+		t.Fatal(err)
+	}
+	b := newBrowser(t)
+	b.do(15*time.Second, chromedp.Navigate(f.url+"/ui/"))
+	b.signIn(adminKey)
+	row := `#targets tr[data-target="example.com"]`
+	b.waitJS(10*time.Second, `!!document.querySelector('`+row+`')`)
+	for sel, want := range map[string]string{
+		row + " td.usable":       "2", // of the 3 leasable proxies, one cools down
+		row + " td.cooling":      "1",
+		row + " td.bans":         "1",
+		row + " td:nth-child(2)": "alpha",
+	} {
+		if got := b.text(sel); got != want {
+			t.Errorf("%s = %q, want %q", sel, got, want)
+		}
+	}
+	if !eval[bool](b, `document.getElementById("targets-empty").hidden && document.getElementById("targets-unsupported").hidden`) {
+		t.Error("the panel shows a site and a note that there is none")
+	}
+	b.screenshot("sites")
+	b.checkConsole()
+}

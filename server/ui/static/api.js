@@ -60,6 +60,7 @@ const enc = encodeURIComponent;
 export const api = {
   dashboard: (key) => request("GET", "/v1/admin/dashboard", undefined, key),
   proxies: (poolId) => request("GET", `/v1/pools/${enc(poolId)}/proxies/`),
+  targets: (poolId) => request("GET", `/v1/pools/${enc(poolId)}/targets`),
   activeLeases: (limit) => request("GET", `/v1/leases/?status=active&limit=${limit}`),
   setStatus: (poolId, proxyId, status) =>
     request("PATCH", `/v1/pools/${enc(poolId)}/proxies/${enc(proxyId)}`, { status }),

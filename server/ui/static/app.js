@@ -10,6 +10,7 @@ const POLL_MS = 1000;
 const STALE_MS = 5000;
 const MAX_PROXY_ROWS = 500;
 const LEASE_LIMIT = 1000;
+const MAX_TARGET_ROWS = 100;
 const STATUSES = ["active", "slow", "inactive", "banned"];
 
 const state = {
@@ -24,6 +25,8 @@ const state = {
   proxies: [], // of the pools fetched this round
   proxyByID: new Map(),
   leases: [],
+  targets: [], // per-site health of the pools fetched this round, with pool_id
+  targetsUnsupported: false, // the store keeps no per-site health (501)
   sweeping: new Set(), // pool ids with a sweep requested from this page
   poolKey: "",
   countryKey: "",
@@ -33,6 +36,7 @@ const rows = {
   pools: new Map(),
   proxies: new Map(),
   leases: new Map(),
+  targets: new Map(),
 };
 
 // ---- time formatting ----
@@ -230,7 +234,7 @@ async function load() {
   state.clockOffset = Date.parse(dash.collected_at) - (sent + received) / 2;
   const poolFilter = $("f-pool").value;
   const pools = dash.pools.filter((p) => !poolFilter || p.pool.id === poolFilter);
-  const [lists, leases] = await Promise.all([
+  const [lists, leases, targets] = await Promise.all([
     Promise.all(
       pools.map((p) =>
         api.proxies(p.pool.id).catch((err) => {
@@ -240,11 +244,36 @@ async function load() {
       ),
     ),
     api.activeLeases(LEASE_LIMIT),
+    loadTargets(pools),
   ]);
   state.dash = dash;
+  state.targets = targets;
   state.proxies = lists.flat();
   state.proxyByID = new Map(state.proxies.map((p) => [p.id, p]));
   state.leases = leases;
+}
+
+// loadTargets reads the per-site health of pools, each entry with its
+// pool's id. A store without per-site health answers 501 once; the page
+// then stops asking.
+async function loadTargets(pools) {
+  if (state.targetsUnsupported) return [];
+  const lists = await Promise.all(
+    pools.map((p) =>
+      api.targets(p.pool.id).then(
+        (list) => list.map((t) => ({ ...t, pool_id: p.pool.id })),
+        (err) => {
+          if (err instanceof ApiError && err.status === 501) {
+            state.targetsUnsupported = true;
+            return [];
+          }
+          if (err instanceof ApiError && err.status === 404) return []; // deleted meanwhile
+          throw err;
+        },
+      ),
+    ),
+  );
+  return lists.flat();
 }
 
 function renderLive() {
@@ -268,6 +297,7 @@ function render() {
   renderFilters();
   renderPools();
   renderCharts();
+  renderTargets();
   renderProxies();
   renderLeases();
 }
@@ -396,6 +426,71 @@ function renderCharts() {
       : `first sample within ${interval}s`;
   }
   text($("charts-span"), span);
+}
+
+// siteBar shows a site's usable and cooling proxies as one bar.
+function siteBar(usable, cooling) {
+  const bar = el("span", { class: "bar", title: `usable ${usable}, cooling down ${cooling}` });
+  const total = usable + cooling;
+  for (const [n, cls] of [[usable, "st-active"], [cooling, "st-banned"]]) {
+    if (n <= 0 || total <= 0) continue;
+    const part = el("span", { class: cls });
+    part.style.width = `${(100 * n) / total}%`;
+    bar.append(part);
+  }
+  return bar;
+}
+
+// renderTargets lists the sites of the pools shown, those with the most
+// proxies cooling down first.
+function renderTargets() {
+  const names = poolNames();
+  const list = state.targets.slice();
+  list.sort((a, b) =>
+    b.cooling_proxies - a.cooling_proxies || b.bans_last_hour - a.bans_last_hour ||
+    a.target.localeCompare(b.target) || (names.get(a.pool_id) || "").localeCompare(names.get(b.pool_id) || ""));
+  const shown = list.slice(0, MAX_TARGET_ROWS);
+  const body = $("targets").tBodies[0];
+  const seen = new Set();
+  for (const t of shown) {
+    const key = t.pool_id + "\n" + t.target;
+    seen.add(key);
+    let r = rows.targets.get(key);
+    if (!r) {
+      r = {
+        tr: el("tr", { "data-target": t.target, "data-pool": t.pool_id }),
+        site: el("td", { class: "mono" }),
+        pool: el("td"),
+        usable: el("td", { class: "num usable" }),
+        cooling: el("td", { class: "num cooling" }),
+        bans: el("td", { class: "num bans" }),
+        health: el("td"),
+      };
+      r.tr.append(r.site, r.pool, r.usable, r.cooling, r.bans, r.health);
+      rows.targets.set(key, r);
+    }
+    text(r.site, t.target);
+    text(r.pool, names.get(t.pool_id) || "");
+    text(r.usable, t.usable_proxies);
+    text(r.cooling, t.cooling_proxies);
+    text(r.bans, t.bans_last_hour);
+    clear(r.health);
+    r.health.append(siteBar(t.usable_proxies, t.cooling_proxies));
+    r.tr.classList.toggle("blocked", t.usable_proxies === 0 && t.cooling_proxies > 0);
+    r.tr.title = t.usable_proxies === 0 && t.cooling_proxies > 0
+      ? `No proxy of this pool is usable for ${t.target}: every one that tried is cooling down for it.`
+      : `${t.usable_proxies} proxies usable for ${t.target}, ${t.cooling_proxies} cooling down for it.`;
+    body.append(r.tr);
+  }
+  for (const [key, r] of rows.targets) {
+    if (!seen.has(key)) {
+      r.tr.remove();
+      rows.targets.delete(key);
+    }
+  }
+  text($("targets-count"), list.length > shown.length ? `(${shown.length} of ${list.length})` : `(${list.length})`);
+  $("targets-unsupported").hidden = !state.targetsUnsupported;
+  $("targets-empty").hidden = state.targetsUnsupported || list.length > 0;
 }
 
 function proxyLabel(p) {
