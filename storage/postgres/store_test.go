@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/pharox/pharox/internal/ptrutil"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -17,8 +18,6 @@ import (
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/storage/storagetest"
 )
-
-func ptr[T any](v T) *T { return &v }
 
 // TestFilterSQLMatchesReference checks the generated SQL against
 // pharox.Filters.Match, the reference semantics, on random proxies and
@@ -402,7 +401,7 @@ func TestLargeValues(t *testing.T) {
 		t.Fatal(err)
 	}
 	const asn = 4_200_000_000
-	ps, err := s.AddProxies(ctx, []pharox.Proxy{{PoolID: pool.ID, Host: "10.0.0.1", Port: 80, Protocol: pharox.ProtocolHTTP, ASN: ptr(asn)}})
+	ps, err := s.AddProxies(ctx, []pharox.Proxy{{PoolID: pool.ID, Host: "10.0.0.1", Port: 80, Protocol: pharox.ProtocolHTTP, ASN: ptrutil.Ptr(asn)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -413,11 +412,11 @@ func TestLargeValues(t *testing.T) {
 	if got.ASN == nil || *got.ASN != asn {
 		t.Fatalf("ASN = %v, want %d", got.ASN, asn)
 	}
-	p, err := s.FindAvailableProxy(ctx, "big", &pharox.Filters{ASN: ptr(asn)}, pharox.FirstAvailable)
+	p, err := s.FindAvailableProxy(ctx, "big", &pharox.Filters{ASN: ptrutil.Ptr(asn)}, pharox.FirstAvailable)
 	if err != nil || p.ID != ps[0].ID {
 		t.Fatalf("FindAvailableProxy(asn %d) = %v, %v", asn, p, err)
 	}
-	_, err = s.AddProxies(ctx, []pharox.Proxy{{PoolID: pool.ID, Host: "10.0.0.2", Port: 80, Protocol: pharox.ProtocolHTTP, MaxConcurrency: ptr(1 << 40)}})
+	_, err = s.AddProxies(ctx, []pharox.Proxy{{PoolID: pool.ID, Host: "10.0.0.2", Port: 80, Protocol: pharox.ProtocolHTTP, MaxConcurrency: ptrutil.Ptr(1 << 40)}})
 	if !errors.Is(err, pharox.ErrInvalidArgument) {
 		t.Fatalf("AddProxies with max_concurrency 2^40: %v, want ErrInvalidArgument", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/pharox/pharox/internal/ptrutil"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -51,7 +52,7 @@ func batchPool(t *testing.T, s *Store, name string, maxc ...int) []*pharox.Proxy
 		in[i] = pharox.Proxy{PoolID: pool.ID, Host: fmt.Sprintf("10.2.%d.%d", i/200, i%200+1), Port: 8000,
 			Protocol: pharox.ProtocolHTTP, Country: []string{"DE", "US"}[i%2]}
 		if m > 0 {
-			in[i].MaxConcurrency = ptr(m)
+			in[i].MaxConcurrency = ptrutil.Ptr(m)
 		}
 	}
 	added, err := s.AddProxies(ctx, in)

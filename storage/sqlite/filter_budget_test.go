@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/pharox/pharox/internal/ptrutil"
+	"github.com/pharox/pharox/internal/testfactory"
 	"strings"
 	"testing"
 
@@ -34,7 +36,7 @@ func TestFilterScanBudget(t *testing.T) {
 		if _, err := s.AddProxies(ctx, in); err != nil {
 			t.Fatal(err)
 		}
-		c := consumer(t, s, "budget")
+		c := testfactory.Consumer(t.Context(), t, s, &testfactory.ConsumerOpts{Name: ptrutil.Ptr("budget")})
 		for _, st := range pharox.AllStrategies {
 			r := req("budget", c)
 			r.Strategy = st

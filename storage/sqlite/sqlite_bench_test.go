@@ -3,6 +3,8 @@ package sqlite_test
 import (
 	"context"
 	"errors"
+	"github.com/pharox/pharox/internal/ptrutil"
+	"github.com/pharox/pharox/internal/testfactory"
 	"sync"
 	"syscall"
 	"testing"
@@ -48,8 +50,8 @@ var benchStores = []benchStore{
 
 func benchPairs(b *testing.B, s pharox.Storage, workers int) {
 	ctx := context.Background()
-	seed(b, s, "bench", benchProxies, 1)
-	c := consumer(b, s, "bench")
+	testfactory.PoolWithProxies(b.Context(), b, s, &testfactory.PoolOpts{Name: ptrutil.Ptr("bench")}, benchProxies, &testfactory.ProxyOpts{MaxConcurrency: ptrutil.Ptr(1)})
+	c := testfactory.Consumer(b.Context(), b, s, &testfactory.ConsumerOpts{Name: ptrutil.Ptr("bench")})
 	r := pharox.AcquireRequest{PoolName: "bench", ConsumerID: c.ID, ConsumerName: c.Name,
 		Duration: time.Minute, Strategy: pharox.FirstAvailable}
 	// Warm up caches and prepared statements outside the timing.

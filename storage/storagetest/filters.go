@@ -2,6 +2,7 @@ package storagetest
 
 import (
 	"errors"
+	"github.com/pharox/pharox/internal/ptrutil"
 	"slices"
 	"strings"
 	"testing"
@@ -47,7 +48,7 @@ func (f *fixture) filterPool(name string, ps map[string]pharox.Proxy) (map[strin
 			p.Protocol = pharox.ProtocolHTTP
 		}
 		if p.MaxConcurrency == nil {
-			p.MaxConcurrency = ptr(1)
+			p.MaxConcurrency = ptrutil.Ptr(1)
 		}
 		in[i] = p
 	}
@@ -121,11 +122,11 @@ func (f *fixture) checkFilter(pool string, proxies map[string]*pharox.Proxy, nm 
 
 func testFilterFields(t *testing.T, f *fixture) {
 	proxies, nm := f.filterPool("fields", map[string]pharox.Proxy{
-		"ar-a": {Country: "AR", City: "Buenos Aires", Source: "vendor-a", ISP: "Telecom", ASN: ptr(7303),
+		"ar-a": {Country: "AR", City: "Buenos Aires", Source: "vendor-a", ISP: "Telecom", ASN: ptrutil.Ptr(7303),
 			Tags: []string{"residential", "fast"}},
-		"ar-b": {Country: "AR", City: "Cordoba", Source: "vendor-b", ISP: "Claro", ASN: ptr(0),
+		"ar-b": {Country: "AR", City: "Cordoba", Source: "vendor-b", ISP: "Claro", ASN: ptrutil.Ptr(0),
 			Protocol: pharox.ProtocolSOCKS5, Tags: []string{"residential"}},
-		"uy": {Country: "UY", City: "Montevideo", Source: "vendor-a", ISP: "Antel", ASN: ptr(6057),
+		"uy": {Country: "UY", City: "Montevideo", Source: "vendor-a", ISP: "Antel", ASN: ptrutil.Ptr(6057),
 			Protocol: pharox.ProtocolSOCKS5, Tags: []string{"fast", "datacenter"}},
 		"de": {Country: "DE", City: "Berlin", Source: "vendor-b", ISP: "Telekom",
 			Protocol: pharox.ProtocolHTTPS},
@@ -138,8 +139,8 @@ func testFilterFields(t *testing.T, f *fixture) {
 		{"city", pharox.Filters{City: "Montevideo"}, []string{"uy"}},
 		{"source", pharox.Filters{Source: "vendor-b"}, []string{"ar-b", "de"}},
 		{"isp", pharox.Filters{ISP: "Telecom"}, []string{"ar-a"}},
-		{"asn", pharox.Filters{ASN: ptr(7303)}, []string{"ar-a"}},
-		{"asn zero is a value", pharox.Filters{ASN: ptr(0)}, []string{"ar-b"}},
+		{"asn", pharox.Filters{ASN: ptrutil.Ptr(7303)}, []string{"ar-a"}},
+		{"asn zero is a value", pharox.Filters{ASN: ptrutil.Ptr(0)}, []string{"ar-b"}},
 		{"protocol", pharox.Filters{Protocol: pharox.ProtocolSOCKS5}, []string{"ar-b", "uy"}},
 		{"protocol http", pharox.Filters{Protocol: pharox.ProtocolHTTP}, []string{"ar-a", "bare"}},
 		{"one tag", pharox.Filters{Tags: []string{"fast"}}, []string{"ar-a", "uy"}},
@@ -154,7 +155,9 @@ func testFilterFields(t *testing.T, f *fixture) {
 }
 
 func testFilterGeo(t *testing.T, f *fixture) {
-	at := func(p [2]float64) pharox.Proxy { return pharox.Proxy{Latitude: ptr(p[0]), Longitude: ptr(p[1])} }
+	at := func(p [2]float64) pharox.Proxy {
+		return pharox.Proxy{Latitude: ptrutil.Ptr(p[0]), Longitude: ptrutil.Ptr(p[1])}
+	}
 	near := buenosAires
 	near[0] += 5e-7 // within CoordinateTolerance
 	off := buenosAires
@@ -176,20 +179,20 @@ func testFilterGeo(t *testing.T, f *fixture) {
 		t.Fatalf("test bug: distances from Buenos Aires: La Plata %.1f km, Montevideo %.1f km, Madrid %.1f km", dLP, dMVD, dMAD)
 	}
 	point := func(p [2]float64, radius *float64) pharox.Filters {
-		return pharox.Filters{Latitude: ptr(p[0]), Longitude: ptr(p[1]), RadiusKM: radius}
+		return pharox.Filters{Latitude: ptrutil.Ptr(p[0]), Longitude: ptrutil.Ptr(p[1]), RadiusKM: radius}
 	}
 	cases := []filterCase{
 		{"exact point", point(buenosAires, nil), []string{"ba", "ba-near"}},
 		{"exact point elsewhere", point(montevideo, nil), []string{"mvd"}},
 		{"exact point no proxy", point([2]float64{0, 0}, nil), nil},
-		{"radius 1km", point(buenosAires, ptr(1.0)), []string{"ba", "ba-near", "ba-off"}},
-		{"radius just past La Plata", point(buenosAires, ptr(dLP+1)), []string{"ba", "ba-near", "ba-off", "la-plata"}},
-		{"radius just short of La Plata", point(buenosAires, ptr(dLP-1)), []string{"ba", "ba-near", "ba-off"}},
-		{"radius includes Montevideo", point(buenosAires, ptr(dMVD+5)), []string{"ba", "ba-near", "ba-off", "la-plata", "mvd"}},
-		{"radius excludes Montevideo", point(buenosAires, ptr(dMVD-5)), []string{"ba", "ba-near", "ba-off", "la-plata"}},
-		{"radius around Madrid", point(madrid, ptr(500.0)), []string{"madrid"}},
-		{"radius whole earth", point(madrid, ptr(25000.0)), []string{"ba", "ba-near", "ba-off", "la-plata", "madrid", "mvd"}},
-		{"radius zero", point(montevideo, ptr(0.0)), []string{"mvd"}},
+		{"radius 1km", point(buenosAires, ptrutil.Ptr(1.0)), []string{"ba", "ba-near", "ba-off"}},
+		{"radius just past La Plata", point(buenosAires, ptrutil.Ptr(dLP+1)), []string{"ba", "ba-near", "ba-off", "la-plata"}},
+		{"radius just short of La Plata", point(buenosAires, ptrutil.Ptr(dLP-1)), []string{"ba", "ba-near", "ba-off"}},
+		{"radius includes Montevideo", point(buenosAires, ptrutil.Ptr(dMVD+5)), []string{"ba", "ba-near", "ba-off", "la-plata", "mvd"}},
+		{"radius excludes Montevideo", point(buenosAires, ptrutil.Ptr(dMVD-5)), []string{"ba", "ba-near", "ba-off", "la-plata"}},
+		{"radius around Madrid", point(madrid, ptrutil.Ptr(500.0)), []string{"madrid"}},
+		{"radius whole earth", point(madrid, ptrutil.Ptr(25000.0)), []string{"ba", "ba-near", "ba-off", "la-plata", "madrid", "mvd"}},
+		{"radius zero", point(montevideo, ptrutil.Ptr(0.0)), []string{"mvd"}},
 	}
 	for _, c := range cases {
 		f.checkFilter("geo", proxies, nm, c)
@@ -198,9 +201,9 @@ func testFilterGeo(t *testing.T, f *fixture) {
 
 func testFilterCombinators(t *testing.T, f *fixture) {
 	proxies, nm := f.filterPool("combo", map[string]pharox.Proxy{
-		"ar-res":  {Country: "AR", Tags: []string{"residential"}, ASN: ptr(7303)},
+		"ar-res":  {Country: "AR", Tags: []string{"residential"}, ASN: ptrutil.Ptr(7303)},
 		"ar-dc":   {Country: "AR", Tags: []string{"datacenter"}, Protocol: pharox.ProtocolSOCKS5},
-		"uy-res":  {Country: "UY", Tags: []string{"residential"}, ASN: ptr(6057)},
+		"uy-res":  {Country: "UY", Tags: []string{"residential"}, ASN: ptrutil.Ptr(6057)},
 		"br-dc":   {Country: "BR", Tags: []string{"datacenter"}},
 		"de-none": {Country: "DE"},
 	})
@@ -219,7 +222,7 @@ func testFilterCombinators(t *testing.T, f *fixture) {
 		}, []string{"br-dc", "uy-res"}},
 		{"nested", pharox.Filters{AnyOf: []pharox.Filters{
 			{AllOf: []pharox.Filters{{Country: "AR"}, {NoneOf: []pharox.Filters{{Tags: []string{"datacenter"}}}}}},
-			{ASN: ptr(6057)},
+			{ASN: ptrutil.Ptr(6057)},
 		}}, []string{"ar-res", "uy-res"}},
 		{"any of nothing matches", pharox.Filters{AnyOf: []pharox.Filters{{Country: "FR"}, {Country: "IT"}}}, nil},
 		{"none of everything", pharox.Filters{NoneOf: []pharox.Filters{{}}}, nil},

@@ -2,6 +2,7 @@ package storagetest
 
 import (
 	"fmt"
+	"github.com/pharox/pharox/internal/ptrutil"
 	"math/rand/v2"
 
 	"github.com/google/uuid"
@@ -26,7 +27,7 @@ func RandomProxy(r *rand.Rand, poolID uuid.UUID, i int) pharox.Proxy {
 		ISP: pick("", "isp1", "isp2"),
 	}
 	if r.IntN(3) > 0 {
-		p.ASN = ptr(r.IntN(3))
+		p.ASN = ptrutil.Ptr(r.IntN(3))
 	}
 	for _, t := range []string{"t1", "t2", "t3"} {
 		if r.IntN(2) == 0 {
@@ -36,11 +37,11 @@ func RandomProxy(r *rand.Rand, poolID uuid.UUID, i int) pharox.Proxy {
 	switch r.IntN(5) {
 	case 0: // no coordinates
 	case 1: // near the antimeridian
-		p.Latitude, p.Longitude = ptr(r.Float64()*4-2), ptr((179+r.Float64())*float64(1-2*r.IntN(2)))
+		p.Latitude, p.Longitude = ptrutil.Ptr(r.Float64()*4-2), ptrutil.Ptr((179+r.Float64())*float64(1-2*r.IntN(2)))
 	case 2: // near the north pole
-		p.Latitude, p.Longitude = ptr(85+r.Float64()*5), ptr(r.Float64()*360-180)
+		p.Latitude, p.Longitude = ptrutil.Ptr(85+r.Float64()*5), ptrutil.Ptr(r.Float64()*360-180)
 	default:
-		p.Latitude, p.Longitude = ptr(r.Float64()*180-90), ptr(r.Float64()*360-180)
+		p.Latitude, p.Longitude = ptrutil.Ptr(r.Float64()*180-90), ptrutil.Ptr(r.Float64()*360-180)
 	}
 	return p
 }
@@ -63,7 +64,7 @@ func RandomFilter(r *rand.Rand, proxies []*pharox.Proxy, depth int) pharox.Filte
 		f.ISP = pick("isp1", "isp2")
 	}
 	if set() {
-		f.ASN = ptr(r.IntN(3))
+		f.ASN = ptrutil.Ptr(r.IntN(3))
 	}
 	if set() {
 		f.Protocol = pharox.Protocol(pick("http", "https", "socks5"))
@@ -85,7 +86,7 @@ func RandomFilter(r *rand.Rand, proxies []*pharox.Proxy, depth int) pharox.Filte
 		}
 		f.Latitude, f.Longitude = &lat, &lon
 		if r.IntN(4) > 0 {
-			f.RadiusKM = ptr([]float64{0, 50, 150, 300, 1500, 8000, 25000}[r.IntN(7)])
+			f.RadiusKM = ptrutil.Ptr([]float64{0, 50, 150, 300, 1500, 8000, 25000}[r.IntN(7)])
 		}
 	}
 	if depth > 0 {

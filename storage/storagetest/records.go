@@ -1,6 +1,7 @@
 package storagetest
 
 import (
+	"github.com/pharox/pharox/internal/ptrutil"
 	"slices"
 	"testing"
 	"time"
@@ -42,7 +43,7 @@ func wantLeaseSet(t testing.TB, what string, got []*pharox.Lease, want ...*pharo
 
 func testListLeases(t *testing.T, f *fixture) {
 	one, nm := f.filterPool("records", map[string]pharox.Proxy{
-		"x": {Country: "XX", MaxConcurrency: ptr(10)}, "y": {Country: "YY", MaxConcurrency: ptr(10)},
+		"x": {Country: "XX", MaxConcurrency: ptrutil.Ptr(10)}, "y": {Country: "YY", MaxConcurrency: ptrutil.Ptr(10)},
 	})
 	two := f.pool("records-two")
 	z := f.addN(two, 1, 0)[0]

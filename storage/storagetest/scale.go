@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/pharox/pharox/internal/ptrutil"
 	"slices"
 	"sync"
 	"testing"
@@ -139,7 +140,7 @@ func seedScalePool(b *testing.B, s pharox.Storage, n int) (pharox.AcquireRequest
 		for j := range ps {
 			i := lo + j
 			ps[j] = pharox.Proxy{PoolID: pool.ID, Host: fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255),
-				Port: 8000 + i%50000, Protocol: pharox.ProtocolHTTP, MaxConcurrency: ptr(1)}
+				Port: 8000 + i%50000, Protocol: pharox.ProtocolHTTP, MaxConcurrency: ptrutil.Ptr(1)}
 		}
 		out, err := s.AddProxies(ctx, ps)
 		if err != nil {

@@ -1,6 +1,7 @@
 package storagetest
 
 import (
+	"github.com/pharox/pharox/internal/ptrutil"
 	"testing"
 	"time"
 
@@ -139,7 +140,7 @@ func testSessionKeysIndependent(t *testing.T, f *fixture) {
 
 func testSessionFilters(t *testing.T, f *fixture) {
 	_, nm := f.filterPool("sess-filter", map[string]pharox.Proxy{
-		"ar": {Country: "AR", MaxConcurrency: ptr(5)}, "uy": {Country: "UY", MaxConcurrency: ptr(5)},
+		"ar": {Country: "AR", MaxConcurrency: ptrutil.Ptr(5)}, "uy": {Country: "UY", MaxConcurrency: ptrutil.Ptr(5)},
 	})
 	req := f.sticky("sess-filter", "k")
 	req.Filters = &pharox.Filters{Country: "AR"}

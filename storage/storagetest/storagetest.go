@@ -45,6 +45,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/pharox/pharox/internal/ptrutil"
 	"slices"
 	"testing"
 	"time"
@@ -184,7 +185,7 @@ func (f *fixture) addN(pool *pharox.Pool, n, maxc int) []*pharox.Proxy {
 	for i := range ps {
 		ps[i] = f.proxy(pool)
 		if maxc > 0 {
-			ps[i].MaxConcurrency = ptr(maxc)
+			ps[i].MaxConcurrency = ptrutil.Ptr(maxc)
 		}
 	}
 	return f.add(ps...)
@@ -296,8 +297,6 @@ func wantErr(t testing.TB, what string, err, want error) {
 		t.Fatalf("%s: err = %v, want %v", what, err, want)
 	}
 }
-
-func ptr[T any](v T) *T { return &v }
 
 func leaseProxy(l *pharox.Lease) string {
 	if l == nil {
