@@ -2,13 +2,14 @@ package pharox
 
 import (
 	"errors"
-	"github.com/pharox/pharox/internal/ptrutil"
 	"math"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 func TestHaversineKnownDistances(t *testing.T) {

@@ -5,13 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/pharox/pharox/internal/ptrutil"
 	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 func sampleProxy() *Proxy {

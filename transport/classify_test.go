@@ -3,7 +3,6 @@ package transport
 import (
 	"context"
 	"errors"
-	"github.com/pharox/pharox/internal/ptrutil"
 	"io"
 	"net/http"
 	"strings"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 func response(code int, header http.Header, body string) *http.Response {

@@ -1,13 +1,13 @@
 package servertest
 
 import (
-	"github.com/pharox/pharox/internal/ptrutil"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/api"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 // Outcome reports change proxies' health, so a holder must not be able to

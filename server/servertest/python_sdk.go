@@ -3,7 +3,6 @@ package servertest
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/pharox/pharox/internal/ptrutil"
 	"net/http"
 	"regexp"
 	"strings"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox/api"
+	"github.com/pharox/pharox/internal/ptrutil"
 	"github.com/pharox/pharox/server"
 )
 

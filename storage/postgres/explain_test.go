@@ -3,8 +3,6 @@ package postgres
 import (
 	"context"
 	"fmt"
-	"github.com/pharox/pharox/internal/ptrutil"
-	"github.com/pharox/pharox/internal/testfactory"
 	"os"
 	"strings"
 	"testing"
@@ -14,6 +12,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
+	"github.com/pharox/pharox/internal/testfactory"
 )
 
 // TestExplainAcquire prints the plans of the acquisition statements on a

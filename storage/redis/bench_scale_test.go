@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/pharox/pharox/internal/ptrutil"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 	"github.com/pharox/pharox/storage/storagetest"
 )
 
@@ -66,9 +66,9 @@ func BenchmarkScaleInterleaved(b *testing.B) {
 						rowNS := scalePairs(b, s, r, k)
 						rows, bases, ratios = append(rows, rowNS), append(bases, baseNS), append(ratios, rowNS/baseNS)
 					}
-					b.ReportMetric(median(rows)/1000, "us/pair")
-					b.ReportMetric(median(bases)/1000, "base-us/pair")
-					b.ReportMetric(median(ratios), "x-1k-free")
+					b.ReportMetric(storagetest.Median(rows)/1000, "us/pair")
+					b.ReportMetric(storagetest.Median(bases)/1000, "base-us/pair")
+					b.ReportMetric(storagetest.Median(ratios), "x-1k-free")
 				})
 			}
 		}
@@ -203,9 +203,9 @@ func BenchmarkSelectiveFilter(b *testing.B) {
 					rowNS := float64(time.Since(start).Nanoseconds()) / float64(k)
 					rows, bases, ratios = append(rows, rowNS), append(bases, baseNS), append(ratios, rowNS/baseNS)
 				}
-				b.ReportMetric(median(rows)/1000, "us/call")
-				b.ReportMetric(median(bases)/1000, "base-us/call")
-				b.ReportMetric(median(ratios), "x-unfiltered")
+				b.ReportMetric(storagetest.Median(rows)/1000, "us/call")
+				b.ReportMetric(storagetest.Median(bases)/1000, "base-us/call")
+				b.ReportMetric(storagetest.Median(ratios), "x-unfiltered")
 			})
 		}
 	}

@@ -3,7 +3,6 @@ package redis
 import (
 	"context"
 	"errors"
-	"github.com/pharox/pharox/internal/ptrutil"
 	"net"
 	"os/exec"
 	"sync/atomic"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 	goredis "github.com/redis/go-redis/v9"
 )
 

@@ -3,13 +3,13 @@ package redis
 import (
 	"errors"
 	"fmt"
-	"github.com/pharox/pharox/internal/ptrutil"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 // budgetPool creates pool name with n proxies of one lease each, all in

@@ -3,7 +3,6 @@ package redis
 import (
 	"errors"
 	"fmt"
-	"github.com/pharox/pharox/internal/ptrutil"
 	"slices"
 	"strings"
 	"testing"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 func TestNewRejectsBadInput(t *testing.T) {

@@ -3,13 +3,13 @@ package sqlite
 import (
 	"context"
 	"fmt"
-	"github.com/pharox/pharox/internal/ptrutil"
 	"math/rand/v2"
 	"path/filepath"
 	"testing"
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 // TestPrefilterIsSuperset checks, on random proxies and random filters, that

@@ -5,8 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"github.com/pharox/pharox/internal/ptrutil"
-	"github.com/pharox/pharox/internal/testfactory"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -14,6 +12,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
+	"github.com/pharox/pharox/internal/testfactory"
 )
 
 // randomNumberingFaults returns what is wrong with the dense numbering

@@ -5,8 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"github.com/pharox/pharox/internal/ptrutil"
-	"github.com/pharox/pharox/internal/testfactory"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -15,6 +13,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/storage/sqlite"
 	_ "modernc.org/sqlite"
 )

@@ -1,11 +1,11 @@
 package storagetest
 
 import (
-	"github.com/pharox/pharox/internal/ptrutil"
 	"testing"
 	"time"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 var copyTests = []subtest{

@@ -2,13 +2,13 @@ package storagetest
 
 import (
 	"errors"
-	"github.com/pharox/pharox/internal/ptrutil"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 var filterTests = []subtest{

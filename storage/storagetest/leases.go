@@ -2,13 +2,13 @@ package storagetest
 
 import (
 	"errors"
-	"github.com/pharox/pharox/internal/ptrutil"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 var consumerTests = []subtest{

@@ -2,12 +2,12 @@ package storagetest
 
 import (
 	"fmt"
-	"github.com/pharox/pharox/internal/ptrutil"
 	"math/rand/v2"
 
 	"github.com/google/uuid"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 // RandomProxy and RandomFilter generate inputs for a store's own check of

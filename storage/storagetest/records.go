@@ -1,13 +1,13 @@
 package storagetest
 
 import (
-	"github.com/pharox/pharox/internal/ptrutil"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 var leaseRecordTests = []subtest{

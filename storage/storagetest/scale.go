@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/pharox/pharox/internal/ptrutil"
 	"slices"
 	"sync"
 	"testing"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 // DefaultScaleSizes are the pool sizes [BenchmarkScale] measures.
@@ -209,7 +209,7 @@ func benchAcquire(b *testing.B, s pharox.Storage, r pharox.AcquireRequest) (ns, 
 	ctx := context.Background()
 	var acquiring time.Duration
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := CPUTime()
 	for range b.N {
 		start := time.Now()
 		l, err := s.AcquireLease(ctx, r)
@@ -221,7 +221,7 @@ func benchAcquire(b *testing.B, s pharox.Storage, r pharox.AcquireRequest) (ns, 
 			b.Fatalf("ReleaseLease: %v", err)
 		}
 	}
-	used := cpuTime() - cpu0
+	used := CPUTime() - cpu0
 	b.StopTimer()
 	return float64(acquiring.Nanoseconds()) / float64(b.N), float64(used.Nanoseconds()) / float64(b.N)
 }

@@ -1,12 +1,12 @@
 package storagetest
 
 import (
-	"github.com/pharox/pharox/internal/ptrutil"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 var sessionTests = []subtest{

@@ -32,7 +32,9 @@
 // but a few dozen slots and checks every strategy and filter shape against
 // the reference there; [WithLargePoolSize] and [WithoutLargePoolInShort]
 // adjust it. [BenchmarkScale] is the matching benchmark: how the cost of an
-// acquisition grows with the pool and its busy proxies.
+// acquisition grows with the pool and its busy proxies. [Benchmark] is the
+// pair benchmark every store runs (pairs/s and CPU per pair, beside the
+// driver's own same-run baselines), and [Pairs] its timed loop.
 //
 // [AuditLeases] is the interval audit the stress tests use; drivers may run
 // it on their own lease records. [RunMultiProcess] re-executes the test
@@ -45,13 +47,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/pharox/pharox/internal/ptrutil"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 // Run runs the conformance suite against the stores newStore returns. It
