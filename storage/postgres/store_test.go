@@ -15,8 +15,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pharox/pharox"
-	"github.com/pharox/pharox/storage/storagetest"
 	"github.com/pharox/pharox/internal/ptrutil"
+	"github.com/pharox/pharox/storage/storagetest"
 )
 
 // TestFilterSQLMatchesReference checks the generated SQL against
