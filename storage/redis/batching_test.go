@@ -19,7 +19,7 @@ import (
 // the path every batch of one still takes.
 func TestConformanceUnbatched(t *testing.T) {
 	testClient(t)
-	storagetest.Run(t, func(t *testing.T) pharox.Storage { return newTestStore(t, WithMaxBatch(1)) })
+	storagetest.Run(t, func(t *testing.T) pharox.Storage { return newTestStore(t, WithMaxBatch(1)) }, storagetest.WithCapabilities(capabilities))
 }
 
 func TestWithMaxBatchValidates(t *testing.T) {

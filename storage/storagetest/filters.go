@@ -232,9 +232,9 @@ func testFilterCombinators(t *testing.T, f *fixture) {
 	}
 }
 
-// testFilterPredicate accepts either behaviour the contract allows: the
-// store runs the predicate, or it refuses with ErrUnsupported. Silently
-// ignoring it is the one wrong answer.
+// testFilterPredicate checks the predicate behaviour the store declares:
+// it runs the predicate at any depth, or it refuses with ErrUnsupported
+// and takes no slot. Silently ignoring it is always wrong.
 func testFilterPredicate(t *testing.T, f *fixture) {
 	proxies, nm := f.filterPool("pred", map[string]pharox.Proxy{
 		"a": {Country: "AR"}, "b": {Country: "AR"}, "c": {Country: "UY"}, "d": {Country: "DE"},
@@ -243,8 +243,10 @@ func testFilterPredicate(t *testing.T, f *fixture) {
 	pred := func(p *pharox.Proxy) bool { return chosen[p.ID] }
 
 	top := pharox.Filters{Predicate: pred}
+	support := f.cfg.needPredicates(t)
 	_, err := f.s.AcquireLease(f.ctx, func() pharox.AcquireRequest { r := f.req("pred"); r.Filters = &top; return r }())
-	if errors.Is(err, pharox.ErrUnsupported) {
+	if support == PredicatesRefused {
+		wantErr(t, "AcquireLease with a predicate on a store that declares it refuses predicates", err, pharox.ErrUnsupported)
 		// Refusal must be consistent and take no slot.
 		nested := pharox.Filters{AnyOf: []pharox.Filters{{Predicate: pred}}}
 		r := f.req("pred")
@@ -258,11 +260,10 @@ func testFilterPredicate(t *testing.T, f *fixture) {
 				t.Fatalf("refused predicate acquisition left proxy %s with %d leases", label, got)
 			}
 		}
-		t.Log("store does not run predicates (ErrUnsupported)")
 		return
 	}
 	if err != nil {
-		t.Fatalf("AcquireLease with a predicate: %v (want a lease or ErrUnsupported)", err)
+		t.Fatalf("AcquireLease with a predicate: %v (the store declares that it runs predicates)", err)
 	}
 	// The store runs predicates: release everything and check properly.
 	for _, l := range f.leases(pharox.LeaseQuery{Status: pharox.LeaseActive}) {

@@ -19,6 +19,10 @@
 // StickyConcurrency, LeaseIDs, CheckedAt, LargePool), so a
 // driver can select some with -run 'TestConformance/Leases/'.
 //
+// Where the contract lets stores differ (a release after expiry, filter
+// predicates), the store declares its behaviour with [WithCapabilities]
+// and the suite asserts it.
+//
 // The suite checks behaviour through the public interface only and uses the
 // root package's reference functions ([pharox.Filters.Match],
 // [pharox.Proxy.ApplyHealthCheck], [pharox.CompareFirstAvailable],
