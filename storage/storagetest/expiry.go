@@ -9,11 +9,11 @@ import (
 )
 
 var expiryTests = []subtest{
-	{name: "ExpiredLeaseFreesSlot", fn: testExpiredFreesSlot, parallel: true},
-	{name: "ReleaseAfterExpiry", fn: testReleaseAfterExpiry, parallel: true},
-	{name: "RenewAfterExpiry", fn: testRenewAfterExpiry, parallel: true},
-	{name: "Cleanup", fn: testCleanup, parallel: true},
-	{name: "FindIgnoresExpired", fn: testFindIgnoresExpired, parallel: true},
+	{name: "ExpiredLeaseFreesSlot", fn: testExpiredFreesSlot},
+	{name: "ReleaseAfterExpiry", fn: testReleaseAfterExpiry},
+	{name: "RenewAfterExpiry", fn: testRenewAfterExpiry},
+	{name: "Cleanup", fn: testCleanup},
+	{name: "FindIgnoresExpired", fn: testFindIgnoresExpired},
 }
 
 // beforeShortExpiry reports whether a short lease acquired after start

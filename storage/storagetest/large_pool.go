@@ -244,8 +244,11 @@ func (f *fixture) fillLargePool(n int) map[uuid.UUID][]uuid.UUID {
 		taken++
 		return taken < limit
 	}
+	// Sixteen callers at once: stores that serve concurrent calls with
+	// one statement or script (PostgreSQL, Redis) fill the pool several
+	// times faster than with a few.
 	var wg sync.WaitGroup
-	for range 4 {
+	for range 16 {
 		wg.Go(func() {
 			for take() {
 			}

@@ -12,7 +12,7 @@ import (
 
 var leaseRecordTests = []subtest{
 	{name: "ListFiltersAndOrder", fn: testListLeases},
-	{name: "Purge", fn: testPurge, parallel: true},
+	{name: "Purge", fn: testPurge},
 }
 
 func leaseIDs(ls []*pharox.Lease) []uuid.UUID {

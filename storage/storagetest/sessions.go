@@ -16,8 +16,8 @@ var sessionTests = []subtest{
 	{name: "BindingRespectsFilters", fn: testSessionFilters},
 	{name: "BoundProxyDeleted", fn: testSessionBoundProxyDeleted},
 	{name: "SlowBoundProxyStays", fn: testSessionSlowBound},
-	{name: "BindingExpires", fn: testSessionExpires, parallel: true},
-	{name: "UseRefreshesBinding", fn: testSessionRefresh, parallel: true},
+	{name: "BindingExpires", fn: testSessionExpires},
+	{name: "UseRefreshesBinding", fn: testSessionRefresh},
 }
 
 // sticky returns a least_used request with a session key: least_used would

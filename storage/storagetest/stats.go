@@ -10,7 +10,7 @@ import (
 )
 
 var statsTests = []subtest{
-	{name: "Occupancy", fn: testStats, parallel: true},
+	{name: "Occupancy", fn: testStats},
 }
 
 // statsModel is the test's own account of a pool, from which it derives
