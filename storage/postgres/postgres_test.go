@@ -125,13 +125,13 @@ func TestMultiProcess(t *testing.T) {
 			// connections for 16 goroutines keeps 4 workers, the parent and
 			// the other packages' tests within max_connections 100.
 			cfg.MaxConns = 16
-		// Commits need not wait for the WAL flush in tests: a test never
-		// survives a server crash (the fault tests run servers of their
-		// own), and on a busy disk the flushes were most of the suite's
-		// time. The URL may still set it.
-		if _, ok := cfg.ConnConfig.RuntimeParams["synchronous_commit"]; !ok {
-			cfg.ConnConfig.RuntimeParams["synchronous_commit"] = "off"
-		}
+			// Commits need not wait for the WAL flush in tests: a test never
+			// survives a server crash (the fault tests run servers of their
+			// own), and on a busy disk the flushes were most of the suite's
+			// time. The URL may still set it.
+			if _, ok := cfg.ConnConfig.RuntimeParams["synchronous_commit"]; !ok {
+				cfg.ConnConfig.RuntimeParams["synchronous_commit"] = "off"
+			}
 			pool, err := pgxpool.NewWithConfig(ctx, cfg)
 			if err != nil {
 				t.Fatalf("connect: %v", err)
