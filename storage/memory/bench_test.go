@@ -49,28 +49,35 @@ var (
 	baselineSerial, baselinePar baseline
 )
 
+// referencePair returns 1,024 keys and the reference pair on them: two
+// critical sections of a mutex-guarded map lookup and counter update
+// (take a slot, free it).
+func referencePair() ([]uuid.UUID, func(uuid.UUID)) {
+	type slot struct{ n int }
+	var mu sync.Mutex
+	keys := make([]uuid.UUID, 1024)
+	m := make(map[uuid.UUID]*slot, len(keys))
+	for i := range keys {
+		keys[i] = uuid.New()
+		m[keys[i]] = &slot{}
+	}
+	return keys, func(k uuid.UUID) {
+		mu.Lock()
+		m[k].n++
+		mu.Unlock()
+		mu.Lock()
+		m[k].n--
+		mu.Unlock()
+	}
+}
+
 // baselines measures the reference pair once per process. It times plain
 // loops rather than calling testing.Benchmark, which deadlocks when called
 // from inside a running benchmark (both take the testing package's
 // benchmark lock).
 func baselines() (serial, parallel baseline) {
 	baselineOnce.Do(func() {
-		type slot struct{ n int }
-		var mu sync.Mutex
-		keys := make([]uuid.UUID, 1024)
-		m := make(map[uuid.UUID]*slot, len(keys))
-		for i := range keys {
-			keys[i] = uuid.New()
-			m[keys[i]] = &slot{}
-		}
-		pair := func(k uuid.UUID) {
-			mu.Lock()
-			m[k].n++
-			mu.Unlock()
-			mu.Lock()
-			m[k].n--
-			mu.Unlock()
-		}
+		keys, pair := referencePair()
 		const n = 2_000_000
 		for i := range n / 10 { // warm up
 			pair(keys[i&1023])
@@ -286,23 +293,10 @@ func BenchmarkAcquireReleaseStrategy(b *testing.B) {
 // sections of a mutex-guarded map lookup and counter update. The busy-pool
 // case is BenchmarkScale's all-but-one rows.
 func BenchmarkStoreAcquireRelease(b *testing.B) {
-	type slot struct{ n int }
-	var mu sync.Mutex
-	keys := make([]uuid.UUID, 1024)
-	m := make(map[uuid.UUID]*slot, len(keys))
-	for i := range keys {
-		keys[i] = uuid.New()
-		m[keys[i]] = &slot{}
-	}
+	keys, pair := referencePair()
 	var next atomic.Uint64
-	mapPair := func(_ context.Context, _ int) error {
-		k := keys[next.Add(1)&1023]
-		mu.Lock()
-		m[k].n++
-		mu.Unlock()
-		mu.Lock()
-		m[k].n--
-		mu.Unlock()
+	mapPair := func(context.Context, int) error {
+		pair(keys[next.Add(1)&1023])
 		return nil
 	}
 	storagetest.Benchmark(b, func(b *testing.B) pharox.Storage {

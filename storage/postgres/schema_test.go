@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/goleak"
 )
 
 // Test schemas, in the manner of River's riverdbtest.TestSchema. Creating
@@ -176,10 +177,19 @@ func TestStaleSchema(t *testing.T) {
 	}
 }
 
+// TestMain drops the process's test schemas after the tests, closes the
+// shared pool, and fails the run if any goroutine outlives them.
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if sharedPool != nil {
 		testSchemas.dropAll(sharedPool)
+		sharedPool.Close()
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: goroutines outlived the tests: %v\n", err)
+			code = 1
+		}
 	}
 	os.Exit(code)
 }
