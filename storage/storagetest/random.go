@@ -1,8 +1,11 @@
 package storagetest
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
+	"testing"
 
 	"github.com/google/uuid"
 
@@ -102,4 +105,60 @@ func RandomFilter(r *rand.Rand, proxies []*pharox.Proxy, depth int) pharox.Filte
 		}
 	}
 	return f
+}
+
+// CheckFilterTranslation is the whole check of a store's filter
+// translation: it stores 300 random proxies (RandomProxy) in a new pool of
+// s, and for 800 random nested filters (RandomFilter) compares the ids
+// match returns, the proxies of the pool the store's translation of the
+// filters selects, with the ones [pharox.Filters.Match] accepts. match
+// gets the pool's id and the normalized filters and returns the ids in
+// any order. The check fails if too few filters match a proper subset of
+// the pool, so a generator that only matches all or nothing shows.
+func CheckFilterTranslation(t *testing.T, s pharox.Storage, match func(ctx context.Context, poolID uuid.UUID, f *pharox.Filters) ([]uuid.UUID, error)) {
+	t.Helper()
+	ctx := t.Context()
+	pool, err := s.CreatePool(ctx, pharox.Pool{Name: "filter-translation"})
+	if err != nil {
+		t.Fatalf("CreatePool: %v", err)
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	in := make([]pharox.Proxy, 300)
+	for i := range in {
+		in[i] = RandomProxy(r, pool.ID, i)
+	}
+	proxies, err := s.AddProxies(ctx, in)
+	if err != nil {
+		t.Fatalf("AddProxies: %v", err)
+	}
+	matchedSome := 0
+	for i := range 800 {
+		f := RandomFilter(r, proxies, 2)
+		f.Normalize()
+		if err := f.Validate(); err != nil {
+			t.Fatalf("filter %d invalid: %v", i, err)
+		}
+		var want []uuid.UUID
+		for _, p := range proxies {
+			if f.Match(p) {
+				want = append(want, p.ID)
+			}
+		}
+		got, err := match(ctx, pool.ID, &f)
+		if err != nil {
+			t.Fatalf("filter %d %+v: %v", i, f, err)
+		}
+		slices.SortFunc(want, compareID)
+		got = slices.Clone(got)
+		slices.SortFunc(got, compareID)
+		if !slices.Equal(got, want) {
+			t.Fatalf("filter %d %+v: the store's translation matched %d proxies, Filters.Match %d", i, f, len(got), len(want))
+		}
+		if len(want) > 0 && len(want) < len(proxies) {
+			matchedSome++
+		}
+	}
+	if matchedSome < 200 {
+		t.Fatalf("only %d of 800 filters matched a proper subset: the check is not discriminating", matchedSome)
+	}
 }
