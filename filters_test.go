@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 func TestHaversineKnownDistances(t *testing.T) {
@@ -41,15 +43,15 @@ func TestFiltersMatch(t *testing.T) {
 		{"other country", &Filters{Country: "UY"}, false},
 		{"source+city", &Filters{Source: "oxylabs", City: "Buenos Aires"}, true},
 		{"isp", &Filters{ISP: "Other"}, false},
-		{"asn 0 is a value", &Filters{ASN: ptr(0)}, true},
-		{"asn mismatch", &Filters{ASN: ptr(7)}, false},
+		{"asn 0 is a value", &Filters{ASN: ptrutil.Ptr(0)}, true},
+		{"asn mismatch", &Filters{ASN: ptrutil.Ptr(7)}, false},
 		{"protocol", &Filters{Protocol: ProtocolSOCKS5}, false},
 		{"tags all present", &Filters{Tags: []string{"b", "a"}}, true},
 		{"tag missing", &Filters{Tags: []string{"a", "c"}}, false},
-		{"exact point", &Filters{Latitude: ptr(-34.6 + 5e-7), Longitude: ptr(-58.4)}, true},
-		{"point off", &Filters{Latitude: ptr(-34.6 + 5e-6), Longitude: ptr(-58.4)}, false},
-		{"radius inside", &Filters{Latitude: ptr(-34.9011), Longitude: ptr(-56.1645), RadiusKM: ptr(250.0)}, true},
-		{"radius outside", &Filters{Latitude: ptr(-34.9011), Longitude: ptr(-56.1645), RadiusKM: ptr(150.0)}, false},
+		{"exact point", &Filters{Latitude: ptrutil.Ptr(-34.6 + 5e-7), Longitude: ptrutil.Ptr(-58.4)}, true},
+		{"point off", &Filters{Latitude: ptrutil.Ptr(-34.6 + 5e-6), Longitude: ptrutil.Ptr(-58.4)}, false},
+		{"radius inside", &Filters{Latitude: ptrutil.Ptr(-34.9011), Longitude: ptrutil.Ptr(-56.1645), RadiusKM: ptrutil.Ptr(250.0)}, true},
+		{"radius outside", &Filters{Latitude: ptrutil.Ptr(-34.9011), Longitude: ptrutil.Ptr(-56.1645), RadiusKM: ptrutil.Ptr(150.0)}, false},
 		{"all of", &Filters{AllOf: []Filters{{Country: "AR"}, {Source: "oxylabs"}}}, true},
 		{"all of fails", &Filters{AllOf: []Filters{{Country: "AR"}, {Source: "x"}}}, false},
 		{"any of", &Filters{AnyOf: []Filters{{Country: "UY"}, {Country: "AR"}}}, true},
@@ -65,7 +67,7 @@ func TestFiltersMatch(t *testing.T) {
 		}
 	}
 	noGeo := &Proxy{Status: StatusActive}
-	if (&Filters{Latitude: ptr(1.0), Longitude: ptr(1.0), RadiusKM: ptr(1e6)}).Match(noGeo) {
+	if (&Filters{Latitude: ptrutil.Ptr(1.0), Longitude: ptrutil.Ptr(1.0), RadiusKM: ptrutil.Ptr(1e6)}).Match(noGeo) {
 		t.Error("a proxy without coordinates matched a point filter")
 	}
 }
@@ -73,12 +75,12 @@ func TestFiltersMatch(t *testing.T) {
 func TestFiltersValidate(t *testing.T) {
 	bad := []*Filters{
 		{Protocol: "ftp"},
-		{Latitude: ptr(1.0)},
-		{RadiusKM: ptr(5.0)},
-		{Latitude: ptr(1.0), Longitude: ptr(1.0), RadiusKM: ptr(-1.0)},
-		{Latitude: ptr(1.0), Longitude: ptr(1.0), RadiusKM: ptr(math.NaN())},
-		{Latitude: ptr(100.0), Longitude: ptr(1.0)},
-		{ASN: ptr(-1)},
+		{Latitude: ptrutil.Ptr(1.0)},
+		{RadiusKM: ptrutil.Ptr(5.0)},
+		{Latitude: ptrutil.Ptr(1.0), Longitude: ptrutil.Ptr(1.0), RadiusKM: ptrutil.Ptr(-1.0)},
+		{Latitude: ptrutil.Ptr(1.0), Longitude: ptrutil.Ptr(1.0), RadiusKM: ptrutil.Ptr(math.NaN())},
+		{Latitude: ptrutil.Ptr(100.0), Longitude: ptrutil.Ptr(1.0)},
+		{ASN: ptrutil.Ptr(-1)},
 		{AnyOf: []Filters{{Protocol: "nope"}}},
 	}
 	for _, f := range bad {

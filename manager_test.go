@@ -11,10 +11,9 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 	"github.com/pharox/pharox/storage/memory"
 )
-
-func ptr[T any](v T) *T { return &v }
 
 // newPool returns a manager over a fresh memory store with one pool of n
 // proxies, each allowing maxConc leases.
@@ -30,7 +29,7 @@ func newPool(t *testing.T, n, maxConc int, opts ...pharox.ManagerOption) (*pharo
 	for i := range n {
 		_, err := pharox.BootstrapProxy(ctx, store, pool, pharox.Proxy{
 			Host: fmt.Sprintf("10.0.0.%d", i+1), Port: 8080, Protocol: pharox.ProtocolHTTP,
-			Country: []string{"AR", "UY"}[i%2], MaxConcurrency: ptr(maxConc),
+			Country: []string{"AR", "UY"}[i%2], MaxConcurrency: ptrutil.Ptr(maxConc),
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -79,7 +78,7 @@ func TestAcquireRejectsInvalidOptions(t *testing.T) {
 		"negative duration":  {Duration: -time.Second},
 		"huge duration":      {Duration: pharox.MaxLeaseDuration + time.Second},
 		"unknown strategy":   {Strategy: "fastest"},
-		"bad filters":        {Filters: &pharox.Filters{RadiusKM: ptr(3.0)}},
+		"bad filters":        {Filters: &pharox.Filters{RadiusKM: ptrutil.Ptr(3.0)}},
 		"negative session":   {SessionKey: "k", SessionTTL: -time.Second},
 		"long session key":   {SessionKey: strings.Repeat("k", pharox.MaxSessionKeyLength+1)},
 		"control characters": {Consumer: "a\nb"},

@@ -11,17 +11,17 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-)
 
-func ptr[T any](v T) *T { return &v }
+	"github.com/pharox/pharox/internal/ptrutil"
+)
 
 func sampleProxy() *Proxy {
 	checked := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	return &Proxy{
 		ID: uuid.New(), PoolID: uuid.New(), Host: "10.1.2.3", Port: 8080, Protocol: ProtocolHTTP,
 		Credentials: &Credentials{User: "user@x", Password: "p@ss:w/rd"},
-		Country:     "AR", ASN: ptr(0), Latitude: ptr(-34.6), Longitude: ptr(-58.4),
-		Tags: []string{"a", "b"}, Status: StatusActive, MaxConcurrency: ptr(2),
+		Country:     "AR", ASN: ptrutil.Ptr(0), Latitude: ptrutil.Ptr(-34.6), Longitude: ptrutil.Ptr(-58.4),
+		Tags: []string{"a", "b"}, Status: StatusActive, MaxConcurrency: ptrutil.Ptr(2),
 		CheckedAt: &checked, StatusChangedAt: &checked,
 	}
 }
@@ -41,7 +41,7 @@ func TestCloneIsDeep(t *testing.T) {
 	if (*Proxy)(nil).Clone() != nil {
 		t.Fatal("nil clone should be nil")
 	}
-	l := &Lease{ID: uuid.New(), ReleasedAt: ptr(time.Now()), Proxy: p}
+	l := &Lease{ID: uuid.New(), ReleasedAt: ptrutil.Ptr(time.Now()), Proxy: p}
 	lc := l.Clone()
 	*lc.ReleasedAt = time.Time{}
 	lc.Proxy.Host = "other"
@@ -101,10 +101,10 @@ func TestNormalizeAndValidate(t *testing.T) {
 		{Host: "h", Port: 65536, Protocol: "http", Status: "active"},
 		{Host: "h", Port: 80, Protocol: "ftp", Status: "active"},
 		{Host: "h", Port: 80, Protocol: "http", Status: "dead"},
-		{Host: "h", Port: 80, Protocol: "http", Status: "active", MaxConcurrency: ptr(0)},
-		{Host: "h", Port: 80, Protocol: "http", Status: "active", Latitude: ptr(1.0)},
-		{Host: "h", Port: 80, Protocol: "http", Status: "active", Latitude: ptr(91.0), Longitude: ptr(0.0)},
-		{Host: "h", Port: 80, Protocol: "http", Status: "active", Latitude: ptr(0.0), Longitude: ptr(181.0)},
+		{Host: "h", Port: 80, Protocol: "http", Status: "active", MaxConcurrency: ptrutil.Ptr(0)},
+		{Host: "h", Port: 80, Protocol: "http", Status: "active", Latitude: ptrutil.Ptr(1.0)},
+		{Host: "h", Port: 80, Protocol: "http", Status: "active", Latitude: ptrutil.Ptr(91.0), Longitude: ptrutil.Ptr(0.0)},
+		{Host: "h", Port: 80, Protocol: "http", Status: "active", Latitude: ptrutil.Ptr(0.0), Longitude: ptrutil.Ptr(181.0)},
 		{Host: strings.Repeat("a", 64) + ".com", Port: 80, Protocol: "http", Status: "active"},
 	}
 	for _, b := range bad {

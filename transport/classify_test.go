@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 func response(code int, header http.Header, body string) *http.Response {
@@ -128,7 +129,7 @@ func TestOptionsValidated(t *testing.T) {
 		{"nil classifier", func() (*Transport, error) { return New(l, "main", WithClassifier(nil)) }, "classifier is nil"},
 		{"zero proxy transports", func() (*Transport, error) { return New(l, "main", WithMaxProxyTransports(0)) }, "max proxy transports"},
 		{"bad filters", func() (*Transport, error) {
-			return New(l, "main", WithFilters(&pharox.Filters{Latitude: ptr(100.0), Longitude: ptr(0.0)}))
+			return New(l, "main", WithFilters(&pharox.Filters{Latitude: ptrutil.Ptr(100.0), Longitude: ptrutil.Ptr(0.0)}))
 		}, "latitude"},
 	}
 	for _, tc := range cases {
@@ -140,8 +141,6 @@ func TestOptionsValidated(t *testing.T) {
 		})
 	}
 }
-
-func ptr[T any](v T) *T { return &v }
 
 // TestClassifierPanicReleasesLease checks that a classifier's panic
 // reaches the caller without keeping the lease.

@@ -60,7 +60,7 @@ type row struct {
 
 var runs = []run{
 	{"./storage/memory/", `BenchmarkAcquireRelease$/proxies=100000/free/filter=none/serial`, 200000},
-	{"./storage/sqlite/", `BenchmarkAcquireRelease$/(memory|sqlite)/serial`, 6000},
+	{"./storage/sqlite/", `BenchmarkAcquireRelease$/(memory|sqlite)/workers=1$`, 6000},
 	{"./storage/postgres/", `BenchmarkAcquireRelease$/workers=32$`, 8000},
 	{"./storage/redis/", `BenchmarkAcquireRelease$/workers=32$`, 20000},
 	{"./server/", `BenchmarkAcquireRelease$`, 20000},
@@ -84,9 +84,9 @@ var rows = []row{
 			f("%.0f× (CPU: %.0f×)", x, xc), both(ns < 1500, cpu < 1500)
 	}},
 	{1, "SQLite: serial pairs/s, 1,000 proxies", "≥ 2,000 pairs/s", func(m metrics) (string, string, string, string) {
-		s, ok1 := m.get("BenchmarkAcquireRelease/sqlite/serial", "pairs/s")
-		mem, ok2 := m.get("BenchmarkAcquireRelease/memory/serial", "pairs/s")
-		cpu, ok3 := m.get("BenchmarkAcquireRelease/sqlite/serial", "cpu-µs/pair")
+		s, ok1 := m.get("BenchmarkAcquireRelease/sqlite/workers=1", "pairs/s")
+		mem, ok2 := m.get("BenchmarkAcquireRelease/memory/workers=1", "pairs/s")
+		cpu, ok3 := m.get("BenchmarkAcquireRelease/sqlite/workers=1", "cpu-µs/pair")
 		if !ok1 || !ok2 || !ok3 {
 			return missing()
 		}
@@ -107,7 +107,7 @@ var rows = []row{
 		const b = "BenchmarkAcquireRelease/workers=32"
 		r, ok1 := m.get(b, "pairs/s")
 		ev, ok2 := m.get(b, "evalsha/s")
-		op, ok3 := m.get(b, "op-ratio")
+		op, ok3 := m.get(b, "x-evalsha")
 		if !ok1 {
 			return missing()
 		}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/api"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 // Outcome reports change proxies' health, so a holder must not be able to
@@ -48,7 +49,7 @@ func testOutcomeOnEndedLease(t *testing.T, newStore NewStore) {
 	}
 
 	// An expired lease, reclaimed or not, is as ended.
-	short := e.Acquire(api.AcquireRequest{PoolID: pool.ID.String(), TTLSeconds: ptr(0.001)})
+	short := e.Acquire(api.AcquireRequest{PoolID: pool.ID.String(), TTLSeconds: ptrutil.Ptr(0.001)})
 	time.Sleep(20 * time.Millisecond)
 	e.outcome(short.ID.String(), api.OutcomeRequest{Kind: "failure"}).Expect(t, 409)
 	if p := e.proxy(pool, proxy.ID.String()); p.Status != "active" || p.FailureStreak != 0 {

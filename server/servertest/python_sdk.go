@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox/api"
+	"github.com/pharox/pharox/internal/ptrutil"
 	"github.com/pharox/pharox/server"
 )
 
@@ -670,7 +671,7 @@ func testReleaseEnded(t *testing.T, newStore NewStore) {
 	e := env(t, newStore, nil)
 	pool := e.CreatePool("main")
 	pid := pool.ID.String()
-	proxy := e.AddProxy(pool, api.CreateProxyRequest{Host: "10.23.0.1", Port: 80, MaxConcurrency: ptr(1)})
+	proxy := e.AddProxy(pool, api.CreateProxyRequest{Host: "10.23.0.1", Port: 80, MaxConcurrency: ptrutil.Ptr(1)})
 	release := func(id uuid.UUID) api.Lease {
 		t.Helper()
 		var l api.Lease
@@ -695,7 +696,7 @@ func testReleaseEnded(t *testing.T, newStore NewStore) {
 	release(b.ID)
 
 	// Past its expiry and not reclaimed yet: expired, on every store.
-	c := e.Acquire(api.AcquireRequest{PoolID: pid, TTLSeconds: ptr(0.05)})
+	c := e.Acquire(api.AcquireRequest{PoolID: pid, TTLSeconds: ptrutil.Ptr(0.05)})
 	waitPast(t, c.ExpiresAt.Time)
 	for i := range 2 {
 		if l := release(c.ID); l.Status != "expired" || l.ID != c.ID {
@@ -706,7 +707,7 @@ func testReleaseEnded(t *testing.T, newStore NewStore) {
 		t.Fatalf("after the expired lease the proxy holds %d leases", p.CurrentLeases)
 	}
 	// Reclaimed by the reaper: the same answer.
-	d := e.Acquire(api.AcquireRequest{PoolID: pid, TTLSeconds: ptr(0.05)})
+	d := e.Acquire(api.AcquireRequest{PoolID: pid, TTLSeconds: ptrutil.Ptr(0.05)})
 	waitPast(t, d.ExpiresAt.Time)
 	e.Server.Reap(t.Context())
 	if l := release(d.ID); l.Status != "expired" {

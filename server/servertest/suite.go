@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox/api"
+	"github.com/pharox/pharox/internal/ptrutil"
 	"github.com/pharox/pharox/server"
 )
 
@@ -204,7 +205,7 @@ func testLeaseContract(t *testing.T, newStore NewStore) {
 	e := env(t, newStore, nil)
 	pool := e.CreatePool("main")
 	proxy := e.AddProxy(pool, api.CreateProxyRequest{Host: "10.1.1.1", Port: 3128, Protocol: "http",
-		Username: "alice", Password: "s3cr3t", MaxConcurrency: ptr(1)})
+		Username: "alice", Password: "s3cr3t", MaxConcurrency: ptrutil.Ptr(1)})
 
 	// The Python SDK's request, field for field.
 	body := map[string]any{"pool_id": pool.ID.String(), "consumer_id": nil, "ttl_seconds": 300,
@@ -293,7 +294,7 @@ func testAcquireExtensions(t *testing.T, newStore NewStore) {
 	pool := e.CreatePool("main")
 	e.AddProxy(pool, api.CreateProxyRequest{Host: "10.2.0.1", Port: 80})
 
-	l := e.Acquire(api.AcquireRequest{PoolName: "main", ConsumerName: "worker-1", TTLSeconds: ptr(1.5)})
+	l := e.Acquire(api.AcquireRequest{PoolName: "main", ConsumerName: "worker-1", TTLSeconds: ptrutil.Ptr(1.5)})
 	if l.PoolID != pool.ID || l.PoolName != "main" || l.ConsumerName != "worker-1" {
 		t.Fatalf("lease %+v", l)
 	}
@@ -386,7 +387,7 @@ func testStickySession(t *testing.T, newStore NewStore) {
 	for i := range 4 {
 		e.AddProxy(pool, api.CreateProxyRequest{Host: fmt.Sprintf("10.4.0.%d", i+1), Port: 80})
 	}
-	first := e.Acquire(api.AcquireRequest{PoolName: "main", SessionKey: "cart-42", SessionTTLSeconds: ptr(60.0), Strategy: "round_robin"})
+	first := e.Acquire(api.AcquireRequest{PoolName: "main", SessionKey: "cart-42", SessionTTLSeconds: ptrutil.Ptr(60.0), Strategy: "round_robin"})
 	if first.SessionKey != "cart-42" {
 		t.Fatalf("session key not echoed: %+v", first)
 	}
@@ -402,7 +403,7 @@ func testStickySession(t *testing.T, newStore NewStore) {
 func testWaitForProxy(t *testing.T, newStore NewStore) {
 	e := env(t, newStore, func(o *server.Options) { o.MaxWait = 5 * time.Second })
 	pool := e.CreatePool("main")
-	e.AddProxy(pool, api.CreateProxyRequest{Host: "10.5.0.1", Port: 80, MaxConcurrency: ptr(1)})
+	e.AddProxy(pool, api.CreateProxyRequest{Host: "10.5.0.1", Port: 80, MaxConcurrency: ptrutil.Ptr(1)})
 	held := e.Acquire(api.AcquireRequest{PoolID: pool.ID.String()})
 
 	// A waiting acquisition gets the proxy once the holder lets it go.
@@ -428,7 +429,7 @@ func testRenewAndOutcome(t *testing.T, newStore NewStore) {
 	e := env(t, newStore, nil)
 	pool := e.CreatePool("main")
 	proxy := e.AddProxy(pool, api.CreateProxyRequest{Host: "10.6.0.1", Port: 80})
-	l := e.Acquire(api.AcquireRequest{PoolID: pool.ID.String(), TTLSeconds: ptr(30.0)})
+	l := e.Acquire(api.AcquireRequest{PoolID: pool.ID.String(), TTLSeconds: ptrutil.Ptr(30.0)})
 
 	var renewed api.Lease
 	e.Consumer("POST", "/v1/leases/"+l.ID.String()+"/renew", api.RenewRequest{TTLSeconds: 600}).Expect(t, 200).Decode(t, &renewed)
@@ -470,7 +471,7 @@ func testListLeasesAndStats(t *testing.T, newStore NewStore) {
 	pool := e.CreatePool("main")
 	other := e.CreatePool("other")
 	for i := range 3 {
-		e.AddProxy(pool, api.CreateProxyRequest{Host: fmt.Sprintf("10.7.0.%d", i+1), Port: 80, MaxConcurrency: ptr(1)})
+		e.AddProxy(pool, api.CreateProxyRequest{Host: fmt.Sprintf("10.7.0.%d", i+1), Port: 80, MaxConcurrency: ptrutil.Ptr(1)})
 	}
 	e.AddProxy(other, api.CreateProxyRequest{Host: "10.7.1.1", Port: 80})
 	a := e.Acquire(api.AcquireRequest{PoolID: pool.ID.String(), ConsumerName: "a"})
@@ -737,8 +738,8 @@ func testSecrets(t *testing.T, newStore NewStore) {
 func testReaper(t *testing.T, newStore NewStore) {
 	e := env(t, newStore, nil)
 	pool := e.CreatePool("main")
-	e.AddProxy(pool, api.CreateProxyRequest{Host: "10.12.0.1", Port: 80, MaxConcurrency: ptr(1)})
-	l := e.Acquire(api.AcquireRequest{PoolID: pool.ID.String(), TTLSeconds: ptr(0.05)})
+	e.AddProxy(pool, api.CreateProxyRequest{Host: "10.12.0.1", Port: 80, MaxConcurrency: ptrutil.Ptr(1)})
+	l := e.Acquire(api.AcquireRequest{PoolID: pool.ID.String(), TTLSeconds: ptrutil.Ptr(0.05)})
 	time.Sleep(100 * time.Millisecond)
 	e.Server.Reap(context.Background())
 	var got api.Lease
@@ -821,5 +822,3 @@ func checkServed(t *testing.T, e *Env, method, path string) {
 		t.Errorf("%s %s: %d %s", method, path, r.Status, r.Body)
 	}
 }
-
-func ptr[T any](v T) *T { return &v }

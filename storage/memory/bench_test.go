@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -48,43 +49,50 @@ var (
 	baselineSerial, baselinePar baseline
 )
 
+// referencePair returns 1,024 keys and the reference pair on them: two
+// critical sections of a mutex-guarded map lookup and counter update
+// (take a slot, free it).
+func referencePair() ([]uuid.UUID, func(uuid.UUID)) {
+	type slot struct{ n int }
+	var mu sync.Mutex
+	keys := make([]uuid.UUID, 1024)
+	m := make(map[uuid.UUID]*slot, len(keys))
+	for i := range keys {
+		keys[i] = uuid.New()
+		m[keys[i]] = &slot{}
+	}
+	return keys, func(k uuid.UUID) {
+		mu.Lock()
+		m[k].n++
+		mu.Unlock()
+		mu.Lock()
+		m[k].n--
+		mu.Unlock()
+	}
+}
+
 // baselines measures the reference pair once per process. It times plain
 // loops rather than calling testing.Benchmark, which deadlocks when called
 // from inside a running benchmark (both take the testing package's
 // benchmark lock).
 func baselines() (serial, parallel baseline) {
 	baselineOnce.Do(func() {
-		type slot struct{ n int }
-		var mu sync.Mutex
-		keys := make([]uuid.UUID, 1024)
-		m := make(map[uuid.UUID]*slot, len(keys))
-		for i := range keys {
-			keys[i] = uuid.New()
-			m[keys[i]] = &slot{}
-		}
-		pair := func(k uuid.UUID) {
-			mu.Lock()
-			m[k].n++
-			mu.Unlock()
-			mu.Lock()
-			m[k].n--
-			mu.Unlock()
-		}
+		keys, pair := referencePair()
 		const n = 2_000_000
 		for i := range n / 10 { // warm up
 			pair(keys[i&1023])
 		}
-		start, cpu0 := time.Now(), cpuTime()
+		start, cpu0 := time.Now(), storagetest.CPUTime()
 		for i := range n {
 			pair(keys[i&1023])
 		}
 		baselineSerial = baseline{
 			ns:  float64(time.Since(start).Nanoseconds()) / n,
-			cpu: float64(cpuTime()-cpu0) / n,
+			cpu: float64(storagetest.CPUTime()-cpu0) / n,
 		}
 		workers := runtime.GOMAXPROCS(0)
 		var wg sync.WaitGroup
-		start, cpu0 = time.Now(), cpuTime()
+		start, cpu0 = time.Now(), storagetest.CPUTime()
 		for w := range workers {
 			wg.Go(func() {
 				for i := w; i < n; i += workers {
@@ -95,7 +103,7 @@ func baselines() (serial, parallel baseline) {
 		wg.Wait()
 		baselinePar = baseline{
 			ns:  float64(time.Since(start).Nanoseconds()) / n,
-			cpu: float64(cpuTime()-cpu0) / n,
+			cpu: float64(storagetest.CPUTime()-cpu0) / n,
 		}
 		fmt.Printf("baseline pair: serial %.1f ns/op (%.1f cpu-ns/op), parallel %.1f ns/op (%.1f cpu-ns/op)\n",
 			baselineSerial.ns, baselineSerial.cpu, baselinePar.ns, baselinePar.cpu)
@@ -108,9 +116,9 @@ func baselines() (serial, parallel baseline) {
 func measure(b *testing.B, base baseline, loop func()) {
 	b.ReportAllocs()
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := storagetest.CPUTime()
 	loop()
-	cpu := float64(cpuTime()-cpu0) / float64(b.N)
+	cpu := float64(storagetest.CPUTime()-cpu0) / float64(b.N)
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/base.ns, "x-baseline")
 	if base.cpu > 0 {
 		b.ReportMetric(cpu, "cpu-ns/op")
@@ -277,39 +285,26 @@ func BenchmarkAcquireReleaseStrategy(b *testing.B) {
 	}
 }
 
-// BenchmarkStoreAcquireRelease calls the store directly, without the
-// Manager's validation, defaults and consumer cache, on 100,000 proxies.
+// BenchmarkStoreAcquireRelease runs storagetest.Benchmark, the harness
+// every store runs: the store called directly, without the Manager's
+// validation, defaults and consumer cache, on 100,000 free proxies,
+// serially and on GOMAXPROCS workers. Its same-run baseline (map-pair/s,
+// x-map-pair) is the reference pair of the other benchmarks: two critical
+// sections of a mutex-guarded map lookup and counter update. The busy-pool
+// case is BenchmarkScale's all-but-one rows.
 func BenchmarkStoreAcquireRelease(b *testing.B) {
-	base, _ := baselines()
-	for _, occupancy := range []string{"free", "all-but-one"} {
-		b.Run("proxies=100000/"+occupancy+"/serial", func(b *testing.B) {
-			free := 100_000
-			if occupancy != "free" {
-				free = 1
-			}
-			f := getFixture(b, "store", 100_000, free)
-			ctx := context.Background()
-			c, err := f.store.EnsureConsumer(ctx, pharox.DefaultConsumerName)
-			if err != nil {
-				b.Fatal(err)
-			}
-			req := pharox.AcquireRequest{PoolName: benchPool, ConsumerID: c.ID, ConsumerName: c.Name, Duration: time.Hour, Strategy: pharox.FirstAvailable}
-			if _, err := f.store.FindAvailableProxy(ctx, benchPool, nil, pharox.FirstAvailable); err != nil {
-				b.Fatal(err) // also builds the lazy index
-			}
-			measure(b, base, func() {
-				for b.Loop() {
-					l, err := f.store.AcquireLease(ctx, req)
-					if err != nil {
-						b.Fatal(err)
-					}
-					if _, err := f.store.ReleaseLease(ctx, l.ID); err != nil {
-						b.Fatal(err)
-					}
-				}
-			})
-		})
+	keys, pair := referencePair()
+	var next atomic.Uint64
+	mapPair := func(context.Context, int) error {
+		pair(keys[next.Add(1)&1023])
+		return nil
 	}
+	storagetest.Benchmark(b, func(b *testing.B) pharox.Storage {
+		s := memory.New()
+		b.Cleanup(func() { s.Close() })
+		return s
+	}, storagetest.BenchProxies(100_000, 1), storagetest.BenchWorkers(1, runtime.GOMAXPROCS(0)),
+		storagetest.BenchWithBaseline(storagetest.BenchBaseline{Name: "map-pair", Op: mapPair}))
 }
 
 // BenchmarkScale is the shared scale harness: ns/acquire per strategy, pool

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 	"github.com/pharox/pharox/storage/memory"
 )
 
@@ -29,7 +30,7 @@ func TestFilterScanBudget(t *testing.T) {
 		in := make([]pharox.Proxy, n)
 		for i := range in {
 			in[i] = pharox.Proxy{PoolID: pool.ID, Host: fmt.Sprintf("10.2.%d.%d", i/250, i%250+1), Port: 9000 + i,
-				Protocol: pharox.ProtocolHTTP, Country: "US", MaxConcurrency: ptr(1)}
+				Protocol: pharox.ProtocolHTTP, Country: "US", MaxConcurrency: ptrutil.Ptr(1)}
 		}
 		in[n/2].Source = "needle"
 		if _, err := s.AddProxies(ctx, in); err != nil {
@@ -74,5 +75,3 @@ func TestFilterScanBudget(t *testing.T) {
 		s.Close()
 	}
 }
-
-func ptr[T any](v T) *T { return &v }

@@ -13,5 +13,12 @@ func TestConformance(t *testing.T) {
 		s := memory.New()
 		t.Cleanup(func() { _ = s.Close() })
 		return s
-	})
+	}, storagetest.WithCapabilities(memoryCapabilities))
+}
+
+// memoryCapabilities are the memory store's answers where the contract
+// lets stores differ.
+var memoryCapabilities = storagetest.Capabilities{
+	LateRelease: storagetest.LateReleaseExpires,
+	Predicates:  storagetest.PredicatesRun,
 }

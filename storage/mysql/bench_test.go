@@ -2,21 +2,18 @@ package mysql
 
 import (
 	"context"
-	"fmt"
-	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/storage/storagetest"
 )
 
-// BenchmarkAcquireRelease measures acquire+release pairs per second against
-// a pool of 1,000 proxies (max_concurrency 1, FirstAvailable) with 1, 8 and
-// 32 concurrent workers. Each sub-benchmark runs the same b.N units three
-// times on one set of tables, alternating in four rounds so that a change
-// in the machine's load hits all three alike:
+// BenchmarkAcquireRelease runs storagetest.Benchmark (acquire+release
+// pairs per second and CPU per pair on a pool of 1,000 proxies,
+// max_concurrency 1, first_available) with 1, 8 and 32 concurrent workers.
+// Each sub-benchmark runs the same b.N units three times on one set of
+// tables, alternating in four rounds so that a change in the machine's
+// load hits all three alike:
 //
 //   - the store (FOR UPDATE SKIP LOCKED),
 //   - the same store with a plain FOR UPDATE that waits for a locked
@@ -31,10 +28,11 @@ import (
 // It reports
 //
 //	pairs/s          the store
+//	cpu-µs/pair      this process's CPU per pair (not the server's)
 //	naive-pairs/s    the naive FOR UPDATE acquisition
 //	x-naive          pairs/s divided by naive-pairs/s
 //	trivial-tx/s     trivial transactions per second
-//	x-trivial-pairs  pairs/s divided by trivial-tx/s / 2: 1.0 would mean a
+//	x-trivial-tx     pairs/s divided by trivial-tx/s / 2: 1.0 would mean a
 //	                 pair costs no more than two empty commits
 //
 // ns/op covers all three and is not meaningful on its own.
@@ -43,7 +41,6 @@ import (
 func BenchmarkAcquireRelease(b *testing.B) {
 	store := newTestStore(b, WithMaxConns(32))
 	naive := &Store{db: store.db, cfg: store.cfg, txOpts: store.txOpts, naive: true}
-	consumer := seedBench(b, store, "bench", 1000)
 	ctx := context.Background()
 	if _, err := store.db.ExecContext(ctx, store.q(`CREATE TABLE {p}bench_trivial (id INT PRIMARY KEY, n BIGINT NOT NULL) ENGINE = InnoDB`)); err != nil {
 		b.Fatal(err)
@@ -53,33 +50,13 @@ func BenchmarkAcquireRelease(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	// Warm every connection before timing anything.
-	runPairs(b, store, consumer, 32, 128)
-	runPairs(b, naive, consumer, 32, 128)
-	runTrivial(b, store, 32, 128)
-	for _, workers := range []int{1, 8, 32} {
-		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
-			const rounds = 4
-			var storeTime, naiveTime, trivialTime time.Duration
-			for r := range rounds {
-				n := b.N / rounds
-				if r < b.N%rounds {
-					n++
-				}
-				storeTime += runPairs(b, store, consumer, workers, n)
-				naiveTime += runPairs(b, naive, consumer, workers, n)
-				trivialTime += runTrivial(b, store, workers, n)
-			}
-			rate := float64(b.N) / storeTime.Seconds()
-			naiveRate := float64(b.N) / naiveTime.Seconds()
-			trivialRate := float64(b.N) / trivialTime.Seconds()
-			b.ReportMetric(rate, "pairs/s")
-			b.ReportMetric(naiveRate, "naive-pairs/s")
-			b.ReportMetric(rate/naiveRate, "x-naive")
-			b.ReportMetric(trivialRate, "trivial-tx/s")
-			b.ReportMetric(rate/(trivialRate/2), "x-trivial-pairs")
-		})
-	}
+	trivial := store.q(`UPDATE {p}bench_trivial SET n = n + 1 WHERE id = ?`)
+	storagetest.Benchmark(b, func(*testing.B) pharox.Storage { return store },
+		storagetest.BenchWithBaseline(storagetest.BenchBaseline{Name: "naive", Store: naive}),
+		storagetest.BenchWithBaseline(storagetest.BenchBaseline{Name: "trivial-tx", OpsPerPair: 2,
+			Op: func(ctx context.Context, worker int) error {
+				return store.run(ctx, func(tx execer) error { return tx.later(ctx, trivial, worker) })
+			}}))
 }
 
 // BenchmarkScale is the shared scale harness: ns/acquire per strategy, pool
@@ -88,86 +65,6 @@ func BenchmarkAcquireRelease(b *testing.B) {
 // takes one durable acquisition per proxy.
 func BenchmarkScale(b *testing.B) {
 	storagetest.BenchmarkScale(b, func(b *testing.B) pharox.Storage { return newTestStore(b, WithMaxConns(8)) }, 1000, 20000)
-}
-
-// seedBench creates pool name with n exclusive proxies and a consumer.
-func seedBench(b *testing.B, s *Store, name string, n int) *pharox.Consumer {
-	b.Helper()
-	ctx := context.Background()
-	pool, err := s.CreatePool(ctx, pharox.Pool{Name: name})
-	if err != nil {
-		b.Fatal(err)
-	}
-	one := 1
-	ps := make([]pharox.Proxy, n)
-	for i := range ps {
-		ps[i] = pharox.Proxy{PoolID: pool.ID, Host: fmt.Sprintf("10.9.%d.%d", i/250, i%250+1), Port: 1000 + i,
-			Protocol: pharox.ProtocolHTTP, MaxConcurrency: &one}
-	}
-	if _, err := s.AddProxies(ctx, ps); err != nil {
-		b.Fatal(err)
-	}
-	c, err := s.EnsureConsumer(ctx, "bench")
-	if err != nil {
-		b.Fatal(err)
-	}
-	return c
-}
-
-// runPairs performs n acquire+release pairs on workers goroutines and
-// returns how long they took.
-func runPairs(b testing.TB, s *Store, c *pharox.Consumer, workers, n int) time.Duration {
-	b.Helper()
-	ctx := context.Background()
-	req := pharox.AcquireRequest{PoolName: "bench", ConsumerID: c.ID, ConsumerName: c.Name,
-		Duration: time.Minute, Strategy: pharox.FirstAvailable}
-	return parallel(b, workers, n, func(int) error {
-		l, err := s.AcquireLease(ctx, req)
-		if err != nil {
-			return err
-		}
-		_, err = s.ReleaseLease(ctx, l.ID)
-		return err
-	})
-}
-
-// runTrivial performs n trivial write transactions on workers goroutines,
-// each worker on its own row, and returns how long they took.
-func runTrivial(b testing.TB, s *Store, workers, n int) time.Duration {
-	b.Helper()
-	ctx := context.Background()
-	query := s.q(`UPDATE {p}bench_trivial SET n = n + 1 WHERE id = ?`)
-	return parallel(b, workers, n, func(w int) error {
-		return s.run(ctx, func(tx execer) error { return tx.later(ctx, query, w) })
-	})
-}
-
-// parallel runs fn n times over workers goroutines (fn gets the worker's
-// index) and returns the elapsed time.
-func parallel(b testing.TB, workers, n int, fn func(worker int) error) time.Duration {
-	b.Helper()
-	var (
-		next   atomic.Int64
-		failed atomic.Value
-		wg     sync.WaitGroup
-	)
-	start := time.Now()
-	for w := range workers {
-		wg.Go(func() {
-			for next.Add(1) <= int64(n) {
-				if err := fn(w); err != nil {
-					failed.Store(err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	if err, _ := failed.Load().(error); err != nil {
-		b.Fatal(err)
-	}
-	return elapsed
 }
 
 // BenchmarkTargets runs storagetest.BenchmarkTargets: on a 10,000-proxy

@@ -7,55 +7,25 @@ import (
 	"embed"
 	"encoding/hex"
 	"fmt"
-	"io/fs"
-	"path"
-	"sort"
+	"io"
 	"strconv"
 	"strings"
+
+	"github.com/pharox/pharox/internal/migrate"
 )
 
 //go:embed migrations/*.sql
 var migrationFS embed.FS
 
-// migration is one embedded SQL file, named NNNN_description.sql.
-type migration struct {
-	version int
-	name    string
-	// stmts are the file's statements: MySQL runs one per call unless the
-	// DSN enables multiStatements, which the store does not need.
-	stmts []string
-}
+// migrations are the embedded files, checked by internal/migrate (named
+// NNNN_description.sql, numbered from 1 without gaps); a bad file panics
+// when the package loads, so every test of the package shows it.
+var migrations = migrate.MustLoad(migrationFS, "migrations")
 
-// loadMigrations reads the embedded migrations in version order.
-func loadMigrations() ([]migration, error) {
-	entries, err := fs.ReadDir(migrationFS, "migrations")
-	if err != nil {
-		return nil, err
-	}
-	var out []migration
-	for _, e := range entries {
-		if e.IsDir() || !strings.HasSuffix(e.Name(), ".sql") {
-			continue
-		}
-		num, _, ok := strings.Cut(e.Name(), "_")
-		v, err := strconv.Atoi(num)
-		if !ok || err != nil || v < 1 {
-			return nil, fmt.Errorf("mysql: migration %q is not named NNNN_description.sql", e.Name())
-		}
-		body, err := migrationFS.ReadFile(path.Join("migrations", e.Name()))
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, migration{version: v, name: e.Name(), stmts: splitStatements(string(body))})
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].version < out[j].version })
-	for i := 1; i < len(out); i++ {
-		if out[i].version == out[i-1].version {
-			return nil, fmt.Errorf("mysql: two migrations with version %d", out[i].version)
-		}
-	}
-	return out, nil
-}
+// ErrSchemaTooNew means the tables were migrated by a newer pharox than
+// this one: New and Migrate refuse them rather than run statements written
+// for an older layout. It is the same value in every SQL store.
+var ErrSchemaTooNew = migrate.ErrSchemaTooNew
 
 // splitStatements drops -- comment lines and splits at semicolons that end
 // a line. Migration files keep to that form.
@@ -83,13 +53,13 @@ func splitStatements(body string) []string {
 }
 
 // latestVersion is the schema version this binary needs.
-func latestVersion() int {
-	ms, err := loadMigrations()
-	if err != nil || len(ms) == 0 {
-		return 0
-	}
-	return ms[len(ms)-1].version
-}
+func latestVersion() int { return migrate.Latest(migrations) }
+
+// versionTable records the applied migrations.
+const versionTable = `CREATE TABLE IF NOT EXISTS {p}schema_migrations (
+	version    INT NOT NULL PRIMARY KEY,
+	name       VARCHAR(255) NOT NULL,
+	applied_at DATETIME(6) NOT NULL) ENGINE = InnoDB`
 
 // lockName is the GET_LOCK name that serialises migrations of one set of
 // tables: the current database and the prefix, hashed because lock names
@@ -130,17 +100,13 @@ func Migrate(ctx context.Context, db *sql.DB, opts ...Option) error {
 	if err != nil {
 		return err
 	}
-	if err := migrate(ctx, db, cfg.prefix); err != nil {
-		return fmt.Errorf("mysql: migrate tables %s*: %w", cfg.prefix, err)
+	if err := runMigrations(ctx, db, cfg.prefix); err != nil {
+		return fmt.Errorf("mysql: migrate: %w", err)
 	}
 	return nil
 }
 
-func migrate(ctx context.Context, db *sql.DB, prefix string) error {
-	ms, err := loadMigrations()
-	if err != nil {
-		return err
-	}
+func runMigrations(ctx context.Context, db *sql.DB, prefix string) error {
 	// GET_LOCK belongs to a session: everything runs on one connection.
 	conn, err := db.Conn(ctx)
 	if err != nil {
@@ -160,47 +126,76 @@ func migrate(ctx context.Context, db *sql.DB, prefix string) error {
 	}
 	defer conn.ExecContext(context.WithoutCancel(ctx), `DO RELEASE_LOCK(?)`, name)
 
-	q := func(s string) string { return strings.ReplaceAll(s, "{p}", prefix) }
-	if _, err := conn.ExecContext(ctx, q(`CREATE TABLE IF NOT EXISTS {p}schema_migrations (
-		version    INT NOT NULL PRIMARY KEY,
-		name       VARCHAR(255) NOT NULL,
-		applied_at DATETIME(6) NOT NULL) ENGINE = InnoDB`)); err != nil {
+	t := mysqlTarget{conn: conn, prefix: prefix}
+	if _, err := conn.ExecContext(ctx, t.q(versionTable)); err != nil {
 		return fmt.Errorf("create schema_migrations: %w", err)
 	}
-	rows, err := conn.QueryContext(ctx, q(`SELECT version FROM {p}schema_migrations`))
+	_, err = migrate.Run(ctx, migrations, t, "tables "+prefix+"*")
+	return err
+}
+
+// mysqlTarget is a set of tables, on the connection that holds the
+// migration lock.
+type mysqlTarget struct {
+	conn   *sql.Conn
+	prefix string
+}
+
+func (t mysqlTarget) q(s string) string { return strings.ReplaceAll(s, "{p}", t.prefix) }
+
+func (t mysqlTarget) Version(ctx context.Context) (int, error) {
+	var v sql.NullInt64
+	err := t.conn.QueryRowContext(ctx, t.q(`SELECT max(version) FROM {p}schema_migrations`)).Scan(&v)
+	return int(v.Int64), err
+}
+
+// Apply runs m's statements one by one (MySQL runs one per call unless the
+// DSN enables multiStatements, which the store does not need) and records
+// it.
+func (t mysqlTarget) Apply(ctx context.Context, m migrate.Migration) error {
+	for _, st := range splitStatements(m.SQL) {
+		if _, err := t.conn.ExecContext(ctx, t.q(st)); err != nil && code(err) != errDupFieldName {
+			// A duplicate column is an ADD COLUMN a crashed run already
+			// applied (MySQL has no ADD COLUMN IF NOT EXISTS).
+			return err
+		}
+	}
+	_, err := t.conn.ExecContext(ctx, t.q(`INSERT INTO {p}schema_migrations (version, name, applied_at) VALUES (?, ?, UTC_TIMESTAMP(6))`),
+		m.Version, m.File)
+	return err
+}
+
+// WritePendingMigrations writes to w, as one SQL script, the migrations
+// Migrate would apply to the tables (WithTablePrefix) in db's current
+// database and the statements that record them, without changing the
+// database: for operators who review or run migrations themselves. Tables
+// migrated by a newer pharox are refused with ErrSchemaTooNew.
+func WritePendingMigrations(ctx context.Context, w io.Writer, db *sql.DB, opts ...Option) error {
+	if db == nil {
+		return fmt.Errorf("mysql: migrate: db is nil")
+	}
+	cfg, err := buildConfig(opts)
 	if err != nil {
 		return err
 	}
-	applied := map[int]bool{}
-	for rows.Next() {
-		var v int
-		if err := rows.Scan(&v); err != nil {
-			rows.Close()
-			return err
-		}
-		applied[v] = true
+	have, err := schemaVersion(ctx, db, cfg.prefix)
+	if err != nil {
+		return fail("mysql: read schema version of tables %s*: %w", cfg.prefix, err)
 	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return err
+	what := "tables " + cfg.prefix + "*"
+	pending, err := migrate.Pending(migrations, have, what)
+	if err != nil {
+		return fmt.Errorf("mysql: %w", err)
 	}
-	for _, m := range ms {
-		if applied[m.version] {
-			continue
+	q := func(s string) string { return strings.ReplaceAll(s, "{p}", cfg.prefix) }
+	return migrate.Write(w, pending, what, q(versionTable)+";", func(m migrate.Migration) string {
+		var b strings.Builder
+		for _, st := range splitStatements(m.SQL) {
+			b.WriteString(q(st) + ";\n")
 		}
-		for _, st := range m.stmts {
-			if _, err := conn.ExecContext(ctx, q(st)); err != nil && code(err) != errDupFieldName {
-				// A duplicate column is an ADD COLUMN a crashed run
-				// already applied (MySQL has no ADD COLUMN IF NOT EXISTS).
-				return fmt.Errorf("apply %s: %w", m.name, err)
-			}
-		}
-		if _, err := conn.ExecContext(ctx, q(`INSERT INTO {p}schema_migrations (version, name, applied_at) VALUES (?, ?, UTC_TIMESTAMP(6))`),
-			m.version, m.name); err != nil {
-			return fmt.Errorf("record %s: %w", m.name, err)
-		}
-	}
-	return nil
+		b.WriteString(q("INSERT INTO {p}schema_migrations (version, name, applied_at) VALUES (" + strconv.Itoa(m.Version) + ", '" + m.File + "', UTC_TIMESTAMP(6));"))
+		return b.String()
+	})
 }
 
 // schemaVersion returns the highest applied migration, 0 when none.

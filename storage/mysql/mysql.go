@@ -18,6 +18,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/migrate"
 )
 
 // DefaultTablePrefix starts the name of every table of the store unless
@@ -218,8 +219,8 @@ func newStore(ctx context.Context, db *sql.DB, cfg config, txOpts *sql.TxOptions
 	if err != nil {
 		return nil, fail("mysql: read schema version of tables %s*: %w", cfg.prefix, err)
 	}
-	if want := latestVersion(); have < want {
-		return nil, fmt.Errorf("mysql: tables %s* are at schema version %d, this build needs %d: call mysql.Migrate first", cfg.prefix, have, want)
+	if err := migrate.Check(migrations, have, "tables "+cfg.prefix+"*", "call mysql.Migrate (or run pharox migrate) first"); err != nil {
+		return nil, fmt.Errorf("mysql: %w", err)
 	}
 	return s, nil
 }

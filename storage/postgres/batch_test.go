@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 	"github.com/pharox/pharox/storage/memory"
 )
 
@@ -37,7 +38,7 @@ func newTwin(t *testing.T, r *rand.Rand, proxies int) *twin {
 		specs[i] = pharox.Proxy{
 			ID:   uuid.New(),
 			Host: fmt.Sprintf("10.0.0.%d", i+1), Port: 8080, Protocol: pharox.ProtocolHTTP,
-			Country: []string{"US", "DE"}[r.IntN(2)], MaxConcurrency: ptr(1 + r.IntN(3)),
+			Country: []string{"US", "DE"}[r.IntN(2)], MaxConcurrency: ptrutil.Ptr(1 + r.IntN(3)),
 		}
 		tw.proxyIDs = append(tw.proxyIDs, specs[i].ID)
 	}
@@ -58,7 +59,7 @@ func newTwin(t *testing.T, r *rand.Rand, proxies int) *twin {
 		in := make([]pharox.Proxy, len(specs))
 		for i, p := range specs {
 			p.PoolID = pool.ID
-			p.MaxConcurrency = ptr(*p.MaxConcurrency)
+			p.MaxConcurrency = ptrutil.Ptr(*p.MaxConcurrency)
 			in[i] = p
 		}
 		if _, err := st.AddProxies(ctx, in); err != nil {

@@ -3,14 +3,11 @@ package postgres
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -18,23 +15,24 @@ import (
 	"github.com/pharox/pharox/storage/storagetest"
 )
 
-// BenchmarkAcquireRelease measures acquire+release pairs per second against
-// a pool of 1,000 proxies (max_concurrency 1, FirstAvailable, the default
-// strategy) with 1, 8, 32 and 64 concurrent workers. Each sub-benchmark runs
-// the same b.N pairs three times on one schema, alternating in four rounds:
-// with the store as New configures it (FOR UPDATE SKIP LOCKED, concurrent
-// calls sharing statements), with batching turned off (WithMaxBatch(1)),
-// and with the identical single statement using a plain FOR UPDATE, the
-// naive baseline in which every acquisition queues behind the row lock of
-// the best candidate. It reports
+// BenchmarkAcquireRelease runs storagetest.Benchmark (acquire+release
+// pairs per second and CPU per pair on a pool of 1,000 proxies with
+// max_concurrency 1, first_available) with 1, 8, 32 and 64 concurrent
+// workers. Each sub-benchmark runs the same b.N pairs three times on one
+// schema, alternating in four rounds: with the store as New configures it
+// (FOR UPDATE SKIP LOCKED, concurrent calls sharing statements), with
+// batching turned off (WithMaxBatch(1)), and with the identical single
+// statement using a plain FOR UPDATE, the naive baseline in which every
+// acquisition queues behind the row lock of the best candidate. It reports
 //
 //	pairs/s            the store
+//	cpu-µs/pair        this process's CPU per pair (not the server's)
 //	unbatched-pairs/s  the store without batching
 //	naive-pairs/s      the baseline
 //	x-naive            pairs/s divided by naive-pairs/s
 //
 // ns/op covers all three and is not meaningful on its own. The tables are
-// vacuumed before every round, outside the timed part (see vacuum).
+// vacuumed before every run, outside the timed part (see vacuum).
 //
 //	PHAROX_TEST_POSTGRES_URL=... go test -run '^$' -bench AcquireRelease -benchtime 3000x ./storage/postgres/
 //
@@ -75,38 +73,15 @@ func BenchmarkAcquireRelease(b *testing.B) {
 	}
 	store, unbatched, naive := open(), open(WithMaxBatch(1)), open()
 	naive.naive = true
-	_, consumer := seedPool(b, store, "bench", 1000, 1)
-
-	// Prepare the statements on every connection before timing anything.
-	for _, s := range []*Store{store, unbatched, naive} {
-		runPairs(b, s, consumer, 64, 256)
-	}
-	for _, workers := range []int{1, 8, 32, 64} {
-		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
-			// Alternate in rounds, so that a change in the load of the
-			// machine during the run hits all three alike.
-			const rounds = 4
-			var storeTime, unbatchedTime, naiveTime time.Duration
-			for r := range rounds {
-				n := b.N/rounds + boolInt(r < b.N%rounds)
-				vacuum(b, pool, schema)
-				storeTime += runPairs(b, store, consumer, workers, n)
-				vacuum(b, pool, schema)
-				unbatchedTime += runPairs(b, unbatched, consumer, workers, n)
-				vacuum(b, pool, schema)
-				naiveTime += runPairs(b, naive, consumer, workers, n)
-			}
-			rate := float64(b.N) / storeTime.Seconds()
-			naiveRate := float64(b.N) / naiveTime.Seconds()
-			b.ReportMetric(rate, "pairs/s")
-			b.ReportMetric(float64(b.N)/unbatchedTime.Seconds(), "unbatched-pairs/s")
-			b.ReportMetric(naiveRate, "naive-pairs/s")
-			b.ReportMetric(rate/naiveRate, "x-naive")
-		})
-	}
+	storagetest.Benchmark(b, func(*testing.B) pharox.Storage { return store },
+		storagetest.BenchWorkers(1, 8, 32, 64),
+		storagetest.BenchWithBaseline(storagetest.BenchBaseline{Name: "unbatched", Store: unbatched}),
+		storagetest.BenchWithBaseline(storagetest.BenchBaseline{Name: "naive", Store: naive}),
+		storagetest.BenchBeforeEachRun(func(b *testing.B) { vacuum(b, pool, schema) }))
 }
 
-// vacuum cleans up after the previous round outside the timed part, as
+// vacuum cleans up after the previous run outside the timed part (and
+// refreshes the planner statistics after the seed), as
 // autovacuum would between them (it is off on the machines the figures
 // come from): otherwise each variant pays for the dead rows of the one
 // before, and the naive baseline, whose rounds hold row locks longest,
@@ -115,50 +90,9 @@ func BenchmarkAcquireRelease(b *testing.B) {
 func vacuum(b *testing.B, pool *pgxpool.Pool, schema string) {
 	b.Helper()
 	s := quoteIdent(schema)
-	if _, err := pool.Exec(context.Background(), "VACUUM "+s+".proxies, "+s+".leases"); err != nil {
+	if _, err := pool.Exec(context.Background(), "VACUUM ANALYZE "+s+".proxies, "+s+".leases"); err != nil {
 		b.Fatal(err)
 	}
-}
-
-func boolInt(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
-
-// runPairs performs n acquire+release pairs on workers goroutines and
-// returns how long they took.
-func runPairs(b testing.TB, s *Store, c *pharox.Consumer, workers, n int) time.Duration {
-	b.Helper()
-	ctx := context.Background()
-	req := pharox.AcquireRequest{PoolName: "bench", ConsumerID: c.ID, ConsumerName: c.Name,
-		Duration: time.Minute, Strategy: pharox.FirstAvailable}
-	var next atomic.Int64
-	var failed atomic.Value
-	var wg sync.WaitGroup
-	start := time.Now()
-	for range workers {
-		wg.Go(func() {
-			for next.Add(1) <= int64(n) {
-				l, err := s.AcquireLease(ctx, req)
-				if err != nil {
-					failed.Store(err)
-					return
-				}
-				if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
-					failed.Store(err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	if err, _ := failed.Load().(error); err != nil {
-		b.Fatal(err)
-	}
-	return elapsed
 }
 
 // BenchmarkScale runs storagetest.BenchmarkScale: ns per acquisition for

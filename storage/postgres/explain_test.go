@@ -12,6 +12,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
+	"github.com/pharox/pharox/internal/testfactory"
 )
 
 // TestExplainAcquire prints the plans of the acquisition statements on a
@@ -50,7 +52,7 @@ func TestExplainAcquire(t *testing.T) {
 	}{
 		{pharox.FirstAvailable, nil, ""},
 		{pharox.FirstAvailable, &pharox.Filters{Country: "DE"}, ""},
-		{pharox.FirstAvailable, &pharox.Filters{Latitude: ptr(52.52), Longitude: ptr(13.40), RadiusKM: ptr(500.0)}, ""},
+		{pharox.FirstAvailable, &pharox.Filters{Latitude: ptrutil.Ptr(52.52), Longitude: ptrutil.Ptr(13.40), RadiusKM: ptrutil.Ptr(500.0)}, ""},
 		{pharox.LeastUsed, nil, ""},
 		{pharox.LeastUsed, &pharox.Filters{Country: "DE"}, ""},
 		{pharox.RoundRobin, nil, ""},
@@ -191,29 +193,18 @@ func placeholdersFor(vals []any) string {
 	return strings.Join(ph, ", ")
 }
 
-// seedPool creates a pool of n proxies with max concurrency maxc and a
-// consumer.
+// seedPool creates a pool of n proxies with max concurrency maxc, spread
+// over four countries and the globe, and a consumer, then runs ANALYZE so
+// the planner sees the pool's real size.
 func seedPool(t testing.TB, s *Store, name string, n, maxc int) (*pharox.Pool, *pharox.Consumer) {
 	t.Helper()
-	ctx := context.Background()
-	pool, err := s.CreatePool(ctx, pharox.Pool{Name: name})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := s.EnsureConsumer(ctx, "seed")
-	if err != nil {
-		t.Fatal(err)
-	}
-	in := make([]pharox.Proxy, n)
-	for i := range in {
-		m := maxc
-		in[i] = pharox.Proxy{PoolID: pool.ID, Host: fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255), Port: 3128,
-			Protocol: pharox.ProtocolHTTP, MaxConcurrency: &m, Country: []string{"US", "DE", "BR", "JP"}[i%4],
-			Latitude: ptr(float64(i%120) - 60), Longitude: ptr(float64(i*7%360) - 180)}
-	}
-	if _, err := s.AddProxies(ctx, in); err != nil {
-		t.Fatal(err)
-	}
+	ctx := t.Context()
+	pool := testfactory.Pool(ctx, t, s, &testfactory.PoolOpts{Name: &name})
+	c := testfactory.Consumer(ctx, t, s, &testfactory.ConsumerOpts{Name: ptrutil.Ptr("seed")})
+	testfactory.ProxiesFunc(ctx, t, s, pool.ID, n, func(i int) *testfactory.ProxyOpts {
+		return &testfactory.ProxyOpts{MaxConcurrency: &maxc, Country: ptrutil.Ptr([]string{"US", "DE", "BR", "JP"}[i%4]),
+			Latitude: ptrutil.Ptr(float64(i%120) - 60), Longitude: ptrutil.Ptr(float64(i*7%360) - 180)}
+	})
 	if _, err := s.pool.Exec(ctx, "ANALYZE "+s.schema+".proxies"); err != nil {
 		t.Fatal(err)
 	}

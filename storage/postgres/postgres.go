@@ -16,6 +16,7 @@ import (
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/internal/batch"
+	"github.com/pharox/pharox/internal/migrate"
 )
 
 // DefaultSchema is the schema the store uses unless WithSchema says
@@ -172,12 +173,8 @@ func New(ctx context.Context, pool *pgxpool.Pool, opts ...Option) (*Store, error
 	if err != nil {
 		return nil, fmt.Errorf("postgres: read schema version of %s: %w", cfg.schema, err)
 	}
-	want := latestVersion()
-	if have < want {
-		return nil, fmt.Errorf("postgres: schema %s is at version %d, this build needs %d: call postgres.Migrate first", cfg.schema, have, want)
-	}
-	if have > want {
-		return nil, newerSchemaError(cfg.schema, have, want)
+	if err := migrate.Check(migrations, have, "schema "+cfg.schema, "call postgres.Migrate (or run pharox migrate) first"); err != nil {
+		return nil, fmt.Errorf("postgres: %w", err)
 	}
 	s := &Store{pool: pool, cfg: cfg, schema: quoteIdent(cfg.schema)}
 	s.newBatchers()
@@ -209,11 +206,8 @@ func quoteIdent(name string) string { return pgx.Identifier{name}.Sanitize() }
 // ErrSchemaTooNew means the schema was migrated by a newer pharox than
 // this one: New and Migrate refuse it rather than run statements written
 // for an older layout.
-var ErrSchemaTooNew = errors.New("postgres: schema is newer than this pharox")
-
-func newerSchemaError(schema string, have, want int) error {
-	return fmt.Errorf("%w: schema %s is at version %d, this pharox knows versions up to %d: upgrade pharox", ErrSchemaTooNew, schema, have, want)
-}
+// It is the same value in every SQL store.
+var ErrSchemaTooNew = migrate.ErrSchemaTooNew
 
 // PostgreSQL error codes the store maps to pharox errors.
 const (

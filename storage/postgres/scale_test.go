@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 // TestFilterScanBudget: a filter that matches none of the free proxies
@@ -32,7 +33,7 @@ func TestFilterScanBudget(t *testing.T) {
 	in := make([]pharox.Proxy, 2*budget+1)
 	for i := range in {
 		in[i] = pharox.Proxy{PoolID: pool.ID, Host: fmt.Sprintf("10.9.0.%d", i+1), Port: 8080, Protocol: pharox.ProtocolHTTP,
-			MaxConcurrency: ptr(1), Country: "US"}
+			MaxConcurrency: ptrutil.Ptr(1), Country: "US"}
 	}
 	in[len(in)-1].Country = "XX"
 	ps, err := s.AddProxies(ctx, in)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 	"github.com/pharox/pharox/storage/storagetest"
 )
 
@@ -18,7 +19,7 @@ import (
 // the path every batch of one still takes.
 func TestConformanceUnbatched(t *testing.T) {
 	testClient(t)
-	storagetest.Run(t, func(t *testing.T) pharox.Storage { return newTestStore(t, WithMaxBatch(1)) })
+	storagetest.Run(t, func(t *testing.T) pharox.Storage { return newTestStore(t, WithMaxBatch(1)) }, storagetest.WithCapabilities(capabilities))
 }
 
 func TestWithMaxBatchValidates(t *testing.T) {
@@ -51,7 +52,7 @@ func batchPool(t *testing.T, s *Store, name string, maxc ...int) []*pharox.Proxy
 		in[i] = pharox.Proxy{PoolID: pool.ID, Host: fmt.Sprintf("10.2.%d.%d", i/200, i%200+1), Port: 8000,
 			Protocol: pharox.ProtocolHTTP, Country: []string{"DE", "US"}[i%2]}
 		if m > 0 {
-			in[i].MaxConcurrency = ptr(m)
+			in[i].MaxConcurrency = ptrutil.Ptr(m)
 		}
 	}
 	added, err := s.AddProxies(ctx, in)

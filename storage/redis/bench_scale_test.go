@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 	"github.com/pharox/pharox/storage/storagetest"
 )
 
@@ -65,9 +66,9 @@ func BenchmarkScaleInterleaved(b *testing.B) {
 						rowNS := scalePairs(b, s, r, k)
 						rows, bases, ratios = append(rows, rowNS), append(bases, baseNS), append(ratios, rowNS/baseNS)
 					}
-					b.ReportMetric(median(rows)/1000, "us/pair")
-					b.ReportMetric(median(bases)/1000, "base-us/pair")
-					b.ReportMetric(median(ratios), "x-1k-free")
+					b.ReportMetric(storagetest.Median(rows)/1000, "us/pair")
+					b.ReportMetric(storagetest.Median(bases)/1000, "base-us/pair")
+					b.ReportMetric(storagetest.Median(ratios), "x-1k-free")
 				})
 			}
 		}
@@ -104,7 +105,7 @@ func scalePool(b *testing.B, s *Store, n int) pharox.AcquireRequest {
 		ps := make([]pharox.Proxy, 0, 1000)
 		for i := start; i < min(start+1000, n); i++ {
 			ps = append(ps, pharox.Proxy{PoolID: pool.ID, Host: fmt.Sprintf("10.%d.%d.%d", i>>16, i>>8&255, i&255),
-				Port: 8080, Protocol: pharox.ProtocolHTTP, Country: []string{"US", "DE", "BR", "JP"}[i%4], MaxConcurrency: ptr(1)})
+				Port: 8080, Protocol: pharox.ProtocolHTTP, Country: []string{"US", "DE", "BR", "JP"}[i%4], MaxConcurrency: ptrutil.Ptr(1)})
 		}
 		if _, err := s.AddProxies(ctx, ps); err != nil {
 			b.Fatal(err)
@@ -168,7 +169,7 @@ func BenchmarkSelectiveFilter(b *testing.B) {
 			b.Fatal(err)
 		}
 		if _, err := s.AddProxies(ctx, []pharox.Proxy{{PoolID: pool.ID, ID: maxID, Host: "127.0.0.1", Port: 1,
-			Protocol: pharox.ProtocolHTTP, Country: "FR", MaxConcurrency: ptr(1)}}); err != nil {
+			Protocol: pharox.ProtocolHTTP, Country: "FR", MaxConcurrency: ptrutil.Ptr(1)}}); err != nil {
 			b.Fatal(err)
 		}
 		for _, sh := range shapes {
@@ -202,9 +203,9 @@ func BenchmarkSelectiveFilter(b *testing.B) {
 					rowNS := float64(time.Since(start).Nanoseconds()) / float64(k)
 					rows, bases, ratios = append(rows, rowNS), append(bases, baseNS), append(ratios, rowNS/baseNS)
 				}
-				b.ReportMetric(median(rows)/1000, "us/call")
-				b.ReportMetric(median(bases)/1000, "base-us/call")
-				b.ReportMetric(median(ratios), "x-unfiltered")
+				b.ReportMetric(storagetest.Median(rows)/1000, "us/call")
+				b.ReportMetric(storagetest.Median(bases)/1000, "base-us/call")
+				b.ReportMetric(storagetest.Median(ratios), "x-unfiltered")
 			})
 		}
 	}

@@ -6,19 +6,18 @@ import (
 	"encoding/csv"
 	"errors"
 	"fmt"
+	"github.com/pharox/pharox/storage/storagetest"
 	"net"
 	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
-	"github.com/pharox/pharox/storage/storagetest"
+	"github.com/pharox/pharox/internal/ptrutil"
+	"github.com/pharox/pharox/internal/testfactory"
 	goredis "github.com/redis/go-redis/v9"
 )
 
@@ -65,36 +64,31 @@ func evalshaCeiling(ctx context.Context, c *goredis.Client, clients, requests in
 	return strconv.ParseFloat(recs[1][1], 64)
 }
 
-// BenchmarkAcquireRelease measures acquire+release pairs per second on a
-// 1,000-proxy pool (max_concurrency 2, first_available) at 1, 8, 32 and 64
-// concurrent workers, and their ratio to redis-benchmark's rate for a
-// trivial EVALSHA with as many clients, measured in the same run: the
-// pairs run in benchRounds rounds, each after its own baseline, and the
-// medians are reported. Two ratios: pair-ratio divides pairs/s by the
-// trivial rate; op-ratio divides operations/s (two per pair: an
-// acquisition and a release, each one script call when served alone) by
-// it, comparing script operations with script calls. Each round also runs
-// as many pairs through a store with batching off (WithMaxBatch(1)) on the
-// same pool, reported as unbatched-pairs/s; which of the two goes first
-// alternates between rounds.
-// Run it with a fixed count, e.g. -benchtime=20000x, so that the baseline
-// runs once per round rather than once per calibration step.
+// BenchmarkAcquireRelease runs storagetest.Benchmark (acquire+release
+// pairs per second and CPU per pair) on a 1,000-proxy pool
+// (max_concurrency 2, first_available) at 1, 8, 32 and 64 concurrent
+// workers, and once at 32 workers with a country filter matching a
+// quarter of the pool (country/workers=32). Beside the store, each round
+// runs as many pairs through a store with batching off (WithMaxBatch(1))
+// on the same pool, reported as unbatched-pairs/s, and redis-benchmark's
+// rate for a trivial EVALSHA with as many clients (evalsha/s, the median
+// of the rounds; not in -short runs or without redis-benchmark). x-evalsha
+// divides operations/s (two per pair: an acquisition and a release, each
+// one script call when served alone) by it, comparing script operations
+// with script calls.
+// Run it with a fixed count, e.g. -benchtime=20000x, so that the baselines
+// run once per round rather than once per calibration step.
 func BenchmarkAcquireRelease(b *testing.B) {
-	for _, workers := range []int{1, 8, 32, 64} {
-		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
-			benchAcquireRelease(b, workers, nil)
-		})
-	}
+	benchAcquireRelease(b, nil, 1, 8, 32, 64)
 	// One filtered case: a country matching a quarter of the pool.
-	b.Run("workers=32/country", func(b *testing.B) {
-		benchAcquireRelease(b, 32, &pharox.Filters{Country: "DE"})
-	})
+	b.Run("country", func(b *testing.B) { benchAcquireRelease(b, &pharox.Filters{Country: "DE"}, 32) })
 }
 
-func benchAcquireRelease(b *testing.B, workers int, filters *pharox.Filters) {
+func benchAcquireRelease(b *testing.B, filters *pharox.Filters, workers ...int) {
+	top := slices.Max(workers)
 	client := testClient(b, func(o *goredis.Options) {
-		o.PoolSize = 2 * workers
-		o.MinIdleConns = workers
+		o.PoolSize = 2 * top
+		o.MinIdleConns = top
 	})
 	prefix := testPrefix()
 	b.Cleanup(func() { dropPrefix(b, client, prefix) })
@@ -102,98 +96,29 @@ func benchAcquireRelease(b *testing.B, workers int, filters *pharox.Filters) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ctx := context.Background()
-	if err := s.LoadScripts(ctx); err != nil {
+	if err := s.LoadScripts(context.Background()); err != nil {
 		b.Fatal(err)
 	}
 	unbatched, err := New(client, WithPrefix(prefix), WithMaxBatch(1))
 	if err != nil {
 		b.Fatal(err)
 	}
-	req := benchPool(b, s, filters)
-
-	// The machine may be shared and its load drift, so the run is split in
-	// rounds, each preceded by its own baseline; the medians are reported.
-	b.ResetTimer()
-	rounds := benchRounds
-	if b.N < minPairsForBaseline {
-		rounds = 1
+	opts := []storagetest.BenchOption{
+		storagetest.BenchWorkers(workers...),
+		storagetest.BenchProxies(benchPoolSize, 2),
+		storagetest.BenchWithBaseline(storagetest.BenchBaseline{Name: "unbatched", Store: unbatched}),
+		storagetest.BenchWithBaseline(storagetest.BenchBaseline{Name: "evalsha", OpsPerPair: 2,
+			Rate: func(ctx context.Context, workers int) (float64, error) {
+				if testing.Short() {
+					return 0, errors.New("not measured in -short runs")
+				}
+				return evalshaCeiling(ctx, client, workers, baselineRequests)
+			}}),
 	}
-	var pairRates, unbatchedRates, ceilRates, ratios, opRatios []float64
-	done := 0
-	for r := range rounds {
-		n := b.N / rounds
-		if r == rounds-1 {
-			n = b.N - done
-		}
-		done += n
-		if b.N >= minPairsForBaseline {
-			b.StopTimer()
-			ceiling, err := evalshaCeiling(ctx, client, workers, baselineRequests)
-			if err != nil && r == 0 {
-				b.Logf("no baseline: %v", err)
-			}
-			b.StartTimer()
-			if ceiling > 0 {
-				ceilRates = append(ceilRates, ceiling)
-			}
-		}
-		runUnbatched := func() {
-			b.StopTimer()
-			elapsed := runPairs(b, unbatched, req, workers, n)
-			unbatchedRates = append(unbatchedRates, float64(n)/elapsed.Seconds())
-			b.StartTimer()
-		}
-		if r%2 == 1 {
-			runUnbatched()
-		}
-		elapsed := runPairs(b, s, req, workers, n)
-		pairRates = append(pairRates, float64(n)/elapsed.Seconds())
-		if r%2 == 0 {
-			runUnbatched()
-		}
-		if len(ceilRates) == len(pairRates) {
-			ratios = append(ratios, pairRates[r]/ceilRates[r])
-			opRatios = append(opRatios, 2*pairRates[r]/ceilRates[r])
-		}
+	if filters != nil {
+		opts = append(opts, storagetest.BenchFilters(filters))
 	}
-	b.ReportMetric(median(pairRates), "pairs/s")
-	b.ReportMetric(median(unbatchedRates), "unbatched-pairs/s")
-	if len(ratios) == rounds {
-		b.ReportMetric(median(ceilRates), "evalsha/s")
-		b.ReportMetric(median(ratios), "pair-ratio")
-		b.ReportMetric(median(opRatios), "op-ratio")
-	}
-}
-
-// benchPool adds the benchmark pool to s and returns the request the
-// benchmarks repeat: a one-minute first_available lease with filters.
-func benchPool(b testing.TB, s *Store, filters *pharox.Filters) pharox.AcquireRequest {
-	ctx := context.Background()
-	pool, err := s.CreatePool(ctx, pharox.Pool{Name: "bench"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	proxies := make([]pharox.Proxy, benchPoolSize)
-	for i := range proxies {
-		maxc := 2
-		proxies[i] = pharox.Proxy{
-			PoolID: pool.ID, Host: fmt.Sprintf("10.0.%d.%d", i/250, i%250+1), Port: 8080,
-			Protocol: pharox.ProtocolHTTP, Country: []string{"US", "DE", "BR", "JP"}[i%4],
-			MaxConcurrency: &maxc,
-		}
-	}
-	if _, err := s.AddProxies(ctx, proxies); err != nil {
-		b.Fatal(err)
-	}
-	consumer, err := s.EnsureConsumer(ctx, "bench")
-	if err != nil {
-		b.Fatal(err)
-	}
-	return pharox.AcquireRequest{
-		PoolName: "bench", ConsumerID: consumer.ID, ConsumerName: consumer.Name,
-		Duration: time.Minute, Strategy: pharox.FirstAvailable, Filters: filters,
-	}
+	storagetest.Benchmark(b, func(*testing.B) pharox.Storage { return s }, opts...)
 }
 
 // BenchmarkServerCost measures what a batch of n acquire+release pairs
@@ -217,7 +142,8 @@ func benchServerCost(b *testing.B, n int) {
 	s := newTestStore(b)
 	client := s.rdb
 	ctx := context.Background()
-	req := benchPool(b, s, nil)
+	pool, _ := testfactory.PoolWithProxies(ctx, b, s, nil, benchPoolSize, &testfactory.ProxyOpts{MaxConcurrency: ptrutil.Ptr(2)})
+	req := testfactory.AcquireRequest(&testfactory.LeaseOpts{PoolName: &pool.Name, Consumer: testfactory.Consumer(ctx, b, s, nil)})
 	trivial := goredis.NewScript(trivialScript)
 	if err := trivial.Load(ctx, client).Err(); err != nil {
 		b.Fatal(err)
@@ -282,50 +208,8 @@ func evalshaUsec(b testing.TB, c goredis.UniversalClient) float64 {
 	return 0 // no EVALSHA yet
 }
 
-// Benchmark rounds and the baseline's size per round.
-const (
-	benchRounds         = 5
-	minPairsForBaseline = 1000
-	baselineRequests    = 20000
-)
-
-// runPairs runs n acquire+release pairs on workers goroutines and returns
-// the wall time they took.
-func runPairs(b testing.TB, s *Store, req pharox.AcquireRequest, workers, n int) time.Duration {
-	ctx := context.Background()
-	var next atomic.Int64
-	var failed atomic.Value
-	var wg sync.WaitGroup
-	start := time.Now()
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for next.Add(1) <= int64(n) {
-				l, err := s.AcquireLease(ctx, req)
-				if err == nil {
-					_, err = s.ReleaseLease(ctx, l.ID)
-				}
-				if err != nil {
-					failed.CompareAndSwap(nil, err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	if err, _ := failed.Load().(error); err != nil {
-		b.Fatal(err)
-	}
-	return elapsed
-}
-
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
+// baselineRequests is the size of one redis-benchmark run.
+const baselineRequests = 20000
 
 // BenchmarkTargets compares acquire+release pairs for a target with half
 // the pool cooling down for it against pairs without a target (see

@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 	goredis "github.com/redis/go-redis/v9"
 )
 
@@ -188,7 +189,7 @@ func retryPool(t *testing.T, s *Store) (*pharox.Proxy, pharox.AcquireRequest) {
 		t.Fatal(err)
 	}
 	ps, err := s.AddProxies(ctx, []pharox.Proxy{{PoolID: pool.ID, Host: "127.0.0.1", Port: 8080,
-		Protocol: pharox.ProtocolHTTP, MaxConcurrency: ptr(4)}})
+		Protocol: pharox.ProtocolHTTP, MaxConcurrency: ptrutil.Ptr(4)}})
 	if err != nil {
 		t.Fatal(err)
 	}

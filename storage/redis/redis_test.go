@@ -94,5 +94,12 @@ func newTestStore(t testing.TB, opts ...Option) *Store {
 
 func TestConformance(t *testing.T) {
 	testClient(t)
-	storagetest.Run(t, func(t *testing.T) pharox.Storage { return newTestStore(t) })
+	storagetest.Run(t, func(t *testing.T) pharox.Storage { return newTestStore(t) }, storagetest.WithCapabilities(capabilities))
+}
+
+// capabilities are the Redis store's answers where the contract lets
+// stores differ.
+var capabilities = storagetest.Capabilities{
+	LateRelease: storagetest.LateReleaseExpires,
+	Predicates:  storagetest.PredicatesRefused,
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 // TestSelectionMatchesReference checks candidate selection on a pool large
@@ -44,7 +45,7 @@ func TestSelectionMatchesReference(t *testing.T) {
 			p.Country = "IS" // rare
 		}
 		if rng.IntN(4) > 0 {
-			p.ASN = ptr(rng.IntN(5))
+			p.ASN = ptrutil.Ptr(rng.IntN(5))
 		}
 		for _, tg := range tagSet {
 			if rng.IntN(2) == 0 {
@@ -53,12 +54,12 @@ func TestSelectionMatchesReference(t *testing.T) {
 		}
 		switch r := rng.IntN(20); {
 		case r == 0: // beyond the GEO index's range
-			p.Latitude, p.Longitude = ptr(86+rng.Float64()*4), ptr(rng.Float64()*360-180)
+			p.Latitude, p.Longitude = ptrutil.Ptr(86+rng.Float64()*4), ptrutil.Ptr(rng.Float64()*360-180)
 		case r < 17:
-			p.Latitude, p.Longitude = ptr(rng.Float64()*120-60), ptr(rng.Float64()*360-180)
+			p.Latitude, p.Longitude = ptrutil.Ptr(rng.Float64()*120-60), ptrutil.Ptr(rng.Float64()*360-180)
 		}
 		if m := rng.IntN(4); m > 0 {
-			p.MaxConcurrency = ptr(m)
+			p.MaxConcurrency = ptrutil.Ptr(m)
 		}
 		in[i] = p
 	}
@@ -212,21 +213,21 @@ func genFilter(rng *rand.Rand, list []*pharox.Proxy, depth int) *pharox.Filters 
 		case 3:
 			f.Tags = append(f.Tags, []string{"a", "b", "c", "d"}[rng.IntN(4)])
 		case 4:
-			f.ASN = ptr(rng.IntN(6))
+			f.ASN = ptrutil.Ptr(rng.IntN(6))
 		case 5:
 			f.Source = fmt.Sprintf("src%d", rng.IntN(3))
 		case 6:
 			f.ISP = fmt.Sprintf("isp%d", rng.IntN(5))
 		case 7:
 			// Near the pole: the radius reaches proxies beyond GEO's range.
-			f.Latitude, f.Longitude = ptr(80+rng.Float64()*5), ptr(rng.Float64()*360-180)
-			f.RadiusKM = ptr([]float64{300, 800, 1500}[rng.IntN(3)])
+			f.Latitude, f.Longitude = ptrutil.Ptr(80+rng.Float64()*5), ptrutil.Ptr(rng.Float64()*360-180)
+			f.RadiusKM = ptrutil.Ptr([]float64{300, 800, 1500}[rng.IntN(3)])
 		case 8:
 			p := pick()
 			if p.Latitude != nil {
-				f.Latitude, f.Longitude = ptr(*p.Latitude), ptr(*p.Longitude)
+				f.Latitude, f.Longitude = ptrutil.Ptr(*p.Latitude), ptrutil.Ptr(*p.Longitude)
 				if rng.IntN(4) > 0 {
-					f.RadiusKM = ptr([]float64{50, 500, 2000, 8000}[rng.IntN(4)])
+					f.RadiusKM = ptrutil.Ptr([]float64{50, 500, 2000, 8000}[rng.IntN(4)])
 				}
 			}
 		case 9, 10:
@@ -244,5 +245,3 @@ func genFilter(rng *rand.Rand, list []*pharox.Proxy, depth int) *pharox.Filters 
 	}
 	return f
 }
-
-func ptr[T any](v T) *T { return &v }

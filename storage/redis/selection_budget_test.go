@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 // budgetPool creates pool name with n proxies of one lease each, all in
@@ -26,10 +27,10 @@ func budgetPool(t *testing.T, s *Store, name string, n int) ([]*pharox.Proxy, ph
 		var ps []pharox.Proxy
 		for i := start; i < min(start+1000, n); i++ {
 			p := pharox.Proxy{PoolID: pool.ID, Host: fmt.Sprintf("10.%d.%d.%d", i>>16, i>>8&255, i&255), Port: 8080,
-				Protocol: pharox.ProtocolHTTP, Country: "DE", MaxConcurrency: ptr(1),
-				Latitude: ptr(52.52), Longitude: ptr(13.40)}
+				Protocol: pharox.ProtocolHTTP, Country: "DE", MaxConcurrency: ptrutil.Ptr(1),
+				Latitude: ptrutil.Ptr(52.52), Longitude: ptrutil.Ptr(13.40)}
 			if i == n-1 {
-				p.Country, p.Tags, p.Latitude, p.Longitude = "FR", []string{"rare"}, ptr(48.85), ptr(2.35)
+				p.Country, p.Tags, p.Latitude, p.Longitude = "FR", []string{"rare"}, ptrutil.Ptr(48.85), ptrutil.Ptr(2.35)
 				// The greatest id puts it last in every strategy's order
 				// while no proxy has been checked or leased.
 				p.ID = maxID
@@ -65,8 +66,8 @@ func TestSelectionBudget(t *testing.T) {
 	rare := proxies[n-1]
 	indexed := map[string]*pharox.Filters{
 		"AnyOf of countries":   {AnyOf: []pharox.Filters{{Country: "FR"}, {Country: "JP"}}},
-		"AnyOf of tag and ASN": {AnyOf: []pharox.Filters{{Tags: []string{"rare"}}, {ASN: ptr(1)}}},
-		"radius":               {Latitude: ptr(48.85), Longitude: ptr(2.35), RadiusKM: ptr(10.0)},
+		"AnyOf of tag and ASN": {AnyOf: []pharox.Filters{{Tags: []string{"rare"}}, {ASN: ptrutil.Ptr(1)}}},
+		"radius":               {Latitude: ptrutil.Ptr(48.85), Longitude: ptrutil.Ptr(2.35), RadiusKM: ptrutil.Ptr(10.0)},
 		"AllOf with AnyOf":     {AllOf: []pharox.Filters{{AnyOf: []pharox.Filters{{City: "x"}, {Country: "FR"}}}}},
 	}
 	unindexed := map[string]*pharox.Filters{

@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 func TestNewRejectsBadInput(t *testing.T) {
@@ -97,9 +98,9 @@ func TestDeleteLeavesNoKeys(t *testing.T) {
 		}
 		ps, err := s.AddProxies(ctx, []pharox.Proxy{
 			{PoolID: pool.ID, Host: "10.0.0.1", Port: 1, Protocol: pharox.ProtocolHTTP, Country: "DE", City: "Berlin",
-				Source: "s", ISP: "i", ASN: ptr(3320), Tags: []string{"x", "y"}, Latitude: ptr(52.5), Longitude: ptr(13.4),
-				Credentials: &pharox.Credentials{User: "u", Password: "secret"}, MaxConcurrency: ptr(1)},
-			{PoolID: pool.ID, Host: "10.0.0.2", Port: 2, Protocol: pharox.ProtocolSOCKS5, Latitude: ptr(89.0), Longitude: ptr(0.0)},
+				Source: "s", ISP: "i", ASN: ptrutil.Ptr(3320), Tags: []string{"x", "y"}, Latitude: ptrutil.Ptr(52.5), Longitude: ptrutil.Ptr(13.4),
+				Credentials: &pharox.Credentials{User: "u", Password: "secret"}, MaxConcurrency: ptrutil.Ptr(1)},
+			{PoolID: pool.ID, Host: "10.0.0.2", Port: 2, Protocol: pharox.ProtocolSOCKS5, Latitude: ptrutil.Ptr(89.0), Longitude: ptrutil.Ptr(0.0)},
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -107,7 +108,7 @@ func TestDeleteLeavesNoKeys(t *testing.T) {
 		for _, key := range []string{"k1", "k2"} {
 			l, err := s.AcquireLease(ctx, pharox.AcquireRequest{PoolName: name, ConsumerID: c.ID, Duration: time.Minute,
 				Strategy: pharox.RoundRobin, SessionKey: key, SessionTTL: time.Minute,
-				Filters: &pharox.Filters{Latitude: ptr(60.0), Longitude: ptr(10.0), RadiusKM: ptr(20000.0)}})
+				Filters: &pharox.Filters{Latitude: ptrutil.Ptr(60.0), Longitude: ptrutil.Ptr(10.0), RadiusKM: ptrutil.Ptr(20000.0)}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -265,7 +266,7 @@ func TestFilteredAcquireOnFullPool(t *testing.T) {
 	ps := make([]pharox.Proxy, n)
 	for i := range ps {
 		ps[i] = pharox.Proxy{PoolID: pool.ID, Host: "10.0.0.1", Port: 1000 + i, Protocol: pharox.ProtocolHTTP,
-			Country: "DE", Tags: []string{"t"}, MaxConcurrency: ptr(1)}
+			Country: "DE", Tags: []string{"t"}, MaxConcurrency: ptrutil.Ptr(1)}
 	}
 	if _, err := s.AddProxies(ctx, ps); err != nil {
 		t.Fatal(err)

@@ -20,6 +20,10 @@ func TestConformance(t *testing.T) {
 		// minutes. Runs without -race use the full size.
 		opts = append(opts, storagetest.WithLargePoolSize(2000, "the race detector slows modernc.org/sqlite about 15-fold"))
 	}
+	opts = append(opts, storagetest.WithCapabilities(storagetest.Capabilities{
+		LateRelease: storagetest.LateReleaseReleases,
+		Predicates:  storagetest.PredicatesRun,
+	}))
 	storagetest.Run(t, func(t *testing.T) pharox.Storage {
 		return open(t)
 	}, opts...)

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/storage/sqlite"
 )
 
@@ -42,7 +44,7 @@ func TestCrashRecovery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool, _ := seed(t, s, "crash", 12, 2)
+	pool, _ := testfactory.PoolWithProxies(t.Context(), t, s, &testfactory.PoolOpts{Name: ptrutil.Ptr("crash")}, 12, &testfactory.ProxyOpts{MaxConcurrency: ptrutil.Ptr(2)})
 	unlimited := []pharox.Proxy{{PoolID: pool.ID, Host: "10.9.9.9", Port: 9, Protocol: pharox.ProtocolSOCKS5, Country: "AR"}}
 	if _, err := s.AddProxies(ctx, unlimited); err != nil {
 		t.Fatal(err)
@@ -147,7 +149,7 @@ func checkStoreAfterCrash(t *testing.T, path string, pool *pharox.Pool) {
 			t.Errorf("proxy %s holds %d leases over its limit %d", p.ID, p.CurrentLeases, *p.MaxConcurrency)
 		}
 	}
-	c := consumer(t, s, "after-crash")
+	c := testfactory.Consumer(t.Context(), t, s, &testfactory.ConsumerOpts{Name: ptrutil.Ptr("after-crash")})
 	r := req(pool.Name, c)
 	r.Filters = &pharox.Filters{Country: "AR"} // the unlimited proxy
 	l, err := s.AcquireLease(ctx, r)

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/storage/sqlite"
 )
 
@@ -34,7 +36,7 @@ func TestFilterScanBudget(t *testing.T) {
 		if _, err := s.AddProxies(ctx, in); err != nil {
 			t.Fatal(err)
 		}
-		c := consumer(t, s, "budget")
+		c := testfactory.Consumer(t.Context(), t, s, &testfactory.ConsumerOpts{Name: ptrutil.Ptr("budget")})
 		for _, st := range pharox.AllStrategies {
 			r := req("budget", c)
 			r.Strategy = st

@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 // TestPrefilterIsSuperset checks, on random proxies and random filters, that
@@ -28,7 +29,6 @@ func TestPrefilterIsSuperset(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	countries := []string{"AR", "UY", "US", "FJ", ""}
 	tags := []string{"res", "dc", "fast", "mobile"}
-	f64 := func(v float64) *float64 { return &v }
 	in := make([]pharox.Proxy, 300)
 	for i := range in {
 		p := pharox.Proxy{PoolID: pool.ID, Host: fmt.Sprintf("10.1.%d.%d", i/250, i%250+1), Port: 1000 + i,
@@ -44,7 +44,7 @@ func TestPrefilterIsSuperset(t *testing.T) {
 					lon = -lon
 				}
 			}
-			p.Latitude, p.Longitude = f64(lat), f64(lon)
+			p.Latitude, p.Longitude = ptrutil.Ptr(lat), ptrutil.Ptr(lon)
 		}
 		for _, tg := range tags {
 			if rng.IntN(3) == 0 {
@@ -81,9 +81,9 @@ func TestPrefilterIsSuperset(t *testing.T) {
 		if rng.IntN(2) == 0 {
 			p := stored[rng.IntN(len(stored))]
 			if p.Latitude != nil {
-				f.Latitude, f.Longitude = f64(*p.Latitude), f64(*p.Longitude)
+				f.Latitude, f.Longitude = ptrutil.Ptr(*p.Latitude), ptrutil.Ptr(*p.Longitude)
 				if rng.IntN(4) > 0 {
-					f.RadiusKM = f64([]float64{0, 1, 300, 2000, 9000, 25000}[rng.IntN(6)])
+					f.RadiusKM = ptrutil.Ptr([]float64{0, 1, 300, 2000, 9000, 25000}[rng.IntN(6)])
 				}
 			}
 		}

@@ -12,6 +12,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
+	"github.com/pharox/pharox/internal/testfactory"
 )
 
 // randomNumberingFaults returns what is wrong with the dense numbering
@@ -66,9 +68,9 @@ func TestRandomNumbering(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "pharox.db")
 	s := openPath(t, path)
-	pool, ps := seed(t, s, "p", 12, 2)
-	seed(t, s, "other", 5, 1)
-	c := consumer(t, s, "c")
+	pool, ps := testfactory.PoolWithProxies(t.Context(), t, s, &testfactory.PoolOpts{Name: ptrutil.Ptr("p")}, 12, &testfactory.ProxyOpts{MaxConcurrency: ptrutil.Ptr(2)})
+	testfactory.PoolWithProxies(t.Context(), t, s, &testfactory.PoolOpts{Name: ptrutil.Ptr("other")}, 5, &testfactory.ProxyOpts{MaxConcurrency: ptrutil.Ptr(1)})
+	c := testfactory.Consumer(t.Context(), t, s, &testfactory.ConsumerOpts{Name: ptrutil.Ptr("c")})
 	rng := rand.New(rand.NewPCG(7, 8))
 	var held []*pharox.Lease
 	statuses := []pharox.ProxyStatus{pharox.StatusActive, pharox.StatusSlow, pharox.StatusInactive, pharox.StatusBanned}
@@ -113,7 +115,7 @@ func TestRandomNumbering(t *testing.T) {
 			case err == nil:
 				next++
 				added, err := s.AddProxies(ctx, []pharox.Proxy{{PoolID: pool.ID, Host: fmt.Sprintf("10.9.0.%d", next%250+1),
-					Port: next, Protocol: pharox.ProtocolHTTP, MaxConcurrency: ptrInt(1 + rng.IntN(2))}})
+					Port: next, Protocol: pharox.ProtocolHTTP, MaxConcurrency: ptrutil.Ptr(1 + rng.IntN(2))}})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -142,8 +144,6 @@ func TestRandomNumbering(t *testing.T) {
 		t.Fatalf("after DeletePool: %v", faults)
 	}
 }
-
-func ptrInt(v int) *int { return &v }
 
 // TestMigrationNumbersExistingProxies: a file made before the Random
 // numbering existed (schema 2, with free, full and inactive proxies in two

@@ -6,9 +6,11 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math/rand/v2"
 	"net/url"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -17,6 +19,7 @@ import (
 	"time"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/migrate"
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 )
@@ -214,80 +217,103 @@ func (s *Store) Close() error {
 	return nil
 }
 
-// migration is one embedded schema file, migrations/NNNN_name.sql.
-type migration struct {
-	version int
-	name    string
-	sql     string
-}
+// migrations are the embedded files, checked by internal/migrate (named
+// NNNN_description.sql, numbered from 1 without gaps); a bad file panics
+// when the package loads, so every test of the package shows it.
+var migrations = migrate.MustLoad(migrationFS, "migrations")
 
-func loadMigrations() ([]migration, error) {
-	entries, err := fs.Glob(migrationFS, "migrations/*.sql")
-	if err != nil {
-		return nil, err
-	}
-	var ms []migration
-	for _, e := range entries {
-		base := filepath.Base(e)
-		num, name, ok := strings.Cut(strings.TrimSuffix(base, ".sql"), "_")
-		v, err := strconv.Atoi(num)
-		if !ok || err != nil || v < 1 {
-			return nil, fmt.Errorf("migration file %q is not named NNNN_name.sql", base)
-		}
-		body, err := migrationFS.ReadFile(e)
-		if err != nil {
-			return nil, err
-		}
-		ms = append(ms, migration{version: v, name: name, sql: string(body)})
-	}
-	slices.SortFunc(ms, func(a, b migration) int { return a.version - b.version })
-	for i := range ms {
-		if ms[i].version != i+1 {
-			return nil, fmt.Errorf("migrations are not numbered 1..%d without gaps", len(ms))
-		}
-	}
-	return ms, nil
-}
+// versionTable records the applied migrations.
+const versionTable = `CREATE TABLE IF NOT EXISTS schema_migrations (
+	version    INTEGER PRIMARY KEY,
+	name       TEXT NOT NULL,
+	applied_at INTEGER NOT NULL);`
+
+// ErrSchemaTooNew means the file was migrated by a newer pharox than this
+// one: Open refuses it rather than run statements written for an older
+// layout. It is the same value in every SQL store.
+var ErrSchemaTooNew = migrate.ErrSchemaTooNew
 
 // migrate applies pending migrations in one IMMEDIATE transaction: a second
 // process opening the file at the same moment waits for the lock, then finds
 // them applied.
 func (s *Store) migrate(ctx context.Context) error {
-	ms, err := loadMigrations()
-	if err != nil {
-		return fmt.Errorf("migrate: %w", err)
-	}
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("migrate: begin: %w", err)
 	}
 	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
-		version    INTEGER PRIMARY KEY,
-		name       TEXT NOT NULL,
-		applied_at INTEGER NOT NULL)`); err != nil {
+	if _, err := tx.ExecContext(ctx, versionTable); err != nil {
 		return fmt.Errorf("migrate: create: %w", err)
 	}
-	var current int
-	if err := tx.QueryRowContext(ctx, `SELECT coalesce(max(version), 0) FROM schema_migrations`).Scan(&current); err != nil {
+	if _, err := migrate.Run(ctx, migrations, sqliteTarget{tx: tx, now: s.now}, "the database file"); err != nil {
 		return fmt.Errorf("migrate: %w", err)
-	}
-	if current > len(ms) {
-		return fmt.Errorf("migrate: database schema version %d is newer than this pharox (%d): upgrade pharox", current, len(ms))
-	}
-	for _, m := range ms[current:] {
-		if _, err := tx.ExecContext(ctx, m.sql); err != nil {
-			return fmt.Errorf("migrate: apply %04d_%s: %w", m.version, m.name, err)
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)`,
-			m.version, m.name, micros(s.now())); err != nil {
-			return fmt.Errorf("migrate: record %04d_%s: %w", m.version, m.name, err)
-		}
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
 	return nil
+}
+
+// sqliteTarget is the file inside migrate's transaction.
+type sqliteTarget struct {
+	tx  *sql.Tx
+	now func() time.Time
+}
+
+func (t sqliteTarget) Version(ctx context.Context) (int, error) {
+	var v int
+	err := t.tx.QueryRowContext(ctx, `SELECT coalesce(max(version), 0) FROM schema_migrations`).Scan(&v)
+	return v, err
+}
+
+func (t sqliteTarget) Apply(ctx context.Context, m migrate.Migration) error {
+	if _, err := t.tx.ExecContext(ctx, m.SQL); err != nil {
+		return err
+	}
+	_, err := t.tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)`,
+		m.Version, m.Description, micros(t.now()))
+	return err
+}
+
+// WritePendingMigrations writes to w, as one SQL script, the migrations
+// Open would apply to the database file at path and the statements that
+// record them, without changing the file (it is opened read-only; a
+// missing file has every migration pending): for operators who review
+// migrations. A file migrated by a newer pharox is refused with
+// ErrSchemaTooNew.
+func WritePendingMigrations(ctx context.Context, w io.Writer, path string) error {
+	have := 0
+	if _, err := os.Stat(path); err == nil {
+		abs, err := filepath.Abs(path)
+		if err != nil {
+			return fmt.Errorf("sqlite: %s: %w", path, err)
+		}
+		db, err := sql.Open("sqlite", "file:"+(&url.URL{Path: filepath.ToSlash(abs)}).EscapedPath()+"?mode=ro")
+		if err != nil {
+			return fmt.Errorf("sqlite: open %s: %w", path, err)
+		}
+		defer db.Close()
+		var n int
+		if err := db.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'`).Scan(&n); err != nil {
+			return fmt.Errorf("sqlite: open %s: %w", path, err)
+		}
+		if n > 0 {
+			if err := db.QueryRowContext(ctx, `SELECT coalesce(max(version), 0) FROM schema_migrations`).Scan(&have); err != nil {
+				return fmt.Errorf("sqlite: schema version of %s: %w", path, err)
+			}
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("sqlite: %w", err)
+	}
+	what := "database file " + path
+	pending, err := migrate.Pending(migrations, have, what)
+	if err != nil {
+		return fmt.Errorf("sqlite: %w", err)
+	}
+	return migrate.Write(w, pending, what, versionTable, func(m migrate.Migration) string {
+		return strings.TrimRight(m.SQL, "\n") + "\nINSERT INTO schema_migrations (version, name, applied_at) VALUES (" +
+			strconv.Itoa(m.Version) + ", '" + m.Description + "', CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER));"
+	})
 }
 
 // SchemaVersion returns the latest migration applied to the file.

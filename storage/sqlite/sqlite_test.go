@@ -13,6 +13,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/storage/sqlite"
 	_ "modernc.org/sqlite"
 )
@@ -35,39 +37,6 @@ func openPath(t testing.TB, path string, opts ...sqlite.Option) *sqlite.Store {
 		}
 	})
 	return s
-}
-
-// seed creates a pool with n proxies of the given max concurrency (0 means
-// unlimited) and returns the stored proxies.
-func seed(t testing.TB, s pharox.Storage, pool string, n, maxc int) (*pharox.Pool, []*pharox.Proxy) {
-	t.Helper()
-	ctx := context.Background()
-	p, err := s.CreatePool(ctx, pharox.Pool{Name: pool})
-	if err != nil {
-		t.Fatalf("CreatePool: %v", err)
-	}
-	ps := make([]pharox.Proxy, n)
-	for i := range ps {
-		ps[i] = pharox.Proxy{PoolID: p.ID, Host: fmt.Sprintf("10.0.%d.%d", i/250, i%250+1), Port: 8000 + i, Protocol: pharox.ProtocolHTTP}
-		if maxc > 0 {
-			m := maxc
-			ps[i].MaxConcurrency = &m
-		}
-	}
-	out, err := s.AddProxies(ctx, ps)
-	if err != nil {
-		t.Fatalf("AddProxies: %v", err)
-	}
-	return p, out
-}
-
-func consumer(t testing.TB, s pharox.Storage, name string) *pharox.Consumer {
-	t.Helper()
-	c, err := s.EnsureConsumer(context.Background(), name)
-	if err != nil {
-		t.Fatalf("EnsureConsumer: %v", err)
-	}
-	return c
 }
 
 func req(pool string, c *pharox.Consumer) pharox.AcquireRequest {
@@ -230,8 +199,8 @@ func TestPersistsAcrossReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool, proxies := seed(t, s, "persist", 3, 1)
-	c := consumer(t, s, "worker")
+	pool, proxies := testfactory.PoolWithProxies(t.Context(), t, s, &testfactory.PoolOpts{Name: ptrutil.Ptr("persist")}, 3, &testfactory.ProxyOpts{MaxConcurrency: ptrutil.Ptr(1)})
+	c := testfactory.Consumer(t.Context(), t, s, &testfactory.ConsumerOpts{Name: ptrutil.Ptr("worker")})
 	r := req("persist", c)
 	r.SessionKey, r.SessionTTL = "sess", time.Hour
 	lease, err := s.AcquireLease(ctx, r)
@@ -291,8 +260,8 @@ func TestPersistsAcrossReopen(t *testing.T) {
 func TestAcquireReleaseCounters(t *testing.T) {
 	ctx := context.Background()
 	s := open(t)
-	_, proxies := seed(t, s, "p", 2, 2)
-	c := consumer(t, s, "c")
+	_, proxies := testfactory.PoolWithProxies(t.Context(), t, s, &testfactory.PoolOpts{Name: ptrutil.Ptr("p")}, 2, &testfactory.ProxyOpts{MaxConcurrency: ptrutil.Ptr(2)})
+	c := testfactory.Consumer(t.Context(), t, s, &testfactory.ConsumerOpts{Name: ptrutil.Ptr("c")})
 	var leases []*pharox.Lease
 	for range 4 {
 		l, err := s.AcquireLease(ctx, req("p", c))
@@ -367,8 +336,8 @@ func TestExpiryReclaimedByAcquireAndReads(t *testing.T) {
 	ctx := context.Background()
 	clock := &fakeClock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
 	s := open(t, sqlite.WithClock(clock.Now))
-	pool, proxies := seed(t, s, "p", 1, 1)
-	c := consumer(t, s, "c")
+	pool, proxies := testfactory.PoolWithProxies(t.Context(), t, s, &testfactory.PoolOpts{Name: ptrutil.Ptr("p")}, 1, &testfactory.ProxyOpts{MaxConcurrency: ptrutil.Ptr(1)})
+	c := testfactory.Consumer(t.Context(), t, s, &testfactory.ConsumerOpts{Name: ptrutil.Ptr("c")})
 	l1, err := s.AcquireLease(ctx, req("p", c))
 	if err != nil {
 		t.Fatal(err)
@@ -431,8 +400,8 @@ func TestCleanupManyBatches(t *testing.T) {
 	ctx := context.Background()
 	clock := &fakeClock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
 	s := open(t, sqlite.WithClock(clock.Now))
-	seed(t, s, "p", 1, 0)
-	c := consumer(t, s, "c")
+	testfactory.PoolWithProxies(t.Context(), t, s, &testfactory.PoolOpts{Name: ptrutil.Ptr("p")}, 1, nil)
+	c := testfactory.Consumer(t.Context(), t, s, &testfactory.ConsumerOpts{Name: ptrutil.Ptr("c")})
 	const n = 1234 // more than two reclaim batches
 	for range n {
 		if _, err := s.AcquireLease(ctx, req("p", c)); err != nil {
@@ -452,8 +421,8 @@ func TestCleanupManyBatches(t *testing.T) {
 func TestStrategies(t *testing.T) {
 	ctx := context.Background()
 	s := open(t)
-	_, proxies := seed(t, s, "p", 4, 0)
-	c := consumer(t, s, "c")
+	_, proxies := testfactory.PoolWithProxies(t.Context(), t, s, &testfactory.PoolOpts{Name: ptrutil.Ptr("p")}, 4, nil)
+	c := testfactory.Consumer(t.Context(), t, s, &testfactory.ConsumerOpts{Name: ptrutil.Ptr("c")})
 	// FirstAvailable: the most recently checked active proxy.
 	now := time.Now()
 	for i, p := range proxies[:3] {
@@ -530,12 +499,11 @@ func TestFilters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := func(v float64) *float64 { return &v }
 	in := []pharox.Proxy{
-		{Host: "1.1.1.1", Country: "AR", City: "Buenos Aires", Latitude: f(-34.6), Longitude: f(-58.4), Tags: []string{"res", "fast"}},
-		{Host: "1.1.1.2", Country: "UY", City: "Montevideo", Latitude: f(-34.9), Longitude: f(-56.2), Tags: []string{"res"}},
-		{Host: "1.1.1.3", Country: "US", City: "New York", Latitude: f(40.7), Longitude: f(-74.0)},
-		{Host: "1.1.1.4", Country: "FJ", Latitude: f(-17.8), Longitude: f(179.9)},
+		{Host: "1.1.1.1", Country: "AR", City: "Buenos Aires", Latitude: ptrutil.Ptr(-34.6), Longitude: ptrutil.Ptr(-58.4), Tags: []string{"res", "fast"}},
+		{Host: "1.1.1.2", Country: "UY", City: "Montevideo", Latitude: ptrutil.Ptr(-34.9), Longitude: ptrutil.Ptr(-56.2), Tags: []string{"res"}},
+		{Host: "1.1.1.3", Country: "US", City: "New York", Latitude: ptrutil.Ptr(40.7), Longitude: ptrutil.Ptr(-74.0)},
+		{Host: "1.1.1.4", Country: "FJ", Latitude: ptrutil.Ptr(-17.8), Longitude: ptrutil.Ptr(179.9)},
 		{Host: "1.1.1.5", Country: "AR"},
 	}
 	for i := range in {
@@ -549,11 +517,11 @@ func TestFilters(t *testing.T) {
 		{Country: "AR"},
 		{Tags: []string{"res"}},
 		{Tags: []string{"res", "fast"}},
-		{Latitude: f(-34.6), Longitude: f(-58.4), RadiusKM: f(250)},
-		{Latitude: f(-34.6), Longitude: f(-58.4), RadiusKM: f(100)},
-		{Latitude: f(-34.6), Longitude: f(-58.4)},
-		{Latitude: f(-17.8), Longitude: f(-179.9), RadiusKM: f(50)}, // across the antimeridian
-		{Latitude: f(89), Longitude: f(0), RadiusKM: f(20000)},
+		{Latitude: ptrutil.Ptr(-34.6), Longitude: ptrutil.Ptr(-58.4), RadiusKM: ptrutil.Ptr(250.0)},
+		{Latitude: ptrutil.Ptr(-34.6), Longitude: ptrutil.Ptr(-58.4), RadiusKM: ptrutil.Ptr(100.0)},
+		{Latitude: ptrutil.Ptr(-34.6), Longitude: ptrutil.Ptr(-58.4)},
+		{Latitude: ptrutil.Ptr(-17.8), Longitude: ptrutil.Ptr(-179.9), RadiusKM: ptrutil.Ptr(50.0)}, // across the antimeridian
+		{Latitude: ptrutil.Ptr(89.0), Longitude: ptrutil.Ptr(0.0), RadiusKM: ptrutil.Ptr(20000.0)},
 		{AnyOf: []pharox.Filters{{Country: "US"}, {City: "Montevideo"}}},
 		{NoneOf: []pharox.Filters{{Country: "AR"}}, Protocol: pharox.ProtocolSOCKS5},
 		{AllOf: []pharox.Filters{{Country: "AR"}, {Tags: []string{"fast"}}}},
@@ -596,8 +564,8 @@ func TestStickySession(t *testing.T) {
 	ctx := context.Background()
 	clock := &fakeClock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
 	s := open(t, sqlite.WithClock(clock.Now))
-	seed(t, s, "p", 3, 0)
-	c := consumer(t, s, "c")
+	testfactory.PoolWithProxies(t.Context(), t, s, &testfactory.PoolOpts{Name: ptrutil.Ptr("p")}, 3, nil)
+	c := testfactory.Consumer(t.Context(), t, s, &testfactory.ConsumerOpts{Name: ptrutil.Ptr("c")})
 	r := req("p", c)
 	r.Strategy, r.SessionKey, r.SessionTTL = pharox.RoundRobin, "user-1", time.Minute
 	first, err := s.AcquireLease(ctx, r)
@@ -646,8 +614,8 @@ func TestStickySession(t *testing.T) {
 func TestDeleteRules(t *testing.T) {
 	ctx := context.Background()
 	s := open(t)
-	pool, proxies := seed(t, s, "p", 2, 1)
-	c := consumer(t, s, "c")
+	pool, proxies := testfactory.PoolWithProxies(t.Context(), t, s, &testfactory.PoolOpts{Name: ptrutil.Ptr("p")}, 2, &testfactory.ProxyOpts{MaxConcurrency: ptrutil.Ptr(1)})
+	c := testfactory.Consumer(t.Context(), t, s, &testfactory.ConsumerOpts{Name: ptrutil.Ptr("c")})
 	l, err := s.AcquireLease(ctx, req("p", c))
 	if err != nil {
 		t.Fatal(err)
@@ -681,10 +649,10 @@ func TestDeleteRules(t *testing.T) {
 func TestAddProxiesAllOrNothing(t *testing.T) {
 	ctx := context.Background()
 	s := open(t)
-	pool, _ := seed(t, s, "p", 1, 0)
+	pool, seeded := testfactory.PoolWithProxies(t.Context(), t, s, &testfactory.PoolOpts{Name: ptrutil.Ptr("p")}, 1, nil)
 	batch := []pharox.Proxy{
 		{PoolID: pool.ID, Host: "9.9.9.9", Port: 1, Protocol: pharox.ProtocolHTTP},
-		{PoolID: pool.ID, Host: "10.0.0.1", Port: 8000, Protocol: pharox.ProtocolHTTP}, // seeded already
+		{PoolID: pool.ID, Host: seeded[0].Host, Port: seeded[0].Port, Protocol: pharox.ProtocolHTTP},
 	}
 	if _, err := s.AddProxies(ctx, batch); !errors.Is(err, pharox.ErrAlreadyExists) {
 		t.Fatalf("duplicate: %v", err)
@@ -729,15 +697,15 @@ func TestConcurrentStoresNoOverLease(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "pharox.db")
 	a := openPath(t, path)
 	b := openPath(t, path)
-	_, proxies := seed(t, a, "p", 5, 2)
+	_, proxies := testfactory.PoolWithProxies(t.Context(), t, a, &testfactory.PoolOpts{Name: ptrutil.Ptr("p")}, 5, &testfactory.ProxyOpts{MaxConcurrency: ptrutil.Ptr(2)})
 	limit := map[uuid.UUID]int{}
 	holders := map[uuid.UUID]*atomic.Int32{}
 	for _, p := range proxies {
 		limit[p.ID] = 2
 		holders[p.ID] = new(atomic.Int32)
 	}
-	ca := consumer(t, a, "a")
-	cb := consumer(t, b, "b")
+	ca := testfactory.Consumer(t.Context(), t, a, &testfactory.ConsumerOpts{Name: ptrutil.Ptr("a")})
+	cb := testfactory.Consumer(t.Context(), t, b, &testfactory.ConsumerOpts{Name: ptrutil.Ptr("b")})
 	var (
 		wg       sync.WaitGroup
 		over     atomic.Int32
@@ -795,7 +763,7 @@ func TestConcurrentStoresNoOverLease(t *testing.T) {
 func TestCopies(t *testing.T) {
 	ctx := context.Background()
 	s := open(t)
-	_, proxies := seed(t, s, "p", 1, 0)
+	_, proxies := testfactory.PoolWithProxies(t.Context(), t, s, &testfactory.PoolOpts{Name: ptrutil.Ptr("p")}, 1, nil)
 	proxies[0].Host = "mutated"
 	got, err := s.GetProxy(ctx, proxies[0].ID)
 	if err != nil {
@@ -812,8 +780,8 @@ func TestCopies(t *testing.T) {
 func TestSchemaGuards(t *testing.T) {
 	ctx := context.Background()
 	s := open(t)
-	pool, proxies := seed(t, s, "p", 1, 1)
-	c := consumer(t, s, "c")
+	pool, proxies := testfactory.PoolWithProxies(t.Context(), t, s, &testfactory.PoolOpts{Name: ptrutil.Ptr("p")}, 1, &testfactory.ProxyOpts{MaxConcurrency: ptrutil.Ptr(1)})
+	c := testfactory.Consumer(t.Context(), t, s, &testfactory.ConsumerOpts{Name: ptrutil.Ptr("c")})
 	l, err := s.AcquireLease(ctx, req("p", c))
 	if err != nil {
 		t.Fatal(err)
@@ -862,7 +830,7 @@ func TestSchemaGuards(t *testing.T) {
 func TestListLeasesFilters(t *testing.T) {
 	ctx := context.Background()
 	s := open(t)
-	a, pa := seed(t, s, "a", 2, 0)
+	a, pa := testfactory.PoolWithProxies(t.Context(), t, s, &testfactory.PoolOpts{Name: ptrutil.Ptr("a")}, 2, nil)
 	if _, err := s.CreatePool(ctx, pharox.Pool{Name: "b"}); err != nil {
 		t.Fatal(err)
 	}
@@ -873,7 +841,7 @@ func TestListLeasesFilters(t *testing.T) {
 	if _, err := s.AddProxies(ctx, []pharox.Proxy{{PoolID: b.ID, Host: "b.example", Port: 1, Protocol: pharox.ProtocolHTTP}}); err != nil {
 		t.Fatal(err)
 	}
-	c1, c2 := consumer(t, s, "c1"), consumer(t, s, "c2")
+	c1, c2 := testfactory.Consumer(t.Context(), t, s, &testfactory.ConsumerOpts{Name: ptrutil.Ptr("c1")}), testfactory.Consumer(t.Context(), t, s, &testfactory.ConsumerOpts{Name: ptrutil.Ptr("c2")})
 	var inA []*pharox.Lease
 	for i := range 6 {
 		c := c1
@@ -939,8 +907,8 @@ func TestPurgeEndedLeasesByTime(t *testing.T) {
 	ctx := context.Background()
 	clock := &fakeClock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
 	s := open(t, sqlite.WithClock(clock.Now))
-	seed(t, s, "p", 1, 0)
-	c := consumer(t, s, "c")
+	testfactory.PoolWithProxies(t.Context(), t, s, &testfactory.PoolOpts{Name: ptrutil.Ptr("p")}, 1, nil)
+	c := testfactory.Consumer(t.Context(), t, s, &testfactory.ConsumerOpts{Name: ptrutil.Ptr("c")})
 	acquire := func() *pharox.Lease {
 		t.Helper()
 		l, err := s.AcquireLease(ctx, req("p", c))
@@ -979,8 +947,8 @@ func TestPurgeEndedLeasesByTime(t *testing.T) {
 func TestPanickingPredicate(t *testing.T) {
 	ctx := context.Background()
 	s := open(t)
-	seed(t, s, "p", 2, 1)
-	c := consumer(t, s, "c")
+	testfactory.PoolWithProxies(t.Context(), t, s, &testfactory.PoolOpts{Name: ptrutil.Ptr("p")}, 2, &testfactory.ProxyOpts{MaxConcurrency: ptrutil.Ptr(1)})
+	c := testfactory.Consumer(t.Context(), t, s, &testfactory.ConsumerOpts{Name: ptrutil.Ptr("c")})
 	r := req("p", c)
 	r.Filters = &pharox.Filters{Predicate: func(*pharox.Proxy) bool { panic("boom") }}
 	for _, st := range pharox.AllStrategies {

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 var copyTests = []subtest{
@@ -86,7 +87,7 @@ func testCopiesProxyInputs(t *testing.T, f *fixture) {
 	pool := f.pool("copy-in")
 	in := richProxy(pool)
 	in.Status = pharox.StatusActive
-	in.MaxConcurrency = ptr(1)
+	in.MaxConcurrency = ptrutil.Ptr(1)
 	want := *in.Clone()
 	batch := []pharox.Proxy{in}
 	out := f.add(batch...)
@@ -104,7 +105,7 @@ func testCopiesProxyResults(t *testing.T, f *fixture) {
 	pool := f.pool("copy-out")
 	in := richProxy(pool)
 	in.Status = pharox.StatusActive
-	in.MaxConcurrency = ptr(1)
+	in.MaxConcurrency = ptrutil.Ptr(1)
 	want := *in.Clone()
 	out := f.add(in)[0]
 	id := out.ID
@@ -159,7 +160,7 @@ func testCopiesLeases(t *testing.T, f *fixture) {
 	pool := f.pool("copy-lease")
 	in := richProxy(pool)
 	in.Status = pharox.StatusActive
-	in.MaxConcurrency = ptr(1)
+	in.MaxConcurrency = ptrutil.Ptr(1)
 	want := *in.Clone()
 	p := f.add(in)[0]
 

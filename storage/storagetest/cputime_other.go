@@ -4,5 +4,5 @@ package storagetest
 
 import "time"
 
-// cpuTime is not measured here; the cpu metrics are then left out.
-func cpuTime() time.Duration { return 0 }
+// CPUTime is not measured here; the cpu metrics are then left out.
+func CPUTime() time.Duration { return 0 }

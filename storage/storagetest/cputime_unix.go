@@ -7,10 +7,10 @@ import (
 	"time"
 )
 
-// cpuTime is the process's user+system CPU time. On a shared machine it
+// CPUTime is the process's user+system CPU time. On a shared machine it
 // shows the work an operation costs without the time spent waiting for a
 // core, which wall-clock figures include.
-func cpuTime() time.Duration {
+func CPUTime() time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0

@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 var filterTests = []subtest{
@@ -47,7 +48,7 @@ func (f *fixture) filterPool(name string, ps map[string]pharox.Proxy) (map[strin
 			p.Protocol = pharox.ProtocolHTTP
 		}
 		if p.MaxConcurrency == nil {
-			p.MaxConcurrency = ptr(1)
+			p.MaxConcurrency = ptrutil.Ptr(1)
 		}
 		in[i] = p
 	}
@@ -121,11 +122,11 @@ func (f *fixture) checkFilter(pool string, proxies map[string]*pharox.Proxy, nm 
 
 func testFilterFields(t *testing.T, f *fixture) {
 	proxies, nm := f.filterPool("fields", map[string]pharox.Proxy{
-		"ar-a": {Country: "AR", City: "Buenos Aires", Source: "vendor-a", ISP: "Telecom", ASN: ptr(7303),
+		"ar-a": {Country: "AR", City: "Buenos Aires", Source: "vendor-a", ISP: "Telecom", ASN: ptrutil.Ptr(7303),
 			Tags: []string{"residential", "fast"}},
-		"ar-b": {Country: "AR", City: "Cordoba", Source: "vendor-b", ISP: "Claro", ASN: ptr(0),
+		"ar-b": {Country: "AR", City: "Cordoba", Source: "vendor-b", ISP: "Claro", ASN: ptrutil.Ptr(0),
 			Protocol: pharox.ProtocolSOCKS5, Tags: []string{"residential"}},
-		"uy": {Country: "UY", City: "Montevideo", Source: "vendor-a", ISP: "Antel", ASN: ptr(6057),
+		"uy": {Country: "UY", City: "Montevideo", Source: "vendor-a", ISP: "Antel", ASN: ptrutil.Ptr(6057),
 			Protocol: pharox.ProtocolSOCKS5, Tags: []string{"fast", "datacenter"}},
 		"de": {Country: "DE", City: "Berlin", Source: "vendor-b", ISP: "Telekom",
 			Protocol: pharox.ProtocolHTTPS},
@@ -138,8 +139,8 @@ func testFilterFields(t *testing.T, f *fixture) {
 		{"city", pharox.Filters{City: "Montevideo"}, []string{"uy"}},
 		{"source", pharox.Filters{Source: "vendor-b"}, []string{"ar-b", "de"}},
 		{"isp", pharox.Filters{ISP: "Telecom"}, []string{"ar-a"}},
-		{"asn", pharox.Filters{ASN: ptr(7303)}, []string{"ar-a"}},
-		{"asn zero is a value", pharox.Filters{ASN: ptr(0)}, []string{"ar-b"}},
+		{"asn", pharox.Filters{ASN: ptrutil.Ptr(7303)}, []string{"ar-a"}},
+		{"asn zero is a value", pharox.Filters{ASN: ptrutil.Ptr(0)}, []string{"ar-b"}},
 		{"protocol", pharox.Filters{Protocol: pharox.ProtocolSOCKS5}, []string{"ar-b", "uy"}},
 		{"protocol http", pharox.Filters{Protocol: pharox.ProtocolHTTP}, []string{"ar-a", "bare"}},
 		{"one tag", pharox.Filters{Tags: []string{"fast"}}, []string{"ar-a", "uy"}},
@@ -154,7 +155,9 @@ func testFilterFields(t *testing.T, f *fixture) {
 }
 
 func testFilterGeo(t *testing.T, f *fixture) {
-	at := func(p [2]float64) pharox.Proxy { return pharox.Proxy{Latitude: ptr(p[0]), Longitude: ptr(p[1])} }
+	at := func(p [2]float64) pharox.Proxy {
+		return pharox.Proxy{Latitude: ptrutil.Ptr(p[0]), Longitude: ptrutil.Ptr(p[1])}
+	}
 	near := buenosAires
 	near[0] += 5e-7 // within CoordinateTolerance
 	off := buenosAires
@@ -176,20 +179,20 @@ func testFilterGeo(t *testing.T, f *fixture) {
 		t.Fatalf("test bug: distances from Buenos Aires: La Plata %.1f km, Montevideo %.1f km, Madrid %.1f km", dLP, dMVD, dMAD)
 	}
 	point := func(p [2]float64, radius *float64) pharox.Filters {
-		return pharox.Filters{Latitude: ptr(p[0]), Longitude: ptr(p[1]), RadiusKM: radius}
+		return pharox.Filters{Latitude: ptrutil.Ptr(p[0]), Longitude: ptrutil.Ptr(p[1]), RadiusKM: radius}
 	}
 	cases := []filterCase{
 		{"exact point", point(buenosAires, nil), []string{"ba", "ba-near"}},
 		{"exact point elsewhere", point(montevideo, nil), []string{"mvd"}},
 		{"exact point no proxy", point([2]float64{0, 0}, nil), nil},
-		{"radius 1km", point(buenosAires, ptr(1.0)), []string{"ba", "ba-near", "ba-off"}},
-		{"radius just past La Plata", point(buenosAires, ptr(dLP+1)), []string{"ba", "ba-near", "ba-off", "la-plata"}},
-		{"radius just short of La Plata", point(buenosAires, ptr(dLP-1)), []string{"ba", "ba-near", "ba-off"}},
-		{"radius includes Montevideo", point(buenosAires, ptr(dMVD+5)), []string{"ba", "ba-near", "ba-off", "la-plata", "mvd"}},
-		{"radius excludes Montevideo", point(buenosAires, ptr(dMVD-5)), []string{"ba", "ba-near", "ba-off", "la-plata"}},
-		{"radius around Madrid", point(madrid, ptr(500.0)), []string{"madrid"}},
-		{"radius whole earth", point(madrid, ptr(25000.0)), []string{"ba", "ba-near", "ba-off", "la-plata", "madrid", "mvd"}},
-		{"radius zero", point(montevideo, ptr(0.0)), []string{"mvd"}},
+		{"radius 1km", point(buenosAires, ptrutil.Ptr(1.0)), []string{"ba", "ba-near", "ba-off"}},
+		{"radius just past La Plata", point(buenosAires, ptrutil.Ptr(dLP+1)), []string{"ba", "ba-near", "ba-off", "la-plata"}},
+		{"radius just short of La Plata", point(buenosAires, ptrutil.Ptr(dLP-1)), []string{"ba", "ba-near", "ba-off"}},
+		{"radius includes Montevideo", point(buenosAires, ptrutil.Ptr(dMVD+5)), []string{"ba", "ba-near", "ba-off", "la-plata", "mvd"}},
+		{"radius excludes Montevideo", point(buenosAires, ptrutil.Ptr(dMVD-5)), []string{"ba", "ba-near", "ba-off", "la-plata"}},
+		{"radius around Madrid", point(madrid, ptrutil.Ptr(500.0)), []string{"madrid"}},
+		{"radius whole earth", point(madrid, ptrutil.Ptr(25000.0)), []string{"ba", "ba-near", "ba-off", "la-plata", "madrid", "mvd"}},
+		{"radius zero", point(montevideo, ptrutil.Ptr(0.0)), []string{"mvd"}},
 	}
 	for _, c := range cases {
 		f.checkFilter("geo", proxies, nm, c)
@@ -198,9 +201,9 @@ func testFilterGeo(t *testing.T, f *fixture) {
 
 func testFilterCombinators(t *testing.T, f *fixture) {
 	proxies, nm := f.filterPool("combo", map[string]pharox.Proxy{
-		"ar-res":  {Country: "AR", Tags: []string{"residential"}, ASN: ptr(7303)},
+		"ar-res":  {Country: "AR", Tags: []string{"residential"}, ASN: ptrutil.Ptr(7303)},
 		"ar-dc":   {Country: "AR", Tags: []string{"datacenter"}, Protocol: pharox.ProtocolSOCKS5},
-		"uy-res":  {Country: "UY", Tags: []string{"residential"}, ASN: ptr(6057)},
+		"uy-res":  {Country: "UY", Tags: []string{"residential"}, ASN: ptrutil.Ptr(6057)},
 		"br-dc":   {Country: "BR", Tags: []string{"datacenter"}},
 		"de-none": {Country: "DE"},
 	})
@@ -219,7 +222,7 @@ func testFilterCombinators(t *testing.T, f *fixture) {
 		}, []string{"br-dc", "uy-res"}},
 		{"nested", pharox.Filters{AnyOf: []pharox.Filters{
 			{AllOf: []pharox.Filters{{Country: "AR"}, {NoneOf: []pharox.Filters{{Tags: []string{"datacenter"}}}}}},
-			{ASN: ptr(6057)},
+			{ASN: ptrutil.Ptr(6057)},
 		}}, []string{"ar-res", "uy-res"}},
 		{"any of nothing matches", pharox.Filters{AnyOf: []pharox.Filters{{Country: "FR"}, {Country: "IT"}}}, nil},
 		{"none of everything", pharox.Filters{NoneOf: []pharox.Filters{{}}}, nil},
@@ -229,9 +232,9 @@ func testFilterCombinators(t *testing.T, f *fixture) {
 	}
 }
 
-// testFilterPredicate accepts either behaviour the contract allows: the
-// store runs the predicate, or it refuses with ErrUnsupported. Silently
-// ignoring it is the one wrong answer.
+// testFilterPredicate checks the predicate behaviour the store declares:
+// it runs the predicate at any depth, or it refuses with ErrUnsupported
+// and takes no slot. Silently ignoring it is always wrong.
 func testFilterPredicate(t *testing.T, f *fixture) {
 	proxies, nm := f.filterPool("pred", map[string]pharox.Proxy{
 		"a": {Country: "AR"}, "b": {Country: "AR"}, "c": {Country: "UY"}, "d": {Country: "DE"},
@@ -240,8 +243,10 @@ func testFilterPredicate(t *testing.T, f *fixture) {
 	pred := func(p *pharox.Proxy) bool { return chosen[p.ID] }
 
 	top := pharox.Filters{Predicate: pred}
+	support := f.cfg.needPredicates(t)
 	_, err := f.s.AcquireLease(f.ctx, func() pharox.AcquireRequest { r := f.req("pred"); r.Filters = &top; return r }())
-	if errors.Is(err, pharox.ErrUnsupported) {
+	if support == PredicatesRefused {
+		wantErr(t, "AcquireLease with a predicate on a store that declares it refuses predicates", err, pharox.ErrUnsupported)
 		// Refusal must be consistent and take no slot.
 		nested := pharox.Filters{AnyOf: []pharox.Filters{{Predicate: pred}}}
 		r := f.req("pred")
@@ -255,11 +260,10 @@ func testFilterPredicate(t *testing.T, f *fixture) {
 				t.Fatalf("refused predicate acquisition left proxy %s with %d leases", label, got)
 			}
 		}
-		t.Log("store does not run predicates (ErrUnsupported)")
 		return
 	}
 	if err != nil {
-		t.Fatalf("AcquireLease with a predicate: %v (want a lease or ErrUnsupported)", err)
+		t.Fatalf("AcquireLease with a predicate: %v (the store declares that it runs predicates)", err)
 	}
 	// The store runs predicates: release everything and check properly.
 	for _, l := range f.leases(pharox.LeaseQuery{Status: pharox.LeaseActive}) {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 var largePoolTests = []subtest{
@@ -33,9 +34,9 @@ const (
 // largeProxy describes proxy i of the large pool.
 func largeProxy(base pharox.Proxy, i int) pharox.Proxy {
 	p := base
-	p.MaxConcurrency = ptr(1)
+	p.MaxConcurrency = ptrutil.Ptr(1)
 	if i%97 == 0 {
-		p.MaxConcurrency = ptr(2)
+		p.MaxConcurrency = ptrutil.Ptr(2)
 	}
 	switch i % 50 {
 	case 7:
@@ -51,7 +52,7 @@ func largeProxy(base pharox.Proxy, i int) pharox.Proxy {
 	p.Source = fmt.Sprintf("src-%d", i%5)
 	p.ISP = fmt.Sprintf("isp-%d", i%11)
 	if i%17 != 0 {
-		p.ASN = ptr(64500 + i%13)
+		p.ASN = ptrutil.Ptr(64500 + i%13)
 	}
 	p.Protocol = largeProtocols[i%len(largeProtocols)]
 	p.Tags = []string{fmt.Sprintf("t%d", i%3), fmt.Sprintf("u%d", i%4)}
@@ -59,8 +60,8 @@ func largeProxy(base pharox.Proxy, i int) pharox.Proxy {
 		p.Tags = append(p.Tags, largeRareTag)
 	}
 	if i%5 != 4 {
-		p.Latitude = ptr(-80 + float64(i*37%160) + 0.25)
-		p.Longitude = ptr(-175 + float64(i*53%350) + 0.5)
+		p.Latitude = ptrutil.Ptr(-80 + float64(i*37%160) + 0.25)
+		p.Longitude = ptrutil.Ptr(-175 + float64(i*53%350) + 0.5)
 	}
 	return p
 }
@@ -193,7 +194,7 @@ func testLargePool(t *testing.T, f *fixture) {
 		{"asn", &pharox.Filters{ASN: withASN.ASN}},
 		{"protocol", &pharox.Filters{Protocol: fp[7].Protocol}},
 		{"exact point", &pharox.Filters{Latitude: point.Latitude, Longitude: point.Longitude}},
-		{"radius", &pharox.Filters{Latitude: around.Latitude, Longitude: around.Longitude, RadiusKM: ptr(3000.0)}},
+		{"radius", &pharox.Filters{Latitude: around.Latitude, Longitude: around.Longitude, RadiusKM: ptrutil.Ptr(3000.0)}},
 		{"fields AND", &pharox.Filters{Country: fp[8].Country, Protocol: fp[8].Protocol}},
 		{"any_of", &pharox.Filters{AnyOf: []pharox.Filters{{Country: fp[9].Country}, {Source: fp[10].Source}}}},
 		{"all_of", &pharox.Filters{AllOf: []pharox.Filters{{Source: fp[11].Source}, {Tags: fp[11].Tags[1:]}}}},
@@ -243,8 +244,11 @@ func (f *fixture) fillLargePool(n int) map[uuid.UUID][]uuid.UUID {
 		taken++
 		return taken < limit
 	}
+	// Sixteen callers at once: stores that serve concurrent calls with
+	// one statement or script (PostgreSQL, Redis) fill the pool several
+	// times faster than with a few.
 	var wg sync.WaitGroup
-	for range 4 {
+	for range 16 {
 		wg.Go(func() {
 			for take() {
 			}

@@ -14,7 +14,7 @@ var leaseIDTests = []subtest{
 	{name: "NewLeaseGetsTheID", fn: testLeaseIDAssigned},
 	{name: "RepeatTakesNoSlot", fn: testLeaseIDRepeat},
 	{name: "RepeatAfterRelease", fn: testLeaseIDAfterRelease},
-	{name: "RepeatAfterExpiry", fn: testLeaseIDAfterExpiry, parallel: true},
+	{name: "RepeatAfterExpiry", fn: testLeaseIDAfterExpiry},
 	{name: "OtherConsumerOrPool", fn: testLeaseIDConflict},
 	{name: "ConcurrentRepeats", fn: testLeaseIDConcurrent},
 	{name: "PurgedLikeOthers", fn: testLeaseIDPurged},

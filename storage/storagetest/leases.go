@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 var consumerTests = []subtest{
@@ -254,7 +255,7 @@ func testAcquireSlowLast(t *testing.T, f *fixture) {
 		in := make([]pharox.Proxy, 6)
 		for i := range in {
 			in[i] = f.proxy(pool)
-			in[i].MaxConcurrency = ptr(1)
+			in[i].MaxConcurrency = ptrutil.Ptr(1)
 			in[i].Status = pharox.StatusSlow
 		}
 		in[3].Status = pharox.StatusActive

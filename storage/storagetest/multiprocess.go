@@ -22,6 +22,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 // MultiProcessConfig configures [RunMultiProcess]. Zero counts and
@@ -219,7 +220,7 @@ func runParent(t *testing.T, cfg MultiProcessConfig) {
 	in := make([]pharox.Proxy, cfg.Proxies)
 	for i := range in {
 		in[i] = pharox.Proxy{PoolID: pool.ID, Host: fmt.Sprintf("10.99.%d.%d", i/250, i%250+1), Port: 3128 + i,
-			Protocol: pharox.ProtocolHTTP, MaxConcurrency: ptr(cfg.MaxConcurrency)}
+			Protocol: pharox.ProtocolHTTP, MaxConcurrency: ptrutil.Ptr(cfg.MaxConcurrency)}
 	}
 	proxies, err := s.AddProxies(ctx, in)
 	if err != nil {

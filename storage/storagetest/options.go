@@ -11,6 +11,7 @@ type config struct {
 	largePool       int
 	largePoolReason string
 	largePoolShort  bool
+	caps            Capabilities
 }
 
 // DefaultLargePoolSize is how many proxies the LargePool section stores.
@@ -51,4 +52,83 @@ func (c config) skipLargePool(t *testing.T) {
 	if testing.Short() && !c.largePoolShort {
 		t.Skip("large-pool section skipped in -short (WithoutLargePoolInShort)")
 	}
+}
+
+// Capabilities declares the behaviours the [pharox.Storage] contract
+// leaves to the driver. Every store passes them to [Run] with
+// [WithCapabilities], and the suite checks that the store does what it
+// declares rather than accepting either answer: a store that drifts fails.
+// A behaviour left undeclared fails the subtest that checks it, asking for
+// the declaration.
+type Capabilities struct {
+	// LateRelease is what ReleaseLease does with a lease past its
+	// ExpiresAt that nothing has reclaimed yet.
+	LateRelease LateRelease
+	// Predicates says whether the store runs Filters.Predicate or refuses
+	// filters holding one with ErrUnsupported.
+	Predicates PredicateSupport
+}
+
+// LateRelease is a store's answer to releasing a lease past its ExpiresAt
+// that nothing has reclaimed yet. Either way exactly one slot is freed,
+// once.
+type LateRelease int
+
+const (
+	// LateReleaseUndeclared is the zero value: the store did not say.
+	LateReleaseUndeclared LateRelease = iota
+	// LateReleaseReleases ends the lease as released and returns it.
+	LateReleaseReleases
+	// LateReleaseExpires reclaims the lease as expired and answers
+	// ErrLeaseNotActive.
+	LateReleaseExpires
+)
+
+func (r LateRelease) String() string {
+	switch r {
+	case LateReleaseReleases:
+		return "released"
+	case LateReleaseExpires:
+		return "reclaimed as expired (ErrLeaseNotActive)"
+	}
+	return "undeclared"
+}
+
+// PredicateSupport says whether a store runs Go predicates in filters.
+type PredicateSupport int
+
+const (
+	// PredicatesUndeclared is the zero value: the store did not say.
+	PredicatesUndeclared PredicateSupport = iota
+	// PredicatesRun: the store evaluates Filters.Predicate, at any depth.
+	PredicatesRun
+	// PredicatesRefused: the store answers ErrUnsupported to filters that
+	// hold a predicate at any depth, and takes no slot.
+	PredicatesRefused
+)
+
+// WithCapabilities declares the store's behaviours where the contract
+// lets drivers differ (see [Capabilities]).
+func WithCapabilities(c Capabilities) Option {
+	return func(cfg *config) { cfg.caps = c }
+}
+
+// needLateRelease fails t unless the store declared its late-release
+// behaviour.
+func (c config) needLateRelease(t *testing.T) LateRelease {
+	t.Helper()
+	if c.caps.LateRelease == LateReleaseUndeclared {
+		t.Fatal("the store does not declare what ReleaseLease does after expiry: pass storagetest.WithCapabilities(storagetest.Capabilities{LateRelease: ...}) to Run")
+	}
+	return c.caps.LateRelease
+}
+
+// needPredicates fails t unless the store declared whether it runs
+// predicates.
+func (c config) needPredicates(t *testing.T) PredicateSupport {
+	t.Helper()
+	if c.caps.Predicates == PredicatesUndeclared {
+		t.Fatal("the store does not declare whether it runs filter predicates: pass storagetest.WithCapabilities(storagetest.Capabilities{Predicates: ...}) to Run")
+	}
+	return c.caps.Predicates
 }

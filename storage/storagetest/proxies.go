@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 var proxyTests = []subtest{
@@ -61,12 +62,12 @@ func richProxy(pool *pharox.Pool) pharox.Proxy {
 		Country:        "AR",
 		City:           "Buenos Aires",
 		ISP:            "Telecom",
-		ASN:            ptr(7303),
-		Latitude:       ptr(-34.6037),
-		Longitude:      ptr(-58.3816),
+		ASN:            ptrutil.Ptr(7303),
+		Latitude:       ptrutil.Ptr(-34.6037),
+		Longitude:      ptrutil.Ptr(-58.3816),
 		Tags:           []string{"residential", "fast"},
 		Status:         pharox.StatusSlow,
-		MaxConcurrency: ptr(3),
+		MaxConcurrency: ptrutil.Ptr(3),
 	}
 }
 
@@ -129,7 +130,7 @@ func testAddProxiesRoundTrip(t *testing.T, f *fixture) {
 	in[1].Status = "" // empty means active
 	in[1].Host = "2001:db8::1"
 	in[2].Status = pharox.StatusBanned
-	in[2].ASN = ptr(0) // ASN 0 is a real value, not "unknown"
+	in[2].ASN = ptrutil.Ptr(0) // ASN 0 is a real value, not "unknown"
 	before := time.Now()
 	out := f.add(in...)
 	for i := range in {
@@ -144,7 +145,7 @@ func testAddProxiesRoundTrip(t *testing.T, f *fixture) {
 func testAddProxiesIgnoresState(t *testing.T, f *fixture) {
 	pool := f.pool("state")
 	in := f.proxy(pool)
-	in.MaxConcurrency = ptr(1)
+	in.MaxConcurrency = ptrutil.Ptr(1)
 	in.CurrentLeases = 1
 	checked := time.Now().Add(-time.Hour).UTC()
 	in.CheckedAt = &checked
@@ -181,10 +182,10 @@ func testAddProxiesValidation(t *testing.T, f *fixture) {
 		{"port too big", func(p *pharox.Proxy) { p.Port = 70000 }},
 		{"unknown protocol", func(p *pharox.Proxy) { p.Protocol = "ftp" }},
 		{"unknown status", func(p *pharox.Proxy) { p.Status = "sleepy" }},
-		{"max_concurrency zero", func(p *pharox.Proxy) { p.MaxConcurrency = ptr(0) }},
-		{"latitude without longitude", func(p *pharox.Proxy) { p.Latitude = ptr(10.0) }},
-		{"latitude out of range", func(p *pharox.Proxy) { p.Latitude, p.Longitude = ptr(91.0), ptr(0.0) }},
-		{"negative asn", func(p *pharox.Proxy) { p.ASN = ptr(-1) }},
+		{"max_concurrency zero", func(p *pharox.Proxy) { p.MaxConcurrency = ptrutil.Ptr(0) }},
+		{"latitude without longitude", func(p *pharox.Proxy) { p.Latitude = ptrutil.Ptr(10.0) }},
+		{"latitude out of range", func(p *pharox.Proxy) { p.Latitude, p.Longitude = ptrutil.Ptr(91.0), ptrutil.Ptr(0.0) }},
+		{"negative asn", func(p *pharox.Proxy) { p.ASN = ptrutil.Ptr(-1) }},
 		{"line break in user", func(p *pharox.Proxy) { p.Credentials = &pharox.Credentials{User: "a\nb"} }},
 	}
 	for _, c := range cases {

@@ -1,12 +1,16 @@
 package storagetest
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
+	"testing"
 
 	"github.com/google/uuid"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 // RandomProxy and RandomFilter generate inputs for a store's own check of
@@ -26,7 +30,7 @@ func RandomProxy(r *rand.Rand, poolID uuid.UUID, i int) pharox.Proxy {
 		ISP: pick("", "isp1", "isp2"),
 	}
 	if r.IntN(3) > 0 {
-		p.ASN = ptr(r.IntN(3))
+		p.ASN = ptrutil.Ptr(r.IntN(3))
 	}
 	for _, t := range []string{"t1", "t2", "t3"} {
 		if r.IntN(2) == 0 {
@@ -36,11 +40,11 @@ func RandomProxy(r *rand.Rand, poolID uuid.UUID, i int) pharox.Proxy {
 	switch r.IntN(5) {
 	case 0: // no coordinates
 	case 1: // near the antimeridian
-		p.Latitude, p.Longitude = ptr(r.Float64()*4-2), ptr((179+r.Float64())*float64(1-2*r.IntN(2)))
+		p.Latitude, p.Longitude = ptrutil.Ptr(r.Float64()*4-2), ptrutil.Ptr((179+r.Float64())*float64(1-2*r.IntN(2)))
 	case 2: // near the north pole
-		p.Latitude, p.Longitude = ptr(85+r.Float64()*5), ptr(r.Float64()*360-180)
+		p.Latitude, p.Longitude = ptrutil.Ptr(85+r.Float64()*5), ptrutil.Ptr(r.Float64()*360-180)
 	default:
-		p.Latitude, p.Longitude = ptr(r.Float64()*180-90), ptr(r.Float64()*360-180)
+		p.Latitude, p.Longitude = ptrutil.Ptr(r.Float64()*180-90), ptrutil.Ptr(r.Float64()*360-180)
 	}
 	return p
 }
@@ -63,7 +67,7 @@ func RandomFilter(r *rand.Rand, proxies []*pharox.Proxy, depth int) pharox.Filte
 		f.ISP = pick("isp1", "isp2")
 	}
 	if set() {
-		f.ASN = ptr(r.IntN(3))
+		f.ASN = ptrutil.Ptr(r.IntN(3))
 	}
 	if set() {
 		f.Protocol = pharox.Protocol(pick("http", "https", "socks5"))
@@ -85,7 +89,7 @@ func RandomFilter(r *rand.Rand, proxies []*pharox.Proxy, depth int) pharox.Filte
 		}
 		f.Latitude, f.Longitude = &lat, &lon
 		if r.IntN(4) > 0 {
-			f.RadiusKM = ptr([]float64{0, 50, 150, 300, 1500, 8000, 25000}[r.IntN(7)])
+			f.RadiusKM = ptrutil.Ptr([]float64{0, 50, 150, 300, 1500, 8000, 25000}[r.IntN(7)])
 		}
 	}
 	if depth > 0 {
@@ -101,4 +105,60 @@ func RandomFilter(r *rand.Rand, proxies []*pharox.Proxy, depth int) pharox.Filte
 		}
 	}
 	return f
+}
+
+// CheckFilterTranslation is the whole check of a store's filter
+// translation: it stores 300 random proxies (RandomProxy) in a new pool of
+// s, and for 800 random nested filters (RandomFilter) compares the ids
+// match returns, the proxies of the pool the store's translation of the
+// filters selects, with the ones [pharox.Filters.Match] accepts. match
+// gets the pool's id and the normalized filters and returns the ids in
+// any order. The check fails if too few filters match a proper subset of
+// the pool, so a generator that only matches all or nothing shows.
+func CheckFilterTranslation(t *testing.T, s pharox.Storage, match func(ctx context.Context, poolID uuid.UUID, f *pharox.Filters) ([]uuid.UUID, error)) {
+	t.Helper()
+	ctx := t.Context()
+	pool, err := s.CreatePool(ctx, pharox.Pool{Name: "filter-translation"})
+	if err != nil {
+		t.Fatalf("CreatePool: %v", err)
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	in := make([]pharox.Proxy, 300)
+	for i := range in {
+		in[i] = RandomProxy(r, pool.ID, i)
+	}
+	proxies, err := s.AddProxies(ctx, in)
+	if err != nil {
+		t.Fatalf("AddProxies: %v", err)
+	}
+	matchedSome := 0
+	for i := range 800 {
+		f := RandomFilter(r, proxies, 2)
+		f.Normalize()
+		if err := f.Validate(); err != nil {
+			t.Fatalf("filter %d invalid: %v", i, err)
+		}
+		var want []uuid.UUID
+		for _, p := range proxies {
+			if f.Match(p) {
+				want = append(want, p.ID)
+			}
+		}
+		got, err := match(ctx, pool.ID, &f)
+		if err != nil {
+			t.Fatalf("filter %d %+v: %v", i, f, err)
+		}
+		slices.SortFunc(want, compareID)
+		got = slices.Clone(got)
+		slices.SortFunc(got, compareID)
+		if !slices.Equal(got, want) {
+			t.Fatalf("filter %d %+v: the store's translation matched %d proxies, Filters.Match %d", i, f, len(got), len(want))
+		}
+		if len(want) > 0 && len(want) < len(proxies) {
+			matchedSome++
+		}
+	}
+	if matchedSome < 200 {
+		t.Fatalf("only %d of 800 filters matched a proper subset: the check is not discriminating", matchedSome)
+	}
 }

@@ -7,11 +7,12 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 var leaseRecordTests = []subtest{
 	{name: "ListFiltersAndOrder", fn: testListLeases},
-	{name: "Purge", fn: testPurge, parallel: true},
+	{name: "Purge", fn: testPurge},
 }
 
 func leaseIDs(ls []*pharox.Lease) []uuid.UUID {
@@ -42,7 +43,7 @@ func wantLeaseSet(t testing.TB, what string, got []*pharox.Lease, want ...*pharo
 
 func testListLeases(t *testing.T, f *fixture) {
 	one, nm := f.filterPool("records", map[string]pharox.Proxy{
-		"x": {Country: "XX", MaxConcurrency: ptr(10)}, "y": {Country: "YY", MaxConcurrency: ptr(10)},
+		"x": {Country: "XX", MaxConcurrency: ptrutil.Ptr(10)}, "y": {Country: "YY", MaxConcurrency: ptrutil.Ptr(10)},
 	})
 	two := f.pool("records-two")
 	z := f.addN(two, 1, 0)[0]

@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 // DefaultScaleSizes are the pool sizes [BenchmarkScale] measures.
@@ -139,7 +140,7 @@ func seedScalePool(b *testing.B, s pharox.Storage, n int) (pharox.AcquireRequest
 		for j := range ps {
 			i := lo + j
 			ps[j] = pharox.Proxy{PoolID: pool.ID, Host: fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255),
-				Port: 8000 + i%50000, Protocol: pharox.ProtocolHTTP, MaxConcurrency: ptr(1)}
+				Port: 8000 + i%50000, Protocol: pharox.ProtocolHTTP, MaxConcurrency: ptrutil.Ptr(1)}
 		}
 		out, err := s.AddProxies(ctx, ps)
 		if err != nil {
@@ -208,7 +209,7 @@ func benchAcquire(b *testing.B, s pharox.Storage, r pharox.AcquireRequest) (ns, 
 	ctx := context.Background()
 	var acquiring time.Duration
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := CPUTime()
 	for range b.N {
 		start := time.Now()
 		l, err := s.AcquireLease(ctx, r)
@@ -220,7 +221,7 @@ func benchAcquire(b *testing.B, s pharox.Storage, r pharox.AcquireRequest) (ns, 
 			b.Fatalf("ReleaseLease: %v", err)
 		}
 	}
-	used := cpuTime() - cpu0
+	used := CPUTime() - cpu0
 	b.StopTimer()
 	return float64(acquiring.Nanoseconds()) / float64(b.N), float64(used.Nanoseconds()) / float64(b.N)
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 var sessionTests = []subtest{
@@ -15,8 +16,8 @@ var sessionTests = []subtest{
 	{name: "BindingRespectsFilters", fn: testSessionFilters},
 	{name: "BoundProxyDeleted", fn: testSessionBoundProxyDeleted},
 	{name: "SlowBoundProxyStays", fn: testSessionSlowBound},
-	{name: "BindingExpires", fn: testSessionExpires, parallel: true},
-	{name: "UseRefreshesBinding", fn: testSessionRefresh, parallel: true},
+	{name: "BindingExpires", fn: testSessionExpires},
+	{name: "UseRefreshesBinding", fn: testSessionRefresh},
 }
 
 // sticky returns a least_used request with a session key: least_used would
@@ -139,7 +140,7 @@ func testSessionKeysIndependent(t *testing.T, f *fixture) {
 
 func testSessionFilters(t *testing.T, f *fixture) {
 	_, nm := f.filterPool("sess-filter", map[string]pharox.Proxy{
-		"ar": {Country: "AR", MaxConcurrency: ptr(5)}, "uy": {Country: "UY", MaxConcurrency: ptr(5)},
+		"ar": {Country: "AR", MaxConcurrency: ptrutil.Ptr(5)}, "uy": {Country: "UY", MaxConcurrency: ptrutil.Ptr(5)},
 	})
 	req := f.sticky("sess-filter", "k")
 	req.Filters = &pharox.Filters{Country: "AR"}

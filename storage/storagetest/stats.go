@@ -6,10 +6,11 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 var statsTests = []subtest{
-	{name: "Occupancy", fn: testStats, parallel: true},
+	{name: "Occupancy", fn: testStats},
 }
 
 // statsModel is the test's own account of a pool, from which it derives
@@ -68,11 +69,11 @@ func testStats(t *testing.T, f *fixture) {
 	pool := f.pool("stats")
 	other := f.pool("stats-other")
 	in := []pharox.Proxy{f.proxy(pool), f.proxy(pool), f.proxy(pool), f.proxy(pool), f.proxy(pool)}
-	in[0].MaxConcurrency = ptr(1)
-	in[1].MaxConcurrency = ptr(2)
+	in[0].MaxConcurrency = ptrutil.Ptr(1)
+	in[1].MaxConcurrency = ptrutil.Ptr(2)
 	in[2].Status = pharox.StatusSlow
 	in[3].Status = pharox.StatusInactive
-	in[3].MaxConcurrency = ptr(1)
+	in[3].MaxConcurrency = ptrutil.Ptr(1)
 	in[4].Status = pharox.StatusBanned
 	out := f.add(in...)
 	f.addN(other, 3, 0) // another pool's proxies and leases never count

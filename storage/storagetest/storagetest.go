@@ -10,15 +10,20 @@
 //		})
 //	}
 //
-// Every subtest gets a fresh, empty store from the factory. The few
-// subtests that mostly sleep (expiry, session TTL, stats, purge) run in
-// parallel with each other, so the factory must be safe to
-// call concurrently and the stores it returns must not share data.
+// Every subtest gets a fresh, empty store from the factory. Subtests run in
+// parallel (t.Parallel; go test's -parallel sets how many at once), except
+// the Stress and StickyConcurrency sections, which run first and alone, so
+// the factory must be safe to call concurrently and the stores it returns
+// must not share data.
 // Subtests are grouped (Pools, Proxies, Consumers, Leases, Expiry, Filters,
 // Strategies, Sessions, Stats, Health, Copies, LeaseRecords, Stress,
 // StickyConcurrency, LeaseIDs, CheckedAt, LargePool, Keys, Audit,
 // LeaseVerdicts, Targets), so a
 // driver can select some with -run 'TestConformance/Leases/'.
+//
+// Where the contract lets stores differ (a release after expiry, filter
+// predicates), the store declares its behaviour with [WithCapabilities]
+// and the suite asserts it.
 //
 // The suite checks behaviour through the public interface only and uses the
 // root package's reference functions ([pharox.Filters.Match],
@@ -37,7 +42,9 @@
 // adjust it. [BenchmarkScale] is the matching benchmark: how the cost of an
 // acquisition grows with the pool and its busy proxies; [BenchmarkTargets]
 // compares acquiring for a target that half the pool cools down for with
-// acquiring without one.
+// acquiring without one. [Benchmark] is the pair benchmark every store runs
+// (pairs/s and CPU per pair, beside the driver's own same-run baselines),
+// and [Pairs] its timed loop.
 //
 // [AuditLeases] is the interval audit the stress tests use; drivers may run
 // it on their own lease records. [RunMultiProcess] re-executes the test
@@ -56,6 +63,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 // Run runs the conformance suite against the stores newStore returns. It
@@ -65,37 +73,14 @@ import (
 func Run(t *testing.T, newStore func(t *testing.T) pharox.Storage, opts ...Option) {
 	t.Helper()
 	cfg := newConfig(opts)
-	groups := []struct {
-		name  string
-		tests []subtest
-	}{
-		{"Pools", poolTests},
-		{"Proxies", proxyTests},
-		{"Consumers", consumerTests},
-		{"Leases", leaseTests},
-		{"Expiry", expiryTests},
-		{"Filters", filterTests},
-		{"Strategies", strategyTests},
-		{"Sessions", sessionTests},
-		{"Stats", statsTests},
-		{"Health", healthTests},
-		{"Copies", copyTests},
-		{"LeaseRecords", leaseRecordTests},
-		{"Stress", stressTests},
-		{"StickyConcurrency", stickyConcurrencyTests},
-		{"LeaseIDs", leaseIDTests},
-		{"CheckedAt", checkedAtTests},
-		{"LargePool", largePoolTests},
-		{"Keys", keyTests},
-		{"Audit", auditTests},
-		{"LeaseVerdicts", leaseVerdictTests},
-		{"Targets", targetTests},
-	}
-	for _, g := range groups {
+	for _, g := range sections {
 		t.Run(g.name, func(t *testing.T) {
+			if !g.serial {
+				t.Parallel()
+			}
 			for _, st := range g.tests {
 				t.Run(st.name, func(t *testing.T) {
-					if st.parallel {
+					if !g.serial {
 						t.Parallel()
 					}
 					f := newFixture(t, newStore)
@@ -107,12 +92,50 @@ func Run(t *testing.T, newStore func(t *testing.T) pharox.Storage, opts ...Optio
 	}
 }
 
+// section is one group of subtests, TestConformance/<name>/<subtest>.
+type section struct {
+	name  string
+	tests []subtest
+	// serial sections run first, one subtest at a time and alone: the
+	// stress and concurrency sections, whose goroutines would otherwise
+	// compete with every other subtest. Every other section and subtest
+	// runs in parallel (t.Parallel), under go test's -parallel limit.
+	serial bool
+}
+
+// sections lists the suite. A new section is added here and is parallel
+// by default: its subtests must not depend on timing that other load
+// could upset, each works on the fresh store its fixture has, and the
+// store factory is called concurrently. A stress or timing-sensitive
+// section sets serial.
+var sections = []section{
+	{name: "Stress", tests: stressTests, serial: true},
+	{name: "StickyConcurrency", tests: stickyConcurrencyTests, serial: true},
+	{name: "Pools", tests: poolTests},
+	{name: "Proxies", tests: proxyTests},
+	{name: "Consumers", tests: consumerTests},
+	{name: "Leases", tests: leaseTests},
+	{name: "Expiry", tests: expiryTests},
+	{name: "Filters", tests: filterTests},
+	{name: "Strategies", tests: strategyTests},
+	{name: "Sessions", tests: sessionTests},
+	{name: "Stats", tests: statsTests},
+	{name: "Health", tests: healthTests},
+	{name: "Copies", tests: copyTests},
+	{name: "LeaseRecords", tests: leaseRecordTests},
+	{name: "LeaseIDs", tests: leaseIDTests},
+	{name: "CheckedAt", tests: checkedAtTests},
+	{name: "LargePool", tests: largePoolTests},
+	{name: "Keys", tests: keyTests},
+	{name: "Audit", tests: auditTests},
+	{name: "LeaseVerdicts", tests: leaseVerdictTests},
+	{name: "Targets", tests: targetTests},
+}
+
 // subtest is one behaviour of the contract.
 type subtest struct {
 	name string
 	fn   func(t *testing.T, f *fixture)
-	// parallel marks subtests that mostly sleep, so they overlap.
-	parallel bool
 }
 
 // clockSlack is how far the store's clock may be from the test process's
@@ -193,7 +216,7 @@ func (f *fixture) addN(pool *pharox.Pool, n, maxc int) []*pharox.Proxy {
 	for i := range ps {
 		ps[i] = f.proxy(pool)
 		if maxc > 0 {
-			ps[i].MaxConcurrency = ptr(maxc)
+			ps[i].MaxConcurrency = ptrutil.Ptr(maxc)
 		}
 	}
 	return f.add(ps...)
@@ -305,8 +328,6 @@ func wantErr(t testing.TB, what string, err, want error) {
 		t.Fatalf("%s: err = %v, want %v", what, err, want)
 	}
 }
-
-func ptr[T any](v T) *T { return &v }
 
 func leaseProxy(l *pharox.Lease) string {
 	if l == nil {

@@ -17,7 +17,7 @@ import (
 
 var stressTests = []subtest{
 	{name: "ConcurrentAcquireRelease", fn: testStress},
-	{name: "ConcurrentExpiry", fn: testStressExpiry, parallel: true},
+	{name: "ConcurrentExpiry", fn: testStressExpiry},
 }
 
 // stressIterations is how many acquisitions each stress goroutine attempts.

@@ -15,5 +15,8 @@ func TestMemory(t *testing.T) {
 		s := memory.New()
 		t.Cleanup(func() { _ = s.Close() })
 		return s
-	})
+	}, storagetest.WithCapabilities(storagetest.Capabilities{
+		LateRelease: storagetest.LateReleaseExpires,
+		Predicates:  storagetest.PredicatesRun,
+	}))
 }

@@ -11,24 +11,25 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/ptrutil"
 )
 
 // targetTests cover per-target health ([pharox.TargetStore]). They run
 // when the store implements it and are skipped, saying so, otherwise.
 var targetTests = []subtest{
-	{"AcquireSkipsCoolingProxies", testTargetAcquireSkipsCooling, false},
-	{"EveryStrategyAndFilter", testTargetStrategies, false},
-	{"SessionBindingCooling", testTargetSession, false},
-	{"CooldownExpiry", testTargetCooldownExpiry, true},
-	{"ExponentialBackoff", testTargetBackoff, false},
-	{"EscalationCount", testTargetEscalationCount, false},
-	{"CapPerProxy", testTargetCap, false},
-	{"Purge", testTargetPurge, false},
-	{"PoolTargetStats", testTargetPoolStats, false},
-	{"Errors", testTargetErrors, false},
-	{"DeleteProxyDropsEntries", testTargetDeleteProxy, false},
-	{"MatchesReference", testTargetMatchesReference, false},
-	{"ConcurrentBansAndAcquisitions", testTargetConcurrent, false},
+	{name: "AcquireSkipsCoolingProxies", fn: testTargetAcquireSkipsCooling},
+	{name: "EveryStrategyAndFilter", fn: testTargetStrategies},
+	{name: "SessionBindingCooling", fn: testTargetSession},
+	{name: "CooldownExpiry", fn: testTargetCooldownExpiry},
+	{name: "ExponentialBackoff", fn: testTargetBackoff},
+	{name: "EscalationCount", fn: testTargetEscalationCount},
+	{name: "CapPerProxy", fn: testTargetCap},
+	{name: "Purge", fn: testTargetPurge},
+	{name: "PoolTargetStats", fn: testTargetPoolStats},
+	{name: "Errors", fn: testTargetErrors},
+	{name: "DeleteProxyDropsEntries", fn: testTargetDeleteProxy},
+	{name: "MatchesReference", fn: testTargetMatchesReference},
+	{name: "ConcurrentBansAndAcquisitions", fn: testTargetConcurrent},
 }
 
 // targetStore returns f's store as a TargetStore or skips the test.
@@ -127,7 +128,7 @@ func testTargetStrategies(t *testing.T, f *fixture) {
 	in := make([]pharox.Proxy, 12)
 	for i := range in {
 		in[i] = f.proxy(pool)
-		in[i].MaxConcurrency = ptr(1)
+		in[i].MaxConcurrency = ptrutil.Ptr(1)
 		in[i].Country = []string{"US", "DE"}[i%2]
 	}
 	ps := f.add(in...)

@@ -1,8 +1,0 @@
-//go:build !unix
-
-package memory_test
-
-import "time"
-
-// cpuTime is not measured here; the cpu metrics are then left out.
-func cpuTime() time.Duration { return 0 }
