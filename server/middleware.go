@@ -108,14 +108,15 @@ func (s *Server) register(rt *route) {
 		limit = s.opts.MaxImportBytes
 	}
 	h := func(w http.ResponseWriter, r *http.Request) {
-		role, err := s.authorize(r, need)
-		if rec, ok := w.(*recorder); ok {
-			rec.role = role
+		c, err := s.authorize(r, rt, need)
+		if rec, ok := w.(*recorder); ok && c != nil {
+			rec.role = c.role
 		}
 		if err != nil {
 			s.writeError(w, r, err)
 			return
 		}
+		r = withCaller(r, c)
 		if r.Body != nil {
 			r.Body = http.MaxBytesReader(w, r.Body, limit)
 		}

@@ -21,6 +21,8 @@ type route struct {
 	Summary     string
 	Description string
 	Role        Role
+	// AdminOnly keeps viewers out of a GET route (keys, the audit log).
+	AdminOnly bool
 	// Request is a zero value of the body type, nil when there is none.
 	Request any
 	// BodyOptional accepts an empty body as {}.

@@ -35,6 +35,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/api"
+	"github.com/pharox/pharox/internal/keyauth"
 	"github.com/pharox/pharox/server/ui"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -143,7 +144,7 @@ type Server struct {
 	store   pharox.Storage
 	opts    Options
 	log     *slog.Logger
-	keys    *keyring
+	auth    *keyauth.Authenticator
 	mux     *http.ServeMux
 	routes  []route
 	handler http.Handler
@@ -170,6 +171,8 @@ type Server struct {
 	consumers sync.Map // uuid.UUID -> string
 	// expiries lets a release skip reading the lease first (see release).
 	expiries expiryHints
+	// owners lets ownership checks skip reading the lease (see checkOwner).
+	owners leaseOwners
 
 	// keyConsumers holds the consumer names each consumer key has used,
 	// to enforce Options.MaxConsumersPerKey.
@@ -219,7 +222,7 @@ func New(mgr *pharox.Manager, opts Options) *Server {
 		store: mgr.Storage(),
 		opts:  opts,
 		log:   opts.Logger,
-		keys:  newKeyring(opts.AdminKeys, opts.ConsumerKeys),
+		auth:  keyauth.New(mgr.Storage(), opts.AdminKeys, opts.ConsumerKeys),
 		mux:   http.NewServeMux(),
 	}
 	s.ui = ui.NewRecorder(uiSeriesLength, max(s.opts.UISampleInterval, 0))
@@ -228,7 +231,7 @@ func New(mgr *pharox.Manager, opts Options) *Server {
 	}
 	s.stopping, s.stop = context.WithCancel(context.Background())
 	s.metrics, s.gather = newHTTPMetrics(opts.Registerer, opts.Gatherer)
-	if s.keys.empty() && !opts.DisableAuth {
+	if s.auth.Empty() && !opts.DisableAuth {
 		s.log.Warn("pharox server: no API keys configured; every authenticated route answers 401")
 	}
 	s.routes = routeTable()
@@ -328,6 +331,11 @@ func (s *Server) RunBackground(ctx context.Context) {
 	if s.opts.UISampleInterval > 0 {
 		wg.Go(func() { s.every(ctx, s.opts.UISampleInterval, s.sampleUI) })
 	}
+	wg.Go(func() {
+		s.auth.Run(ctx, keyauth.DefaultTouchInterval, func(err error) {
+			s.log.Warn("pharox server: record when API keys were last used", "err", err)
+		})
+	})
 	wg.Wait()
 }
 
