@@ -840,6 +840,10 @@ func (s *Server) reportOutcome(r *http.Request) (any, error) {
 }
 
 func (s *Server) listLeases(r *http.Request) (any, error) {
+	if c := callerOf(r); c != nil && c.role == RoleConsumer && !c.scoped() {
+		return nil, &httpError{http.StatusForbidden,
+			"This API key (bootstrap) has the consumer role and no consumers of its own; listing leases needs a key bound to consumers, a viewer or an admin key"}
+	}
 	q := r.URL.Query()
 	var lq pharox.LeaseQuery
 	var err error

@@ -121,7 +121,7 @@ func (s *Server) audit(r *http.Request, action, kind, target, detail string) {
 		return
 	}
 	e := pharox.AuditEntry{ID: uuid.New(), Actor: callerOf(r).actor(), Action: action,
-		TargetKind: kind, TargetID: target, Detail: detail}
+		TargetKind: kind, TargetID: target, Detail: truncate(detail, pharox.MaxAuditDetail-3)}
 	if err := ks.AppendAudit(context.WithoutCancel(r.Context()), e); err != nil {
 		s.log.Error("pharox server: record audit entry", "action", action, "target", target, "err", err)
 	}
