@@ -53,6 +53,11 @@ func Run(t *testing.T, newStore NewStore) {
 		{"FailureGuard", testFailureGuard},
 		{"UnknownPoolsGrowNothing", testUnknownPoolsGrowNothing},
 		{"ConsumersPerKey", testConsumersPerKey},
+		{"KeysLifecycle", testKeysLifecycle},
+		{"ViewerKey", testViewerKey},
+		{"TenantsOverHTTP", testTenantsOverHTTP},
+		{"StoredKeyGrowsNothing", testStoredKeyGrowsNothing},
+		{"KeysAcrossServers", testKeysAcrossServers},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore) })
