@@ -58,6 +58,7 @@ func Run(t *testing.T, newStore NewStore) {
 		{"TenantsOverHTTP", testTenantsOverHTTP},
 		{"StoredKeyGrowsNothing", testStoredKeyGrowsNothing},
 		{"KeysAcrossServers", testKeysAcrossServers},
+		{"TenantsThroughGateway", testTenantsThroughGateway},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore) })
