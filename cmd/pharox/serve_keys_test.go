@@ -18,8 +18,7 @@ import (
 // servedProcess is a real `pharox serve` process: this test binary run as
 // the pharox command.
 type servedProcess struct {
-	url   string
-	stdin io.WriteCloser
+	url string
 }
 
 func startServeProcess(t *testing.T, storage, adminKey string) *servedProcess {
@@ -64,7 +63,7 @@ func startServeProcess(t *testing.T, storage, adminKey string) *servedProcess {
 	}()
 	select {
 	case u := <-urls:
-		return &servedProcess{url: u, stdin: stdin}
+		return &servedProcess{url: u}
 	case <-time.After(60 * time.Second):
 		t.Fatalf("pharox serve did not start; stderr:\n%s", stderr.String())
 	}
@@ -132,6 +131,8 @@ func TestTwoServeProcessesShareKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	two.waitFor(t, k.Secret, http.StatusOK)
+	// The first serve has the key in its cache when it is revoked.
+	one.waitFor(t, k.Secret, http.StatusOK)
 	if status, body := two.do(t, "DELETE", "/v1/keys/shared", admin, ""); status != http.StatusOK {
 		t.Fatalf("revoke through the second serve: %d %s", status, body)
 	}
