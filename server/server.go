@@ -11,15 +11,22 @@
 // comes from one table that both registers handlers and produces the
 // OpenAPI document served at /openapi.json.
 //
-// Requests carry an API key in the X-API-Key header. Admin keys may do
-// everything; consumer keys may lease (acquire, read, renew, release,
-// report outcomes), ensure and list consumers and read pools and stats;
-// each consumer key may use a bounded number of consumer names
-// (Options.MaxConsumersPerKey). /healthz, /readyz and /openapi.json need
-// no key; /metrics needs one of any role unless Options.MetricsPublic.
+// Requests carry an API key in the X-API-Key header: a bootstrap key of
+// the Options (AdminKeys, ConsumerKeys) or a key kept in the store
+// ([pharox.KeyStore]), created, rotated and revoked through /v1/keys/ and
+// seen by every server sharing the store within a few seconds. Admin keys
+// may do everything; viewer keys every read but keys and the audit log;
+// consumer keys may lease (acquire, read, renew, release, report
+// outcomes), ensure and list consumers and read pools and stats. A stored
+// consumer key acts only as its consumers, on their leases (404 for
+// others'), from its pools (403 otherwise); bootstrap consumer keys may use
+// a bounded number of consumer names (Options.MaxConsumersPerKey). Admin
+// changes go to the store's audit log (/v1/audit/). /healthz, /readyz and
+// /openapi.json need no key; /metrics needs one of any role unless
+// Options.MetricsPublic.
 //
 // The operator dashboard is served at /ui/ (package ui): its static files
-// need no key, and the pages read the API with an admin key.
+// need no key, and the pages read the API with an admin or viewer key.
 package server
 
 import (
@@ -73,7 +80,9 @@ type SweepFunc func(ctx context.Context, pool string, target string) (api.SweepR
 // Options configures a Server. The zero value serves nothing to anyone
 // (no keys); set AdminKeys, ConsumerKeys or DisableAuth.
 type Options struct {
-	// AdminKeys and ConsumerKeys are the accepted API keys per role.
+	// AdminKeys and ConsumerKeys are the bootstrap API keys per role,
+	// accepted beside the keys the store keeps (when it implements
+	// pharox.KeyStore). Bootstrap consumer keys are not bound to consumers.
 	AdminKeys    []string
 	ConsumerKeys []string
 	// DisableAuth serves every route without a key, as admin. For tests

@@ -100,6 +100,14 @@ memory://. Later starts use the kept key and say where it is; to rotate
 it, delete the file and restart. The SQLite database file is created with
 mode 0600 (it holds proxy passwords).
 
+Keys from flags, environment or the config file are bootstrap keys (admin
+keys: admin; consumer keys: consumer, not bound to any consumer). Other
+keys live in the store: create, rotate and revoke them with pharox key (or
+POST /v1/keys/), as admin, consumer (bound to consumers and pools) or
+viewer (read-only, for dashboards). Every serve sharing the store accepts
+a new key, and refuses a revoked one, within a few seconds. Admin actions
+are recorded in the store's audit log (pharox audit, GET /v1/audit/).
+
 /healthz, /readyz and /openapi.json need no key. /metrics needs an API key
 of any role unless --metrics-public. Metrics are labelled by pool, not by
 consumer, unless --metrics-consumer-labels: with it every consumer name
@@ -336,7 +344,7 @@ func runServe(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer, re
 	srv := server.New(mgr, opts)
 	return srv.ListenAndServe(ctx, cfg.Listen, func(addr net.Addr) {
 		fmt.Fprintf(stdout, "pharox: serving on http://%s (storage %s)\n", addr, open.Redact(cfg.Storage))
-		fmt.Fprintf(stdout, "pharox: dashboard at http://%s/ui/ (admin key)\n", addr)
+		fmt.Fprintf(stdout, "pharox: dashboard at http://%s/ui/ (admin or viewer key)\n", addr)
 		if keyNote != "" {
 			fmt.Fprintf(stdout, "pharox: %s\n", keyNote)
 		}
