@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/pharox/pharox"
 )
@@ -23,6 +24,9 @@ const CacheTTL = 2 * time.Second
 
 // DefaultTouchInterval is how often Run writes last_used_at.
 const DefaultTouchInterval = 3 * time.Second
+
+// lookupTimeout bounds one store lookup of a key.
+const lookupTimeout = 10 * time.Second
 
 // maxCached bounds the cache: past it an entry is dropped for each new
 // one, so a flood of made-up keys costs store lookups, never memory.
@@ -103,6 +107,8 @@ type Authenticator struct {
 
 	mu    sync.Mutex
 	cache map[[sha256.Size]byte]cached
+	// fetch makes concurrent misses of one key one store lookup.
+	fetch singleflight.Group
 
 	usedMu sync.Mutex
 	used   map[uuid.UUID]time.Time
@@ -196,13 +202,21 @@ func (a *Authenticator) lookup(ctx context.Context, d [sha256.Size]byte) (*pharo
 	if ok && now.Sub(c.at) < a.ttl && !now.Before(c.at) {
 		return c.key, nil
 	}
-	k, err := a.store.GetAPIKeyByDigest(ctx, d)
-	if errors.Is(err, pharox.ErrKeyNotFound) {
-		k, err = nil, nil
-	}
+	v, err, _ := a.fetch.Do(string(d[:]), func() (any, error) {
+		// Shared by every waiting request: not cut short by the first
+		// one's client going away.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lookupTimeout)
+		defer cancel()
+		k, err := a.store.GetAPIKeyByDigest(fctx, d)
+		if errors.Is(err, pharox.ErrKeyNotFound) {
+			return (*pharox.APIKey)(nil), nil
+		}
+		return k, err
+	})
 	if err != nil {
 		return nil, err
 	}
+	k := v.(*pharox.APIKey)
 	a.mu.Lock()
 	if _, present := a.cache[d]; !present && len(a.cache) >= maxCached {
 		for old := range a.cache {
