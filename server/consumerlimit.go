@@ -9,8 +9,8 @@ import (
 	"github.com/pharox/pharox"
 )
 
-// keyConsumers holds, per consumer key (by its SHA-256 digest, never the
-// key), the consumer names that key has used in this process. A consumer is
+// keyConsumers holds, per bootstrap consumer key (by its SHA-256 digest,
+// never the key), the consumer names that key has used in this process. A consumer is
 // created on first use, and may label metrics, so the names a key may use
 // are bounded (Options.MaxConsumersPerKey). Each process keeps its own
 // count: behind N processes sharing a store a key may use up to N times the
@@ -29,8 +29,8 @@ type usedNames struct {
 
 // allowConsumer checks that the request's key may use the consumer name
 // (empty means the default consumer) and records it. Admin keys, scoped
-// keys (bound to their consumers), servers without auth and invalid names (which the Manager refuses with its own
-// sentence) are not counted.
+// keys (bound to their consumers), servers without auth and invalid names
+// (which the Manager refuses with its own sentence) are not counted.
 func (s *Server) allowConsumer(r *http.Request, name string) error {
 	limit := s.opts.MaxConsumersPerKey
 	if limit < 0 || s.opts.DisableAuth {
