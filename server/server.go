@@ -130,11 +130,11 @@ type Options struct {
 	MetricsPublic bool
 
 	// MaxConsumersPerKey caps how many distinct consumer names one
-	// consumer key may use (acquiring as, or ensuring, a consumer) in this
-	// process: a key past it gets 403 for a new name. It bounds the
-	// consumer rows and metric series one key can make. Zero means
-	// DefaultMaxConsumersPerKey; negative means no limit. Admin keys are
-	// not limited.
+	// bootstrap consumer key may use (acquiring as, or ensuring, a
+	// consumer) in this process: a key past it gets 403 for a new name. It
+	// bounds the consumer rows and metric series one key can make. Zero
+	// means DefaultMaxConsumersPerKey; negative means no limit. Admin keys
+	// are not limited; stored consumer keys use only their own consumers.
 	MaxConsumersPerKey int
 
 	// ShutdownTimeout bounds how long Serve waits for in-flight requests
