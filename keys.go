@@ -213,8 +213,7 @@ func APIKeyHint(secret string) string {
 	return secret[:APIKeyHintLen]
 }
 
-// KeyStore keeps API keys and the audit log. Every store implements it.
-// (It is not yet part of [Storage]; code type-asserts a store to it.)
+// KeyStore keeps API keys and the audit log. It is part of [Storage].
 type KeyStore interface {
 	// CreateAPIKey stores a new key (validated with [APIKey.Validate]); a
 	// zero ID gets a fresh one and a zero CreatedAt the store's now. A name
@@ -250,8 +249,7 @@ type KeyStore interface {
 }
 
 // LeaseVerdictStore makes "one ban or failure verdict per lease" hold
-// across processes sharing a store. (It is not yet part of [LeaseStore];
-// code type-asserts a store to it.)
+// across processes sharing a store. It is part of [LeaseStore].
 type LeaseVerdictStore interface {
 	// ClaimLeaseVerdict marks the lease's verdict as given and reports
 	// whether this call was the first. ErrLeaseNotFound for an unknown

@@ -133,8 +133,8 @@ func WithOutcomePolicy(p OutcomePolicy) ManagerOption {
 
 // Manager holds the business rules of leasing: validation, defaults,
 // consumers, waiting, events. It keeps no state of its own beyond caches
-// and, for stores without LeaseVerdictStore, the outcome verdicts it
-// counted (see ReportOutcome), so any number of
+// and the per-target outcome verdicts it counted (see ReportOutcome), so
+// any number of
 // Managers in any number of processes may share a store.
 type Manager struct {
 	store     Storage
@@ -282,11 +282,6 @@ func (m *Manager) buildRequest(ctx context.Context, pool string, opts *AcquireOp
 		t, err := NormalizeTarget(o.Target)
 		if err != nil {
 			return req, err
-		}
-		if t != "" {
-			if _, err := m.targetStore(); err != nil {
-				return req, err
-			}
 		}
 		req.Target = t
 	}
@@ -483,9 +478,6 @@ const targetPurgeEvery = time.Minute
 // targetPurgeDue reports whether CleanupExpiredLeases should purge target
 // entries now, and if so schedules the next purge.
 func (m *Manager) targetPurgeDue(now time.Time) bool {
-	if _, ok := m.store.(TargetStore); !ok {
-		return false
-	}
 	m.purgeMu.Lock()
 	defer m.purgeMu.Unlock()
 	if now.Before(m.nextTargetPurge) {

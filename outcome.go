@@ -112,26 +112,23 @@ func (p OutcomePolicy) Validate() error {
 // Each lease gives at most one verdict: its first failure or ban counts,
 // later ones are accepted and change nothing (the proxy is returned as it
 // is), so one holder replaying a report cannot push a proxy over its
-// failure or ban threshold alone. Successes always count. When the store
-// implements [LeaseVerdictStore] (every store in this module does) the
-// verdict is claimed in the store, so this holds across every process
-// sharing it; a claim whose health update then fails is spent (a retried
-// report does not count). Otherwise this Manager remembers the verdicts
-// in memory until their lease expires, and a lease can give one verdict
-// per process.
+// failure or ban threshold alone. Successes always count. The verdict is
+// claimed in the store ([LeaseVerdictStore]), so this holds across every
+// process sharing it; a claim whose health update then fails is spent (a
+// retried report does not count).
 //
 // Failures and bans that would take a proxy out of service are capped by
 // the policy's MaxBannedShare (see [OutcomePolicy]).
 //
-// With a Target (normalized by NormalizeTarget; a store without
-// [TargetStore] gives ErrUnsupported), the outcome counts for that target
+// With a Target (normalized by NormalizeTarget), the outcome counts for that target
 // through [TargetStore.ApplyTargetOutcome] under the Manager's
 // [TargetPolicy]: failures and bans (including successes whose status
 // code is in TargetPolicy.BanStatusCodes, 403 and 429 by default) cool the
 // proxy down for that target only and leave its global status alone, and a
 // success counts for the target and, as without a target, for the proxy.
-// One verdict per lease and target counts. When a ban or failure starts a cool-down and the proxy
-// then has cool-downs started by EscalateTargets distinct targets within
+// One verdict per lease and target counts (remembered by this Manager
+// until the lease expires). When a ban or failure starts a cool-down and
+// the proxy then has cool-downs started by EscalateTargets distinct targets within
 // EscalateWindow, the proxy is marked banned for every target (the global
 // status), still subject to MaxBannedShare. The returned proxy is the
 // proxy as stored afterwards.
@@ -148,12 +145,6 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 	target, err := NormalizeTarget(o.Target)
 	if err != nil {
 		return nil, fmt.Errorf("report outcome: %w", err)
-	}
-	var ts TargetStore
-	if target != "" {
-		if ts, err = m.targetStore(); err != nil {
-			return nil, fmt.Errorf("report outcome for target %q: %w", target, err)
-		}
 	}
 	p := m.outcomes
 	kind := o.Kind
@@ -173,8 +164,8 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 	if stored.Status != LeaseActive || !time.Now().Before(stored.ExpiresAt) {
 		return nil, fmt.Errorf("report outcome on lease %s: %w (it ended, %s)", lease.ID, ErrLeaseNotActive, endedHow(stored))
 	}
-	if ts != nil {
-		proxy, done, err := m.reportTarget(ctx, ts, stored, target, kind, o)
+	if target != "" {
+		proxy, done, err := m.reportTarget(ctx, stored, target, kind, o)
 		if done || err != nil {
 			return proxy, err
 		}
@@ -235,10 +226,6 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 		m.guard.done(stored.PoolName)
 	}
 	if err != nil {
-		if _, shared := m.store.(LeaseVerdictStore); kind != OutcomeSuccess && !shared {
-			// Not applied: a retry of the report may still count.
-			m.verdicts.forget(stored.ID)
-		}
 		return nil, fmt.Errorf("report outcome for proxy %s: %w", stored.ProxyID, err)
 	}
 	if proxy == nil {
@@ -247,21 +234,18 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 	return proxy, nil
 }
 
-// claimVerdict claims the lease's one failure or ban verdict and reports
-// whether this report is the one that counts: in the store when it can
-// (see LeaseVerdictStore), else in this Manager's verdictLog.
+// claimVerdict claims the lease's one failure or ban verdict in the store
+// ([LeaseVerdictStore]) and reports whether this report is the one that
+// counts, in whichever process it is made.
 func (m *Manager) claimVerdict(ctx context.Context, l *Lease) (bool, error) {
-	if vs, ok := m.store.(LeaseVerdictStore); ok {
-		return vs.ClaimLeaseVerdict(ctx, l.ID)
-	}
-	return m.verdicts.claim(l.ID, l.ExpiresAt), nil
+	return m.store.ClaimLeaseVerdict(ctx, l.ID)
 }
 
 // reportTarget applies an outcome for a target. done is false for a
 // success, which the caller then also applies to the proxy. A lease's
 // verdict per target is remembered by this Manager only (the store's
 // LeaseVerdictStore holds one verdict per lease, not per target).
-func (m *Manager) reportTarget(ctx context.Context, ts TargetStore, stored *Lease, target string, kind OutcomeKind, o Outcome) (proxy *Proxy, done bool, err error) {
+func (m *Manager) reportTarget(ctx context.Context, stored *Lease, target string, kind OutcomeKind, o Outcome) (proxy *Proxy, done bool, err error) {
 	var verdict uuid.UUID
 	if kind != OutcomeSuccess {
 		verdict = uuid.NewSHA1(stored.ID, []byte(target))
@@ -279,7 +263,7 @@ func (m *Manager) reportTarget(ctx context.Context, ts TargetStore, stored *Leas
 			reason = "reported banned"
 		}
 	}
-	st, recent, err := ts.ApplyTargetOutcome(ctx, TargetOutcome{
+	st, recent, err := m.store.ApplyTargetOutcome(ctx, TargetOutcome{
 		ProxyID: stored.ProxyID, Target: target, Kind: kind, StatusCode: o.StatusCode, Reason: reason,
 	}, m.targets)
 	if err != nil {

@@ -47,6 +47,8 @@ import (
 type Storage interface {
 	LeaseStore
 	AdminStore
+	KeyStore
+	TargetStore
 	// Ping reports whether the store is reachable.
 	Ping(ctx context.Context) error
 	// Close releases the driver's resources. Stores built on a caller's
@@ -56,6 +58,8 @@ type Storage interface {
 
 // LeaseStore is the hot path: the operations a Manager calls per lease.
 type LeaseStore interface {
+	LeaseVerdictStore
+
 	// EnsureConsumer returns the consumer with this name, creating it if
 	// needed. Concurrent calls with one name return the same consumer.
 	EnsureConsumer(ctx context.Context, name string) (*Consumer, error)

@@ -403,8 +403,8 @@ type TargetStats struct {
 	BansLastHour int `json:"bans_last_hour"`
 }
 
-// TargetStore keeps per-(proxy, target) health. Stores that implement it
-// also honour AcquireRequest.Target in AcquireLease: proxies cooling down
+// TargetStore keeps per-(proxy, target) health; it is part of [Storage].
+// Stores honour AcquireRequest.Target in AcquireLease: proxies cooling down
 // for the target are not candidates, decided inside the same atomic
 // acquisition, at a cost that grows with the number of such proxies
 // skipped, never with the pool size. Entries of a deleted proxy go with it.
@@ -435,16 +435,6 @@ type TargetStore interface {
 	PurgeTargetStates(ctx context.Context, idleBefore time.Time) (int, error)
 }
 
-// targetStore returns the Manager's store as a TargetStore, or an error
-// wrapping ErrUnsupported.
-func (m *Manager) targetStore() (TargetStore, error) {
-	ts, ok := m.store.(TargetStore)
-	if !ok {
-		return nil, fmt.Errorf("%w: per-target health (targets) is not implemented by this store", ErrUnsupported)
-	}
-	return ts, nil
-}
-
 // WithTargetPolicy sets how outcomes reported with a target turn into
 // cool-downs and escalate to a global ban. The default is
 // DefaultTargetPolicy(). A policy that fails [TargetPolicy.Validate]
@@ -464,46 +454,32 @@ func (m *Manager) TargetPolicy() TargetPolicy {
 }
 
 // TargetStates returns the proxy's per-target entries, ordered by target.
-// Errors: ErrProxyNotFound, ErrUnsupported when the store keeps no
-// per-target health.
+// Errors: ErrProxyNotFound.
 func (m *Manager) TargetStates(ctx context.Context, proxyID uuid.UUID) ([]*TargetState, error) {
 	if m.invalid != nil {
 		return nil, m.invalid
 	}
-	ts, err := m.targetStore()
-	if err != nil {
-		return nil, err
-	}
-	return ts.ListTargetStates(ctx, proxyID)
+	return m.store.ListTargetStates(ctx, proxyID)
 }
 
 // PoolTargetStats returns per-target health of the pool: for each target
 // any of its proxies has an entry for, how many proxies cool down for it
-// and how many are usable. Errors: ErrPoolNotFound, ErrUnsupported.
+// and how many are usable. Errors: ErrPoolNotFound.
 func (m *Manager) PoolTargetStats(ctx context.Context, poolID uuid.UUID) ([]*TargetStats, error) {
 	if m.invalid != nil {
 		return nil, m.invalid
 	}
-	ts, err := m.targetStore()
-	if err != nil {
-		return nil, err
-	}
-	return ts.PoolTargetStats(ctx, poolID)
+	return m.store.PoolTargetStats(ctx, poolID)
 }
 
 // PurgeTargetStates deletes per-target entries idle for longer than the
 // policy's Retention and returns how many. CleanupExpiredLeases runs it
-// too, at most once a minute per Manager. A store without per-target
-// health has nothing to purge: (0, nil).
+// too, at most once a minute per Manager.
 func (m *Manager) PurgeTargetStates(ctx context.Context) (int, error) {
 	if m.invalid != nil {
 		return 0, m.invalid
 	}
-	ts, ok := m.store.(TargetStore)
-	if !ok {
-		return 0, nil
-	}
-	n, err := ts.PurgeTargetStates(ctx, time.Now().Add(-m.targets.Retention))
+	n, err := m.store.PurgeTargetStates(ctx, time.Now().Add(-m.targets.Retention))
 	if err != nil {
 		return n, fmt.Errorf("purge target states: %w", err)
 	}

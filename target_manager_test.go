@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/testfactory"
 )
 
 // Per-target outcomes through the Manager (memory store).
@@ -224,9 +225,6 @@ func TestReportOutcomeWithTargetEscalationRespectsBanGuard(t *testing.T) {
 	}
 }
 
-// storeWithoutTargets hides the memory store's TargetStore methods.
-type storeWithoutTargets struct{ pharox.Storage }
-
 func TestTargetErrors(t *testing.T) {
 	ctx := context.Background()
 	m, store, pool := newPool(t, 1, 100)
@@ -241,7 +239,7 @@ func TestTargetErrors(t *testing.T) {
 	if _, err := m.ReportOutcome(ctx, lease, pharox.Outcome{Kind: pharox.OutcomeBanned, Target: "http://"}); !errors.Is(err, pharox.ErrInvalidArgument) {
 		t.Fatalf("report with a bad target: %v", err)
 	}
-	plain := pharox.NewManager(storeWithoutTargets{store})
+	plain := pharox.NewManager(testfactory.WithoutTargets(store))
 	if _, err := plain.Acquire(ctx, "main", &pharox.AcquireOptions{Target: "shop.example"}); !errors.Is(err, pharox.ErrUnsupported) {
 		t.Fatalf("acquire with a target on a store without targets: %v", err)
 	}
@@ -265,7 +263,7 @@ func TestCleanupPurgesIdleTargetEntries(t *testing.T) {
 	tp := pharox.DefaultTargetPolicy()
 	tp.Retention = 2 * time.Hour
 	m, store, pool := newPool(t, 1, 100, pharox.WithTargetPolicy(tp))
-	ts := store.(pharox.TargetStore)
+	ts := store
 	ps, err := store.ListProxies(ctx, pool.ID)
 	if err != nil {
 		t.Fatal(err)

@@ -310,8 +310,8 @@ func (cl *Client) send(ctx context.Context, method, target string, payload []byt
 	if payload != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	if cl.apiKey != "" {
-		req.Header.Set(APIKeyHeader, cl.apiKey)
+	if key := cl.keyFor(ctx); key != "" {
+		req.Header.Set(APIKeyHeader, key)
 	}
 	if cl.userAgent != "" {
 		req.Header.Set("User-Agent", cl.userAgent)

@@ -109,6 +109,8 @@ func sentinelFor(status int, detail string, notFound error) error {
 			return pharox.ErrInUse
 		case strings.Contains(d, "not active"):
 			return pharox.ErrLeaseNotActive
+		case strings.Contains(d, "revoked"):
+			return pharox.ErrKeyRevoked
 		}
 	case http.StatusBadRequest, http.StatusUnprocessableEntity, http.StatusRequestEntityTooLarge:
 		return pharox.ErrInvalidArgument

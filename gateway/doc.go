@@ -25,7 +25,12 @@
 // ("pool-latam~2Dresidential") and a '~' ~7E; [FormatRoute] writes a
 // user name for any route. Unknown keys are refused with 407 and a reason
 // rather than ignored. The password is the gateway's own
-// (Config.Password); without one any password is accepted.
+// (Config.Password), or with Config.Keys an API key ([NewStoreKeys] over a
+// store, [NewServerKeys] through a server): then a consumer key's requests
+// lease as its consumer and only from its pools (403 otherwise), a viewer
+// key cannot lease, and an unknown, revoked or expired key gets 407. Over
+// a server the gateway leases with the user's own key, so the server
+// applies its scopes too. Without either any password is accepted.
 //
 // # Failures
 //

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/client"
 	"github.com/pharox/pharox/internal/outage"
 )
 
@@ -69,6 +70,13 @@ type Config struct {
 	// Without them any (or no) credentials are accepted and the user name
 	// still carries routing parameters.
 	User, Password string
+	// Keys, when set, makes the proxy password an API key (instead of
+	// Password, which must then be empty): the key's user takes leases
+	// for its own consumer, only from its pools (403 otherwise), and a
+	// viewer key cannot lease. The user name still carries the routing
+	// (starting with User when it is set). Unknown, revoked and expired
+	// keys are answered 407.
+	Keys KeyChecker
 	// Consumer is the consumer name leases are taken for; default "gateway".
 	Consumer string
 	// Strategy orders candidate proxies; default round_robin, so traffic
@@ -234,7 +242,10 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.ResponseHeaderTimeout == 0 {
 		cfg.ResponseHeaderTimeout = DefaultResponseHeaderTimeout
 	}
-	if cfg.User != "" && cfg.Password == "" {
+	if cfg.Keys != nil && cfg.Password != "" {
+		return nil, fmt.Errorf("%w: gateway: with Keys the proxy password is an API key: leave Password empty", pharox.ErrInvalidArgument)
+	}
+	if cfg.User != "" && cfg.Password == "" && cfg.Keys == nil {
 		return nil, fmt.Errorf("%w: gateway: a user without a password would accept any password: set Password too", pharox.ErrInvalidArgument)
 	}
 	if cfg.User != "" && strings.Contains(cfg.User, "-") {
@@ -393,15 +404,18 @@ func (g *Gateway) untrack(c net.Conn) {
 
 // reqState follows one request or tunnel for the access log and metrics.
 type reqState struct {
-	kind     string // http, connect or socks5
-	start    time.Time
-	client   string
-	method   string
-	host     string
-	path     string
-	route    Route
-	pool     string
-	target   string // the site, "" without per-site health
+	kind   string // http, connect or socks5
+	start  time.Time
+	client string
+	method string
+	host   string
+	path   string
+	route  Route
+	pool   string
+	target string // the site, "" without per-site health
+	// user and secret are the API key of the request (Config.Keys).
+	user     *KeyUser
+	secret   string
 	proxyID  uuid.UUID
 	upstream string
 	attempts int
@@ -458,15 +472,25 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer g.leave()
-	route, err := g.authenticate(r.Header.Get("Proxy-Authorization"))
+	route, err := g.authenticate(r.Context(), st, r.Header.Get("Proxy-Authorization"))
 	if err != nil {
 		g.writeError(rw, err)
 		return
 	}
 	st.route = route
+	if st.secret != "" {
+		// A remote lease source acts with the user's key.
+		r = r.WithContext(client.ContextWithAPIKey(r.Context(), st.secret))
+	}
 	if st.pool, err = g.routePool(r.Context(), route); err != nil {
 		g.writeError(rw, err)
 		return
+	}
+	if st.user != nil {
+		if err := st.user.mayUse(st.pool); err != nil {
+			g.writeError(rw, err)
+			return
+		}
 	}
 	if r.Method == http.MethodConnect {
 		g.serveConnect(rw, r, st)
@@ -497,10 +521,13 @@ func (g *Gateway) fullError() *gwError {
 }
 
 // authenticate checks the Proxy-Authorization header and parses the route
-// from its user name.
-func (g *Gateway) authenticate(header string) (Route, error) {
-	required := g.cfg.User != "" || g.cfg.Password != ""
+// from its user name; with Config.Keys it notes the key's user in st.
+func (g *Gateway) authenticate(ctx context.Context, st *reqState, header string) (Route, error) {
+	required := g.cfg.User != "" || g.cfg.Password != "" || g.cfg.Keys != nil
 	if header == "" {
+		if g.cfg.Keys != nil {
+			return Route{}, &gwError{http.StatusProxyAuthRequired, "proxy authentication required: the password is your API key"}
+		}
 		if required {
 			return Route{}, &gwError{http.StatusProxyAuthRequired, "proxy authentication required"}
 		}
@@ -512,11 +539,22 @@ func (g *Gateway) authenticate(header string) (Route, error) {
 		return Route{}, &gwError{http.StatusProxyAuthRequired, "proxy authentication must be Basic"}
 	}
 	user, pass, _ := strings.Cut(string(raw), ":")
-	return g.checkCredentials(user, pass)
+	return g.checkCredentials(ctx, st, user, pass)
 }
 
-// checkCredentials checks a user name and password and parses the route.
-func (g *Gateway) checkCredentials(user, pass string) (Route, error) {
+// checkCredentials checks a user name and password and parses the route;
+// with Config.Keys the password is an API key, whose user goes into st.
+func (g *Gateway) checkCredentials(ctx context.Context, st *reqState, user, pass string) (Route, error) {
+	if g.cfg.Keys != nil {
+		if pass == "" {
+			return Route{}, &gwError{http.StatusProxyAuthRequired, "proxy authentication required: the password is your API key"}
+		}
+		u, err := g.cfg.Keys.CheckKey(ctx, pass)
+		if err != nil {
+			return Route{}, keyError(err)
+		}
+		st.user, st.secret = u, pass
+	}
 	if g.cfg.Password != "" && subtle.ConstantTimeCompare([]byte(pass), []byte(g.cfg.Password)) != 1 {
 		return Route{}, &gwError{http.StatusProxyAuthRequired, "bad proxy credentials"}
 	}
@@ -613,6 +651,16 @@ func acquireError(pool string, err error) *gwError {
 		return &gwError{http.StatusServiceUnavailable, fmt.Sprintf("pool %q not found", pool)}
 	case errors.Is(err, pharox.ErrInvalidArgument):
 		return &gwError{http.StatusBadRequest, "bad routing parameters: " + err.Error()}
+	case errors.Is(err, client.ErrForbidden):
+		// The server refused the user's key this pool or consumer.
+		detail := "the API key may not lease from pool " + fmt.Sprintf("%q", pool)
+		var ae *client.APIError
+		if errors.As(err, &ae) && ae.Detail != "" {
+			detail = ae.Detail
+		}
+		return &gwError{http.StatusForbidden, detail}
+	case errors.Is(err, client.ErrUnauthorized):
+		return &gwError{http.StatusProxyAuthRequired, "bad proxy credentials: the lease source refused the API key"}
 	case errors.Is(err, context.Canceled):
 		return &gwError{statusClientGone, "client went away"}
 	case outage.Is(err):
@@ -626,8 +674,12 @@ func acquireError(pool string, err error) *gwError {
 // acquire leases an upstream for st, avoiding the proxies in exclude (those
 // that already failed this request).
 func (g *Gateway) acquire(ctx context.Context, st *reqState, exclude []uuid.UUID) (*pharox.Lease, error) {
+	consumer := g.cfg.Consumer
+	if st.user != nil {
+		consumer = st.user.consumer(consumer)
+	}
 	opts := &pharox.AcquireOptions{
-		Consumer:   g.cfg.Consumer,
+		Consumer:   consumer,
 		Duration:   g.cfg.LeaseDuration,
 		Filters:    st.route.filters(),
 		Strategy:   g.cfg.Strategy,
@@ -763,6 +815,9 @@ func (g *Gateway) finish(st *reqState) {
 	)
 	if st.path != "" {
 		attrs = append(attrs, slog.String("path", st.path))
+	}
+	if st.user != nil {
+		attrs = append(attrs, slog.String("key", st.user.Name))
 	}
 	attrs = append(attrs, slog.String("pool", st.pool))
 	if st.target != "" {

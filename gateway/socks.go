@@ -14,6 +14,8 @@ import (
 	"time"
 
 	socks5 "github.com/armon/go-socks5"
+
+	"github.com/pharox/pharox/client"
 )
 
 // socksAuthMethods says which SOCKS5 authentication the gateway accepts.
@@ -23,7 +25,7 @@ type socksAuthMethods struct {
 }
 
 func (g *Gateway) newSOCKSAuth() socksAuthMethods {
-	return socksAuthMethods{required: g.cfg.User != "" || g.cfg.Password != ""}
+	return socksAuthMethods{required: g.cfg.User != "" || g.cfg.Password != "" || g.cfg.Keys != nil}
 }
 
 // ServeSOCKS accepts SOCKS5 connections on ln until Shutdown or Close; it
@@ -107,7 +109,12 @@ func (g *Gateway) serveSOCKSConn(c net.Conn) {
 		Rules:       socksRules{g: g, st: st, client: sc},
 		Logger:      log.New(io.Discard, "", 0),
 		Dial: func(_ context.Context, _, addr string) (net.Conn, error) {
-			return g.socksDial(g.base, st, sc, addr)
+			ctx := g.base
+			if st.secret != "" {
+				// A remote lease source acts with the user's key.
+				ctx = client.ContextWithAPIKey(ctx, st.secret)
+			}
+			return g.socksDial(ctx, st, sc, addr)
 		},
 	})
 	if err != nil {
@@ -151,8 +158,14 @@ type socksCreds struct {
 }
 
 func (c socksCreds) Valid(user, pass string) bool {
-	if _, err := c.g.checkCredentials(user, pass); err != nil {
+	ctx, cancel := context.WithTimeout(c.g.base, socksHandshakeTimeout)
+	defer cancel()
+	if _, err := c.g.checkCredentials(ctx, c.st, user, pass); err != nil {
 		c.st.status, c.st.reason = http.StatusProxyAuthRequired, err.Error()
+		var ge *gwError
+		if errors.As(err, &ge) {
+			c.st.status = ge.status
+		}
 		return false
 	}
 	return true
@@ -190,6 +203,9 @@ func (r socksRules) Allow(ctx context.Context, req *socks5.Request) (context.Con
 		return ctx, false
 	}
 	st.route = route
+	if st.secret != "" {
+		ctx = client.ContextWithAPIKey(ctx, st.secret)
+	}
 	if st.pool, err = r.g.routePool(ctx, route); err != nil {
 		st.status = http.StatusServiceUnavailable
 		var ge *gwError
@@ -198,6 +214,12 @@ func (r socksRules) Allow(ctx context.Context, req *socks5.Request) (context.Con
 		}
 		st.reason = err.Error()
 		return ctx, false
+	}
+	if st.user != nil {
+		if err := st.user.mayUse(st.pool); err != nil {
+			st.status, st.reason = err.(*gwError).status, err.Error()
+			return ctx, false
+		}
 	}
 	if !r.g.enter() {
 		ge := r.g.fullError()

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/storage/memory"
 	"github.com/pharox/pharox/storage/sqlite"
 )
@@ -130,10 +131,6 @@ func TestTargetHealthAvoidsUpstreamsBlockedBySite(t *testing.T) {
 			t.Run(name+"/"+mode, func(t *testing.T) {
 				checkLeaks(t)
 				store := open(t)
-				if _, ok := store.(pharox.TargetStore); !ok {
-					store.Close()
-					t.Skipf("the %s store keeps no per-site health (no pharox.TargetStore) yet", name)
-				}
 				// Default ban statuses: 403 and 429 for a request whose
 				// site is known.
 				reg := prometheus.NewRegistry()
@@ -230,9 +227,6 @@ func countVisits(vs []visit, ip string) int {
 func TestBanMarkersInBody(t *testing.T) {
 	checkLeaks(t)
 	e := newEnv(t, func(c *Config) { c.BanMarkers = []string{"Unusual Traffic"} })
-	if _, ok := e.store.(pharox.TargetStore); !ok {
-		t.Skip("the memory store keeps no per-site health (no pharox.TargetStore) yet")
-	}
 	ips := []string{"127.0.0.2", "127.0.0.3"}
 	for _, ip := range ips {
 		e.add(0, nil, startHTTPUpstream(t, ip, false))
@@ -274,10 +268,6 @@ func TestBanMarkerConfig(t *testing.T) {
 	}
 }
 
-// plainStore is a store without per-site health: embedding the interface
-// hides the memory store's TargetStore methods.
-type plainStore struct{ pharox.Storage }
-
 // TestTargetHealthOffWithoutTargetStore: over a lease source that keeps no
 // per-site health the gateway serves as before, bans counting against the
 // upstream everywhere, and says so once.
@@ -286,7 +276,7 @@ func TestTargetHealthOffWithoutTargetStore(t *testing.T) {
 		t.Run(map[bool]string{false: "local", true: "remote"}[remote], func(t *testing.T) {
 			checkLeaks(t)
 			// Without per-site health 403 is no ban by default: name it.
-			e := newEnvOn(t, plainStore{memory.New()}, nil, remote, func(c *Config) {
+			e := newEnvOn(t, testfactory.WithoutTargets(memory.New()), nil, remote, func(c *Config) {
 				c.BanStatuses = []int{http.StatusForbidden}
 			})
 			for _, ip := range []string{"127.0.0.2", "127.0.0.3"} {

@@ -9,8 +9,8 @@ import (
 	"github.com/pharox/pharox"
 )
 
-// keyConsumers holds, per consumer key (by its SHA-256 digest, never the
-// key), the consumer names that key has used in this process. A consumer is
+// keyConsumers holds, per bootstrap consumer key (by its SHA-256 digest,
+// never the key), the consumer names that key has used in this process. A consumer is
 // created on first use, and may label metrics, so the names a key may use
 // are bounded (Options.MaxConsumersPerKey). Each process keeps its own
 // count: behind N processes sharing a store a key may use up to N times the
@@ -28,9 +28,9 @@ type usedNames struct {
 }
 
 // allowConsumer checks that the request's key may use the consumer name
-// (empty means the default consumer) and records it. Admin keys, servers
-// without auth and invalid names (which the Manager refuses with its own
-// sentence) are not counted.
+// (empty means the default consumer) and records it. Admin keys, scoped
+// keys (bound to their consumers), servers without auth and invalid names
+// (which the Manager refuses with its own sentence) are not counted.
 func (s *Server) allowConsumer(r *http.Request, name string) error {
 	limit := s.opts.MaxConsumersPerKey
 	if limit < 0 || s.opts.DisableAuth {
@@ -42,10 +42,11 @@ func (s *Server) allowConsumer(r *http.Request, name string) error {
 	if pharox.ValidateName("consumer name", name) != nil {
 		return nil
 	}
-	digest := sha256.Sum256([]byte(r.Header.Get(APIKeyHeader)))
-	if s.keys.isAdmin(digest) {
+	if c := callerOf(r); c == nil || c.role == RoleAdmin || c.scoped() {
+		// Scoped keys are bounded by the consumers they are bound to.
 		return nil
 	}
+	digest := sha256.Sum256([]byte(r.Header.Get(APIKeyHeader)))
 	v, ok := s.keyConsumers.keys.Load(digest)
 	if !ok {
 		v, _ = s.keyConsumers.keys.LoadOrStore(digest, &usedNames{})
@@ -67,15 +68,4 @@ func (s *Server) allowConsumer(r *http.Request, name string) error {
 	u.names.Store(name, struct{}{})
 	u.n++
 	return nil
-}
-
-// isAdmin reports whether the digest is an admin key's. The key was
-// already authenticated, so the comparison need not be constant-time.
-func (k *keyring) isAdmin(digest [sha256.Size]byte) bool {
-	for _, a := range k.admin {
-		if a == digest {
-			return true
-		}
-	}
-	return false
 }

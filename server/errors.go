@@ -144,6 +144,10 @@ func errorStatus(err error) (status int, detail string, internal bool) {
 		return http.StatusNotFound, "Lease not found", false
 	case errors.Is(err, pharox.ErrConsumerNotFound):
 		return http.StatusNotFound, "Consumer not found", false
+	case errors.Is(err, pharox.ErrKeyNotFound):
+		return http.StatusNotFound, sentinelDetailOr(err, "API key not found"), false
+	case errors.Is(err, pharox.ErrKeyRevoked):
+		return http.StatusConflict, sentinelDetailOr(err, "API key is revoked"), false
 	case errors.Is(err, pharox.ErrAlreadyExists),
 		errors.Is(err, pharox.ErrInUse),
 		errors.Is(err, pharox.ErrLeaseNotActive):
@@ -181,6 +185,15 @@ func sentinelDetail(err error) string {
 		}
 	}
 	return "Conflict"
+}
+
+// sentinelDetailOr is the handler's detail for err, or else fallback.
+func sentinelDetailOr(err error, fallback string) string {
+	var de *detailedError
+	if errors.As(err, &de) {
+		return de.detail
+	}
+	return fallback
 }
 
 // Error returns an error that the server answers with this status and

@@ -140,6 +140,7 @@ func (s *Server) createPool(r *http.Request) (any, error) {
 		return nil, err
 	}
 	s.pools.Store(p.ID, p.Name)
+	s.audit(r, "pool.create", "pool", p.ID.String(), fmt.Sprintf("created pool %q", p.Name))
 	return api.FromPool(p), nil
 }
 
@@ -148,9 +149,12 @@ func (s *Server) listPools(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make([]api.Pool, len(pools))
-	for i, p := range pools {
-		out[i] = api.FromPool(p)
+	c := callerOf(r)
+	out := make([]api.Pool, 0, len(pools))
+	for _, p := range pools {
+		if c.seesPool(p.Name) {
+			out = append(out, api.FromPool(p))
+		}
 	}
 	return out, nil
 }
@@ -167,6 +171,9 @@ func (s *Server) getPool(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if !callerOf(r).seesPool(p.Name) {
+		return nil, fmt.Errorf("pool %q is outside the key's pools: %w", p.Name, pharox.ErrPoolNotFound)
+	}
 	return api.FromPool(p), nil
 }
 
@@ -182,6 +189,7 @@ func (s *Server) deletePool(r *http.Request) (any, error) {
 		return nil, err
 	}
 	s.forgetPool(id, "")
+	s.audit(r, "pool.delete", "pool", id.String(), fmt.Sprintf("deleted pool %q", r.PathValue("pool_id")))
 	return nil, nil
 }
 
@@ -189,6 +197,9 @@ func (s *Server) poolStats(r *http.Request) (any, error) {
 	name, err := s.poolRefName(r.Context(), r.PathValue("pool_id"))
 	if err != nil {
 		return nil, err
+	}
+	if !callerOf(r).seesPool(name) {
+		return nil, fmt.Errorf("pool %q is outside the key's pools: %w", name, pharox.ErrPoolNotFound)
 	}
 	st, err := s.mgr.PoolStats(r.Context(), name)
 	if err != nil {
@@ -261,6 +272,7 @@ func (s *Server) createProxy(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.audit(r, "proxy.add", "proxy", added[0].ID.String(), fmt.Sprintf("added proxy %s to pool %q", added[0].Address(), r.PathValue("pool_id")))
 	return api.FromProxy(added[0], false), nil
 }
 
@@ -291,6 +303,7 @@ func (s *Server) importProxies(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.audit(r, "proxy.import", "pool", poolID.String(), fmt.Sprintf("imported %d proxies into pool %q", len(added), r.PathValue("pool_id")))
 	out := api.ImportProxiesResponse{Created: len(added), Proxies: make([]api.Proxy, len(added))}
 	for i, p := range added {
 		out.Proxies[i] = api.FromProxy(p, false)
@@ -322,9 +335,21 @@ func (s *Server) duplicateProxy(r *http.Request, poolID uuid.UUID, proxies []pha
 	return fmt.Sprintf("A proxy of the list already exists in pool %q", r.PathValue("pool_id"))
 }
 
+// secretsAllowed answers 403 when a caller other than an admin asks for
+// proxy passwords.
+func secretsAllowed(r *http.Request, secrets bool) error {
+	if c := callerOf(r); secrets && c != nil && c.role < RoleAdmin {
+		return &httpError{http.StatusForbidden, fmt.Sprintf("This API key (%s) has the %s role; include_secrets needs admin", c.id.Name, c.role)}
+	}
+	return nil
+}
+
 func (s *Server) listProxies(r *http.Request) (any, error) {
 	secrets, err := queryBool(r, "include_secrets")
 	if err != nil {
+		return nil, err
+	}
+	if err := secretsAllowed(r, secrets); err != nil {
 		return nil, err
 	}
 	poolID, err := s.poolRef(r.Context(), r.PathValue("pool_id"))
@@ -345,6 +370,9 @@ func (s *Server) listProxies(r *http.Request) (any, error) {
 func (s *Server) getProxy(r *http.Request) (any, error) {
 	secrets, err := queryBool(r, "include_secrets")
 	if err != nil {
+		return nil, err
+	}
+	if err := secretsAllowed(r, secrets); err != nil {
 		return nil, err
 	}
 	p, err := s.proxyInPool(r)
@@ -374,6 +402,7 @@ func (s *Server) updateProxy(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.audit(r, "proxy.status", "proxy", p.ID.String(), fmt.Sprintf("set proxy %s from %s to %s", p.Address(), p.Status, status))
 	return api.FromProxy(updated, false), nil
 }
 
@@ -386,7 +415,11 @@ func (s *Server) deleteProxy(r *http.Request) (any, error) {
 	if errors.Is(err, pharox.ErrInUse) {
 		return nil, withDetail(err, "Proxy %s is in use by an active lease: release it (or let it expire), then delete the proxy", p.Address())
 	}
-	return nil, err
+	if err != nil {
+		return nil, err
+	}
+	s.audit(r, "proxy.delete", "proxy", p.ID.String(), fmt.Sprintf("deleted proxy %s", p.Address()))
+	return nil, nil
 }
 
 // ---- consumers ----
@@ -397,6 +430,9 @@ func (s *Server) ensureConsumer(r *http.Request) (any, error) {
 		return nil, err
 	}
 	if req.Name != "" { // an empty name is refused below, not the default's
+		if err := callerOf(r).checkConsumer(req.Name); err != nil {
+			return nil, err
+		}
 		if err := s.allowConsumer(r, req.Name); err != nil {
 			return nil, err
 		}
@@ -414,9 +450,12 @@ func (s *Server) listConsumers(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make([]api.Consumer, len(consumers))
-	for i, c := range consumers {
-		out[i] = api.Consumer{ID: c.ID, Name: c.Name}
+	caller := callerOf(r)
+	out := make([]api.Consumer, 0, len(consumers))
+	for _, c := range consumers {
+		if caller.ownsLease(c.Name) {
+			out = append(out, api.Consumer{ID: c.ID, Name: c.Name})
+		}
 	}
 	return out, nil
 }
@@ -527,6 +566,10 @@ func (s *Server) acquire(r *http.Request) (any, error) {
 	if pool == "" {
 		return nil, unprocessable("pool_id or pool_name is required")
 	}
+	c := callerOf(r)
+	if err := c.checkPool(pool); err != nil {
+		return nil, err
+	}
 	if poolID == uuid.Nil {
 		if err := s.knownPool(ctx, pool); err != nil {
 			return nil, err
@@ -542,6 +585,14 @@ func (s *Server) acquire(r *http.Request) (any, error) {
 			return nil, unprocessable("consumer_id and consumer_name name different consumers")
 		}
 		opts.Consumer = name
+	}
+	if c.scoped() {
+		if opts.Consumer == "" {
+			opts.Consumer = c.id.DefaultConsumer()
+		}
+		if err := c.checkConsumer(opts.Consumer); err != nil {
+			return nil, err
+		}
 	}
 	if err := s.allowConsumer(r, opts.Consumer); err != nil {
 		return nil, err
@@ -588,6 +639,7 @@ func (s *Server) acquire(r *http.Request) (any, error) {
 		s.consumers.Store(lease.ConsumerID, lease.ConsumerName)
 	}
 	s.expiries.note(lease.ID, lease.ExpiresAt)
+	s.owners.note(lease.ID, lease.ConsumerName)
 	return api.FromLease(lease, true), nil
 }
 
@@ -650,6 +702,9 @@ func (s *Server) getLease(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if !callerOf(r).ownsLease(l.ConsumerName) {
+		return nil, notOwned(id)
+	}
 	return api.FromLease(l, false), nil
 }
 
@@ -675,9 +730,13 @@ func (s *Server) release(r *http.Request) (any, error) {
 		return nil, err
 	}
 	ctx := r.Context()
+	if err := s.checkOwner(ctx, callerOf(r), id); err != nil {
+		return nil, err
+	}
 	if s.expiries.farFromExpiry(id, time.Now()) {
 		released, err := s.mgr.Release(ctx, id)
 		if err == nil {
+			s.auditRelease(r, released)
 			return api.FromLease(released, false), nil
 		}
 		if !errors.Is(err, pharox.ErrLeaseNotActive) {
@@ -706,6 +765,8 @@ func (s *Server) release(r *http.Request) (any, error) {
 		// It ended between the read and the release (another release, the
 		// reaper, or the store reclaiming it as expired).
 		released, err = s.store.GetLease(ctx, id)
+	} else if err == nil {
+		s.auditRelease(r, released)
 	}
 	if err != nil {
 		return nil, err
@@ -724,6 +785,9 @@ func (s *Server) renew(r *http.Request) (any, error) {
 	}
 	d, err := seconds("ttl_seconds", req.TTLSeconds, pharox.MaxLeaseDuration)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.checkOwner(r.Context(), callerOf(r), id); err != nil {
 		return nil, err
 	}
 	l, err := s.mgr.Renew(r.Context(), id, d)
@@ -765,6 +829,9 @@ func (s *Server) reportOutcome(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := s.checkOwner(r.Context(), callerOf(r), id); err != nil {
+		return nil, err
+	}
 	// The Manager reads the lease itself: outcomes count only on active
 	// leases, and one failure or ban per lease.
 	kind := pharox.OutcomeKind(strings.ToLower(strings.TrimSpace(req.Kind)))
@@ -791,6 +858,10 @@ func (s *Server) reportOutcome(r *http.Request) (any, error) {
 }
 
 func (s *Server) listLeases(r *http.Request) (any, error) {
+	if c := callerOf(r); c != nil && c.role == RoleConsumer && !c.scoped() {
+		return nil, &httpError{http.StatusForbidden,
+			"This API key (bootstrap) has the consumer role and no consumers of its own; listing leases needs a key bound to consumers, a viewer or an admin key"}
+	}
 	q := r.URL.Query()
 	var lq pharox.LeaseQuery
 	var err error
@@ -823,7 +894,7 @@ func (s *Server) listLeases(r *http.Request) (any, error) {
 		}
 		lq.Limit = n
 	}
-	leases, err := s.store.ListLeases(r.Context(), lq)
+	leases, err := s.listLeasesOf(r.Context(), callerOf(r), lq)
 	if err != nil {
 		return nil, err
 	}

@@ -70,21 +70,6 @@ func TestErrorStatusNever500ForSentinels(t *testing.T) {
 
 var errSecret = &json.UnsupportedValueError{Str: "secret stuff"}
 
-func TestKeyringRoles(t *testing.T) {
-	k := newKeyring([]string{"admin-1", ""}, []string{"cons-1", "cons-2"})
-	for key, want := range map[string]Role{
-		"admin-1": RoleAdmin, "cons-1": RoleConsumer, "cons-2": RoleConsumer,
-		"": RolePublic, "admin-": RolePublic, "admin-12": RolePublic, "CONS-1": RolePublic,
-	} {
-		if got := k.role(key); got != want {
-			t.Errorf("role(%q) = %v, want %v", key, got, want)
-		}
-	}
-	if !newKeyring(nil, []string{""}).empty() {
-		t.Error("empty keys must not count as configured")
-	}
-}
-
 func TestDisableAuth(t *testing.T) {
 	s := New(pharox.NewManager(memory.New()), Options{DisableAuth: true})
 	w := httptest.NewRecorder()

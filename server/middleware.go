@@ -23,6 +23,7 @@ type recorder struct {
 	status int
 	bytes  int64
 	role   Role
+	key    string // the key's name, never the key
 }
 
 func (w *recorder) WriteHeader(code int) {
@@ -76,6 +77,7 @@ func (s *Server) accessLog(next http.Handler) http.Handler {
 					slog.Float64("duration_ms", float64(elapsed.Microseconds())/1000),
 					slog.Int64("bytes", rec.bytes),
 					slog.String("role", rec.role.String()),
+					slog.String("key", rec.key),
 					slog.String("remote", r.RemoteAddr),
 				)
 			}
@@ -108,14 +110,15 @@ func (s *Server) register(rt *route) {
 		limit = s.opts.MaxImportBytes
 	}
 	h := func(w http.ResponseWriter, r *http.Request) {
-		role, err := s.authorize(r, need)
-		if rec, ok := w.(*recorder); ok {
-			rec.role = role
+		c, err := s.authorize(r, rt, need)
+		if rec, ok := w.(*recorder); ok && c != nil {
+			rec.role, rec.key = c.role, c.id.Name
 		}
 		if err != nil {
 			s.writeError(w, r, err)
 			return
 		}
+		r = withCaller(r, c)
 		if r.Body != nil {
 			r.Body = http.MaxBytesReader(w, r.Body, limit)
 		}

@@ -62,13 +62,20 @@ func buildOpenAPI(routes []route, metricsPublic bool) obj {
 			op["security"] = []any{}
 		} else {
 			op["x-pharox-role"] = role.String()
+			if rt.Method == http.MethodGet && role > RoleViewer && !rt.AdminOnly {
+				// Viewer keys read every GET route but the admin-only ones.
+				op["x-pharox-viewer"] = true
+			}
 		}
 		var params []any
 		for _, m := range pathParam.FindAllStringSubmatch(rt.Path, -1) {
 			p := obj{"name": m[1], "in": "path", "required": true, "schema": obj{"type": "string"}}
-			if m[1] == "pool_id" {
+			switch m[1] {
+			case "pool_id":
 				p["description"] = "the pool's id (UUID) or, as a convenience, its name"
-			} else {
+			case "key_id":
+				p["description"] = "the key's id (UUID) or its name"
+			default:
 				p["schema"] = obj{"type": "string", "format": "uuid"}
 			}
 			params = append(params, p)

@@ -21,6 +21,8 @@ type route struct {
 	Summary     string
 	Description string
 	Role        Role
+	// AdminOnly keeps viewers out of a GET route (keys, the audit log).
+	AdminOnly bool
 	// Request is a zero value of the body type, nil when there is none.
 	Request any
 	// BodyOptional accepts an empty body as {}.
@@ -155,7 +157,8 @@ func routeTable() []route {
 					"The answer repeats the key."}},
 			Errors: []int{404, 409, 501}, api: (*Server).acquireCounted},
 		{Method: "GET", Path: "/v1/leases/", ID: "listLeases", Tag: "leases", Summary: "List leases, oldest first",
-			Role: RoleAdmin, Status: 200, Response: []api.Lease{},
+			Description: "A key bound to consumers sees only their leases.",
+			Role:        RoleConsumer, Status: 200, Response: []api.Lease{},
 			Query: []queryParam{
 				{Name: "pool_id", Type: "string", Description: "pool id (or name)"},
 				{Name: "proxy_id", Type: "string", Format: "uuid"},
@@ -186,6 +189,43 @@ func routeTable() []route {
 				"failures after the server's threshold), and a proxy cooling down for many sites is banned everywhere.",
 			Role: RoleConsumer, Request: api.OutcomeRequest{}, Status: 200, Response: api.Proxy{},
 			Errors: []int{404, 409, 501}, api: (*Server).reportOutcome},
+
+		// Keys and the audit log.
+		{Method: "POST", Path: "/v1/keys/", ID: "createKey", Tag: "keys", Summary: "Create an API key",
+			Description: "role is admin, consumer or viewer. A consumer key may be bound to consumer names (the first is its default; " +
+				"without any it acts as a consumer named like the key) and to pools by name (empty: every pool). " +
+				"expires_in_seconds or expires_at make it expire. The answer carries the secret, once: the server keeps only its digest. " +
+				"501 when the store keeps no keys.",
+			Role: RoleAdmin, Request: api.CreateKeyRequest{}, Status: 201, Response: api.CreatedKey{},
+			Errors: []int{409, 501}, api: (*Server).createKey},
+		{Method: "GET", Path: "/v1/keys/", ID: "listKeys", Tag: "keys", Summary: "List API keys ordered by name (never their secrets)",
+			Role: RoleAdmin, AdminOnly: true, Status: 200, Response: []api.APIKey{}, Errors: []int{501}, api: (*Server).listKeys},
+		{Method: "GET", Path: "/v1/keys/self", ID: "keySelf", Tag: "keys", Summary: "The request's own key: name, role and scopes",
+			Description: "Any key may ask, bootstrap keys (from the server's configuration) included.",
+			Role:        RoleViewer, Status: 200, Response: api.KeySelf{}, api: (*Server).keySelf},
+		{Method: "GET", Path: "/v1/keys/{key_id}", ID: "getKey", Tag: "keys", Summary: "Get an API key by id or name",
+			Role: RoleAdmin, AdminOnly: true, Status: 200, Response: api.APIKey{}, Errors: []int{404, 501}, api: (*Server).getKey},
+		{Method: "POST", Path: "/v1/keys/{key_id}/rotate", ID: "rotateKey", Tag: "keys",
+			Summary:     "Give a key a new secret; the old one stops working",
+			Description: "The answer carries the new secret, once. 409 for a revoked key.",
+			Role:        RoleAdmin, Request: struct{}{}, BodyOptional: true, Status: 200, Response: api.CreatedKey{},
+			Errors: []int{404, 409, 501}, api: (*Server).rotateKey},
+		{Method: "DELETE", Path: "/v1/keys/{key_id}", ID: "revokeKey", Tag: "keys",
+			Summary:     "Revoke a key",
+			Description: "Every server sharing the store refuses it within a few seconds. Revoking again changes nothing. Answers the revoked key.",
+			Role:        RoleAdmin, Status: 200, Response: api.APIKey{}, Errors: []int{404, 501}, api: (*Server).revokeKey},
+		{Method: "GET", Path: "/v1/audit/", ID: "listAudit", Tag: "keys", Summary: "Admin actions, newest first",
+			Description: "Pool, proxy and key changes, status overrides and releases of consumers' leases by admins, with the acting key's name " +
+				"(\"bootstrap\" for keys from the server's configuration).",
+			Role: RoleAdmin, AdminOnly: true, Status: 200, Response: []api.AuditEntry{},
+			Query: []queryParam{
+				{Name: "since", Type: "string", Format: "date-time", Description: "entries at or after this time"},
+				{Name: "until", Type: "string", Format: "date-time", Description: "entries before this time"},
+				{Name: "actor", Type: "string", Description: "key name"},
+				{Name: "action", Type: "string", Description: "e.g. pool.create, proxy.status, key.revoke, lease.release"},
+				{Name: "limit", Type: "integer", Description: "at most this many (default 100, max 1000)"},
+			},
+			Errors: []int{501}, api: (*Server).listAudit},
 
 		// Dashboard.
 		{Method: "GET", Path: "/v1/admin/dashboard", ID: "dashboard", Tag: "admin",

@@ -11,15 +11,22 @@
 // comes from one table that both registers handlers and produces the
 // OpenAPI document served at /openapi.json.
 //
-// Requests carry an API key in the X-API-Key header. Admin keys may do
-// everything; consumer keys may lease (acquire, read, renew, release,
-// report outcomes), ensure and list consumers and read pools and stats;
-// each consumer key may use a bounded number of consumer names
-// (Options.MaxConsumersPerKey). /healthz, /readyz and /openapi.json need
-// no key; /metrics needs one of any role unless Options.MetricsPublic.
+// Requests carry an API key in the X-API-Key header: a bootstrap key of
+// the Options (AdminKeys, ConsumerKeys) or a key kept in the store
+// ([pharox.KeyStore]), created, rotated and revoked through /v1/keys/ and
+// seen by every server sharing the store within a few seconds. Admin keys
+// may do everything; viewer keys every read but keys and the audit log;
+// consumer keys may lease (acquire, read, renew, release, report
+// outcomes), ensure and list consumers and read pools and stats. A stored
+// consumer key acts only as its consumers, on their leases (404 for
+// others'), from its pools (403 otherwise); bootstrap consumer keys may use
+// a bounded number of consumer names (Options.MaxConsumersPerKey). Admin
+// changes go to the store's audit log (/v1/audit/). /healthz, /readyz and
+// /openapi.json need no key; /metrics needs one of any role unless
+// Options.MetricsPublic.
 //
 // The operator dashboard is served at /ui/ (package ui): its static files
-// need no key, and the pages read the API with an admin key.
+// need no key, and the pages read the API with an admin or viewer key.
 package server
 
 import (
@@ -35,6 +42,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/api"
+	"github.com/pharox/pharox/internal/keyauth"
 	"github.com/pharox/pharox/server/ui"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -72,7 +80,9 @@ type SweepFunc func(ctx context.Context, pool string, target string) (api.SweepR
 // Options configures a Server. The zero value serves nothing to anyone
 // (no keys); set AdminKeys, ConsumerKeys or DisableAuth.
 type Options struct {
-	// AdminKeys and ConsumerKeys are the accepted API keys per role.
+	// AdminKeys and ConsumerKeys are the bootstrap API keys per role,
+	// accepted beside the keys the store keeps (when it implements
+	// pharox.KeyStore). Bootstrap consumer keys are not bound to consumers.
 	AdminKeys    []string
 	ConsumerKeys []string
 	// DisableAuth serves every route without a key, as admin. For tests
@@ -120,11 +130,11 @@ type Options struct {
 	MetricsPublic bool
 
 	// MaxConsumersPerKey caps how many distinct consumer names one
-	// consumer key may use (acquiring as, or ensuring, a consumer) in this
-	// process: a key past it gets 403 for a new name. It bounds the
-	// consumer rows and metric series one key can make. Zero means
-	// DefaultMaxConsumersPerKey; negative means no limit. Admin keys are
-	// not limited.
+	// bootstrap consumer key may use (acquiring as, or ensuring, a
+	// consumer) in this process: a key past it gets 403 for a new name. It
+	// bounds the consumer rows and metric series one key can make. Zero
+	// means DefaultMaxConsumersPerKey; negative means no limit. Admin keys
+	// are not limited; stored consumer keys use only their own consumers.
 	MaxConsumersPerKey int
 
 	// ShutdownTimeout bounds how long Serve waits for in-flight requests
@@ -143,7 +153,7 @@ type Server struct {
 	store   pharox.Storage
 	opts    Options
 	log     *slog.Logger
-	keys    *keyring
+	auth    *keyauth.Authenticator
 	mux     *http.ServeMux
 	routes  []route
 	handler http.Handler
@@ -170,6 +180,8 @@ type Server struct {
 	consumers sync.Map // uuid.UUID -> string
 	// expiries lets a release skip reading the lease first (see release).
 	expiries expiryHints
+	// owners lets ownership checks skip reading the lease (see checkOwner).
+	owners leaseOwners
 
 	// keyConsumers holds the consumer names each consumer key has used,
 	// to enforce Options.MaxConsumersPerKey.
@@ -219,7 +231,7 @@ func New(mgr *pharox.Manager, opts Options) *Server {
 		store: mgr.Storage(),
 		opts:  opts,
 		log:   opts.Logger,
-		keys:  newKeyring(opts.AdminKeys, opts.ConsumerKeys),
+		auth:  keyauth.New(mgr.Storage(), opts.AdminKeys, opts.ConsumerKeys),
 		mux:   http.NewServeMux(),
 	}
 	s.ui = ui.NewRecorder(uiSeriesLength, max(s.opts.UISampleInterval, 0))
@@ -228,7 +240,7 @@ func New(mgr *pharox.Manager, opts Options) *Server {
 	}
 	s.stopping, s.stop = context.WithCancel(context.Background())
 	s.metrics, s.gather = newHTTPMetrics(opts.Registerer, opts.Gatherer)
-	if s.keys.empty() && !opts.DisableAuth {
+	if s.auth.Empty() && !opts.DisableAuth {
 		s.log.Warn("pharox server: no API keys configured; every authenticated route answers 401")
 	}
 	s.routes = routeTable()
@@ -328,6 +340,11 @@ func (s *Server) RunBackground(ctx context.Context) {
 	if s.opts.UISampleInterval > 0 {
 		wg.Go(func() { s.every(ctx, s.opts.UISampleInterval, s.sampleUI) })
 	}
+	wg.Go(func() {
+		s.auth.Run(ctx, keyauth.DefaultTouchInterval, func(err error) {
+			s.log.Warn("pharox server: record when API keys were last used", "err", err)
+		})
+	})
 	wg.Wait()
 }
 

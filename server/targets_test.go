@@ -5,15 +5,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/api"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/server/servertest"
 	"github.com/pharox/pharox/storage/memory"
 )
-
-// plainStore is a store without per-site health: embedding the interface
-// hides the memory store's TargetStore methods.
-type plainStore struct{ pharox.Storage }
 
 // TestTargetsWithoutPerSiteHealth: on a store that keeps no per-site
 // health, a target is refused with 501 and one sentence saying so, not
@@ -22,7 +18,7 @@ type plainStore struct{ pharox.Storage }
 func TestTargetsWithoutPerSiteHealth(t *testing.T) {
 	mem := memory.New()
 	t.Cleanup(func() { mem.Close() })
-	e := servertest.NewEnv(t, plainStore{mem}, nil)
+	e := servertest.NewEnv(t, testfactory.WithoutTargets(mem), nil)
 	pool := e.CreatePool("main")
 	proxy := e.AddProxy(pool, api.CreateProxyRequest{Host: "10.30.0.1", Port: 80})
 	poolPath := "/v1/pools/" + pool.ID.String()

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -41,7 +42,7 @@ type gatewayOptions struct {
 	noTargetHealth                     bool
 	leaseDuration, acquireWait         time.Duration
 	dialTimeout, shutdownTimeout       time.Duration
-	accessLog, allowOpen               bool
+	accessLog, allowOpen, keyAuth      bool
 	logFormat, logLevel                string
 	idleTimeout, responseHeaderTimeout time.Duration
 	maxConns                           int
@@ -71,8 +72,17 @@ unknown keys are refused with 407. With --user set, the user name starts
 with it ("acme" or "acme-pool-latam-...").
 
 Auth: --password (with or without --user) requires inbound credentials;
---user needs --password. Without a password any credentials (or none) are
-accepted, which the gateway allows on loopback only unless --allow-open.
+--user needs --password. With --key-auth the proxy password is instead an
+API key (one kept in the store, see pharox key create, or a bootstrap key):
+a consumer key's requests lease as its consumer, from its pools only (403
+otherwise); admin keys lease as --consumer; viewer keys cannot lease;
+unknown, revoked or expired keys get 407. Over --server the gateway asks
+the server who each key is and leases with the user's own key, so the
+server applies its scopes; over --storage it checks keys in the store
+(and the bootstrap keys of PHAROX_ADMIN_KEY and PHAROX_CONSUMER_KEYS). A
+key revoked anywhere stops working here within a few seconds. Without a
+password or --key-auth any credentials (or none) are accepted, which the
+gateway allows on loopback only unless --allow-open.
 
 Leases come from a store opened directly (--storage, env PHAROX_STORAGE) or
 from a pharox server (--server and --api-key, env PHAROX_SERVER and
@@ -104,7 +114,8 @@ capacity), 502 (upstream failed or sent no header in
 
 Environment: PHAROX_GATEWAY_LISTEN, PHAROX_GATEWAY_SOCKS_LISTEN,
 PHAROX_GATEWAY_POOL, PHAROX_GATEWAY_USER, PHAROX_GATEWAY_PASSWORD (prefer
-these to flags for secrets: flags show in ps).`
+these to flags for secrets: flags show in ps), PHAROX_GATEWAY_KEY_AUTH
+(true for --key-auth).`
 
 func init() { rootCmd.AddCommand(newGatewayCmd()) }
 
@@ -132,6 +143,7 @@ func newGatewayCmd() *cobra.Command {
 	f.StringVar(&o.defaultPool, "default-pool", "", "pool used when the user name names none (env PHAROX_GATEWAY_POOL)")
 	f.StringVar(&o.user, "user", "", "inbound proxy user; with it or --password, auth is required (env PHAROX_GATEWAY_USER)")
 	f.StringVar(&o.password, "password", "", "inbound proxy password; prefer the env var (env PHAROX_GATEWAY_PASSWORD)")
+	f.BoolVar(&o.keyAuth, "key-auth", false, "the proxy password is an API key; its scopes apply (env PHAROX_GATEWAY_KEY_AUTH)")
 	f.StringVar(&o.consumer, "consumer", gateway.DefaultConsumer, "consumer name leases are taken for")
 	f.StringVar(&o.strategy, "strategy", string(pharox.RoundRobin), "proxy choice: round_robin, least_used, random or first_available")
 	f.IntSliceVar(&o.banStatuses, "ban-status", nil, "target status that means the upstream is banned, repeatable (default 429, and 403 for a request whose site is known)")
@@ -167,6 +179,18 @@ func (o *gatewayOptions) resolve(cmd *cobra.Command) error {
 	env("user", "PHAROX_GATEWAY_USER", &o.user)
 	env("password", "PHAROX_GATEWAY_PASSWORD", &o.password)
 	env("api-key", "PHAROX_API_KEY", &o.apiKey)
+	if !cmd.Flags().Changed("key-auth") {
+		if v := strings.TrimSpace(os.Getenv("PHAROX_GATEWAY_KEY_AUTH")); v != "" {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("PHAROX_GATEWAY_KEY_AUTH must be true or false, got %q", v)
+			}
+			o.keyAuth = b
+		}
+	}
+	if o.keyAuth && o.password != "" {
+		return errors.New("--key-auth and --password are mutually exclusive: with --key-auth the proxy password is an API key")
+	}
 	switch cs, cst := cmd.Flags().Changed("server"), cmd.Flags().Changed("storage"); {
 	case cs && cst:
 		return errors.New("--server and --storage are mutually exclusive: lease from a server or from a store, not both")
@@ -185,7 +209,7 @@ func (o *gatewayOptions) resolve(cmd *cobra.Command) error {
 	if o.user != "" && o.password == "" {
 		return errors.New("--user needs --password (or PHAROX_GATEWAY_PASSWORD): without one any password would pass")
 	}
-	if o.password == "" && !o.allowOpen {
+	if o.password == "" && !o.keyAuth && !o.allowOpen {
 		for _, addr := range []string{o.listen, o.socksListen} {
 			if addr != "" && !loopbackAddr(addr) {
 				return fmt.Errorf("--listen/--socks-listen %s reaches beyond this machine without auth: set --password (or PHAROX_GATEWAY_PASSWORD), or pass --allow-open to serve anyone who reaches it", addr)
@@ -233,7 +257,11 @@ func runGateway(ctx context.Context, o gatewayOptions, stderr io.Writer, ready f
 	if err != nil {
 		return err
 	}
-	var leaser gateway.Leaser
+	var (
+		leaser    gateway.Leaser
+		keys      gateway.KeyChecker
+		storeKeys *gateway.StoreKeys
+	)
 	source := ""
 	if o.server != "" {
 		opts := []client.Option{client.WithUserAgent("pharox-gateway")}
@@ -245,6 +273,9 @@ func runGateway(ctx context.Context, o gatewayOptions, stderr io.Writer, ready f
 			return err
 		}
 		leaser, source = gateway.NewRemoteLeaser(c), "server "+o.server
+		if o.keyAuth {
+			keys = gateway.NewServerKeys(c)
+		}
 	} else {
 		if err := requireSQLiteFile(o.storage); err != nil {
 			return err
@@ -258,11 +289,18 @@ func runGateway(ctx context.Context, o gatewayOptions, stderr io.Writer, ready f
 			logger.Warn("pharox gateway: a memory:// store starts empty and lives only in this process; use a shared store or --server")
 		}
 		leaser, source = gateway.NewLocalLeaser(pharox.NewManager(store, pharox.WithLogger(logger))), "storage "+open.Redact(o.storage)
+		if o.keyAuth {
+			if _, ok := store.(pharox.KeyStore); !ok {
+				logger.Warn("pharox gateway: this store keeps no API keys yet: only the bootstrap keys (PHAROX_ADMIN_KEY, PHAROX_CONSUMER_KEYS) pass --key-auth")
+			}
+			storeKeys = gateway.NewStoreKeys(store, serveSplitList(os.Getenv("PHAROX_ADMIN_KEY")), serveSplitList(os.Getenv("PHAROX_CONSUMER_KEYS")))
+			keys = storeKeys
+		}
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	gw, err := gateway.New(gateway.Config{
-		Leaser: leaser, DefaultPool: o.defaultPool, User: o.user, Password: o.password,
+		Leaser: leaser, Keys: keys, DefaultPool: o.defaultPool, User: o.user, Password: o.password,
 		Consumer: o.consumer, Strategy: pharox.Strategy(o.strategy), LeaseDuration: o.leaseDuration,
 		AcquireWait: o.acquireWait, BanStatuses: o.banStatuses, DialTimeout: o.dialTimeout,
 		BanMarkers: o.banMarkers, DisableTargetHealth: o.noTargetHealth,
@@ -336,7 +374,14 @@ func runGateway(ctx context.Context, o gatewayOptions, stderr io.Writer, ready f
 
 	errc := make(chan error, 3)
 	var wg sync.WaitGroup
-	attrs := []any{"source", source, "default_pool", o.defaultPool, "auth", o.user != "" || o.password != ""}
+	keysCtx, stopKeys := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopKeys()
+	if storeKeys != nil {
+		wg.Go(func() {
+			storeKeys.Run(keysCtx, func(err error) { logger.Warn("pharox gateway: record when API keys were last used", "err", err) })
+		})
+	}
+	attrs := []any{"source", source, "default_pool", o.defaultPool, "auth", o.user != "" || o.password != "" || o.keyAuth, "key_auth", o.keyAuth}
 	if httpLn != nil {
 		attrs = append(attrs, "http", httpLn.Addr().String())
 		wg.Go(func() { errc <- gw.Serve(httpLn) })
@@ -354,7 +399,7 @@ func runGateway(ctx context.Context, o gatewayOptions, stderr io.Writer, ready f
 		})
 	}
 	logger.Info("pharox gateway listening", attrs...)
-	if o.password == "" && (!loopbackAddr(o.listen) && o.listen != "" || !loopbackAddr(o.socksListen) && o.socksListen != "") {
+	if o.password == "" && !o.keyAuth && (!loopbackAddr(o.listen) && o.listen != "" || !loopbackAddr(o.socksListen) && o.socksListen != "") {
 		logger.Warn("pharox gateway: open to anyone who reaches it (no --password, --allow-open): it spends your proxies for them")
 	}
 	if ready != nil {
@@ -385,6 +430,7 @@ func runGateway(ctx context.Context, o gatewayOptions, stderr io.Writer, ready f
 		}
 	}
 	closeAll()
+	stopKeys()
 	wg.Wait()
 	return runErr
 }

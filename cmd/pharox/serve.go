@@ -100,14 +100,23 @@ memory://. Later starts use the kept key and say where it is; to rotate
 it, delete the file and restart. The SQLite database file is created with
 mode 0600 (it holds proxy passwords).
 
+Keys from flags, environment or the config file are bootstrap keys (admin
+keys: admin; consumer keys: consumer, not bound to any consumer). Other
+keys live in the store: create, rotate and revoke them with pharox key (or
+POST /v1/keys/), as admin, consumer (bound to consumers and pools) or
+viewer (read-only, for dashboards). Every serve sharing the store accepts
+a new key, and refuses a revoked one, within a few seconds. Admin actions
+are recorded in the store's audit log (pharox audit, GET /v1/audit/).
+
 /healthz, /readyz and /openapi.json need no key. /metrics needs an API key
 of any role unless --metrics-public. Metrics are labelled by pool, not by
 consumer, unless --metrics-consumer-labels: with it every consumer name
 adds its own series, so use it only with few, trusted consumer names. Each
-consumer key may use at most --max-consumers-per-key distinct consumer
-names (default 1000; counted per serve process, admin keys unlimited): an
-acquisition or consumer past it is refused with 403, and nothing is created
-for it.`
+bootstrap consumer key may use at most --max-consumers-per-key distinct
+consumer names (default 1000; counted per serve process, admin keys
+unlimited; stored consumer keys use only the consumers they are bound to):
+an acquisition or consumer past it is refused with 403, and nothing is
+created for it.`
 
 func init() {
 	var (
@@ -189,7 +198,7 @@ func init() {
 	_ = f.MarkDeprecated("metrics-require-key", "/metrics needs an API key by default now; --metrics-public serves it without one")
 	f.BoolVar(&flagCfg.metricsPublic, "metrics-public", false, "serve /metrics without an API key (by default it needs a key of any role)")
 	f.BoolVar(&flagCfg.consumerLabels, "metrics-consumer-labels", false, "label acquire and release metrics by consumer name (one set of series per consumer: only for few, trusted names)")
-	f.IntVar(&flagCfg.maxConsumersPerKey, "max-consumers-per-key", server.DefaultMaxConsumersPerKey, "distinct consumer names one consumer key may use in this process; past it, new names get 403 (negative: no limit)")
+	f.IntVar(&flagCfg.maxConsumersPerKey, "max-consumers-per-key", server.DefaultMaxConsumersPerKey, "distinct consumer names one bootstrap consumer key may use in this process; past it, new names get 403 (negative: no limit)")
 	f.StringVar(&flagCfg.logFmt, "log-format", "text", "log format: text or json")
 	f.StringVar(&flagCfg.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	rootCmd.AddCommand(cmd)
@@ -336,7 +345,7 @@ func runServe(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer, re
 	srv := server.New(mgr, opts)
 	return srv.ListenAndServe(ctx, cfg.Listen, func(addr net.Addr) {
 		fmt.Fprintf(stdout, "pharox: serving on http://%s (storage %s)\n", addr, open.Redact(cfg.Storage))
-		fmt.Fprintf(stdout, "pharox: dashboard at http://%s/ui/ (admin key)\n", addr)
+		fmt.Fprintf(stdout, "pharox: dashboard at http://%s/ui/ (admin or viewer key)\n", addr)
 		if keyNote != "" {
 			fmt.Fprintf(stdout, "pharox: %s\n", keyNote)
 		}

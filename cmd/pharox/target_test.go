@@ -23,6 +23,12 @@ type sharedStore struct{ *memory.Store }
 
 func (sharedStore) Close() error { return nil }
 
+// sharedKeyStore is a sharedStore that keeps API keys too.
+type sharedKeyStore struct {
+	sharedStore
+	pharox.KeyStore
+}
+
 // cli runs operator commands the way main does, against one store, either
 // directly (--storage) or through a real pharox server (--server).
 type cli struct {
@@ -40,7 +46,7 @@ func newDirectCLI(t *testing.T) *cli {
 		if url != "memory://test" {
 			return nil, errors.New("test opener: unexpected storage URL " + url)
 		}
-		return sharedStore{store}, nil
+		return sharedKeyStore{sharedStore{store}, store}, nil
 	}
 	t.Cleanup(func() { openStorage = prev })
 	return &cli{t: t, store: store, target: []string{"--storage", "memory://test"}}
@@ -69,7 +75,7 @@ func newRemoteCLI(t *testing.T) *cli {
 // into the next.
 func newRoot() *cobra.Command {
 	root := &cobra.Command{Use: "pharox", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(newPoolCmd(), newProxyCmd(), newLeaseCmd(), newStatsCmd(), newTargetsCmd())
+	root.AddCommand(newPoolCmd(), newProxyCmd(), newLeaseCmd(), newStatsCmd(), newTargetsCmd(), newKeyCmd(), newAuditCmd())
 	return root
 }
 

@@ -55,6 +55,12 @@ func Run(t *testing.T, newStore NewStore) {
 		{"UnknownPoolsGrowNothing", testUnknownPoolsGrowNothing},
 		{"ConsumersPerKey", testConsumersPerKey},
 		{"Targets", testTargets},
+		{"KeysLifecycle", testKeysLifecycle},
+		{"ViewerKey", testViewerKey},
+		{"TenantsOverHTTP", testTenantsOverHTTP},
+		{"StoredKeyGrowsNothing", testStoredKeyGrowsNothing},
+		{"KeysAcrossServers", testKeysAcrossServers},
+		{"TenantsThroughGateway", testTenantsThroughGateway},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore) })

@@ -4,7 +4,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/api"
 )
 
@@ -32,21 +31,6 @@ func testTargets(t *testing.T, newStore NewStore) {
 		t.Errorf("outcome with a bad target: detail %q", d)
 	}
 	e.Consumer("POST", "/v1/leases/"+l.ID.String()+"/release", nil).Expect(t, 200)
-
-	if _, ok := e.Store.(pharox.TargetStore); !ok {
-		// Without per-site health a target is refused clearly, not
-		// ignored: a client relying on it would lease blocked proxies.
-		for _, r := range []*Response{
-			e.Consumer("POST", "/v1/leases/", api.AcquireRequest{PoolName: "main", Target: "example.com"}),
-			e.Admin("GET", poolPath+"/targets", nil),
-			e.Admin("GET", poolPath+"/proxies/"+first.ID.String()+"/targets", nil),
-		} {
-			if r.Status != 501 || !strings.Contains(r.Detail(), "per-site") {
-				t.Errorf("store without per-site health: %d %s, want 501 saying so", r.Status, r.Body)
-			}
-		}
-		t.Skip("this store keeps no per-site health (no pharox.TargetStore): checked that targets are refused with 501")
-	}
 
 	// The proxy leased first is banned by one site: it cools down for that
 	// site (however the client spells it) and for nothing else.

@@ -46,24 +46,12 @@ var leaseVerdictTests = []subtest{
 	{name: "UnknownLease", fn: testVerdictUnknown},
 }
 
-// keyStore returns the fixture's store as a KeyStore, or skips.
-func (f *fixture) keyStore() pharox.KeyStore {
-	f.t.Helper()
-	ks, ok := f.s.(pharox.KeyStore)
-	if !ok {
-		f.t.Skipf("storagetest: %T does not implement pharox.KeyStore", f.s)
-	}
-	return ks
-}
+// keyStore returns the fixture's store as the KeyStore under test.
+func (f *fixture) keyStore() pharox.KeyStore { return f.s }
 
-func (f *fixture) verdictStore() pharox.LeaseVerdictStore {
-	f.t.Helper()
-	vs, ok := f.s.(pharox.LeaseVerdictStore)
-	if !ok {
-		f.t.Skipf("storagetest: %T does not implement pharox.LeaseVerdictStore", f.s)
-	}
-	return vs
-}
+// verdictStore returns the fixture's store as the LeaseVerdictStore under
+// test.
+func (f *fixture) verdictStore() pharox.LeaseVerdictStore { return f.s }
 
 // keyFor returns a valid admin key named name whose secret is "secret-"+name.
 func keyFor(name string) pharox.APIKey {

@@ -550,8 +550,9 @@ func runWorker(t *testing.T, cfg MultiProcessConfig) {
 			if g%5 == 4 {
 				req.SessionKey, req.SessionTTL = fmt.Sprintf("mp-session-%d", g%3), 10*time.Second
 			}
-			ts, forTarget := s.(pharox.TargetStore)
-			if forTarget = forTarget && g%3 == 2; forTarget {
+			ts := pharox.TargetStore(s)
+			forTarget := g%3 == 2
+			if forTarget {
 				req.Target = mpTarget
 			}
 			for n := 0; time.Now().Before(deadline); n++ {
@@ -615,9 +616,9 @@ func runWorker(t *testing.T, cfg MultiProcessConfig) {
 // claimVerdictFromAll claims the named lease's verdict from n goroutines
 // at once and returns how many claims were first.
 func claimVerdictFromAll(ctx context.Context, s pharox.Storage, lease string, n int, fail func(string, ...any)) int64 {
-	vs, ok := s.(pharox.LeaseVerdictStore)
+	vs := pharox.LeaseVerdictStore(s)
 	id, err := uuid.Parse(lease)
-	if !ok || err != nil {
+	if err != nil {
 		fail("verdict lease %q on %T: %v", lease, s, err)
 		return 0
 	}

@@ -32,15 +32,8 @@ var targetTests = []subtest{
 	{name: "ConcurrentBansAndAcquisitions", fn: testTargetConcurrent},
 }
 
-// targetStore returns f's store as a TargetStore or skips the test.
-func (f *fixture) targetStore() pharox.TargetStore {
-	f.t.Helper()
-	ts, ok := f.s.(pharox.TargetStore)
-	if !ok {
-		f.t.Skipf("%T does not implement pharox.TargetStore (per-target health): target tests skipped", f.s)
-	}
-	return ts
-}
+// targetStore returns f's store as the TargetStore under test.
+func (f *fixture) targetStore() pharox.TargetStore { return f.s }
 
 // targetPolicy is the policy the section applies: the default with a long
 // first cool-down, so bans last the whole test.

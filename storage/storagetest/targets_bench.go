@@ -36,10 +36,7 @@ func BenchmarkTargets(b *testing.B, newStore func(b *testing.B) pharox.Storage) 
 	}
 	b.Run(fmt.Sprintf("proxies=%d/cooling=50%%", n), func(b *testing.B) {
 		s := newStore(b)
-		ts, ok := s.(pharox.TargetStore)
-		if !ok {
-			b.Skipf("%T does not implement pharox.TargetStore", s)
-		}
+		ts := pharox.TargetStore(s)
 		ctx := context.Background()
 		pool, err := s.CreatePool(ctx, pharox.Pool{Name: "targets"})
 		if err != nil {

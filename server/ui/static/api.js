@@ -67,4 +67,10 @@ export const api = {
   sweep: (poolId, target) =>
     request("POST", `/v1/pools/${enc(poolId)}/health-check`, target ? { target_url: target } : {}),
   release: (leaseId) => request("POST", `/v1/leases/${enc(leaseId)}/release`, {}),
+  self: (key) => request("GET", "/v1/keys/self", undefined, key),
+  keys: () => request("GET", "/v1/keys/"),
+  createKey: (body) => request("POST", "/v1/keys/", body),
+  rotateKey: (id) => request("POST", `/v1/keys/${enc(id)}/rotate`, {}),
+  revokeKey: (id) => request("DELETE", `/v1/keys/${enc(id)}`),
+  audit: (limit) => request("GET", `/v1/audit/?limit=${limit}`),
 };

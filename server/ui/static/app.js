@@ -1,6 +1,8 @@
 // The pharox operator dashboard. It polls the JSON API once a second with
-// the operator's admin key and renders pools, proxies, active leases,
-// health sweeps and charts. All data is rendered as text (see dom.js).
+// the operator's admin or viewer key and renders pools, proxies, active
+// leases, health sweeps and charts; a viewer sees everything without the
+// write controls, an admin also manages API keys and reads the audit log.
+// All data is rendered as text (see dom.js).
 
 import { $, el, text, clear } from "./dom.js";
 import { api, ApiError, getKey, setKey, forgetKey } from "./api.js";
@@ -12,6 +14,8 @@ const MAX_PROXY_ROWS = 500;
 const LEASE_LIMIT = 1000;
 const MAX_TARGET_ROWS = 100;
 const STATUSES = ["active", "slow", "inactive", "banned"];
+const ADMIN_EVERY = 5; // rounds between reloads of keys and the audit log
+const AUDIT_LIMIT = 50;
 
 const state = {
   timer: 0,
@@ -30,7 +34,21 @@ const state = {
   sweeping: new Set(), // pool ids with a sweep requested from this page
   poolKey: "",
   countryKey: "",
+  self: null, // GET /v1/keys/self of the key in use
+  round: 0,
+  keys: [],
+  audit: [],
 };
+
+// readonly is true for a viewer key: no write controls.
+function readonly() {
+  return !!state.self && state.self.role !== "admin";
+}
+
+// managesKeys is true for an admin key on a server that keeps keys.
+function managesKeys() {
+  return !!state.self && state.self.role === "admin" && state.self.manages_keys;
+}
 
 const rows = {
   pools: new Map(),
@@ -123,6 +141,11 @@ function showLogin(message) {
   $("live").hidden = true;
   $("pause").hidden = true;
   $("signout").hidden = true;
+  $("whoami").hidden = true;
+  $("admin-panels").hidden = true;
+  document.body.classList.remove("readonly");
+  state.self = null;
+  hideSecret();
   banner("");
   $("login").hidden = false;
   text($("login-error"), message || "");
@@ -135,6 +158,18 @@ function showApp() {
   $("live").hidden = false;
   $("pause").hidden = false;
   $("signout").hidden = false;
+}
+
+// applyRole shows who the key is and what the page lets it do.
+function applyRole() {
+  const self = state.self;
+  const who = $("whoami");
+  who.hidden = !self;
+  if (!self) return;
+  text(who, `${self.name} · ${self.role}${readonly() ? " · read-only" : ""}`);
+  who.className = "whoami " + self.role;
+  document.body.classList.toggle("readonly", readonly());
+  $("admin-panels").hidden = !managesKeys();
 }
 
 // refusal explains why the API turned a key away.
@@ -156,10 +191,13 @@ async function signIn(ev) {
   $("login-submit").disabled = true;
   try {
     const dash = await api.dashboard(key);
+    const self = await api.self(key);
     input.value = "";
     setKey(key);
     text($("login-error"), "");
+    state.self = self;
     showApp();
+    applyRole();
     state.dash = dash;
     start();
   } catch (err) {
@@ -228,6 +266,11 @@ async function poll() {
 }
 
 async function load() {
+  if (!state.self) {
+    state.self = await api.self();
+    applyRole();
+  }
+  if (managesKeys() && state.round++ % ADMIN_EVERY === 0) await loadAdmin();
   const sent = Date.now();
   const dash = await api.dashboard();
   const received = Date.now();
@@ -293,6 +336,12 @@ function poolNames() {
   return m;
 }
 
+async function loadAdmin() {
+  const [keys, audit] = await Promise.all([api.keys(), api.audit(AUDIT_LIMIT)]);
+  state.keys = keys;
+  state.audit = audit;
+}
+
 function render() {
   renderFilters();
   renderPools();
@@ -300,6 +349,53 @@ function render() {
   renderTargets();
   renderProxies();
   renderLeases();
+  if (managesKeys()) {
+    renderKeys();
+    renderAudit();
+  }
+}
+
+function keyState(k) {
+  if (k.revoked_at) return "revoked";
+  if (k.expires_at && Date.parse(k.expires_at) <= serverNow()) return "expired";
+  return k.expires_at ? "expires in " + duration(Date.parse(k.expires_at) - serverNow()) : "active";
+}
+
+function renderKeys() {
+  const body = $("keys").tBodies[0];
+  clear(body);
+  for (const k of state.keys) {
+    const usable = !k.revoked_at;
+    const rotate = el("button", { type: "button", class: "rotate-btn" }, "Rotate");
+    const revoke = el("button", { type: "button", class: "danger revoke-btn" }, "Revoke");
+    rotate.disabled = revoke.disabled = !usable;
+    rotate.addEventListener("click", () => rotateKey(k));
+    revoke.addEventListener("click", () => revokeKey(k));
+    body.append(el("tr", { "data-name": k.name, "data-id": k.id, class: usable ? "" : "muted" },
+      el("td", {}, k.name),
+      el("td", {}, k.role),
+      el("td", { class: "mono" }, k.hint + "…"),
+      el("td", {}, k.consumers.join(", ") || (k.role === "consumer" ? "(" + k.name + ")" : "")),
+      el("td", {}, k.pools.join(", ") || (k.role === "consumer" ? "every pool" : "")),
+      el("td", { class: "state" }, keyState(k)),
+      el("td", {}, k.last_used_at ? ago(k.last_used_at) : "never"),
+      el("td", {}, rotate, " ", revoke)));
+  }
+  text($("keys-count"), `(${state.keys.length})`);
+  $("keys-empty").hidden = state.keys.length > 0;
+}
+
+function renderAudit() {
+  const body = $("audit").tBodies[0];
+  clear(body);
+  for (const e of state.audit) {
+    body.append(el("tr", {},
+      el("td", { title: new Date(e.at).toLocaleString() }, ago(e.at)),
+      el("td", {}, e.actor),
+      el("td", { class: "mono" }, e.action),
+      el("td", { title: `${e.target_kind} ${e.target_id}` }, e.detail)));
+  }
+  $("audit-empty").hidden = state.audit.length > 0;
 }
 
 // syncOptions replaces a select's options after the first (the "all"
@@ -371,7 +467,7 @@ function renderPools() {
         leased: el("td", { class: "num" }),
         leases: el("td", { class: "num" }),
         sweep: el("td"),
-        button: el("button", { type: "button", class: "sweep-btn" }, "Sweep"),
+        button: el("button", { type: "button", class: "sweep-btn write" }, "Sweep"),
       };
       r.name.addEventListener("click", () => {
         $("f-pool").value = pool.id;
@@ -534,7 +630,7 @@ function renderProxies() {
         when: el("span", { class: "when" }),
         why: el("span", { class: "why" }),
         reason: el("td", { class: "reason" }),
-        select: el("select", { class: "set-status", "aria-label": "Set status" },
+        select: el("select", { class: "set-status write", "aria-label": "Set status" },
           el("option", { value: "" }, "set…"), ...STATUSES.map((s) => el("option", { value: s }, s))),
       };
       r.reason.append(r.when, r.why);
@@ -592,7 +688,7 @@ function renderLeases() {
         consumer: el("td"),
         held: el("td", { class: "num" }),
         left: el("td", { class: "num" }),
-        button: el("button", { type: "button", class: "danger release-btn" }, "Release"),
+        button: el("button", { type: "button", class: "danger release-btn write" }, "Release"),
       };
       r.button.addEventListener("click", () => release(r.lease));
       r.tr.append(r.proxy, r.pool, r.consumer, r.held, r.left, el("td", {}, r.button));
@@ -687,12 +783,86 @@ async function release(lease) {
   refreshNow();
 }
 
+// showSecret shows a new secret, once.
+function showSecret(what, created) {
+  text($("key-secret-what"), `${what} ${created.role} key ${created.name}.`);
+  text($("key-secret-value"), created.secret);
+  $("key-secret").hidden = false;
+}
+
+function hideSecret() {
+  text($("key-secret-value"), "");
+  $("key-secret").hidden = true;
+}
+
+function names(v) {
+  return v.split(",").map((s) => s.trim()).filter(Boolean);
+}
+
+async function createKey(ev) {
+  ev.preventDefault();
+  const body = { name: $("kf-name").value.trim(), role: $("kf-role").value };
+  if (body.role === "consumer") {
+    const consumers = names($("kf-consumers").value);
+    const pools = names($("kf-pools").value);
+    if (consumers.length) body.consumers = consumers;
+    if (pools.length) body.pools = pools;
+  }
+  const hours = parseFloat($("kf-expires").value);
+  if (hours > 0) body.expires_in_seconds = hours * 3600;
+  $("kf-submit").disabled = true;
+  try {
+    const created = await api.createKey(body);
+    $("key-form").reset();
+    showSecret("Created", created);
+    toast(`Key ${created.name} created.`);
+    await loadAdmin();
+    renderKeys();
+    renderAudit();
+  } catch (err) {
+    toast("Could not create the key: " + describe(err), true);
+  } finally {
+    $("kf-submit").disabled = false;
+  }
+}
+
+async function rotateKey(k) {
+  const ok = await confirmAction("Rotate key",
+    `Give key ${k.name} a new secret? The current one stops working on every server within seconds.`, "Rotate");
+  if (!ok) return;
+  try {
+    showSecret("Rotated", await api.rotateKey(k.id));
+    await loadAdmin();
+    renderKeys();
+    renderAudit();
+  } catch (err) {
+    toast("Could not rotate the key: " + describe(err), true);
+  }
+}
+
+async function revokeKey(k) {
+  const ok = await confirmAction("Revoke key",
+    `Revoke key ${k.name}? Every server refuses it within seconds; this cannot be undone.`, "Revoke");
+  if (!ok) return;
+  try {
+    await api.revokeKey(k.id);
+    toast(`Key ${k.name} revoked.`);
+    await loadAdmin();
+    renderKeys();
+    renderAudit();
+  } catch (err) {
+    toast("Could not revoke the key: " + describe(err), true);
+  }
+}
+
 // ---- wiring ----
 
 function init() {
   $("login-form").addEventListener("submit", signIn);
   $("confirm").addEventListener("close", confirmClosed);
   $("signout").addEventListener("click", () => signOut(""));
+  $("key-form").addEventListener("submit", createKey);
+  $("key-secret-close").addEventListener("click", hideSecret);
   $("pause").addEventListener("click", () => {
     state.paused = !state.paused;
     text($("pause"), state.paused ? "Resume" : "Pause");
