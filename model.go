@@ -509,6 +509,10 @@ type HealthCheckResult struct {
 	// FailureThreshold is how many failures in a row it takes before a
 	// failing Status is applied; below 1 means at once.
 	FailureThreshold int `json:"failure_threshold,omitempty"`
+	// Target is the site (see NormalizeTarget) the probe requested, when
+	// known. Stores ignore it; the health orchestrator records a ban for
+	// that site too (TargetStore.ApplyTargetOutcome).
+	Target string `json:"target,omitempty"`
 }
 
 // Validate checks the result before storage applies it.

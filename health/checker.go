@@ -112,6 +112,7 @@ type CheckerOptions struct {
 type Checker struct {
 	opts     CheckerOptions
 	target   *url.URL
+	site     string // the target's site (pharox.NormalizeTarget)
 	method   string
 	banBody  [][]byte
 	tlsBase  *tls.Config
@@ -164,9 +165,14 @@ func NewChecker(opts CheckerOptions) (*Checker, error) {
 	if method == "" {
 		method = http.MethodGet
 	}
+	site, err := pharox.NormalizeTarget(u.Host)
+	if err != nil {
+		return nil, bad("target URL %q: %v", opts.TargetURL, err)
+	}
 	c := &Checker{
 		opts:   opts,
 		target: u,
+		site:   site,
 		method: method,
 		dialer: &net.Dialer{KeepAlive: -1},
 	}
@@ -233,6 +239,7 @@ func (c *Checker) Probe(ctx context.Context, p *pharox.Proxy) Result {
 		Protocol:  p.Protocol,
 		Attempts:  1,
 		CheckedAt: c.opts.Clock().UTC(),
+		Target:    c.site,
 	}}
 	tr, err := c.transport(p)
 	if err != nil {

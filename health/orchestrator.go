@@ -55,6 +55,14 @@ type OrchestratorOptions struct {
 	// SkipTargetCheck disables the direct request to the target before a
 	// sweep. Set it where the target is reachable only through proxies.
 	SkipTargetCheck bool
+	// TargetPolicy is how a probe's ban is also recorded for the probe
+	// target's site (per-site health, pharox.TargetStore): the proxy cools
+	// down for that site as an outcome reported with it would make it.
+	// Nil means pharox.DefaultTargetPolicy(). A ban the MaxBannedShare
+	// guard withholds is not recorded for the site either.
+	TargetPolicy *pharox.TargetPolicy
+	// DisableTargetHealth stops recording probe bans for the site.
+	DisableTargetHealth bool
 	// Pools are the pools Run sweeps; empty means every pool.
 	Pools []string
 	// Progress, when set, is called after each proxy is done (checked,
@@ -129,6 +137,11 @@ func validateOrchestratorOptions(store pharox.Storage, checker *Checker, opts Or
 	case opts.ReportLimit < 0:
 		return bad("ReportLimit must not be negative, got %d", opts.ReportLimit)
 	}
+	if opts.TargetPolicy != nil {
+		if err := opts.TargetPolicy.Validate(); err != nil {
+			return fmt.Errorf("health: orchestrator: TargetPolicy: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -169,6 +182,10 @@ func NewOrchestrator(store pharox.Storage, checker *Checker, opts OrchestratorOp
 	}
 	if math.IsNaN(opts.RateLimit) {
 		opts.RateLimit = 0
+	}
+	if opts.TargetPolicy == nil {
+		p := pharox.DefaultTargetPolicy()
+		opts.TargetPolicy = &p
 	}
 	o := &Orchestrator{store: store, checker: checker, opts: opts, log: opts.Logger, invalid: invalid}
 	if o.log == nil {
@@ -414,6 +431,25 @@ func (o *Orchestrator) apply(ctx context.Context, r probeResult, acc *accumulato
 		acc.storeError(err, time.Since(started))
 	default:
 		acc.checked(r.it, r.res, updated, time.Since(started))
+		o.recordSiteBan(ctx, r)
+	}
+}
+
+// recordSiteBan records a probe's ban for the probe target's site too, so
+// that acquisitions for that site pass the proxy over for the cool-down
+// even after a later probe finds it healthy again. A ban the guard
+// withheld (FailureThreshold raised to MaxInt32) is not recorded.
+func (o *Orchestrator) recordSiteBan(ctx context.Context, r probeResult) {
+	res := r.res.HealthCheckResult
+	if o.opts.DisableTargetHealth || res.Target == "" || r.res.Kind != KindBanned || res.FailureThreshold == math.MaxInt32 {
+		return
+	}
+	_, _, err := o.store.ApplyTargetOutcome(ctx, pharox.TargetOutcome{
+		ProxyID: res.ProxyID, Target: res.Target, Kind: pharox.OutcomeBanned,
+		StatusCode: res.StatusCode, Reason: res.Error, At: res.CheckedAt,
+	}, *o.opts.TargetPolicy)
+	if err != nil && !errors.Is(err, pharox.ErrUnsupported) && !errors.Is(err, pharox.ErrProxyNotFound) && ctx.Err() == nil {
+		o.log.Error("pharox health: store site ban", "proxy", res.ProxyID, "pool", r.it.pool, "site", res.Target, "err", err)
 	}
 }
 

@@ -486,3 +486,82 @@ func TestNewOrchestratorNaNOptions(t *testing.T) {
 		t.Errorf("RateLimit NaN became %v (limiter %v), want no limit", o.opts.RateLimit, o.limiter)
 	}
 }
+
+// TestSweepRecordsSiteBans: a probe's ban is also recorded for the probe
+// target's site, so acquisitions for that site pass the proxy over; a ban
+// the guard withholds is not, and DisableTargetHealth turns it off.
+func TestSweepRecordsSiteBans(t *testing.T) {
+	tg := newTarget(t)
+	var blocked, open atomic.Int64
+	blocked.Store(http.StatusTooManyRequests)
+	blockedAddr := startHTTPProxy(t, newSwitchProxy(&blocked), false)
+	openAddr := startHTTPProxy(t, newSwitchProxy(&open), false)
+	user := func() *pharox.Credentials { return &pharox.Credentials{User: uuid.NewString()} }
+	ctx := context.Background()
+	checker := newTestChecker(t, CheckerOptions{TargetURL: tg.plain.URL})
+	site, err := pharox.NormalizeTarget(tg.plain.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries := func(store pharox.Storage, id uuid.UUID) []*pharox.TargetState {
+		t.Helper()
+		ts, err := store.ListTargetStates(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ts
+	}
+
+	store := memory.New()
+	all := seedPool(t, store, "all-blocked",
+		proxyAt(t, blockedAddr, pharox.ProtocolHTTP, user()), proxyAt(t, blockedAddr, pharox.ProtocolHTTP, user()),
+		proxyAt(t, blockedAddr, pharox.ProtocolHTTP, user()), proxyAt(t, blockedAddr, pharox.ProtocolHTTP, user()))
+	one := seedPool(t, store, "one-blocked",
+		proxyAt(t, blockedAddr, pharox.ProtocolHTTP, user()), proxyAt(t, openAddr, pharox.ProtocolHTTP, user()),
+		proxyAt(t, openAddr, pharox.ProtocolHTTP, user()), proxyAt(t, openAddr, pharox.ProtocolHTTP, user()))
+	if _, err := NewOrchestrator(store, checker, OrchestratorOptions{FailureThreshold: 1}).SweepAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := entries(store, one[0].ID)
+	if len(got) != 1 || got[0].Target != site || got[0].CoolingUntil == nil || got[0].LastStatusCode != 429 {
+		t.Fatalf("banned proxy's site entries: %+v, want one cooling for %q", got, site)
+	}
+	if got := entries(store, one[1].ID); len(got) != 0 {
+		t.Fatalf("healthy proxy has site entries %+v", got)
+	}
+	if got := entries(store, all[0].ID); len(got) != 0 {
+		t.Fatalf("a ban the guard withheld was recorded for the site: %+v", got)
+	}
+	c, err := store.EnsureConsumer(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The site's acquisitions never get the proxy banned for it, even
+	// once an operator set it active again.
+	if _, err := store.SetProxyStatus(ctx, one[0].ID, pharox.StatusActive); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		l, err := store.AcquireLease(ctx, pharox.AcquireRequest{PoolName: "one-blocked", ConsumerID: c.ID, ConsumerName: c.Name,
+			Duration: time.Minute, Strategy: pharox.FirstAvailable, Target: site})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.ProxyID == one[0].ID {
+			t.Fatalf("acquired the proxy cooling down for %q", site)
+		}
+	}
+
+	store = memory.New()
+	off := seedPool(t, store, "p", proxyAt(t, blockedAddr, pharox.ProtocolHTTP, user()), proxyAt(t, openAddr, pharox.ProtocolHTTP, user()),
+		proxyAt(t, openAddr, pharox.ProtocolHTTP, user()), proxyAt(t, openAddr, pharox.ProtocolHTTP, user()))
+	if _, err := NewOrchestrator(store, checker, OrchestratorOptions{FailureThreshold: 1, DisableTargetHealth: true}).SweepAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if p := getProxy(t, store, off[0].ID); p.Status != pharox.StatusBanned {
+		t.Fatalf("with DisableTargetHealth the proxy is %s, want banned", p.Status)
+	}
+	if got := entries(store, off[0].ID); len(got) != 0 {
+		t.Fatalf("DisableTargetHealth: site entries %+v", got)
+	}
+}
