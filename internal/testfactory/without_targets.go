@@ -19,7 +19,7 @@ func WithoutTargets(s pharox.Storage) pharox.Storage { return noTargets{s} }
 
 type noTargets struct{ pharox.Storage }
 
-var errNoTargets = fmt.Errorf("%w: this store keeps no per-site (target) health", pharox.ErrUnsupported)
+var errNoTargets = fmt.Errorf("%w: per-site (target) health is not kept by this store", pharox.ErrUnsupported)
 
 func (n noTargets) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*pharox.Lease, error) {
 	if req.Target != "" {
