@@ -75,8 +75,8 @@ func backendDropMySQLTables(t testing.TB, admin *sql.DB, prefix string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	rows, err := admin.QueryContext(ctx, `SELECT table_name FROM information_schema.tables
-		WHERE table_schema = DATABASE() AND table_name LIKE ? ORDER BY table_name = ? DESC`,
-		strings.ReplaceAll(prefix, "_", `\_`)+"%", prefix+"proxies")
+		WHERE table_schema = DATABASE() AND table_name LIKE ? ORDER BY table_name = ? DESC, table_name = ? DESC`,
+		strings.ReplaceAll(prefix, "_", `\_`)+"%", prefix+"proxy_targets", prefix+"proxies")
 	if err != nil {
 		t.Errorf("list tables %s*: %v", prefix, err)
 		return
@@ -92,7 +92,8 @@ func backendDropMySQLTables(t testing.TB, admin *sql.DB, prefix string) {
 	if len(names) == 0 {
 		return
 	}
-	// proxies first: its foreign key refers to pools.
+	// proxy_targets, then proxies first: their foreign keys refer to
+	// proxies and pools.
 	if _, err := admin.ExecContext(ctx, "DROP TABLE IF EXISTS "+strings.Join(names, ", ")); err != nil {
 		t.Errorf("drop tables %s*: %v", prefix, err)
 	}
