@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -229,12 +228,8 @@ func newEnvOn(t *testing.T, store pharox.Storage, mopts []pharox.ManagerOption, 
 func (e *env) add(maxConc int, cred *pharox.Credentials, ups ...*upstream) {
 	e.t.Helper()
 	for _, u := range ups {
-		host, port, _ := net.SplitHostPort(u.Addr)
-		n, _ := strconv.Atoi(port)
-		p := pharox.Proxy{PoolID: e.pool.ID, Host: host, Port: n, Protocol: u.Proto, Credentials: cred, Country: "AR", Source: "test"}
-		if maxConc > 0 {
-			p.MaxConcurrency = &maxConc
-		}
+		p := u.Proxy(e.pool.ID, maxConc, cred)
+		p.Country, p.Source = "AR", "test"
 		out, err := e.store.AddProxies(context.Background(), []pharox.Proxy{p})
 		if err != nil {
 			e.t.Fatal(err)

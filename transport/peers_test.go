@@ -155,13 +155,7 @@ func (e *env) add(maxConc int, cred *pharox.Credentials, ups ...*upstream) []*ph
 	e.t.Helper()
 	var added []*pharox.Proxy
 	for _, u := range ups {
-		host, port, _ := net.SplitHostPort(u.Addr)
-		n, _ := strconv.Atoi(port)
-		p := pharox.Proxy{PoolID: e.pool.ID, Host: host, Port: n, Protocol: u.Proto, Credentials: cred}
-		if maxConc > 0 {
-			p.MaxConcurrency = &maxConc
-		}
-		out, err := e.store.AddProxies(context.Background(), []pharox.Proxy{p})
+		out, err := e.store.AddProxies(context.Background(), []pharox.Proxy{u.Proxy(e.pool.ID, maxConc, cred)})
 		if err != nil {
 			e.t.Fatal(err)
 		}
@@ -174,10 +168,9 @@ func (e *env) add(maxConc int, cred *pharox.Credentials, ups ...*upstream) []*ph
 // addProxy registers one upstream with alice's credentials in a pool.
 func (e *env) addProxy(pool uuid.UUID, u *upstream, country string) *pharox.Proxy {
 	e.t.Helper()
-	host, port, _ := net.SplitHostPort(u.Addr)
-	n, _ := strconv.Atoi(port)
-	out, err := e.store.AddProxies(context.Background(), []pharox.Proxy{{PoolID: pool, Host: host, Port: n,
-		Protocol: u.Proto, Credentials: alice(), Country: country}})
+	p := u.Proxy(pool, 0, alice())
+	p.Country = country
+	out, err := e.store.AddProxies(context.Background(), []pharox.Proxy{p})
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	socks5 "github.com/armon/go-socks5"
 	"github.com/elazarl/goproxy"
+	"github.com/google/uuid"
 	"go.uber.org/goleak"
 
 	"github.com/pharox/pharox"
@@ -137,6 +138,18 @@ func (u *Upstream) Close() {
 			u.stop()
 		}
 	})
+}
+
+// Proxy is the proxy record for u in pool, with credentials cred and the
+// given max concurrency (0: unlimited), for a store's AddProxies.
+func (u *Upstream) Proxy(pool uuid.UUID, maxConc int, cred *pharox.Credentials) pharox.Proxy {
+	host, port, _ := net.SplitHostPort(u.Addr)
+	n, _ := strconv.Atoi(port)
+	p := pharox.Proxy{PoolID: pool, Host: host, Port: n, Protocol: u.Proto, Credentials: cred}
+	if maxConc > 0 {
+		p.MaxConcurrency = &maxConc
+	}
+	return p
 }
 
 // HTTPOptions adjusts [StartGoproxy].
