@@ -141,13 +141,13 @@ func serveHop(tb testing.TB, h http.Handler) string {
 func TestBaselineHopsForward(t *testing.T) {
 	tg := newTarget(t)
 	up := startHTTPUpstream(t, "127.0.0.2", true)
-	upURL := &url.URL{Scheme: "http", Host: up.addr, User: url.UserPassword(upUser, upPass)}
+	upURL := &url.URL{Scheme: "http", Host: up.Addr, User: url.UserPassword(upUser, upPass)}
 	for name, addr := range map[string]string{"bare": startBareHop(t, upURL), "goproxy": startGoproxyHop(t, upURL)} {
 		t.Run(name, func(t *testing.T) {
 			tr := &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: addr})}
 			defer tr.CloseIdleConnections()
 			c := &http.Client{Transport: tr}
-			resp, err := c.Get(tg.plain.URL + "/small")
+			resp, err := c.Get(tg.Plain.URL + "/small")
 			if err != nil {
 				t.Fatalf("GET through the %s hop: %v", name, err)
 			}
@@ -162,7 +162,7 @@ func TestBaselineHopsForward(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer conn.Close()
-			host := tg.plain.Listener.Addr().String()
+			host := tg.Plain.Listener.Addr().String()
 			if _, err := io.WriteString(conn, "CONNECT "+host+" HTTP/1.1\r\nHost: "+host+"\r\n\r\n"); err != nil {
 				t.Fatal(err)
 			}

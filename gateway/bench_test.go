@@ -32,7 +32,7 @@ type benchEnv struct {
 
 func newBenchEnv(b *testing.B) *benchEnv {
 	b.Helper()
-	target := newTarget(b).plain.URL
+	target := newTarget(b).Plain.URL
 	up := startHTTPUpstream(b, "127.0.0.2", true)
 	store := memory.New()
 	b.Cleanup(func() { store.Close() })
@@ -42,7 +42,7 @@ func newBenchEnv(b *testing.B) *benchEnv {
 	if err != nil {
 		b.Fatal(err)
 	}
-	host, portStr, _ := net.SplitHostPort(up.addr)
+	host, portStr, _ := net.SplitHostPort(up.Addr)
 	port, _ := strconv.Atoi(portStr)
 	if _, err := store.AddProxies(ctx, []pharox.Proxy{{PoolID: pool.ID, Host: host, Port: port,
 		Protocol: pharox.ProtocolHTTP, Credentials: alice()}}); err != nil {
@@ -66,7 +66,7 @@ func newBenchEnv(b *testing.B) *benchEnv {
 		b.Cleanup(tr.CloseIdleConnections)
 		return &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	}
-	upURL := &url.URL{Scheme: "http", Host: up.addr, User: url.UserPassword(upUser, upPass)}
+	upURL := &url.URL{Scheme: "http", Host: up.Addr, User: url.UserPassword(upUser, upPass)}
 	return &benchEnv{
 		url:     target + "/small",
 		direct:  mk(upURL),

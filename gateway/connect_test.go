@@ -9,13 +9,13 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/testpeers"
 )
 
 // startHijackingUpstream starts an HTTP proxy that answers CONNECT the way
@@ -23,62 +23,27 @@ import (
 // header lines (here Transfer-Encoding: chunked or a Content-Length), then
 // the raw tunnel to the target.
 func startHijackingUpstream(t *testing.T, ip, extraHeader string) *upstream {
-	ln := listenOn(t, ip)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	conns := map[net.Conn]bool{}
-	track := func(c net.Conn, on bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		if on {
-			conns[c] = true
-		} else {
-			delete(conns, c)
+	return testpeers.ServeConns(t, listenOn(t, ip), pharox.ProtocolHTTP, ip, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		req, err := http.ReadRequest(br)
+		if err != nil || req.Method != http.MethodConnect {
+			return
 		}
-	}
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			track(c, true)
-			wg.Go(func() {
-				defer track(c, false)
-				defer c.Close()
-				br := bufio.NewReader(c)
-				req, err := http.ReadRequest(br)
-				if err != nil || req.Method != http.MethodConnect {
-					return
-				}
-				up, err := boundDialer(ip).Dial("tcp", req.Host)
-				if err != nil {
-					io.WriteString(c, "HTTP/1.1 502 Bad Gateway\r\n\r\n")
-					return
-				}
-				track(up, true)
-				defer track(up, false)
-				defer up.Close()
-				io.WriteString(c, "HTTP/1.1 200 OK\r\n"+extraHeader+"\r\n\r\n")
-				done := make(chan struct{})
-				go func() { io.Copy(up, br); up.Close(); close(done) }()
-				io.Copy(c, up)
-				c.Close()
-				<-done
-			})
+		up, err := boundDialer(ip).Dial("tcp", req.Host)
+		if err != nil {
+			io.WriteString(c, "HTTP/1.1 502 Bad Gateway\r\n\r\n")
+			return
 		}
+		defer up.Close()
+		io.WriteString(c, "HTTP/1.1 200 OK\r\n"+extraHeader+"\r\n\r\n")
+		done := make(chan struct{})
+		// Closing c (the test's cleanup) ends this copy, which closes up
+		// and so ends the other.
+		go func() { io.Copy(up, br); up.Close(); close(done) }()
+		io.Copy(c, up)
+		c.Close()
+		<-done
 	})
-	u := &upstream{ip: ip, addr: ln.Addr().String(), proto: pharox.ProtocolHTTP, stop: func() {
-		ln.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	}}
-	t.Cleanup(u.close)
-	return u
 }
 
 // An upstream's 2xx answer to CONNECT is a tunnel whatever framing headers
@@ -91,7 +56,7 @@ func TestConnectUpstreamAnswerWithFramingHeaders(t *testing.T) {
 			// tunnel until it fired, then answered nothing.
 			e := newEnv(t, func(c *Config) { c.DialTimeout = 2 * time.Second })
 			e.add(0, nil, startHijackingUpstream(t, "127.0.0.2", header))
-			status, from, reason := get(t, e.client, e.tg.tls.URL+"/through-tunnel")
+			status, from, reason := get(t, e.client, e.tg.TLS.URL+"/through-tunnel")
 			if status != http.StatusOK || from != "127.0.0.2" {
 				t.Fatalf("GET through a tunnel whose CONNECT answer had %q: %d from %q (%s)", header, status, from, reason)
 			}

@@ -27,7 +27,7 @@ func TestCurl(t *testing.T) {
 	ups := []*upstream{startHTTPUpstream(t, "127.0.0.2", true), startSOCKS5Upstream(t, "127.0.0.3")}
 	e.add(0, alice(), ups...)
 	ca := filepath.Join(t.TempDir(), "ca.pem")
-	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: e.tg.tls.Certificate().Raw})
+	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: e.tg.TLS.Certificate().Raw})
 	if err := os.WriteFile(ca, pemBytes, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +53,7 @@ func TestCurl(t *testing.T) {
 	}
 	httpProxy := "http://" + e.addr
 	seen := map[string]bool{}
-	for _, u := range []string{e.tg.plain.URL + "/curl", e.tg.tls.URL + "/curl"} {
+	for _, u := range []string{e.tg.Plain.URL + "/curl", e.tg.TLS.URL + "/curl"} {
 		for range 2 {
 			code, from := run("-x", httpProxy, "-U", "pool-main:"+gwPass, u)
 			if code != "200" || from == "" {
@@ -65,11 +65,11 @@ func TestCurl(t *testing.T) {
 	if len(seen) != 2 {
 		t.Fatalf("curl requests did not rotate over both upstreams: %v", seen)
 	}
-	code, from := run("-x", "socks5h://pool-main-session-curl:"+gwPass+"@"+e.socks, e.tg.tls.URL+"/curl-socks")
+	code, from := run("-x", "socks5h://pool-main-session-curl:"+gwPass+"@"+e.socks, e.tg.TLS.URL+"/curl-socks")
 	if code != "200" || from == "" {
 		t.Fatalf("curl over SOCKS5: code %s from %q", code, from)
 	}
-	if code, _ := run("-x", httpProxy, "-U", "pool-main:wrong", e.tg.plain.URL+"/"); code != "407" {
+	if code, _ := run("-x", httpProxy, "-U", "pool-main:wrong", e.tg.Plain.URL+"/"); code != "407" {
 		t.Fatalf("curl with a wrong password: code %s, want 407", code)
 	}
 	// A pool name with a dash, given with -U and inside a proxy URL (both
@@ -78,7 +78,7 @@ func TestCurl(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	host, port, _ := net.SplitHostPort(ups[0].addr)
+	host, port, _ := net.SplitHostPort(ups[0].Addr)
 	n, _ := strconv.Atoi(port)
 	if _, err := e.store.AddProxies(context.Background(), []pharox.Proxy{{PoolID: pool.ID, Host: host, Port: n, Protocol: pharox.ProtocolHTTP, Credentials: alice()}}); err != nil {
 		t.Fatal(err)
@@ -87,7 +87,7 @@ func TestCurl(t *testing.T) {
 		{"-x", httpProxy, "-U", "pool-latam~2Dresidential:" + gwPass},
 		{"-x", "http://pool-latam~2Dresidential:" + gwPass + "@" + e.addr},
 	} {
-		if code, from := run(append(args, e.tg.plain.URL+"/dash")...); code != "200" || from != "127.0.0.2" {
+		if code, from := run(append(args, e.tg.Plain.URL+"/dash")...); code != "200" || from != "127.0.0.2" {
 			t.Fatalf("curl %v to pool latam-residential: code %s from %q", args, code, from)
 		}
 	}

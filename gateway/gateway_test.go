@@ -28,15 +28,15 @@ func TestRotationAcrossUpstreams(t *testing.T) {
 	ups := []*upstream{startHTTPUpstream(t, "127.0.0.2", true), startHTTPUpstream(t, "127.0.0.3", true), startHTTPUpstream(t, "127.0.0.4", true)}
 	e.add(0, alice(), ups...)
 	for range 9 {
-		status, _, reason := get(t, e.client, e.tg.plain.URL+"/small")
+		status, _, reason := get(t, e.client, e.tg.Plain.URL+"/small")
 		if status != http.StatusOK {
 			t.Fatalf("status %d (%s)", status, reason)
 		}
 	}
-	got := countBy(e.tg.seen())
+	got := countBy(e.tg.Seen())
 	for _, u := range ups {
-		if got[u.ip] != 3 {
-			t.Errorf("upstream %s served %d of 9 requests, want 3 (round robin): %v", u.ip, got[u.ip], got)
+		if got[u.IP] != 3 {
+			t.Errorf("upstream %s served %d of 9 requests, want 3 (round robin): %v", u.IP, got[u.IP], got)
 		}
 	}
 	for _, h := range e.tg.headers {
@@ -49,8 +49,8 @@ func TestRotationAcrossUpstreams(t *testing.T) {
 	}
 	// Each upstream's success was fed back into its health.
 	for _, u := range ups {
-		if p := e.proxy(u.ip); p.CheckedAt == nil || p.LastStatusCode != http.StatusOK || p.Status != pharox.StatusActive {
-			t.Errorf("upstream %s: checked %v, last status %d, status %s; want the success reported", u.ip, p.CheckedAt, p.LastStatusCode, p.Status)
+		if p := e.proxy(u.IP); p.CheckedAt == nil || p.LastStatusCode != http.StatusOK || p.Status != pharox.StatusActive {
+			t.Errorf("upstream %s: checked %v, last status %d, status %s; want the success reported", u.IP, p.CheckedAt, p.LastStatusCode, p.Status)
 		}
 	}
 	logs := e.logs.String()
@@ -72,11 +72,11 @@ func TestStickySessionAndFailover(t *testing.T) {
 	e.add(0, nil, ups["127.0.0.2"], ups["127.0.0.3"], ups["127.0.0.4"])
 	c := e.proxyClient("pool-main-session-abc123-ttl-600")
 	for range 5 {
-		if status, _, reason := get(t, c, e.tg.plain.URL+"/"); status != http.StatusOK {
+		if status, _, reason := get(t, c, e.tg.Plain.URL+"/"); status != http.StatusOK {
 			t.Fatalf("status %d (%s)", status, reason)
 		}
 	}
-	seen := countBy(e.tg.seen())
+	seen := countBy(e.tg.Seen())
 	if len(seen) != 1 {
 		t.Fatalf("sticky session spread over upstreams: %v", seen)
 	}
@@ -85,19 +85,19 @@ func TestStickySessionAndFailover(t *testing.T) {
 		first = ip
 	}
 	// Another session rotates independently of this one.
-	get(t, e.proxyClient("session-other"), e.tg.plain.URL+"/")
-	e.tg.seen()
+	get(t, e.proxyClient("session-other"), e.tg.Plain.URL+"/")
+	e.tg.Seen()
 
 	// The session's upstream dies: the next request fails over on the
 	// same call, and the session stays on its new upstream.
-	ups[first].close()
+	ups[first].Close()
 	c.Transport.(*http.Transport).CloseIdleConnections()
 	for range 5 {
-		if status, _, reason := get(t, c, e.tg.plain.URL+"/"); status != http.StatusOK {
+		if status, _, reason := get(t, c, e.tg.Plain.URL+"/"); status != http.StatusOK {
 			t.Fatalf("after failover: status %d (%s)", status, reason)
 		}
 	}
-	after := countBy(e.tg.seen())
+	after := countBy(e.tg.Seen())
 	if len(after) != 1 || after[first] != 0 {
 		t.Fatalf("after the upstream died the session went to %v, want one other upstream than %s", after, first)
 	}
@@ -122,7 +122,7 @@ func TestMaxConcurrencyUnderLoad(t *testing.T) {
 	errs := make(chan error, n)
 	for range n {
 		wg.Go(func() {
-			resp, err := e.client.Get(e.tg.plain.URL + "/?sleep=2ms")
+			resp, err := e.client.Get(e.tg.Plain.URL + "/?sleep=2ms")
 			if err != nil {
 				errs <- err
 				return
@@ -139,7 +139,7 @@ func TestMaxConcurrencyUnderLoad(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	if hits := len(e.tg.seen()); hits != n {
+	if hits := len(e.tg.Seen()); hits != n {
 		t.Fatalf("target saw %d requests, want %d", hits, n)
 	}
 	for ip, m := range e.tg.maxInFlight() {
@@ -167,19 +167,19 @@ func TestConnectToTLSTarget(t *testing.T) {
 			}
 			e.add(0, alice(), ups...)
 			for range 4 {
-				status, from, reason := get(t, e.client, e.tg.tls.URL+"/secure")
+				status, from, reason := get(t, e.client, e.tg.TLS.URL+"/secure")
 				if status != http.StatusOK || from == "" {
 					t.Fatalf("status %d from %q (%s)", status, from, reason)
 				}
 				// A new tunnel per request: drop the kept-alive one.
 				e.client.Transport.(*http.Transport).CloseIdleConnections()
 			}
-			got := countBy(e.tg.seen())
+			got := countBy(e.tg.Seen())
 			if got["127.0.0.2"] != 2 || got["127.0.0.3"] != 2 {
 				t.Fatalf("tunnels went through %v, want 2 each", got)
 			}
 			// Plain HTTP through the same upstreams too.
-			if status, from, _ := get(t, e.client, e.tg.plain.URL+"/"); status != http.StatusOK || from == "" {
+			if status, from, _ := get(t, e.client, e.tg.Plain.URL+"/"); status != http.StatusOK || from == "" {
 				t.Fatalf("plain request through %s upstream: %d from %q", proto, status, from)
 			}
 			e.waitNoLeases()
@@ -194,7 +194,7 @@ func TestHTTPSUpstream(t *testing.T) {
 		c.UpstreamTLS.ServerName = "example.com"
 	})
 	e.add(0, alice(), startHTTPSUpstream(t, "127.0.0.4"))
-	for _, u := range []string{e.tg.plain.URL, e.tg.tls.URL} {
+	for _, u := range []string{e.tg.Plain.URL, e.tg.TLS.URL} {
 		if status, from, reason := get(t, e.client, u+"/over-tls"); status != http.StatusOK || from != "127.0.0.4" {
 			t.Fatalf("GET %s through an HTTPS upstream: %d from %q (%s)", u, status, from, reason)
 		}
@@ -203,7 +203,7 @@ func TestHTTPSUpstream(t *testing.T) {
 	// An upstream whose certificate does not verify is a connect failure.
 	bad := newEnv(t, nil)
 	bad.add(0, alice(), startHTTPSUpstream(t, "127.0.0.5"))
-	status, _, reason := get(t, bad.client, bad.tg.plain.URL+"/")
+	status, _, reason := get(t, bad.client, bad.tg.Plain.URL+"/")
 	if status != http.StatusBadGateway || !strings.Contains(reason, "certificate") {
 		t.Fatalf("unverified HTTPS upstream: %d %q, want 502 naming the certificate", status, reason)
 	}
@@ -228,13 +228,13 @@ func TestSOCKS5Inbound(t *testing.T) {
 		}
 		tr := &http.Transport{
 			DialContext:     d.(proxy.ContextDialer).DialContext,
-			TLSClientConfig: e.tg.tls.Client().Transport.(*http.Transport).TLSClientConfig.Clone(),
+			TLSClientConfig: e.tg.TLS.Client().Transport.(*http.Transport).TLSClientConfig.Clone(),
 		}
 		t.Cleanup(tr.CloseIdleConnections)
 		return &http.Client{Transport: tr, Timeout: 10 * time.Second}
 	}
 	c := client("pool-main-session-s1", gwPass)
-	for _, u := range []string{e.tg.plain.URL, e.tg.tls.URL, e.tg.plain.URL} {
+	for _, u := range []string{e.tg.Plain.URL, e.tg.TLS.URL, e.tg.Plain.URL} {
 		status, from, _ := get(t, c, u+"/via-socks")
 		if status != http.StatusOK {
 			t.Fatalf("GET %s over SOCKS5: status %d", u, status)
@@ -244,12 +244,12 @@ func TestSOCKS5Inbound(t *testing.T) {
 		}
 		c.Transport.(*http.Transport).CloseIdleConnections()
 	}
-	if seen := countBy(e.tg.seen()); len(seen) != 1 {
+	if seen := countBy(e.tg.Seen()); len(seen) != 1 {
 		t.Fatalf("a sticky SOCKS5 session spread over %v", seen)
 	}
 	// Bad password and bad routing parameters are refused at auth.
 	for _, cred := range [][2]string{{"pool-main", "wrong"}, {"pool-main-colour-red", gwPass}} {
-		if _, err := client(cred[0], cred[1]).Get(e.tg.plain.URL + "/"); err == nil {
+		if _, err := client(cred[0], cred[1]).Get(e.tg.Plain.URL + "/"); err == nil {
 			t.Fatalf("SOCKS5 with %q accepted", cred[0])
 		}
 	}
@@ -278,7 +278,7 @@ func TestBadCredentials(t *testing.T) {
 			}
 			tr := &http.Transport{Proxy: http.ProxyURL(u)}
 			defer tr.CloseIdleConnections()
-			resp, err := (&http.Client{Transport: tr}).Get(e.tg.plain.URL + "/")
+			resp, err := (&http.Client{Transport: tr}).Get(e.tg.Plain.URL + "/")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -291,17 +291,17 @@ func TestBadCredentials(t *testing.T) {
 			}
 			// CONNECT gets the same answer.
 			c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(u)}}
-			_, err = c.Get(e.tg.tls.URL + "/")
+			_, err = c.Get(e.tg.TLS.URL + "/")
 			if err == nil || !strings.Contains(err.Error(), "Proxy Authentication Required") {
 				t.Fatalf("CONNECT with bad credentials: %v", err)
 			}
 		})
 	}
-	if seen := e.tg.seen(); len(seen) != 0 {
+	if seen := e.tg.Seen(); len(seen) != 0 {
 		t.Fatalf("refused requests reached the target: %v", seen)
 	}
 	// The right credentials pass.
-	if status, _, reason := get(t, e.proxyClient("acme-pool-main-country-ar"), e.tg.plain.URL+"/"); status != http.StatusOK {
+	if status, _, reason := get(t, e.proxyClient("acme-pool-main-country-ar"), e.tg.Plain.URL+"/"); status != http.StatusOK {
 		t.Fatalf("good credentials: %d (%s)", status, reason)
 	}
 	if strings.Contains(e.logs.String(), gwPass) {
@@ -319,9 +319,9 @@ func TestNoUpstreamAvailable(t *testing.T) {
 		status          int
 		reason          string
 	}{
-		{"filter matches none", "country-de", e.tg.plain.URL, 503, "no upstream available"},
-		{"unknown pool", "pool-nowhere", e.tg.plain.URL, 503, `pool "nowhere" not found`},
-		{"connect, filter matches none", "city-lima", e.tg.tls.URL, 503, "no upstream available"},
+		{"filter matches none", "country-de", e.tg.Plain.URL, 503, "no upstream available"},
+		{"unknown pool", "pool-nowhere", e.tg.Plain.URL, 503, `pool "nowhere" not found`},
+		{"connect, filter matches none", "city-lima", e.tg.TLS.URL, 503, "no upstream available"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -344,21 +344,21 @@ func TestNoUpstreamAvailable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if status, _, reason := get(t, e.client, e.tg.plain.URL); status != 503 || reason == "" {
+	if status, _, reason := get(t, e.client, e.tg.Plain.URL); status != 503 || reason == "" {
 		t.Fatalf("busy pool: %d %q", status, reason)
 	}
 	if _, err := e.mgr.Release(context.Background(), l.ID); err != nil {
 		t.Fatal(err)
 	}
 	// It dies: 502 with the reason, and the failure is reported.
-	up.close()
-	if status, _, reason := get(t, e.client, e.tg.plain.URL); status != 502 || !strings.Contains(reason, "connect") {
+	up.Close()
+	if status, _, reason := get(t, e.client, e.tg.Plain.URL); status != 502 || !strings.Contains(reason, "connect") {
 		t.Fatalf("dead only upstream: %d %q, want 502 naming the connect failure", status, reason)
 	}
 	if p := e.proxy("127.0.0.2"); p.FailureStreak != 1 {
 		t.Fatalf("failure streak %d, want 1", p.FailureStreak)
 	}
-	if seen := e.tg.seen(); len(seen) != 0 {
+	if seen := e.tg.Seen(); len(seen) != 0 {
 		t.Fatalf("target saw %v", seen)
 	}
 	e.waitNoLeases()
@@ -374,12 +374,12 @@ func TestUpstreamAuthAndBanRetry(t *testing.T) {
 
 	// Whatever upstream comes first, every request ends on the good one.
 	for range 4 {
-		status, from, reason := get(t, e.client, e.tg.plain.URL+"/")
+		status, from, reason := get(t, e.client, e.tg.Plain.URL+"/")
 		if status != http.StatusOK || from != "127.0.0.3" {
 			t.Fatalf("status %d from %q (%s), want 200 from 127.0.0.3", status, from, reason)
 		}
 		e.client.Transport.(*http.Transport).CloseIdleConnections()
-		if status, from, _ := get(t, e.client, e.tg.tls.URL+"/"); status != http.StatusOK || from != "127.0.0.3" {
+		if status, from, _ := get(t, e.client, e.tg.TLS.URL+"/"); status != http.StatusOK || from != "127.0.0.3" {
 			t.Fatalf("CONNECT: status %d from %q", status, from)
 		}
 		e.client.Transport.(*http.Transport).CloseIdleConnections()
@@ -394,9 +394,9 @@ func TestUpstreamAuthAndBanRetry(t *testing.T) {
 	// client gets the target's answer.
 	third := startHTTPUpstream(t, "127.0.0.4", true)
 	e.add(0, alice(), third)
-	e.tg.ban("127.0.0.3")
+	e.tg.Ban("127.0.0.3")
 	for range 3 {
-		status, from, reason := get(t, e.client, e.tg.plain.URL+"/")
+		status, from, reason := get(t, e.client, e.tg.Plain.URL+"/")
 		if status == http.StatusOK && from != "127.0.0.4" {
 			t.Fatalf("200 from %q", from)
 		}
@@ -413,8 +413,8 @@ func TestUpstreamAuthAndBanRetry(t *testing.T) {
 		t.Fatalf("banned upstream: per-site states %+v, want the 429 reported for the target", states)
 	}
 	// Banned everywhere: the client gets the target's own answer.
-	e.tg.ban("127.0.0.4")
-	if status, _, reason := get(t, e.client, e.tg.plain.URL+"/"); status != http.StatusTooManyRequests || reason != "" {
+	e.tg.Ban("127.0.0.4")
+	if status, _, reason := get(t, e.client, e.tg.Plain.URL+"/"); status != http.StatusTooManyRequests || reason != "" {
 		t.Fatalf("all upstreams banned: %d (reason %q), want the target's 429", status, reason)
 	}
 	e.waitNoLeases()
@@ -425,10 +425,10 @@ func TestRetryPostBeforeSend(t *testing.T) {
 	e := newEnv(t, nil)
 	dead := startHTTPUpstream(t, "127.0.0.2", false)
 	e.add(0, nil, dead, startHTTPUpstream(t, "127.0.0.3", false))
-	dead.close()
+	dead.Close()
 	for i := range 4 {
 		payload := strings.Repeat(fmt.Sprintf("payload %d;", i), 1000)
-		resp, err := e.client.Post(e.tg.plain.URL+"/echo", "text/plain", strings.NewReader(payload))
+		resp, err := e.client.Post(e.tg.Plain.URL+"/echo", "text/plain", strings.NewReader(payload))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -453,7 +453,7 @@ func TestReleaseOnClientDisconnect(t *testing.T) {
 
 	// A request the client abandons while the target is still working.
 	ctx, cancel := context.WithCancel(context.Background())
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.tg.plain.URL+"/hang", nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.tg.Plain.URL+"/hang", nil)
 	done := make(chan error, 1)
 	go func() {
 		resp, err := e.client.Do(req)
@@ -474,7 +474,7 @@ func TestReleaseOnClientDisconnect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	host := strings.TrimPrefix(e.tg.tls.URL, "https://")
+	host := strings.TrimPrefix(e.tg.TLS.URL, "https://")
 	fmt.Fprintf(conn, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", host, host)
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil || resp.StatusCode != http.StatusOK {
@@ -483,7 +483,7 @@ func TestReleaseOnClientDisconnect(t *testing.T) {
 	if n := e.activeLeases(); n != 1 {
 		t.Fatalf("open tunnel holds %d leases, want 1", n)
 	}
-	tcfg := e.tg.tls.Client().Transport.(*http.Transport).TLSClientConfig.Clone()
+	tcfg := e.tg.TLS.Client().Transport.(*http.Transport).TLSClientConfig.Clone()
 	tcfg.ServerName = "127.0.0.1"
 	tc := tls.Client(conn, tcfg)
 	if err := tc.Handshake(); err != nil {
@@ -539,20 +539,20 @@ func TestRemoteLeaser(t *testing.T) {
 		e.add(0, alice(), ups[ip])
 	}
 	for range 6 {
-		if status, _, reason := get(t, e.client, e.tg.plain.URL+"/"); status != http.StatusOK {
+		if status, _, reason := get(t, e.client, e.tg.Plain.URL+"/"); status != http.StatusOK {
 			t.Fatalf("status %d (%s)", status, reason)
 		}
 	}
-	if got := countBy(e.tg.seen()); len(got) != 3 || got["127.0.0.2"] != 2 {
+	if got := countBy(e.tg.Seen()); len(got) != 3 || got["127.0.0.2"] != 2 {
 		t.Fatalf("rotation over the remote service: %v", got)
 	}
-	if status, from, _ := get(t, e.client, e.tg.tls.URL+"/"); status != http.StatusOK || from == "" {
+	if status, from, _ := get(t, e.client, e.tg.TLS.URL+"/"); status != http.StatusOK || from == "" {
 		t.Fatalf("CONNECT: %d from %q", status, from)
 	}
 	e.client.Transport.(*http.Transport).CloseIdleConnections()
-	e.tg.seen()
+	e.tg.Seen()
 	for user, want := range map[string]string{"country-zz": "no upstream available", "pool-nowhere": "not found"} {
-		if status, _, reason := get(t, e.proxyClient(user), e.tg.plain.URL+"/"); status != http.StatusServiceUnavailable || !strings.Contains(reason, want) {
+		if status, _, reason := get(t, e.proxyClient(user), e.tg.Plain.URL+"/"); status != http.StatusServiceUnavailable || !strings.Contains(reason, want) {
 			t.Fatalf("%s over the remote service: %d %q, want 503 %q", user, status, reason, want)
 		}
 	}
@@ -562,19 +562,19 @@ func TestRemoteLeaser(t *testing.T) {
 	// gateway's exclusion predicate), and once the failures have made the
 	// dead upstream inactive the session settles on one live upstream.
 	c := e.proxyClient("session-r1")
-	get(t, c, e.tg.plain.URL+"/")
-	first := e.tg.seen()[0]
-	ups[first].close()
+	get(t, c, e.tg.Plain.URL+"/")
+	first := e.tg.Seen()[0]
+	ups[first].Close()
 	c.Transport.(*http.Transport).CloseIdleConnections()
 	for range pharox.DefaultOutcomePolicy().FailureThreshold + 3 {
-		if status, _, reason := get(t, c, e.tg.plain.URL+"/"); status != http.StatusOK {
+		if status, _, reason := get(t, c, e.tg.Plain.URL+"/"); status != http.StatusOK {
 			t.Fatalf("after the upstream died: %d (%s)", status, reason)
 		}
 	}
 	if p := e.proxy(first); p.Status != pharox.StatusInactive {
 		t.Fatalf("dead upstream is %s, want inactive from the reported failures", p.Status)
 	}
-	seen := e.tg.seen()
+	seen := e.tg.Seen()
 	if last := seen[len(seen)-3:]; last[0] != last[1] || last[1] != last[2] || last[0] == first {
 		t.Fatalf("session did not settle on one live upstream: %v", seen)
 	}
@@ -588,13 +588,13 @@ func TestMetrics(t *testing.T) {
 	live := startHTTPUpstream(t, "127.0.0.2", false)
 	dead := startHTTPUpstream(t, "127.0.0.3", false)
 	e.add(0, nil, live, dead)
-	dead.close()
+	dead.Close()
 	for range 2 {
-		get(t, e.client, e.tg.plain.URL+"/")
+		get(t, e.client, e.tg.Plain.URL+"/")
 	}
-	get(t, e.client, e.tg.tls.URL+"/")
+	get(t, e.client, e.tg.TLS.URL+"/")
 	e.client.Transport.(*http.Transport).CloseIdleConnections()
-	get(t, e.proxyClient("pool-none"), e.tg.plain.URL+"/")
+	get(t, e.proxyClient("pool-none"), e.tg.Plain.URL+"/")
 	e.waitNoLeases()
 	// Metrics are recorded just before the log line of the tunnel.
 	e.waitLog(func(m map[string]any) bool { return m["kind"] == "connect" })
@@ -665,7 +665,7 @@ func TestShutdownClosesTunnelsAndReleases(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	host := strings.TrimPrefix(e.tg.tls.URL, "https://")
+	host := strings.TrimPrefix(e.tg.TLS.URL, "https://")
 	fmt.Fprintf(conn, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", host, host)
 	br := bufio.NewReader(conn)
 	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusOK {
@@ -695,7 +695,7 @@ func TestTunnelRenewsItsLease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	host := strings.TrimPrefix(e.tg.tls.URL, "https://")
+	host := strings.TrimPrefix(e.tg.TLS.URL, "https://")
 	fmt.Fprintf(conn, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", host, host)
 	if resp, err := http.ReadResponse(bufio.NewReader(conn), nil); err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("CONNECT: %v %v", resp, err)

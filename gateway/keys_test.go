@@ -43,20 +43,20 @@ func TestKeyAuth(t *testing.T) {
 	httpClient := func(pass string) *http.Client {
 		u := &url.URL{Scheme: "http", Host: e.addr, User: url.UserPassword("pool-main", pass)}
 		tr := &http.Transport{Proxy: http.ProxyURL(u),
-			TLSClientConfig: e.tg.tls.Client().Transport.(*http.Transport).TLSClientConfig.Clone()}
+			TLSClientConfig: e.tg.TLS.Client().Transport.(*http.Transport).TLSClientConfig.Clone()}
 		transports = append(transports, tr)
 		return &http.Client{Transport: tr, Timeout: 10 * time.Second}
 	}
-	if status, _, reason := get(t, httpClient(mine), e.tg.plain.URL+"/"); status != http.StatusOK {
+	if status, _, reason := get(t, httpClient(mine), e.tg.Plain.URL+"/"); status != http.StatusOK {
 		t.Fatalf("HTTP with the key: %d (%s)", status, reason)
 	}
-	if status, _, reason := get(t, httpClient(mine), e.tg.tls.URL+"/"); status != http.StatusOK {
+	if status, _, reason := get(t, httpClient(mine), e.tg.TLS.URL+"/"); status != http.StatusOK {
 		t.Fatalf("CONNECT with the key: %d (%s)", status, reason)
 	}
-	if status, _, reason := get(t, httpClient(elsewhere), e.tg.plain.URL+"/"); status != http.StatusForbidden || !strings.Contains(reason, `"other"`) {
+	if status, _, reason := get(t, httpClient(elsewhere), e.tg.Plain.URL+"/"); status != http.StatusForbidden || !strings.Contains(reason, `"other"`) {
 		t.Fatalf("HTTP with a key for another pool: %d (%s), want 403 naming its pool", status, reason)
 	}
-	if status, _, reason := get(t, httpClient("phx_wrong"), e.tg.plain.URL+"/"); status != http.StatusProxyAuthRequired || !strings.Contains(reason, "unknown API key") {
+	if status, _, reason := get(t, httpClient("phx_wrong"), e.tg.Plain.URL+"/"); status != http.StatusProxyAuthRequired || !strings.Contains(reason, "unknown API key") {
 		t.Fatalf("HTTP with an unknown key: %d (%s), want 407", status, reason)
 	}
 
@@ -69,11 +69,11 @@ func TestKeyAuth(t *testing.T) {
 		transports = append(transports, tr)
 		return &http.Client{Transport: tr, Timeout: 10 * time.Second}
 	}
-	if status, _, _ := get(t, socksClient(mine), e.tg.plain.URL+"/via-socks"); status != http.StatusOK {
+	if status, _, _ := get(t, socksClient(mine), e.tg.Plain.URL+"/via-socks"); status != http.StatusOK {
 		t.Fatalf("SOCKS5 with the key: %d", status)
 	}
 	for _, pass := range []string{elsewhere, "phx_wrong"} {
-		if _, err := socksClient(pass).Get(e.tg.plain.URL + "/"); err == nil {
+		if _, err := socksClient(pass).Get(e.tg.Plain.URL + "/"); err == nil {
 			t.Fatal("SOCKS5 with a refused key went through")
 		}
 	}

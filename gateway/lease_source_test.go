@@ -27,7 +27,7 @@ func TestLeaseSourceUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := newEnv(t, func(cfg *Config) { cfg.Leaser = NewRemoteLeaser(c) })
-	resp, err := e.client.Get(e.tg.plain.URL + "/")
+	resp, err := e.client.Get(e.tg.Plain.URL + "/")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,7 @@ func (e *env) openConnect() (net.Conn, *bufio.Reader) {
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(func() { conn.Close() })
-	host := strings.TrimPrefix(e.tg.tls.URL, "https://")
+	host := strings.TrimPrefix(e.tg.TLS.URL, "https://")
 	fmt.Fprintf(conn, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", host, host)
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
@@ -54,7 +54,7 @@ func TestIdleTunnelClosedAndReleased(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sc, err := d.Dial("tcp", strings.TrimPrefix(e.tg.tls.URL, "https://"))
+	sc, err := d.Dial("tcp", strings.TrimPrefix(e.tg.TLS.URL, "https://"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +76,7 @@ func TestBusyTunnelOutlivesIdleTimeout(t *testing.T) {
 	// the idle timeout with short pauses.
 	deadline := time.Now().Add(4 * time.Second)
 	for i := 0; time.Now().Before(deadline); i++ {
-		resp, err := c.Get(e.tg.tls.URL + "/busy")
+		resp, err := c.Get(e.tg.TLS.URL + "/busy")
 		if err != nil {
 			t.Fatalf("request %d: %v", i, err)
 		}
@@ -98,7 +98,7 @@ func TestMaxConnsAnswers503(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.MaxConns = 1 })
 	e.add(0, nil, startHTTPUpstream(t, "127.0.0.2", false))
 	conn, _ := e.openConnect()
-	status, _, reason := get(t, e.proxyClient(""), e.tg.plain.URL+"/")
+	status, _, reason := get(t, e.proxyClient(""), e.tg.Plain.URL+"/")
 	if status != http.StatusServiceUnavailable || !strings.Contains(reason, "at most 1") {
 		t.Fatalf("second request with one place taken: %d %q, want 503 naming the cap", status, reason)
 	}
@@ -107,7 +107,7 @@ func TestMaxConnsAnswers503(t *testing.T) {
 	// The place is free again.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		status, _, reason = get(t, e.proxyClient(""), e.tg.plain.URL+"/")
+		status, _, reason = get(t, e.proxyClient(""), e.tg.Plain.URL+"/")
 		if status == http.StatusOK {
 			break
 		}
@@ -124,7 +124,7 @@ func TestResponseHeaderTimeout(t *testing.T) {
 	checkLeaks(t)
 	e := newEnv(t, func(c *Config) { c.ResponseHeaderTimeout = 200 * time.Millisecond })
 	e.add(0, nil, startHTTPUpstream(t, "127.0.0.2", false))
-	status, _, reason := get(t, e.proxyClient(""), e.tg.plain.URL+"/hang")
+	status, _, reason := get(t, e.proxyClient(""), e.tg.Plain.URL+"/hang")
 	if status != http.StatusBadGateway || !strings.Contains(reason, "timeout awaiting response headers") {
 		t.Fatalf("hanging upstream: %d %q, want 502 naming the header timeout", status, reason)
 	}

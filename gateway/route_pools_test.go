@@ -21,7 +21,7 @@ func TestEveryPoolNameIsRoutable(t *testing.T) {
 			checkLeaks(t)
 			e := newEnvWith(t, remote, nil)
 			up := startHTTPUpstream(t, "127.0.0.2", false)
-			host, portStr, _ := net.SplitHostPort(up.addr)
+			host, portStr, _ := net.SplitHostPort(up.Addr)
 			port, _ := strconv.Atoi(portStr)
 			ctx := context.Background()
 			seed := rand.Uint64()
@@ -47,7 +47,7 @@ func TestEveryPoolNameIsRoutable(t *testing.T) {
 				for _, user := range []string{FormatRoute(Route{Pool: name}, ""), FormatRoute(Route{PoolID: pool.ID}, "")} {
 					before := e.leasesOf(pool)
 					c := e.proxyClient(user)
-					if status, _, reason := get(t, c, e.tg.plain.URL+"/"); status != http.StatusOK {
+					if status, _, reason := get(t, c, e.tg.Plain.URL+"/"); status != http.StatusOK {
 						t.Fatalf("pool %q as user %q: %d (%s)", name, user, status, reason)
 					}
 					if after := e.leasesOf(pool); after != before+1 {

@@ -49,7 +49,7 @@ func TestSOCKS5TargetNameCannotInjectIntoUpstreamConnect(t *testing.T) {
 		}
 	}()
 	e.add(0, &pharox.Credentials{User: "up", Password: "upstream-secret"},
-		&upstream{ip: "127.0.0.1", addr: ln.Addr().String(), proto: pharox.ProtocolHTTP, stop: func() {}})
+		&upstream{IP: "127.0.0.1", Addr: ln.Addr().String(), Proto: pharox.ProtocolHTTP})
 
 	c, err := net.Dial("tcp", e.socks)
 	if err != nil {

@@ -52,7 +52,7 @@ func BenchmarkTunnelIdleWatch(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	host, portStr, _ := net.SplitHostPort(up.addr)
+	host, portStr, _ := net.SplitHostPort(up.Addr)
 	port, _ := strconv.Atoi(portStr)
 	if _, err := store.AddProxies(ctx, []pharox.Proxy{{PoolID: pool.ID, Host: host, Port: port, Protocol: pharox.ProtocolHTTP}}); err != nil {
 		b.Fatal(err)

@@ -42,7 +42,7 @@ func benchmarkThroughput(b *testing.B, tunnel bool, concurrency int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	host, port, _ := net.SplitHostPort(up.addr)
+	host, port, _ := net.SplitHostPort(up.Addr)
 	n, _ := strconv.Atoi(port)
 	if _, err := pharox.BootstrapProxy(ctx, store, pool, pharox.Proxy{Host: host, Port: n, Protocol: pharox.ProtocolHTTP,
 		Credentials: alice()}); err != nil {
@@ -52,18 +52,18 @@ func benchmarkThroughput(b *testing.B, tunnel bool, concurrency int) {
 
 	base := defaultBase()
 	base.MaxIdleConnsPerHost = 2 * concurrency
-	base.TLSClientConfig.RootCAs = tg.tls.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs
+	base.TLSClientConfig.RootCAs = tg.TLS.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs
 	fixed := base.Clone()
-	fixed.Proxy = http.ProxyURL(&url.URL{Scheme: "http", Host: up.addr, User: url.UserPassword(upUser, upPass)})
+	fixed.Proxy = http.ProxyURL(&url.URL{Scheme: "http", Host: up.Addr, User: url.UserPassword(upUser, upPass)})
 	rt, err := New(Local(mgr), "main", WithBaseTransport(base), WithLogger(quietLogger()))
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(fixed.CloseIdleConnections)
 	b.Cleanup(rt.CloseIdleConnections)
-	target := tg.plain.URL
+	target := tg.Plain.URL
 	if tunnel {
-		target = tg.tls.URL
+		target = tg.TLS.URL
 	}
 	leased, direct := &http.Client{Transport: rt}, &http.Client{Transport: fixed}
 
@@ -96,7 +96,7 @@ func benchmarkThroughput(b *testing.B, tunnel bool, concurrency int) {
 	// Warm both: connections, the proxy's transport, the store.
 	run(direct, 4*concurrency)
 	run(leased, 4*concurrency)
-	tg.seen()
+	tg.Seen()
 
 	// Sixteen rounds, each running both, in alternating order, so that
 	// bursts of load from elsewhere on the machine hit both alike.
@@ -114,7 +114,7 @@ func benchmarkThroughput(b *testing.B, tunnel bool, concurrency int) {
 			leased1()
 			direct1()
 		}
-		tg.seen() // keep the target's memory flat
+		tg.Seen() // keep the target's memory flat
 	}
 	b.StopTimer()
 	total := float64(per * rounds)

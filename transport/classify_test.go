@@ -95,7 +95,7 @@ func TestCustomClassifier(t *testing.T) {
 	rt := e.transport(WithClassifier(soft), WithStrategy(pharox.RoundRobin))
 	c := &http.Client{Transport: rt}
 	for range 3 {
-		if code, body := fetch(t, c, context.Background(), e.tg.tls.URL); code != 200 || body != "hello from 127.0.1.2" {
+		if code, body := fetch(t, c, context.Background(), e.tg.TLS.URL); code != 200 || body != "hello from 127.0.1.2" {
 			t.Fatalf("answer %d %q, want 200 through the proxy the classifier accepts", code, body)
 		}
 	}
@@ -155,7 +155,7 @@ func TestClassifierPanicReleasesLease(t *testing.T) {
 				t.Fatalf("recovered %v, want the classifier's panic", p)
 			}
 		}()
-		req, _ := http.NewRequest(http.MethodGet, e.tg.plain.URL, nil)
+		req, _ := http.NewRequest(http.MethodGet, e.tg.Plain.URL, nil)
 		rt.RoundTrip(req)
 	}()
 	e.noLeases()

@@ -14,20 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/pharox/pharox"
 )
-
-// checkLeaks fails the test if goroutines outlive it. Register it first:
-// cleanups run last-in first-out, so it runs after every other cleanup.
-func checkLeaks(t *testing.T) {
-	t.Cleanup(func() {
-		if !t.Failed() {
-			goleak.VerifyNone(t)
-		}
-	})
-}
 
 // TestRotation sends requests through three upstreams of each protocol,
 // to plain and TLS targets, and checks that they rotate, that the
@@ -57,16 +45,16 @@ func TestRotation(t *testing.T) {
 			}
 			rt := e.transport(WithStrategy(pharox.RoundRobin))
 			c := &http.Client{Transport: rt}
-			url := e.tg.plain.URL
+			url := e.tg.Plain.URL
 			if tc.tls {
-				url = e.tg.tls.URL
+				url = e.tg.TLS.URL
 			}
 			for range 6 {
 				if code, body := fetch(t, c, context.Background(), url); code != http.StatusOK || !strings.HasPrefix(body, "hello from 127.0.1.") {
 					t.Fatalf("answer %d %q, want 200 from an upstream", code, body)
 				}
 			}
-			seen := e.tg.seen()
+			seen := e.tg.Seen()
 			count := map[string]int{}
 			for _, ip := range seen {
 				count[ip]++
@@ -96,7 +84,7 @@ func TestConcurrentRequestsShareExclusiveProxies(t *testing.T) {
 	errs := make(chan error, 24)
 	for range 24 {
 		wg.Go(func() {
-			resp, err := c.Get(e.tg.tls.URL + "/drip?n=1")
+			resp, err := c.Get(e.tg.TLS.URL + "/drip?n=1")
 			if err != nil {
 				errs <- err
 				return
@@ -112,7 +100,7 @@ func TestConcurrentRequestsShareExclusiveProxies(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if n := len(e.tg.seen()); n != 24 {
+	if n := len(e.tg.Seen()); n != 24 {
 		t.Fatalf("target saw %d requests, want 24", n)
 	}
 	e.noLeases()
@@ -131,33 +119,33 @@ func TestSticky(t *testing.T) {
 	c := &http.Client{Transport: rt}
 	ctx := WithSession(context.Background(), "account-42")
 	for range 5 {
-		fetch(t, c, ctx, e.tg.tls.URL)
+		fetch(t, c, ctx, e.tg.TLS.URL)
 	}
-	seen := e.tg.seen()
+	seen := e.tg.Seen()
 	if len(slices.Compact(slices.Clone(seen))) != 1 {
 		t.Fatalf("one session went through %v, want one upstream", seen)
 	}
 	first := seen[0]
 	// Without the session, requests rotate.
 	for range 3 {
-		fetch(t, c, context.Background(), e.tg.tls.URL)
+		fetch(t, c, context.Background(), e.tg.TLS.URL)
 	}
-	if free := e.tg.seen(); len(slices.Compact(slices.Clone(free))) == 1 {
+	if free := e.tg.Seen(); len(slices.Compact(slices.Clone(free))) == 1 {
 		t.Errorf("requests without a session all went through %v, want rotation", free)
 	}
 
-	e.tg.ban(first)
-	if code, _ := fetch(t, c, ctx, e.tg.tls.URL); code != http.StatusOK {
+	e.tg.Ban(first)
+	if code, _ := fetch(t, c, ctx, e.tg.TLS.URL); code != http.StatusOK {
 		t.Fatalf("request after its session's proxy was banned answered %d, want 200 through another", code)
 	}
-	failover := e.tg.seen()
+	failover := e.tg.Seen()
 	if len(failover) != 2 || failover[0] != first || failover[1] == first {
 		t.Fatalf("after the ban the request went through %v, want %s then another", failover, first)
 	}
 	for range 3 {
-		fetch(t, c, ctx, e.tg.tls.URL)
+		fetch(t, c, ctx, e.tg.TLS.URL)
 	}
-	for _, ip := range e.tg.seen() {
+	for _, ip := range e.tg.Seen() {
 		if ip != failover[1] {
 			t.Fatalf("session went through %s after failing over to %s, want it to stay", ip, failover[1])
 		}
@@ -176,7 +164,7 @@ func TestLeaseLivesUntilBodyCloses(t *testing.T) {
 	c := &http.Client{Transport: rt}
 
 	t.Run("closed without reading", func(t *testing.T) {
-		resp, err := c.Get(e.tg.tls.URL + "/stream")
+		resp, err := c.Get(e.tg.TLS.URL + "/stream")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -187,7 +175,7 @@ func TestLeaseLivesUntilBodyCloses(t *testing.T) {
 		e.noLeases()
 	})
 	t.Run("closed after part", func(t *testing.T) {
-		resp, err := c.Get(e.tg.tls.URL + "/stream")
+		resp, err := c.Get(e.tg.TLS.URL + "/stream")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -202,7 +190,7 @@ func TestLeaseLivesUntilBodyCloses(t *testing.T) {
 		e.noLeases()
 	})
 	t.Run("read to the end", func(t *testing.T) {
-		resp, err := c.Get(e.tg.plain.URL + "/")
+		resp, err := c.Get(e.tg.Plain.URL + "/")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -218,7 +206,7 @@ func TestLeaseLivesUntilBodyCloses(t *testing.T) {
 		e.noLeases()
 	})
 	t.Run("empty body", func(t *testing.T) {
-		resp, err := c.Head(e.tg.plain.URL + "/")
+		resp, err := c.Head(e.tg.Plain.URL + "/")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -258,7 +246,7 @@ func TestLongBodyRenewsLease(t *testing.T) {
 	cl := &countingLeaser{Leaser: Local(e.mgr)}
 	rt := e.transportWith(cl, WithLeaseDuration(600*time.Millisecond))
 	c := &http.Client{Transport: rt}
-	resp, err := c.Get(e.tg.tls.URL + "/drip?n=100")
+	resp, err := c.Get(e.tg.TLS.URL + "/drip?n=100")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,7 +292,7 @@ func TestRetryOnBannedProxy(t *testing.T) {
 	e.addProxy(e.pool.ID, startHTTPUpstream(t, "127.0.1.1"), "AR")
 	e.addProxy(e.pool.ID, startHTTPUpstream(t, "127.0.1.2"), "BR")
 	e.addProxy(e.pool.ID, startHTTPUpstream(t, "127.0.1.3"), "UY")
-	e.tg.ban("127.0.1.1")
+	e.tg.Ban("127.0.1.1")
 	e.tg.block("127.0.1.2")
 	rt := e.transport(WithStrategy(pharox.RoundRobin), WithMaxRetries(2), WithoutTargetHealth())
 	c := &http.Client{Transport: rt}
@@ -313,11 +301,11 @@ func TestRetryOnBannedProxy(t *testing.T) {
 	// which then tries both banned proxies before the good one.
 	both := false
 	for i := 0; i < 6 && !both; i++ {
-		code, body := fetch(t, c, context.Background(), e.tg.tls.URL)
+		code, body := fetch(t, c, context.Background(), e.tg.TLS.URL)
 		if code != http.StatusOK || body != "hello from 127.0.1.3" {
 			t.Fatalf("answer %d %q, want 200 through the good proxy", code, body)
 		}
-		seen := e.tg.seen()
+		seen := e.tg.Seen()
 		if seen[len(seen)-1] != "127.0.1.3" || len(slices.Compact(slices.Sorted(slices.Values(seen)))) != len(seen) {
 			t.Fatalf("attempts went through %v, want each proxy at most once, the good one last", seen)
 		}
@@ -334,7 +322,7 @@ func TestRetryOnBannedProxy(t *testing.T) {
 
 	// A POST is not idempotent: the ban comes back as it is.
 	pinned := WithRequestOptions(context.Background(), RequestOptions{Filters: &pharox.Filters{Country: "AR"}})
-	req, _ := http.NewRequestWithContext(pinned, http.MethodPost, e.tg.plain.URL+"/echo", strings.NewReader("order #1"))
+	req, _ := http.NewRequestWithContext(pinned, http.MethodPost, e.tg.Plain.URL+"/echo", strings.NewReader("order #1"))
 	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -343,7 +331,7 @@ func TestRetryOnBannedProxy(t *testing.T) {
 	if resp.StatusCode != http.StatusTooManyRequests {
 		t.Fatalf("POST answered %d, want the ban (429) as it came", resp.StatusCode)
 	}
-	if seen := e.tg.seen(); !slices.Equal(seen, []string{"127.0.1.1"}) {
+	if seen := e.tg.Seen(); !slices.Equal(seen, []string{"127.0.1.1"}) {
 		t.Fatalf("POST reached the target through %v, want once through the banned proxy", seen)
 	}
 
@@ -355,7 +343,7 @@ func TestRetryOnBannedProxy(t *testing.T) {
 	}
 	retried := false
 	for i := 0; i < 4 && !retried; i++ {
-		req, _ := http.NewRequest(http.MethodPost, e.tg.plain.URL+"/echo", strings.NewReader("order #2"))
+		req, _ := http.NewRequest(http.MethodPost, e.tg.Plain.URL+"/echo", strings.NewReader("order #2"))
 		req.Header.Set("Idempotency-Key", "order-2")
 		resp, err := c.Do(req)
 		if err != nil {
@@ -366,7 +354,7 @@ func TestRetryOnBannedProxy(t *testing.T) {
 		if resp.StatusCode != http.StatusOK || string(b) != "order #2" {
 			t.Fatalf("POST with Idempotency-Key answered %d %q, want 200 with its body", resp.StatusCode, b)
 		}
-		retried = slices.Equal(e.tg.seen(), []string{"127.0.1.1", "127.0.1.3"})
+		retried = slices.Equal(e.tg.Seen(), []string{"127.0.1.1", "127.0.1.3"})
 	}
 	if !retried {
 		t.Fatal("no POST with Idempotency-Key went through the banned proxy and then another")
@@ -386,13 +374,13 @@ func TestRetryOnDeadProxy(t *testing.T) {
 			checkLeaks(t)
 			e := newEnv(t)
 			dead := tc.start(t, "127.0.1.1")
-			dead.close()
+			dead.Close()
 			e.add(0, alice(), dead)
 			e.add(0, alice(), tc.start(t, "127.0.1.2"))
 			rt := e.transport(WithStrategy(pharox.RoundRobin))
 			c := &http.Client{Transport: rt}
 			for range 2 {
-				resp, err := c.Post(e.tg.tls.URL+"/echo", "text/plain", bytes.NewReader([]byte("payload")))
+				resp, err := c.Post(e.tg.TLS.URL+"/echo", "text/plain", bytes.NewReader([]byte("payload")))
 				if err != nil {
 					t.Fatalf("POST: %v", err)
 				}
@@ -430,9 +418,9 @@ func TestProxyAuthFailure(t *testing.T) {
 			e.add(0, alice(), start(t, "127.0.1.2"))
 			rt := e.transport(WithStrategy(pharox.RoundRobin))
 			c := &http.Client{Transport: rt}
-			url := e.tg.plain.URL + "/echo"
+			url := e.tg.Plain.URL + "/echo"
 			if target != "plain" {
-				url = e.tg.tls.URL + "/echo"
+				url = e.tg.TLS.URL + "/echo"
 			}
 			for range 2 {
 				resp, err := c.Post(url, "text/plain", strings.NewReader("x"))
@@ -472,19 +460,19 @@ func TestNoProxyAvailable(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.tg.plain.URL, nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.tg.Plain.URL, nil)
 	_, err = (&http.Client{Transport: rt}).Do(req)
 	if !errors.Is(err, pharox.ErrNoProxyAvailable) {
 		t.Fatalf("request with a deadline on a busy pool: %v, want ErrNoProxyAvailable", err)
 	}
 
-	_, err = (&http.Client{Transport: rt, Timeout: 300 * time.Millisecond}).Get(e.tg.plain.URL)
+	_, err = (&http.Client{Transport: rt, Timeout: 300 * time.Millisecond}).Get(e.tg.Plain.URL)
 	if !errors.Is(err, pharox.ErrNoProxyAvailable) {
 		t.Fatalf("request with Client.Timeout on a busy pool: %v, want ErrNoProxyAvailable", err)
 	}
 
 	noWait := e.transport(WithMaxWait(0))
-	_, err = (&http.Client{Transport: noWait}).Get(e.tg.plain.URL)
+	_, err = (&http.Client{Transport: noWait}).Get(e.tg.Plain.URL)
 	if !errors.Is(err, pharox.ErrNoProxyAvailable) {
 		t.Fatalf("request without waiting on a busy pool: %v, want ErrNoProxyAvailable", err)
 	}
@@ -494,7 +482,7 @@ func TestNoProxyAvailable(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 		e.mgr.Release(context.Background(), held.ID)
 	}()
-	if code, _ := fetch(t, &http.Client{Transport: rt, Timeout: 20 * time.Second}, context.Background(), e.tg.plain.URL); code != http.StatusOK {
+	if code, _ := fetch(t, &http.Client{Transport: rt, Timeout: 20 * time.Second}, context.Background(), e.tg.Plain.URL); code != http.StatusOK {
 		t.Fatalf("answer %d after the proxy was freed, want 200", code)
 	}
 	e.noLeases()
@@ -508,7 +496,7 @@ func TestBanRetiresProxyTransport(t *testing.T) {
 	e.add(0, alice(), startHTTPUpstream(t, "127.0.1.1"))
 	rt := e.transport(WithMaxRetries(0), WithoutTargetHealth())
 	c := &http.Client{Transport: rt}
-	fetch(t, c, context.Background(), e.tg.tls.URL)
+	fetch(t, c, context.Background(), e.tg.TLS.URL)
 	id := e.byIP["127.0.1.1"].ID
 	rt.proxies.mu.RLock()
 	pt := rt.proxies.byID[id]
@@ -516,10 +504,10 @@ func TestBanRetiresProxyTransport(t *testing.T) {
 	if pt == nil {
 		t.Fatal("no transport cached for the proxy after a request")
 	}
-	e.tg.ban("127.0.1.1")
+	e.tg.Ban("127.0.1.1")
 	// The default policy bans after two ban outcomes in a row.
 	for range 2 {
-		if code, _ := fetch(t, c, context.Background(), e.tg.tls.URL); code != http.StatusTooManyRequests {
+		if code, _ := fetch(t, c, context.Background(), e.tg.TLS.URL); code != http.StatusTooManyRequests {
 			t.Fatalf("answer %d, want the 429 as it came", code)
 		}
 	}
@@ -546,7 +534,7 @@ func TestProxyCacheBounded(t *testing.T) {
 	rt := e.transport(WithStrategy(pharox.RoundRobin), WithMaxProxyTransports(2))
 	c := &http.Client{Transport: rt}
 	for range 8 {
-		fetch(t, c, context.Background(), e.tg.tls.URL)
+		fetch(t, c, context.Background(), e.tg.TLS.URL)
 	}
 	rt.proxies.mu.RLock()
 	n := len(rt.proxies.byID)
@@ -594,11 +582,11 @@ func TestRequestOptions(t *testing.T) {
 	c := &http.Client{Transport: rt}
 	ctx := WithRequestOptions(context.Background(), RequestOptions{Filters: &pharox.Filters{Country: "AR"}})
 	for range 3 {
-		if _, body := fetch(t, c, ctx, e.tg.plain.URL); body != "hello from 127.0.1.1" {
+		if _, body := fetch(t, c, ctx, e.tg.Plain.URL); body != "hello from 127.0.1.1" {
 			t.Fatalf("filtered request answered %q, want through the AR proxy", body)
 		}
 	}
-	if _, body := fetch(t, c, WithRequestOptions(ctx, RequestOptions{Pool: "other", Filters: &pharox.Filters{}}), e.tg.plain.URL); body != "hello from 127.0.1.3" {
+	if _, body := fetch(t, c, WithRequestOptions(ctx, RequestOptions{Pool: "other", Filters: &pharox.Filters{}}), e.tg.Plain.URL); body != "hello from 127.0.1.3" {
 		t.Fatalf("request to pool other answered %q, want through its proxy", body)
 	}
 	e.noLeases()
@@ -619,9 +607,9 @@ func TestIdleProxyTransportsLeave(t *testing.T) {
 	in := func(country string) context.Context {
 		return WithRequestOptions(context.Background(), RequestOptions{Filters: &pharox.Filters{Country: country}})
 	}
-	fetch(t, c, in("AR"), e.tg.plain.URL)
+	fetch(t, c, in("AR"), e.tg.Plain.URL)
 	time.Sleep(5 * time.Millisecond) // longer than the idle timeout
-	fetch(t, c, in("UY"), e.tg.plain.URL)
+	fetch(t, c, in("UY"), e.tg.Plain.URL)
 	rt.proxies.mu.RLock()
 	_, ar := rt.proxies.byID[e.byIP["127.0.1.1"].ID]
 	_, uy := rt.proxies.byID[e.byIP["127.0.1.2"].ID]

@@ -27,14 +27,14 @@ func TestMetrics(t *testing.T) {
 	}
 	rt := e.transport(WithObserver(m), WithStrategy(pharox.RoundRobin), WithMaxWait(0))
 	c := &http.Client{Transport: rt}
-	e.tg.ban("127.0.1.1")
+	e.tg.Ban("127.0.1.1")
 	for range 4 {
-		if code, _ := fetch(t, c, context.Background(), e.tg.plain.URL); code != http.StatusOK {
+		if code, _ := fetch(t, c, context.Background(), e.tg.Plain.URL); code != http.StatusOK {
 			t.Fatalf("answer %d, want 200", code)
 		}
 	}
 	nowhere := WithRequestOptions(context.Background(), RequestOptions{Filters: &pharox.Filters{Country: "ZZ"}})
-	req, _ := http.NewRequestWithContext(nowhere, http.MethodGet, e.tg.plain.URL, nil)
+	req, _ := http.NewRequestWithContext(nowhere, http.MethodGet, e.tg.Plain.URL, nil)
 	if _, err := c.Do(req); !errors.Is(err, pharox.ErrNoProxyAvailable) {
 		t.Fatalf("request matching no proxy: %v, want ErrNoProxyAvailable", err)
 	}

@@ -27,7 +27,7 @@ func TestSuccessReports(t *testing.T) {
 			rt := e.transportWith(cl, WithSuccessReportInterval(tc.every))
 			c := &http.Client{Transport: rt}
 			for range 5 {
-				fetch(t, c, context.Background(), e.tg.plain.URL)
+				fetch(t, c, context.Background(), e.tg.Plain.URL)
 			}
 			if n := cl.reports.Load(); n != tc.want {
 				t.Fatalf("%d success reports for 5 requests, want %d", n, tc.want)
@@ -53,7 +53,7 @@ func TestBrokenBodyReported(t *testing.T) {
 	rt := e.transportWith(cl, WithSuccessReportInterval(0))
 	c := &http.Client{Transport: rt}
 
-	resp, err := c.Get(e.tg.tls.URL + "/cut")
+	resp, err := c.Get(e.tg.TLS.URL + "/cut")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +67,7 @@ func TestBrokenBodyReported(t *testing.T) {
 	e.noLeases()
 
 	ctx, cancel := context.WithCancel(context.Background())
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.tg.tls.URL+"/stream", nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.tg.TLS.URL+"/stream", nil)
 	resp, err = c.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -48,15 +48,15 @@ func TestRemote(t *testing.T) {
 	rt := e.transportWith(e.remoteLeaser(), WithStrategy(pharox.RoundRobin))
 	c := &http.Client{Transport: rt}
 	for range 4 {
-		fetch(t, c, context.Background(), e.tg.tls.URL)
+		fetch(t, c, context.Background(), e.tg.TLS.URL)
 	}
-	if seen := e.tg.seen(); len(slices.Compact(slices.Sorted(slices.Values(seen)))) != 2 {
+	if seen := e.tg.Seen(); len(slices.Compact(slices.Sorted(slices.Values(seen)))) != 2 {
 		t.Fatalf("4 requests went through %v, want both upstreams", seen)
 	}
 
-	e.tg.ban("127.0.1.1")
+	e.tg.Ban("127.0.1.1")
 	for range 3 {
-		if code, body := fetch(t, c, context.Background(), e.tg.tls.URL); code != http.StatusOK || body != "hello from 127.0.1.2" {
+		if code, body := fetch(t, c, context.Background(), e.tg.TLS.URL); code != http.StatusOK || body != "hello from 127.0.1.2" {
 			t.Fatalf("answer %d %q with one proxy banned by the target, want 200 through the other", code, body)
 		}
 	}
@@ -79,7 +79,7 @@ func TestRemote(t *testing.T) {
 		}
 		held = append(held, l)
 	}
-	_, err = (&http.Client{Transport: rt, Timeout: 1500 * time.Millisecond}).Get(e.tg.tls.URL)
+	_, err = (&http.Client{Transport: rt, Timeout: 1500 * time.Millisecond}).Get(e.tg.TLS.URL)
 	if !errors.Is(err, pharox.ErrNoProxyAvailable) {
 		t.Fatalf("request to a busy pool through the service: %v, want ErrNoProxyAvailable", err)
 	}
@@ -91,7 +91,7 @@ func TestRemote(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 		e.mgr.Release(context.Background(), held[1].ID)
 	}()
-	if code, _ := fetch(t, &http.Client{Transport: rt, Timeout: 20 * time.Second}, context.Background(), e.tg.tls.URL); code != http.StatusOK {
+	if code, _ := fetch(t, &http.Client{Transport: rt, Timeout: 20 * time.Second}, context.Background(), e.tg.TLS.URL); code != http.StatusOK {
 		t.Fatalf("answer %d once a proxy was freed, want 200", code)
 	}
 	e.mgr.Release(context.Background(), held[0].ID)
