@@ -1,8 +1,9 @@
+//go:build unix
+
 package main
 
 import (
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 )
@@ -11,12 +12,7 @@ import (
 // cannot be reached exits with 75 (retry later) and says so, and that
 // other failures keep exit code 1.
 func TestExitCodeWhenStorageUnreachable(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close() // nothing listens there now
+	port := refusedPort(t) // nothing listens there
 
 	for _, tc := range []struct {
 		name string
@@ -42,7 +38,7 @@ func TestExitCodeWhenStorageUnreachable(t *testing.T) {
 		})
 	}
 
-	_, _, err = runArgs("", "pool", "list", "--storage", "nosuch://x")
+	_, _, err := runArgs("", "pool", "list", "--storage", "nosuch://x")
 	if err == nil || exitCode(err) != exitFailure || unavailableHint(err) != "" {
 		t.Errorf("a bad storage URL: err %v, exit code %d, hint %q", err, exitCode(err), unavailableHint(err))
 	}
