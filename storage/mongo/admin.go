@@ -244,8 +244,13 @@ func (s *Store) AddProxies(ctx context.Context, in []pharox.Proxy) ([]*pharox.Pr
 	return out, nil
 }
 
-// countSlots returns the active slots of each of the given proxies.
-func (s *Store) countSlots(ctx context.Context, q bson.D) (map[string]int, error) {
+// countSlots returns how many slot documents matching q each proxy has;
+// with live, only those of leases not past ExpiresAt (the ones a
+// candidate check must respect: expired ones are reclaimed on touch).
+func (s *Store) countSlots(ctx context.Context, q bson.D, live bool) (map[string]int, error) {
+	if live {
+		q = append(slices.Clone(q), bson.E{Key: "expires_at", Value: bson.D{{Key: "$gt", Value: now()}}})
+	}
 	cur, err := s.slots.Find(ctx, q, options.Find().SetProjection(bson.D{{Key: "proxy", Value: 1}}))
 	if err != nil {
 		return nil, wrapErr(err)
@@ -304,7 +309,7 @@ func (s *Store) ListProxies(ctx context.Context, poolID uuid.UUID) ([]*pharox.Pr
 	if err := s.findAll(ctx, s.proxies, bson.D{{Key: "pool", Value: pid}}, bson.D{{Key: "_id", Value: 1}}, &ds); err != nil {
 		return nil, fmt.Errorf("mongo: list proxies of pool %s: %w", poolID, err)
 	}
-	counts, err := s.countSlots(ctx, bson.D{{Key: "pool", Value: pid}})
+	counts, err := s.countSlots(ctx, bson.D{{Key: "pool", Value: pid}}, false)
 	if err != nil {
 		return nil, fmt.Errorf("mongo: list proxies of pool %s: %w", poolID, err)
 	}
@@ -468,7 +473,7 @@ func (s *Store) ListLeases(ctx context.Context, q pharox.LeaseQuery) ([]*pharox.
 	if q.Limit < 0 {
 		return nil, fmt.Errorf("mongo: list leases: %w: negative limit %d", pharox.ErrInvalidArgument, q.Limit)
 	}
-	var filter bson.D
+	filter := bson.D{}
 	for _, f := range []struct {
 		key string
 		id  uuid.UUID

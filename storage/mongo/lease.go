@@ -140,9 +140,8 @@ func (a *acquisition) run(ctx context.Context) (*pharox.Lease, error) {
 	newBinding := sessionDoc{ID: sid, Pool: a.pool.ID, Proxy: idString(l.ProxyID), ExpiresAt: a.now.Add(a.req.SessionTTL)}
 	if bound != nil {
 		// The live binding's proxy could not take the lease: rebind.
-		_, err := s.sessions.ReplaceOne(ctx, bson.D{{Key: "_id", Value: sid}}, newBinding, options.Replace().SetUpsert(true))
-		if err != nil {
-			return nil, wrapErr(err)
+		if err := s.rebind(ctx, newBinding); err != nil {
+			return nil, err
 		}
 		return l, a.moveCursor(ctx, l)
 	}
@@ -178,8 +177,8 @@ func (a *acquisition) run(ctx context.Context) (*pharox.Lease, error) {
 		return nil, err
 	}
 	newBinding.Proxy = idString(l.ProxyID)
-	if _, err := s.sessions.ReplaceOne(ctx, bson.D{{Key: "_id", Value: sid}}, newBinding, options.Replace().SetUpsert(true)); err != nil {
-		return nil, wrapErr(err)
+	if err := s.rebind(ctx, newBinding); err != nil {
+		return nil, err
 	}
 	return l, a.moveCursor(ctx, l)
 }
@@ -187,6 +186,17 @@ func (a *acquisition) run(ctx context.Context) (*pharox.Lease, error) {
 // undo deletes the slot this acquisition took and has not returned.
 func (a *acquisition) undo(ctx context.Context) error {
 	_, err := a.s.slots.DeleteOne(context.WithoutCancel(ctx), bson.D{{Key: "_id", Value: a.id}})
+	return wrapErr(err)
+}
+
+// rebind writes the binding whatever it was (last writer wins).
+func (s *Store) rebind(ctx context.Context, b sessionDoc) error {
+	q := bson.D{{Key: "_id", Value: b.ID}}
+	_, err := s.sessions.ReplaceOne(ctx, q, b, options.Replace().SetUpsert(true))
+	if mongo.IsDuplicateKeyError(err) {
+		// A concurrent upsert created it first.
+		_, err = s.sessions.ReplaceOne(ctx, q, b)
+	}
 	return wrapErr(err)
 }
 
@@ -216,6 +226,11 @@ func (a *acquisition) moveCursor(ctx context.Context, l *pharox.Lease) error {
 	}
 	_, err := a.s.cursors.UpdateOne(ctx, bson.D{{Key: "_id", Value: a.pool.ID}},
 		bson.D{{Key: "$set", Value: bson.D{{Key: "after", Value: idString(l.ProxyID)}}}}, options.UpdateOne().SetUpsert(true))
+	if mongo.IsDuplicateKeyError(err) {
+		// A concurrent first move created the cursor: last writer wins.
+		_, err = a.s.cursors.UpdateOne(ctx, bson.D{{Key: "_id", Value: a.pool.ID}},
+			bson.D{{Key: "$set", Value: bson.D{{Key: "after", Value: idString(l.ProxyID)}}}})
+	}
 	return wrapErr(err)
 }
 
@@ -246,8 +261,7 @@ func (a *acquisition) take(ctx context.Context, d *proxyDoc) (l *pharox.Lease, l
 	doc := leaseDoc{
 		ID: a.id, Pool: a.pool.ID, PoolName: a.pool.Name, Proxy: d.ID,
 		Consumer: idString(a.req.ConsumerID), ConsumerName: a.req.ConsumerName,
-		Status: string(pharox.LeaseActive), AcquiredAt: a.now,
-		ExpiresAt: a.now.Add(a.req.Duration).Truncate(time.Millisecond), SessionKey: a.req.SessionKey,
+		Status: string(pharox.LeaseActive), SessionKey: a.req.SessionKey,
 	}
 	for range 4 {
 		if d.MaxC == 0 {
@@ -259,8 +273,18 @@ func (a *acquisition) take(ctx context.Context, d *proxyDoc) (l *pharox.Lease, l
 			}
 			doc.N = n
 		}
+		// Stamped after the read that found the slot free: the lease that
+		// held it before was stamped ended before its slot was deleted, so
+		// the two never overlap (on one clock).
+		doc.AcquiredAt = now()
+		doc.ExpiresAt = doc.AcquiredAt.Add(a.req.Duration).Truncate(time.Millisecond)
 		_, err := s.slots.InsertOne(ctx, doc)
 		if err == nil {
+			if d.MaxC > 0 {
+				if err := a.restamp(ctx, &doc); err != nil {
+					return nil, false, err
+				}
+			}
 			return a.taken(ctx, &doc, d)
 		}
 		if !mongo.IsDuplicateKeyError(err) {
@@ -277,6 +301,30 @@ func (a *acquisition) take(ctx context.Context, d *proxyDoc) (l *pharox.Lease, l
 		lost = true
 	}
 	return nil, lost, nil
+}
+
+// restamp moves the lease's AcquiredAt (and ExpiresAt with it) to the
+// clock after its insert committed, when that is later than the stamp it
+// was inserted with. An insert can wait (on a lock of the server) while
+// other acquisitions take and free the same slot number; the lease holds
+// the slot only from its commit, and its interval must not overlap
+// theirs. A lease ended meanwhile (its duration shorter than the wait)
+// keeps its stamps.
+func (a *acquisition) restamp(ctx context.Context, doc *leaseDoc) error {
+	t := now()
+	if !t.After(doc.AcquiredAt) {
+		return nil
+	}
+	exp := t.Add(a.req.Duration).Truncate(time.Millisecond)
+	res, err := a.s.slots.UpdateOne(ctx, bson.D{{Key: "_id", Value: doc.ID}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: "acquired_at", Value: t}, {Key: "expires_at", Value: exp}}}})
+	if err != nil {
+		return wrapErr(err)
+	}
+	if res.MatchedCount == 1 {
+		doc.AcquiredAt, doc.ExpiresAt = t, exp
+	}
+	return nil
 }
 
 // taken finishes a successful insert: a caller-chosen id that ended
@@ -447,7 +495,7 @@ func (s *Store) walk(ctx context.Context, pool *poolDoc, f *pharox.Filters, q bs
 		for i := range page {
 			ids[i] = page[i].ID
 		}
-		counts, err := s.countSlots(ctx, bson.D{{Key: "proxy", Value: bson.D{{Key: "$in", Value: ids}}}})
+		counts, err := s.countSlots(ctx, bson.D{{Key: "proxy", Value: bson.D{{Key: "$in", Value: ids}}}}, true)
 		if err != nil {
 			return true, err
 		}
@@ -475,7 +523,7 @@ func (s *Store) walk(ctx context.Context, pool *poolDoc, f *pharox.Filters, q bs
 		if err := s.findAll(ctx, s.proxies, base, bson.D{{Key: "_id", Value: 1}}, &all); err != nil {
 			return res, err
 		}
-		counts, err := s.countSlots(ctx, bson.D{{Key: "pool", Value: pool.ID}})
+		counts, err := s.countSlots(ctx, bson.D{{Key: "pool", Value: pool.ID}}, true)
 		if err != nil {
 			return res, err
 		}
@@ -748,7 +796,7 @@ func (s *Store) GetPoolStats(ctx context.Context, pool string) (*pharox.PoolStat
 	if err := cur.All(ctx, &ds); err != nil {
 		return nil, fmt.Errorf("mongo: pool stats of %q: %w", pool, wrapErr(err))
 	}
-	counts, err := s.countSlots(ctx, bson.D{{Key: "pool", Value: pd.ID}})
+	counts, err := s.countSlots(ctx, bson.D{{Key: "pool", Value: pd.ID}}, false)
 	if err != nil {
 		return nil, fmt.Errorf("mongo: pool stats of %q: %w", pool, err)
 	}
