@@ -36,4 +36,12 @@ var (
 	// retry later may succeed. The service answers it with 503 and
 	// Retry-After, and the Go client returns it for such answers.
 	ErrUnavailable = errors.New("pharox: storage unavailable")
+	// ErrKeyNotFound means the identified API key does not exist (or no
+	// stored key has the presented secret).
+	ErrKeyNotFound = errors.New("pharox: api key not found")
+	// ErrKeyRevoked means the API key was revoked: it no longer
+	// authenticates and cannot be rotated.
+	ErrKeyRevoked = errors.New("pharox: api key revoked")
+	// ErrKeyExpired means the API key is past its expiry.
+	ErrKeyExpired = errors.New("pharox: api key expired")
 )

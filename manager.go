@@ -126,7 +126,8 @@ func WithOutcomePolicy(p OutcomePolicy) ManagerOption {
 
 // Manager holds the business rules of leasing: validation, defaults,
 // consumers, waiting, events. It keeps no state of its own beyond caches
-// and the outcome verdicts it counted (see ReportOutcome), so any number of
+// and, for stores without LeaseVerdictStore, the outcome verdicts it
+// counted (see ReportOutcome), so any number of
 // Managers in any number of processes may share a store.
 type Manager struct {
 	store     Storage
@@ -182,10 +183,18 @@ func (m *Manager) Err() error { return m.invalid }
 // Storage returns the store the Manager uses.
 func (m *Manager) Storage() Storage { return m.store }
 
-// ensureConsumer returns the id of the named consumer, creating it once.
-func (m *Manager) ensureConsumer(ctx context.Context, name string) (uuid.UUID, error) {
+// ensureConsumer returns the id of the named consumer for an acquisition
+// from pool, creating the consumer once. The pool is checked first, so an
+// acquisition from an unknown pool creates nothing: otherwise anyone who
+// may acquire could add consumers without bound by naming made-up pools.
+// (Once the id is cached the store's AcquireLease reports the unknown
+// pool, with no extra round trip.)
+func (m *Manager) ensureConsumer(ctx context.Context, pool, name string) (uuid.UUID, error) {
 	if id, ok := m.consumers.Load(name); ok {
 		return id.(uuid.UUID), nil
+	}
+	if _, err := m.store.GetPoolByName(ctx, pool); err != nil {
+		return uuid.Nil, fmt.Errorf("acquire from pool %q: %w", pool, err)
 	}
 	c, err := m.store.EnsureConsumer(ctx, name)
 	if err != nil {
@@ -262,7 +271,7 @@ func (m *Manager) buildRequest(ctx context.Context, pool string, opts *AcquireOp
 		}
 		req.Filters = f
 	}
-	id, err := m.ensureConsumer(ctx, req.ConsumerName)
+	id, err := m.ensureConsumer(ctx, pool, req.ConsumerName)
 	if err != nil {
 		return req, err
 	}

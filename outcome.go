@@ -106,10 +106,13 @@ func (p OutcomePolicy) Validate() error {
 // Each lease gives at most one verdict: its first failure or ban counts,
 // later ones are accepted and change nothing (the proxy is returned as it
 // is), so one holder replaying a report cannot push a proxy over its
-// failure or ban threshold alone. Successes always count. The verdicts
-// given are remembered by this Manager, in memory, until their lease
-// expires: Managers in other processes sharing the store do not see them,
-// so a lease can give one verdict per process.
+// failure or ban threshold alone. Successes always count. When the store
+// implements [LeaseVerdictStore] (every store in this module does) the
+// verdict is claimed in the store, so this holds across every process
+// sharing it; a claim whose health update then fails is spent (a retried
+// report does not count). Otherwise this Manager remembers the verdicts
+// in memory until their lease expires, and a lease can give one verdict
+// per process.
 //
 // Failures and bans that would take a proxy out of service are capped by
 // the policy's MaxBannedShare (see [OutcomePolicy]).
@@ -158,7 +161,11 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 			r.Error = fmt.Sprintf("slow: a request took %v (threshold %v)", o.Latency.Round(time.Millisecond), p.SlowLatency)
 		}
 	case OutcomeFailure, OutcomeBanned:
-		if !m.verdicts.claim(stored.ID, stored.ExpiresAt) {
+		first, err := m.claimVerdict(ctx, stored)
+		if err != nil {
+			return nil, fmt.Errorf("report outcome on lease %s: %w", lease.ID, err)
+		}
+		if !first {
 			// This lease already gave its verdict: accepted, not counted.
 			return m.currentProxy(ctx, stored.ProxyID)
 		}
@@ -191,7 +198,7 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 		m.guard.done(stored.PoolName)
 	}
 	if err != nil {
-		if kind != OutcomeSuccess {
+		if _, shared := m.store.(LeaseVerdictStore); kind != OutcomeSuccess && !shared {
 			// Not applied: a retry of the report may still count.
 			m.verdicts.forget(stored.ID)
 		}
@@ -201,6 +208,16 @@ func (m *Manager) ReportOutcome(ctx context.Context, lease *Lease, o Outcome) (*
 		return nil, fmt.Errorf("report outcome: %w: %s", ErrProxyNotFound, stored.ProxyID)
 	}
 	return proxy, nil
+}
+
+// claimVerdict claims the lease's one failure or ban verdict and reports
+// whether this report is the one that counts: in the store when it can
+// (see LeaseVerdictStore), else in this Manager's verdictLog.
+func (m *Manager) claimVerdict(ctx context.Context, l *Lease) (bool, error) {
+	if vs, ok := m.store.(LeaseVerdictStore); ok {
+		return vs.ClaimLeaseVerdict(ctx, l.ID)
+	}
+	return m.verdicts.claim(l.ID, l.ExpiresAt), nil
 }
 
 // endedHow says how a lease that is no longer active ended.
@@ -221,7 +238,8 @@ func (m *Manager) currentProxy(ctx context.Context, id uuid.UUID) (*Proxy, error
 }
 
 // verdictLog remembers the leases that gave their one counted failure or
-// ban verdict, each until its lease expires. Only active leases report, so
+// ban verdict, each until its lease expires, for stores that do not
+// implement LeaseVerdictStore. Only active leases report, so
 // it holds at most one entry per active lease that reported a verdict;
 // expired entries are dropped as time goes on.
 type verdictLog struct {

@@ -92,3 +92,33 @@ func TestReportOutcomeGuardCoversFailures(t *testing.T) {
 		t.Fatalf("failure reports made %d of 4 proxies inactive, want 2 (MaxBannedShare 0.5)", inactive)
 	}
 }
+
+// TestReportOutcomeOneVerdictAcrossManagers: two Managers sharing a store
+// (as two processes would) count one failure verdict per lease between
+// them, because the store keeps the verdict (LeaseVerdictStore).
+func TestReportOutcomeOneVerdictAcrossManagers(t *testing.T) {
+	ctx := context.Background()
+	m1, store, _ := newPool(t, 1, 10)
+	m2 := pharox.NewManager(store)
+	lease, err := m1.Acquire(ctx, "main", &pharox.AcquireOptions{Duration: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range 16 {
+		m := []*pharox.Manager{m1, m2}[i%2]
+		wg.Go(func() {
+			if _, err := m.ReportOutcome(ctx, lease, pharox.Outcome{Kind: pharox.OutcomeFailure, Reason: "reset"}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	p, err := store.GetProxy(ctx, lease.ProxyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.FailureStreak != 1 {
+		t.Fatalf("16 failure reports on one lease through two Managers: streak %d, want 1", p.FailureStreak)
+	}
+}

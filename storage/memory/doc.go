@@ -80,4 +80,14 @@
 // scan. Sticky-session bindings that died are dropped by
 // CleanupExpiredLeases and, so that unique keys cannot grow a pool without
 // bound, whenever the number of bindings doubles.
+//
+// # API keys, audit log and lease verdicts
+//
+// The store implements [pharox.KeyStore] and [pharox.LeaseVerdictStore]
+// under the same lock. API keys (their SHA-256 digests, never the secrets)
+// are held in maps by id, name and digest; a digest lookup is compared
+// again in constant time. The audit log is a slice ordered by time, so
+// listing walks from the newest entry and stops at the limit; it grows
+// until PurgeAudit trims it. A lease's verdict is a flag on its record,
+// gone when the record is forgotten (see retention above).
 package memory

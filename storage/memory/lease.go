@@ -25,7 +25,10 @@ type leaseState struct {
 	live       bool // holds a lease (active or retained), not free
 	// chosen: the caller chose the id, which is then in Store.chosen.
 	chosen bool
-	proxy  *proxyState
+	// verdict: a ban or failure verdict was claimed on the lease
+	// (ClaimLeaseVerdict).
+	verdict bool
+	proxy   *proxyState
 }
 
 // newLease takes a free record (or makes one) for a lease whose id is
@@ -63,6 +66,7 @@ func (s *Store) freeLease(ls *leaseState) {
 		delete(s.chosen, ls.l.ID)
 	}
 	ls.chosen = false
+	ls.verdict = false
 	ls.live = false
 	ls.l = pharox.Lease{}
 	ls.proxy = nil

@@ -92,6 +92,8 @@ type Store struct {
 	expiry expiryHeap
 	ended  leaseRing
 	seq    uint64
+	// keys holds the API keys and the audit log.
+	keys keyTable
 	// last is the latest time an operation used; see lockNoReap.
 	last time.Time
 

@@ -121,4 +121,23 @@
 //
 // All times come from the server's UTC_TIMESTAMP(6), stored as DATETIME(6)
 // in UTC. Ended leases are kept until PurgeEndedLeases deletes them.
+//
+// # API keys, audit log and lease verdicts
+//
+// Migration 0002 adds the tables of [pharox.KeyStore] and the column of
+// [pharox.LeaseVerdictStore]. api_keys holds one row per key: id, name
+// (unique), role, digest (the SHA-256 of the secret, BINARY(32), unique:
+// the secret itself is never stored), hint (its first characters), the
+// bound consumers and pools as JSON arrays, and created_at, expires_at,
+// revoked_at and last_used_at. A lookup by digest goes through the unique
+// key and compares the digest again in constant time; TouchAPIKeys is one
+// UPDATE (CASE per id) for up to 1,000 keys. audit_log holds one row per
+// admin action (id unique, so a retried append is a no-op; an
+// AUTO_INCREMENT seq orders equal times) keyed by (at, seq); PurgeAudit
+// deletes by time in batches. leases.verdict_at records when a lease's
+// one ban or failure verdict was claimed: the claim is one UPDATE ...
+// WHERE verdict_at IS NULL, so concurrent claims from any process queue on
+// the row lock and exactly one changes the row. Migrate takes "duplicate
+// column" from 0002's ALTER TABLE as already applied, so an interrupted
+// run re-applies it whole.
 package mysql

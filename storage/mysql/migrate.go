@@ -189,7 +189,9 @@ func migrate(ctx context.Context, db *sql.DB, prefix string) error {
 			continue
 		}
 		for _, st := range m.stmts {
-			if _, err := conn.ExecContext(ctx, q(st)); err != nil {
+			if _, err := conn.ExecContext(ctx, q(st)); err != nil && code(err) != errDupFieldName {
+				// A duplicate column is an ADD COLUMN a crashed run
+				// already applied (MySQL has no ADD COLUMN IF NOT EXISTS).
 				return fmt.Errorf("apply %s: %w", m.name, err)
 			}
 		}

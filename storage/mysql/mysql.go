@@ -257,6 +257,7 @@ func (s *Store) q(query string) string { return strings.ReplaceAll(query, "{p}",
 // MySQL and MariaDB error numbers the store maps.
 const (
 	errDupEntry              = 1062
+	errDupFieldName          = 1060 // ER_DUP_FIELDNAME: ADD COLUMN of a column that exists
 	errLockWaitTimeout       = 1205
 	errDeadlock              = 1213
 	errRowIsReferenced       = 1451

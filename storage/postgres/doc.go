@@ -231,6 +231,22 @@
 // them. Proxy passwords are stored as given (protect the database) and are
 // never part of an error message.
 //
+// # API keys, audit log and lease verdicts
+//
+// Migration 0003 adds the tables of [pharox.KeyStore] and the column of
+// [pharox.LeaseVerdictStore]. api_keys holds one row per key: id, name
+// (unique), role, digest (the SHA-256 of the secret, bytea, unique: the
+// secret itself is never stored), hint (its first characters), consumers
+// and pools (text[]), and created_at, expires_at, revoked_at and
+// last_used_at. A lookup by digest goes through the unique index and
+// compares the digest again in constant time; TouchAPIKeys is one UPDATE
+// over unnest()ed arrays. audit_log holds one row per admin action (id
+// unique, so a retried append is a no-op; an identity seq orders equal
+// times) indexed by (at, seq). leases.verdict_at records when a lease's
+// one ban or failure verdict was claimed: the claim is one UPDATE ...
+// WHERE verdict_at IS NULL, so concurrent claims from any process queue on
+// the row lock and exactly one finds it unset.
+//
 // # Tests
 //
 // The tests need a server and skip without one:

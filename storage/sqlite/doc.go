@@ -91,4 +91,18 @@
 // that lease, taking no slot. Timestamps are stored as integer
 // microseconds, UTC, stamped with the clock of the process that performs
 // the operation.
+//
+// # API keys, audit log and lease verdicts
+//
+// Migration 0004 adds the tables of [pharox.KeyStore] and the column of
+// [pharox.LeaseVerdictStore]. api_keys holds one row per key: id, name
+// (unique), role, digest (the SHA-256 of the secret, 32 bytes, unique:
+// the secret itself is never stored), hint (its first characters), the
+// bound consumers and pools as JSON arrays, and created_at, expires_at,
+// revoked_at and last_used_at. A lookup by digest goes through the unique
+// index and compares the digest again in constant time. audit_log holds
+// one row per admin action (id unique, so a retried append is a no-op;
+// rowid seq orders equal times) indexed by (at, seq); PurgeAudit deletes
+// by time in batches. leases.verdict_at records when a lease's one ban or
+// failure verdict was claimed, so two processes on the file count it once.
 package sqlite

@@ -70,6 +70,9 @@ const (
 	envNamespace = "PHAROX_STORAGETEST_NAMESPACE"
 	envPool      = "PHAROX_STORAGETEST_POOL"
 	envDuration  = "PHAROX_STORAGETEST_DURATION"
+	// envVerdict names a lease whose verdict every worker claims (stores
+	// implementing pharox.LeaseVerdictStore).
+	envVerdict = "PHAROX_STORAGETEST_VERDICT_LEASE"
 )
 
 // tallyPrefix starts the line on which a worker reports its tally.
@@ -105,6 +108,9 @@ type workerTally struct {
 	// SharedConsumer is the id EnsureConsumer gave for the name every
 	// worker asks for.
 	SharedConsumer uuid.UUID `json:"shared_consumer"`
+	// VerdictsWon counts ClaimLeaseVerdict calls on the shared verdict
+	// lease that reported being first.
+	VerdictsWon int64 `json:"verdicts_won"`
 }
 
 // IsWorkerProcess reports whether this process is a worker started by
@@ -122,7 +128,9 @@ func IsWorkerProcess() bool { return os.Getenv(envWorker) != "" }
 // every lease record: intervals never exceed a proxy's limit at any instant,
 // the records are exactly the acquisitions the workers made, every lease
 // ended as released or expired matching what the workers did, and no proxy
-// still counts a lease.
+// still counts a lease. A store implementing [pharox.LeaseVerdictStore]
+// also has every worker claim one lease's verdict from each goroutine at
+// once: exactly one claim in all the processes may be first.
 //
 // Call it from its own top-level test (or subtest); code before the call
 // runs in the workers too.
@@ -184,6 +192,23 @@ func runParent(t *testing.T, cfg MultiProcessConfig) {
 	for _, p := range proxies {
 		maxc[p.ID] = cfg.MaxConcurrency
 	}
+	// One ended lease whose verdict the workers race to claim.
+	var verdictLease uuid.UUID
+	if _, ok := s.(pharox.LeaseVerdictStore); ok {
+		vc, err := s.EnsureConsumer(ctx, "multiprocess-verdict")
+		if err != nil {
+			t.Fatalf("EnsureConsumer(verdict): %v", err)
+		}
+		l, err := s.AcquireLease(ctx, pharox.AcquireRequest{PoolName: poolName, ConsumerID: vc.ID, ConsumerName: vc.Name,
+			Duration: time.Minute, Strategy: pharox.FirstAvailable})
+		if err != nil {
+			t.Fatalf("AcquireLease(verdict lease): %v", err)
+		}
+		if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+			t.Fatalf("ReleaseLease(verdict lease): %v", err)
+		}
+		verdictLease = l.ID
+	}
 
 	t.Logf("namespace %s: %d processes x %d goroutines for %v on %d proxies of max %d",
 		ns, cfg.Processes, cfg.Goroutines, cfg.Duration, cfg.Proxies, cfg.MaxConcurrency)
@@ -192,7 +217,7 @@ func runParent(t *testing.T, cfg MultiProcessConfig) {
 	started := time.Now()
 	for i := range cfg.Processes {
 		wg.Go(func() {
-			tallies[i] = runWorkerProcess(t, ctx, cfg, i, ns, poolName)
+			tallies[i] = runWorkerProcess(t, ctx, cfg, i, ns, poolName, verdictLease)
 		})
 	}
 	wg.Wait()
@@ -211,6 +236,7 @@ func runParent(t *testing.T, cfg MultiProcessConfig) {
 		sum.Misses += w.Misses
 		sum.Cleaned += w.Cleaned
 		sum.Errors += w.Errors
+		sum.VerdictsWon += w.VerdictsWon
 		for _, e := range w.FirstErrors {
 			t.Errorf("worker %d: %s", w.Worker, e)
 		}
@@ -228,6 +254,15 @@ func runParent(t *testing.T, cfg MultiProcessConfig) {
 	}
 	if sum.Acquired == 0 {
 		t.Fatal("no worker acquired a lease")
+	}
+	if verdictLease != uuid.Nil {
+		if sum.VerdictsWon != 1 {
+			t.Errorf("%d of %d concurrent ClaimLeaseVerdict calls across %d processes were first, want exactly 1",
+				sum.VerdictsWon, cfg.Processes*cfg.Goroutines, cfg.Processes)
+		}
+		// The verdict lease is one more acquired and released lease.
+		sum.Acquired++
+		sum.Released++
 	}
 
 	// Let the abandoned (and any unreleased) leases expire, then reclaim.
@@ -295,7 +330,7 @@ func runParent(t *testing.T, cfg MultiProcessConfig) {
 
 // runWorkerProcess starts worker i and returns its tally, failing t (not
 // fatally: it runs on its own goroutine) if the worker did not report.
-func runWorkerProcess(t *testing.T, ctx context.Context, cfg MultiProcessConfig, i int, ns, pool string) *workerTally {
+func runWorkerProcess(t *testing.T, ctx context.Context, cfg MultiProcessConfig, i int, ns, pool string, verdictLease uuid.UUID) *workerTally {
 	timeout := cfg.Duration + 2*time.Minute
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -308,6 +343,9 @@ func runWorkerProcess(t *testing.T, ctx context.Context, cfg MultiProcessConfig,
 		envPool+"="+pool,
 		envDuration+"="+cfg.Duration.String(),
 	)
+	if verdictLease != uuid.Nil {
+		cmd.Env = append(cmd.Env, envVerdict+"="+verdictLease.String())
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -372,6 +410,10 @@ func runWorker(t *testing.T, cfg MultiProcessConfig) {
 	own, err := s.EnsureConsumer(ctx, fmt.Sprintf("multiprocess-worker-%d", idx))
 	if err != nil {
 		t.Fatalf("EnsureConsumer: %v", err)
+	}
+
+	if v := os.Getenv(envVerdict); v != "" {
+		tally.VerdictsWon = claimVerdictFromAll(ctx, s, v, cfg.Goroutines, fail)
 	}
 
 	var acquired, released, late, abandoned, misses, cleaned atomic.Int64
@@ -461,4 +503,30 @@ func runWorker(t *testing.T, cfg MultiProcessConfig) {
 	}
 	// Printed, not logged: the parent parses stdout.
 	fmt.Printf("\n%s%s\n", tallyPrefix, out)
+}
+
+// claimVerdictFromAll claims the named lease's verdict from n goroutines
+// at once and returns how many claims were first.
+func claimVerdictFromAll(ctx context.Context, s pharox.Storage, lease string, n int, fail func(string, ...any)) int64 {
+	vs, ok := s.(pharox.LeaseVerdictStore)
+	id, err := uuid.Parse(lease)
+	if !ok || err != nil {
+		fail("verdict lease %q on %T: %v", lease, s, err)
+		return 0
+	}
+	var won atomic.Int64
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			first, err := vs.ClaimLeaseVerdict(ctx, id)
+			if err != nil {
+				fail("ClaimLeaseVerdict(%s): %v", id, err)
+			}
+			if first {
+				won.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	return won.Load()
 }

@@ -16,7 +16,8 @@
 // call concurrently and the stores it returns must not share data.
 // Subtests are grouped (Pools, Proxies, Consumers, Leases, Expiry, Filters,
 // Strategies, Sessions, Stats, Health, Copies, LeaseRecords, Stress,
-// StickyConcurrency, LeaseIDs, CheckedAt, LargePool), so a
+// StickyConcurrency, LeaseIDs, CheckedAt, LargePool, Keys, Audit,
+// LeaseVerdicts), so a
 // driver can select some with -run 'TestConformance/Leases/'.
 //
 // The suite checks behaviour through the public interface only and uses the
@@ -81,6 +82,9 @@ func Run(t *testing.T, newStore func(t *testing.T) pharox.Storage, opts ...Optio
 		{"LeaseIDs", leaseIDTests},
 		{"CheckedAt", checkedAtTests},
 		{"LargePool", largePoolTests},
+		{"Keys", keyTests},
+		{"Audit", auditTests},
+		{"LeaseVerdicts", leaseVerdictTests},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {
