@@ -162,7 +162,7 @@ func (s *Store) DeletePool(ctx context.Context, id uuid.UUID) error {
 	if _, err := s.pools.DeleteOne(ctx, bson.D{{Key: "_id", Value: pid}}); err != nil {
 		return fmt.Errorf("mongo: delete pool %s: %w", id, wrapErr(err))
 	}
-	for _, c := range []*mongo.Collection{s.proxies, s.leases, s.sessions} {
+	for _, c := range []*mongo.Collection{s.proxies, s.leases, s.sessions, s.verdicts} {
 		if _, err := c.DeleteMany(ctx, byPool); err != nil {
 			return fmt.Errorf("mongo: delete pool %s: %w", id, wrapErr(err))
 		}
@@ -428,8 +428,10 @@ func (s *Store) DeleteProxy(ctx context.Context, id uuid.UUID) error {
 	if _, err := s.proxies.DeleteOne(ctx, bson.D{{Key: "_id", Value: pid}}); err != nil {
 		return fmt.Errorf("mongo: delete proxy %s: %w", id, wrapErr(err))
 	}
-	if _, err := s.leases.DeleteMany(ctx, bson.D{{Key: "proxy", Value: pid}}); err != nil {
-		return fmt.Errorf("mongo: delete proxy %s: %w", id, wrapErr(err))
+	for _, c := range []*mongo.Collection{s.leases, s.verdicts} {
+		if _, err := c.DeleteMany(ctx, bson.D{{Key: "proxy", Value: pid}}); err != nil {
+			return fmt.Errorf("mongo: delete proxy %s: %w", id, wrapErr(err))
+		}
 	}
 	return nil
 }
@@ -543,11 +545,34 @@ func (s *Store) ListLeases(ctx context.Context, q pharox.LeaseQuery) ([]*pharox.
 }
 
 // PurgeEndedLeases deletes released and expired leases that ended before
-// endedBefore.
+// endedBefore, with their verdict claims.
 func (s *Store) PurgeEndedLeases(ctx context.Context, endedBefore time.Time) (int, error) {
-	res, err := s.leases.DeleteMany(ctx, bson.D{{Key: "released_at", Value: bson.D{{Key: "$lt", Value: endedBefore.UTC()}}}})
+	q := bson.D{{Key: "released_at", Value: bson.D{{Key: "$lt", Value: endedBefore.UTC()}}}}
+	cur, err := s.leases.Find(ctx, q, options.Find().SetProjection(bson.D{{Key: "_id", Value: 1}}))
 	if err != nil {
 		return 0, fmt.Errorf("mongo: purge ended leases: %w", wrapErr(err))
 	}
-	return int(res.DeletedCount), nil
+	var ids []struct {
+		ID string `bson:"_id"`
+	}
+	if err := cur.All(ctx, &ids); err != nil {
+		return 0, fmt.Errorf("mongo: purge ended leases: %w", wrapErr(err))
+	}
+	n := 0
+	for lo := 0; lo < len(ids); lo += 1000 {
+		batch := make(bson.A, 0, 1000)
+		for _, d := range ids[lo:min(lo+1000, len(ids))] {
+			batch = append(batch, d.ID)
+		}
+		in := bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: batch}}}}
+		res, err := s.leases.DeleteMany(ctx, in)
+		if err != nil {
+			return n, fmt.Errorf("mongo: purge ended leases: %w", wrapErr(err))
+		}
+		n += int(res.DeletedCount)
+		if _, err := s.verdicts.DeleteMany(ctx, in); err != nil {
+			return n, fmt.Errorf("mongo: purge ended leases: %w", wrapErr(err))
+		}
+	}
+	return n, nil
 }

@@ -48,8 +48,9 @@
 //
 // Candidates are read in strategy order through indexes: the proxies of
 // the pool with status rank 0 or 1 (active, slow) that the request's
-// filter, translated to a query, selects; a page of 256 at a time has its
-// slots counted with one $in query on the slots' (pool, proxy) index.
+// filter, translated to a query, selects, read in pages of 32, 128, 512,
+// then 2,048 candidates; each page has its live slots counted with one $in
+// query on the slots' (proxy, n) index.
 // FirstAvailable reads the (pool, rank, checked_at desc, _id) index;
 // RoundRobin reads (pool, _id) after the pool's cursor document and then
 // wraps. LeastUsed and Random need each candidate's lease count, which

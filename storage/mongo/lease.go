@@ -17,8 +17,13 @@ import (
 	"github.com/pharox/pharox"
 )
 
-// pageSize is how many candidates one read of a strategy walk returns.
-const pageSize = 256
+// Pages of a strategy walk grow from firstPage to maxPage candidates, each
+// four times the last: a free candidate near the front costs a small
+// read, one deep in the order few reads.
+const (
+	firstPage = 32
+	maxPage   = 2048
+)
 
 // maxContendedRounds bounds how often an acquisition walks again after it
 // saw free slots but lost every one of them to concurrent acquisitions.
@@ -264,14 +269,15 @@ func (a *acquisition) take(ctx context.Context, d *proxyDoc) (l *pharox.Lease, l
 		Status: string(pharox.LeaseActive), SessionKey: a.req.SessionKey,
 	}
 	for range 4 {
+		held := -1 // unknown
 		if d.MaxC == 0 {
 			doc.N = a.id
 		} else {
-			n, ok, err := s.freeSlot(ctx, d)
+			n, h, ok, err := s.freeSlot(ctx, d)
 			if err != nil || !ok {
 				return nil, lost, err
 			}
-			doc.N = n
+			doc.N, held = n, h
 		}
 		// Stamped after the read that found the slot free: the lease that
 		// held it before was stamped ended before its slot was deleted, so
@@ -285,7 +291,7 @@ func (a *acquisition) take(ctx context.Context, d *proxyDoc) (l *pharox.Lease, l
 					return nil, false, err
 				}
 			}
-			return a.taken(ctx, &doc, d)
+			return a.taken(ctx, &doc, d, held)
 		}
 		if !mongo.IsDuplicateKeyError(err) {
 			return nil, false, wrapErr(err)
@@ -330,8 +336,9 @@ func (a *acquisition) restamp(ctx context.Context, doc *leaseDoc) error {
 // taken finishes a successful insert: a caller-chosen id that ended
 // meanwhile (an earlier try acquired and ended it) gives the slot back
 // and answers with that lease; otherwise the lease gets its proxy
-// snapshot, counted after the slot was taken.
-func (a *acquisition) taken(ctx context.Context, doc *leaseDoc, d *proxyDoc) (*pharox.Lease, bool, error) {
+// snapshot: the slots read before the insert plus this one (held), or
+// counted now when they were not read.
+func (a *acquisition) taken(ctx context.Context, doc *leaseDoc, d *proxyDoc, held int) (*pharox.Lease, bool, error) {
 	s := a.s
 	if a.callerID {
 		var e leaseDoc
@@ -346,9 +353,13 @@ func (a *acquisition) taken(ctx context.Context, doc *leaseDoc, d *proxyDoc) (*p
 			return nil, false, wrapErr(err)
 		}
 	}
-	n, err := s.proxyLeases(ctx, d.ID)
-	if err != nil {
-		return nil, false, err
+	n := held + 1
+	if held < 0 {
+		c, err := s.proxyLeases(ctx, d.ID)
+		if err != nil {
+			return nil, false, err
+		}
+		n = c
 	}
 	l := doc.lease()
 	l.Proxy = d.proxy(n)
@@ -358,16 +369,16 @@ func (a *acquisition) taken(ctx context.Context, doc *leaseDoc, d *proxyDoc) (*p
 // freeSlot returns the lowest slot number of d that no active lease
 // holds. A proxy whose slots are all held by expired leases has them
 // reclaimed first (the "next operation touching the proxy").
-func (s *Store) freeSlot(ctx context.Context, d *proxyDoc) (int64, bool, error) {
+func (s *Store) freeSlot(ctx context.Context, d *proxyDoc) (n int64, held int, ok bool, err error) {
 	for range 2 {
-		var held []leaseDoc
-		if err := s.findAll(ctx, s.slots, bson.D{{Key: "proxy", Value: d.ID}}, nil, &held); err != nil {
-			return 0, false, err
+		var slots []leaseDoc
+		if err := s.findAll(ctx, s.slots, bson.D{{Key: "proxy", Value: d.ID}}, nil, &slots); err != nil {
+			return 0, 0, false, err
 		}
-		used := make(map[int64]bool, len(held))
+		used := make(map[int64]bool, len(slots))
 		var expired []leaseDoc
 		t := now()
-		for _, h := range held {
+		for _, h := range slots {
 			if n, ok := slotNumber(h.N); ok {
 				used[n] = true
 			}
@@ -377,19 +388,19 @@ func (s *Store) freeSlot(ctx context.Context, d *proxyDoc) (int64, bool, error) 
 		}
 		for n := range d.MaxC {
 			if !used[n] {
-				return n, true, nil
+				return n, len(slots), true, nil
 			}
 		}
 		if len(expired) == 0 {
-			return 0, false, nil
+			return 0, 0, false, nil
 		}
 		for i := range expired {
 			if _, _, err := s.end(ctx, &expired[i], pharox.LeaseExpired, t); err != nil {
-				return 0, false, err
+				return 0, 0, false, err
 			}
 		}
 	}
-	return 0, false, nil
+	return 0, 0, false, nil
 }
 
 func slotNumber(v any) (int64, bool) {
@@ -534,8 +545,8 @@ func (s *Store) walk(ctx context.Context, pool *poolDoc, f *pharox.Filters, q bs
 				return cmp.Or(cmp.Compare(x.Rank, y.Rank), cmp.Compare(counts[x.ID], counts[y.ID]), cmp.Compare(x.ID, y.ID))
 			})
 		}
-		for lo := 0; lo < len(all); lo += pageSize {
-			if stop, err := offer(all[lo:min(lo+pageSize, len(all))]); stop || err != nil {
+		for lo, size := 0, firstPage; lo < len(all); lo, size = lo+size, min(size*4, maxPage) {
+			if stop, err := offer(all[lo:min(lo+size, len(all))]); stop || err != nil {
 				return res, err
 			}
 		}
@@ -569,26 +580,29 @@ func (s *Store) walk(ctx context.Context, pool *poolDoc, f *pharox.Filters, q bs
 	}
 }
 
-// pages reads the documents matching q in sort order, pageSize at a time,
-// until fn stops.
+// pages reads the documents matching q in sort order, in pages growing
+// from firstPage to maxPage, until fn stops.
 func (s *Store) pages(ctx context.Context, q, sort bson.D, fn func([]proxyDoc) (bool, error)) error {
-	cur, err := s.proxies.Find(ctx, q, options.Find().SetSort(sort).SetBatchSize(pageSize))
+	cur, err := s.proxies.Find(ctx, q, options.Find().SetSort(sort).SetBatchSize(firstPage))
 	if err != nil {
 		return wrapErr(err)
 	}
 	defer cur.Close(ctx)
-	page := make([]proxyDoc, 0, pageSize)
+	size := firstPage
+	page := make([]proxyDoc, 0, size)
 	for cur.Next(ctx) {
 		var d proxyDoc
 		if err := cur.Decode(&d); err != nil {
 			return err
 		}
 		page = append(page, d)
-		if len(page) == pageSize {
+		if len(page) == size {
 			if stop, err := fn(page); stop || err != nil {
 				return err
 			}
-			page = make([]proxyDoc, 0, pageSize)
+			size = min(size*4, maxPage)
+			cur.SetBatchSize(int32(size))
+			page = make([]proxyDoc, 0, size)
 		}
 	}
 	if err := cur.Err(); err != nil {

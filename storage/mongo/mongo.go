@@ -89,6 +89,7 @@ type Store struct {
 	leases    *mongo.Collection // ended leases
 	sessions  *mongo.Collection
 	cursors   *mongo.Collection
+	verdicts  *mongo.Collection // lease ids whose verdict was claimed
 
 	known sync.Map // consumer id string -> struct{}: consumers are never deleted
 }
@@ -132,6 +133,7 @@ func New(ctx context.Context, db *mongo.Database, opts ...Option) (*Store, error
 		leases:    c("leases"),
 		sessions:  c("sessions"),
 		cursors:   c("cursors"),
+		verdicts:  c("verdicts"),
 	}
 	if err := s.ensureIndexes(ctx); err != nil {
 		return nil, err
@@ -169,6 +171,7 @@ func (s *Store) ensureIndexes(ctx context.Context) error {
 			{Keys: bson.D{{Key: "released_at", Value: 1}}, Options: named("released_at")},
 		}},
 		{s.sessions, []mongo.IndexModel{{Keys: bson.D{{Key: "expires_at", Value: 1}}, Options: named("expires_at")}}},
+		{s.verdicts, []mongo.IndexModel{{Keys: bson.D{{Key: "pool", Value: 1}}, Options: named("pool")}, {Keys: bson.D{{Key: "proxy", Value: 1}}, Options: named("proxy")}}},
 	}
 	for _, set := range sets {
 		if _, err := set.coll.Indexes().CreateMany(ctx, set.models); err != nil {
