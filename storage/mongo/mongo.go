@@ -174,11 +174,54 @@ func (s *Store) ensureIndexes(ctx context.Context) error {
 		{s.verdicts, []mongo.IndexModel{{Keys: bson.D{{Key: "pool", Value: 1}}, Options: named("pool")}, {Keys: bson.D{{Key: "proxy", Value: 1}}, Options: named("proxy")}}},
 	}
 	for _, set := range sets {
-		if _, err := set.coll.Indexes().CreateMany(ctx, set.models); err != nil {
+		var err error
+		for attempt := range 4 {
+			if err = createMissing(ctx, set.coll, set.models); err == nil {
+				break
+			}
+			// Servers may fail a createIndexes that races another
+			// process's (FerretDB v1 drops the connection): look again.
+			t := time.NewTimer(time.Duration(50<<attempt) * time.Millisecond)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return fmt.Errorf("mongo: create indexes of %s: %w", set.coll.Name(), ctx.Err())
+			case <-t.C:
+			}
+		}
+		if err != nil {
 			return fmt.Errorf("mongo: create indexes of %s: %w", set.coll.Name(), wrapErr(err))
 		}
 	}
 	return nil
+}
+
+// createMissing creates the indexes of models whose names c lacks, so
+// processes that open a store already set up send no createIndexes.
+func createMissing(ctx context.Context, c *mongo.Collection, models []mongo.IndexModel) error {
+	specs, err := c.Indexes().ListSpecifications(ctx)
+	if err != nil {
+		return err
+	}
+	have := make(map[string]bool, len(specs))
+	for _, sp := range specs {
+		have[sp.Name] = true
+	}
+	var missing []mongo.IndexModel
+	for _, m := range models {
+		var o options.IndexOptions
+		for _, set := range m.Options.List() {
+			_ = set(&o)
+		}
+		if o.Name == nil || !have[*o.Name] {
+			missing = append(missing, m)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	_, err = c.Indexes().CreateMany(ctx, missing)
+	return err
 }
 
 // Ping reports whether the server answers.
