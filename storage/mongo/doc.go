@@ -49,8 +49,10 @@
 // Candidates are read in strategy order through indexes: the proxies of
 // the pool with status rank 0 or 1 (active, slow) that the request's
 // filter, translated to a query, selects, read in pages of 32, 128, 512,
-// then 2,048 candidates; each page has its live slots counted with one $in
-// query on the slots' (proxy, n) index.
+// then 2,048 candidates. The first page has its proxies' live slots
+// counted with one $in query on the slots' (proxy, n) index; a walk past
+// it is in a busy pool and reads the pool's live slots once, through the
+// (pool, proxy) index, for the pages after it.
 // FirstAvailable reads the (pool, rank, checked_at desc, _id) index;
 // RoundRobin reads (pool, _id) after the pool's cursor document and then
 // wraps. LeastUsed and Random need each candidate's lease count, which

@@ -497,18 +497,30 @@ func (s *Store) walk(ctx context.Context, pool *poolDoc, f *pharox.Filters, q bs
 	base := append(bson.D{{Key: "pool", Value: pool.ID}, {Key: "rank", Value: bson.D{{Key: "$lte", Value: 1}}}}, q...)
 	filtered := !f.IsZero()
 	examined := 0
+	var poolCounts map[string]int
 	// offer hands one page to try, in order; stop reports the walk is over.
 	offer := func(page []proxyDoc) (stop bool, err error) {
 		if len(page) == 0 {
 			return false, nil
 		}
-		ids := make(bson.A, len(page))
-		for i := range page {
-			ids[i] = page[i].ID
-		}
-		counts, err := s.countSlots(ctx, bson.D{{Key: "proxy", Value: bson.D{{Key: "$in", Value: ids}}}}, true)
-		if err != nil {
-			return true, err
+		counts := poolCounts
+		if counts == nil && examined == 0 {
+			// The first page: its own proxies' slots, through the index.
+			ids := make(bson.A, len(page))
+			for i := range page {
+				ids[i] = page[i].ID
+			}
+			if counts, err = s.countSlots(ctx, bson.D{{Key: "proxy", Value: bson.D{{Key: "$in", Value: ids}}}}, true); err != nil {
+				return true, err
+			}
+		} else if counts == nil {
+			// A walk past a full first page is in a busy pool: one read
+			// of the pool's live slots serves every later page (about as
+			// many slots as the walk would read page by page).
+			if poolCounts, err = s.countSlots(ctx, bson.D{{Key: "pool", Value: pool.ID}}, true); err != nil {
+				return true, err
+			}
+			counts = poolCounts
 		}
 		for i := range page {
 			d := &page[i]
@@ -538,6 +550,7 @@ func (s *Store) walk(ctx context.Context, pool *poolDoc, f *pharox.Filters, q bs
 		if err != nil {
 			return res, err
 		}
+		poolCounts = counts
 		if st == pharox.Random {
 			rand.Shuffle(len(all), func(i, j int) { all[i], all[j] = all[j], all[i] })
 		} else {
