@@ -36,6 +36,14 @@
 // proxy documents hold no lease count, so no write to a proxy (a health
 // check, a status change) can lose or invent a lease.
 //
+// An insert may wait on the server while other acquisitions take and free
+// the same slot number, so a lease's stamps are written again right after
+// its insert: AcquiredAt becomes the clock after the commit (and never
+// overlaps the lease that held the slot before), and ExpiresAt follows.
+// Until then the slot carries a 30-second guard on its expiry, so no
+// reclaimer ends a lease whose stamps are not final; a process that dies
+// between the two writes holds the slot that much longer.
+//
 // Why not a counter on the proxy document, taken with one conditional
 // findOneAndUpdate ({current_leases: {$lt: max}}, $inc, $push)? On
 // MongoDB that is atomic, but FerretDB v1, on which this package is

@@ -284,6 +284,11 @@ func (a *acquisition) take(ctx context.Context, d *proxyDoc) (l *pharox.Lease, l
 		// the two never overlap (on one clock).
 		doc.AcquiredAt = now()
 		doc.ExpiresAt = doc.AcquiredAt.Add(a.req.Duration).Truncate(time.Millisecond)
+		if d.MaxC > 0 {
+			// Until restamp sets the real expiry: no reclaimer may end
+			// the lease while its insert waits and its stamps are stale.
+			doc.ExpiresAt = doc.ExpiresAt.Add(insertGuard)
+		}
 		_, err := s.slots.InsertOne(ctx, doc)
 		if err == nil {
 			if d.MaxC > 0 {
@@ -309,17 +314,22 @@ func (a *acquisition) take(ctx context.Context, d *proxyDoc) (l *pharox.Lease, l
 	return nil, lost, nil
 }
 
+// insertGuard is added to the expiry a slot document is inserted with,
+// until restamp writes the real one, so that no reclaimer ends a lease
+// whose insert waited past its nominal expiry before it got its real
+// stamps. A process that dies between the two holds the slot that much
+// longer.
+const insertGuard = 30 * time.Second
+
 // restamp moves the lease's AcquiredAt (and ExpiresAt with it) to the
-// clock after its insert committed, when that is later than the stamp it
-// was inserted with. An insert can wait (on a lock of the server) while
-// other acquisitions take and free the same slot number; the lease holds
-// the slot only from its commit, and its interval must not overlap
-// theirs. A lease ended meanwhile (its duration shorter than the wait)
-// keeps its stamps.
+// clock after its insert committed, and drops the insert guard. An insert
+// can wait (on a lock of the server) while other acquisitions take and
+// free the same slot number; the lease holds the slot only from its
+// commit, and its interval must not overlap theirs.
 func (a *acquisition) restamp(ctx context.Context, doc *leaseDoc) error {
 	t := now()
-	if !t.After(doc.AcquiredAt) {
-		return nil
+	if t.Before(doc.AcquiredAt) {
+		t = doc.AcquiredAt
 	}
 	exp := t.Add(a.req.Duration).Truncate(time.Millisecond)
 	res, err := a.s.slots.UpdateOne(ctx, bson.D{{Key: "_id", Value: doc.ID}},
