@@ -124,6 +124,14 @@
 // whose proxy cannot take the lease is replaced. A sticky hit does not
 // move the round-robin cursor; the cursor is advisory (last writer wins).
 //
+// # Lease verdicts, API keys
+//
+// The store implements pharox.LeaseVerdictStore: ClaimLeaseVerdict inserts
+// the lease id into the verdicts collection, and of concurrent claims from
+// any process exactly one insert succeeds. Claims go with their lease
+// (PurgeEndedLeases, DeleteProxy, DeletePool). It does not implement
+// pharox.KeyStore yet: API keys and the audit log need another store.
+//
 // # MongoDB features relied on
 //
 // Single-document insert with a unique compound index and duplicate key
