@@ -111,7 +111,8 @@
 // ended record appeared meanwhile gives its slot back. The driver retries
 // writes once after a network error (retryWrites, on by default for
 // replica sets); a retried insert of a slot that did commit reports a
-// duplicate key, which the id check above turns into the lease.
+// duplicate key on the lease id, which the acquisition recognises as its
+// own lease (a caller-chosen id: as the existing lease above).
 //
 // # Sticky sessions
 //

@@ -301,13 +301,21 @@ func (a *acquisition) take(ctx context.Context, d *proxyDoc) (l *pharox.Lease, l
 		if !mongo.IsDuplicateKeyError(err) {
 			return nil, false, wrapErr(err)
 		}
-		if a.callerID {
-			// The id may be what collided: another try with this id won.
-			if e, ferr := s.findLease(ctx, a.id); ferr == nil {
+		// The id may be what collided: another try with a caller's id
+		// won, or the driver retried this insert after a lost answer and
+		// the first attempt had committed.
+		if e, ferr := s.findLease(ctx, a.id); ferr == nil {
+			if a.callerID || e.Proxy != d.ID {
 				return nil, false, e
-			} else if !errors.Is(ferr, pharox.ErrLeaseNotFound) {
-				return nil, false, ferr
 			}
+			if d.MaxC > 0 {
+				if err := a.restamp(ctx, e); err != nil {
+					return nil, false, err
+				}
+			}
+			return a.taken(ctx, e, d, -1)
+		} else if !errors.Is(ferr, pharox.ErrLeaseNotFound) {
+			return nil, false, ferr
 		}
 		lost = true
 	}
