@@ -162,7 +162,7 @@ func (s *Store) DeletePool(ctx context.Context, id uuid.UUID) error {
 	if _, err := s.pools.DeleteOne(ctx, bson.D{{Key: "_id", Value: pid}}); err != nil {
 		return fmt.Errorf("mongo: delete pool %s: %w", id, wrapErr(err))
 	}
-	for _, c := range []*mongo.Collection{s.proxies, s.leases, s.sessions, s.verdicts} {
+	for _, c := range []*mongo.Collection{s.proxies, s.leases, s.sessions, s.verdicts, s.targets} {
 		if _, err := c.DeleteMany(ctx, byPool); err != nil {
 			return fmt.Errorf("mongo: delete pool %s: %w", id, wrapErr(err))
 		}
@@ -428,7 +428,7 @@ func (s *Store) DeleteProxy(ctx context.Context, id uuid.UUID) error {
 	if _, err := s.proxies.DeleteOne(ctx, bson.D{{Key: "_id", Value: pid}}); err != nil {
 		return fmt.Errorf("mongo: delete proxy %s: %w", id, wrapErr(err))
 	}
-	for _, c := range []*mongo.Collection{s.leases, s.verdicts} {
+	for _, c := range []*mongo.Collection{s.leases, s.verdicts, s.targets} {
 		if _, err := c.DeleteMany(ctx, bson.D{{Key: "proxy", Value: pid}}); err != nil {
 			return fmt.Errorf("mongo: delete proxy %s: %w", id, wrapErr(err))
 		}

@@ -41,7 +41,10 @@ type acquisition struct {
 	id       string // the lease id, fixed before the first try
 	callerID bool   // the caller chose the id
 	query    bson.D // the filter as a query (a superset when inexact)
-	now      time.Time
+	// cooling holds the ids of the pool's proxies cooling down for the
+	// request's target when it started: never candidates.
+	cooling map[string]bool
+	now     time.Time
 }
 
 // AcquireLease takes a slot of a candidate proxy with one insert into the
@@ -75,6 +78,13 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		a.id = idString(uuid.New())
 	}
 	a.query, _ = filterQuery(req.Filters)
+	if req.Target != "" {
+		// Read after any ApplyTargetOutcome that returned before this
+		// call started, so its cool-down is seen.
+		if a.cooling, err = s.coolingProxies(ctx, pool.ID, req.Target, a.now); err != nil {
+			return nil, fmt.Errorf("mongo: acquire from pool %q: %w", req.PoolName, err)
+		}
+	}
 	l, err := a.run(ctx)
 	if err != nil {
 		var existing *leaseDoc
@@ -249,7 +259,7 @@ func (a *acquisition) tryProxy(ctx context.Context, id string) (*pharox.Lease, e
 	if err != nil {
 		return nil, err
 	}
-	if d.Pool != a.pool.ID || d.Rank > 1 || !a.req.Filters.Match(d.proxy(0)) {
+	if d.Pool != a.pool.ID || d.Rank > 1 || a.cooling[d.ID] || !a.req.Filters.Match(d.proxy(0)) {
 		return nil, nil
 	}
 	l, _, err := a.take(ctx, d)
@@ -448,7 +458,7 @@ func (a *acquisition) choose(ctx context.Context) (*pharox.Lease, error) {
 	for round := 0; ; round++ {
 		var got *pharox.Lease
 		lostAny := false
-		res, err := a.s.walk(ctx, a.pool, a.req.Filters, a.query, a.req.Strategy, func(d *proxyDoc) (bool, error) {
+		res, err := a.s.walk(ctx, a.pool, a.req.Filters, a.query, a.req.Strategy, a.cooling, func(d *proxyDoc) (bool, error) {
 			l, lost, err := a.take(ctx, d)
 			if err != nil {
 				return false, err
@@ -510,7 +520,7 @@ type walkResult struct {
 // to try until it returns true. Candidates are the pool's proxies of rank
 // 0 or 1 that the filter's query returns and pharox.Filters.Match
 // accepts; each page of them has its slots counted with one read.
-func (s *Store) walk(ctx context.Context, pool *poolDoc, f *pharox.Filters, q bson.D, st pharox.Strategy, try func(*proxyDoc) (bool, error)) (walkResult, error) {
+func (s *Store) walk(ctx context.Context, pool *poolDoc, f *pharox.Filters, q bson.D, st pharox.Strategy, skip map[string]bool, try func(*proxyDoc) (bool, error)) (walkResult, error) {
 	var res walkResult
 	base := append(bson.D{{Key: "pool", Value: pool.ID}, {Key: "rank", Value: bson.D{{Key: "$lte", Value: 1}}}}, q...)
 	filtered := !f.IsZero()
@@ -542,6 +552,9 @@ func (s *Store) walk(ctx context.Context, pool *poolDoc, f *pharox.Filters, q bs
 		}
 		for i := range page {
 			d := &page[i]
+			if skip[d.ID] {
+				continue
+			}
 			examined++
 			if filtered && examined > s.cfg.budget {
 				res.budgetHit = true
@@ -662,7 +675,7 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 	}
 	q, _ := filterQuery(filters)
 	var found *proxyDoc
-	res, err := s.walk(ctx, pd, filters, q, strategy, func(d *proxyDoc) (bool, error) {
+	res, err := s.walk(ctx, pd, filters, q, strategy, nil, func(d *proxyDoc) (bool, error) {
 		found = d
 		return true, nil
 	})

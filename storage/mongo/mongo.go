@@ -90,6 +90,9 @@ type Store struct {
 	sessions  *mongo.Collection
 	cursors   *mongo.Collection
 	verdicts  *mongo.Collection // lease ids whose verdict was claimed
+	apiKeys   *mongo.Collection // API keys (digests, never secrets)
+	audit     *mongo.Collection // audit log entries
+	targets   *mongo.Collection // per-(proxy, target) health
 
 	known sync.Map // consumer id string -> struct{}: consumers are never deleted
 }
@@ -134,6 +137,9 @@ func New(ctx context.Context, db *mongo.Database, opts ...Option) (*Store, error
 		sessions:  c("sessions"),
 		cursors:   c("cursors"),
 		verdicts:  c("verdicts"),
+		apiKeys:   c("api_keys"),
+		audit:     c("audit_log"),
+		targets:   c("proxy_targets"),
 	}
 	if err := s.ensureIndexes(ctx); err != nil {
 		return nil, err
@@ -172,6 +178,16 @@ func (s *Store) ensureIndexes(ctx context.Context) error {
 		}},
 		{s.sessions, []mongo.IndexModel{{Keys: bson.D{{Key: "expires_at", Value: 1}}, Options: named("expires_at")}}},
 		{s.verdicts, []mongo.IndexModel{{Keys: bson.D{{Key: "pool", Value: 1}}, Options: named("pool")}, {Keys: bson.D{{Key: "proxy", Value: 1}}, Options: named("proxy")}}},
+		{s.apiKeys, []mongo.IndexModel{
+			{Keys: bson.D{{Key: "name", Value: 1}}, Options: unique("name")},
+			{Keys: bson.D{{Key: "digest", Value: 1}}, Options: unique("digest")},
+		}},
+		{s.audit, []mongo.IndexModel{{Keys: bson.D{{Key: "at", Value: -1}, {Key: "seq", Value: -1}}, Options: named("at")}}},
+		{s.targets, []mongo.IndexModel{
+			{Keys: bson.D{{Key: "proxy", Value: 1}, {Key: "target", Value: 1}}, Options: named("proxy_target")},
+			{Keys: bson.D{{Key: "pool", Value: 1}, {Key: "target", Value: 1}, {Key: "cooling_until", Value: 1}}, Options: named("pool_target_cooling")},
+			{Keys: bson.D{{Key: "idle_since", Value: 1}}, Options: named("idle_since")},
+		}},
 	}
 	for _, set := range sets {
 		var err error
