@@ -18,7 +18,8 @@
 // collection prefix. [New] builds a store on a database of the caller's
 // client instead. Collections are named with a prefix, "pharox_" unless
 // [WithCollectionPrefix] says otherwise: consumers, pools, proxies, slots,
-// leases, sessions and cursors.
+// leases, sessions, cursors, verdicts, api_keys, audit_log and
+// proxy_targets.
 //
 // # Acquisition: one insert under a unique index
 //
@@ -125,21 +126,68 @@
 // whose proxy cannot take the lease is replaced. A sticky hit does not
 // move the round-robin cursor; the cursor is advisory (last writer wins).
 //
-// # Lease verdicts, API keys
+// # Lease verdicts
 //
-// The store implements pharox.LeaseVerdictStore: ClaimLeaseVerdict inserts
-// the lease id into the verdicts collection, and of concurrent claims from
-// any process exactly one insert succeeds. Claims go with their lease
-// (PurgeEndedLeases, DeleteProxy, DeletePool). It does not implement
-// pharox.KeyStore yet: API keys and the audit log need another store.
+// ClaimLeaseVerdict (pharox.LeaseVerdictStore) inserts the lease id into
+// the verdicts collection, and of concurrent claims from any process
+// exactly one insert succeeds. Claims go with their lease
+// (PurgeEndedLeases, DeleteProxy, DeletePool).
+//
+// # API keys and the audit log
+//
+// The api_keys collection holds one document per key (_id = key id) with
+// its name, role, bindings, hint and the hex SHA-256 digest of its secret
+// (never the secret), under unique indexes on name and digest: creating a
+// key is one insert, and a name, digest or id already stored, revoked keys
+// included, is refused by the server (pharox.ErrAlreadyExists) whatever
+// any number of processes do at once. Revoking is an update that only
+// matches a key without revoked_at, so the first stamp stays. Rotating
+// looks the new digest up first, then updates digest and hint of a key
+// not revoked; the digest index refuses a digest another key took
+// meanwhile (FerretDB v1 reports that as an internal error naming the
+// unique constraint, which the store recognises too). TouchAPIKeys is one
+// unordered bulk write of $max updates of last_used_at, so a touch never
+// moves it back. Key and audit times are integer microseconds since the
+// epoch (a BSON date holds milliseconds only).
+//
+// The audit_log collection holds one document per entry with the entry's
+// id as _id, so a retried append is a duplicate key the store ignores.
+// ListAudit reads through the (at desc, seq desc) index, newest first;
+// seq is the appending process's clock in nanoseconds and orders entries
+// with the same time (latest appended first, on synchronised clocks).
+// PurgeAudit is a deleteMany on at.
+//
+// # Per-target cool-downs
+//
+// The proxy_targets collection holds one document per (proxy, target),
+// _id = proxy id + "/" + target, with the proxy's pool and the fields of
+// pharox.TargetState (times as integer microseconds) plus idle_since and a
+// write counter v. ApplyTargetOutcome reads the entry, applies
+// pharox.TargetState.Apply in Go, and writes it back with a replace that
+// only matches the counter it read (a new entry: an insert, refused by
+// _id when a concurrent one created it); a lost race reads again. On
+// MongoDB that compare-and-set is atomic; on FerretDB v1 (whose updates do
+// not re-check their filter at write time) two outcomes of one (proxy,
+// target) at the same instant may lose one, the same limit as health
+// checks. A new entry first evicts the proxy's longest-idle entries beyond
+// the policy's MaxTargetsPerProxy. An acquisition with a target reads,
+// before it takes a slot, the ids of the pool's proxies cooling down for
+// that target (the (pool, target, cooling_until) index: its cost grows
+// with those proxies, not with the pool) and never offers them, neither in
+// its walk nor as a sticky session's bound proxy (the key is rebound). An
+// outcome whose write has returned is therefore seen by every acquisition
+// that starts afterwards, in any process. PurgeTargetStates deletes by
+// idle_since; DeleteProxy and DeletePool delete the entries with their
+// proxies.
 //
 // # MongoDB features relied on
 //
 // Single-document insert with a unique compound index and duplicate key
 // errors (code 11000); deleteOne by _id returning deletedCount; find with
 // sort, projection, limit and batchSize; countDocuments; updateOne with
-// $set/$unset and upsert; replaceOne with upsert; insertMany (ordered);
-// deleteMany; createIndexes (compound, unique, one descending key); query
+// $set/$unset/$max and upsert; replaceOne (with upsert); unordered bulk
+// writes of updateOne; insertMany (ordered); deleteMany; createIndexes
+// (compound, unique, descending keys); query
 // operators $in, $all, $or, $and, $nor, $gt, $gte, $lt, $lte, $exists. No
 // transactions, no aggregation, no $expr, no change streams, no TTL
 // indexes. Health checks and status changes update a proxy with a
