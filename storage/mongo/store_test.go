@@ -79,7 +79,14 @@ func TestConformance(t *testing.T) {
 	storagetest.Run(t, func(t *testing.T) pharox.Storage {
 		skipLargePoolOnFerretDB(t)
 		return newTestStore(t)
-	}, largePoolOption()...)
+	}, append(largePoolOption(), storagetest.WithCapabilities(capabilities))...)
+}
+
+// capabilities are the MongoDB store's answers where the contract lets
+// stores differ.
+var capabilities = storagetest.Capabilities{
+	LateRelease: storagetest.LateReleaseReleases,
+	Predicates:  storagetest.PredicatesRefused,
 }
 
 // TestMultiProcess runs storagetest's multi-process audit: 4 worker
