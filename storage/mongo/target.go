@@ -268,7 +268,7 @@ func (s *Store) PoolTargetStats(ctx context.Context, poolID uuid.UUID) ([]*pharo
 func (s *Store) PurgeTargetStates(ctx context.Context, idleBefore time.Time) (int, error) {
 	res, err := s.targets.DeleteMany(ctx, bson.D{{Key: "idle_since", Value: bson.D{{Key: "$lt", Value: ceilMicro(idleBefore)}}}})
 	if err != nil {
-		return 0, fmt.Errorf("mongo: purge target states: %w", err)
+		return 0, fmt.Errorf("mongo: purge target states: %w", wrapErr(err))
 	}
 	return int(res.DeletedCount), nil
 }
