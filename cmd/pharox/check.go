@@ -91,7 +91,7 @@ answer is the server's summary per pool.
 	f := cmd.Flags()
 	f.StringVar(&o.pool, "pool", "", "pool to sweep")
 	f.BoolVar(&o.all, "all", false, "sweep every pool")
-	f.StringVar(&o.storage, "storage", checkEnvOr("PHAROX_STORAGE", open.DefaultURL), "storage URL (memory://, sqlite://path, postgres://..., redis://..., redis+sentinel://..., mysql://...); env PHAROX_STORAGE")
+	f.StringVar(&o.storage, "storage", checkEnvOr("PHAROX_STORAGE", open.DefaultURL), "storage URL (memory://, sqlite://path, postgres://..., redis://..., redis+sentinel://..., mysql://..., mongodb://...); env PHAROX_STORAGE")
 	f.StringVar(&o.server, "server", "", "pharox server URL: the server runs the sweep (env PHAROX_SERVER)")
 	f.StringVar(&o.apiKey, "api-key", "", "admin API key for --server; prefer the env var (env PHAROX_API_KEY)")
 	f.StringVar(&o.target, "target", os.Getenv("PHAROX_CHECK_TARGET"), "http or https URL every probe requests; env PHAROX_CHECK_TARGET")

@@ -184,7 +184,7 @@ func init() {
 	f := cmd.Flags()
 	f.StringVar(&configPath, "config", "", "JSON config file (env PHAROX_CONFIG)")
 	f.StringVar(&flagCfg.listen, "listen", "127.0.0.1:8080", "address to listen on (env PHAROX_LISTEN)")
-	f.StringVar(&flagCfg.storage, "storage", open.DefaultURL, "storage URL: memory://, sqlite://FILE, postgres://..., redis://..., redis+sentinel://..., mysql://... (env PHAROX_STORAGE)")
+	f.StringVar(&flagCfg.storage, "storage", open.DefaultURL, "storage URL: memory://, sqlite://FILE, postgres://..., redis://..., redis+sentinel://..., mysql://..., mongodb://... (env PHAROX_STORAGE)")
 	f.StringSliceVar(&flagCfg.adminKeys, "admin-key", nil, "admin API key, repeatable (env PHAROX_ADMIN_KEY); generated when none is set")
 	f.StringVar(&flagCfg.adminKeyFile, "admin-key-file", "", "where the generated admin key is kept when none is set (default: beside a SQLite database; env PHAROX_ADMIN_KEY_FILE)")
 	f.StringSliceVar(&flagCfg.consumerKeys, "consumer-key", nil, "consumer API key, repeatable (env PHAROX_CONSUMER_KEYS)")

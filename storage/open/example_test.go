@@ -41,7 +41,7 @@ func ExampleOpen() {
 	fmt.Println(open.Redact("postgres://app:s3cret@127.0.0.1:5432/pharox"))
 
 	// An unknown scheme is one sentence listing the supported ones.
-	_, err = open.Open(ctx, "mongodb://127.0.0.1")
+	_, err = open.Open(ctx, "cassandra://127.0.0.1")
 	fmt.Println("invalid argument:", errors.Is(err, pharox.ErrInvalidArgument))
 	// Output:
 	// leased 10.0.0.1:3128

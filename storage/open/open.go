@@ -7,6 +7,7 @@
 //	redis://host:6379/0?prefix=name:           shared, for very high lease volume
 //	redis+sentinel://s1,s2,s3/mymaster/0       Redis found through Sentinel
 //	mysql://user@host:3306/db?prefix=name_     shared, on MySQL 8 or MariaDB 10.6+
+//	mongodb://user@host:27017/db?prefix=name_  shared, on MongoDB 6+ (or FerretDB)
 //
 // High availability comes from the engines' own tools. A PostgreSQL URL
 // may name several hosts, postgres://user@a:5432,b:5432/db?
@@ -45,6 +46,7 @@ import (
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/storage/memory"
+	"github.com/pharox/pharox/storage/mongo"
 	"github.com/pharox/pharox/storage/mysql"
 	"github.com/pharox/pharox/storage/postgres"
 	"github.com/pharox/pharox/storage/redis"
@@ -59,7 +61,7 @@ const DefaultURL = "sqlite://pharox.db"
 func Open(ctx context.Context, rawURL string) (pharox.Storage, error) {
 	scheme, rest, ok := strings.Cut(rawURL, "://")
 	if !ok {
-		return nil, fmt.Errorf("%w: storage URL %q has no scheme (want memory://, sqlite://, postgres://, redis://, redis+sentinel:// or mysql://)", pharox.ErrInvalidArgument, Redact(rawURL))
+		return nil, fmt.Errorf("%w: storage URL %q has no scheme (want memory://, sqlite://, postgres://, redis://, redis+sentinel://, mysql:// or mongodb://)", pharox.ErrInvalidArgument, Redact(rawURL))
 	}
 	switch strings.ToLower(scheme) {
 	case "memory", "mem":
@@ -84,8 +86,10 @@ func Open(ctx context.Context, rawURL string) (pharox.Storage, error) {
 		return openRedisFailover(ctx, failoverURL, rawURL)
 	case "mysql", "mariadb":
 		return openMySQL(ctx, rawURL)
+	case "mongodb", "mongodb+srv":
+		return openMongo(ctx, rawURL)
 	}
-	return nil, fmt.Errorf("%w: unsupported storage scheme %q (want memory://, sqlite://, postgres://, redis://, redis+sentinel:// or mysql://)", pharox.ErrInvalidArgument, scheme)
+	return nil, fmt.Errorf("%w: unsupported storage scheme %q (want memory://, sqlite://, postgres://, redis://, redis+sentinel://, mysql:// or mongodb://)", pharox.ErrInvalidArgument, scheme)
 }
 
 // takeParam removes a pharox-specific query parameter from raw.
@@ -299,6 +303,28 @@ func openMySQL(ctx context.Context, raw string) (pharox.Storage, error) {
 		opts = append(opts, mysql.WithTablePrefix(prefix))
 	}
 	return mysql.Open(ctx, dsn, opts...)
+}
+
+// openMongo opens a MongoDB store; the prefix parameter is the collection
+// prefix (mongo.WithCollectionPrefix), every other parameter goes to the
+// driver.
+func openMongo(ctx context.Context, raw string) (pharox.Storage, error) {
+	rest, prefix, err := takeParam(raw, "prefix")
+	if err != nil {
+		return nil, err
+	}
+	if _, mb, _ := takeParam(rest, "max_batch"); mb != "" {
+		return nil, fmt.Errorf("%w: storage URL %s: max_batch is not a mongodb:// parameter (the MongoDB store does not batch calls)", pharox.ErrInvalidArgument, Redact(raw))
+	}
+	var opts []mongo.Option
+	if prefix != "" {
+		opts = append(opts, mongo.WithCollectionPrefix(prefix))
+	}
+	s, err := mongo.Open(ctx, rest, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("mongodb URL %s: %w", Redact(raw), err)
+	}
+	return s, nil
 }
 
 // passwordParam matches a password given as a query parameter or in a

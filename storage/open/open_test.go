@@ -153,7 +153,8 @@ func TestOpenRejectsBadURLs(t *testing.T) {
 	ctx := context.Background()
 	for _, u := range []string{"", "pharox.db", "mysql://x", "sqlite://", "postgres://u:secret@[bad",
 		"postgres://u:secret@h/db?max_batch=0", "postgres://u:secret@h/db?max_batch=many", "redis://:secret@h/0?max_batch=-3",
-		"mysql://u:secret@h", "mysql://u:secret@h/db?prefix=Bad-Prefix", "mysql://u:secret@h/db?max_batch=4"} {
+		"mysql://u:secret@h", "mysql://u:secret@h/db?prefix=Bad-Prefix", "mysql://u:secret@h/db?max_batch=4",
+		"mongodb://u:secret@h/db?prefix=Bad-Prefix", "mongodb://u:secret@h/db?max_batch=4", "mongodb://u:secret@h:port/db"} {
 		_, err := Open(ctx, u)
 		if !errors.Is(err, pharox.ErrInvalidArgument) {
 			t.Errorf("Open(%q): %v, want ErrInvalidArgument", u, err)
