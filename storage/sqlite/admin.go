@@ -77,19 +77,8 @@ func (s *Store) GetConsumer(ctx context.Context, id uuid.UUID) (*pharox.Consumer
 // constraint on name gives the index that serves the ORDER BY.
 func (s *Store) ListConsumers(ctx context.Context) ([]*pharox.Consumer, error) {
 	rows, err := s.r.QueryContext(ctx, `SELECT `+consumerCols+` FROM consumers ORDER BY name`)
+	out, err := collect(rows, err, scanConsumer)
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: list consumers: %w", err)
-	}
-	defer rows.Close()
-	out := []*pharox.Consumer{}
-	for rows.Next() {
-		c, err := scanConsumer(rows)
-		if err != nil {
-			return nil, fmt.Errorf("sqlite: list consumers: %w", err)
-		}
-		out = append(out, c)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sqlite: list consumers: %w", err)
 	}
 	return out, nil
@@ -145,19 +134,8 @@ func (s *Store) GetPoolByName(ctx context.Context, name string) (*pharox.Pool, e
 // ListPools returns every pool ordered by name.
 func (s *Store) ListPools(ctx context.Context) ([]*pharox.Pool, error) {
 	rows, err := s.r.QueryContext(ctx, `SELECT `+poolCols+` FROM pools ORDER BY name`)
+	out, err := collect(rows, err, scanPool)
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: list pools: %w", err)
-	}
-	defer rows.Close()
-	out := []*pharox.Pool{}
-	for rows.Next() {
-		p, err := scanPool(rows)
-		if err != nil {
-			return nil, fmt.Errorf("sqlite: list pools: %w", err)
-		}
-		out = append(out, p)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sqlite: list pools: %w", err)
 	}
 	return out, nil
@@ -330,19 +308,7 @@ func (s *Store) listProxies(ctx context.Context, poolID uuid.UUID) ([]*pharox.Pr
 		return nil, err
 	}
 	rows, err := tx.QueryContext(ctx, `SELECT `+proxyCols+` FROM proxies WHERE pool_id = ? ORDER BY id`, idArg(poolID))
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out := []*pharox.Proxy{}
-	for rows.Next() {
-		p, err := scanProxy(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, p)
-	}
-	return out, rows.Err()
+	return collect(rows, err, scanProxy)
 }
 
 // SetProxyStatus sets a proxy's status by hand and resets its failure streak.
@@ -464,19 +430,8 @@ func (s *Store) ListLeases(ctx context.Context, q pharox.LeaseQuery) ([]*pharox.
 		args = append(args, q.Limit)
 	}
 	rows, err := s.r.QueryContext(ctx, query, args...)
+	out, err := collect(rows, err, scanLease)
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: list leases: %w", err)
-	}
-	defer rows.Close()
-	out := []*pharox.Lease{}
-	for rows.Next() {
-		l, err := scanLease(rows)
-		if err != nil {
-			return nil, fmt.Errorf("sqlite: list leases: %w", err)
-		}
-		out = append(out, l)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sqlite: list leases: %w", err)
 	}
 	return out, nil

@@ -173,19 +173,8 @@ func (s *Store) GetAPIKeyByDigest(ctx context.Context, digest [32]byte) (*pharox
 // ListAPIKeys returns every key ordered by name.
 func (s *Store) ListAPIKeys(ctx context.Context) ([]*pharox.APIKey, error) {
 	rows, err := s.r.QueryContext(ctx, `SELECT `+keyCols+` FROM api_keys ORDER BY name`)
+	out, err := collect(rows, err, scanKey)
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: list api keys: %w", err)
-	}
-	defer rows.Close()
-	out := []*pharox.APIKey{}
-	for rows.Next() {
-		k, err := scanKey(rows)
-		if err != nil {
-			return nil, fmt.Errorf("sqlite: list api keys: %w", err)
-		}
-		out = append(out, k)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sqlite: list api keys: %w", err)
 	}
 	return out, nil

@@ -21,6 +21,25 @@ var proxyColsP = prefixed("p.", proxyCols)
 // scanner is *sql.Row or *sql.Rows.
 type scanner interface{ Scan(dest ...any) error }
 
+// collect reads every row a query returned with scan and closes the rows;
+// it takes the query's own results, so a failed query passes its error
+// through. No rows give an empty, non-nil slice.
+func collect[T any](rows *sql.Rows, err error, scan func(scanner) (*T, error)) ([]*T, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []*T{}
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
 func scanProxy(sc scanner) (*pharox.Proxy, error) {
 	var (
 		p                      pharox.Proxy

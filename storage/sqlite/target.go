@@ -147,19 +147,8 @@ func (s *Store) ListTargetStates(ctx context.Context, proxyID uuid.UUID) ([]*pha
 		return nil, fmt.Errorf("sqlite: list target states: proxy %s: %w", proxyID, err)
 	}
 	rows, err := tx.QueryContext(ctx, `SELECT `+targetCols+` FROM proxy_targets WHERE proxy_id = ? ORDER BY target`, idArg(proxyID))
+	out, err := collect(rows, err, scanTargetState)
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: list target states: %w", err)
-	}
-	defer rows.Close()
-	out := []*pharox.TargetState{}
-	for rows.Next() {
-		st, err := scanTargetState(rows)
-		if err != nil {
-			return nil, fmt.Errorf("sqlite: list target states: %w", err)
-		}
-		out = append(out, st)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sqlite: list target states: %w", err)
 	}
 	return out, nil
