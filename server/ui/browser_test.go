@@ -254,6 +254,15 @@ func (b *browser) do(d time.Duration, steps ...chromedp.Action[chromedp.Void]) {
 	}
 }
 
+// clickIn clicks the element sel finds, finding and clicking it in one
+// JavaScript turn: a table the page re-renders on its refresh cannot swap
+// the row out between the two, as it can between chromedp's node lookup
+// and its click.
+func (b *browser) clickIn(d time.Duration, sel string) {
+	b.t.Helper()
+	b.waitJS(d, fmt.Sprintf(`(() => { const e = document.querySelector(%q); if (!e) return false; e.click(); return true })()`, sel))
+}
+
 // eval evaluates a JavaScript expression.
 func eval[T any](b *browser, expr string) T {
 	b.t.Helper()

@@ -90,7 +90,7 @@ func TestDashboardViewerAndKeysInBrowser(t *testing.T) {
 			t.Error("the secret is still in the page after Done")
 		}
 
-		b.do(5*time.Second, chromedp.Click(chromedp.CSS(`#keys tr[data-name="scraper"] .rotate-btn`)))
+		b.clickIn(5*time.Second, `#keys tr[data-name="scraper"] .rotate-btn`)
 		b.confirm("")
 		b.do(5*time.Second, chromedp.WaitVisible(chromedp.CSS("#key-secret")))
 		rotated := b.text("#key-secret-value")
@@ -102,7 +102,7 @@ func TestDashboardViewerAndKeysInBrowser(t *testing.T) {
 		}
 		b.do(5*time.Second, chromedp.Click(chromedp.CSS("#key-secret-close")))
 
-		b.do(5*time.Second, chromedp.Click(chromedp.CSS(`#keys tr[data-name="scraper"] .revoke-btn`)))
+		b.clickIn(5*time.Second, `#keys tr[data-name="scraper"] .revoke-btn`)
 		b.confirm("")
 		b.waitJS(5*time.Second, `document.querySelector('#keys tr[data-name="scraper"] .state').textContent === "revoked"`)
 		if st := f.call(t, rotated, "GET", "/v1/keys/self", "", nil); st != 401 {
