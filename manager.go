@@ -313,6 +313,7 @@ func (m *Manager) Acquire(ctx context.Context, pool string, opts *AcquireOptions
 		return nil, err
 	}
 	lease, err := m.store.AcquireLease(ctx, req)
+	err = nameQuotaError(err, &req)
 	m.emitAcquire(ctx, &req, lease, err, started)
 	if err != nil {
 		return nil, fmt.Errorf("acquire from pool %q: %w", pool, err)
@@ -324,6 +325,12 @@ func (m *Manager) Acquire(ctx context.Context, pool string, opts *AcquireOptions
 // again until one is or ctx ends. Waiting polls storage with jittered
 // exponential backoff (5 ms to 250 ms), so it works across processes. When
 // ctx ends first the error wraps both ErrNoProxyAvailable and ctx.Err().
+//
+// A consumer or pool at its max_concurrent_leases or out of request tokens
+// is waited for the same way (no sooner than the quota's RetryAfter); if
+// ctx ends while a quota still refuses, the error is that *QuotaError
+// (ErrQuotaExceeded) joined with ctx.Err(). Byte quotas, which last until
+// the day or month ends, fail at once.
 func (m *Manager) AcquireWait(ctx context.Context, pool string, opts *AcquireOptions) (*Lease, error) {
 	started := time.Now()
 	req, err := m.buildRequest(ctx, pool, opts)
@@ -332,6 +339,7 @@ func (m *Manager) AcquireWait(ctx context.Context, pool string, opts *AcquireOpt
 	}
 	backoff := 5 * time.Millisecond
 	var timer *time.Timer
+	var refused *QuotaError
 	for ctx.Err() == nil {
 		lease, err := m.store.AcquireLease(ctx, req)
 		if err != nil && ctx.Err() != nil {
@@ -339,14 +347,19 @@ func (m *Manager) AcquireWait(ctx context.Context, pool string, opts *AcquireOpt
 			// any other, not a storage failure.
 			break
 		}
-		if err == nil || !errors.Is(err, ErrNoProxyAvailable) {
+		err = nameQuotaError(err, &req)
+		wait := backoff/2 + rand.N(backoff/2+1)
+		refused = nil
+		if qe, ok := errors.AsType[*QuotaError](err); ok && qe.waitable() {
+			refused = qe
+			wait = max(wait, qe.RetryAfter)
+		} else if err == nil || !errors.Is(err, ErrNoProxyAvailable) {
 			m.emitAcquire(ctx, &req, lease, err, started)
 			if err != nil {
 				return nil, fmt.Errorf("acquire from pool %q: %w", pool, err)
 			}
 			return lease, nil
 		}
-		wait := backoff/2 + rand.N(backoff/2+1)
 		if timer == nil {
 			timer = time.NewTimer(wait)
 			defer timer.Stop()
@@ -359,7 +372,11 @@ func (m *Manager) AcquireWait(ctx context.Context, pool string, opts *AcquireOpt
 			backoff = min(backoff*2, 250*time.Millisecond)
 		}
 	}
-	err = fmt.Errorf("acquire from pool %q: waited %v: %w: %w", pool, time.Since(started).Round(time.Millisecond), ErrNoProxyAvailable, ctx.Err())
+	if refused != nil {
+		err = fmt.Errorf("acquire from pool %q: waited %v: %w", pool, time.Since(started).Round(time.Millisecond), errors.Join(refused, ctx.Err()))
+	} else {
+		err = fmt.Errorf("acquire from pool %q: waited %v: %w: %w", pool, time.Since(started).Round(time.Millisecond), ErrNoProxyAvailable, ctx.Err())
+	}
 	m.emitAcquire(context.WithoutCancel(ctx), &req, nil, err, started)
 	return nil, err
 }
@@ -391,10 +408,26 @@ func (m *Manager) stats(ctx context.Context, pool string) *PoolStats {
 // Release ends the lease and frees its slot. Releasing a lease that already
 // ended gives an error wrapping ErrLeaseNotActive.
 func (m *Manager) Release(ctx context.Context, leaseID uuid.UUID) (*Lease, error) {
+	return m.release(ctx, leaseID, nil)
+}
+
+// ReleaseWithUsage is Release with the traffic the lease carried: the
+// ended lease records it and the store adds it to the usage aggregates and
+// to the byte counters of the quotas involved, once (a retried release
+// counts nothing again). Errors: ErrInvalidArgument for a negative or
+// absurd counter (see Usage.Validate), and those of Release.
+func (m *Manager) ReleaseWithUsage(ctx context.Context, leaseID uuid.UUID, usage Usage) (*Lease, error) {
+	if err := usage.Validate(); err != nil {
+		return nil, fmt.Errorf("release lease %s: %w", leaseID, err)
+	}
+	return m.release(ctx, leaseID, &usage)
+}
+
+func (m *Manager) release(ctx context.Context, leaseID uuid.UUID, usage *Usage) (*Lease, error) {
 	if m.invalid != nil {
 		return nil, m.invalid
 	}
-	lease, err := m.store.ReleaseLease(ctx, leaseID)
+	lease, err := m.store.ReleaseLease(ctx, leaseID, usage)
 	if err != nil {
 		return nil, fmt.Errorf("release lease %s: %w", leaseID, err)
 	}

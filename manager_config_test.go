@@ -15,7 +15,7 @@ import (
 // failingReleaseStore fails every release, as a store outage would.
 type failingReleaseStore struct{ pharox.Storage }
 
-func (failingReleaseStore) ReleaseLease(context.Context, uuid.UUID) (*pharox.Lease, error) {
+func (failingReleaseStore) ReleaseLease(context.Context, uuid.UUID, *pharox.Usage) (*pharox.Lease, error) {
 	return nil, pharox.ErrUnavailable
 }
 

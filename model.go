@@ -452,6 +452,12 @@ type Lease struct {
 	ReleasedAt *time.Time `json:"released_at,omitempty"`
 	// SessionKey is the sticky-session key the lease was acquired with.
 	SessionKey string `json:"session_key,omitempty"`
+	// Target is the normalized target (see NormalizeTarget) the lease was
+	// acquired for, if any; usage is aggregated per target by it.
+	Target string `json:"target,omitempty"`
+	// Usage is the traffic its holder reported at release; nil while
+	// active, when it expired or when the release reported none.
+	Usage *Usage `json:"usage,omitempty"`
 	// Proxy is a snapshot of the leased proxy, set by AcquireLease so the
 	// holder can use it without another call. Other reads may leave it nil.
 	Proxy *Proxy `json:"proxy,omitempty"`
@@ -466,6 +472,10 @@ func (l *Lease) Clone() *Lease {
 	if l.ReleasedAt != nil {
 		t := *l.ReleasedAt
 		c.ReleasedAt = &t
+	}
+	if l.Usage != nil {
+		u := *l.Usage
+		c.Usage = &u
 	}
 	c.Proxy = l.Proxy.Clone()
 	return &c

@@ -49,6 +49,7 @@ type Storage interface {
 	AdminStore
 	KeyStore
 	TargetStore
+	UsageStore
 	// Ping reports whether the store is reachable.
 	Ping(ctx context.Context) error
 	// Close releases the driver's resources. Stores built on a caller's
@@ -75,7 +76,9 @@ type LeaseStore interface {
 	//
 	// Errors: ErrPoolNotFound, ErrConsumerNotFound, ErrNoProxyAvailable,
 	// ErrUnsupported (a Predicate filter in a store that cannot run Go),
-	// ErrInvalidArgument. The returned lease carries a Proxy snapshot taken
+	// ErrInvalidArgument, and a *QuotaError (ErrQuotaExceeded) when the
+	// consumer or pool is over a quota (see [UsageStore]). The lease
+	// records req.Target as Lease.Target. The returned lease carries a Proxy snapshot taken
 	// after the slot was counted.
 	AcquireLease(ctx context.Context, req AcquireRequest) (*Lease, error)
 
@@ -86,13 +89,16 @@ type LeaseStore interface {
 	FindAvailableProxy(ctx context.Context, pool string, filters *Filters, strategy Strategy) (*Proxy, error)
 
 	// ReleaseLease ends an active lease as released, frees its slot and
-	// returns the ended lease. Errors: ErrLeaseNotFound, and
+	// returns the ended lease. A non-nil usage (validated by the Manager)
+	// is the holder's report: it becomes the ended lease's Usage and is
+	// counted in the same operation (see [UsageStore]); nil reports
+	// nothing and counts nothing. Errors: ErrLeaseNotFound, and
 	// ErrLeaseNotActive for a lease already released or expired. A lease
 	// past its ExpiresAt that nothing has reclaimed yet is the driver's
 	// call: it is either released (postgres, sqlite) or reclaimed as
 	// expired with ErrLeaseNotActive (memory, redis); either way exactly
 	// one slot is freed, once.
-	ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*Lease, error)
+	ReleaseLease(ctx context.Context, leaseID uuid.UUID, usage *Usage) (*Lease, error)
 
 	// RenewLease moves an active, unexpired lease's ExpiresAt to now + d.
 	// Errors: ErrLeaseNotFound, ErrLeaseNotActive (released, or past

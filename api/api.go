@@ -248,7 +248,18 @@ type Lease struct {
 	ExpiresAt    Time      `json:"expires_at"`
 	ReleasedAt   *Time     `json:"released_at,omitempty"`
 	SessionKey   string    `json:"session_key,omitempty"`
-	Proxy        *Proxy    `json:"proxy,omitempty"`
+	// Target is the site the lease was acquired for, if any.
+	Target string `json:"target,omitempty"`
+	// Usage is the traffic reported at release, if any.
+	Usage *pharox.Usage `json:"usage,omitempty"`
+	Proxy *Proxy        `json:"proxy,omitempty"`
+}
+
+// ReleaseRequest is the optional body of POST /v1/leases/{id}/release: the
+// Python SDK sends none (or {}); the gateway and the Go client report the
+// traffic the lease carried.
+type ReleaseRequest struct {
+	Usage *pharox.Usage `json:"usage,omitempty"`
 }
 
 // FromLease converts a stored lease; withSecrets includes the proxy's
@@ -259,6 +270,11 @@ func FromLease(l *pharox.Lease, withSecrets bool) Lease {
 		PoolID: l.PoolID, PoolName: l.PoolName, Status: string(l.Status),
 		AcquiredAt: Time{l.AcquiredAt}, ExpiresAt: Time{l.ExpiresAt},
 		ReleasedAt: TimePtr(l.ReleasedAt), SessionKey: l.SessionKey,
+		Target: l.Target,
+	}
+	if l.Usage != nil {
+		u := *l.Usage
+		out.Usage = &u
 	}
 	if l.Proxy != nil {
 		p := FromProxy(l.Proxy, withSecrets)

@@ -62,7 +62,11 @@ func (l *Lease) Model() *pharox.Lease {
 		ID: l.ID, ProxyID: l.ProxyID, ConsumerID: l.ConsumerID, ConsumerName: l.ConsumerName,
 		PoolID: l.PoolID, PoolName: l.PoolName, Status: pharox.LeaseStatus(l.Status),
 		AcquiredAt: l.AcquiredAt.Time, ExpiresAt: l.ExpiresAt.Time,
-		ReleasedAt: fromTime(l.ReleasedAt), SessionKey: l.SessionKey,
+		ReleasedAt: fromTime(l.ReleasedAt), SessionKey: l.SessionKey, Target: l.Target,
+	}
+	if l.Usage != nil {
+		u := *l.Usage
+		out.Usage = &u
 	}
 	if l.Proxy != nil {
 		out.Proxy = l.Proxy.Model()

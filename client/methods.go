@@ -312,9 +312,23 @@ func (c *Client) GetLease(ctx context.Context, id uuid.UUID) (*pharox.Lease, err
 //
 // Release is retried on transient failures.
 func (c *Client) Release(ctx context.Context, id uuid.UUID) (*pharox.Lease, error) {
+	return c.release(ctx, id, api.ReleaseRequest{})
+}
+
+// ReleaseWithUsage is Release reporting the traffic the lease carried (see
+// [pharox.Manager.ReleaseWithUsage]). The server counts it once: a release
+// retried after it acted returns the ended lease and counts nothing again.
+func (c *Client) ReleaseWithUsage(ctx context.Context, id uuid.UUID, usage pharox.Usage) (*pharox.Lease, error) {
+	if err := usage.Validate(); err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	return c.release(ctx, id, api.ReleaseRequest{Usage: &usage})
+}
+
+func (c *Client) release(ctx context.Context, id uuid.UUID, body api.ReleaseRequest) (*pharox.Lease, error) {
 	var out api.Lease
 	_, err := c.do(ctx, call{method: http.MethodPost, path: "/v1/leases/" + id.String() + "/release",
-		body: struct{}{}, out: &out, notFound: pharox.ErrLeaseNotFound})
+		body: body, out: &out, notFound: pharox.ErrLeaseNotFound})
 	if errors.Is(err, pharox.ErrLeaseNotActive) {
 		// Servers from before releases were idempotent answer 409 for an
 		// ended lease (also when a retried release had already acted):

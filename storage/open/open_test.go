@@ -57,7 +57,7 @@ func roundTrip(t *testing.T, url string, reopen bool) {
 	if lease.Proxy.Host != "10.0.0.1" {
 		t.Fatalf("reopened store: %+v", lease.Proxy)
 	}
-	if _, err := s2.ReleaseLease(ctx, lease.ID); err != nil {
+	if _, err := s2.ReleaseLease(ctx, lease.ID, nil); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -226,7 +226,7 @@ func Pairs(ctx context.Context, s pharox.Storage, req pharox.AcquireRequest, wor
 		if err != nil {
 			return fmt.Errorf("AcquireLease: %w", err)
 		}
-		if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+		if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil {
 			return fmt.Errorf("ReleaseLease: %w", err)
 		}
 		return nil

@@ -219,6 +219,6 @@ func testCopiesLeases(t *testing.T, f *fixture) {
 		t.Fatalf("ReleasedAt after mutating ReleaseLease's result = %v, want %v", after.ReleasedAt, releasedAt)
 	}
 	f.wantCurrent(p.ID, 0)
-	_, err = f.s.ReleaseLease(f.ctx, id)
+	_, err = f.s.ReleaseLease(f.ctx, id, nil)
 	wantErr(t, "ReleaseLease after mutating the released copy back to active", err, pharox.ErrLeaseNotActive)
 }

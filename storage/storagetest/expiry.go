@@ -51,7 +51,7 @@ func testExpiredFreesSlot(t *testing.T, f *fixture) {
 	if got.ExpiresAt.After(l.AcquiredAt) {
 		t.Fatalf("new lease acquired at %v, before the old one expired at %v", l.AcquiredAt, got.ExpiresAt)
 	}
-	_, err := f.s.ReleaseLease(f.ctx, old.ID)
+	_, err := f.s.ReleaseLease(f.ctx, old.ID, nil)
 	wantErr(t, "ReleaseLease of an expired, reclaimed lease", err, pharox.ErrLeaseNotActive)
 	_, err = f.s.RenewLease(f.ctx, old.ID, time.Minute)
 	wantErr(t, "RenewLease of an expired, reclaimed lease", err, pharox.ErrLeaseNotActive)
@@ -71,7 +71,7 @@ func testReleaseAfterExpiry(t *testing.T, f *fixture) {
 	// Nothing reclaimed it: the store ends it as it declared, exactly
 	// once, freeing exactly one slot.
 	want := f.cfg.needLateRelease(t)
-	r, err := f.s.ReleaseLease(f.ctx, l.ID)
+	r, err := f.s.ReleaseLease(f.ctx, l.ID, nil)
 	switch want {
 	case LateReleaseReleases:
 		if err != nil {
@@ -92,7 +92,7 @@ func testReleaseAfterExpiry(t *testing.T, f *fixture) {
 		}
 	}
 	f.wantCurrent(p.ID, 0)
-	_, err = f.s.ReleaseLease(f.ctx, l.ID)
+	_, err = f.s.ReleaseLease(f.ctx, l.ID, nil)
 	wantErr(t, "second ReleaseLease after expiry", err, pharox.ErrLeaseNotActive)
 	if n, err := f.s.CleanupExpiredLeases(f.ctx); err != nil || n != 0 {
 		t.Fatalf("CleanupExpiredLeases after the lease ended = %d, %v; want 0", n, err)
@@ -114,7 +114,7 @@ func testRenewAfterExpiry(t *testing.T, f *fixture) {
 		t.Fatalf("lease status after renewing past expiry = %s, want expired (reclaimed)", got.Status)
 	}
 	f.wantCurrent(p.ID, 0)
-	_, err = f.s.ReleaseLease(f.ctx, l.ID)
+	_, err = f.s.ReleaseLease(f.ctx, l.ID, nil)
 	wantErr(t, "ReleaseLease after a failed renew", err, pharox.ErrLeaseNotActive)
 	f.wantCurrent(p.ID, 0)
 	if n, err := f.s.CleanupExpiredLeases(f.ctx); err != nil || n != 0 {
@@ -155,7 +155,7 @@ func testCleanup(t *testing.T, f *fixture) {
 		if got := f.getLease(l.ID); got.Status != pharox.LeaseExpired {
 			t.Fatalf("lease %s after cleanup = %s, want expired", l.ID, got.Status)
 		}
-		_, err := f.s.ReleaseLease(f.ctx, l.ID)
+		_, err := f.s.ReleaseLease(f.ctx, l.ID, nil)
 		wantErr(t, "ReleaseLease of a cleaned-up lease", err, pharox.ErrLeaseNotActive)
 	}
 	if got := f.getLease(long.ID); got.Status != pharox.LeaseActive {

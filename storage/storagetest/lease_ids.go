@@ -108,7 +108,7 @@ func testLeaseIDAfterRelease(t *testing.T, f *fixture) {
 	if n := f.leasesHeld("lid-released", ps); n != 0 {
 		t.Fatalf("a retry after release took a slot: the pool holds %d leases", n)
 	}
-	if _, err := f.s.ReleaseLease(f.ctx, first.ID); err == nil {
+	if _, err := f.s.ReleaseLease(f.ctx, first.ID, nil); err == nil {
 		t.Fatalf("ReleaseLease of the ended lease after the retry succeeded: the retry made it active again")
 	}
 }

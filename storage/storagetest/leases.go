@@ -310,7 +310,7 @@ func testReleaseErrors(t *testing.T, f *fixture) {
 	l := f.acquire(f.req("double"))
 	other := f.acquire(f.req("double"))
 	first := f.release(l.ID)
-	_, err := f.s.ReleaseLease(f.ctx, l.ID)
+	_, err := f.s.ReleaseLease(f.ctx, l.ID, nil)
 	wantErr(t, "ReleaseLease twice", err, pharox.ErrLeaseNotActive)
 	// The second release freed nothing: the other lease still counts.
 	f.wantCurrent(p.ID, 1)
@@ -321,7 +321,7 @@ func testReleaseErrors(t *testing.T, f *fixture) {
 	if got := f.getLease(other.ID); got.Status != pharox.LeaseActive {
 		t.Fatalf("other lease status = %s, want active", got.Status)
 	}
-	_, err = f.s.ReleaseLease(f.ctx, uuid.New())
+	_, err = f.s.ReleaseLease(f.ctx, uuid.New(), nil)
 	wantErr(t, "ReleaseLease(unknown)", err, pharox.ErrLeaseNotFound)
 }
 

@@ -247,7 +247,7 @@ func runParent(t *testing.T, cfg MultiProcessConfig) {
 		if err != nil {
 			t.Fatalf("AcquireLease(verdict lease): %v", err)
 		}
-		if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+		if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil {
 			t.Fatalf("ReleaseLease(verdict lease): %v", err)
 		}
 		verdictLease = l.ID
@@ -597,7 +597,7 @@ func runWorker(t *testing.T, cfg MultiProcessConfig) {
 					continue
 				}
 				time.Sleep(time.Duration(mrand.IntN(2000)) * time.Microsecond)
-				_, err = s.ReleaseLease(context.WithoutCancel(ctx), l.ID)
+				_, err = s.ReleaseLease(context.WithoutCancel(ctx), l.ID, nil)
 				switch {
 				case err == nil:
 					released.Add(1)

@@ -197,7 +197,7 @@ func fillScalePool(b *testing.B, s pharox.Storage, req pharox.AcquireRequest, n 
 	if fail != nil || taken != n || onTop == uuid.Nil {
 		b.Fatalf("filling the pool: %d of %d proxies leased, error %v", taken, n, fail)
 	}
-	if _, err := s.ReleaseLease(ctx, onTop); err != nil {
+	if _, err := s.ReleaseLease(ctx, onTop, nil); err != nil {
 		b.Fatalf("ReleaseLease: %v", err)
 	}
 }
@@ -217,7 +217,7 @@ func benchAcquire(b *testing.B, s pharox.Storage, r pharox.AcquireRequest) (ns, 
 		if err != nil {
 			b.Fatalf("AcquireLease(%s): %v", r.Strategy, err)
 		}
-		if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+		if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil {
 			b.Fatalf("ReleaseLease: %v", err)
 		}
 	}

@@ -258,7 +258,7 @@ func (f *fixture) noProxy(req pharox.AcquireRequest, why string) {
 
 func (f *fixture) release(id uuid.UUID) *pharox.Lease {
 	f.t.Helper()
-	l, err := f.s.ReleaseLease(f.ctx, id)
+	l, err := f.s.ReleaseLease(f.ctx, id, nil)
 	if err != nil {
 		f.t.Fatalf("ReleaseLease(%s): %v", id, err)
 	}

@@ -123,7 +123,7 @@ func testStress(t *testing.T, f *fixture) {
 					time.Sleep(time.Duration(rand.IntN(200)) * time.Microsecond)
 				}
 				c.Add(-1)
-				if _, err := f.s.ReleaseLease(f.ctx, l.ID); err != nil {
+				if _, err := f.s.ReleaseLease(f.ctx, l.ID, nil); err != nil {
 					tally.fail("goroutine %d: ReleaseLease(%s): %v", g, l.ID, err)
 					return
 				}
@@ -242,7 +242,7 @@ func testStressExpiry(t *testing.T, f *fixture) {
 					continue
 				}
 				time.Sleep(time.Duration(rand.IntN(3)) * time.Millisecond)
-				if _, err := f.s.ReleaseLease(f.ctx, l.ID); err != nil {
+				if _, err := f.s.ReleaseLease(f.ctx, l.ID, nil); err != nil {
 					tally.fail("goroutine %d: ReleaseLease(%s) of a one-minute lease: %v", g, l.ID, err)
 					return
 				}

@@ -652,7 +652,7 @@ func testTargetConcurrent(t *testing.T, f *fixture) {
 					st, _, err = ts.ApplyTargetOutcome(f.ctx, pharox.TargetOutcome{ProxyID: l.ProxyID, Target: target, Kind: pharox.OutcomeBanned}, p)
 				}
 				done := time.Now()
-				_, rerr := f.s.ReleaseLease(f.ctx, l.ID)
+				_, rerr := f.s.ReleaseLease(f.ctx, l.ID, nil)
 				mu.Lock()
 				leases = append(leases, lease{called, l})
 				if st != nil && st.BannedAt != nil && st.CoolingUntil != nil {

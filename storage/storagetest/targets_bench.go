@@ -80,7 +80,7 @@ func BenchmarkTargets(b *testing.B, newStore func(b *testing.B) pharox.Storage) 
 			if err != nil {
 				b.Fatalf("AcquireLease(target %q): %v", req.Target, err)
 			}
-			if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+			if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil {
 				b.Fatal(err)
 			}
 			return time.Since(start)
