@@ -109,6 +109,58 @@
 // updated_at and cooling_until); PoolTargetStats reads the pool's proxies
 // and their entries, never a lease.
 //
+// # Usage and quotas
+//
+// The store implements pharox.UsageStore (migration 0004). Leases record
+// their target and, once released with a report, their usage (NULL
+// columns when none was reported). A release with usage adds it, in the
+// release's transaction, to the hourly bucket of (hour, consumer, proxy,
+// target) with INSERT ... ON DUPLICATE KEY UPDATE, and to the byte
+// counters of the quotas of the lease's consumer, pool and proxy
+// (pharox.Quota.AddBytes, the quota rows locked FOR UPDATE in primary key
+// order): a column of the lease's locking read tells whether any of them
+// has a quota, so a release under no quota costs no extra round trip, and
+// one under quotas one. A release without usage is what it was.
+//
+// An acquisition applies the consumer's and pool's quotas before it locks
+// any proxy: it locks their rows in the quotas table FOR UPDATE (consumer,
+// then pool: the primary key's order), then, in a statement of its own so
+// that READ COMMITTED shows it every lease committed by the acquisitions
+// that held the lock before, counts the active unexpired leases of each
+// that has a max_concurrent_leases, through an index on (consumer_id,
+// status, expires_at) or (pool_id, status, expires_at): a range no longer
+// than the cap. pharox.Quota.Admit decides in Go; a refusal rolls back,
+// having taken nothing. Once a proxy is locked, each quota with a
+// requests_per_minute takes a token (pharox.Quota.TakeToken), written with
+// the COMMIT. The lock serializes the acquisitions of one capped consumer
+// or pool from every process, which is what a cap means; both statements
+// travel in one round trip on a pool [Open] made. An idempotent retry
+// (AcquireRequest.LeaseID already held) finds its lease before quotas are
+// looked at.
+//
+// An acquisition for a consumer and pool without quotas pays no round
+// trip for them: its first statement (the pool lookup, the session
+// binding's read or the candidate's locking read) carries a column with
+// two primary-key probes of the quotas table. When that column finds a
+// quota the try rolls back and runs again at once, quotas first, and the
+// store remembers the pair so that its next acquisitions lock the quotas
+// from the start (forgetting it when they find none). A quota set while an
+// acquisition is running binds the acquisitions that start after SetQuota
+// returned; one already running may still complete, like a lease already
+// held.
+//
+// A proxy's traffic allowance is proxies.allowance_until: the end of the
+// day or month whose bytes its quota has used up (pharox.Quota.ExhaustedUntil),
+// NULL otherwise, written under the quota's row lock by a release with
+// usage, SetQuota and DeleteQuota. The candidate walk and the sticky
+// binding pass over a proxy while allowance_until is in the future: a
+// condition on the row the walk reads anyway, a cost per proxy passed
+// over. SetQuota starts a new quota's counters from the subject's buckets
+// of the current day and month. QueryUsage is one GROUP BY over the
+// buckets' time range (primary key) or a pool's or consumer's (id,
+// hour_start) index; PurgeUsage deletes by hour in batches. DeletePool and
+// DeleteProxy delete their quotas; buckets stay as history.
+//
 // # Sticky sessions
 //
 // A sticky acquisition first locks its binding row with INSERT ... ON

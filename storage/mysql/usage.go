@@ -397,7 +397,7 @@ func (s *Store) QueryUsage(ctx context.Context, q pharox.UsageQuery) ([]pharox.U
 		where, args = append(where, "hour_start >= ?"), append(args, micro(q.Since.Truncate(pharox.UsageBucket)))
 	}
 	if !q.Until.IsZero() {
-		where, args = append(where, "hour_start < ?"), append(args, micro(q.Until))
+		where, args = append(where, "hour_start < ?"), append(args, ceilMicro(q.Until))
 	}
 	if q.PoolID != uuid.Nil {
 		where, args = append(where, "pool_id = ?"), append(args, idArg(q.PoolID))
@@ -428,7 +428,7 @@ func (s *Store) QueryUsage(ctx context.Context, q pharox.UsageQuery) ([]pharox.U
 // PurgeUsage deletes the buckets that started before the given time,
 // purgeBatch at a time through the primary key, and returns how many.
 func (s *Store) PurgeUsage(ctx context.Context, before time.Time) (int, error) {
-	b := micro(before)
+	b := ceilMicro(before)
 	total := 0
 	for {
 		res, err := s.db.ExecContext(ctx, s.q(`DELETE FROM {p}usage_hourly WHERE hour_start < ? LIMIT `+fmt.Sprint(purgeBatch)), b)
