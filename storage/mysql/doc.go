@@ -91,7 +91,11 @@
 // the target that the walk passes, never with the pool or with the
 // target's entries (NOT EXISTS is not used: MariaDB would materialize
 // every entry of the target first). The subquery locks nothing. A sticky
-// binding whose proxy cools down for the target is bound anew.
+// binding whose proxy cools down for the target is bound anew; the bound
+// proxy's locking read, which waits for the row, carries the same
+// subquery, so the cool-down is judged at that statement's clock, the one
+// the lease starts at, on the entry as committed once the lock is
+// granted.
 //
 // ApplyTargetOutcome is one transaction of two round trips: it reads the
 // entry FOR UPDATE (with the time, the outcome's At or UTC_TIMESTAMP(6),

@@ -438,9 +438,22 @@ func (s *Store) lockSession(ctx context.Context, tx execer, poolID uuid.UUID, ke
 	}
 	// The bound proxy is waited for, not skipped: it is the one wanted.
 	// Lock order everywhere is session, proxy, lease, cursor.
+	//
+	// The statement's clock is read when it starts, before the lock wait,
+	// and becomes the lease's AcquiredAt; so the cool-down for target and
+	// the traffic allowance are judged in the same statement, at that
+	// clock, on the row as it is once the lock is granted. (Checking the
+	// cool-down in a later statement, at a later clock, let a lease start
+	// inside a cool-down that had ended while the lock was awaited.)
 	lockRow := func() (*lockedProxy, error) {
-		return scanLocked(tx.QueryRowContext(ctx, s.q(`SELECT `+proxyCols+`, freed_at, UTC_TIMESTAMP(6) FROM {p}proxies
-			WHERE id = ? AND pool_id = ? AND `+withinAllowanceSQL("{p}proxies")+` FOR UPDATE`), bound.String, idArg(poolID)), false)
+		args := []any{bound.String, idArg(poolID)}
+		cond := withinAllowanceSQL("p")
+		if target != "" {
+			cond += ` AND ` + s.notCoolingSQL("p")
+			args = append(args, target)
+		}
+		return scanLocked(tx.QueryRowContext(ctx, s.q(`SELECT `+prefixed("p", proxyCols)+`, p.freed_at, UTC_TIMESTAMP(6) FROM {p}proxies p
+			WHERE p.id = ? AND p.pool_id = ? AND `+cond+` FOR UPDATE`), args...), false)
 	}
 	lp, err := lockRow()
 	if lp == nil || err != nil {
@@ -448,14 +461,6 @@ func (s *Store) lockSession(ctx context.Context, tx execer, poolID uuid.UUID, ke
 	}
 	if !lp.p.Status.Leasable() || !f.Match(lp.p) {
 		return nil, nil
-	}
-	if target != "" {
-		var cooling bool
-		err := tx.QueryRowContext(ctx, s.q(`SELECT EXISTS (SELECT 1 FROM {p}proxy_targets
-			WHERE proxy_id = ? AND target = ? AND cooling_until > UTC_TIMESTAMP(6))`), idArg(lp.p.ID), target).Scan(&cooling)
-		if err != nil || cooling {
-			return nil, err
-		}
 	}
 	if !lp.p.HasFreeSlot() {
 		n, err := s.reclaimLocked(ctx, tx, lp.p.ID)
