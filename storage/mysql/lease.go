@@ -218,18 +218,30 @@ func (s *Store) acquireTx(ctx context.Context, tx execer, req *pharox.AcquireReq
 
 	// Quotas, before any proxy: when the lookup saw one, or when the last
 	// acquisition for this consumer and pool did, lock them and apply
-	// them now. Otherwise the first statement that locks a proxy probes
-	// for them too, and one found there sends the try back here (see
-	// quotaSeen).
-	if looked && sawQuota || !looked && s.quotaHinted(quotaPair{req.ConsumerID, poolID}) {
+	// them. A sticky acquisition does so now; any other sends the quota
+	// statements ahead of its first candidate read, in the same round
+	// trip, and applies them before it uses the candidate (a refusal
+	// rolls back the candidate's lock with the rest). Otherwise the first
+	// statement that locks a proxy probes for quotas too, and one found
+	// there sends the try back here (see quotaSeen).
+	var (
+		lead    *stmtLead
+		pending *quotaLock
+	)
+	wantQuotas := looked && sawQuota || !looked && s.quotaHinted(quotaPair{req.ConsumerID, poolID})
+	switch {
+	case wantQuotas && req.SessionKey != "":
 		if err := lockQuotas(); err != nil {
 			return nil, err
 		}
-	} else if looked {
+	case wantQuotas:
+		pending = &quotaLock{}
+		lead = s.quotaLead(quotaPair{req.ConsumerID, poolID}, pending)
+	case looked:
 		s.noteQuotas(quotaPair{req.ConsumerID, poolID}, false)
 	}
 	probe := uuid.Nil
-	if !probed && quotas == nil {
+	if !probed && !wantQuotas {
 		probe = req.ConsumerID
 	}
 
@@ -255,9 +267,20 @@ func (s *Store) acquireTx(ctx context.Context, tx execer, req *pharox.AcquireReq
 		stickyHit = chosen != nil
 	}
 	if chosen == nil {
-		chosen, err = s.choose(ctx, tx, poolID, req.Filters, req.Target, req.Strategy, cursor.String, true, probe)
+		chosen, err = s.choose(ctx, tx, poolID, req.Filters, req.Target, req.Strategy, cursor.String, true, probe, lead)
 		if err != nil {
 			return nil, err
+		}
+		if pending != nil {
+			if err := s.finishQuotas(quotaPair{req.ConsumerID, poolID}, pending); err != nil {
+				return nil, err
+			}
+			if len(pending.quotas) > 0 {
+				quotas = pending
+			}
+			if err := pending.admit(); err != nil {
+				return nil, err
+			}
 		}
 		if probe != uuid.Nil && chosen != nil {
 			probed, sawQuota = true, chosen.quota
@@ -285,7 +308,7 @@ func (s *Store) acquireTx(ctx context.Context, tx execer, req *pharox.AcquireReq
 			return nil, err
 		}
 		if n > 0 {
-			chosen, err = s.choose(ctx, tx, poolID, req.Filters, req.Target, req.Strategy, cursor.String, true, uuid.Nil)
+			chosen, err = s.choose(ctx, tx, poolID, req.Filters, req.Target, req.Strategy, cursor.String, true, uuid.Nil, nil)
 			if err != nil {
 				return nil, err
 			}
@@ -295,7 +318,7 @@ func (s *Store) acquireTx(ctx context.Context, tx execer, req *pharox.AcquireReq
 		// Did a candidate exist that others held locked? A non-locking
 		// read sees the newest committed rows and waits for nothing.
 		if !s.naive {
-			p, err := s.choose(ctx, tx, poolID, req.Filters, req.Target, req.Strategy, cursor.String, false, uuid.Nil)
+			p, err := s.choose(ctx, tx, poolID, req.Filters, req.Target, req.Strategy, cursor.String, false, uuid.Nil, nil)
 			if err != nil {
 				return nil, err
 			}
@@ -484,7 +507,9 @@ func (s *Store) lockSession(ctx context.Context, tx execer, poolID uuid.UUID, ke
 // proxies past their traffic allowance too, a column of the row it reads.
 // With a probe consumer (not uuid.Nil) the statement also tells, in the
 // candidate's quota field, whether that consumer or the pool has a quota.
-func (s *Store) choose(ctx context.Context, tx execer, poolID uuid.UUID, f *pharox.Filters, target string, st pharox.Strategy, cursor string, lock bool, probe uuid.UUID) (*lockedProxy, error) {
+// A lead's statements travel ahead of the first candidate read, in its
+// round trip.
+func (s *Store) choose(ctx context.Context, tx execer, poolID uuid.UUID, f *pharox.Filters, target string, st pharox.Strategy, cursor string, lock bool, probe uuid.UUID, lead *stmtLead) (*lockedProxy, error) {
 	var args []any
 	args = append(args, idArg(poolID))
 	filter := filterSQL(f, "p", &args)
@@ -500,7 +525,25 @@ func (s *Store) choose(ctx context.Context, tx execer, poolID uuid.UUID, f *phar
 			a = append(a, idArg(probe), idArg(poolID))
 		}
 		a = append(append(append(a, args[0]), extraArgs...), args[1:]...)
-		return scanLocked(tx.QueryRowContext(ctx, s.candidateSQL(plan, extra, filter, lock, probed), a...), probed)
+		query := s.candidateSQL(plan, extra, filter, lock, probed)
+		if lead == nil {
+			return scanLocked(tx.QueryRowContext(ctx, query, a...), probed)
+		}
+		l := lead
+		lead = nil
+		var lp *lockedProxy
+		err := queryEach(ctx, tx, append(l.queries, query), append(l.args, a), func(i int, rows *sql.Rows) error {
+			if i < len(l.queries) {
+				return l.read(i, rows)
+			}
+			if !rows.Next() {
+				return nil
+			}
+			var err error
+			lp, err = scanLocked(rows, probed)
+			return err
+		})
+		return lp, err
 	}
 	switch st.OrDefault() {
 	case pharox.RoundRobin:
@@ -704,7 +747,7 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 		if err != nil {
 			return err
 		}
-		lp, err := s.choose(ctx, tx, poolID, filters, "", strategy, cursor.String, false, uuid.Nil)
+		lp, err := s.choose(ctx, tx, poolID, filters, "", strategy, cursor.String, false, uuid.Nil, nil)
 		if lp != nil || err != nil {
 			if lp != nil {
 				out = lp.p

@@ -76,56 +76,83 @@ type quotaLock struct {
 	active map[pharox.QuotaSubject]int
 }
 
-// lockQuotas locks the quota rows of the consumer and the pool FOR UPDATE
-// (in primary key order: consumer, then pool), then counts the active,
-// unexpired leases of each that has a max_concurrent_leases, through
-// leases_consumer_active and leases_pool. The count is a statement of its
-// own, after the lock: in READ COMMITTED it then sees every lease that the
-// acquisitions which held the lock before committed. On a pool Open made
-// both statements travel in one round trip.
-func (s *Store) lockQuotas(ctx context.Context, tx execer, pair quotaPair) (*quotaLock, error) {
-	ql := &quotaLock{active: map[pharox.QuotaSubject]int{}}
-	var consumerActive, poolActive int
-	err := queryEach(ctx, tx, []string{
-		s.q(`SELECT ` + quotaCols + ` FROM {p}quotas FORCE INDEX (PRIMARY)
-			WHERE subject = 'consumer' AND subject_id = ? OR subject = 'pool' AND subject_id = ? ORDER BY subject FOR UPDATE`),
-		// IF evaluates only the branch it takes: a quota without a cap
-		// counts nothing.
-		s.q(`SELECT UTC_TIMESTAMP(6),
-			IF((SELECT max_concurrent_leases FROM {p}quotas WHERE subject = 'consumer' AND subject_id = ?) > 0,
-				(SELECT count(*) FROM {p}leases FORCE INDEX ({p}leases_consumer_active)
-					WHERE consumer_id = ? AND status = 'active' AND expires_at > UTC_TIMESTAMP(6)), 0),
-			IF((SELECT max_concurrent_leases FROM {p}quotas WHERE subject = 'pool' AND subject_id = ?) > 0,
-				(SELECT count(*) FROM {p}leases FORCE INDEX ({p}leases_pool)
-					WHERE pool_id = ? AND status = 'active' AND expires_at > UTC_TIMESTAMP(6)), 0)`),
-	}, [][]any{
-		{idArg(pair.consumer), idArg(pair.pool)},
-		{idArg(pair.consumer), idArg(pair.consumer), idArg(pair.pool), idArg(pair.pool)},
-	}, func(i int, rows *sql.Rows) error {
-		for rows.Next() {
-			if i == 1 {
-				if err := rows.Scan(&ql.now, &consumerActive, &poolActive); err != nil {
+// stmtLead is statements sent ahead of another one in the same round trip
+// (see queryEach), with the reader of their results.
+type stmtLead struct {
+	queries []string
+	args    [][]any
+	read    func(i int, rows *sql.Rows) error
+}
+
+// quotaLead is the statements that lock the quota rows of the consumer
+// and the pool FOR UPDATE (in primary key order: consumer, then pool) and
+// then count the active, unexpired leases of each that has a
+// max_concurrent_leases, through leases_consumer_active and leases_pool;
+// they fill in ql, and ql.finish completes it. The count is a statement of
+// its own, after the lock: in READ COMMITTED it then sees every lease that
+// the acquisitions which held the lock before committed. On a pool Open
+// made they travel in one round trip, with the statement they lead.
+func (s *Store) quotaLead(pair quotaPair, ql *quotaLock) *stmtLead {
+	return &stmtLead{
+		queries: []string{
+			s.q(`SELECT ` + quotaCols + ` FROM {p}quotas FORCE INDEX (PRIMARY)
+				WHERE subject = 'consumer' AND subject_id = ? OR subject = 'pool' AND subject_id = ? ORDER BY subject FOR UPDATE`),
+			// IF evaluates only the branch it takes: a quota without a
+			// cap counts nothing.
+			s.q(`SELECT UTC_TIMESTAMP(6),
+				IF((SELECT max_concurrent_leases FROM {p}quotas WHERE subject = 'consumer' AND subject_id = ?) > 0,
+					(SELECT count(*) FROM {p}leases FORCE INDEX ({p}leases_consumer_active)
+						WHERE consumer_id = ? AND status = 'active' AND expires_at > UTC_TIMESTAMP(6)), 0),
+				IF((SELECT max_concurrent_leases FROM {p}quotas WHERE subject = 'pool' AND subject_id = ?) > 0,
+					(SELECT count(*) FROM {p}leases FORCE INDEX ({p}leases_pool)
+						WHERE pool_id = ? AND status = 'active' AND expires_at > UTC_TIMESTAMP(6)), 0)`),
+		},
+		args: [][]any{
+			{idArg(pair.consumer), idArg(pair.pool)},
+			{idArg(pair.consumer), idArg(pair.consumer), idArg(pair.pool), idArg(pair.pool)},
+		},
+		read: func(i int, rows *sql.Rows) error {
+			for rows.Next() {
+				if i == 1 {
+					var consumerActive, poolActive int
+					if err := rows.Scan(&ql.now, &consumerActive, &poolActive); err != nil {
+						return err
+					}
+					ql.active = map[pharox.QuotaSubject]int{pharox.QuotaConsumer: consumerActive, pharox.QuotaPool: poolActive}
+					continue
+				}
+				q, err := scanQuota(rows)
+				if err != nil {
 					return err
 				}
-				continue
+				ql.quotas = append(ql.quotas, q)
 			}
-			q, err := scanQuota(rows)
-			if err != nil {
-				return err
-			}
-			ql.quotas = append(ql.quotas, q)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
+			return nil
+		},
 	}
+}
+
+// finishQuotas completes a quotaLock its lead filled in and remembers whether
+// the pair has quotas.
+func (s *Store) finishQuotas(pair quotaPair, ql *quotaLock) error {
 	if ql.now.IsZero() {
-		return nil, errors.New("the count of active leases returned no row")
+		return errors.New("the count of active leases returned no row")
 	}
 	ql.now = utc(ql.now)
-	ql.active[pharox.QuotaConsumer], ql.active[pharox.QuotaPool] = consumerActive, poolActive
 	s.noteQuotas(pair, len(ql.quotas) > 0)
+	return nil
+}
+
+// lockQuotas runs quotaLead on its own.
+func (s *Store) lockQuotas(ctx context.Context, tx execer, pair quotaPair) (*quotaLock, error) {
+	ql := &quotaLock{}
+	lead := s.quotaLead(pair, ql)
+	if err := queryEach(ctx, tx, lead.queries, lead.args, lead.read); err != nil {
+		return nil, err
+	}
+	if err := s.finishQuotas(pair, ql); err != nil {
+		return nil, err
+	}
 	return ql, nil
 }
 

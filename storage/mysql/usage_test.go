@@ -111,6 +111,11 @@ func TestQuotaStatementsUseIndexes(t *testing.T) {
 		FROM information_schema.columns LIMIT 300`)); err != nil {
 		t.Fatal(err)
 	}
+	leaseID := "00000000-0000-0000-0000-000000000002"
+	if _, err := s.db.ExecContext(ctx, s.q(`INSERT INTO {p}leases (id, proxy_id, pool_id, pool_name, consumer_id, status, acquired_at, expires_at)
+		VALUES (?, UUID(), UUID(), 'p', UUID(), 'active', UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))`), leaseID); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := s.db.ExecContext(ctx, s.q(`ANALYZE TABLE {p}quotas, {p}leases`)); err != nil {
 		t.Fatal(err)
 	}
@@ -130,6 +135,8 @@ func TestQuotaStatementsUseIndexes(t *testing.T) {
 			WHERE pool_id = ? AND status = 'active' AND expires_at > UTC_TIMESTAMP(6)`,
 			[]any{id}, "leases", s.cfg.prefix + "leases_pool"},
 		{"probe", `SELECT ` + quotaProbeSQL, []any{id, id}, "quotas", "PRIMARY"},
+		{"release probe", `SELECT ` + leaseCols + `, ` + leaseQuotaProbeSQL + ` FROM {p}leases l WHERE id = ? FOR UPDATE`,
+			[]any{leaseID}, "q", "PRIMARY"},
 	} {
 		rows := explainRows(t, s.db, "EXPLAIN "+s.q(tc.query), tc.args...)
 		found := false
