@@ -136,9 +136,15 @@
 // than the cap. pharox.Quota.Admit decides in Go; a refusal rolls back,
 // having taken nothing. Once a proxy is locked, each quota with a
 // requests_per_minute takes a token (pharox.Quota.TakeToken), written with
-// the COMMIT. The lock serializes the acquisitions of one capped consumer
-// or pool from every process, which is what a cap means; both statements
-// travel in one round trip on a pool [Open] made. An idempotent retry
+// the COMMIT. On a pool [Open] made, the lock and the count travel in the
+// round trip of the first candidate read, ahead of it (a refusal rolls the
+// candidate's lock back with the rest), so an acquisition under quotas
+// costs the round trips of one without; a sticky acquisition sends them
+// on their own first, as it must lock its binding before any proxy. The
+// lock serializes the acquisitions of one capped consumer or pool from
+// every process, which is what a cap means: they take turns for as long
+// as one holds the row, a round trip and the writes of its COMMIT (InnoDB
+// releases row locks before it flushes the redo log). An idempotent retry
 // (AcquireRequest.LeaseID already held) finds its lease before quotas are
 // looked at.
 //
