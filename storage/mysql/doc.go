@@ -139,8 +139,8 @@
 // the COMMIT. On a pool [Open] made, the lock and the count travel in the
 // round trip of the first candidate read, ahead of it (a refusal rolls the
 // candidate's lock back with the rest), so an acquisition under quotas
-// costs the round trips of one without; a sticky acquisition sends them
-// on their own first, as it must lock its binding before any proxy. The
+// costs the round trips of one without; a sticky acquisition, which locks
+// its session binding before any proxy, sends them on their own first. The
 // lock serializes the acquisitions of one capped consumer or pool from
 // every process, which is what a cap means: they take turns for as long
 // as one holds the row, a round trip and the writes of its COMMIT (InnoDB
