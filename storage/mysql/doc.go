@@ -181,10 +181,11 @@
 // with a waiting FOR UPDATE (it is the one wanted), and a sticky hit does
 // not move the round-robin cursor.
 //
-// Acquisitions lock in the order session binding, proxy, lease, cursor;
-// releases, renewals and cleanups lock a lease before its proxy, and
-// acquisitions that hold a proxy take its leases with SKIP LOCKED only, so
-// the two orders cannot deadlock. Any deadlock InnoDB still
+// Acquisitions lock in the order quotas, session binding, proxy, lease,
+// cursor; releases, renewals and cleanups lock a lease before its quotas
+// (a release with usage) and its proxy, and acquisitions that hold a
+// quota or a proxy take leases with SKIP LOCKED only, so the two orders
+// cannot deadlock. Any deadlock InnoDB still
 // reports (1213) or lock wait timeout rolls the whole transaction back and
 // it is run again, up to 8 times.
 //

@@ -460,7 +460,7 @@ func (s *Store) lockSession(ctx context.Context, tx execer, poolID uuid.UUID, ke
 		return nil, nil
 	}
 	// The bound proxy is waited for, not skipped: it is the one wanted.
-	// Lock order everywhere is session, proxy, lease, cursor.
+	// Lock order everywhere is quotas, session, proxy, lease, cursor.
 	//
 	// The statement's clock is read when it starts, before the lock wait,
 	// and becomes the lease's AcquiredAt; so the cool-down for target and
