@@ -132,8 +132,9 @@
 // that READ COMMITTED shows it every lease committed by the acquisitions
 // that held the lock before, counts the active unexpired leases of each
 // that has a max_concurrent_leases, through an index on (consumer_id,
-// status, expires_at) or (pool_id, status, expires_at): a range no longer
-// than the cap. pharox.Quota.Admit decides in Go; a refusal rolls back,
+// status, expires_at) or (pool_id, status, expires_at): a range of the
+// subject's active leases, no longer than the cap unless the cap was
+// lowered below them. pharox.Quota.Admit decides in Go; a refusal rolls back,
 // having taken nothing. Once a proxy is locked, each quota with a
 // requests_per_minute takes a token (pharox.Quota.TakeToken), written with
 // the COMMIT. On a pool [Open] made, the lock and the count travel in the
@@ -166,10 +167,12 @@
 // binding pass over a proxy while allowance_until is in the future: a
 // condition on the row the walk reads anyway, a cost per proxy passed
 // over. SetQuota starts a new quota's counters from the subject's buckets
-// of the current day and month. QueryUsage is one GROUP BY over the
-// buckets' time range (primary key) or a pool's or consumer's (id,
-// hour_start) index; PurgeUsage deletes by hour in batches. DeletePool and
-// DeleteProxy delete their quotas; buckets stay as history.
+// of the current day and month; a release committed while a new quota is
+// being set may be missing from its counters (byte limits are soft).
+// QueryUsage is one GROUP BY over the buckets' time range (primary key) or
+// a pool's or consumer's (id, hour_start) index; PurgeUsage deletes by
+// hour in batches. DeletePool and DeleteProxy delete their quotas; buckets
+// stay as history.
 //
 // # Sticky sessions
 //
