@@ -27,6 +27,16 @@ var errRetry = errors.New("mysql: candidates locked")
 // one uses the fresh id.
 var errRetryNow = errors.New("mysql: stale pool id")
 
+// errQuotaFound reports that a probe found a quota the try had not locked;
+// the next try locks it first (see acquireTx).
+var errQuotaFound = errors.New("mysql: quota found by the probe")
+
+// quotaRetries bounds the tries a store runs again at once because a
+// probe found a quota: the first one hints the pair, so one more try
+// normally locks it; more happen only while other acquisitions of the
+// pair, finding it deleted meanwhile, clear the hint.
+const quotaRetries = 3
+
 // lockedProxy is a candidate as a locking read returned it: the proxy, the
 // clock at the start of that statement and the proxy's freed_at, and the
 // answer of the statement's quota probe when it had one.
@@ -89,6 +99,7 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 	}
 	backoff := 100 * time.Microsecond
 	connRetried := false
+	quotaFound := 0
 	for attempt := 1; ; attempt++ {
 		var lease *pharox.Lease
 		err := s.run(ctx, func(tx execer) error {
@@ -99,13 +110,15 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		switch {
 		case err == nil:
 			return lease, nil
+		case errors.Is(err, errQuotaFound) && quotaFound < quotaRetries:
+			quotaFound++
 		case errors.Is(err, errRetryNow) && attempt < s.cfg.maxAttempts:
 		case errors.Is(err, errRetry) && attempt < s.cfg.maxAttempts:
 			if err := sleep(ctx, backoff/2+rand.N(backoff/2+1)); err != nil {
 				return nil, fail("mysql: acquire from pool %q: %w", req.PoolName, err)
 			}
 			backoff = min(backoff*2, 5*time.Millisecond)
-		case errors.Is(err, errRetry), errors.Is(err, errRetryNow):
+		case errors.Is(err, errRetry), errors.Is(err, errRetryNow), errors.Is(err, errQuotaFound):
 			return nil, fail("mysql: acquire from pool %q: %w", req.PoolName, pharox.ErrNoProxyAvailable)
 		case code(err) == errDupEntry && req.LeaseID != uuid.Nil && attempt < s.cfg.maxAttempts:
 			// Another call took a lease with this id first; the next try
@@ -197,7 +210,7 @@ func (s *Store) acquireTx(ctx context.Context, tx execer, req *pharox.AcquireReq
 			return nil
 		}
 		s.noteQuotas(pair, true)
-		return errRetryNow
+		return errQuotaFound
 	}
 	// A caller-chosen lease id is compared with the pool's id, so that
 	// must be fresh too.

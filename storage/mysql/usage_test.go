@@ -13,23 +13,24 @@ import (
 // TestQuotaSetByAnotherProcessApplies checks the quota probe: a store
 // whose caches know the pool and the consumer, and whose last acquisition
 // found no quota, still applies a quota another store (another process)
-// sets afterwards, on its very next acquisition, sticky or not; and one
-// that last found a quota stops applying it once the other store deleted
-// it.
+// sets afterwards, on its very next acquisition, sticky or not, even with
+// a single acquisition attempt (the try the probe ends is not one); and
+// one that last found a quota stops applying it once the other store
+// deleted it.
 func TestQuotaSetByAnotherProcessApplies(t *testing.T) {
 	dsn := testDSN(t)
 	prefix := uniquePrefix()
 	dropTablesOnCleanup(t, prefix)
 	ctx := context.Background()
-	open := func() *Store {
-		s, err := Open(ctx, dsn, WithTablePrefix(prefix), WithMaxConns(2))
+	open := func(opts ...Option) *Store {
+		s, err := Open(ctx, dsn, append([]Option{WithTablePrefix(prefix), WithMaxConns(2)}, opts...)...)
 		if err != nil {
 			t.Fatalf("Open: %v", err)
 		}
 		t.Cleanup(func() { _ = s.Close() })
 		return s
 	}
-	a, b := open(), open()
+	a, b := open(WithAcquireAttempts(1)), open()
 	pool, err := a.CreatePool(ctx, pharox.Pool{Name: "probe"})
 	if err != nil {
 		t.Fatal(err)
