@@ -149,9 +149,10 @@ func (s *Store) ListPools(ctx context.Context) ([]*pharox.Pool, error) {
 }
 
 // DeletePool deletes the pool with its proxies, their ended leases, its
-// session bindings and cursor, unless one of its proxies holds an active
-// lease. It locks the pool and all of its proxies, reclaiming their expired
-// leases first.
+// session bindings and cursor, and the quotas of the pool and of its
+// proxies, unless one of its proxies holds an active lease. It locks the
+// pool and all of its proxies, reclaiming their expired leases first.
+// Usage buckets stay: they are history.
 func (s *Store) DeletePool(ctx context.Context, id uuid.UUID) error {
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		var got string
@@ -197,6 +198,8 @@ func (s *Store) DeletePool(ctx context.Context, id uuid.UUID) error {
 			return errAfterCommit{fmt.Errorf("%d active leases: %w", active, pharox.ErrInUse)}
 		}
 		for _, q := range []string{
+			`DELETE FROM {p}quotas WHERE subject = 'pool' AND subject_id = ?`,
+			`DELETE FROM {p}quotas WHERE subject = 'proxy' AND subject_id IN (SELECT id FROM {p}proxies WHERE pool_id = ?)`,
 			`DELETE FROM {p}leases WHERE pool_id = ?`,
 			`DELETE FROM {p}sessions WHERE pool_id = ?`,
 			`DELETE FROM {p}pool_cursors WHERE pool_id = ?`,
@@ -417,8 +420,8 @@ func (s *Store) SetProxyStatus(ctx context.Context, id uuid.UUID, status pharox.
 	return out, nil
 }
 
-// DeleteProxy deletes a proxy and its ended leases, unless it holds an
-// active lease (after reclaiming its expired ones).
+// DeleteProxy deletes a proxy, its ended leases and its quota, unless it
+// holds an active lease (after reclaiming its expired ones).
 func (s *Store) DeleteProxy(ctx context.Context, id uuid.UUID) error {
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		var current int
@@ -438,8 +441,13 @@ func (s *Store) DeleteProxy(ctx context.Context, id uuid.UUID) error {
 				return errAfterCommit{fmt.Errorf("%d active leases: %w", current, pharox.ErrInUse)}
 			}
 		}
-		if _, err := tx.ExecContext(ctx, s.q(`DELETE FROM {p}leases WHERE proxy_id = ?`), idArg(id)); err != nil {
-			return err
+		for _, q := range []string{
+			`DELETE FROM {p}quotas WHERE subject = 'proxy' AND subject_id = ?`,
+			`DELETE FROM {p}leases WHERE proxy_id = ?`,
+		} {
+			if _, err := tx.ExecContext(ctx, s.q(q), idArg(id)); err != nil {
+				return err
+			}
 		}
 		_, err = tx.ExecContext(ctx, s.q(`DELETE FROM {p}proxies WHERE id = ?`), idArg(id))
 		return err

@@ -34,6 +34,10 @@ import (
 //	trivial-tx/s     trivial transactions per second
 //	x-trivial-tx     pairs/s divided by trivial-tx/s / 2: 1.0 would mean a
 //	                 pair costs no more than two empty commits
+//	capped-pairs/s   the store's pairs by one consumer with a
+//	                 max_concurrent_leases quota (never reached)
+//	cap/plain        a capped pair's time over a plain one's: the capped
+//	                 acquisitions take turns on the quota row's lock
 //
 // ns/op covers all three and is not meaningful on its own.
 //

@@ -91,7 +91,11 @@
 // the target that the walk passes, never with the pool or with the
 // target's entries (NOT EXISTS is not used: MariaDB would materialize
 // every entry of the target first). The subquery locks nothing. A sticky
-// binding whose proxy cools down for the target is bound anew.
+// binding whose proxy cools down for the target is bound anew; the bound
+// proxy's locking read, which waits for the row, carries the same
+// subquery, so the cool-down is judged at that statement's clock, the one
+// the lease starts at, on the entry as committed once the lock is
+// granted.
 //
 // ApplyTargetOutcome is one transaction of two round trips: it reads the
 // entry FOR UPDATE (with the time, the outcome's At or UTC_TIMESTAMP(6),
@@ -109,6 +113,67 @@
 // updated_at and cooling_until); PoolTargetStats reads the pool's proxies
 // and their entries, never a lease.
 //
+// # Usage and quotas
+//
+// The store implements pharox.UsageStore (migration 0004). Leases record
+// their target and, once released with a report, their usage (NULL
+// columns when none was reported). A release with usage adds it, in the
+// release's transaction, to the hourly bucket of (hour, consumer, proxy,
+// target) with INSERT ... ON DUPLICATE KEY UPDATE, and to the byte
+// counters of the quotas of the lease's consumer, pool and proxy
+// (pharox.Quota.AddBytes, the quota rows locked FOR UPDATE in primary key
+// order): a column of the lease's locking read tells whether any of them
+// has a quota, so a release under no quota costs no extra round trip, and
+// one under quotas one. A release without usage is what it was.
+//
+// An acquisition applies the consumer's and pool's quotas before it locks
+// any proxy: it locks their rows in the quotas table FOR UPDATE (consumer,
+// then pool: the primary key's order), then, in a statement of its own so
+// that READ COMMITTED shows it every lease committed by the acquisitions
+// that held the lock before, counts the active unexpired leases of each
+// that has a max_concurrent_leases, through an index on (consumer_id,
+// status, expires_at) or (pool_id, status, expires_at): a range of the
+// subject's active leases, no longer than the cap unless the cap was
+// lowered below them. pharox.Quota.Admit decides in Go; a refusal rolls back,
+// having taken nothing. Once a proxy is locked, each quota with a
+// requests_per_minute takes a token (pharox.Quota.TakeToken), written with
+// the COMMIT. On a pool [Open] made, the lock and the count travel in the
+// round trip of the first candidate read, ahead of it (a refusal rolls the
+// candidate's lock back with the rest), so an acquisition under quotas
+// costs the round trips of one without; a sticky acquisition, which locks
+// its session binding before any proxy, sends them on their own first. The
+// lock serializes the acquisitions of one capped consumer or pool from
+// every process, which is what a cap means: they take turns for as long
+// as one holds the row, a round trip and the writes of its COMMIT (InnoDB
+// releases row locks before it flushes the redo log). An idempotent retry
+// (AcquireRequest.LeaseID already held) finds its lease before quotas are
+// looked at.
+//
+// An acquisition for a consumer and pool without quotas pays no round
+// trip for them: its first statement (the pool lookup, the session
+// binding's read or the candidate's locking read) carries a column with
+// two primary-key probes of the quotas table. When that column finds a
+// quota the try rolls back and runs again at once, quotas first, and the
+// store remembers the pair so that its next acquisitions lock the quotas
+// from the start (forgetting it when they find none). A quota set while an
+// acquisition is running binds the acquisitions that start after SetQuota
+// returned; one already running may still complete, like a lease already
+// held.
+//
+// A proxy's traffic allowance is proxies.allowance_until: the end of the
+// day or month whose bytes its quota has used up (pharox.Quota.ExhaustedUntil),
+// NULL otherwise, written under the quota's row lock by a release with
+// usage, SetQuota and DeleteQuota. The candidate walk and the sticky
+// binding pass over a proxy while allowance_until is in the future: a
+// condition on the row the walk reads anyway, a cost per proxy passed
+// over. SetQuota starts a new quota's counters from the subject's buckets
+// of the current day and month; a release committed while a new quota is
+// being set may be missing from its counters (byte limits are soft).
+// QueryUsage is one GROUP BY over the buckets' time range (primary key) or
+// a pool's or consumer's (id, hour_start) index; PurgeUsage deletes by
+// hour in batches. DeletePool and DeleteProxy delete their quotas; buckets
+// stay as history.
+//
 // # Sticky sessions
 //
 // A sticky acquisition first locks its binding row with INSERT ... ON
@@ -119,10 +184,11 @@
 // with a waiting FOR UPDATE (it is the one wanted), and a sticky hit does
 // not move the round-robin cursor.
 //
-// Acquisitions lock in the order session binding, proxy, lease, cursor;
-// releases, renewals and cleanups lock a lease before its proxy, and
-// acquisitions that hold a proxy take its leases with SKIP LOCKED only, so
-// the two orders cannot deadlock. Any deadlock InnoDB still
+// Acquisitions lock in the order quotas, session binding, proxy, lease,
+// cursor; releases, renewals and cleanups lock a lease before its quotas
+// (a release with usage) and its proxy, and acquisitions that hold a
+// quota or a proxy take leases with SKIP LOCKED only, so the two orders
+// cannot deadlock. Any deadlock InnoDB still
 // reports (1213) or lock wait timeout rolls the whole transaction back and
 // it is run again, up to 8 times.
 //

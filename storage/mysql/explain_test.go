@@ -58,7 +58,7 @@ func TestStrategiesAreIndexWalks(t *testing.T) {
 				extra, args = " AND p.rnd >= ?", append([]any{args[0], int64(0)}, args[1:]...)
 			}
 			plan := plans[st]
-			rows := explainRows(t, s.db, "EXPLAIN "+s.candidateSQL(plan, extra, filter, true), args...)
+			rows := explainRows(t, s.db, "EXPLAIN "+s.candidateSQL(plan, extra, filter, true, false), args...)
 			key, extraCol := rows[0]["key"], rows[0]["Extra"]
 			if want := s.cfg.prefix + "proxies_" + plan.index; key != want {
 				t.Errorf("%s (filters %+v): EXPLAIN key = %q, want %q", st, f, key, want)

@@ -27,17 +27,35 @@ var errRetry = errors.New("mysql: candidates locked")
 // one uses the fresh id.
 var errRetryNow = errors.New("mysql: stale pool id")
 
+// errQuotaFound reports that a probe found a quota the try had not locked;
+// the next try locks it first (see acquireTx).
+var errQuotaFound = errors.New("mysql: quota found by the probe")
+
+// quotaRetries bounds the tries a store runs again at once because a
+// probe found a quota: the first one hints the pair, so one more try
+// normally locks it; more happen only while other acquisitions of the
+// pair, finding it deleted meanwhile, clear the hint.
+const quotaRetries = 3
+
 // lockedProxy is a candidate as a locking read returned it: the proxy, the
-// clock at the start of that statement and the proxy's freed_at.
+// clock at the start of that statement and the proxy's freed_at, and the
+// answer of the statement's quota probe when it had one.
 type lockedProxy struct {
 	p       *pharox.Proxy
 	clock   time.Time
 	freedAt sql.NullTime
+	quota   bool
 }
 
-func scanLocked(row scanner) (*lockedProxy, error) {
+// scanLocked reads a candidate; probed says the statement ends with a
+// quota probe column (quotaProbeSQL).
+func scanLocked(row scanner, probed bool) (*lockedProxy, error) {
 	var lp lockedProxy
-	p, err := scanProxy(row, &lp.freedAt, &lp.clock)
+	extra := []any{&lp.freedAt, &lp.clock}
+	if probed {
+		extra = append(extra, &lp.quota)
+	}
+	p, err := scanProxy(row, extra...)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -81,6 +99,7 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 	}
 	backoff := 100 * time.Microsecond
 	connRetried := false
+	quotaFound := 0
 	for attempt := 1; ; attempt++ {
 		var lease *pharox.Lease
 		err := s.run(ctx, func(tx execer) error {
@@ -91,13 +110,15 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		switch {
 		case err == nil:
 			return lease, nil
+		case errors.Is(err, errQuotaFound) && quotaFound < quotaRetries:
+			quotaFound++
 		case errors.Is(err, errRetryNow) && attempt < s.cfg.maxAttempts:
 		case errors.Is(err, errRetry) && attempt < s.cfg.maxAttempts:
 			if err := sleep(ctx, backoff/2+rand.N(backoff/2+1)); err != nil {
 				return nil, fail("mysql: acquire from pool %q: %w", req.PoolName, err)
 			}
 			backoff = min(backoff*2, 5*time.Millisecond)
-		case errors.Is(err, errRetry), errors.Is(err, errRetryNow):
+		case errors.Is(err, errRetry), errors.Is(err, errRetryNow), errors.Is(err, errQuotaFound):
 			return nil, fail("mysql: acquire from pool %q: %w", req.PoolName, pharox.ErrNoProxyAvailable)
 		case code(err) == errDupEntry && req.LeaseID != uuid.Nil && attempt < s.cfg.maxAttempts:
 			// Another call took a lease with this id first; the next try
@@ -125,13 +146,23 @@ func (s *Store) acquireTx(ctx context.Context, tx execer, req *pharox.AcquireReq
 	poolID, havePool := s.cachedPool(req.PoolName)
 	_, haveConsumer := s.consumers.Load(req.ConsumerID)
 	looked := false
-	var cursor sql.NullString
+	var (
+		cursor sql.NullString
+		// quotas are the consumer's and pool's quotas, locked; nil when
+		// neither has one, or before they are locked.
+		quotas *quotaLock
+		// probed says that a statement of this try has told whether the
+		// consumer or the pool has a quota (quotaProbeSQL), and sawQuota
+		// its answer.
+		probed, sawQuota bool
+	)
 	lookup := func() error {
 		var consumerOK sql.NullInt64
 		var id uuid.UUID
-		err := tx.QueryRowContext(ctx, s.q(`SELECT pl.id, (SELECT 1 FROM {p}consumers WHERE id = ?), c.last_proxy_id
+		err := tx.QueryRowContext(ctx, s.q(`SELECT pl.id, (SELECT 1 FROM {p}consumers WHERE id = ?), c.last_proxy_id,
+			EXISTS (SELECT 1 FROM {p}quotas WHERE subject = 'consumer' AND subject_id = ? OR subject = 'pool' AND subject_id = pl.id)
 			FROM {p}pools pl LEFT JOIN {p}pool_cursors c ON c.pool_id = pl.id WHERE pl.name = ?`),
-			idArg(req.ConsumerID), req.PoolName).Scan(&id, &consumerOK, &cursor)
+			idArg(req.ConsumerID), idArg(req.ConsumerID), req.PoolName).Scan(&id, &consumerOK, &cursor, &sawQuota)
 		if errors.Is(err, sql.ErrNoRows) {
 			s.pools.Delete(req.PoolName)
 			return pharox.ErrPoolNotFound
@@ -144,13 +175,42 @@ func (s *Store) acquireTx(ctx context.Context, tx execer, req *pharox.AcquireReq
 		}
 		s.consumers.Store(req.ConsumerID, struct{}{})
 		s.pools.Store(req.PoolName, id)
-		looked = true
+		looked, probed = true, true
 		if havePool && id != poolID {
 			// The cached id was stale: start the try again with this one.
 			return errRetryNow
 		}
 		poolID = id
 		return nil
+	}
+	// lockQuotas locks the consumer's and pool's quotas and applies them
+	// (pharox.Quota.Admit, consumer first): a refusal ends the try with
+	// the *pharox.QuotaError, before anything was taken.
+	lockQuotas := func() error {
+		ql, err := s.lockQuotas(ctx, tx, quotaPair{req.ConsumerID, poolID})
+		if err != nil {
+			return err
+		}
+		if len(ql.quotas) > 0 {
+			quotas = ql
+		}
+		return ql.admit()
+	}
+	// quotaSeen handles a probe's answer: a quota found when none is
+	// locked ends the try, which is run again at once starting with the
+	// quotas (this pair is now hinted): quotas are always locked before
+	// any proxy.
+	quotaSeen := func() error {
+		pair := quotaPair{req.ConsumerID, poolID}
+		if !sawQuota {
+			s.noteQuotas(pair, false)
+			return nil
+		}
+		if quotas != nil {
+			return nil
+		}
+		s.noteQuotas(pair, true)
+		return errQuotaFound
 	}
 	// A caller-chosen lease id is compared with the pool's id, so that
 	// must be fresh too.
@@ -160,11 +220,42 @@ func (s *Store) acquireTx(ctx context.Context, tx execer, req *pharox.AcquireReq
 			return nil, err
 		}
 	}
+	// An idempotent retry returns its lease before any quota is looked
+	// at: it takes nothing.
 	if req.LeaseID != uuid.Nil {
 		l, err := s.existingLease(ctx, tx, req, poolID)
 		if l != nil || err != nil {
 			return l, err
 		}
+	}
+
+	// Quotas, before any proxy: when the lookup saw one, or when the last
+	// acquisition for this consumer and pool did, lock them and apply
+	// them. A sticky acquisition does so now; any other sends the quota
+	// statements ahead of its first candidate read, in the same round
+	// trip, and applies them before it uses the candidate (a refusal
+	// rolls back the candidate's lock with the rest). Otherwise the first
+	// statement that locks a proxy probes for quotas too, and one found
+	// there sends the try back here (see quotaSeen).
+	var (
+		lead    *stmtLead
+		pending *quotaLock
+	)
+	wantQuotas := looked && sawQuota || !looked && s.quotaHinted(quotaPair{req.ConsumerID, poolID})
+	switch {
+	case wantQuotas && req.SessionKey != "":
+		if err := lockQuotas(); err != nil {
+			return nil, err
+		}
+	case wantQuotas:
+		pending = &quotaLock{}
+		lead = s.quotaLead(quotaPair{req.ConsumerID, poolID}, pending)
+	case looked:
+		s.noteQuotas(quotaPair{req.ConsumerID, poolID}, false)
+	}
+	probe := uuid.Nil
+	if !probed && !wantQuotas {
+		probe = req.ConsumerID
 	}
 
 	var (
@@ -176,22 +267,49 @@ func (s *Store) acquireTx(ctx context.Context, tx execer, req *pharox.AcquireReq
 	if req.SessionKey != "" {
 		h := sha256.Sum256([]byte(req.SessionKey))
 		keyHash = h[:]
-		chosen, err = s.lockSession(ctx, tx, poolID, keyHash, req.Filters, req.Target)
+		chosen, err = s.lockSession(ctx, tx, poolID, keyHash, req.Filters, req.Target, probe, &sawQuota)
 		if err != nil {
 			return nil, err
+		}
+		if probe != uuid.Nil {
+			probe, probed = uuid.Nil, true
+			if err := quotaSeen(); err != nil {
+				return nil, err
+			}
 		}
 		stickyHit = chosen != nil
 	}
 	if chosen == nil {
-		chosen, err = s.choose(ctx, tx, poolID, req.Filters, req.Target, req.Strategy, cursor.String, true)
+		chosen, err = s.choose(ctx, tx, poolID, req.Filters, req.Target, req.Strategy, cursor.String, true, probe, lead)
 		if err != nil {
 			return nil, err
+		}
+		if pending != nil {
+			if err := s.finishQuotas(quotaPair{req.ConsumerID, poolID}, pending); err != nil {
+				return nil, err
+			}
+			if len(pending.quotas) > 0 {
+				quotas = pending
+			}
+			if err := pending.admit(); err != nil {
+				return nil, err
+			}
+		}
+		if probe != uuid.Nil && chosen != nil {
+			probed, sawQuota = true, chosen.quota
+			if err := quotaSeen(); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if chosen == nil && !looked {
 		// Nothing free under a cached pool id: make sure the pool and the
-		// id are still what the cache says before answering.
+		// id are still what the cache says before answering (and whether
+		// a quota applies, which comes first).
 		if err := lookup(); err != nil {
+			return nil, err
+		}
+		if err := quotaSeen(); err != nil {
 			return nil, err
 		}
 	}
@@ -203,7 +321,7 @@ func (s *Store) acquireTx(ctx context.Context, tx execer, req *pharox.AcquireReq
 			return nil, err
 		}
 		if n > 0 {
-			chosen, err = s.choose(ctx, tx, poolID, req.Filters, req.Target, req.Strategy, cursor.String, true)
+			chosen, err = s.choose(ctx, tx, poolID, req.Filters, req.Target, req.Strategy, cursor.String, true, uuid.Nil, nil)
 			if err != nil {
 				return nil, err
 			}
@@ -213,7 +331,7 @@ func (s *Store) acquireTx(ctx context.Context, tx execer, req *pharox.AcquireReq
 		// Did a candidate exist that others held locked? A non-locking
 		// read sees the newest committed rows and waits for nothing.
 		if !s.naive {
-			p, err := s.choose(ctx, tx, poolID, req.Filters, req.Target, req.Strategy, cursor.String, false)
+			p, err := s.choose(ctx, tx, poolID, req.Filters, req.Target, req.Strategy, cursor.String, false, uuid.Nil, nil)
 			if err != nil {
 				return nil, err
 			}
@@ -224,8 +342,12 @@ func (s *Store) acquireTx(ctx context.Context, tx execer, req *pharox.AcquireReq
 		return nil, pharox.ErrNoProxyAvailable
 	}
 
-	// The slot: under the row lock, and only within max_concurrency (the
-	// proxies_slots CHECK backs this up).
+	// A proxy is taken: the acquisition takes its request tokens.
+	if quotas != nil {
+		if err := s.takeTokens(ctx, tx, quotas); err != nil {
+			return nil, err
+		}
+	}
 	// The slot, under the row lock: the locking read saw it free, and the
 	// proxies_slots CHECK fails the transaction should the count ever pass
 	// max_concurrency. This and the writes below travel with the COMMIT.
@@ -244,7 +366,7 @@ func (s *Store) acquireTx(ctx context.Context, tx execer, req *pharox.AcquireReq
 	l := &pharox.Lease{
 		ID: id, ProxyID: chosen.p.ID, ConsumerID: req.ConsumerID, ConsumerName: req.ConsumerName,
 		PoolID: poolID, PoolName: req.PoolName, Status: pharox.LeaseActive,
-		AcquiredAt: at, ExpiresAt: micro(at.Add(req.Duration)), SessionKey: req.SessionKey,
+		AcquiredAt: at, ExpiresAt: micro(at.Add(req.Duration)), SessionKey: req.SessionKey, Target: req.Target,
 	}
 	var key any
 	if req.SessionKey != "" {
@@ -253,10 +375,10 @@ func (s *Store) acquireTx(ctx context.Context, tx execer, req *pharox.AcquireReq
 	// A lease id taken since existingLease looked fails the commit with a
 	// duplicate key; AcquireLease then tries again and returns that lease.
 	if err := tx.later(ctx, s.q(`INSERT INTO {p}leases (id, proxy_id, pool_id, pool_name, consumer_id,
-		consumer_name, status, acquired_at, expires_at, session_key)
-		VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?)`),
+		consumer_name, status, acquired_at, expires_at, session_key, target)
+		VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?)`),
 		idArg(l.ID), idArg(l.ProxyID), idArg(poolID), l.PoolName, idArg(l.ConsumerID),
-		l.ConsumerName, l.AcquiredAt, l.ExpiresAt, key); err != nil {
+		l.ConsumerName, l.AcquiredAt, l.ExpiresAt, key, l.Target); err != nil {
 		return nil, err
 	}
 	if req.SessionKey != "" {
@@ -316,8 +438,12 @@ func (s *Store) existingLease(ctx context.Context, tx execer, req *pharox.Acquir
 // the first one binds. It returns the bound proxy, locked, when the binding
 // is live and the proxy is still a candidate with a free slot (after
 // reclaiming its expired leases) that is not cooling down for target (""
-// for none); nil otherwise, and the key is then bound anew.
-func (s *Store) lockSession(ctx context.Context, tx execer, poolID uuid.UUID, keyHash []byte, f *pharox.Filters, target string) (*lockedProxy, error) {
+// for none) and within its traffic allowance; nil otherwise, and the key
+// is then bound anew. With a probe consumer (not uuid.Nil) it first tells
+// in *sawQuota whether that consumer or the pool has a quota, and goes no
+// further when one has: quotas are locked before any proxy.
+func (s *Store) lockSession(ctx context.Context, tx execer, poolID uuid.UUID, keyHash []byte, f *pharox.Filters, target string,
+	probe uuid.UUID, sawQuota *bool) (*lockedProxy, error) {
 	// INSERT ... ON DUPLICATE KEY UPDATE takes the row's exclusive lock
 	// whether the row existed or not; a no-op update changes nothing.
 	if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO {p}sessions (pool_id, key_hash, proxy_id, expires_at)
@@ -325,20 +451,45 @@ func (s *Store) lockSession(ctx context.Context, tx execer, poolID uuid.UUID, ke
 		idArg(poolID), keyHash); err != nil {
 		return nil, err
 	}
-	var bound sql.NullString
-	err := tx.QueryRowContext(ctx, s.q(`SELECT proxy_id FROM {p}sessions
-		WHERE pool_id = ? AND key_hash = ? AND expires_at > UTC_TIMESTAMP(6)`), idArg(poolID), keyHash).Scan(&bound)
-	if errors.Is(err, sql.ErrNoRows) || err == nil && !bound.Valid {
-		return nil, nil
+	var (
+		bound sql.NullString
+		live  bool
+		err   error
+	)
+	if probe != uuid.Nil {
+		err = tx.QueryRowContext(ctx, s.q(`SELECT proxy_id, expires_at > UTC_TIMESTAMP(6), `+quotaProbeSQL+` FROM {p}sessions
+			WHERE pool_id = ? AND key_hash = ?`), idArg(probe), idArg(poolID), idArg(poolID), keyHash).Scan(&bound, &live, sawQuota)
+		if err == nil && *sawQuota {
+			return nil, nil
+		}
+	} else {
+		err = tx.QueryRowContext(ctx, s.q(`SELECT proxy_id, expires_at > UTC_TIMESTAMP(6) FROM {p}sessions
+			WHERE pool_id = ? AND key_hash = ?`), idArg(poolID), keyHash).Scan(&bound, &live)
 	}
 	if err != nil {
 		return nil, err
 	}
+	if !live || !bound.Valid {
+		return nil, nil
+	}
 	// The bound proxy is waited for, not skipped: it is the one wanted.
-	// Lock order everywhere is session, proxy, lease, cursor.
+	// Lock order everywhere is quotas, session, proxy, lease, cursor.
+	//
+	// The statement's clock is read when it starts, before the lock wait,
+	// and becomes the lease's AcquiredAt; so the cool-down for target and
+	// the traffic allowance are judged in the same statement, at that
+	// clock, on the row as it is once the lock is granted. (Checking the
+	// cool-down in a later statement, at a later clock, let a lease start
+	// inside a cool-down that had ended while the lock was awaited.)
 	lockRow := func() (*lockedProxy, error) {
-		return scanLocked(tx.QueryRowContext(ctx, s.q(`SELECT `+proxyCols+`, freed_at, UTC_TIMESTAMP(6) FROM {p}proxies
-			WHERE id = ? AND pool_id = ? FOR UPDATE`), bound.String, idArg(poolID)))
+		args := []any{bound.String, idArg(poolID)}
+		cond := withinAllowanceSQL("p")
+		if target != "" {
+			cond += ` AND ` + s.notCoolingSQL("p")
+			args = append(args, target)
+		}
+		return scanLocked(tx.QueryRowContext(ctx, s.q(`SELECT `+prefixed("p", proxyCols)+`, p.freed_at, UTC_TIMESTAMP(6) FROM {p}proxies p
+			WHERE p.id = ? AND p.pool_id = ? AND `+cond+` FOR UPDATE`), args...), false)
 	}
 	lp, err := lockRow()
 	if lp == nil || err != nil {
@@ -346,14 +497,6 @@ func (s *Store) lockSession(ctx context.Context, tx execer, poolID uuid.UUID, ke
 	}
 	if !lp.p.Status.Leasable() || !f.Match(lp.p) {
 		return nil, nil
-	}
-	if target != "" {
-		var cooling bool
-		err := tx.QueryRowContext(ctx, s.q(`SELECT EXISTS (SELECT 1 FROM {p}proxy_targets
-			WHERE proxy_id = ? AND target = ? AND cooling_until > UTC_TIMESTAMP(6))`), idArg(lp.p.ID), target).Scan(&cooling)
-		if err != nil || cooling {
-			return nil, err
-		}
 	}
 	if !lp.p.HasFreeSlot() {
 		n, err := s.reclaimLocked(ctx, tx, lp.p.ID)
@@ -373,8 +516,13 @@ func (s *Store) lockSession(ctx context.Context, tx execer, poolID uuid.UUID, ke
 // walk beats a filter index) from the pool's free-slot range, so the cost
 // does not grow with the pool. With a target ("" for none) the walk
 // passes over proxies cooling down for it, one primary-key probe of
-// proxy_targets per proxy it reaches (notCoolingSQL).
-func (s *Store) choose(ctx context.Context, tx execer, poolID uuid.UUID, f *pharox.Filters, target string, st pharox.Strategy, cursor string, lock bool) (*lockedProxy, error) {
+// proxy_targets per proxy it reaches (notCoolingSQL). It passes over
+// proxies past their traffic allowance too, a column of the row it reads.
+// With a probe consumer (not uuid.Nil) the statement also tells, in the
+// candidate's quota field, whether that consumer or the pool has a quota.
+// A lead's statements travel ahead of the first candidate read, in its
+// round trip.
+func (s *Store) choose(ctx context.Context, tx execer, poolID uuid.UUID, f *pharox.Filters, target string, st pharox.Strategy, cursor string, lock bool, probe uuid.UUID, lead *stmtLead) (*lockedProxy, error) {
 	var args []any
 	args = append(args, idArg(poolID))
 	filter := filterSQL(f, "p", &args)
@@ -383,9 +531,32 @@ func (s *Store) choose(ctx context.Context, tx execer, poolID uuid.UUID, f *phar
 		args = append(args, target)
 	}
 	plan := plans[st.OrDefault()]
+	probed := probe != uuid.Nil
 	sel := func(extra string, extraArgs ...any) (*lockedProxy, error) {
-		a := append(append([]any{args[0]}, extraArgs...), args[1:]...)
-		return scanLocked(tx.QueryRowContext(ctx, s.candidateSQL(plan, extra, filter, lock), a...))
+		var a []any
+		if probed {
+			a = append(a, idArg(probe), idArg(poolID))
+		}
+		a = append(append(append(a, args[0]), extraArgs...), args[1:]...)
+		query := s.candidateSQL(plan, extra, filter, lock, probed)
+		if lead == nil {
+			return scanLocked(tx.QueryRowContext(ctx, query, a...), probed)
+		}
+		l := lead
+		lead = nil
+		var lp *lockedProxy
+		err := queryEach(ctx, tx, append(l.queries, query), append(l.args, a), func(i int, rows *sql.Rows) error {
+			if i < len(l.queries) {
+				return l.read(i, rows)
+			}
+			if !rows.Next() {
+				return nil
+			}
+			var err error
+			lp, err = scanLocked(rows, probed)
+			return err
+		})
+		return lp, err
 	}
 	switch st.OrDefault() {
 	case pharox.RoundRobin:
@@ -434,10 +605,12 @@ var plans = map[pharox.Strategy]strategyPlan{
 }
 
 // candidateSQL is the statement that reads the first candidate of a plan:
-// parameters are the pool id, then those of extra, then the filter's.
-// FORCE INDEX pins the plan's index: the walk stops at the first row that
-// passes the filter, which the optimizer cannot know beats a filter index.
-func (s *Store) candidateSQL(plan strategyPlan, extra, filter string, lock bool) string {
+// parameters are the consumer and pool ids of the quota probe when probe
+// is set (quotaProbeSQL), the pool id, then those of extra, then the
+// filter's. FORCE INDEX pins the plan's index: the walk stops at the first
+// row that passes the filter, which the optimizer cannot know beats a
+// filter index.
+func (s *Store) candidateSQL(plan strategyPlan, extra, filter string, lock, probe bool) string {
 	suffix := " LIMIT 1"
 	if lock {
 		if s.naive {
@@ -446,8 +619,19 @@ func (s *Store) candidateSQL(plan strategyPlan, extra, filter string, lock bool)
 			suffix += " FOR UPDATE SKIP LOCKED"
 		}
 	}
-	return s.q(`SELECT ` + prefixed("p", proxyCols) + `, p.freed_at, UTC_TIMESTAMP(6) FROM {p}proxies p FORCE INDEX ({p}proxies_` + plan.index + `)
-		WHERE p.pool_id = ? AND p.has_free_slot = 1` + extra + ` AND ` + filter + ` ORDER BY ` + plan.order + suffix)
+	cols := prefixed("p", proxyCols) + `, p.freed_at, UTC_TIMESTAMP(6)`
+	if probe {
+		cols += `, ` + quotaProbeSQL
+	}
+	return s.q(`SELECT ` + cols + ` FROM {p}proxies p FORCE INDEX ({p}proxies_` + plan.index + `)
+		WHERE p.pool_id = ? AND p.has_free_slot = 1` + extra + ` AND ` + withinAllowanceSQL("p") + ` AND ` + filter + ` ORDER BY ` + plan.order + suffix)
+}
+
+// withinAllowanceSQL is the condition that proxy p is within its traffic
+// allowance: allowance_until, set while its quota's bytes are used up, is
+// NULL or past.
+func withinAllowanceSQL(p string) string {
+	return `(` + p + `.allowance_until IS NULL OR ` + p + `.allowance_until <= UTC_TIMESTAMP(6))`
 }
 
 // reclaimFull ends the expired leases of up to reclaimScan full proxies of
@@ -576,7 +760,7 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 		if err != nil {
 			return err
 		}
-		lp, err := s.choose(ctx, tx, poolID, filters, "", strategy, cursor.String, false)
+		lp, err := s.choose(ctx, tx, poolID, filters, "", strategy, cursor.String, false, uuid.Nil, nil)
 		if lp != nil || err != nil {
 			if lp != nil {
 				out = lp.p
@@ -586,7 +770,7 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 		args := []any{idArg(poolID)}
 		filter := filterSQL(filters, "p", &args)
 		p, err := scanProxy(tx.QueryRowContext(ctx, s.q(`SELECT `+proxyCols+` FROM {p}proxies p
-			WHERE p.pool_id = ? AND p.status IN ('active', 'slow') AND `+filter+`
+			WHERE p.pool_id = ? AND p.status IN ('active', 'slow') AND `+withinAllowanceSQL("p")+` AND `+filter+`
 			AND EXISTS (SELECT 1 FROM {p}leases x WHERE x.proxy_id = p.id AND x.status = 'active' AND x.expires_at <= UTC_TIMESTAMP(6))
 			ORDER BY p.status_rank, p.checked_at DESC, p.id LIMIT 1`), args...))
 		if errors.Is(err, sql.ErrNoRows) {
@@ -603,14 +787,22 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 
 // ReleaseLease ends an active lease as released and frees its slot. A lease
 // past its ExpiresAt that nothing has reclaimed yet is released: it still
-// held its slot. A try whose COMMIT answer was lost with the connection is
-// tried again; finding the lease then released by that very try, it
-// returns it.
-func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*pharox.Lease, error) {
-	l, err := s.releaseOnce(ctx, leaseID)
+// held its slot. A usage report is stored on the lease and counted in the
+// same transaction (see countUsage). A try whose COMMIT answer was lost
+// with the connection is tried again; finding the lease then released by
+// that very try, it returns it (and counts nothing twice).
+func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID, usage *pharox.Usage) (*pharox.Lease, error) {
+	if usage != nil {
+		if err := usage.Validate(); err != nil {
+			return nil, fail("mysql: release lease %s: %w", leaseID, err)
+		}
+		u := *usage
+		usage = &u
+	}
+	l, err := s.releaseOnce(ctx, leaseID, usage)
 	if err != nil && isConnLoss(err) && ctx.Err() == nil {
 		var again *pharox.Lease
-		again, err2 := s.releaseOnce(ctx, leaseID)
+		again, err2 := s.releaseOnce(ctx, leaseID, usage)
 		switch {
 		case err2 == nil:
 			l, err = again, nil
@@ -626,14 +818,24 @@ func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*pharox.Le
 	return l, nil
 }
 
-func (s *Store) releaseOnce(ctx context.Context, leaseID uuid.UUID) (*pharox.Lease, error) {
+func (s *Store) releaseOnce(ctx context.Context, leaseID uuid.UUID, usage *pharox.Usage) (*pharox.Lease, error) {
 	var out *pharox.Lease
 	err := s.run(ctx, func(tx execer) error {
-		// Lock order here is lease, then proxy; acquisitions that hold a
-		// proxy only ever skip locked leases, so this cannot deadlock
-		// with them.
-		var at time.Time
-		l, err := scanLease(tx.QueryRowContext(ctx, s.q(`SELECT `+leaseCols+`, UTC_TIMESTAMP(6) FROM {p}leases WHERE id = ? FOR UPDATE`), idArg(leaseID)), &at)
+		// Lock order here is lease, then quotas, then proxy; acquisitions
+		// that hold a proxy only ever skip locked leases, and lock quotas
+		// before proxies, so this cannot deadlock with them.
+		var (
+			at       time.Time
+			hasQuota bool
+			l        *pharox.Lease
+			err      error
+		)
+		if usage == nil {
+			l, err = scanLease(tx.QueryRowContext(ctx, s.q(`SELECT `+leaseCols+`, UTC_TIMESTAMP(6) FROM {p}leases WHERE id = ? FOR UPDATE`), idArg(leaseID)), &at)
+		} else {
+			l, err = scanLease(tx.QueryRowContext(ctx, s.q(`SELECT `+leaseCols+`, UTC_TIMESTAMP(6), `+leaseQuotaProbeSQL+`
+				FROM {p}leases l WHERE id = ? FOR UPDATE`), idArg(leaseID)), &at, &hasQuota)
+		}
 		if errors.Is(err, sql.ErrNoRows) {
 			return pharox.ErrLeaseNotFound
 		}
@@ -649,14 +851,38 @@ func (s *Store) releaseOnce(ctx context.Context, leaseID uuid.UUID) (*pharox.Lea
 		if at.Before(l.AcquiredAt) {
 			at = l.AcquiredAt
 		}
-		// freed_at tells the next acquisition of this slot not to start
-		// before this release.
-		if err := tx.later(ctx, s.q(`UPDATE {p}proxies SET current_leases = current_leases - 1,
-			freed_at = GREATEST(COALESCE(freed_at, ?), ?) WHERE id = ?`), at, at, idArg(l.ProxyID)); err != nil {
-			return err
-		}
-		if err := tx.later(ctx, s.q(`UPDATE {p}leases SET status = 'released', released_at = ? WHERE id = ?`), at, idArg(leaseID)); err != nil {
-			return err
+		if usage == nil {
+			// freed_at tells the next acquisition of this slot not to
+			// start before this release.
+			if err := tx.later(ctx, s.q(`UPDATE {p}proxies SET current_leases = current_leases - 1,
+				freed_at = GREATEST(COALESCE(freed_at, ?), ?) WHERE id = ?`), at, at, idArg(l.ProxyID)); err != nil {
+				return err
+			}
+			if err := tx.later(ctx, s.q(`UPDATE {p}leases SET status = 'released', released_at = ? WHERE id = ?`), at, idArg(leaseID)); err != nil {
+				return err
+			}
+		} else {
+			allowance, proxyQuota, err := s.countUsage(ctx, tx, l, *usage, at, hasQuota)
+			if err != nil {
+				return err
+			}
+			// The proxy's allowance_until moves with its quota's
+			// counters, in the same statement as its slot.
+			set, args := ``, []any{at, at}
+			if proxyQuota {
+				set, args = `, allowance_until = ?`, append(args, allowance)
+			}
+			if err := tx.later(ctx, s.q(`UPDATE {p}proxies SET current_leases = current_leases - 1,
+				freed_at = GREATEST(COALESCE(freed_at, ?), ?)`+set+` WHERE id = ?`), append(args, idArg(l.ProxyID))...); err != nil {
+				return err
+			}
+			if err := tx.later(ctx, s.q(`UPDATE {p}leases SET status = 'released', released_at = ?, usage_requests = ?,
+				usage_bytes_sent = ?, usage_bytes_received = ? WHERE id = ?`),
+				at, usage.Requests, usage.BytesSent, usage.BytesReceived, idArg(leaseID)); err != nil {
+				return err
+			}
+			u := *usage
+			l.Usage = &u
 		}
 		l.Status, l.ReleasedAt = pharox.LeaseReleased, &at
 		out = l

@@ -197,7 +197,7 @@ func TestReleaseLostCommitAnswer(t *testing.T) {
 		t.Fatal(err)
 	}
 	cutter.armed.Store(true)
-	got, err := s.ReleaseLease(ctx, l.ID)
+	got, err := s.ReleaseLease(ctx, l.ID, nil)
 	if cutter.cut.Load() != 1 {
 		t.Fatalf("the forwarder cut %d COMMITs, want 1", cutter.cut.Load())
 	}
@@ -210,7 +210,7 @@ func TestReleaseLostCommitAnswer(t *testing.T) {
 	if p, err := s.GetProxy(ctx, l.ProxyID); err != nil || p.CurrentLeases != 0 {
 		t.Fatalf("proxy after the retried release: %v, %v; want CurrentLeases 0", p, err)
 	}
-	if _, err := s.ReleaseLease(ctx, l.ID); !errors.Is(err, pharox.ErrLeaseNotActive) {
+	if _, err := s.ReleaseLease(ctx, l.ID, nil); !errors.Is(err, pharox.ErrLeaseNotActive) {
 		t.Fatalf("a second ReleaseLease: %v, want ErrLeaseNotActive", err)
 	}
 }

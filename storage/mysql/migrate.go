@@ -154,9 +154,10 @@ func (t mysqlTarget) Version(ctx context.Context) (int, error) {
 // it.
 func (t mysqlTarget) Apply(ctx context.Context, m migrate.Migration) error {
 	for _, st := range splitStatements(m.SQL) {
-		if _, err := t.conn.ExecContext(ctx, t.q(st)); err != nil && code(err) != errDupFieldName {
-			// A duplicate column is an ADD COLUMN a crashed run already
-			// applied (MySQL has no ADD COLUMN IF NOT EXISTS).
+		if _, err := t.conn.ExecContext(ctx, t.q(st)); err != nil && code(err) != errDupFieldName && code(err) != errDupKeyName {
+			// A duplicate column or key name is an ALTER TABLE ADD a
+			// crashed run already applied (MySQL has no ADD COLUMN or
+			// ADD KEY IF NOT EXISTS).
 			return err
 		}
 	}

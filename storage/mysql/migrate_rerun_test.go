@@ -8,8 +8,8 @@ import (
 // TestMigrateReappliesInterruptedMigration checks that every migration can
 // be applied again over its own effects, as Migrate does after a crash
 // between a migration's DDL (committed statement by statement) and its
-// schema_migrations row: including 0002's ALTER TABLE ADD COLUMN, which
-// MySQL cannot write as IF NOT EXISTS.
+// schema_migrations row: including the ALTER TABLE ADD COLUMN and ADD KEY
+// statements of 0002 and 0004, which MySQL cannot write as IF NOT EXISTS.
 func TestMigrateReappliesInterruptedMigration(t *testing.T) {
 	prefix := uniquePrefix()
 	dropTablesOnCleanup(t, prefix)

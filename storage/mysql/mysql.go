@@ -108,6 +108,10 @@ type Store struct {
 	// known to exist (consumers are never deleted); see acquireTx.
 	pools     sync.Map // string -> uuid.UUID
 	consumers sync.Map // uuid.UUID -> struct{}
+	// quotaPairs holds the (consumer, pool) pairs whose last acquisition
+	// found a quota of either: the next one locks the quotas first
+	// rather than learn of them from its probe (see acquireTx).
+	quotaPairs sync.Map // quotaPair -> struct{}
 
 	// multi marks a pool Open made with multiStatements: transactions
 	// then run as connTx.
@@ -259,6 +263,7 @@ func (s *Store) q(query string) string { return strings.ReplaceAll(query, "{p}",
 const (
 	errDupEntry              = 1062
 	errDupFieldName          = 1060 // ER_DUP_FIELDNAME: ADD COLUMN of a column that exists
+	errDupKeyName            = 1061 // ER_DUP_KEYNAME: ADD KEY of a key that exists
 	errLockWaitTimeout       = 1205
 	errDeadlock              = 1213
 	errRowIsReferenced       = 1451

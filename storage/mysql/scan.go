@@ -100,7 +100,8 @@ func scanProxy(sc scanner, extra ...any) (*pharox.Proxy, error) {
 
 // leaseCols lists the leases columns scanLease reads, in order.
 const leaseCols = `id, proxy_id, consumer_id, consumer_name, pool_id, pool_name, status,
-	acquired_at, expires_at, released_at, session_key`
+	acquired_at, expires_at, released_at, session_key, target, usage_requests, usage_bytes_sent,
+	usage_bytes_received`
 
 func scanLease(sc scanner, extra ...any) (*pharox.Lease, error) {
 	var (
@@ -108,10 +109,15 @@ func scanLease(sc scanner, extra ...any) (*pharox.Lease, error) {
 		status   string
 		released sql.NullTime
 		key      sql.NullString
+		usage    [3]sql.NullInt64
 	)
 	if err := sc.Scan(append([]any{&l.ID, &l.ProxyID, &l.ConsumerID, &l.ConsumerName, &l.PoolID, &l.PoolName,
-		&status, &l.AcquiredAt, &l.ExpiresAt, &released, &key}, extra...)...); err != nil {
+		&status, &l.AcquiredAt, &l.ExpiresAt, &released, &key, &l.Target, &usage[0], &usage[1], &usage[2]}, extra...)...); err != nil {
 		return nil, err
+	}
+	// The three usage columns are set together, at release.
+	if usage[0].Valid {
+		l.Usage = &pharox.Usage{Requests: usage[0].Int64, BytesSent: usage[1].Int64, BytesReceived: usage[2].Int64}
 	}
 	l.Status = pharox.LeaseStatus(status)
 	l.AcquiredAt = utc(l.AcquiredAt)

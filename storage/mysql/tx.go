@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"fmt"
 	"strings"
 )
 
@@ -180,6 +181,56 @@ func (s *Store) runConn(ctx context.Context, fn func(tx execer) error) (err erro
 	}
 	if err != nil {
 		return keep.err
+	}
+	return nil
+}
+
+// queryEach runs queries in order and calls read with each one's rows
+// (read consumes them with Next). On a connTx they travel as one
+// multi-statement query, one round trip; otherwise one query each. Either
+// way each statement starts after the one before it ended, so in READ
+// COMMITTED a statement sees what was committed while an earlier one
+// waited for a lock.
+func queryEach(ctx context.Context, tx execer, queries []string, args [][]any, read func(i int, rows *sql.Rows) error) error {
+	if t, ok := tx.(*connTx); ok {
+		var flat []any
+		for _, a := range args {
+			flat = append(flat, a...)
+		}
+		rows, err := t.QueryContext(ctx, strings.Join(queries, "; "), flat...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for i := range queries {
+			if i > 0 && !rows.NextResultSet() {
+				if err := rows.Err(); err != nil {
+					return err
+				}
+				return fmt.Errorf("mysql: multi-statement query returned %d results for %d statements", i, len(queries))
+			}
+			if err := read(i, rows); err != nil {
+				return err
+			}
+			if err := rows.Err(); err != nil {
+				return err
+			}
+		}
+		return rows.Close()
+	}
+	for i, q := range queries {
+		rows, err := tx.QueryContext(ctx, q, args[i]...)
+		if err != nil {
+			return err
+		}
+		err = read(i, rows)
+		if err == nil {
+			err = rows.Err()
+		}
+		rows.Close()
+		if err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -44,11 +44,6 @@ type MultiProcessConfig struct {
 	MaxConcurrency int
 	// Duration is how long workers keep acquiring (default 3s).
 	Duration time.Duration
-	// KnownTargetGap, when not empty, says why the store is known to fail
-	// the cross-process target audit: its violations are logged with that
-	// reason instead of failing the test. It exists for a defect under
-	// investigation, never as a store's normal setting.
-	KnownTargetGap string
 	// ConsumerCap, when positive, has a quarter of the goroutines acquire
 	// as mpCappedConsumers consumers shared by every worker, each with a
 	// quota of MaxConcurrentLeases = ConsumerCap; the parent then checks,
@@ -362,7 +357,7 @@ func runParent(t *testing.T, cfg MultiProcessConfig) {
 		sum.Acquired++
 		sum.Released++
 	}
-	auditTargets(t, tallies, cfg.KnownTargetGap)
+	auditTargets(t, tallies)
 	if cfg.ConsumerCap > 0 {
 		auditConsumerCap(t, tallies, cfg.ConsumerCap, sum.QuotaRefusals)
 	}
@@ -512,7 +507,7 @@ func targetRecord(ctx context.Context, ts pharox.TargetStore, l *pharox.Lease, c
 // returned, before that cool-down's end. (A call running while the ban is
 // applied may go either way: a store that is not one lock reads the ban's
 // clock, BannedAt, before the ban commits.)
-func auditTargets(t *testing.T, tallies []*workerTally, knownGap string) {
+func auditTargets(t *testing.T, tallies []*workerTally) {
 	t.Helper()
 	bans := map[uuid.UUID][]mpTargetBan{}
 	var nLeases, nBans int
@@ -532,19 +527,12 @@ func auditTargets(t *testing.T, tallies []*workerTally, knownGap string) {
 			for _, b := range bans[l.Proxy] {
 				if l.Called.After(b.Done) && l.At.Before(b.Until) {
 					if bad++; bad <= 5 {
-						report := t.Errorf
-						if knownGap != "" {
-							report = t.Logf
-						}
-						report("worker %d leased proxy %s for %q at %v, by a call made at %v, after a ban returned at %v, inside its cool-down from %v until %v",
+						t.Errorf("worker %d leased proxy %s for %q at %v, by a call made at %v, after a ban returned at %v, inside its cool-down from %v until %v",
 							w.Worker, l.Proxy, mpTarget, l.At, l.Called, b.Done, b.From, b.Until)
 					}
 				}
 			}
 		}
-	}
-	if bad > 0 && knownGap != "" {
-		t.Logf("targets: %d leases inside a cool-down, not failing the test: known gap: %s", bad, knownGap)
 	}
 	t.Logf("targets: %d leases for %q checked against %d cool-downs from every process", nLeases, mpTarget, nBans)
 }
