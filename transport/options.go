@@ -199,6 +199,21 @@ func WithoutTargetHealth() Option {
 	}
 }
 
+// WithoutMetering stops counting traffic per lease. By default each
+// release reports what the lease carried (pharox.Usage: one request, and
+// its bytes on the connection through the proxy: request line, headers
+// and body out, the answer in, and the handshakes of a connection it
+// opened), which the lease source adds to its usage aggregates and quota
+// counters as part of the release. Over HTTP/2, whose connections
+// concurrent requests share, a request counts its request and response
+// bodies only.
+func WithoutMetering() Option {
+	return func(t *Transport) error {
+		t.noMetering = true
+		return nil
+	}
+}
+
 // WithObserver sends the Transport's events (requests, outcomes, lease
 // waits) to o, for example an observe.TransportMetrics.
 func WithObserver(o Observer) Option {
