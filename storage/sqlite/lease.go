@@ -33,7 +33,7 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		// consumer it probes the quotas the acquisition must mind, so a
 		// store without quotas pays three index probes and nothing else.
 		var (
-			poolIDText, consumerName  sql.NullString
+			poolIDText, consumerName sql.NullString
 			consumerQuota, poolQuota bool
 			exhausted                bool
 		)
