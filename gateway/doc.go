@@ -73,8 +73,10 @@
 // usage aggregates and to the byte counters of quotas. A forwarded request
 // counts the bytes on its connection to the upstream proxy: its request
 // line, headers and body out, the answer in, and the handshakes of a
-// connection it opened (a SOCKS greeting, a CONNECT for an https:// URL,
-// TLS); bytes of a connection no request ended up using are not counted.
+// connection dialed for it (a SOCKS greeting, a CONNECT for an https://
+// URL, TLS). The handshakes of a connection dialed for a request that
+// ended before the dial did count for the next request that uses the
+// connection, and not at all if none does.
 // A CONNECT or SOCKS5 tunnel counts its payload each way once open. Each
 // forwarded request and each tunnel is one request; a lease that carried
 // none (a tunnel attempt that failed) reports zero. Counting is a few

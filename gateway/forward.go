@@ -134,6 +134,7 @@ func safeToRetry(r *http.Request, body *replayBody, e *attemptError) bool {
 type attemptInfo struct {
 	connected     atomic.Bool
 	connectStatus atomic.Int32
+	m             *meter // nil without metering
 }
 
 type attemptKey struct{}
@@ -152,7 +153,7 @@ func (g *Gateway) tryUpstream(out *http.Request, lease *pharox.Lease, body *repl
 	if err != nil {
 		return nil, &attemptError{kind: failConnect, reason: err.Error()}
 	}
-	info := &attemptInfo{}
+	info := &attemptInfo{m: m}
 	actx := context.WithValue(ctx, attemptKey{}, info)
 	actx = httptrace.WithClientTrace(actx, &httptrace.ClientTrace{
 		GotConn: func(ci httptrace.GotConnInfo) {

@@ -20,13 +20,14 @@ type meter struct {
 	used atomic.Bool
 }
 
-// usage is what the meter counted, as a release reports it; a nil meter
-// counted nothing.
+// usage seals the meter and returns what it counted, as the release
+// reports it; a nil meter counted nothing.
 func (m *meter) usage() *pharox.Usage {
 	if m == nil {
 		return &pharox.Usage{}
 	}
-	u := &pharox.Usage{BytesSent: m.Sent.Load(), BytesReceived: m.Received.Load()}
+	u := &pharox.Usage{}
+	u.BytesSent, u.BytesReceived = m.Seal()
 	if m.used.Load() {
 		u.Requests = 1
 	}
@@ -42,11 +43,17 @@ func (g *Gateway) newMeter() *meter {
 }
 
 // dialMetered dials an upstream proxy for forwarded requests; with
-// metering on, the connection counts its bytes for the request using it.
+// metering on, the connection counts its bytes for the request using it,
+// those of dialing it for the request it is dialed for (ctx has the
+// request's values).
 func (g *Gateway) dialMetered(ctx context.Context, network, addr string) (net.Conn, error) {
 	c, err := g.dialer.DialContext(ctx, network, addr)
 	if err != nil || g.cfg.DisableMetering {
 		return c, err
 	}
-	return connmeter.New(c), nil
+	var dial *connmeter.Meter
+	if info, ok := ctx.Value(attemptKey{}).(*attemptInfo); ok && info.m != nil {
+		dial = &info.m.Meter
+	}
+	return connmeter.New(c, dial), nil
 }

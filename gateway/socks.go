@@ -302,7 +302,7 @@ func (c *socksUpstream) Read(p []byte) (int, error) {
 		c.tn.touch()
 	}
 	c.st.received.Add(int64(n))
-	c.tn.m.Received.Add(int64(n))
+	c.tn.m.AddReceived(int64(n))
 	if err == io.EOF {
 		// The upstream is done; do not wait forever for an idle client.
 		c.client.SetReadDeadline(time.Now().Add(halfCloseGrace))
@@ -316,7 +316,7 @@ func (c *socksUpstream) Write(p []byte) (int, error) {
 		c.tn.touch()
 	}
 	c.st.sent.Add(int64(n))
-	c.tn.m.Sent.Add(int64(n))
+	c.tn.m.AddSent(int64(n))
 	return n, err
 }
 

@@ -263,7 +263,7 @@ func (g *Gateway) pipe(client net.Conn, clientR io.Reader, tn *tunnel, upR io.Re
 		defer close(done)
 		n, err := g.copy(up, clientR)
 		st.sent.Add(n)
-		tn.m.Sent.Add(n)
+		tn.m.AddSent(n)
 		if err != nil {
 			client.Close()
 			up.Close()
@@ -273,7 +273,7 @@ func (g *Gateway) pipe(client net.Conn, clientR io.Reader, tn *tunnel, upR io.Re
 	}()
 	n, err := g.copy(client, upR)
 	st.received.Add(n)
-	tn.m.Received.Add(n)
+	tn.m.AddReceived(n)
 	if err != nil {
 		client.Close()
 		up.Close()

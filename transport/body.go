@@ -160,7 +160,7 @@ func (b *leasedBody) Read(p []byte) (int, error) {
 	b.reads.Add(1)
 	if n > 0 && b.m != nil && b.m.shared.Load() {
 		// HTTP/2: the connection is not this request's alone.
-		b.m.Received.Add(int64(n))
+		b.m.bodyReceived.Add(int64(n))
 	}
 	if err != nil {
 		if err == io.EOF {

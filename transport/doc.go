@@ -78,8 +78,11 @@
 // Each lease's release reports the traffic it carried ([pharox.Usage]):
 // one request, and its bytes on the connection through the proxy
 // (request line, headers and body out, the answer in, and the handshakes
-// of a connection it opened: SOCKS, CONNECT, TLS), counted by a thin
+// of a connection dialed for it: SOCKS, CONNECT, TLS), counted by a thin
 // wrapper on the connection, which HTTP/1 gives one request at a time.
+// The handshakes of a connection dialed for a request that ended before
+// the dial did count for the next request that uses the connection, and
+// not at all if none does.
 // Over HTTP/2 (an https:// site that negotiates it through the proxy's
 // tunnel) concurrent requests share a connection, so each counts its
 // request and response bodies only. A failed attempt that got no

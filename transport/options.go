@@ -201,12 +201,9 @@ func WithoutTargetHealth() Option {
 
 // WithoutMetering stops counting traffic per lease. By default each
 // release reports what the lease carried (pharox.Usage: one request, and
-// its bytes on the connection through the proxy: request line, headers
-// and body out, the answer in, and the handshakes of a connection it
-// opened), which the lease source adds to its usage aggregates and quota
-// counters as part of the release. Over HTTP/2, whose connections
-// concurrent requests share, a request counts its request and response
-// bodies only.
+// its bytes on the connection through the proxy, see the package doc),
+// which the lease source adds to its usage aggregates and quota counters
+// as part of the release.
 func WithoutMetering() Option {
 	return func(t *Transport) error {
 		t.noMetering = true

@@ -57,13 +57,13 @@ type proxyCache struct {
 	base *http.Transport
 	max  int
 	// wrap, when set, wraps each connection to a proxy (metering).
-	wrap func(net.Conn) net.Conn
+	wrap func(context.Context, net.Conn) net.Conn
 
 	mu   sync.RWMutex
 	byID map[uuid.UUID]*proxyTransport
 }
 
-func newProxyCache(base *http.Transport, max int, wrap func(net.Conn) net.Conn) *proxyCache {
+func newProxyCache(base *http.Transport, max int, wrap func(context.Context, net.Conn) net.Conn) *proxyCache {
 	return &proxyCache{base: base, max: max, wrap: wrap, byID: make(map[uuid.UUID]*proxyTransport)}
 }
 
@@ -247,7 +247,7 @@ func (c *proxyCache) build(p *pharox.Proxy) (*http.Transport, error) {
 // SOCKS proxy from one that answered.
 type forwardDialer struct {
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)
-	wrap func(net.Conn) net.Conn // nil: none
+	wrap func(context.Context, net.Conn) net.Conn // nil: none
 }
 
 func (d *forwardDialer) Dial(network, addr string) (net.Conn, error) {
@@ -260,7 +260,7 @@ func (d *forwardDialer) DialContext(ctx context.Context, network, addr string) (
 		return nil, &proxyUnreachableError{err: err}
 	}
 	if d.wrap != nil {
-		c = d.wrap(c)
+		c = d.wrap(ctx, c)
 	}
 	return c, nil
 }

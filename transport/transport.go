@@ -98,9 +98,9 @@ func New(leaser Leaser, pool string, opts ...Option) (*Transport, error) {
 	if t.base == nil {
 		t.base = defaultBase()
 	}
-	var wrap func(net.Conn) net.Conn
+	var wrap func(context.Context, net.Conn) net.Conn
 	if !t.noMetering {
-		wrap = t.meterConn
+		wrap = meterConn
 	}
 	t.proxies = newProxyCache(t.base, t.maxProxies, wrap)
 	return t, nil
