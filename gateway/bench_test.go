@@ -213,3 +213,85 @@ func median(d []time.Duration) time.Duration {
 	slices.Sort(s)
 	return s[len(s)/2]
 }
+
+// BenchmarkMeteringThroughput64 runs 64 concurrent clients through two
+// gateways over the same store and upstream, one metering (the default)
+// and one with DisableMetering, b.N small GETs each, in eight
+// alternating phases so a change of machine load hits both, and reports
+// both rates, their ratio (the aim: 0.95 or more) and the same
+// ratio from CPU time per request, which the machine's neighbours
+// disturb less.
+func BenchmarkMeteringThroughput64(b *testing.B) {
+	target := newTarget(b).Plain.URL + "/small"
+	up := startHTTPUpstream(b, "127.0.0.2", true)
+	store := memory.New()
+	b.Cleanup(func() { store.Close() })
+	mgr := pharox.NewManager(store)
+	ctx := context.Background()
+	pool, err := store.CreatePool(ctx, pharox.Pool{Name: "main"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := store.AddProxies(ctx, []pharox.Proxy{up.Proxy(pool.ID, 0, alice())}); err != nil {
+		b.Fatal(err)
+	}
+	start := func(disable bool) *http.Client {
+		gw, err := New(Config{Leaser: NewLocalLeaser(mgr), DefaultPool: "main", DisableMetering: disable,
+			Logger: slog.New(slog.NewJSONHandler(io.Discard, nil))})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ln := listenOn(b, "127.0.0.1")
+		var wg sync.WaitGroup
+		wg.Go(func() { gw.Serve(ln) })
+		b.Cleanup(func() { gw.Close(); wg.Wait() })
+		tr := &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: ln.Addr().String()}), MaxIdleConnsPerHost: 128}
+		b.Cleanup(tr.CloseIdleConnections)
+		return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	}
+	metered, plain := start(false), start(true)
+	e := &benchEnv{url: target}
+	const clients = 64
+	phase := func(c *http.Client, n int) (rate, cpuPerReq float64) {
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		t0, c0 := time.Now(), cpuTime()
+		for range clients {
+			wg.Go(func() {
+				for next.Add(1) <= int64(n) {
+					e.get(b, c)
+				}
+			})
+		}
+		wg.Wait()
+		return float64(n) / time.Since(t0).Seconds(), (cpuTime() - c0).Seconds() / float64(n)
+	}
+	phase(metered, clients*4) // warm up both paths' connection pools
+	phase(plain, clients*4)
+	const rounds = 8
+	n := max(b.N/rounds, clients)
+	var rate, cpu [2]float64 // metered, plain
+	b.ResetTimer()
+	for round := range rounds {
+		for k := range 2 {
+			p := (round + k) % 2
+			c := metered
+			if p == 1 {
+				c = plain
+			}
+			r, cp := phase(c, n)
+			rate[p] += r / rounds
+			cpu[p] += cp / rounds
+		}
+	}
+	b.StopTimer()
+	if rows, err := mgr.Usage(ctx, pharox.UsageQuery{GroupBy: pharox.UsageByPool}); err != nil || len(rows) != 1 || rows[0].Requests < int64(rounds*n) {
+		b.Fatalf("metered gateway's usage: %v, %v; want at least %d requests", rows, err, rounds*n)
+	}
+	b.ReportMetric(rate[0], "metered-req/s")
+	b.ReportMetric(rate[1], "unmetered-req/s")
+	b.ReportMetric(rate[0]/rate[1], "x_unmetered")
+	b.ReportMetric(cpu[0]*1e6, "metered-cpu-us/req")
+	b.ReportMetric(cpu[1]*1e6, "unmetered-cpu-us/req")
+	b.ReportMetric(cpu[1]/cpu[0], "x_unmetered_cpu")
+}
