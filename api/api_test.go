@@ -147,9 +147,9 @@ func TestUsageConversionsRoundTrip(t *testing.T) {
 		t.Fatal("the wire lease shares its usage with the model")
 	}
 
-	q := &pharox.Quota{Subject: pharox.QuotaProxy, SubjectID: uuid.New(), Name: "10.0.0.1:80",
-		QuotaLimits: pharox.QuotaLimits{BytesPerDay: 100, BytesPerMonth: 1000},
-		Day:         pharox.DayStart(at), BytesToday: 150, Month: pharox.MonthStart(at), BytesThisMonth: 150, UpdatedAt: at}
+	q := &pharox.Quota{Subject: pharox.QuotaProxy, SubjectID: uuid.New(), Name: "10.0.0.1:80", UpdatedAt: at,
+		Day: pharox.DayStart(at), BytesToday: 150, Month: pharox.MonthStart(at), BytesThisMonth: 150}
+	q.QuotaLimits = pharox.QuotaLimits{BytesPerDay: 100, BytesPerMonth: 1000}
 	wq := FromQuota(q, at)
 	if got := wq.Model(); !reflect.DeepEqual(got, q) {
 		t.Fatalf("quota round trip:\n got %+v\nwant %+v", got, q)
