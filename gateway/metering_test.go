@@ -523,3 +523,44 @@ func TestMeteringMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestMeteringRemote: over a pharox server the gateway reports usage
+// through the Go client, and a quota's refusal (429 from the server,
+// a *pharox.QuotaError in the client) is the gateway's 429 too.
+func TestMeteringRemote(t *testing.T) {
+	checkLeaks(t)
+	e := newEnvWith(t, true, nil)
+	site := startBytesTarget(t)
+	ln := testpeers.Counting(listenOn(t, "127.0.0.2"))
+	e.add(0, alice(), testpeers.StartGoproxy(t, "127.0.0.2", testpeers.HTTPOptions{Listener: ln}))
+	for _, n := range []int{0, 5000} {
+		if err := fetchBytes(e.client, site.Plain.URL, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.waitUsage(pharox.UsageRow{Leases: 2, Usage: pharox.Usage{Requests: 2}},
+		func() pharox.Usage { return pharox.Usage{BytesSent: ln.Read(), BytesReceived: ln.Written()} })
+
+	ctx := context.Background()
+	consumer, err := e.store.EnsureConsumer(ctx, DefaultConsumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.mgr.SetQuota(ctx, pharox.Quota{Subject: pharox.QuotaConsumer, SubjectID: consumer.ID,
+		QuotaLimits: pharox.QuotaLimits{MaxConcurrentLeases: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	held, heldR := connectTunnel(t, e.addr, "", startSizedTarget(t))
+	resp, err := e.client.Get(site.Plain.URL + "/bytes?n=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") != "1" ||
+		!strings.Contains(resp.Header.Get(ReasonHeader), `consumer "gateway" is over its quota max_concurrent_leases=1`) {
+		t.Fatalf("over the cap through a server: %d, Retry-After %q, reason %q; want 429",
+			resp.StatusCode, resp.Header.Get("Retry-After"), resp.Header.Get(ReasonHeader))
+	}
+	mustExchange(t, held, heldR, 1, 1)
+	e.waitNoLeases()
+}

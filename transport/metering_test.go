@@ -241,3 +241,40 @@ func TestQuotaWait(t *testing.T) {
 	}
 	e.noLeases()
 }
+
+// TestMeteringRemote: over a pharox server the Transport reports usage
+// through the Go client, and a quota's refusal is a *pharox.QuotaError.
+func TestMeteringRemote(t *testing.T) {
+	checkLeaks(t)
+	e := newEnv(t)
+	site := testpeers.NewTarget(t, testpeers.BytesHandler())
+	ln := testpeers.Counting(testpeers.Listen(t, "127.0.1.1"))
+	e.add(0, alice(), testpeers.StartGoproxy(t, "127.0.1.1", testpeers.HTTPOptions{Listener: ln}))
+	rt := e.transportWith(e.remoteLeaser(), WithConsumer("scraper"), WithMaxWait(0))
+	c := &http.Client{Transport: rt}
+	for _, n := range []int{3, 30000} {
+		if err := getBytes(c, site.Plain.URL, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.waitUsage(2, func() pharox.Usage { return pharox.Usage{Requests: 2, BytesSent: ln.Read(), BytesReceived: ln.Written()} })
+
+	ctx := context.Background()
+	consumer, err := e.store.EnsureConsumer(ctx, "scraper")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.mgr.SetQuota(ctx, pharox.Quota{Subject: pharox.QuotaConsumer, SubjectID: consumer.ID,
+		QuotaLimits: pharox.QuotaLimits{MaxConcurrentLeases: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	held, err := c.Get(site.Plain.URL + "/bytes?n=10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Body.Close()
+	_, err = c.Get(site.Plain.URL + "/bytes?n=10")
+	if qe, ok := errors.AsType[*pharox.QuotaError](err); !ok || qe.Limit != pharox.LimitMaxConcurrentLeases {
+		t.Fatalf("over the cap through a server: %v, want the consumer's QuotaError", err)
+	}
+}
