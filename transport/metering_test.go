@@ -257,7 +257,9 @@ func TestMeteringRemote(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	e.waitUsage(2, func() pharox.Usage { return pharox.Usage{Requests: 2, BytesSent: ln.Read(), BytesReceived: ln.Written()} })
+	e.waitUsage(2, func() pharox.Usage {
+		return pharox.Usage{Requests: 2, BytesSent: ln.Read(), BytesReceived: ln.Written()}
+	})
 
 	ctx := context.Background()
 	consumer, err := e.store.EnsureConsumer(ctx, "scraper")
