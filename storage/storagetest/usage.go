@@ -331,7 +331,7 @@ func testUsageQueryBounds(t *testing.T, f *fixture) {
 		{Until: first}, // a bucket starting at Until is excluded
 		{Until: first.Add(time.Nanosecond)},
 		{Until: last.Add(pharox.UsageBucket)},
-		{Since: mid, Until: last.Add(time.Nanosecond)},
+		{Since: mid, Until: mid.Add(time.Minute)}, // the hour started before Until
 		{Since: last.Add(-time.Nanosecond), Until: last.Add(2 * time.Hour)},
 		{Since: first.Add(-48 * time.Hour), Until: first.Add(-24 * time.Hour)},
 	}
