@@ -137,9 +137,13 @@
 // index of proxies whose allowance is used up: with no quota, that is all
 // quotas cost it. With one, inside the acquisition's write transaction,
 // the store applies [pharox.Quota.Admit] (consumer first), counting a
-// capped subject's unexpired active leases through a partial index of
-// active leases by consumer (or the one by pool), reading at most cap
-// entries; and, once a proxy is leased, [pharox.Quota.TakeToken]. The write
+// capped subject's unexpired active leases, reading at most cap entries of
+// the partial index of active leases by pool, or of the one that holds
+// only the active leases of consumers with a quota (leases.consumer_quota
+// marks them: at acquisition, and SetQuota marks a consumer's active ones
+// when it creates the quota, so the leases of consumers without a quota
+// never write that index); and, once a proxy is leased,
+// [pharox.Quota.TakeToken]. The write
 // lock serializes this with every other acquisition and release in every
 // process, so no interleaving exceeds a cap or a bucket. A retried
 // acquisition (a LeaseID already held) is not checked and takes no token.

@@ -201,7 +201,7 @@ func TestUsagePlans(t *testing.T) {
 			"sqlite_autoindex_pools_2 (name=?)", "sqlite_autoindex_consumers_1 (id=?)", quotaKey,
 			"proxies_allowance (pool_id=? AND allowance_until>?)"}},
 		"find lookup":       {findLookupSQL, []any{"p", 1}, []string{"proxies_allowance (pool_id=? AND allowance_until>?)"}},
-		"consumer's leases": {activeByConsumerSQL, []any{id, 1, 3}, []string{"leases_active_consumer (consumer_id=? AND expires_at>?)"}},
+		"consumer's leases": {activeByConsumerSQL, []any{id, 1, 3}, []string{"leases_quota_consumer (consumer_id=? AND expires_at>?)"}},
 		"pool's leases":     {activeByPoolSQL, []any{id, 1, 3}, []string{"leases_active_pool (pool_id=? AND expires_at>?)"}},
 		"get quota":         {quotaGetSQL, []any{"pool", id}, []string{quotaKey}},
 		"release's quotas":  {usageQuotasSQL, []any{id, id, id}, []string{quotaKey}},
@@ -231,6 +231,9 @@ func TestUsagePlans(t *testing.T) {
 		query, args := usageQuerySQL(q.q)
 		searches(fmt.Sprintf("QueryUsage %+v", q.q), explain(t, s, query, args...), q.search)
 	}
+	// Marking a newly capped consumer's leases walks the active leases
+	// pool by pool, never the ended ones.
+	wantPlan(t, "mark a capped consumer's leases", explain(t, s, markConsumerSQL, id), "leases_active_pool (pool_id=?)")
 	// Skipping exhausted proxies keeps every walk on its index.
 	pre := sqlFilter{where: allowanceSQL, args: []any{1}}
 	for _, st := range []pharox.Strategy{pharox.FirstAvailable, pharox.LeastUsed, pharox.RoundRobin} {
