@@ -24,8 +24,16 @@ const (
 	// activeByConsumerSQL and activeByPoolSQL count a subject's active,
 	// unexpired leases up to its cap (args: id, now, cap): they read at
 	// most cap index entries, however many leases the subject has had.
-	activeByConsumerSQL = `SELECT count(*) FROM (SELECT 1 FROM leases INDEXED BY leases_active_consumer
-		WHERE consumer_id = ? AND status = 'active' AND expires_at > ? LIMIT ?)`
+	activeByConsumerSQL = `SELECT count(*) FROM (SELECT 1 FROM leases INDEXED BY leases_quota_consumer
+		WHERE consumer_id = ? AND status = 'active' AND consumer_quota = 1 AND expires_at > ? LIMIT ?)`
+	// markConsumerSQL marks the active leases of a consumer given a new
+	// quota (arg: consumer), walking the active leases pool by pool: a
+	// rare administrative write whose cost is the active leases, never
+	// the ended ones.
+	markConsumerSQL = `UPDATE leases SET consumer_quota = 1 WHERE id IN (
+		SELECT l.id FROM pools p CROSS JOIN leases l INDEXED BY leases_active_pool
+			ON l.pool_id = p.id AND l.status = 'active'
+		WHERE l.consumer_id = ? AND l.consumer_quota = 0)`
 	activeByPoolSQL = `SELECT count(*) FROM (SELECT 1 FROM leases INDEXED BY leases_active_pool
 		WHERE pool_id = ? AND status = 'active' AND expires_at > ? LIMIT ?)`
 	quotaTokensSQL = `UPDATE quotas SET tokens = ?, tokens_at = ? WHERE subject = ? AND subject_id = ?`
@@ -218,6 +226,13 @@ func (s *Store) SetQuota(ctx context.Context, q pharox.Quota) (*pharox.Quota, er
 			if err := tx.queryRow(quotaSums(q.Subject), idArg(q.SubjectID), micros(out.Day), micros(out.Month)).
 				Scan(&out.BytesToday, &out.BytesThisMonth); err != nil {
 				return err
+			}
+			if q.Subject == pharox.QuotaConsumer {
+				// From now on its acquisitions mark their leases; these
+				// were taken before.
+				if _, err := tx.exec(markConsumerSQL, idArg(q.SubjectID)); err != nil {
+					return err
+				}
 			}
 		case err != nil:
 			return err
