@@ -720,6 +720,10 @@ func (s *Server) getLease(r *http.Request) (any, error) {
 // the same whichever store is behind it. The normal case, a lease this
 // server handed out or renewed that is well before its expiry, needs no
 // such check and is one store round trip: the release itself.
+//
+// The body may report the traffic the lease carried; the store counts it
+// only if this release ends the lease, so a repeated release counts
+// nothing, and a lease that expired reports nothing.
 func (s *Server) release(r *http.Request) (any, error) {
 	id, err := pathID(r, "lease_id", pharox.ErrLeaseNotFound)
 	if err != nil {

@@ -19,9 +19,16 @@
 // consumer keys may lease (acquire, read, renew, release, report
 // outcomes), ensure and list consumers and read pools and stats. A stored
 // consumer key acts only as its consumers, on their leases (404 for
-// others'), from its pools (403 otherwise); bootstrap consumer keys may use
-// a bounded number of consumer names (Options.MaxConsumersPerKey). Admin
-// changes go to the store's audit log (/v1/audit/). /healthz, /readyz and
+// others'), from its pools (403 otherwise), and reads its consumers' usage
+// and quotas; bootstrap consumer keys may use a bounded number of consumer
+// names (Options.MaxConsumersPerKey) and read no usage or quotas. Admin
+// changes go to the store's audit log (/v1/audit/).
+//
+// Releases may report the traffic the lease carried; /v1/usage totals it
+// and /v1/quotas/ limits consumers, pools and proxies. An acquisition over
+// a quota is answered 429 with Retry-After, a detail naming the quota and
+// an [api.QuotaRefusal]; the reaper purges usage buckets older than
+// Options.UsageRetention. /healthz, /readyz and
 // /openapi.json need no key; /metrics needs one of any role unless
 // Options.MetricsPublic.
 //

@@ -87,6 +87,9 @@ func newQuotaCmd() *cobra.Command {
 			if maxLeases < 0 || rpm < 0 {
 				return usageError{errors.New("--max-leases and --rpm must not be negative")}
 			}
+			if subject == pharox.QuotaProxy && (maxLeases > 0 || rpm > 0) {
+				return usageError{errors.New("a proxy's quota takes only --bytes-per-day and --bytes-per-month: its concurrency is its max_concurrency")}
+			}
 			return tf.withBackend(cmd, func(ctx context.Context, b backend) error {
 				id, name, err := resolveQuotaSubject(ctx, b, subject, args[1], true)
 				if err != nil {

@@ -63,8 +63,9 @@ func TestQuotaCommands(t *testing.T) {
 				t.Errorf("pharox %s: err %v, want a usage error", strings.Join(args, " "), err)
 			}
 		}
-		if _, _, err := c.run("", "quota", "set", "proxy", ps[0].ID.String(), "--max-leases", "1"); !errors.Is(err, pharox.ErrInvalidArgument) {
-			t.Errorf("proxy with --max-leases: err %v, want ErrInvalidArgument", err)
+		if _, _, err := c.run("", "quota", "set", "proxy", ps[0].ID.String(), "--max-leases", "1"); err == nil ||
+			exitCode(err) != exitUsage || !strings.Contains(err.Error(), "max_concurrency") {
+			t.Errorf("proxy with --max-leases: err %v, want a usage error pointing to max_concurrency", err)
 		}
 		if _, _, err := c.run("", "quota", "set", "pool", "a", "--bytes-per-month", "0"); !errors.Is(err, pharox.ErrInvalidArgument) ||
 			!strings.Contains(err.Error(), "pharox quota delete pool a") {
