@@ -564,3 +564,36 @@ func TestMeteringRemote(t *testing.T) {
 	mustExchange(t, held, heldR, 1, 1)
 	e.waitNoLeases()
 }
+
+// TestQuotaWaitedOut: with Config.AcquireWait a request over a consumer's
+// concurrency cap waits for a lease to come back instead of a 429.
+func TestQuotaWaitedOut(t *testing.T) {
+	checkLeaks(t)
+	e := newEnv(t, func(c *Config) { c.AcquireWait = 10 * time.Second })
+	site := startBytesTarget(t)
+	e.add(0, nil, startHTTPUpstream(t, "127.0.0.2", false))
+	ctx := context.Background()
+	consumer, err := e.store.EnsureConsumer(ctx, DefaultConsumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.mgr.SetQuota(ctx, pharox.Quota{Subject: pharox.QuotaConsumer, SubjectID: consumer.ID,
+		QuotaLimits: pharox.QuotaLimits{MaxConcurrentLeases: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	held, heldR := connectTunnel(t, e.addr, "", startSizedTarget(t))
+	released := make(chan struct{})
+	time.AfterFunc(200*time.Millisecond, func() {
+		defer close(released)
+		_, _, _ = exchange(held, heldR, 1, 1)
+	})
+	start := time.Now()
+	if err := fetchBytes(e.client, site.Plain.URL, 10); err != nil {
+		t.Fatalf("over the cap with a wait: %v", err)
+	}
+	<-released
+	if waited := time.Since(start); waited < 150*time.Millisecond {
+		t.Fatalf("served after %v, before the held lease came back", waited)
+	}
+	e.waitNoLeases()
+}
