@@ -64,6 +64,8 @@ func (t *Time) UnmarshalJSON(b []byte) error {
 // Error is the body of every error response.
 type Error struct {
 	Detail string `json:"detail"`
+	// Quota says which quota refused an acquisition, on a 429.
+	Quota *QuotaRefusal `json:"quota,omitempty"`
 }
 
 // Pool is a pool on the wire.

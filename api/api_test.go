@@ -132,3 +132,63 @@ func TestConversionsRoundTrip(t *testing.T) {
 		t.Fatalf("target stats round trip: %+v", got)
 	}
 }
+
+func TestUsageConversionsRoundTrip(t *testing.T) {
+	at := time.Date(2026, 3, 14, 15, 9, 26, 0, time.UTC)
+	l := &pharox.Lease{ID: uuid.New(), ProxyID: uuid.New(), ConsumerID: uuid.New(), PoolID: uuid.New(),
+		Status: pharox.LeaseReleased, AcquiredAt: at, ExpiresAt: at.Add(time.Minute), ReleasedAt: &at,
+		Target: "example.com", Usage: &pharox.Usage{Requests: 3, BytesSent: 10, BytesReceived: 20}}
+	wl := FromLease(l, false)
+	if got := wl.Model(); !reflect.DeepEqual(got, l) {
+		t.Fatalf("lease with usage round trip:\n got %+v\nwant %+v", got, l)
+	}
+	wl.Usage.Requests = 99
+	if l.Usage.Requests != 3 {
+		t.Fatal("the wire lease shares its usage with the model")
+	}
+
+	q := &pharox.Quota{Subject: pharox.QuotaProxy, SubjectID: uuid.New(), Name: "10.0.0.1:80", UpdatedAt: at,
+		Day: pharox.DayStart(at), BytesToday: 150, Month: pharox.MonthStart(at), BytesThisMonth: 150}
+	q.QuotaLimits = pharox.QuotaLimits{BytesPerDay: 100, BytesPerMonth: 1000}
+	wq := FromQuota(q, at)
+	if got := wq.Model(); !reflect.DeepEqual(got, q) {
+		t.Fatalf("quota round trip:\n got %+v\nwant %+v", got, q)
+	}
+	if wq.ExhaustedUntil == nil || !wq.ExhaustedUntil.Equal(pharox.DayStart(at).AddDate(0, 0, 1)) {
+		t.Fatalf("a proxy over its daily allowance: exhausted_until %v, want the next midnight", wq.ExhaustedUntil)
+	}
+	if FromQuota(q, at.AddDate(0, 0, 1)).ExhaustedUntil != nil {
+		t.Fatal("the allowance is still used up the next day")
+	}
+	consumer := *q
+	consumer.Subject = pharox.QuotaConsumer
+	if FromQuota(&consumer, at).ExhaustedUntil != nil {
+		t.Fatal("a consumer's quota says exhausted_until: only proxies are skipped until then")
+	}
+
+	r := pharox.UsageRow{Key: "k", Name: "n", Leases: 2, Usage: pharox.Usage{Requests: 1, BytesSent: 2, BytesReceived: 3}}
+	wr := FromUsageRow(r)
+	if got := wr.Model(); got != r {
+		t.Fatalf("usage row round trip: %+v", got)
+	}
+
+	qe := &pharox.QuotaError{Subject: pharox.QuotaPool, SubjectID: uuid.New(), Name: "main",
+		Limit: pharox.LimitRequestsPerMinute, Value: 60, RetryAfter: 1500 * time.Millisecond}
+	wqe := FromQuotaError(qe)
+	if wqe.RetryAfterSeconds != 2 {
+		t.Fatalf("retry after 1.5s on the wire = %ds, want 2 (rounded up)", wqe.RetryAfterSeconds)
+	}
+	want := *qe
+	want.RetryAfter = 2 * time.Second
+	if got := wqe.Model(0); *got != want {
+		t.Fatalf("refusal round trip: %+v", got)
+	}
+	if got := wqe.Model(5 * time.Second); got.RetryAfter != 5*time.Second {
+		t.Fatalf("the header's Retry-After does not win: %v", got.RetryAfter)
+	}
+	for d, want := range map[time.Duration]int64{0: 1, time.Millisecond: 1, time.Second: 1, 1001 * time.Millisecond: 2, time.Hour: 3600} {
+		if got := RetryAfterSeconds(d); got != want {
+			t.Errorf("RetryAfterSeconds(%v) = %d, want %d", d, got, want)
+		}
+	}
+}

@@ -16,7 +16,10 @@
 // Transient failures (connection errors, 429, 502, 503, 504) are retried
 // with jittered exponential backoff, honouring the server's Retry-After,
 // within the request's context, but only when a retry cannot do something
-// twice. Reads, releases and renewals are retried on any of them.
+// twice. A 429 from a quota is not retried: it is returned at once as an
+// error wrapping a [*pharox.QuotaError] (errors.Is
+// [pharox.ErrQuotaExceeded]) with RetryAfter from the answer's header;
+// to wait for a slot or a request token, acquire with WaitSeconds. Reads, releases and renewals are retried on any of them.
 // Acquisitions carry an Idempotency-Key, the same on every attempt, and are
 // retried after a 503 or a lost answer once the server has shown that it
 // honours keys (it repeats the key on its answers), so a retry gets the
@@ -44,6 +47,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/pharox/pharox"
 )
 
 // Default retry settings: up to DefaultMaxRetries retries after the first
@@ -375,8 +380,10 @@ func (cl *Client) retryable(mode retryMode, err error, sent bool) bool {
 	}
 	switch ae.StatusCode {
 	case http.StatusTooManyRequests:
-		// Rate limited: the server refused before doing anything.
-		return true
+		// Rate limited: the server refused before doing anything. A
+		// quota's refusal is the caller's to handle (it may last until
+		// the day ends; acquisitions wait for a slot with WaitSeconds).
+		return !errors.Is(err, pharox.ErrQuotaExceeded)
 	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
 		// The server (or a proxy in front) may have acted before failing.
 		return mode == retrySafe

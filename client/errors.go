@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/api"
 )
 
 // Errors for answers that no pharox sentinel describes.
@@ -47,12 +48,19 @@ func (e *APIError) Error() string {
 // Unwrap returns the sentinel the answer maps to, if any.
 func (e *APIError) Unwrap() error { return e.sentinel }
 
-// readAPIError turns an error response into an *APIError.
+// readAPIError turns an error response into an *APIError. A 429 that
+// names a quota wraps a *pharox.QuotaError, as a local Manager returns.
 func readAPIError(resp *http.Response, method, path string, notFound error) error {
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	e := &APIError{StatusCode: resp.StatusCode, Method: method, Path: path, Detail: parseDetail(raw)}
 	e.sentinel = sentinelFor(e.StatusCode, e.Detail, notFound)
+	if e.StatusCode == http.StatusTooManyRequests {
+		var body api.Error
+		if json.Unmarshal(raw, &body) == nil && body.Quota != nil {
+			e.sentinel = body.Quota.Model(parseRetryAfter(resp.Header.Get("Retry-After")))
+		}
+	}
 	return e
 }
 

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -212,4 +213,94 @@ func median(d []time.Duration) time.Duration {
 	s := slices.Clone(d)
 	slices.Sort(s)
 	return s[len(s)/2]
+}
+
+// BenchmarkMeteringThroughput64 runs 64 concurrent clients through two
+// gateways over the same store and upstream, one metering (the default)
+// and one with DisableMetering, b.N small GETs each, in phases that
+// alternate between them (ABBA) so that a change of the machine's load
+// hits both alike. It reports both rates and their ratio (the aim:
+// 0.95 or more), and the ratio of the process's CPU time per request,
+// which the machine's neighbours disturb less.
+func BenchmarkMeteringThroughput64(b *testing.B) {
+	target := newTarget(b).Plain.URL + "/small"
+	up := startHTTPUpstream(b, "127.0.0.2", true)
+	store := memory.New()
+	b.Cleanup(func() { store.Close() })
+	mgr := pharox.NewManager(store)
+	ctx := context.Background()
+	pool, err := store.CreatePool(ctx, pharox.Pool{Name: "main"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := store.AddProxies(ctx, []pharox.Proxy{up.Proxy(pool.ID, 0, alice())}); err != nil {
+		b.Fatal(err)
+	}
+	start := func(disable bool) *http.Client {
+		gw, err := New(Config{Leaser: NewLocalLeaser(mgr), DefaultPool: "main", DisableMetering: disable,
+			Logger: slog.New(slog.NewJSONHandler(io.Discard, nil))})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ln := listenOn(b, "127.0.0.1")
+		var wg sync.WaitGroup
+		wg.Go(func() { gw.Serve(ln) })
+		b.Cleanup(func() { gw.Close(); wg.Wait() })
+		tr := &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: ln.Addr().String()}), MaxIdleConnsPerHost: 128}
+		b.Cleanup(tr.CloseIdleConnections)
+		return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	}
+	paths := [2]*http.Client{start(false), start(true)} // metered, unmetered
+	e := &benchEnv{url: target}
+	const clients = 64
+	var ms runtime.MemStats
+	mallocs := func() uint64 { runtime.ReadMemStats(&ms); return ms.Mallocs }
+	var allocs [2]uint64
+	phase := func(c *http.Client, n int) (wall, cpu time.Duration, objects uint64) {
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		a0 := mallocs()
+		t0, c0 := time.Now(), cpuTime()
+		for range clients {
+			wg.Go(func() {
+				for next.Add(1) <= int64(n) {
+					e.get(b, c)
+				}
+			})
+		}
+		wg.Wait()
+		wall, cpu = time.Since(t0), cpuTime()-c0
+		return wall, cpu, mallocs() - a0
+	}
+	for _, c := range paths { // warm up both paths' connection pools
+		phase(c, clients*4)
+	}
+	const rounds = 16
+	n := max(b.N/rounds, clients)
+	var wall, cpu [2]time.Duration
+	b.ResetTimer()
+	for round := range rounds {
+		for k := range 2 {
+			p := (round/2 + k) % 2 // ABBA: metered first in half the rounds
+			w, c, a := phase(paths[p], n)
+			wall[p] += w
+			cpu[p] += c
+			allocs[p] += a
+		}
+	}
+	b.StopTimer()
+	if rows, err := mgr.Usage(ctx, pharox.UsageQuery{GroupBy: pharox.UsageByPool}); err != nil || len(rows) != 1 || rows[0].Requests < int64(rounds*n) {
+		b.Fatalf("metered gateway's usage: %v, %v; want at least %d requests", rows, err, rounds*n)
+	}
+	reqs := float64(rounds * n)
+	b.ReportMetric(reqs/wall[0].Seconds(), "metered-req/s")
+	b.ReportMetric(reqs/wall[1].Seconds(), "unmetered-req/s")
+	b.ReportMetric(wall[1].Seconds()/wall[0].Seconds(), "x_unmetered")
+	b.ReportMetric(cpu[0].Seconds()/reqs*1e6, "metered-cpu-us/req")
+	b.ReportMetric(cpu[1].Seconds()/reqs*1e6, "unmetered-cpu-us/req")
+	b.ReportMetric(cpu[1].Seconds()/cpu[0].Seconds(), "x_unmetered_cpu")
+	// Objects allocated per request by the whole process (clients, gateway,
+	// upstream, target): steady whatever the machine's load.
+	b.ReportMetric(float64(allocs[0])/reqs, "metered-allocs/req")
+	b.ReportMetric(float64(allocs[1])/reqs, "unmetered-allocs/req")
 }

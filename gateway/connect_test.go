@@ -74,7 +74,7 @@ func (cancelingLeaser) Acquire(context.Context, string, *pharox.AcquireOptions, 
 	return nil, fmt.Errorf("lease source: %w", context.Canceled)
 }
 
-func (cancelingLeaser) Release(context.Context, uuid.UUID) error { return nil }
+func (cancelingLeaser) Release(context.Context, uuid.UUID, *pharox.Usage) error { return nil }
 
 // A request the gateway gives up as "client went away" (499) must close
 // the client's connection: answering nothing made net/http send 200 OK,

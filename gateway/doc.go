@@ -49,8 +49,8 @@
 // proxy's fault.
 //
 // The gateway's own answers carry [ReasonHeader]: 407 for credentials and
-// routing, 503 when no upstream is available (or the pool does not exist),
-// 502 when upstreams failed.
+// routing, 429 over a quota, 503 when no upstream is available (or the
+// pool does not exist), 502 when upstreams failed.
 //
 // # Per-site health
 //
@@ -65,6 +65,33 @@
 // Failures of the upstream itself count everywhere, as without a site.
 // Config.DisableTargetHealth turns this off, and a lease source that keeps
 // no per-site health (pharox.ErrUnsupported) turns it off by itself.
+//
+// # Metering and quotas
+//
+// Each lease's release reports the traffic it carried ([pharox.Usage],
+// through [Leaser.Release]), which the lease source adds to its hourly
+// usage aggregates and to the byte counters of quotas. A forwarded request
+// counts the bytes on its connection to the upstream proxy: its request
+// line, headers and body out, the answer in, and the handshakes of a
+// connection dialed for it (a SOCKS greeting, a CONNECT for an https://
+// URL, TLS). The handshakes of a connection dialed for a request that
+// ended before the dial did count for the next request that uses the
+// connection, and not at all if none does.
+// A CONNECT or SOCKS5 tunnel counts its payload each way once open. Each
+// forwarded request and each tunnel is one request; a lease that carried
+// none (a tunnel attempt that failed) reports zero. Counting is a few
+// atomic additions per read and write, and the report rides on the
+// release: no extra call to the lease source. Config.DisableMetering
+// reports nothing.
+//
+// An acquisition refused by a quota ([pharox.ErrQuotaExceeded]) is
+// answered 429 with Retry-After (the refusal's RetryAfter, in whole
+// seconds, at least 1) and a one-line reason naming the quota, e.g.
+// `consumer "scraper-1" is over its quota max_concurrent_leases=5; retry
+// in 1s`; with Config.AcquireWait a local lease source waits out a full
+// concurrency cap or request bucket first. SOCKS5 has no such answer: the
+// client gets reply 2, "connection not allowed by ruleset", as when the
+// gateway is at Config.MaxConns, and the access log has the reason.
 //
 // # Limits and readiness
 //

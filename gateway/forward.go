@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptrace"
 	"net/url"
@@ -16,8 +17,10 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"golang.org/x/net/proxy"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/connmeter"
 	"github.com/pharox/pharox/internal/socks4"
 )
 
@@ -29,7 +32,7 @@ func (g *Gateway) forward(out *http.Request) (*http.Response, error) {
 	ctx := out.Context()
 	st := stateFrom(ctx)
 	if st == nil {
-		return nil, &gwError{http.StatusInternalServerError, "gateway: request without state"}
+		return nil, &gwError{status: http.StatusInternalServerError, reason: "gateway: request without state"}
 	}
 	var body *replayBody
 	if out.Body != nil && out.Body != http.NoBody {
@@ -39,6 +42,7 @@ func (g *Gateway) forward(out *http.Request) (*http.Response, error) {
 	}
 	var exclude []uuid.UUID
 	var prev *pharox.Lease
+	var prevMeter *meter
 	var prevResp *http.Response
 	var prevErr *attemptError
 	for attempt := 0; ; attempt++ {
@@ -46,27 +50,28 @@ func (g *Gateway) forward(out *http.Request) (*http.Response, error) {
 		if prev != nil {
 			if err != nil {
 				// No other upstream: answer with what the last one said.
-				return g.giveUp(ctx, st, prev, prevResp, prevErr)
+				return g.giveUp(ctx, st, prev, prevMeter, prevResp, prevErr)
 			}
 			g.metrics.retry()
 			if prevResp != nil {
 				drainClose(prevResp.Body)
 			}
-			g.release(ctx, prev)
+			g.release(ctx, prev, prevMeter)
 		}
 		if err != nil {
-			return nil, acquireErrorFor(st, err)
+			return nil, g.acquireErrorFor(st, err)
 		}
 		st.useLease(lease)
+		m := g.newMeter()
 		started := time.Now()
-		resp, aerr := g.tryUpstream(out, lease, body)
+		resp, aerr := g.tryUpstream(out, lease, body, m)
 		if aerr != nil {
 			aerr.reason = scrub(aerr.reason, lease.Proxy)
 		}
 		if aerr == nil {
 			latency := time.Since(started)
 			g.metrics.upstreamLatency(st.kind, latency)
-			resp.Body = &leasedBody{rc: resp.Body, g: g, ctx: ctx, held: g.hold(ctx, lease),
+			resp.Body = &leasedBody{rc: resp.Body, g: g, ctx: ctx, held: g.hold(ctx, lease, m),
 				outcome: g.withTarget(st, pharox.Outcome{Kind: pharox.OutcomeSuccess, StatusCode: resp.StatusCode, Latency: latency})}
 			if resp.StatusCode == http.StatusSwitchingProtocols {
 				if rwc, ok := resp.Body.(*leasedBody).rc.(io.ReadWriteCloser); ok {
@@ -80,33 +85,33 @@ func (g *Gateway) forward(out *http.Request) (*http.Response, error) {
 			if resp != nil {
 				drainClose(resp.Body)
 			}
-			g.release(ctx, lease)
+			g.release(ctx, lease, m)
 			if aerr.kind == failCanceled {
-				return nil, &gwError{statusClientGone, aerr.reason}
+				return nil, &gwError{status: statusClientGone, reason: aerr.reason}
 			}
-			return nil, &gwError{http.StatusBadGateway, aerr.reason}
+			return nil, &gwError{status: http.StatusBadGateway, reason: aerr.reason}
 		}
 		g.failed(ctx, st, lease, aerr)
 		if attempt > 0 || !safeToRetry(out, body, aerr) {
-			return g.giveUp(ctx, st, lease, resp, aerr)
+			return g.giveUp(ctx, st, lease, m, resp, aerr)
 		}
 		exclude = append(exclude, lease.ProxyID)
-		prev, prevResp, prevErr = lease, resp, aerr
+		prev, prevMeter, prevResp, prevErr = lease, m, resp, aerr
 	}
 }
 
 // giveUp ends a request whose upstream failed: a ban answer goes to the
 // client as the target gave it, anything else becomes a 502.
-func (g *Gateway) giveUp(ctx context.Context, st *reqState, l *pharox.Lease, resp *http.Response, aerr *attemptError) (*http.Response, error) {
+func (g *Gateway) giveUp(ctx context.Context, st *reqState, l *pharox.Lease, m *meter, resp *http.Response, aerr *attemptError) (*http.Response, error) {
 	if resp != nil && aerr.kind == failBan {
-		resp.Body = &leasedBody{rc: resp.Body, g: g, ctx: ctx, held: g.hold(ctx, l)}
+		resp.Body = &leasedBody{rc: resp.Body, g: g, ctx: ctx, held: g.hold(ctx, l, m)}
 		return resp, nil
 	}
 	if resp != nil {
 		drainClose(resp.Body)
 	}
-	g.release(ctx, l)
-	return nil, &gwError{http.StatusBadGateway, aerr.reason}
+	g.release(ctx, l, m)
+	return nil, &gwError{status: http.StatusBadGateway, reason: aerr.reason}
 }
 
 // safeToRetry: nothing of the request reached an upstream, or it may be
@@ -129,14 +134,16 @@ func safeToRetry(r *http.Request, body *replayBody, e *attemptError) bool {
 type attemptInfo struct {
 	connected     atomic.Bool
 	connectStatus atomic.Int32
+	m             *meter // nil without metering
 }
 
 type attemptKey struct{}
 
 // tryUpstream sends the request once through the lease's proxy and
-// classifies the answer. On a ban or 407 the response comes back with the
-// error, unread.
-func (g *Gateway) tryUpstream(out *http.Request, lease *pharox.Lease, body *replayBody) (*http.Response, *attemptError) {
+// classifies the answer; m (nil without metering) counts its bytes from
+// the moment it has a connection. On a ban or 407 the response comes back
+// with the error, unread.
+func (g *Gateway) tryUpstream(out *http.Request, lease *pharox.Lease, body *replayBody, m *meter) (*http.Response, *attemptError) {
 	ctx := out.Context()
 	var site string
 	if st := stateFrom(ctx); st != nil {
@@ -146,10 +153,18 @@ func (g *Gateway) tryUpstream(out *http.Request, lease *pharox.Lease, body *repl
 	if err != nil {
 		return nil, &attemptError{kind: failConnect, reason: err.Error()}
 	}
-	info := &attemptInfo{}
+	info := &attemptInfo{m: m}
 	actx := context.WithValue(ctx, attemptKey{}, info)
 	actx = httptrace.WithClientTrace(actx, &httptrace.ClientTrace{
-		GotConn: func(httptrace.GotConnInfo) { info.connected.Store(true) },
+		GotConn: func(ci httptrace.GotConnInfo) {
+			info.connected.Store(true)
+			if m != nil {
+				m.used.Store(true)
+				if mc := connmeter.Of(ci.Conn); mc != nil {
+					mc.Attach(&m.Meter)
+				}
+			}
+		},
 	})
 	req := out.WithContext(actx)
 	if body != nil {
@@ -294,9 +309,9 @@ func (g *Gateway) forwardError(w http.ResponseWriter, r *http.Request, err error
 	var ge *gwError
 	if !errors.As(err, &ge) {
 		if r.Context().Err() != nil {
-			ge = &gwError{statusClientGone, "client went away"}
+			ge = &gwError{status: statusClientGone, reason: "client went away"}
 		} else {
-			ge = &gwError{http.StatusBadGateway, "upstream failed: " + err.Error()}
+			ge = &gwError{status: http.StatusBadGateway, reason: "upstream failed: " + err.Error()}
 		}
 	}
 	if st != nil {
@@ -365,13 +380,16 @@ func (c *transportCache) closeAll() {
 	}
 }
 
-// newTransport builds the transport for one upstream proxy.
+// newTransport builds the transport for one upstream proxy. It speaks
+// HTTP/1 only (no TLSNextProto): metering counts a connection's bytes for
+// the one request using it, and HTTP/2 would share it among requests.
 func (g *Gateway) newTransport(p *pharox.Proxy) (*http.Transport, error) {
 	t := &http.Transport{
-		DialContext:         g.dialer.DialContext,
+		DialContext:         g.dialMetered,
 		MaxIdleConnsPerHost: g.cfg.MaxIdleConnsPerUpstream,
 		IdleConnTimeout:     90 * time.Second,
 		TLSHandshakeTimeout: g.cfg.DialTimeout,
+		TLSNextProto:        map[string]func(string, *tls.Conn) http.RoundTripper{},
 		// A forward proxy relays the encoding the client asked for.
 		DisableCompression:    true,
 		ExpectContinueTimeout: time.Second,
@@ -389,17 +407,52 @@ func (g *Gateway) newTransport(p *pharox.Proxy) (*http.Transport, error) {
 		t.TLSClientConfig = &tls.Config{}
 	}
 	switch p.Protocol {
-	case pharox.ProtocolHTTP, pharox.ProtocolHTTPS, pharox.ProtocolSOCKS5:
+	case pharox.ProtocolHTTP, pharox.ProtocolHTTPS:
 		u, err := url.Parse(p.URL())
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: bad proxy URL", p.String())
 		}
 		t.Proxy = http.ProxyURL(u)
+	case pharox.ProtocolSOCKS5:
+		// Dialed here rather than by net/http (Proxy with a socks5 URL),
+		// whose SOCKS connection hides the metered one underneath.
+		addr, auth := p.Address(), socksAuth(p)
+		t.DialContext = func(ctx context.Context, network, target string) (net.Conn, error) {
+			var raw net.Conn
+			fwd := dialFunc(func(ctx context.Context, network, addr string) (net.Conn, error) {
+				c, err := g.dialMetered(ctx, network, addr)
+				raw = c
+				return c, err
+			})
+			d, err := proxy.SOCKS5("tcp", addr, auth, fwd)
+			if err != nil {
+				return nil, err
+			}
+			c, err := d.(proxy.ContextDialer).DialContext(ctx, network, target)
+			if err != nil {
+				return nil, err
+			}
+			if mc, ok := raw.(*connmeter.Conn); ok {
+				return connmeter.Over(c, mc), nil
+			}
+			return c, nil
+		}
 	case pharox.ProtocolSOCKS4:
-		d := &socks4.Dialer{Proxy: p.Address(), User: credUser(p), Forward: &g.dialer}
+		d := &socks4.Dialer{Proxy: p.Address(), User: credUser(p), Forward: dialFunc(g.dialMetered)}
 		t.DialContext = d.DialContext
 	default:
 		return nil, fmt.Errorf("upstream protocol %q not supported", p.Protocol)
 	}
 	return t, nil
+}
+
+// dialFunc is a dial function as a proxy.Dialer and proxy.ContextDialer.
+type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+func (f dialFunc) Dial(network, addr string) (net.Conn, error) {
+	return f(context.Background(), network, addr)
+}
+
+func (f dialFunc) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	return f(ctx, network, addr)
 }

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -111,6 +112,14 @@ type Config struct {
 	// lease source that keeps no per-site health the gateway turns it off
 	// by itself and bans count everywhere, as with this set.
 	DisableTargetHealth bool
+	// DisableMetering stops counting traffic per lease. By default each
+	// lease's release reports what it carried (pharox.Usage): for a
+	// forwarded request, its request and response bytes on the connection
+	// to the upstream proxy; for a CONNECT or SOCKS5 tunnel, the payload
+	// each way once the tunnel is open; one request per forwarded request
+	// or tunnel. The lease source adds it to its usage aggregates and
+	// quota counters (see pharox.UsageStore) as part of the release.
+	DisableMetering bool
 	// DialTimeout bounds reaching an upstream, including its TLS and proxy
 	// handshake. Default 10s.
 	DialTimeout time.Duration
@@ -452,6 +461,9 @@ func abort(st *reqState, reason string) {
 type gwError struct {
 	status int
 	reason string
+	// retryAfter, when positive, is sent as Retry-After (whole seconds,
+	// rounded up); a 503 without one says 1.
+	retryAfter time.Duration
 }
 
 func (e *gwError) Error() string { return e.reason }
@@ -497,7 +509,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !r.URL.IsAbs() || r.URL.Host == "" || (r.URL.Scheme != "http" && r.URL.Scheme != "https") {
-		g.writeError(rw, &gwError{http.StatusBadRequest, "this is a forward proxy: send absolute-form http(s) requests or CONNECT"})
+		g.writeError(rw, &gwError{status: http.StatusBadRequest, reason: "this is a forward proxy: send absolute-form http(s) requests or CONNECT"})
 		return
 	}
 	st.target = g.targetOf(r.URL.Host)
@@ -517,7 +529,7 @@ func (g *Gateway) enter() bool {
 func (g *Gateway) leave() { g.active.Add(-1) }
 
 func (g *Gateway) fullError() *gwError {
-	return &gwError{http.StatusServiceUnavailable, fmt.Sprintf("gateway busy: it serves at most %d requests and tunnels at once (--max-conns)", g.cfg.MaxConns)}
+	return &gwError{status: http.StatusServiceUnavailable, reason: fmt.Sprintf("gateway busy: it serves at most %d requests and tunnels at once (--max-conns)", g.cfg.MaxConns)}
 }
 
 // authenticate checks the Proxy-Authorization header and parses the route
@@ -526,17 +538,17 @@ func (g *Gateway) authenticate(ctx context.Context, st *reqState, header string)
 	required := g.cfg.User != "" || g.cfg.Password != "" || g.cfg.Keys != nil
 	if header == "" {
 		if g.cfg.Keys != nil {
-			return Route{}, &gwError{http.StatusProxyAuthRequired, "proxy authentication required: the password is your API key"}
+			return Route{}, &gwError{status: http.StatusProxyAuthRequired, reason: "proxy authentication required: the password is your API key"}
 		}
 		if required {
-			return Route{}, &gwError{http.StatusProxyAuthRequired, "proxy authentication required"}
+			return Route{}, &gwError{status: http.StatusProxyAuthRequired, reason: "proxy authentication required"}
 		}
 		return Route{}, nil
 	}
 	scheme, cred, _ := strings.Cut(header, " ")
 	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred))
 	if !strings.EqualFold(scheme, "Basic") || err != nil {
-		return Route{}, &gwError{http.StatusProxyAuthRequired, "proxy authentication must be Basic"}
+		return Route{}, &gwError{status: http.StatusProxyAuthRequired, reason: "proxy authentication must be Basic"}
 	}
 	user, pass, _ := strings.Cut(string(raw), ":")
 	return g.checkCredentials(ctx, st, user, pass)
@@ -547,7 +559,7 @@ func (g *Gateway) authenticate(ctx context.Context, st *reqState, header string)
 func (g *Gateway) checkCredentials(ctx context.Context, st *reqState, user, pass string) (Route, error) {
 	if g.cfg.Keys != nil {
 		if pass == "" {
-			return Route{}, &gwError{http.StatusProxyAuthRequired, "proxy authentication required: the password is your API key"}
+			return Route{}, &gwError{status: http.StatusProxyAuthRequired, reason: "proxy authentication required: the password is your API key"}
 		}
 		u, err := g.cfg.Keys.CheckKey(ctx, pass)
 		if err != nil {
@@ -556,15 +568,15 @@ func (g *Gateway) checkCredentials(ctx context.Context, st *reqState, user, pass
 		st.user, st.secret = u, pass
 	}
 	if g.cfg.Password != "" && subtle.ConstantTimeCompare([]byte(pass), []byte(g.cfg.Password)) != 1 {
-		return Route{}, &gwError{http.StatusProxyAuthRequired, "bad proxy credentials"}
+		return Route{}, &gwError{status: http.StatusProxyAuthRequired, reason: "bad proxy credentials"}
 	}
 	r, err := ParseRoute(user, g.cfg.User)
 	if err != nil {
 		if g.cfg.User != "" && user != g.cfg.User && !strings.HasPrefix(user, g.cfg.User+"-") {
 			// Do not echo a wrong user name's expected value.
-			return Route{}, &gwError{http.StatusProxyAuthRequired, "bad proxy credentials"}
+			return Route{}, &gwError{status: http.StatusProxyAuthRequired, reason: "bad proxy credentials"}
 		}
-		return Route{}, &gwError{http.StatusProxyAuthRequired, err.Error()}
+		return Route{}, &gwError{status: http.StatusProxyAuthRequired, reason: err.Error()}
 	}
 	return r, nil
 }
@@ -573,7 +585,7 @@ func (g *Gateway) checkCredentials(ctx context.Context, st *reqState, user, pass
 func (g *Gateway) writeError(w http.ResponseWriter, err error) {
 	var ge *gwError
 	if !errors.As(err, &ge) {
-		ge = &gwError{http.StatusBadGateway, err.Error()}
+		ge = &gwError{status: http.StatusBadGateway, reason: err.Error()}
 	}
 	h := w.Header()
 	h.Set(ReasonHeader, headerSafe(ge.reason))
@@ -582,11 +594,19 @@ func (g *Gateway) writeError(w http.ResponseWriter, err error) {
 	if ge.status == http.StatusProxyAuthRequired {
 		h.Set("Proxy-Authenticate", `Basic realm="pharox"`)
 	}
-	if ge.status == http.StatusServiceUnavailable {
+	switch {
+	case ge.retryAfter > 0:
+		h.Set("Retry-After", strconv.FormatInt(retryAfterSeconds(ge.retryAfter), 10))
+	case ge.status == http.StatusServiceUnavailable:
 		h.Set("Retry-After", "1")
 	}
 	w.WriteHeader(ge.status)
 	_, _ = io.WriteString(w, "pharox gateway: "+ge.reason+"\n")
+}
+
+// retryAfterSeconds is d in whole seconds, rounded up, at least 1.
+func retryAfterSeconds(d time.Duration) int64 {
+	return max(int64((d+time.Second-1)/time.Second), 1)
 }
 
 // headerSafe keeps a reason within one header line.
@@ -620,7 +640,7 @@ func (g *Gateway) routePool(ctx context.Context, route Route) (string, error) {
 	}
 	if route.PoolID == uuid.Nil {
 		if g.cfg.DefaultPool == "" {
-			return "", &gwError{http.StatusProxyAuthRequired, "no pool given in the user name and no default pool configured"}
+			return "", &gwError{status: http.StatusProxyAuthRequired, reason: "no pool given in the user name and no default pool configured"}
 		}
 		return g.cfg.DefaultPool, nil
 	}
@@ -629,12 +649,12 @@ func (g *Gateway) routePool(ctx context.Context, route Route) (string, error) {
 	}
 	lookup, ok := g.leaser.(PoolLookup)
 	if !ok {
-		return "", &gwError{http.StatusProxyAuthRequired, "this gateway's lease source cannot find pools by id: name the pool with pool-NAME"}
+		return "", &gwError{status: http.StatusProxyAuthRequired, reason: "this gateway's lease source cannot find pools by id: name the pool with pool-NAME"}
 	}
 	p, err := lookup.PoolByID(ctx, route.PoolID)
 	switch {
 	case errors.Is(err, pharox.ErrPoolNotFound):
-		return "", &gwError{http.StatusServiceUnavailable, fmt.Sprintf("no pool has id %s", route.PoolID)}
+		return "", &gwError{status: http.StatusServiceUnavailable, reason: fmt.Sprintf("no pool has id %s", route.PoolID)}
 	case err != nil:
 		return "", acquireError(route.PoolID.String(), err)
 	}
@@ -645,12 +665,14 @@ func (g *Gateway) routePool(ctx context.Context, route Route) (string, error) {
 // acquireError turns a failed acquisition into an answer.
 func acquireError(pool string, err error) *gwError {
 	switch {
+	case errors.Is(err, pharox.ErrQuotaExceeded):
+		return quotaRefusal(err)
 	case errors.Is(err, pharox.ErrNoProxyAvailable):
-		return &gwError{http.StatusServiceUnavailable, fmt.Sprintf("no upstream available in pool %q", pool)}
+		return &gwError{status: http.StatusServiceUnavailable, reason: fmt.Sprintf("no upstream available in pool %q", pool)}
 	case errors.Is(err, pharox.ErrPoolNotFound):
-		return &gwError{http.StatusServiceUnavailable, fmt.Sprintf("pool %q not found", pool)}
+		return &gwError{status: http.StatusServiceUnavailable, reason: fmt.Sprintf("pool %q not found", pool)}
 	case errors.Is(err, pharox.ErrInvalidArgument):
-		return &gwError{http.StatusBadRequest, "bad routing parameters: " + err.Error()}
+		return &gwError{status: http.StatusBadRequest, reason: "bad routing parameters: " + err.Error()}
 	case errors.Is(err, client.ErrForbidden):
 		// The server refused the user's key this pool or consumer.
 		detail := "the API key may not lease from pool " + fmt.Sprintf("%q", pool)
@@ -658,17 +680,17 @@ func acquireError(pool string, err error) *gwError {
 		if errors.As(err, &ae) && ae.Detail != "" {
 			detail = ae.Detail
 		}
-		return &gwError{http.StatusForbidden, detail}
+		return &gwError{status: http.StatusForbidden, reason: detail}
 	case errors.Is(err, client.ErrUnauthorized):
-		return &gwError{http.StatusProxyAuthRequired, "bad proxy credentials: the lease source refused the API key"}
+		return &gwError{status: http.StatusProxyAuthRequired, reason: "bad proxy credentials: the lease source refused the API key"}
 	case errors.Is(err, context.Canceled):
-		return &gwError{statusClientGone, "client went away"}
+		return &gwError{status: statusClientGone, reason: "client went away"}
 	case outage.Is(err):
 		// The store (or the service in front of it) is down for now:
 		// retryable, unlike a failure of the gateway's own.
-		return &gwError{http.StatusServiceUnavailable, "lease source unavailable: " + outage.Reason(err) + "; retry later"}
+		return &gwError{status: http.StatusServiceUnavailable, reason: "lease source unavailable: " + outage.Reason(err) + "; retry later"}
 	}
-	return &gwError{http.StatusBadGateway, "lease source failed: " + err.Error()}
+	return &gwError{status: http.StatusBadGateway, reason: "lease source failed: " + err.Error()}
 }
 
 // acquire leases an upstream for st, avoiding the proxies in exclude (those
@@ -712,7 +734,7 @@ func (g *Gateway) acquire(ctx context.Context, st *reqState, exclude []uuid.UUID
 	var held []*pharox.Lease
 	defer func() {
 		for _, l := range held {
-			g.release(ctx, l)
+			g.release(ctx, l, nil) // they carried nothing
 		}
 	}()
 	o := *opts
@@ -733,11 +755,17 @@ func (g *Gateway) acquire(ctx context.Context, st *reqState, exclude []uuid.UUID
 	return nil, fmt.Errorf("gateway: no other upstream in pool %q: %w", st.pool, pharox.ErrNoProxyAvailable)
 }
 
-// release gives a lease back with a context that survives the client.
-func (g *Gateway) release(ctx context.Context, l *pharox.Lease) {
+// release gives a lease back with a context that survives the client,
+// reporting what m counted (nothing when m is nil) unless metering is off.
+func (g *Gateway) release(ctx context.Context, l *pharox.Lease, m *meter) {
+	var usage *pharox.Usage
+	if !g.cfg.DisableMetering {
+		usage = m.usage()
+		g.metrics.usage(l.PoolName, usage)
+	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer cancel()
-	if err := g.leaser.Release(rctx, l.ID); err != nil {
+	if err := g.leaser.Release(rctx, l.ID, usage); err != nil {
 		g.log.Error("gateway: release lease failed", "lease", l.ID, "pool", l.PoolName, "err", err)
 	}
 }

@@ -47,9 +47,9 @@ func (u *KeyUser) consumer(fallback string) string {
 func (u *KeyUser) mayUse(pool string) error {
 	switch {
 	case u.Role == pharox.KeyRoleViewer:
-		return &gwError{http.StatusForbidden, fmt.Sprintf("API key %q is a viewer key: it cannot lease proxies", u.Name)}
+		return &gwError{status: http.StatusForbidden, reason: fmt.Sprintf("API key %q is a viewer key: it cannot lease proxies", u.Name)}
 	case u.Role == pharox.KeyRoleConsumer && len(u.Pools) > 0 && !slices.Contains(u.Pools, pool):
-		return &gwError{http.StatusForbidden, fmt.Sprintf("API key %q may use only pool %s, not %q", u.Name, quoteNames(u.Pools), pool)}
+		return &gwError{status: http.StatusForbidden, reason: fmt.Sprintf("API key %q may use only pool %s, not %q", u.Name, quoteNames(u.Pools), pool)}
 	}
 	return nil
 }
@@ -163,7 +163,7 @@ func (s *ServerKeys) CheckKey(ctx context.Context, secret string) (*KeyUser, err
 // keyError is the answer to a key that did not pass its check.
 func keyError(err error) *gwError {
 	if errors.Is(err, ErrKeyRefused) {
-		return &gwError{http.StatusProxyAuthRequired, "bad proxy credentials: " + strings.TrimPrefix(err.Error(), ErrKeyRefused.Error()+": ")}
+		return &gwError{status: http.StatusProxyAuthRequired, reason: "bad proxy credentials: " + strings.TrimPrefix(err.Error(), ErrKeyRefused.Error()+": ")}
 	}
 	return acquireError("", err)
 }

@@ -20,8 +20,10 @@ type Leaser interface {
 	// up to that long for a free slot. A miss wraps pharox.ErrNoProxyAvailable.
 	// The lease must carry its Proxy with credentials.
 	Acquire(ctx context.Context, pool string, opts *pharox.AcquireOptions, wait time.Duration) (*pharox.Lease, error)
-	// Release ends the lease.
-	Release(ctx context.Context, id uuid.UUID) error
+	// Release ends the lease. usage is the traffic it carried, as the
+	// gateway metered it, or nil when metering is off
+	// (Config.DisableMetering): the lease source then records none.
+	Release(ctx context.Context, id uuid.UUID, usage *pharox.Usage) error
 	// Renew moves the lease's expiry to d from now.
 	Renew(ctx context.Context, id uuid.UUID, d time.Duration) error
 	// ReportOutcome feeds how a request through the lease went back into
@@ -53,8 +55,13 @@ func (l localLeaser) Acquire(ctx context.Context, pool string, opts *pharox.Acqu
 	return l.m.AcquireWait(wctx, pool, opts)
 }
 
-func (l localLeaser) Release(ctx context.Context, id uuid.UUID) error {
-	_, err := l.m.Release(ctx, id)
+func (l localLeaser) Release(ctx context.Context, id uuid.UUID, usage *pharox.Usage) error {
+	var err error
+	if usage != nil {
+		_, err = l.m.ReleaseWithUsage(ctx, id, *usage)
+	} else {
+		_, err = l.m.Release(ctx, id)
+	}
 	return err
 }
 
@@ -105,8 +112,13 @@ func (r remoteLeaser) Acquire(ctx context.Context, pool string, opts *pharox.Acq
 	return l, nil
 }
 
-func (r remoteLeaser) Release(ctx context.Context, id uuid.UUID) error {
-	_, err := r.c.Release(ctx, id)
+func (r remoteLeaser) Release(ctx context.Context, id uuid.UUID, usage *pharox.Usage) error {
+	var err error
+	if usage != nil {
+		_, err = r.c.ReleaseWithUsage(ctx, id, *usage)
+	} else {
+		_, err = r.c.Release(ctx, id)
+	}
 	return err
 }
 

@@ -25,6 +25,12 @@ type metrics struct {
 	// without a label per site, which would grow with traffic.
 	targetOutcomes *prometheus.CounterVec
 	targetMisses   prometheus.Counter
+	// usageBytes and usageRequests count the metered traffic reported at
+	// release, by pool (pools are few and made by the operator, unlike
+	// consumers, sites or sessions, which are left out).
+	usageBytes    *prometheus.CounterVec
+	usageRequests *prometheus.CounterVec
+	quotaRefusals *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -55,8 +61,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			[]string{"kind"}),
 		targetMisses: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "target_misses_total",
 			Help: "Acquisitions for a site (target) that found no upstream: every free one was cooling down for the site, or none was free."}),
+		usageBytes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "usage_bytes_total",
+			Help: "Bytes metered per lease and reported at its release, by pool and direction: sent to and received from upstream proxies (forwarded requests: the bytes on the upstream connection; tunnels: their payload)."},
+			[]string{"pool", "direction"}),
+		usageRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "usage_requests_total",
+			Help: "Requests and tunnels metered per lease and reported at its release, by pool."}, []string{"pool"}),
+		quotaRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "quota_refusals_total",
+			Help: "Acquisitions refused by a quota (answered 429, or SOCKS5 \"connection not allowed\"), by subject (consumer, pool) and limit."},
+			[]string{"subject", "limit"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.latency, m.tunnels, m.bytes, m.failures, m.retries, m.targetOutcomes, m.targetMisses} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.latency, m.tunnels, m.bytes, m.failures, m.retries, m.targetOutcomes, m.targetMisses,
+		m.usageBytes, m.usageRequests, m.quotaRefusals} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {
@@ -119,5 +134,27 @@ func (m *metrics) targetOutcome(kind pharox.OutcomeKind) {
 func (m *metrics) targetMiss() {
 	if m != nil {
 		m.targetMisses.Inc()
+	}
+}
+
+// usage counts what a release reports.
+func (m *metrics) usage(pool string, u *pharox.Usage) {
+	if m == nil || u == nil || u.IsZero() {
+		return
+	}
+	if u.BytesSent > 0 {
+		m.usageBytes.WithLabelValues(pool, "sent").Add(float64(u.BytesSent))
+	}
+	if u.BytesReceived > 0 {
+		m.usageBytes.WithLabelValues(pool, "received").Add(float64(u.BytesReceived))
+	}
+	if u.Requests > 0 {
+		m.usageRequests.WithLabelValues(pool).Add(float64(u.Requests))
+	}
+}
+
+func (m *metrics) quotaRefusal(subject, limit string) {
+	if m != nil {
+		m.quotaRefusals.WithLabelValues(subject, limit).Inc()
 	}
 }

@@ -99,6 +99,7 @@ func (g *Gateway) serveSOCKSConn(c net.Conn) {
 	}
 	sc := &socksClient{Conn: c, r: io.MultiReader(bytes.NewReader(greeting), c)}
 	creds := socksCreds{g: g, st: st}
+	tunnel := &socksTunnel{}
 	methods := []socks5.Authenticator{socks5.UserPassAuthenticator{Credentials: creds}}
 	if !g.socksAuth.required {
 		methods = append(methods, socks5.NoAuthAuthenticator{})
@@ -106,15 +107,11 @@ func (g *Gateway) serveSOCKSConn(c net.Conn) {
 	srv, err := socks5.New(&socks5.Config{
 		AuthMethods: methods,
 		Resolver:    keepName{},
-		Rules:       socksRules{g: g, st: st, client: sc},
+		Rules:       socksRules{g: g, st: st, client: sc, tunnel: tunnel},
 		Logger:      log.New(io.Discard, "", 0),
-		Dial: func(_ context.Context, _, addr string) (net.Conn, error) {
-			ctx := g.base
-			if st.secret != "" {
-				// A remote lease source acts with the user's key.
-				ctx = client.ContextWithAPIKey(ctx, st.secret)
-			}
-			return g.socksDial(ctx, st, sc, addr)
+		Dial: func(context.Context, string, string) (net.Conn, error) {
+			// The rules opened it (or failed to).
+			return tunnel.conn, tunnel.err
 		},
 	})
 	if err != nil {
@@ -179,11 +176,20 @@ func (keepName) Resolve(ctx context.Context, _ string) (context.Context, net.IP,
 	return ctx, nil, nil
 }
 
-// socksRules allows CONNECT only and picks the route from the user name.
+// socksTunnel is the outcome of opening a SOCKS5 tunnel: the rules open
+// it and the dial hook hands it to go-socks5.
+type socksTunnel struct {
+	conn net.Conn
+	err  error
+}
+
+// socksRules allows CONNECT only, picks the route from the user name and
+// opens the tunnel.
 type socksRules struct {
 	g      *Gateway
 	st     *reqState
 	client *socksClient
+	tunnel *socksTunnel
 }
 
 func (r socksRules) Allow(ctx context.Context, req *socks5.Request) (context.Context, bool) {
@@ -229,6 +235,19 @@ func (r socksRules) Allow(ctx context.Context, req *socks5.Request) (context.Con
 	r.st.entered = true
 	// The handshake is over; the tunnel's idle limit is Config.IdleTimeout.
 	r.client.SetDeadline(time.Time{})
+	// The tunnel opens here rather than in go-socks5's dial hook, which
+	// answers every failure "host unreachable": an acquisition refused by
+	// a quota is answered "connection not allowed by ruleset" (reply 2),
+	// like a gateway at --max-conns.
+	dctx := r.g.base
+	if st.secret != "" {
+		// A remote lease source acts with the user's key.
+		dctx = client.ContextWithAPIKey(dctx, st.secret)
+	}
+	r.tunnel.conn, r.tunnel.err = r.g.socksDial(dctx, st, r.client, req.DestAddr.Address())
+	if r.tunnel.err != nil && st.status == http.StatusTooManyRequests {
+		return ctx, false
+	}
 	return ctx, true
 }
 
@@ -283,6 +302,7 @@ func (c *socksUpstream) Read(p []byte) (int, error) {
 		c.tn.touch()
 	}
 	c.st.received.Add(int64(n))
+	c.tn.m.AddReceived(int64(n))
 	if err == io.EOF {
 		// The upstream is done; do not wait forever for an idle client.
 		c.client.SetReadDeadline(time.Now().Add(halfCloseGrace))
@@ -296,6 +316,7 @@ func (c *socksUpstream) Write(p []byte) (int, error) {
 		c.tn.touch()
 	}
 	c.st.sent.Add(int64(n))
+	c.tn.m.AddSent(int64(n))
 	return n, err
 }
 
@@ -329,14 +350,14 @@ func (c *socksUpstream) g() *Gateway { return c.tn.g }
 func checkTarget(addr string) error {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil || host == "" {
-		return &gwError{http.StatusBadRequest, "target must be host:port"}
+		return &gwError{status: http.StatusBadRequest, reason: "target must be host:port"}
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return &gwError{http.StatusBadRequest, "target port must be 1-65535"}
+		return &gwError{status: http.StatusBadRequest, reason: "target port must be 1-65535"}
 	}
 	for i := 0; i < len(host); i++ {
 		if c := host[i]; c <= ' ' || c == 0x7f {
-			return &gwError{http.StatusBadRequest, "target host contains spaces or control characters"}
+			return &gwError{status: http.StatusBadRequest, reason: "target host contains spaces or control characters"}
 		}
 	}
 	return nil

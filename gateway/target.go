@@ -133,8 +133,11 @@ func normalizeMarkers(in []string) ([][]byte, error) {
 }
 
 // acquireErrorFor is acquireError for st's pool, naming its site when no
-// upstream was available for it.
-func acquireErrorFor(st *reqState, err error) *gwError {
+// upstream was available for it, and counting quota refusals.
+func (g *Gateway) acquireErrorFor(st *reqState, err error) *gwError {
+	if errors.Is(err, pharox.ErrQuotaExceeded) {
+		g.metrics.quotaRefusal(quotaLabels(err))
+	}
 	ge := acquireError(st.pool, err)
 	if st.target != "" && errors.Is(err, pharox.ErrNoProxyAvailable) {
 		ge.reason += fmt.Sprintf(" for %s (an upstream cooling down for a site is not used for it)", st.target)

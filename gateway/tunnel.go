@@ -21,6 +21,8 @@ type tunnel struct {
 	g    *Gateway
 	held *heldLease
 	conn net.Conn
+	// m counts the payload each way, reported at the release.
+	m    meter
 	once sync.Once
 	// last is when a byte last went through, in Unix nanoseconds.
 	last atomic.Int64
@@ -88,15 +90,17 @@ type heldLease struct {
 	g     *Gateway
 	ctx   context.Context
 	lease *pharox.Lease
+	m     *meter // what the release reports
 
 	mu     sync.Mutex
 	renew  *time.Timer
 	closed bool
 }
 
-// hold starts renewing l; ctx's values (not its cancellation) are kept.
-func (g *Gateway) hold(ctx context.Context, l *pharox.Lease) *heldLease {
-	h := &heldLease{g: g, ctx: context.WithoutCancel(ctx), lease: l}
+// hold starts renewing l, whose traffic m counts; ctx's values (not its
+// cancellation) are kept.
+func (g *Gateway) hold(ctx context.Context, l *pharox.Lease, m *meter) *heldLease {
+	h := &heldLease{g: g, ctx: context.WithoutCancel(ctx), lease: l, m: m}
 	h.scheduleRenew()
 	return h
 }
@@ -134,7 +138,7 @@ func (h *heldLease) release() {
 		h.renew.Stop()
 	}
 	h.mu.Unlock()
-	h.g.release(h.ctx, h.lease)
+	h.g.release(h.ctx, h.lease, h.m)
 }
 
 // openTunnel leases an upstream and opens a tunnel through it to target,
@@ -147,14 +151,14 @@ func (g *Gateway) openTunnel(ctx context.Context, st *reqState, target string) (
 	for attempt := 0; ; attempt++ {
 		lease, err := g.acquire(ctx, st, exclude)
 		if prev != nil {
-			g.release(ctx, prev)
+			g.release(ctx, prev, nil) // no tunnel opened through it
 			if err != nil {
-				return nil, &gwError{http.StatusBadGateway, prevErr.reason}
+				return nil, &gwError{status: http.StatusBadGateway, reason: prevErr.reason}
 			}
 			g.metrics.retry()
 		}
 		if err != nil {
-			return nil, acquireErrorFor(st, err)
+			return nil, g.acquireErrorFor(st, err)
 		}
 		st.useLease(lease)
 		started := time.Now()
@@ -166,20 +170,23 @@ func (g *Gateway) openTunnel(ctx context.Context, st *reqState, target string) (
 			latency := time.Since(started)
 			g.metrics.upstreamLatency(st.kind, latency)
 			g.reportSuccess(ctx, lease, g.withTarget(st, pharox.Outcome{Kind: pharox.OutcomeSuccess, Latency: latency}))
-			return &tunnel{g: g, held: g.hold(ctx, lease), conn: conn}, nil
+			tn := &tunnel{g: g, conn: conn}
+			tn.m.used.Store(true)
+			tn.held = g.hold(ctx, lease, &tn.m)
+			return tn, nil
 		}
 		if aerr.kind == failCanceled || aerr.kind == failTarget {
 			st.reason = aerr.reason
-			g.release(ctx, lease)
+			g.release(ctx, lease, nil)
 			if aerr.kind == failCanceled {
-				return nil, &gwError{statusClientGone, aerr.reason}
+				return nil, &gwError{status: statusClientGone, reason: aerr.reason}
 			}
-			return nil, &gwError{http.StatusBadGateway, aerr.reason}
+			return nil, &gwError{status: http.StatusBadGateway, reason: aerr.reason}
 		}
 		g.failed(ctx, st, lease, aerr)
 		if attempt > 0 {
-			g.release(ctx, lease)
-			return nil, &gwError{http.StatusBadGateway, aerr.reason}
+			g.release(ctx, lease, nil)
+			return nil, &gwError{status: http.StatusBadGateway, reason: aerr.reason}
 		}
 		exclude = append(exclude, lease.ProxyID)
 		prev, prevErr = lease, aerr
@@ -198,7 +205,7 @@ func (t *tunnel) close() {
 func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request, st *reqState) {
 	target := r.Host
 	if _, port, err := net.SplitHostPort(target); err != nil || port == "" {
-		g.writeError(w, &gwError{http.StatusBadRequest, "CONNECT needs host:port"})
+		g.writeError(w, &gwError{status: http.StatusBadRequest, reason: "CONNECT needs host:port"})
 		return
 	}
 	st.target = g.targetOf(target)
@@ -215,7 +222,7 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request, st *reqSt
 	defer tn.close()
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
-		g.writeError(w, &gwError{http.StatusInternalServerError, "cannot take over the connection: " + err.Error()})
+		g.writeError(w, &gwError{status: http.StatusInternalServerError, reason: "cannot take over the connection: " + err.Error()})
 		return
 	}
 	defer conn.Close()
@@ -239,21 +246,24 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request, st *reqSt
 		stop := tn.watchIdle(conn)
 		defer stop()
 	}
-	g.pipe(conn, clientR, tn.conn, upR, st)
+	g.pipe(conn, clientR, tn, upR, st)
 	if tn.idled.Load() {
 		st.reason = "closed after the idle timeout"
 	}
 }
 
-// pipe copies both ways between the client and the upstream until both
-// directions end. A direction that ends cleanly half-closes its peer; one
+// pipe copies both ways between the client and the tunnel's upstream
+// until both directions end, counting the payload into st and the
+// tunnel's meter. A direction that ends cleanly half-closes its peer; one
 // that fails closes both, which ends the other.
-func (g *Gateway) pipe(client net.Conn, clientR io.Reader, up net.Conn, upR io.Reader, st *reqState) {
+func (g *Gateway) pipe(client net.Conn, clientR io.Reader, tn *tunnel, upR io.Reader, st *reqState) {
+	up := tn.conn
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		n, err := g.copy(up, clientR)
 		st.sent.Add(n)
+		tn.m.AddSent(n)
 		if err != nil {
 			client.Close()
 			up.Close()
@@ -263,6 +273,7 @@ func (g *Gateway) pipe(client net.Conn, clientR io.Reader, up net.Conn, upR io.R
 	}()
 	n, err := g.copy(client, upR)
 	st.received.Add(n)
+	tn.m.AddReceived(n)
 	if err != nil {
 		client.Close()
 		up.Close()

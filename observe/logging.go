@@ -9,10 +9,10 @@ import (
 	"github.com/pharox/pharox"
 )
 
-// Logging returns callbacks that log acquisitions to l: every miss (Info)
-// and every error (Error), but only one successful acquisition in every
-// (Debug), so a busy pool does not flood the log. every below 1 logs each
-// one. Releases are not logged. Proxies are logged through their LogValue,
+// Logging returns callbacks that log acquisitions to l: every miss and
+// every refusal by a quota (Info) and every error (Error), but only one
+// successful acquisition in every (Debug), so a busy pool does not flood
+// the log. every below 1 logs each one. Releases are not logged. Proxies are logged through their LogValue,
 // which hides passwords.
 func Logging(l *slog.Logger, every int) []pharox.ManagerOption {
 	if every < 1 {
@@ -48,6 +48,11 @@ func Logging(l *slog.Logger, every int) []pharox.ManagerOption {
 						slog.Int("total", ev.Stats.TotalProxies))
 				}
 				l.LogAttrs(ctx, slog.LevelInfo, "pharox: no proxy available", attrs...)
+			case errors.Is(ev.Err, pharox.ErrQuotaExceeded):
+				// A limit doing its job: one line each, for the operator
+				// who wonders why a consumer is refused.
+				attrs = append(attrs, slog.String("err", ev.Err.Error()))
+				l.LogAttrs(ctx, slog.LevelInfo, "pharox: acquire refused by a quota", attrs...)
 			case errors.Is(ev.Err, pharox.ErrPoolNotFound), errors.Is(ev.Err, pharox.ErrConsumerNotFound),
 				errors.Is(ev.Err, pharox.ErrInvalidArgument), errors.Is(ev.Err, pharox.ErrAlreadyExists):
 				// The caller's mistake, answered to it: nothing for an

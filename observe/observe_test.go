@@ -305,3 +305,77 @@ func TestPrometheusCountsAcquisitionsForASite(t *testing.T) {
 		t.Errorf("%d target acquisition series, want hit and miss only", n)
 	}
 }
+
+// TestPrometheusCountsQuotaRefusalsAndUsage: an acquisition a quota
+// refuses counts as refused and by subject and limit, and the usage
+// reported at release adds up by pool, never by consumer or site; the
+// refusal is logged at Info, not as an error.
+func TestPrometheusCountsQuotaRefusalsAndUsage(t *testing.T) {
+	ctx := context.Background()
+	reg := prometheus.NewRegistry()
+	rec, err := observe.NewPrometheus(reg, observe.PrometheusOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf syncBuffer
+	l := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	store := setup(t, 2)
+	mgr := pharox.NewManager(store, append(rec.ManagerOptions(), observe.Logging(l, 1)...)...)
+	c, err := mgr.EnsureConsumer(ctx, "w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mgr.SetQuota(ctx, pharox.Quota{Subject: pharox.QuotaConsumer, SubjectID: c.ID,
+		QuotaLimits: pharox.QuotaLimits{MaxConcurrentLeases: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	opts := &pharox.AcquireOptions{Consumer: "w", Target: "shop.example.com"}
+	lease, err := mgr.Acquire(ctx, "main", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mgr.Acquire(ctx, "main", opts); !errors.Is(err, pharox.ErrQuotaExceeded) {
+		t.Fatalf("second acquisition: %v, want a quota refusal", err)
+	}
+	if _, err := mgr.ReleaseWithUsage(ctx, lease.ID, pharox.Usage{Requests: 3, BytesSent: 40, BytesReceived: 500}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		got  float64
+		want float64
+	}{
+		{"quota_refusals_total{consumer,max_concurrent_leases}", testutil.ToFloat64(rec.QuotaRefusals().WithLabelValues("consumer", "max_concurrent_leases")), 1},
+		{"acquire_total{refused}", testutil.ToFloat64(rec.AcquireTotal().WithLabelValues("main", "", "first_available", "refused")), 1},
+		{"acquire_total{error}", testutil.ToFloat64(rec.AcquireTotal().WithLabelValues("main", "", "first_available", "error")), 0},
+		{"usage_bytes_total{main,sent}", testutil.ToFloat64(rec.UsageBytes().WithLabelValues("main", "sent")), 40},
+		{"usage_bytes_total{main,received}", testutil.ToFloat64(rec.UsageBytes().WithLabelValues("main", "received")), 500},
+		{"usage_requests_total{main}", testutil.ToFloat64(rec.UsageRequests().WithLabelValues("main")), 3},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+	// A release without usage, and a second release, add nothing.
+	lease, err = mgr.Acquire(ctx, "main", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mgr.Release(ctx, lease.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mgr.ReleaseWithUsage(ctx, lease.ID, pharox.Usage{BytesSent: 1}); !errors.Is(err, pharox.ErrLeaseNotActive) {
+		t.Fatalf("second release: %v", err)
+	}
+	if got := testutil.ToFloat64(rec.UsageBytes().WithLabelValues("main", "sent")); got != 40 {
+		t.Errorf("usage_bytes_total{main,sent} = %v after releases without usage, want 40", got)
+	}
+	problems, err := testutil.GatherAndLint(reg)
+	if err != nil || len(problems) > 0 {
+		t.Fatalf("lint: %v %+v", err, problems)
+	}
+	out := buf.String()
+	if !strings.Contains(out, "level=INFO msg=\"pharox: acquire refused by a quota\"") || strings.Contains(out, "level=ERROR") {
+		t.Errorf("a quota refusal must be logged at Info, once:\n%s", out)
+	}
+}

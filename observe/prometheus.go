@@ -14,6 +14,9 @@ const (
 	StatusHit   = "hit"
 	StatusMiss  = "miss"
 	StatusError = "error"
+	// StatusRefused is an acquisition a quota refused (429 on the wire):
+	// the consumer or pool is over its limit, nothing failed.
+	StatusRefused = "refused"
 )
 
 // unknownPool labels attempts on pools that do not exist, so that clients
@@ -48,10 +51,18 @@ type PrometheusOptions struct {
 //	pharox_pool_proxies{pool,status}                           gauge
 //	pharox_health_checks_total{pool,status}                    counter
 //	pharox_target_acquire_total{pool,status}                   counter
+//	pharox_quota_refusals_total{subject,limit}                 counter
+//	pharox_usage_bytes_total{pool,direction}                   counter
+//	pharox_usage_requests_total{pool}                          counter
 //
 // target_acquire_total counts the acquisitions that named a site (target),
 // with no label per site, which would grow with traffic.
-// status of acquire is hit, miss or error; consumer is empty unless
+// quota_refusals_total counts acquisitions refused by a quota, by subject
+// (consumer or pool) and limit (max_concurrent_leases, requests_per_minute,
+// bytes_per_day, bytes_per_month). usage_bytes_total (direction sent or
+// received) and usage_requests_total add up the usage reported at release;
+// their only label is the pool, never the consumer or the target.
+// status of acquire is hit, miss, refused (by a quota) or error; consumer is empty unless
 // PrometheusOptions.ConsumerLabels. The pool gauges follow the
 // PoolStats snapshot carried by each event.
 type Prometheus struct {
@@ -67,6 +78,9 @@ type Prometheus struct {
 	byStatus        *prometheus.GaugeVec
 	healthChecks    *prometheus.CounterVec
 	targetAcquire   *prometheus.CounterVec
+	quotaRefusals   *prometheus.CounterVec
+	usageBytes      *prometheus.CounterVec
+	usageRequests   *prometheus.CounterVec
 	pools           sync.Map // pool name -> *poolGauges
 }
 
@@ -125,9 +139,22 @@ func NewPrometheus(reg prometheus.Registerer, opts PrometheusOptions) (*Promethe
 			Namespace: ns, Subsystem: "target", Name: "acquire_total",
 			Help: "Acquisitions that named a site (target), by pool and result (hit; miss when no proxy was free and not cooling down for the site; error).",
 		}, []string{"pool", "status"}),
+		quotaRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: "quota", Name: "refusals_total",
+			Help: "Acquisitions refused by a quota, by subject (consumer or pool) and limit.",
+		}, []string{"subject", "limit"}),
+		usageBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: "usage", Name: "bytes_total",
+			Help: "Bytes reported at release as carried through the leased proxies, by pool and direction (sent or received).",
+		}, []string{"pool", "direction"}),
+		usageRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: "usage", Name: "requests_total",
+			Help: "Requests reported at release as sent through the leased proxies, by pool.",
+		}, []string{"pool"}),
 	}
 	for _, c := range []prometheus.Collector{p.acquireTotal, p.acquireDuration, p.releaseTotal, p.leaseDuration,
-		p.available, p.active, p.leased, p.leases, p.byStatus, p.healthChecks, p.targetAcquire} {
+		p.available, p.active, p.leased, p.leases, p.byStatus, p.healthChecks, p.targetAcquire,
+		p.quotaRefusals, p.usageBytes, p.usageRequests} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -157,6 +184,11 @@ func (p *Prometheus) ObserveAcquire(_ context.Context, ev pharox.AcquireEvent) {
 	case ev.Err == nil:
 	case errors.Is(ev.Err, pharox.ErrNoProxyAvailable):
 		status = StatusMiss
+	case errors.Is(ev.Err, pharox.ErrQuotaExceeded):
+		status = StatusRefused
+		if qe, ok := errors.AsType[*pharox.QuotaError](ev.Err); ok {
+			p.quotaRefusals.WithLabelValues(string(qe.Subject), qe.Limit).Inc()
+		}
 	default:
 		status = StatusError
 	}
@@ -180,6 +212,12 @@ func (p *Prometheus) ObserveRelease(_ context.Context, ev pharox.ReleaseEvent) {
 		consumer = ev.Lease.ConsumerName
 	}
 	p.releaseTotal.WithLabelValues(ev.Pool, p.consumer(consumer)).Inc()
+	if ev.Lease != nil && ev.Lease.Usage != nil {
+		u := ev.Lease.Usage
+		p.usageBytes.WithLabelValues(ev.Pool, "sent").Add(float64(u.BytesSent))
+		p.usageBytes.WithLabelValues(ev.Pool, "received").Add(float64(u.BytesReceived))
+		p.usageRequests.WithLabelValues(ev.Pool).Add(float64(u.Requests))
+	}
 	if ev.LeaseDuration >= 0 {
 		p.leaseDuration.WithLabelValues(ev.Pool).Observe(ev.LeaseDuration.Seconds())
 	}
@@ -250,3 +288,12 @@ func (p *Prometheus) HealthChecks() *prometheus.CounterVec { return p.healthChec
 
 // TargetAcquire is the counter of acquisitions that named a site.
 func (p *Prometheus) TargetAcquire() *prometheus.CounterVec { return p.targetAcquire }
+
+// QuotaRefusals is the counter of acquisitions refused by a quota.
+func (p *Prometheus) QuotaRefusals() *prometheus.CounterVec { return p.quotaRefusals }
+
+// UsageBytes is the counter of bytes reported at release.
+func (p *Prometheus) UsageBytes() *prometheus.CounterVec { return p.usageBytes }
+
+// UsageRequests is the counter of requests reported at release.
+func (p *Prometheus) UsageRequests() *prometheus.CounterVec { return p.usageRequests }

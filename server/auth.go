@@ -27,7 +27,7 @@ const (
 	// RoleConsumer may ensure consumers, acquire leases, read, renew and
 	// release them, report outcomes, and read pools and their stats. A
 	// stored consumer key does so only as its consumers and on their
-	// leases, from its pools.
+	// leases, from its pools, and reads its consumers' usage and quotas.
 	RoleConsumer
 	// RoleAdmin may do everything.
 	RoleAdmin

@@ -97,6 +97,7 @@ func invalidDetail(err error) string {
 var layerNames = map[string]bool{
 	"pharox": true, "sqlite": true, "memory": true, "postgres": true, "redis": true,
 	"proxy": true, "pool": true, "lease": true, "consumer": true, "manager": true,
+	"quota": true,
 }
 
 func lowerFirst(s string) string {
@@ -136,6 +137,15 @@ func errorStatus(err error) (status int, detail string, internal bool) {
 		// A wait that ran out wraps both the miss and the deadline: it is
 		// still a miss for the client.
 		return http.StatusConflict, noProxyDetail, false
+	case errors.Is(err, pharox.ErrQuotaExceeded):
+		// Checked before the context errors: a wait that ran out while a
+		// quota still refused joins the refusal and the deadline.
+		if qe, ok := errors.AsType[*pharox.QuotaError](err); ok {
+			return http.StatusTooManyRequests, quotaDetail(qe), false
+		}
+		return http.StatusTooManyRequests, "Over a quota", false
+	case errors.Is(err, pharox.ErrQuotaNotFound):
+		return http.StatusNotFound, sentinelDetailOr(err, "Quota not found"), false
 	case errors.Is(err, pharox.ErrPoolNotFound):
 		return http.StatusNotFound, "Pool not found", false
 	case errors.Is(err, pharox.ErrProxyNotFound):
@@ -143,7 +153,7 @@ func errorStatus(err error) (status int, detail string, internal bool) {
 	case errors.Is(err, pharox.ErrLeaseNotFound):
 		return http.StatusNotFound, "Lease not found", false
 	case errors.Is(err, pharox.ErrConsumerNotFound):
-		return http.StatusNotFound, "Consumer not found", false
+		return http.StatusNotFound, sentinelDetailOr(err, "Consumer not found"), false
 	case errors.Is(err, pharox.ErrKeyNotFound):
 		return http.StatusNotFound, sentinelDetailOr(err, "API key not found"), false
 	case errors.Is(err, pharox.ErrKeyRevoked):

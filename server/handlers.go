@@ -720,13 +720,17 @@ func (s *Server) getLease(r *http.Request) (any, error) {
 // the same whichever store is behind it. The normal case, a lease this
 // server handed out or renewed that is well before its expiry, needs no
 // such check and is one store round trip: the release itself.
+//
+// The body may report the traffic the lease carried; the store counts it
+// only if this release ends the lease, so a repeated release counts
+// nothing, and a lease that expired reports nothing.
 func (s *Server) release(r *http.Request) (any, error) {
 	id, err := pathID(r, "lease_id", pharox.ErrLeaseNotFound)
 	if err != nil {
 		return nil, err
 	}
-	var body struct{}
-	if err := decodeBody(r, &body, true); err != nil {
+	usage, err := releaseUsage(r)
+	if err != nil {
 		return nil, err
 	}
 	ctx := r.Context()
@@ -734,7 +738,7 @@ func (s *Server) release(r *http.Request) (any, error) {
 		return nil, err
 	}
 	if s.expiries.farFromExpiry(id, time.Now()) {
-		released, err := s.mgr.Release(ctx, id)
+		released, err := s.endLease(ctx, id, usage)
 		if err == nil {
 			s.auditRelease(r, released)
 			return api.FromLease(released, false), nil
@@ -760,7 +764,7 @@ func (s *Server) release(r *http.Request) (any, error) {
 	if l.Status != pharox.LeaseActive {
 		return api.FromLease(l, false), nil
 	}
-	released, err := s.mgr.Release(ctx, id)
+	released, err := s.endLease(ctx, id, usage)
 	if errors.Is(err, pharox.ErrLeaseNotActive) {
 		// It ended between the read and the release (another release, the
 		// reaper, or the store reclaiming it as expired).
@@ -772,6 +776,36 @@ func (s *Server) release(r *http.Request) (any, error) {
 		return nil, err
 	}
 	return api.FromLease(released, false), nil
+}
+
+// releaseUsage reads a release's optional body: nothing, {} or a usage
+// report. A counter that is negative or absurd is refused, naming it.
+func releaseUsage(r *http.Request) (*pharox.Usage, error) {
+	var body api.ReleaseRequest
+	if err := decodeBody(r, &body, true); err != nil {
+		return nil, err
+	}
+	if body.Usage == nil {
+		return nil, nil
+	}
+	if err := body.Usage.Validate(); err != nil {
+		// "usage: bytes_sent must not be negative" names the field as
+		// usage.bytes_sent, the way the client spells it.
+		msg := err.Error()
+		if i := strings.LastIndex(msg, "usage: "); i >= 0 {
+			msg = msg[i+len("usage: "):]
+		}
+		return nil, unprocessable("usage.%s", msg)
+	}
+	return body.Usage, nil
+}
+
+// endLease releases a lease, with the traffic its holder reported if any.
+func (s *Server) endLease(ctx context.Context, id uuid.UUID, usage *pharox.Usage) (*pharox.Lease, error) {
+	if usage == nil {
+		return s.mgr.Release(ctx, id)
+	}
+	return s.mgr.ReleaseWithUsage(ctx, id, *usage)
 }
 
 func (s *Server) renew(r *http.Request) (any, error) {

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/api"
 )
 
@@ -226,7 +227,17 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	case internal:
 		s.log.Error("pharox server: request failed", "method", r.Method, "route", routeOf(r), "err", err)
 	}
-	writeJSON(w, status, api.Error{Detail: detail})
+	body := api.Error{Detail: detail}
+	if status == http.StatusTooManyRequests {
+		if qe, ok := errors.AsType[*pharox.QuotaError](err); ok {
+			// The detail says it in a sentence; the header and the quota
+			// field say it to programs.
+			refusal := api.FromQuotaError(qe)
+			w.Header().Set("Retry-After", strconv.FormatInt(refusal.RetryAfterSeconds, 10))
+			body.Quota = &refusal
+		}
+	}
+	writeJSON(w, status, body)
 }
 
 // decodeBody decodes the JSON body into dst. Unknown fields are ignored,

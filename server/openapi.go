@@ -75,6 +75,11 @@ func buildOpenAPI(routes []route, metricsPublic bool) obj {
 				p["description"] = "the pool's id (UUID) or, as a convenience, its name"
 			case "key_id":
 				p["description"] = "the key's id (UUID) or its name"
+			case "subject":
+				p["schema"] = obj{"type": "string", "enum": []string{"consumer", "pool", "proxy"}}
+				p["description"] = "what the quota limits"
+			case "name_or_id":
+				p["description"] = "a consumer's or pool's name or id (UUID), or a proxy's id"
 			default:
 				p["schema"] = obj{"type": "string", "format": "uuid"}
 			}
@@ -231,6 +236,8 @@ var requestRequired = map[reflect.Type][]string{
 	reflect.TypeOf(api.OutcomeRequest{}):        {"kind"},
 	reflect.TypeOf(api.AcquireRequest{}):        nil,
 	reflect.TypeOf(api.SweepRequest{}):          nil,
+	reflect.TypeOf(api.ReleaseRequest{}):        nil,
+	reflect.TypeOf(api.QuotaLimits{}):           nil,
 }
 
 func (g *schemaGen) structSchema(t reflect.Type) obj {

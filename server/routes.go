@@ -149,13 +149,16 @@ func routeTable() []route {
 				"like consumer_name (the Python SDK sends names there). 409 {\"detail\": \"No proxy available\"} when nothing fits, after waiting up to " +
 				"wait_seconds; a wait longer than the server's maximum is refused (422). The answer carries the proxy with its credentials and URL. " +
 				"With target (a host name, host:port, IP address or URL; normalized to its registrable domain) proxies cooling down for that site " +
-				"are skipped; a target that is none of these is 422, and 501 when the server's store keeps no per-site health.",
+				"are skipped; a target that is none of these is 422, and 501 when the server's store keeps no per-site health. " +
+				"429 when the consumer or the pool is over a quota (see /v1/quotas/): Retry-After says in how many seconds to try again, " +
+				"the detail names the quota in a sentence and the quota field for programs. With wait_seconds, a concurrency or " +
+				"request-rate refusal is waited out like a busy pool.",
 			Role: RoleConsumer, Request: api.AcquireRequest{}, Status: 201, Response: api.Lease{},
 			Query: []queryParam{{Name: IdempotencyKeyHeader, In: "header", Type: "string",
 				Description: "1 to 255 printable ASCII characters, no spaces: repeating an acquisition with the same key and consumer " +
 					"returns the same lease as it is now (active or ended) and never takes a second slot; the same key for another pool is 422. " +
 					"The answer repeats the key."}},
-			Errors: []int{404, 409, 501}, api: (*Server).acquireCounted},
+			Errors: []int{404, 409, 429, 501}, api: (*Server).acquireCounted},
 		{Method: "GET", Path: "/v1/leases/", ID: "listLeases", Tag: "leases", Summary: "List leases, oldest first",
 			Description: "A key bound to consumers sees only their leases.",
 			Role:        RoleConsumer, Status: 200, Response: []api.Lease{},
@@ -172,8 +175,11 @@ func routeTable() []route {
 		{Method: "POST", Path: "/v1/leases/{lease_id}/release", ID: "releaseLease", Tag: "leases",
 			Summary: "Release a lease",
 			Description: "Idempotent: a lease that already ended (released, or expired) is answered 200 as it ended and nothing is freed. " +
-				"A lease past its expiry is expired, not released. 404 for an id the server never had.",
-			Role: RoleConsumer, Request: struct{}{}, BodyOptional: true, Status: 200, Response: api.Lease{},
+				"A lease past its expiry is expired, not released. 404 for an id the server never had. " +
+				"The body is optional: {\"usage\": {\"requests\": n, \"bytes_sent\": n, \"bytes_received\": n}} reports the traffic " +
+				"the lease carried; the ended lease keeps it, and it counts in GET /v1/usage and against byte quotas once " +
+				"(a repeated release, or one of a lease that already ended, counts nothing). A negative counter is 422.",
+			Role: RoleConsumer, Request: api.ReleaseRequest{}, BodyOptional: true, Status: 200, Response: api.Lease{},
 			Errors: []int{404}, api: (*Server).release},
 		{Method: "POST", Path: "/v1/leases/{lease_id}/renew", ID: "renewLease", Tag: "leases",
 			Summary: "Extend an active lease to expire ttl_seconds from now", Description: "409 when the lease already ended.",
@@ -189,6 +195,41 @@ func routeTable() []route {
 				"failures after the server's threshold), and a proxy cooling down for many sites is banned everywhere.",
 			Role: RoleConsumer, Request: api.OutcomeRequest{}, Status: 200, Response: api.Proxy{},
 			Errors: []int{404, 409, 501}, api: (*Server).reportOutcome},
+
+		// Usage and quotas.
+		{Method: "GET", Path: "/v1/usage", ID: "usage", Tag: "usage",
+			Summary: "Traffic reported at release, totalled per consumer, proxy, pool or target",
+			Description: "Totals of the usage reported when leases were released, kept in hourly buckets (pharox serve --usage-retention), " +
+				"one row per group ordered by key: the consumer, proxy or pool id (with its name) or the target (\"\" for leases taken " +
+				"without one). since is rounded down to its hour. A key bound to consumers sees only their usage; viewers and admins see all.",
+			Role: RoleConsumer, Status: 200, Response: api.UsageReport{},
+			Query: []queryParam{
+				{Name: "group_by", Type: "string", Description: "consumer (default), proxy, pool or target"},
+				{Name: "since", Type: "string", Description: "from this time (RFC 3339 or Unix seconds); absent means from the first bucket kept"},
+				{Name: "until", Type: "string", Description: "before this time (RFC 3339 or Unix seconds); absent means up to now"},
+				{Name: "pool", Type: "string", Description: "only this pool's usage (name or id)"},
+				{Name: "consumer", Type: "string", Description: "only this consumer's usage (name or id)"},
+			},
+			Errors: []int{404}, api: (*Server).usage},
+		{Method: "GET", Path: "/v1/quotas/", ID: "listQuotas", Tag: "usage", Summary: "List quotas, consumers' then pools' then proxies'",
+			Description: "Each quota with its limits (0 is unlimited) and the bytes counted today and this month (UTC). " +
+				"A key bound to consumers sees only their quotas.",
+			Role: RoleConsumer, Status: 200, Response: []api.Quota{}, api: (*Server).listQuotas},
+		{Method: "GET", Path: "/v1/quotas/{subject}/{name_or_id}", ID: "getQuota", Tag: "usage", Summary: "Get the quota of a consumer, pool or proxy",
+			Description: "404 when the subject has no quota.",
+			Role:        RoleConsumer, Status: 200, Response: api.Quota{}, Errors: []int{404}, api: (*Server).getQuota},
+		{Method: "PUT", Path: "/v1/quotas/{subject}/{name_or_id}", ID: "setQuota", Tag: "usage", Summary: "Set the quota of a consumer, pool or proxy",
+			Description: "Replaces the limits (0 or absent is unlimited; at least one must be set). max_concurrent_leases caps the subject's " +
+				"active leases inside the acquisition, like a proxy's max_concurrency; requests_per_minute is a token bucket refilled " +
+				"continuously; bytes_per_day and bytes_per_month count the traffic reported at release in the UTC day and calendar month and " +
+				"are checked at acquisition, so they are soft by the traffic of the leases active when the limit is reached. " +
+				"A consumer or pool over a quota is refused (429); a proxy takes only byte limits (its traffic allowance) and is not " +
+				"leased until the period ends. A new quota's byte counters start from the usage already recorded today and this month; " +
+				"a replaced one keeps them. A consumer named for the first time is created.",
+			Role: RoleAdmin, Request: api.QuotaLimits{}, Status: 200, Response: api.Quota{}, Errors: []int{404}, api: (*Server).setQuota},
+		{Method: "DELETE", Path: "/v1/quotas/{subject}/{name_or_id}", ID: "deleteQuota", Tag: "usage", Summary: "Remove the quota of a consumer, pool or proxy",
+			Description: "404 when the subject has no quota.",
+			Role:        RoleAdmin, Status: 204, Errors: []int{404}, api: (*Server).deleteQuota},
 
 		// Keys and the audit log.
 		{Method: "POST", Path: "/v1/keys/", ID: "createKey", Tag: "keys", Summary: "Create an API key",
@@ -215,14 +256,14 @@ func routeTable() []route {
 			Description: "Every server sharing the store refuses it within a few seconds. Revoking again changes nothing. Answers the revoked key.",
 			Role:        RoleAdmin, Status: 200, Response: api.APIKey{}, Errors: []int{404, 501}, api: (*Server).revokeKey},
 		{Method: "GET", Path: "/v1/audit/", ID: "listAudit", Tag: "keys", Summary: "Admin actions, newest first",
-			Description: "Pool, proxy and key changes, status overrides and releases of consumers' leases by admins, with the acting key's name " +
+			Description: "Pool, proxy, quota and key changes, status overrides and releases of consumers' leases by admins, with the acting key's name " +
 				"(\"bootstrap\" for keys from the server's configuration).",
 			Role: RoleAdmin, AdminOnly: true, Status: 200, Response: []api.AuditEntry{},
 			Query: []queryParam{
 				{Name: "since", Type: "string", Format: "date-time", Description: "entries at or after this time"},
 				{Name: "until", Type: "string", Format: "date-time", Description: "entries before this time"},
 				{Name: "actor", Type: "string", Description: "key name"},
-				{Name: "action", Type: "string", Description: "e.g. pool.create, proxy.status, key.revoke, lease.release"},
+				{Name: "action", Type: "string", Description: "e.g. pool.create, proxy.status, quota.set, quota.delete, key.revoke, lease.release"},
 				{Name: "limit", Type: "integer", Description: "at most this many (default 100, max 1000)"},
 			},
 			Errors: []int{501}, api: (*Server).listAudit},

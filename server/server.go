@@ -19,9 +19,16 @@
 // consumer keys may lease (acquire, read, renew, release, report
 // outcomes), ensure and list consumers and read pools and stats. A stored
 // consumer key acts only as its consumers, on their leases (404 for
-// others'), from its pools (403 otherwise); bootstrap consumer keys may use
-// a bounded number of consumer names (Options.MaxConsumersPerKey). Admin
-// changes go to the store's audit log (/v1/audit/). /healthz, /readyz and
+// others'), from its pools (403 otherwise), and reads its consumers' usage
+// and quotas; bootstrap consumer keys may use a bounded number of consumer
+// names (Options.MaxConsumersPerKey) and read no usage or quotas. Admin
+// changes go to the store's audit log (/v1/audit/).
+//
+// Releases may report the traffic the lease carried; /v1/usage totals it
+// and /v1/quotas/ limits consumers, pools and proxies. An acquisition over
+// a quota is answered 429 with Retry-After, a detail naming the quota and
+// an [api.QuotaRefusal]; the reaper purges usage buckets older than
+// Options.UsageRetention. /healthz, /readyz and
 // /openapi.json need no key; /metrics needs one of any role unless
 // Options.MetricsPublic.
 //
@@ -118,6 +125,10 @@ type Options struct {
 	// LeaseRetention is how long ended leases are kept before the reaper
 	// purges them (DefaultLeaseRetention; negative keeps them forever).
 	LeaseRetention time.Duration
+	// UsageRetention is how long the hourly usage buckets are kept: the
+	// reaper purges older ones once an hour (DefaultUsageRetention;
+	// negative keeps them forever).
+	UsageRetention time.Duration
 
 	// Gatherer is served at /metrics; nil serves the HTTP metrics only.
 	Gatherer prometheus.Gatherer
@@ -195,6 +206,11 @@ type Server struct {
 
 	// ui keeps the dashboard's history and sweeps in flight.
 	ui *ui.Recorder
+
+	// usagePurgeMu guards nextUsagePurge, when the reaper next purges
+	// usage buckets (see purgeUsage).
+	usagePurgeMu   sync.Mutex
+	nextUsagePurge time.Time
 }
 
 // New returns a Server over mgr.
@@ -216,6 +232,9 @@ func New(mgr *pharox.Manager, opts Options) *Server {
 	}
 	if opts.LeaseRetention == 0 {
 		opts.LeaseRetention = DefaultLeaseRetention
+	}
+	if opts.UsageRetention == 0 {
+		opts.UsageRetention = DefaultUsageRetention
 	}
 	if opts.ShutdownTimeout <= 0 {
 		opts.ShutdownTimeout = opts.MaxWait + 10*time.Second
@@ -361,7 +380,8 @@ func (s *Server) every(ctx context.Context, d time.Duration, fn func(context.Con
 	}
 }
 
-// Reap reclaims expired leases and purges ended leases older than the
+// Reap reclaims expired leases, purges ended leases older than the lease
+// retention and, once an hour, usage buckets older than the usage
 // retention. Errors are logged: the next round tries again.
 func (s *Server) Reap(ctx context.Context) {
 	s.expiries.prune(time.Now())
@@ -381,6 +401,7 @@ func (s *Server) Reap(ctx context.Context) {
 			s.log.Info("pharox server: purged ended leases", "count", n, "retention", s.opts.LeaseRetention)
 		}
 	}
+	s.purgeUsage(ctx, time.Now())
 }
 
 // SweepAll runs a health sweep of every pool, one after another.

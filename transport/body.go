@@ -20,7 +20,7 @@ func (t *Transport) deliver(ctx context.Context, a *attempt, pool string, opts *
 		d = pharox.DefaultLeaseDuration
 	}
 	// One allocation for the body and its lease.
-	body := &leasedBody{heldLease: heldLease{t: t, reqCtx: ctx, ctx: context.WithoutCancel(ctx), lease: a.lease, pt: a.pt, pool: pool, d: d}}
+	body := &leasedBody{heldLease: heldLease{t: t, reqCtx: ctx, ctx: context.WithoutCancel(ctx), lease: a.lease, m: a.m, pt: a.pt, pool: pool, d: d}}
 	h := &body.heldLease
 	if a.outcome.Kind == pharox.OutcomeSuccess {
 		// Reported when the body ends, which may still turn it into a
@@ -53,6 +53,7 @@ type heldLease struct {
 	reqCtx context.Context // the request's, to tell a caller's cancel from a broken body
 	ctx    context.Context // the request's without its cancellation
 	lease  *pharox.Lease
+	m      *meter // nil without metering
 	pt     *proxyTransport
 	pool   string
 	d      time.Duration // lease duration, renewed to
@@ -138,7 +139,7 @@ func (h *heldLease) finish() {
 	case pharox.OutcomeFailure:
 		h.t.report(h.ctx, h.lease, o)
 	}
-	h.t.release(h.ctx, h.lease)
+	h.t.release(h.ctx, h.lease, h.m)
 	if h.pt != nil && h.pt.retired.Load() {
 		// The proxy's transport left the cache while this body was read:
 		// close the connection it returns to it.
@@ -157,6 +158,10 @@ func (b *leasedBody) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
 	b.reading.Add(-1)
 	b.reads.Add(1)
+	if n > 0 && b.m != nil && b.m.shared.Load() {
+		// HTTP/2: the connection is not this request's alone.
+		b.m.bodyReceived.Add(int64(n))
+	}
 	if err != nil {
 		if err == io.EOF {
 			b.finish()

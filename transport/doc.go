@@ -30,7 +30,12 @@
 //
 // When every matching proxy is busy a request waits for a free one up to
 // [WithMaxWait] and never past its context's deadline, then fails with an
-// error wrapping [pharox.ErrNoProxyAvailable] (test it with errors.Is).
+// error wrapping [pharox.ErrNoProxyAvailable] (test it with errors.Is). A
+// consumer or pool at its quota's concurrency cap or out of its request
+// rate is waited out the same way; a refusal that outlasts the wait, or
+// one for bytes per day or month, fails with an error wrapping a
+// [*pharox.QuotaError] ([pharox.ErrQuotaExceeded]), saying which limit
+// and when to retry.
 //
 // # Upstreams
 //
@@ -67,6 +72,24 @@
 // default. Failures count against the proxy everywhere. [WithoutTargetHealth]
 // turns this off; a lease source that keeps no per-site health turns it
 // off by itself.
+//
+// # Metering
+//
+// Each lease's release reports the traffic it carried ([pharox.Usage]):
+// one request, and its bytes on the connection through the proxy
+// (request line, headers and body out, the answer in, and the handshakes
+// of a connection dialed for it: SOCKS, CONNECT, TLS), counted by a thin
+// wrapper on the connection, which HTTP/1 gives one request at a time.
+// The handshakes of a connection dialed for a request that ended before
+// the dial did count for the next request that uses the connection, and
+// not at all if none does.
+// Over HTTP/2 (an https:// site that negotiates it through the proxy's
+// tunnel) concurrent requests share a connection, so each counts its
+// request and response bodies only. A failed attempt that got no
+// connection reports zero; a lease that expires (a body never read nor
+// closed) reports nothing. The lease source adds the report to its usage
+// aggregates and quota counters as part of the release, with no call of
+// its own; [WithoutMetering] reports nothing.
 //
 // # Metrics
 //

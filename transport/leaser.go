@@ -21,8 +21,10 @@ type Leaser interface {
 	// to that long for a free slot. A miss wraps pharox.ErrNoProxyAvailable.
 	// The lease must carry its Proxy with credentials.
 	Acquire(ctx context.Context, pool string, opts *pharox.AcquireOptions, wait time.Duration) (*pharox.Lease, error)
-	// Release ends the lease.
-	Release(ctx context.Context, lease *pharox.Lease) error
+	// Release ends the lease. usage is the traffic it carried, as the
+	// Transport metered it, or nil when metering is off (WithoutMetering):
+	// the lease source then records none.
+	Release(ctx context.Context, lease *pharox.Lease, usage *pharox.Usage) error
 	// Renew moves the lease's expiry to d from now.
 	Renew(ctx context.Context, lease *pharox.Lease, d time.Duration) error
 	// ReportOutcome feeds how a request through the lease went into the
@@ -40,7 +42,7 @@ type localLeaser struct{ m *pharox.Manager }
 
 func (l localLeaser) Acquire(ctx context.Context, pool string, opts *pharox.AcquireOptions, wait time.Duration) (*pharox.Lease, error) {
 	lease, err := l.m.Acquire(ctx, pool, opts)
-	if wait <= 0 || !errors.Is(err, pharox.ErrNoProxyAvailable) {
+	if wait <= 0 || !(errors.Is(err, pharox.ErrNoProxyAvailable) || quotaWaitable(err)) {
 		// Most acquisitions find a free proxy at once: they need no timer.
 		return lease, err
 	}
@@ -49,8 +51,13 @@ func (l localLeaser) Acquire(ctx context.Context, pool string, opts *pharox.Acqu
 	return l.m.AcquireWait(wctx, pool, opts)
 }
 
-func (l localLeaser) Release(ctx context.Context, lease *pharox.Lease) error {
-	_, err := l.m.Release(ctx, lease.ID)
+func (l localLeaser) Release(ctx context.Context, lease *pharox.Lease, usage *pharox.Usage) error {
+	var err error
+	if usage != nil {
+		_, err = l.m.ReleaseWithUsage(ctx, lease.ID, *usage)
+	} else {
+		_, err = l.m.Release(ctx, lease.ID)
+	}
 	return err
 }
 
@@ -61,6 +68,15 @@ func (l localLeaser) Renew(ctx context.Context, lease *pharox.Lease, d time.Dura
 
 func (l localLeaser) ReportOutcome(ctx context.Context, lease *pharox.Lease, o pharox.Outcome) (*pharox.Proxy, error) {
 	return l.m.ReportOutcome(ctx, lease, o)
+}
+
+// quotaWaitable reports whether err is a quota refusal that a wait can
+// see end within seconds, which Manager.AcquireWait waits out: a full
+// concurrency cap or an empty request bucket (not a day's or month's
+// bytes).
+func quotaWaitable(err error) bool {
+	qe, ok := errors.AsType[*pharox.QuotaError](err)
+	return ok && (qe.Limit == pharox.LimitMaxConcurrentLeases || qe.Limit == pharox.LimitRequestsPerMinute)
 }
 
 // Remote returns a Leaser over a pharox service. The service bounds how
@@ -115,10 +131,15 @@ func (r remoteLeaser) giveBack(ctx context.Context, id uuid.UUID) {
 	_, _ = r.c.Release(rctx, id)
 }
 
-func (r remoteLeaser) Release(ctx context.Context, lease *pharox.Lease) error {
+func (r remoteLeaser) Release(ctx context.Context, lease *pharox.Lease, usage *pharox.Usage) error {
 	ctx, cancel := context.WithTimeout(ctx, leaseCallTimeout)
 	defer cancel()
-	_, err := r.c.Release(ctx, lease.ID)
+	var err error
+	if usage != nil {
+		_, err = r.c.ReleaseWithUsage(ctx, lease.ID, *usage)
+	} else {
+		_, err = r.c.Release(ctx, lease.ID)
+	}
 	return err
 }
 

@@ -199,6 +199,18 @@ func WithoutTargetHealth() Option {
 	}
 }
 
+// WithoutMetering stops counting traffic per lease. By default each
+// release reports what the lease carried (pharox.Usage: one request, and
+// its bytes on the connection through the proxy, see the package doc),
+// which the lease source adds to its usage aggregates and quota counters
+// as part of the release.
+func WithoutMetering() Option {
+	return func(t *Transport) error {
+		t.noMetering = true
+		return nil
+	}
+}
+
 // WithObserver sends the Transport's events (requests, outcomes, lease
 // waits) to o, for example an observe.TransportMetrics.
 func WithObserver(o Observer) Option {

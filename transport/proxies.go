@@ -15,6 +15,7 @@ import (
 	"golang.org/x/net/proxy"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/connmeter"
 	"github.com/pharox/pharox/internal/socks4"
 )
 
@@ -55,13 +56,15 @@ type proxyTransport struct {
 type proxyCache struct {
 	base *http.Transport
 	max  int
+	// wrap, when set, wraps each connection to a proxy (metering).
+	wrap func(context.Context, net.Conn) net.Conn
 
 	mu   sync.RWMutex
 	byID map[uuid.UUID]*proxyTransport
 }
 
-func newProxyCache(base *http.Transport, max int) *proxyCache {
-	return &proxyCache{base: base, max: max, byID: make(map[uuid.UUID]*proxyTransport)}
+func newProxyCache(base *http.Transport, max int, wrap func(context.Context, net.Conn) net.Conn) *proxyCache {
+	return &proxyCache{base: base, max: max, wrap: wrap, byID: make(map[uuid.UUID]*proxyTransport)}
 }
 
 // get returns the transport for p, building it on first use.
@@ -175,7 +178,7 @@ func (c *proxyCache) build(p *pharox.Proxy) (*http.Transport, error) {
 		}
 		return nil
 	}
-	fwd := &forwardDialer{dial: (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext}
+	fwd := &forwardDialer{dial: (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext, wrap: c.wrap}
 	if base := c.base.DialContext; base != nil {
 		fwd.dial = base
 	}
@@ -192,11 +195,31 @@ func (c *proxyCache) build(p *pharox.Proxy) (*http.Transport, error) {
 		if p.Credentials != nil && (p.Credentials.User != "" || p.Credentials.Password != "") {
 			auth = &proxy.Auth{User: p.Credentials.User, Password: p.Credentials.Password}
 		}
-		d, err := proxy.SOCKS5("tcp", p.Address(), auth, fwd)
-		if err != nil {
+		if _, err := proxy.SOCKS5("tcp", p.Address(), auth, fwd); err != nil {
 			return nil, fmt.Errorf("transport: proxy %s: %w", p, err)
 		}
-		tr.DialContext = d.(proxy.ContextDialer).DialContext
+		addr := p.Address()
+		tr.DialContext = func(ctx context.Context, network, target string) (net.Conn, error) {
+			// The SOCKS connection hides the proxy connection under it,
+			// which a metered request must find (connmeter.Of).
+			var raw net.Conn
+			d, err := proxy.SOCKS5("tcp", addr, auth, dialFunc(func(ctx context.Context, network, addr string) (net.Conn, error) {
+				c, err := fwd.DialContext(ctx, network, addr)
+				raw = c
+				return c, err
+			}))
+			if err != nil {
+				return nil, err
+			}
+			c, err := d.(proxy.ContextDialer).DialContext(ctx, network, target)
+			if err != nil {
+				return nil, err
+			}
+			if mc, ok := raw.(*connmeter.Conn); ok {
+				return connmeter.Over(c, mc), nil
+			}
+			return c, nil
+		}
 	case pharox.ProtocolSOCKS4:
 		user := ""
 		if p.Credentials != nil {
@@ -224,6 +247,7 @@ func (c *proxyCache) build(p *pharox.Proxy) (*http.Transport, error) {
 // SOCKS proxy from one that answered.
 type forwardDialer struct {
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	wrap func(context.Context, net.Conn) net.Conn // nil: none
 }
 
 func (d *forwardDialer) Dial(network, addr string) (net.Conn, error) {
@@ -235,7 +259,21 @@ func (d *forwardDialer) DialContext(ctx context.Context, network, addr string) (
 	if err != nil {
 		return nil, &proxyUnreachableError{err: err}
 	}
+	if d.wrap != nil {
+		c = d.wrap(ctx, c)
+	}
 	return c, nil
+}
+
+// dialFunc is a dial function as a proxy.Dialer and proxy.ContextDialer.
+type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+func (f dialFunc) Dial(network, addr string) (net.Conn, error) {
+	return f(context.Background(), network, addr)
+}
+
+func (f dialFunc) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	return f(ctx, network, addr)
 }
 
 // connectRefusedError is a CONNECT the proxy answered with an error status.

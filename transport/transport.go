@@ -59,6 +59,7 @@ type Transport struct {
 	observer     Observer
 	log          *slog.Logger
 	noTargetOpt  bool // WithoutTargetHealth
+	noMetering   bool // WithoutMetering
 
 	proxies     *proxyCache
 	lastSuccess sync.Map // proxy id -> unix nanoseconds of the last success reported
@@ -97,7 +98,11 @@ func New(leaser Leaser, pool string, opts ...Option) (*Transport, error) {
 	if t.base == nil {
 		t.base = defaultBase()
 	}
-	t.proxies = newProxyCache(t.base, t.maxProxies)
+	var wrap func(context.Context, net.Conn) net.Conn
+	if !t.noMetering {
+		wrap = meterConn
+	}
+	t.proxies = newProxyCache(t.base, t.maxProxies, wrap)
 	return t, nil
 }
 
@@ -167,7 +172,7 @@ func (t *Transport) roundTrip(ctx context.Context, req *http.Request, pool strin
 			if req.GetBody != nil {
 				body, err := req.GetBody()
 				if err != nil {
-					t.release(context.WithoutCancel(ctx), lease)
+					t.release(context.WithoutCancel(ctx), lease, nil)
 					return nil, n - 1, fmt.Errorf("transport: replay the request body for a retry: %w", err)
 				}
 				out.Body = body
@@ -259,7 +264,7 @@ func (t *Transport) lease(ctx context.Context, pool string, opts *pharox.Acquire
 	var held []*pharox.Lease
 	defer func() {
 		for _, l := range held {
-			t.release(context.WithoutCancel(ctx), l)
+			t.release(context.WithoutCancel(ctx), l, nil) // they carried nothing
 		}
 	}()
 	for range 3 {
@@ -278,6 +283,7 @@ func (t *Transport) lease(ctx context.Context, pool string, opts *pharox.Acquire
 // attempt is one try of a request through one leased proxy.
 type attempt struct {
 	lease   *pharox.Lease
+	m       *meter // nil without metering
 	pt      *proxyTransport
 	resp    *http.Response
 	err     error
@@ -299,6 +305,7 @@ func (t *Transport) try(ctx context.Context, out *http.Request, lease *pharox.Le
 		return a
 	}
 	a.pt = pt
+	out, a.m = t.metered(out)
 	started := time.Now()
 	resp, err := pt.tr.RoundTrip(out)
 	latency := time.Since(started)
@@ -307,7 +314,7 @@ func (t *Transport) try(ctx context.Context, out *http.Request, lease *pharox.Le
 		t.classifyError(ctx, a)
 	} else {
 		a.resp = resp
-		a.outcome = t.classifyResponse(ctx, resp, lease)
+		a.outcome = t.classifyResponse(ctx, resp, lease, a.m)
 		if a.outcome.Kind != "" && a.outcome.StatusCode == 0 {
 			a.outcome.StatusCode = resp.StatusCode
 		}
@@ -330,11 +337,11 @@ func (t *Transport) try(ctx context.Context, out *http.Request, lease *pharox.Le
 
 // classifyResponse runs the classifier; if it panics, the response and
 // the lease are given back before the panic goes on.
-func (t *Transport) classifyResponse(ctx context.Context, resp *http.Response, lease *pharox.Lease) pharox.Outcome {
+func (t *Transport) classifyResponse(ctx context.Context, resp *http.Response, lease *pharox.Lease, m *meter) pharox.Outcome {
 	defer func() {
 		if p := recover(); p != nil {
 			resp.Body.Close()
-			t.release(context.WithoutCancel(ctx), lease)
+			t.release(context.WithoutCancel(ctx), lease, m)
 			panic(p)
 		}
 	}()
@@ -398,7 +405,7 @@ func (t *Transport) giveUp(ctx context.Context, a *attempt, pool string, opts *p
 	if a.resp != nil {
 		return t.deliver(ctx, a, pool, opts), nil
 	}
-	t.release(context.WithoutCancel(ctx), a.lease)
+	t.release(context.WithoutCancel(ctx), a.lease, a.m)
 	if a.pt != nil && a.pt.retired.Load() {
 		a.pt.tr.CloseIdleConnections()
 	}
@@ -417,7 +424,7 @@ func (t *Transport) discard(ctx context.Context, a *attempt) {
 		_, _ = io.CopyN(io.Discard, a.resp.Body, 4<<10)
 		a.resp.Body.Close()
 	}
-	t.release(ctx, a.lease)
+	t.release(ctx, a.lease, a.m)
 	if a.pt != nil && a.pt.retired.Load() {
 		a.pt.tr.CloseIdleConnections()
 	}
@@ -465,18 +472,6 @@ func (t *Transport) reportSuccess(ctx context.Context, lease *pharox.Lease, o ph
 		t.lastSuccess.Store(lease.ProxyID, now)
 	}
 	t.report(ctx, lease, o)
-}
-
-// release gives a lease back. ctx is not cancelled with the request.
-func (t *Transport) release(ctx context.Context, l *pharox.Lease) {
-	if err := t.leaser.Release(ctx, l); err != nil {
-		if errors.Is(err, pharox.ErrLeaseNotActive) {
-			// It expired first (a body nobody read); the slot is free.
-			t.log.Debug("transport: lease ended before its release", "lease", l.ID, "pool", l.PoolName)
-			return
-		}
-		t.log.Error("transport: release lease failed", "lease", l.ID, "pool", l.PoolName, "err", err)
-	}
 }
 
 func closeBody(req *http.Request) {

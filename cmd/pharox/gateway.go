@@ -39,7 +39,7 @@ type gatewayOptions struct {
 	consumer, strategy                 string
 	banStatuses                        []int
 	banMarkers                         []string
-	noTargetHealth                     bool
+	noTargetHealth, noMetering         bool
 	leaseDuration, acquireWait         time.Duration
 	dialTimeout, shutdownTimeout       time.Duration
 	accessLog, allowOpen, keyAuth      bool
@@ -105,11 +105,19 @@ counted for that site only, it takes the upstream from no other site);
 everywhere, as does a lease source that keeps no per-site health; see
 pharox targets --pool NAME.
 
+Traffic is metered per lease: each release reports the requests and bytes
+the lease carried (a forwarded request's bytes on the connection to the
+upstream, a CONNECT or SOCKS5 tunnel's payload each way), which the store
+adds to its hourly usage (pharox usage) and to the byte counters of
+quotas (pharox quota). --no-metering reports nothing. An acquisition a
+quota refuses is answered 429 with Retry-After and the quota named
+(SOCKS5: reply 2, connection not allowed by ruleset).
+
 Tunnels idle for --idle-timeout are closed and their lease released; past
 --max-conns requests and tunnels at once the gateway answers 503. The
 gateway's own answers carry the reason in the X-Pharox-Reason header: 407
-(credentials or routing), 503 (no upstream available, unknown pool, at
-capacity), 502 (upstream failed or sent no header in
+(credentials or routing), 429 (over a quota), 503 (no upstream available,
+unknown pool, at capacity), 502 (upstream failed or sent no header in
 --response-header-timeout).
 
 Environment: PHAROX_GATEWAY_LISTEN, PHAROX_GATEWAY_SOCKS_LISTEN,
@@ -149,6 +157,7 @@ func newGatewayCmd() *cobra.Command {
 	f.IntSliceVar(&o.banStatuses, "ban-status", nil, "target status that means the upstream is banned, repeatable (default 429, and 403 for a request whose site is known)")
 	f.StringArrayVar(&o.banMarkers, "ban-marker", nil, "phrase of a block page (e.g. captcha): an answer of status 400 or above with one in the first 4 KiB of its body is a ban, repeatable")
 	f.BoolVar(&o.noTargetHealth, "no-target-health", false, "count bans against an upstream everywhere, not only for the site that banned it")
+	f.BoolVar(&o.noMetering, "no-metering", false, "do not report the requests and bytes each lease carried at its release (usage and byte quotas then see none of this gateway's traffic)")
 	f.DurationVar(&o.leaseDuration, "lease-duration", gateway.DefaultLeaseDuration, "lease length per request; tunnels renew it while open")
 	f.DurationVar(&o.acquireWait, "acquire-wait", 0, "wait this long for a free upstream before answering 503")
 	f.DurationVar(&o.dialTimeout, "dial-timeout", gateway.DefaultDialTimeout, "timeout to reach an upstream, handshakes included")
@@ -303,7 +312,7 @@ func runGateway(ctx context.Context, o gatewayOptions, stderr io.Writer, ready f
 		Leaser: leaser, Keys: keys, DefaultPool: o.defaultPool, User: o.user, Password: o.password,
 		Consumer: o.consumer, Strategy: pharox.Strategy(o.strategy), LeaseDuration: o.leaseDuration,
 		AcquireWait: o.acquireWait, BanStatuses: o.banStatuses, DialTimeout: o.dialTimeout,
-		BanMarkers: o.banMarkers, DisableTargetHealth: o.noTargetHealth,
+		BanMarkers: o.banMarkers, DisableTargetHealth: o.noTargetHealth, DisableMetering: o.noMetering,
 		IdleTimeout: disabledIfZero(o.idleTimeout), MaxConns: int(disabledIfZero(time.Duration(o.maxConns))),
 		ResponseHeaderTimeout: disabledIfZero(o.responseHeaderTimeout),
 		Registerer:            reg, Logger: logger, DisableAccessLog: !o.accessLog,

@@ -39,6 +39,7 @@ type serveConfig struct {
 	SweepInterval  serveDuration `json:"sweep_interval"`
 	HealthTarget   string        `json:"health_target"`
 	LeaseRetention serveDuration `json:"lease_retention"`
+	UsageRetention serveDuration `json:"usage_retention"`
 	ReapInterval   serveDuration `json:"reap_interval"`
 	MaxWait        serveDuration `json:"max_wait"`
 	AccessLog      *bool         `json:"access_log"`
@@ -80,13 +81,14 @@ Environment variables:
   PHAROX_SWEEP_INTERVAL    --sweep-interval
   PHAROX_HEALTH_TARGET     --health-target
   PHAROX_LEASE_RETENTION   --lease-retention
+  PHAROX_USAGE_RETENTION   --usage-retention
   PHAROX_CONFIG            --config
 
 Config file (JSON, every field optional):
   {"listen": "127.0.0.1:8080", "storage": "sqlite://pharox.db",
    "admin_keys": ["..."], "admin_key_file": "...", "consumer_keys": ["..."],
    "sweep_interval": "5m", "health_target": "https://example.com/",
-   "lease_retention": "24h", "reap_interval": "5s", "max_wait": "30s",
+   "lease_retention": "24h", "usage_retention": "2160h", "reap_interval": "5s", "max_wait": "30s",
    "access_log": true, "log_format": "text", "log_level": "info",
    "metrics_public": false, "metrics_consumer_labels": false,
    "max_consumers_per_key": 1000}
@@ -108,6 +110,14 @@ viewer (read-only, for dashboards). Every serve sharing the store accepts
 a new key, and refuses a revoked one, within a few seconds. Admin actions
 are recorded in the store's audit log (pharox audit, GET /v1/audit/).
 
+Traffic reported at release (by the gateway, the HTTP transport or any
+client) is totalled per hour and consumer, proxy, pool and target (pharox
+usage, GET /v1/usage); the totals older than --usage-retention (90 days by
+default) are purged once an hour. Quotas (pharox quota, /v1/quotas/) cap a
+consumer's or a pool's concurrent leases, acquisitions per minute and bytes
+per day or month (429 with Retry-After when over), and a proxy's traffic
+allowance.
+
 /healthz, /readyz and /openapi.json need no key. /metrics needs an API key
 of any role unless --metrics-public. Metrics are labelled by pool, not by
 consumer, unless --metrics-consumer-labels: with it every consumer name
@@ -126,6 +136,7 @@ func init() {
 			adminKeys, consumerKeys         []string
 			adminKeyFile                    string
 			sweep, retention, reap, maxWait time.Duration
+			usageRetention                  time.Duration
 			accessLog, metricsAuth          bool
 			metricsPublic, consumerLabels   bool
 			maxConsumersPerKey              int
@@ -142,7 +153,8 @@ func init() {
 			cfg = serveConfig{
 				Listen: "127.0.0.1:8080", Storage: open.DefaultURL,
 				LeaseRetention: serveDuration{server.DefaultLeaseRetention}, ReapInterval: serveDuration{server.DefaultReapInterval},
-				MaxWait: serveDuration{server.DefaultMaxWait}, LogFormat: "text", LogLevel: "info",
+				UsageRetention: serveDuration{server.DefaultUsageRetention},
+				MaxWait:        serveDuration{server.DefaultMaxWait}, LogFormat: "text", LogLevel: "info",
 			}
 			if configPath == "" {
 				configPath = os.Getenv("PHAROX_CONFIG")
@@ -169,6 +181,7 @@ func init() {
 			set("sweep-interval", func() { cfg.SweepInterval.Duration = flagCfg.sweep })
 			set("health-target", func() { cfg.HealthTarget = flagCfg.target })
 			set("lease-retention", func() { cfg.LeaseRetention.Duration = flagCfg.retention })
+			set("usage-retention", func() { cfg.UsageRetention.Duration = flagCfg.usageRetention })
 			set("reap-interval", func() { cfg.ReapInterval.Duration = flagCfg.reap })
 			set("max-wait", func() { cfg.MaxWait.Duration = flagCfg.maxWait })
 			set("access-log", func() { cfg.AccessLog = &flagCfg.accessLog })
@@ -191,6 +204,7 @@ func init() {
 	f.DurationVar(&flagCfg.sweep, "sweep-interval", 0, "health-sweep every pool this often; 0 disables (env PHAROX_SWEEP_INTERVAL)")
 	f.StringVar(&flagCfg.target, "health-target", "", "URL health probes request through each proxy (env PHAROX_HEALTH_TARGET)")
 	f.DurationVar(&flagCfg.retention, "lease-retention", server.DefaultLeaseRetention, "purge ended leases older than this; negative keeps them (env PHAROX_LEASE_RETENTION)")
+	f.DurationVar(&flagCfg.usageRetention, "usage-retention", server.DefaultUsageRetention, "purge hourly usage totals older than this, once an hour; negative keeps them (env PHAROX_USAGE_RETENTION)")
 	f.DurationVar(&flagCfg.reap, "reap-interval", server.DefaultReapInterval, "reclaim expired leases this often")
 	f.DurationVar(&flagCfg.maxWait, "max-wait", server.DefaultMaxWait, "longest wait_seconds an acquisition may ask for; a longer one is refused (422)")
 	f.BoolVar(&flagCfg.accessLog, "access-log", true, "log one line per request")
@@ -244,7 +258,8 @@ func applyServeEnv(cfg *serveConfig) error {
 	str("PHAROX_ADMIN_KEY_FILE", &cfg.AdminKeyFile)
 	list("PHAROX_ADMIN_KEY", &cfg.AdminKeys)
 	list("PHAROX_CONSUMER_KEYS", &cfg.ConsumerKeys)
-	return errors.Join(dur("PHAROX_SWEEP_INTERVAL", &cfg.SweepInterval), dur("PHAROX_LEASE_RETENTION", &cfg.LeaseRetention))
+	return errors.Join(dur("PHAROX_SWEEP_INTERVAL", &cfg.SweepInterval), dur("PHAROX_LEASE_RETENTION", &cfg.LeaseRetention),
+		dur("PHAROX_USAGE_RETENTION", &cfg.UsageRetention))
 }
 
 func serveSplitList(v string) []string {
@@ -329,6 +344,7 @@ func runServe(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer, re
 		HealthTarget:   cfg.HealthTarget,
 		ReapInterval:   cfg.ReapInterval.Duration,
 		LeaseRetention: cfg.LeaseRetention.Duration,
+		UsageRetention: cfg.UsageRetention.Duration,
 		Registerer:     reg,
 		Gatherer:       reg,
 		MetricsPublic:  cfg.MetricsPublic != nil && *cfg.MetricsPublic,
@@ -351,7 +367,8 @@ func runServe(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer, re
 		}
 		logger.Info("pharox serve: listening", "addr", addr.String(), "storage", open.Redact(cfg.Storage),
 			"admin_keys", len(cfg.AdminKeys), "consumer_keys", len(cfg.ConsumerKeys),
-			"sweep_interval", cfg.SweepInterval.Duration, "lease_retention", cfg.LeaseRetention.Duration)
+			"sweep_interval", cfg.SweepInterval.Duration, "lease_retention", cfg.LeaseRetention.Duration,
+			"usage_retention", cfg.UsageRetention.Duration)
 		if ready != nil {
 			ready(addr)
 		}

@@ -141,3 +141,29 @@ func TestServeConfigPrecedence(t *testing.T) {
 		t.Fatalf("unknown config field: %v", err)
 	}
 }
+
+// --usage-retention comes from the config file, then the environment.
+func TestServeUsageRetentionConfig(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "pharox.json")
+	if err := os.WriteFile(path, []byte(`{"usage_retention": "720h"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var cfg serveConfig
+	if err := loadServeConfig(path, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.UsageRetention.Duration != 720*time.Hour {
+		t.Fatalf("usage_retention from the file = %v", cfg.UsageRetention.Duration)
+	}
+	t.Setenv("PHAROX_USAGE_RETENTION", "-1s")
+	if err := applyServeEnv(&cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.UsageRetention.Duration != -time.Second {
+		t.Fatalf("usage retention from PHAROX_USAGE_RETENTION = %v", cfg.UsageRetention.Duration)
+	}
+	out, err := runRoot(t, "serve", "--help")
+	if err != nil || !strings.Contains(out, "--usage-retention duration") || !strings.Contains(out, "2160h0m0s") {
+		t.Fatalf("serve --help: %v\n%s", err, out)
+	}
+}

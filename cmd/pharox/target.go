@@ -155,6 +155,16 @@ type backend interface {
 	PoolTargets(ctx context.Context, pool *pharox.Pool) ([]*pharox.TargetStats, error)
 	ProxyTargets(ctx context.Context, pool *pharox.Pool, id uuid.UUID) ([]*pharox.TargetState, error)
 
+	// Consumers, usage and quotas, as the Manager names them.
+	EnsureConsumer(ctx context.Context, name string) (*pharox.Consumer, error)
+	ListConsumers(ctx context.Context) ([]*pharox.Consumer, error)
+	GetProxy(ctx context.Context, id uuid.UUID) (*pharox.Proxy, error)
+	Usage(ctx context.Context, q pharox.UsageQuery) ([]pharox.UsageRow, error)
+	SetQuota(ctx context.Context, q pharox.Quota) (*pharox.Quota, error)
+	Quota(ctx context.Context, subject pharox.QuotaSubject, id uuid.UUID) (*pharox.Quota, error)
+	Quotas(ctx context.Context) ([]*pharox.Quota, error)
+	DeleteQuota(ctx context.Context, subject pharox.QuotaSubject, id uuid.UUID) error
+
 	Close() error
 }
 
@@ -288,6 +298,59 @@ func (d *directBackend) ProxyTargets(ctx context.Context, pool *pharox.Pool, id 
 	return d.mgr.TargetStates(ctx, id)
 }
 
+func (d *directBackend) EnsureConsumer(ctx context.Context, name string) (*pharox.Consumer, error) {
+	return d.mgr.EnsureConsumer(ctx, name)
+}
+
+func (d *directBackend) ListConsumers(ctx context.Context) ([]*pharox.Consumer, error) {
+	return d.store.ListConsumers(ctx)
+}
+
+func (d *directBackend) GetProxy(ctx context.Context, id uuid.UUID) (*pharox.Proxy, error) {
+	return d.store.GetProxy(ctx, id)
+}
+
+func (d *directBackend) Usage(ctx context.Context, q pharox.UsageQuery) ([]pharox.UsageRow, error) {
+	return d.mgr.Usage(ctx, q)
+}
+
+// SetQuota and DeleteQuota record their change in the audit log, as the
+// server does, with the actor "cli".
+func (d *directBackend) SetQuota(ctx context.Context, q pharox.Quota) (*pharox.Quota, error) {
+	out, err := d.mgr.SetQuota(ctx, q)
+	if err == nil {
+		d.audit(ctx, "quota.set", out, "set the quota of "+quotaSubjectText(out)+": "+describeLimits(out.QuotaLimits))
+	}
+	return out, err
+}
+
+func (d *directBackend) Quota(ctx context.Context, subject pharox.QuotaSubject, id uuid.UUID) (*pharox.Quota, error) {
+	return d.mgr.Quota(ctx, subject, id)
+}
+
+func (d *directBackend) Quotas(ctx context.Context) ([]*pharox.Quota, error) {
+	return d.mgr.Quotas(ctx)
+}
+
+func (d *directBackend) DeleteQuota(ctx context.Context, subject pharox.QuotaSubject, id uuid.UUID) error {
+	q, err := d.mgr.Quota(ctx, subject, id)
+	if err != nil {
+		return err
+	}
+	if err := d.mgr.DeleteQuota(ctx, subject, id); err != nil {
+		return err
+	}
+	d.audit(ctx, "quota.delete", q, "deleted the quota of "+quotaSubjectText(q))
+	return nil
+}
+
+// audit records a quota change; a failure to record is not the user's
+// error, the change is made.
+func (d *directBackend) audit(ctx context.Context, action string, q *pharox.Quota, detail string) {
+	_ = d.store.AppendAudit(ctx, pharox.AuditEntry{ID: uuid.New(), Actor: cliActor, Action: action,
+		TargetKind: string(q.Subject), TargetID: q.SubjectID.String(), Detail: detail})
+}
+
 func (d *directBackend) Close() error { return d.store.Close() }
 
 // remoteBackend talks to a pharox server.
@@ -359,6 +422,50 @@ func (r *remoteBackend) PoolTargets(ctx context.Context, pool *pharox.Pool) ([]*
 
 func (r *remoteBackend) ProxyTargets(ctx context.Context, pool *pharox.Pool, id uuid.UUID) ([]*pharox.TargetState, error) {
 	return r.c.ProxyTargets(ctx, pool.ID, id)
+}
+
+func (r *remoteBackend) EnsureConsumer(ctx context.Context, name string) (*pharox.Consumer, error) {
+	return r.c.EnsureConsumer(ctx, name)
+}
+
+func (r *remoteBackend) ListConsumers(ctx context.Context) ([]*pharox.Consumer, error) {
+	return r.c.ListConsumers(ctx)
+}
+
+// GetProxy finds a proxy by id in the pools the key sees: the API names
+// proxies under their pool.
+func (r *remoteBackend) GetProxy(ctx context.Context, id uuid.UUID) (*pharox.Proxy, error) {
+	pools, err := r.c.ListPools(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range pools {
+		px, err := r.c.GetProxy(ctx, p.ID, id)
+		if err == nil || !errors.Is(err, pharox.ErrProxyNotFound) {
+			return px, err
+		}
+	}
+	return nil, fmt.Errorf("proxy %s: %w", id, pharox.ErrProxyNotFound)
+}
+
+func (r *remoteBackend) Usage(ctx context.Context, q pharox.UsageQuery) ([]pharox.UsageRow, error) {
+	return r.c.Usage(ctx, q)
+}
+
+func (r *remoteBackend) SetQuota(ctx context.Context, q pharox.Quota) (*pharox.Quota, error) {
+	return r.c.SetQuota(ctx, q)
+}
+
+func (r *remoteBackend) Quota(ctx context.Context, subject pharox.QuotaSubject, id uuid.UUID) (*pharox.Quota, error) {
+	return r.c.Quota(ctx, subject, id)
+}
+
+func (r *remoteBackend) Quotas(ctx context.Context) ([]*pharox.Quota, error) {
+	return r.c.Quotas(ctx)
+}
+
+func (r *remoteBackend) DeleteQuota(ctx context.Context, subject pharox.QuotaSubject, id uuid.UUID) error {
+	return r.c.DeleteQuota(ctx, subject, id)
 }
 
 func (r *remoteBackend) Close() error { return nil }

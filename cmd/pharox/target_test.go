@@ -75,7 +75,8 @@ func newRemoteCLI(t *testing.T) *cli {
 // into the next.
 func newRoot() *cobra.Command {
 	root := &cobra.Command{Use: "pharox", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(newPoolCmd(), newProxyCmd(), newLeaseCmd(), newStatsCmd(), newTargetsCmd(), newKeyCmd(), newAuditCmd())
+	root.AddCommand(newPoolCmd(), newProxyCmd(), newLeaseCmd(), newStatsCmd(), newTargetsCmd(), newKeyCmd(), newAuditCmd(),
+		newUsageCmd(), newQuotaCmd())
 	return root
 }
 

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -63,6 +64,22 @@ func NewTarget(t testing.TB, handler http.Handler) *Target {
 	t.Cleanup(tg.Plain.Close)
 	t.Cleanup(tg.TLS.Close)
 	return tg
+}
+
+// BytesHandler serves GET /bytes?n=N with N bytes and POST /echo with the
+// request body: answers of known sizes, for tests that count bytes.
+func BytesHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /bytes", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		w.Header().Set("Content-Length", strconv.Itoa(n))
+		_, _ = w.Write(make([]byte, n))
+	})
+	mux.HandleFunc("POST /echo", func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		_, _ = w.Write(b)
+	})
+	return mux
 }
 
 // Ban marks ip as banned.
@@ -163,6 +180,9 @@ type HTTPOptions struct {
 	// ListenLoopback listens on 127.0.0.1 instead of ip (so the httptest
 	// certificate matches the address); the proxy still dials from ip.
 	ListenLoopback bool
+	// Listener, when set, is where the proxy listens (ListenLoopback
+	// is then ignored), e.g. a [Counting] listener.
+	Listener net.Listener
 }
 
 // StartHTTP starts a goproxy forward proxy (plain forwarding and CONNECT)
@@ -212,9 +232,12 @@ func StartGoproxy(t testing.TB, ip string, opts HTTPOptions) *Upstream {
 	}
 	srv := httptest.NewUnstartedServer(p)
 	srv.Listener.Close()
-	if opts.ListenLoopback {
+	switch {
+	case opts.Listener != nil:
+		srv.Listener = opts.Listener
+	case opts.ListenLoopback:
 		srv.Listener = Listen(t, "127.0.0.1")
-	} else {
+	default:
 		srv.Listener = Listen(t, ip)
 	}
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
@@ -274,6 +297,12 @@ func ServeConns(t testing.TB, ln net.Listener, proto pharox.Protocol, ip string,
 // StartSOCKS5 starts a go-socks5 server on ip, requiring Alice's
 // credentials.
 func StartSOCKS5(t testing.TB, ip string) *Upstream {
+	return StartSOCKS5On(t, Listen(t, ip), ip)
+}
+
+// StartSOCKS5On is StartSOCKS5 listening on ln (e.g. a [Counting]
+// listener) and dialing from ip.
+func StartSOCKS5On(t testing.TB, ln net.Listener, ip string) *Upstream {
 	srv, err := socks5.New(&socks5.Config{
 		Credentials: socks5.StaticCredentials{User: Password},
 		Logger:      log.New(io.Discard, "", 0),
@@ -282,7 +311,7 @@ func StartSOCKS5(t testing.TB, ip string) *Upstream {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return ServeConns(t, Listen(t, ip), pharox.ProtocolSOCKS5, ip, func(c net.Conn) { _ = srv.ServeConn(c) })
+	return ServeConns(t, ln, pharox.ProtocolSOCKS5, ip, func(c net.Conn) { _ = srv.ServeConn(c) })
 }
 
 // StartSOCKS4 starts a minimal SOCKS4 (and SOCKS4a) proxy on ip that
@@ -341,4 +370,56 @@ func CheckLeaks(t *testing.T) {
 			goleak.VerifyNone(t)
 		}
 	})
+}
+
+// CountingListener counts the bytes its connections read and wrote: an
+// upstream proxy listening on one tells how many bytes its clients sent
+// it (Read) and received from it (Written), handshakes included.
+type CountingListener struct {
+	net.Listener
+	read, written atomic.Int64
+}
+
+// Counting counts the bytes of ln's connections.
+func Counting(ln net.Listener) *CountingListener { return &CountingListener{Listener: ln} }
+
+// Accept returns the next connection, counting its bytes.
+func (l *CountingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &countingConn{Conn: c, l: l}, nil
+}
+
+// Read is the bytes read from the listener's connections so far.
+func (l *CountingListener) Read() int64 { return l.read.Load() }
+
+// Written is the bytes written to the listener's connections so far.
+func (l *CountingListener) Written() int64 { return l.written.Load() }
+
+type countingConn struct {
+	net.Conn
+	l *CountingListener
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.l.read.Add(int64(n))
+	return n, err
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.l.written.Add(int64(n))
+	return n, err
+}
+
+// CloseWrite half-closes the TCP connection, as proxies relaying a
+// tunnel do.
+func (c *countingConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
 }

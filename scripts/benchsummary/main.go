@@ -68,6 +68,7 @@ var runs = []run{
 	{"./gateway/", `BenchmarkAddedLatency$`, 5000},
 	{"./health/", `BenchmarkSweep$`, 2000},
 	{"./transport/", `BenchmarkThroughput32$`, 32000},
+	{"./gateway/", `BenchmarkMeteringThroughput64$`, 16000},
 }
 
 var rows = []row{
@@ -172,6 +173,18 @@ var rows = []row{
 			return missing()
 		}
 		return f("%.0f µs", g), f("bare hop %.0f µs, goproxy %.0f µs, direct %.0f µs", bare, gp, d), f("+%.0f µs over bare, +%.0f µs over direct", g-bare, g-d), yes(g-bare < 50)
+	}},
+	{9, "gateway: req/s at 64 clients, metering on", "≥ 0.95× metering off", func(m metrics) (string, string, string, string) {
+		const b = "BenchmarkMeteringThroughput64"
+		r, ok1 := m.get(b, "metered-req/s")
+		off, ok2 := m.get(b, "unmetered-req/s")
+		rc, ok3 := m.get(b, "metered-cpu-us/req")
+		offc, ok4 := m.get(b, "unmetered-cpu-us/req")
+		if !ok1 || !ok2 || !ok3 || !ok4 {
+			return missing()
+		}
+		return f("%.0f req/s (%.0f µs CPU/req)", r, rc), f("DisableMetering %.0f req/s (%.0f µs CPU/req)", off, offc),
+			f("%.2f× (CPU: %.2f×)", r/off, offc/rc), both(r/off >= 0.95, offc/rc >= 0.95)
 	}},
 	{7, "health: sweep 2,000 proxies, concurrency 200", "< 10 s", func(m metrics) (string, string, string, string) {
 		s, ok1 := m.get("BenchmarkSweep", "sweep-s")

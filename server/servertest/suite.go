@@ -61,6 +61,8 @@ func Run(t *testing.T, newStore NewStore) {
 		{"StoredKeyGrowsNothing", testStoredKeyGrowsNothing},
 		{"KeysAcrossServers", testKeysAcrossServers},
 		{"TenantsThroughGateway", testTenantsThroughGateway},
+		{"UsageOverHTTP", testUsageOverHTTP},
+		{"QuotasOverHTTP", testQuotasOverHTTP},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore) })

@@ -95,6 +95,17 @@ def release(lease_id):
     return parse_lease(ok("POST", f"/v1/leases/{lease_id}/release", CONSUMER_KEY, {}))
 
 
+def refused(method, path, key, body):
+    """Send a request that must be refused; return (status, headers, payload)."""
+    req = urllib.request.Request(BASE + path, data=json.dumps(body).encode(), method=method,
+                                 headers={"X-API-Key": key, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            raise AssertionError(f"{method} {path} answered {resp.status}, want a refusal")
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, json.loads(err.read())
+
+
 def main():
     pool = ok("POST", "/v1/pools/", ADMIN_KEY, {"name": "py-main", "description": ""})
     pool_id = pool["id"]
@@ -134,6 +145,29 @@ def main():
     for lease_ in (default, named):
         assert release(lease_["id"])["status"] == "released"
         assert release(lease_["id"])["status"] == "released"
+
+    # A release with no body at all, and one reporting the lease's traffic,
+    # which the usage report then totals.
+    bare = acquire(pool_id, "scraper-8")
+    assert parse_lease(ok("POST", f"/v1/leases/{bare['id']}/release", CONSUMER_KEY))["status"] == "released"
+    metered = acquire(pool_id, "scraper-8")
+    usage = {"requests": 2, "bytes_sent": 10, "bytes_received": 90}
+    ended = ok("POST", f"/v1/leases/{metered['id']}/release", CONSUMER_KEY, {"usage": usage})
+    assert parse_lease(ended)["status"] == "released" and ended["usage"] == usage, ended
+    report = ok("GET", "/v1/usage?group_by=consumer", ADMIN_KEY)
+    rows = {r["name"]: r for r in report["rows"]}
+    assert rows["scraper-8"]["leases"] == 1 and rows["scraper-8"]["bytes_received"] == 90, report
+
+    # Over a quota: 429, Retry-After in whole seconds, a detail to show.
+    ok("PUT", "/v1/quotas/consumer/scraper-9", ADMIN_KEY, {"max_concurrent_leases": 1})
+    held = acquire(pool_id, "scraper-9")
+    status, headers, payload = refused("POST", "/v1/leases/", CONSUMER_KEY,
+                                       {"pool_id": pool_id, "consumer_id": "scraper-9", "ttl_seconds": 60})
+    assert status == 429 and int(headers["Retry-After"]) >= 1, (status, dict(headers))
+    assert payload["detail"] == 'Consumer "scraper-9" is over its quota max_concurrent_leases=1; retry in 1s', payload
+    assert payload["quota"]["limit"] == "max_concurrent_leases" and payload["quota"]["value"] == 1, payload
+    release(held["id"])
+    ok("DELETE", "/v1/quotas/consumer/scraper-9", ADMIN_KEY)
 
     for p in (ar, de):
         ok("DELETE", f"/v1/pools/{pool_id}/proxies/{p['id']}", ADMIN_KEY)

@@ -678,3 +678,56 @@ func TestDashboardShowsSiteHealth(t *testing.T) {
 	b.screenshot("sites")
 	b.checkConsole()
 }
+
+// TestDashboardShowsUsageAndQuotas checks the Traffic and Quotas panels:
+// a consumer's reported bytes show as a bar of the chart, by consumer and
+// by site, and a consumer's quota as a row with the bytes counted today
+// against its daily limit.
+func TestDashboardShowsUsageAndQuotas(t *testing.T) {
+	chromePath(t) // skip before building anything
+	f := newFixture(t, "")
+	close(f.sweepRelease)
+	ctx := context.Background()
+	l, err := f.mgr.Acquire(ctx, "alpha", &pharox.AcquireOptions{Consumer: "scraper-1", Target: "https://shop.example.com/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.mgr.ReleaseWithUsage(ctx, l.ID, pharox.Usage{Requests: 3, BytesSent: 1500, BytesReceived: 2_500_000}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.mgr.SetQuota(ctx, pharox.Quota{Subject: pharox.QuotaConsumer, SubjectID: l.ConsumerID,
+		QuotaLimits: pharox.QuotaLimits{MaxConcurrentLeases: 5, BytesPerDay: 10_000_000}}); err != nil {
+		t.Fatal(err)
+	}
+	b := newBrowser(t)
+	b.do(15*time.Second, chromedp.Navigate(f.url+"/ui/"))
+	b.signIn(adminKey)
+
+	bar := fmt.Sprintf(`#usage-chart .urow[data-key="%s"]`, l.ConsumerID)
+	b.waitJS(10*time.Second, `!!document.querySelector('`+bar+`')`)
+	if got := b.text(bar + " .ulabel"); got != "scraper-1" {
+		t.Errorf("the bar is labelled %q, want the consumer's name", got)
+	}
+	if got := b.text(bar + " .uval"); got != "2.50 MB" {
+		t.Errorf("the bar's total reads %q, want 2.50 MB (1500 + 2500000 bytes)", got)
+	}
+	if !eval[bool](b, `!!document.querySelector('`+bar+` svg rect.u-sent') && !!document.querySelector('`+bar+` svg rect.u-received')`) {
+		t.Error("the bar has no sent and received parts")
+	}
+	row := `#quotas tr[data-subject="consumer"][data-name="scraper-1"]`
+	b.waitJS(5*time.Second, `!!document.querySelector('`+row+`')`)
+	for sel, want := range map[string]string{
+		row + " td.max-leases": "5",
+		row + " td.today":      "2.50 MB / 10.0 MB",
+	} {
+		if got := b.text(sel); got != want {
+			t.Errorf("%s = %q, want %q", sel, got, want)
+		}
+	}
+	b.screenshot("usage")
+
+	// By site: the lease's target is the row.
+	eval[bool](b, `(() => { const s = document.getElementById("u-group"); s.value = "target"; s.dispatchEvent(new Event("change")); return true })()`)
+	b.waitJS(10*time.Second, `!!document.querySelector('#usage-chart .urow[data-key="example.com"]')`)
+	b.checkConsole()
+}

@@ -36,6 +36,10 @@ func TestMultiProcess(t *testing.T) {
 		t.Skip("re-executes the test binary")
 	}
 	storagetest.RunMultiProcess(t, storagetest.MultiProcessConfig{
+		// Consumers capped at 2 leases across the processes: each has
+		// five or six goroutines, so the cap is reached even when the
+		// race detector slows every acquisition.
+		ConsumerCap: 2,
 		Open: func(t testing.TB, namespace string) pharox.Storage {
 			// The namespace names the file, so every worker opens the
 			// parent's file; only the parent removes it.

@@ -73,4 +73,6 @@ export const api = {
   rotateKey: (id) => request("POST", `/v1/keys/${enc(id)}/rotate`, {}),
   revokeKey: (id) => request("DELETE", `/v1/keys/${enc(id)}`),
   audit: (limit) => request("GET", `/v1/audit/?limit=${limit}`),
+  usage: (groupBy, since) => request("GET", `/v1/usage?group_by=${enc(groupBy)}&since=${enc(since)}`),
+  quotas: () => request("GET", "/v1/quotas/"),
 };

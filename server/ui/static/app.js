@@ -1,12 +1,13 @@
 // The pharox operator dashboard. It polls the JSON API once a second with
 // the operator's admin or viewer key and renders pools, proxies, active
-// leases, health sweeps and charts; a viewer sees everything without the
-// write controls, an admin also manages API keys and reads the audit log.
+// leases, health sweeps, charts, the last day's traffic and the quotas; a
+// viewer sees everything without the write controls, an admin also
+// manages API keys and reads the audit log.
 // All data is rendered as text (see dom.js).
 
 import { $, el, text, clear } from "./dom.js";
 import { api, ApiError, getKey, setKey, forgetKey } from "./api.js";
-import { bars, stacked } from "./charts.js";
+import { bars, stacked, usageBars } from "./charts.js";
 
 const POLL_MS = 1000;
 const STALE_MS = 5000;
@@ -16,6 +17,9 @@ const MAX_TARGET_ROWS = 100;
 const STATUSES = ["active", "slow", "inactive", "banned"];
 const ADMIN_EVERY = 5; // rounds between reloads of keys and the audit log
 const AUDIT_LIMIT = 50;
+const USAGE_EVERY = 5; // rounds between reloads of usage and quotas: totals change at releases
+const USAGE_HOURS = 24;
+const MAX_USAGE_ROWS = 12;
 
 const state = {
   timer: 0,
@@ -38,6 +42,10 @@ const state = {
   round: 0,
   keys: [],
   audit: [],
+  usage: null, // GET /v1/usage of the last 24 hours, by state.usageGroup
+  usageGroup: "",
+  quotas: [],
+  usageRound: 0,
 };
 
 // readonly is true for a viewer key: no write controls.
@@ -57,7 +65,18 @@ const rows = {
   targets: new Map(),
 };
 
-// ---- time formatting ----
+// ---- formatting ----
+
+// bytes prints a byte count in SI units, as pharox usage does.
+function bytes(n) {
+  if (n < 1000) return `${n} B`;
+  let v = n;
+  for (const unit of ["kB", "MB", "GB", "TB", "PB", "EB"]) {
+    v /= 1000;
+    if (v < 999.5 || unit === "EB") return `${v < 9.995 ? v.toFixed(2) : v < 99.95 ? v.toFixed(1) : v.toFixed(0)} ${unit}`;
+  }
+  return `${n} B`;
+}
 
 function serverNow() {
   return Date.now() + state.clockOffset;
@@ -271,6 +290,8 @@ async function load() {
     applyRole();
   }
   if (managesKeys() && state.round++ % ADMIN_EVERY === 0) await loadAdmin();
+  const group = $("u-group").value;
+  if (state.usageRound++ % USAGE_EVERY === 0 || group !== state.usageGroup) await loadUsage(group);
   const sent = Date.now();
   const dash = await api.dashboard();
   const received = Date.now();
@@ -336,6 +357,16 @@ function poolNames() {
   return m;
 }
 
+// loadUsage reads the traffic of the last 24 hours by group and the
+// quotas; viewers read both.
+async function loadUsage(group) {
+  const since = new Date(serverNow() - USAGE_HOURS * 3600 * 1000).toISOString();
+  const [usage, quotas] = await Promise.all([api.usage(group, since), api.quotas()]);
+  state.usage = usage;
+  state.usageGroup = group;
+  state.quotas = quotas;
+}
+
 async function loadAdmin() {
   const [keys, audit] = await Promise.all([api.keys(), api.audit(AUDIT_LIMIT)]);
   state.keys = keys;
@@ -347,6 +378,8 @@ function render() {
   renderPools();
   renderCharts();
   renderTargets();
+  renderUsage();
+  renderQuotas();
   renderProxies();
   renderLeases();
   if (managesKeys()) {
@@ -587,6 +620,62 @@ function renderTargets() {
   text($("targets-count"), list.length > shown.length ? `(${shown.length} of ${list.length})` : `(${list.length})`);
   $("targets-unsupported").hidden = !state.targetsUnsupported;
   $("targets-empty").hidden = state.targetsUnsupported || list.length > 0;
+}
+
+// usageLabel names a usage row: the consumer's, pool's or proxy's name, or
+// the site ("no site" for leases taken without one).
+function usageLabel(row) {
+  if (row.name) return row.name;
+  if (state.usageGroup === "target") return row.key || "(no site)";
+  return row.key.slice(0, 8) + "…";
+}
+
+// renderUsage charts the largest totals of the last 24 hours.
+function renderUsage() {
+  if (!state.usage) return;
+  const rows = state.usage.rows.slice();
+  rows.sort((a, b) => b.bytes_sent + b.bytes_received - (a.bytes_sent + a.bytes_received) || a.key.localeCompare(b.key));
+  const shown = rows.slice(0, MAX_USAGE_ROWS);
+  usageBars($("usage-chart"), shown.map((r) => [r.key, usageLabel(r), r.bytes_sent, r.bytes_received,
+    `${r.leases} leases, ${r.requests} requests`]), bytes);
+  const total = rows.reduce((s, r) => s + r.bytes_sent + r.bytes_received, 0);
+  text($("usage-total"), bytes(total));
+  const more = $("usage-more");
+  more.hidden = rows.length <= shown.length;
+  text(more, `and ${rows.length - shown.length} more`);
+  $("usage-empty").hidden = rows.length > 0;
+}
+
+// quotaUsed shows bytes counted against a limit (or alone without one).
+function quotaUsed(used, limit) {
+  if (!limit) return el("span", { class: "quota-used" }, bytes(used));
+  const over = used >= limit;
+  const bar = el("span", { class: "bar" }, el("span", { class: "fill" }));
+  bar.firstChild.style.width = `${Math.min(100, (100 * used) / limit)}%`;
+  return el("span", { class: "quota-used" + (over ? " over" : ""), title: `${used} of ${limit} bytes` },
+    bar, `${bytes(used)} / ${bytes(limit)}`);
+}
+
+function renderQuotas() {
+  const body = $("quotas").tBodies[0];
+  clear(body);
+  for (const q of state.quotas) {
+    const name = q.name || q.subject_id;
+    const tr = el("tr", { "data-subject": q.subject, "data-name": name, "data-id": q.subject_id },
+      el("td", {}, q.subject),
+      el("td", { class: q.subject === "proxy" ? "mono" : "" }, name),
+      el("td", { class: "num max-leases" }, q.max_concurrent_leases || "–"),
+      el("td", { class: "num rpm" }, q.requests_per_minute || "–"),
+      el("td", { class: "today" }, quotaUsed(q.bytes_today, q.bytes_per_day)),
+      el("td", { class: "month" }, quotaUsed(q.bytes_this_month, q.bytes_per_month)));
+    if (q.exhausted_until) {
+      tr.title = `Traffic allowance used up: not leased until ${new Date(q.exhausted_until).toLocaleString()}`;
+      tr.classList.add("blocked");
+    }
+    body.append(tr);
+  }
+  text($("quotas-count"), `(${state.quotas.length})`);
+  $("quotas-empty").hidden = state.quotas.length > 0;
 }
 
 function proxyLabel(p) {
@@ -870,7 +959,7 @@ function init() {
     else refreshNow();
     renderLive();
   });
-  for (const id of ["f-pool", "f-status", "f-country"]) $(id).addEventListener("change", refreshNow);
+  for (const id of ["f-pool", "f-status", "f-country", "u-group"]) $(id).addEventListener("change", refreshNow);
   $("f-host").addEventListener("input", () => state.dash && renderProxies());
   setInterval(renderLive, 1000);
   if (getKey()) {

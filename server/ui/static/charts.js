@@ -1,7 +1,7 @@
 // Small SVG charts drawn from the server's sampled history. The viewBox is
 // 300 x 48; the SVG stretches to the card's width.
 
-import { svg, clear } from "./dom.js";
+import { el, svg, clear } from "./dom.js";
 
 // Labels stay out of the SVG: it stretches to the card, and text in it
 // would stretch too.
@@ -65,4 +65,25 @@ export function stacked(node, points, statuses, slots) {
     base = top;
   }
   return peak;
+}
+
+// usageBars draws one row per group: its label, an SVG bar of the bytes
+// sent and received (scaled to the largest total) and the total as text.
+// Each row is [key, label, sent, received, title]; labels stay out of the
+// SVG, which stretches to the card.
+export function usageBars(node, rows, format) {
+  clear(node);
+  const max = Math.max(1, ...rows.map((r) => r[2] + r[3]));
+  for (const [key, label, sent, received, title] of rows) {
+    const bar = svg("svg", { viewBox: "0 0 100 10", preserveAspectRatio: "none", role: "img" });
+    const ws = (100 * sent) / max;
+    const wr = (100 * received) / max;
+    if (sent > 0) bar.append(svg("rect", { class: "u-sent", x: 0, y: 0, width: Math.max(0.4, ws).toFixed(2), height: 10 }));
+    if (received > 0) {
+      bar.append(svg("rect", { class: "u-received", x: ws.toFixed(2), y: 0, width: Math.max(0.4, wr).toFixed(2), height: 10 }));
+    }
+    bar.append(svg("title", {}, `${label}: ${format(sent)} sent, ${format(received)} received`));
+    node.append(el("div", { class: "urow", "data-key": key, title },
+      el("span", { class: "ulabel" }, label), bar, el("span", { class: "uval" }, format(sent + received))));
+  }
 }
