@@ -96,14 +96,19 @@ func BenchBeforeEachRun(fn func(b *testing.B)) BenchOption {
 //
 // and each baseline's figures (see [BenchBaseline]). Beside the plain
 // pairs, in the same rounds, it runs as many capped pairs: the same
-// acquisitions by a consumer whose quota has a MaxConcurrentLeases far
-// above what the benchmark holds (so it never refuses, and every
-// acquisition loads the quota and counts the consumer's leases), and
-// reports
+// acquisitions, each worker as its own consumer whose quota has a
+// MaxConcurrentLeases far above what it holds (so it never refuses, and
+// every acquisition loads the quota and counts the consumer's leases), and
+// as many pairs with every worker acting as one such consumer, and reports
 //
 //	capped-pairs/s  the capped pairs per second
 //	cap/plain       a capped pair's time over a plain one's: what a
 //	                consumer cap costs (the goal is at most 1.2)
+//	shared-cap/plain  the same with all workers as one capped consumer:
+//	                its acquisitions take turns on its quota (a cap is a
+//	                count that must be read and raised atomically), so
+//	                this grows with workers on stores that lock per
+//	                consumer
 //
 // ns/op covers the baselines and capped pairs too and is not meaningful
 // on its own. Run it with a fixed
@@ -124,21 +129,25 @@ func Benchmark(b *testing.B, newStore func(b *testing.B) pharox.Storage, opts ..
 	s := newStore(b)
 	req := seedBenchPool(b, s, cfg)
 	warm := max(slices.Max(cfg.workers), 1)
-	capped := seedCappedConsumer(b, s, req, 100*warm)
+	capped := make([]pharox.AcquireRequest, warm)
+	for w := range capped {
+		capped[w] = seedCappedConsumer(b, s, req, fmt.Sprintf("bench-capped-%d", w), 100*warm)
+	}
+	shared := seedCappedConsumer(b, s, req, "bench-capped-shared", 100*warm)
 	// Warm caches, prepared statements and connections outside the timing.
 	for _, st := range append([]pharox.Storage{s}, baselineStores(cfg)...) {
 		if _, err := Pairs(context.Background(), st, req, warm, 4*warm); err != nil {
 			b.Fatalf("warm-up pairs: %v", err)
 		}
 	}
-	if _, err := Pairs(context.Background(), s, capped, warm, 4*warm); err != nil {
+	if _, err := cappedPairs(context.Background(), s, capped, warm, 4*warm); err != nil {
 		b.Fatalf("warm-up capped pairs: %v", err)
 	}
 	var rateErr sync.Once
 	for _, workers := range cfg.workers {
 		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
 			ctx := context.Background()
-			var storeTime, storeCPU, cappedTime time.Duration
+			var storeTime, storeCPU, cappedTime, sharedTime time.Duration
 			baseTime := make([]time.Duration, len(cfg.baselines))
 			baseRates := make([][]float64, len(cfg.baselines))
 			runStore := func(n int) {
@@ -161,10 +170,15 @@ func Benchmark(b *testing.B, newStore func(b *testing.B) pharox.Storage, opts ..
 					cfg.beforeRun(b)
 					b.StartTimer()
 				}
-				d, err := Pairs(ctx, s, capped, workers, n)
+				d, err := cappedPairs(ctx, s, capped, workers, n)
 				cappedTime += d
 				if err != nil {
 					b.Fatalf("capped pairs on the store (%d workers): %v", workers, err)
+				}
+				d, err = Pairs(ctx, s, shared, workers, n)
+				sharedTime += d
+				if err != nil {
+					b.Fatalf("pairs of one capped consumer on the store (%d workers): %v", workers, err)
 				}
 			}
 			runBaseline := func(i, n int) {
@@ -223,6 +237,7 @@ func Benchmark(b *testing.B, newStore func(b *testing.B) pharox.Storage, opts ..
 			}
 			b.ReportMetric(float64(done)/cappedTime.Seconds(), "capped-pairs/s")
 			b.ReportMetric(cappedTime.Seconds()/storeTime.Seconds(), "cap/plain")
+			b.ReportMetric(sharedTime.Seconds()/storeTime.Seconds(), "shared-cap/plain")
 			for i, bl := range cfg.baselines {
 				per := bl.OpsPerPair
 				if per == 0 {
@@ -252,16 +267,7 @@ func Benchmark(b *testing.B, newStore func(b *testing.B) pharox.Storage, opts ..
 // and returns it. It is the loop [Benchmark] times, for drivers' own
 // benchmarks.
 func Pairs(ctx context.Context, s pharox.Storage, req pharox.AcquireRequest, workers, n int) (time.Duration, error) {
-	return runWorkers(workers, n, func(int) error {
-		l, err := s.AcquireLease(ctx, req)
-		if err != nil {
-			return fmt.Errorf("AcquireLease: %w", err)
-		}
-		if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil {
-			return fmt.Errorf("ReleaseLease: %w", err)
-		}
-		return nil
-	})
+	return cappedPairs(ctx, s, []pharox.AcquireRequest{req}, workers, n)
 }
 
 // runWorkers runs op n times in total on workers goroutines and returns
@@ -321,18 +327,33 @@ func seedBenchPool(b *testing.B, s pharox.Storage, cfg benchConfig) pharox.Acqui
 		Duration: time.Minute, Strategy: pharox.FirstAvailable, Filters: cfg.filters}
 }
 
-// seedCappedConsumer stores a consumer with a quota of limit concurrent
-// leases and returns req for it.
-func seedCappedConsumer(b *testing.B, s pharox.Storage, req pharox.AcquireRequest, limit int) pharox.AcquireRequest {
+// cappedPairs is Pairs with worker w acquiring as reqs[w % len(reqs)]
+// (each its own capped consumer).
+func cappedPairs(ctx context.Context, s pharox.Storage, reqs []pharox.AcquireRequest, workers, n int) (time.Duration, error) {
+	return runWorkers(workers, n, func(w int) error {
+		l, err := s.AcquireLease(ctx, reqs[w%len(reqs)])
+		if err != nil {
+			return fmt.Errorf("AcquireLease: %w", err)
+		}
+		if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil {
+			return fmt.Errorf("ReleaseLease: %w", err)
+		}
+		return nil
+	})
+}
+
+// seedCappedConsumer stores the named consumer with a quota of limit
+// concurrent leases and returns req for it.
+func seedCappedConsumer(b *testing.B, s pharox.Storage, req pharox.AcquireRequest, name string, limit int) pharox.AcquireRequest {
 	b.Helper()
 	ctx := context.Background()
-	c, err := s.EnsureConsumer(ctx, "bench-capped")
+	c, err := s.EnsureConsumer(ctx, name)
 	if err != nil {
-		b.Fatalf("EnsureConsumer(bench-capped): %v", err)
+		b.Fatalf("EnsureConsumer(%s): %v", name, err)
 	}
 	if _, err := s.SetQuota(ctx, pharox.Quota{Subject: pharox.QuotaConsumer, SubjectID: c.ID,
 		QuotaLimits: pharox.QuotaLimits{MaxConcurrentLeases: limit}}); err != nil {
-		b.Fatalf("SetQuota(bench-capped, max_concurrent_leases=%d): %v", limit, err)
+		b.Fatalf("SetQuota(%s, max_concurrent_leases=%d): %v", name, limit, err)
 	}
 	req.ConsumerID, req.ConsumerName = c.ID, c.Name
 	return req
