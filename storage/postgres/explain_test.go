@@ -82,7 +82,7 @@ func TestExplainAcquire(t *testing.T) {
 		a.add(c.Name)
 		a.add(time.Minute)
 		a.add("")
-		sqls := s.acquireStatements(tc.st, false, false, tc.target, tc.f, a)
+		sqls := s.acquireStatements(tc.st, false, false, false, tc.target, tc.f, a)
 		name := fmt.Sprintf("%s %+v", tc.st, tc.f)
 		if tc.target != "" {
 			name += " target " + tc.target
@@ -96,7 +96,7 @@ func TestExplainAcquire(t *testing.T) {
 		for _, v := range []any{"explain", c.ID, uuid.New(), c.Name, time.Minute, "session-1", time.Hour} {
 			a.add(v)
 		}
-		sqls := s.acquireStatements(pharox.FirstAvailable, true, false, "example.com", nil, a)
+		sqls := s.acquireStatements(pharox.FirstAvailable, true, false, false, "example.com", nil, a)
 		stmts = append(stmts, explained{"sticky, target example.com", sqls.lean, a.vals, freeIndex[pharox.FirstAvailable], true})
 	}
 	// A batch of 16 acquisitions, as concurrent callers share it.
