@@ -170,9 +170,10 @@ func (s *Store) ListPools(ctx context.Context) ([]*pharox.Pool, error) {
 	return out, nil
 }
 
-// poolQuotasSQL selects the quota rows of pool $1 and of its proxies.
+// poolQuotasSQL selects the quota rows of pool $1 and of its proxies (each
+// proxy quota's proxy looked up by primary key).
 const poolQuotasSQL = `(q.subject = 'pool' AND q.subject_id = $1)
-   OR (q.subject = 'proxy' AND q.subject_id IN (SELECT id FROM {s}.proxies WHERE pool_id = $1))`
+   OR (q.subject = 'proxy' AND EXISTS (SELECT 1 FROM {s}.proxies p WHERE p.id = q.subject_id AND p.pool_id = $1))`
 
 // DeletePool deletes the pool, its proxies, their ended leases, its session
 // bindings and cursor, and the quotas of the pool and its proxies, in one

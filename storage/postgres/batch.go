@@ -274,7 +274,7 @@ req AS MATERIALIZED (
 	SELECT r.ord, r.lease_id, r.consumer_id, r.consumer_name, r.us,
 		EXISTS (SELECT 1 FROM {s}.consumers c WHERE c.id = r.consumer_id) AS ok,
 		NOT EXISTS (SELECT 1 FROM {s}.leases x WHERE x.id = r.lease_id) AS fresh,
-		EXISTS (SELECT 1 FROM {s}.quotas q WHERE q.subject = 'consumer' AND q.subject_id = r.consumer_id) AS hc
+		coalesce((SELECT true FROM {s}.quotas q WHERE q.subject = 'consumer' AND q.subject_id = r.consumer_id), false) AS hc
 	FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::bigint[]) WITH ORDINALITY AS r(lease_id, consumer_id, consumer_name, us, ord)
 ),
 noqp AS MATERIALIZED (

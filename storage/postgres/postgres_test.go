@@ -103,7 +103,9 @@ func TestConformanceUnbatched(t *testing.T) {
 
 // TestMultiProcess runs storagetest's multi-process audit: 4 worker
 // processes of 16 goroutines each lease from one pool of 10 proxies with
-// max_concurrency 2 through one shared schema.
+// max_concurrency 2 through one shared schema, a quarter of them as
+// consumers with max_concurrent_leases 3 (ConsumerCap), which the audit
+// checks across the processes.
 func TestMultiProcess(t *testing.T) {
 	url := os.Getenv(envURL)
 	if url == "" {
@@ -115,6 +117,7 @@ func TestMultiProcess(t *testing.T) {
 		Proxies:        10,
 		MaxConcurrency: 2,
 		Duration:       4 * time.Second,
+		ConsumerCap:    3,
 		Open: func(t testing.TB, namespace string) pharox.Storage {
 			ctx := context.Background()
 			cfg, err := pgxpool.ParseConfig(url)

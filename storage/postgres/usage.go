@@ -91,10 +91,12 @@ func addBytesSQL(q, n, t string) string {
 // leases_active_consumer or leases_active_pool, and at most its
 // max_concurrent_leases of them: all Admit needs to know, so the count
 // costs at most the cap, never the pool. NULL when the quota sets no cap.
+// (When the statistics say that every lease is of one pool, the planner
+// walks leases_active_expiry instead, which then costs the same.)
 func activeSQL(q, t string) string {
 	count := func(col string) string {
-		return "(SELECT count(*) FROM (SELECT 1 FROM {s}.leases x WHERE x." + col + " = " + q + ".subject_id AND x.status = 'active' AND x.expires_at > " + t +
-			" LIMIT " + q + ".max_concurrent_leases) z)"
+		return "(SELECT count(*) FROM (SELECT 1 FROM {s}.leases x WHERE x." + col + " = " + q + ".subject_id AND x.status = 'active'" +
+			" AND x.expires_at > " + t + " LIMIT " + q + ".max_concurrent_leases) z)"
 	}
 	return "CASE WHEN " + q + ".max_concurrent_leases > 0 THEN CASE WHEN " + q + ".subject = 'consumer' THEN " +
 		count("consumer_id") + " ELSE " + count("pool_id") + " END END"
@@ -448,6 +450,30 @@ func (s *Store) QueryUsage(ctx context.Context, q pharox.UsageQuery) ([]pharox.U
 	if err := q.Validate(); err != nil {
 		return nil, err
 	}
+	sql, vals := s.usageQuerySQL(q)
+	// Planned per call (see reclaimSQL): the table grows without bound.
+	rows, err := s.pool.Query(ctx, s.q(sql), append([]any{pgx.QueryExecModeExec}, vals...)...)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: query usage: %w", err)
+	}
+	defer rows.Close()
+	out := []pharox.UsageRow{}
+	for rows.Next() {
+		var r pharox.UsageRow
+		if err := rows.Scan(&r.Key, &r.Leases, &r.Requests, &r.BytesSent, &r.BytesReceived); err != nil {
+			return nil, fmt.Errorf("postgres: query usage: %w", err)
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("postgres: query usage: %w", err)
+	}
+	return out, nil
+}
+
+// usageQuerySQL returns the statement of QueryUsage for a valid q and its
+// bind values.
+func (s *Store) usageQuerySQL(q pharox.UsageQuery) (string, []any) {
 	key := usageKeys[q.GroupBy]
 	a := &args{}
 	var conds []string
@@ -468,24 +494,7 @@ func (s *Store) QueryUsage(ctx context.Context, q pharox.UsageQuery) ([]pharox.U
 		sql += " WHERE " + strings.Join(conds, " AND ")
 	}
 	sql += " GROUP BY " + key + " ORDER BY " + key + ` COLLATE "C"`
-	// Planned per call (see reclaimSQL): the table grows without bound.
-	rows, err := s.pool.Query(ctx, s.q(sql), append([]any{pgx.QueryExecModeExec}, a.vals...)...)
-	if err != nil {
-		return nil, fmt.Errorf("postgres: query usage: %w", err)
-	}
-	defer rows.Close()
-	out := []pharox.UsageRow{}
-	for rows.Next() {
-		var r pharox.UsageRow
-		if err := rows.Scan(&r.Key, &r.Leases, &r.Requests, &r.BytesSent, &r.BytesReceived); err != nil {
-			return nil, fmt.Errorf("postgres: query usage: %w", err)
-		}
-		out = append(out, r)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("postgres: query usage: %w", err)
-	}
-	return out, nil
+	return sql, a.vals
 }
 
 // PurgeUsage deletes the buckets that started before the given time.
