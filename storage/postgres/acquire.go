@@ -62,6 +62,22 @@ const codeLockNotAvailable = "55P03"
 // The statement, CTE by CTE:
 //
 //   - pool: the pool's id by name.
+//   - noq (plain statements): whether the consumer or the pool has a quota,
+//     one primary-key probe of quotas each. When one has, the statement
+//     takes nothing (the gate below) and says so; AcquireLease then goes
+//     on with the quota statement, and remembers to start with it for
+//     that consumer or pool (quotaHints).
+//   - qn, qr, adm (quota statements): the time, read after quotaLockSQL
+//     (run first in the same transaction) locked the quota rows of the
+//     consumer and the pool; those rows, with their byte counters rolled
+//     to that time, their refilled token bucket and, when they cap
+//     concurrent leases, the subject's active unexpired leases counted
+//     through leases_active_consumer or leases_active_pool (at most the
+//     cap of them); and Quota.Admit over them, consumer then pool (see
+//     usage.go for the rules in SQL). A refusal is a gate like the
+//     consumer check: no slot, lease, binding or token is taken, and the
+//     final row carries the rows as JSON, from which quotaError builds
+//     the reference rule's QuotaError.
 //   - cur (RoundRobin): the pool's round-robin position, read without a
 //     lock. Other strategies never touch it.
 //   - bound (sticky): the proxy bound to (pool, key) if the binding is live
@@ -102,11 +118,24 @@ const codeLockNotAvailable = "55P03"
 //     without ever waiting for one another.
 //   - bind (sticky): (re)binds the session key until now + ttl; concurrent
 //     acquisitions with one key wait for each other only here.
+//   - tok (quota statements): Quota.TakeToken on the quotas with a request
+//     rate, only when a lease was inserted.
 //
-// The final row reports whether pool and consumer exist and (full form)
+// The final row reports whether pool and consumer exist, (full form)
 // when no lease was taken, whether a candidate existed in the statement's
-// snapshot: it was then locked by a concurrent transaction, and
-// AcquireLease tries again.
+// snapshot (it was then locked by a concurrent transaction, and
+// AcquireLease tries again), and what the statement saw of quotas (see
+// quotaSeen).
+//
+// Why a statement of its own locks the quota rows: under READ COMMITTED a
+// statement reads every table as of its start, so a statement that both
+// waited for a quota row and counted leases would count them as they were
+// before the holder of that row committed its lease. quotaLockSQL,
+// pipelined before the acquisition in one round trip and one implicit
+// transaction (see tryAcquire), makes the acquisition start after the
+// lock was granted. The lock is held until the acquisition commits: that
+// serialises the acquisitions of a capped consumer (or pool) across
+// processes, which is what makes a cap exact.
 func (s *Store) acquireStatements(st pharox.Strategy, sticky, idem, quota bool, target string, f *pharox.Filters, a *args) acquireSQLs {
 	key := acquireKey{strategy: st.OrDefault(), sticky: sticky, naive: s.naive, idem: idem, target: target != "", quota: quota}
 	tph := ""

@@ -252,6 +252,16 @@ func (s *Store) execAcquireBatch(ctx context.Context, key acquireBatchKey, items
 // and requests left without a slot (their candidates were locked by other
 // transactions) come back unserved and fall back to the single
 // statement, which also reclaims expired leases.
+//
+// Quotas: a plain batch (key.quota false) serves only the requests whose
+// consumer and pool have no quota (a primary-key probe per request and
+// one for the pool) and reports the others, which go on with the quota
+// statements. A quota batch runs after quotaBatchLockSQL locked its
+// consumer's and its pool's quota rows in the same transaction (see
+// execAcquireBatch), admits requests as Quota.Admit would one after
+// another (CTEs qa to elig), and takes the tokens of the leases it
+// inserted (tok); requests it refused go on alone, and the single
+// statement returns their QuotaError.
 func (s *Store) acquireBatchSQL(key acquireBatchKey, where string) string {
 	// The statement depends on whether there is a target, not on which:
 	// cached per pool, strategy and that.
