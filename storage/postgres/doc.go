@@ -279,8 +279,9 @@
 // id order, and acquisitions wait for no proxy, lease or cursor row at all
 // (sticky acquisitions of one session key wait only for each other, see
 // Sticky sessions; acquisitions of a consumer or pool with a quota wait
-// for its quota row, and hold nothing else meanwhile), which keeps the
-// store free of deadlocks.
+// for its quota rows, holding at most a session key's lock and quota rows
+// that come earlier in that order), which keeps the store free of
+// deadlocks.
 //
 // # Sticky sessions
 //

@@ -377,7 +377,8 @@ func seedPool(t testing.TB, s *Store, name string, n, maxc int) (*pharox.Pool, *
 
 // TestExplainUsage prints the plans of the statements that count and read
 // usage (run with -v) on a 2,000-proxy pool with the history of
-// seedHistory and 60,000 hourly buckets of 30 days, and asserts that
+// seedHistory, 60,000 hourly buckets of 30 days and quotas on the
+// consumer, the pool and a proxy, and asserts that
 // releases with usage reach every lease, proxy and quota row by an index,
 // and that usage queries read the buckets through the index of their
 // filter: the primary key (hour_start first) for a range of hours,
@@ -388,19 +389,35 @@ func TestExplainUsage(t *testing.T) {
 	ctx := context.Background()
 	pool, c := seedPool(t, s, "explain-usage", 2000, 1)
 	var held []string
+	var proxy uuid.UUID
 	for range 16 {
 		l, err := s.AcquireLease(ctx, pharox.AcquireRequest{PoolName: pool.Name, ConsumerID: c.ID, Duration: time.Minute, Strategy: pharox.FirstAvailable})
 		if err != nil {
 			t.Fatal(err)
 		}
 		held = append(held, l.ID.String())
+		proxy = l.ProxyID
 	}
 	seedHistory(t, s, pool.ID)
+	// Buckets of 500 consumers (c's among them) and 50 pools (pool's).
 	if _, err := s.pool.Exec(ctx, s.q(`INSERT INTO {s}.usage_hourly (hour_start, consumer_id, proxy_id, pool_id, target, leases, requests, bytes_sent, bytes_received)
-		SELECT date_trunc('hour', now()) - (g % 720) * interval '1 hour', ('00000000-0000-0000-0000-' || lpad((g % 500)::text, 12, '0'))::uuid,
-			gen_random_uuid(), ('00000000-0000-0000-0000-0000000000' || lpad((g % 50)::text, 2, '0'))::uuid, 'site' || (g % 300), 1, 2, 3, 4
-		FROM generate_series(1, 60000) g`)); err != nil {
+		SELECT date_trunc('hour', now()) - (g % 720) * interval '1 hour',
+			CASE WHEN g % 500 = 0 THEN $1 ELSE ('00000000-0000-0000-0000-' || lpad((g % 500)::text, 12, '0'))::uuid END,
+			gen_random_uuid(), CASE WHEN g % 50 = 0 THEN $2 ELSE ('00000000-0000-0000-0000-0000000000' || lpad((g % 50)::text, 2, '0'))::uuid END,
+			'site' || (g % 300), 1, 2, 3, 4
+		FROM generate_series(1, 60000) g`), c.ID, pool.ID); err != nil {
 		t.Fatal(err)
+	}
+	// Quotas on c, the pool and the last lease's proxy: the release of that
+	// lease counts in all three.
+	for _, q := range []pharox.Quota{
+		{Subject: pharox.QuotaConsumer, SubjectID: c.ID, QuotaLimits: pharox.QuotaLimits{BytesPerDay: 1 << 30}},
+		{Subject: pharox.QuotaPool, SubjectID: pool.ID, QuotaLimits: pharox.QuotaLimits{BytesPerMonth: 1 << 40}},
+		{Subject: pharox.QuotaProxy, SubjectID: proxy, QuotaLimits: pharox.QuotaLimits{BytesPerDay: 1 << 30}},
+	} {
+		if _, err := s.SetQuota(ctx, q); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if _, err := s.pool.Exec(ctx, "ANALYZE "+s.schema+".usage_hourly"); err != nil {
 		t.Fatal(err)
@@ -416,7 +433,7 @@ func TestExplainUsage(t *testing.T) {
 		custom bool
 	}
 	stmts := []explained{
-		{name: "release with usage", sql: s.q(releaseUsageSQL), vals: []any{held[0], "off", int64(1), int64(2), int64(3)}, index: "leases_pkey"},
+		{name: "release with usage", sql: s.q(releaseUsageSQL), vals: []any{held[len(held)-1], "off", int64(1), int64(2), int64(3)}, index: "leases_pkey"},
 		{name: "batch release of 16 with usage", sql: s.q(releaseBatchUsageSQL), vals: []any{held, "off", make([]int64, 16), make([]int64, 16), make([]int64, 16)}, index: "leases_pkey", custom: true},
 		{name: "new quota's counters, consumer", sql: s.q(`SELECT coalesce(sum(bytes_sent + bytes_received) FILTER (WHERE hour_start >= $3), 0)::bigint,
 	coalesce(sum(bytes_sent + bytes_received), 0)::bigint
