@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -122,5 +124,258 @@ RETURNING q.day, q.bytes_today, q.month, q.bytes_this_month, ` + exhaustedUntilS
 		if (until == nil) != wantUntil.IsZero() || (until != nil && !until.Equal(wantUntil)) {
 			t.Fatalf("case %d %+v at %s, %d bytes: SQL allowance until %v; ExhaustedUntil %v", i, q, now, n, until, wantUntil)
 		}
+	}
+}
+
+// TestBatchQuotasMatchSequential: a quota batch (a statement that admits
+// several consumers' requests at once) serves exactly the requests that
+// the reference store, acquiring one after another, does not refuse,
+// with the same proxies, for consumers with a cap, with a request rate,
+// without a quota, and under a pool cap; the refused ones come back
+// unserved (the single statement then returns their QuotaError), and the
+// tokens left match.
+func TestBatchQuotasMatchSequential(t *testing.T) {
+	ctx := context.Background()
+	tw := newTwin(t, rand.New(rand.NewPCG(8, 9)), 12)
+	// Three more consumers in each store, in the same order.
+	type pair struct{ pg, mem *pharox.Consumer }
+	cons := []pair{{tw.pgCons, tw.memCons}}
+	for _, name := range []string{"capped", "rated", "free"} {
+		pc, err := tw.pg.EnsureConsumer(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mc, err := tw.mem.EnsureConsumer(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cons = append(cons, pair{pc, mc})
+	}
+	limits := []pharox.QuotaLimits{{MaxConcurrentLeases: 3}, {MaxConcurrentLeases: 2}, {RequestsPerMinute: 3}, {}}
+	for _, st := range []pharox.Storage{tw.pg, tw.mem} {
+		pool, err := st.GetPoolByName(ctx, "twin")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, l := range limits {
+			if l.IsZero() {
+				continue
+			}
+			c := cons[i].mem
+			if st == pharox.Storage(tw.pg) {
+				c = cons[i].pg
+			}
+			if _, err := st.SetQuota(ctx, pharox.Quota{Subject: pharox.QuotaConsumer, SubjectID: c.ID, QuotaLimits: l}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := st.SetQuota(ctx, pharox.Quota{Subject: pharox.QuotaPool, SubjectID: pool.ID, QuotaLimits: pharox.QuotaLimits{MaxConcurrentLeases: 8}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// One lease already held by the first consumer.
+	for _, st := range []pharox.Storage{tw.pg, tw.mem} {
+		req := tw.request(pharox.FirstAvailable, st == pharox.Storage(tw.pg), nil)
+		if _, err := st.AcquireLease(ctx, req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	order := []int{1, 2, 0, 2, 1, 3, 2, 1, 0, 2, 3, 1, 0, 3}
+	items := make([]*acquireItem, len(order))
+	for i, k := range order {
+		req := pharox.AcquireRequest{PoolName: "twin", ConsumerID: cons[k].pg.ID, ConsumerName: cons[k].pg.Name, Duration: time.Hour, Strategy: pharox.FirstAvailable}
+		items[i] = &acquireItem{req: &req, leaseID: uuid.New(), where: "true"}
+	}
+	res := tw.pg.execAcquireBatch(ctx, acquireBatchKey{pool: "twin", strategy: pharox.FirstAvailable, quota: true}, items)
+	served, refused := 0, 0
+	for i, k := range order {
+		want, werr := tw.mem.AcquireLease(ctx, pharox.AcquireRequest{PoolName: "twin", ConsumerID: cons[k].mem.ID, ConsumerName: cons[k].mem.Name,
+			Duration: time.Hour, Strategy: pharox.FirstAvailable})
+		got := res[i]
+		switch {
+		case errors.Is(werr, pharox.ErrQuotaExceeded):
+			refused++
+			if !errors.Is(got.Err, errNotServed) {
+				t.Fatalf("request %d (consumer %d): got %v, %v; the reference refused it: %v", i, k, got.Val, got.Err, werr)
+			}
+		case werr != nil:
+			t.Fatal(werr)
+		case got.Err != nil:
+			t.Fatalf("request %d (consumer %d): %v; the reference leased %s", i, k, got.Err, want.ProxyID)
+		default:
+			served++
+			if got.Val.ProxyID != want.ProxyID {
+				t.Fatalf("request %d: leased %s, reference %s", i, got.Val.ProxyID, want.ProxyID)
+			}
+		}
+	}
+	if served == 0 || refused == 0 {
+		t.Fatalf("%d served, %d refused: the test proves nothing", served, refused)
+	}
+	pq, err := tw.pg.GetQuota(ctx, pharox.QuotaConsumer, cons[2].pg.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mq, err := tw.mem.GetQuota(ctx, pharox.QuotaConsumer, cons[2].mem.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The stores' clocks differ by the time the test took: a refill of a
+	// few thousandths of a token at 3 a minute.
+	if d := pq.Tokens - mq.Tokens; d < -0.05 || d > 0.05 {
+		t.Fatalf("tokens left: %v, reference %v", pq.Tokens, mq.Tokens)
+	}
+}
+
+// TestQuotaHintsFollowOtherStores: the quota hints only save a round
+// trip. A Store that has acquired for a consumer without a quota enforces
+// one another Store (process) sets at once, alone and batched, and goes
+// back to the plain statements once it is deleted.
+func TestQuotaHintsFollowOtherStores(t *testing.T) {
+	ctx := context.Background()
+	s1 := newTestStore(t)
+	s2, err := New(ctx, s1.pool, WithSchema(s1.cfg.schema))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, c := seedPool(t, s1, "hints", 20, 1)
+	req := pharox.AcquireRequest{PoolName: "hints", ConsumerID: c.ID, ConsumerName: c.Name, Duration: time.Minute, Strategy: pharox.FirstAvailable}
+	first, err := s1.AcquireLease(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s1.hints.has(&req) {
+		t.Fatal("hint set for a consumer without a quota")
+	}
+	if _, err := s2.SetQuota(ctx, pharox.Quota{Subject: pharox.QuotaConsumer, SubjectID: c.ID, QuotaLimits: pharox.QuotaLimits{MaxConcurrentLeases: 4}}); err != nil {
+		t.Fatal(err)
+	}
+	// Concurrently, so that the plain batch statement meets the quota.
+	var ok, refused atomic.Int32
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Go(func() {
+			_, err := s1.AcquireLease(ctx, req)
+			switch {
+			case err == nil:
+				ok.Add(1)
+			case errors.Is(err, pharox.ErrQuotaExceeded):
+				refused.Add(1)
+			default:
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if ok.Load() != 3 || refused.Load() != 7 {
+		t.Fatalf("with a cap of 4 and one lease held: %d acquired, %d refused; want 3 and 7", ok.Load(), refused.Load())
+	}
+	if !s1.hints.has(&req) {
+		t.Fatal("no hint after the quota was met")
+	}
+	if err := s2.DeleteQuota(ctx, pharox.QuotaConsumer, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s1.AcquireLease(ctx, req); err != nil {
+		t.Fatalf("acquisition after the quota was deleted: %v", err)
+	}
+	if s1.hints.has(&req) {
+		t.Fatal("the hint outlived the quota")
+	}
+	_ = first
+}
+
+// TestBatchedReleasesCountUsage: releases with usage reports batched
+// together count each lease once, in its bucket and its quotas, as the
+// same releases one after another would; a lease released twice in one
+// batch counts once; releases without a report count nothing.
+func TestBatchedReleasesCountUsage(t *testing.T) {
+	ctx := context.Background()
+	s := newTestStore(t)
+	pool, c := seedPool(t, s, "batched-usage", 40, 1)
+	for _, q := range []pharox.Quota{
+		{Subject: pharox.QuotaConsumer, SubjectID: c.ID, QuotaLimits: pharox.QuotaLimits{BytesPerDay: 1 << 40}},
+		{Subject: pharox.QuotaPool, SubjectID: pool.ID, QuotaLimits: pharox.QuotaLimits{BytesPerMonth: 1 << 40}},
+	} {
+		if _, err := s.SetQuota(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var leases []*pharox.Lease
+	for i := range 30 {
+		req := pharox.AcquireRequest{PoolName: pool.Name, ConsumerID: c.ID, ConsumerName: c.Name, Duration: time.Minute,
+			Strategy: pharox.FirstAvailable, Target: []string{"", "a.example", "b.example"}[i%3]}
+		l, err := s.AcquireLease(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leases = append(leases, l)
+	}
+	// A proxy quota that the batch uses up.
+	if _, err := s.SetQuota(ctx, pharox.Quota{Subject: pharox.QuotaProxy, SubjectID: leases[5].ProxyID, QuotaLimits: pharox.QuotaLimits{BytesPerDay: 100}}); err != nil {
+		t.Fatal(err)
+	}
+	var items []releaseItem
+	var want pharox.Usage
+	for i, l := range leases[:20] {
+		u := pharox.Usage{Requests: int64(i + 1), BytesSent: int64(10 * i), BytesReceived: int64(100 * i)}
+		items = append(items, releaseItem{id: l.ID, usage: u})
+		want = want.Add(u)
+	}
+	items = append(items, releaseItem{id: leases[3].ID, usage: pharox.Usage{Requests: 1000}}) // twice: counts once
+	res := s.execReleaseBatch(ctx, true, items)
+	for i, r := range res {
+		if (r.Err == nil) != (i < 20) {
+			t.Fatalf("release %d: %v, %v", i, r.Val, r.Err)
+		}
+		if i < 20 && (r.Val.Usage == nil || *r.Val.Usage != items[i].usage || r.Val.Target != leases[i].Target) {
+			t.Fatalf("release %d returned usage %v target %q; want %v %q", i, r.Val.Usage, r.Val.Target, items[i].usage, leases[i].Target)
+		}
+	}
+	plain := make([]releaseItem, 0, 10)
+	for _, l := range leases[20:] {
+		plain = append(plain, releaseItem{id: l.ID})
+	}
+	for _, r := range s.execReleaseBatch(ctx, false, plain) {
+		if r.Err != nil || r.Val.Usage != nil {
+			t.Fatalf("release without usage: %v, %v", r.Val, r.Err)
+		}
+	}
+	rows, err := s.QueryUsage(ctx, pharox.UsageQuery{GroupBy: pharox.UsageByTarget})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got pharox.Usage
+	var n int64
+	for _, r := range rows {
+		got = got.Add(r.Usage)
+		n += r.Leases
+	}
+	if got != want || n != 20 || len(rows) != 3 {
+		t.Fatalf("usage by target %+v: total %+v over %d leases; want %+v over 20 leases in 3 rows", rows, got, n, want)
+	}
+	for _, subject := range []pharox.QuotaSubject{pharox.QuotaConsumer, pharox.QuotaPool} {
+		id := c.ID
+		if subject == pharox.QuotaPool {
+			id = pool.ID
+		}
+		q, err := s.GetQuota(ctx, subject, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if q.BytesToday != want.Bytes() || q.BytesThisMonth != want.Bytes() {
+			t.Fatalf("%s quota counts %d today, %d this month; want %d", subject, q.BytesToday, q.BytesThisMonth, want.Bytes())
+		}
+	}
+	p, err := s.GetProxy(ctx, leases[5].ProxyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var until *time.Time
+	if err := s.pool.QueryRow(ctx, s.q(`SELECT allowance_until FROM {s}.proxies WHERE id = $1`), p.ID).Scan(&until); err != nil {
+		t.Fatal(err)
+	}
+	if p.CurrentLeases != 0 || until == nil || !until.Equal(pharox.DayStart(time.Now()).AddDate(0, 0, 1)) {
+		t.Fatalf("proxy over its allowance: %d leases, allowance until %v", p.CurrentLeases, until)
 	}
 }
