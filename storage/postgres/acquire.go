@@ -25,6 +25,10 @@ type acquireKey struct {
 	// target: the request names a target (AcquireRequest.Target), so
 	// the statement passes over proxies cooling down for it.
 	target bool
+	// quota: the statement enforces the quotas of the consumer and the
+	// pool, whose rows a statement before it in its transaction locked
+	// (quotaLockSQL); without, it only checks that they have none.
+	quota bool
 }
 
 // acquireSQLs are the two forms of the acquisition statement: lean looks
@@ -58,6 +62,22 @@ const codeLockNotAvailable = "55P03"
 // The statement, CTE by CTE:
 //
 //   - pool: the pool's id by name.
+//   - noq (plain statements): whether the consumer or the pool has a quota,
+//     one primary-key probe of quotas each. When one has, the statement
+//     takes nothing (the gate below) and says so; AcquireLease then goes
+//     on with the quota statement, and remembers to start with it for
+//     that consumer or pool (quotaHints).
+//   - qn, qr, adm (quota statements): the time, read after quotaLockSQL
+//     (run first in the same transaction) locked the quota rows of the
+//     consumer and the pool; those rows, with their byte counters rolled
+//     to that time, their refilled token bucket and, when they cap
+//     concurrent leases, the subject's active unexpired leases counted
+//     through leases_active_consumer or leases_active_pool (at most the
+//     cap of them); and Quota.Admit over them, consumer then pool (see
+//     usage.go for the rules in SQL). A refusal is a gate like the
+//     consumer check: no slot, lease, binding or token is taken, and the
+//     final row carries the rows as JSON, from which quotaError builds
+//     the reference rule's QuotaError.
 //   - cur (RoundRobin): the pool's round-robin position, read without a
 //     lock. Other strategies never touch it.
 //   - bound (sticky): the proxy bound to (pool, key) if the binding is live
@@ -98,13 +118,26 @@ const codeLockNotAvailable = "55P03"
 //     without ever waiting for one another.
 //   - bind (sticky): (re)binds the session key until now + ttl; concurrent
 //     acquisitions with one key wait for each other only here.
+//   - tok (quota statements): Quota.TakeToken on the quotas with a request
+//     rate, only when a lease was inserted.
 //
-// The final row reports whether pool and consumer exist and (full form)
+// The final row reports whether pool and consumer exist, (full form)
 // when no lease was taken, whether a candidate existed in the statement's
-// snapshot: it was then locked by a concurrent transaction, and
-// AcquireLease tries again.
-func (s *Store) acquireStatements(st pharox.Strategy, sticky, idem bool, target string, f *pharox.Filters, a *args) acquireSQLs {
-	key := acquireKey{strategy: st.OrDefault(), sticky: sticky, naive: s.naive, idem: idem, target: target != ""}
+// snapshot (it was then locked by a concurrent transaction, and
+// AcquireLease tries again), and what the statement saw of quotas (see
+// quotaSeen).
+//
+// Why a statement of its own locks the quota rows: under READ COMMITTED a
+// statement reads every table as of its start, so a statement that both
+// waited for a quota row and counted leases would count them as they were
+// before the holder of that row committed its lease. quotaLockSQL,
+// pipelined before the acquisition in one round trip and one implicit
+// transaction (see tryAcquire), makes the acquisition start after the
+// lock was granted. The lock is held until the acquisition commits: that
+// serialises the acquisitions of a capped consumer (or pool) across
+// processes, which is what makes a cap exact.
+func (s *Store) acquireStatements(st pharox.Strategy, sticky, idem, quota bool, target string, f *pharox.Filters, a *args) acquireSQLs {
+	key := acquireKey{strategy: st.OrDefault(), sticky: sticky, naive: s.naive, idem: idem, target: target != "", quota: quota}
 	tph := ""
 	if target != "" {
 		tph = a.add(target)
@@ -144,6 +177,28 @@ func (s *Store) acquireStatement(key acquireKey, filter, target string, full, wa
 		b.WriteString(",\nrs AS MATERIALIZED (\n\tSELECT random() AS r\n)")
 	}
 	gate := "(SELECT ok FROM consumer)"
+	if !wait {
+		if key.quota {
+			// The quota rows of the consumer and the pool, locked by the
+			// statement before (quotaLockSQL), so read here as the last
+			// holder committed them, with the active leases counted in a
+			// snapshot taken after that commit; the time is read after the
+			// lock too. adm is Quota.Admit, consumer and pool.
+			b.WriteString(",\nqn AS MATERIALIZED (\n\tSELECT clock_timestamp() AS t\n)" +
+				",\nqr AS MATERIALIZED (\n\t" + quotaRowsSQL("(q.subject = 'consumer' AND q.subject_id = $2) OR (q.subject = 'pool' AND q.subject_id = (SELECT id FROM pool))") + "\n)" +
+				",\nadm AS MATERIALIZED (\n\tSELECT (SELECT " + limitSQL("r") + " FROM qr r WHERE r.subject = 'consumer') AS cl," +
+				"\n\t\t(SELECT " + limitSQL("r") + " FROM qr r WHERE r.subject = 'pool') AS pl\n)")
+			gate += " AND (SELECT cl IS NULL AND pl IS NULL FROM adm)"
+		} else {
+			// Neither the consumer nor the pool may have a quota: one
+			// primary-key probe each. When one has, the statement takes
+			// nothing and says so, and AcquireLease goes on with the
+			// quota statement.
+			b.WriteString(",\nnoq AS MATERIALIZED (\n\tSELECT EXISTS (SELECT 1 FROM {s}.quotas q WHERE q.subject = 'consumer' AND q.subject_id = $2) AS c," +
+				"\n\t\tEXISTS (SELECT 1 FROM {s}.quotas q WHERE q.subject = 'pool' AND q.subject_id = (SELECT id FROM pool)) AS p\n)")
+			gate += " AND NOT (SELECT c OR p FROM noq)"
+		}
+	}
 	if key.idem {
 		// A lease with this id exists: take nothing (AcquireLease then
 		// returns that lease). A concurrent statement inserting the same
@@ -233,11 +288,16 @@ taken AS (
 	RETURNING %[3]s
 ),
 lease AS (
-	INSERT INTO {s}.leases (id, proxy_id, pool_id, pool_name, consumer_id, consumer_name, status, acquired_at, expires_at, session_key)
-	SELECT $3, t.id, t.pool_id, $1, $2, $4, 'active', ts.at, ts.at + $5::interval, $6
+	INSERT INTO {s}.leases (id, proxy_id, pool_id, pool_name, consumer_id, consumer_name, status, acquired_at, expires_at, session_key, target)
+	SELECT $3, t.id, t.pool_id, $1, $2, $4, 'active', ts.at, ts.at + $5::interval, $6, %[5]s
 	FROM taken t, freed, LATERAL (SELECT greatest(clock_timestamp(), freed.last) AS at) ts
 	RETURNING acquired_at, expires_at
-)`, free, staleCTEs, proxyCols("p"), redraw)
+)`, free, staleCTEs, proxyCols("p"), redraw, targetValue(target))
+	if key.quota {
+		// Quota.TakeToken, only when a lease was taken.
+		b.WriteString(",\ntok AS (\n\tUPDATE {s}.quotas u SET tokens = r.refill - 1, tokens_at = qn.t FROM qr r, qn" +
+			"\n\tWHERE u.subject = r.subject AND u.subject_id = r.subject_id AND r.requests_per_minute > 0 AND EXISTS (SELECT 1 FROM lease)\n)")
+	}
 	if key.strategy == pharox.RoundRobin {
 		hit := ""
 		if sticky {
@@ -267,13 +327,22 @@ lease AS (
 			spent = "CASE WHEN l.acquired_at IS NULL THEN " + s.budgetSpentSQL(target) + " ELSE false END"
 		}
 	}
+	// Which of the consumer and the pool have a quota, and the refusal
+	// (see quotaError) when the quotas refused the acquisition.
+	quotas := "(SELECT c FROM noq), (SELECT p FROM noq), NULL::json"
+	if key.quota {
+		quotas = `(SELECT count(*) > 0 FROM qr WHERE subject = 'consumer'), (SELECT count(*) > 0 FROM qr WHERE subject = 'pool'),
+	CASE WHEN (SELECT cl IS NOT NULL OR pl IS NOT NULL FROM adm) THEN json_build_object('now', (SELECT t FROM qn),
+		'quotas', (SELECT json_agg(r ORDER BY r.subject) FROM qr r), 'limit', (SELECT coalesce('consumer ' || cl, 'pool ' || pl) FROM adm)) END`
+	}
 	fmt.Fprintf(&b, `
 SELECT (SELECT id FROM pool) IS NOT NULL,
 	(SELECT ok FROM consumer),
 	%s,
 	%s,
+	%s,
 	l.acquired_at, l.expires_at, %s
-FROM (SELECT 1) one LEFT JOIN taken t ON true LEFT JOIN lease l ON true`, retry, spent, proxyCols("t"))
+FROM (SELECT 1) one LEFT JOIN taken t ON true LEFT JOIN lease l ON true`, retry, spent, quotas, proxyCols("t"))
 	return s.q(b.String())
 }
 
@@ -307,22 +376,50 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 }
 
 // acquire performs AcquireLease with the lease id leaseID; idem says the
-// caller chose it.
+// caller chose it. It starts with the quota statements when the consumer
+// or the pool was seen with a quota (see quotaHints), else with the plain
+// ones, which switch to the quota statements when they find a quota.
 func (s *Store) acquire(ctx context.Context, req *pharox.AcquireRequest, leaseID uuid.UUID, idem bool) (*pharox.Lease, error) {
+	quota := s.hints.has(req)
+	for {
+		lease, err := s.acquireWith(ctx, req, leaseID, idem, quota)
+		if errors.Is(err, errQuotaSeen) && !quota {
+			quota = true
+			continue
+		}
+		if idem && errors.Is(err, pharox.ErrQuotaExceeded) {
+			// A retry of an acquisition that succeeded is not checked
+			// against quotas: it returns its lease.
+			if l, perr := s.priorLease(ctx, req); !errors.Is(perr, errNoPriorLease) {
+				return l, perr
+			}
+		}
+		return lease, err
+	}
+}
+
+// errQuotaSeen: a plain acquisition statement found a quota on the
+// consumer or the pool and took nothing; the quota statements serve it.
+var errQuotaSeen = errors.New("postgres: the consumer or pool has a quota")
+
+// acquireWith performs the acquisition with the quota statements or the
+// plain ones; the plain ones return errQuotaSeen when they found a quota.
+func (s *Store) acquireWith(ctx context.Context, req *pharox.AcquireRequest, leaseID uuid.UUID, idem, quota bool) (*pharox.Lease, error) {
 	sticky := req.SessionKey != ""
 	a := singleArgs(req, leaseID)
-	sqls := s.acquireStatements(req.Strategy, sticky, idem, req.Target, req.Filters, a)
+	sqls := s.acquireStatements(req.Strategy, sticky, idem, quota, req.Target, req.Filters, a)
+	pre := s.preStatements(req, quota)
 
 	// The lean statement first (alone or in a batch); on a miss, at once
 	// the full one, which also reclaims from full proxies and says whether
 	// to retry.
 	if s.batching() && !sticky {
-		lease, err := s.batchAcquire(ctx, req, leaseID, sqls.lean, a.vals)
+		lease, err := s.batchAcquire(ctx, req, leaseID, sqls.lean, a.vals, quota)
 		if !errors.Is(err, errNotServed) {
 			return lease, err
 		}
 	} else {
-		lease, _, err := s.tryAcquire(ctx, sqls.lean, a.vals, s.sessionLockKey(req))
+		lease, _, err := s.tryAcquire(ctx, req, sqls.lean, a.vals, pre, quota)
 		if err != nil || lease != nil {
 			return s.finishAcquire(lease, leaseID, req), err
 		}
@@ -347,7 +444,7 @@ func (s *Store) acquire(ctx context.Context, req *pharox.AcquireRequest, leaseID
 				return nil, fmt.Errorf("postgres: acquire from pool %q: %w", req.PoolName, err)
 			}
 		}
-		lease, m, err := s.tryAcquire(ctx, sqls.full, a.vals, s.sessionLockKey(req))
+		lease, m, err := s.tryAcquire(ctx, req, sqls.full, a.vals, pre, quota)
 		if err != nil || lease != nil {
 			return s.finishAcquire(lease, leaseID, req), err
 		}
@@ -368,6 +465,28 @@ func (s *Store) acquire(ctx context.Context, req *pharox.AcquireRequest, leaseID
 		}
 		backoff = min(backoff*2, 5*time.Millisecond)
 	}
+}
+
+// queued is a statement sent before an acquisition statement in its
+// transaction (see tryAcquire).
+type queued struct {
+	sql  string
+	args []any
+}
+
+// preStatements are the statements that precede req's acquisition
+// statement in its transaction: the session key's advisory lock for a
+// sticky request, then, with quota, the lock of the consumer's and the
+// pool's quota rows.
+func (s *Store) preStatements(req *pharox.AcquireRequest, quota bool) []queued {
+	var pre []queued
+	if key := s.sessionLockKey(req); key != "" {
+		pre = append(pre, queued{sessionLockSQL, []any{key}})
+	}
+	if quota {
+		pre = append(pre, queued{s.q(quotaLockSQL), []any{req.ConsumerID, req.PoolName}})
+	}
+	return pre
 }
 
 // errNoPriorLease: no lease has the id a request chose.
@@ -426,6 +545,7 @@ func (s *Store) finishAcquire(lease *pharox.Lease, id uuid.UUID, req *pharox.Acq
 	lease.ConsumerName = req.ConsumerName
 	lease.PoolName = req.PoolName
 	lease.SessionKey = req.SessionKey
+	lease.Target = req.Target
 	return lease
 }
 
@@ -442,25 +562,39 @@ func (s *Store) sessionLockKey(req *pharox.AcquireRequest) string {
 	return "pharox.session:" + s.cfg.schema + "/" + req.PoolName + "/" + req.SessionKey
 }
 
-// tryAcquire runs the acquisition statement once. With a session lock key
-// (sticky requests) it first takes that advisory lock, in the same
-// implicit transaction and round trip (one pipelined batch): under READ
-// COMMITTED the statement's snapshot is taken after the lock is granted,
-// so it sees the binding that a concurrent first use of the key committed
-// before releasing the lock, and concurrent first uses end on one proxy.
-// Without the lock each would read "no binding" from its own snapshot,
-// SKIP LOCKED would spread them, and the last upsert would win.
-func (s *Store) tryAcquire(ctx context.Context, sql string, vals []any, sessionLock string) (lease *pharox.Lease, m miss, err error) {
+// tryAcquire runs the acquisition statement once, after the statements
+// in pre (see preStatements), in the same implicit transaction and round
+// trip (one pipelined batch): under READ COMMITTED each statement's
+// snapshot is taken when it starts, after the locks the ones before it
+// took were granted. So a sticky statement sees the binding that a
+// concurrent first use of its key committed before releasing the session
+// lock, and concurrent first uses end on one proxy (without the lock each
+// would read "no binding" from its own snapshot, SKIP LOCKED would spread
+// them, and the last upsert would win); and a quota statement counts the
+// leases that the last holder of its quota rows committed.
+//
+// It also applies what the statement says about quotas (quota says which
+// statement it is): a plain statement that found one returns
+// errQuotaSeen; a quota statement's refusal is returned as the
+// reference rule's *pharox.QuotaError.
+func (s *Store) tryAcquire(ctx context.Context, req *pharox.AcquireRequest, sql string, vals []any, pre []queued, quota bool) (lease *pharox.Lease, m miss, err error) {
 	var rows pgx.Rows
-	if sessionLock == "" {
+	if len(pre) == 0 {
 		rows, err = s.pool.Query(ctx, sql, vals...)
 	} else {
 		b := &pgx.Batch{}
-		b.Queue(sessionLockSQL, sessionLock)
+		for _, p := range pre {
+			b.Queue(p.sql, p.args...)
+		}
 		b.Queue(sql, vals...)
 		br := s.pool.SendBatch(ctx, b)
 		defer br.Close()
-		if _, err = br.Exec(); err == nil {
+		for range pre {
+			if _, err = br.Exec(); err != nil {
+				break
+			}
+		}
+		if err == nil {
 			rows, err = br.Query()
 		}
 	}
@@ -476,11 +610,12 @@ func (s *Store) tryAcquire(ctx context.Context, sql string, vals []any, sessionL
 	}
 	var (
 		poolOK, consumerOK bool
+		qs                 quotaSeen
 		acquiredAt         *time.Time
 		expiresAt          *time.Time
 		pr                 proxyRow
 	)
-	dest := append([]any{&poolOK, &consumerOK, &m.retry, &m.budgetSpent, &acquiredAt, &expiresAt}, proxyDest(rows, 4, &pr)...)
+	dest := append([]any{&poolOK, &consumerOK, &m.retry, &m.budgetSpent, &qs.consumer, &qs.pool, &qs.refusal, &acquiredAt, &expiresAt}, proxyDest(rows, 7, &pr)...)
 	if err := rows.Scan(dest...); err != nil {
 		return nil, miss{}, fmt.Errorf("postgres: acquire: %w", err)
 	}
@@ -493,10 +628,39 @@ func (s *Store) tryAcquire(ctx context.Context, sql string, vals []any, sessionL
 		return nil, miss{}, fmt.Errorf("postgres: acquire: %w", pharox.ErrPoolNotFound)
 	case !consumerOK:
 		return nil, miss{}, fmt.Errorf("postgres: acquire: %w", pharox.ErrConsumerNotFound)
-	case acquiredAt == nil:
+	}
+	if err := s.applyQuotaSeen(req, quota, &qs); err != nil {
+		return nil, miss{}, err
+	}
+	if acquiredAt == nil {
 		return nil, m, nil
 	}
 	return acquiredLease(&pr, *acquiredAt, *expiresAt), miss{}, nil
+}
+
+// quotaSeen is what an acquisition statement reports about quotas:
+// whether the consumer and the pool have one, and the refusal (JSON, see
+// quotaError) when they refused the acquisition.
+type quotaSeen struct {
+	consumer, pool bool
+	refusal        []byte
+}
+
+// applyQuotaSeen updates the hints from what a statement (a quota one when
+// quota) saw, and returns errQuotaSeen when a plain statement found a
+// quota, or the QuotaError of a refusal.
+func (s *Store) applyQuotaSeen(req *pharox.AcquireRequest, quota bool, qs *quotaSeen) error {
+	switch {
+	case quota:
+		s.hints.note(req, qs.consumer, qs.pool)
+	case qs.consumer || qs.pool:
+		s.hints.note(req, qs.consumer, qs.pool)
+		return errQuotaSeen
+	}
+	if qs.refusal != nil {
+		return fmt.Errorf("postgres: acquire from pool %q: %w", req.PoolName, quotaError(qs.refusal))
+	}
+	return nil
 }
 
 // waitForCandidate runs the wait form (see acquireSQLs) with lock_timeout

@@ -170,12 +170,22 @@ func (s *Store) ListPools(ctx context.Context) ([]*pharox.Pool, error) {
 	return out, nil
 }
 
+// poolQuotasSQL selects the quota rows of pool $1 and of its proxies (each
+// proxy quota's proxy looked up by primary key).
+const poolQuotasSQL = `(q.subject = 'pool' AND q.subject_id = $1)
+   OR (q.subject = 'proxy' AND EXISTS (SELECT 1 FROM {s}.proxies p WHERE p.id = q.subject_id AND p.pool_id = $1))`
+
 // DeletePool deletes the pool, its proxies, their ended leases, its session
-// bindings and cursor, in one transaction that first locks the pool and its
-// proxies and reclaims their expired leases.
+// bindings and cursor, and the quotas of the pool and its proxies, in one
+// transaction that first locks those quotas (quota rows come before pool
+// and proxy rows in every transaction), then the pool and its proxies, and
+// reclaims their expired leases.
 func (s *Store) DeletePool(ctx context.Context, id uuid.UUID) error {
 	var endErr error
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, s.q(`SELECT 1 FROM {s}.quotas q WHERE `+poolQuotasSQL+` ORDER BY q.subject, q.subject_id FOR UPDATE OF q`), id); err != nil {
+			return err
+		}
 		var one int
 		err := tx.QueryRow(ctx, s.q(`SELECT 1 FROM {s}.pools WHERE id = $1 FOR UPDATE`), id).Scan(&one)
 		if errors.Is(err, pgx.ErrNoRows) {
@@ -202,6 +212,7 @@ func (s *Store) DeletePool(ctx context.Context, id uuid.UUID) error {
 			return errRollback
 		}
 		for _, stmt := range []string{
+			`DELETE FROM {s}.quotas q WHERE ` + poolQuotasSQL,
 			`DELETE FROM {s}.leases WHERE pool_id = $1`,
 			`DELETE FROM {s}.sessions WHERE pool_id = $1`,
 			`DELETE FROM {s}.pool_cursors WHERE pool_id = $1`,
@@ -370,11 +381,16 @@ RETURNING `+proxyCols("p")), id, string(status)).Scan(pr.targets()...)
 	return pr.proxy(), nil
 }
 
-// DeleteProxy deletes a proxy, its ended leases and its session bindings.
-// Its expired leases are reclaimed first, under the proxy's row lock.
+// DeleteProxy deletes a proxy, its ended leases, its session bindings and
+// its quota. Its quota row is locked first (quota rows come before proxy
+// rows in every transaction), and its expired leases are reclaimed under
+// the proxy's row lock.
 func (s *Store) DeleteProxy(ctx context.Context, id uuid.UUID) error {
 	var endErr error
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, s.q(`SELECT 1 FROM {s}.quotas WHERE subject = 'proxy' AND subject_id = $1 FOR UPDATE`), id); err != nil {
+			return err
+		}
 		var poolID uuid.UUID
 		err := tx.QueryRow(ctx, s.q(`SELECT pool_id FROM {s}.proxies WHERE id = $1 FOR UPDATE`), id).Scan(&poolID)
 		if errors.Is(err, pgx.ErrNoRows) {
@@ -399,6 +415,7 @@ func (s *Store) DeleteProxy(ctx context.Context, id uuid.UUID) error {
 		for _, stmt := range []string{
 			`DELETE FROM {s}.leases WHERE pool_id = $1 AND proxy_id = $2`,
 			`DELETE FROM {s}.sessions WHERE pool_id = $1 AND proxy_id = $2`,
+			`DELETE FROM {s}.quotas WHERE subject = 'proxy' AND subject_id = $2 AND $1::uuid IS NOT NULL`,
 		} {
 			if _, err := tx.Exec(ctx, s.q(stmt), poolID, id); err != nil {
 				return err

@@ -44,6 +44,12 @@ type acquireBatchKey struct {
 	strategy pharox.Strategy
 	target   string
 	filter   string
+	// quota: the batch enforces its consumer's and pool's quotas (see
+	// acquireKey.quota), and consumer is its one consumer: a batch locks
+	// its consumer's quota row, and batches of different consumers then
+	// wait for no row of each other's (unless their pool has a quota).
+	quota    bool
+	consumer uuid.UUID
 }
 
 // acquireItem is one acquisition waiting for a batch.
@@ -84,22 +90,28 @@ func (s *Store) newBatchers() {
 func (s *Store) discardLease(l *pharox.Lease) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, _ = s.releaseStatement(ctx, l.ID) // on failure the lease expires as usual
+	_, _ = s.releaseStatement(ctx, l.ID, nil) // on failure the lease expires as usual
 }
 
 // batching reports whether concurrent calls share statements.
 func (s *Store) batching() bool { return s.cfg.maxBatch > 1 && !s.naive }
 
-// batchAcquire hands req to the acquisition batcher. It returns
-// errNotServed when the batch had no slot for it.
-func (s *Store) batchAcquire(ctx context.Context, req *pharox.AcquireRequest, leaseID uuid.UUID, lean string, leanArgs []any) (*pharox.Lease, error) {
+// batchAcquire hands req to the acquisition batcher, to a batch with
+// quota statements when quota. It returns errNotServed when the batch had
+// no slot for it (or its quotas refused it: the single statement then
+// says why), and errQuotaSeen when a plain batch found a quota on its
+// consumer or pool.
+func (s *Store) batchAcquire(ctx context.Context, req *pharox.AcquireRequest, leaseID uuid.UUID, lean string, leanArgs []any, quota bool) (*pharox.Lease, error) {
 	a := &args{vals: make([]any, batchFixedParams, batchFixedParams+8)}
 	if req.Target != "" {
 		a.add(req.Target) // $6: see acquireBatchSQL
 	}
 	where := filterSQL(req.Filters, "p", a)
 	item := &acquireItem{req: req, leaseID: leaseID, lean: lean, leanArgs: leanArgs, where: where, filter: a.vals[batchFixedParams:]}
-	key := acquireBatchKey{pool: req.PoolName, strategy: req.Strategy.OrDefault(), target: req.Target}
+	key := acquireBatchKey{pool: req.PoolName, strategy: req.Strategy.OrDefault(), target: req.Target, quota: quota}
+	if quota {
+		key.consumer = req.ConsumerID
+	}
 	if where != "true" {
 		key.filter = where + "\x00" + fmt.Sprintf("%#v", item.filter)
 	}
@@ -113,7 +125,7 @@ func (s *Store) execAcquireBatch(ctx context.Context, key acquireBatchKey, items
 	out := make([]batch.Result[*pharox.Lease], len(items))
 	if len(items) == 1 {
 		it := items[0]
-		lease, _, err := s.tryAcquire(ctx, it.lean, it.leanArgs, "")
+		lease, _, err := s.tryAcquire(ctx, it.req, it.lean, it.leanArgs, s.preStatements(it.req, key.quota), key.quota)
 		switch {
 		case err != nil:
 			out[0].Err = err
@@ -146,11 +158,18 @@ func (s *Store) execAcquireBatch(ctx context.Context, key acquireBatchKey, items
 		// plan would cost every execution hundreds of milliseconds.
 		b := &pgx.Batch{}
 		b.Queue(`SELECT set_config('jit', 'off', true)`)
+		if key.quota {
+			// The quota rows, locked before the statement's snapshot is
+			// taken (see tryAcquire).
+			b.Queue(s.q(quotaBatchLockSQL), consumerIDs, key.pool)
+		}
 		b.Queue(s.acquireBatchSQL(key, items[0].where), vals...)
 		br := s.pool.SendBatch(ctx, b)
 		defer br.Close()
-		if _, err := br.Exec(); err != nil {
-			return err
+		for range b.Len() - 1 {
+			if _, err := br.Exec(); err != nil {
+				return err
+			}
 		}
 		rows, err := br.Query()
 		if err != nil {
@@ -160,11 +179,12 @@ func (s *Store) execAcquireBatch(ctx context.Context, key acquireBatchKey, items
 		for rows.Next() {
 			var (
 				poolOK, consumerOK   bool
+				hasQuota             [2]bool // consumer's, pool's
 				ord                  int64
 				acquiredAt, expireAt *time.Time
 				pr                   proxyRow
 			)
-			dest := append([]any{&poolOK, &ord, &consumerOK, &acquiredAt, &expireAt}, proxyDest(rows, 3, &pr)...)
+			dest := append([]any{&poolOK, &ord, &consumerOK, &hasQuota[0], &hasQuota[1], &acquiredAt, &expireAt}, proxyDest(rows, 5, &pr)...)
 			if err := rows.Scan(dest...); err != nil {
 				return err
 			}
@@ -178,9 +198,18 @@ func (s *Store) execAcquireBatch(ctx context.Context, key acquireBatchKey, items
 				r.Err = fmt.Errorf("postgres: acquire: %w", pharox.ErrPoolNotFound)
 			case !consumerOK:
 				r.Err = fmt.Errorf("postgres: acquire: %w", pharox.ErrConsumerNotFound)
+			case !key.quota && (hasQuota[0] || hasQuota[1]):
+				s.hints.note(it.req, hasQuota[0], hasQuota[1])
+				r.Err = errQuotaSeen
 			case acquiredAt == nil:
+				if key.quota {
+					s.hints.note(it.req, hasQuota[0], hasQuota[1])
+				}
 				r.Err = errNotServed
 			default:
+				if key.quota {
+					s.hints.note(it.req, hasQuota[0], hasQuota[1])
+				}
 				r.Val = s.finishAcquire(acquiredLease(&pr, *acquiredAt, *expireAt), it.leaseID, it.req)
 			}
 		}
@@ -223,10 +252,21 @@ func (s *Store) execAcquireBatch(ctx context.Context, key acquireBatchKey, items
 // and requests left without a slot (their candidates were locked by other
 // transactions) come back unserved and fall back to the single
 // statement, which also reclaims expired leases.
+//
+// Quotas: a plain batch (key.quota false) serves only the requests whose
+// consumer and pool have no quota (a primary-key probe per request and
+// one for the pool) and reports the others, which go on with the quota
+// statements. A quota batch runs after quotaBatchLockSQL locked its
+// consumer's and its pool's quota rows in the same transaction (see
+// execAcquireBatch), admits requests as Quota.Admit would one after
+// another (CTEs qa to elig), and takes the tokens of the leases it
+// inserted (tok); requests it refused go on alone, and the single
+// statement returns their QuotaError.
 func (s *Store) acquireBatchSQL(key acquireBatchKey, where string) string {
 	// The statement depends on whether there is a target, not on which:
 	// cached per pool, strategy and that.
 	cacheKey := key
+	cacheKey.consumer = uuid.Nil
 	tph := ""
 	if key.target != "" {
 		cacheKey.target, tph = "\x00", "$6"
@@ -243,11 +283,61 @@ func (s *Store) acquireBatchSQL(key acquireBatchKey, where string) string {
 req AS MATERIALIZED (
 	SELECT r.ord, r.lease_id, r.consumer_id, r.consumer_name, r.us,
 		EXISTS (SELECT 1 FROM {s}.consumers c WHERE c.id = r.consumer_id) AS ok,
-		NOT EXISTS (SELECT 1 FROM {s}.leases x WHERE x.id = r.lease_id) AS fresh
+		NOT EXISTS (SELECT 1 FROM {s}.leases x WHERE x.id = r.lease_id) AS fresh,
+		coalesce((SELECT true FROM {s}.quotas q WHERE q.subject = 'consumer' AND q.subject_id = r.consumer_id), false) AS hc
 	FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::bigint[]) WITH ORDINALITY AS r(lease_id, consumer_id, consumer_name, us, ord)
 ),
+noqp AS MATERIALIZED (
+	SELECT EXISTS (SELECT 1 FROM {s}.quotas q WHERE q.subject = 'pool' AND q.subject_id = (SELECT id FROM pool)) AS p
+),`)
+	if key.quota {
+		// The requests the quotas admit, as acquisitions in sequence at
+		// one time would be: a consumer's first allow requests pass its
+		// quota (allow: its free leases under the cap, and the whole
+		// tokens of its bucket, Quota.Admit applied request after
+		// request; 0 over a byte limit), and of those, the pool's first
+		// allow pass the pool's. (A request the pool refuses leaves its
+		// consumer's place to a later request of the same consumer, but
+		// the pool refuses every later request too.) Requests refused
+		// here go on alone, and the single statement says why.
+		b.WriteString(`
+qn AS MATERIALIZED (
+	SELECT clock_timestamp() AS t
+),
+qr AS MATERIALIZED (
+	` + quotaRowsSQL("(q.subject = 'consumer' AND q.subject_id = ANY ($3::uuid[])) OR (q.subject = 'pool' AND q.subject_id = (SELECT id FROM pool))") + `
+),
+qa AS MATERIALIZED (
+	SELECT r.subject, r.subject_id, r.refill, r.requests_per_minute,
+		CASE WHEN (r.bytes_per_day > 0 AND r.today >= r.bytes_per_day) OR (r.bytes_per_month > 0 AND r.this_month >= r.bytes_per_month) THEN 0
+		ELSE least(CASE WHEN r.max_concurrent_leases > 0 THEN greatest(r.max_concurrent_leases - r.active, 0) END,
+			CASE WHEN r.requests_per_minute > 0 THEN greatest(floor(r.refill), 0)::bigint END) END AS allow
+	FROM qr r
+),
+cadm AS MATERIALIZED (
+	SELECT r.ord, row_number() OVER (PARTITION BY r.consumer_id ORDER BY r.ord) AS k, a.allow
+	FROM req r LEFT JOIN qa a ON a.subject = 'consumer' AND a.subject_id = r.consumer_id
+	WHERE r.ok AND r.fresh
+),
+padm AS MATERIALIZED (
+	SELECT c.ord, row_number() OVER (ORDER BY c.ord) AS k FROM cadm c WHERE c.allow IS NULL OR c.k <= c.allow
+),
+elig AS MATERIALIZED (
+	SELECT r.*, row_number() OVER (ORDER BY r.ord) AS rn
+	FROM req r JOIN padm a ON a.ord = r.ord
+	WHERE coalesce(a.k <= (SELECT allow FROM qa WHERE subject = 'pool'), true)
+),`)
+	} else {
+		// Only requests whose consumer and pool have no quota: the others
+		// go on with the quota statements.
+		b.WriteString(`
+elig AS MATERIALIZED (
+	SELECT r.*, row_number() OVER (ORDER BY r.ord) AS rn FROM req r WHERE r.ok AND r.fresh AND NOT r.hc AND NOT (SELECT p FROM noqp)
+),`)
+	}
+	b.WriteString(`
 want AS MATERIALIZED (
-	SELECT count(*) AS n FROM req WHERE ok AND fresh
+	SELECT count(*) AS n FROM elig
 ),`)
 	if key.strategy == pharox.RoundRobin {
 		b.WriteString(`
@@ -282,7 +372,7 @@ free AS MATERIALIZED (
 assign AS MATERIALIZED (
 	SELECT v.ord, v.lease_id, v.consumer_id, v.consumer_name, v.us, s.id AS proxy_id, s.rn,
 		row_number() OVER (PARTITION BY s.id ORDER BY s.rn) AS k
-	FROM (SELECT r.*, row_number() OVER (ORDER BY r.ord) AS rn FROM req r WHERE r.ok AND r.fresh) v
+	FROM elig v
 	JOIN slots s ON s.rn = v.rn
 ),
 counts AS MATERIALIZED (
@@ -296,11 +386,24 @@ taken AS (
 	RETURNING %[2]s, c.n AS batch_n
 ),
 lease AS (
-	INSERT INTO {s}.leases (id, proxy_id, pool_id, pool_name, consumer_id, consumer_name, status, acquired_at, expires_at, session_key)
-	SELECT x.lease_id, x.proxy_id, x.pool_id, $1, x.consumer_id, x.consumer_name, 'active', x.at, x.at + x.us * interval '1 microsecond', ''
+	INSERT INTO {s}.leases (id, proxy_id, pool_id, pool_name, consumer_id, consumer_name, status, acquired_at, expires_at, session_key, target)
+	SELECT x.lease_id, x.proxy_id, x.pool_id, $1, x.consumer_id, x.consumer_name, 'active', x.at, x.at + x.us * interval '1 microsecond', '', %[4]s
 	FROM (SELECT a.*, t.pool_id, clock_timestamp() AS at FROM assign a JOIN taken t ON t.id = a.proxy_id) x
-	RETURNING id, acquired_at, expires_at
-)`, slotOrder, proxyCols("p"), redraw)
+	RETURNING id, consumer_id, acquired_at, expires_at
+)`, slotOrder, proxyCols("p"), redraw, targetValue(tph))
+	if key.quota {
+		// Quota.TakeToken once per lease taken, at one time: Tokens
+		// - n after n takes (exact in floating point: each take
+		// subtracted 1 from a value >= 1).
+		b.WriteString(`,
+tok AS (
+	UPDATE {s}.quotas u SET tokens = a.refill - k.n, tokens_at = qn.t
+	FROM (SELECT 'consumer'::text AS subject, x.consumer_id AS id, count(*) AS n FROM lease x GROUP BY x.consumer_id
+		UNION ALL SELECT 'pool', (SELECT id FROM pool), count(*) FROM lease HAVING count(*) > 0) k, qa a, qn
+	WHERE a.subject = k.subject AND a.subject_id = k.id AND a.requests_per_minute > 0
+	  AND u.subject = a.subject AND u.subject_id = a.subject_id
+)`)
+	}
 	if key.strategy == pharox.RoundRobin {
 		b.WriteString(`,
 moved AS (
@@ -321,7 +424,7 @@ moved AS (
 		}
 	}
 	fmt.Fprintf(&b, `
-SELECT (SELECT id FROM pool) IS NOT NULL, r.ord, r.ok, l.acquired_at, l.expires_at, %s
+SELECT (SELECT id FROM pool) IS NOT NULL, r.ord, r.ok, r.hc, (SELECT p FROM noqp), l.acquired_at, l.expires_at, %s
 FROM req r
 LEFT JOIN assign a ON a.ord = r.ord
 LEFT JOIN lease l ON l.id = a.lease_id
@@ -334,19 +437,55 @@ ORDER BY r.ord`, strings.Join(cols, ", "))
 	return sql
 }
 
+// releaseItem is one release waiting for a batch; usage is its report
+// when the batch's key says the releases report usage.
+type releaseItem struct {
+	id    uuid.UUID
+	usage pharox.Usage
+}
+
 // execReleaseBatch releases a batch of leases: alone, with the single
-// statement; together, with one statement over all of them.
-func (s *Store) execReleaseBatch(ctx context.Context, _ struct{}, ids []uuid.UUID) []batch.Result[*pharox.Lease] {
-	out := make([]batch.Result[*pharox.Lease], len(ids))
-	if len(ids) == 1 {
-		out[0].Val, out[0].Err = s.releaseStatement(ctx, ids[0])
+// statement; together, with one statement over all of them. withUsage
+// (the batch key) says the releases carry usage reports: releases with
+// and without one are batched apart.
+func (s *Store) execReleaseBatch(ctx context.Context, withUsage bool, items []releaseItem) []batch.Result[*pharox.Lease] {
+	out := make([]batch.Result[*pharox.Lease], len(items))
+	if len(items) == 1 {
+		var u *pharox.Usage
+		if withUsage {
+			u = &items[0].usage
+		}
+		out[0].Val, out[0].Err = s.releaseStatement(ctx, items[0].id, u)
 		return out
+	}
+	// A lease released twice in one batch ends once: the first of its
+	// releases is sent, the others miss.
+	ids := make([]uuid.UUID, 0, len(items))
+	first := make(map[uuid.UUID]int, len(items))
+	var requests, sent, received []int64
+	for i, it := range items {
+		if _, dup := first[it.id]; dup {
+			continue
+		}
+		first[it.id] = i
+		ids = append(ids, it.id)
+		if withUsage {
+			requests = append(requests, it.usage.Requests)
+			sent = append(sent, it.usage.BytesSent)
+			received = append(received, it.usage.BytesReceived)
+		}
 	}
 	// Planned on each call (CacheDescribe runs an unnamed statement) rather
 	// than with a cached generic plan: leases grows fast, and a generic
 	// plan made while it was small scans the whole table for the ids until
 	// an ANALYZE invalidates it. Planning costs far less than that scan.
-	rows, err := s.pool.Query(ctx, s.q(releaseBatchSQL), pgx.QueryExecModeCacheDescribe, ids, s.releaseCommit())
+	var rows pgx.Rows
+	var err error
+	if withUsage {
+		rows, err = s.pool.Query(ctx, s.q(releaseBatchUsageSQL), pgx.QueryExecModeCacheDescribe, ids, s.releaseCommit(), requests, sent, received)
+	} else {
+		rows, err = s.pool.Query(ctx, s.q(releaseBatchSQL), pgx.QueryExecModeCacheDescribe, ids, s.releaseCommit())
+	}
 	if err == nil {
 		byID := make(map[uuid.UUID]*pharox.Lease, len(ids))
 		for rows.Next() {
@@ -360,18 +499,17 @@ func (s *Store) execReleaseBatch(ctx context.Context, _ struct{}, ids []uuid.UUI
 		if err == nil {
 			err = rows.Err()
 		}
-		for i, id := range ids {
-			if l, ok := byID[id]; ok {
+		for i, it := range items {
+			if l, ok := byID[it.id]; ok && first[it.id] == i {
 				out[i].Val = l
-				delete(byID, id) // a lease released twice in one batch ends once
 			} else {
 				out[i].Err = errReleaseMissed
 			}
 		}
 	}
 	if err != nil {
-		for i, id := range ids {
-			out[i] = batch.Result[*pharox.Lease]{Err: fmt.Errorf("postgres: release lease %s: %w", id, err)}
+		for i, it := range items {
+			out[i] = batch.Result[*pharox.Lease]{Err: fmt.Errorf("postgres: release lease %s: %w", it.id, err)}
 		}
 	}
 	return out
@@ -398,6 +536,35 @@ const releaseBatchSQL = `WITH l AS (
 	SELECT p.id FROM {s}.proxies p WHERE p.id = ANY (ARRAY(SELECT proxy_id FROM c)) ORDER BY p.id FOR NO KEY UPDATE
 ), p AS (
 	UPDATE {s}.proxies p SET current_leases = p.current_leases - c.n FROM c
+	WHERE p.id = ANY (ARRAY(SELECT id FROM locked)) AND p.id = c.proxy_id
+)
+SELECT ` + leaseColumns + `, set_config('synchronous_commit', $2, true) FROM l`
+
+// releaseBatchUsageSQL is releaseBatchSQL for releases with usage
+// reports: $3, $4 and $5 are the requests, bytes sent and bytes received
+// of the leases $1 (distinct ids), in the same order. The tail
+// (usageTailSQL) counts the reports before the proxy rows are locked.
+var releaseBatchUsageSQL = `WITH u AS MATERIALIZED (
+	SELECT * FROM unnest($1::uuid[], $3::bigint[], $4::bigint[], $5::bigint[]) AS u(id, requests, sent, received)
+), l AS (
+	UPDATE {s}.leases x SET status = 'released', released_at = clock_timestamp(),
+		usage_requests = u.requests, usage_bytes_sent = u.sent, usage_bytes_received = u.received
+	FROM u
+	WHERE x.id = ANY ($1::uuid[]) AND x.id = u.id AND x.status NOT IN ('released', 'expired')
+	RETURNING ` + leaseCols("x") + `
+),` + usageTailSQL + `,
+c AS MATERIALIZED (
+	SELECT proxy_id, count(*)::integer AS n FROM l GROUP BY proxy_id
+), locked AS MATERIALIZED (
+	SELECT p.id FROM {s}.proxies p
+	WHERE (SELECT count(*) FROM qu) >= 0 AND p.id = ANY (ARRAY(SELECT proxy_id FROM c))
+	ORDER BY p.id FOR NO KEY UPDATE
+), x AS MATERIALIZED (
+	SELECT subject_id AS proxy_id, until FROM qu WHERE subject = 'proxy'
+), p AS (
+	UPDATE {s}.proxies p SET current_leases = p.current_leases - c.n,
+		allowance_until = CASE WHEN x.proxy_id IS NOT NULL THEN x.until ELSE p.allowance_until END
+	FROM c LEFT JOIN x ON x.proxy_id = c.proxy_id
 	WHERE p.id = ANY (ARRAY(SELECT id FROM locked)) AND p.id = c.proxy_id
 )
 SELECT ` + leaseColumns + `, set_config('synchronous_commit', $2, true) FROM l`

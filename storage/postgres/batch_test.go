@@ -133,10 +133,10 @@ func TestBatchAcquireMatchesSequential(t *testing.T) {
 					held = append(held, [2]uuid.UUID{pl.ID, ml.ID})
 				}
 				for _, i := range []int{1, 4, 6} {
-					if _, err := tw.pg.ReleaseLease(ctx, held[i][0]); err != nil {
+					if _, err := tw.pg.ReleaseLease(ctx, held[i][0], nil); err != nil {
 						t.Fatal(err)
 					}
-					if _, err := tw.mem.ReleaseLease(ctx, held[i][1]); err != nil {
+					if _, err := tw.mem.ReleaseLease(ctx, held[i][1], nil); err != nil {
 						t.Fatal(err)
 					}
 				}
@@ -190,8 +190,8 @@ func TestBatchAcquireMatchesSequential(t *testing.T) {
 				}
 				// Free a few slots; the next acquisition must agree.
 				for _, i := range []int{0, 5} {
-					tw.pg.ReleaseLease(ctx, held[i][0])
-					tw.mem.ReleaseLease(ctx, held[i][1])
+					tw.pg.ReleaseLease(ctx, held[i][0], nil)
+					tw.mem.ReleaseLease(ctx, held[i][1], nil)
 				}
 				pl, err := tw.pg.AcquireLease(ctx, tw.request(st, true, nil))
 				if err != nil {
@@ -261,11 +261,15 @@ func TestBatchRelease(t *testing.T) {
 		}
 		leases = append(leases, l)
 	}
-	if _, err := tw.pg.ReleaseLease(ctx, leases[3].ID); err != nil {
+	if _, err := tw.pg.ReleaseLease(ctx, leases[3].ID, nil); err != nil {
 		t.Fatal(err)
 	}
 	ids := []uuid.UUID{leases[0].ID, uuid.New(), leases[1].ID, leases[3].ID, leases[0].ID, leases[2].ID}
-	res := tw.pg.execReleaseBatch(ctx, struct{}{}, ids)
+	items := make([]releaseItem, len(ids))
+	for i, id := range ids {
+		items[i] = releaseItem{id: id}
+	}
+	res := tw.pg.execReleaseBatch(ctx, false, items)
 	for i, want := range []bool{true, false, true, false, false, true} {
 		if got := res[i].Err == nil; got != want {
 			t.Fatalf("release %d (%s): %v, %v; want released=%v", i, ids[i], res[i].Val, res[i].Err, want)
@@ -287,10 +291,10 @@ func TestBatchRelease(t *testing.T) {
 		}
 	}
 	// Through ReleaseLease, the misses get their usual errors.
-	if _, err := tw.pg.ReleaseLease(ctx, uuid.New()); !errors.Is(err, pharox.ErrLeaseNotFound) {
+	if _, err := tw.pg.ReleaseLease(ctx, uuid.New(), nil); !errors.Is(err, pharox.ErrLeaseNotFound) {
 		t.Fatalf("release of an unknown lease: %v", err)
 	}
-	if _, err := tw.pg.ReleaseLease(ctx, leases[0].ID); !errors.Is(err, pharox.ErrLeaseNotActive) {
+	if _, err := tw.pg.ReleaseLease(ctx, leases[0].ID, nil); !errors.Is(err, pharox.ErrLeaseNotActive) {
 		t.Fatalf("second release: %v", err)
 	}
 }
@@ -327,7 +331,7 @@ func TestBatchedCallsUnderLoad(t *testing.T) {
 					mu.Unlock()
 					return
 				}
-				if _, err := tw.pg.ReleaseLease(ctx, l.ID); err != nil {
+				if _, err := tw.pg.ReleaseLease(ctx, l.ID, nil); err != nil {
 					mu.Lock()
 					errs = append(errs, err)
 					mu.Unlock()

@@ -158,6 +158,71 @@
 // the later of updated_at and cooling_until). PoolTargetStats reads the
 // pool's proxies and their entries, never a lease.
 //
+// # Usage and quotas
+//
+// The store implements pharox.UsageStore (migration 0005). Leases keep
+// their target and, once released with a usage report, the report
+// (usage_requests, usage_bytes_sent, usage_bytes_received; NULL when
+// none). usage_hourly holds one row per (UTC hour of release, consumer,
+// proxy, target), with the pool, the leases, requests and bytes; quotas
+// one row per consumer, pool or proxy with limits, with the counters of
+// pharox.Quota. The reference rules of pharox.Quota run in SQL, written
+// operation for operation like the Go ones (floating point included) and
+// checked against them by TestQuotaSQLMatchesReference.
+//
+// A release with a usage report is still one statement (batched releases
+// with reports share one too): it ends the lease and stores the report,
+// upserts the hour's bucket, locks the quota rows of the lease's consumer,
+// pool and proxy (in (subject, id) order), reads the time, applies
+// Quota.AddBytes to each, and frees the slot while setting the proxy's
+// allowance_until to its quota's Quota.ExhaustedUntil. A release without
+// a report runs the statement it always did. Only the release that ended
+// the lease counts it; expiry counts nothing.
+//
+// An acquisition for a consumer or a pool with a quota is one round trip
+// and one transaction of two statements: the first locks their quota rows
+// FOR UPDATE (consumer first), the second is the acquisition statement
+// with quota CTEs. Because the second statement's snapshot is taken after
+// the lock was granted, it counts every lease the previous holder of the
+// lock committed; it counts the subject's active unexpired leases through
+// leases_active_consumer or leases_active_pool, at most the cap of them,
+// and applies Quota.Admit at one time read after the lock. A refused
+// acquisition takes nothing and returns the *pharox.QuotaError of the
+// reference rule; a successful one applies Quota.TakeToken. The lock
+// serialises a capped subject's acquisitions from every process until
+// they commit, which is what makes the cap exact; other consumers wait for
+// nothing of it (unless their pool has a quota). Batches carry quotas too:
+// capped acquisitions are batched per consumer, the batch admits its
+// requests as acquisitions one after another would be, and the requests
+// it refuses are answered by the single statement.
+//
+// Without a quota the acquisition is the statement it was, plus two
+// primary-key probes of quotas (one per request and one per pool in a
+// batch) in its gate: when one finds a quota, the statement takes nothing
+// and the store goes on with the quota statements, and remembers the
+// consumer or pool (quotaHints) to start with them next time; a quota
+// statement that finds the quota gone makes it forget. The hint only
+// saves a round trip, correctness never depends on it. Every lease also
+// enters leases_active_consumer, one more index entry per acquisition.
+//
+// A proxy whose allowance is used up is passed over where the walk reads
+// its row (allowance_until in the future), like a proxy the filter
+// rejects: the cost is per proxy passed over, and a pool without proxy
+// quotas pays one comparison per candidate. SetQuota sets allowance_until
+// too (a limit lowered below the counters), DeleteQuota clears it, and a
+// new day or month ends it by itself.
+//
+// SetQuota is a transaction: the quota row is locked, a new quota's
+// counters are summed from the subject's buckets of the day and month
+// (usage_hourly_consumer, _pool or _proxy), the row is upserted, and the
+// subject is checked (a pool row FOR KEY SHARE, a proxy row updated), so a
+// concurrent DeletePool or DeleteProxy, which lock quota rows first and
+// delete them, leaves no quota behind. Every transaction locks quota rows
+// before proxy rows. QueryUsage reads buckets by a range of the primary
+// key (hour_start first) or of usage_hourly_pool or usage_hourly_consumer,
+// planned on each call; its cost grows with the buckets selected. Buckets
+// outlive proxies and pools until PurgeUsage.
+//
 // # Batching
 //
 // Concurrent calls of one Store share statements. An acquisition that
@@ -173,7 +238,8 @@
 // after another, which the tests check against the reference store.
 // Requests the batch could not serve (their candidates were locked by
 // other transactions) go on alone with the fuller statement. Releases are
-// batched the same way, one UPDATE over the leases' ids. A lone caller
+// batched the same way, one UPDATE over the leases' ids (releases with and
+// without usage reports apart). A lone caller
 // therefore waits for nothing but that pass through the scheduler, while
 // under load the fixed cost of a statement (executor start-up, a round
 // trip, a commit and its WAL flush) is paid once per batch: that, not row
@@ -206,12 +272,16 @@
 // order, FOR UPDATE SKIP LOCKED: a lease that a release is ending, or
 // whose proxy another transaction holds, is left to them or to the next
 // cleanup. It waits for no row, and acquisitions skip the rows it holds
-// for the length of one short statement. Lock order is lease before proxy everywhere a
-// transaction waits, statements that free slots of several proxies
-// (batched releases, cleanup) lock those rows in id order, and
-// acquisitions wait for no proxy, lease or cursor row at all (sticky
-// acquisitions of one session key wait only for each other, see Sticky
-// sessions), which keeps the store free of deadlocks.
+// for the length of one short statement. Lock order is lease, usage
+// bucket, quota, proxy everywhere a transaction waits (quota rows in
+// (subject, id) order: consumers, pools, proxies), statements that free
+// slots of several proxies (batched releases, cleanup) lock those rows in
+// id order, and acquisitions wait for no proxy, lease or cursor row at all
+// (sticky acquisitions of one session key wait only for each other, see
+// Sticky sessions; acquisitions of a consumer or pool with a quota wait
+// for its quota rows, holding at most a session key's lock and quota rows
+// that come earlier in that order), which keeps the store free of
+// deadlocks.
 //
 // # Sticky sessions
 //

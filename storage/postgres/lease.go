@@ -19,20 +19,36 @@ import (
 // after waiting for a concurrent writer, so exactly one of any number of
 // concurrent releases, renewals and reclaims ends a lease.
 //
+// With a usage report the same statement stores it on the lease and
+// counts it (see releaseUsageSQL): in the hourly bucket, and in the byte
+// counters of the quotas of the lease's consumer, pool and proxy; a proxy
+// whose allowance that uses up gets its allowance_until. Only the release
+// that ended the lease counts it.
+//
 // Unless WithDurableReleases is set, the release commits with
 // synchronous_commit off (set_config local to its transaction), so it does
 // not wait for a WAL flush. That is safe: if the database server crashed
 // before the flush, the release would be lost, and the slot would stay
 // taken until the lease expires, never given out twice. Every acquisition
 // commits synchronously, and its flush makes durable all WAL before it,
-// including any release whose slot it took.
-func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*pharox.Lease, error) {
+// including any release whose slot it took. (A lost release loses its
+// usage report with it.)
+func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID, usage *pharox.Usage) (*pharox.Lease, error) {
+	if usage != nil {
+		if err := usage.Validate(); err != nil {
+			return nil, err
+		}
+	}
 	var l *pharox.Lease
 	var err error
 	if s.batching() {
-		l, err = s.releaser.Do(ctx, struct{}{}, leaseID)
+		it := releaseItem{id: leaseID}
+		if usage != nil {
+			it.usage = *usage
+		}
+		l, err = s.releaser.Do(ctx, usage != nil, it)
 	} else {
-		l, err = s.releaseStatement(ctx, leaseID)
+		l, err = s.releaseStatement(ctx, leaseID, usage)
 	}
 	if errors.Is(err, errReleaseMissed) {
 		return nil, s.leaseMissing(ctx, "release", leaseID)
@@ -40,15 +56,19 @@ func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*pharox.Le
 	return l, err
 }
 
-// releaseStatement runs the release of one lease (see ReleaseLease). It
-// returns errReleaseMissed when the lease is not active.
-func (s *Store) releaseStatement(ctx context.Context, leaseID uuid.UUID) (*pharox.Lease, error) {
+// releaseStatement runs the release of one lease (see ReleaseLease), with
+// the usage report when not nil. It returns errReleaseMissed when the
+// lease is not active.
+func (s *Store) releaseStatement(ctx context.Context, leaseID uuid.UUID, usage *pharox.Usage) (*pharox.Lease, error) {
 	var lr leaseRow
-	// The status test is spelled so that it does not imply the predicate of
-	// the partial "active" indexes: written as status = 'active', the cached
-	// generic plan may walk every active lease of leases_active_expiry and
-	// filter on id, instead of one primary-key probe.
-	err := s.pool.QueryRow(ctx, s.q(`WITH l AS (
+	var err error
+	if usage == nil {
+		// The status test is spelled so that it does not imply the
+		// predicate of the partial "active" indexes: written as status =
+		// 'active', the cached generic plan may walk every active lease of
+		// leases_active_expiry and filter on id, instead of one
+		// primary-key probe.
+		err = s.pool.QueryRow(ctx, s.q(`WITH l AS (
 	UPDATE {s}.leases SET status = 'released', released_at = clock_timestamp()
 	WHERE id = $1 AND status NOT IN ('released', 'expired')
 	RETURNING `+leaseColumns+`
@@ -56,6 +76,9 @@ func (s *Store) releaseStatement(ctx context.Context, leaseID uuid.UUID) (*pharo
 	UPDATE {s}.proxies p SET current_leases = p.current_leases - 1 FROM l WHERE p.id = l.proxy_id
 )
 SELECT `+leaseColumns+`, set_config('synchronous_commit', $2, true) FROM l`), leaseID, s.releaseCommit()).Scan(append(lr.targets(), nil)...)
+	} else {
+		err = s.pool.QueryRow(ctx, s.q(releaseUsageSQL), leaseID, s.releaseCommit(), usage.Requests, usage.BytesSent, usage.BytesReceived).Scan(append(lr.targets(), nil)...)
+	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, errReleaseMissed
 	}
@@ -64,6 +87,77 @@ SELECT `+leaseColumns+`, set_config('synchronous_commit', $2, true) FROM l`), le
 	}
 	return lr.lease(), nil
 }
+
+// releaseUsageSQL releases lease $1 with the usage report $3 requests, $4
+// bytes sent, $5 bytes received ($2: see ReleaseLease): CTE l ends the
+// lease and stores the report, and the tail (usageTailSQL) counts it and
+// frees the slot.
+var releaseUsageSQL = `WITH l AS (
+	UPDATE {s}.leases SET status = 'released', released_at = clock_timestamp(),
+		usage_requests = $3, usage_bytes_sent = $4, usage_bytes_received = $5
+	WHERE id = $1 AND status NOT IN ('released', 'expired')
+	RETURNING ` + leaseColumns + `
+),` + usageTailSQL + `,
+x AS MATERIALIZED (
+	SELECT count(*) > 0 AS has, max(until) AS until FROM qu WHERE subject = 'proxy'
+), p AS (
+	UPDATE {s}.proxies p SET current_leases = p.current_leases - 1,
+		allowance_until = CASE WHEN x.has THEN x.until ELSE p.allowance_until END
+	FROM l, x WHERE p.id = l.proxy_id
+)
+SELECT ` + leaseColumns + `, set_config('synchronous_commit', $2, true) FROM l`
+
+// usageTailSQL counts the usage of the leases CTE l just released, in the
+// order every release that counts usage locks rows in: the leases (l),
+// then the hourly buckets (b, inserted in primary-key order, so two
+// releases never wait for each other's buckets in a cycle), then the
+// quota rows of the leases' consumers, pools and proxies (ql, in
+// (subject, subject_id) order, as acquisitions lock them, and before any
+// proxy row, as everywhere), then the proxies (the statement that uses
+// the tail). Each step reads the one before to completion (the
+// one-time filters over counts), which makes that order certain.
+//
+//   - b adds each lease to the bucket of (hour of its release, consumer,
+//     proxy, target): leases, requests, bytes.
+//   - qn is the time the quotas count at, read once their rows are
+//     locked, so that each quota's times only grow.
+//   - qa sums the bytes per quota; qu applies Quota.AddBytes and returns
+//     each proxy quota's Quota.ExhaustedUntil (NULL: not used up), which
+//     the proxy's allowance_until becomes.
+var usageTailSQL = `
+b AS (
+	INSERT INTO {s}.usage_hourly AS h (hour_start, consumer_id, proxy_id, pool_id, target, leases, requests, bytes_sent, bytes_received)
+	SELECT date_trunc('hour', l.released_at, 'UTC'), l.consumer_id, l.proxy_id, l.pool_id, l.target,
+		count(*), sum(l.usage_requests), sum(l.usage_bytes_sent), sum(l.usage_bytes_received)
+	FROM l GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 5
+	ON CONFLICT (hour_start, consumer_id, proxy_id, target) DO UPDATE SET
+		leases = h.leases + excluded.leases, requests = h.requests + excluded.requests,
+		bytes_sent = h.bytes_sent + excluded.bytes_sent, bytes_received = h.bytes_received + excluded.bytes_received
+	RETURNING 1
+),
+ql AS MATERIALIZED (
+	SELECT q.subject, q.subject_id FROM {s}.quotas q
+	WHERE (SELECT count(*) FROM b) >= 0
+	  AND ((q.subject = 'consumer' AND q.subject_id = ANY (ARRAY(SELECT consumer_id FROM l)))
+	    OR (q.subject = 'pool' AND q.subject_id = ANY (ARRAY(SELECT pool_id FROM l)))
+	    OR (q.subject = 'proxy' AND q.subject_id = ANY (ARRAY(SELECT proxy_id FROM l))))
+	ORDER BY q.subject, q.subject_id
+	FOR UPDATE OF q
+),
+qn AS MATERIALIZED (
+	SELECT clock_timestamp() AS t FROM (SELECT count(*) FROM ql) z
+),
+qa AS MATERIALIZED (
+	SELECT ql.subject, ql.subject_id, sum(l.usage_bytes_sent + l.usage_bytes_received)::bigint AS n
+	FROM ql JOIN l ON CASE ql.subject WHEN 'consumer' THEN l.consumer_id WHEN 'pool' THEN l.pool_id ELSE l.proxy_id END = ql.subject_id
+	GROUP BY ql.subject, ql.subject_id
+),
+qu AS (
+	UPDATE {s}.quotas q SET ` + addBytesSQL("q", "a.n", "qn.t") + `
+	FROM qa a, qn
+	WHERE q.subject = a.subject AND q.subject_id = a.subject_id
+	RETURNING q.subject, q.subject_id, ` + exhaustedUntilSQL("q") + ` AS until
+)`
 
 // leaseMissing explains why an update of an active lease found no row.
 func (s *Store) leaseMissing(ctx context.Context, op string, id uuid.UUID) error {

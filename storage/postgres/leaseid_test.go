@@ -62,7 +62,7 @@ func TestAcquireWithLeaseID(t *testing.T) {
 			}
 
 			// Released, the retry returns it ended, and takes no slot.
-			if _, err := s.ReleaseLease(ctx, id); err != nil {
+			if _, err := s.ReleaseLease(ctx, id, nil); err != nil {
 				t.Fatal(err)
 			}
 			l, err := s.AcquireLease(ctx, req)

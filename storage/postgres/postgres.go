@@ -151,7 +151,11 @@ type Store struct {
 
 	// acquirer and releaser coalesce concurrent calls (see batch.go).
 	acquirer *batch.Coalescer[acquireBatchKey, *acquireItem, *pharox.Lease]
-	releaser *batch.Coalescer[struct{}, uuid.UUID, *pharox.Lease]
+	releaser *batch.Coalescer[bool, releaseItem, *pharox.Lease]
+
+	// hints sends the acquisitions of consumers and pools with quotas
+	// straight to the quota statements.
+	hints quotaHints
 }
 
 var _ pharox.Storage = (*Store)(nil)

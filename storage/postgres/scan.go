@@ -101,7 +101,8 @@ func (r *proxyRow) proxy() *pharox.Proxy {
 }
 
 // leaseColumns are the lease columns every read selects, in scan order.
-const leaseColumns = "id, proxy_id, pool_id, pool_name, consumer_id, consumer_name, status, acquired_at, expires_at, released_at, session_key"
+const leaseColumns = "id, proxy_id, pool_id, pool_name, consumer_id, consumer_name, status, acquired_at, expires_at, released_at, session_key, " +
+	"target, usage_requests, usage_bytes_sent, usage_bytes_received"
 
 // leaseCols returns leaseColumns qualified with alias.
 func leaseCols(alias string) string {
@@ -117,20 +118,28 @@ type leaseRow struct {
 	poolName, consumerName, status  string
 	acquiredAt, expiresAt           time.Time
 	releasedAt                      *time.Time
-	sessionKey                      string
+	sessionKey, target              string
+	// usage: all three NULL when the holder reported none.
+	requests, sent, received *int64
 }
 
 func (r *leaseRow) targets() []any {
 	return []any{&r.id, &r.proxyID, &r.poolID, &r.poolName, &r.consumerID, &r.consumerName,
-		&r.status, &r.acquiredAt, &r.expiresAt, &r.releasedAt, &r.sessionKey}
+		&r.status, &r.acquiredAt, &r.expiresAt, &r.releasedAt, &r.sessionKey,
+		&r.target, &r.requests, &r.sent, &r.received}
 }
 
 func (r *leaseRow) lease() *pharox.Lease {
-	return &pharox.Lease{
+	l := &pharox.Lease{
 		ID: r.id, ProxyID: r.proxyID, PoolID: r.poolID, PoolName: r.poolName,
 		ConsumerID: r.consumerID, ConsumerName: r.consumerName,
 		Status:     pharox.LeaseStatus(r.status),
 		AcquiredAt: utc(r.acquiredAt), ExpiresAt: utc(r.expiresAt),
 		ReleasedAt: utcPtr(r.releasedAt), SessionKey: r.sessionKey,
+		Target: r.target,
 	}
+	if r.requests != nil && r.sent != nil && r.received != nil {
+		l.Usage = &pharox.Usage{Requests: *r.requests, BytesSent: *r.sent, BytesReceived: *r.received}
+	}
+	return l
 }

@@ -140,19 +140,29 @@ func leasableSQL(p string) string {
 	return p + ".status IN ('active', 'slow') AND " + p + ".has_room"
 }
 
+// allowanceSQL is the condition that proxy p's traffic allowance (the byte
+// limits of its quota) is not used up: allowance_until, set when a release
+// used it up (or SetQuota found it so), is NULL or past. It reads only the
+// proxy row, which every walk reads anyway, so a proxy passed over costs
+// what a busy one in the walk's index would, and a pool without proxy
+// quotas pays one comparison per candidate.
+func allowanceSQL(p string) string {
+	return "(" + p + ".allowance_until IS NULL OR " + p + ".allowance_until <= clock_timestamp())"
+}
+
 // freeSQL is the condition for a proxy p with a free slot that AcquireLease
-// may lease: a leasable status, current_leases below max_concurrency, and
-// the filters. It reads only the proxy row, so walking an index of
-// candidates costs no lease lookups.
+// may lease: a leasable status, current_leases below max_concurrency, a
+// traffic allowance not used up, and the filters. It reads only the proxy
+// row, so walking an index of candidates costs no lease lookups.
 func freeSQL(p, filter string) string {
-	return leasableSQL(p) + " AND " + filter
+	return leasableSQL(p) + " AND " + allowanceSQL(p) + " AND " + filter
 }
 
 // expiredSQL is the condition for a full proxy p that holds an expired,
 // unreclaimed lease: AcquireLease may reclaim that lease and take its slot
 // in the same statement. Only looked for when no proxy has a free slot.
 func expiredSQL(p, filter string) string {
-	return p + ".status IN ('active', 'slow')" +
+	return p + ".status IN ('active', 'slow') AND " + allowanceSQL(p) +
 		" AND NOT " + p + ".has_room" +
 		" AND EXISTS (SELECT 1 FROM {s}.leases x WHERE x.proxy_id = " + p + ".id AND x.status = 'active' AND x.expires_at <= clock_timestamp())" +
 		" AND " + filter
@@ -182,6 +192,15 @@ func withTarget(filter, p, ph string) string {
 		return filter
 	}
 	return "(" + filter + " AND " + notCoolingSQL(p, ph) + ")"
+}
+
+// targetValue is the value a new lease's target column gets: the target
+// in placeholder ph, or ” for none.
+func targetValue(ph string) string {
+	if ph == "" {
+		return "''"
+	}
+	return ph + "::text"
 }
 
 // pick describes one use of pickSQL.
@@ -222,6 +241,9 @@ type pick struct {
 // cools down for that target; those entries do not count against the
 // scan budget.
 //
+// A proxy whose traffic allowance is used up (allowanceSQL) is passed
+// over where the walk reads its row, like a proxy the filter rejects.
+//
 // Without a filter the first unlocked entry is taken. With one, the walk
 // visits at most the scan budget (WithFilterScanBudget) entries per range
 // (a subquery with that LIMIT), and each is looked up by primary key,
@@ -257,7 +279,7 @@ func (s *Store) pickSQL(pk pick) string {
 	for i, r := range ranges {
 		if pk.filter == "true" {
 			branches[i] = fmt.Sprintf("SELECT %s FROM {s}.proxies p WHERE p.pool_id = (SELECT id FROM pool)%s AND %s%s%s ORDER BY %s LIMIT %s %s",
-				pk.cols, gate, leasableSQL("p"), strings.ReplaceAll(r.cond, "%[1]s", "p"), cool("p"), strings.ReplaceAll(r.order, "%[1]s", "p"), pk.limit, pk.lock)
+				pk.cols, gate, leasableSQL("p")+" AND "+allowanceSQL("p"), strings.ReplaceAll(r.cond, "%[1]s", "p"), cool("p"), strings.ReplaceAll(r.order, "%[1]s", "p"), pk.limit, pk.lock)
 			continue
 		}
 		branches[i] = fmt.Sprintf("SELECT x.* FROM (SELECT q.id FROM {s}.proxies q WHERE q.pool_id = (SELECT id FROM pool)%s AND %s%s%s ORDER BY %s LIMIT %d) w"+
@@ -293,8 +315,8 @@ func (s *Store) staleSQL(filter, gate, lock string) string {
 	}
 	return fmt.Sprintf("SELECT x.id FROM (SELECT e.proxy_id FROM {s}.leases e WHERE e.pool_id = (SELECT id FROM pool)%s"+
 		" AND e.status = 'active' AND e.expires_at <= clock_timestamp() ORDER BY e.expires_at LIMIT %d) w"+
-		" CROSS JOIN LATERAL (SELECT p.id FROM {s}.proxies p WHERE p.id = w.proxy_id AND p.status IN ('active', 'slow') AND NOT p.has_room AND %s LIMIT 1 %s) x LIMIT 1",
-		gate, s.cfg.scanBudget, filter, lock)
+		" CROSS JOIN LATERAL (SELECT p.id FROM {s}.proxies p WHERE p.id = w.proxy_id AND p.status IN ('active', 'slow') AND NOT p.has_room AND %s AND %s LIMIT 1 %s) x LIMIT 1",
+		gate, s.cfg.scanBudget, allowanceSQL("p"), filter, lock)
 }
 
 // budgetSpentSQL is true when the pool has more free proxies (not cooling

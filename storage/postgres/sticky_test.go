@@ -49,7 +49,7 @@ func TestConcurrentFirstUseOfSessionKey(t *testing.T) {
 				t.Fatalf("%d concurrent first uses of one session key leased %d different proxies %v; want 1", n, len(proxies), proxies)
 			}
 			for _, l := range leases {
-				if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+				if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil {
 					t.Fatal(err)
 				}
 			}

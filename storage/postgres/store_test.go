@@ -282,7 +282,7 @@ func TestNaiveBaselineIsCorrect(t *testing.T) {
 					failed.Store(g, err)
 					return
 				}
-				if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+				if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil {
 					failed.Store(g, err)
 					return
 				}
