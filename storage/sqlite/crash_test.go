@@ -156,7 +156,7 @@ func checkStoreAfterCrash(t *testing.T, path string, pool *pharox.Pool) {
 	if err != nil {
 		t.Fatalf("acquire after crash: %v", err)
 	}
-	if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+	if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil {
 		t.Fatalf("release after crash: %v", err)
 	}
 }
@@ -215,7 +215,7 @@ func TestCrashChild(t *testing.T) {
 							return
 						}
 						held = append(held, l)
-					} else if _, err := s.ReleaseLease(ctx, l.ID); err != nil && !errors.Is(err, pharox.ErrLeaseNotActive) {
+					} else if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil && !errors.Is(err, pharox.ErrLeaseNotActive) {
 						t.Errorf("release: %v", err)
 						return
 					}

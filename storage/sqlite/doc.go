@@ -117,4 +117,47 @@
 // [pharox.TargetState.Apply] in one write transaction and evicts the
 // proxy's longest-idle rows beyond the policy's cap; PurgeTargetStates
 // deletes idle rows through an index on idle_since, in batches.
+//
+// # Usage and quotas
+//
+// The store implements [pharox.UsageStore] (migration 0006). A lease
+// records its target, and the usage its holder reported at release
+// (usage_* columns, NULL when none was). A release with a report counts
+// it in the same transaction: it upserts the bucket of usage_hourly keyed
+// by (hour, consumer, proxy, target) and adds its bytes to the counters of
+// the quotas of the lease's consumer, pool and proxy, following
+// [pharox.Quota.AddBytes]. A release without one runs the statements it
+// always ran. A late release (past ExpiresAt, not yet reclaimed) is a
+// release here, so it counts; an expiry counts nothing.
+//
+// Quotas live in table quotas, one row per subject; a pool's or proxy's
+// goes with it (triggers), a consumer's stays. The acquisition's first
+// statement, which already looked up the pool and the consumer, also
+// probes the quotas' primary key for the consumer and the pool and an
+// index of proxies whose allowance is used up: with no quota, that is all
+// quotas cost it. With one, inside the acquisition's write transaction,
+// the store applies [pharox.Quota.Admit] (consumer first), counting a
+// capped subject's unexpired active leases, reading at most cap entries of
+// the partial index of active leases by pool, or of the one that holds
+// only the active leases of consumers with a quota (leases.consumer_quota
+// marks them: at acquisition, and SetQuota marks a consumer's active ones
+// when it creates the quota, so the leases of consumers without a quota
+// never write that index); and, once a proxy is leased,
+// [pharox.Quota.TakeToken]. The write
+// lock serializes this with every other acquisition and release in every
+// process, so no interleaving exceeds a cap or a bucket. A retried
+// acquisition (a LeaseID already held) is not checked and takes no token.
+//
+// A proxy whose traffic allowance is used up carries allowance_until, the
+// end of the period over its limit ([pharox.Quota.ExhaustedUntil]), set by
+// releases and by SetQuota and cleared by DeleteQuota. When the pool has
+// such a proxy, its walks skip the proxies whose allowance_until is still
+// ahead, a check of the row the walk reads anyway, counted against the
+// filter scan budget; when the period ends the value is simply past.
+//
+// QueryUsage sums the buckets of a range of hours through the primary key
+// (it starts with the hour) or, filtered by pool or consumer, through an
+// index by that subject and hour, so it reads the buckets it selects;
+// SetQuota sums a new quota's counters the same way. PurgeUsage deletes by
+// hour, in batches.
 package sqlite

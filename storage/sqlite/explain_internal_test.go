@@ -2,10 +2,12 @@ package sqlite
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
@@ -153,4 +155,93 @@ func TestTargetPlans(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestUsagePlans pins the statements of quotas and usage to index
+// searches: the acquisition's lookup probes primary keys and the partial
+// index of proxies whose allowance is used up, a capped subject's count
+// reads its partial index of active leases from now on, a release probes
+// the quotas by primary key, and the sums, queries and purge of buckets
+// search a range of one index. A walk that skips exhausted proxies is the
+// strategy's walk of its partial index. Only the grouping of the buckets
+// a query selected may sort.
+func TestUsagePlans(t *testing.T) {
+	s, err := Open(context.Background(), filepath.Join(t.TempDir(), "plan.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	id := idArg(uuid.New())
+	searches := func(what string, plan []string, search ...string) {
+		t.Helper()
+		joined := strings.Join(plan, "\n")
+		for _, want := range search {
+			if !slices.ContainsFunc(plan, func(l string) bool { return strings.HasPrefix(l, "SEARCH ") && strings.Contains(l, want) }) {
+				t.Errorf("%s: plan does not search %s:\n%s", what, want, joined)
+			}
+		}
+		for _, l := range plan {
+			// The acquisition's lookup reads its arguments as a one-row
+			// co-routine, and the counts read their LIMITed subquery.
+			if strings.HasPrefix(l, "SCAN ") && l != "SCAN CONSTANT ROW" && l != "SCAN arg" && l != "SCAN (subquery-1)" {
+				t.Errorf("%s: plan scans (%s):\n%s", what, l, joined)
+			}
+			if strings.Contains(l, "TEMP B-TREE") && !strings.Contains(l, "GROUP BY") {
+				t.Errorf("%s: plan sorts (%s):\n%s", what, l, joined)
+			}
+		}
+	}
+	const quotaKey = "quotas USING PRIMARY KEY (subject=? AND subject_id=?)"
+	for name, q := range map[string]struct {
+		sql    string
+		args   []any
+		search []string
+	}{
+		"acquisition lookup": {acquireLookupSQL, []any{"p", id, 1}, []string{
+			"sqlite_autoindex_pools_2 (name=?)", "sqlite_autoindex_consumers_1 (id=?)", quotaKey,
+			"proxies_allowance (pool_id=? AND allowance_until>?)"}},
+		"find lookup":       {findLookupSQL, []any{"p", 1}, []string{"proxies_allowance (pool_id=? AND allowance_until>?)"}},
+		"consumer's leases": {activeByConsumerSQL, []any{id, 1, 3}, []string{"leases_quota_consumer (consumer_id=? AND expires_at>?)"}},
+		"pool's leases":     {activeByPoolSQL, []any{id, 1, 3}, []string{"leases_active_pool (pool_id=? AND expires_at>?)"}},
+		"get quota":         {quotaGetSQL, []any{"pool", id}, []string{quotaKey}},
+		"release's quotas":  {usageQuotasSQL, []any{id, id, id}, []string{quotaKey}},
+		"take a token":      {quotaTokensSQL, []any{1, 1, "pool", id}, []string{quotaKey}},
+		"add bytes":         {quotaBytesSQL, []any{1, 1, 1, 1, "pool", id}, []string{quotaKey}},
+		"delete quota":      {quotaDeleteSQL, []any{"pool", id}, []string{quotaKey}},
+		"set allowance":     {proxyAllowanceSQL, []any{1, id}, []string{"sqlite_autoindex_proxies_1 (id=?)"}},
+		"consumer's sums":   {quotaSums(pharox.QuotaConsumer), []any{id, 1, 1}, []string{"usage_hourly_consumer (consumer_id=? AND hour_start>?)"}},
+		"pool's sums":       {quotaSums(pharox.QuotaPool), []any{id, 1, 1}, []string{"usage_hourly_pool (pool_id=? AND hour_start>?)"}},
+		"proxy's sums":      {quotaSums(pharox.QuotaProxy), []any{id, 1, 1}, []string{"usage_hourly_proxy (proxy_id=? AND hour_start>?)"}},
+		"purge usage":       {usagePurgeSQL, []any{1, 10}, []string{"usage_hourly USING PRIMARY KEY (hour_start<?)"}},
+	} {
+		searches(name, explain(t, s, q.sql, q.args...), q.search...)
+	}
+	now := s.stamp()
+	for _, q := range []struct {
+		q      pharox.UsageQuery
+		search string
+	}{
+		{pharox.UsageQuery{GroupBy: pharox.UsageByTarget, Since: now}, "usage_hourly USING PRIMARY KEY (hour_start>?)"},
+		{pharox.UsageQuery{GroupBy: pharox.UsageByProxy, Since: now, Until: now.Add(time.Hour)}, "usage_hourly USING PRIMARY KEY (hour_start>? AND hour_start<?)"},
+		{pharox.UsageQuery{GroupBy: pharox.UsageByConsumer, PoolID: uuid.New()}, "usage_hourly_pool (pool_id=?)"},
+		{pharox.UsageQuery{GroupBy: pharox.UsageByPool, PoolID: uuid.New(), Since: now}, "usage_hourly_pool (pool_id=? AND hour_start>?)"},
+		{pharox.UsageQuery{GroupBy: pharox.UsageByProxy, ConsumerID: uuid.New(), Until: now}, "usage_hourly_consumer (consumer_id=? AND hour_start<?)"},
+		{pharox.UsageQuery{GroupBy: pharox.UsageByTarget, ConsumerID: uuid.New(), PoolID: uuid.New(), Since: now}, "_id=? AND hour_start>?)"},
+	} {
+		query, args := usageQuerySQL(q.q)
+		searches(fmt.Sprintf("QueryUsage %+v", q.q), explain(t, s, query, args...), q.search)
+	}
+	// Marking a newly capped consumer's leases walks the active leases
+	// pool by pool, never the ended ones.
+	wantPlan(t, "mark a capped consumer's leases", explain(t, s, markConsumerSQL, id), "leases_active_pool (pool_id=?)")
+	// Skipping exhausted proxies keeps every walk on its index.
+	pre := sqlFilter{where: allowanceSQL, args: []any{1}}
+	for _, st := range []pharox.Strategy{pharox.FirstAvailable, pharox.LeastUsed, pharox.RoundRobin} {
+		for _, w := range strategyWalks(st, uuid.NewString()) {
+			args := append(append(append([]any{id}, w.args...), 100), pre.args...)
+			wantPlan(t, string(st)+" skipping exhausted proxies", explain(t, s, walkSQL(w, pre, true), args...), "USING INDEX "+w.index+" (pool_id=?")
+		}
+	}
+	wantPlan(t, "random skipping exhausted proxies", explain(t, s, randomAllSQL+` AND s.pos IN (?, ?)`+pre.where, id, 1, 2, 1),
+		"PRIMARY KEY (pool_id=? AND pos=?)")
 }

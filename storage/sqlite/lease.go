@@ -28,11 +28,18 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 	}
 	var lease *pharox.Lease
 	err := s.writeTx(ctx, func(tx *wtx) error {
-		// One statement for both lookups: each statement costs a round
-		// through database/sql and the VDBE.
-		var poolIDText, consumerName sql.NullString
-		if err := tx.queryRow(`SELECT (SELECT id FROM pools WHERE name = ?), (SELECT name FROM consumers WHERE id = ?)`,
-			req.PoolName, idArg(req.ConsumerID)).Scan(&poolIDText, &consumerName); err != nil {
+		// One statement for every lookup: each statement costs a round
+		// through database/sql and the VDBE. Besides the pool and the
+		// consumer it probes the quotas the acquisition must mind, so a
+		// store without quotas pays three index probes and nothing else.
+		var (
+			poolIDText, consumerName sql.NullString
+			consumerQuota, poolQuota bool
+			exhausted                bool
+		)
+		now := s.stamp()
+		if err := tx.queryRow(acquireLookupSQL, req.PoolName, idArg(req.ConsumerID), micros(now)).
+			Scan(&poolIDText, &consumerName, &consumerQuota, &poolQuota, &exhausted); err != nil {
 			return err
 		}
 		if !poolIDText.Valid {
@@ -49,23 +56,30 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		if req.ConsumerName != "" {
 			consumerNam = req.ConsumerName
 		}
-		now := s.stamp()
 		if _, err := reclaimPool(tx, poolID, now); err != nil {
 			return err
 		}
 		if req.LeaseID != uuid.Nil {
 			// A retry: the write lock makes the lookup and the insert
-			// below one step, so concurrent retries take one slot.
+			// below one step, so concurrent retries take one slot. It is
+			// not an acquisition: no quota is checked or charged.
 			l, err := repeatedLease(tx, req.LeaseID, poolID, req.ConsumerID)
 			if l != nil || err != nil {
 				lease = l
 				return err
 			}
 		}
+		// The write lock serializes this check with every other
+		// acquisition and release, in any process: what it counts stays
+		// true until the commit.
+		quotas, err := admit(tx, req.ConsumerID, poolID, consumerQuota, poolQuota, now)
+		if err != nil {
+			return err
+		}
 
 		var chosen *pharox.Proxy
 		if req.SessionKey != "" {
-			p, err := sessionProxy(tx, poolID, req.SessionKey, req.Filters, req.Target, now)
+			p, err := sessionProxy(tx, poolID, req.SessionKey, req.Filters, req.Target, exhausted, now)
 			if err != nil {
 				return err
 			}
@@ -73,7 +87,7 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		}
 		advanceRR := false
 		if chosen == nil {
-			p, err := choose(tx, poolID, req.Filters, req.Target, now, req.Strategy, s.filterBudget)
+			p, err := choose(tx, poolID, req.Filters, req.Target, exhausted, now, req.Strategy, s.filterBudget)
 			if err != nil {
 				return err
 			}
@@ -97,16 +111,23 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 			ID: id, ProxyID: chosen.ID, ConsumerID: req.ConsumerID, ConsumerName: consumerNam,
 			PoolID: poolID, PoolName: req.PoolName, Status: pharox.LeaseActive,
 			AcquiredAt: at, ExpiresAt: at.Add(req.Duration).Truncate(time.Microsecond),
-			SessionKey: req.SessionKey,
+			SessionKey: req.SessionKey, Target: req.Target,
 		}
 		// The insert takes the slot: a trigger counts it on the proxy in
 		// the same statement, and the proxies CHECK would fail it if the
 		// proxy were full.
+		// A lease of a consumer with a quota goes into the index its cap
+		// counts (leases_quota_consumer); others stay out of it.
 		if _, err := tx.exec(`INSERT INTO leases (id, proxy_id, pool_id, pool_name, consumer_id,
-			consumer_name, status, acquired_at, expires_at, session_key, caller_id)
-			VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?)`,
+			consumer_name, status, acquired_at, expires_at, session_key, caller_id, target, consumer_quota)
+			VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?)`,
 			idArg(l.ID), idArg(l.ProxyID), idArg(poolID), l.PoolName, idArg(l.ConsumerID),
-			l.ConsumerName, micros(l.AcquiredAt), micros(l.ExpiresAt), l.SessionKey, callerID); err != nil {
+			l.ConsumerName, micros(l.AcquiredAt), micros(l.ExpiresAt), l.SessionKey, callerID, l.Target,
+			consumerQuota); err != nil {
+			return err
+		}
+		// Only an acquisition that leased a proxy takes a token.
+		if err := takeTokens(tx, quotas, now); err != nil {
 			return err
 		}
 		// Nothing else wrote the proxy since choose read it: the snapshot
@@ -163,12 +184,17 @@ func repeatedLease(tx *wtx, id, poolID, consumerID uuid.UUID) (*pharox.Lease, er
 }
 
 // sessionProxy returns the proxy bound to (pool, key) if the binding is
-// live and the proxy is still a candidate, else nil.
-func sessionProxy(tx *wtx, poolID uuid.UUID, key string, f *pharox.Filters, target string, now time.Time) (*pharox.Proxy, error) {
+// live and the proxy is still a candidate, else nil. exhausted says the
+// pool has proxies whose traffic allowance is used up: the bound proxy
+// may be one.
+func sessionProxy(tx *wtx, poolID uuid.UUID, key string, f *pharox.Filters, target string, exhausted bool, now time.Time) (*pharox.Proxy, error) {
 	args := []any{idArg(poolID), key, micros(now)}
 	cond := ""
 	if target != "" {
 		cond, args = notCoolingSQL, append(args, target, micros(now))
+	}
+	if exhausted {
+		cond, args = cond+allowanceSQL, append(args, micros(now))
 	}
 	p, err := scanProxy(tx.queryRow(`SELECT `+prefixed("p.", proxyCols)+`
 		FROM sessions s JOIN proxies p ON p.id = s.proxy_id
@@ -200,17 +226,22 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 	}
 	var out *pharox.Proxy
 	err := s.writeTx(ctx, func(tx *wtx) error {
-		var poolID uuid.UUID
-		if err := tx.queryRow(`SELECT id FROM pools WHERE name = ?`, pool).Scan(&poolID); err != nil {
+		var (
+			poolID    uuid.UUID
+			exhausted bool
+		)
+		now := s.stamp()
+		if err := tx.queryRow(findLookupSQL, pool, micros(now)).
+			Scan(&poolID, &exhausted); err != nil {
 			if errors.Is(err, sql.ErrNoRows) {
 				return pharox.ErrPoolNotFound
 			}
 			return err
 		}
-		if _, err := reclaimPool(tx, poolID, s.stamp()); err != nil {
+		if _, err := reclaimPool(tx, poolID, now); err != nil {
 			return err
 		}
-		p, err := choose(tx, poolID, filters, "", time.Time{}, strategy.OrDefault(), s.filterBudget)
+		p, err := choose(tx, poolID, filters, "", exhausted, now, strategy.OrDefault(), s.filterBudget)
 		if err != nil {
 			return err
 		}
@@ -277,15 +308,48 @@ func walkSQL(w walk, pre sqlFilter, filtered bool) string {
 	return `SELECT ` + proxyCols + ` FROM (` + inner + ` LIMIT ?) AS candidates WHERE 1` + pre.where
 }
 
+// acquireLookupSQL reads, for an acquisition (args: pool name, consumer
+// id, now), the pool's id, the consumer's name, whether the consumer and
+// the pool have quotas, and whether the pool has a proxy whose traffic
+// allowance is used up (exhaustedSQL). Each is one probe of a primary key
+// or of a partial index that is empty while no allowance is used up.
+var acquireLookupSQL = `SELECT pl.id, c.name,
+		EXISTS (SELECT 1 FROM quotas WHERE subject = 'consumer' AND subject_id = arg.consumer_id),
+		EXISTS (SELECT 1 FROM quotas WHERE subject = 'pool' AND subject_id = pl.id),
+		EXISTS (` + exhaustedSQL("?3") + `)
+	FROM (SELECT ?1 AS pool_name, ?2 AS consumer_id) AS arg
+		LEFT JOIN pools pl ON pl.name = arg.pool_name
+		LEFT JOIN consumers c ON c.id = arg.consumer_id`
+
+// exhaustedSQL finds a proxy of pool pl whose allowance is used up at the
+// parameter now.
+func exhaustedSQL(now string) string {
+	return `SELECT 1 FROM proxies INDEXED BY proxies_allowance WHERE pool_id = pl.id AND allowance_until > ` + now
+}
+
+// findLookupSQL reads the pool's id and whether it has a proxy whose
+// allowance is used up (args: pool name, now).
+var findLookupSQL = `SELECT id, EXISTS (` + exhaustedSQL("?2") + `) FROM pools pl WHERE name = ?1`
+
+// allowanceSQL keeps the candidates whose traffic allowance is not used up
+// (arg: now). The walks add it only when exhaustedSQL found such a proxy
+// in the pool; it reads the candidate's row, which the walk reads anyway.
+const allowanceSQL = ` AND (allowance_until IS NULL OR allowance_until <= ?)`
+
 // notCoolingSQL keeps the candidates not cooling down for a target (args:
 // target, now). The unqualified id is the candidate's: proxy_targets has no
 // column of that name. It is a primary-key lookup per candidate.
 const notCoolingSQL = ` AND NOT EXISTS (SELECT 1 FROM proxy_targets t
 	WHERE t.proxy_id = id AND t.target = ? AND t.cooling_until > ?)`
 
-// errTooSelective is the answer when a filter rejected every proxy a
-// pass's budget allowed it to examine.
-func errTooSelective(budget int, target string) error {
+// errTooSelective is the answer when a filter, a target's cool-downs or
+// used-up traffic allowances rejected every proxy a pass's budget allowed
+// it to examine; filter says whether the caller filtered.
+func errTooSelective(budget int, filter bool, target string) error {
+	if !filter && target == "" {
+		return fmt.Errorf("%w: all of the %d proxies with a free slot examined have used up their traffic allowance (see their quotas)",
+			pharox.ErrNoProxyAvailable, budget)
+	}
 	if target != "" {
 		return fmt.Errorf("%w: none of the %d proxies with a free slot examined matched the filter without cooling down for target %q (narrow the pool or loosen the filter)",
 			pharox.ErrNoProxyAvailable, budget, target)
@@ -306,9 +370,10 @@ func errTooSelective(budget int, target string) error {
 //
 // With a target, proxies cooling down for it are skipped in SQL
 // (notCoolingSQL): the walk is then a filtered one, its budget counting
-// the skipped proxies too.
-func choose(tx *wtx, poolID uuid.UUID, filters *pharox.Filters, target string, now time.Time, strategy pharox.Strategy, budget int) (*pharox.Proxy, error) {
-	filtered := !filters.IsZero() || target != ""
+// the skipped proxies too. So are, when exhausted says the pool has any,
+// the proxies whose traffic allowance is used up (allowanceSQL).
+func choose(tx *wtx, poolID uuid.UUID, filters *pharox.Filters, target string, exhausted bool, now time.Time, strategy pharox.Strategy, budget int) (*pharox.Proxy, error) {
+	filtered := !filters.IsZero() || target != "" || exhausted
 	var pre sqlFilter
 	if !filters.IsZero() {
 		pre = prefilter(filters)
@@ -317,9 +382,14 @@ func choose(tx *wtx, poolID uuid.UUID, filters *pharox.Filters, target string, n
 		pre.where += notCoolingSQL
 		pre.args = append(pre.args, target, micros(now))
 	}
+	if exhausted {
+		pre.where += allowanceSQL
+		pre.args = append(pre.args, micros(now))
+	}
 	f := newMatcher(filters)
+	tooSelective := func() error { return errTooSelective(budget, !filters.IsZero(), target) }
 	if strategy == pharox.Random {
-		return chooseRandom(tx, poolID, pre, f, filtered, budget, target)
+		return chooseRandom(tx, poolID, pre, f, filtered, budget, tooSelective)
 	}
 	var rrLast string
 	if strategy == pharox.RoundRobin {
@@ -350,7 +420,7 @@ func choose(tx *wtx, poolID uuid.UUID, filters *pharox.Filters, target string, n
 			return nil, err
 		}
 		if left -= n; left <= 0 {
-			return nil, errTooSelective(budget, target)
+			return nil, tooSelective()
 		}
 	}
 	return nil, nil
@@ -378,7 +448,7 @@ var (
 // while they find none, up to budget positions, then errTooSelective. A
 // pool with at most budget candidates is instead sampled exactly in one
 // pass after the first empty draw.
-func chooseRandom(tx *wtx, poolID uuid.UUID, pre sqlFilter, f matcher, filtered bool, budget int, target string) (*pharox.Proxy, error) {
+func chooseRandom(tx *wtx, poolID uuid.UUID, pre sqlFilter, f matcher, filtered bool, budget int, tooSelective func() error) (*pharox.Proxy, error) {
 	var n int
 	err := tx.queryRow(randomCountSQL, idArg(poolID)).Scan(&n)
 	if errors.Is(err, sql.ErrNoRows) || err == nil && n == 0 {
@@ -414,7 +484,7 @@ func chooseRandom(tx *wtx, poolID uuid.UUID, pre sqlFilter, f matcher, filtered 
 			return randomScan(tx, randomAllSQL+pre.where, append([]any{idArg(poolID)}, pre.args...), f)
 		}
 	}
-	return nil, errTooSelective(budget, target)
+	return nil, tooSelective()
 }
 
 // randomScan picks uniformly among the rows f matches (reservoir sampling).
@@ -470,17 +540,30 @@ func first(tx *wtx, query string, args []any, f matcher) (*pharox.Proxy, error) 
 	return nil, rows.Err()
 }
 
-// ReleaseLease ends an active lease as released and frees its slot.
-func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*pharox.Lease, error) {
+// ReleaseLease ends an active lease as released and frees its slot. With
+// a usage report it also stores the report on the lease and counts it
+// (countUsage), in the same transaction; without one it runs exactly the
+// statements it ran before usage was metered.
+func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID, usage *pharox.Usage) (*pharox.Lease, error) {
 	var out *pharox.Lease
 	err := s.writeTx(ctx, func(tx *wtx) error {
 		// Every clock reading inside the transaction is taken under the
 		// write lock, so it follows any release another writer committed
 		// and precedes any acquisition that reuses this slot.
 		at := s.stamp()
-		l, err := scanLease(tx.queryRow(`UPDATE leases SET status = 'released', released_at = ?
-			WHERE id = ? AND status = 'active' RETURNING `+leaseCols, micros(at), idArg(leaseID)))
+		var row *sql.Row
+		if usage == nil {
+			row = tx.queryRow(`UPDATE leases SET status = 'released', released_at = ?
+				WHERE id = ? AND status = 'active' RETURNING `+leaseCols, micros(at), idArg(leaseID))
+		} else {
+			row = tx.queryRow(`UPDATE leases SET status = 'released', released_at = ?, usage_requests = ?,
+				usage_bytes_sent = ?, usage_bytes_received = ?
+				WHERE id = ? AND status = 'active' RETURNING `+leaseCols,
+				micros(at), usage.Requests, usage.BytesSent, usage.BytesReceived, idArg(leaseID))
+		}
+		l, err := scanLease(row)
 		if errors.Is(err, sql.ErrNoRows) {
+			// Nothing is counted: a lease ends, and reports, once.
 			var status string
 			err := tx.queryRow(`SELECT status FROM leases WHERE id = ?`, idArg(leaseID)).Scan(&status)
 			if errors.Is(err, sql.ErrNoRows) {
@@ -495,6 +578,11 @@ func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*pharox.Le
 			return err
 		}
 		// The leases_count_end trigger freed the slot in that statement.
+		if usage != nil {
+			if err := countUsage(tx, l, *usage, at); err != nil {
+				return err
+			}
+		}
 		out = l
 		return nil
 	})

@@ -91,7 +91,7 @@ func TestRandomNumbering(t *testing.T) {
 			what = "acquire " + string(r.Strategy)
 		case op < 7 && len(held) > 0:
 			i := rng.IntN(len(held))
-			if _, err := s.ReleaseLease(ctx, held[i].ID); err != nil {
+			if _, err := s.ReleaseLease(ctx, held[i].ID, nil); err != nil {
 				t.Fatal(err)
 			}
 			held = append(held[:i], held[i+1:]...)
@@ -133,7 +133,7 @@ func TestRandomNumbering(t *testing.T) {
 	}
 	// Deleting the pool leaves nothing behind.
 	for _, l := range held {
-		if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+		if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -103,7 +103,8 @@ func scanProxy(sc scanner) (*pharox.Proxy, error) {
 
 // leaseCols lists the leases columns scanLease reads, in order.
 const leaseCols = `id, proxy_id, consumer_id, consumer_name, pool_id, pool_name, status,
-	acquired_at, expires_at, released_at, session_key`
+	acquired_at, expires_at, released_at, session_key, target, usage_requests, usage_bytes_sent,
+	usage_bytes_received`
 
 func scanLease(sc scanner) (*pharox.Lease, error) {
 	var (
@@ -111,10 +112,17 @@ func scanLease(sc scanner) (*pharox.Lease, error) {
 		status            string
 		acquired, expires int64
 		released          sql.NullInt64
+		requests, sent    sql.NullInt64
+		received          sql.NullInt64
 	)
 	if err := sc.Scan(&l.ID, &l.ProxyID, &l.ConsumerID, &l.ConsumerName, &l.PoolID, &l.PoolName,
-		&status, &acquired, &expires, &released, &l.SessionKey); err != nil {
+		&status, &acquired, &expires, &released, &l.SessionKey, &l.Target, &requests, &sent, &received); err != nil {
 		return nil, err
+	}
+	// The three usage columns are set together; usage_requests stands for
+	// them (NULL: no report).
+	if requests.Valid {
+		l.Usage = &pharox.Usage{Requests: requests.Int64, BytesSent: sent.Int64, BytesReceived: received.Int64}
 	}
 	l.Status = pharox.LeaseStatus(status)
 	l.AcquiredAt = fromMicros(acquired)

@@ -245,7 +245,7 @@ func TestPersistsAcrossReopen(t *testing.T) {
 	}
 	// The session survives too: the same key comes back to the same proxy
 	// once it is free again.
-	if _, err := s.ReleaseLease(ctx, lease.ID); err != nil {
+	if _, err := s.ReleaseLease(ctx, lease.ID, nil); err != nil {
 		t.Fatal(err)
 	}
 	again, err := s.AcquireLease(ctx, r)
@@ -285,17 +285,17 @@ func TestAcquireReleaseCounters(t *testing.T) {
 			t.Errorf("proxy %s: CurrentLeases = %d, want 2", p.ID, got.CurrentLeases)
 		}
 	}
-	rel, err := s.ReleaseLease(ctx, leases[0].ID)
+	rel, err := s.ReleaseLease(ctx, leases[0].ID, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if rel.Status != pharox.LeaseReleased || rel.ReleasedAt == nil || rel.ReleasedAt.Before(rel.AcquiredAt) {
 		t.Errorf("released lease = %+v", rel)
 	}
-	if _, err := s.ReleaseLease(ctx, leases[0].ID); !errors.Is(err, pharox.ErrLeaseNotActive) {
+	if _, err := s.ReleaseLease(ctx, leases[0].ID, nil); !errors.Is(err, pharox.ErrLeaseNotActive) {
 		t.Errorf("second release: %v, want ErrLeaseNotActive", err)
 	}
-	if _, err := s.ReleaseLease(ctx, uuid.New()); !errors.Is(err, pharox.ErrLeaseNotFound) {
+	if _, err := s.ReleaseLease(ctx, uuid.New(), nil); !errors.Is(err, pharox.ErrLeaseNotFound) {
 		t.Errorf("release unknown: %v, want ErrLeaseNotFound", err)
 	}
 	if _, err := s.AcquireLease(ctx, req("p", c)); err != nil {
@@ -626,7 +626,7 @@ func TestDeleteRules(t *testing.T) {
 	if err := s.DeletePool(ctx, pool.ID); !errors.Is(err, pharox.ErrInUse) {
 		t.Errorf("DeletePool in use: %v", err)
 	}
-	if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+	if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.DeleteProxy(ctx, l.ProxyID); err != nil {
@@ -734,7 +734,7 @@ func TestConcurrentStoresNoOverLease(t *testing.T) {
 					over.Add(1)
 				}
 				holders[l.ProxyID].Add(-1)
-				if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+				if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil {
 					t.Error(err)
 					return
 				}
@@ -799,7 +799,7 @@ func TestSchemaGuards(t *testing.T) {
 	if err == nil {
 		t.Error("raw insert of a lease beyond max_concurrency succeeded")
 	}
-	if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+	if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := db.Exec(`UPDATE leases SET status = 'active' WHERE id = ?`, l.ID.String()); err == nil {
@@ -857,7 +857,7 @@ func TestListLeasesFilters(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := s.ReleaseLease(ctx, inA[0].ID); err != nil {
+	if _, err := s.ReleaseLease(ctx, inA[0].ID, nil); err != nil {
 		t.Fatal(err)
 	}
 	got, err := s.ListLeases(ctx, pharox.LeaseQuery{PoolID: a.ID})
@@ -920,14 +920,14 @@ func TestPurgeEndedLeasesByTime(t *testing.T) {
 	old := acquire()  // released at +1s
 	long := acquire() // acquired early, still active at the purge
 	clock.Advance(time.Second)
-	if _, err := s.ReleaseLease(ctx, old.ID); err != nil {
+	if _, err := s.ReleaseLease(ctx, old.ID, nil); err != nil {
 		t.Fatal(err)
 	}
 	clock.Advance(time.Second)
 	cut := clock.Now()
 	recent := acquire() // released after the cut
 	clock.Advance(time.Second)
-	if _, err := s.ReleaseLease(ctx, recent.ID); err != nil {
+	if _, err := s.ReleaseLease(ctx, recent.ID, nil); err != nil {
 		t.Fatal(err)
 	}
 	n, err := s.PurgeEndedLeases(ctx, cut)
