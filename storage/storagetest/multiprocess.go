@@ -132,14 +132,15 @@ type workerTally struct {
 }
 
 // The quota part of a multi-process run (ConsumerCap): goroutines acquiring
-// as one of mpCappedConsumers consumers hold each lease for a few
-// milliseconds, long enough for the others of their consumer, in any
-// process, to fill the cap.
+// as one of mpCappedConsumers consumers hold each lease long enough for the
+// others of their consumer, in any process, to fill the cap: a few
+// milliseconds, or two to four times what the acquisition took on a store
+// slowed by load (at most mpCappedHoldMax, well inside mpLease).
 const (
 	mpCappedConsumers = 3
 	mpCappedRecords   = 20000
 	mpCappedHoldMin   = 3 * time.Millisecond
-	mpCappedHoldMax   = 12 * time.Millisecond
+	mpCappedHoldMax   = 400 * time.Millisecond
 	// mpCappedSlack is taken off a lease's expiry when judging how long
 	// it was held: the store's clock may run a little ahead of this
 	// host's.
@@ -704,7 +705,8 @@ func runWorker(t *testing.T, cfg MultiProcessConfig) {
 				}
 				if cappedIdx >= 0 {
 					from := time.Now()
-					time.Sleep(mpCappedHoldMin + mrand.N(mpCappedHoldMax-mpCappedHoldMin))
+					took := from.Sub(called)
+					time.Sleep(min(mpCappedHoldMin+2*took+mrand.N(2*took+10*time.Millisecond), mpCappedHoldMax))
 					to := time.Now()
 					if end := called.Add(req.Duration - mpCappedSlack); to.After(end) {
 						to = end // stalled: the lease may have expired first
