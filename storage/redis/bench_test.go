@@ -161,7 +161,7 @@ func benchServerCost(b *testing.B, n int) {
 			}
 			ids[i] = r.Val.ID
 		}
-		for _, r := range s.execRelease(ctx, struct{}{}, ids) {
+		for _, r := range s.execRelease(ctx, struct{}{}, plainReleases(ids)) {
 			if r.Err != nil {
 				b.Fatal(r.Err)
 			}

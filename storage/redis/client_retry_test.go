@@ -251,7 +251,7 @@ func TestRetriedAcquireTakesOneSlot(t *testing.T) {
 				ctx := t.Context()
 				checkLoad(t, rs.Store, proxy, n)
 				for _, l := range leases {
-					if _, err := rs.ReleaseLease(ctx, l.ID); err != nil {
+					if _, err := rs.ReleaseLease(ctx, l.ID, nil); err != nil {
 						t.Fatalf("release %s: %v", l.ID, err)
 					}
 				}
@@ -290,7 +290,7 @@ func TestRetriedReleaseSucceeds(t *testing.T) {
 				}
 				return rs
 			}, func(rs *retryingStore) {
-				for i, r := range rs.execRelease(t.Context(), struct{}{}, ids) {
+				for i, r := range rs.execRelease(t.Context(), struct{}{}, plainReleases(ids)) {
 					if r.Err != nil {
 						t.Errorf("release %d of a retried batch of %d: %v", i, n, r.Err)
 						continue
