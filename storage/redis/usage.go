@@ -355,7 +355,7 @@ func (s *Store) DeleteQuota(ctx context.Context, subject pharox.QuotaSubject, id
 	if !subject.Valid() {
 		return fmt.Errorf("redis: delete quota: %w: unknown subject %q (want consumer, pool or proxy)", pharox.ErrInvalidArgument, subject)
 	}
-	if _, err := s.run(ctx, scriptDeleteQuota, string(subject), id.String()); err != nil {
+	if _, err := s.run(ctx, scriptDeleteQuota, string(subject), id.String(), callToken()); err != nil {
 		return wrap(err, "delete %s quota of %s", subject, id)
 	}
 	return nil
@@ -422,7 +422,7 @@ func (s *Store) PurgeUsage(ctx context.Context, before time.Time) (int, error) {
 	bound := ceilSeconds(before)
 	total := 0
 	for {
-		v, err := s.run(ctx, scriptPurgeUsage, bound, purgeHours)
+		v, err := s.run(ctx, scriptPurgeUsage, bound, purgeHours, callToken())
 		if err != nil {
 			return total, wrap(err, "purge usage")
 		}

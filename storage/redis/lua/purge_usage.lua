@@ -1,6 +1,8 @@
 -- purge usage buckets. ARGV: 2 the first hour kept (unix seconds), 3 how
--- many hours at most. Returns {buckets deleted (the groups of the hours'
--- hashes), hours deleted}.
+-- many hours at most, 4 the call's token (see once in lib.lua). Returns
+-- {buckets deleted (the groups of the hours' hashes), hours deleted}.
+local prior = once(ARGV[4])
+if prior then return prior end
 local hours = redis.call('ZRANGEBYSCORE', HOURS, '-inf', '(' .. ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
 local n = 0
 for _, h in ipairs(hours) do
@@ -9,4 +11,4 @@ for _, h in ipairs(hours) do
   redis.call('UNLINK', key)
   redis.call('ZREM', HOURS, h)
 end
-return {n, #hours}
+return done(ARGV[4], {n, #hours})
