@@ -161,7 +161,9 @@ func TestBatchedReleasesCountUsage(t *testing.T) {
 	short := acquire(20*time.Millisecond, "")
 	a, b, twice, none := acquire(time.Minute, "shop.example"), acquire(time.Minute, "shop.example"), acquire(time.Minute, ""), acquire(time.Minute, "")
 	time.Sleep(50 * time.Millisecond)
-	use := func(n int64) string { return encodeUsage(&pharox.Usage{Requests: n, BytesSent: 10 * n, BytesReceived: 100 * n}) }
+	use := func(n int64) string {
+		return encodeUsage(&pharox.Usage{Requests: n, BytesSent: 10 * n, BytesReceived: 100 * n})
+	}
 	reqs := []releaseReq{{a.ID, use(1)}, {twice.ID, use(2)}, {b.ID, use(3)}, {none.ID, ""}, {twice.ID, use(4)}, {short.ID, use(5)}}
 	wantErr := []error{nil, nil, nil, nil, pharox.ErrLeaseNotActive, pharox.ErrLeaseNotActive}
 	wantUse := []*pharox.Usage{{Requests: 1, BytesSent: 10, BytesReceived: 100}, {Requests: 2, BytesSent: 20, BytesReceived: 200},
