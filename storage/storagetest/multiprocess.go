@@ -552,7 +552,7 @@ func auditTargets(t *testing.T, tallies []*workerTally, knownGap string) {
 // auditConsumerCap checks that no capped consumer held more than limit
 // leases at once, judged from the intervals every worker held them (see
 // mpCappedLease), and that one reached the cap.
-func auditConsumerCap(t *testing.T, tallies []*workerTally, limit int, refusals int64) {
+func auditConsumerCap(t testing.TB, tallies []*workerTally, limit int, refusals int64) {
 	t.Helper()
 	byConsumer := make([][]heldInterval, mpCappedConsumers)
 	n := 0
@@ -567,7 +567,7 @@ func auditConsumerCap(t *testing.T, tallies []*workerTally, limit int, refusals 
 		}
 	}
 	if n == 0 {
-		t.Error("consumer cap: no worker leased as a capped consumer")
+		t.Errorf("consumer cap: no worker leased as a capped consumer")
 		return
 	}
 	peak := 0
