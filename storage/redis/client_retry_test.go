@@ -47,7 +47,7 @@ type retryingStore struct {
 // test and returns its address; the server stops when the test ends. It
 // skips the test when PHAROX_TEST_REDIS_URL is unset (like every Redis
 // test) or redis-server is not installed.
-func privateRedis(t *testing.T) string {
+func privateRedis(t testing.TB) string {
 	t.Helper()
 	testClient(t) // skips without PHAROX_TEST_REDIS_URL
 	bin, err := exec.LookPath("redis-server")
@@ -82,7 +82,7 @@ func privateRedis(t *testing.T) string {
 
 // clientOf returns a client of the server at addr, closed when the test
 // ends.
-func clientOf(t *testing.T, addr string, tune func(*goredis.Options)) *goredis.Client {
+func clientOf(t testing.TB, addr string, tune func(*goredis.Options)) *goredis.Client {
 	o := &goredis.Options{Addr: addr}
 	tune(o)
 	c := goredis.NewClient(o)

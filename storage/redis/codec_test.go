@@ -30,7 +30,7 @@ func FuzzWhoRoundTrip(f *testing.F) {
 func TestDecodeLeaseRejectsMalformed(t *testing.T) {
 	id, proxy, pool, consumer := uuid.NewString(), uuid.NewString(), uuid.NewString(), uuid.New()
 	who := encodeWho(consumer, "shop.example", "c", "p", "")
-	good := "released|1700000000000100:tok:3,200,5000|1700000000999999|" + proxy + "|" + pool + "|2|c|1700000000000000|" + who
+	good := "released|1700000000000100:tok:3,200,5000|1700000000999999|" + proxy + "|" + pool + "|2|" + consumer.String() + "|1700000000000000|" + who
 	l, err := decodeLease(id, good)
 	if err != nil {
 		t.Fatalf("decodeLease(good): %v", err)

@@ -102,7 +102,7 @@ local exp = now + tonumber(ARGV[7])
 local q, taken = '', {}
 if gate.c then
   if gate.c.mcl > 0 then
-    q = 'c'
+    q = ARGV[4]
     redis.call('ZADD', cact(ARGV[4]), fmt(exp), lid)
   end
   if take(gate.c, now) then taken[#taken + 1] = 'consumer|' .. ARGV[4] taken[#taken + 1] = qformat(gate.c) end

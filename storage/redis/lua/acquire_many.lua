@@ -88,10 +88,17 @@ local selective = false
 -- writes) and then kept by the batch itself; dirty holds the records
 -- whose tokens the batch took, written once at the end.
 local qc, xs, counts, dirty = {}, {}, {}, {}
+-- cfield names a consumer's quota, once per consumer.
+local cfields = {}
+local function cfield(cid)
+  local f = cfields[cid]
+  if not f then f = 'consumer|' .. cid cfields[cid] = f end
+  return f
+end
 local function load_quotas(pid)
   local fields = {'pool|' .. pid, 'x|' .. pid}
   for i = 7, #ARGV, 6 do
-    local f = 'consumer|' .. ARGV[i]
+    local f = cfield(ARGV[i])
     if qc[f] == nil then
       qc[f] = false
       fields[#fields + 1] = f
@@ -118,7 +125,7 @@ end
 -- admit_item applies the consumer's, then the pool's quota; nil or a
 -- refusal.
 local function admit_item(pid, cid)
-  local c = qc['consumer|' .. cid]
+  local c = qc[cfield(cid)]
   if c then
     local n = 0
     if c.mcl > 0 then n = count(cact(cid)) end
@@ -137,11 +144,11 @@ end
 -- against their quotas, and returns the lease's q (see LEASES in lib.lua).
 local function took(pid, cid, lid, exp)
   local q = ''
-  local f = 'consumer|' .. cid
+  local f = cfield(cid)
   local c = qc[f]
   if c then
     if c.mcl > 0 then
-      q = 'c'
+      q = cid
       local k = cact(cid)
       defer(d, 'ZADD', k, exp, lid)
       if counts[k] then counts[k] = counts[k] + 1 end

@@ -191,9 +191,11 @@ end
 
 -- Leases live in one hash, LEASES: lease id -> its record,
 -- "status|rel|exp|proxy|pool|maxc|q|acq|who", where rel is '' while the
--- lease is active, q is 'c' when the lease counts in its consumer's set of
--- active leases (CACT: the consumer had a max_concurrent_leases quota when
--- the lease began, or when SetQuota gave it one) and '' otherwise, and who
+-- lease is active, q is the consumer's id when the lease counts in the
+-- consumer's set of active leases (CACT: the consumer had a
+-- max_concurrent_leases quota when the lease began, or when SetQuota gave
+-- it one; the id saves ending the lease a parse of who) and '' otherwise,
+-- and who
 -- (the consumer id, then the target, consumer name, pool name and session
 -- key, packed by the client: see encodeWho in codec.go) is read here only
 -- for the consumer id and the target. One hash lets a batch read and write
@@ -205,8 +207,14 @@ local QUOTAS = P .. 'quotas'
 local ACTIVE = 'active|' -- an active record starts with it, then rel's ''
 
 -- CACT names a consumer's sorted set of active leases by ExpiresAt: kept
--- only for the leases whose q is 'c' (see quota.lua).
-local function cact(cid) return P .. 'c:' .. cid .. ':act' end
+-- only for the leases whose q is set (see quota.lua). Batches name the
+-- same few many times: the names are kept.
+local cacts = {}
+local function cact(cid)
+  local k = cacts[cid]
+  if not k then k = P .. 'c:' .. cid .. ':act' cacts[cid] = k end
+  return k
+end
 
 -- lease_record packs a new active lease (acq and exp formatted).
 local function lease_record(proxy, pid, acq, exp, maxc, q, who)
@@ -271,14 +279,14 @@ local function end_lease(lid, v, status, now, proxy, pid, maxc, q, d, tok, use)
   lease_write(lid, ended, d)
   if not d then
     redis.call('ZREM', pk(pid, 'exp'), lid)
-    if q == 'c' then redis.call('ZREM', cact(lease_consumer(v)), lid) end
+    if q ~= '' then redis.call('ZREM', cact(q), lid) end
     redis.call('ZADD', P .. 'ended', fmt(now), lid)
     redis.call('SADD', xk(proxy) .. ':ended', lid)
     free_slots(pid, proxy, maxc, 1)
     return ended
   end
   defer(d, 'ZREM', pk(pid, 'exp'), lid)
-  if q == 'c' then defer(d, 'ZREM', cact(lease_consumer(v)), lid) end
+  if q ~= '' then defer(d, 'ZREM', cact(q), lid) end
   defer(d, 'ZADD', P .. 'ended', fmt(now), lid)
   defer(d, 'SADD', xk(proxy) .. ':ended', lid)
   local e = d.freed[proxy]

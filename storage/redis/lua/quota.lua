@@ -123,12 +123,14 @@ local function admit(q, subject, id, active, now)
   if q.mcl > 0 and active >= q.mcl then
     return refusal(subject, id, 'max_concurrent_leases', q.mcl, 1000000000)
   end
-  local day, bt, month, bm = rolled(q, now)
-  if q.bpd > 0 and bt >= q.bpd then
-    return refusal(subject, id, 'bytes_per_day', q.bpd, (day + DAY_US - now) * 1000)
-  end
-  if q.bpm > 0 and bm >= q.bpm then
-    return refusal(subject, id, 'bytes_per_month', q.bpm, (month_end(month) - now) * 1000)
+  if q.bpd > 0 or q.bpm > 0 then
+    local day, bt, month, bm = rolled(q, now)
+    if q.bpd > 0 and bt >= q.bpd then
+      return refusal(subject, id, 'bytes_per_day', q.bpd, (day + DAY_US - now) * 1000)
+    end
+    if q.bpm > 0 and bm >= q.bpm then
+      return refusal(subject, id, 'bytes_per_month', q.bpm, (month_end(month) - now) * 1000)
+    end
   end
   if q.rpm > 0 then
     local tokens = refill(q, now)

@@ -14,5 +14,5 @@ local nexp = fmt(now + tonumber(ARGV[3]))
 v = 'active||' .. nexp .. string.sub(v, #'active||' + #exp + 1)
 redis.call('HSET', LEASES, lid, v)
 redis.call('ZADD', pk(pid, 'exp'), nexp, lid)
-if q == 'c' then redis.call('ZADD', cact(lease_consumer(v)), nexp, lid) end
+if q ~= '' then redis.call('ZADD', cact(q), nexp, lid) end
 return v
