@@ -395,6 +395,9 @@
 // read, never with the leases. PurgeUsage deletes whole hours, 100 per
 // script, and returns the groups they held.
 //
+// Scripts add in Lua's doubles, so a bucket's or a quota's sums are exact
+// up to 2^53 (9 PB) each, far beyond one hour's or one month's traffic.
+//
 // Buckets live in Redis' memory: about 240 bytes per (consumer, proxy,
 // target) group that carried traffic in an hour (measured with MEMORY
 // USAGE), so 10,000 such groups an hour take 2.4 MB an hour, 5.2 GB over
