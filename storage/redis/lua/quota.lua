@@ -69,14 +69,31 @@ end
 -- counted in it, the request bucket's tokens (as %.17g, which reads back
 -- as the same double) and when they were counted, and when the limits
 -- were set. Times are in us, 0 for unset.
+-- qparse reads a record's limits; qcounters the rest, the first time a
+-- rule needs them (an acquisition under a cap alone reads four numbers).
+-- Zeros, the common value, skip tonumber (strtod).
+local function num(w)
+  if w == '0' then return 0 end
+  return tonumber(w)
+end
 local function qparse(s)
+  local find, sub = string.find, string.sub
+  local a = find(s, ' ', 1, true)
+  local b = find(s, ' ', a + 1, true)
+  local c = find(s, ' ', b + 1, true)
+  local d = find(s, ' ', c + 1, true)
+  return {mcl = num(sub(s, 1, a - 1)), rpm = num(sub(s, a + 1, b - 1)), bpd = num(sub(s, b + 1, c - 1)),
+    bpm = num(sub(s, c + 1, d - 1)), raw = s, at = d + 1}
+end
+local function qcounters(q)
+  if q.day ~= nil then return end
   local t, i = {}, 0
-  for w in string.gmatch(s, '%S+') do i = i + 1 t[i] = w end
-  return {mcl = tonumber(t[1]), rpm = tonumber(t[2]), bpd = tonumber(t[3]), bpm = tonumber(t[4]),
-    day = tonumber(t[5]), bt = tonumber(t[6]), month = tonumber(t[7]), bm = tonumber(t[8]),
-    tok = tonumber(t[9]), tokat = tonumber(t[10]), upd = tonumber(t[11])}
+  for w in string.gmatch(string.sub(q.raw, q.at), '%S+') do i = i + 1 t[i] = w end
+  q.day, q.bt, q.month, q.bm = num(t[1]), num(t[2]), num(t[3]), num(t[4])
+  q.tok, q.tokat, q.upd = num(t[5]), num(t[6]), num(t[7])
 end
 local function qformat(q)
+  qcounters(q)
   local f = function(n) return string.format('%d', n) end
   return table.concat({f(q.mcl), f(q.rpm), f(q.bpd), f(q.bpm), f(q.day), f(q.bt), f(q.month), f(q.bm),
     string.format('%.17g', q.tok), f(q.tokat), f(q.upd)}, ' ')
@@ -85,6 +102,7 @@ end
 -- rolled mirrors pharox.Quota.RollPeriods, returning the rolled counters
 -- (day, bytes today, month, bytes this month) without changing q.
 local function rolled(q, now)
+  qcounters(q)
   local day, bt, month, bm = q.day, q.bt, q.month, q.bm
   local d = day_start(now)
   if day ~= d then day, bt = d, 0 end
@@ -98,6 +116,7 @@ end
 -- the same integers.
 local function refill(q, now)
   local cap = q.rpm
+  qcounters(q)
   if q.tokat == 0 then return cap end
   local e = now - q.tokat
   if e < 0 then e = 0 end

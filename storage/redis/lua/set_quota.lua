@@ -26,6 +26,7 @@ local old = redis.call('HGET', QUOTAS, field)
 local q
 if old then
   q = qparse(old)
+  qcounters(q)
   q.mcl, q.rpm, q.bpd, q.bpm = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
   if q.tok > q.rpm then q.tok = q.rpm end
 else
