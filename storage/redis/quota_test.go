@@ -73,7 +73,9 @@ func TestBatchedAcquisitionsApplyQuotas(t *testing.T) {
 		var reqs []pharox.AcquireRequest
 		var who []string
 		for range n {
-			for _, c := range []*pharox.Consumer{capped, rated, free} {
+			// The capped consumer comes last: the batch counts its leases
+			// after deferring writes of the others.
+			for _, c := range []*pharox.Consumer{free, rated, capped} {
 				r := req
 				r.ConsumerID, r.ConsumerName = c.ID, c.Name
 				reqs = append(reqs, r)
@@ -86,10 +88,17 @@ func TestBatchedAcquisitionsApplyQuotas(t *testing.T) {
 	reqs, who := batch(4)
 	outcomes := map[string][]string{}
 	var leases []uuid.UUID
+	// Counting a consumer's leases flushes the batch's deferred writes
+	// mid-batch: the proxies (of one slot each) must still be distinct.
+	proxies := map[uuid.UUID]bool{}
 	for i, r := range s.execAcquire(ctx, key, reqs) {
 		outcomes[who[i]] = append(outcomes[who[i]], limitOf(r.Err))
 		if r.Err == nil {
 			leases = append(leases, r.Val.ID)
+			if proxies[r.Val.ProxyID] {
+				t.Errorf("item %d leased proxy %s a second time", i, r.Val.ProxyID)
+			}
+			proxies[r.Val.ProxyID] = true
 		}
 	}
 	want := map[string][]string{
