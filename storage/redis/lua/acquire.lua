@@ -99,16 +99,19 @@ local lid = ARGV[6]
 local exp = now + tonumber(ARGV[7])
 -- A consumer with a max_concurrent_leases quota counts the lease in its
 -- set of active leases; quotas with a request rate lose a token.
-local q, taken = '', {}
-if gate.c then
-  if gate.c.mcl > 0 then
-    q = ARGV[4]
-    redis.call('ZADD', cact(ARGV[4]), fmt(exp), lid)
+local q = ''
+if gate.c or gate.p then
+  local taken = {}
+  if gate.c then
+    if gate.c.mcl > 0 then
+      q = ARGV[4]
+      redis.call('ZADD', cact(ARGV[4]), fmt(exp), lid)
+    end
+    if take(gate.c, now) then taken[#taken + 1] = 'consumer|' .. ARGV[4] taken[#taken + 1] = qformat(gate.c) end
   end
-  if take(gate.c, now) then taken[#taken + 1] = 'consumer|' .. ARGV[4] taken[#taken + 1] = qformat(gate.c) end
+  if gate.p and take(gate.p, now) then taken[#taken + 1] = 'pool|' .. pid taken[#taken + 1] = qformat(gate.p) end
+  if #taken > 0 then redis.call('HSET', QUOTAS, unpack(taken)) end
 end
-if gate.p and take(gate.p, now) then taken[#taken + 1] = 'pool|' .. pid taken[#taken + 1] = qformat(gate.p) end
-if #taken > 0 then redis.call('HSET', QUOTAS, unpack(taken)) end
 lease_write(lid, lease_record(chosen, pid, fmt(now), fmt(exp), f[10], q, ARGV[15]))
 redis.call('ZADD', pk(pid, 'exp'), fmt(exp), lid)
 -- The round-robin position moves only when the strategy chose.
