@@ -88,15 +88,20 @@ local selective = false
 -- writes) and then kept by the batch itself; dirty holds the records
 -- whose tokens the batch took, written once at the end.
 local qc, xs, counts, dirty = {}, {}, {}, {}
--- cfield names a consumer's quota, once per consumer.
-local cfields = {}
+-- cfield and pfield name a consumer's and a pool's quota, once each.
+local cfields, pfields = {}, {}
 local function cfield(cid)
   local f = cfields[cid]
   if not f then f = 'consumer|' .. cid cfields[cid] = f end
   return f
 end
+local function pfield(pid)
+  local f = pfields[pid]
+  if not f then f = 'pool|' .. pid pfields[pid] = f end
+  return f
+end
 local function load_quotas(pid)
-  local fields = {'pool|' .. pid, 'x|' .. pid}
+  local fields = {pfield(pid), 'x|' .. pid}
   for i = 7, #ARGV, 6 do
     local f = cfield(ARGV[i])
     if qc[f] == nil then
@@ -132,7 +137,7 @@ local function admit_item(pid, cid)
     local r = admit(c, 'consumer', cid, n, now)
     if r then return r end
   end
-  local p = qc['pool|' .. pid]
+  local p = qc[pfield(pid)]
   if p then
     local n = 0
     if p.mcl > 0 then n = count(pk(pid, 'exp')) end
@@ -155,7 +160,7 @@ local function took(pid, cid, lid, exp)
     end
     if take(c, now) then dirty[f] = c end
   end
-  f = 'pool|' .. pid
+  f = pfield(pid)
   local p = qc[f]
   if p then
     local k = pk(pid, 'exp')
