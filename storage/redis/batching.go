@@ -42,7 +42,7 @@ func (s *Store) execAcquire(ctx context.Context, k acquireKey, reqs []pharox.Acq
 			seed = rand.Int64N(1 << 50)
 		}
 		args = append(args, r.ConsumerID.String(), ids[i].String(), r.Duration.Microseconds(), seed,
-			known[i], encodeWho(r.ConsumerID, r.ConsumerName, r.PoolName, ""))
+			known[i], encodeWho(r.ConsumerID, r.Target, r.ConsumerName, r.PoolName, ""))
 	}
 	v, err := s.run(ctx, scriptAcquireMany, args...)
 	var head []any
@@ -119,18 +119,21 @@ func (s *Store) acquiredEntry(req pharox.AcquireRequest, id uuid.UUID, known, pi
 
 // execRelease serves a batch of releases: release.lua for one, else
 // release_many.lua.
-func (s *Store) execRelease(ctx context.Context, _ struct{}, ids []uuid.UUID) []batch.Result[*pharox.Lease] {
+func (s *Store) execRelease(ctx context.Context, _ struct{}, reqs []releaseReq) []batch.Result[*pharox.Lease] {
 	if s.batchHook != nil {
-		s.batchHook("release", len(ids))
+		s.batchHook("release", len(reqs))
 	}
-	out := make([]batch.Result[*pharox.Lease], len(ids))
-	if len(ids) == 1 {
-		out[0].Val, out[0].Err = s.releaseOne(ctx, ids[0])
+	out := make([]batch.Result[*pharox.Lease], len(reqs))
+	if len(reqs) == 1 {
+		out[0].Val, out[0].Err = s.releaseOne(ctx, reqs[0])
 		return out
 	}
-	args := make([]any, 0, 2*len(ids))
-	for _, id := range ids {
-		args = append(args, id.String(), callToken())
+	ids := make([]uuid.UUID, len(reqs))
+	args := make([]any, 0, 1+3*len(reqs))
+	args = append(args, s.usageTTL())
+	for i, r := range reqs {
+		ids[i] = r.id
+		args = append(args, r.id.String(), callToken(), r.usage)
 	}
 	v, err := s.run(ctx, scriptReleaseMany, args...)
 	arr, ok := v.([]any)
@@ -169,5 +172,5 @@ func (s *Store) execRelease(ctx context.Context, _ struct{}, ids []uuid.UUID) []
 func (s *Store) discardLease(l *pharox.Lease) {
 	ctx, cancel := context.WithTimeout(context.Background(), discardTimeout)
 	defer cancel()
-	_, _ = s.ReleaseLease(ctx, l.ID)
+	_, _ = s.ReleaseLease(ctx, l.ID, nil)
 }

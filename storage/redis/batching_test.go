@@ -174,7 +174,7 @@ func checkBatchedAcquire(t *testing.T, s *Store, c *pharox.Consumer, proxies []*
 						t.Errorf("pool %s, %s %s: a batch leased proxy %s, cooling down for %s", pool, st, describe(f), r.Val.ProxyID, target)
 					}
 					if r.Err == nil {
-						if _, err := s.ReleaseLease(ctx, r.Val.ID); err != nil {
+						if _, err := s.ReleaseLease(ctx, r.Val.ID, nil); err != nil {
 							t.Fatalf("release of item %d: %v", i, err)
 						}
 					}
@@ -210,7 +210,7 @@ func checkBatchedAcquire(t *testing.T, s *Store, c *pharox.Consumer, proxies []*
 					t.Errorf("pool %s, %s %s: %d of %d leased; the case tests nothing", pool, st, describe(f), len(leases), n)
 				}
 				for _, l := range leases {
-					if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+					if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil {
 						t.Fatal(err)
 					}
 				}
@@ -379,13 +379,13 @@ func TestBatchedReleaseItemErrors(t *testing.T) {
 	}
 	short := acquire(50 * time.Millisecond)
 	a, b, done := acquire(time.Minute), acquire(time.Minute), acquire(time.Minute)
-	if _, err := s.ReleaseLease(ctx, done.ID); err != nil {
+	if _, err := s.ReleaseLease(ctx, done.ID, nil); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(100 * time.Millisecond) // short expires; nothing has reclaimed it
 	ids := []uuid.UUID{a.ID, uuid.New(), done.ID, b.ID, a.ID, short.ID}
 	want := []error{nil, pharox.ErrLeaseNotFound, pharox.ErrLeaseNotActive, nil, pharox.ErrLeaseNotActive, pharox.ErrLeaseNotActive}
-	for i, r := range s.execRelease(ctx, struct{}{}, ids) {
+	for i, r := range s.execRelease(ctx, struct{}{}, plainReleases(ids)) {
 		if want[i] == nil {
 			if r.Err != nil || r.Val == nil || r.Val.ID != ids[i] || r.Val.Status != pharox.LeaseReleased || r.Val.ReleasedAt == nil {
 				t.Errorf("item %d: %+v, %v; want lease %s released", i, r.Val, r.Err, ids[i])
@@ -530,7 +530,7 @@ func TestBatchedReleaseRestoresPool(t *testing.T) {
 		take(tc.before)
 		want := snapshot()
 		ids := take(tc.batch)
-		for i, r := range s.execRelease(ctx, struct{}{}, ids) {
+		for i, r := range s.execRelease(ctx, struct{}{}, plainReleases(ids)) {
 			if r.Err != nil {
 				t.Fatalf("release item %d: %v", i, r.Err)
 			}
@@ -544,7 +544,7 @@ func TestBatchedReleaseRestoresPool(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, l := range leases {
-			if _, err := s.releaseOne(ctx, l.ID); err != nil {
+			if _, err := s.releaseOne(ctx, releaseReq{id: l.ID}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -578,4 +578,14 @@ func poolState(t *testing.T, s *Store, proxies []*pharox.Proxy) string {
 		t.Fatal(err)
 	}
 	return fmt.Sprint(b, " active:", n)
+}
+
+// plainReleases returns releases of ids without usage reports, as
+// execRelease takes them.
+func plainReleases(ids []uuid.UUID) []releaseReq {
+	reqs := make([]releaseReq, len(ids))
+	for i, id := range ids {
+		reqs[i] = releaseReq{id: id}
+	}
+	return reqs
 }

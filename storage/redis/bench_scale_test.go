@@ -85,7 +85,7 @@ func scalePairs(b *testing.B, s *Store, req pharox.AcquireRequest, k int) float6
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+		if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -193,7 +193,7 @@ func BenchmarkSelectiveFilter(b *testing.B) {
 					start := time.Now()
 					for range k {
 						if l, err := s.AcquireLease(ctx, r); err == nil {
-							if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+							if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil {
 								b.Fatal(err)
 							}
 						} else if !errors.Is(err, pharox.ErrNoProxyAvailable) {

@@ -125,13 +125,19 @@ func benchAcquireRelease(b *testing.B, filters *pharox.Filters, workers ...int) 
 // costs Redis itself, without the network and the client: each iteration
 // runs one acquire_many.lua and one release_many.lua call of n items (one
 // acquire.lua and one release.lua for n=1) and reads EVALSHA's time from
-// INFO commandstats, then does the same for two calls of a trivial script
-// (the baseline). It reports server-us/pair, trivial-us/call and
-// x-trivial, their quotient: how many trivial script calls a pair costs.
-// It needs the server to itself (another client's EVALSHA would count).
+// INFO commandstats, then does the same for a consumer with a
+// max_concurrent_leases quota far above what it holds (which counts its
+// leases in every acquisition: the order alternates), then for two calls
+// of a trivial script (the baseline). It reports server-us/pair,
+// capped-server-us/pair, cap/plain (their quotient, what a consumer cap
+// costs Redis), trivial-us/call and x-trivial (how many trivial script
+// calls a plain pair costs). It runs on a redis-server of its own when
+// redis-server is installed, else on PHAROX_TEST_REDIS_URL's, where it
+// needs the server to itself (another client's EVALSHA would count).
 // Run under callgrind (valgrind --tool=callgrind redis-server --port N
-// --save "" --appendonly no, with PHAROX_TEST_REDIS_URL pointing there) it
-// gives instruction counts, which do not depend on the machine's load.
+// --save "" --appendonly no, with PHAROX_TEST_REDIS_URL pointing there
+// and redis-server not on PATH) it gives instruction counts, which do not
+// depend on the machine's load.
 func BenchmarkServerCost(b *testing.B) {
 	for _, n := range []int{1, 12, 64} {
 		b.Run(fmt.Sprintf("batch=%d", n), func(b *testing.B) { benchServerCost(b, n) })
@@ -139,32 +145,59 @@ func BenchmarkServerCost(b *testing.B) {
 }
 
 func benchServerCost(b *testing.B, n int) {
-	s := newTestStore(b)
+	var s *Store
+	if _, err := exec.LookPath("redis-server"); err == nil {
+		c := clientOf(b, privateRedis(b), func(*goredis.Options) {})
+		var err error
+		if s, err = New(c, WithPrefix("{cost}:")); err != nil {
+			b.Fatal(err)
+		}
+	} else {
+		s = newTestStore(b)
+	}
 	client := s.rdb
 	ctx := context.Background()
 	pool, _ := testfactory.PoolWithProxies(ctx, b, s, nil, benchPoolSize, &testfactory.ProxyOpts{MaxConcurrency: ptrutil.Ptr(2)})
 	req := testfactory.AcquireRequest(&testfactory.LeaseOpts{PoolName: &pool.Name, Consumer: testfactory.Consumer(ctx, b, s, nil)})
+	capped := req
+	capped.ConsumerID = testfactory.Consumer(ctx, b, s, nil).ID
+	if _, err := s.SetQuota(ctx, pharox.Quota{Subject: pharox.QuotaConsumer, SubjectID: capped.ConsumerID,
+		QuotaLimits: pharox.QuotaLimits{MaxConcurrentLeases: 100 * benchPoolSize}}); err != nil {
+		b.Fatal(err)
+	}
 	trivial := goredis.NewScript(trivialScript)
 	if err := trivial.Load(ctx, client).Err(); err != nil {
 		b.Fatal(err)
 	}
-	reqs := slices.Repeat([]pharox.AcquireRequest{req}, n)
 	key := acquireKey{pool: req.PoolName, strategy: string(req.Strategy)}
 	ids := make([]uuid.UUID, n)
-	var pairUsec, trivialUsec float64
-	b.ResetTimer()
-	for range b.N {
+	// pair runs n pairs of r's consumer and returns Redis' time for them.
+	pair := func(r pharox.AcquireRequest) float64 {
 		u0 := evalshaUsec(b, client)
-		for i, r := range s.execAcquire(ctx, key, reqs) {
+		for i, r := range s.execAcquire(ctx, key, slices.Repeat([]pharox.AcquireRequest{r}, n)) {
 			if r.Err != nil {
 				b.Fatal(r.Err)
 			}
 			ids[i] = r.Val.ID
 		}
-		for _, r := range s.execRelease(ctx, struct{}{}, ids) {
+		for _, r := range s.execRelease(ctx, struct{}{}, plainReleases(ids)) {
 			if r.Err != nil {
 				b.Fatal(r.Err)
 			}
+		}
+		return evalshaUsec(b, client) - u0
+	}
+	pair(req)
+	pair(capped)
+	var pairUsec, cappedUsec, trivialUsec float64
+	b.ResetTimer()
+	for i := range b.N {
+		if i%2 == 0 {
+			pairUsec += pair(req)
+			cappedUsec += pair(capped)
+		} else {
+			cappedUsec += pair(capped)
+			pairUsec += pair(req)
 		}
 		u1 := evalshaUsec(b, client)
 		for range 2 {
@@ -172,13 +205,13 @@ func benchServerCost(b *testing.B, n int) {
 				b.Fatal(err)
 			}
 		}
-		u2 := evalshaUsec(b, client)
-		pairUsec += u1 - u0
-		trivialUsec += u2 - u1
+		trivialUsec += evalshaUsec(b, client) - u1
 	}
 	perPair := pairUsec / float64(b.N*n)
 	perTrivial := trivialUsec / float64(2*b.N)
 	b.ReportMetric(perPair, "server-us/pair")
+	b.ReportMetric(cappedUsec/float64(b.N*n), "capped-server-us/pair")
+	b.ReportMetric(cappedUsec/pairUsec, "cap/plain")
 	b.ReportMetric(perTrivial, "trivial-us/call")
 	if perTrivial > 0 {
 		b.ReportMetric(perPair/perTrivial, "x-trivial")

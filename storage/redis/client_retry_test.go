@@ -47,7 +47,7 @@ type retryingStore struct {
 // test and returns its address; the server stops when the test ends. It
 // skips the test when PHAROX_TEST_REDIS_URL is unset (like every Redis
 // test) or redis-server is not installed.
-func privateRedis(t *testing.T) string {
+func privateRedis(t testing.TB) string {
 	t.Helper()
 	testClient(t) // skips without PHAROX_TEST_REDIS_URL
 	bin, err := exec.LookPath("redis-server")
@@ -82,7 +82,7 @@ func privateRedis(t *testing.T) string {
 
 // clientOf returns a client of the server at addr, closed when the test
 // ends.
-func clientOf(t *testing.T, addr string, tune func(*goredis.Options)) *goredis.Client {
+func clientOf(t testing.TB, addr string, tune func(*goredis.Options)) *goredis.Client {
 	o := &goredis.Options{Addr: addr}
 	tune(o)
 	c := goredis.NewClient(o)
@@ -251,7 +251,7 @@ func TestRetriedAcquireTakesOneSlot(t *testing.T) {
 				ctx := t.Context()
 				checkLoad(t, rs.Store, proxy, n)
 				for _, l := range leases {
-					if _, err := rs.ReleaseLease(ctx, l.ID); err != nil {
+					if _, err := rs.ReleaseLease(ctx, l.ID, nil); err != nil {
 						t.Fatalf("release %s: %v", l.ID, err)
 					}
 				}
@@ -290,7 +290,7 @@ func TestRetriedReleaseSucceeds(t *testing.T) {
 				}
 				return rs
 			}, func(rs *retryingStore) {
-				for i, r := range rs.execRelease(t.Context(), struct{}{}, ids) {
+				for i, r := range rs.execRelease(t.Context(), struct{}{}, plainReleases(ids)) {
 					if r.Err != nil {
 						t.Errorf("release %d of a retried batch of %d: %v", i, n, r.Err)
 						continue

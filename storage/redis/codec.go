@@ -234,20 +234,23 @@ func filterFields(p *pharox.Proxy) string {
 	return b.String()
 }
 
-// leaseWho is the part of a lease that only clients read: the consumer's
-// id and name, the pool's name and the session key. The client packs it
-// (encodeWho) into the lease's record, where scripts keep it untouched.
+// leaseWho is the part of a lease that scripts mostly carry along: the
+// consumer's id, the lease's target, the consumer's name, the pool's name
+// and the session key. The client packs it (encodeWho) into the lease's
+// record; scripts read only the consumer id and the target (see
+// lease_target in lib.lua).
 type leaseWho struct {
-	consumer, cname, pname, sess string
+	consumer, target, cname, pname, sess string
 }
 
-// encodeWho packs the consumer id followed by the three names, each as its
-// byte length, ':' and its bytes, so that names may hold any byte.
-func encodeWho(consumer uuid.UUID, cname, pname, sess string) string {
+// encodeWho packs the consumer id followed by the target and the three
+// names, each as its byte length, ':' and its bytes, so that names may
+// hold any byte.
+func encodeWho(consumer uuid.UUID, target, cname, pname, sess string) string {
 	var b strings.Builder
-	b.Grow(36 + len(cname) + len(pname) + len(sess) + 12)
+	b.Grow(36 + len(target) + len(cname) + len(pname) + len(sess) + 16)
 	b.WriteString(consumer.String())
-	for _, s := range [...]string{cname, pname, sess} {
+	for _, s := range [...]string{target, cname, pname, sess} {
 		b.WriteString(strconv.Itoa(len(s)))
 		b.WriteByte(':')
 		b.WriteString(s)
@@ -262,7 +265,7 @@ func decodeWho(s string) (leaseWho, error) {
 		return w, errors.New("malformed who part")
 	}
 	w.consumer, s = s[:36], s[36:]
-	for _, dst := range [...]*string{&w.cname, &w.pname, &w.sess} {
+	for _, dst := range [...]*string{&w.target, &w.cname, &w.pname, &w.sess} {
 		n, rest, ok := strings.Cut(s, ":")
 		size, err := strconv.Atoi(n)
 		if !ok || err != nil || size < 0 || size > len(rest) {
@@ -276,15 +279,42 @@ func decodeWho(s string) (leaseWho, error) {
 	return w, nil
 }
 
+// encodeUsage packs a usage report as release.lua takes it:
+// "requests,sent,received"; nil is "" (no report).
+func encodeUsage(u *pharox.Usage) string {
+	if u == nil {
+		return ""
+	}
+	return strconv.FormatInt(u.Requests, 10) + "," + strconv.FormatInt(u.BytesSent, 10) + "," + strconv.FormatInt(u.BytesReceived, 10)
+}
+
+// decodeUsage unpacks encodeUsage's output.
+func decodeUsage(s string) (*pharox.Usage, error) {
+	f := strings.Split(s, ",")
+	if len(f) != 3 {
+		return nil, fmt.Errorf("malformed usage %q", s)
+	}
+	var n [3]int64
+	for i, x := range f {
+		v, err := strconv.ParseInt(x, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("malformed usage %q", s)
+		}
+		n[i] = v
+	}
+	return &pharox.Usage{Requests: n[0], BytesSent: n[1], BytesReceived: n[2]}, nil
+}
+
 // decodeLease builds a Lease from its record,
-// "status|rel|exp|proxy|pool|maxc|acq|who" (see LEASES in lib.lua), where
-// a released lease's rel is "<time>:<token>".
+// "status|rel|exp|proxy|pool|maxc|q|acq|who" (see LEASES in lib.lua),
+// where a released lease's rel is "<time>:<token>", followed by
+// ":<usage>" when its release reported usage.
 func decodeLease(id, record string) (*pharox.Lease, error) {
-	f := strings.SplitN(record, "|", 8)
-	if len(f) != 8 {
+	f := strings.SplitN(record, "|", 9)
+	if len(f) != 9 {
 		return nil, fmt.Errorf("lease %s: malformed record", id)
 	}
-	w, err := decodeWho(f[7])
+	w, err := decodeWho(f[8])
 	if err != nil {
 		return nil, fmt.Errorf("lease %s: %w", id, err)
 	}
@@ -293,16 +323,22 @@ func decodeLease(id, record string) (*pharox.Lease, error) {
 		PoolName:     w.pname,
 		Status:       pharox.LeaseStatus(f[0]),
 		SessionKey:   w.sess,
+		Target:       w.target,
 	}
-	var errs [7]error
+	var errs [8]error
 	l.ID, errs[0] = uuid.Parse(id)
 	l.ProxyID, errs[1] = uuid.Parse(f[3])
 	l.ConsumerID, errs[2] = uuid.Parse(w.consumer)
 	l.PoolID, errs[3] = uuid.Parse(f[4])
-	l.AcquiredAt, errs[4] = micros(f[6])
+	l.AcquiredAt, errs[4] = micros(f[7])
 	l.ExpiresAt, errs[5] = micros(f[2])
-	rel, _, _ := strings.Cut(f[1], ":") // a release's token follows (see end_lease in lib.lua)
+	// A release's token follows its time, then its usage report if any
+	// (see end_lease in lib.lua).
+	rel, rest, _ := strings.Cut(f[1], ":")
 	l.ReleasedAt, errs[6] = optMicros(rel)
+	if _, use, ok := strings.Cut(rest, ":"); ok {
+		l.Usage, errs[7] = decodeUsage(use)
+	}
 	if !l.Status.Valid() {
 		errs[0] = fmt.Errorf("unknown status %q", f[0])
 	}

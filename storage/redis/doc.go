@@ -7,7 +7,7 @@
 //
 // Every state change that must be atomic (acquire, release, renew, expiry,
 // cleanup, health results, status changes, adding and deleting proxies and
-// pools) is one Lua script, run with EVALSHA and falling back to EVAL when
+// pools, setting and deleting quotas, purging usage) is one Lua script, run with EVALSHA and falling back to EVAL when
 // the server does not know it yet. A script runs to completion or not at
 // all as far as other clients can observe, so a client that crashes can
 // never leave a half-made lease. Scripts stamp every time with the server's
@@ -56,8 +56,12 @@
 // administrative writes; RotateAPIKey sent again finds the new digest its
 // own, AppendAudit finds its id, and ClaimLeaseVerdict and
 // ApplyTargetOutcome find their token, so each answers as its first run
-// did (an outcome is applied once). Clients built with MaxRetries -1 (no retries) work as
-// well; pharox's storage/open keeps the default.
+// did (an outcome is applied once). A release with usage sent twice
+// counts it once (its token); DeleteQuota and PurgeUsage keep their reply
+// under a token like the administrative writes; SetQuota sent twice sets
+// the same limits twice, the second keeping the counters the first
+// started. Clients built with MaxRetries -1 (no retries) work as well;
+// pharox's storage/open keeps the default.
 //
 // # LeaseID
 //
@@ -83,11 +87,13 @@
 //	proxy:<id>                 hash   one field per proxy attribute (the password too), plus
 //	                                  "static": the attributes fixed at creation, packed as JSON
 //	proxy:<id>:ended           set    the proxy's ended leases
-//	leases                     hash   lease id -> "status|rel|exp|proxy|pool|maxc|acq|who" (rel
+//	leases                     hash   lease id -> "status|rel|exp|proxy|pool|maxc|q|acq|who" (rel
 //	                                  empty while active, "<time>:<token>" once released by a
-//	                                  release call with that token; who: the consumer id,
-//	                                  consumer name, pool name and session key, packed by the
-//	                                  client)
+//	                                  release call with that token, then ":<requests>,<sent>,
+//	                                  <received>" when it reported usage; q: the consumer id when
+//	                                  the lease is in c:<cid>:act, else empty; who: the consumer
+//	                                  id, target, consumer name, pool name and session key,
+//	                                  packed by the client)
 //	ended                      zset   ended leases by end time (PurgeEndedLeases, retention)
 //	verdicts                   hash   lease id -> token of the call that claimed its verdict
 //	                                  (ClaimLeaseVerdict); deleted with the lease
@@ -121,6 +127,17 @@
 //	audit                      zset   "<sequence>:<id>" by at (ListAudit, PurgeAudit)
 //	audit:seq                  string the audit log's append counter (ties list latest first)
 //	once:<token>               string an administrative write's reply, for a minute (see Client retries)
+//	quotas                     hash   "<subject>|<id>" -> the quota, "mcl rpm bpd bpm day bt month bm
+//	                                  tok tokat upd" (see Usage and quotas); "x|<pid>" -> 1 while
+//	                                  p:<pid>:xh may have members
+//	c:<cid>:act                zset   the consumer's counted active leases by ExpiresAt (a consumer
+//	                                  with a max_concurrent_leases quota)
+//	p:<pid>:xh                 zset   the pool's proxies whose traffic allowance is exhausted, by
+//	                                  when it resets
+//	usage:<hour>               hash   the usage bucket of the hour starting at <hour> (unix seconds):
+//	                                  "<consumer>|<proxy>|<pool>|<target>" -> "leases requests
+//	                                  bytes_sent bytes_received"; expires (WithUsageRetention)
+//	usage:hours                zset   the hours that have a bucket, scored by their start
 //
 // The layout is not stable before pharox v1 and there is no migration:
 // leases moved from a hash each (lease:<lid>) into the leases hash, for
@@ -179,10 +196,10 @@
 // Taking the slot is O(log n): the proxy leaves the free sorted sets when it
 // fills up and returns when a lease ends. The hot path is lean in Redis
 // calls and in the values they carry, which dominate a script's cost: an
-// unfiltered first_available acquisition makes about nine calls (TIME, the
-// reclaim range read, the pick, HINCRBY and HMGET of the proxy, one
-// sorted-set update, the lease HSET, its expiry ZADD, and a counter on a
-// proxy's first lease) and a release about eight. A lease is one value in
+// unfiltered first_available acquisition makes about ten calls (TIME, the
+// reclaim range read, the quota probe, the pick, HINCRBY and HMGET of the
+// proxy, one sorted-set update, the lease HSET, its expiry ZADD, and a
+// counter on a proxy's first lease) and a release about eight. A lease is one value in
 // one hash, not a hash of its own, so that a batch (see Batching) reads and
 // writes all its leases in one call; the client packs the parts only it
 // reads into that value, so scripts neither parse nor return them field by
@@ -314,6 +331,81 @@
 // BENCHMARKS.md for what it gains). A queued caller whose context ends
 // gets the context's error at once; a lease its batch acquired for it is
 // released in the background, so it holds no slot.
+//
+// # Usage and quotas
+//
+// A release with a usage report ([pharox.UsageStore]) is one script call
+// like any release: the report goes into the ended lease's record, the
+// hourly bucket usage:<hour> adds it to the group of the lease's consumer,
+// proxy, pool and target (one read and one write of the bucket's hash,
+// once per batch of releases), and the byte counters of the quotas of
+// that consumer, pool and proxy grow by its bytes, if they exist (one
+// read of the quotas hash). A proxy whose counters then reach a limit
+// joins its pool's set of exhausted allowances, p:<pid>:xh, scored by when
+// the allowance resets ([pharox.Quota.ExhaustedUntil]); SetQuota and
+// DeleteQuota keep that set in step with the limits. A release without a
+// report makes no call more than before; a release retried by go-redis,
+// found by its token, counts nothing again, and expiry counts nothing.
+//
+// Quotas are one hash, quotas, whose packed records mirror [pharox.Quota];
+// quota.lua holds the reference rules (Admit, TakeToken, AddBytes,
+// ExhaustedUntil, RollPeriods, the day and month starts) in Lua, computed
+// in microseconds and in the same float64 operations as Go, so both
+// round alike (TestQuotaRulesMatchGo compares them on random quotas and
+// times). An acquisition reads the consumer's and the pool's quotas and
+// the pool's "x|" flag with one HMGET, before choosing a proxy: that read,
+// which finds nothing in a store without quotas, is all quotas cost an
+// acquisition that has none, alone or batched (TestQuotaFreeAcquisitionCost).
+// With a quota, the script applies Admit (consumer first, then pool): a
+// max_concurrent_leases counts the active unexpired leases with one
+// ZCOUNT, of the pool's expiry set p:<pid>:exp for a pool, and of the
+// consumer's set c:<cid>:act for a consumer. A refusal is an error reply
+// the client turns into a *[pharox.QuotaError], and takes nothing. Once a
+// proxy is leased, quotas with a request rate lose a token (one HSET of
+// the records that changed, once per batch), and a capped consumer's
+// lease joins c:<cid>:act, its record naming the consumer so that every
+// end of the lease (release, expiry, reclaim, cleanup) and every renewal
+// keep the set in step. Since scripts run one at a time, no interleaving
+// of acquisitions from any number of processes exceeds a cap or takes
+// more tokens than a bucket holds. An acquisition a client retries finds
+// its lease and takes nothing, so it is neither refused nor charged.
+//
+// Only the leases of consumers with a cap are counted in c:<cid>:act, so
+// that the others pay nothing: when SetQuota gives a consumer a cap, one
+// script per pool (track.lua) adds the consumer's active leases of that
+// pool, reading the pool's active leases (an administrative cost, like
+// DeletePool's). Until the last of those scripts has run, SetQuota has not
+// returned and the cap may count fewer leases than the consumer holds.
+//
+// Proxies in p:<pid>:xh with a reset still ahead are skipped like proxies
+// cooling down for a target (see Targets): the acquisition reads the set
+// only when the "x|" flag says it may have members, and then at a cost
+// that grows with the exhausted proxies it meets, never with the pool
+// (TestExhaustedAcquisitionCost); a sticky binding to such a proxy is not
+// honoured. Cleanup drops the members whose allowance has reset.
+//
+// A new quota's byte counters start from the buckets of the current day
+// and month: the client sums the hours before the current one outside
+// any script (HSCAN, pipelined), and set_quota.lua adds the hours since,
+// so that no release falls between the sums and the quota; with the sums
+// taken for another day or month than the script's, the client sums
+// again. QueryUsage reads the hours of its range from usage:hours and
+// their buckets with HSCAN outside any script, in pipelined rounds of up
+// to 100 hours, totalling in the client: its cost grows with the buckets
+// read, never with the leases. PurgeUsage deletes whole hours, 100 per
+// script, and returns the groups they held.
+//
+// Scripts add in Lua's doubles, so a bucket's or a quota's sums are exact
+// up to 2^53 (9 PB) each, far beyond one hour's or one month's traffic.
+//
+// Buckets live in Redis' memory: about 240 bytes per (consumer, proxy,
+// target) group that carried traffic in an hour (measured with MEMORY
+// USAGE), so 10,000 such groups an hour take 2.4 MB an hour, 5.2 GB over
+// 90 days. Every bucket expires [DefaultUsageRetention] (400 days) after
+// its hour began, so memory stays bounded even when nothing purges; set
+// [WithUsageRetention] to the history the deployment needs (pharox serve
+// also purges by its --usage-retention, default 90 days), and no shorter
+// than the current month, which new quotas read.
 //
 // # Expiry and retention
 //

@@ -129,7 +129,7 @@ func TestVerdictsForgottenWithLeases(t *testing.T) {
 		if first, err := s.ClaimLeaseVerdict(ctx, l.ID); err != nil || !first {
 			t.Fatalf("ClaimLeaseVerdict = %v, %v; want true", first, err)
 		}
-		if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+		if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil {
 			t.Fatal(err)
 		}
 		if purge {

@@ -67,7 +67,7 @@ func (s *Store) acquireOne(ctx context.Context, req pharox.AcquireRequest, sp st
 	v, err := s.run(ctx, scriptAcquire, "acquire", req.PoolName, req.ConsumerID.String(), "",
 		id.String(), req.Duration.Microseconds(), string(req.Strategy), req.SessionKey,
 		req.SessionTTL.Microseconds(), sp, rand.Int64N(1<<50), known, s.poolHint(req.PoolName),
-		encodeWho(req.ConsumerID, req.ConsumerName, req.PoolName, req.SessionKey), req.Target)
+		encodeWho(req.ConsumerID, req.Target, req.ConsumerName, req.PoolName, req.SessionKey), req.Target)
 	if errors.Is(err, goredis.Nil) {
 		return nil, fmt.Errorf("redis: acquire from pool %q: %w", req.PoolName, pharox.ErrNoProxyAvailable)
 	}
@@ -141,6 +141,7 @@ func (s *Store) acquiredLease(req pharox.AcquireRequest, id uuid.UUID, known, pi
 		PoolName:     req.PoolName,
 		Status:       pharox.LeaseActive,
 		SessionKey:   req.SessionKey,
+		Target:       req.Target,
 	}
 	var errs [4]error
 	l.PoolID, errs[0] = uuid.Parse(pidStr)
@@ -185,25 +186,40 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 	return p, nil
 }
 
-// ReleaseLease ends an active lease as released. Concurrent releases are
-// served together by one script (see doc.go, Batching).
-func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*pharox.Lease, error) {
+// ReleaseLease ends an active lease as released; a usage report is kept
+// on the lease and counted in the same script (see doc.go, Usage and
+// quotas). Concurrent releases are served together by one script (see
+// doc.go, Batching).
+func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID, usage *pharox.Usage) (*pharox.Lease, error) {
+	if usage != nil {
+		if err := usage.Validate(); err != nil {
+			return nil, fmt.Errorf("redis: release lease %s: %w", leaseID, err)
+		}
+	}
 	if s.releases == nil {
-		return s.releaseOne(ctx, leaseID)
+		return s.releaseOne(ctx, releaseReq{leaseID, encodeUsage(usage)})
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("redis: release lease %s: %w", leaseID, err)
 	}
-	l, err := s.releases.Do(ctx, struct{}{}, leaseID)
+	l, err := s.releases.Do(ctx, struct{}{}, releaseReq{leaseID, encodeUsage(usage)})
 	if err != nil && err == ctx.Err() {
 		return nil, fmt.Errorf("redis: release lease %s: %w", leaseID, err)
 	}
 	return l, err
 }
 
+// releaseReq is one release: the lease id and its usage report as
+// release.lua takes it (see encodeUsage).
+type releaseReq struct {
+	id    uuid.UUID
+	usage string
+}
+
 // releaseOne runs release.lua for one lease.
-func (s *Store) releaseOne(ctx context.Context, leaseID uuid.UUID) (*pharox.Lease, error) {
-	v, err := s.run(ctx, scriptRelease, leaseID.String(), callToken())
+func (s *Store) releaseOne(ctx context.Context, r releaseReq) (*pharox.Lease, error) {
+	leaseID := r.id
+	v, err := s.run(ctx, scriptRelease, leaseID.String(), callToken(), r.usage, s.usageTTL())
 	if err != nil {
 		return nil, wrap(err, "release lease %s", leaseID)
 	}

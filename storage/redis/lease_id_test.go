@@ -89,7 +89,7 @@ func TestLeaseIDAcquiresOnce(t *testing.T) {
 				}
 			}
 
-			if _, err := s.ReleaseLease(ctx, id); err != nil {
+			if _, err := s.ReleaseLease(ctx, id, nil); err != nil {
 				t.Fatal(err)
 			}
 			ls, errs = acquire(req)

@@ -12,7 +12,8 @@ import (
 // TestMultiProcess runs storagetest's multi-process audit: 4 worker
 // processes of 16 goroutines each, each process with its own client (as
 // separate hosts would have), lease from one pool of 10 proxies with
-// max_concurrency 2 under one shared key prefix.
+// max_concurrency 2 under one shared key prefix, a quarter of the
+// goroutines acquiring as consumers capped at 3 concurrent leases each.
 func TestMultiProcess(t *testing.T) {
 	testClient(t) // skips without PHAROX_TEST_REDIS_URL
 	storagetest.RunMultiProcess(t, storagetest.MultiProcessConfig{
@@ -21,6 +22,7 @@ func TestMultiProcess(t *testing.T) {
 		Proxies:        10,
 		MaxConcurrency: 2,
 		Duration:       4 * time.Second,
+		ConsumerCap:    3,
 		Open: func(t testing.TB, namespace string) pharox.Storage {
 			c := testClient(t, func(o *goredis.Options) { o.PoolSize = 32 })
 			prefix := "{" + namespace + "}:"

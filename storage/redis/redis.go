@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/internal/batch"
 	goredis "github.com/redis/go-redis/v9"
@@ -23,6 +22,13 @@ const DefaultPrefix = "{pharox}:"
 // DefaultEndedLeaseRetention is how long released and expired leases stay
 // readable (GetLease, ListLeases) before CleanupExpiredLeases forgets them.
 const DefaultEndedLeaseRetention = 24 * time.Hour
+
+// DefaultUsageRetention is how long a store built without
+// [WithUsageRetention] keeps an hour's usage bucket: each expires this
+// long after its hour began, so Redis' memory for usage stays bounded even
+// when nothing calls PurgeUsage. It is longer than pharox serve's default
+// --usage-retention (90 days), which purges earlier.
+const DefaultUsageRetention = 400 * 24 * time.Hour
 
 // cleanupBatch bounds the work of one cleanup or purge script, so that
 // maintenance never blocks acquisitions for long.
@@ -63,6 +69,15 @@ func WithEndedLeaseRetention(d time.Duration) Option {
 	return func(s *Store) { s.retention = d }
 }
 
+// WithUsageRetention sets how long each hourly usage bucket lives after
+// its hour began before Redis expires it (see the package doc, Usage and
+// quotas); zero or negative keeps buckets until PurgeUsage deletes them.
+// A quota set later counts only the buckets still kept, so keep at least
+// the current month (32 days).
+func WithUsageRetention(d time.Duration) Option {
+	return func(s *Store) { s.usageRetention = d }
+}
+
 // WithMaxBatch caps how many concurrent acquisitions (or releases) one
 // script serves, and so how long one batch keeps Redis busy (some tens of
 // microseconds per item); n = 1 turns batching off, so every call runs its
@@ -77,6 +92,8 @@ type Store struct {
 	rdb       goredis.UniversalClient
 	prefix    string
 	retention time.Duration
+	// usageRetention is the usage buckets' lifetime (WithUsageRetention).
+	usageRetention time.Duration
 	// anchor is the one key every script declares (see doc.go, Cluster).
 	anchor   []string
 	maxBatch int
@@ -84,7 +101,7 @@ type Store struct {
 	// acquires and releases coalesce concurrent calls into one script
 	// each; nil when batching is off (WithMaxBatch(1)).
 	acquires *batch.Coalescer[acquireKey, pharox.AcquireRequest, *pharox.Lease]
-	releases *batch.Coalescer[struct{}, uuid.UUID, *pharox.Lease]
+	releases *batch.Coalescer[struct{}, releaseReq, *pharox.Lease]
 	// batchHook, when set (by tests only), is called as each batch starts,
 	// with "acquire" or "release" and its size, so tests can hold batches
 	// and see their sizes.
@@ -110,7 +127,8 @@ func New(client goredis.UniversalClient, opts ...Option) (*Store, error) {
 	if client == nil {
 		return nil, fmt.Errorf("redis: new store: %w: nil client", pharox.ErrInvalidArgument)
 	}
-	s := &Store{rdb: client, prefix: DefaultPrefix, retention: DefaultEndedLeaseRetention, maxBatch: DefaultMaxBatch}
+	s := &Store{rdb: client, prefix: DefaultPrefix, retention: DefaultEndedLeaseRetention, maxBatch: DefaultMaxBatch,
+		usageRetention: DefaultUsageRetention}
 	for _, o := range opts {
 		o(s)
 	}
@@ -174,10 +192,10 @@ func lua(names ...string) *goredis.Script {
 }
 
 var (
-	scriptAcquire     = lua("lib", "select", "acquire")
-	scriptAcquireMany = lua("lib", "select", "acquire_many")
-	scriptRelease     = lua("lib", "release")
-	scriptReleaseMany = lua("lib", "release_many")
+	scriptAcquire     = lua("lib", "quota", "select", "acquire")
+	scriptAcquireMany = lua("lib", "quota", "select", "acquire_many")
+	scriptRelease     = lua("lib", "quota", "release")
+	scriptReleaseMany = lua("lib", "quota", "release_many")
 	scriptRenew       = lua("lib", "renew")
 	scriptGetLease    = lua("lib", "get_lease")
 	scriptCleanup     = lua("lib", "cleanup")
@@ -202,6 +220,10 @@ var (
 	scriptVerdict     = lua("lib", "verdict")
 	scriptTargetApply = lua("lib", "targets", "target_apply")
 	scriptTargetPurge = lua("lib", "targets", "target_purge")
+	scriptSetQuota    = lua("lib", "quota", "set_quota")
+	scriptDeleteQuota = lua("lib", "quota", "delete_quota")
+	scriptTrack       = lua("lib", "track")
+	scriptPurgeUsage  = lua("lib", "quota", "purge_usage")
 
 	allScripts = []*goredis.Script{
 		scriptAcquire, scriptAcquireMany, scriptRelease, scriptReleaseMany, scriptRenew,
@@ -211,6 +233,7 @@ var (
 		scriptKeyCreate, scriptKeyGet, scriptKeyRevoke, scriptKeyRotate, scriptKeyTouch,
 		scriptAuditAppend, scriptAuditPurge, scriptVerdict,
 		scriptTargetApply, scriptTargetPurge,
+		scriptSetQuota, scriptDeleteQuota, scriptTrack, scriptPurgeUsage,
 	}
 )
 
@@ -243,10 +266,15 @@ var scriptErrors = []struct {
 	{"PHAROX_IN_USE", pharox.ErrInUse},
 	{"PHAROX_KEY_NOT_FOUND", pharox.ErrKeyNotFound},
 	{"PHAROX_KEY_REVOKED", pharox.ErrKeyRevoked},
+	{"PHAROX_QUOTA_NOT_FOUND", pharox.ErrQuotaNotFound},
 }
 
-// codeError returns the sentinel of a script error code, or nil.
+// codeError returns the sentinel of a script error code, or nil; a
+// quota's refusal is a *pharox.QuotaError (see quotaError).
 func codeError(code string) error {
+	if qe := quotaError(code); qe != nil {
+		return qe
+	}
 	for _, e := range scriptErrors {
 		if strings.Contains(code, e.code) {
 			return e.err

@@ -107,7 +107,7 @@ func TestSelectionBudget(t *testing.T) {
 			}
 			for _, l := range ls {
 				if l != nil {
-					if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+					if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil {
 						t.Fatal(err)
 					}
 				}

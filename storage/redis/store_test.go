@@ -112,7 +112,7 @@ func TestDeleteLeavesNoKeys(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+			if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil {
 				t.Fatal(err)
 			}
 			// A verdict and per-target entries, cooling and not.
@@ -171,7 +171,7 @@ func TestEndedLeaseRetention(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.ReleaseLease(ctx, ended.ID); err != nil {
+	if _, err := s.ReleaseLease(ctx, ended.ID, nil); err != nil {
 		t.Fatal(err)
 	}
 	active, err := s.AcquireLease(ctx, req)
@@ -240,7 +240,7 @@ func TestPoolRecreatedUnderSameName(t *testing.T) {
 		if l.PoolID != pool.ID || l.ProxyID != added[0].ID {
 			t.Fatalf("round %d: leased proxy %s of pool %s, want proxy %s of pool %s", round, l.ProxyID, l.PoolID, added[0].ID, pool.ID)
 		}
-		if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+		if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil {
 			t.Fatal(err)
 		}
 		if err := s.DeletePool(ctx, pool.ID); err != nil {
@@ -411,10 +411,10 @@ func TestNamesWithSeparators(t *testing.T) {
 	for _, l := range listed {
 		check("listing", l, nil, l.SessionKey)
 	}
-	for i, r := range s.execRelease(ctx, struct{}{}, []uuid.UUID{leases[0].ID, leases[1].ID}) {
+	for i, r := range s.execRelease(ctx, struct{}{}, plainReleases([]uuid.UUID{leases[0].ID, leases[1].ID})) {
 		check(fmt.Sprintf("batched release %d", i), r.Val, r.Err, "")
 	}
-	l, err = s.ReleaseLease(ctx, leases[2].ID)
+	l, err = s.ReleaseLease(ctx, leases[2].ID, nil)
 	check("release", l, err, sticky.SessionKey)
 }
 

@@ -123,7 +123,7 @@ func TestTargetAcquisitionCost(t *testing.T) {
 				if !skip && st != pharox.RoundRobin && l.ProxyID.String() != ids[0] {
 					t.Errorf("pool of %d, %s without a target: leased %s, want the first proxy %s", n, st, l.ProxyID, ids[0])
 				}
-				if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+				if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil {
 					t.Fatal(err)
 				}
 			}

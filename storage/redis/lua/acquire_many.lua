@@ -13,7 +13,7 @@
 -- pool id}; lease_again's reply (see lib.lua) when the lease id has a
 -- record already; false when no proxy is free; or the code of
 -- acquire.lua's error as a string (PHAROX_TOO_SELECTIVE when the
--- selection gave up).
+-- selection gave up, a quota's refusal: see quota.lua).
 local pname, strategy, target = ARGV[2], ARGV[3], ARGV[6]
 local spec = nil
 if ARGV[4] ~= '' then spec = cjson.decode(ARGV[4]) end
@@ -46,10 +46,7 @@ local span = math.min(CHUNK, (#ARGV - 6) / 6 + 1)
 local function read_head(pid, h)
   h.ids = redis.call('ZRANGE', pk(pid, FA[h.r]), fmt(h.skip), fmt(h.skip + span - 1))
   h.i, h.cool = 1, {}
-  if COOL and #h.ids > 0 then
-    local s = redis.call('ZMSCORE', COOL.key, unpack(h.ids))
-    for i = 1, #h.ids do h.cool[i] = s[i] and tonumber(s[i]) > COOL.now end
-  end
+  if COOL then h.cool = cool_flags(h.ids) end
 end
 local function fa_head(pid)
   local h = heads[pid]
@@ -82,14 +79,108 @@ end
 local drained, cursors, moved, cools = {}, {}, {}, {}
 -- selective records that the selection gave up (see select_proxy).
 local selective = false
-local function choose(pid)
+
+-- Quotas (see quota.lua): qc['consumer|<id>'] and qc['pool|<id>'] are
+-- the parsed quota records (false: none), read with the first pool's
+-- fields in one HMGET for every consumer of the batch; xs[pid] is the
+-- pool's 'x|' field. counts[key] is the number of active unexpired
+-- leases in a consumer's or pool's set, read once (after the deferred
+-- writes) and then kept by the batch itself; dirty holds the records
+-- whose tokens the batch took, written once at the end.
+local qc, xs, counts, dirty = {}, {}, {}, {}
+-- cfield and pfield name a consumer's and a pool's quota, once each.
+local cfields, pfields = {}, {}
+local function cfield(cid)
+  local f = cfields[cid]
+  if not f then f = 'consumer|' .. cid cfields[cid] = f end
+  return f
+end
+local function pfield(pid)
+  local f = pfields[pid]
+  if not f then f = 'pool|' .. pid pfields[pid] = f end
+  return f
+end
+local function load_quotas(pid)
+  local fields = {pfield(pid), 'x|' .. pid}
+  for i = 7, #ARGV, 6 do
+    local f = cfield(ARGV[i])
+    if qc[f] == nil then
+      qc[f] = false
+      fields[#fields + 1] = f
+    end
+  end
+  local vals = {}
+  for i = 1, #fields, 512 do
+    local part = redis.call('HMGET', QUOTAS, unpack(fields, i, math.min(i + 511, #fields)))
+    for j = 1, #part do vals[i + j - 1] = part[j] end
+  end
+  xs[pid] = vals[2]
+  qc[fields[1]] = vals[1] and qparse(vals[1])
+  for i = 3, #fields do qc[fields[i]] = vals[i] and qparse(vals[i]) end
+end
+local function count(key)
+  local n = counts[key]
+  if n == nil then
+    flush(d)
+    n = active_in(key, now)
+    counts[key] = n
+  end
+  return n
+end
+-- admit_item applies the consumer's, then the pool's quota; nil or a
+-- refusal.
+local function admit_item(pid, cid)
+  local c = qc[cfield(cid)]
+  if c then
+    local n = 0
+    if c.mcl > 0 then n = count(cact(cid)) end
+    local r = admit(c, 'consumer', cid, n, now)
+    if r then return r end
+  end
+  local p = qc[pfield(pid)]
+  if p then
+    local n = 0
+    if p.mcl > 0 then n = count(pk(pid, 'exp')) end
+    return admit(p, 'pool', pid, n, now)
+  end
+  return nil
+end
+-- took counts lease lid (expiring at exp) of consumer cid in pool pid
+-- against their quotas, and returns the lease's q (see LEASES in lib.lua).
+local function took(pid, cid, lid, exp)
+  local q = ''
+  local f = cfield(cid)
+  local c = qc[f]
+  if c then
+    if c.mcl > 0 then
+      q = cid
+      local k = cact(cid)
+      defer(d, 'ZADD', k, exp, lid)
+      if counts[k] then counts[k] = counts[k] + 1 end
+    end
+    if take(c, now) then dirty[f] = c end
+  end
+  f = pfield(pid)
+  local p = qc[f]
+  if p then
+    local k = pk(pid, 'exp')
+    if counts[k] then counts[k] = counts[k] + 1 end
+    if take(p, now) then dirty[f] = p end
+  end
+  return q
+end
+
+local function choose(pid, cid)
   if not drained[pid] then
     flush(d)
     drained[pid] = reclaim(pid, now, RECLAIM) < RECLAIM
     heads[pid] = nil
   end
+  if xs[pid] == nil then load_quotas(pid) end
+  local refused = admit_item(pid, cid)
+  if refused then return nil, refused end
   if cools[pid] == nil then
-    use_target(pid, target, now)
+    use_target(pid, target, now, xs[pid])
     cools[pid] = COOL or false
   end
   COOL = cools[pid] or nil
@@ -107,20 +198,21 @@ end
 -- pid is the pool id to try; checked once it has been compared with the
 -- pools hash (which nothing here changes), missing once the name is known
 -- to be unused. empty records that the pool had nothing for this filter:
--- acquisitions only fill slots, so nothing frees up for later items.
+-- acquisitions only fill slots, so nothing frees up for later items. A
+-- quota's refusal is returned as the second value.
 local pid, checked, missing, empty = ARGV[5], false, false, false
-local function pick()
-  local chosen = nil
-  if pid ~= '' then chosen = choose(pid) end
-  if chosen or checked then return chosen end
+local function pick(cid)
+  local chosen, refused = nil, nil
+  if pid ~= '' then chosen, refused = choose(pid, cid) end
+  if chosen or refused or checked then return chosen, refused end
   local real = redis.call('HGET', P .. 'pools', pname)
   checked = true
   if not real then missing = true return nil end
   if real ~= pid then
     pid = real
-    chosen = choose(pid)
+    chosen, refused = choose(pid, cid)
   end
-  return chosen
+  return chosen, refused
 end
 
 -- dyn caches the DYN fields of proxies taken from (see take_slot); from
@@ -160,15 +252,18 @@ for i = 7, #ARGV, 6 do
   elseif not missing and not empty then
     if not now then now = now_us() acq = fmt(now) end
     if spec then math.randomseed(tonumber(seed)) end
-    local chosen = pick()
-    if chosen then
+    local chosen, refused = pick(cid)
+    if refused then
+      r = refused
+    elseif chosen then
       local sent = dyn[chosen]
       local cur, f = take_slot(pid, chosen, sent, d)
       dyn[chosen] = f
       if fa_fast and not has_room(cur, f[10]) then heads[pid].i = heads[pid].i + 1 end
       local exp = exps[dur]
       if not exp then exp = fmt(now + tonumber(dur)) exps[dur] = exp end
-      lease_write(lid, lease_record(chosen, pid, acq, exp, f[10], ARGV[i + 5]), d)
+      local q = took(pid, cid, lid, exp)
+      lease_write(lid, lease_record(chosen, pid, acq, exp, f[10], q, ARGV[i + 5]), d)
       defer(d, 'ZADD', pk(pid, 'exp'), exp, lid)
       if strategy == 'round_robin' then cursors[pid], moved[pid] = chosen, true end
       r = {exp, chosen, cur, not sent and f}
@@ -183,6 +278,12 @@ for i = 7, #ARGV, 6 do
   out[#out + 1] = r
 end
 flush(d)
+local args = {}
+for f, q in pairs(dirty) do
+  args[#args + 1] = f
+  args[#args + 1] = qformat(q)
+end
+if #args > 0 then redis.call('HSET', QUOTAS, unpack(args)) end
 for p in pairs(moved) do redis.call('SET', pk(p, 'rr'), cursors[p]) end
 out[1] = {pid, acq or ''}
 for j, p in pairs(from) do

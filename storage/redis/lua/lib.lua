@@ -190,21 +190,38 @@ local function flush(d)
 end
 
 -- Leases live in one hash, LEASES: lease id -> its record,
--- "status|rel|exp|proxy|pool|maxc|acq|who", where rel is '' while the
--- lease is active and who (the consumer id, consumer name, pool name and
--- session key, packed by the client: see encodeWho in codec.go) is never
--- read here. One hash lets a batch read and write all its leases in one
--- call each, and a record is one value to copy rather than a field per
--- attribute.
+-- "status|rel|exp|proxy|pool|maxc|q|acq|who", where rel is '' while the
+-- lease is active, q is the consumer's id when the lease counts in the
+-- consumer's set of active leases (CACT: the consumer had a
+-- max_concurrent_leases quota when the lease began, or when SetQuota gave
+-- it one; the id saves ending the lease a parse of who) and '' otherwise,
+-- and who
+-- (the consumer id, then the target, consumer name, pool name and session
+-- key, packed by the client: see encodeWho in codec.go) is read here only
+-- for the consumer id and the target. One hash lets a batch read and write
+-- all its leases in one call each, and a record is one value to copy
+-- rather than a field per attribute.
 local LEASES = P .. 'leases'
+-- QUOTAS holds the quotas (see quota.lua); lib's scripts only delete from it.
+local QUOTAS = P .. 'quotas'
 local ACTIVE = 'active|' -- an active record starts with it, then rel's ''
 
--- lease_record packs a new active lease (acq and exp formatted).
-local function lease_record(proxy, pid, acq, exp, maxc, who)
-  return 'active||' .. exp .. '|' .. proxy .. '|' .. pid .. '|' .. (maxc or '') .. '|' .. acq .. '|' .. who
+-- CACT names a consumer's sorted set of active leases by ExpiresAt: kept
+-- only for the leases whose q is set (see quota.lua). Batches name the
+-- same few many times: the names are kept.
+local cacts = {}
+local function cact(cid)
+  local k = cacts[cid]
+  if not k then k = P .. 'c:' .. cid .. ':act' cacts[cid] = k end
+  return k
 end
 
--- lease_fields returns a record's status, exp, proxy, pool and maxc
+-- lease_record packs a new active lease (acq and exp formatted).
+local function lease_record(proxy, pid, acq, exp, maxc, q, who)
+  return 'active||' .. exp .. '|' .. proxy .. '|' .. pid .. '|' .. (maxc or '') .. '|' .. q .. '|' .. acq .. '|' .. who
+end
+
+-- lease_fields returns a record's status, exp, proxy, pool, maxc and q
 -- (plain finds cost a fraction of a pattern match).
 local function lease_fields(v)
   local find, sub = string.find, string.sub
@@ -214,7 +231,30 @@ local function lease_fields(v)
   local d = find(v, '|', c + 1, true)
   local e = find(v, '|', d + 1, true)
   local f = find(v, '|', e + 1, true)
-  return sub(v, 1, a - 1), sub(v, b + 1, c - 1), sub(v, c + 1, d - 1), sub(v, d + 1, e - 1), sub(v, e + 1, f - 1)
+  local g = find(v, '|', f + 1, true)
+  return sub(v, 1, a - 1), sub(v, b + 1, c - 1), sub(v, c + 1, d - 1), sub(v, d + 1, e - 1), sub(v, e + 1, f - 1), sub(v, f + 1, g - 1)
+end
+
+-- who_at returns where a record's who part starts: after its eighth '|'.
+local function who_at(v)
+  local at = 0
+  for _ = 1, 8 do at = string.find(v, '|', at + 1, true) end
+  return at + 1
+end
+
+-- lease_consumer returns the consumer id of a record: who's first 36 bytes.
+local function lease_consumer(v)
+  local w = who_at(v)
+  return string.sub(v, w, w + 35)
+end
+
+-- lease_target returns the consumer id and the target of a record: the
+-- target follows the id in who as its length, ':' and its bytes.
+local function lease_target(v)
+  local w = who_at(v)
+  local c = string.find(v, ':', w + 36, true)
+  local n = tonumber(string.sub(v, w + 36, c - 1))
+  return string.sub(v, w, w + 35), string.sub(v, c + 1, c + n)
 end
 
 -- lease_write sets a lease's record, at once or, with d, at d's flush.
@@ -224,25 +264,29 @@ local function lease_write(lid, v, d)
 end
 
 -- end_lease ends the active lease whose record is v as released or
--- expired and frees its slot; proxy, pool and maxc are the record's
+-- expired and frees its slot; proxy, pool, maxc and q are the record's
 -- fields, parsed by the caller. tok, given by a release, is kept after
 -- rel as ':' .. tok, so that the same release sent again (a client's
--- retry) is recognised (see released_by). It returns the new record. With
--- d, every write is deferred to d (the caller keeps track of leases it
--- ended).
-local function end_lease(lid, v, status, now, proxy, pid, maxc, d, tok)
+-- retry) is recognised (see released_by); use, a release's usage report
+-- ("requests,sent,received"), follows it as ':' .. use. It returns the
+-- new record. With d, every write is deferred to d (the caller keeps track
+-- of leases it ended).
+local function end_lease(lid, v, status, now, proxy, pid, maxc, q, d, tok, use)
   local rel = fmt(now)
   if tok then rel = rel .. ':' .. tok end
+  if use then rel = rel .. ':' .. use end
   local ended = status .. '|' .. rel .. string.sub(v, #ACTIVE + 1)
   lease_write(lid, ended, d)
   if not d then
     redis.call('ZREM', pk(pid, 'exp'), lid)
+    if q ~= '' then redis.call('ZREM', cact(q), lid) end
     redis.call('ZADD', P .. 'ended', fmt(now), lid)
     redis.call('SADD', xk(proxy) .. ':ended', lid)
     free_slots(pid, proxy, maxc, 1)
     return ended
   end
   defer(d, 'ZREM', pk(pid, 'exp'), lid)
+  if q ~= '' then defer(d, 'ZREM', cact(q), lid) end
   defer(d, 'ZADD', P .. 'ended', fmt(now), lid)
   defer(d, 'SADD', xk(proxy) .. ':ended', lid)
   local e = d.freed[proxy]
@@ -262,15 +306,10 @@ local function released_by(v, tok)
   if string.sub(v, 1, a - 1) ~= 'released' then return false end
   local b = find(v, '|', a + 1, true)
   local c = find(v, ':', a + 1, true)
-  return c ~= nil and c < b and string.sub(v, c + 1, b - 1) == tok
-end
-
--- lease_consumer returns the consumer id of a record: the start of who,
--- after its seventh '|'.
-local function lease_consumer(v)
-  local at = 0
-  for _ = 1, 7 do at = string.find(v, '|', at + 1, true) end
-  return string.sub(v, at + 1, at + 36)
+  if c == nil or c > b then return false end
+  local e = find(v, ':', c + 1, true) -- a usage report follows the token
+  if e == nil or e > b then e = b end
+  return string.sub(v, c + 1, e - 1) == tok
 end
 
 -- lease_again answers an acquisition whose lease id already has the record
@@ -281,13 +320,13 @@ end
 -- An id taken by another consumer or in another pool returns nil and the
 -- error code.
 local function lease_again(lid, v, pname, cid)
-  local st, exp, proxy, pid, maxc = lease_fields(v)
+  local st, exp, proxy, pid, maxc, q = lease_fields(v)
   if lease_consumer(v) ~= cid or redis.call('HGET', P .. 'pools', pname) ~= pid then
     return nil, 'PHAROX_ALREADY_EXISTS lease id'
   end
   if st == 'active' then
     local now = now_us()
-    if tonumber(exp) <= now then v = end_lease(lid, v, 'expired', now, proxy, pid, maxc) end
+    if tonumber(exp) <= now then v = end_lease(lid, v, 'expired', now, proxy, pid, maxc, q) end
   end
   local k = xk(proxy)
   local cur = redis.call('HGET', k, 'cur')
@@ -303,9 +342,9 @@ local function reclaim(pid, now, limit)
     local vals = redis.call('HMGET', LEASES, unpack(ids, i, math.min(i + 511, #ids)))
     for j, v in ipairs(vals) do
       local lid = ids[i + j - 1]
-      local st, _, proxy, _, maxc
-      if v then st, _, proxy, _, maxc = lease_fields(v) end
-      if st == 'active' then end_lease(lid, v, 'expired', now, proxy, pid, maxc)
+      local st, _, proxy, _, maxc, q
+      if v then st, _, proxy, _, maxc, q = lease_fields(v) end
+      if st == 'active' then end_lease(lid, v, 'expired', now, proxy, pid, maxc, q)
       else redis.call('ZREM', pk(pid, 'exp'), lid) end -- cannot happen; keeps the set clean
     end
   end

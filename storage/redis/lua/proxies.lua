@@ -8,8 +8,13 @@ local function index_proxy(pid, id, idx, geo, ff)
   end
 end
 
--- remove_proxy deletes a proxy, its indexes and its ended leases.
+-- remove_proxy deletes a proxy, its indexes, its ended leases and its
+-- quota.
 local function remove_proxy(pid, id)
+  redis.call('HDEL', QUOTAS, 'proxy|' .. id)
+  if redis.call('ZREM', pk(pid, 'xh'), id) == 1 and redis.call('ZCARD', pk(pid, 'xh')) == 0 then
+    redis.call('HDEL', QUOTAS, 'x|' .. pid)
+  end
   local k = xk(id)
   local f = redis.call('HMGET', k, 'status', 'uniq', 'idx')
   for _, lid in ipairs(redis.call('SMEMBERS', k .. ':ended')) do

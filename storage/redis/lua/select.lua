@@ -14,32 +14,62 @@ end
 
 local FIELDS = {'src', 'cc', 'city', 'isp', 'asn', 'proto', 'lat', 'lon'}
 
--- COOL is set (by use_target) while an acquisition names a target that
--- has proxies of the pool cooling down for it: {key = the pool's sorted
--- set of those proxies, p:<pid>:tc:<target>, scored by the end of their
--- cool-down, n = its size, now}. Selection then skips every member whose
--- cool-down has not ended, reading the set only for the proxies it
--- considers: the cost grows with the cooling proxies it skips, never with
--- the pool.
+-- COOL is set (by use_target) while some of the pool's proxies are not
+-- candidates for a while: those cooling down for the acquisition's target
+-- (p:<pid>:tc:<target>) and those whose traffic allowance is exhausted
+-- (p:<pid>:xh, see quota.lua), each a sorted set scored by when that
+-- ends. COOL = {keys = those of the sets that have members, n = their
+-- total size, now}. Selection then skips every member whose score is
+-- still ahead, reading the sets only for the proxies it considers: the
+-- cost grows with the proxies it skips, never with the pool.
 local COOL = nil
-local TARGET_FIRST = 8 -- members of the first read of a walk only a target narrows
-local function use_target(pid, target, now)
+local TARGET_FIRST = 8 -- members of the first read of a walk only COOL narrows
+-- use_target sets COOL for pool pid at now; exhausted says whether the
+-- pool's set of exhausted allowances may have members (see QUOTAS).
+local function use_target(pid, target, now, exhausted)
   COOL = nil
-  if target == nil or target == '' then return end
-  local key = pk(pid, 'tc:' .. target)
-  local n = redis.call('ZCARD', key)
-  if n > 0 then COOL = {key = key, n = n, now = now} end
+  local keys, n = {}, 0
+  if target ~= nil and target ~= '' then
+    local key = pk(pid, 'tc:' .. target)
+    local c = redis.call('ZCARD', key)
+    if c > 0 then keys[#keys + 1], n = key, n + c end
+  end
+  if exhausted then
+    local key = pk(pid, 'xh')
+    local c = redis.call('ZCARD', key)
+    if c > 0 then keys[#keys + 1], n = key, n + c end
+  end
+  if n > 0 then COOL = {keys = keys, n = n, now = now} end
 end
 
--- cooling reports whether proxy id is cooling down for COOL's target.
+-- cooling reports whether proxy id is in one of COOL's sets with a score
+-- still ahead.
 local function cooling(id)
   if not COOL then return false end
-  local s = redis.call('ZSCORE', COOL.key, id)
-  return s ~= false and s ~= nil and tonumber(s) > COOL.now
+  for _, key in ipairs(COOL.keys) do
+    local s = redis.call('ZSCORE', key, id)
+    if s ~= false and s ~= nil and tonumber(s) > COOL.now then return true end
+  end
+  return false
+end
+
+-- cool_flags returns, for each of ids, whether it is cooling (one
+-- ZMSCORE per set of COOL).
+local function cool_flags(ids)
+  local out = {}
+  for i = 1, #ids do out[i] = false end
+  if not COOL or #ids == 0 then return out end
+  for _, key in ipairs(COOL.keys) do
+    local s = redis.call('ZMSCORE', key, unpack(ids))
+    for i = 1, #ids do
+      if s[i] and tonumber(s[i]) > COOL.now then out[i] = true end
+    end
+  end
+  return out
 end
 
 -- drop_cooling keeps the ids whose ok[i] is true and that are not
--- cooling down for COOL's target (one ZMSCORE for all of them).
+-- cooling (see cooling).
 local function drop_cooling(ids, ok)
   if not COOL then return end
   local idx, sel = {}, {}
@@ -47,9 +77,9 @@ local function drop_cooling(ids, ok)
     if ok[i] then idx[#idx + 1] = i sel[#sel + 1] = ids[i] end
   end
   if #sel == 0 then return end
-  local s = redis.call('ZMSCORE', COOL.key, unpack(sel))
+  local c = cool_flags(sel)
   for j, i in ipairs(idx) do
-    if s[j] and tonumber(s[j]) > COOL.now then ok[i] = false end
+    if c[j] then ok[i] = false end
   end
 end
 
@@ -316,7 +346,7 @@ local function select_proxy(pid, strategy, cursor, spec)
     return redis.call('ZRANDMEMBER', free) or nil
   end
   if spec == nil then
-    -- Only the target narrows the candidates: the walk in strategy order
+    -- Only COOL narrows the candidates: the walk in strategy order
     -- meets at most COOL.n cooling proxies, so it finds one that is not
     -- cooling (or covers every free proxy) within COOL.n + CHUNK reads;
     -- random samples are bounded the same way. The first read is short:
