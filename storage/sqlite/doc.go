@@ -139,10 +139,10 @@
 // the store applies [pharox.Quota.Admit] (consumer first), counting a
 // capped subject's unexpired active leases, reading at most cap entries of
 // the partial index of active leases by pool, or of the one that holds
-// only the active leases of consumers with a quota (leases.consumer_quota
-// marks them: at acquisition, and SetQuota marks a consumer's active ones
-// when it creates the quota, so the leases of consumers without a quota
-// never write that index); and, once a proxy is leased,
+// only the active leases of capped consumers (leases.consumer_capped marks
+// them: at acquisition, and SetQuota marks a consumer's active ones when
+// its quota gains a cap, so the leases of other consumers never write that
+// index); and, once a proxy is leased,
 // [pharox.Quota.TakeToken]. The write
 // lock serializes this with every other acquisition and release in every
 // process, so no interleaving exceeds a cap or a bucket. A retried

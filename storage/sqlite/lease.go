@@ -115,15 +115,14 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		}
 		// The insert takes the slot: a trigger counts it on the proxy in
 		// the same statement, and the proxies CHECK would fail it if the
-		// proxy were full.
-		// A lease of a consumer with a quota goes into the index its cap
-		// counts (leases_quota_consumer); others stay out of it.
+		// proxy were full. A capped consumer's lease also enters the index
+		// its cap counts (leases_capped_consumer); other leases stay out.
 		if _, err := tx.exec(`INSERT INTO leases (id, proxy_id, pool_id, pool_name, consumer_id,
-			consumer_name, status, acquired_at, expires_at, session_key, caller_id, target, consumer_quota)
+			consumer_name, status, acquired_at, expires_at, session_key, caller_id, target, consumer_capped)
 			VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?)`,
 			idArg(l.ID), idArg(l.ProxyID), idArg(poolID), l.PoolName, idArg(l.ConsumerID),
 			l.ConsumerName, micros(l.AcquiredAt), micros(l.ExpiresAt), l.SessionKey, callerID, l.Target,
-			consumerQuota); err != nil {
+			consumerCapped(quotas)); err != nil {
 			return err
 		}
 		// Only an acquisition that leased a proxy takes a token.

@@ -21,21 +21,30 @@ const quotaCols = `subject, subject_id, max_concurrent_leases, requests_per_minu
 // Statements of the quota and usage paths, named for the EXPLAIN test.
 const (
 	quotaGetSQL = `SELECT ` + quotaCols + ` FROM quotas WHERE subject = ? AND subject_id = ?`
-	// activeByConsumerSQL and activeByPoolSQL count a subject's active,
-	// unexpired leases up to its cap (args: id, now, cap): they read at
-	// most cap index entries, however many leases the subject has had.
-	activeByConsumerSQL = `SELECT count(*) FROM (SELECT 1 FROM leases INDEXED BY leases_quota_consumer
-		WHERE consumer_id = ? AND status = 'active' AND consumer_quota = 1 AND expires_at > ? LIMIT ?)`
-	// markConsumerSQL marks the active leases of a consumer given a new
-	// quota (arg: consumer), walking the active leases pool by pool: a
-	// rare administrative write whose cost is the active leases, never
-	// the ended ones.
-	markConsumerSQL = `UPDATE leases SET consumer_quota = 1 WHERE id IN (
+	// admitConsumerSQL and admitPoolSQL read a subject's quota and, when
+	// it caps leases, count the subject's active unexpired leases up to
+	// the cap (args: id, now), in one statement: they read at most cap
+	// index entries, however many leases the subject has had.
+	admitConsumerSQL = `SELECT ` + quotaCols + `, CASE WHEN max_concurrent_leases > 0 THEN (
+			SELECT count(*) FROM (SELECT 1 FROM leases INDEXED BY leases_capped_consumer
+				WHERE consumer_id = ?1 AND status = 'active' AND consumer_capped = 1 AND expires_at > ?2
+				LIMIT (SELECT max_concurrent_leases FROM quotas WHERE subject = 'consumer' AND subject_id = ?1)))
+			ELSE 0 END
+		FROM quotas WHERE subject = 'consumer' AND subject_id = ?1`
+	admitPoolSQL = `SELECT ` + quotaCols + `, CASE WHEN max_concurrent_leases > 0 THEN (
+			SELECT count(*) FROM (SELECT 1 FROM leases INDEXED BY leases_active_pool
+				WHERE pool_id = ?1 AND status = 'active' AND expires_at > ?2
+				LIMIT (SELECT max_concurrent_leases FROM quotas WHERE subject = 'pool' AND subject_id = ?1)))
+			ELSE 0 END
+		FROM quotas WHERE subject = 'pool' AND subject_id = ?1`
+	// markConsumerSQL marks the active leases of a consumer whose quota
+	// gains a cap (arg: consumer), walking the active leases pool by
+	// pool: a rare administrative write whose cost is the active leases,
+	// never the ended ones.
+	markConsumerSQL = `UPDATE leases SET consumer_capped = 1 WHERE id IN (
 		SELECT l.id FROM pools p CROSS JOIN leases l INDEXED BY leases_active_pool
 			ON l.pool_id = p.id AND l.status = 'active'
-		WHERE l.consumer_id = ? AND l.consumer_quota = 0)`
-	activeByPoolSQL = `SELECT count(*) FROM (SELECT 1 FROM leases INDEXED BY leases_active_pool
-		WHERE pool_id = ? AND status = 'active' AND expires_at > ? LIMIT ?)`
+		WHERE l.consumer_id = ? AND l.consumer_capped = 0)`
 	quotaTokensSQL = `UPDATE quotas SET tokens = ?, tokens_at = ? WHERE subject = ? AND subject_id = ?`
 	// usageBucketSQL adds one reported lease to its hourly bucket (args:
 	// hour, consumer, proxy, pool, target, requests, sent, received).
@@ -107,26 +116,20 @@ func admit(tx *wtx, consumerID, poolID uuid.UUID, consumerQuota, poolQuota bool,
 	}
 	var quotas []*pharox.Quota
 	for _, c := range []struct {
-		has      bool
-		subject  pharox.QuotaSubject
-		id       uuid.UUID
-		countSQL string
+		has   bool
+		id    uuid.UUID
+		query string
 	}{
-		{consumerQuota, pharox.QuotaConsumer, consumerID, activeByConsumerSQL},
-		{poolQuota, pharox.QuotaPool, poolID, activeByPoolSQL},
+		{consumerQuota, consumerID, admitConsumerSQL},
+		{poolQuota, poolID, admitPoolSQL},
 	} {
 		if !c.has {
 			continue
 		}
-		q, err := scanQuota(tx.queryRow(quotaGetSQL, string(c.subject), idArg(c.id)))
+		var active int
+		q, err := scanQuotaAnd(tx.queryRow(c.query, idArg(c.id), micros(now)), &active)
 		if err != nil {
 			return nil, err
-		}
-		active := 0
-		if q.MaxConcurrentLeases > 0 {
-			if err := tx.queryRow(c.countSQL, idArg(c.id), micros(now), q.MaxConcurrentLeases).Scan(&active); err != nil {
-				return nil, err
-			}
 		}
 		if err := q.Admit(active, now); err != nil {
 			return nil, err
@@ -134,6 +137,18 @@ func admit(tx *wtx, consumerID, poolID uuid.UUID, consumerQuota, poolQuota bool,
 		quotas = append(quotas, q)
 	}
 	return quotas, nil
+}
+
+// consumerCapped reports whether an acquisition's quotas (from admit)
+// cap its consumer's leases: the lease then goes into the index the cap
+// counts.
+func consumerCapped(quotas []*pharox.Quota) bool {
+	for _, q := range quotas {
+		if q.Subject == pharox.QuotaConsumer && q.MaxConcurrentLeases > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // takeTokens takes one token from the request bucket of each quota that
@@ -227,19 +242,19 @@ func (s *Store) SetQuota(ctx context.Context, q pharox.Quota) (*pharox.Quota, er
 				Scan(&out.BytesToday, &out.BytesThisMonth); err != nil {
 				return err
 			}
-			if q.Subject == pharox.QuotaConsumer {
-				// From now on its acquisitions mark their leases; these
-				// were taken before.
-				if _, err := tx.exec(markConsumerSQL, idArg(q.SubjectID)); err != nil {
-					return err
-				}
-			}
 		case err != nil:
 			return err
 		default:
 			out = old.RollPeriods(now)
 			out.QuotaLimits = q.QuotaLimits
 			out.Tokens = min(out.Tokens, float64(q.RequestsPerMinute))
+		}
+		if q.Subject == pharox.QuotaConsumer && q.MaxConcurrentLeases > 0 && (old == nil || old.MaxConcurrentLeases == 0) {
+			// From now on the consumer's acquisitions mark their leases
+			// (capped); these were taken before.
+			if _, err := tx.exec(markConsumerSQL, idArg(q.SubjectID)); err != nil {
+				return err
+			}
 		}
 		out.UpdatedAt = now
 		if _, err := tx.exec(quotaUpsertSQL, string(out.Subject), idArg(out.SubjectID), out.MaxConcurrentLeases,
@@ -424,7 +439,10 @@ func timePtr(t time.Time) *time.Time {
 	return &t
 }
 
-func scanQuota(sc scanner) (*pharox.Quota, error) {
+func scanQuota(sc scanner) (*pharox.Quota, error) { return scanQuotaAnd(sc) }
+
+// scanQuotaAnd reads the quotaCols and then the extra columns.
+func scanQuotaAnd(sc scanner, extra ...any) (*pharox.Quota, error) {
 	var (
 		q                                pharox.Quota
 		subject, id                      string
@@ -432,8 +450,8 @@ func scanQuota(sc scanner) (*pharox.Quota, error) {
 		tokensAt                         sql.NullInt64
 		maxLeases, rpm, perDay, perMonth int64
 	)
-	if err := sc.Scan(&subject, &id, &maxLeases, &rpm, &perDay, &perMonth, &day, &q.BytesToday,
-		&month, &q.BytesThisMonth, &q.Tokens, &tokensAt, &updated); err != nil {
+	if err := sc.Scan(append([]any{&subject, &id, &maxLeases, &rpm, &perDay, &perMonth, &day, &q.BytesToday,
+		&month, &q.BytesThisMonth, &q.Tokens, &tokensAt, &updated}, extra...)...); err != nil {
 		return nil, err
 	}
 	sid, err := uuid.Parse(id)

@@ -297,3 +297,47 @@ func TestMigrationKeepsLeases(t *testing.T) {
 		t.Fatalf("QueryUsage by pool = %+v, want one row for %s with %+v", rows, poolID, u)
 	}
 }
+
+// TestCapAddedToAQuota: leases taken while a consumer's quota had no cap
+// count once a cap is set on it, in whatever pool they were taken (their
+// acquisitions did not mark them for the count; SetQuota does).
+func TestCapAddedToAQuota(t *testing.T) {
+	ctx := context.Background()
+	s := open(t)
+	c, err := s.EnsureConsumer(ctx, "later-capped")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"a", "b"} {
+		pool, err := s.CreatePool(ctx, pharox.Pool{Name: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.AddProxies(ctx, []pharox.Proxy{
+			{PoolID: pool.ID, Host: "10.9.3.1", Port: 80, Protocol: pharox.ProtocolHTTP},
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	quota := func(l pharox.QuotaLimits) {
+		t.Helper()
+		if _, err := s.SetQuota(ctx, pharox.Quota{Subject: pharox.QuotaConsumer, SubjectID: c.ID, QuotaLimits: l}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	quota(pharox.QuotaLimits{BytesPerDay: 1 << 40})
+	for _, pool := range []string{"a", "b"} {
+		if _, err := s.AcquireLease(ctx, req(pool, c)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	quota(pharox.QuotaLimits{BytesPerDay: 1 << 40, MaxConcurrentLeases: 2})
+	_, err = s.AcquireLease(ctx, req("a", c))
+	wantRefusal(t, "two leases held, taken before the cap", err, pharox.LimitMaxConcurrentLeases, time.Second)
+	quota(pharox.QuotaLimits{MaxConcurrentLeases: 3})
+	if _, err := s.AcquireLease(ctx, req("b", c)); err != nil {
+		t.Fatalf("AcquireLease under a cap of 3 with 2 held: %v", err)
+	}
+	_, err = s.AcquireLease(ctx, req("a", c))
+	wantRefusal(t, "three leases held", err, pharox.LimitMaxConcurrentLeases, time.Second)
+}

@@ -7,17 +7,17 @@ ALTER TABLE leases ADD COLUMN usage_requests INTEGER;
 ALTER TABLE leases ADD COLUMN usage_bytes_sent INTEGER;
 ALTER TABLE leases ADD COLUMN usage_bytes_received INTEGER;
 
--- The active leases of consumers with a quota, by consumer and expiry: a
--- capped consumer counts its unexpired ones here, reading at most cap
--- entries, whatever the number of its ended leases (a pool counts through
--- leases_active_pool). consumer_quota marks the leases taken while the
--- consumer had a quota, and SetQuota marks the active ones of a consumer
--- given a new quota, so every active lease of a consumer with a quota is
--- in the index, and the leases of consumers without one never are: their
--- acquisitions and releases do not write it.
-ALTER TABLE leases ADD COLUMN consumer_quota INTEGER NOT NULL DEFAULT 0;
+-- The active leases of consumers with a concurrency cap, by consumer and
+-- expiry: a capped consumer counts its unexpired ones here, reading at most
+-- cap entries, whatever the number of its ended leases (a pool counts
+-- through leases_active_pool). consumer_capped marks the leases taken while
+-- the consumer's quota had max_concurrent_leases, and SetQuota marks the
+-- active ones of a consumer whose quota gains one, so every active lease
+-- of a capped consumer is in the index, and the leases of other consumers
+-- never are: their acquisitions and releases do not write it.
+ALTER TABLE leases ADD COLUMN consumer_capped INTEGER NOT NULL DEFAULT 0;
 
-CREATE INDEX leases_quota_consumer ON leases (consumer_id, expires_at) WHERE status = 'active' AND consumer_quota = 1;
+CREATE INDEX leases_capped_consumer ON leases (consumer_id, expires_at) WHERE status = 'active' AND consumer_capped = 1;
 
 -- Released usage, summed per hour (hour_start: microseconds, a multiple of
 -- an hour), consumer, proxy and target. pool_id is the proxy's pool, so it
