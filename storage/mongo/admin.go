@@ -97,6 +97,9 @@ func (s *Store) CreatePool(ctx context.Context, p pharox.Pool) (*pharox.Pool, er
 		}
 		return nil, fmt.Errorf("mongo: create pool %q: %w", p.Name, wrapErr(err))
 	}
+	if err := s.flagNewPool(ctx, d.ID); err != nil {
+		return nil, fmt.Errorf("mongo: create pool %q: %w", p.Name, err)
+	}
 	return d.pool(), nil
 }
 
@@ -169,6 +172,17 @@ func (s *Store) DeletePool(ctx context.Context, id uuid.UUID) error {
 	}
 	if _, err := s.cursors.DeleteOne(ctx, bson.D{{Key: "_id", Value: pid}}); err != nil {
 		return fmt.Errorf("mongo: delete pool %s: %w", id, wrapErr(err))
+	}
+	// Its quota and its proxies' go with it (usage buckets stay: history).
+	var qs []quotaDoc
+	f := bson.D{{Key: "kind", Value: kindQuota}, {Key: "$or", Value: bson.A{
+		bson.D{{Key: "_id", Value: quotaKey(pharox.QuotaPool, pid)}}, bson.D{{Key: "pool", Value: pid}},
+	}}}
+	if err := s.findAll(ctx, s.quotas, f, nil, &qs); err != nil {
+		return fmt.Errorf("mongo: delete pool %s: %w", id, err)
+	}
+	if err := s.deleteQuotas(ctx, qs); err != nil {
+		return fmt.Errorf("mongo: delete pool %s: %w", id, err)
 	}
 	return nil
 }
@@ -432,6 +446,13 @@ func (s *Store) DeleteProxy(ctx context.Context, id uuid.UUID) error {
 		if _, err := c.DeleteMany(ctx, bson.D{{Key: "proxy", Value: pid}}); err != nil {
 			return fmt.Errorf("mongo: delete proxy %s: %w", id, wrapErr(err))
 		}
+	}
+	var qs []quotaDoc
+	if err := s.findAll(ctx, s.quotas, bson.D{{Key: "_id", Value: quotaKey(pharox.QuotaProxy, pid)}}, nil, &qs); err != nil {
+		return fmt.Errorf("mongo: delete proxy %s: %w", id, err)
+	}
+	if err := s.deleteQuotas(ctx, qs); err != nil {
+		return fmt.Errorf("mongo: delete proxy %s: %w", id, err)
 	}
 	return nil
 }

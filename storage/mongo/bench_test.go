@@ -103,7 +103,7 @@ func runPairs(b testing.TB, s *Store, c *pharox.Consumer, workers, n int) time.D
 		if err != nil {
 			return err
 		}
-		_, err = s.ReleaseLease(ctx, l.ID)
+		_, err = s.ReleaseLease(ctx, l.ID, nil)
 		return err
 	})
 }

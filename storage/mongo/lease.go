@@ -41,10 +41,17 @@ type acquisition struct {
 	id       string // the lease id, fixed before the first try
 	callerID bool   // the caller chose the id
 	query    bson.D // the filter as a query (a superset when inexact)
-	// cooling holds the ids of the pool's proxies cooling down for the
-	// request's target when it started: never candidates.
-	cooling map[string]bool
-	now     time.Time
+	// skip holds the ids of the pool's proxies that are never candidates:
+	// those cooling down for the request's target and those whose traffic
+	// allowance is spent, when the acquisition started.
+	skip map[string]bool
+	now  time.Time
+	// caps are the keys of the quotas whose cap slot the lease holds;
+	// capIDs and entryIDs the cap slots and request-log entries this
+	// acquisition inserted, given back if it fails.
+	caps     []string
+	capIDs   []string
+	entryIDs []string
 }
 
 // AcquireLease takes a slot of a candidate proxy with one insert into the
@@ -81,12 +88,18 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 	if req.Target != "" {
 		// Read after any ApplyTargetOutcome that returned before this
 		// call started, so its cool-down is seen.
-		if a.cooling, err = s.coolingProxies(ctx, pool.ID, req.Target, a.now); err != nil {
+		if a.skip, err = s.coolingProxies(ctx, pool.ID, req.Target, a.now); err != nil {
+			return nil, fmt.Errorf("mongo: acquire from pool %q: %w", req.PoolName, err)
+		}
+	}
+	if pool.Quotas {
+		if err := a.admit(ctx); err != nil {
 			return nil, fmt.Errorf("mongo: acquire from pool %q: %w", req.PoolName, err)
 		}
 	}
 	l, err := a.run(ctx)
 	if err != nil {
+		a.giveBack(ctx)
 		var existing *leaseDoc
 		if errors.As(err, &existing) {
 			return a.existing(existing)
@@ -259,7 +272,7 @@ func (a *acquisition) tryProxy(ctx context.Context, id string) (*pharox.Lease, e
 	if err != nil {
 		return nil, err
 	}
-	if d.Pool != a.pool.ID || d.Rank > 1 || a.cooling[d.ID] || !a.req.Filters.Match(d.proxy(0)) {
+	if d.Pool != a.pool.ID || d.Rank > 1 || a.skip[d.ID] || !a.req.Filters.Match(d.proxy(0)) {
 		return nil, nil
 	}
 	l, _, err := a.take(ctx, d)
@@ -276,7 +289,8 @@ func (a *acquisition) take(ctx context.Context, d *proxyDoc) (l *pharox.Lease, l
 	doc := leaseDoc{
 		ID: a.id, Pool: a.pool.ID, PoolName: a.pool.Name, Proxy: d.ID,
 		Consumer: idString(a.req.ConsumerID), ConsumerName: a.req.ConsumerName,
-		Status: string(pharox.LeaseActive), SessionKey: a.req.SessionKey,
+		Status: string(pharox.LeaseActive), SessionKey: a.req.SessionKey, Target: a.req.Target,
+		Caps: a.caps,
 	}
 	for range 4 {
 		held := -1 // unknown
@@ -423,7 +437,7 @@ func (s *Store) freeSlot(ctx context.Context, d *proxyDoc) (n int64, held int, o
 			return 0, 0, false, nil
 		}
 		for i := range expired {
-			if _, _, err := s.end(ctx, &expired[i], pharox.LeaseExpired, t); err != nil {
+			if _, _, err := s.end(ctx, &expired[i], pharox.LeaseExpired, t, nil); err != nil {
 				return 0, 0, false, err
 			}
 		}
@@ -458,7 +472,7 @@ func (a *acquisition) choose(ctx context.Context) (*pharox.Lease, error) {
 	for round := 0; ; round++ {
 		var got *pharox.Lease
 		lostAny := false
-		res, err := a.s.walk(ctx, a.pool, a.req.Filters, a.query, a.req.Strategy, a.cooling, func(d *proxyDoc) (bool, error) {
+		res, err := a.s.walk(ctx, a.pool, a.req.Filters, a.query, a.req.Strategy, a.skip, func(d *proxyDoc) (bool, error) {
 			l, lost, err := a.take(ctx, d)
 			if err != nil {
 				return false, err
@@ -674,8 +688,15 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 		return nil, err
 	}
 	q, _ := filterQuery(filters)
+	var skip map[string]bool
+	if pd.Quotas {
+		// Proxies whose allowance is spent are not offered either.
+		if _, skip, err = s.loadQuotas(ctx, []string{}, pd.ID, now()); err != nil {
+			return nil, fmt.Errorf("mongo: find available proxy in pool %q: %w", pool, err)
+		}
+	}
 	var found *proxyDoc
-	res, err := s.walk(ctx, pd, filters, q, strategy, nil, func(d *proxyDoc) (bool, error) {
+	res, err := s.walk(ctx, pd, filters, q, strategy, skip, func(d *proxyDoc) (bool, error) {
 		found = d
 		return true, nil
 	})
@@ -695,21 +716,26 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 	return found.proxy(n), nil
 }
 
-// end ends the active lease d as status at time at. The insert of its
-// ended record into the leases collection decides which of concurrent
-// enders ends it (the record's _id is the lease id); the slot document is
-// deleted after, by whoever got there. won reports that this call ended
-// it. A crash between the two leaves a slot whose lease has ended; it is
-// deleted once it is past ExpiresAt (by the next cleanup, or the next
-// acquisition that finds the proxy full), so it holds the slot no longer
-// than the lease would have.
-func (s *Store) end(ctx context.Context, d *leaseDoc, status pharox.LeaseStatus, at time.Time) (*leaseDoc, bool, error) {
+// end ends the active lease d as status at time at, with the holder's
+// usage report if any. The insert of its ended record into the leases
+// collection decides which of concurrent enders ends it (the record's _id
+// is the lease id); the slot document, and the cap slots the lease holds,
+// are deleted after, by whoever got there. won reports that this call
+// ended it. A crash between the two leaves a slot whose lease has ended;
+// it is deleted once it is past ExpiresAt (by the next cleanup, or the
+// next acquisition that finds the proxy full), so it holds the slot no
+// longer than the lease would have; its cap slots are deleted by the
+// first acquisition that counts them.
+func (s *Store) end(ctx context.Context, d *leaseDoc, status pharox.LeaseStatus, at time.Time, usage *pharox.Usage) (*leaseDoc, bool, error) {
 	e := *d
 	e.Status = string(status)
 	if at.Before(e.AcquiredAt) {
 		at = e.AcquiredAt
 	}
 	e.ReleasedAt = &at
+	if usage != nil {
+		e.Usage = &usageDoc{Requests: usage.Requests, Sent: usage.BytesSent, Received: usage.BytesReceived}
+	}
 	_, err := s.leases.InsertOne(ctx, e)
 	won := err == nil
 	if err != nil && !mongo.IsDuplicateKeyError(err) {
@@ -717,6 +743,11 @@ func (s *Store) end(ctx context.Context, d *leaseDoc, status pharox.LeaseStatus,
 	}
 	if _, err := s.slots.DeleteOne(context.WithoutCancel(ctx), bson.D{{Key: "_id", Value: d.ID}}); err != nil {
 		return nil, false, wrapErr(err)
+	}
+	for _, key := range d.Caps {
+		if _, err := s.caps.DeleteOne(context.WithoutCancel(ctx), bson.D{{Key: "_id", Value: d.ID + "/" + key}}); err != nil {
+			return nil, false, wrapErr(err)
+		}
 	}
 	if !won {
 		var prev leaseDoc
@@ -727,9 +758,10 @@ func (s *Store) end(ctx context.Context, d *leaseDoc, status pharox.LeaseStatus,
 	return &e, won, nil
 }
 
-// ReleaseLease ends an active lease as released and frees its slot. A
+// ReleaseLease ends an active lease as released and frees its slot; a
+// usage report is stored on the ended lease and counted (see count). A
 // lease past ExpiresAt that nothing reclaimed yet is released.
-func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*pharox.Lease, error) {
+func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID, usage *pharox.Usage) (*pharox.Lease, error) {
 	id := idString(leaseID)
 	var d leaseDoc
 	err := s.slots.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&d)
@@ -742,12 +774,17 @@ func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*pharox.Le
 	if err != nil {
 		return nil, fmt.Errorf("mongo: release lease %s: %w", leaseID, wrapErr(err))
 	}
-	e, won, err := s.end(ctx, &d, pharox.LeaseReleased, now())
+	e, won, err := s.end(ctx, &d, pharox.LeaseReleased, now(), usage)
 	if err != nil {
 		return nil, fmt.Errorf("mongo: release lease %s: %w", leaseID, err)
 	}
 	if !won {
 		return nil, fmt.Errorf("mongo: release lease %s: %w", leaseID, pharox.ErrLeaseNotActive)
+	}
+	if usage != nil {
+		if err := s.count(ctx, e, *usage); err != nil {
+			return nil, fmt.Errorf("mongo: release lease %s: it was released, but counting its usage failed: %w", leaseID, err)
+		}
 	}
 	return e.lease(), nil
 }
@@ -771,7 +808,7 @@ func (s *Store) RenewLease(ctx context.Context, leaseID uuid.UUID, d time.Durati
 	}
 	t := now()
 	if !sd.ExpiresAt.After(t) {
-		if _, _, err := s.end(ctx, &sd, pharox.LeaseExpired, t); err != nil {
+		if _, _, err := s.end(ctx, &sd, pharox.LeaseExpired, t, nil); err != nil {
 			return nil, fmt.Errorf("mongo: renew lease %s: %w", leaseID, err)
 		}
 		return nil, fmt.Errorf("mongo: renew lease %s: it expired at %s: %w", leaseID, sd.ExpiresAt.Format(time.RFC3339Nano), pharox.ErrLeaseNotActive)
@@ -815,7 +852,7 @@ func (s *Store) reclaim(ctx context.Context, q bson.D, limit int64) (int, error)
 	}
 	n := 0
 	for i := range expired {
-		_, won, err := s.end(ctx, &expired[i], pharox.LeaseExpired, t)
+		_, won, err := s.end(ctx, &expired[i], pharox.LeaseExpired, t, nil)
 		if err != nil {
 			return n, err
 		}

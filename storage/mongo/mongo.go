@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"regexp"
+	"strings"
 	"sync"
 	"time"
 
@@ -93,8 +94,19 @@ type Store struct {
 	apiKeys   *mongo.Collection // API keys (digests, never secrets)
 	audit     *mongo.Collection // audit log entries
 	targets   *mongo.Collection // per-(proxy, target) health
+	quotas    *mongo.Collection // quotas, their byte shards and spent allowances
+	caps      *mongo.Collection // cap slots of consumer and pool quotas
+	tokens    *mongo.Collection // request logs of requests_per_minute limits
+	usage     *mongo.Collection // hourly usage buckets, one per writer
 
 	known sync.Map // consumer id string -> struct{}: consumers are never deleted
+
+	// writer names this store instance's usage buckets and quota byte
+	// shards: no other instance writes them, and counterLocks serialize
+	// this instance's writes of one document, so their counters are
+	// exact even on servers whose updates are not atomic.
+	writer       string
+	counterLocks [64]sync.Mutex
 }
 
 // Open connects to the MongoDB URI (mongodb:// or mongodb+srv://, naming
@@ -140,6 +152,11 @@ func New(ctx context.Context, db *mongo.Database, opts ...Option) (*Store, error
 		apiKeys:   c("api_keys"),
 		audit:     c("audit_log"),
 		targets:   c("proxy_targets"),
+		quotas:    c("quotas"),
+		caps:      c("quota_slots"),
+		tokens:    c("quota_tokens"),
+		usage:     c("usage_hourly"),
+		writer:    strings.ReplaceAll(uuid.NewString(), "-", ""),
 	}
 	if err := s.ensureIndexes(ctx); err != nil {
 		return nil, err
@@ -170,6 +187,7 @@ func (s *Store) ensureIndexes(ctx context.Context) error {
 			{Keys: bson.D{{Key: "proxy", Value: 1}, {Key: "n", Value: 1}}, Options: unique("slot")},
 			{Keys: bson.D{{Key: "pool", Value: 1}, {Key: "proxy", Value: 1}}, Options: named("pool_proxy")},
 			{Keys: bson.D{{Key: "expires_at", Value: 1}}, Options: named("expires_at")},
+			{Keys: bson.D{{Key: "consumer", Value: 1}}, Options: named("consumer")},
 		}},
 		{s.leases, []mongo.IndexModel{
 			{Keys: bson.D{{Key: "pool", Value: 1}, {Key: "acquired_at", Value: 1}}, Options: named("pool_acquired")},
@@ -187,6 +205,22 @@ func (s *Store) ensureIndexes(ctx context.Context) error {
 			{Keys: bson.D{{Key: "proxy", Value: 1}, {Key: "target", Value: 1}}, Options: named("proxy_target")},
 			{Keys: bson.D{{Key: "pool", Value: 1}, {Key: "target", Value: 1}, {Key: "cooling_until", Value: 1}}, Options: named("pool_target_cooling")},
 			{Keys: bson.D{{Key: "idle_since", Value: 1}}, Options: named("idle_since")},
+		}},
+		{s.quotas, []mongo.IndexModel{
+			{Keys: bson.D{{Key: "q", Value: 1}}, Options: named("q")},
+			{Keys: bson.D{{Key: "pool", Value: 1}, {Key: "until", Value: 1}}, Options: named("pool_until")},
+		}},
+		{s.caps, []mongo.IndexModel{
+			{Keys: bson.D{{Key: "q", Value: 1}, {Key: "gen", Value: 1}, {Key: "n", Value: 1}}, Options: unique("slot")},
+		}},
+		{s.tokens, []mongo.IndexModel{
+			{Keys: bson.D{{Key: "q", Value: 1}, {Key: "gen", Value: 1}, {Key: "k", Value: 1}}, Options: named("q_gen_k")},
+		}},
+		{s.usage, []mongo.IndexModel{
+			{Keys: bson.D{{Key: "hour", Value: 1}}, Options: named("hour")},
+			{Keys: bson.D{{Key: "consumer", Value: 1}, {Key: "hour", Value: 1}}, Options: named("consumer_hour")},
+			{Keys: bson.D{{Key: "pool", Value: 1}, {Key: "hour", Value: 1}}, Options: named("pool_hour")},
+			{Keys: bson.D{{Key: "proxy", Value: 1}, {Key: "hour", Value: 1}}, Options: named("proxy_hour")},
 		}},
 	}
 	for _, set := range sets {
