@@ -14,7 +14,8 @@ import (
 // health, as a store outside this module may: acquisitions with a target
 // and the TargetStore calls answer an error wrapping
 // pharox.ErrUnsupported, and purging finds nothing to purge. Tests use it
-// to check how callers fall back.
+// to check how callers fall back. Everything else, usage and quotas
+// included, is s's (the embedded Storage forwards it).
 func WithoutTargets(s pharox.Storage) pharox.Storage { return noTargets{s} }
 
 type noTargets struct{ pharox.Storage }

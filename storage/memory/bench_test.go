@@ -194,7 +194,7 @@ func getFixture(b *testing.B, group string, size, free int) *fixture {
 			b.Fatalf("only %d %s proxies for %d free", len(inCountry), benchCountry, free)
 		}
 		for _, id := range inCountry[:free] {
-			if _, err := store.ReleaseLease(ctx, id); err != nil {
+			if _, err := store.ReleaseLease(ctx, id, nil); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -88,6 +88,21 @@
 // filter scan budget). Entries go with their proxy, and
 // PurgeTargetStates, which walks the proxies with entries, drops idle ones.
 //
+// # Usage and quotas
+//
+// The store implements [pharox.UsageStore] under the same lock. A release
+// with a usage report adds it to an hourly bucket (a map per hour keyed by
+// consumer, proxy, pool and target) and to the byte counters of the
+// quotas involved. Consumers and pools point to their quota and count
+// their active leases; as every operation first reclaims expired leases,
+// those counts are the unexpired leases [pharox.Quota.Admit] needs, so an
+// acquisition checks a cap in constant time, and one without a quota
+// checks two nil pointers. Proxies over their traffic allowance are kept
+// in a map from table index to the end of the period, consulted like a
+// target's cool-downs: only while some proxy is over, one lookup per
+// candidate examined. QueryUsage and PurgeUsage walk the buckets of the
+// hours they select.
+//
 // Pool statistics come from counters kept with every change, never from a
 // scan. Sticky-session bindings that died are dropped by
 // CleanupExpiredLeases and, so that unique keys cannot grow a pool without

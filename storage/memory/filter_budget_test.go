@@ -68,7 +68,7 @@ func TestFilterScanBudget(t *testing.T) {
 			if err != nil || l.Proxy.Source != "needle" {
 				t.Fatalf("budget %d, %s, a filter one proxy matches: %v, %v", budget, st, l, err)
 			}
-			if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+			if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -35,6 +35,8 @@ type proxyState struct {
 	deleted bool
 	// targets holds the proxy's per-target health (see target.go).
 	targets map[string]*pharox.TargetState
+	// quota is the proxy's quota, if any (see usage.go).
+	quota *pharox.Quota
 	// inFA and inRR say whether the FirstAvailable and RoundRobin trees of
 	// the pool-wide set (0) and of the country set (1) hold the proxy.
 	inFA, inRR [2]bool
@@ -214,6 +216,8 @@ type poolState struct {
 	leased    int    // proxies with CurrentLeases > 0
 	leases    int    // active leases
 	deleted   bool
+	// quota is the pool's quota, if any (see usage.go).
+	quota *pharox.Quota
 }
 
 // session binds a sticky-session key to a proxy until expires (Unix µs).

@@ -479,7 +479,7 @@ func (m *model) step() {
 		m.active = slices.Delete(m.active, i, i+1)
 		m.s.reap(m.clock.Now())
 		want := m.wantErr(id)
-		if _, err := m.s.ReleaseLease(ctx, id); !errors.Is(err, want) {
+		if _, err := m.s.ReleaseLease(ctx, id, nil); !errors.Is(err, want) {
 			m.t.Fatalf("release: %v, want %v", err, want)
 		}
 		m.ended = append(m.ended, id)
@@ -645,7 +645,7 @@ func TestExpiryHeapReclaimsOnNextOperation(t *testing.T) {
 	if got.Status != pharox.LeaseExpired || got.ReleasedAt == nil || !got.ReleasedAt.Equal(clock.Now()) {
 		t.Fatalf("expired lease: %+v", got)
 	}
-	if _, err := s.ReleaseLease(ctx, leases[1].ID); !errors.Is(err, pharox.ErrLeaseNotActive) {
+	if _, err := s.ReleaseLease(ctx, leases[1].ID, nil); !errors.Is(err, pharox.ErrLeaseNotActive) {
 		t.Fatalf("release of expired lease: %v, want ErrLeaseNotActive", err)
 	}
 	// Renew the 2s lease past the 3s one, then let the 3s one expire.
@@ -683,7 +683,7 @@ func TestEndedLeaseRetention(t *testing.T) {
 		ids = append(ids, l.ID)
 	}
 	for _, id := range ids[:4] {
-		if _, err := s.ReleaseLease(ctx, id); err != nil {
+		if _, err := s.ReleaseLease(ctx, id, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -726,7 +726,7 @@ func TestNoRetentionForgetsAtOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ended, err := s.ReleaseLease(ctx, l.ID)
+	ended, err := s.ReleaseLease(ctx, l.ID, nil)
 	if err != nil || ended.Status != pharox.LeaseReleased || ended.ReleasedAt == nil {
 		t.Fatalf("release: %+v, %v", ended, err)
 	}
@@ -749,7 +749,7 @@ func TestDeletedProxyLeasesAreForgotten(t *testing.T) {
 	if err := s.DeleteProxy(ctx, l.ProxyID); !errors.Is(err, pharox.ErrInUse) {
 		t.Fatalf("delete leased proxy: %v", err)
 	}
-	if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+	if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.DeleteProxy(ctx, l.ProxyID); err != nil {
@@ -799,7 +799,7 @@ func TestRandomIsUniformUnderRareFilter(t *testing.T) {
 			t.Fatal(err)
 		}
 		counts[l.ProxyID]++
-		if _, err := s.ReleaseLease(ctx, l.ID); err != nil {
+		if _, err := s.ReleaseLease(ctx, l.ID, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -948,7 +948,7 @@ func TestConcurrentMixedOperations(t *testing.T) {
 					_, _ = s.RenewLease(ctx, l.ID, time.Millisecond)
 				}
 				if r.IntN(5) > 0 {
-					_, _ = s.ReleaseLease(ctx, l.ID) // may have expired meanwhile
+					_, _ = s.ReleaseLease(ctx, l.ID, nil) // may have expired meanwhile
 				}
 			}
 		})

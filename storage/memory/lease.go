@@ -29,6 +29,11 @@ type leaseState struct {
 	// (ClaimLeaseVerdict).
 	verdict bool
 	proxy   *proxyState
+	// consumer is the lease's consumer while the lease is active (its
+	// count of active leases includes it).
+	consumer *consumerState
+	// usage is what the release reported; l.Usage points here then.
+	usage pharox.Usage
 }
 
 // newLease takes a free record (or makes one) for a lease whose id is
@@ -70,6 +75,7 @@ func (s *Store) freeLease(ls *leaseState) {
 	ls.live = false
 	ls.l = pharox.Lease{}
 	ls.proxy = nil
+	ls.consumer = nil
 	s.freeSlots = append(s.freeSlots, ls.slot)
 }
 
@@ -221,6 +227,9 @@ type scanner struct {
 	cool   map[uint32]int64
 	now    int64
 	target string
+	// spent holds, when any proxy is over its traffic allowance, until
+	// when each such proxy (by table index) is (Unix µs); see usage.go.
+	spent map[uint32]int64
 }
 
 func (sc *scanner) reset(f *pharox.Filters, table []*proxyState) {
@@ -229,8 +238,12 @@ func (sc *scanner) reset(f *pharox.Filters, table []*proxyState) {
 	}
 	sc.f, sc.clone, sc.found, sc.panicked, sc.table = f, f.HasPredicate(), nil, nil, table
 	sc.tested, sc.exhausted = 0, false
-	sc.cool, sc.target = nil, ""
+	sc.cool, sc.target, sc.spent = nil, "", nil
 }
+
+// plain reports whether the search takes any candidate: no filter, no
+// cool-down and no used-up allowance to skip.
+func (sc *scanner) plain() bool { return sc.f == nil && sc.cool == nil && sc.spent == nil }
 
 // setTarget makes the search skip proxies cooling down for target at now.
 func (s *Store) setTarget(target string, now int64) {
@@ -258,9 +271,13 @@ func (sc *scanner) tooSelective() error {
 	if !sc.exhausted {
 		return nil
 	}
-	if sc.f == nil {
+	if sc.f == nil && sc.spent == nil {
 		return fmt.Errorf("%w: all of the %d candidates examined are cooling down for target %q",
 			pharox.ErrNoProxyAvailable, sc.budget, sc.target)
+	}
+	if sc.f == nil {
+		return fmt.Errorf("%w: all of the %d candidates examined are over their traffic allowance or cooling down for the target",
+			pharox.ErrNoProxyAvailable, sc.budget)
 	}
 	return fmt.Errorf("%w: the filter matched none of the %d candidates examined; it is too selective to serve from a pool this large (narrow the pool or loosen the filter)",
 		pharox.ErrNoProxyAvailable, sc.budget)
@@ -268,7 +285,7 @@ func (sc *scanner) tooSelective() error {
 
 func (sc *scanner) match(ps *proxyState) bool {
 	switch {
-	case sc.cooling(ps):
+	case sc.cooling(ps), sc.overAllowance(ps):
 		return false
 	case sc.f == nil:
 		return true
@@ -302,7 +319,7 @@ func (sc *scanner) predicateErr() error {
 }
 
 func (sc *scanner) visit(ps *proxyState) bool {
-	if sc.f != nil || sc.cool != nil {
+	if !sc.plain() {
 		if sc.tested == sc.budget {
 			sc.exhausted = true
 			return false
@@ -366,7 +383,7 @@ func (s *Store) pick(pl *poolState, st pharox.Strategy) *proxyState {
 	case pharox.Random:
 		return pickRandom(sc, x.rnd)
 	default:
-		if sc.f == nil && sc.cool == nil {
+		if sc.plain() {
 			if it, ok := x.fa.Min(); ok {
 				sc.found = s.table[it.idx]
 			}
@@ -387,7 +404,7 @@ func pickRandom(sc *scanner, set []*proxyState) *proxyState {
 	if n == 0 {
 		return nil
 	}
-	if sc.f == nil && sc.cool == nil {
+	if sc.plain() {
 		return set[rand.IntN(n)]
 	}
 	draws := min(32, sc.budget)
@@ -433,19 +450,26 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		s.mu.Unlock()
 		return nil, fmt.Errorf("memory: acquire lease from pool %q: %w", req.PoolName, pharox.ErrPoolNotFound)
 	}
-	consumer := s.consumers[req.ConsumerID]
-	if consumer == nil {
+	cs := s.consumers[req.ConsumerID]
+	if cs == nil {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("memory: acquire lease: consumer %s: %w", req.ConsumerID, pharox.ErrConsumerNotFound)
 	}
 	if req.LeaseID != uuid.Nil {
 		if ls := s.lookup(req.LeaseID); ls != nil {
-			return s.repeatedLease(ls, pl, consumer)
+			return s.repeatedLease(ls, pl, &cs.c)
+		}
+	}
+	if cs.quota != nil || pl.quota != nil {
+		if err := admit(cs, pl, now); err != nil {
+			s.mu.Unlock()
+			return nil, fmt.Errorf("memory: acquire lease from pool %q: %w", req.PoolName, err)
 		}
 	}
 	nowMicro := now.UnixMicro()
 	s.scan.reset(req.Filters, s.table)
 	s.setTarget(req.Target, nowMicro)
+	s.setSpent(nowMicro)
 
 	var ps *proxyState
 	if req.SessionKey != "" {
@@ -480,16 +504,18 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 	}
 
 	pl.setLeases(ps, ps.p.CurrentLeases+1)
+	cs.leases++
+	takeTokens(cs, pl, now)
 	name := req.ConsumerName
 	if name == "" {
-		name = consumer.Name
+		name = cs.c.Name
 	}
 	expiresAt := now.Add(req.Duration).Truncate(time.Microsecond)
 	ls := s.newLease(random, req.LeaseID)
 	ls.l = pharox.Lease{
 		ID:           ls.l.ID,
 		ProxyID:      ps.p.ID,
-		ConsumerID:   consumer.ID,
+		ConsumerID:   cs.c.ID,
 		ConsumerName: name,
 		PoolID:       pl.pool.ID,
 		PoolName:     pl.pool.Name,
@@ -497,8 +523,10 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 		AcquiredAt:   now,
 		ExpiresAt:    expiresAt,
 		SessionKey:   req.SessionKey,
+		Target:       req.Target,
 	}
 	ls.proxy = ps
+	ls.consumer = cs
 	s.seq++
 	ls.seq = s.seq
 	s.expiry.push(ls, expiresAt.UnixMicro())
@@ -545,7 +573,8 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 	if err := f.Validate(); err != nil {
 		return nil, fmt.Errorf("memory: find available proxy: %w", err)
 	}
-	if _, err := s.lock(ctx); err != nil {
+	now, err := s.lock(ctx)
+	if err != nil {
 		return nil, fmt.Errorf("memory: find available proxy: %w", err)
 	}
 	pl := s.poolNames[pool]
@@ -554,6 +583,7 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 		return nil, fmt.Errorf("memory: find available proxy in pool %q: %w", pool, pharox.ErrPoolNotFound)
 	}
 	s.scan.reset(f, s.table)
+	s.setSpent(now.UnixMicro())
 	ps := s.pick(pl, strategy)
 	if err := s.scan.predicateErr(); err != nil {
 		s.mu.Unlock()
@@ -581,6 +611,8 @@ func (s *Store) endLease(ls *leaseState, status pharox.LeaseStatus, now time.Tim
 	s.expiry.remove(ls.heapIdx)
 	ps := ls.proxy
 	ps.pool.setLeases(ps, ps.p.CurrentLeases-1)
+	ls.consumer.leases--
+	ls.consumer = nil
 	sn := ls.snapshot()
 	s.ended.push(ls)
 	for s.ended.n > s.retention {
@@ -605,11 +637,12 @@ func (s *Store) reap(now time.Time) int {
 type snapshot struct {
 	l   pharox.Lease
 	rel time.Time
+	use pharox.Usage
 	seq uint64
 }
 
 func (ls *leaseState) snapshot() snapshot {
-	return snapshot{l: ls.l, rel: ls.releasedAt, seq: ls.seq}
+	return snapshot{l: ls.l, rel: ls.releasedAt, use: ls.usage, seq: ls.seq}
 }
 
 // lease returns the caller's copy, in one allocation.
@@ -617,6 +650,9 @@ func (sn snapshot) lease() *pharox.Lease {
 	b := &sn
 	if b.l.ReleasedAt != nil {
 		b.l.ReleasedAt = &b.rel
+	}
+	if b.l.Usage != nil {
+		b.l.Usage = &b.use
 	}
 	return &b.l
 }
@@ -643,11 +679,15 @@ func (s *Store) lockActive(ctx context.Context, op string, leaseID uuid.UUID) (*
 	return ls, now, nil
 }
 
-// ReleaseLease ends an active lease as released and frees its slot.
-func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*pharox.Lease, error) {
+// ReleaseLease ends an active lease as released and frees its slot. A
+// usage report is stored on the lease and counted (see usage.go).
+func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID, usage *pharox.Usage) (*pharox.Lease, error) {
 	ls, now, err := s.lockActive(ctx, "release", leaseID)
 	if err != nil {
 		return nil, err
+	}
+	if usage != nil {
+		s.meter(ls, *usage, now)
 	}
 	sn := s.endLease(ls, pharox.LeaseReleased, now)
 	s.mu.Unlock()
@@ -684,6 +724,7 @@ func (s *Store) CleanupExpiredLeases(ctx context.Context) (int, error) {
 	for _, pl := range s.pools {
 		pl.sweepSessions(now.UnixMicro())
 	}
+	s.sweepSpent(now.UnixMicro())
 	return n, nil
 }
 

@@ -78,8 +78,8 @@ type Store struct {
 	// proxies without pointers; freeIdx lists the holes deletions left.
 	table         []*proxyState
 	freeIdx       []uint32
-	consumers     map[uuid.UUID]*pharox.Consumer
-	consumerNames map[string]*pharox.Consumer
+	consumers     map[uuid.UUID]*consumerState
+	consumerNames map[string]*consumerState
 	// slots holds every lease record, active, retained or free for reuse;
 	// a lease id carries its slot (see leaseID), so finding a lease is an
 	// index, not a hash lookup in a table as large as the lease history.
@@ -104,6 +104,15 @@ type Store struct {
 	cooling map[string]map[uint32]int64
 	// targeted holds the proxies with per-target entries.
 	targeted map[*proxyState]struct{}
+
+	// quotas holds every quota; the consumer's, pool's or proxy's state
+	// points to its own too, so an acquisition finds them without a
+	// lookup. spent holds the proxies over their traffic allowance (by
+	// table index) and until when (Unix µs); usage holds the hourly
+	// buckets by hour (Unix seconds). See usage.go.
+	quotas map[quotaKey]*pharox.Quota
+	spent  map[uint32]int64
+	usage  map[int64]map[usageKey]*usageSums
 
 	scan      scanner
 	visitFA   func(faItem) bool
@@ -142,8 +151,8 @@ func New(opts ...Option) *Store {
 		poolNames:     make(map[string]*poolState),
 		proxies:       make(map[uuid.UUID]*proxyState),
 		proxyKeys:     make(map[proxyKey]*proxyState),
-		consumers:     make(map[uuid.UUID]*pharox.Consumer),
-		consumerNames: make(map[string]*pharox.Consumer),
+		consumers:     make(map[uuid.UUID]*consumerState),
+		consumerNames: make(map[string]*consumerState),
 	}
 	mask := newID()
 	s.slotMask = binary.BigEndian.Uint32(mask[:4])
@@ -230,13 +239,13 @@ func (s *Store) EnsureConsumer(ctx context.Context, name string) (*pharox.Consum
 		return nil, fmt.Errorf("memory: ensure consumer: %w", err)
 	}
 	defer s.mu.Unlock()
-	c := s.consumerNames[name]
-	if c == nil {
-		c = &pharox.Consumer{ID: newID(), Name: name, CreatedAt: now}
-		s.consumers[c.ID] = c
-		s.consumerNames[name] = c
+	cs := s.consumerNames[name]
+	if cs == nil {
+		cs = &consumerState{c: pharox.Consumer{ID: newID(), Name: name, CreatedAt: now}}
+		s.consumers[cs.c.ID] = cs
+		s.consumerNames[name] = cs
 	}
-	out := *c
+	out := cs.c
 	return &out, nil
 }
 
@@ -246,11 +255,11 @@ func (s *Store) GetConsumer(ctx context.Context, id uuid.UUID) (*pharox.Consumer
 		return nil, fmt.Errorf("memory: get consumer: %w", err)
 	}
 	defer s.mu.Unlock()
-	c := s.consumers[id]
-	if c == nil {
+	cs := s.consumers[id]
+	if cs == nil {
 		return nil, fmt.Errorf("memory: get consumer %s: %w", id, pharox.ErrConsumerNotFound)
 	}
-	out := *c
+	out := cs.c
 	return &out, nil
 }
 
@@ -260,8 +269,8 @@ func (s *Store) ListConsumers(ctx context.Context) ([]*pharox.Consumer, error) {
 		return nil, fmt.Errorf("memory: list consumers: %w", err)
 	}
 	out := make([]*pharox.Consumer, 0, len(s.consumers))
-	for _, c := range s.consumers {
-		cp := *c
+	for _, cs := range s.consumers {
+		cp := cs.c
 		out = append(out, &cp)
 	}
 	s.mu.Unlock()
@@ -360,6 +369,7 @@ func (s *Store) DeletePool(ctx context.Context, id uuid.UUID) error {
 		delete(s.proxyKeys, keyOf(&ps.p))
 		s.unplace(ps)
 	}
+	s.dropQuota(quotaKey{pharox.QuotaPool, id})
 	pl.deleted = true
 	delete(s.pools, id)
 	delete(s.poolNames, pl.pool.Name)
@@ -535,6 +545,7 @@ func (s *Store) place(ps *proxyState) {
 // unplace frees ps's slot; no index may still hold it.
 func (s *Store) unplace(ps *proxyState) {
 	s.dropTargets(ps)
+	s.dropProxyQuota(ps)
 	s.table[ps.idx] = nil
 	s.freeIdx = append(s.freeIdx, ps.idx)
 }

@@ -94,8 +94,19 @@ func BenchBeforeEachRun(fn func(b *testing.B)) BenchOption {
 //	              steadier than wall time on a shared machine, blind to the
 //	              work a database server does
 //
-// and each baseline's figures (see [BenchBaseline]). ns/op covers the
-// baselines too and is not meaningful on its own. Run it with a fixed
+// and each baseline's figures (see [BenchBaseline]). Beside the plain
+// pairs, in the same rounds, it runs as many capped pairs: the same
+// acquisitions by a consumer whose quota has a MaxConcurrentLeases far
+// above what the benchmark holds (so it never refuses, and every
+// acquisition loads the quota and counts the consumer's leases), and
+// reports
+//
+//	capped-pairs/s  the capped pairs per second
+//	cap/plain       a capped pair's time over a plain one's: what a
+//	                consumer cap costs (the goal is at most 1.2)
+//
+// ns/op covers the baselines and capped pairs too and is not meaningful
+// on its own. Run it with a fixed
 // count (-benchtime 2000x) so that the baselines run once per round rather
 // than once per calibration step.
 //
@@ -112,18 +123,22 @@ func Benchmark(b *testing.B, newStore func(b *testing.B) pharox.Storage, opts ..
 	}
 	s := newStore(b)
 	req := seedBenchPool(b, s, cfg)
-	// Warm caches, prepared statements and connections outside the timing.
 	warm := max(slices.Max(cfg.workers), 1)
+	capped := seedCappedConsumer(b, s, req, 100*warm)
+	// Warm caches, prepared statements and connections outside the timing.
 	for _, st := range append([]pharox.Storage{s}, baselineStores(cfg)...) {
 		if _, err := Pairs(context.Background(), st, req, warm, 4*warm); err != nil {
 			b.Fatalf("warm-up pairs: %v", err)
 		}
 	}
+	if _, err := Pairs(context.Background(), s, capped, warm, 4*warm); err != nil {
+		b.Fatalf("warm-up capped pairs: %v", err)
+	}
 	var rateErr sync.Once
 	for _, workers := range cfg.workers {
 		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
 			ctx := context.Background()
-			var storeTime, storeCPU time.Duration
+			var storeTime, storeCPU, cappedTime time.Duration
 			baseTime := make([]time.Duration, len(cfg.baselines))
 			baseRates := make([][]float64, len(cfg.baselines))
 			runStore := func(n int) {
@@ -138,6 +153,18 @@ func Benchmark(b *testing.B, newStore func(b *testing.B) pharox.Storage, opts ..
 				storeTime += d
 				if err != nil {
 					b.Fatalf("pairs on the store (%d workers): %v", workers, err)
+				}
+			}
+			runCapped := func(n int) {
+				if cfg.beforeRun != nil {
+					b.StopTimer()
+					cfg.beforeRun(b)
+					b.StartTimer()
+				}
+				d, err := Pairs(ctx, s, capped, workers, n)
+				cappedTime += d
+				if err != nil {
+					b.Fatalf("capped pairs on the store (%d workers): %v", workers, err)
 				}
 			}
 			runBaseline := func(i, n int) {
@@ -178,11 +205,13 @@ func Benchmark(b *testing.B, newStore func(b *testing.B) pharox.Storage, opts ..
 				done += n
 				if r%2 == 0 {
 					runStore(n)
+					runCapped(n)
 				}
 				for i := range cfg.baselines {
 					runBaseline(i, n)
 				}
 				if r%2 == 1 {
+					runCapped(n)
 					runStore(n)
 				}
 			}
@@ -192,6 +221,8 @@ func Benchmark(b *testing.B, newStore func(b *testing.B) pharox.Storage, opts ..
 			if storeCPU > 0 {
 				b.ReportMetric(float64(storeCPU.Nanoseconds())/1000/float64(done), "cpu-µs/pair")
 			}
+			b.ReportMetric(float64(done)/cappedTime.Seconds(), "capped-pairs/s")
+			b.ReportMetric(cappedTime.Seconds()/storeTime.Seconds(), "cap/plain")
 			for i, bl := range cfg.baselines {
 				per := bl.OpsPerPair
 				if per == 0 {
@@ -288,6 +319,23 @@ func seedBenchPool(b *testing.B, s pharox.Storage, cfg benchConfig) pharox.Acqui
 	}
 	return pharox.AcquireRequest{PoolName: "bench", ConsumerID: c.ID, ConsumerName: c.Name,
 		Duration: time.Minute, Strategy: pharox.FirstAvailable, Filters: cfg.filters}
+}
+
+// seedCappedConsumer stores a consumer with a quota of limit concurrent
+// leases and returns req for it.
+func seedCappedConsumer(b *testing.B, s pharox.Storage, req pharox.AcquireRequest, limit int) pharox.AcquireRequest {
+	b.Helper()
+	ctx := context.Background()
+	c, err := s.EnsureConsumer(ctx, "bench-capped")
+	if err != nil {
+		b.Fatalf("EnsureConsumer(bench-capped): %v", err)
+	}
+	if _, err := s.SetQuota(ctx, pharox.Quota{Subject: pharox.QuotaConsumer, SubjectID: c.ID,
+		QuotaLimits: pharox.QuotaLimits{MaxConcurrentLeases: limit}}); err != nil {
+		b.Fatalf("SetQuota(bench-capped, max_concurrent_leases=%d): %v", limit, err)
+	}
+	req.ConsumerID, req.ConsumerName = c.ID, c.Name
+	return req
 }
 
 func baselineStores(cfg benchConfig) []pharox.Storage {

@@ -49,6 +49,13 @@ type MultiProcessConfig struct {
 	// reason instead of failing the test. It exists for a defect under
 	// investigation, never as a store's normal setting.
 	KnownTargetGap string
+	// ConsumerCap, when positive, has a quarter of the goroutines acquire
+	// as mpCappedConsumers consumers shared by every worker, each with a
+	// quota of MaxConcurrentLeases = ConsumerCap; the parent then checks,
+	// from the intervals the workers held those leases, that no consumer
+	// held more than ConsumerCap at once across the processes, and that
+	// one reached it. Zero leaves the quota part out.
+	ConsumerCap int
 }
 
 func (c *MultiProcessConfig) defaults() {
@@ -122,7 +129,39 @@ type workerTally struct {
 	// pharox.TargetStore), up to mpTargetRecords each.
 	TargetLeases []mpTargetLease `json:"target_leases,omitempty"`
 	TargetBans   []mpTargetBan   `json:"target_bans,omitempty"`
+	// CappedLeases are leases of the capped consumers (ConsumerCap), up
+	// to mpCappedRecords; QuotaRefusals counts their acquisitions refused
+	// by the cap.
+	CappedLeases  []mpCappedLease `json:"capped_leases,omitempty"`
+	QuotaRefusals int64           `json:"quota_refusals"`
 }
+
+// The quota part of a multi-process run (ConsumerCap): goroutines acquiring
+// as one of mpCappedConsumers consumers hold each lease for a few
+// milliseconds, long enough for the others of their consumer, in any
+// process, to fill the cap.
+const (
+	mpCappedConsumers = 3
+	mpCappedRecords   = 20000
+	mpCappedHoldMin   = 3 * time.Millisecond
+	mpCappedHoldMax   = 12 * time.Millisecond
+	// mpCappedSlack is taken off a lease's expiry when judging how long
+	// it was held: the store's clock may run a little ahead of this
+	// host's.
+	mpCappedSlack = 100 * time.Millisecond
+)
+
+// mpCappedLease is a lease of capped consumer C as its worker held it:
+// from AcquireLease returning (this host's wall clock) to ReleaseLease
+// being called, or to its expiry if that came first. The store counted it
+// active all that time.
+type mpCappedLease struct {
+	Consumer int       `json:"c"`
+	From     time.Time `json:"f"`
+	To       time.Time `json:"t"`
+}
+
+func cappedConsumerName(i int) string { return fmt.Sprintf("multiprocess-capped-%d", i) }
 
 // The target part of a multi-process run: every third goroutine acquires
 // for mpTarget and bans a quarter of the proxies it gets for it, with a
@@ -173,7 +212,10 @@ func IsWorkerProcess() bool { return os.Getenv(envWorker) != "" }
 // once: exactly one claim in all the processes may be first. When the
 // store implements [pharox.TargetStore], every third goroutine acquires for one target and bans some of the
 // proxies it gets for it, and the parent also checks that no process leased
-// a proxy for that target inside a cool-down any process started.
+// a proxy for that target inside a cool-down any process started. With
+// cfg.ConsumerCap, some goroutines acquire as consumers sharing a cap
+// across the processes, and the parent checks from the intervals the
+// workers held their leases that no consumer ever held more.
 //
 // Call it from its own top-level test (or subtest); code before the call
 // runs in the workers too.
@@ -252,6 +294,18 @@ func runParent(t *testing.T, cfg MultiProcessConfig) {
 		}
 		verdictLease = l.ID
 	}
+	if cfg.ConsumerCap > 0 {
+		for i := range mpCappedConsumers {
+			c, err := s.EnsureConsumer(ctx, cappedConsumerName(i))
+			if err != nil {
+				t.Fatalf("EnsureConsumer(%s): %v", cappedConsumerName(i), err)
+			}
+			if _, err := s.SetQuota(ctx, pharox.Quota{Subject: pharox.QuotaConsumer, SubjectID: c.ID,
+				QuotaLimits: pharox.QuotaLimits{MaxConcurrentLeases: cfg.ConsumerCap}}); err != nil {
+				t.Fatalf("SetQuota(%s): %v", cappedConsumerName(i), err)
+			}
+		}
+	}
 
 	t.Logf("namespace %s: %d processes x %d goroutines for %v on %d proxies of max %d",
 		ns, cfg.Processes, cfg.Goroutines, cfg.Duration, cfg.Proxies, cfg.MaxConcurrency)
@@ -280,6 +334,7 @@ func runParent(t *testing.T, cfg MultiProcessConfig) {
 		sum.Cleaned += w.Cleaned
 		sum.Errors += w.Errors
 		sum.VerdictsWon += w.VerdictsWon
+		sum.QuotaRefusals += w.QuotaRefusals
 		for _, e := range w.FirstErrors {
 			t.Errorf("worker %d: %s", w.Worker, e)
 		}
@@ -308,6 +363,9 @@ func runParent(t *testing.T, cfg MultiProcessConfig) {
 		sum.Released++
 	}
 	auditTargets(t, tallies, cfg.KnownTargetGap)
+	if cfg.ConsumerCap > 0 {
+		auditConsumerCap(t, tallies, cfg.ConsumerCap, sum.QuotaRefusals)
+	}
 
 	// Let the abandoned (and any unreleased) leases expire, then reclaim.
 	cleaned := ReclaimAfterExpiry(t, s, pool.ID)
@@ -491,6 +549,42 @@ func auditTargets(t *testing.T, tallies []*workerTally, knownGap string) {
 	t.Logf("targets: %d leases for %q checked against %d cool-downs from every process", nLeases, mpTarget, nBans)
 }
 
+// auditConsumerCap checks that no capped consumer held more than limit
+// leases at once, judged from the intervals every worker held them (see
+// mpCappedLease), and that one reached the cap.
+func auditConsumerCap(t testing.TB, tallies []*workerTally, limit int, refusals int64) {
+	t.Helper()
+	byConsumer := make([][]heldInterval, mpCappedConsumers)
+	n := 0
+	for _, w := range tallies {
+		for _, l := range w.CappedLeases {
+			if l.Consumer < 0 || l.Consumer >= mpCappedConsumers || l.To.Before(l.From) {
+				t.Errorf("worker %d reported a malformed capped lease %+v", w.Worker, l)
+				continue
+			}
+			byConsumer[l.Consumer] = append(byConsumer[l.Consumer], heldInterval{l.From, l.To})
+			n++
+		}
+	}
+	if n == 0 {
+		t.Errorf("consumer cap: no worker leased as a capped consumer")
+		return
+	}
+	peak := 0
+	for i, ivs := range byConsumer {
+		p := maxOverlap(ivs)
+		peak = max(peak, p)
+		if p > limit {
+			t.Errorf("consumer %s with max_concurrent_leases=%d held %d leases at once across the processes", cappedConsumerName(i), limit, p)
+		}
+	}
+	if peak < limit {
+		t.Errorf("consumer cap: no capped consumer ever held its %d leases at once (at most %d): the cap was never reached, so the audit judged nothing", limit, peak)
+	}
+	t.Logf("consumer cap: %d leases of %d consumers capped at %d, at most %d held at once, %d refusals",
+		n, mpCappedConsumers, limit, peak, refusals)
+}
+
 func runWorker(t *testing.T, cfg MultiProcessConfig) {
 	ctx := t.Context()
 	idx, _ := strconv.Atoi(os.Getenv(envWorker))
@@ -523,11 +617,22 @@ func runWorker(t *testing.T, cfg MultiProcessConfig) {
 		t.Fatalf("EnsureConsumer: %v", err)
 	}
 
+	var capped []*pharox.Consumer
+	if cfg.ConsumerCap > 0 {
+		for i := range mpCappedConsumers {
+			c, err := s.EnsureConsumer(ctx, cappedConsumerName(i))
+			if err != nil {
+				t.Fatalf("EnsureConsumer(%s): %v", cappedConsumerName(i), err)
+			}
+			capped = append(capped, c)
+		}
+	}
+
 	if v := os.Getenv(envVerdict); v != "" {
 		tally.VerdictsWon = claimVerdictFromAll(ctx, s, v, cfg.Goroutines, fail)
 	}
 
-	var acquired, released, late, abandoned, misses, cleaned atomic.Int64
+	var acquired, released, late, abandoned, misses, cleaned, refusals atomic.Int64
 	deadline := time.Now().Add(d)
 	stop := make(chan struct{})
 	var cleaner sync.WaitGroup
@@ -555,6 +660,14 @@ func runWorker(t *testing.T, cfg MultiProcessConfig) {
 			if g%2 == 1 {
 				consumer = shared
 			}
+			// Every fourth goroutine acquires as a capped consumer, if
+			// any, and never abandons (an expiry would end its interval
+			// at the store's clock).
+			cappedIdx := -1
+			if capped != nil && g%4 == 3 {
+				cappedIdx = (idx + g/4) % len(capped)
+				consumer = capped[cappedIdx]
+			}
 			req := pharox.AcquireRequest{
 				PoolName: poolName, ConsumerID: consumer.ID, ConsumerName: consumer.Name,
 				Strategy: pharox.AllStrategies[(g+idx)%len(pharox.AllStrategies)],
@@ -571,7 +684,7 @@ func runWorker(t *testing.T, cfg MultiProcessConfig) {
 				// Every fourth goroutine abandons its first lease, so each
 				// run has expired leases to reclaim however slow the
 				// store; later ones are abandoned at random.
-				abandon := n == 0 && g%4 == 0 || mrand.IntN(mpAbandonEvery) == 0
+				abandon := cappedIdx < 0 && (n == 0 && g%4 == 0 || mrand.IntN(mpAbandonEvery) == 0)
 				req.Duration = mpLease
 				if abandon {
 					req.Duration = mpAbandonedLease
@@ -581,6 +694,11 @@ func runWorker(t *testing.T, cfg MultiProcessConfig) {
 				if errors.Is(err, pharox.ErrNoProxyAvailable) {
 					misses.Add(1)
 					time.Sleep(time.Duration(1+mrand.IntN(4)) * time.Millisecond)
+					continue
+				}
+				if qe, ok := errors.AsType[*pharox.QuotaError](err); ok && cappedIdx >= 0 && qe.Limit == pharox.LimitMaxConcurrentLeases {
+					refusals.Add(1)
+					time.Sleep(time.Duration(mrand.IntN(1000)) * time.Microsecond)
 					continue
 				}
 				if err != nil {
@@ -596,7 +714,24 @@ func runWorker(t *testing.T, cfg MultiProcessConfig) {
 					abandoned.Add(1)
 					continue
 				}
-				time.Sleep(time.Duration(mrand.IntN(2000)) * time.Microsecond)
+				if cappedIdx >= 0 {
+					from := time.Now()
+					time.Sleep(mpCappedHoldMin + mrand.N(mpCappedHoldMax-mpCappedHoldMin))
+					to := time.Now()
+					if end := called.Add(req.Duration - mpCappedSlack); to.After(end) {
+						to = end // stalled: the lease may have expired first
+					}
+					if to.Before(from) {
+						to = from
+					}
+					mu.Lock()
+					if len(tally.CappedLeases) < mpCappedRecords {
+						tally.CappedLeases = append(tally.CappedLeases, mpCappedLease{Consumer: cappedIdx, From: from, To: to})
+					}
+					mu.Unlock()
+				} else {
+					time.Sleep(time.Duration(mrand.IntN(2000)) * time.Microsecond)
+				}
 				_, err = s.ReleaseLease(context.WithoutCancel(ctx), l.ID, nil)
 				switch {
 				case err == nil:
@@ -616,6 +751,7 @@ func runWorker(t *testing.T, cfg MultiProcessConfig) {
 	mu.Lock()
 	tally.Acquired, tally.Released, tally.Late = acquired.Load(), released.Load(), late.Load()
 	tally.Abandoned, tally.Misses, tally.Cleaned = abandoned.Load(), misses.Load(), cleaned.Load()
+	tally.QuotaRefusals = refusals.Load()
 	out, err := json.Marshal(tally)
 	mu.Unlock()
 	if err != nil {

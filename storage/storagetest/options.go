@@ -67,6 +67,15 @@ type Capabilities struct {
 	// Predicates says whether the store runs Filters.Predicate or refuses
 	// filters holding one with ErrUnsupported.
 	Predicates PredicateSupport
+	// RequestRateWindow declares that the store limits
+	// requests_per_minute by fixed one-minute windows (at most
+	// RequestsPerMinute acquisitions per window, RetryAfter up to the
+	// window's end) instead of the refilling token bucket of
+	// [pharox.Quota.TakeToken]: a store without an atomic read-modify-write
+	// (FerretDB) may only manage that. The suite then skips the refill
+	// test and allows a RetryAfter up to a minute. False (the default)
+	// declares the bucket.
+	RequestRateWindow bool
 }
 
 // LateRelease is a store's answer to releasing a lease past its ExpiresAt

@@ -12,13 +12,14 @@
 //
 // Every subtest gets a fresh, empty store from the factory. Subtests run in
 // parallel (t.Parallel; go test's -parallel sets how many at once), except
-// the Stress and StickyConcurrency sections, which run first and alone, so
+// the Stress, StickyConcurrency and QuotaConcurrency sections, which run
+// first and alone, so
 // the factory must be safe to call concurrently and the stores it returns
 // must not share data.
 // Subtests are grouped (Pools, Proxies, Consumers, Leases, Expiry, Filters,
 // Strategies, Sessions, Stats, Health, Copies, LeaseRecords, Stress,
-// StickyConcurrency, LeaseIDs, CheckedAt, LargePool, Keys, Audit,
-// LeaseVerdicts, Targets), so a
+// StickyConcurrency, QuotaConcurrency, LeaseIDs, CheckedAt, LargePool,
+// Keys, Audit, LeaseVerdicts, Targets, Usage, Quotas), so a
 // driver can select some with -run 'TestConformance/Leases/'.
 //
 // Where the contract lets stores differ (a release after expiry, filter
@@ -31,7 +32,9 @@
 // [pharox.CompareLeastUsed], [pharox.HaversineKM]) as oracles, next to
 // hand-written expectations; the Targets section, which runs when the store
 // implements [pharox.TargetStore] and is skipped otherwise, compares the
-// store with [pharox.TargetState.Apply]. It never asserts on speed. Expiry tests rely
+// store with [pharox.TargetState.Apply]; the Usage and Quotas sections use
+// [pharox.Quota.Admit] and its siblings' rules and totals the suite
+// computes from the usage it reported. It never asserts on speed. Expiry tests rely
 // on a 150ms lease having expired 300ms later by the store's clock, so that
 // clock must agree with the test process's (the database on the same host,
 // or a synchronised one).
@@ -111,6 +114,7 @@ type section struct {
 var sections = []section{
 	{name: "Stress", tests: stressTests, serial: true},
 	{name: "StickyConcurrency", tests: stickyConcurrencyTests, serial: true},
+	{name: "QuotaConcurrency", tests: quotaConcurrencyTests, serial: true},
 	{name: "Pools", tests: poolTests},
 	{name: "Proxies", tests: proxyTests},
 	{name: "Consumers", tests: consumerTests},
@@ -130,6 +134,8 @@ var sections = []section{
 	{name: "Audit", tests: auditTests},
 	{name: "LeaseVerdicts", tests: leaseVerdictTests},
 	{name: "Targets", tests: targetTests},
+	{name: "Usage", tests: usageTests},
+	{name: "Quotas", tests: quotaTests},
 }
 
 // subtest is one behaviour of the contract.
