@@ -220,7 +220,7 @@ func (s *Store) PurgeUsage(ctx context.Context, before time.Time) (int, error) {
 		return 0, nil
 	}
 	type bucket struct {
-		hour                           int64
+		hour                          int64
 		consumer, proxy, pool, target string
 	}
 	distinct := map[bucket]bool{}
