@@ -139,7 +139,8 @@ type workerTally struct {
 // The quota part of a multi-process run (ConsumerCap): goroutines acquiring
 // as one of mpCappedConsumers consumers hold each lease for a few
 // milliseconds, long enough for the others of their consumer, in any
-// process, to fill the cap.
+// process, to fill the cap; on a store whose acquisitions take longer
+// than that, for up to as long again as the acquisition took.
 const (
 	mpCappedConsumers = 3
 	mpCappedRecords   = 20000
@@ -716,7 +717,14 @@ func runWorker(t *testing.T, cfg MultiProcessConfig) {
 				}
 				if cappedIdx >= 0 {
 					from := time.Now()
-					time.Sleep(mpCappedHoldMin + mrand.N(mpCappedHoldMax-mpCappedHoldMin))
+					hold := mpCappedHoldMin + mrand.N(mpCappedHoldMax-mpCappedHoldMin)
+					if took := from.Sub(called); took > hold {
+						// A few milliseconds' holds rarely overlap when
+						// each acquisition takes far longer (FerretDB on a
+						// busy machine): the cap would never be reached.
+						hold += mrand.N(min(took, mpLease/4))
+					}
+					time.Sleep(hold)
 					to := time.Now()
 					if end := called.Add(req.Duration - mpCappedSlack); to.After(end) {
 						to = end // stalled: the lease may have expired first
