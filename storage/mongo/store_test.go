@@ -87,11 +87,15 @@ func TestConformance(t *testing.T) {
 var capabilities = storagetest.Capabilities{
 	LateRelease: storagetest.LateReleaseReleases,
 	Predicates:  storagetest.PredicatesRefused,
+	// Requests per minute are counted over a sliding minute (see the
+	// package documentation), not refilled as a bucket.
+	RequestRateWindow: true,
 }
 
 // TestMultiProcess runs storagetest's multi-process audit: 4 worker
 // processes of 8 goroutines each lease from one pool of 10 proxies with
-// max_concurrency 2 through one shared database.
+// max_concurrency 2 through one shared database, some of them as
+// consumers capped at 2 concurrent leases across the processes.
 func TestMultiProcess(t *testing.T) {
 	mongotest.URL(t)
 	storagetest.RunMultiProcess(t, storagetest.MultiProcessConfig{
@@ -100,6 +104,7 @@ func TestMultiProcess(t *testing.T) {
 		Proxies:        10,
 		MaxConcurrency: 2,
 		Duration:       4 * time.Second,
+		ConsumerCap:    2,
 		Open: func(t testing.TB, namespace string) pharox.Storage {
 			return openDB(t, namespace, !storagetest.IsWorkerProcess())
 		},
