@@ -100,6 +100,9 @@ type Store struct {
 	usage     *mongo.Collection // hourly usage buckets, one per writer
 
 	known sync.Map // consumer id string -> struct{}: consumers are never deleted
+	// capsFull: quota key -> time.Time this instance last found the cap
+	// full (a hint that spares failing inserts; see takeCap).
+	capsFull sync.Map
 
 	// writer names this store instance's usage buckets and quota byte
 	// shards: no other instance writes them, and counterLocks serialize

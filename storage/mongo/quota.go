@@ -21,6 +21,10 @@ import (
 // over (see the package documentation: a sliding window, not a bucket).
 const rateWindow = time.Minute
 
+// capFullMemory is how long a store instance that found a cap full
+// reads the cap's slots before trying to take one.
+const capFullMemory = 100 * time.Millisecond
+
 // maxHoldAttempts bounds how often an acquisition tries again to take a
 // cap slot or a request-log entry that concurrent acquisitions took
 // first; past it the acquisition is refused like one over the limit.
@@ -654,17 +658,21 @@ func (a *acquisition) takeCap(ctx context.Context, st *quotaState, q *pharox.Quo
 		}
 		return false, nil
 	}
-	if !st.doc.Lowered {
+	// A cap this store instance found full a moment ago is read first:
+	// failing inserts would cost the server writes.
+	full, _ := s.capsFull.Load(key)
+	if at, ok := full.(time.Time); !st.doc.Lowered && (!ok || time.Since(at) > capFullMemory) {
 		if ok, err := try(rand.Int64N(max)); ok || err != nil {
 			return err
 		}
 	}
 	for range maxHoldAttempts {
-		live, used, err := s.liveCaps(ctx, key, gen)
+		live, used, err := s.liveCaps(ctx, key, gen, max)
 		if err != nil {
 			return err
 		}
 		if live >= max {
+			s.capsFull.Store(key, time.Now())
 			return capRefusal(q)
 		}
 		n := int64(0)
@@ -682,7 +690,7 @@ func (a *acquisition) takeCap(ctx context.Context, st *quotaState, q *pharox.Quo
 			// Slots above the cap may be held: count again with this one,
 			// and give it back when that is one too many (concurrent
 			// acquisitions may both give theirs back; none goes over).
-			live, _, err := s.liveCaps(ctx, key, gen)
+			live, _, err := s.liveCaps(ctx, key, gen, max)
 			if err != nil {
 				return err
 			}
@@ -697,16 +705,21 @@ func (a *acquisition) takeCap(ctx context.Context, st *quotaState, q *pharox.Quo
 }
 
 // liveCaps reads the cap slots of a quota and returns how many are live
-// and which numbers they hold. It reclaims the expired leases it finds and
-// deletes slots whose lease has ended.
-func (s *Store) liveCaps(ctx context.Context, key, gen string) (int64, map[int64]bool, error) {
+// and which numbers they hold. Fewer slots than max are all counted live
+// (a count below the cap needs no closer look); otherwise their leases
+// are read: an expired lease is reclaimed, and a slot whose lease has
+// ended is deleted.
+func (s *Store) liveCaps(ctx context.Context, key, gen string, max int64) (int64, map[int64]bool, error) {
 	var held []capDoc
 	if err := s.findAll(ctx, s.caps, bson.D{{Key: "q", Value: key}, {Key: "gen", Value: gen}}, nil, &held); err != nil {
 		return 0, nil, err
 	}
 	used := make(map[int64]bool, len(held))
-	if len(held) == 0 {
-		return 0, used, nil
+	if int64(len(held)) < max {
+		for _, c := range held {
+			used[c.N] = true
+		}
+		return int64(len(held)), used, nil
 	}
 	ids := make(bson.A, len(held))
 	for i, c := range held {
