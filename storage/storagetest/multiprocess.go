@@ -718,11 +718,11 @@ func runWorker(t *testing.T, cfg MultiProcessConfig) {
 				if cappedIdx >= 0 {
 					from := time.Now()
 					hold := mpCappedHoldMin + mrand.N(mpCappedHoldMax-mpCappedHoldMin)
-					if took := from.Sub(called); took > hold {
+					if took := min(from.Sub(called), mpLease/4); took > hold {
 						// A few milliseconds' holds rarely overlap when
 						// each acquisition takes far longer (FerretDB on a
 						// busy machine): the cap would never be reached.
-						hold += mrand.N(min(took, mpLease/4))
+						hold += took/2 + mrand.N(took/2)
 					}
 					time.Sleep(hold)
 					to := time.Now()
