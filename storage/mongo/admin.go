@@ -165,7 +165,7 @@ func (s *Store) DeletePool(ctx context.Context, id uuid.UUID) error {
 	if _, err := s.pools.DeleteOne(ctx, bson.D{{Key: "_id", Value: pid}}); err != nil {
 		return fmt.Errorf("mongo: delete pool %s: %w", id, wrapErr(err))
 	}
-	for _, c := range []*mongo.Collection{s.proxies, s.leases, s.sessions, s.verdicts, s.targets} {
+	for _, c := range []*mongo.Collection{s.proxies, s.loads, s.leases, s.sessions, s.verdicts, s.targets} {
 		if _, err := c.DeleteMany(ctx, byPool); err != nil {
 			return fmt.Errorf("mongo: delete pool %s: %w", id, wrapErr(err))
 		}
@@ -252,6 +252,24 @@ func (s *Store) AddProxies(ctx context.Context, in []pharox.Proxy) ([]*pharox.Pr
 		}
 		if mongo.IsDuplicateKeyError(err) {
 			return nil, fmt.Errorf("mongo: add proxies: a proxy with the same pool, protocol, host, port and user exists: %w", pharox.ErrAlreadyExists)
+		}
+		return nil, fmt.Errorf("mongo: add proxies: %w", wrapErr(err))
+	}
+	loads := make([]any, len(docs))
+	ids := make(bson.A, len(docs))
+	for i, d := range docs {
+		loads[i] = newLoadDoc(d.(*proxyDoc), 0)
+		ids[i] = d.(*proxyDoc).ID
+	}
+	if _, err := s.loads.InsertMany(ctx, loads, options.InsertMany().SetOrdered(false)); err != nil {
+		in := bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}}
+		ctx := context.WithoutCancel(ctx)
+		_, derr := s.proxies.DeleteMany(ctx, in)
+		if derr == nil {
+			_, derr = s.loads.DeleteMany(ctx, in)
+		}
+		if derr != nil {
+			return nil, fmt.Errorf("mongo: add proxies: %w (and undoing the insert failed: %v)", wrapErr(err), derr)
 		}
 		return nil, fmt.Errorf("mongo: add proxies: %w", wrapErr(err))
 	}
@@ -379,6 +397,11 @@ func (s *Store) updateProxy(ctx context.Context, id string, change func(p *pharo
 			return nil, wrapErr(err)
 		}
 		if res.MatchedCount == 1 {
+			if nd.Rank != d.Rank {
+				if _, err := s.loads.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}}, bson.D{{Key: "$set", Value: bson.D{{Key: "rank", Value: nd.Rank}}}}); err != nil {
+					return nil, wrapErr(err)
+				}
+			}
 			n, err := s.proxyLeases(ctx, id)
 			if err != nil {
 				return nil, err
@@ -440,6 +463,9 @@ func (s *Store) DeleteProxy(ctx context.Context, id uuid.UUID) error {
 		return fmt.Errorf("mongo: delete proxy %s: %d active leases: %w", id, n, pharox.ErrInUse)
 	}
 	if _, err := s.proxies.DeleteOne(ctx, bson.D{{Key: "_id", Value: pid}}); err != nil {
+		return fmt.Errorf("mongo: delete proxy %s: %w", id, wrapErr(err))
+	}
+	if _, err := s.loads.DeleteOne(ctx, bson.D{{Key: "_id", Value: pid}}); err != nil {
 		return fmt.Errorf("mongo: delete proxy %s: %w", id, wrapErr(err))
 	}
 	for _, c := range []*mongo.Collection{s.leases, s.verdicts, s.targets} {
