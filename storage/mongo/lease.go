@@ -565,7 +565,7 @@ func (s *Store) walk(ctx context.Context, pool *poolDoc, f *pharox.Filters, q bs
 		// acquisitions and releases and may be off (see proxy_loads in the
 		// package documentation): read the pool through before answering
 		// that nothing is free, and repair the counts if that finds one.
-		stop, err = w.everything(ctx, base, st)
+		_, err = w.everything(ctx, base, st)
 		if err == nil && w.res.sawFree {
 			err = s.repairLoads(ctx, pool.ID)
 		}
