@@ -69,8 +69,8 @@ func proxyQuota(id uuid.UUID, l pharox.QuotaLimits) pharox.Quota {
 }
 
 // refused asserts that AcquireLease fails with a *QuotaError of subject
-// (subject, id) and limit, and returns it.
-func (f *fixture) refused(req pharox.AcquireRequest, subject pharox.QuotaSubject, id uuid.UUID, limit string, why string) *pharox.QuotaError {
+// (subject, id) and limit, and returns a copy of it.
+func (f *fixture) refused(req pharox.AcquireRequest, subject pharox.QuotaSubject, id uuid.UUID, limit string, why string) pharox.QuotaError {
 	f.t.Helper()
 	l, err := f.s.AcquireLease(f.ctx, req)
 	qe, ok := errors.AsType[*pharox.QuotaError](err)
@@ -89,7 +89,7 @@ func (f *fixture) refused(req pharox.AcquireRequest, subject pharox.QuotaSubject
 	if qe.Name != "" {
 		f.t.Errorf("AcquireLease (%s): QuotaError.Name = %q; stores leave names to the Manager", why, qe.Name)
 	}
-	return qe
+	return *qe
 }
 
 // activeLeases counts the store's active leases of pool and the slots its
