@@ -140,7 +140,7 @@ type workerTally struct {
 // as one of mpCappedConsumers consumers hold each lease for a few
 // milliseconds, long enough for the others of their consumer, in any
 // process, to fill the cap; on a store whose acquisitions take longer
-// than that, for up to as long again as the acquisition took.
+// than that, about as long as they take.
 const (
 	mpCappedConsumers = 3
 	mpCappedRecords   = 20000
@@ -163,6 +163,24 @@ type mpCappedLease struct {
 }
 
 func cappedConsumerName(i int) string { return fmt.Sprintf("multiprocess-capped-%d", i) }
+
+// movingAverage is an exponentially weighted average of durations, safe
+// for concurrent use.
+type movingAverage struct{ ns atomic.Int64 }
+
+// note adds d and returns the average.
+func (m *movingAverage) note(d time.Duration) time.Duration {
+	for {
+		old := m.ns.Load()
+		avg := int64(d)
+		if old != 0 {
+			avg = (3*old + int64(d)) / 4
+		}
+		if m.ns.CompareAndSwap(old, avg) {
+			return time.Duration(avg)
+		}
+	}
+}
 
 // The target part of a multi-process run: every third goroutine acquires
 // for mpTarget and bans a quarter of the proxies it gets for it, with a
@@ -634,6 +652,7 @@ func runWorker(t *testing.T, cfg MultiProcessConfig) {
 	}
 
 	var acquired, released, late, abandoned, misses, cleaned, refusals atomic.Int64
+	var cappedTook movingAverage
 	deadline := time.Now().Add(d)
 	stop := make(chan struct{})
 	var cleaner sync.WaitGroup
@@ -718,11 +737,14 @@ func runWorker(t *testing.T, cfg MultiProcessConfig) {
 				if cappedIdx >= 0 {
 					from := time.Now()
 					hold := mpCappedHoldMin + mrand.N(mpCappedHoldMax-mpCappedHoldMin)
-					if took := min(from.Sub(called), mpLease/4); took > hold {
+					if took := cappedTook.note(from.Sub(called)); took > hold {
 						// A few milliseconds' holds rarely overlap when
 						// each acquisition takes far longer (FerretDB on a
 						// busy machine): the cap would never be reached.
-						hold += took/2 + mrand.N(took/2)
+						// Hold about as long as this worker's capped
+						// acquisitions take, the time another needs to
+						// join, at most half a lease.
+						hold = min(took*3/4+mrand.N(took/2), mpLease/2)
 					}
 					time.Sleep(hold)
 					to := time.Now()
