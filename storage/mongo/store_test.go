@@ -102,17 +102,19 @@ var capabilities = storagetest.Capabilities{
 	RequestRateWindow: true,
 }
 
-// TestMultiProcess runs storagetest's multi-process audit: 4 worker
-// processes of 8 goroutines each lease for 6 seconds from one pool of 10
-// proxies with max_concurrency 2 through one shared database, some of
-// them as consumers capped at 2 concurrent leases across the processes
-// (6 seconds, not 4: on FerretDB under load an acquisition takes up to
-// seconds, and 4 left too few capped leases to reach the cap reliably).
+// TestMultiProcess runs storagetest's multi-process audit: 3 worker
+// processes of 12 goroutines each lease for 6 seconds from one pool of 10
+// proxies with max_concurrency 2 through one shared database, a quarter
+// of them as 3 consumers capped at 2 concurrent leases across the
+// processes (3 goroutines each, one per process). FerretDB on a busy
+// machine takes up to seconds an acquisition; 6 seconds, and the
+// goroutines of a consumer spread over the processes, leave enough capped
+// leases to reach the cap.
 func TestMultiProcess(t *testing.T) {
 	mongotest.URL(t)
 	storagetest.RunMultiProcess(t, storagetest.MultiProcessConfig{
-		Processes:      4,
-		Goroutines:     8,
+		Processes:      3,
+		Goroutines:     12,
 		Proxies:        10,
 		MaxConcurrency: 2,
 		Duration:       6 * time.Second,
