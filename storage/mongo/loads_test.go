@@ -2,6 +2,7 @@ package mongo
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -259,5 +260,46 @@ func fillAllBut(t *testing.T, s *Store, pool string, c *pharox.Consumer, keep in
 	}
 	if st, err := s.GetPoolStats(ctx, pool); err != nil || st.AvailableProxies != keep {
 		t.Fatalf("after filling: %+v, %v; want %d available proxies", st, err, keep)
+	}
+}
+
+// TestLoadsOffAreRepaired: lease counts that are off (as a process dying
+// between a slot's insert and its count's update would leave them) change
+// LeastUsed's order, never whether a free proxy is found: a walk that
+// finds nothing through the loads reads the pool and repairs them.
+func TestLoadsOffAreRepaired(t *testing.T) {
+	s, pool, consumer := seedBoundedPool(t, nil, 3)
+	ctx := context.Background()
+	// Every proxy looks full.
+	if _, err := s.loads.UpdateMany(ctx, bson.D{}, bson.D{{Key: "$set", Value: bson.D{{Key: "n", Value: int64(1)}, {Key: "room", Value: int64(0)}}}}); err != nil {
+		t.Fatal(err)
+	}
+	req := pharox.AcquireRequest{PoolName: pool, ConsumerID: consumer.ID, ConsumerName: consumer.Name, Duration: time.Minute, Strategy: pharox.LeastUsed}
+	l, err := s.AcquireLease(ctx, req)
+	if err != nil {
+		t.Fatalf("LeastUsed with every load off: %v; want a lease", err)
+	}
+	var ls []loadDoc
+	if err := s.findAll(ctx, s.loads, bson.D{}, bson.D{{Key: "_id", Value: 1}}, &ls); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ls {
+		want := int64(0)
+		if d.ID == idString(l.ProxyID) {
+			want = 1
+		}
+		if d.N != want || d.Room != 1-want {
+			t.Fatalf("load of %s after the repair: %d leases, %d free; want %d, %d", d.ID, d.N, d.Room, want, 1-want)
+		}
+	}
+	// Repaired, the loads serve the next acquisitions, and every free
+	// proxy is found.
+	for range 2 {
+		if _, err := s.AcquireLease(ctx, req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.AcquireLease(ctx, req); !errors.Is(err, pharox.ErrNoProxyAvailable) {
+		t.Fatalf("a fourth lease from 3 exclusive proxies: %v; want ErrNoProxyAvailable", err)
 	}
 }
