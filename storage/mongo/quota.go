@@ -175,6 +175,9 @@ func (s *Store) setQuota(ctx context.Context, q pharox.Quota) (*pharox.Quota, er
 	key := quotaKey(q.Subject, sid)
 	newCap := int64(q.MaxConcurrentLeases)
 	var gen string
+	// counting: the quota had no cap, so the subject's active leases get
+	// cap slots; lowered: slots at or above the new cap may be held.
+	var counting, lowered bool
 	for attempt := 0; gen == ""; attempt++ {
 		if attempt == 3 {
 			return nil, fmt.Errorf("%w: the quota was created and deleted concurrently", pharox.ErrUnavailable)
@@ -184,17 +187,8 @@ func (s *Store) setQuota(ctx context.Context, q pharox.Quota) (*pharox.Quota, er
 		err := s.quotas.FindOne(ctx, bson.D{{Key: "_id", Value: key}}).Decode(&cur)
 		switch {
 		case err == nil:
-			lowered := newCap > 0 && cur.MaxLeases > newCap
-			if newCap > 0 && cur.MaxLeases == 0 {
-				if err := s.countActiveLeases(ctx, q.Subject, sid, key, cur.Gen); err != nil {
-					return nil, err
-				}
-			}
-			if newCap > 0 && !lowered {
-				if lowered, err = s.capOverflow(ctx, key, cur.Gen, newCap); err != nil {
-					return nil, err
-				}
-			}
+			counting = newCap > 0 && cur.MaxLeases == 0
+			lowered = newCap > 0 && (cur.MaxLeases > newCap || cur.Lowered)
 			set := bson.D{
 				{Key: "max_leases", Value: newCap}, {Key: "rpm", Value: int64(q.RequestsPerMinute)},
 				{Key: "per_day", Value: q.BytesPerDay}, {Key: "per_month", Value: q.BytesPerMonth},
@@ -206,6 +200,9 @@ func (s *Store) setQuota(ctx context.Context, q pharox.Quota) (*pharox.Quota, er
 			}
 			if res.MatchedCount == 1 {
 				gen = cur.Gen
+				// A cap that did not go down is checked for slots above
+				// it below, and cleared when there are none.
+				lowered = newCap > 0 && cur.MaxLeases > newCap
 			}
 		case errors.Is(err, mongo.ErrNoDocuments):
 			d := quotaDoc{
@@ -228,21 +225,7 @@ func (s *Store) setQuota(ctx context.Context, q pharox.Quota) (*pharox.Quota, er
 			if err != nil {
 				return nil, wrapErr(err)
 			}
-			gen = d.Gen
-			if newCap > 0 {
-				if err := s.countActiveLeases(ctx, q.Subject, sid, key, gen); err != nil {
-					return nil, err
-				}
-				lowered, err := s.capOverflow(ctx, key, gen, newCap)
-				if err != nil {
-					return nil, err
-				}
-				if lowered {
-					if _, err := s.quotas.UpdateOne(ctx, bson.D{{Key: "_id", Value: key}}, bson.D{{Key: "$set", Value: bson.D{{Key: "lowered", Value: true}}}}); err != nil {
-						return nil, wrapErr(err)
-					}
-				}
-			}
+			gen, counting, lowered = d.Gen, newCap > 0, false
 		default:
 			return nil, wrapErr(err)
 		}
@@ -259,6 +242,23 @@ func (s *Store) setQuota(ctx context.Context, q pharox.Quota) (*pharox.Quota, er
 	}
 	if _, err := s.pools.UpdateMany(ctx, pools, bson.D{{Key: "$set", Value: bson.D{{Key: "quotas", Value: true}}}}); err != nil {
 		return nil, wrapErr(err)
+	}
+	if counting {
+		if err := s.countActiveLeases(ctx, q.Subject, sid, key, gen); err != nil {
+			return nil, err
+		}
+	}
+	if newCap > 0 && !lowered {
+		// Slots above the cap: the subject had more active leases than a
+		// new cap, or a lowered cap's leases are still active.
+		over, err := s.capOverflow(ctx, key, gen, newCap)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := s.quotas.UpdateOne(ctx, bson.D{{Key: "_id", Value: key}, {Key: "gen", Value: gen}},
+			bson.D{{Key: "$set", Value: bson.D{{Key: "lowered", Value: over}}}}); err != nil {
+			return nil, wrapErr(err)
+		}
 	}
 	states, _, err := s.loadQuotas(ctx, []string{key}, "", now())
 	if err != nil {
