@@ -8,8 +8,10 @@
 //
 // The PostgreSQL and Redis rows use PHAROX_TEST_POSTGRES_URL and
 // PHAROX_TEST_REDIS_URL, or else the local servers the README names
-// (postgres://postgres@127.0.0.1:5432/test, redis://127.0.0.1:6379/0); a
-// row whose benchmark did not run says so. -scale shortens every run (for
+// (postgres://postgres@127.0.0.1:5432/test, redis://127.0.0.1:6379/0); the
+// MongoDB row PHAROX_TEST_MONGO_URL, or else a FerretDB v1 the test
+// starts (see internal/mongotest); a row whose benchmark did not run says
+// so. -scale shortens every run (for
 // example -scale 0.05 to check that the command works); the table's
 // figures come from -scale 1, about ten minutes on a 2-core machine.
 package main
@@ -69,6 +71,7 @@ var runs = []run{
 	{"./health/", `BenchmarkSweep$`, 2000},
 	{"./transport/", `BenchmarkThroughput32$`, 32000},
 	{"./gateway/", `BenchmarkMeteringThroughput64$`, 16000},
+	{"./storage/mongo/", `BenchmarkAcquireRelease$/workers=8$`, 400},
 }
 
 var rows = []row{
@@ -207,6 +210,19 @@ var rows = []row{
 		}
 		return f("%.0f / %.0f req/s", fr, cr), f("http.Transport %.0f / %.0f req/s", fb, cb),
 			f("%.2f× / %.2f× (CPU: %.2f× / %.2f×)", fr/fb, cr/cb, fc, cc), both(fr/fb >= 0.9 && cr/cb >= 0.9, fc >= 0.9 && cc >= 0.9)
+	}},
+	{9, "MongoDB store on FerretDB v1: pairs/s at 8 workers, 100 proxies (capped: a consumer with max_concurrent_leases)", "the ratio to a trivial findOneAndUpdate loop, reported; capped ≤ 1.2× plain", func(m metrics) (string, string, string, string) {
+		const b = "BenchmarkAcquireRelease/workers=8"
+		r, ok1 := m.get(b, "pairs/s")
+		fam, ok2 := m.get(b, "trivial-fam/s")
+		x, ok3 := m.get(b, "x-trivial-fam")
+		c, ok4 := m.get(b, "capped-pairs/s")
+		cp, ok5 := m.get(b, "cap/plain")
+		if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 {
+			return missing()
+		}
+		return f("%.0f pairs/s, capped %.0f pairs/s (%.2f× the time)", r, c, cp), f("trivial findOneAndUpdate %.0f/s", fam),
+			f("%.2f pairs per 2 findOneAndUpdates", x), yes(cp <= 1.2)
 	}},
 }
 

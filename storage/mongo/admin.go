@@ -97,6 +97,9 @@ func (s *Store) CreatePool(ctx context.Context, p pharox.Pool) (*pharox.Pool, er
 		}
 		return nil, fmt.Errorf("mongo: create pool %q: %w", p.Name, wrapErr(err))
 	}
+	if err := s.flagNewPool(ctx, d.ID); err != nil {
+		return nil, fmt.Errorf("mongo: create pool %q: %w", p.Name, err)
+	}
 	return d.pool(), nil
 }
 
@@ -162,13 +165,24 @@ func (s *Store) DeletePool(ctx context.Context, id uuid.UUID) error {
 	if _, err := s.pools.DeleteOne(ctx, bson.D{{Key: "_id", Value: pid}}); err != nil {
 		return fmt.Errorf("mongo: delete pool %s: %w", id, wrapErr(err))
 	}
-	for _, c := range []*mongo.Collection{s.proxies, s.leases, s.sessions, s.verdicts, s.targets} {
+	for _, c := range []*mongo.Collection{s.proxies, s.loads, s.leases, s.sessions, s.verdicts, s.targets} {
 		if _, err := c.DeleteMany(ctx, byPool); err != nil {
 			return fmt.Errorf("mongo: delete pool %s: %w", id, wrapErr(err))
 		}
 	}
 	if _, err := s.cursors.DeleteOne(ctx, bson.D{{Key: "_id", Value: pid}}); err != nil {
 		return fmt.Errorf("mongo: delete pool %s: %w", id, wrapErr(err))
+	}
+	// Its quota and its proxies' go with it (usage buckets stay: history).
+	var qs []quotaDoc
+	f := bson.D{{Key: "kind", Value: kindQuota}, {Key: "$or", Value: bson.A{
+		bson.D{{Key: "_id", Value: quotaKey(pharox.QuotaPool, pid)}}, bson.D{{Key: "pool", Value: pid}},
+	}}}
+	if err := s.findAll(ctx, s.quotas, f, nil, &qs); err != nil {
+		return fmt.Errorf("mongo: delete pool %s: %w", id, err)
+	}
+	if err := s.deleteQuotas(ctx, qs); err != nil {
+		return fmt.Errorf("mongo: delete pool %s: %w", id, err)
 	}
 	return nil
 }
@@ -238,6 +252,24 @@ func (s *Store) AddProxies(ctx context.Context, in []pharox.Proxy) ([]*pharox.Pr
 		}
 		if mongo.IsDuplicateKeyError(err) {
 			return nil, fmt.Errorf("mongo: add proxies: a proxy with the same pool, protocol, host, port and user exists: %w", pharox.ErrAlreadyExists)
+		}
+		return nil, fmt.Errorf("mongo: add proxies: %w", wrapErr(err))
+	}
+	loads := make([]any, len(docs))
+	ids := make(bson.A, len(docs))
+	for i, d := range docs {
+		loads[i] = newLoadDoc(d.(*proxyDoc), 0)
+		ids[i] = d.(*proxyDoc).ID
+	}
+	if _, err := s.loads.InsertMany(ctx, loads, options.InsertMany().SetOrdered(false)); err != nil {
+		in := bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}}
+		ctx := context.WithoutCancel(ctx)
+		_, derr := s.proxies.DeleteMany(ctx, in)
+		if derr == nil {
+			_, derr = s.loads.DeleteMany(ctx, in)
+		}
+		if derr != nil {
+			return nil, fmt.Errorf("mongo: add proxies: %w (and undoing the insert failed: %v)", wrapErr(err), derr)
 		}
 		return nil, fmt.Errorf("mongo: add proxies: %w", wrapErr(err))
 	}
@@ -365,6 +397,11 @@ func (s *Store) updateProxy(ctx context.Context, id string, change func(p *pharo
 			return nil, wrapErr(err)
 		}
 		if res.MatchedCount == 1 {
+			if nd.Rank != d.Rank {
+				if _, err := s.loads.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}}, bson.D{{Key: "$set", Value: bson.D{{Key: "rank", Value: nd.Rank}}}}); err != nil {
+					return nil, wrapErr(err)
+				}
+			}
 			n, err := s.proxyLeases(ctx, id)
 			if err != nil {
 				return nil, err
@@ -428,10 +465,20 @@ func (s *Store) DeleteProxy(ctx context.Context, id uuid.UUID) error {
 	if _, err := s.proxies.DeleteOne(ctx, bson.D{{Key: "_id", Value: pid}}); err != nil {
 		return fmt.Errorf("mongo: delete proxy %s: %w", id, wrapErr(err))
 	}
+	if _, err := s.loads.DeleteOne(ctx, bson.D{{Key: "_id", Value: pid}}); err != nil {
+		return fmt.Errorf("mongo: delete proxy %s: %w", id, wrapErr(err))
+	}
 	for _, c := range []*mongo.Collection{s.leases, s.verdicts, s.targets} {
 		if _, err := c.DeleteMany(ctx, bson.D{{Key: "proxy", Value: pid}}); err != nil {
 			return fmt.Errorf("mongo: delete proxy %s: %w", id, wrapErr(err))
 		}
+	}
+	var qs []quotaDoc
+	if err := s.findAll(ctx, s.quotas, bson.D{{Key: "_id", Value: quotaKey(pharox.QuotaProxy, pid)}}, nil, &qs); err != nil {
+		return fmt.Errorf("mongo: delete proxy %s: %w", id, err)
+	}
+	if err := s.deleteQuotas(ctx, qs); err != nil {
+		return fmt.Errorf("mongo: delete proxy %s: %w", id, err)
 	}
 	return nil
 }

@@ -17,9 +17,10 @@
 // the path names the database ("pharox" when empty) and ?prefix= the
 // collection prefix. [New] builds a store on a database of the caller's
 // client instead. Collections are named with a prefix, "pharox_" unless
-// [WithCollectionPrefix] says otherwise: consumers, pools, proxies, slots,
-// leases, sessions, cursors, verdicts, api_keys, audit_log and
-// proxy_targets.
+// [WithCollectionPrefix] says otherwise: consumers, pools, proxies,
+// proxy_loads, slots, leases, sessions, cursors, verdicts, api_keys,
+// audit_log, proxy_targets, quotas, quota_slots, quota_tokens and
+// usage_hourly.
 //
 // # Acquisition: one insert under a unique index
 //
@@ -64,14 +65,26 @@
 // (pool, proxy) index, for the pages after it.
 // FirstAvailable reads the (pool, rank, checked_at desc, _id) index;
 // RoundRobin reads (pool, _id) after the pool's cursor document and then
-// wraps. LeastUsed and Random need each candidate's lease count, which
-// lives in the slots collection, so they read every candidate of the pool
-// and the pool's slots: their cost grows with the pool (the other stores
-// keep theirs flat; a pool of tens of thousands of proxies is better
-// served by FirstAvailable or RoundRobin here). A filtered walk examines
-// at most [DefaultFilterScanBudget] candidates ([WithFilterScanBudget]) and
-// then fails with pharox.ErrNoProxyAvailable saying that the filter is
-// too selective.
+// wraps. LeastUsed and Random read the proxy_loads collection instead:
+// one document per proxy with its status rank, the fields filters read,
+// and its lease count N and free slots Room (max_concurrency - N), which
+// every lease taken and ended moves by one ($inc). Two partial indexes
+// hold the loads of proxies with room only: LeastUsed reads (pool, rank,
+// n, _id) in order, Random (pool, rank, _id) from a random id on and then
+// wraps, so neither reads a full proxy nor more than the pages it
+// offers; each page's proxies and slots are then read by id, LeastUsed
+// orders the page by the counts read and Random shuffles it (a page of 32
+// averages the id gaps that make a random start key uneven). The counts
+// order the walk; the proxies and their slots decide what is leased, so a
+// count that is off (a process that died between a slot's insert and its
+// count's update; on FerretDB v1, two updates of one proxy's count at
+// once, since its $inc is a read and a write) changes the order, never
+// the answer's validity; a walk that finds nothing through the loads
+// reads the pool through before taking "no proxy" for an answer, and
+// repairs the pool's loads when that finds a free proxy. A filtered walk examines at most
+// [DefaultFilterScanBudget] candidates ([WithFilterScanBudget]) and then
+// fails with pharox.ErrNoProxyAvailable saying that the filter is too
+// selective.
 //
 // Filters become a query with equality, $all (tags), $or, $and and $nor
 // (NoneOf); radius and point filters become a latitude band, a superset
@@ -180,15 +193,88 @@
 // idle_since; DeleteProxy and DeletePool delete the entries with their
 // proxies.
 //
+// # Usage and quotas
+//
+// FerretDB v1 applies $inc, like every update, as a read of the document,
+// a change in Go and a write of the whole document: eight writers of 50
+// increments each to one counter left it at 52, not 400. So the store
+// keeps no counter that two writers update: usage and byte counters are
+// kept per store instance (a random writer id chosen by [New]), and one
+// instance serializes its own writes of each such document; readers sum
+// the instances' documents. Everything that must hold across processes
+// is an insert under a unique index.
+//
+// A release with a usage report stores it on the ended lease (Lease.Usage)
+// and, after the insert that ended the lease, adds it to this instance's
+// bucket of (hour, consumer, proxy, pool, target) in usage_hourly (an
+// upserting $inc) while it reads the quotas of the lease's consumer, pool
+// and proxy (one query), then adds the bytes to this instance's byte shard
+// of each quota found (one ordered bulk write that also rolls a shard's
+// day and month). A proxy quota that this release uses up gets an
+// allowance document with the time its period ends; acquisitions skip
+// the pool's proxies with such a document in the future. A release that
+// was not the one to end its lease counts nothing, nor does an expiry; a
+// process that dies between ending the lease and counting loses that
+// lease's usage. QueryUsage sums the buckets it selects (one document per
+// bucket and instance that counted into it); PurgeUsage deletes buckets by
+// hour and also drops byte shards of past months.
+//
+// A quota is a document of the quotas collection keyed by subject and id
+// with its limits, the counters a new quota starts from (the subject's
+// buckets of the current day and month) and a generation: a quota deleted
+// and set again gets a new one, and shards, cap slots and request-log
+// entries of an older generation count for nothing. Acquisitions read
+// quotas only from pools flagged while a quota may apply to them (a
+// consumer quota flags every pool; a pool's quota or its proxies' flag
+// it), so without quotas an acquisition costs what it did. A flagged
+// acquisition reads the consumer's and the pool's quotas, their shards and
+// the pool's spent allowances in one query, then for the consumer and
+// then the pool follows pharox.Quota.Admit:
+//
+//   - max_concurrent_leases: a cap slot, one insert into quota_slots,
+//     whose unique (quota, generation, n) index admits one holder per
+//     number 0 to cap-1, whatever any number of processes do at once.
+//     The first try picks a random number without reading; when it is
+//     taken, the quota's slots are read, and if there are as many as the
+//     cap, their leases: a slot counts while its lease is active and
+//     unexpired (or its acquisition may still be running, for 30
+//     seconds), an expired lease is reclaimed, a slot whose lease ended
+//     is deleted. The lease lists the slot, and its end deletes it with
+//     its proxy slot. Setting a cap on a subject with active leases gives
+//     them slots; lowering a cap below the slots held makes acquisitions
+//     count (and give a slot back when a concurrent one made it one too
+//     many) until a later SetQuota finds no slot above the cap.
+//   - bytes per day and month: the quota's counters and its shards'.
+//   - requests_per_minute: a sliding one-minute window, not the token
+//     bucket of pharox.Quota.TakeToken (storagetest Capabilities
+//     RequestRateWindow). The k-th acquisition counted inserts entry k of
+//     the quota's request log in quota_tokens (_id: quota, generation, k)
+//     and may only when entry k - RequestsPerMinute is absent or a minute
+//     old: of concurrent inserts of one k one wins, the others try k+1
+//     against its own older entry. So no minute, sliding, counts more
+//     than RequestsPerMinute acquisitions: never more than the bucket
+//     admits, but after a burst of RequestsPerMinute the next one waits
+//     until the burst's first is a minute old (RetryAfter up to a minute),
+//     where the bucket gives one back every 60/RequestsPerMinute seconds.
+//
+// A refusal (*pharox.QuotaError) or a failed acquisition deletes the cap
+// slots and log entries it took; a process that dies in between leaves a
+// log entry counted for its minute and a cap slot for 30 seconds.
+// Acquisitions retried with a lease id already held are answered before
+// quotas are read. A lease taken while SetQuota sets a cap on its subject
+// may go uncounted by that cap until it ends.
+//
 // # MongoDB features relied on
 //
 // Single-document insert with a unique compound index and duplicate key
 // errors (code 11000); deleteOne by _id returning deletedCount; find with
 // sort, projection, limit and batchSize; countDocuments; updateOne with
-// $set/$unset/$max and upsert; replaceOne (with upsert); unordered bulk
-// writes of updateOne; insertMany (ordered); deleteMany; createIndexes
-// (compound, unique, descending keys); query
-// operators $in, $all, $or, $and, $nor, $gt, $gte, $lt, $lte, $exists. No
+// $set/$unset/$max/$inc/$setOnInsert and upsert; replaceOne (with upsert);
+// ordered and unordered bulk writes of updateOne, replaceOne and
+// deleteOne; insertMany; deleteMany; createIndexes (compound, unique,
+// descending keys, and partial where the server builds them: FerretDB v1
+// gets the same keys without the partial filter); query operators $in,
+// $all, $or, $and, $nor, $ne, $gt, $gte, $lt, $lte, $exists. No
 // transactions, no aggregation, no $expr, no change streams, no TTL
 // indexes. Health checks and status changes update a proxy with a
 // compare-and-set on a write counter ({_id, v} filter): atomic on MongoDB;

@@ -25,6 +25,10 @@ type poolDoc struct {
 	Name        string    `bson:"name"`
 	Description string    `bson:"description"`
 	CreatedAt   time.Time `bson:"created_at"`
+	// Quotas is set while a quota may apply to acquisitions from the
+	// pool (its own, a consumer's, or one of its proxies'): only then do
+	// acquisitions read the quotas collection.
+	Quotas bool `bson:"quotas,omitempty"`
 }
 
 func (d *poolDoc) pool() *pharox.Pool {
@@ -156,6 +160,20 @@ type leaseDoc struct {
 	ExpiresAt  time.Time  `bson:"expires_at"`
 	ReleasedAt *time.Time `bson:"released_at,omitempty"`
 	SessionKey string     `bson:"session_key,omitempty"`
+	Target     string     `bson:"target,omitempty"`
+	// Usage is the holder's report, on the ended record of a lease
+	// released with one.
+	Usage *usageDoc `bson:"usage,omitempty"`
+	// Caps are the quota keys (see quotaKey) whose cap slot documents the
+	// acquisition took for the lease: the lease's end deletes them.
+	Caps []string `bson:"caps,omitempty"`
+}
+
+// usageDoc is a pharox.Usage as stored.
+type usageDoc struct {
+	Requests int64 `bson:"requests"`
+	Sent     int64 `bson:"sent"`
+	Received int64 `bson:"received"`
 }
 
 func (d *leaseDoc) lease() *pharox.Lease {
@@ -163,11 +181,14 @@ func (d *leaseDoc) lease() *pharox.Lease {
 		ID: parseID(d.ID), ProxyID: parseID(d.Proxy), ConsumerID: parseID(d.Consumer),
 		ConsumerName: d.ConsumerName, PoolID: parseID(d.Pool), PoolName: d.PoolName,
 		Status: pharox.LeaseStatus(d.Status), AcquiredAt: d.AcquiredAt.UTC(), ExpiresAt: d.ExpiresAt.UTC(),
-		SessionKey: d.SessionKey,
+		SessionKey: d.SessionKey, Target: d.Target,
 	}
 	if d.ReleasedAt != nil {
 		t := d.ReleasedAt.UTC()
 		l.ReleasedAt = &t
+	}
+	if d.Usage != nil {
+		l.Usage = &pharox.Usage{Requests: d.Usage.Requests, BytesSent: d.Usage.Sent, BytesReceived: d.Usage.Received}
 	}
 	return l
 }
@@ -181,3 +202,86 @@ type sessionDoc struct {
 }
 
 func sessionID(pool uuid.UUID, key string) string { return idString(pool) + "/" + key }
+
+// Kinds of documents of the quotas collection.
+const (
+	kindQuota = "quota" // a quota: its limits and the counters it started from
+	kindShard = "shard" // one store instance's byte counters of a quota
+	kindAllow = "allow" // a proxy over its traffic allowance until Until
+)
+
+// quotaDoc is a document of the quotas collection (see the kinds above).
+// Every kind names its quota by Q, the quota's key (see quotaKey), and Gen,
+// the generation the quota got when it was created: shards, cap slots and
+// request log entries of an older generation (a quota deleted and set
+// again) count for nothing.
+type quotaDoc struct {
+	ID   string `bson:"_id"`
+	Kind string `bson:"kind"`
+	Q    string `bson:"q"`
+	Gen  string `bson:"gen"`
+	// Pool is the pool of a proxy quota's proxy (quota and allow kinds).
+	Pool string `bson:"pool,omitempty"`
+
+	Subject   string    `bson:"subject,omitempty"`
+	SubjectID string    `bson:"sid,omitempty"`
+	MaxLeases int64     `bson:"max_leases,omitempty"`
+	RPM       int64     `bson:"rpm,omitempty"`
+	PerDay    int64     `bson:"per_day,omitempty"`
+	PerMonth  int64     `bson:"per_month,omitempty"`
+	UpdatedAt time.Time `bson:"updated_at,omitempty"`
+	// Lowered is set when cap slot numbers at or above MaxLeases may be
+	// held (the cap was lowered, or more leases were active than the cap
+	// when it was set): acquisitions then count before they take a slot.
+	Lowered bool `bson:"lowered,omitempty"`
+
+	// Byte counters: of the subject's usage before the quota existed (a
+	// quota), or counted by one store instance since (a shard).
+	Day       time.Time `bson:"day,omitempty"`
+	Today     int64     `bson:"today,omitempty"`
+	Month     time.Time `bson:"month,omitempty"`
+	ThisMonth int64     `bson:"this_month,omitempty"`
+
+	// Proxy and Until: an allowance's proxy is not leased before Until.
+	Proxy string     `bson:"proxy,omitempty"`
+	Until *time.Time `bson:"until,omitempty"`
+}
+
+// capDoc is a document of the quota_slots collection: one of the slots of
+// a consumer's or pool's max_concurrent_leases, held by a lease. The
+// unique (q, gen, n) index admits one holder per slot number.
+type capDoc struct {
+	ID    string    `bson:"_id"` // lease id + "/" + quota key
+	Q     string    `bson:"q"`
+	Gen   string    `bson:"gen"`
+	N     int64     `bson:"n"`
+	Lease string    `bson:"lease"`
+	At    time.Time `bson:"at"` // when it was taken; zero when SetQuota counted an active lease
+}
+
+// tokenDoc is a document of the quota_tokens collection: the k-th
+// acquisition counted against a requests_per_minute limit, at At.
+type tokenDoc struct {
+	ID  string    `bson:"_id"` // quota key + "/" + gen + "/" + k
+	Q   string    `bson:"q"`
+	Gen string    `bson:"gen"`
+	K   int64     `bson:"k"`
+	At  time.Time `bson:"at"`
+}
+
+// bucketDoc is a document of the usage_hourly collection: the usage one
+// store instance (Writer) counted for one hour, consumer, proxy, pool and
+// target. The bucket of the contract is the sum over writers.
+type bucketDoc struct {
+	ID       string    `bson:"_id"`
+	Hour     time.Time `bson:"hour"`
+	Consumer string    `bson:"consumer"`
+	Proxy    string    `bson:"proxy"`
+	Pool     string    `bson:"pool"`
+	Target   string    `bson:"target"`
+	Writer   string    `bson:"writer"`
+	Leases   int64     `bson:"leases"`
+	Requests int64     `bson:"requests"`
+	Sent     int64     `bson:"sent"`
+	Received int64     `bson:"received"`
+}

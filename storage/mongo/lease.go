@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -41,10 +42,17 @@ type acquisition struct {
 	id       string // the lease id, fixed before the first try
 	callerID bool   // the caller chose the id
 	query    bson.D // the filter as a query (a superset when inexact)
-	// cooling holds the ids of the pool's proxies cooling down for the
-	// request's target when it started: never candidates.
-	cooling map[string]bool
-	now     time.Time
+	// skip holds the ids of the pool's proxies that are never candidates:
+	// those cooling down for the request's target and those whose traffic
+	// allowance is spent, when the acquisition started.
+	skip map[string]bool
+	now  time.Time
+	// caps are the keys of the quotas whose cap slot the lease holds;
+	// capIDs and entryIDs the cap slots and request-log entries this
+	// acquisition inserted, given back if it fails.
+	caps     []string
+	capIDs   []string
+	entryIDs []string
 }
 
 // AcquireLease takes a slot of a candidate proxy with one insert into the
@@ -81,12 +89,18 @@ func (s *Store) AcquireLease(ctx context.Context, req pharox.AcquireRequest) (*p
 	if req.Target != "" {
 		// Read after any ApplyTargetOutcome that returned before this
 		// call started, so its cool-down is seen.
-		if a.cooling, err = s.coolingProxies(ctx, pool.ID, req.Target, a.now); err != nil {
+		if a.skip, err = s.coolingProxies(ctx, pool.ID, req.Target, a.now); err != nil {
+			return nil, fmt.Errorf("mongo: acquire from pool %q: %w", req.PoolName, err)
+		}
+	}
+	if pool.Quotas {
+		if err := a.admit(ctx); err != nil {
 			return nil, fmt.Errorf("mongo: acquire from pool %q: %w", req.PoolName, err)
 		}
 	}
 	l, err := a.run(ctx)
 	if err != nil {
+		a.giveBack(ctx)
 		var existing *leaseDoc
 		if errors.As(err, &existing) {
 			return a.existing(existing)
@@ -181,7 +195,7 @@ func (a *acquisition) run(ctx context.Context) (*pharox.Lease, error) {
 	}
 	// Give the slot back and follow the winner. If its proxy cannot take
 	// the lease, take one again and rebind.
-	if err := a.undo(ctx); err != nil {
+	if err := a.undo(ctx, idString(l.ProxyID)); err != nil {
 		return nil, err
 	}
 	if l2, err := a.tryProxy(ctx, b.Proxy); l2 != nil || err != nil {
@@ -198,10 +212,17 @@ func (a *acquisition) run(ctx context.Context) (*pharox.Lease, error) {
 	return l, a.moveCursor(ctx, l)
 }
 
-// undo deletes the slot this acquisition took and has not returned.
-func (a *acquisition) undo(ctx context.Context) error {
-	_, err := a.s.slots.DeleteOne(context.WithoutCancel(ctx), bson.D{{Key: "_id", Value: a.id}})
-	return wrapErr(err)
+// undo deletes the slot this acquisition took on proxy and has not
+// returned.
+func (a *acquisition) undo(ctx context.Context, proxy string) error {
+	res, err := a.s.slots.DeleteOne(context.WithoutCancel(ctx), bson.D{{Key: "_id", Value: a.id}})
+	if err != nil {
+		return wrapErr(err)
+	}
+	if res.DeletedCount == 1 {
+		return a.s.countLease(ctx, proxy, -1)
+	}
+	return nil
 }
 
 // rebind writes the binding whatever it was (last writer wins).
@@ -259,7 +280,7 @@ func (a *acquisition) tryProxy(ctx context.Context, id string) (*pharox.Lease, e
 	if err != nil {
 		return nil, err
 	}
-	if d.Pool != a.pool.ID || d.Rank > 1 || a.cooling[d.ID] || !a.req.Filters.Match(d.proxy(0)) {
+	if d.Pool != a.pool.ID || d.Rank > 1 || a.skip[d.ID] || !a.req.Filters.Match(d.proxy(0)) {
 		return nil, nil
 	}
 	l, _, err := a.take(ctx, d)
@@ -276,7 +297,8 @@ func (a *acquisition) take(ctx context.Context, d *proxyDoc) (l *pharox.Lease, l
 	doc := leaseDoc{
 		ID: a.id, Pool: a.pool.ID, PoolName: a.pool.Name, Proxy: d.ID,
 		Consumer: idString(a.req.ConsumerID), ConsumerName: a.req.ConsumerName,
-		Status: string(pharox.LeaseActive), SessionKey: a.req.SessionKey,
+		Status: string(pharox.LeaseActive), SessionKey: a.req.SessionKey, Target: a.req.Target,
+		Caps: a.caps,
 	}
 	for range 4 {
 		held := -1 // unknown
@@ -301,10 +323,16 @@ func (a *acquisition) take(ctx context.Context, d *proxyDoc) (l *pharox.Lease, l
 		}
 		_, err := s.slots.InsertOne(ctx, doc)
 		if err == nil {
-			if d.MaxC > 0 {
-				if err := a.restamp(ctx, &doc); err != nil {
-					return nil, false, err
+			err := atOnce(func() error {
+				return s.countLease(ctx, d.ID, 1)
+			}, func() error {
+				if d.MaxC > 0 {
+					return a.restamp(ctx, &doc)
 				}
+				return nil
+			})
+			if err != nil {
+				return nil, false, err
 			}
 			return a.taken(ctx, &doc, d, held)
 		}
@@ -317,6 +345,9 @@ func (a *acquisition) take(ctx context.Context, d *proxyDoc) (l *pharox.Lease, l
 		if e, ferr := s.findLease(ctx, a.id); ferr == nil {
 			if a.callerID || e.Proxy != d.ID {
 				return nil, false, e
+			}
+			if err := s.countLease(ctx, d.ID, 1); err != nil {
+				return nil, false, err
 			}
 			if d.MaxC > 0 {
 				if err := a.restamp(ctx, e); err != nil {
@@ -372,7 +403,7 @@ func (a *acquisition) taken(ctx context.Context, doc *leaseDoc, d *proxyDoc, hel
 		var e leaseDoc
 		err := s.leases.FindOne(ctx, bson.D{{Key: "_id", Value: a.id}}).Decode(&e)
 		if err == nil {
-			if uerr := a.undo(ctx); uerr != nil {
+			if uerr := a.undo(ctx, d.ID); uerr != nil {
 				return nil, false, uerr
 			}
 			return nil, false, &e
@@ -423,7 +454,7 @@ func (s *Store) freeSlot(ctx context.Context, d *proxyDoc) (n int64, held int, o
 			return 0, 0, false, nil
 		}
 		for i := range expired {
-			if _, _, err := s.end(ctx, &expired[i], pharox.LeaseExpired, t); err != nil {
+			if _, _, err := s.end(ctx, &expired[i], pharox.LeaseExpired, t, nil); err != nil {
 				return 0, 0, false, err
 			}
 		}
@@ -458,7 +489,7 @@ func (a *acquisition) choose(ctx context.Context) (*pharox.Lease, error) {
 	for round := 0; ; round++ {
 		var got *pharox.Lease
 		lostAny := false
-		res, err := a.s.walk(ctx, a.pool, a.req.Filters, a.query, a.req.Strategy, a.cooling, func(d *proxyDoc) (bool, error) {
+		res, err := a.s.walk(ctx, a.pool, a.req.Filters, a.query, a.req.Strategy, a.skip, func(d *proxyDoc) (bool, error) {
 			l, lost, err := a.take(ctx, d)
 			if err != nil {
 				return false, err
@@ -521,107 +552,147 @@ type walkResult struct {
 // 0 or 1 that the filter's query returns and pharox.Filters.Match
 // accepts; each page of them has its slots counted with one read.
 func (s *Store) walk(ctx context.Context, pool *poolDoc, f *pharox.Filters, q bson.D, st pharox.Strategy, skip map[string]bool, try func(*proxyDoc) (bool, error)) (walkResult, error) {
-	var res walkResult
+	w := &walker{s: s, pool: pool, f: f, skip: skip, try: try, filtered: !f.IsZero()}
+	offer := func(p []proxyDoc) (bool, error) { return w.offer(ctx, p) }
 	base := append(bson.D{{Key: "pool", Value: pool.ID}, {Key: "rank", Value: bson.D{{Key: "$lte", Value: 1}}}}, q...)
-	filtered := !f.IsZero()
-	examined := 0
-	var poolCounts map[string]int
-	// offer hands one page to try, in order; stop reports the walk is over.
-	offer := func(page []proxyDoc) (stop bool, err error) {
-		if len(page) == 0 {
-			return false, nil
-		}
-		counts := poolCounts
-		if counts == nil && examined == 0 {
-			// The first page: its own proxies' slots, through the index.
-			ids := make(bson.A, len(page))
-			for i := range page {
-				ids[i] = page[i].ID
-			}
-			if counts, err = s.countSlots(ctx, bson.D{{Key: "proxy", Value: bson.D{{Key: "$in", Value: ids}}}}, true); err != nil {
-				return true, err
-			}
-		} else if counts == nil {
-			// A walk past a full first page is in a busy pool: one read
-			// of the pool's live slots serves every later page (about as
-			// many slots as the walk would read page by page).
-			if poolCounts, err = s.countSlots(ctx, bson.D{{Key: "pool", Value: pool.ID}}, true); err != nil {
-				return true, err
-			}
-			counts = poolCounts
-		}
-		for i := range page {
-			d := &page[i]
-			if skip[d.ID] {
-				continue
-			}
-			examined++
-			if filtered && examined > s.cfg.budget {
-				res.budgetHit = true
-				return true, nil
-			}
-			if d.MaxC > 0 && int64(counts[d.ID]) >= d.MaxC || !f.Match(d.proxy(counts[d.ID])) {
-				continue
-			}
-			res.sawFree = true
-			ok, err := try(d)
-			if ok || err != nil {
-				return true, err
-			}
-		}
-		return false, nil
-	}
 	switch st {
 	case pharox.LeastUsed, pharox.Random:
-		var all []proxyDoc
-		if err := s.findAll(ctx, s.proxies, base, bson.D{{Key: "_id", Value: 1}}, &all); err != nil {
-			return res, err
+		stop, err := w.loads(ctx, q, st)
+		if stop || err != nil || w.res.sawFree {
+			return w.res, err
 		}
-		counts, err := s.countSlots(ctx, bson.D{{Key: "pool", Value: pool.ID}}, true)
-		if err != nil {
-			return res, err
+		// The index offered nothing free. Its counts are kept by
+		// acquisitions and releases and may be off (see proxy_loads in the
+		// package documentation): read the pool through before answering
+		// that nothing is free, and repair the counts if that finds one.
+		_, err = w.everything(ctx, base, st)
+		if err == nil && w.res.sawFree {
+			err = s.repairLoads(ctx, pool.ID)
 		}
-		poolCounts = counts
-		if st == pharox.Random {
-			rand.Shuffle(len(all), func(i, j int) { all[i], all[j] = all[j], all[i] })
-		} else {
-			slices.SortFunc(all, func(x, y proxyDoc) int {
-				return cmp.Or(cmp.Compare(x.Rank, y.Rank), cmp.Compare(counts[x.ID], counts[y.ID]), cmp.Compare(x.ID, y.ID))
-			})
-		}
-		for lo, size := 0, firstPage; lo < len(all); lo, size = lo+size, min(size*4, maxPage) {
-			if stop, err := offer(all[lo:min(lo+size, len(all))]); stop || err != nil {
-				return res, err
-			}
-		}
-		return res, nil
+		return w.res, err
 	case pharox.RoundRobin:
 		var c struct {
 			After string `bson:"after"`
 		}
 		err := s.cursors.FindOne(ctx, bson.D{{Key: "_id", Value: pool.ID}}).Decode(&c)
 		if err != nil && !errors.Is(err, mongo.ErrNoDocuments) {
-			return res, wrapErr(err)
+			return w.res, wrapErr(err)
 		}
 		sort := bson.D{{Key: "_id", Value: 1}}
 		if c.After == "" {
-			return res, s.pages(ctx, base, sort, offer)
+			return w.res, s.pages(ctx, base, sort, offer)
 		}
 		after := append(bson.D{{Key: "_id", Value: bson.D{{Key: "$gt", Value: c.After}}}}, base...)
 		stopped := false
 		if err := s.pages(ctx, after, sort, func(p []proxyDoc) (bool, error) {
-			stop, err := offer(p)
+			stop, err := w.offer(ctx, p)
 			stopped = stopped || stop
 			return stop, err
 		}); err != nil || stopped {
-			return res, err
+			return w.res, err
 		}
 		upTo := append(bson.D{{Key: "_id", Value: bson.D{{Key: "$lte", Value: c.After}}}}, base...)
-		return res, s.pages(ctx, upTo, sort, offer)
+		return w.res, s.pages(ctx, upTo, sort, offer)
 	default:
 		sort := bson.D{{Key: "rank", Value: 1}, {Key: "checked_at", Value: -1}, {Key: "_id", Value: 1}}
-		return res, s.pages(ctx, base, sort, offer)
+		return w.res, s.pages(ctx, base, sort, offer)
 	}
+}
+
+// walker is the state of one strategy walk.
+type walker struct {
+	s        *Store
+	pool     *poolDoc
+	f        *pharox.Filters
+	skip     map[string]bool
+	try      func(*proxyDoc) (bool, error)
+	filtered bool
+	examined int
+	// poolCounts are the pool's live slots per proxy, read once a walk
+	// goes past its first page.
+	poolCounts map[string]int
+	res        walkResult
+}
+
+// offer hands one page of candidates read in strategy order to offerCounted,
+// with their live slots counted: the first page's own through the
+// (proxy, n) index; a walk past it is in a busy pool and reads the pool's
+// live slots once (about as many slots as the walk would read page by
+// page) for every later page.
+func (w *walker) offer(ctx context.Context, page []proxyDoc) (stop bool, err error) {
+	if len(page) == 0 {
+		return false, nil
+	}
+	counts := w.poolCounts
+	if counts == nil && w.examined == 0 {
+		ids := make(bson.A, len(page))
+		for i := range page {
+			ids[i] = page[i].ID
+		}
+		if counts, err = w.s.countSlots(ctx, bson.D{{Key: "proxy", Value: bson.D{{Key: "$in", Value: ids}}}}, true); err != nil {
+			return true, err
+		}
+	} else if counts == nil {
+		if w.poolCounts, err = w.s.countSlots(ctx, bson.D{{Key: "pool", Value: w.pool.ID}}, true); err != nil {
+			return true, err
+		}
+		counts = w.poolCounts
+	}
+	return w.offerCounted(page, counts)
+}
+
+// offerCounted hands the candidates of page with a free slot (counts are
+// their live slots) to try, in order, until it takes one; stop reports
+// that the walk is over.
+func (w *walker) offerCounted(page []proxyDoc, counts map[string]int) (stop bool, err error) {
+	for i := range page {
+		d := &page[i]
+		if w.skip[d.ID] {
+			continue
+		}
+		w.examined++
+		if w.filtered && w.examined > w.s.cfg.budget {
+			w.res.budgetHit = true
+			return true, nil
+		}
+		if d.Rank > 1 || d.MaxC > 0 && int64(counts[d.ID]) >= d.MaxC || !w.f.Match(d.proxy(counts[d.ID])) {
+			continue
+		}
+		w.res.sawFree = true
+		ok, err := w.try(d)
+		if ok || err != nil {
+			return true, err
+		}
+	}
+	return false, nil
+}
+
+// everything offers every candidate of the pool, read at once with the
+// pool's live slots, in LeastUsed or Random order.
+func (w *walker) everything(ctx context.Context, base bson.D, st pharox.Strategy) (bool, error) {
+	var all []proxyDoc
+	if err := w.s.findAll(ctx, w.s.proxies, base, bson.D{{Key: "_id", Value: 1}}, &all); err != nil {
+		return true, err
+	}
+	counts, err := w.s.countSlots(ctx, bson.D{{Key: "pool", Value: w.pool.ID}}, true)
+	if err != nil {
+		return true, err
+	}
+	w.examined = 0
+	if st == pharox.Random {
+		rand.Shuffle(len(all), func(i, j int) { all[i], all[j] = all[j], all[i] })
+	} else {
+		sortLeastUsed(all, counts)
+	}
+	return w.offerCounted(all, counts)
+}
+
+// sortLeastUsed orders proxies like pharox.CompareLeastUsed, with counts
+// as their leases.
+func sortLeastUsed(ds []proxyDoc, counts map[string]int) {
+	slices.SortFunc(ds, func(x, y proxyDoc) int {
+		return cmp.Or(cmp.Compare(x.Rank, y.Rank), cmp.Compare(counts[x.ID], counts[y.ID]), cmp.Compare(x.ID, y.ID))
+	})
 }
 
 // pages reads the documents matching q in sort order, in pages growing
@@ -674,8 +745,15 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 		return nil, err
 	}
 	q, _ := filterQuery(filters)
+	var skip map[string]bool
+	if pd.Quotas {
+		// Proxies whose allowance is spent are not offered either.
+		if _, skip, err = s.loadQuotas(ctx, []string{}, pd.ID, now()); err != nil {
+			return nil, fmt.Errorf("mongo: find available proxy in pool %q: %w", pool, err)
+		}
+	}
 	var found *proxyDoc
-	res, err := s.walk(ctx, pd, filters, q, strategy, nil, func(d *proxyDoc) (bool, error) {
+	res, err := s.walk(ctx, pd, filters, q, strategy, skip, func(d *proxyDoc) (bool, error) {
 		found = d
 		return true, nil
 	})
@@ -695,28 +773,51 @@ func (s *Store) FindAvailableProxy(ctx context.Context, pool string, filters *ph
 	return found.proxy(n), nil
 }
 
-// end ends the active lease d as status at time at. The insert of its
-// ended record into the leases collection decides which of concurrent
-// enders ends it (the record's _id is the lease id); the slot document is
-// deleted after, by whoever got there. won reports that this call ended
-// it. A crash between the two leaves a slot whose lease has ended; it is
-// deleted once it is past ExpiresAt (by the next cleanup, or the next
-// acquisition that finds the proxy full), so it holds the slot no longer
-// than the lease would have.
-func (s *Store) end(ctx context.Context, d *leaseDoc, status pharox.LeaseStatus, at time.Time) (*leaseDoc, bool, error) {
+// end ends the active lease d as status at time at, with the holder's
+// usage report if any. The insert of its ended record into the leases
+// collection decides which of concurrent enders ends it (the record's _id
+// is the lease id); the slot document, and the cap slots the lease holds,
+// are deleted after, by whoever got there. won reports that this call
+// ended it. A crash between the two leaves a slot whose lease has ended;
+// it is deleted once it is past ExpiresAt (by the next cleanup, or the
+// next acquisition that finds the proxy full), so it holds the slot no
+// longer than the lease would have; its cap slots are deleted by the
+// first acquisition that counts them.
+func (s *Store) end(ctx context.Context, d *leaseDoc, status pharox.LeaseStatus, at time.Time, usage *pharox.Usage) (*leaseDoc, bool, error) {
 	e := *d
 	e.Status = string(status)
 	if at.Before(e.AcquiredAt) {
 		at = e.AcquiredAt
 	}
 	e.ReleasedAt = &at
+	if usage != nil {
+		e.Usage = &usageDoc{Requests: usage.Requests, Sent: usage.BytesSent, Received: usage.BytesReceived}
+	}
 	_, err := s.leases.InsertOne(ctx, e)
 	won := err == nil
 	if err != nil && !mongo.IsDuplicateKeyError(err) {
 		return nil, false, wrapErr(err)
 	}
-	if _, err := s.slots.DeleteOne(context.WithoutCancel(ctx), bson.D{{Key: "_id", Value: d.ID}}); err != nil {
-		return nil, false, wrapErr(err)
+	// The slot, the lease count and the cap slots are independent writes:
+	// at once.
+	err = atOnce(func() error {
+		_, err := s.slots.DeleteOne(context.WithoutCancel(ctx), bson.D{{Key: "_id", Value: d.ID}})
+		return wrapErr(err)
+	}, func() error {
+		if !won {
+			return nil
+		}
+		return s.countLease(ctx, d.Proxy, -1)
+	}, func() error {
+		for _, key := range d.Caps {
+			if _, err := s.caps.DeleteOne(context.WithoutCancel(ctx), bson.D{{Key: "_id", Value: d.ID + "/" + key}}); err != nil {
+				return wrapErr(err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, false, err
 	}
 	if !won {
 		var prev leaseDoc
@@ -727,9 +828,10 @@ func (s *Store) end(ctx context.Context, d *leaseDoc, status pharox.LeaseStatus,
 	return &e, won, nil
 }
 
-// ReleaseLease ends an active lease as released and frees its slot. A
+// ReleaseLease ends an active lease as released and frees its slot; a
+// usage report is stored on the ended lease and counted (see count). A
 // lease past ExpiresAt that nothing reclaimed yet is released.
-func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*pharox.Lease, error) {
+func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID, usage *pharox.Usage) (*pharox.Lease, error) {
 	id := idString(leaseID)
 	var d leaseDoc
 	err := s.slots.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&d)
@@ -742,12 +844,17 @@ func (s *Store) ReleaseLease(ctx context.Context, leaseID uuid.UUID) (*pharox.Le
 	if err != nil {
 		return nil, fmt.Errorf("mongo: release lease %s: %w", leaseID, wrapErr(err))
 	}
-	e, won, err := s.end(ctx, &d, pharox.LeaseReleased, now())
+	e, won, err := s.end(ctx, &d, pharox.LeaseReleased, now(), usage)
 	if err != nil {
 		return nil, fmt.Errorf("mongo: release lease %s: %w", leaseID, err)
 	}
 	if !won {
 		return nil, fmt.Errorf("mongo: release lease %s: %w", leaseID, pharox.ErrLeaseNotActive)
+	}
+	if usage != nil {
+		if err := s.count(ctx, e, *usage); err != nil {
+			return nil, fmt.Errorf("mongo: release lease %s: it was released, but counting its usage failed: %w", leaseID, err)
+		}
 	}
 	return e.lease(), nil
 }
@@ -771,7 +878,7 @@ func (s *Store) RenewLease(ctx context.Context, leaseID uuid.UUID, d time.Durati
 	}
 	t := now()
 	if !sd.ExpiresAt.After(t) {
-		if _, _, err := s.end(ctx, &sd, pharox.LeaseExpired, t); err != nil {
+		if _, _, err := s.end(ctx, &sd, pharox.LeaseExpired, t, nil); err != nil {
 			return nil, fmt.Errorf("mongo: renew lease %s: %w", leaseID, err)
 		}
 		return nil, fmt.Errorf("mongo: renew lease %s: it expired at %s: %w", leaseID, sd.ExpiresAt.Format(time.RFC3339Nano), pharox.ErrLeaseNotActive)
@@ -815,7 +922,7 @@ func (s *Store) reclaim(ctx context.Context, q bson.D, limit int64) (int, error)
 	}
 	n := 0
 	for i := range expired {
-		_, won, err := s.end(ctx, &expired[i], pharox.LeaseExpired, t)
+		_, won, err := s.end(ctx, &expired[i], pharox.LeaseExpired, t, nil)
 		if err != nil {
 			return n, err
 		}
@@ -877,4 +984,16 @@ func (s *Store) GetPoolStats(ctx context.Context, pool string) (*pharox.PoolStat
 		}
 	}
 	return st, nil
+}
+
+// atOnce runs fns at once and returns the first error.
+func atOnce(fns ...func() error) error {
+	errs := make([]error, len(fns))
+	var wg sync.WaitGroup
+	for i, fn := range fns[1:] {
+		wg.Go(func() { errs[i+1] = fn() })
+	}
+	errs[0] = fns[0]()
+	wg.Wait()
+	return errors.Join(errs...)
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"regexp"
+	"strings"
 	"sync"
 	"time"
 
@@ -93,8 +94,23 @@ type Store struct {
 	apiKeys   *mongo.Collection // API keys (digests, never secrets)
 	audit     *mongo.Collection // audit log entries
 	targets   *mongo.Collection // per-(proxy, target) health
+	quotas    *mongo.Collection // quotas, their byte shards and spent allowances
+	caps      *mongo.Collection // cap slots of consumer and pool quotas
+	tokens    *mongo.Collection // request logs of requests_per_minute limits
+	usage     *mongo.Collection // hourly usage buckets, one per writer
+	loads     *mongo.Collection // proxies' lease counts, for LeastUsed and Random
 
 	known sync.Map // consumer id string -> struct{}: consumers are never deleted
+	// capsFull: quota key -> time.Time this instance last found the cap
+	// full (a hint that spares failing inserts; see takeCap).
+	capsFull sync.Map
+
+	// writer names this store instance's usage buckets and quota byte
+	// shards: no other instance writes them, and counterLocks serialize
+	// this instance's writes of one document, so their counters are
+	// exact even on servers whose updates are not atomic.
+	writer       string
+	counterLocks [64]sync.Mutex
 }
 
 // Open connects to the MongoDB URI (mongodb:// or mongodb+srv://, naming
@@ -140,6 +156,12 @@ func New(ctx context.Context, db *mongo.Database, opts ...Option) (*Store, error
 		apiKeys:   c("api_keys"),
 		audit:     c("audit_log"),
 		targets:   c("proxy_targets"),
+		quotas:    c("quotas"),
+		caps:      c("quota_slots"),
+		tokens:    c("quota_tokens"),
+		usage:     c("usage_hourly"),
+		loads:     c("proxy_loads"),
+		writer:    strings.ReplaceAll(uuid.NewString(), "-", ""),
 	}
 	if err := s.ensureIndexes(ctx); err != nil {
 		return nil, err
@@ -155,6 +177,11 @@ func (s *Store) ensureIndexes(ctx context.Context) error {
 		return options.Index().SetName(name).SetUnique(true)
 	}
 	named := func(name string) *options.IndexOptionsBuilder { return options.Index().SetName(name) }
+	// withRoom indexes the loads of proxies with a free slot only, so a
+	// busy pool's full proxies cost LeastUsed and Random nothing.
+	withRoom := func(name string) *options.IndexOptionsBuilder {
+		return named(name).SetPartialFilterExpression(bson.D{{Key: "room", Value: bson.D{{Key: "$gt", Value: 0}}}})
+	}
 	sets := []struct {
 		coll   *mongo.Collection
 		models []mongo.IndexModel
@@ -170,6 +197,7 @@ func (s *Store) ensureIndexes(ctx context.Context) error {
 			{Keys: bson.D{{Key: "proxy", Value: 1}, {Key: "n", Value: 1}}, Options: unique("slot")},
 			{Keys: bson.D{{Key: "pool", Value: 1}, {Key: "proxy", Value: 1}}, Options: named("pool_proxy")},
 			{Keys: bson.D{{Key: "expires_at", Value: 1}}, Options: named("expires_at")},
+			{Keys: bson.D{{Key: "consumer", Value: 1}}, Options: named("consumer")},
 		}},
 		{s.leases, []mongo.IndexModel{
 			{Keys: bson.D{{Key: "pool", Value: 1}, {Key: "acquired_at", Value: 1}}, Options: named("pool_acquired")},
@@ -187,6 +215,27 @@ func (s *Store) ensureIndexes(ctx context.Context) error {
 			{Keys: bson.D{{Key: "proxy", Value: 1}, {Key: "target", Value: 1}}, Options: named("proxy_target")},
 			{Keys: bson.D{{Key: "pool", Value: 1}, {Key: "target", Value: 1}, {Key: "cooling_until", Value: 1}}, Options: named("pool_target_cooling")},
 			{Keys: bson.D{{Key: "idle_since", Value: 1}}, Options: named("idle_since")},
+		}},
+		{s.quotas, []mongo.IndexModel{
+			{Keys: bson.D{{Key: "q", Value: 1}}, Options: named("q")},
+			{Keys: bson.D{{Key: "pool", Value: 1}, {Key: "until", Value: 1}}, Options: named("pool_until")},
+		}},
+		{s.caps, []mongo.IndexModel{
+			{Keys: bson.D{{Key: "q", Value: 1}, {Key: "gen", Value: 1}, {Key: "n", Value: 1}}, Options: unique("slot")},
+		}},
+		{s.tokens, []mongo.IndexModel{
+			{Keys: bson.D{{Key: "q", Value: 1}, {Key: "gen", Value: 1}, {Key: "k", Value: 1}}, Options: named("q_gen_k")},
+		}},
+		{s.loads, []mongo.IndexModel{
+			{Keys: bson.D{{Key: "pool", Value: 1}, {Key: "rank", Value: 1}, {Key: "n", Value: 1}, {Key: "_id", Value: 1}}, Options: withRoom("least_used")},
+			{Keys: bson.D{{Key: "pool", Value: 1}, {Key: "rank", Value: 1}, {Key: "_id", Value: 1}}, Options: withRoom("random")},
+			{Keys: bson.D{{Key: "pool", Value: 1}}, Options: named("pool")},
+		}},
+		{s.usage, []mongo.IndexModel{
+			{Keys: bson.D{{Key: "hour", Value: 1}}, Options: named("hour")},
+			{Keys: bson.D{{Key: "consumer", Value: 1}, {Key: "hour", Value: 1}}, Options: named("consumer_hour")},
+			{Keys: bson.D{{Key: "pool", Value: 1}, {Key: "hour", Value: 1}}, Options: named("pool_hour")},
+			{Keys: bson.D{{Key: "proxy", Value: 1}, {Key: "hour", Value: 1}}, Options: named("proxy_hour")},
 		}},
 	}
 	for _, set := range sets {
@@ -224,6 +273,7 @@ func createMissing(ctx context.Context, c *mongo.Collection, models []mongo.Inde
 		have[sp.Name] = true
 	}
 	var missing []mongo.IndexModel
+	partial := false
 	for _, m := range models {
 		var o options.IndexOptions
 		for _, set := range m.Options.List() {
@@ -231,14 +281,32 @@ func createMissing(ctx context.Context, c *mongo.Collection, models []mongo.Inde
 		}
 		if o.Name == nil || !have[*o.Name] {
 			missing = append(missing, m)
+			partial = partial || o.PartialFilterExpression != nil
 		}
 	}
 	if len(missing) == 0 {
 		return nil
 	}
 	_, err = c.Indexes().CreateMany(ctx, missing)
+	var ce mongo.CommandError
+	if partial && errors.As(err, &ce) && ce.Code == notImplemented {
+		// FerretDB v1 builds no partial index (and evaluates queries
+		// without indexes anyway): the same keys, on every document.
+		for i, m := range missing {
+			var o options.IndexOptions
+			for _, set := range m.Options.List() {
+				_ = set(&o)
+			}
+			missing[i].Options = options.Index().SetName(*o.Name).SetUnique(o.Unique != nil && *o.Unique)
+		}
+		_, err = c.Indexes().CreateMany(ctx, missing)
+	}
 	return err
 }
+
+// notImplemented is the server error code of an option it does not
+// implement (FerretDB: partial indexes).
+const notImplemented = 238
 
 // Ping reports whether the server answers.
 func (s *Store) Ping(ctx context.Context) error {

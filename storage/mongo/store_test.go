@@ -61,15 +61,25 @@ func largePoolOption() []storagetest.Option {
 
 // skipLargePoolOnFerretDB skips the LargePool section on a FerretDB the
 // tests started, unless PHAROX_TEST_MONGO_LARGE_POOL is set. Even at 1,000
-// proxies the section makes about 3,000 acquisitions, each several
-// full-collection scans inside FerretDB v1: measured at about one
-// acquisition a second on the shared development machine, far past the package's
-// test timeout. The section's guarantees rest on the same code paths the
-// other sections exercise; a real MongoDB (PHAROX_TEST_MONGO_URL) runs it
-// at full size.
+// proxies the section makes about 3,500 acquisitions and releases (it
+// fills the pool, then drains its free proxies for 22 filter shapes and
+// 4 strategies) and some 90 FindAvailableProxy calls, in a pool whose
+// proxies are nearly all leased. FerretDB v1 (SQLite backend) hands
+// SQLite a filter only when it is a single _id equality: any other filter
+// or sort reads and decodes every document of the collection in Go,
+// whatever indexes exist (measured on the shared 2-core machine: 0.4-0.6 s
+// for one unsorted read of 1,000 proxy documents). An acquisition reads at
+// least its candidates and their slots, two or three such scans: 1.0-1.7 s
+// per acquire+release pair in a pool of 1,000 proxies with 980 leased,
+// whatever the strategy (load average 7-11), which puts the section past
+// an hour. Only a store that kept its own _id-addressed structures in
+// place of queries (for instance a free list, which gives up the
+// strategies' orders) would be fast on FerretDB. The section's guarantees
+// rest on the code paths the other sections exercise; a real MongoDB
+// (PHAROX_TEST_MONGO_URL) runs it at full size.
 func skipLargePoolOnFerretDB(t *testing.T) {
 	if mongotest.Started() && os.Getenv(envLargePool) == "" && strings.Contains(t.Name(), "/LargePool/") {
-		t.Skipf("LargePool on FerretDB takes far too long (every query is a collection scan in FerretDB v1); "+
+		t.Skipf("LargePool on FerretDB takes over an hour (every query but an _id lookup is a collection scan in FerretDB v1); "+
 			"set %s=1 to run it anyway, or %s to a real MongoDB", envLargePool, mongotest.EnvURL)
 	}
 }
@@ -87,19 +97,28 @@ func TestConformance(t *testing.T) {
 var capabilities = storagetest.Capabilities{
 	LateRelease: storagetest.LateReleaseReleases,
 	Predicates:  storagetest.PredicatesRefused,
+	// Requests per minute are counted over a sliding minute (see the
+	// package documentation), not refilled as a bucket.
+	RequestRateWindow: true,
 }
 
-// TestMultiProcess runs storagetest's multi-process audit: 4 worker
-// processes of 8 goroutines each lease from one pool of 10 proxies with
-// max_concurrency 2 through one shared database.
+// TestMultiProcess runs storagetest's multi-process audit: 3 worker
+// processes of 12 goroutines each lease for 6 seconds from one pool of 10
+// proxies with max_concurrency 2 through one shared database, a quarter
+// of them as 3 consumers capped at 2 concurrent leases across the
+// processes (3 goroutines each, one per process). FerretDB on a busy
+// machine takes up to seconds an acquisition; 6 seconds, and the
+// goroutines of a consumer spread over the processes, leave enough capped
+// leases to reach the cap.
 func TestMultiProcess(t *testing.T) {
 	mongotest.URL(t)
 	storagetest.RunMultiProcess(t, storagetest.MultiProcessConfig{
-		Processes:      4,
-		Goroutines:     8,
+		Processes:      3,
+		Goroutines:     12,
 		Proxies:        10,
 		MaxConcurrency: 2,
-		Duration:       4 * time.Second,
+		Duration:       6 * time.Second,
+		ConsumerCap:    2,
 		Open: func(t testing.TB, namespace string) pharox.Storage {
 			return openDB(t, namespace, !storagetest.IsWorkerProcess())
 		},

@@ -132,15 +132,15 @@ type workerTally struct {
 }
 
 // The quota part of a multi-process run (ConsumerCap): goroutines acquiring
-// as one of mpCappedConsumers consumers hold each lease long enough for the
-// others of their consumer, in any process, to fill the cap: a few
-// milliseconds, or two to four times what the acquisition took on a store
-// slowed by load (at most mpCappedHoldMax, well inside mpLease).
+// as one of mpCappedConsumers consumers hold each lease for a few
+// milliseconds, long enough for the others of their consumer, in any
+// process, to fill the cap; on a store whose acquisitions take longer
+// than that, about as long as they take.
 const (
 	mpCappedConsumers = 3
 	mpCappedRecords   = 20000
 	mpCappedHoldMin   = 3 * time.Millisecond
-	mpCappedHoldMax   = 400 * time.Millisecond
+	mpCappedHoldMax   = 12 * time.Millisecond
 	// mpCappedSlack is taken off a lease's expiry when judging how long
 	// it was held: the store's clock may run a little ahead of this
 	// host's.
@@ -158,6 +158,24 @@ type mpCappedLease struct {
 }
 
 func cappedConsumerName(i int) string { return fmt.Sprintf("multiprocess-capped-%d", i) }
+
+// movingAverage is an exponentially weighted average of durations, safe
+// for concurrent use.
+type movingAverage struct{ ns atomic.Int64 }
+
+// note adds d and returns the average.
+func (m *movingAverage) note(d time.Duration) time.Duration {
+	for {
+		old := m.ns.Load()
+		avg := int64(d)
+		if old != 0 {
+			avg = (3*old + int64(d)) / 4
+		}
+		if m.ns.CompareAndSwap(old, avg) {
+			return time.Duration(avg)
+		}
+	}
+}
 
 // The target part of a multi-process run: every third goroutine acquires
 // for mpTarget and bans a quarter of the proxies it gets for it, with a
@@ -622,6 +640,7 @@ func runWorker(t *testing.T, cfg MultiProcessConfig) {
 	}
 
 	var acquired, released, late, abandoned, misses, cleaned, refusals atomic.Int64
+	var cappedTook movingAverage
 	deadline := time.Now().Add(d)
 	stop := make(chan struct{})
 	var cleaner sync.WaitGroup
@@ -705,8 +724,17 @@ func runWorker(t *testing.T, cfg MultiProcessConfig) {
 				}
 				if cappedIdx >= 0 {
 					from := time.Now()
-					took := from.Sub(called)
-					time.Sleep(min(mpCappedHoldMin+2*took+mrand.N(2*took+10*time.Millisecond), mpCappedHoldMax))
+					hold := mpCappedHoldMin + mrand.N(mpCappedHoldMax-mpCappedHoldMin)
+					if took := cappedTook.note(from.Sub(called)); took > hold {
+						// A few milliseconds' holds rarely overlap when
+						// each acquisition takes far longer (FerretDB on a
+						// busy machine): the cap would never be reached.
+						// Hold about as long as this worker's capped
+						// acquisitions take, the time another needs to
+						// join, at most half a lease.
+						hold = min(took*3/4+mrand.N(took/2), mpLease/2)
+					}
+					time.Sleep(hold)
 					to := time.Now()
 					if end := called.Add(req.Duration - mpCappedSlack); to.After(end) {
 						to = end // stalled: the lease may have expired first

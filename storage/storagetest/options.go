@@ -68,13 +68,13 @@ type Capabilities struct {
 	// filters holding one with ErrUnsupported.
 	Predicates PredicateSupport
 	// RequestRateWindow declares that the store limits
-	// requests_per_minute by fixed one-minute windows (at most
+	// requests_per_minute by one-minute windows, fixed or sliding (at most
 	// RequestsPerMinute acquisitions per window, RetryAfter up to the
 	// window's end) instead of the refilling token bucket of
 	// [pharox.Quota.TakeToken]: a store without an atomic read-modify-write
-	// (FerretDB) may only manage that. The suite then skips the refill
-	// test and allows a RetryAfter up to a minute. False (the default)
-	// declares the bucket.
+	// (FerretDB) may only manage that; the MongoDB store uses a sliding
+	// window. The suite then skips the refill test and allows a RetryAfter
+	// up to a minute. False (the default) declares the bucket.
 	RequestRateWindow bool
 }
 

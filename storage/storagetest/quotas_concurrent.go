@@ -76,8 +76,9 @@ func testQuotaConcurrentCaps(t *testing.T, f *fixture) {
 	var errs []error
 	deadline := time.Now().Add(run)
 	// A holder keeps its lease until its consumer's holders fill the cap
-	// (or a while has passed), so the cap is reached however slow the
-	// store; holding only drives the test, the judgement is the intervals.
+	// (or a while has passed, longer on a slow store), so the cap is
+	// reached however slow the store; holding only drives the test, the
+	// judgement is the intervals.
 	holding := make([]atomic.Int32, len(caps))
 	var wg sync.WaitGroup
 	for i := range caps {
@@ -86,6 +87,7 @@ func testQuotaConcurrentCaps(t *testing.T, f *fixture) {
 				req := as(f.req(pool.Name), consumers[i])
 				req.Strategy = pharox.AllStrategies[g%len(pharox.AllStrategies)]
 				for time.Now().Before(deadline) {
+					called := time.Now()
 					l, err := f.s.AcquireLease(f.ctx, req)
 					from := time.Now()
 					if qe, ok := errors.AsType[*pharox.QuotaError](err); ok && qe.Limit == pharox.LimitMaxConcurrentLeases {
@@ -102,7 +104,11 @@ func testQuotaConcurrentCaps(t *testing.T, f *fixture) {
 						return
 					}
 					holding[i].Add(1)
-					for wait := time.Now().Add(200 * time.Millisecond); int(holding[i].Load()) < caps[i] && time.Now().Before(wait); {
+					// Wait for the others at least as long again as this
+					// acquisition took: on a slow store (FerretDB on a busy
+					// machine) theirs take as long.
+					patience := max(200*time.Millisecond, 2*from.Sub(called))
+					for wait := time.Now().Add(patience); int(holding[i].Load()) < caps[i] && time.Now().Before(wait); {
 						time.Sleep(200 * time.Microsecond)
 					}
 					time.Sleep(time.Duration(rand.IntN(1000)) * time.Microsecond)
