@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"time"
 
 	"github.com/pharox/pharox"
@@ -15,7 +16,10 @@ import (
 // worker releases it.
 func ExampleManager_AcquireWait() {
 	ctx := context.Background()
-	store := memory.New()
+	store, err := memory.New()
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer store.Close()
 	pool, _ := pharox.BootstrapPool(ctx, store, "main", "")
 	one := 1
@@ -25,7 +29,7 @@ func ExampleManager_AcquireWait() {
 	held, _ := manager.Acquire(ctx, "main", &pharox.AcquireOptions{Consumer: "worker-1"})
 
 	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
-	_, err := manager.AcquireWait(short, "main", &pharox.AcquireOptions{Consumer: "worker-2"})
+	_, err = manager.AcquireWait(short, "main", &pharox.AcquireOptions{Consumer: "worker-2"})
 	cancel()
 	fmt.Println("gave up:", errors.Is(err, pharox.ErrNoProxyAvailable), errors.Is(err, context.DeadlineExceeded))
 

@@ -3,6 +3,7 @@ package pharox_test
 import (
 	"context"
 	"fmt"
+	"log"
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/storage/memory"
@@ -12,7 +13,10 @@ import (
 // anywhere in Uruguay, unless it is tagged datacenter.
 func ExampleFilters() {
 	ctx := context.Background()
-	store := memory.New()
+	store, err := memory.New()
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer store.Close()
 	pool, _ := pharox.BootstrapPool(ctx, store, "latam", "")
 	type place struct {

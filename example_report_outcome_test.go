@@ -3,6 +3,7 @@ package pharox_test
 import (
 	"context"
 	"fmt"
+	"log"
 	"time"
 
 	"github.com/pharox/pharox"
@@ -15,7 +16,10 @@ import (
 // makes it active again.
 func ExampleManager_ReportOutcome() {
 	ctx := context.Background()
-	store := memory.New()
+	store, err := memory.New()
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer store.Close()
 	pool, _ := pharox.BootstrapPool(ctx, store, "main", "")
 	pharox.BootstrapProxy(ctx, store, pool, pharox.Proxy{Host: "10.0.0.1", Port: 3128, Protocol: pharox.ProtocolHTTP})

@@ -3,6 +3,7 @@ package pharox_test
 import (
 	"context"
 	"fmt"
+	"log"
 	"time"
 
 	"github.com/pharox/pharox"
@@ -13,7 +14,10 @@ import (
 // that must keep its IP), even with a strategy that would otherwise move on.
 func ExampleAcquireOptions_sessionKey() {
 	ctx := context.Background()
-	store := memory.New()
+	store, err := memory.New()
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer store.Close()
 	pool, _ := pharox.BootstrapPool(ctx, store, "main", "")
 	for _, host := range []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"} {

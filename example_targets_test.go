@@ -3,6 +3,7 @@ package pharox_test
 import (
 	"context"
 	"fmt"
+	"log"
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/storage/memory"
@@ -18,7 +19,10 @@ func ExampleNormalizeTarget() {
 		fmt.Println(t)
 	}
 	ctx := context.Background()
-	store := memory.New()
+	store, err := memory.New()
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer store.Close()
 	pool, _ := pharox.BootstrapPool(ctx, store, "main", "")
 	for _, host := range []string{"10.0.0.1", "10.0.0.2"} {

@@ -3,6 +3,7 @@ package pharox_test
 import (
 	"context"
 	"fmt"
+	"log"
 	"time"
 
 	"github.com/pharox/pharox"
@@ -12,7 +13,10 @@ import (
 // The README's quick start: a pool with one proxy, leased and released.
 func Example() {
 	ctx := context.Background()
-	store := memory.New()
+	store, err := memory.New()
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer store.Close()
 
 	pool, _ := pharox.BootstrapPool(ctx, store, "latam-residential", "")

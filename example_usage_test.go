@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/storage/memory"
@@ -14,7 +15,10 @@ import (
 // until the first lease is released.
 func ExampleManager_SetQuota() {
 	ctx := context.Background()
-	store := memory.New()
+	store, err := memory.New()
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer store.Close()
 	pool, _ := pharox.BootstrapPool(ctx, store, "main", "")
 	for _, host := range []string{"10.0.0.1", "10.0.0.2"} {
@@ -56,7 +60,10 @@ func ExampleManager_SetQuota() {
 // Manager's usage report totals it per consumer, pool, proxy or target.
 func ExampleManager_ReleaseWithUsage() {
 	ctx := context.Background()
-	store := memory.New()
+	store, err := memory.New()
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer store.Close()
 	pool, _ := pharox.BootstrapPool(ctx, store, "main", "")
 	pharox.BootstrapProxy(ctx, store, pool, pharox.Proxy{Host: "10.0.0.1", Port: 3128, Protocol: pharox.ProtocolHTTP})

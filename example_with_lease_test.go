@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/storage/memory"
@@ -13,14 +14,17 @@ import (
 // is free again afterwards.
 func ExampleManager_WithLease() {
 	ctx := context.Background()
-	store := memory.New()
+	store, err := memory.New()
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer store.Close()
 	pool, _ := pharox.BootstrapPool(ctx, store, "main", "")
 	pharox.BootstrapProxy(ctx, store, pool, pharox.Proxy{Host: "10.0.0.1", Port: 3128, Protocol: pharox.ProtocolHTTP})
 	manager := pharox.NewManager(store)
 
 	errScrape := errors.New("target answered 500")
-	err := manager.WithLease(ctx, "main", &pharox.AcquireOptions{Consumer: "scraper"},
+	err = manager.WithLease(ctx, "main", &pharox.AcquireOptions{Consumer: "scraper"},
 		func(ctx context.Context, lease *pharox.Lease) error {
 			stats, _ := manager.PoolStats(ctx, "main")
 			fmt.Println("inside: leases held", stats.TotalLeases, "through", lease.Proxy.Address())

@@ -12,7 +12,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/internal/ptrutil"
-	"github.com/pharox/pharox/storage/memory"
+	"github.com/pharox/pharox/internal/testfactory"
 )
 
 // newPool returns a manager over a fresh memory store with one pool of n
@@ -20,7 +20,7 @@ import (
 func newPool(t *testing.T, n, maxConc int, opts ...pharox.ManagerOption) (*pharox.Manager, pharox.Storage, *pharox.Pool) {
 	t.Helper()
 	ctx := context.Background()
-	store := memory.New()
+	store := testfactory.Memory(t)
 	t.Cleanup(func() { store.Close() })
 	pool, err := pharox.BootstrapPool(ctx, store, "main", "")
 	if err != nil {

@@ -14,8 +14,8 @@ import (
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/api"
 	"github.com/pharox/pharox/client"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/server"
-	"github.com/pharox/pharox/storage/memory"
 )
 
 const (
@@ -26,7 +26,7 @@ const (
 // startServer runs the real HTTP service over a memory store.
 func startServer(t *testing.T) string {
 	t.Helper()
-	store := memory.New()
+	store := testfactory.Memory(t)
 	mgr := pharox.NewManager(store)
 	srv := server.New(mgr, server.Options{
 		AdminKeys: []string{adminKey}, ConsumerKeys: []string{consumerKey},

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/pharox/pharox"
-	"github.com/pharox/pharox/storage/memory"
+	"github.com/pharox/pharox/internal/testfactory"
 )
 
 // benchEnv is a target, one upstream (goproxy with credentials) and a
@@ -35,7 +35,7 @@ func newBenchEnv(b *testing.B) *benchEnv {
 	b.Helper()
 	target := newTarget(b).Plain.URL
 	up := startHTTPUpstream(b, "127.0.0.2", true)
-	store := memory.New()
+	store := testfactory.Memory(b)
 	b.Cleanup(func() { store.Close() })
 	mgr := pharox.NewManager(store)
 	ctx := context.Background()
@@ -225,7 +225,7 @@ func median(d []time.Duration) time.Duration {
 func BenchmarkMeteringThroughput64(b *testing.B) {
 	target := newTarget(b).Plain.URL + "/small"
 	up := startHTTPUpstream(b, "127.0.0.2", true)
-	store := memory.New()
+	store := testfactory.Memory(b)
 	b.Cleanup(func() { store.Close() })
 	mgr := pharox.NewManager(store)
 	ctx := context.Background()

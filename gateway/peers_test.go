@@ -17,9 +17,9 @@ import (
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/client"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/internal/testpeers"
 	"github.com/pharox/pharox/server"
-	"github.com/pharox/pharox/storage/memory"
 )
 
 // Test peers (target, upstream proxies) are internal/testpeers.
@@ -157,7 +157,7 @@ func newEnv(t *testing.T, configure func(*Config)) *env {
 // newEnvWith starts the target and a gateway; with remote the gateway
 // leases through the Go client from a pharox server over the same store.
 func newEnvWith(t *testing.T, remote bool, configure func(*Config)) *env {
-	return newEnvOn(t, memory.New(), nil, remote, configure)
+	return newEnvOn(t, testfactory.Memory(t), nil, remote, configure)
 }
 
 // newEnvOn is newEnvWith over store (closed at the end of the test), with

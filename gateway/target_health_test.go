@@ -16,7 +16,6 @@ import (
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/internal/testfactory"
-	"github.com/pharox/pharox/storage/memory"
 	"github.com/pharox/pharox/storage/sqlite"
 )
 
@@ -104,7 +103,7 @@ func fetch(t *testing.T, c *http.Client, url string) int {
 // keeps per-site health (pharox.TargetStore).
 func targetStores(t *testing.T) map[string]func(t *testing.T) pharox.Storage {
 	return map[string]func(t *testing.T) pharox.Storage{
-		"memory": func(*testing.T) pharox.Storage { return memory.New() },
+		"memory": func(t *testing.T) pharox.Storage { return testfactory.Memory(t) },
 		"sqlite": func(t *testing.T) pharox.Storage {
 			s, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "pharox.db"))
 			if err != nil {
@@ -261,7 +260,7 @@ func TestBanMarkersInBody(t *testing.T) {
 
 func TestBanMarkerConfig(t *testing.T) {
 	for _, markers := range [][]string{{""}, {"  "}, {strings.Repeat("x", banMarkerPeekBytes+1)}} {
-		_, err := New(Config{Leaser: NewLocalLeaser(pharox.NewManager(memory.New())), BanMarkers: markers})
+		_, err := New(Config{Leaser: NewLocalLeaser(pharox.NewManager(testfactory.Memory(t))), BanMarkers: markers})
 		if err == nil || !strings.Contains(err.Error(), "ban marker") {
 			t.Errorf("BanMarkers %q: err = %v, want one naming the ban marker", markers[0][:min(len(markers[0]), 8)], err)
 		}
@@ -276,7 +275,7 @@ func TestTargetHealthOffWithoutTargetStore(t *testing.T) {
 		t.Run(map[bool]string{false: "local", true: "remote"}[remote], func(t *testing.T) {
 			checkLeaks(t)
 			// Without per-site health 403 is no ban by default: name it.
-			e := newEnvOn(t, testfactory.WithoutTargets(memory.New()), nil, remote, func(c *Config) {
+			e := newEnvOn(t, testfactory.WithoutTargets(testfactory.Memory(t)), nil, remote, func(c *Config) {
 				c.BanStatuses = []int{http.StatusForbidden}
 			})
 			for _, ip := range []string{"127.0.0.2", "127.0.0.3"} {

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/pharox/pharox"
-	"github.com/pharox/pharox/storage/memory"
+	"github.com/pharox/pharox/internal/testfactory"
 )
 
 // BenchmarkTunnelIdleWatch downloads 8 MiB per CONNECT tunnel through two
@@ -45,7 +45,7 @@ func BenchmarkTunnelIdleWatch(b *testing.B) {
 		}
 	})
 	up := startHTTPUpstream(b, "127.0.0.2", false)
-	store := memory.New()
+	store := testfactory.Memory(b)
 	b.Cleanup(func() { store.Close() })
 	ctx := context.Background()
 	pool, err := store.CreatePool(ctx, pharox.Pool{Name: "main"})

@@ -10,7 +10,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/pharox/pharox"
-	"github.com/pharox/pharox/storage/memory"
+	"github.com/pharox/pharox/internal/testfactory"
 )
 
 // BenchmarkSweep sweeps b.N proxies (-benchtime 2000x for the record) that
@@ -31,7 +31,7 @@ func BenchmarkSweep(b *testing.B) {
 		}
 	}
 	ctx := context.Background()
-	store := memory.New()
+	store := testfactory.Memory(b)
 	pool, err := store.CreatePool(ctx, pharox.Pool{Name: "bench"})
 	if err != nil {
 		b.Fatal(err)

@@ -17,7 +17,10 @@ import (
 func Example() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
-	store := memory.New()
+	store, err := memory.New()
+	if err != nil {
+		log.Fatal(err)
+	}
 
 	checker, err := health.NewChecker(health.CheckerOptions{
 		TargetURL:      "https://example.com/",

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/pharox/pharox"
-	"github.com/pharox/pharox/storage/memory"
+	"github.com/pharox/pharox/internal/testfactory"
 )
 
 // Out-of-range options used to fall back to defaults silently (a negative
@@ -19,7 +19,7 @@ func TestNewOrchestratorRejectsOutOfRangeOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store := memory.New()
+	store := testfactory.Memory(t)
 	t.Cleanup(func() { store.Close() })
 	cases := []struct {
 		name string

@@ -14,7 +14,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/pharox/pharox"
-	"github.com/pharox/pharox/storage/memory"
+	"github.com/pharox/pharox/internal/testfactory"
 )
 
 // seedPool creates pool name in store with copies of proxies and returns
@@ -50,7 +50,7 @@ func getProxy(t *testing.T, store pharox.Storage, id uuid.UUID) *pharox.Proxy {
 
 func TestSweepPool(t *testing.T) {
 	tg := newTarget(t)
-	store := memory.New()
+	store := testfactory.Memory(t)
 	proxies := seedPool(t, store, "main",
 		proxyAt(t, startHTTPProxy(t, quietGoproxy(), false), pharox.ProtocolHTTP, nil),
 		proxyAt(t, startHTTPProxy(t, quietGoproxy(), true), pharox.ProtocolHTTPS, nil),
@@ -143,7 +143,7 @@ func TestSweepPool(t *testing.T) {
 func TestSweepStreakAndRecovery(t *testing.T) {
 	tg := newTarget(t)
 	var answer atomic.Int64
-	store := memory.New()
+	store := testfactory.Memory(t)
 	proxies := seedPool(t, store, "p",
 		proxyAt(t, startHTTPProxy(t, newSwitchProxy(&answer), false), pharox.ProtocolHTTP, nil),
 		proxyAt(t, startHTTPProxy(t, quietGoproxy(), false), pharox.ProtocolHTTP, nil))
@@ -190,7 +190,7 @@ func TestSweepStreakAndRecovery(t *testing.T) {
 func TestSweepBanCooldown(t *testing.T) {
 	tg := newTarget(t)
 	var answer atomic.Int64
-	store := memory.New()
+	store := testfactory.Memory(t)
 	proxies := seedPool(t, store, "p",
 		proxyAt(t, startHTTPProxy(t, newSwitchProxy(&answer), false), pharox.ProtocolHTTP, nil),
 		proxyAt(t, startHTTPProxy(t, quietGoproxy(), false), pharox.ProtocolHTTP, nil))
@@ -246,7 +246,7 @@ func TestSweepBanCooldown(t *testing.T) {
 func TestSweepSurvivesDeletedProxies(t *testing.T) {
 	tg := newTarget(t)
 	addr := startHTTPProxy(t, quietGoproxy(), false)
-	store := memory.New()
+	store := testfactory.Memory(t)
 	var in []*pharox.Proxy
 	for range 5 {
 		p := proxyAt(t, addr, pharox.ProtocolHTTP, &pharox.Credentials{User: uuid.NewString()})
@@ -281,7 +281,7 @@ func TestSweepSurvivesDeletedProxies(t *testing.T) {
 }
 
 func TestSweepTargetDown(t *testing.T) {
-	store := memory.New()
+	store := testfactory.Memory(t)
 	proxies := seedPool(t, store, "p", proxyAt(t, startHTTPProxy(t, quietGoproxy(), false), pharox.ProtocolHTTP, nil))
 	checker := newTestChecker(t, CheckerOptions{TargetURL: "http://" + closedPort(t) + "/"})
 	o := NewOrchestrator(store, checker, OrchestratorOptions{FailureThreshold: 1})
@@ -300,7 +300,7 @@ func TestSweepTargetDown(t *testing.T) {
 
 func TestSweepAllAndMissingPool(t *testing.T) {
 	tg := newTarget(t)
-	store := memory.New()
+	store := testfactory.Memory(t)
 	addr := startSOCKS5(t, false)
 	seedPool(t, store, "a", proxyAt(t, addr, pharox.ProtocolSOCKS5, nil))
 	seedPool(t, store, "b", proxyAt(t, addr, pharox.ProtocolSOCKS5, alice()), proxyAt(t, closedPort(t), pharox.ProtocolHTTP, nil))
@@ -323,7 +323,7 @@ func TestSweepAllAndMissingPool(t *testing.T) {
 
 func TestSweepCanceled(t *testing.T) {
 	tg := newTarget(t)
-	store := memory.New()
+	store := testfactory.Memory(t)
 	addr := startHTTPProxy(t, newSlowProxy(300*time.Millisecond), false)
 	var in []*pharox.Proxy
 	for range 6 {
@@ -369,7 +369,7 @@ func mustPool(t *testing.T, store pharox.Storage, name string) *pharox.Pool {
 
 func TestRun(t *testing.T) {
 	tg := newTarget(t)
-	store := memory.New()
+	store := testfactory.Memory(t)
 	seedPool(t, store, "a", proxyAt(t, startHTTPProxy(t, quietGoproxy(), false), pharox.ProtocolHTTP, nil))
 	seedPool(t, store, "b", proxyAt(t, closedPort(t), pharox.ProtocolHTTP, nil))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -413,7 +413,7 @@ func (brokenStore) ApplyHealthCheckResult(context.Context, pharox.HealthCheckRes
 
 func TestSweepStoreErrors(t *testing.T) {
 	tg := newTarget(t)
-	store := memory.New()
+	store := testfactory.Memory(t)
 	seedWorkingPool(t, store, "p", 3)
 	checker := newTestChecker(t, CheckerOptions{TargetURL: tg.plain.URL})
 	var last Progress
@@ -445,7 +445,7 @@ func TestSweepBanGuard(t *testing.T) {
 	ctx := context.Background()
 	checker := newTestChecker(t, CheckerOptions{TargetURL: tg.plain.URL})
 
-	store := memory.New()
+	store := testfactory.Memory(t)
 	all := seedPool(t, store, "all-blocked",
 		proxyAt(t, blockedAddr, pharox.ProtocolHTTP, user()), proxyAt(t, blockedAddr, pharox.ProtocolHTTP, user()),
 		proxyAt(t, blockedAddr, pharox.ProtocolHTTP, user()), proxyAt(t, blockedAddr, pharox.ProtocolHTTP, user()))
@@ -467,7 +467,7 @@ func TestSweepBanGuard(t *testing.T) {
 	}
 
 	// With the guard off the same sweep bans the whole pool.
-	store = memory.New()
+	store = testfactory.Memory(t)
 	seedPool(t, store, "all-blocked", proxyAt(t, blockedAddr, pharox.ProtocolHTTP, user()), proxyAt(t, blockedAddr, pharox.ProtocolHTTP, user()))
 	o = NewOrchestrator(store, checker, OrchestratorOptions{FailureThreshold: 1, MaxBannedShare: 1})
 	if s, err = o.SweepAll(ctx); err != nil || s.ByStatus[pharox.StatusBanned] != 2 || s.BansWithheld != 0 {
@@ -478,7 +478,7 @@ func TestSweepBanGuard(t *testing.T) {
 // TestNewOrchestratorNaNOptions: NaN float options count as unset, never as
 // a guard or limit that compares false with everything.
 func TestNewOrchestratorNaNOptions(t *testing.T) {
-	o := NewOrchestrator(memory.New(), nil, OrchestratorOptions{RateLimit: math.NaN(), MaxBannedShare: math.NaN()})
+	o := NewOrchestrator(testfactory.Memory(t), nil, OrchestratorOptions{RateLimit: math.NaN(), MaxBannedShare: math.NaN()})
 	if o.opts.MaxBannedShare != DefaultMaxBannedShare {
 		t.Errorf("MaxBannedShare NaN became %v, want the default %v", o.opts.MaxBannedShare, DefaultMaxBannedShare)
 	}
@@ -512,7 +512,7 @@ func TestSweepRecordsSiteBans(t *testing.T) {
 		return ts
 	}
 
-	store := memory.New()
+	store := testfactory.Memory(t)
 	all := seedPool(t, store, "all-blocked",
 		proxyAt(t, blockedAddr, pharox.ProtocolHTTP, user()), proxyAt(t, blockedAddr, pharox.ProtocolHTTP, user()),
 		proxyAt(t, blockedAddr, pharox.ProtocolHTTP, user()), proxyAt(t, blockedAddr, pharox.ProtocolHTTP, user()))
@@ -552,7 +552,7 @@ func TestSweepRecordsSiteBans(t *testing.T) {
 		}
 	}
 
-	store = memory.New()
+	store = testfactory.Memory(t)
 	off := seedPool(t, store, "p", proxyAt(t, blockedAddr, pharox.ProtocolHTTP, user()), proxyAt(t, openAddr, pharox.ProtocolHTTP, user()),
 		proxyAt(t, openAddr, pharox.ProtocolHTTP, user()), proxyAt(t, openAddr, pharox.ProtocolHTTP, user()))
 	if _, err := NewOrchestrator(store, checker, OrchestratorOptions{FailureThreshold: 1, DisableTargetHealth: true}).SweepAll(ctx); err != nil {

@@ -10,7 +10,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/pharox/pharox"
-	"github.com/pharox/pharox/storage/memory"
+	"github.com/pharox/pharox/internal/testfactory"
 )
 
 // Passive feedback (pharox.Manager.ReportOutcome) working together with the
@@ -29,7 +29,7 @@ func seedWorkingPool(t *testing.T, store pharox.Storage, name string, n int) []*
 
 func TestReportOutcomeStreaks(t *testing.T) {
 	ctx := context.Background()
-	store := memory.New()
+	store := testfactory.Memory(t)
 	proxies := seedWorkingPool(t, store, "p", 1)
 	m := pharox.NewManager(store, pharox.WithOutcomePolicy(pharox.OutcomePolicy{
 		FailureThreshold: 2,
@@ -104,7 +104,7 @@ func TestReportOutcomeStreaks(t *testing.T) {
 func TestBanGuardThenProbeRecovery(t *testing.T) {
 	ctx := context.Background()
 	tg := newTarget(t)
-	store := memory.New()
+	store := testfactory.Memory(t)
 	const n = 6
 	seedWorkingPool(t, store, "p", n)
 	m := pharox.NewManager(store, pharox.WithOutcomePolicy(pharox.OutcomePolicy{

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/observe"
-	"github.com/pharox/pharox/storage/memory"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.opentelemetry.io/otel/attribute"
@@ -25,7 +25,7 @@ import (
 func setup(t *testing.T, n int) pharox.Storage {
 	t.Helper()
 	ctx := context.Background()
-	s := memory.New()
+	s := testfactory.Memory(t)
 	t.Cleanup(func() { _ = s.Close() })
 	pool, err := pharox.BootstrapPool(ctx, s, "main", "")
 	if err != nil {

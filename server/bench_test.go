@@ -15,9 +15,9 @@ import (
 	"time"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/observe"
 	"github.com/pharox/pharox/server"
-	"github.com/pharox/pharox/storage/memory"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -37,7 +37,7 @@ var (
 func benchStore(b *testing.B) pharox.Storage {
 	b.Helper()
 	ctx := context.Background()
-	s := memory.New()
+	s := testfactory.Memory(b)
 	b.Cleanup(func() { _ = s.Close() })
 	pool, err := pharox.BootstrapPool(ctx, s, "bench", "")
 	if err != nil {

@@ -4,8 +4,8 @@ import (
 	"testing"
 
 	"github.com/pharox/pharox/api"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/server/servertest"
-	"github.com/pharox/pharox/storage/memory"
 )
 
 // TestConsumerIDAcrossServers: two servers share one store (as two
@@ -14,7 +14,7 @@ import (
 // server B, which has never seen it; and neither server turns an unknown
 // consumer id into a consumer.
 func TestConsumerIDAcrossServers(t *testing.T) {
-	store := memory.New()
+	store := testfactory.Memory(t)
 	t.Cleanup(func() { _ = store.Close() })
 	a := servertest.NewEnv(t, store, nil)
 	b := servertest.NewEnv(t, store, nil)

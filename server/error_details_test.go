@@ -15,9 +15,9 @@ import (
 	"testing"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/observe"
 	"github.com/pharox/pharox/server"
-	"github.com/pharox/pharox/storage/memory"
 	"github.com/pharox/pharox/storage/open"
 )
 
@@ -51,7 +51,7 @@ var (
 // and that none of them is logged at ERROR.
 func TestErrorDetailsAreOneCleanSentence(t *testing.T) {
 	stores := map[string]func(t *testing.T) pharox.Storage{
-		"memory": func(t *testing.T) pharox.Storage { return memory.New() },
+		"memory": func(t *testing.T) pharox.Storage { return testfactory.Memory(t) },
 		"sqlite": func(t *testing.T) pharox.Storage {
 			s, err := open.Open(context.Background(), "sqlite://"+filepath.Join(t.TempDir(), "pharox.db"))
 			if err != nil {
@@ -188,7 +188,7 @@ func isArticle(w string) bool { return w == "a" || w == "an" || w == "the" }
 // characters a detail quotes or states (a pool named "R&D", "radius_km ...
 // >= 0") appear as written, not HTML-escaped as \u0026 and \u003e.
 func TestErrorDetailsAreReadableRaw(t *testing.T) {
-	srv := server.New(pharox.NewManager(memory.New()), server.Options{AdminKeys: []string{"admin"}, ReapInterval: -1})
+	srv := server.New(pharox.NewManager(testfactory.Memory(t)), server.Options{AdminKeys: []string{"admin"}, ReapInterval: -1})
 	hs := httptest.NewServer(srv)
 	t.Cleanup(func() { srv.Close(); hs.Close() })
 	raw := func(method, path, body string) string {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/server/servertest"
 	"github.com/pharox/pharox/storage/memory"
 )
@@ -27,7 +28,7 @@ func (b brokenStore) GetPoolStats(context.Context, string) (*pharox.PoolStats, e
 // TestInternalErrorsAreGeneric checks that a store failure answers 500 with
 // a generic detail, is logged, and that /readyz reports it as 503.
 func TestInternalErrorsAreGeneric(t *testing.T) {
-	e := servertest.NewEnv(t, brokenStore{memory.New()}, nil)
+	e := servertest.NewEnv(t, brokenStore{testfactory.Memory(t)}, nil)
 	r := e.Admin("GET", "/v1/pools/", nil).Expect(t, 500)
 	if r.Detail() != "Internal server error" || strings.Contains(string(r.Body), "letmein") {
 		t.Fatalf("500 body leaks the cause: %s", r.Body)

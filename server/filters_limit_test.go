@@ -7,14 +7,14 @@ import (
 	"testing"
 
 	"github.com/pharox/pharox"
-	"github.com/pharox/pharox/storage/memory"
+	"github.com/pharox/pharox/internal/testfactory"
 )
 
 // Every filter term is evaluated against every candidate proxy while the
 // store chooses (under the memory store's lock), so a wide filter from one
 // consumer could stall every other request. The service rejects it.
 func TestAcquireRejectsOversizedFilters(t *testing.T) {
-	s := New(pharox.NewManager(memory.New()), Options{DisableAuth: true})
+	s := New(pharox.NewManager(testfactory.Memory(t)), Options{DisableAuth: true})
 	for name, filters := range map[string]string{
 		"any_of": `{"any_of":[` + strings.Repeat(`{"city":"Z"},`, pharox.MaxFilterTerms) + `{"city":"Z"}]}`,
 		"tags":   `{"tags":[` + strings.Repeat(`"t",`, pharox.MaxFilterTerms) + `"t"]}`,

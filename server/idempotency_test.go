@@ -12,9 +12,9 @@ import (
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/api"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/server"
 	"github.com/pharox/pharox/server/servertest"
-	"github.com/pharox/pharox/storage/memory"
 	"github.com/pharox/pharox/storage/open"
 )
 
@@ -25,7 +25,7 @@ import (
 // malformed key are refused with a sentence naming the header.
 func TestIdempotencyKey(t *testing.T) {
 	stores := map[string]func(t *testing.T) pharox.Storage{
-		"memory": func(t *testing.T) pharox.Storage { return memory.New() },
+		"memory": func(t *testing.T) pharox.Storage { return testfactory.Memory(t) },
 		"sqlite": func(t *testing.T) pharox.Storage {
 			s, err := open.Open(backendOpenContext(t), "sqlite://"+filepath.Join(t.TempDir(), "pharox.db"))
 			if err != nil {
@@ -135,7 +135,7 @@ func idemLease(t *testing.T, body string) api.Lease {
 // The OpenAPI document names the Idempotency-Key header of an
 // acquisition, so clients generated from it can send one.
 func TestOpenAPIDocumentsIdempotencyKey(t *testing.T) {
-	srv := server.New(pharox.NewManager(memory.New()), server.Options{DisableAuth: true})
+	srv := server.New(pharox.NewManager(testfactory.Memory(t)), server.Options{DisableAuth: true})
 	var doc struct {
 		Paths map[string]map[string]struct {
 			Parameters []struct{ Name, In string } `json:"parameters"`

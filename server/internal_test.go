@@ -8,14 +8,14 @@ import (
 	"testing"
 
 	"github.com/pharox/pharox"
-	"github.com/pharox/pharox/storage/memory"
+	"github.com/pharox/pharox/internal/testfactory"
 )
 
 // TestOpenAPIMatchesMux checks both directions between the route table,
 // the mux and the document: every route is registered under its own
 // pattern, and the document lists exactly the table's operations.
 func TestOpenAPIMatchesMux(t *testing.T) {
-	s := New(pharox.NewManager(memory.New()), Options{DisableAuth: true})
+	s := New(pharox.NewManager(testfactory.Memory(t)), Options{DisableAuth: true})
 	var doc struct {
 		Paths map[string]map[string]json.RawMessage `json:"paths"`
 	}
@@ -71,13 +71,13 @@ func TestErrorStatusNever500ForSentinels(t *testing.T) {
 var errSecret = &json.UnsupportedValueError{Str: "secret stuff"}
 
 func TestDisableAuth(t *testing.T) {
-	s := New(pharox.NewManager(memory.New()), Options{DisableAuth: true})
+	s := New(pharox.NewManager(testfactory.Memory(t)), Options{DisableAuth: true})
 	w := httptest.NewRecorder()
 	s.ServeHTTP(w, httptest.NewRequest("GET", "/v1/pools/", nil))
 	if w.Code != http.StatusOK {
 		t.Fatalf("without auth: %d %s", w.Code, w.Body)
 	}
-	noKeys := New(pharox.NewManager(memory.New()), Options{})
+	noKeys := New(pharox.NewManager(testfactory.Memory(t)), Options{})
 	w = httptest.NewRecorder()
 	noKeys.ServeHTTP(w, httptest.NewRequest("GET", "/v1/pools/", nil))
 	if w.Code != http.StatusUnauthorized {

@@ -5,8 +5,8 @@ import (
 	"testing"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/server/servertest"
-	"github.com/pharox/pharox/storage/memory"
 	"github.com/pharox/pharox/storage/open"
 )
 
@@ -28,7 +28,7 @@ func backendSecondHandle(t *testing.T, url string) pharox.Storage {
 
 func TestSharedStoreMemory(t *testing.T) {
 	servertest.RunSharedStore(t, func(t *testing.T) (pharox.Storage, pharox.Storage) {
-		s := memory.New()
+		s := testfactory.Memory(t)
 		t.Cleanup(func() { _ = s.Close() })
 		return s, s
 	})

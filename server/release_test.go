@@ -12,8 +12,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/server"
-	"github.com/pharox/pharox/storage/memory"
 )
 
 // leaseReadCounter counts the store's lease reads.
@@ -33,7 +33,7 @@ func (s *leaseReadCounter) GetLease(ctx context.Context, id uuid.UUID) (*pharox.
 // ended.
 func TestReleaseOfALiveLeaseIsOneRoundTrip(t *testing.T) {
 	ctx := context.Background()
-	mem := memory.New()
+	mem := testfactory.Memory(t)
 	t.Cleanup(func() { _ = mem.Close() })
 	store := &leaseReadCounter{Storage: mem}
 	pool, err := pharox.BootstrapPool(ctx, store, "main", "")

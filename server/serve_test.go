@@ -13,8 +13,8 @@ import (
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/api"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/server"
-	"github.com/pharox/pharox/storage/memory"
 )
 
 func post(t *testing.T, url, key, body string) (*http.Response, []byte) {
@@ -39,7 +39,7 @@ func post(t *testing.T, url, key, body string) (*http.Response, []byte) {
 // its 409 answer, Serve returns nil, and the port is closed.
 func TestServeGracefulShutdown(t *testing.T) {
 	ctx := context.Background()
-	store := memory.New()
+	store := testfactory.Memory(t)
 	pool, err := pharox.BootstrapPool(ctx, store, "main", "")
 	if err != nil {
 		t.Fatal(err)

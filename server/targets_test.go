@@ -8,7 +8,6 @@ import (
 	"github.com/pharox/pharox/api"
 	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/server/servertest"
-	"github.com/pharox/pharox/storage/memory"
 )
 
 // TestTargetsWithoutPerSiteHealth: on a store that keeps no per-site
@@ -16,7 +15,7 @@ import (
 // ignored (a client relying on it would lease blocked proxies), and
 // everything without a target works as before.
 func TestTargetsWithoutPerSiteHealth(t *testing.T) {
-	mem := memory.New()
+	mem := testfactory.Memory(t)
 	t.Cleanup(func() { mem.Close() })
 	e := servertest.NewEnv(t, testfactory.WithoutTargets(mem), nil)
 	pool := e.CreatePool("main")

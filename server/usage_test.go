@@ -12,6 +12,7 @@ import (
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/api"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/server"
 	"github.com/pharox/pharox/server/servertest"
 	"github.com/pharox/pharox/storage/memory"
@@ -50,7 +51,7 @@ func (s usageDownStore) ReleaseLease(ctx context.Context, id uuid.UUID, u *pharo
 // the usage and quota routes, and a release with usage, 503 with
 // Retry-After, never 500.
 func TestUsageOutageIs503(t *testing.T) {
-	store := usageDownStore{memory.New()}
+	store := usageDownStore{testfactory.Memory(t)}
 	t.Cleanup(func() { _ = store.Close() })
 	e := servertest.NewEnv(t, store, nil)
 	pool := e.CreatePool("main")
@@ -108,7 +109,7 @@ func TestReapPurgesUsageHourly(t *testing.T) {
 		{48 * time.Hour, 48 * time.Hour},
 		{-1, 0},
 	} {
-		store := &purgeCounter{Store: memory.New()}
+		store := &purgeCounter{Store: testfactory.Memory(t)}
 		t.Cleanup(func() { _ = store.Close() })
 		e := servertest.NewEnv(t, store, func(o *server.Options) { o.UsageRetention = c.retention })
 		before := time.Now()

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/pharox/pharox"
-	"github.com/pharox/pharox/storage/memory"
+	"github.com/pharox/pharox/internal/testfactory"
 )
 
 // BenchmarkThroughput32 compares a Transport leasing its one proxy from
@@ -35,7 +35,7 @@ func BenchmarkThroughput32(b *testing.B) {
 func benchmarkThroughput(b *testing.B, tunnel bool, concurrency int) {
 	tg := newTarget(b)
 	up := startHTTPUpstream(b, "127.0.1.9")
-	store := memory.New()
+	store := testfactory.Memory(b)
 	b.Cleanup(func() { store.Close() })
 	ctx := context.Background()
 	pool, err := pharox.BootstrapPool(ctx, store, "main", "")

@@ -52,7 +52,10 @@ func Example() {
 	defer upstream.Close()
 
 	ctx := context.Background()
-	store := memory.New()
+	store, err := memory.New()
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer store.Close()
 	pool, _ := pharox.BootstrapPool(ctx, store, "main", "")
 	addUpstream(ctx, store, pool, upstream)
@@ -90,7 +93,10 @@ func ExampleWithSession() {
 	defer site.Close()
 
 	ctx := context.Background()
-	store := memory.New()
+	store, err := memory.New()
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer store.Close()
 	pool, _ := pharox.BootstrapPool(ctx, store, "main", "")
 	for _, name := range []string{"a", "b", "c"} {

@@ -16,6 +16,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/internal/testpeers"
 	"github.com/pharox/pharox/storage/memory"
 )
@@ -135,7 +136,7 @@ type env struct {
 }
 
 func newEnv(t *testing.T) *env {
-	e := &env{t: t, store: memory.New(), tg: newTarget(t), byIP: map[string]*pharox.Proxy{}}
+	e := &env{t: t, store: testfactory.Memory(t), tg: newTarget(t), byIP: map[string]*pharox.Proxy{}}
 	t.Cleanup(func() { e.store.Close() })
 	e.mgr = pharox.NewManager(e.store, pharox.WithLogger(quietLogger()))
 	pool, err := e.store.CreatePool(context.Background(), pharox.Pool{Name: "main"})

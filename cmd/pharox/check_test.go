@@ -18,6 +18,7 @@ import (
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/health"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/storage/memory"
 )
 
@@ -45,7 +46,7 @@ func checkFixture(t *testing.T) (store *memory.Store, target string) {
 	good := px.Listener.Addr().(*net.TCPAddr).Port
 
 	ctx := context.Background()
-	store = memory.New()
+	store = testfactory.Memory(t)
 	pool, err := store.CreatePool(ctx, pharox.Pool{Name: "edge"})
 	if err != nil {
 		t.Fatal(err)

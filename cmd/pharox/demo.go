@@ -167,7 +167,10 @@ func runDemo(ctx context.Context, out, progress io.Writer, cfg demoConfig) (*dem
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	store := memory.New()
+	store, err := memory.New()
+	if err != nil {
+		return nil, err
+	}
 	defer store.Close()
 	m := pharox.NewManager(store)
 	proxies, err := seedDemo(ctx, store, cfg.Proxies)

@@ -18,7 +18,7 @@ import (
 	"github.com/elazarl/goproxy"
 
 	"github.com/pharox/pharox"
-	"github.com/pharox/pharox/storage/memory"
+	"github.com/pharox/pharox/internal/testfactory"
 )
 
 // TestGatewayCommandKeyAuth: with --key-auth the proxy password is an API
@@ -35,7 +35,7 @@ func TestGatewayCommandKeyAuth(t *testing.T) {
 	defer upSrv.Close()
 
 	ctx := context.Background()
-	store := memory.New()
+	store := testfactory.Memory(t)
 	pool, err := store.CreatePool(ctx, pharox.Pool{Name: "main"})
 	if err != nil {
 		t.Fatal(err)

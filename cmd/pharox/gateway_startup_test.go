@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/server"
-	"github.com/pharox/pharox/storage/memory"
 )
 
 // baseGatewayOptions are the flag defaults of `pharox gateway`.
@@ -73,7 +73,7 @@ func TestGatewayOpenListenerNeedsAllowOpen(t *testing.T) {
 // A gateway that cannot work exits at once with one line saying why;
 // before, it logged "listening" and failed every request.
 func TestGatewayFailsFastOnBadConfig(t *testing.T) {
-	store := memory.New()
+	store := testfactory.Memory(t)
 	defer store.Close()
 	if _, err := store.CreatePool(context.Background(), pharox.Pool{Name: "main"}); err != nil {
 		t.Fatal(err)

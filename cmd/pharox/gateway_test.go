@@ -18,7 +18,7 @@ import (
 	"github.com/elazarl/goproxy"
 
 	"github.com/pharox/pharox"
-	"github.com/pharox/pharox/storage/memory"
+	"github.com/pharox/pharox/internal/testfactory"
 )
 
 func TestGatewayCommandServesAndShutsDown(t *testing.T) {
@@ -31,7 +31,7 @@ func TestGatewayCommandServesAndShutsDown(t *testing.T) {
 	upSrv := httptest.NewServer(up)
 	defer upSrv.Close()
 
-	store := memory.New()
+	store := testfactory.Memory(t)
 	pool, err := store.CreatePool(context.Background(), pharox.Pool{Name: "main"})
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/server"
 	"github.com/pharox/pharox/storage/memory"
 )
@@ -39,7 +40,7 @@ type cli struct {
 
 // newDirectCLI runs commands in direct mode over a fresh memory store.
 func newDirectCLI(t *testing.T) *cli {
-	store := memory.New()
+	store := testfactory.Memory(t)
 	t.Cleanup(func() { store.Close() })
 	prev := openStorage
 	openStorage = func(ctx context.Context, url string) (pharox.Storage, error) {
@@ -57,7 +58,7 @@ const testAdminKey = "cli-test-admin-key-42"
 // newRemoteCLI runs commands against a real server over a fresh memory
 // store.
 func newRemoteCLI(t *testing.T) *cli {
-	store := memory.New()
+	store := testfactory.Memory(t)
 	srv := server.New(pharox.NewManager(store), server.Options{
 		AdminKeys: []string{testAdminKey}, ReapInterval: -1,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),

@@ -3,6 +3,7 @@ package colly_test
 import (
 	"context"
 	"fmt"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -34,7 +35,10 @@ func Example() {
 
 	// Two upstream HTTP proxies on loopback, standing in for a provider's.
 	ctx := context.Background()
-	store := memory.New()
+	store, err := memory.New()
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer store.Close()
 	pool, _ := pharox.BootstrapPool(ctx, store, "crawl", "")
 	var mu sync.Mutex

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/pharox/pharox"
-	"github.com/pharox/pharox/storage/memory"
+	"github.com/pharox/pharox/internal/testfactory"
 )
 
 func TestBootstrapRoles(t *testing.T) {
@@ -46,7 +46,7 @@ func storedKey(t *testing.T, store pharox.KeyStore, k pharox.APIKey) (string, *p
 
 func TestStoredKeys(t *testing.T) {
 	ctx := context.Background()
-	store := memory.New()
+	store := testfactory.Memory(t)
 	defer store.Close()
 	a := New(store, []string{"boot"}, nil)
 	if a.Empty() || a.KeyStore() == nil {

@@ -10,7 +10,10 @@
 // A nil options pointer takes every default. Defaults never collide: each
 // proxy gets a host and port of its own within the test process, and each
 // pool and consumer a distinct name. Every factory fails the test (with the
-// store's error) rather than returning one.
+// store's error) rather than returning one. Memory makes the in-memory store
+// most tests run on:
+//
+//	store := testfactory.Memory(t)
 //
 // The package is for _test.go files (the linter's depguard rule keeps it
 // out of the product); it is internal, so drivers outside this module use

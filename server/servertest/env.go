@@ -5,7 +5,13 @@
 // answers as that SDK does. A store package runs it with one line:
 //
 //	func TestServer(t *testing.T) {
-//		servertest.Run(t, func(t *testing.T) pharox.Storage { return memory.New() })
+//		servertest.Run(t, func(t *testing.T) pharox.Storage {
+//			s, err := memory.New()
+//			if err != nil {
+//				t.Fatal(err)
+//			}
+//			return s
+//		})
 //	}
 package servertest
 

@@ -20,6 +20,7 @@ import (
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/api"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/server"
 	"github.com/pharox/pharox/storage/memory"
 )
@@ -90,7 +91,7 @@ type fixture struct {
 func newFixture(t *testing.T, healthTarget string) *fixture {
 	t.Helper()
 	ctx := context.Background()
-	f := &fixture{store: memory.New(), sweepStarted: make(chan string, 4), sweepRelease: make(chan struct{}), sweepTargets: make(chan string, 4)}
+	f := &fixture{store: testfactory.Memory(t), sweepStarted: make(chan string, 4), sweepRelease: make(chan struct{}), sweepTargets: make(chan string, 4)}
 	t.Cleanup(func() { _ = f.store.Close() })
 	f.mgr = pharox.NewManager(f.store)
 

@@ -17,9 +17,9 @@ import (
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/api"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/server"
 	"github.com/pharox/pharox/server/ui"
-	"github.com/pharox/pharox/storage/memory"
 )
 
 func TestRecorderSeriesKeepsLastSamplesWithDeltas(t *testing.T) {
@@ -149,7 +149,7 @@ func TestScriptsRenderTextOnly(t *testing.T) {
 
 func TestBuildShowsSweepProgress(t *testing.T) {
 	ctx := context.Background()
-	store := memory.New()
+	store := testfactory.Memory(t)
 	defer store.Close()
 	pool, err := store.CreatePool(ctx, pharox.Pool{Name: "p"})
 	if err != nil {
@@ -210,7 +210,7 @@ func TestBuildShowsSweepProgress(t *testing.T) {
 // read.
 func TestDashboardEndpoint(t *testing.T) {
 	ctx := context.Background()
-	store := memory.New()
+	store := testfactory.Memory(t)
 	defer store.Close()
 	pool, err := store.CreatePool(ctx, pharox.Pool{Name: "alpha"})
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/storage/memory"
 	"github.com/pharox/pharox/storage/storagetest"
 )
@@ -150,7 +151,7 @@ func getFixture(b *testing.B, group string, size, free int) *fixture {
 	lastFixture = nil
 	runtime.GC() // drop the previous fixture before building the next
 	ctx := context.Background()
-	store := memory.New()
+	store := testfactory.Memory(b)
 	pool, err := store.CreatePool(ctx, pharox.Pool{Name: benchPool})
 	if err != nil {
 		b.Fatal(err)
@@ -300,7 +301,7 @@ func BenchmarkStoreAcquireRelease(b *testing.B) {
 		return nil
 	}
 	storagetest.Benchmark(b, func(b *testing.B) pharox.Storage {
-		s := memory.New()
+		s := testfactory.Memory(b)
 		b.Cleanup(func() { s.Close() })
 		return s
 	}, storagetest.BenchProxies(100_000, 1), storagetest.BenchWorkers(1, runtime.GOMAXPROCS(0)),
@@ -311,7 +312,7 @@ func BenchmarkStoreAcquireRelease(b *testing.B) {
 // size and occupancy, with the 100k-all-busy / 1k-free ratio.
 func BenchmarkScale(b *testing.B) {
 	storagetest.BenchmarkScale(b, func(b *testing.B) pharox.Storage {
-		s := memory.New()
+		s := testfactory.Memory(b)
 		b.Cleanup(func() { s.Close() })
 		return s
 	})
@@ -321,7 +322,7 @@ func BenchmarkScale(b *testing.B) {
 // the pool cooling down for it against pairs without a target.
 func BenchmarkTargets(b *testing.B) {
 	storagetest.BenchmarkTargets(b, func(b *testing.B) pharox.Storage {
-		s := memory.New()
+		s := testfactory.Memory(b)
 		b.Cleanup(func() { _ = s.Close() })
 		return s
 	})

@@ -11,7 +11,10 @@ import (
 
 func ExampleNew() {
 	ctx := context.Background()
-	store := memory.New()
+	store, err := memory.New()
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer store.Close()
 	m := pharox.NewManager(store)
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/internal/ptrutil"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/storage/memory"
 )
 
@@ -22,7 +23,7 @@ func TestFilterScanBudget(t *testing.T) {
 	ctx := context.Background()
 	const n = 200
 	for _, budget := range []int{50, 2 * n} {
-		s := memory.New(memory.WithFilterScanBudget(budget))
+		s := testfactory.Memory(t, memory.WithFilterScanBudget(budget))
 		pool, err := s.CreatePool(ctx, pharox.Pool{Name: "budget"})
 		if err != nil {
 			t.Fatal(err)

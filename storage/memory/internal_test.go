@@ -554,8 +554,12 @@ func TestModelRandomOperations(t *testing.T) {
 	for seed := range uint64(4) {
 		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
 			clock := newFakeClock()
+			s, err := New(WithClock(clock.Now), WithEndedLeaseRetention(50))
+			if err != nil {
+				t.Fatal(err)
+			}
 			m := &model{
-				t: t, s: New(WithClock(clock.Now), WithEndedLeaseRetention(50)), clock: clock,
+				t: t, s: s, clock: clock,
 				r: rand.New(rand.NewPCG(seed, 99)), ctx: context.Background(), hits: map[string]int{},
 			}
 			for i := range 2 {
@@ -566,7 +570,6 @@ func TestModelRandomOperations(t *testing.T) {
 				m.pools = append(m.pools, p)
 				m.addProxies(p, 30)
 			}
-			var err error
 			if m.consumer, err = m.s.EnsureConsumer(m.ctx, "c"); err != nil {
 				t.Fatal(err)
 			}
@@ -616,7 +619,10 @@ func newTestPool(t *testing.T, s *Store, n int, maxc *int) (*pharox.Pool, *pharo
 func TestExpiryHeapReclaimsOnNextOperation(t *testing.T) {
 	ctx := context.Background()
 	clock := newFakeClock()
-	s := New(WithClock(clock.Now))
+	s, err := New(WithClock(clock.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
 	_, c, _ := newTestPool(t, s, 3, intp(1))
 	var leases []*pharox.Lease
 	for _, d := range []time.Duration{3 * time.Second, time.Second, 2 * time.Second} {
@@ -672,7 +678,10 @@ func TestExpiryHeapReclaimsOnNextOperation(t *testing.T) {
 
 func TestEndedLeaseRetention(t *testing.T) {
 	ctx := context.Background()
-	s := New(WithEndedLeaseRetention(3))
+	s, err := New(WithEndedLeaseRetention(3))
+	if err != nil {
+		t.Fatal(err)
+	}
 	_, c, _ := newTestPool(t, s, 1, nil)
 	var ids []uuid.UUID
 	for range 5 {
@@ -720,7 +729,10 @@ func TestEndedLeaseRetention(t *testing.T) {
 
 func TestNoRetentionForgetsAtOnce(t *testing.T) {
 	ctx := context.Background()
-	s := New(WithEndedLeaseRetention(0))
+	s, err := New(WithEndedLeaseRetention(0))
+	if err != nil {
+		t.Fatal(err)
+	}
 	_, c, _ := newTestPool(t, s, 1, intp(1))
 	l, err := s.AcquireLease(ctx, pharox.AcquireRequest{PoolName: "p", ConsumerID: c.ID, Duration: time.Minute, Strategy: pharox.FirstAvailable})
 	if err != nil {
@@ -740,7 +752,10 @@ func TestNoRetentionForgetsAtOnce(t *testing.T) {
 
 func TestDeletedProxyLeasesAreForgotten(t *testing.T) {
 	ctx := context.Background()
-	s := New()
+	s, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
 	_, c, proxies := newTestPool(t, s, 2, nil)
 	l, err := s.AcquireLease(ctx, pharox.AcquireRequest{PoolName: "p", ConsumerID: c.ID, Duration: time.Minute, Strategy: pharox.FirstAvailable})
 	if err != nil {
@@ -773,7 +788,10 @@ func TestDeletedProxyLeasesAreForgotten(t *testing.T) {
 
 func TestRandomIsUniformUnderRareFilter(t *testing.T) {
 	ctx := context.Background()
-	s := New(WithEndedLeaseRetention(0))
+	s, err := New(WithEndedLeaseRetention(0))
+	if err != nil {
+		t.Fatal(err)
+	}
 	pool, err := s.CreatePool(ctx, pharox.Pool{Name: "p"})
 	if err != nil {
 		t.Fatal(err)
@@ -816,7 +834,10 @@ func TestRandomIsUniformUnderRareFilter(t *testing.T) {
 }
 
 func TestClosedStore(t *testing.T) {
-	s := New()
+	s, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -847,7 +868,10 @@ func liveRecords(s *Store) int {
 
 func TestPanickingPredicateLeavesStoreUsable(t *testing.T) {
 	ctx := context.Background()
-	s := New()
+	s, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
 	_, c, _ := newTestPool(t, s, 2, intp(1))
 	boom := &pharox.Filters{Predicate: func(*pharox.Proxy) bool { panic("boom") }}
 	for _, st := range pharox.AllStrategies {
@@ -872,7 +896,10 @@ func TestPanickingPredicateLeavesStoreUsable(t *testing.T) {
 
 func TestPredicateGetsACopy(t *testing.T) {
 	ctx := context.Background()
-	s := New()
+	s, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
 	_, c, proxies := newTestPool(t, s, 1, nil)
 	vandal := &pharox.Filters{Predicate: func(p *pharox.Proxy) bool {
 		p.Host, p.CurrentLeases, p.Status = "evil.example", 99, pharox.StatusBanned
@@ -897,7 +924,10 @@ func TestPredicateGetsACopy(t *testing.T) {
 // snapshots deep-copied after unlocking.
 func TestConcurrentMixedOperations(t *testing.T) {
 	ctx := context.Background()
-	s := New(WithEndedLeaseRetention(500))
+	s, err := New(WithEndedLeaseRetention(500))
+	if err != nil {
+		t.Fatal(err)
+	}
 	pool, err := s.CreatePool(ctx, pharox.Pool{Name: "p"})
 	if err != nil {
 		t.Fatal(err)

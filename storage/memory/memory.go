@@ -22,13 +22,28 @@ const DefaultEndedLeaseRetention = 100_000
 // ErrClosed is returned by every operation on a closed Store.
 var ErrClosed = errors.New("memory: store is closed")
 
-// Option configures a Store.
-type Option func(*Store)
+// Option configures a Store. An option whose argument is out of range
+// makes New fail with an error wrapping [pharox.ErrInvalidArgument].
+type Option func(*config) error
 
-// WithEndedLeaseRetention keeps the last n ended leases (n <= 0 keeps none:
-// a released lease is forgotten at once). Older ones are forgotten first.
+// config is what the options set; New builds the Store from it.
+type config struct {
+	now       func() time.Time
+	retention int
+	budget    int
+}
+
+// WithEndedLeaseRetention keeps the last n ended leases (default
+// DefaultEndedLeaseRetention; 0 keeps none: a released lease is forgotten
+// at once). Older ones are forgotten first. A negative n is refused.
 func WithEndedLeaseRetention(n int) Option {
-	return func(s *Store) { s.retention = max(0, n) }
+	return func(c *config) error {
+		if n < 0 {
+			return fmt.Errorf("%w: memory: WithEndedLeaseRetention: count must be at least 0, got %d", pharox.ErrInvalidArgument, n)
+		}
+		c.retention = n
+		return nil
+	}
 }
 
 // DefaultFilterScanBudget is how many candidates one acquisition tests
@@ -40,25 +55,28 @@ const DefaultFilterScanBudget = 20000
 // before giving up with pharox.ErrNoProxyAvailable, saying the filter is
 // too selective (default DefaultFilterScanBudget). The search runs under
 // the store's lock, so the budget bounds how long one call can stall every
-// other. Values below 1 mean the default.
+// other. n must be at least 1.
 func WithFilterScanBudget(n int) Option {
-	return func(s *Store) {
+	return func(c *config) error {
 		if n < 1 {
-			n = DefaultFilterScanBudget
+			return fmt.Errorf("%w: memory: WithFilterScanBudget: budget must be at least 1, got %d", pharox.ErrInvalidArgument, n)
 		}
-		s.scan.budget = n
+		c.budget = n
+		return nil
 	}
 }
 
 // WithClock replaces time.Now as the store's clock, for tests that need to
-// move time without sleeping. now must be safe for concurrent use. The
-// store never lets its time go backwards: a clock that steps back reads as
-// the latest time already used.
+// move time without sleeping. now must not be nil and must be safe for
+// concurrent use. The store never lets its time go backwards: a clock that
+// steps back reads as the latest time already used.
 func WithClock(now func() time.Time) Option {
-	return func(s *Store) {
-		if now != nil {
-			s.now = now
+	return func(c *config) error {
+		if now == nil {
+			return fmt.Errorf("%w: memory: WithClock: clock is nil", pharox.ErrInvalidArgument)
 		}
+		c.now = now
+		return nil
 	}
 }
 
@@ -141,12 +159,23 @@ func keyOf(p *pharox.Proxy) proxyKey {
 
 var _ pharox.Storage = (*Store)(nil)
 
-// New returns an empty store.
-func New(opts ...Option) *Store {
+// New returns an empty store configured by opts. It fails only when an
+// option is invalid, with that option's error (wrapping
+// [pharox.ErrInvalidArgument]); nil options are ignored.
+func New(opts ...Option) (*Store, error) {
+	cfg := config{now: time.Now, retention: DefaultEndedLeaseRetention, budget: DefaultFilterScanBudget}
+	for _, o := range opts {
+		if o == nil {
+			continue
+		}
+		if err := o(&cfg); err != nil {
+			return nil, err
+		}
+	}
 	s := &Store{
-		now:           time.Now,
-		retention:     DefaultEndedLeaseRetention,
-		scan:          scanner{budget: DefaultFilterScanBudget},
+		now:           cfg.now,
+		retention:     cfg.retention,
+		scan:          scanner{budget: cfg.budget},
 		pools:         make(map[uuid.UUID]*poolState),
 		poolNames:     make(map[string]*poolState),
 		proxies:       make(map[uuid.UUID]*proxyState),
@@ -156,15 +185,12 @@ func New(opts ...Option) *Store {
 	}
 	mask := newID()
 	s.slotMask = binary.BigEndian.Uint32(mask[:4])
-	for _, o := range opts {
-		o(s)
-	}
 	s.visitFA = s.scan.visitFA
 	s.visitLU = s.scan.visitLU
 	s.visitRR = s.scan.visitRR
 	s.visitPast = s.scan.visitPast
 	s.visitUpTo = s.scan.visitUpTo
-	return s
+	return s, nil
 }
 
 // newID returns a random (version 4) UUID. It reads crypto/rand directly:

@@ -4,13 +4,13 @@ import (
 	"testing"
 
 	"github.com/pharox/pharox"
-	"github.com/pharox/pharox/storage/memory"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/storage/storagetest"
 )
 
 func TestConformance(t *testing.T) {
 	storagetest.Run(t, func(t *testing.T) pharox.Storage {
-		s := memory.New()
+		s := testfactory.Memory(t)
 		t.Cleanup(func() { _ = s.Close() })
 		return s
 	}, storagetest.WithCapabilities(memoryCapabilities))

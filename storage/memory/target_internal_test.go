@@ -13,7 +13,10 @@ import (
 // nothing behind, so they never grow with traffic.
 func TestTargetIndexesStayBounded(t *testing.T) {
 	ctx := context.Background()
-	s := New()
+	s, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer s.Close()
 	pool, err := s.CreatePool(ctx, pharox.Pool{Name: "p"})
 	if err != nil {

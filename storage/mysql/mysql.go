@@ -26,7 +26,8 @@ import (
 const DefaultTablePrefix = "pharox_"
 
 // Option configures a Store (and Migrate, which only reads
-// WithTablePrefix).
+// WithTablePrefix). An option whose argument is out of range makes Open,
+// New and Migrate fail with an error wrapping [pharox.ErrInvalidArgument].
 type Option func(*config) error
 
 type config struct {
@@ -46,7 +47,7 @@ var tablePrefix = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,31}$`)
 func WithTablePrefix(prefix string) Option {
 	return func(c *config) error {
 		if !tablePrefix.MatchString(prefix) {
-			return fmt.Errorf("%w: mysql: table prefix %q must match %s", pharox.ErrInvalidArgument, prefix, tablePrefix)
+			return fmt.Errorf("%w: mysql: WithTablePrefix: prefix must match %s, got %q", pharox.ErrInvalidArgument, tablePrefix, prefix)
 		}
 		c.prefix = prefix
 		return nil
@@ -55,23 +56,24 @@ func WithTablePrefix(prefix string) Option {
 
 // WithAcquireAttempts sets how many times AcquireLease tries again when
 // every free candidate was row-locked by a concurrent transaction (default
-// 12, with a backoff from 100µs to 5ms between tries).
+// 12, with a backoff from 100µs to 5ms between tries); n outside 1-1000 is
+// refused.
 func WithAcquireAttempts(n int) Option {
 	return func(c *config) error {
 		if n < 1 || n > 1000 {
-			return fmt.Errorf("%w: mysql: acquire attempts %d out of range 1-1000", pharox.ErrInvalidArgument, n)
+			return fmt.Errorf("%w: mysql: WithAcquireAttempts: attempts must be in 1-1000, got %d", pharox.ErrInvalidArgument, n)
 		}
 		c.maxAttempts = n
 		return nil
 	}
 }
 
-// WithMaxConns caps the connections Open makes (default 16). New leaves
-// the caller's pool as it is.
+// WithMaxConns caps the connections Open makes (default 16; n outside
+// 1-10000 is refused). New leaves the caller's pool as it is.
 func WithMaxConns(n int) Option {
 	return func(c *config) error {
 		if n < 1 || n > 10000 {
-			return fmt.Errorf("%w: mysql: max connections %d out of range 1-10000", pharox.ErrInvalidArgument, n)
+			return fmt.Errorf("%w: mysql: WithMaxConns: connections must be in 1-10000, got %d", pharox.ErrInvalidArgument, n)
 		}
 		c.maxConns = n
 		return nil

@@ -65,7 +65,11 @@ func Open(ctx context.Context, rawURL string) (pharox.Storage, error) {
 	}
 	switch strings.ToLower(scheme) {
 	case "memory", "mem":
-		return memory.New(), nil
+		s, err := memory.New()
+		if err != nil {
+			return nil, err // a nil *memory.Store must not become a non-nil Storage
+		}
+		return s, nil
 	case "sqlite", "sqlite3", "file":
 		path, _, _ := strings.Cut(rest, "?")
 		if path == "" {

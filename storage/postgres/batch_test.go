@@ -14,6 +14,7 @@ import (
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/internal/ptrutil"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/storage/memory"
 )
 
@@ -32,7 +33,7 @@ type twin struct {
 func newTwin(t *testing.T, r *rand.Rand, proxies int) *twin {
 	t.Helper()
 	ctx := context.Background()
-	tw := &twin{pg: newTestStore(t), mem: memory.New()}
+	tw := &twin{pg: newTestStore(t), mem: testfactory.Memory(t)}
 	specs := make([]pharox.Proxy, proxies)
 	for i := range specs {
 		specs[i] = pharox.Proxy{

@@ -24,6 +24,8 @@ import (
 const DefaultSchema = "pharox"
 
 // Option configures a Store (and Migrate, which only reads WithSchema).
+// An option whose argument is out of range makes New and Migrate fail
+// with an error wrapping [pharox.ErrInvalidArgument].
 type Option func(*config) error
 
 type config struct {
@@ -46,7 +48,7 @@ var schemaName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
 func WithSchema(name string) Option {
 	return func(c *config) error {
 		if !schemaName.MatchString(name) {
-			return fmt.Errorf("%w: postgres: schema name %q must match %s", pharox.ErrInvalidArgument, name, schemaName)
+			return fmt.Errorf("%w: postgres: WithSchema: name must match %s, got %q", pharox.ErrInvalidArgument, schemaName, name)
 		}
 		c.schema = name
 		return nil
@@ -57,12 +59,12 @@ func WithSchema(name string) Option {
 // every free candidate was row-locked by a concurrent transaction (default
 // 12, with a backoff from 100µs to 5ms between tries). Before the last try
 // it waits, up to 2s, for the transaction holding its best candidate;
-// with 1 it never waits. See the package documentation for why a try can
-// miss.
+// with 1 it never waits. n outside 1-1000 is refused. See the package
+// documentation for why a try can miss.
 func WithAcquireAttempts(n int) Option {
 	return func(c *config) error {
 		if n < 1 || n > 1000 {
-			return fmt.Errorf("%w: postgres: acquire attempts %d out of range 1-1000", pharox.ErrInvalidArgument, n)
+			return fmt.Errorf("%w: postgres: WithAcquireAttempts: attempts must be in 1-1000, got %d", pharox.ErrInvalidArgument, n)
 		}
 		c.maxAttempts = n
 		return nil
@@ -84,11 +86,12 @@ func WithDurableReleases() Option {
 // WithMaxBatch sets how many concurrent calls of one Store may share one
 // statement (default DefaultMaxBatch): acquisitions from one pool with the
 // same strategy and filters, or releases. 1 turns batching off, so every
-// call runs its own statement. See the package documentation, Batching.
+// call runs its own statement; n outside 1-1000 is refused. See the
+// package documentation, Batching.
 func WithMaxBatch(n int) Option {
 	return func(c *config) error {
 		if n < 1 || n > 1000 {
-			return fmt.Errorf("%w: postgres: max batch %d out of range 1-1000", pharox.ErrInvalidArgument, n)
+			return fmt.Errorf("%w: postgres: WithMaxBatch: batch size must be in 1-1000, got %d", pharox.ErrInvalidArgument, n)
 		}
 		c.maxBatch = n
 		return nil
@@ -98,13 +101,13 @@ func WithMaxBatch(n int) Option {
 // WithFilterScanBudget sets how many free proxies, in strategy order, one
 // acquisition (or FindAvailableProxy) examines for a filter before it
 // gives up with ErrNoProxyAvailable saying the filter is too selective
-// (default DefaultFilterScanBudget). It bounds the work of every call;
-// busy proxies never count against it. See the package documentation,
-// Filters.
+// (default DefaultFilterScanBudget; n outside 10-1000000 is refused). It
+// bounds the work of every call; busy proxies never count against it. See
+// the package documentation, Filters.
 func WithFilterScanBudget(n int) Option {
 	return func(c *config) error {
 		if n < 10 || n > 1_000_000 {
-			return fmt.Errorf("%w: postgres: filter scan budget %d out of range 10-1000000", pharox.ErrInvalidArgument, n)
+			return fmt.Errorf("%w: postgres: WithFilterScanBudget: budget must be in 10-1000000, got %d", pharox.ErrInvalidArgument, n)
 		}
 		c.scanBudget = n
 		return nil

@@ -53,38 +53,77 @@ const maxInFlight = 1
 // stopped waiting; should it fail, the lease expires on its own.
 const discardTimeout = 5 * time.Second
 
-// Option configures a Store.
-type Option func(*Store)
+// Option configures a Store. An option whose argument is out of range
+// makes New fail with an error wrapping [pharox.ErrInvalidArgument]; nil
+// options are ignored.
+type Option func(*config) error
+
+// config is what the options set; New builds the Store from it.
+type config struct {
+	prefix         string
+	retention      time.Duration
+	usageRetention time.Duration
+	maxBatch       int
+}
 
 // WithPrefix sets the prefix of every key the store uses, so several
-// deployments (or tests) can share one Redis. Include a hash tag such as
-// "{name}:" to keep the store usable on Redis Cluster.
-func WithPrefix(p string) Option { return func(s *Store) { s.prefix = p } }
+// deployments (or tests) can share one Redis; an empty prefix is refused.
+// Include a hash tag such as "{name}:" to keep the store usable on Redis
+// Cluster.
+func WithPrefix(p string) Option {
+	return func(c *config) error {
+		if p == "" {
+			return fmt.Errorf("%w: redis: WithPrefix: prefix is empty", pharox.ErrInvalidArgument)
+		}
+		c.prefix = p
+		return nil
+	}
+}
 
 // WithEndedLeaseRetention sets how long ended leases are kept before
-// CleanupExpiredLeases deletes them; zero or negative keeps them until
-// PurgeEndedLeases. Each ended lease takes about 0.5 KB of Redis memory
-// while it is kept (see the package doc, Expiry and retention).
+// CleanupExpiredLeases deletes them; zero keeps them until
+// PurgeEndedLeases, and a negative duration is refused. Each ended lease
+// takes about 0.5 KB of Redis memory while it is kept (see the package
+// doc, Expiry and retention).
 func WithEndedLeaseRetention(d time.Duration) Option {
-	return func(s *Store) { s.retention = d }
+	return func(c *config) error {
+		if d < 0 {
+			return fmt.Errorf("%w: redis: WithEndedLeaseRetention: retention must not be negative, got %v", pharox.ErrInvalidArgument, d)
+		}
+		c.retention = d
+		return nil
+	}
 }
 
 // WithUsageRetention sets how long each hourly usage bucket lives after
 // its hour began before Redis expires it (see the package doc, Usage and
-// quotas); zero or negative keeps buckets until PurgeUsage deletes them.
-// A quota set later counts only the buckets still kept, so keep at least
-// the current month (32 days).
+// quotas); zero keeps buckets until PurgeUsage deletes them, and a
+// negative duration is refused. A quota set later counts only the buckets
+// still kept, so keep at least the current month (32 days).
 func WithUsageRetention(d time.Duration) Option {
-	return func(s *Store) { s.usageRetention = d }
+	return func(c *config) error {
+		if d < 0 {
+			return fmt.Errorf("%w: redis: WithUsageRetention: retention must not be negative, got %v", pharox.ErrInvalidArgument, d)
+		}
+		c.usageRetention = d
+		return nil
+	}
 }
 
 // WithMaxBatch caps how many concurrent acquisitions (or releases) one
 // script serves, and so how long one batch keeps Redis busy (some tens of
 // microseconds per item); n = 1 turns batching off, so every call runs its
-// own script. n outside 1-1000 makes New fail with
-// [pharox.ErrInvalidArgument]. The default is [DefaultMaxBatch]; see the
-// package doc, Batching.
-func WithMaxBatch(n int) Option { return func(s *Store) { s.maxBatch = n } }
+// own script. n outside 1-1000 is refused. The default is
+// [DefaultMaxBatch]; see the package doc, Batching.
+func WithMaxBatch(n int) Option {
+	return func(c *config) error {
+		if n < 1 || n > 1000 {
+			return fmt.Errorf("%w: redis: WithMaxBatch: batch size must be in 1-1000, got %d", pharox.ErrInvalidArgument, n)
+		}
+		c.maxBatch = n
+		return nil
+	}
+}
 
 // Store is a [pharox.Storage] on Redis. It is safe for concurrent use; its
 // state lives entirely in Redis.
@@ -127,17 +166,17 @@ func New(client goredis.UniversalClient, opts ...Option) (*Store, error) {
 	if client == nil {
 		return nil, fmt.Errorf("redis: new store: %w: nil client", pharox.ErrInvalidArgument)
 	}
-	s := &Store{rdb: client, prefix: DefaultPrefix, retention: DefaultEndedLeaseRetention, maxBatch: DefaultMaxBatch,
-		usageRetention: DefaultUsageRetention}
+	cfg := config{prefix: DefaultPrefix, retention: DefaultEndedLeaseRetention, usageRetention: DefaultUsageRetention, maxBatch: DefaultMaxBatch}
 	for _, o := range opts {
-		o(s)
+		if o == nil {
+			continue
+		}
+		if err := o(&cfg); err != nil {
+			return nil, err
+		}
 	}
-	if s.prefix == "" {
-		return nil, fmt.Errorf("redis: new store: %w: empty key prefix", pharox.ErrInvalidArgument)
-	}
-	if s.maxBatch < 1 || s.maxBatch > 1000 {
-		return nil, fmt.Errorf("redis: new store: %w: max batch %d out of range 1-1000", pharox.ErrInvalidArgument, s.maxBatch)
-	}
+	s := &Store{rdb: client, prefix: cfg.prefix, retention: cfg.retention, maxBatch: cfg.maxBatch,
+		usageRetention: cfg.usageRetention}
 	s.anchor = []string{s.prefix + "pools"}
 	if s.maxBatch > 1 {
 		s.acquires = batch.New(s.execAcquire, batch.Options[*pharox.Lease]{

@@ -6,13 +6,13 @@ import (
 	"testing"
 
 	"github.com/pharox/pharox"
-	"github.com/pharox/pharox/storage/memory"
+	"github.com/pharox/pharox/internal/testfactory"
 )
 
 // The memory store is the baseline measured in the same run.
 func init() {
 	benchStores = append([]benchStore{{"memory", func(b *testing.B) pharox.Storage {
-		s := memory.New()
+		s := testfactory.Memory(b)
 		b.Cleanup(func() { s.Close() })
 		return s
 	}}}, benchStores...)

@@ -27,8 +27,10 @@ import (
 //go:embed migrations/*.sql
 var migrationFS embed.FS
 
-// Option configures a Store.
-type Option func(*config)
+// Option configures a Store. An option whose argument is out of range
+// makes Open fail with an error wrapping [pharox.ErrInvalidArgument]; nil
+// options are ignored.
+type Option func(*config) error
 
 type config struct {
 	busyTimeout time.Duration
@@ -39,24 +41,46 @@ type config struct {
 }
 
 // WithBusyTimeout sets how long an operation waits for another process's
-// write lock before failing (default 10s). Within one process writers queue
-// on the store's single write connection and never hit this limit.
+// write lock before failing (default 10s; 0 fails at once, a negative
+// timeout is refused). Within one process writers queue on the store's
+// single write connection and never hit this limit.
 func WithBusyTimeout(d time.Duration) Option {
-	return func(c *config) { c.busyTimeout = d }
+	return func(c *config) error {
+		if d < 0 {
+			return fmt.Errorf("%w: sqlite: WithBusyTimeout: timeout must not be negative, got %v", pharox.ErrInvalidArgument, d)
+		}
+		c.busyTimeout = d
+		return nil
+	}
 }
 
 // WithSynchronous sets PRAGMA synchronous: "NORMAL" (the default) keeps every
 // committed transaction across process crashes but may lose the last ones on
 // power loss; "FULL" also survives power loss at the cost of an fsync per
-// transaction.
+// transaction. "OFF" and "EXTRA" are accepted too, in any case; any other
+// mode is refused.
 func WithSynchronous(mode string) Option {
-	return func(c *config) { c.synchronous = mode }
+	return func(c *config) error {
+		switch m := strings.ToUpper(mode); m {
+		case "OFF", "NORMAL", "FULL", "EXTRA":
+			c.synchronous = m
+			return nil
+		}
+		return fmt.Errorf("%w: sqlite: WithSynchronous: mode must be OFF, NORMAL, FULL or EXTRA, got %q", pharox.ErrInvalidArgument, mode)
+	}
 }
 
-// WithReadConns sets the size of the read connection pool (default 4).
-// Reads run in parallel with each other and with the writer under WAL.
+// WithReadConns sets the size of the read connection pool (default 4; n
+// must be at least 1). Reads run in parallel with each other and with the
+// writer under WAL.
 func WithReadConns(n int) Option {
-	return func(c *config) { c.readConns = n }
+	return func(c *config) error {
+		if n < 1 {
+			return fmt.Errorf("%w: sqlite: WithReadConns: count must be at least 1, got %d", pharox.ErrInvalidArgument, n)
+		}
+		c.readConns = n
+		return nil
+	}
 }
 
 // WithFilterScanBudget sets how many proxies with a free slot one
@@ -65,16 +89,28 @@ func WithReadConns(n int) Option {
 // that rejects nearly every proxy of a large pool would otherwise walk all
 // of them while holding the database's write lock; past the budget the
 // acquisition fails with pharox.ErrNoProxyAvailable, saying the filter is
-// too selective. Values below 1 mean the default.
+// too selective. n must be at least 1.
 func WithFilterScanBudget(n int) Option {
-	return func(c *config) { c.budget = n }
+	return func(c *config) error {
+		if n < 1 {
+			return fmt.Errorf("%w: sqlite: WithFilterScanBudget: budget must be at least 1, got %d", pharox.ErrInvalidArgument, n)
+		}
+		c.budget = n
+		return nil
+	}
 }
 
-// WithClock replaces the store's clock, for tests. It must return the real
-// time when several processes share the file, since each stamps leases with
-// its own clock.
+// WithClock replaces the store's clock, for tests; now must not be nil. It
+// must return the real time when several processes share the file, since
+// each stamps leases with its own clock.
 func WithClock(now func() time.Time) Option {
-	return func(c *config) { c.now = now }
+	return func(c *config) error {
+		if now == nil {
+			return fmt.Errorf("%w: sqlite: WithClock: clock is nil", pharox.ErrInvalidArgument)
+		}
+		c.now = now
+		return nil
+	}
 }
 
 // Store is a pharox.Storage kept in one SQLite database file. It is safe for
@@ -113,9 +149,14 @@ const maxCachedStmts = 256
 // open the same file at once; migrations run under the write lock, so only
 // one applies each.
 func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
-	cfg := config{busyTimeout: 10 * time.Second, synchronous: "NORMAL", readConns: 4}
+	cfg := config{busyTimeout: 10 * time.Second, synchronous: "NORMAL", readConns: 4, now: time.Now, budget: DefaultFilterScanBudget}
 	for _, o := range opts {
-		o(&cfg)
+		if o == nil {
+			continue
+		}
+		if err := o(&cfg); err != nil {
+			return nil, err
+		}
 	}
 	if strings.TrimSpace(path) == "" {
 		return nil, fmt.Errorf("sqlite: open: %w: database path is empty", pharox.ErrInvalidArgument)
@@ -125,23 +166,6 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	}
 	if strings.ContainsRune(path, 0) {
 		return nil, fmt.Errorf("sqlite: open: %w: database path contains a NUL byte", pharox.ErrInvalidArgument)
-	}
-	switch strings.ToUpper(cfg.synchronous) {
-	case "OFF", "NORMAL", "FULL", "EXTRA":
-	default:
-		return nil, fmt.Errorf("sqlite: open: %w: synchronous mode %q (want OFF, NORMAL, FULL or EXTRA)", pharox.ErrInvalidArgument, cfg.synchronous)
-	}
-	if cfg.busyTimeout < 0 {
-		return nil, fmt.Errorf("sqlite: open: %w: negative busy timeout", pharox.ErrInvalidArgument)
-	}
-	if cfg.readConns < 1 {
-		cfg.readConns = 1
-	}
-	if cfg.budget < 1 {
-		cfg.budget = DefaultFilterScanBudget
-	}
-	if cfg.now == nil {
-		cfg.now = time.Now
 	}
 	abs, err := filepath.Abs(path)
 	if err != nil {
@@ -153,7 +177,7 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	base := "file:" + (&url.URL{Path: filepath.ToSlash(abs)}).EscapedPath()
 	common := "?_pragma=busy_timeout(" + strconv.FormatInt(cfg.busyTimeout.Milliseconds(), 10) + ")" +
 		"&_pragma=foreign_keys(1)" +
-		"&_pragma=synchronous(" + strings.ToUpper(cfg.synchronous) + ")"
+		"&_pragma=synchronous(" + cfg.synchronous + ")"
 	w, err := sql.Open("sqlite", base+common+"&_pragma=journal_mode(WAL)&_txlock=immediate")
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)

@@ -49,7 +49,10 @@ type scaleBaseline struct {
 //
 //	func BenchmarkScale(b *testing.B) {
 //		storagetest.BenchmarkScale(b, func(b *testing.B) pharox.Storage {
-//			s := memory.New()
+//			s, err := memory.New()
+//			if err != nil {
+//				b.Fatal(err)
+//			}
 //			b.Cleanup(func() { s.Close() })
 //			return s
 //		})

@@ -4,7 +4,10 @@
 //
 //	func TestConformance(t *testing.T) {
 //		storagetest.Run(t, func(t *testing.T) pharox.Storage {
-//			s := memory.New()
+//			s, err := memory.New()
+//			if err != nil {
+//				t.Fatal(err)
+//			}
 //			t.Cleanup(func() { s.Close() })
 //			return s
 //		})

@@ -4,7 +4,7 @@ import (
 	"testing"
 
 	"github.com/pharox/pharox"
-	"github.com/pharox/pharox/storage/memory"
+	"github.com/pharox/pharox/internal/testfactory"
 	"github.com/pharox/pharox/storage/storagetest"
 )
 
@@ -12,7 +12,7 @@ import (
 // itself is exercised by CI without any server.
 func TestMemory(t *testing.T) {
 	storagetest.Run(t, func(t *testing.T) pharox.Storage {
-		s := memory.New()
+		s := testfactory.Memory(t)
 		t.Cleanup(func() { _ = s.Close() })
 		return s
 	}, storagetest.WithCapabilities(storagetest.Capabilities{

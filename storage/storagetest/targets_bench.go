@@ -24,7 +24,10 @@ const DefaultTargetBenchSize = 10000
 //
 //	func BenchmarkTargets(b *testing.B) {
 //		storagetest.BenchmarkTargets(b, func(b *testing.B) pharox.Storage {
-//			s := memory.New()
+//			s, err := memory.New()
+//			if err != nil {
+//				b.Fatal(err)
+//			}
 //			b.Cleanup(func() { s.Close() })
 //			return s
 //		})
