@@ -46,7 +46,7 @@ var collectionPrefix = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,31}$`)
 func WithCollectionPrefix(prefix string) Option {
 	return func(c *config) error {
 		if !collectionPrefix.MatchString(prefix) {
-			return fmt.Errorf("%w: mongo: collection prefix %q must match %s", pharox.ErrInvalidArgument, prefix, collectionPrefix)
+			return fmt.Errorf("%w: mongo: WithCollectionPrefix: prefix %q must be lower-case letters, digits and underscores, at most 32 bytes, not starting with a digit", pharox.ErrInvalidArgument, prefix)
 		}
 		c.prefix = prefix
 		return nil
@@ -60,7 +60,7 @@ func WithCollectionPrefix(prefix string) Option {
 func WithFilterScanBudget(n int) Option {
 	return func(c *config) error {
 		if n < 10 || n > 1000000 {
-			return fmt.Errorf("%w: mongo: filter scan budget %d out of range 10-1000000", pharox.ErrInvalidArgument, n)
+			return fmt.Errorf("%w: mongo: WithFilterScanBudget: budget must be in 10-1000000, got %d", pharox.ErrInvalidArgument, n)
 		}
 		c.budget = n
 		return nil
@@ -70,6 +70,9 @@ func WithFilterScanBudget(n int) Option {
 func buildConfig(opts []Option) (config, error) {
 	c := config{prefix: DefaultCollectionPrefix, budget: DefaultFilterScanBudget}
 	for _, o := range opts {
+		if o == nil {
+			continue
+		}
 		if err := o(&c); err != nil {
 			return c, err
 		}
