@@ -53,16 +53,12 @@ func startSizedTarget(t testing.TB) string {
 				if _, err := io.CopyN(io.Discard, br, n); err != nil {
 					return
 				}
-				_, _ = io.CopyN(c, zeros{}, m)
+				_, _ = io.CopyN(c, testpeers.Zeros{}, m)
 			})
 		}
 	})
 	return ln.Addr().String()
 }
-
-type zeros struct{}
-
-func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 
 // exchange sends the sized target's request for n bytes out and m back
 // over a tunnel (reading from r, which may hold buffered tunnel bytes),
@@ -75,7 +71,7 @@ func exchange(c net.Conn, r io.Reader, n, m int64) (sent, received int64, err er
 	if _, err := io.WriteString(c, head); err != nil {
 		return 0, 0, fmt.Errorf("tunnel write: %w", err)
 	}
-	k, err := io.CopyN(c, zeros{}, n)
+	k, err := io.CopyN(c, testpeers.Zeros{}, n)
 	if err != nil {
 		return int64(len(head)) + k, 0, fmt.Errorf("tunnel write: %w", err)
 	}
@@ -191,34 +187,6 @@ func (e *env) waitUsage(want pharox.UsageRow, witness func() pharox.Usage) {
 	}
 }
 
-// fetchBytes GETs url through c and checks that n bytes came back.
-func fetchBytes(c *http.Client, url string, n int) error {
-	resp, err := c.Get(fmt.Sprintf("%s/bytes?n=%d", url, n))
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	got, err := io.Copy(io.Discard, resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK || got != int64(n) {
-		return fmt.Errorf("GET %d bytes: status %d, %d bytes, %v (%s)", n, resp.StatusCode, got, err, resp.Header.Get(ReasonHeader))
-	}
-	return nil
-}
-
-// postEcho POSTs n bytes to url's /echo through c and checks the echo.
-func postEcho(c *http.Client, url string, n int) error {
-	resp, err := c.Post(url+"/echo", "application/octet-stream", io.LimitReader(zeros{}, int64(n)))
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	got, err := io.Copy(io.Discard, resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK || got != int64(n) {
-		return fmt.Errorf("POST %d bytes: status %d, %d bytes back, %v", n, resp.StatusCode, got, err)
-	}
-	return nil
-}
-
 // absoluteGet sends one absolute-form request for rawURL (also https://,
 // which the gateway fetches itself through a tunnel of the upstream) to
 // the gateway at addr and returns the status and the body's length.
@@ -265,13 +233,13 @@ func TestMeteringForwardByteExact(t *testing.T) {
 			e.add(0, alice(), up)
 			requests := 0
 			for _, n := range []int{0, 1, 517, 64 << 10, 300 << 10} {
-				if err := fetchBytes(e.client, site.Plain.URL, n); err != nil {
+				if err := testpeers.GetBytes(e.client, site.Plain.URL, n); err != nil {
 					t.Fatal(err)
 				}
 				requests++
 			}
 			for _, n := range []int{1, 10 << 10, 200 << 10} {
-				if err := postEcho(e.client, site.Plain.URL, n); err != nil {
+				if err := testpeers.PostEcho(e.client, site.Plain.URL, n); err != nil {
 					t.Fatal(err)
 				}
 				requests++
@@ -289,7 +257,7 @@ func TestMeteringForwardByteExact(t *testing.T) {
 				for g := range 8 {
 					wg.Go(func() {
 						for i := range 4 {
-							if err := fetchBytes(e.client, site.Plain.URL, 1000*g+i); err != nil {
+							if err := testpeers.GetBytes(e.client, site.Plain.URL, 1000*g+i); err != nil {
 								t.Error(err)
 							}
 						}
@@ -357,7 +325,7 @@ func TestMeteringDisabled(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.DisableMetering = true })
 	site := startBytesTarget(t)
 	e.add(0, nil, startHTTPUpstream(t, "127.0.0.2", false))
-	if err := fetchBytes(e.client, site.Plain.URL, 100); err != nil {
+	if err := testpeers.GetBytes(e.client, site.Plain.URL, 100); err != nil {
 		t.Fatal(err)
 	}
 	c, br := connectTunnel(t, e.addr, "", startSizedTarget(t))
@@ -455,7 +423,7 @@ func TestQuotaRefusal(t *testing.T) {
 	// Under the cap again: served.
 	mustExchange(t, held, heldR, 1, 1)
 	e.waitNoLeases()
-	if err := fetchBytes(e.client, site.Plain.URL, 10); err != nil {
+	if err := testpeers.GetBytes(e.client, site.Plain.URL, 10); err != nil {
 		t.Fatalf("under the cap again: %v", err)
 	}
 	if code := socksConnectReply(t, e.socks, target); code != 0 {
@@ -504,7 +472,7 @@ func TestMeteringMetrics(t *testing.T) {
 	site := startBytesTarget(t)
 	e.add(0, nil, startHTTPUpstream(t, "127.0.0.2", false))
 	for _, n := range []int{10, 20000} {
-		if err := fetchBytes(e.client, site.Plain.URL, n); err != nil {
+		if err := testpeers.GetBytes(e.client, site.Plain.URL, n); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -534,7 +502,7 @@ func TestMeteringRemote(t *testing.T) {
 	ln := testpeers.Counting(listenOn(t, "127.0.0.2"))
 	e.add(0, alice(), testpeers.StartGoproxy(t, "127.0.0.2", testpeers.HTTPOptions{Listener: ln}))
 	for _, n := range []int{0, 5000} {
-		if err := fetchBytes(e.client, site.Plain.URL, n); err != nil {
+		if err := testpeers.GetBytes(e.client, site.Plain.URL, n); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -588,7 +556,7 @@ func TestQuotaWaitedOut(t *testing.T) {
 		_, _, _ = exchange(held, heldR, 1, 1)
 	})
 	start := time.Now()
-	if err := fetchBytes(e.client, site.Plain.URL, 10); err != nil {
+	if err := testpeers.GetBytes(e.client, site.Plain.URL, 10); err != nil {
 		t.Fatalf("over the cap with a wait: %v", err)
 	}
 	<-released

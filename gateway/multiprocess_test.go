@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -101,7 +100,7 @@ type mpGateway struct {
 	http, socks string
 	cmd         *exec.Cmd
 	stdin       io.WriteCloser
-	out         *mpWatcher
+	out         *testpeers.OutputWatcher
 	done        chan struct{} // closed when the process has been waited for
 	err         error         // Wait's result, once done is closed
 }
@@ -114,7 +113,7 @@ func mpStartGateway(t *testing.T, name, path string) *mpGateway {
 	pattern := "^" + regexp.QuoteMeta(t.Name()) + "$"
 	cmd := exec.Command(os.Args[0], "-test.run="+pattern, "-test.count=1", "-test.timeout=10m")
 	cmd.Env = append(os.Environ(), mpEnvChild+"="+t.Name(), mpEnvStore+"="+path)
-	g := &mpGateway{name: name, cmd: cmd, out: newMPWatcher(mpAddrPrefix), done: make(chan struct{})}
+	g := &mpGateway{name: name, cmd: cmd, out: testpeers.NewOutputWatcher(mpAddrPrefix), done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = g.out, g.out
 	cmd.WaitDelay = 5 * time.Second
 	stdin, err := cmd.StdinPipe()
@@ -131,7 +130,7 @@ func mpStartGateway(t *testing.T, name, path string) *mpGateway {
 	}()
 	t.Cleanup(g.kill)
 	select {
-	case addrs := <-g.out.found:
+	case addrs := <-g.out.Found():
 		g.http, g.socks, _ = strings.Cut(addrs, " ")
 	case <-g.done:
 		t.Fatalf("%s exited before serving: %v\n%s", name, g.err, g.output())
@@ -181,52 +180,6 @@ func (g *mpGateway) client(t *testing.T, user string) *http.Client {
 	tr := &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: g.http, User: url.UserPassword(user, "x")})}
 	t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr, Timeout: time.Minute}
-}
-
-// mpWatcher keeps a process's output and delivers the rest of the first
-// line that starts with its prefix.
-type mpWatcher struct {
-	prefix string
-	found  chan string
-
-	mu   sync.Mutex
-	buf  bytes.Buffer
-	line []byte // the unfinished last line
-	sent bool
-}
-
-func newMPWatcher(prefix string) *mpWatcher {
-	return &mpWatcher{prefix: prefix, found: make(chan string, 1)}
-}
-
-func (w *mpWatcher) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.buf.Write(p)
-	if w.sent {
-		return len(p), nil
-	}
-	w.line = append(w.line, p...)
-	for {
-		i := bytes.IndexByte(w.line, '\n')
-		if i < 0 {
-			break
-		}
-		l := strings.TrimSpace(string(w.line[:i]))
-		w.line = w.line[i+1:]
-		if rest, ok := strings.CutPrefix(l, w.prefix); ok {
-			w.found <- rest
-			w.sent, w.line = true, nil
-			break
-		}
-	}
-	return len(p), nil
-}
-
-func (w *mpWatcher) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.String()
 }
 
 // TestMultiProcessMetering runs three gateway processes over one SQLite
@@ -301,9 +254,9 @@ func TestMultiProcessMetering(t *testing.T) {
 				for i := range 6 {
 					var err error
 					if i%3 == 2 {
-						err = postEcho(hc, site, 1000*k+7*i)
+						err = testpeers.PostEcho(hc, site, 1000*k+7*i)
 					} else {
-						err = fetchBytes(hc, site, 20000*k+i*i*999)
+						err = testpeers.GetBytes(hc, site, 20000*k+i*i*999)
 					}
 					if err != nil {
 						t.Errorf("%s: %v", g.name, err)
@@ -395,7 +348,7 @@ func TestMultiProcessMetering(t *testing.T) {
 	}
 	mustExchange(t, c1, r1, 1, 1)
 	mpWaitLeases(t, store, "tun", 1)
-	if err := fetchBytes(hc, site, 1); err != nil {
+	if err := testpeers.GetBytes(hc, site, 1); err != nil {
 		t.Fatalf("under the cap again: %v", err)
 	}
 	mustExchange(t, c2, c2, 1, 1)

@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -12,12 +11,12 @@ import (
 	"os/signal"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/testpeers"
 	"github.com/pharox/pharox/server"
 	"github.com/pharox/pharox/server/servertest"
 	"github.com/pharox/pharox/storage/open"
@@ -97,7 +96,7 @@ type mpChild struct {
 	URL    string
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
-	stdout *mpWatcher
+	stdout *testpeers.OutputWatcher
 	stderr *servertest.SyncBuffer
 	done   chan struct{} // closed when the process has been waited for
 	err    error         // Wait's result, once done is closed
@@ -121,7 +120,7 @@ func mpStartChild(t *testing.T, name, storeURL string) *mpChild {
 	c := &mpChild{
 		name:   name,
 		cmd:    cmd,
-		stdout: newMPWatcher(mpURLPrefix),
+		stdout: testpeers.NewOutputWatcher(mpURLPrefix),
 		stderr: &servertest.SyncBuffer{},
 		done:   make(chan struct{}),
 	}
@@ -144,7 +143,7 @@ func mpStartChild(t *testing.T, name, storeURL string) *mpChild {
 	t.Cleanup(c.kill)
 
 	select {
-	case u := <-c.stdout.found:
+	case u := <-c.stdout.Found():
 		c.URL = u
 	case <-c.done:
 		t.Fatalf("%s exited before serving: %v\n%s", name, c.err, c.output())
@@ -191,52 +190,4 @@ func mpTail(s string) string {
 		return "..." + s[len(s)-max:]
 	}
 	return s
-}
-
-// mpWatcher keeps a process's output and delivers the rest of the first
-// line that starts with its prefix.
-type mpWatcher struct {
-	prefix string
-	found  chan string
-
-	mu   sync.Mutex
-	buf  bytes.Buffer
-	line []byte // the unfinished last line
-	sent bool
-}
-
-func newMPWatcher(prefix string) *mpWatcher {
-	return &mpWatcher{prefix: prefix, found: make(chan string, 1)}
-}
-
-// Write implements io.Writer.
-func (w *mpWatcher) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.buf.Write(p)
-	if w.sent {
-		return len(p), nil
-	}
-	w.line = append(w.line, p...)
-	for {
-		i := bytes.IndexByte(w.line, '\n')
-		if i < 0 {
-			break
-		}
-		l := strings.TrimSpace(string(w.line[:i]))
-		w.line = w.line[i+1:]
-		if rest, ok := strings.CutPrefix(l, w.prefix); ok {
-			w.found <- rest
-			w.sent, w.line = true, nil
-			break
-		}
-	}
-	return len(p), nil
-}
-
-// String returns everything written so far.
-func (w *mpWatcher) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.String()
 }

@@ -15,38 +15,6 @@ import (
 	"github.com/pharox/pharox/internal/testpeers"
 )
 
-// getBytes GETs n bytes from site's /bytes through c and checks them.
-func getBytes(c *http.Client, site string, n int) error {
-	resp, err := c.Get(fmt.Sprintf("%s/bytes?n=%d", site, n))
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	got, err := io.Copy(io.Discard, resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK || got != int64(n) {
-		return fmt.Errorf("GET %d bytes: status %d, %d bytes, %v", n, resp.StatusCode, got, err)
-	}
-	return nil
-}
-
-// postEcho POSTs n bytes to site's /echo through c and checks the echo.
-func postEcho(c *http.Client, site string, n int) error {
-	resp, err := c.Post(site+"/echo", "application/octet-stream", io.LimitReader(zeroReader{}, int64(n)))
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	got, err := io.Copy(io.Discard, resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK || got != int64(n) {
-		return fmt.Errorf("POST %d bytes: status %d, %d bytes back, %v", n, resp.StatusCode, got, err)
-	}
-	return nil
-}
-
-type zeroReader struct{}
-
-func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
-
 // usage is the store's usage total of pool "main".
 func (e *env) usage() pharox.UsageRow {
 	e.t.Helper()
@@ -114,13 +82,13 @@ func TestMeteringByteExact(t *testing.T) {
 			c := &http.Client{Transport: e.transport(), Timeout: 30 * time.Second}
 			var requests int64
 			for _, n := range []int{0, 1, 700, 100 << 10} {
-				if err := getBytes(c, url, n); err != nil {
+				if err := testpeers.GetBytes(c, url, n); err != nil {
 					t.Fatal(err)
 				}
 				requests++
 			}
 			for _, n := range []int{1, 50 << 10} {
-				if err := postEcho(c, url, n); err != nil {
+				if err := testpeers.PostEcho(c, url, n); err != nil {
 					t.Fatal(err)
 				}
 				requests++
@@ -134,7 +102,7 @@ func TestMeteringByteExact(t *testing.T) {
 				for g := range 6 {
 					wg.Go(func() {
 						for i := range 4 {
-							if err := getBytes(c, url, 3000*g+i); err != nil {
+							if err := testpeers.GetBytes(c, url, 3000*g+i); err != nil {
 								t.Error(err)
 							}
 						}
@@ -175,7 +143,7 @@ func TestMeteringHTTP2(t *testing.T) {
 		want.Requests++
 		want.BytesReceived += got
 	}
-	if err := postEcho(c, site.URL, 1234); err != nil {
+	if err := testpeers.PostEcho(c, site.URL, 1234); err != nil {
 		t.Fatal(err)
 	}
 	want.Requests++
@@ -191,7 +159,7 @@ func TestWithoutMetering(t *testing.T) {
 	site := testpeers.NewTarget(t, testpeers.BytesHandler())
 	e.add(0, alice(), startHTTPUpstream(t, "127.0.1.1"))
 	c := &http.Client{Transport: e.transport(WithoutMetering())}
-	if err := getBytes(c, site.Plain.URL, 100); err != nil {
+	if err := testpeers.GetBytes(c, site.Plain.URL, 100); err != nil {
 		t.Fatal(err)
 	}
 	e.noLeases()
@@ -236,7 +204,7 @@ func TestQuotaWait(t *testing.T) {
 		t.Fatalf("over the cap: %v, want the consumer's QuotaError", err)
 	}
 	time.AfterFunc(100*time.Millisecond, func() { held.Body.Close() })
-	if err := getBytes(&http.Client{Transport: e.transport(WithConsumer("scraper"), WithMaxWait(10*time.Second))}, site.Plain.URL, 10); err != nil {
+	if err := testpeers.GetBytes(&http.Client{Transport: e.transport(WithConsumer("scraper"), WithMaxWait(10*time.Second))}, site.Plain.URL, 10); err != nil {
 		t.Fatalf("a lease came back within the wait: %v", err)
 	}
 	e.noLeases()
@@ -253,7 +221,7 @@ func TestMeteringRemote(t *testing.T) {
 	rt := e.transportWith(e.remoteLeaser(), WithConsumer("scraper"), WithMaxWait(0))
 	c := &http.Client{Transport: rt}
 	for _, n := range []int{3, 30000} {
-		if err := getBytes(c, site.Plain.URL, n); err != nil {
+		if err := testpeers.GetBytes(c, site.Plain.URL, n); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"log"
 	"net"
@@ -423,3 +424,39 @@ func (c *countingConn) CloseWrite() error {
 	}
 	return c.Conn.Close()
 }
+
+// GetBytes GETs n bytes from a BytesHandler at site through c and checks
+// the status and the length. A failure quotes the answer's headers (the
+// gateway's X-Pharox-Reason says why it refused).
+func GetBytes(c *http.Client, site string, n int) error {
+	resp, err := c.Get(fmt.Sprintf("%s/bytes?n=%d", site, n))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	got, err := io.Copy(io.Discard, resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK || got != int64(n) {
+		return fmt.Errorf("GET %d bytes: status %d, %d bytes, %v (headers %v)", n, resp.StatusCode, got, err, resp.Header)
+	}
+	return nil
+}
+
+// PostEcho POSTs n zero bytes to a BytesHandler's /echo at site through c
+// and checks that as many come back.
+func PostEcho(c *http.Client, site string, n int) error {
+	resp, err := c.Post(site+"/echo", "application/octet-stream", io.LimitReader(Zeros{}, int64(n)))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	got, err := io.Copy(io.Discard, resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK || got != int64(n) {
+		return fmt.Errorf("POST %d bytes: status %d, %d bytes back, %v", n, resp.StatusCode, got, err)
+	}
+	return nil
+}
+
+// Zeros is an endless reader of zero bytes.
+type Zeros struct{}
+
+func (Zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
