@@ -25,7 +25,7 @@ func BenchmarkSweep(b *testing.B) {
 	addrs := make([]*pharox.Proxy, listeners)
 	for i := range addrs {
 		if i%2 == 0 {
-			addrs[i] = proxyAt(b, startHTTPProxy(b, quietGoproxy(), false), pharox.ProtocolHTTP, nil)
+			addrs[i] = proxyAt(b, startHTTPProxy(b, openProxy), pharox.ProtocolHTTP, nil)
 		} else {
 			addrs[i] = proxyAt(b, startSOCKS5(b, false), pharox.ProtocolSOCKS5, nil)
 		}
@@ -46,7 +46,7 @@ func BenchmarkSweep(b *testing.B) {
 	if _, err := store.AddProxies(ctx, in); err != nil {
 		b.Fatal(err)
 	}
-	checker, err := NewChecker(CheckerOptions{TargetURL: tg.plain.URL, Timeout: 10 * time.Second})
+	checker, err := NewChecker(CheckerOptions{TargetURL: tg.Plain.URL, Timeout: 10 * time.Second})
 	if err != nil {
 		b.Fatal(err)
 	}

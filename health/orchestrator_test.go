@@ -15,6 +15,7 @@ import (
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/internal/testfactory"
+	"github.com/pharox/pharox/internal/testpeers"
 )
 
 // seedPool creates pool name in store with copies of proxies and returns
@@ -52,18 +53,18 @@ func TestSweepPool(t *testing.T) {
 	tg := newTarget(t)
 	store := testfactory.Memory(t)
 	proxies := seedPool(t, store, "main",
-		proxyAt(t, startHTTPProxy(t, quietGoproxy(), false), pharox.ProtocolHTTP, nil),
-		proxyAt(t, startHTTPProxy(t, quietGoproxy(), true), pharox.ProtocolHTTPS, nil),
-		proxyAt(t, startSOCKS5(t, true), pharox.ProtocolSOCKS5, alice()),
+		proxyAt(t, startHTTPProxy(t, openProxy), pharox.ProtocolHTTP, nil),
+		proxyAt(t, startHTTPProxy(t, testpeers.HTTPOptions{NoAuth: true, TLS: true}), pharox.ProtocolHTTPS, nil),
+		proxyAt(t, startSOCKS5(t, true), pharox.ProtocolSOCKS5, testpeers.Alice()),
 		proxyAt(t, startSOCKS4(t, ""), pharox.ProtocolSOCKS4, nil),
-		proxyAt(t, startHTTPProxy(t, newSlowProxy(time.Second), false), pharox.ProtocolHTTP, nil),
-		proxyAt(t, startHTTPProxy(t, newAuthProxy(func(*http.Request) bool { return false }), false), pharox.ProtocolHTTP, alice()),
+		proxyAt(t, startHTTPProxy(t, slowProxy(time.Second)), pharox.ProtocolHTTP, nil),
+		proxyAt(t, startHTTPProxy(t, testpeers.HTTPOptions{Accept: rejectAll}), pharox.ProtocolHTTP, testpeers.Alice()),
 		proxyAt(t, startResetPeer(t), pharox.ProtocolHTTP, nil),
 		proxyAt(t, closedPort(t), pharox.ProtocolSOCKS5, nil),
 	)
 	// The slow peer is 1 s slow, the others answer in milliseconds: the
 	// threshold sits far from both.
-	checker := newTestChecker(t, CheckerOptions{TargetURL: tg.tls.URL, TLSConfig: tlsTrusting(tg), SlowThreshold: 400 * time.Millisecond})
+	checker := newTestChecker(t, CheckerOptions{TargetURL: tg.TLS.URL, TLSConfig: tlsTrusting(tg), SlowThreshold: 400 * time.Millisecond})
 	var progress []Progress
 	o := NewOrchestrator(store, checker, OrchestratorOptions{
 		Concurrency:      4,
@@ -105,7 +106,7 @@ func TestSweepPool(t *testing.T) {
 		t.Fatalf("failing = %+v", s.Failing)
 	}
 	for _, f := range s.Failing {
-		if strings.Contains(f.Proxy, proxyPass) || strings.Contains(f.Error, proxyPass) {
+		if strings.Contains(f.Proxy, testpeers.Password) || strings.Contains(f.Error, testpeers.Password) {
 			t.Errorf("report leaks the password: %+v", f)
 		}
 	}
@@ -145,9 +146,9 @@ func TestSweepStreakAndRecovery(t *testing.T) {
 	var answer atomic.Int64
 	store := testfactory.Memory(t)
 	proxies := seedPool(t, store, "p",
-		proxyAt(t, startHTTPProxy(t, newSwitchProxy(&answer), false), pharox.ProtocolHTTP, nil),
-		proxyAt(t, startHTTPProxy(t, quietGoproxy(), false), pharox.ProtocolHTTP, nil))
-	o := NewOrchestrator(store, newTestChecker(t, CheckerOptions{TargetURL: tg.plain.URL}), OrchestratorOptions{FailureThreshold: 3})
+		proxyAt(t, startHTTPProxy(t, switchProxy(&answer)), pharox.ProtocolHTTP, nil),
+		proxyAt(t, startHTTPProxy(t, openProxy), pharox.ProtocolHTTP, nil))
+	o := NewOrchestrator(store, newTestChecker(t, CheckerOptions{TargetURL: tg.Plain.URL}), OrchestratorOptions{FailureThreshold: 3})
 	sweep := func() {
 		t.Helper()
 		if _, err := o.SweepPool(context.Background(), "p"); err != nil {
@@ -192,13 +193,13 @@ func TestSweepBanCooldown(t *testing.T) {
 	var answer atomic.Int64
 	store := testfactory.Memory(t)
 	proxies := seedPool(t, store, "p",
-		proxyAt(t, startHTTPProxy(t, newSwitchProxy(&answer), false), pharox.ProtocolHTTP, nil),
-		proxyAt(t, startHTTPProxy(t, quietGoproxy(), false), pharox.ProtocolHTTP, nil))
+		proxyAt(t, startHTTPProxy(t, switchProxy(&answer)), pharox.ProtocolHTTP, nil),
+		proxyAt(t, startHTTPProxy(t, openProxy), pharox.ProtocolHTTP, nil))
 	var mu sync.Mutex
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
-	o := NewOrchestrator(store, newTestChecker(t, CheckerOptions{TargetURL: tg.plain.URL}), OrchestratorOptions{
+	o := NewOrchestrator(store, newTestChecker(t, CheckerOptions{TargetURL: tg.Plain.URL}), OrchestratorOptions{
 		FailureThreshold: 2, BanCooldown: time.Minute, MaxBanCooldown: 3 * time.Minute, Clock: clock,
 	})
 	sweep := func() *SweepSummary {
@@ -234,7 +235,7 @@ func TestSweepBanCooldown(t *testing.T) {
 
 	// IgnoreCooldown probes it anyway; the target lets it through now.
 	answer.Store(0)
-	force := NewOrchestrator(store, newTestChecker(t, CheckerOptions{TargetURL: tg.plain.URL}), OrchestratorOptions{IgnoreCooldown: true, Clock: clock})
+	force := NewOrchestrator(store, newTestChecker(t, CheckerOptions{TargetURL: tg.Plain.URL}), OrchestratorOptions{IgnoreCooldown: true, Clock: clock})
 	if s, err := force.SweepPool(context.Background(), "p"); err != nil || s.Checked != 2 {
 		t.Fatalf("forced sweep: %+v %v", s, err)
 	}
@@ -245,7 +246,7 @@ func TestSweepBanCooldown(t *testing.T) {
 
 func TestSweepSurvivesDeletedProxies(t *testing.T) {
 	tg := newTarget(t)
-	addr := startHTTPProxy(t, quietGoproxy(), false)
+	addr := startHTTPProxy(t, openProxy)
 	store := testfactory.Memory(t)
 	var in []*pharox.Proxy
 	for range 5 {
@@ -254,7 +255,7 @@ func TestSweepSurvivesDeletedProxies(t *testing.T) {
 	}
 	proxies := seedPool(t, store, "p", in...)
 	var once sync.Once
-	o := NewOrchestrator(store, newTestChecker(t, CheckerOptions{TargetURL: tg.plain.URL}), OrchestratorOptions{
+	o := NewOrchestrator(store, newTestChecker(t, CheckerOptions{TargetURL: tg.Plain.URL}), OrchestratorOptions{
 		Concurrency: 1,
 		Progress: func(Progress) {
 			// With one worker, the proxies not checked yet are listed but
@@ -282,7 +283,7 @@ func TestSweepSurvivesDeletedProxies(t *testing.T) {
 
 func TestSweepTargetDown(t *testing.T) {
 	store := testfactory.Memory(t)
-	proxies := seedPool(t, store, "p", proxyAt(t, startHTTPProxy(t, quietGoproxy(), false), pharox.ProtocolHTTP, nil))
+	proxies := seedPool(t, store, "p", proxyAt(t, startHTTPProxy(t, openProxy), pharox.ProtocolHTTP, nil))
 	checker := newTestChecker(t, CheckerOptions{TargetURL: "http://" + closedPort(t) + "/"})
 	o := NewOrchestrator(store, checker, OrchestratorOptions{FailureThreshold: 1})
 	s, err := o.SweepPool(context.Background(), "p")
@@ -303,9 +304,9 @@ func TestSweepAllAndMissingPool(t *testing.T) {
 	store := testfactory.Memory(t)
 	addr := startSOCKS5(t, false)
 	seedPool(t, store, "a", proxyAt(t, addr, pharox.ProtocolSOCKS5, nil))
-	seedPool(t, store, "b", proxyAt(t, addr, pharox.ProtocolSOCKS5, alice()), proxyAt(t, closedPort(t), pharox.ProtocolHTTP, nil))
+	seedPool(t, store, "b", proxyAt(t, addr, pharox.ProtocolSOCKS5, testpeers.Alice()), proxyAt(t, closedPort(t), pharox.ProtocolHTTP, nil))
 	seedPool(t, store, "empty")
-	o := NewOrchestrator(store, newTestChecker(t, CheckerOptions{TargetURL: tg.plain.URL}), OrchestratorOptions{FailureThreshold: 1, RateLimit: 1000})
+	o := NewOrchestrator(store, newTestChecker(t, CheckerOptions{TargetURL: tg.Plain.URL}), OrchestratorOptions{FailureThreshold: 1, RateLimit: 1000})
 	s, err := o.SweepAll(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -324,14 +325,14 @@ func TestSweepAllAndMissingPool(t *testing.T) {
 func TestSweepCanceled(t *testing.T) {
 	tg := newTarget(t)
 	store := testfactory.Memory(t)
-	addr := startHTTPProxy(t, newSlowProxy(300*time.Millisecond), false)
+	addr := startHTTPProxy(t, slowProxy(300*time.Millisecond))
 	var in []*pharox.Proxy
 	for range 6 {
 		in = append(in, proxyAt(t, addr, pharox.ProtocolHTTP, &pharox.Credentials{User: uuid.NewString()}))
 	}
 	seedPool(t, store, "p", in...)
 	ctx, cancel := context.WithCancel(context.Background())
-	o := NewOrchestrator(store, newTestChecker(t, CheckerOptions{TargetURL: tg.plain.URL}), OrchestratorOptions{
+	o := NewOrchestrator(store, newTestChecker(t, CheckerOptions{TargetURL: tg.Plain.URL}), OrchestratorOptions{
 		Concurrency: 2,
 		Progress:    func(Progress) { cancel() },
 	})
@@ -370,11 +371,11 @@ func mustPool(t *testing.T, store pharox.Storage, name string) *pharox.Pool {
 func TestRun(t *testing.T) {
 	tg := newTarget(t)
 	store := testfactory.Memory(t)
-	seedPool(t, store, "a", proxyAt(t, startHTTPProxy(t, quietGoproxy(), false), pharox.ProtocolHTTP, nil))
+	seedPool(t, store, "a", proxyAt(t, startHTTPProxy(t, openProxy), pharox.ProtocolHTTP, nil))
 	seedPool(t, store, "b", proxyAt(t, closedPort(t), pharox.ProtocolHTTP, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	var sweeps []*SweepSummary
-	o := NewOrchestrator(store, newTestChecker(t, CheckerOptions{TargetURL: tg.plain.URL}), OrchestratorOptions{
+	o := NewOrchestrator(store, newTestChecker(t, CheckerOptions{TargetURL: tg.Plain.URL}), OrchestratorOptions{
 		Pools: []string{"a"},
 		OnSweep: func(s *SweepSummary, err error) {
 			if err != nil {
@@ -415,7 +416,7 @@ func TestSweepStoreErrors(t *testing.T) {
 	tg := newTarget(t)
 	store := testfactory.Memory(t)
 	seedWorkingPool(t, store, "p", 3)
-	checker := newTestChecker(t, CheckerOptions{TargetURL: tg.plain.URL})
+	checker := newTestChecker(t, CheckerOptions{TargetURL: tg.Plain.URL})
 	var last Progress
 	o := NewOrchestrator(brokenStore{store}, checker, OrchestratorOptions{Progress: func(p Progress) { last = p }})
 	s, err := o.SweepPool(context.Background(), "p")
@@ -439,11 +440,11 @@ func TestSweepBanGuard(t *testing.T) {
 	tg := newTarget(t)
 	var blocked, open atomic.Int64
 	blocked.Store(http.StatusTooManyRequests)
-	blockedAddr := startHTTPProxy(t, newSwitchProxy(&blocked), false)
-	openAddr := startHTTPProxy(t, newSwitchProxy(&open), false)
+	blockedAddr := startHTTPProxy(t, switchProxy(&blocked))
+	openAddr := startHTTPProxy(t, switchProxy(&open))
 	user := func() *pharox.Credentials { return &pharox.Credentials{User: uuid.NewString()} }
 	ctx := context.Background()
-	checker := newTestChecker(t, CheckerOptions{TargetURL: tg.plain.URL})
+	checker := newTestChecker(t, CheckerOptions{TargetURL: tg.Plain.URL})
 
 	store := testfactory.Memory(t)
 	all := seedPool(t, store, "all-blocked",
@@ -494,12 +495,12 @@ func TestSweepRecordsSiteBans(t *testing.T) {
 	tg := newTarget(t)
 	var blocked, open atomic.Int64
 	blocked.Store(http.StatusTooManyRequests)
-	blockedAddr := startHTTPProxy(t, newSwitchProxy(&blocked), false)
-	openAddr := startHTTPProxy(t, newSwitchProxy(&open), false)
+	blockedAddr := startHTTPProxy(t, switchProxy(&blocked))
+	openAddr := startHTTPProxy(t, switchProxy(&open))
 	user := func() *pharox.Credentials { return &pharox.Credentials{User: uuid.NewString()} }
 	ctx := context.Background()
-	checker := newTestChecker(t, CheckerOptions{TargetURL: tg.plain.URL})
-	site, err := pharox.NormalizeTarget(tg.plain.URL)
+	checker := newTestChecker(t, CheckerOptions{TargetURL: tg.Plain.URL})
+	site, err := pharox.NormalizeTarget(tg.Plain.URL)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,7 +18,7 @@ import (
 
 func seedWorkingPool(t *testing.T, store pharox.Storage, name string, n int) []*pharox.Proxy {
 	t.Helper()
-	addr := startHTTPProxy(t, quietGoproxy(), false)
+	addr := startHTTPProxy(t, openProxy)
 	var in []*pharox.Proxy
 	for range n {
 		// One listener, distinct proxies: the user name tells them apart.
@@ -147,7 +147,7 @@ func TestBanGuardThenProbeRecovery(t *testing.T) {
 		t.Fatalf("pool stats after bans: %+v", stats)
 	}
 
-	checker := newTestChecker(t, CheckerOptions{TargetURL: tg.plain.URL})
+	checker := newTestChecker(t, CheckerOptions{TargetURL: tg.Plain.URL})
 	// The just-banned proxies rest first.
 	o := NewOrchestrator(store, checker, OrchestratorOptions{FailureThreshold: 3, BanCooldown: time.Hour})
 	s, err := o.SweepPool(ctx, "p")

@@ -175,6 +175,13 @@ type HTTPOptions struct {
 	// NoAuth accepts every client; by default the proxy requires
 	// [Alice]'s credentials (407 otherwise).
 	NoAuth bool
+	// Accept, when set, decides which requests (plain and CONNECT) pass
+	// instead of [Alice]'s credentials; the others get a 407. NoAuth
+	// overrides it.
+	Accept func(*http.Request) bool
+	// Handlers, when set, adds request handlers to the proxy after the
+	// credential check, e.g. to delay or answer requests itself.
+	Handlers func(*goproxy.ProxyHttpServer)
 	// TLS serves the proxy over TLS (an HTTPS proxy) with the httptest
 	// certificate, which names 127.0.0.1 and example.com.
 	TLS bool
@@ -211,25 +218,32 @@ func StartGoproxy(t testing.TB, ip string, opts HTTPOptions) *Upstream {
 	p.Tr = tr
 	p.ConnectDial = nil
 	if !opts.NoAuth {
-		want := "Basic " + base64.StdEncoding.EncodeToString([]byte(User+":"+Password))
+		accept := opts.Accept
+		if accept == nil {
+			want := "Basic " + base64.StdEncoding.EncodeToString([]byte(User+":"+Password))
+			accept = func(r *http.Request) bool { return r.Header.Get("Proxy-Authorization") == want }
+		}
 		deny := func(r *http.Request) *http.Response {
 			resp := goproxy.NewResponse(r, goproxy.ContentTypeText, http.StatusProxyAuthRequired, "auth required")
 			resp.Header.Set("Proxy-Authenticate", `Basic realm="up"`)
 			return resp
 		}
 		p.OnRequest().DoFunc(func(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Request, *http.Response) {
-			if r.Header.Get("Proxy-Authorization") != want {
+			if !accept(r) {
 				return r, deny(r)
 			}
 			return r, nil
 		})
 		p.OnRequest().HandleConnectFunc(func(host string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
-			if ctx.Req.Header.Get("Proxy-Authorization") != want {
+			if !accept(ctx.Req) {
 				ctx.Resp = deny(ctx.Req)
 				return goproxy.RejectConnect, host
 			}
 			return goproxy.OkConnect, host
 		})
+	}
+	if opts.Handlers != nil {
+		opts.Handlers(p)
 	}
 	srv := httptest.NewUnstartedServer(p)
 	srv.Listener.Close()
@@ -301,11 +315,21 @@ func StartSOCKS5(t testing.TB, ip string) *Upstream {
 	return StartSOCKS5On(t, Listen(t, ip), ip)
 }
 
+// StartSOCKS5NoAuth is StartSOCKS5 accepting every client.
+func StartSOCKS5NoAuth(t testing.TB, ip string) *Upstream {
+	return startSOCKS5(t, Listen(t, ip), ip, nil)
+}
+
 // StartSOCKS5On is StartSOCKS5 listening on ln (e.g. a [Counting]
 // listener) and dialing from ip.
 func StartSOCKS5On(t testing.TB, ln net.Listener, ip string) *Upstream {
+	return startSOCKS5(t, ln, ip, socks5.StaticCredentials{User: Password})
+}
+
+// startSOCKS5 serves SOCKS5 on ln, requiring cred unless it is nil.
+func startSOCKS5(t testing.TB, ln net.Listener, ip string, cred socks5.CredentialStore) *Upstream {
 	srv, err := socks5.New(&socks5.Config{
-		Credentials: socks5.StaticCredentials{User: Password},
+		Credentials: cred,
 		Logger:      log.New(io.Discard, "", 0),
 		Dial:        DialFrom(ip),
 	})
@@ -317,7 +341,12 @@ func StartSOCKS5On(t testing.TB, ln net.Listener, ip string) *Upstream {
 
 // StartSOCKS4 starts a minimal SOCKS4 (and SOCKS4a) proxy on ip that
 // accepts CONNECT for the user id [User] and relays bytes.
-func StartSOCKS4(t testing.TB, ip string) *Upstream {
+func StartSOCKS4(t testing.TB, ip string) *Upstream { return StartSOCKS4For(t, ip, User) }
+
+// StartSOCKS4For is StartSOCKS4 accepting the user id user, or every user
+// id when user is empty. It answers another user id with 0x5d (identd
+// could not confirm it), a target it cannot reach with 0x5b.
+func StartSOCKS4For(t testing.TB, ip, user string) *Upstream {
 	return ServeConns(t, Listen(t, ip), pharox.ProtocolSOCKS4, ip, func(c net.Conn) {
 		var head [8]byte
 		if _, err := io.ReadFull(c, head[:]); err != nil || head[0] != 4 || head[1] != 1 {
@@ -334,13 +363,13 @@ func StartSOCKS4(t testing.TB, ip string) *Upstream {
 			}
 			return string(b)
 		}
-		user := readString()
+		id := readString()
 		host := net.IP(head[4:8]).String()
 		if head[4] == 0 && head[5] == 0 && head[6] == 0 && head[7] != 0 {
 			host = readString() // SOCKS4a
 		}
-		if user != User {
-			_, _ = c.Write([]byte{0, 0x5b, 0, 0, 0, 0, 0, 0})
+		if user != "" && id != user {
+			_, _ = c.Write([]byte{0, 0x5d, 0, 0, 0, 0, 0, 0})
 			return
 		}
 		addr := net.JoinHostPort(host, strconv.Itoa(int(binary.BigEndian.Uint16(head[2:4]))))
