@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"github.com/elazarl/goproxy"
+
+	"github.com/pharox/pharox/internal/testpeers"
 )
 
 // The two baselines the gateway's benchmarks are measured against, each a
@@ -141,7 +143,7 @@ func serveHop(tb testing.TB, h http.Handler) string {
 func TestBaselineHopsForward(t *testing.T) {
 	tg := newTarget(t)
 	up := startHTTPUpstream(t, "127.0.0.2", true)
-	upURL := &url.URL{Scheme: "http", Host: up.Addr, User: url.UserPassword(upUser, upPass)}
+	upURL := &url.URL{Scheme: "http", Host: up.Addr, User: url.UserPassword(testpeers.User, testpeers.Password)}
 	for name, addr := range map[string]string{"bare": startBareHop(t, upURL), "goproxy": startGoproxyHop(t, upURL)} {
 		t.Run(name, func(t *testing.T) {
 			tr := &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: addr})}

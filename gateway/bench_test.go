@@ -18,6 +18,7 @@ import (
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/internal/testfactory"
+	"github.com/pharox/pharox/internal/testpeers"
 )
 
 // benchEnv is a target, one upstream (goproxy with credentials) and a
@@ -46,7 +47,7 @@ func newBenchEnv(b *testing.B) *benchEnv {
 	host, portStr, _ := net.SplitHostPort(up.Addr)
 	port, _ := strconv.Atoi(portStr)
 	if _, err := store.AddProxies(ctx, []pharox.Proxy{{PoolID: pool.ID, Host: host, Port: port,
-		Protocol: pharox.ProtocolHTTP, Credentials: alice()}}); err != nil {
+		Protocol: pharox.ProtocolHTTP, Credentials: testpeers.Alice()}}); err != nil {
 		b.Fatal(err)
 	}
 	gw, err := New(Config{
@@ -57,7 +58,7 @@ func newBenchEnv(b *testing.B) *benchEnv {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ln := listenOn(b, "127.0.0.1")
+	ln := testpeers.Listen(b, "127.0.0.1")
 	var wg sync.WaitGroup
 	wg.Go(func() { gw.Serve(ln) })
 	b.Cleanup(func() { gw.Close(); wg.Wait() })
@@ -67,7 +68,7 @@ func newBenchEnv(b *testing.B) *benchEnv {
 		b.Cleanup(tr.CloseIdleConnections)
 		return &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	}
-	upURL := &url.URL{Scheme: "http", Host: up.Addr, User: url.UserPassword(upUser, upPass)}
+	upURL := &url.URL{Scheme: "http", Host: up.Addr, User: url.UserPassword(testpeers.User, testpeers.Password)}
 	return &benchEnv{
 		url:     target + "/small",
 		direct:  mk(upURL),
@@ -233,7 +234,7 @@ func BenchmarkMeteringThroughput64(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if _, err := store.AddProxies(ctx, []pharox.Proxy{up.Proxy(pool.ID, 0, alice())}); err != nil {
+	if _, err := store.AddProxies(ctx, []pharox.Proxy{up.Proxy(pool.ID, 0, testpeers.Alice())}); err != nil {
 		b.Fatal(err)
 	}
 	start := func(disable bool) *http.Client {
@@ -242,7 +243,7 @@ func BenchmarkMeteringThroughput64(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		ln := listenOn(b, "127.0.0.1")
+		ln := testpeers.Listen(b, "127.0.0.1")
 		var wg sync.WaitGroup
 		wg.Go(func() { gw.Serve(ln) })
 		b.Cleanup(func() { gw.Close(); wg.Wait() })

@@ -22,14 +22,14 @@ import (
 // a Go proxy that writes its header and then hijacks does: 200 with extra
 // header lines (here Transfer-Encoding: chunked or a Content-Length), then
 // the raw tunnel to the target.
-func startHijackingUpstream(t *testing.T, ip, extraHeader string) *upstream {
-	return testpeers.ServeConns(t, listenOn(t, ip), pharox.ProtocolHTTP, ip, func(c net.Conn) {
+func startHijackingUpstream(t *testing.T, ip, extraHeader string) *testpeers.Upstream {
+	return testpeers.ServeConns(t, testpeers.Listen(t, ip), pharox.ProtocolHTTP, ip, func(c net.Conn) {
 		br := bufio.NewReader(c)
 		req, err := http.ReadRequest(br)
 		if err != nil || req.Method != http.MethodConnect {
 			return
 		}
-		up, err := boundDialer(ip).Dial("tcp", req.Host)
+		up, err := testpeers.BoundDialer(ip).Dial("tcp", req.Host)
 		if err != nil {
 			io.WriteString(c, "HTTP/1.1 502 Bad Gateway\r\n\r\n")
 			return
@@ -51,7 +51,7 @@ func startHijackingUpstream(t *testing.T, ip, extraHeader string) *upstream {
 func TestConnectUpstreamAnswerWithFramingHeaders(t *testing.T) {
 	for _, header := range []string{"Transfer-Encoding: chunked", "Content-Length: 42"} {
 		t.Run(header, func(t *testing.T) {
-			checkLeaks(t)
+			testpeers.CheckLeaks(t)
 			// A short dial timeout: before the fix the gateway drained the
 			// tunnel until it fired, then answered nothing.
 			e := newEnv(t, func(c *Config) { c.DialTimeout = 2 * time.Second })
@@ -80,7 +80,7 @@ func (cancelingLeaser) Release(context.Context, uuid.UUID, *pharox.Usage) error 
 // the client's connection: answering nothing made net/http send 200 OK,
 // which a CONNECT client takes for an open tunnel.
 func TestClientGoneClosesConnection(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t, func(c *Config) { c.Leaser = cancelingLeaser{c.Leaser} })
 	for _, req := range []string{
 		"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",

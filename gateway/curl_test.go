@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/testpeers"
 )
 
 // TestCurl drives the gateway with the curl binary, as a client in another
@@ -22,10 +23,10 @@ func TestCurl(t *testing.T) {
 	if err != nil {
 		t.Skip("curl not installed")
 	}
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t, func(c *Config) { c.Password = gwPass })
-	ups := []*upstream{startHTTPUpstream(t, "127.0.0.2", true), startSOCKS5Upstream(t, "127.0.0.3")}
-	e.add(0, alice(), ups...)
+	ups := []*testpeers.Upstream{startHTTPUpstream(t, "127.0.0.2", true), testpeers.StartSOCKS5(t, "127.0.0.3")}
+	e.add(0, testpeers.Alice(), ups...)
 	ca := filepath.Join(t.TempDir(), "ca.pem")
 	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: e.tg.TLS.Certificate().Raw})
 	if err := os.WriteFile(ca, pemBytes, 0o600); err != nil {
@@ -80,7 +81,7 @@ func TestCurl(t *testing.T) {
 	}
 	host, port, _ := net.SplitHostPort(ups[0].Addr)
 	n, _ := strconv.Atoi(port)
-	if _, err := e.store.AddProxies(context.Background(), []pharox.Proxy{{PoolID: pool.ID, Host: host, Port: n, Protocol: pharox.ProtocolHTTP, Credentials: alice()}}); err != nil {
+	if _, err := e.store.AddProxies(context.Background(), []pharox.Proxy{{PoolID: pool.ID, Host: host, Port: n, Protocol: pharox.ProtocolHTTP, Credentials: testpeers.Alice()}}); err != nil {
 		t.Fatal(err)
 	}
 	for _, args := range [][]string{

@@ -20,13 +20,14 @@ import (
 	"golang.org/x/net/proxy"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/testpeers"
 )
 
 func TestRotationAcrossUpstreams(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t, nil)
-	ups := []*upstream{startHTTPUpstream(t, "127.0.0.2", true), startHTTPUpstream(t, "127.0.0.3", true), startHTTPUpstream(t, "127.0.0.4", true)}
-	e.add(0, alice(), ups...)
+	ups := []*testpeers.Upstream{startHTTPUpstream(t, "127.0.0.2", true), startHTTPUpstream(t, "127.0.0.3", true), startHTTPUpstream(t, "127.0.0.4", true)}
+	e.add(0, testpeers.Alice(), ups...)
 	for range 9 {
 		status, _, reason := get(t, e.client, e.tg.Plain.URL+"/small")
 		if status != http.StatusOK {
@@ -54,7 +55,7 @@ func TestRotationAcrossUpstreams(t *testing.T) {
 		}
 	}
 	logs := e.logs.String()
-	if strings.Contains(logs, upPass) || strings.Contains(logs, "Proxy-Authorization") {
+	if strings.Contains(logs, testpeers.Password) || strings.Contains(logs, "Proxy-Authorization") {
 		t.Fatalf("access log leaks credentials: %s", logs)
 	}
 	if !strings.Contains(logs, `"msg":"gateway request"`) || !strings.Contains(logs, `"path":"/small"`) {
@@ -63,9 +64,9 @@ func TestRotationAcrossUpstreams(t *testing.T) {
 }
 
 func TestStickySessionAndFailover(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t, nil)
-	ups := map[string]*upstream{}
+	ups := map[string]*testpeers.Upstream{}
 	for _, ip := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"} {
 		ups[ip] = startHTTPUpstream(t, ip, false)
 	}
@@ -109,12 +110,12 @@ func TestStickySessionAndFailover(t *testing.T) {
 }
 
 func TestMaxConcurrencyUnderLoad(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t, func(c *Config) {
 		c.AcquireWait = 60 * time.Second
 		c.DisableAccessLog = true
 	})
-	ups := []*upstream{startHTTPUpstream(t, "127.0.0.2", false), startHTTPUpstream(t, "127.0.0.3", false), startHTTPUpstream(t, "127.0.0.4", false)}
+	ups := []*testpeers.Upstream{startHTTPUpstream(t, "127.0.0.2", false), startHTTPUpstream(t, "127.0.0.3", false), startHTTPUpstream(t, "127.0.0.4", false)}
 	const maxConc = 2
 	e.add(maxConc, nil, ups...)
 	const n = 200
@@ -155,17 +156,17 @@ func TestMaxConcurrencyUnderLoad(t *testing.T) {
 func TestConnectToTLSTarget(t *testing.T) {
 	for _, proto := range []pharox.Protocol{pharox.ProtocolHTTP, pharox.ProtocolSOCKS5} {
 		t.Run(string(proto), func(t *testing.T) {
-			checkLeaks(t)
+			testpeers.CheckLeaks(t)
 			e := newEnv(t, nil)
-			var ups []*upstream
+			var ups []*testpeers.Upstream
 			for _, ip := range []string{"127.0.0.2", "127.0.0.3"} {
 				if proto == pharox.ProtocolHTTP {
 					ups = append(ups, startHTTPUpstream(t, ip, true))
 				} else {
-					ups = append(ups, startSOCKS5Upstream(t, ip))
+					ups = append(ups, testpeers.StartSOCKS5(t, ip))
 				}
 			}
-			e.add(0, alice(), ups...)
+			e.add(0, testpeers.Alice(), ups...)
 			for range 4 {
 				status, from, reason := get(t, e.client, e.tg.TLS.URL+"/secure")
 				if status != http.StatusOK || from == "" {
@@ -188,12 +189,12 @@ func TestConnectToTLSTarget(t *testing.T) {
 }
 
 func TestHTTPSUpstream(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t, func(c *Config) {
 		// The test certificate names example.com, not 127.0.0.4.
 		c.UpstreamTLS.ServerName = "example.com"
 	})
-	e.add(0, alice(), startHTTPSUpstream(t, "127.0.0.4"))
+	e.add(0, testpeers.Alice(), testpeers.StartHTTPS(t, "127.0.0.4"))
 	for _, u := range []string{e.tg.Plain.URL, e.tg.TLS.URL} {
 		if status, from, reason := get(t, e.client, u+"/over-tls"); status != http.StatusOK || from != "127.0.0.4" {
 			t.Fatalf("GET %s through an HTTPS upstream: %d from %q (%s)", u, status, from, reason)
@@ -202,7 +203,7 @@ func TestHTTPSUpstream(t *testing.T) {
 	e.client.Transport.(*http.Transport).CloseIdleConnections()
 	// An upstream whose certificate does not verify is a connect failure.
 	bad := newEnv(t, nil)
-	bad.add(0, alice(), startHTTPSUpstream(t, "127.0.0.5"))
+	bad.add(0, testpeers.Alice(), testpeers.StartHTTPS(t, "127.0.0.5"))
 	status, _, reason := get(t, bad.client, bad.tg.Plain.URL+"/")
 	if status != http.StatusBadGateway || !strings.Contains(reason, "certificate") {
 		t.Fatalf("unverified HTTPS upstream: %d %q, want 502 naming the certificate", status, reason)
@@ -215,10 +216,10 @@ func TestHTTPSUpstream(t *testing.T) {
 }
 
 func TestSOCKS5Inbound(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t, func(c *Config) { c.Password = gwPass })
-	ups := []*upstream{startHTTPUpstream(t, "127.0.0.2", false), startSOCKS5Upstream(t, "127.0.0.3")}
-	e.add(0, alice(), ups[1])
+	ups := []*testpeers.Upstream{startHTTPUpstream(t, "127.0.0.2", false), testpeers.StartSOCKS5(t, "127.0.0.3")}
+	e.add(0, testpeers.Alice(), ups[1])
 	e.add(0, nil, ups[0])
 
 	client := func(user, pass string) *http.Client {
@@ -258,7 +259,7 @@ func TestSOCKS5Inbound(t *testing.T) {
 }
 
 func TestBadCredentials(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t, func(c *Config) { c.User, c.Password = "acme", gwPass })
 	e.add(0, nil, startHTTPUpstream(t, "127.0.0.2", false))
 	cases := []struct {
@@ -310,7 +311,7 @@ func TestBadCredentials(t *testing.T) {
 }
 
 func TestNoUpstreamAvailable(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t, nil)
 	up := startHTTPUpstream(t, "127.0.0.2", false)
 	e.add(1, nil, up)
@@ -365,12 +366,12 @@ func TestNoUpstreamAvailable(t *testing.T) {
 }
 
 func TestUpstreamAuthAndBanRetry(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t, nil)
 	bad := startHTTPUpstream(t, "127.0.0.2", true)
 	good := startHTTPUpstream(t, "127.0.0.3", true)
-	e.add(0, &pharox.Credentials{User: upUser, Password: "wrong"}, bad)
-	e.add(0, alice(), good)
+	e.add(0, &pharox.Credentials{User: testpeers.User, Password: "wrong"}, bad)
+	e.add(0, testpeers.Alice(), good)
 
 	// Whatever upstream comes first, every request ends on the good one.
 	for range 4 {
@@ -393,7 +394,7 @@ func TestUpstreamAuthAndBanRetry(t *testing.T) {
 	// ban and the request retried on another upstream; with none left the
 	// client gets the target's answer.
 	third := startHTTPUpstream(t, "127.0.0.4", true)
-	e.add(0, alice(), third)
+	e.add(0, testpeers.Alice(), third)
 	e.tg.Ban("127.0.0.3")
 	for range 3 {
 		status, from, reason := get(t, e.client, e.tg.Plain.URL+"/")
@@ -421,7 +422,7 @@ func TestUpstreamAuthAndBanRetry(t *testing.T) {
 }
 
 func TestRetryPostBeforeSend(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t, nil)
 	dead := startHTTPUpstream(t, "127.0.0.2", false)
 	e.add(0, nil, dead, startHTTPUpstream(t, "127.0.0.3", false))
@@ -447,7 +448,7 @@ func TestRetryPostBeforeSend(t *testing.T) {
 }
 
 func TestReleaseOnClientDisconnect(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t, nil)
 	e.add(1, nil, startHTTPUpstream(t, "127.0.0.2", false))
 
@@ -531,12 +532,12 @@ func (e *env) waitLeases(n int) {
 // TestRemoteLeaser runs the gateway against a pharox server through the Go
 // client: leases, outcomes and releases all cross the wire.
 func TestRemoteLeaser(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnvWith(t, true, nil)
-	ups := map[string]*upstream{}
+	ups := map[string]*testpeers.Upstream{}
 	for _, ip := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"} {
 		ups[ip] = startHTTPUpstream(t, ip, true)
-		e.add(0, alice(), ups[ip])
+		e.add(0, testpeers.Alice(), ups[ip])
 	}
 	for range 6 {
 		if status, _, reason := get(t, e.client, e.tg.Plain.URL+"/"); status != http.StatusOK {
@@ -582,7 +583,7 @@ func TestRemoteLeaser(t *testing.T) {
 }
 
 func TestMetrics(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	reg := prometheus.NewRegistry()
 	e := newEnv(t, func(c *Config) { c.Registerer = reg })
 	live := startHTTPUpstream(t, "127.0.0.2", false)
@@ -657,7 +658,7 @@ func gather(t *testing.T, reg *prometheus.Registry) map[string]float64 {
 }
 
 func TestShutdownClosesTunnelsAndReleases(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t, nil)
 	e.add(0, nil, startHTTPUpstream(t, "127.0.0.2", false))
 	conn, err := net.Dial("tcp", e.addr)
@@ -688,7 +689,7 @@ func TestShutdownClosesTunnelsAndReleases(t *testing.T) {
 }
 
 func TestTunnelRenewsItsLease(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t, func(c *Config) { c.LeaseDuration = 2 * time.Second })
 	e.add(0, nil, startHTTPUpstream(t, "127.0.0.2", false))
 	conn, err := net.Dial("tcp", e.addr)

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/net/proxy"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/testpeers"
 )
 
 // keyFor stores an API key and returns its secret.
@@ -33,7 +34,7 @@ func keyFor(t *testing.T, e *env, k pharox.APIKey) string {
 // consumer's, a pool outside its scope is refused (403 over HTTP, refused
 // at SOCKS5), and unknown keys get 407. No secret reaches the log.
 func TestKeyAuth(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t, func(c *Config) { c.Keys = NewStoreKeys(c.Leaser.(localLeaser).m.Storage(), nil, nil) })
 	e.add(0, nil, startHTTPUpstream(t, "127.0.0.2", false))
 	mine := keyFor(t, e, pharox.APIKey{Name: "scraper", Role: pharox.KeyRoleConsumer, Consumers: []string{"scraper-1"}, Pools: []string{"main"}})

@@ -7,13 +7,14 @@ import (
 	"testing"
 
 	"github.com/pharox/pharox/client"
+	"github.com/pharox/pharox/internal/testpeers"
 )
 
 // TestLeaseSourceUnavailable checks that a lease source that cannot be
 // reached (the pharox service is down) gets the gateway's own 503 with
 // Retry-After, not a 502: the client may retry.
 func TestLeaseSourceUnavailable(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

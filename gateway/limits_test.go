@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/net/proxy"
+
+	"github.com/pharox/pharox/internal/testpeers"
 )
 
 // openConnect opens a CONNECT tunnel to the TLS target through the gateway
@@ -36,7 +38,7 @@ func (e *env) openConnect() (net.Conn, *bufio.Reader) {
 // released; before, it kept its lease (renewed) for as long as the
 // client kept the connection.
 func TestIdleTunnelClosedAndReleased(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t, func(c *Config) { c.IdleTimeout = 300 * time.Millisecond })
 	e.add(0, nil, startHTTPUpstream(t, "127.0.0.2", false))
 	conn, br := e.openConnect()
@@ -68,7 +70,7 @@ func TestIdleTunnelClosedAndReleased(t *testing.T) {
 
 // A tunnel that carries traffic stays open past the idle timeout.
 func TestBusyTunnelOutlivesIdleTimeout(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t, func(c *Config) { c.IdleTimeout = 2 * time.Second })
 	e.add(0, nil, startHTTPUpstream(t, "127.0.0.2", false))
 	c := e.proxyClient("")
@@ -94,7 +96,7 @@ func TestBusyTunnelOutlivesIdleTimeout(t *testing.T) {
 // Past Config.MaxConns the gateway answers 503 with a reason; before,
 // there was no cap.
 func TestMaxConnsAnswers503(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t, func(c *Config) { c.MaxConns = 1 })
 	e.add(0, nil, startHTTPUpstream(t, "127.0.0.2", false))
 	conn, _ := e.openConnect()
@@ -121,7 +123,7 @@ func TestMaxConnsAnswers503(t *testing.T) {
 // An upstream that never sends a response header gets a 502 after
 // Config.ResponseHeaderTimeout instead of holding the request and lease.
 func TestResponseHeaderTimeout(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t, func(c *Config) { c.ResponseHeaderTimeout = 200 * time.Millisecond })
 	e.add(0, nil, startHTTPUpstream(t, "127.0.0.2", false))
 	status, _, reason := get(t, e.proxyClient(""), e.tg.Plain.URL+"/hang")

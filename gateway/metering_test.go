@@ -33,7 +33,7 @@ func startBytesTarget(t testing.TB) *testpeers.Target {
 // sends "N M\n" and N bytes; the server reads them, answers M bytes and
 // closes. It returns its address.
 func startSizedTarget(t testing.TB) string {
-	ln := listenOn(t, "127.0.0.1")
+	ln := testpeers.Listen(t, "127.0.0.1")
 	var wg sync.WaitGroup
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
 	wg.Go(func() {
@@ -220,17 +220,17 @@ func absoluteGet(t *testing.T, addr, rawURL string) (int, int64) {
 func TestMeteringForwardByteExact(t *testing.T) {
 	for _, kind := range []string{"http", "socks5"} {
 		t.Run(kind+" upstream", func(t *testing.T) {
-			checkLeaks(t)
+			testpeers.CheckLeaks(t)
 			e := newEnv(t, nil)
 			site := startBytesTarget(t)
-			ln := testpeers.Counting(listenOn(t, "127.0.0.2"))
-			var up *upstream
+			ln := testpeers.Counting(testpeers.Listen(t, "127.0.0.2"))
+			var up *testpeers.Upstream
 			if kind == "http" {
 				up = testpeers.StartGoproxy(t, "127.0.0.2", testpeers.HTTPOptions{Listener: ln})
 			} else {
 				up = testpeers.StartSOCKS5On(t, ln, "127.0.0.2")
 			}
-			e.add(0, alice(), up)
+			e.add(0, testpeers.Alice(), up)
 			requests := 0
 			for _, n := range []int{0, 1, 517, 64 << 10, 300 << 10} {
 				if err := testpeers.GetBytes(e.client, site.Plain.URL, n); err != nil {
@@ -276,11 +276,11 @@ func TestMeteringForwardByteExact(t *testing.T) {
 // request and its payload each way, exactly what the clients sent and
 // received through it, through HTTP and SOCKS5 upstreams, many at once.
 func TestMeteringTunnelsByteExact(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t, nil)
 	target := startSizedTarget(t)
 	e.add(0, nil, startHTTPUpstream(t, "127.0.0.2", false))
-	e.add(0, alice(), startSOCKS5Upstream(t, "127.0.0.3"))
+	e.add(0, testpeers.Alice(), testpeers.StartSOCKS5(t, "127.0.0.3"))
 	var sent, received, tunnels atomic.Int64
 	var wg sync.WaitGroup
 	for g := range 6 {
@@ -321,7 +321,7 @@ func TestMeteringTunnelsByteExact(t *testing.T) {
 
 // TestMeteringDisabled: with DisableMetering releases report nothing.
 func TestMeteringDisabled(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t, func(c *Config) { c.DisableMetering = true })
 	site := startBytesTarget(t)
 	e.add(0, nil, startHTTPUpstream(t, "127.0.0.2", false))
@@ -383,7 +383,7 @@ func socksConnectReply(t *testing.T, addr, target string) byte {
 // served again once under its cap, and a byte quota over its limit gives
 // a Retry-After until the day ends.
 func TestQuotaRefusal(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	reg := prometheus.NewRegistry()
 	e := newEnv(t, func(c *Config) { c.Registerer = reg })
 	site := startBytesTarget(t)
@@ -466,7 +466,7 @@ func TestQuotaRefusal(t *testing.T) {
 // TestMeteringMetrics: the usage counters add up what the releases
 // reported, by pool.
 func TestMeteringMetrics(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	reg := prometheus.NewRegistry()
 	e := newEnv(t, func(c *Config) { c.Registerer = reg })
 	site := startBytesTarget(t)
@@ -496,11 +496,11 @@ func TestMeteringMetrics(t *testing.T) {
 // through the Go client, and a quota's refusal (429 from the server,
 // a *pharox.QuotaError in the client) is the gateway's 429 too.
 func TestMeteringRemote(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnvWith(t, true, nil)
 	site := startBytesTarget(t)
-	ln := testpeers.Counting(listenOn(t, "127.0.0.2"))
-	e.add(0, alice(), testpeers.StartGoproxy(t, "127.0.0.2", testpeers.HTTPOptions{Listener: ln}))
+	ln := testpeers.Counting(testpeers.Listen(t, "127.0.0.2"))
+	e.add(0, testpeers.Alice(), testpeers.StartGoproxy(t, "127.0.0.2", testpeers.HTTPOptions{Listener: ln}))
 	for _, n := range []int{0, 5000} {
 		if err := testpeers.GetBytes(e.client, site.Plain.URL, n); err != nil {
 			t.Fatal(err)
@@ -536,7 +536,7 @@ func TestMeteringRemote(t *testing.T) {
 // TestQuotaWaitedOut: with Config.AcquireWait a request over a consumer's
 // concurrency cap waits for a lease to come back instead of a 429.
 func TestQuotaWaitedOut(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t, func(c *Config) { c.AcquireWait = 10 * time.Second })
 	site := startBytesTarget(t)
 	e.add(0, nil, startHTTPUpstream(t, "127.0.0.2", false))

@@ -79,7 +79,7 @@ func mpServeGateway(t *testing.T, path string) {
 	if err != nil {
 		t.Fatalf("gateway child: %v", err)
 	}
-	hln, sln := listenOn(t, "127.0.0.1"), listenOn(t, "127.0.0.1")
+	hln, sln := testpeers.Listen(t, "127.0.0.1"), testpeers.Listen(t, "127.0.0.1")
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = gw.Serve(hln) })
 	wg.Go(func() { _ = gw.ServeSOCKS(sln) })
@@ -198,7 +198,7 @@ func TestMultiProcessMetering(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts gateway processes")
 	}
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "pharox.db")
 	store, err := sqlite.Open(ctx, path)
@@ -218,16 +218,16 @@ func TestMultiProcessMetering(t *testing.T) {
 	// The forwarding upstreams count the bytes on every connection.
 	counted := map[uuid.UUID]*testpeers.CountingListener{}
 	for _, ip := range []string{"127.0.0.2", "127.0.0.3"} {
-		ln := testpeers.Counting(listenOn(t, ip))
+		ln := testpeers.Counting(testpeers.Listen(t, ip))
 		up := testpeers.StartGoproxy(t, ip, testpeers.HTTPOptions{Listener: ln})
-		out, err := store.AddProxies(ctx, []pharox.Proxy{up.Proxy(fwd.ID, 0, alice())})
+		out, err := store.AddProxies(ctx, []pharox.Proxy{up.Proxy(fwd.ID, 0, testpeers.Alice())})
 		if err != nil {
 			t.Fatal(err)
 		}
 		counted[out[0].ID] = ln
 	}
-	for _, up := range []*upstream{startHTTPUpstream(t, "127.0.0.4", false), startSOCKS5Upstream(t, "127.0.0.5")} {
-		cred := alice()
+	for _, up := range []*testpeers.Upstream{startHTTPUpstream(t, "127.0.0.4", false), testpeers.StartSOCKS5(t, "127.0.0.5")} {
+		cred := testpeers.Alice()
 		if up.Proto == pharox.ProtocolHTTP {
 			cred = nil
 		}

@@ -26,23 +26,9 @@ import (
 
 const gwPass = "gw-pass"
 
-// Local names for the shared peers, so the tests read as before.
-var (
-	upUser              = testpeers.User
-	upPass              = testpeers.Password
-	alice               = testpeers.Alice
-	checkLeaks          = testpeers.CheckLeaks
-	listenOn            = testpeers.Listen
-	boundDialer         = testpeers.BoundDialer
-	startHTTPSUpstream  = testpeers.StartHTTPS
-	startSOCKS5Upstream = testpeers.StartSOCKS5
-)
-
-type upstream = testpeers.Upstream
-
 // startHTTPUpstream starts a goproxy forward proxy on ip; with auth it
 // requires alice's credentials (407 otherwise).
-func startHTTPUpstream(t testing.TB, ip string, auth bool) *upstream {
+func startHTTPUpstream(t testing.TB, ip string, auth bool) *testpeers.Upstream {
 	return testpeers.StartGoproxy(t, ip, testpeers.HTTPOptions{NoAuth: !auth})
 }
 
@@ -175,7 +161,7 @@ func newEnvOn(t *testing.T, store pharox.Storage, mopts []pharox.ManagerOption, 
 		Leaser:      NewLocalLeaser(e.mgr),
 		DefaultPool: "main",
 		Logger:      slog.New(slog.NewJSONHandler(e.logs, nil)),
-		UpstreamTLS: &tls.Config{RootCAs: e.tg.TLS.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs},
+		UpstreamTLS: &tls.Config{RootCAs: e.tg.RootCAs()},
 	}
 	if remote {
 		srv := server.New(e.mgr, server.Options{ConsumerKeys: []string{"consumer-key"}, ReapInterval: -1,
@@ -200,7 +186,7 @@ func newEnvOn(t *testing.T, store pharox.Storage, mopts []pharox.ManagerOption, 
 		t.Fatal(err)
 	}
 	e.gw = gw
-	hln, sln := listenOn(t, "127.0.0.1"), listenOn(t, "127.0.0.1")
+	hln, sln := testpeers.Listen(t, "127.0.0.1"), testpeers.Listen(t, "127.0.0.1")
 	e.addr, e.socks = hln.Addr().String(), sln.Addr().String()
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -225,7 +211,7 @@ func newEnvOn(t *testing.T, store pharox.Storage, mopts []pharox.ManagerOption, 
 
 // add registers upstreams in the pool, with the given max concurrency
 // (0: unlimited) and credentials.
-func (e *env) add(maxConc int, cred *pharox.Credentials, ups ...*upstream) {
+func (e *env) add(maxConc int, cred *pharox.Credentials, ups ...*testpeers.Upstream) {
 	e.t.Helper()
 	for _, u := range ups {
 		p := u.Proxy(e.pool.ID, maxConc, cred)

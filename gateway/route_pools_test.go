@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/testpeers"
 )
 
 // TestEveryPoolNameIsRoutable creates pools with random names the API
@@ -18,7 +19,7 @@ import (
 func TestEveryPoolNameIsRoutable(t *testing.T) {
 	for _, remote := range []bool{false, true} {
 		t.Run("remote="+strconv.FormatBool(remote), func(t *testing.T) {
-			checkLeaks(t)
+			testpeers.CheckLeaks(t)
 			e := newEnvWith(t, remote, nil)
 			up := startHTTPUpstream(t, "127.0.0.2", false)
 			host, portStr, _ := net.SplitHostPort(up.Addr)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/testpeers"
 )
 
 // A SOCKS5 client chooses the target name byte by byte; a name with a line
@@ -49,7 +50,7 @@ func TestSOCKS5TargetNameCannotInjectIntoUpstreamConnect(t *testing.T) {
 		}
 	}()
 	e.add(0, &pharox.Credentials{User: "up", Password: "upstream-secret"},
-		&upstream{IP: "127.0.0.1", Addr: ln.Addr().String(), Proto: pharox.ProtocolHTTP})
+		&testpeers.Upstream{IP: "127.0.0.1", Addr: ln.Addr().String(), Proto: pharox.ProtocolHTTP})
 
 	c, err := net.Dial("tcp", e.socks)
 	if err != nil {

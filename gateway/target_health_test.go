@@ -16,6 +16,7 @@ import (
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/internal/testfactory"
+	"github.com/pharox/pharox/internal/testpeers"
 	"github.com/pharox/pharox/storage/sqlite"
 )
 
@@ -128,7 +129,7 @@ func TestTargetHealthAvoidsUpstreamsBlockedBySite(t *testing.T) {
 				mode = "remote"
 			}
 			t.Run(name+"/"+mode, func(t *testing.T) {
-				checkLeaks(t)
+				testpeers.CheckLeaks(t)
 				store := open(t)
 				// Default ban statuses: 403 and 429 for a request whose
 				// site is known.
@@ -224,7 +225,7 @@ func countVisits(vs []visit, ip string) int {
 // one is a ban for the site (retried on another upstream), while the same
 // status with an ordinary body is the site's own answer.
 func TestBanMarkersInBody(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t, func(c *Config) { c.BanMarkers = []string{"Unusual Traffic"} })
 	ips := []string{"127.0.0.2", "127.0.0.3"}
 	for _, ip := range ips {
@@ -273,7 +274,7 @@ func TestBanMarkerConfig(t *testing.T) {
 func TestTargetHealthOffWithoutTargetStore(t *testing.T) {
 	for _, remote := range []bool{false, true} {
 		t.Run(map[bool]string{false: "local", true: "remote"}[remote], func(t *testing.T) {
-			checkLeaks(t)
+			testpeers.CheckLeaks(t)
 			// Without per-site health 403 is no ban by default: name it.
 			e := newEnvOn(t, testfactory.WithoutTargets(testfactory.Memory(t)), nil, remote, func(c *Config) {
 				c.BanStatuses = []int{http.StatusForbidden}
@@ -303,7 +304,7 @@ func TestTargetHealthOffWithoutTargetStore(t *testing.T) {
 // down for a site, its requests get the gateway's 503 naming the site,
 // while another site is served as before.
 func TestTargetHealthEverySiteUpstreamCooling(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	reg := prometheus.NewRegistry()
 	e := newEnv(t, func(c *Config) { c.Registerer = reg })
 	for _, ip := range []string{"127.0.0.2", "127.0.0.3"} {

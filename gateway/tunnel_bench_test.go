@@ -15,6 +15,7 @@ import (
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/internal/testfactory"
+	"github.com/pharox/pharox/internal/testpeers"
 )
 
 // BenchmarkTunnelIdleWatch downloads 8 MiB per CONNECT tunnel through two
@@ -24,7 +25,7 @@ import (
 // rates and their ratio.
 func BenchmarkTunnelIdleWatch(b *testing.B) {
 	const size = 8 << 20
-	src := listenOn(b, "127.0.0.1")
+	src := testpeers.Listen(b, "127.0.0.1")
 	var wg sync.WaitGroup
 	b.Cleanup(func() { src.Close(); wg.Wait() })
 	wg.Go(func() {
@@ -63,7 +64,7 @@ func BenchmarkTunnelIdleWatch(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		ln := listenOn(b, "127.0.0.1")
+		ln := testpeers.Listen(b, "127.0.0.1")
 		var gwg sync.WaitGroup
 		gwg.Go(func() { gw.Serve(ln) })
 		b.Cleanup(func() { gw.Close(); gwg.Wait() })

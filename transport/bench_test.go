@@ -16,6 +16,7 @@ import (
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/internal/testfactory"
+	"github.com/pharox/pharox/internal/testpeers"
 )
 
 // BenchmarkThroughput32 compares a Transport leasing its one proxy from
@@ -34,7 +35,7 @@ func BenchmarkThroughput32(b *testing.B) {
 
 func benchmarkThroughput(b *testing.B, tunnel bool, concurrency int) {
 	tg := newTarget(b)
-	up := startHTTPUpstream(b, "127.0.1.9")
+	up := testpeers.StartHTTP(b, "127.0.1.9")
 	store := testfactory.Memory(b)
 	b.Cleanup(func() { store.Close() })
 	ctx := context.Background()
@@ -45,16 +46,16 @@ func benchmarkThroughput(b *testing.B, tunnel bool, concurrency int) {
 	host, port, _ := net.SplitHostPort(up.Addr)
 	n, _ := strconv.Atoi(port)
 	if _, err := pharox.BootstrapProxy(ctx, store, pool, pharox.Proxy{Host: host, Port: n, Protocol: pharox.ProtocolHTTP,
-		Credentials: alice()}); err != nil {
+		Credentials: testpeers.Alice()}); err != nil {
 		b.Fatal(err)
 	}
 	mgr := pharox.NewManager(store)
 
 	base := defaultBase()
 	base.MaxIdleConnsPerHost = 2 * concurrency
-	base.TLSClientConfig.RootCAs = tg.TLS.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs
+	base.TLSClientConfig.RootCAs = tg.RootCAs()
 	fixed := base.Clone()
-	fixed.Proxy = http.ProxyURL(&url.URL{Scheme: "http", Host: up.Addr, User: url.UserPassword(upUser, upPass)})
+	fixed.Proxy = http.ProxyURL(&url.URL{Scheme: "http", Host: up.Addr, User: url.UserPassword(testpeers.User, testpeers.Password)})
 	rt, err := New(Local(mgr), "main", WithBaseTransport(base), WithLogger(quietLogger()))
 	if err != nil {
 		b.Fatal(err)

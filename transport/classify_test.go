@@ -11,6 +11,7 @@ import (
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/internal/ptrutil"
+	"github.com/pharox/pharox/internal/testpeers"
 )
 
 func response(code int, header http.Header, body string) *http.Response {
@@ -80,10 +81,10 @@ func TestPeekBodyKeepsBody(t *testing.T) {
 // TestCustomClassifier checks that a caller's classifier decides, that its
 // ban is retried on another proxy, and that it can fall back on the default.
 func TestCustomClassifier(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t)
 	for _, ip := range []string{"127.0.1.1", "127.0.1.2"} {
-		e.add(0, alice(), startHTTPUpstream(t, ip))
+		e.add(0, testpeers.Alice(), testpeers.StartHTTP(t, ip))
 	}
 	// The site answers 200 with a soft block for the first proxy.
 	soft := func(resp *http.Response) pharox.Outcome {
@@ -145,9 +146,9 @@ func TestOptionsValidated(t *testing.T) {
 // TestClassifierPanicReleasesLease checks that a classifier's panic
 // reaches the caller without keeping the lease.
 func TestClassifierPanicReleasesLease(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t)
-	e.add(0, alice(), startHTTPUpstream(t, "127.0.1.1"))
+	e.add(0, testpeers.Alice(), testpeers.StartHTTP(t, "127.0.1.1"))
 	rt := e.transport(WithClassifier(func(*http.Response) pharox.Outcome { panic("classifier bug") }))
 	func() {
 		defer func() {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/testpeers"
 )
 
 // TestRotation sends requests through three upstreams of each protocol,
@@ -23,21 +24,21 @@ import (
 func TestRotation(t *testing.T) {
 	cases := []struct {
 		name  string
-		start func(testing.TB, string) *upstream
+		start func(testing.TB, string) *testpeers.Upstream
 		cred  *pharox.Credentials
 		tls   bool
 	}{
-		{"http forward", startHTTPUpstream, alice(), false},
-		{"http connect", startHTTPUpstream, alice(), true},
-		{"https proxy forward", startHTTPSUpstream, alice(), false},
-		{"https proxy connect", startHTTPSUpstream, alice(), true},
-		{"socks5 plain", startSOCKS5Upstream, alice(), false},
-		{"socks5 tls", startSOCKS5Upstream, alice(), true},
-		{"socks4 tls", startSOCKS4Upstream, &pharox.Credentials{User: upUser}, true},
+		{"http forward", testpeers.StartHTTP, testpeers.Alice(), false},
+		{"http connect", testpeers.StartHTTP, testpeers.Alice(), true},
+		{"https proxy forward", startHTTPSUpstream, testpeers.Alice(), false},
+		{"https proxy connect", startHTTPSUpstream, testpeers.Alice(), true},
+		{"socks5 plain", testpeers.StartSOCKS5, testpeers.Alice(), false},
+		{"socks5 tls", testpeers.StartSOCKS5, testpeers.Alice(), true},
+		{"socks4 tls", testpeers.StartSOCKS4, &pharox.Credentials{User: testpeers.User}, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			checkLeaks(t)
+			testpeers.CheckLeaks(t)
 			e := newEnv(t)
 			ips := []string{"127.0.1.1", "127.0.1.2", "127.0.1.3"}
 			for _, ip := range ips {
@@ -73,10 +74,10 @@ func TestRotation(t *testing.T) {
 // requests than there are exclusive proxies: each waits for a free one,
 // all succeed, and every lease is given back.
 func TestConcurrentRequestsShareExclusiveProxies(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t)
 	for _, ip := range []string{"127.0.1.1", "127.0.1.2", "127.0.1.3"} {
-		e.add(1, alice(), startSOCKS5Upstream(t, ip))
+		e.add(1, testpeers.Alice(), testpeers.StartSOCKS5(t, ip))
 	}
 	rt := e.transport()
 	c := &http.Client{Transport: rt, Timeout: 60 * time.Second}
@@ -110,10 +111,10 @@ func TestConcurrentRequestsShareExclusiveProxies(t *testing.T) {
 // and that when that proxy gets banned the session fails over to another
 // and stays there.
 func TestSticky(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t)
 	for _, ip := range []string{"127.0.1.1", "127.0.1.2", "127.0.1.3"} {
-		e.add(0, alice(), startHTTPUpstream(t, ip))
+		e.add(0, testpeers.Alice(), testpeers.StartHTTP(t, ip))
 	}
 	rt := e.transport(WithStrategy(pharox.RoundRobin))
 	c := &http.Client{Transport: rt}
@@ -157,9 +158,9 @@ func TestSticky(t *testing.T) {
 // streams, and given back when it is closed (read or not) or read to its
 // end.
 func TestLeaseLivesUntilBodyCloses(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t)
-	e.add(0, alice(), startHTTPUpstream(t, "127.0.1.1"))
+	e.add(0, testpeers.Alice(), testpeers.StartHTTP(t, "127.0.1.1"))
 	rt := e.transport()
 	c := &http.Client{Transport: rt}
 
@@ -240,9 +241,9 @@ func (c *countingLeaser) ReportOutcome(ctx context.Context, l *pharox.Lease, o p
 // TestLongBodyRenewsLease streams a body for longer than the lease
 // duration and checks that the lease was renewed and is still active.
 func TestLongBodyRenewsLease(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t)
-	e.add(0, alice(), startHTTPUpstream(t, "127.0.1.1"))
+	e.add(0, testpeers.Alice(), testpeers.StartHTTP(t, "127.0.1.1"))
 	cl := &countingLeaser{Leaser: Local(e.mgr)}
 	rt := e.transportWith(cl, WithLeaseDuration(600*time.Millisecond))
 	c := &http.Client{Transport: rt}
@@ -282,16 +283,16 @@ func TestLongBodyRenewsLease(t *testing.T) {
 // so that the banned proxies stay leasable for the target (see
 // target_test.go for per-site health).
 func TestRetryOnBannedProxy(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t)
 	// Thresholds no test reaches: the proxies stay leasable however often
 	// they are reported.
 	policy := pharox.DefaultOutcomePolicy()
 	policy.BanThreshold, policy.FailureThreshold = 1000, 1000
 	e.mgr = pharox.NewManager(e.store, pharox.WithOutcomePolicy(policy))
-	e.addProxy(e.pool.ID, startHTTPUpstream(t, "127.0.1.1"), "AR")
-	e.addProxy(e.pool.ID, startHTTPUpstream(t, "127.0.1.2"), "BR")
-	e.addProxy(e.pool.ID, startHTTPUpstream(t, "127.0.1.3"), "UY")
+	e.addProxy(e.pool.ID, testpeers.StartHTTP(t, "127.0.1.1"), "AR")
+	e.addProxy(e.pool.ID, testpeers.StartHTTP(t, "127.0.1.2"), "BR")
+	e.addProxy(e.pool.ID, testpeers.StartHTTP(t, "127.0.1.3"), "UY")
 	e.tg.Ban("127.0.1.1")
 	e.tg.block("127.0.1.2")
 	rt := e.transport(WithStrategy(pharox.RoundRobin), WithMaxRetries(2), WithoutTargetHealth())
@@ -368,15 +369,15 @@ func TestRetryOnBannedProxy(t *testing.T) {
 func TestRetryOnDeadProxy(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
-		start func(testing.TB, string) *upstream
-	}{{"socks5", startSOCKS5Upstream}, {"http", startHTTPUpstream}} {
+		start func(testing.TB, string) *testpeers.Upstream
+	}{{"socks5", testpeers.StartSOCKS5}, {"http", testpeers.StartHTTP}} {
 		t.Run(tc.name, func(t *testing.T) {
-			checkLeaks(t)
+			testpeers.CheckLeaks(t)
 			e := newEnv(t)
 			dead := tc.start(t, "127.0.1.1")
 			dead.Close()
-			e.add(0, alice(), dead)
-			e.add(0, alice(), tc.start(t, "127.0.1.2"))
+			e.add(0, testpeers.Alice(), dead)
+			e.add(0, testpeers.Alice(), tc.start(t, "127.0.1.2"))
 			rt := e.transport(WithStrategy(pharox.RoundRobin))
 			c := &http.Client{Transport: rt}
 			for range 2 {
@@ -394,7 +395,7 @@ func TestRetryOnDeadProxy(t *testing.T) {
 			if p.FailureStreak < 1 || !strings.Contains(p.LastError, "connecting through the proxy failed") {
 				t.Fatalf("dead proxy: streak %d, last error %q; want the connection failure reported", p.FailureStreak, p.LastError)
 			}
-			if strings.Contains(p.LastError, upPass) {
+			if strings.Contains(p.LastError, testpeers.Password) {
 				t.Fatalf("last error %q holds the proxy password", p.LastError)
 			}
 			e.noLeases()
@@ -408,14 +409,14 @@ func TestRetryOnDeadProxy(t *testing.T) {
 func TestProxyAuthFailure(t *testing.T) {
 	for _, target := range []string{"plain", "tls", "socks5"} {
 		t.Run(target, func(t *testing.T) {
-			checkLeaks(t)
+			testpeers.CheckLeaks(t)
 			e := newEnv(t)
-			start := startHTTPUpstream
+			start := testpeers.StartHTTP
 			if target == "socks5" {
-				start = startSOCKS5Upstream
+				start = testpeers.StartSOCKS5
 			}
-			e.add(0, &pharox.Credentials{User: upUser, Password: "wrong"}, start(t, "127.0.1.1"))
-			e.add(0, alice(), start(t, "127.0.1.2"))
+			e.add(0, &pharox.Credentials{User: testpeers.User, Password: "wrong"}, start(t, "127.0.1.1"))
+			e.add(0, testpeers.Alice(), start(t, "127.0.1.2"))
 			rt := e.transport(WithStrategy(pharox.RoundRobin))
 			c := &http.Client{Transport: rt}
 			url := e.tg.Plain.URL + "/echo"
@@ -449,9 +450,9 @@ func TestProxyAuthFailure(t *testing.T) {
 // its deadline and then fails with ErrNoProxyAvailable, with a context
 // deadline or with http.Client.Timeout, and gets a proxy freed meanwhile.
 func TestNoProxyAvailable(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t)
-	e.add(1, alice(), startHTTPUpstream(t, "127.0.1.1"))
+	e.add(1, testpeers.Alice(), testpeers.StartHTTP(t, "127.0.1.1"))
 	rt := e.transport()
 	held, err := e.mgr.Acquire(context.Background(), "main", nil)
 	if err != nil {
@@ -491,9 +492,9 @@ func TestNoProxyAvailable(t *testing.T) {
 // TestBanRetiresProxyTransport checks that a banned proxy's transport
 // leaves the cache and its connections are closed.
 func TestBanRetiresProxyTransport(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t)
-	e.add(0, alice(), startHTTPUpstream(t, "127.0.1.1"))
+	e.add(0, testpeers.Alice(), testpeers.StartHTTP(t, "127.0.1.1"))
 	rt := e.transport(WithMaxRetries(0), WithoutTargetHealth())
 	c := &http.Client{Transport: rt}
 	fetch(t, c, context.Background(), e.tg.TLS.URL)
@@ -526,10 +527,10 @@ func TestBanRetiresProxyTransport(t *testing.T) {
 // TestProxyCacheBounded checks that the per-proxy transports stay within
 // their cap, the least recently used leaving first.
 func TestProxyCacheBounded(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t)
 	for _, ip := range []string{"127.0.1.1", "127.0.1.2", "127.0.1.3", "127.0.1.4"} {
-		e.add(0, alice(), startHTTPUpstream(t, ip))
+		e.add(0, testpeers.Alice(), testpeers.StartHTTP(t, ip))
 	}
 	rt := e.transport(WithStrategy(pharox.RoundRobin), WithMaxProxyTransports(2))
 	c := &http.Client{Transport: rt}
@@ -548,9 +549,9 @@ func TestProxyCacheBounded(t *testing.T) {
 // TestTargetUnreachableNotHeldAgainstProxy checks that a proxy that
 // answers it cannot reach the target gets no failure.
 func TestTargetUnreachableNotHeldAgainstProxy(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t)
-	e.add(0, alice(), startSOCKS5Upstream(t, "127.0.1.1"))
+	e.add(0, testpeers.Alice(), testpeers.StartSOCKS5(t, "127.0.1.1"))
 	rt := e.transport()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -569,15 +570,15 @@ func TestTargetUnreachableNotHeldAgainstProxy(t *testing.T) {
 
 // TestRequestOptions checks per-request pool and filters from the context.
 func TestRequestOptions(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t)
-	e.addProxy(e.pool.ID, startHTTPUpstream(t, "127.0.1.1"), "AR")
-	e.addProxy(e.pool.ID, startHTTPUpstream(t, "127.0.1.2"), "UY")
+	e.addProxy(e.pool.ID, testpeers.StartHTTP(t, "127.0.1.1"), "AR")
+	e.addProxy(e.pool.ID, testpeers.StartHTTP(t, "127.0.1.2"), "UY")
 	other, err := e.store.CreatePool(context.Background(), pharox.Pool{Name: "other"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.addProxy(other.ID, startHTTPUpstream(t, "127.0.1.3"), "")
+	e.addProxy(other.ID, testpeers.StartHTTP(t, "127.0.1.3"), "")
 	rt := e.transport(WithStrategy(pharox.RoundRobin))
 	c := &http.Client{Transport: rt}
 	ctx := WithRequestOptions(context.Background(), RequestOptions{Filters: &pharox.Filters{Country: "AR"}})
@@ -596,10 +597,10 @@ func TestRequestOptions(t *testing.T) {
 // the idle timeout leaves the cache when another proxy's comes in (a
 // proxy deleted from the pool is never leased again).
 func TestIdleProxyTransportsLeave(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t)
-	e.addProxy(e.pool.ID, startHTTPUpstream(t, "127.0.1.1"), "AR")
-	e.addProxy(e.pool.ID, startHTTPUpstream(t, "127.0.1.2"), "UY")
+	e.addProxy(e.pool.ID, testpeers.StartHTTP(t, "127.0.1.1"), "AR")
+	e.addProxy(e.pool.ID, testpeers.StartHTTP(t, "127.0.1.2"), "UY")
 	base := e.base()
 	base.IdleConnTimeout = time.Millisecond
 	rt := e.transport(WithBaseTransport(base))

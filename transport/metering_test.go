@@ -66,7 +66,7 @@ func TestMeteringByteExact(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			checkLeaks(t)
+			testpeers.CheckLeaks(t)
 			e := newEnv(t)
 			site := testpeers.NewTarget(t, testpeers.BytesHandler())
 			url := site.Plain.URL
@@ -75,9 +75,9 @@ func TestMeteringByteExact(t *testing.T) {
 			}
 			ln := testpeers.Counting(testpeers.Listen(t, "127.0.1.1"))
 			if tc.socks {
-				e.add(0, alice(), testpeers.StartSOCKS5On(t, ln, "127.0.1.1"))
+				e.add(0, testpeers.Alice(), testpeers.StartSOCKS5On(t, ln, "127.0.1.1"))
 			} else {
-				e.add(0, alice(), testpeers.StartGoproxy(t, "127.0.1.1", testpeers.HTTPOptions{Listener: ln}))
+				e.add(0, testpeers.Alice(), testpeers.StartGoproxy(t, "127.0.1.1", testpeers.HTTPOptions{Listener: ln}))
 			}
 			c := &http.Client{Transport: e.transport(), Timeout: 30 * time.Second}
 			var requests int64
@@ -121,13 +121,13 @@ func TestMeteringByteExact(t *testing.T) {
 // TestMeteringHTTP2: requests to a site that speaks HTTP/2 through the
 // proxy's tunnel share one connection, so each counts its bodies.
 func TestMeteringHTTP2(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t)
 	site := httptest.NewUnstartedServer(testpeers.BytesHandler())
 	site.EnableHTTP2 = true
 	site.StartTLS()
 	t.Cleanup(site.Close)
-	e.add(0, alice(), startHTTPUpstream(t, "127.0.1.1"))
+	e.add(0, testpeers.Alice(), testpeers.StartHTTP(t, "127.0.1.1"))
 	c := &http.Client{Transport: e.transport(), Timeout: 30 * time.Second}
 	var want pharox.Usage
 	for _, n := range []int{10, 5000, 70000} {
@@ -154,10 +154,10 @@ func TestMeteringHTTP2(t *testing.T) {
 
 // TestWithoutMetering: releases report nothing.
 func TestWithoutMetering(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t)
 	site := testpeers.NewTarget(t, testpeers.BytesHandler())
-	e.add(0, alice(), startHTTPUpstream(t, "127.0.1.1"))
+	e.add(0, testpeers.Alice(), testpeers.StartHTTP(t, "127.0.1.1"))
 	c := &http.Client{Transport: e.transport(WithoutMetering())}
 	if err := testpeers.GetBytes(c, site.Plain.URL, 100); err != nil {
 		t.Fatal(err)
@@ -179,10 +179,10 @@ func TestWithoutMetering(t *testing.T) {
 // QuotaError once its wait is over, and is served when a lease comes
 // back within the wait.
 func TestQuotaWait(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t)
 	site := testpeers.NewTarget(t, testpeers.BytesHandler())
-	e.add(0, alice(), startHTTPUpstream(t, "127.0.1.1"))
+	e.add(0, testpeers.Alice(), testpeers.StartHTTP(t, "127.0.1.1"))
 	ctx := context.Background()
 	consumer, err := e.store.EnsureConsumer(ctx, "scraper")
 	if err != nil {
@@ -213,11 +213,11 @@ func TestQuotaWait(t *testing.T) {
 // TestMeteringRemote: over a pharox server the Transport reports usage
 // through the Go client, and a quota's refusal is a *pharox.QuotaError.
 func TestMeteringRemote(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t)
 	site := testpeers.NewTarget(t, testpeers.BytesHandler())
 	ln := testpeers.Counting(testpeers.Listen(t, "127.0.1.1"))
-	e.add(0, alice(), testpeers.StartGoproxy(t, "127.0.1.1", testpeers.HTTPOptions{Listener: ln}))
+	e.add(0, testpeers.Alice(), testpeers.StartGoproxy(t, "127.0.1.1", testpeers.HTTPOptions{Listener: ln}))
 	rt := e.transportWith(e.remoteLeaser(), WithConsumer("scraper"), WithMaxWait(0))
 	c := &http.Client{Transport: rt}
 	for _, n := range []int{3, 30000} {

@@ -10,16 +10,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/testpeers"
 	"github.com/pharox/pharox/observe"
 )
 
 // TestMetrics checks the Prometheus figures of a Transport: requests by
 // result, attempts by outcome, retries and lease waits.
 func TestMetrics(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t)
-	e.addProxy(e.pool.ID, startHTTPUpstream(t, "127.0.1.1"), "AR")
-	e.addProxy(e.pool.ID, startHTTPUpstream(t, "127.0.1.2"), "UY")
+	e.addProxy(e.pool.ID, testpeers.StartHTTP(t, "127.0.1.1"), "AR")
+	e.addProxy(e.pool.ID, testpeers.StartHTTP(t, "127.0.1.2"), "UY")
 	reg := prometheus.NewRegistry()
 	m, err := observe.NewTransportMetrics(reg, observe.PrometheusOptions{})
 	if err != nil {

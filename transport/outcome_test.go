@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/testpeers"
 )
 
 // TestSuccessReports checks that successes are reported once per interval
@@ -19,9 +20,9 @@ func TestSuccessReports(t *testing.T) {
 		want  int32
 	}{{time.Hour, 1}, {0, 5}} {
 		t.Run(tc.every.String(), func(t *testing.T) {
-			checkLeaks(t)
+			testpeers.CheckLeaks(t)
 			e := newEnv(t)
-			e.add(0, alice(), startHTTPUpstream(t, "127.0.1.1"))
+			e.add(0, testpeers.Alice(), testpeers.StartHTTP(t, "127.0.1.1"))
 			// Healthy as a checked proxy is: active with no failure streak.
 			cl := &countingLeaser{Leaser: Local(e.mgr)}
 			rt := e.transportWith(cl, WithSuccessReportInterval(tc.every))
@@ -46,9 +47,9 @@ func TestSuccessReports(t *testing.T) {
 // a failure of the proxy it came through, and that a caller cancelling
 // its request is not.
 func TestBrokenBodyReported(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t)
-	e.add(0, alice(), startHTTPUpstream(t, "127.0.1.1"))
+	e.add(0, testpeers.Alice(), testpeers.StartHTTP(t, "127.0.1.1"))
 	cl := &countingLeaser{Leaser: Local(e.mgr)}
 	rt := e.transportWith(cl, WithSuccessReportInterval(0))
 	c := &http.Client{Transport: rt}

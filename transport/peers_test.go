@@ -23,23 +23,10 @@ import (
 
 // Test peers (target, upstream proxies) are internal/testpeers.
 
-// Local names for the shared peers, so the tests read as before.
-var (
-	checkLeaks          = testpeers.CheckLeaks
-	upUser              = testpeers.User
-	upPass              = testpeers.Password
-	alice               = testpeers.Alice
-	startHTTPUpstream   = testpeers.StartHTTP
-	startSOCKS5Upstream = testpeers.StartSOCKS5
-	startSOCKS4Upstream = testpeers.StartSOCKS4
-)
-
-type upstream = testpeers.Upstream
-
-// startHTTPSUpstream is startHTTPUpstream spoken over TLS (an HTTPS
+// startHTTPSUpstream is testpeers.StartHTTP spoken over TLS (an HTTPS
 // proxy), with the httptest certificate the target has too: it listens on
 // 127.0.0.1, which the certificate names, and dials from ip.
-func startHTTPSUpstream(t testing.TB, ip string) *upstream {
+func startHTTPSUpstream(t testing.TB, ip string) *testpeers.Upstream {
 	return testpeers.StartGoproxy(t, ip, testpeers.HTTPOptions{TLS: true, ListenLoopback: true})
 }
 
@@ -144,7 +131,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	e.pool = pool
-	e.roots = e.tg.TLS.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs
+	e.roots = e.tg.RootCAs()
 	return e
 }
 
@@ -152,7 +139,7 @@ func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard
 
 // add registers upstreams in the pool with the given max concurrency (0:
 // unlimited) and credentials.
-func (e *env) add(maxConc int, cred *pharox.Credentials, ups ...*upstream) []*pharox.Proxy {
+func (e *env) add(maxConc int, cred *pharox.Credentials, ups ...*testpeers.Upstream) []*pharox.Proxy {
 	e.t.Helper()
 	var added []*pharox.Proxy
 	for _, u := range ups {
@@ -167,9 +154,9 @@ func (e *env) add(maxConc int, cred *pharox.Credentials, ups ...*upstream) []*ph
 }
 
 // addProxy registers one upstream with alice's credentials in a pool.
-func (e *env) addProxy(pool uuid.UUID, u *upstream, country string) *pharox.Proxy {
+func (e *env) addProxy(pool uuid.UUID, u *testpeers.Upstream, country string) *pharox.Proxy {
 	e.t.Helper()
-	p := u.Proxy(pool, 0, alice())
+	p := u.Proxy(pool, 0, testpeers.Alice())
 	p.Country = country
 	out, err := e.store.AddProxies(context.Background(), []pharox.Proxy{p})
 	if err != nil {

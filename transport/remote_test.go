@@ -11,6 +11,7 @@ import (
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/client"
+	"github.com/pharox/pharox/internal/testpeers"
 	"github.com/pharox/pharox/server"
 )
 
@@ -37,13 +38,13 @@ func (e *env) remoteLeaser() Leaser {
 // predicate, so the Transport holds the failed lease to move on), waiting
 // for a busy pool, and every lease given back.
 func TestRemote(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t)
 	policy := pharox.DefaultOutcomePolicy()
 	policy.BanThreshold = 1000 // the banned proxy stays leasable
 	e.mgr = pharox.NewManager(e.store, pharox.WithOutcomePolicy(policy))
 	for _, ip := range []string{"127.0.1.1", "127.0.1.2"} {
-		e.add(1, alice(), startHTTPUpstream(t, ip))
+		e.add(1, testpeers.Alice(), testpeers.StartHTTP(t, ip))
 	}
 	rt := e.transportWith(e.remoteLeaser(), WithStrategy(pharox.RoundRobin))
 	c := &http.Client{Transport: rt}

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/testpeers"
 	"github.com/pharox/pharox/observe"
 )
 
@@ -84,10 +85,10 @@ func countOf(ips []string, ip string) int {
 // naming that site with RequestOptions.Target), and keeps serving the
 // other site, as the sites' own logs show.
 func TestTargetHealth(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t)
 	for _, ip := range []string{"127.0.1.1", "127.0.1.2"} {
-		e.add(0, alice(), startHTTPUpstream(t, ip))
+		e.add(0, testpeers.Alice(), testpeers.StartHTTP(t, ip))
 	}
 	reg := prometheus.NewRegistry()
 	m, err := observe.NewTransportMetrics(reg, observe.PrometheusOptions{})
@@ -145,10 +146,10 @@ func TestTargetHealth(t *testing.T) {
 // TestTargetHealthOff: with WithoutTargetHealth a ban counts for the proxy
 // everywhere and acquisitions name no site.
 func TestTargetHealthOff(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t)
-	e.add(0, alice(), startHTTPUpstream(t, "127.0.1.1"))
-	e.add(0, alice(), startHTTPUpstream(t, "127.0.1.2"))
+	e.add(0, testpeers.Alice(), testpeers.StartHTTP(t, "127.0.1.1"))
+	e.add(0, testpeers.Alice(), testpeers.StartHTTP(t, "127.0.1.2"))
 	rt := e.transport(WithStrategy(pharox.RoundRobin), WithoutTargetHealth())
 	c := &http.Client{Transport: rt}
 	a := startSite(t, "shop-a.localhost", "127.0.1.1")
@@ -170,10 +171,10 @@ func TestTargetHealthOff(t *testing.T) {
 // ban for that site under the default per-site policy, so the next
 // requests to the site avoid the proxy, and other sites do not.
 func TestPlain403IsABanForTheSite(t *testing.T) {
-	checkLeaks(t)
+	testpeers.CheckLeaks(t)
 	e := newEnv(t)
-	e.add(0, alice(), startHTTPUpstream(t, "127.0.1.1"))
-	e.add(0, alice(), startHTTPUpstream(t, "127.0.1.2"))
+	e.add(0, testpeers.Alice(), testpeers.StartHTTP(t, "127.0.1.1"))
+	e.add(0, testpeers.Alice(), testpeers.StartHTTP(t, "127.0.1.2"))
 	rt := e.transport(WithStrategy(pharox.RoundRobin))
 	c := &http.Client{Transport: rt}
 	a := startSiteAnswering(t, "shop-a.localhost", http.StatusForbidden, "127.0.1.1")
