@@ -7,7 +7,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/redistest"
 	"github.com/pharox/pharox/server/servertest"
 	"github.com/pharox/pharox/storage/open"
 )
@@ -176,51 +176,11 @@ func backendRedisStoreURL(t testing.TB, base, prefix string) string {
 	return backendWithParams(t, base, "prefix", prefix)
 }
 
-// backendDropPrefix deletes every key under prefix.
-func backendDropPrefix(t testing.TB, c *goredis.Client, prefix string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	iter := c.Scan(ctx, 0, backendEscapeGlob(prefix)+"*", 1000).Iterator()
-	var batch []string
-	flush := func() {
-		if len(batch) == 0 {
-			return
-		}
-		if err := c.Unlink(ctx, batch...).Err(); err != nil {
-			t.Errorf("delete keys under %s: %v", prefix, err)
-		}
-		batch = batch[:0]
-	}
-	for iter.Next(ctx) {
-		batch = append(batch, iter.Val())
-		if len(batch) == 500 {
-			flush()
-		}
-	}
-	flush()
-	if err := iter.Err(); err != nil {
-		t.Errorf("scan keys under %s: %v", prefix, err)
-	}
-}
-
-// backendEscapeGlob escapes the glob metacharacters of a SCAN pattern.
-func backendEscapeGlob(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		if strings.ContainsRune(`*?[]\`, r) {
-			b.WriteByte('\\')
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
-}
-
 // backendOpenRedis opens a store under prefix through open.Open; its keys
 // are deleted when t ends.
 func backendOpenRedis(t testing.TB, admin *goredis.Client, base, prefix string) pharox.Storage {
 	t.Helper()
-	t.Cleanup(func() { backendDropPrefix(t, admin, prefix) })
+	t.Cleanup(func() { redistest.DeletePrefix(t, admin, prefix) })
 	s, err := open.Open(backendOpenContext(t), backendRedisStoreURL(t, base, prefix))
 	if err != nil {
 		t.Fatalf("open redis prefix %s: %v", prefix, err)

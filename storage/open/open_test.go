@@ -15,6 +15,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/redistest"
 	"github.com/pharox/pharox/storage/mysql"
 	"github.com/pharox/pharox/storage/sqlite"
 )
@@ -108,11 +109,7 @@ func TestOpenRedis(t *testing.T) {
 		}
 		rdb := goredis.NewClient(opt)
 		defer rdb.Close()
-		ctx := context.Background()
-		iter := rdb.Scan(ctx, 0, prefix+"*", 100).Iterator()
-		for iter.Next(ctx) {
-			rdb.Unlink(ctx, iter.Val())
-		}
+		redistest.DeletePrefix(t, rdb, prefix)
 	})
 	// goredis.ParseURL refuses parameters it does not know: max_batch is
 	// taken out before.

@@ -17,6 +17,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/internal/ptrutil"
+	"github.com/pharox/pharox/internal/redistest"
 	"github.com/pharox/pharox/internal/testfactory"
 	goredis "github.com/redis/go-redis/v9"
 )
@@ -91,7 +92,7 @@ func benchAcquireRelease(b *testing.B, filters *pharox.Filters, workers ...int) 
 		o.MinIdleConns = top
 	})
 	prefix := testPrefix()
-	b.Cleanup(func() { dropPrefix(b, client, prefix) })
+	b.Cleanup(func() { redistest.DeletePrefix(b, client, prefix) })
 	s, err := New(client, WithPrefix(prefix))
 	if err != nil {
 		b.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/redistest"
 	"github.com/pharox/pharox/storage/storagetest"
 	goredis "github.com/redis/go-redis/v9"
 )
@@ -27,7 +28,7 @@ func TestMultiProcess(t *testing.T) {
 			c := testClient(t, func(o *goredis.Options) { o.PoolSize = 32 })
 			prefix := "{" + namespace + "}:"
 			if !storagetest.IsWorkerProcess() {
-				t.Cleanup(func() { dropPrefix(t, c, prefix) })
+				t.Cleanup(func() { redistest.DeletePrefix(t, c, prefix) })
 			}
 			s, err := New(c, WithPrefix(prefix))
 			if err != nil {

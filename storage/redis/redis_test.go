@@ -1,14 +1,13 @@
 package redis
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"os"
 	"testing"
-	"time"
 
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/redistest"
 	"github.com/pharox/pharox/storage/storagetest"
 	goredis "github.com/redis/go-redis/v9"
 )
@@ -39,46 +38,6 @@ func testPrefix() string {
 	return "{pharoxtest-" + hex.EncodeToString(b[:]) + "}:"
 }
 
-// dropPrefix deletes every key under prefix.
-func dropPrefix(t testing.TB, c goredis.UniversalClient, prefix string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	iter := c.Scan(ctx, 0, escapeGlob(prefix)+"*", 1000).Iterator()
-	var batch []string
-	flush := func() {
-		if len(batch) > 0 {
-			if err := c.Unlink(ctx, batch...).Err(); err != nil {
-				t.Errorf("cleanup %s: %v", prefix, err)
-			}
-			batch = batch[:0]
-		}
-	}
-	for iter.Next(ctx) {
-		batch = append(batch, iter.Val())
-		if len(batch) == 500 {
-			flush()
-		}
-	}
-	flush()
-	if err := iter.Err(); err != nil {
-		t.Errorf("cleanup %s: %v", prefix, err)
-	}
-}
-
-// escapeGlob escapes the glob metacharacters of a SCAN pattern.
-func escapeGlob(s string) string {
-	out := make([]byte, 0, len(s))
-	for i := 0; i < len(s); i++ {
-		switch s[i] {
-		case '*', '?', '[', ']', '\\':
-			out = append(out, '\\')
-		}
-		out = append(out, s[i])
-	}
-	return string(out)
-}
-
 // newTestStore returns an empty store under its own prefix, deleted at cleanup.
 func newTestStore(t testing.TB, opts ...Option) *Store {
 	t.Helper()
@@ -88,7 +47,7 @@ func newTestStore(t testing.TB, opts ...Option) *Store {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	t.Cleanup(func() { dropPrefix(t, c, prefix) })
+	t.Cleanup(func() { redistest.DeletePrefix(t, c, prefix) })
 	return s
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/internal/ptrutil"
+	"github.com/pharox/pharox/internal/redistest"
 )
 
 func TestNewRejectsBadInput(t *testing.T) {
@@ -70,7 +71,7 @@ func TestPrefixesIsolate(t *testing.T) {
 func keysUnder(t *testing.T, s *Store) []string {
 	t.Helper()
 	var out []string
-	iter := s.rdb.Scan(t.Context(), 0, escapeGlob(s.prefix)+"*", 1000).Iterator()
+	iter := s.rdb.Scan(t.Context(), 0, redistest.EscapeGlob(s.prefix)+"*", 1000).Iterator()
 	for iter.Next(t.Context()) {
 		out = append(out, strings.TrimPrefix(iter.Val(), s.prefix))
 	}
