@@ -18,6 +18,7 @@ import (
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/internal/outage"
+	"github.com/pharox/pharox/internal/redistest"
 )
 
 // TestReasonOfDriverErrors classifies errors as the drivers make them.
@@ -119,17 +120,7 @@ func TestReasonOfSQLiteBusy(t *testing.T) {
 
 // TestReasonOfRedisReplies classifies error replies a real Redis sends.
 func TestReasonOfRedisReplies(t *testing.T) {
-	raw := os.Getenv("PHAROX_TEST_REDIS_URL")
-	if raw == "" {
-		t.Skip("PHAROX_TEST_REDIS_URL is not set: skipping Redis reply classification (e.g. redis://127.0.0.1:6379/0)")
-	}
-	opt, err := goredis.ParseURL(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opt.MaxRetries = -1
-	c := goredis.NewClient(opt)
-	defer c.Close()
+	c := redistest.Client(t, func(o *goredis.Options) { o.MaxRetries = -1 })
 	ctx := context.Background()
 	for _, tc := range []struct {
 		reply string

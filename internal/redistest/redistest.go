@@ -5,12 +5,37 @@ package redistest
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 )
+
+// EnvURL names the variable that points the tests at a Redis server.
+const EnvURL = "PHAROX_TEST_REDIS_URL"
+
+// Client connects to the Redis server EnvURL names, after tune adjusts
+// the options, or skips the test when the variable is not set. The client
+// is closed when t ends.
+func Client(t testing.TB, tune ...func(*goredis.Options)) *goredis.Client {
+	t.Helper()
+	url := os.Getenv(EnvURL)
+	if url == "" {
+		t.Skipf("%s is not set (e.g. redis://127.0.0.1:6379/0); skipping Redis tests", EnvURL)
+	}
+	opt, err := goredis.ParseURL(url)
+	if err != nil {
+		t.Fatalf("%s: %v", EnvURL, err)
+	}
+	for _, f := range tune {
+		f(opt)
+	}
+	c := goredis.NewClient(opt)
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
 
 // DeletePrefix deletes every key under prefix, scanning for them and
 // unlinking them in batches; a failure is reported with t.Errorf, so it

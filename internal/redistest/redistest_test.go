@@ -2,11 +2,8 @@ package redistest
 
 import (
 	"context"
-	"os"
 	"strconv"
 	"testing"
-
-	goredis "github.com/redis/go-redis/v9"
 )
 
 func TestEscapeGlob(t *testing.T) {
@@ -24,16 +21,7 @@ func TestEscapeGlob(t *testing.T) {
 // TestDeletePrefix checks that exactly the keys under the prefix go, the
 // prefix taken literally ("[x]" is not a character class).
 func TestDeletePrefix(t *testing.T) {
-	url := os.Getenv("PHAROX_TEST_REDIS_URL")
-	if url == "" {
-		t.Skip("PHAROX_TEST_REDIS_URL is not set (e.g. redis://127.0.0.1:6379/0); skipping")
-	}
-	opt, err := goredis.ParseURL(url)
-	if err != nil {
-		t.Fatalf("PHAROX_TEST_REDIS_URL: %v", err)
-	}
-	c := goredis.NewClient(opt)
-	t.Cleanup(func() { c.Close() })
+	c := Client(t)
 	ctx := context.Background()
 	prefix := "{redistest-" + t.Name() + "}[x]:"
 	other := "{redistest-" + t.Name() + "}x:" // what "[x]" would match as a glob

@@ -12,18 +12,19 @@ import (
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/internal/ptrutil"
+	"github.com/pharox/pharox/internal/redistest"
 	"github.com/pharox/pharox/storage/storagetest"
 )
 
 // TestConformanceUnbatched runs the conformance suite with batching off,
 // the path every batch of one still takes.
 func TestConformanceUnbatched(t *testing.T) {
-	testClient(t)
+	redistest.Client(t)
 	storagetest.Run(t, func(t *testing.T) pharox.Storage { return newTestStore(t, WithMaxBatch(1)) }, storagetest.WithCapabilities(capabilities))
 }
 
 func TestWithMaxBatchValidates(t *testing.T) {
-	c := testClient(t)
+	c := redistest.Client(t)
 	for _, n := range []int{0, -1, 1001} {
 		if _, err := New(c, WithMaxBatch(n)); !errors.Is(err, pharox.ErrInvalidArgument) {
 			t.Errorf("WithMaxBatch(%d): err = %v, want ErrInvalidArgument", n, err)

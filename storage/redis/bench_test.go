@@ -87,7 +87,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 
 func benchAcquireRelease(b *testing.B, filters *pharox.Filters, workers ...int) {
 	top := slices.Max(workers)
-	client := testClient(b, func(o *goredis.Options) {
+	client := redistest.Client(b, func(o *goredis.Options) {
 		o.PoolSize = 2 * top
 		o.MinIdleConns = top
 	})

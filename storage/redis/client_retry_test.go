@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/internal/ptrutil"
+	"github.com/pharox/pharox/internal/redistest"
 	goredis "github.com/redis/go-redis/v9"
 )
 
@@ -49,7 +50,7 @@ type retryingStore struct {
 // test) or redis-server is not installed.
 func privateRedis(t testing.TB) string {
 	t.Helper()
-	testClient(t) // skips without PHAROX_TEST_REDIS_URL
+	redistest.Client(t) // skips without PHAROX_TEST_REDIS_URL
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Skip("redis-server is not installed (Debian: redis-server); skipping the client retry tests")

@@ -16,7 +16,7 @@ import (
 // max_concurrency 2 under one shared key prefix, a quarter of the
 // goroutines acquiring as consumers capped at 3 concurrent leases each.
 func TestMultiProcess(t *testing.T) {
-	testClient(t) // skips without PHAROX_TEST_REDIS_URL
+	redistest.Client(t) // skips without PHAROX_TEST_REDIS_URL
 	storagetest.RunMultiProcess(t, storagetest.MultiProcessConfig{
 		Processes:      4,
 		Goroutines:     16,
@@ -25,7 +25,7 @@ func TestMultiProcess(t *testing.T) {
 		Duration:       4 * time.Second,
 		ConsumerCap:    3,
 		Open: func(t testing.TB, namespace string) pharox.Storage {
-			c := testClient(t, func(o *goredis.Options) { o.PoolSize = 32 })
+			c := redistest.Client(t, func(o *goredis.Options) { o.PoolSize = 32 })
 			prefix := "{" + namespace + "}:"
 			if !storagetest.IsWorkerProcess() {
 				t.Cleanup(func() { redistest.DeletePrefix(t, c, prefix) })

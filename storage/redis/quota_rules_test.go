@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/pharox/pharox"
+	"github.com/pharox/pharox/internal/redistest"
 	goredis "github.com/redis/go-redis/v9"
 )
 
@@ -129,7 +130,7 @@ func randomNow(r *rand.Rand) time.Time {
 // tokens to the last bit, AddBytes, ExhaustedUntil, RefillTokens, and the
 // day and month starts) on random quotas and times.
 func TestQuotaRulesMatchGo(t *testing.T) {
-	c := testClient(t)
+	c := redistest.Client(t)
 	ctx := t.Context()
 	r := rand.New(rand.NewPCG(21, uint64(time.Now().UnixNano())))
 	const cases = 3000

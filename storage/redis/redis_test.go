@@ -3,33 +3,12 @@ package redis
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"os"
 	"testing"
 
 	"github.com/pharox/pharox"
 	"github.com/pharox/pharox/internal/redistest"
 	"github.com/pharox/pharox/storage/storagetest"
-	goredis "github.com/redis/go-redis/v9"
 )
-
-// testClient connects to PHAROX_TEST_REDIS_URL or skips the test.
-func testClient(t testing.TB, tune ...func(*goredis.Options)) *goredis.Client {
-	t.Helper()
-	url := os.Getenv("PHAROX_TEST_REDIS_URL")
-	if url == "" {
-		t.Skip("PHAROX_TEST_REDIS_URL is not set (e.g. redis://127.0.0.1:6379/0); skipping Redis tests")
-	}
-	opt, err := goredis.ParseURL(url)
-	if err != nil {
-		t.Fatalf("PHAROX_TEST_REDIS_URL: %v", err)
-	}
-	for _, f := range tune {
-		f(opt)
-	}
-	c := goredis.NewClient(opt)
-	t.Cleanup(func() { c.Close() })
-	return c
-}
 
 // testPrefix returns a fresh hash-tagged key prefix.
 func testPrefix() string {
@@ -41,7 +20,7 @@ func testPrefix() string {
 // newTestStore returns an empty store under its own prefix, deleted at cleanup.
 func newTestStore(t testing.TB, opts ...Option) *Store {
 	t.Helper()
-	c := testClient(t)
+	c := redistest.Client(t)
 	prefix := testPrefix()
 	s, err := New(c, append([]Option{WithPrefix(prefix)}, opts...)...)
 	if err != nil {
@@ -52,7 +31,7 @@ func newTestStore(t testing.TB, opts ...Option) *Store {
 }
 
 func TestConformance(t *testing.T) {
-	testClient(t)
+	redistest.Client(t)
 	storagetest.Run(t, func(t *testing.T) pharox.Storage { return newTestStore(t) }, storagetest.WithCapabilities(capabilities))
 }
 

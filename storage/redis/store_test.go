@@ -18,7 +18,7 @@ func TestNewRejectsBadInput(t *testing.T) {
 	if _, err := New(nil); !errors.Is(err, pharox.ErrInvalidArgument) {
 		t.Errorf("New(nil) err = %v, want ErrInvalidArgument", err)
 	}
-	c := testClient(t)
+	c := redistest.Client(t)
 	if _, err := New(c, WithPrefix("")); !errors.Is(err, pharox.ErrInvalidArgument) {
 		t.Errorf("New with empty prefix: err = %v, want ErrInvalidArgument", err)
 	}
