@@ -163,31 +163,10 @@ func TestExhaustedAcquisitionCost(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		pool, err := s.CreatePool(ctx, pharox.Pool{Name: "p"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var ids []string
-		for lo := 0; lo < n; lo += 1000 {
-			ps := make([]pharox.Proxy, 1000)
-			for i := range ps {
-				j := lo + i
-				ps[i] = pharox.Proxy{PoolID: pool.ID, Host: fmt.Sprintf("10.%d.%d.%d", j>>16, j>>8&255, j&255), Port: 8080,
-					Protocol: pharox.ProtocolHTTP}
-			}
-			added, err := s.AddProxies(ctx, ps)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, p := range added {
-				ids = append(ids, p.ID.String())
-			}
-		}
-		// Unchecked, unleased proxies are in id order in every strategy.
-		// The first ones carried a byte this hour (a bucket written here
-		// as a release would), so a quota of a byte a day finds them
-		// exhausted.
-		slices.Sort(ids)
+		pool, ids := seedCostPool(t, s, n)
+		// The first proxies in id order carried a byte this hour (a
+		// bucket written here as a release would), so a quota of a byte a
+		// day finds them exhausted.
 		cons, err := s.EnsureConsumer(ctx, "c")
 		if err != nil {
 			t.Fatal(err)

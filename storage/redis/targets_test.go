@@ -67,28 +67,7 @@ func TestTargetAcquisitionCost(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		pool, err := s.CreatePool(ctx, pharox.Pool{Name: "p"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var ids []string
-		for lo := 0; lo < n; lo += 1000 {
-			ps := make([]pharox.Proxy, 1000)
-			for i := range ps {
-				j := lo + i
-				ps[i] = pharox.Proxy{PoolID: pool.ID, Host: fmt.Sprintf("10.%d.%d.%d", j>>16, j>>8&255, j&255), Port: 8080,
-					Protocol: pharox.ProtocolHTTP}
-			}
-			added, err := s.AddProxies(ctx, ps)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, p := range added {
-				ids = append(ids, p.ID.String())
-			}
-		}
-		// Unchecked, unleased proxies are in id order in every strategy.
-		slices.Sort(ids)
+		_, ids := seedCostPool(t, s, n)
 		byID := map[string]bool{}
 		for _, id := range ids[:skipped] {
 			if _, _, err := s.ApplyTargetOutcome(ctx, pharox.TargetOutcome{ProxyID: uuid.MustParse(id), Target: target, Kind: pharox.OutcomeBanned},
@@ -163,4 +142,34 @@ func TestRetriedTargetOutcomeAppliesOnce(t *testing.T) {
 			t.Errorf("one failure sent twice: stored %+v, returned %+v; want a streak of 1", sts, got)
 		}
 	})
+}
+
+// seedCostPool stores pool "p" with n unleased proxies (n a multiple of
+// 1,000) and returns it with their ids, sorted: the order every strategy
+// walks unchecked, unleased proxies in.
+func seedCostPool(t *testing.T, s *Store, n int) (*pharox.Pool, []string) {
+	t.Helper()
+	ctx := t.Context()
+	pool, err := s.CreatePool(ctx, pharox.Pool{Name: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for lo := 0; lo < n; lo += 1000 {
+		ps := make([]pharox.Proxy, 1000)
+		for i := range ps {
+			j := lo + i
+			ps[i] = pharox.Proxy{PoolID: pool.ID, Host: fmt.Sprintf("10.%d.%d.%d", j>>16, j>>8&255, j&255), Port: 8080,
+				Protocol: pharox.ProtocolHTTP}
+		}
+		added, err := s.AddProxies(ctx, ps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range added {
+			ids = append(ids, p.ID.String())
+		}
+	}
+	slices.Sort(ids)
+	return pool, ids
 }
