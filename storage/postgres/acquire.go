@@ -588,7 +588,15 @@ func (s *Store) tryAcquire(ctx context.Context, req *pharox.AcquireRequest, sql 
 		}
 		b.Queue(sql, vals...)
 		br := s.pool.SendBatch(ctx, b)
-		defer br.Close()
+		defer func() {
+			// The batch is one implicit transaction, committed at its
+			// end: only once Close has read that answer did the lease
+			// commit. (Rows are answered before it; a server stopped in
+			// between has sent a lease it then lost.)
+			if cerr := br.Close(); cerr != nil && err == nil {
+				lease, m, err = nil, miss{}, fmt.Errorf("postgres: acquire: %w", cerr)
+			}
+		}()
 		for range pre {
 			if _, err = br.Exec(); err != nil {
 				break

@@ -213,7 +213,14 @@ func (s *Store) execAcquireBatch(ctx context.Context, key acquireBatchKey, items
 				r.Val = s.finishAcquire(acquiredLease(&pr, *acquiredAt, *expireAt), it.leaseID, it.req)
 			}
 		}
-		return rows.Err()
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		// The pipeline is one implicit transaction, committed at its end:
+		// the leases above exist only once Close has read that answer (a
+		// server stopped after sending the rows has lost them).
+		return br.Close()
 	}()
 	for i := range out {
 		switch {
